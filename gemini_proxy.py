@@ -1,0 +1,3087 @@
+#!/usr/bin/env python3
+"""gemini-proxy: let LLM clients and providers that speak different API dialects talk.
+
+One file, Python 3.8+, standard library only. Gemini CLI and the google-genai SDKs speak
+the Gemini API; this proxy serves that API and forwards each request to an upstream
+provider, converting on the way:
+
+    Gemini CLI / google-genai  ->  gemini_proxy.py  ->  any OpenAI-compatible provider
+                                                        (Kimi, DeepSeek, OpenAI, Azure,
+                                                         Zhipu, Ollama, vLLM, llama.cpp)
+
+Usage:
+    python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
+    python gemini_proxy.py -c config.json       # upstreams, routes, server, logging
+    python gemini_proxy.py --upstream-url https://api.deepseek.com/v1 \\
+        --upstream-key sk-... --model deepseek-chat
+    python gemini_proxy.py --upstream-kind echo # no provider: check a client's wiring
+
+Then point Gemini CLI at it (and set security.auth.selectedType to "gemini-api-key" in
+~/.gemini/settings.json):
+
+    export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8000 GEMINI_API_KEY=anything
+    gemini -m gemini-2.5-pro -p "read notes.txt and summarise it" --yolo
+
+Configuration comes from a JSON file (-c, or ./config.json when present), then
+GEMINI_PROXY_* environment variables, then command-line flags; README.md and
+config.example.json describe every key. Unknown keys and bad values stop start-up.
+
+Used as a library, the converters are plain functions over dicts, for example
+decode_gemini_request(payload, model) -> Chat and encode_openai_request(chat, ...).
+
+Contents (each section uses only the ones above it):
+     1. constants and defaults
+     2. errors
+     3. small helpers
+     4. configuration
+     5. HTTP/1.1 wire format (pure)
+     6. neutral chat model
+     7. dialect: OpenAI Chat Completions
+     8. dialect: Gemini
+     9. dialect registry, upstream kinds and routes
+    10. upstream client (pooled keep-alive http.client in worker threads)
+    11. server (asyncio streams, keep-alive, streaming writer, access log)
+    12. command line
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import zlib
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+__version__ = "0.1.0"
+
+
+# ---- 1. Constants and defaults ----------------------------------------------------------
+#
+# Every tunable lives in one of these tables; section 4 validates a config file against
+# them (a key that is not here is an error, a value of the wrong type is an error).
+
+SERVER_DEFAULTS: Dict[str, Any] = {
+    "host": "127.0.0.1",          # loopback unless the user says otherwise
+    "port": 8000,
+    "api_keys": [],               # client keys; empty means no client authentication
+    "allow_public": False,        # listen on a non-loopback address with no api_keys
+    "workers": 256,               # threads for upstream calls; one per in-flight request
+    "max_head_bytes": 64 * 1024,  # request line + headers (431 above)
+    "max_header_count": 100,      # (431 above)
+    "max_body_bytes": 32 * 1024 * 1024,  # images arrive inline as base64 (413 above)
+    "head_timeout": 30.0,         # seconds to receive a whole request head
+    "body_timeout": 60.0,         # seconds of silence allowed while reading a body
+    "idle_timeout": 120.0,        # seconds a keep-alive connection may sit idle
+    "shutdown_grace": 10.0,       # seconds in-flight requests get on SIGINT/SIGTERM
+    "stream_queue_chunks": 64,    # encoded chunks buffered between worker and socket
+    "reject_unknown_fields": True,  # 400 on request fields the dialect does not define
+}
+
+UPSTREAM_DEFAULTS: Dict[str, Any] = {
+    "kind": "openai",             # see UPSTREAM_KINDS in section 9
+    "base_url": "",
+    "api_key": "",
+    "api_key_env": "",            # read the key from this environment variable instead
+    "headers": {},                # extra headers sent with every upstream request
+    "query": {},                  # extra query parameters (Azure: api-version)
+    "auth": "bearer",             # bearer | api-key (Azure) | none
+    "connect_timeout": 10.0,
+    "read_timeout": 600.0,        # seconds of upstream silence before giving up
+    "max_idle_connections": 32,   # keep-alive connections kept per host
+    "retries": 0,                 # extra attempts on 429/5xx/connection errors before
+    "retry_wait": 1.0,            #   the first byte reaches the client; seconds between
+    "extra_body": {},             # merged into every upstream request body (last word)
+    "models": [],                 # model names this upstream offers, for model lists
+    # OpenAI-compatible servers differ; these say how this one behaves.
+    "max_tokens_field": "max_tokens",   # or max_completion_tokens (OpenAI o-series, gpt-5)
+    "send_top_k": False,                # vLLM, llama.cpp and Ollama accept top_k; OpenAI does not
+    "send_reasoning_effort": False,     # map thinking settings to reasoning_effort
+    "reasoning_field": "reasoning_content",  # field that carries reasoning back upstream
+    "echo_reasoning": True,             # send reasoning back on tool-call turns (DeepSeek, Kimi)
+    "response_format": "json_schema",   # json_schema | json_object | none (prompt only)
+    "stream_usage": True,               # ask for stream_options.include_usage
+}
+
+LOGGING_DEFAULTS: Dict[str, Any] = {
+    "level": "info",              # debug | info | warning | error
+    "access_log": True,           # one line per request
+    "log_dir": "",                # where detailed logs go
+    "detailed": False,            # write the four stages of every request to log_dir
+    "max_logged_body_bytes": 1024 * 1024,
+}
+
+ROUTE_DEFAULTS: Dict[str, Any] = {
+    "model": "",                  # client model name, exact or glob ("gemini-*-flash*")
+    "upstream": "",               # upstream name
+    "upstream_model": "",         # model name sent upstream; empty keeps the client's
+}
+
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "kind": ("openai", "echo"),   # the keys of UPSTREAM_KINDS (section 9)
+    "auth": ("bearer", "api-key", "none"),
+    "max_tokens_field": ("max_tokens", "max_completion_tokens"),
+    "response_format": ("json_schema", "json_object", "none"),
+    "level": ("debug", "info", "warning", "error"),
+}
+
+# Where the no-configuration start sends requests when OPENAI_BASE_URL is not set.
+OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
+
+# Gemini model names clients are known to ask for; model lists offer those a route covers.
+KNOWN_GEMINI_MODELS = (
+    "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
+    "gemini-3-pro-preview", "gemini-3-flash-preview",
+)
+
+# OpenAI rejects tool-call ids longer than this ("string_above_max_length").
+OPENAI_MAX_TOOL_ID = 40
+
+# Gemini counts every image as this many tokens (its documented flat rate).
+IMAGE_TOKEN_ESTIMATE = 258
+
+# Google's documented "no signature available" value; Gemini CLI adds it to tool calls.
+GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+# Prefix of the proxy's own thought signatures: reasoning from a non-Gemini upstream,
+# packed so Gemini clients carry it in their history and send it back (section 8).
+CARRIER_PREFIX = "gpx1."
+
+
+# ---- 2. Errors ---------------------------------------------------------------------------
+
+class ProxyError(Exception):
+    """A failure with an HTTP status; each client dialect renders it in its own shape."""
+
+    status = 500
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 retry_after: Optional[float] = None, reason: str = ""):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after  # seconds, when the client should come back
+        self.reason = reason            # machine-readable detail (e.g. "API_KEY_INVALID")
+
+
+class ClientError(ProxyError):
+    """The client's request is wrong (4xx); the message names what is wrong."""
+
+    status = 400
+
+
+class UpstreamError(ProxyError):
+    """The upstream failed; keeps its status (a 429 stays a 429) and its message."""
+
+    status = 502
+
+
+class ClientGone(Exception):
+    """The client closed its connection; the upstream call should stop."""
+
+
+class ConfigError(Exception):
+    """A bad configuration; stops start-up, never rendered as HTTP."""
+
+
+# ---- 3. Small helpers --------------------------------------------------------------------
+
+def new_id(prefix: str = "", nbytes: int = 12) -> str:
+    return prefix + secrets.token_hex(nbytes)
+
+
+def json_compact(obj: Any) -> str:
+    """JSON on one line, ASCII only: no raw line separators can reach a strict SSE parser."""
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json_compact(obj).encode("ascii")
+
+
+def parse_json_body(body: bytes) -> Any:
+    if not body.strip():
+        raise ClientError("the request body is empty; a JSON object was expected")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientError("the request body is not valid JSON: %s" % exc) from None
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def camel_keys(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """One level of keys in camelCase (the Python SDK sends some fields in snake_case)."""
+    return {snake_to_camel(key) if "_" in key else key: value for key, value in obj.items()}
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count: ~4 ASCII characters per token, one per other character."""
+    if not text:
+        return 0
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+
+
+def is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def fingerprint(secret: str) -> str:
+    """A short, stable name for a secret that reveals nothing usable."""
+    return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
+
+
+SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api-key",
+                            "proxy-authorization", "cookie", "set-cookie"))
+
+
+class Redactor:
+    """Removes every known secret (upstream keys, client keys) from text bound for logs."""
+
+    def __init__(self, secrets_: Iterable[str] = ()):
+        self._secrets = sorted({s for s in secrets_ if s and len(s) >= 4}, key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[REDACTED]")
+        return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
+
+    def headers(self, headers: Iterable[Tuple[str, str]]) -> List[Tuple[str, str]]:
+        return [(name, "[REDACTED]" if name.lower() in SECRET_HEADERS else self.text(value))
+                for name, value in headers]
+
+
+# ---- 4. Configuration ----------------------------------------------------------------------
+#
+# A JSON file, then environment variables, then command-line flags. Every key is checked
+# against the tables of section 1; an unknown key or a bad value stops start-up with a
+# message naming it. Keys starting with "_" are comments and ignored.
+
+@dataclasses.dataclass
+class Route:
+    """Client model name (exact or glob) -> upstream and the model name sent there."""
+
+    pattern: str
+    upstream: str
+    upstream_model: str = ""   # empty: send the client's model name unchanged
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.pattern) if is_glob(self.pattern) \
+            else model == self.pattern
+
+
+@dataclasses.dataclass
+class Config:
+    server: Dict[str, Any]
+    upstreams: Dict[str, Dict[str, Any]]
+    routes: List[Route]
+    logging: Dict[str, Any]
+    default_upstream: str
+    source: str = ""            # the file it came from, for the start-up lines
+
+    def secrets(self) -> List[str]:
+        keys = list(self.server["api_keys"])
+        for upstream in self.upstreams.values():
+            keys.append(upstream["api_key"])
+            keys.extend(v for k, v in upstream["headers"].items() if k.lower() in SECRET_HEADERS)
+        return [k for k in keys if k]
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return " (did you mean %r?)" % close[0] if close else ""
+
+
+def _check_value(value: Any, default: Any, path: str) -> Any:
+    key = path.rsplit(".", 1)[-1]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError("%s: expected true or false, got %r" % (path, value))
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError("%s: expected a whole number >= 0, got %r" % (path, value))
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError("%s: expected a number of seconds > 0, got %r" % (path, value))
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError("%s: expected a string, got %r" % (path, value))
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError("%s: %r is not one of %s" % (path, value, ", ".join(CHOICES[key])))
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("%s: expected a list of strings, got %r" % (path, value))
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError("%s: expected an object, got %r" % (path, value))
+        if key in ("headers", "query") and not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError("%s: every value must be a string" % path)
+    return value
+
+
+def _check_section(raw: Any, defaults: Dict[str, Any], path: str) -> Dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: expected an object, got %r" % (path, raw))
+    section = json.loads(json.dumps(defaults))  # a deep copy
+    for key, value in raw.items():
+        if key.startswith("_"):
+            continue
+        if key not in defaults:
+            raise ConfigError("%s.%s: unknown key%s" % (path, key, _did_you_mean(key, defaults)))
+        section[key] = _check_value(value, defaults[key], "%s.%s" % (path, key))
+    return section
+
+
+TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "model_mapping", "default_model",
+                  "default_upstream", "logging")
+
+# The seed project's flat format: {openai_api_key, openai_base_url, model_mapping,
+# default_openai_model, server{host, port, log_level}, logging{enable_detailed_logs,
+# enable_access_logs, log_directory}, retry{max_retries, wait_fixed}}.
+SEED_SERVER_KEYS = {"log_level": ("logging", "level")}
+SEED_LOGGING_KEYS = {"enable_detailed_logs": "detailed", "enable_access_logs": "access_log",
+                     "log_directory": "log_dir"}
+
+
+def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """Rewrite the seed project's flat keys into this format, so its files keep working."""
+    raw = dict(raw)
+    server = dict(raw.get("server") or {})
+    logging_ = dict(raw.get("logging") or {})
+    for old, (section, new) in SEED_SERVER_KEYS.items():
+        if old in server:
+            logging_.setdefault(new, server.pop(old))
+    for old, new in SEED_LOGGING_KEYS.items():
+        if old in logging_:
+            logging_[new] = logging_.pop(old)
+    if "server" in raw:
+        raw["server"] = server
+    if logging_ or "logging" in raw:
+        raw["logging"] = logging_
+    flat = {k: raw.pop(k) for k in ("openai_api_key", "openai_base_url", "retry") if k in raw}
+    if "default_openai_model" in raw:
+        raw.setdefault("default_model", raw.pop("default_openai_model"))
+    if flat:
+        upstreams = dict(raw.get("upstreams") or {})
+        default = dict(upstreams.get("default") or {"kind": "openai"})
+        if "openai_api_key" in flat:
+            default["api_key"] = flat["openai_api_key"]
+        default["base_url"] = flat.get("openai_base_url") or default.get("base_url") \
+            or "https://api.openai.com/v1"
+        retry = flat.get("retry") or {}
+        if not isinstance(retry, dict):
+            raise ConfigError("retry: expected an object, got %r" % (retry,))
+        for old, new in (("max_retries", "retries"), ("wait_fixed", "retry_wait")):
+            if old in retry:
+                default[new] = retry[old]
+        unknown = set(retry) - {"max_retries", "wait_fixed"}
+        if unknown:
+            raise ConfigError("retry.%s: unknown key" % sorted(unknown)[0])
+        upstreams["default"] = default
+        raw["upstreams"] = upstreams
+    return raw
+
+
+def _check_routes(raw: Any) -> List[Route]:
+    if not isinstance(raw, list):
+        raise ConfigError("routes: expected a list of {model, upstream, upstream_model}")
+    routes = []
+    for i, item in enumerate(raw):
+        entry = _check_section(item, ROUTE_DEFAULTS, "routes[%d]" % i)
+        if not entry["model"] or not entry["upstream"]:
+            raise ConfigError("routes[%d]: needs both \"model\" and \"upstream\"" % i)
+        routes.append(Route(entry["model"], entry["upstream"], entry["upstream_model"]))
+    return routes
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_value(environ: Dict[str, str], name: str, default: Any) -> Any:
+    """An environment variable parsed to the type of its default; errors name the variable."""
+    text = environ[name]
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, list):
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return text
+    except ValueError:
+        raise ConfigError("%s: cannot use %r here" % (name, text)) from None
+
+
+# Environment variable -> (section, key). Applied after the file, before the flags.
+ENV_SETTINGS = {
+    "GEMINI_PROXY_HOST": ("server", "host"),
+    "GEMINI_PROXY_PORT": ("server", "port"),
+    "GEMINI_PROXY_API_KEYS": ("server", "api_keys"),
+    "GEMINI_PROXY_ALLOW_PUBLIC": ("server", "allow_public"),
+    "GEMINI_PROXY_WORKERS": ("server", "workers"),
+    "GEMINI_PROXY_LOG_LEVEL": ("logging", "level"),
+    "GEMINI_PROXY_LOG_DIR": ("logging", "log_dir"),
+    "GEMINI_PROXY_DETAILED_LOGS": ("logging", "detailed"),
+}
+
+# Environment variables and flags that shape the default upstream: (kind, url, key, model).
+ENV_UPSTREAM = ("GEMINI_PROXY_UPSTREAM_KIND", "GEMINI_PROXY_UPSTREAM_URL",
+                "GEMINI_PROXY_UPSTREAM_KEY", "GEMINI_PROXY_MODEL")
+
+
+def load_config(args: Optional[argparse.Namespace] = None,
+                environ: Optional[Dict[str, str]] = None) -> Config:
+    """Build the configuration: file < environment < flags. Raises ConfigError."""
+    args = args or argparse.Namespace()
+    environ = dict(os.environ if environ is None else environ)
+    path = getattr(args, "config", None) or environ.get("GEMINI_PROXY_CONFIG") or \
+        ("config.json" if os.path.exists("config.json") else "")
+    raw: Dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except OSError as exc:
+            raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror)) from None
+        except ValueError as exc:
+            raise ConfigError("config file %s is not valid JSON: %s" % (path, exc)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("config file %s: expected a JSON object at the top" % path)
+    if "providers" in raw:
+        raise ConfigError("providers: the seed's multi-provider list is not supported; "
+                          "declare each provider under \"upstreams\" and pick them with "
+                          "\"routes\" (see README.md)")
+    raw = _translate_seed_format(raw)
+    for key in raw:
+        if not key.startswith("_") and key not in TOP_LEVEL_KEYS:
+            raise ConfigError("%s: unknown key%s" % (key, _did_you_mean(key, TOP_LEVEL_KEYS)))
+
+    server = _check_section(raw.get("server", {}), SERVER_DEFAULTS, "server")
+    logging_ = _check_section(raw.get("logging", {}), LOGGING_DEFAULTS, "logging")
+    raw_upstreams = raw.get("upstreams", {})
+    if not isinstance(raw_upstreams, dict):
+        raise ConfigError("upstreams: expected an object of name -> upstream")
+    upstreams = {name: _check_section(spec, UPSTREAM_DEFAULTS, "upstreams.%s" % name)
+                 for name, spec in raw_upstreams.items()}
+    mapping = raw.get("model_mapping", {})
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise ConfigError("model_mapping: expected an object of client model -> upstream model")
+    default_model = raw.get("default_model", "")
+    default_upstream = raw.get("default_upstream", "")
+    for key, value in (("default_model", default_model), ("default_upstream", default_upstream)):
+        if not isinstance(value, str):
+            raise ConfigError("%s: expected a string, got %r" % (key, value))
+    routes = _check_routes(raw.get("routes", []))
+
+    sections = {"server": server, "logging": logging_}
+    for name, (section, key) in ENV_SETTINGS.items():
+        if name in environ:
+            defaults = SERVER_DEFAULTS if section == "server" else LOGGING_DEFAULTS
+            value = _env_value(environ, name, defaults[key])
+            sections[section][key] = _check_value(value, defaults[key], name)
+
+    # The default upstream: flags, then GEMINI_PROXY_UPSTREAM_*, then (only when nothing
+    # is configured at all) OPENAI_BASE_URL / OPENAI_API_KEY, else a local Ollama.
+    kind, url, key, model = (getattr(args, attr, None) or environ.get(env, "") for attr, env in
+                             zip(("upstream_kind", "upstream_url", "upstream_key", "model"),
+                                 ENV_UPSTREAM))
+    if not upstreams and not (kind or url):
+        if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
+            url = environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+            key = key or environ.get("OPENAI_API_KEY", "")
+            model = model or environ.get("OPENAI_MODEL", "")
+        else:
+            url = OLLAMA_BASE_URL
+    if kind or url or key:
+        name = default_upstream or ("default" if "default" in upstreams or not upstreams
+                                    else next(iter(upstreams)))
+        spec = upstreams.setdefault(name, _check_section({}, UPSTREAM_DEFAULTS, name))
+        for field, value in (("kind", kind), ("base_url", url), ("api_key", key)):
+            if value:
+                spec[field] = _check_value(value, UPSTREAM_DEFAULTS[field], "upstream " + field)
+    default_model = model or default_model
+
+    for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
+                               ("api_key", "server", "api_keys"),
+                               ("allow_public", "server", "allow_public"),
+                               ("workers", "server", "workers"),
+                               ("log_level", "logging", "level"),
+                               ("log_dir", "logging", "log_dir"),
+                               ("detailed_logs", "logging", "detailed")):
+        value = getattr(args, flag, None)
+        if value not in (None, False, []):
+            sections[section][key] = value
+    if server["port"] > 65535:
+        raise ConfigError("server.port: %d is not a TCP port" % server["port"])
+    if server["workers"] < 1:
+        raise ConfigError("server.workers: at least one worker thread is needed")
+
+    for name, spec in upstreams.items():
+        if spec["api_key_env"]:
+            if spec["api_key_env"] not in environ:
+                raise ConfigError("upstreams.%s.api_key_env: environment variable %s is not set"
+                                  % (name, spec["api_key_env"]))
+            spec["api_key"] = environ[spec["api_key_env"]]
+        if spec["kind"] != "echo":
+            parsed = urllib.parse.urlsplit(spec["base_url"])
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError("upstreams.%s.base_url: %r is not an http(s) URL"
+                                  % (name, spec["base_url"]))
+
+    if not default_upstream:
+        default_upstream = next(iter(upstreams))
+    elif default_upstream not in upstreams:
+        raise ConfigError("default_upstream: no upstream named %r%s" % (
+            default_upstream, _did_you_mean(default_upstream, upstreams)))
+    routes += [Route(pattern, default_upstream, target) for pattern, target in mapping.items()]
+    routes.append(Route("*", default_upstream, default_model))
+    for i, route in enumerate(routes):
+        if route.upstream not in upstreams:
+            raise ConfigError("routes[%d].upstream: no upstream named %r%s" % (
+                i, route.upstream, _did_you_mean(route.upstream, upstreams)))
+
+    if not is_loopback_host(server["host"]) and not server["api_keys"] \
+            and not server["allow_public"]:
+        raise ConfigError(
+            "refusing to listen on %s with no client keys: anyone who can reach that address "
+            "could use your upstream credit. Set server.api_keys (or GEMINI_PROXY_API_KEYS, or "
+            "--api-key), or pass --allow-public if something else guards the port."
+            % server["host"])
+    return Config(server, upstreams, routes, logging_, default_upstream, source=path)
+
+
+def resolve_route(config: Config, model: str) -> Tuple[Route, str]:
+    """The route for a client model and the upstream model name: exact names first,
+    then globs in the order written, then the catch-all to the default upstream."""
+    exact = [r for r in config.routes if not is_glob(r.pattern)]
+    globs = [r for r in config.routes if is_glob(r.pattern)]
+    for route in itertools.chain(exact, globs):
+        if route.matches(model):
+            return route, route.upstream_model or model
+    raise ClientError("no route for model %r" % model, status=404)
+
+
+# ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
+#
+# Parsing and framing over bytes, no sockets: the server (section 11) feeds these from a
+# buffer it owns, so pipelined requests and trailing bytes stay where they belong.
+
+HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+HTTP_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+HTTP_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\Z")
+MAX_CHUNK_LINE = 4096      # a chunk-size line with extensions
+MAX_TRAILER_BYTES = 16384
+
+HTTP_REASONS = {499: "Client Closed Request", 529: "Overloaded"}
+
+
+@dataclasses.dataclass
+class RequestHead:
+    method: str
+    target: str
+    path: str                       # percent-decoded
+    query: Dict[str, List[str]]
+    version: str                    # "HTTP/1.1" or "HTTP/1.0"
+    headers: List[Tuple[str, str]]  # (lowercase name, value) in arrival order
+
+    def header(self, name: str, default: str = "") -> str:
+        """A header's value; repeated headers are joined with ", " as RFC 9110 allows."""
+        values = [v for n, v in self.headers if n == name]
+        return ", ".join(values) if values else default
+
+    def query_value(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {t.strip().lower() for t in self.header("connection").split(",")}
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+
+def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
+    """Parse a request line and headers (without the final blank line). Strict about what
+    request smuggling relies on: bare LF or CR, obs-fold, spaces before the colon."""
+    lines = data.split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise ClientError("malformed request: bare CR or LF in the request head")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not HTTP_TOKEN.match(parts[0]) or not HTTP_TARGET.match(parts[1]):
+        raise ClientError("malformed request line")
+    method, target, version = parts[0].decode("ascii"), parts[1].decode("ascii"), parts[2]
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if re.match(rb"HTTP/\d\.\d\Z", version):
+            raise ClientError("HTTP version %s is not supported" % version.decode(), status=505)
+        raise ClientError("malformed request line")
+    if len(lines) - 1 > max_headers:
+        raise ClientError("too many request headers", status=431)
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not HTTP_TOKEN.match(name):
+            raise ClientError("malformed header line")
+        value = value.strip(b" \t")
+        if HTTP_BAD_VALUE.search(value):
+            raise ClientError("control character in header %s" % name.decode("ascii"))
+        headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
+    if target.startswith(("http://", "https://")):   # absolute-form, as sent to proxies
+        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+    raw_path, _, raw_query = target.partition("?")
+    return RequestHead(method, target, urllib.parse.unquote(raw_path),
+                       urllib.parse.parse_qs(raw_query, keep_blank_values=True),
+                       version.decode("ascii"), headers)
+
+
+def request_body_length(head: RequestHead, max_body: int) -> int:
+    """Bytes of body that follow the head; -1 for a chunked body. Rejects the shapes
+    request smuggling uses (Content-Length with Transfer-Encoding, conflicting lengths)."""
+    encodings = [t.strip().lower() for t in head.header("transfer-encoding").split(",")
+                 if t.strip()]
+    lengths = {v.strip() for n, v in head.headers if n == "content-length"}
+    if encodings:
+        if lengths:
+            raise ClientError("Content-Length and Transfer-Encoding together are not allowed")
+        if head.version == "HTTP/1.0":
+            raise ClientError("Transfer-Encoding is not allowed in HTTP/1.0")
+        if encodings != ["chunked"]:
+            raise ClientError("Transfer-Encoding %s is not supported"
+                              % head.header("transfer-encoding"), status=501)
+        return -1
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or any("," in v for v in lengths):
+        raise ClientError("conflicting Content-Length headers")
+    text = lengths.pop()
+    if not text.isdigit() or len(text) > 18:
+        raise ClientError("invalid Content-Length %r" % text)
+    if int(text) > max_body:
+        raise ClientError("request body of %s bytes is over the limit of %d" % (text, max_body),
+                          status=413)
+    return int(text)
+
+
+class ChunkedDecoder:
+    """Incremental chunked transfer decoding. feed() consumes what it can from the
+    caller's buffer and leaves the rest (the next pipelined request) in place."""
+
+    def __init__(self, max_body: int):
+        self.max_body = max_body
+        self.size = 0
+        self.done = False
+        self._remaining = 0       # bytes left in the current chunk's data
+        self._state = "size"      # size | data | data_end | trailer
+        self._trailer_bytes = 0
+
+    def feed(self, buf: bytearray) -> List[bytes]:
+        pieces = []
+        while not self.done:
+            if self._state == "data":
+                if not buf:
+                    break
+                piece = bytes(buf[:self._remaining])
+                del buf[:len(piece)]
+                pieces.append(piece)
+                self._remaining -= len(piece)
+                if self._remaining == 0:
+                    self._state = "data_end"
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > MAX_CHUNK_LINE:
+                    raise ClientError("chunked body: line too long")
+                break
+            line = bytes(buf[:end])
+            del buf[:end + 2]
+            if self._state == "data_end":
+                if line:
+                    raise ClientError("chunked body: data longer than its chunk size")
+                self._state = "size"
+            elif self._state == "size":
+                match = CHUNK_SIZE_LINE.match(line)
+                if not match:
+                    raise ClientError("chunked body: bad chunk size line")
+                self._remaining = int(match.group(1), 16)
+                self.size += self._remaining
+                if self.size > self.max_body:
+                    raise ClientError("request body is over the limit of %d bytes"
+                                      % self.max_body, status=413)
+                self._state = "data" if self._remaining else "trailer"
+            else:  # trailer fields are read and dropped; a blank line ends the body
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > MAX_TRAILER_BYTES:
+                    raise ClientError("chunked body: trailer too long", status=431)
+                if not line:
+                    self.done = True
+        return pieces
+
+
+def response_head(status: int, headers: List[Tuple[str, str]]) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = HTTP_REASONS.get(status, "Unknown")
+    lines = ["HTTP/1.1 %d %s" % (status, reason)]
+    lines.extend("%s: %s" % (name, value) for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def sse_data(text: str) -> bytes:
+    """One SSE event holding a single-line JSON text (the only form Gemini CLI parses)."""
+    return b"data: " + text.encode("utf-8") + b"\n\n"
+
+
+def sse_event(event: str, text: str) -> bytes:
+    return b"event: " + event.encode("ascii") + b"\ndata: " + text.encode("utf-8") + b"\n\n"
+
+
+class SSEParser:
+    """Incremental text/event-stream parser for upstream replies. Splits lines on LF or
+    CRLF only (never on U+2028 and friends), skips comments, joins multi-line data."""
+
+    def __init__(self):
+        self._partial = b""
+        self._event = ""
+        self._data: List[str] = []
+
+    def feed(self, chunk: bytes) -> List[Tuple[str, str]]:
+        events = []
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if self._data:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                self._event, self._data = "", []
+                continue
+            if line.startswith(b":"):
+                continue
+            field, _, value = line.decode("utf-8", "replace").partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+            elif field == "event":
+                self._event = value
+        return events
+
+    def finish(self) -> List[Tuple[str, str]]:
+        """Events still pending at end of stream. A last event without its blank line is
+        kept; a last line without its newline is a truncated stream and is dropped."""
+        self._partial = b""
+        pending = [(self._event or "message", "\n".join(self._data))] if self._data else []
+        self._event, self._data = "", []
+        return pending
+
+
+# ---- 6. Neutral chat model -------------------------------------------------------------
+#
+# Every dialect decodes into these and encodes from them, so stop reasons, ids, usage and
+# reasoning are decided once. A stream is a sequence of Part deltas (text, thinking, whole
+# tool calls, media) ending in one Finish. Parts carry `extra` for fields a dialect wants
+# back unchanged.
+
+TEXT, THINKING, MEDIA, TOOL_CALL, TOOL_RESULT = \
+    "text", "thinking", "media", "tool_call", "tool_result"
+
+# Neutral stop reasons; each dialect maps these in its own table.
+STOP, LENGTH, TOOL_CALLS, CONTENT_FILTER, MALFORMED_TOOL_CALL = \
+    "stop", "length", "tool_calls", "content_filter", "malformed_tool_call"
+
+
+@dataclasses.dataclass
+class Part:
+    type: str
+    text: str = ""                            # TEXT, THINKING
+    mime: str = ""                            # MEDIA
+    data: str = ""                            # MEDIA inline, base64
+    url: str = ""                             # MEDIA by reference
+    id: str = ""                              # TOOL_CALL, TOOL_RESULT
+    name: str = ""                            # TOOL_CALL, TOOL_RESULT
+    args: Optional[Dict[str, Any]] = None     # TOOL_CALL
+    content: Optional[List["Part"]] = None    # TOOL_RESULT: text and media parts
+    is_error: bool = False                    # TOOL_RESULT
+    signature: str = ""                       # opaque reasoning signature
+    origin: str = ""                          # provider family that issued it
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Message:
+    role: str                                 # "user" | "assistant"
+    parts: List[Part]
+
+
+@dataclasses.dataclass
+class Tool:
+    name: str
+    description: str = ""
+    schema: Dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"type": "object", "properties": {}})  # JSON Schema
+
+
+@dataclasses.dataclass
+class Thinking:
+    budget: Optional[int] = None              # tokens; 0 = off, -1 = the model decides
+    effort: str = ""                          # none | minimal | low | medium | high | xhigh | max
+    include_thoughts: bool = False            # return thought text to the client
+
+
+@dataclasses.dataclass
+class ResponseFormat:
+    """JSON output was asked for; `schema` (JSON Schema) when the client gave one."""
+
+    schema: Optional[Dict[str, Any]] = None
+    name: str = "response"
+
+
+@dataclasses.dataclass
+class Chat:
+    model: str = ""
+    messages: List[Message] = dataclasses.field(default_factory=list)
+    system: List[Part] = dataclasses.field(default_factory=list)   # TEXT parts
+    tools: List[Tool] = dataclasses.field(default_factory=list)
+    tool_choice: str = "auto"                 # auto | none | required
+    allowed_tools: List[str] = dataclasses.field(default_factory=list)  # with "required"
+    parallel_tool_calls: Optional[bool] = None
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    stop: List[str] = dataclasses.field(default_factory=list)
+    n: int = 1
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    thinking: Optional[Thinking] = None
+    response_format: Optional[ResponseFormat] = None
+    stream: bool = False
+    user: str = ""
+    # What the client asked for that only its own dialect can express (Gemini built-in
+    # tools, safety settings); kept for a same-dialect upstream, listed in the debug log.
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Usage:
+    input_tokens: int = 0                     # the whole prompt, cached part included
+    output_tokens: int = 0                    # everything generated, reasoning included
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False                   # the upstream reported none; we counted
+
+
+@dataclasses.dataclass
+class Finish:
+    """The end of a stream (or of one choice in a reply)."""
+
+    reason: str = STOP
+    usage: Optional[Usage] = None
+    stop_sequence: str = ""
+
+
+@dataclasses.dataclass
+class Choice:
+    parts: List[Part]
+    finish: Finish
+
+
+@dataclasses.dataclass
+class Reply:
+    id: str
+    model: str
+    choices: List[Choice]
+    usage: Optional[Usage]                    # None: the upstream reported none
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+
+EFFORT_BUDGETS = {"none": 0, "minimal": 512, "low": 2048, "medium": 8192, "high": 24576,
+                  "xhigh": 32768, "max": 32768}
+
+
+def thinking_effort(thinking: Thinking) -> str:
+    """The effort word for a thinking setting given as a budget, or as a word already."""
+    if thinking.effort:
+        return thinking.effort
+    if thinking.budget is None or thinking.budget < 0:
+        return ""
+    for effort in ("none", "low", "medium"):
+        if thinking.budget <= EFFORT_BUDGETS[effort]:
+            return effort
+    return "high"
+
+
+def tool_result_text(part: Part) -> str:
+    return "".join(p.text for p in part.content or () if p.type == TEXT)
+
+
+def message_text(message: Message) -> str:
+    return "".join(p.text for p in message.parts if p.type == TEXT)
+
+
+def make_tool_ids_unique(messages: List[Message]) -> None:
+    """Rename a tool-call id that an earlier turn already used (Moonshot rejects repeats),
+    and its results with it. Ids are otherwise kept exactly as the backend issued them."""
+    seen = set()
+    renamed: Dict[str, str] = {}
+    for message in messages:
+        if message.role == "assistant":
+            renamed = {}
+            for part in message.parts:
+                if part.type == TOOL_CALL:
+                    if part.id in seen:
+                        new = "%s_%d" % (part.id, len(seen))
+                        renamed[part.id], part.id = new, new
+                    seen.add(part.id)
+        else:
+            for part in message.parts:
+                if part.type == TOOL_RESULT and part.id in renamed:
+                    part.id = renamed[part.id]
+
+
+def fit_tool_id(tool_id: str, limit: int) -> str:
+    """A tool id within a length limit: long ids keep a prefix and gain a hash of the
+    whole, so the call and its result still match and distinct ids stay distinct."""
+    if len(tool_id) <= limit:
+        return tool_id
+    digest = hashlib.sha256(tool_id.encode("utf-8")).hexdigest()[:12]
+    return tool_id[:limit - 13] + "_" + digest
+
+
+def append_delta(parts: List[Part], delta: Part) -> None:
+    """Add a stream delta to assembled parts: adjacent text joins; thinking joins until a
+    signature closes its block (a signature-only delta closes the open block)."""
+    last = parts[-1] if parts else None
+    if delta.type == TEXT and last is not None and last.type == TEXT:
+        last.text += delta.text
+    elif delta.type == THINKING and last is not None and last.type == THINKING \
+            and not last.signature and not last.extra and not delta.extra:
+        last.text += delta.text
+        last.signature, last.origin = delta.signature, delta.origin or last.origin
+    elif delta.type != TEXT or delta.text:
+        parts.append(dataclasses.replace(delta))
+
+
+def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
+    """Assemble a stream of events into a one-choice reply."""
+    parts: List[Part] = []
+    finish = Finish()
+    for event in events:
+        if isinstance(event, Finish):
+            finish = event
+            break
+        append_delta(parts, event)
+    return Reply(reply_id, model, [Choice(parts, finish)], finish.usage)
+
+
+def chat_prompt_text(chat: Chat) -> str:
+    """All the text a prompt carries, for estimating its tokens."""
+    pieces = [p.text for p in chat.system]
+    for message in chat.messages:
+        for part in message.parts:
+            if part.type in (TEXT, THINKING):
+                pieces.append(part.text)
+            elif part.type == TOOL_CALL:
+                pieces.append(part.name + json.dumps(part.args or {}))
+            elif part.type == TOOL_RESULT:
+                pieces.append(tool_result_text(part))
+    pieces.extend(t.name + t.description + json.dumps(t.schema) for t in chat.tools)
+    return "\n".join(pieces)
+
+
+def chat_image_count(chat: Chat) -> int:
+    count = 0
+    for message in chat.messages:
+        for part in message.parts:
+            count += part.type == MEDIA
+            if part.type == TOOL_RESULT:
+                count += sum(p.type == MEDIA for p in part.content or ())
+    return count
+
+
+def estimate_usage(chat: Chat, parts: Iterable[Part]) -> Usage:
+    """Token counts when an upstream reports none (marked estimated in the logs)."""
+    prompt = estimate_tokens(chat_prompt_text(chat)) + IMAGE_TOKEN_ESTIMATE * chat_image_count(chat)
+    output = reasoning = 0
+    for part in parts:
+        if part.type == TOOL_CALL:
+            output += estimate_tokens(part.name + json.dumps(part.args or {}))
+        elif part.type == THINKING:
+            reasoning += estimate_tokens(part.text)
+        else:
+            output += estimate_tokens(part.text)
+    return Usage(prompt, output + reasoning, reasoning_tokens=reasoning, estimated=True)
+
+
+def merge_consecutive_turns(messages: List[Message]) -> List[Message]:
+    """One message per turn: dialects that want strict user/assistant alternation (many
+    chat templates, Anthropic) get it, and nothing is lost."""
+    merged: List[Message] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role:
+            merged[-1] = Message(message.role, merged[-1].parts + message.parts)
+        else:
+            merged.append(Message(message.role, list(message.parts)))
+    return merged
+
+
+# ---- 7. Dialect: OpenAI Chat Completions -------------------------------------------------
+#
+# Upstream side: any OpenAI-compatible server (OpenAI, Azure, Kimi, DeepSeek, Zhipu,
+# Ollama, vLLM, llama.cpp). Their differences are upstream options (section 1).
+
+OPENAI_STOP_REASONS = {           # finish_reason -> neutral
+    "stop": STOP, "length": LENGTH, "tool_calls": TOOL_CALLS, "function_call": TOOL_CALLS,
+    "content_filter": CONTENT_FILTER,
+}
+
+OPENAI_AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav",
+                        "audio/mpeg": "mp3", "audio/mp3": "mp3"}
+
+OPENAI_JSON_NOTE = "Reply with a single JSON object and nothing else."
+
+
+def _openai_media(part: Part) -> Dict[str, Any]:
+    mime = part.mime.lower()
+    if part.url and not part.data:
+        if mime.startswith("image/") or not mime:
+            return {"type": "image_url", "image_url": {"url": part.url}}
+        return {"type": "text", "text": "[%s attachment: %s]" % (mime, part.url)}
+    if mime.startswith("image/"):
+        image = {"url": "data:%s;base64,%s" % (mime, part.data)}
+        if part.extra.get("detail"):
+            image["detail"] = part.extra["detail"]
+        return {"type": "image_url", "image_url": image}
+    if mime in OPENAI_AUDIO_FORMATS:
+        return {"type": "input_audio",
+                "input_audio": {"data": part.data, "format": OPENAI_AUDIO_FORMATS[mime]}}
+    if mime == "application/pdf":
+        return {"type": "file", "file": {"filename": part.extra.get("filename", "document.pdf"),
+                                         "file_data": "data:%s;base64,%s" % (mime, part.data)}}
+    if mime.startswith("text/") or mime in ("application/json", "application/xml"):
+        try:
+            return {"type": "text", "text": base64.b64decode(part.data).decode("utf-8")}
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return {"type": "text", "text": "[%s attachment omitted: this upstream does not take it]"
+            % (mime or "unknown")}
+
+
+def _openai_content(parts: List[Part]) -> Any:
+    """A plain string when every part is text (llama.cpp rejects lists), else a list."""
+    if all(p.type == TEXT for p in parts):
+        return "\n\n".join(p.text for p in parts)
+    return [{"type": "text", "text": p.text} if p.type == TEXT else _openai_media(p)
+            for p in parts if p.type in (TEXT, MEDIA)]
+
+
+def _openai_user_messages(message: Message, tool_id_limit: int) -> List[Dict[str, Any]]:
+    """Tool results become `tool` messages first (answering the calls before anything
+    else), then the turn's own text and media, then media the tools returned."""
+    out: List[Dict[str, Any]] = []
+    rest = [p for p in message.parts if p.type in (TEXT, MEDIA)]
+    tool_media: List[Part] = []
+    for part in message.parts:
+        if part.type != TOOL_RESULT:
+            continue
+        text = tool_result_text(part)
+        out.append({"role": "tool", "tool_call_id": fit_tool_id(part.id, tool_id_limit),
+                    "content": json.dumps({"error": text}, ensure_ascii=False)
+                    if part.is_error else text})
+        media = [p for p in part.content or () if p.type == MEDIA]
+        if media:
+            tool_media.append(Part(TEXT, text="Attachments returned by %s:" % part.name))
+            tool_media.extend(media)
+    if rest or tool_media:
+        out.append({"role": "user", "content": _openai_content(rest + tool_media)})
+    return out
+
+
+def _openai_assistant_message(message: Message, options: Dict[str, Any],
+                              tool_id_limit: int) -> Dict[str, Any]:
+    text = message_text(message)
+    calls = [{"id": fit_tool_id(p.id, tool_id_limit), "type": "function",
+              "function": {"name": p.name,
+                           "arguments": json.dumps(p.args or {}, ensure_ascii=False)}}
+             for p in message.parts if p.type == TOOL_CALL]
+    out: Dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        out["tool_calls"] = calls
+        reasoning = "".join(p.text for p in message.parts if p.type == THINKING)
+        # DeepSeek and Kimi in thinking mode reject a tool-call turn without its reasoning.
+        if reasoning and options["echo_reasoning"]:
+            out[options["reasoning_field"]] = reasoning
+    return out
+
+
+def _openai_response_format(chat: Chat, options: Dict[str, Any]) -> Tuple[Any, str]:
+    """(response_format, instruction for the system prompt) for a JSON-mode request."""
+    fmt = chat.response_format
+    if fmt is None:
+        return None, ""
+    mode = options["response_format"]
+    if mode == "json_schema" and fmt.schema is not None:
+        return {"type": "json_schema", "json_schema": {
+            "name": fmt.name, "schema": fmt.schema, "strict": False}}, ""
+    note = OPENAI_JSON_NOTE
+    if fmt.schema is not None:
+        note += " It must match this JSON Schema:\n" + json.dumps(fmt.schema, ensure_ascii=False)
+    return ({"type": "json_object"} if mode != "none" else None), note
+
+
+def encode_openai_request(chat: Chat, model: str,
+                          options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Neutral request -> Chat Completions payload for an OpenAI-compatible upstream."""
+    options = options or UPSTREAM_DEFAULTS
+    tool_id_limit = OPENAI_MAX_TOOL_ID
+    response_format, json_note = _openai_response_format(chat, options)
+    system = "\n\n".join(p.text for p in chat.system if p.text)
+    if json_note:
+        system = (system + "\n\n" + json_note).strip()
+    messages: List[Dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for message in merge_consecutive_turns(chat.messages):
+        if message.role == "assistant":
+            messages.append(_openai_assistant_message(message, options, tool_id_limit))
+        else:
+            messages.extend(_openai_user_messages(message, tool_id_limit))
+    payload: Dict[str, Any] = {"model": model, "messages": messages}
+    if chat.stream:
+        payload["stream"] = True
+        if options["stream_usage"]:
+            payload["stream_options"] = {"include_usage": True}
+    tools = chat.tools
+    if chat.tool_choice == "required" and chat.allowed_tools:
+        tools = [t for t in tools if t.name in chat.allowed_tools] or tools
+    if tools:
+        payload["tools"] = [{"type": "function", "function": dict(
+            {"name": t.name, "parameters": t.schema},
+            **({"description": t.description} if t.description else {}))} for t in tools]
+        if chat.tool_choice == "required" and len(chat.allowed_tools) == 1:
+            payload["tool_choice"] = {"type": "function",
+                                      "function": {"name": chat.allowed_tools[0]}}
+        elif chat.tool_choice != "auto":
+            payload["tool_choice"] = chat.tool_choice
+        if chat.parallel_tool_calls is not None:
+            payload["parallel_tool_calls"] = chat.parallel_tool_calls
+    for field, value in (("temperature", chat.temperature), ("top_p", chat.top_p),
+                         ("presence_penalty", chat.presence_penalty),
+                         ("frequency_penalty", chat.frequency_penalty), ("seed", chat.seed),
+                         (options["max_tokens_field"], chat.max_tokens),
+                         ("user", chat.user or None)):
+        if value is not None:
+            payload[field] = value
+    if chat.top_k is not None and options["send_top_k"]:
+        payload["top_k"] = chat.top_k
+    if chat.stop:
+        payload["stop"] = chat.stop
+    if chat.n > 1:
+        payload["n"] = chat.n
+    if chat.thinking is not None and options["send_reasoning_effort"]:
+        effort = thinking_effort(chat.thinking)
+        if effort:
+            payload["reasoning_effort"] = effort
+    if response_format is not None:
+        payload["response_format"] = response_format
+    payload.update(options["extra_body"])
+    return payload
+
+
+def decode_openai_usage(usage: Any) -> Optional[Usage]:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cached = (prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens")
+              or usage.get("cached_tokens") or 0)   # OpenAI / DeepSeek / Moonshot spellings
+    return Usage(prompt, completion, cached_tokens=cached,
+                 reasoning_tokens=completion_details.get("reasoning_tokens") or 0)
+
+
+def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bool]:
+    """A whole tool call, and whether its arguments were not a JSON object."""
+    if isinstance(arguments, dict):
+        args, malformed = arguments, False
+    else:
+        try:
+            args = json.loads(arguments) if arguments and arguments.strip() else {}
+            malformed = not isinstance(args, dict)
+        except ValueError:
+            args, malformed = {}, True
+    return Part(TOOL_CALL, id=call_id or new_id("call_"), name=name,
+                args=args if not malformed else {}), malformed
+
+
+def _openai_finish(reason: Any, parts: List[Part], malformed: bool,
+                   usage: Optional[Usage]) -> Finish:
+    if malformed:
+        return Finish(MALFORMED_TOOL_CALL, usage)
+    if any(p.type == TOOL_CALL for p in parts):   # some servers say "stop" after tool calls
+        return Finish(TOOL_CALLS, usage)
+    return Finish(OPENAI_STOP_REASONS.get(reason, STOP), usage)
+
+
+def _openai_reasoning(fields: Dict[str, Any]) -> str:
+    """DeepSeek and Kimi say reasoning_content; vLLM >= 0.10 says reasoning (some send both)."""
+    value = fields.get("reasoning_content")
+    if value is None:
+        value = fields.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def decode_openai_response(payload: Any, model: str = "") -> Reply:
+    """Chat Completions reply -> neutral reply."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        raise UpstreamError("the upstream reply has no choices: %s"
+                            % json.dumps(payload)[:300], status=502)
+    usage = decode_openai_usage(payload.get("usage"))
+    choices = []
+    for choice in sorted(payload["choices"], key=lambda c: c.get("index", 0)):
+        message = choice.get("message") or {}
+        parts: List[Part] = []
+        reasoning = _openai_reasoning(message)
+        if reasoning:
+            parts.append(Part(THINKING, text=reasoning, origin="openai"))
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content:
+            parts.append(Part(TEXT, text=content))
+        refusal = message.get("refusal")
+        if refusal:
+            parts.append(Part(TEXT, text=refusal))
+        malformed = False
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            part, bad = _openai_tool_call(call.get("id", ""), fn.get("name", ""),
+                                          fn.get("arguments"))
+            malformed |= bad
+            if not bad:
+                parts.append(part)
+        finish = _openai_finish(choice.get("finish_reason"), parts, malformed, usage)
+        if refusal and not content:
+            finish.reason = CONTENT_FILTER
+        choices.append(Choice(parts, finish))
+    if not choices:
+        raise UpstreamError("the upstream reply has an empty choices list", status=502)
+    return Reply(payload.get("id") or new_id("chatcmpl-"), payload.get("model") or model,
+                 choices, usage)
+
+
+def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, Any]) -> None:
+    """Streamed tool calls arrive in fragments keyed by index. Arguments concatenate; id
+    and name are kept from the first fragment (llama.cpp repeats them in every one)."""
+    index = fragment.get("index")
+    if not isinstance(index, int):   # servers that send each call whole, without index
+        index = next((i for i, c in calls.items() if fragment.get("id") and
+                      c["id"] == fragment.get("id")), len(calls))
+    call = calls.setdefault(index, {"id": "", "name": "", "args": []})
+    fn = fragment.get("function") or {}
+    call["id"] = call["id"] or fragment.get("id") or ""
+    call["name"] = call["name"] or fn.get("name") or ""
+    arguments = fn.get("arguments")
+    if isinstance(arguments, dict):
+        call["args"] = [json.dumps(arguments)]
+    elif isinstance(arguments, str):
+        call["args"].append(arguments)
+
+
+def openai_stream_error(data: str) -> Optional[UpstreamError]:
+    """An error an OpenAI-compatible server sent inside a 200 stream, if `data` is one."""
+    if not data.startswith("{") or '"error"' not in data:
+        return None
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(chunk, dict) and chunk.get("error"):
+        return decode_openai_error(chunk.get("error", {}).get("code")
+                                   if isinstance(chunk["error"], dict) else None, chunk)
+    return None
+
+
+def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
+    """Chat Completions SSE events -> neutral events. Tool calls are held until the turn
+    ends and then emitted whole, once each; a stream that stops before its finish
+    (neither finish_reason nor [DONE]) raises, so no client sees a false normal end."""
+    calls: Dict[int, Dict[str, Any]] = {}
+    finish_reason = None
+    usage = None
+    done = False
+    for _, data in raw_events:
+        if data.strip() == "[DONE]":
+            done = True
+            break
+        error = openai_stream_error(data)
+        if error is not None:
+            raise error
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
+                                % data[:200], status=502) from None
+        if not isinstance(chunk, dict):
+            continue
+        usage = decode_openai_usage(chunk.get("usage")) or usage
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
+            delta = choice.get("delta") or {}
+            reasoning = _openai_reasoning(delta)
+            if reasoning:
+                yield Part(THINKING, text=reasoning, origin="openai")
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                yield Part(TEXT, text=delta["content"])
+            for fragment in delta.get("tool_calls") or ():
+                _merge_tool_fragment(calls, fragment)
+            finish_reason = choice.get("finish_reason") or finish_reason
+    if finish_reason is None and not done:
+        raise UpstreamError("the upstream stream ended before the reply was finished",
+                            status=502)
+    parts, malformed = [], False
+    for index in sorted(calls):
+        call = calls[index]
+        part, bad = _openai_tool_call(call["id"], call["name"], "".join(call["args"]))
+        malformed |= bad
+        if not bad:
+            parts.append(part)
+    yield from parts
+    yield _openai_finish(finish_reason, parts, malformed, usage)
+
+
+def decode_openai_error(status: Optional[int], payload: Any,
+                        headers: Optional[Dict[str, str]] = None) -> UpstreamError:
+    """An error reply from an OpenAI-compatible server (its JSON, or text) -> UpstreamError."""
+    message = ""
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or ""
+        elif isinstance(error, str):
+            message = error
+        message = message or payload.get("message") or payload.get("detail") or ""
+        if not isinstance(message, str):
+            message = json.dumps(message, ensure_ascii=False)
+    elif isinstance(payload, str):
+        message = payload.strip()
+    status = status if isinstance(status, int) and 400 <= status <= 599 else 502
+    retry_after = parse_retry_after((headers or {}).get("retry-after"))
+    return UpstreamError(message[:2000] or "HTTP %d with no message" % status, status=status,
+                         retry_after=retry_after)
+
+
+# ---- 8. Dialect: Gemini --------------------------------------------------------------------
+#
+# Client side: what Gemini CLI and the google-genai SDKs send (PROTOCOLS.md §1-2) and the
+# strict shapes they parse: single-line `data: <json>` events with ASCII-escaped JSON, no
+# comments and no [DONE]; each functionCall whole and exactly once; no empty text parts;
+# finishReason and usageMetadata together on the last chunk.
+
+GEMINI_REQUEST_FIELDS = frozenset((
+    "contents", "systemInstruction", "tools", "toolConfig", "safetySettings",
+    "generationConfig", "cachedContent", "labels", "model", "sessionId"))
+GEMINI_GENERATION_FIELDS = frozenset((
+    "temperature", "topP", "topK", "candidateCount", "maxOutputTokens", "stopSequences",
+    "presencePenalty", "frequencyPenalty", "seed", "responseMimeType", "responseSchema",
+    "responseJsonSchema", "responseLogprobs", "logprobs", "responseModalities",
+    "mediaResolution", "speechConfig", "thinkingConfig", "imageConfig", "routingConfig",
+    "modelSelectionConfig", "audioTimestamp", "enableEnhancedCivicAnswers",
+    "enableAffectiveDialog"))
+GEMINI_PART_FIELDS = frozenset((
+    "text", "thought", "thoughtSignature", "inlineData", "fileData", "functionCall",
+    "functionResponse", "executableCode", "codeExecutionResult", "videoMetadata",
+    "mediaResolution", "partMetadata"))
+GEMINI_DECLARATION_FIELDS = frozenset((
+    "name", "description", "parameters", "parametersJsonSchema", "response",
+    "responseJsonSchema", "behavior"))
+
+GEMINI_FINISH_REASONS = {         # neutral -> finishReason (a turn of tool calls is STOP)
+    STOP: "STOP", LENGTH: "MAX_TOKENS", TOOL_CALLS: "STOP", CONTENT_FILTER: "SAFETY",
+    MALFORMED_TOOL_CALL: "MALFORMED_FUNCTION_CALL",
+}
+
+GEMINI_STATUS_NAMES = {           # HTTP status -> google.rpc status name
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE",
+    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+
+GEMINI_TOOL_MODES = {"AUTO": "auto", "VALIDATED": "auto", "MODE_UNSPECIFIED": "auto",
+                     "ANY": "required", "NONE": "none"}
+
+# JSON Schema keywords whose values are schemas (maps of them, lists of them, or one).
+SCHEMA_MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions",
+                       "dependentSchemas")
+SCHEMA_LIST_KEYWORDS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SCHEMA_ONE_KEYWORDS = ("items", "additionalProperties", "not", "if", "then", "else",
+                       "contains", "propertyNames", "additionalItems",
+                       "unevaluatedProperties", "unevaluatedItems")
+
+
+def gemini_schema_to_json_schema(schema: Any) -> Any:
+    """Gemini `Schema` (OpenAPI subset: upper-case types, nullable, propertyOrdering) or
+    Gemini CLI's `parametersJsonSchema` (JSON Schema with its non-standard `nullable`)
+    -> plain JSON Schema that OpenAI-compatible and Anthropic servers take."""
+    if isinstance(schema, list):
+        return [gemini_schema_to_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: Dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "type":
+            out[key] = value.lower() if isinstance(value, str) else \
+                [v.lower() if isinstance(v, str) else v for v in value] \
+                if isinstance(value, list) else value
+        elif key in SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+            out[key] = {name: gemini_schema_to_json_schema(v) for name, v in value.items()}
+        elif key in SCHEMA_LIST_KEYWORDS and isinstance(value, list):
+            out[key] = [gemini_schema_to_json_schema(v) for v in value]
+        elif key in SCHEMA_ONE_KEYWORDS:
+            out[key] = gemini_schema_to_json_schema(value)
+        elif key == "example":
+            out["examples"] = [value]
+        elif key in ("propertyOrdering", "nullable") or (key == "format" and value == "enum"):
+            continue
+        else:
+            out[key] = value
+    if schema.get("nullable") is True:
+        if isinstance(out.get("type"), str):
+            out["type"] = [out["type"], "null"]
+        elif isinstance(out.get("anyOf"), list):
+            out["anyOf"] = out["anyOf"] + [{"type": "null"}]
+    return out
+
+
+def pack_thinking(blocks: List[Part]) -> str:
+    """Reasoning from a non-Gemini upstream, as a thought signature a Gemini client keeps
+    in its history and sends back (it drops thought parts but keeps signatures)."""
+    items = [{k: v for k, v in (("t", b.text), ("s", b.signature), ("o", b.origin),
+                                ("r", b.extra.get("redacted", ""))) if v} for b in blocks]
+    return CARRIER_PREFIX + b64url_encode(zlib.compress(json_bytes(items)))
+
+
+def unpack_thinking(signature: str) -> List[Part]:
+    """The reasoning blocks a carrier signature holds; [] for anything else."""
+    try:
+        items = json.loads(zlib.decompress(b64url_decode(signature[len(CARRIER_PREFIX):])))
+        return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
+                     origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
+                for i in items]
+    except (ValueError, TypeError, AttributeError, zlib.error):
+        return []
+
+
+def _unknown_field(fields: Iterable[str], known: frozenset, where: str) -> None:
+    for name in fields:
+        if name not in known:
+            raise ClientError('Invalid JSON payload received. Unknown name "%s" at \'%s\': '
+                              'Cannot find field.' % (name, where))
+
+
+def _expect(value: Any, kind: Any, where: str, what: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ClientError("%s: expected %s, got %s" % (where, what, json.dumps(value)[:100]))
+    return value
+
+
+def _gemini_signature(part: Part, signature: str) -> List[Part]:
+    """Attach a thoughtSignature to its part; a proxy carrier becomes the reasoning parts
+    it holds, placed before the part; Google's skip value means no signature."""
+    if signature.startswith(CARRIER_PREFIX):
+        return unpack_thinking(signature) + [part]
+    if signature and signature != GEMINI_SKIP_SIGNATURE:
+        part.signature, part.origin = signature, "gemini"
+    return [part]
+
+
+def _gemini_media(raw: Dict[str, Any], where: str) -> Part:
+    raw = camel_keys(_expect(raw, dict, where, "an object"))
+    if "fileUri" in raw:
+        return Part(MEDIA, mime=raw.get("mimeType", ""), url=raw["fileUri"])
+    return Part(MEDIA, mime=raw.get("mimeType", ""),
+                data=_expect(raw.get("data", ""), str, where + ".data", "base64 text"))
+
+
+def _gemini_tool_result(raw: Dict[str, Any], where: str) -> Part:
+    raw = camel_keys(_expect(raw, dict, where, "an object"))
+    response = raw.get("response") or {}
+    _expect(response, dict, where + ".response", "an object")
+    # Gemini's documented keys: "output" for the result, "error" for a failure.
+    if set(response) == {"output"} and isinstance(response["output"], str):
+        content, is_error = response["output"], False
+    elif set(response) == {"error"}:
+        error = response["error"]
+        content, is_error = error if isinstance(error, str) else json.dumps(error), True
+    else:
+        content, is_error = json.dumps(response, ensure_ascii=False), False
+    parts = [Part(TEXT, text=content)]
+    for j, media in enumerate(raw.get("parts") or ()):
+        media = camel_keys(media)
+        key = "inlineData" if "inlineData" in media else "fileData"
+        parts.append(_gemini_media(media.get(key), "%s.parts[%d].%s" % (where, j, key)))
+    return Part(TOOL_RESULT, id=raw.get("id") or "", name=raw.get("name") or "",
+                content=parts, is_error=is_error)
+
+
+def _gemini_part(raw: Any, where: str, strict: bool) -> List[Part]:
+    raw = camel_keys(_expect(raw, dict, where, "a part object"))
+    if strict:
+        _unknown_field(raw, GEMINI_PART_FIELDS, where)
+    signature = raw.get("thoughtSignature") or ""
+    if "text" in raw:
+        text = _expect(raw["text"], str, where + ".text", "text")
+        if raw.get("thought"):
+            return _gemini_signature(Part(THINKING, text=text), signature)
+        return _gemini_signature(Part(TEXT, text=text), signature)
+    if "inlineData" in raw or "fileData" in raw:
+        key = "inlineData" if "inlineData" in raw else "fileData"
+        return _gemini_signature(_gemini_media(raw[key], where + "." + key), signature)
+    if "functionCall" in raw:
+        call = camel_keys(_expect(raw["functionCall"], dict, where + ".functionCall", "an object"))
+        args = call.get("args") or {}
+        _expect(args, dict, where + ".functionCall.args", "an object")
+        name = _expect(call.get("name", ""), str, where + ".functionCall.name", "a name")
+        return _gemini_signature(Part(TOOL_CALL, id=call.get("id") or "", name=name,
+                                      args=args), signature)
+    if "functionResponse" in raw:
+        return [_gemini_tool_result(raw["functionResponse"], where + ".functionResponse")]
+    if "executableCode" in raw:
+        code = camel_keys(raw["executableCode"] or {})
+        return [Part(TEXT, text="```%s\n%s\n```" % (str(code.get("language", "")).lower(),
+                                                    code.get("code", "")))]
+    if "codeExecutionResult" in raw:
+        return [Part(TEXT, text=str(camel_keys(raw["codeExecutionResult"] or {})
+                                    .get("output", "")))]
+    return []
+
+
+def _pair_gemini_tool_results(messages: List[Message]) -> None:
+    """Give every call an id and every response its call's id: by id when the client sent
+    one, else the first unanswered call of that name in the model turn before it
+    (Gemini allows both to go without ids). Calls left unanswered get an error result
+    and responses with no call become text, so every upstream sees a consistent turn."""
+    pending: List[Part] = []
+    for turn, message in enumerate(messages):
+        if message.role == "assistant":
+            pending = [p for p in message.parts if p.type == TOOL_CALL]
+            for k, call in enumerate(pending):
+                call.id = call.id or "call_%d_%d" % (turn, k)
+            continue
+        answered: List[Part] = []
+        parts: List[Part] = []
+        for part in message.parts:
+            if part.type != TOOL_RESULT:
+                parts.append(part)
+                continue
+            call = next((c for c in pending if part.id and c.id == part.id), None) or \
+                next((c for c in pending if c.name == part.name), None)
+            if call is None:
+                parts.append(Part(TEXT, text="[result of %s]\n%s"
+                                  % (part.name or "a tool", tool_result_text(part))))
+                continue
+            pending.remove(call)
+            part.id, part.name = call.id, part.name or call.name
+            answered.append(part)
+        missing = [Part(TOOL_RESULT, id=c.id, name=c.name, is_error=True,
+                        content=[Part(TEXT, text="the client sent no result for this call")])
+                   for c in pending]
+        pending = []
+        message.parts = answered + missing + parts
+
+
+def _gemini_number(config: Dict[str, Any], key: str, integer: bool = False) -> Any:
+    value = config.get(key)
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    return _expect(value, kind, "generationConfig." + key, "a whole number" if integer
+                   else "a number")
+
+
+def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
+    config = camel_keys(_expect(raw, dict, "generationConfig", "an object"))
+    if strict:
+        _unknown_field(config, GEMINI_GENERATION_FIELDS, "generationConfig")
+    chat.temperature = _gemini_number(config, "temperature")
+    chat.top_p = _gemini_number(config, "topP")
+    chat.top_k = _gemini_number(config, "topK", integer=True)
+    chat.max_tokens = _gemini_number(config, "maxOutputTokens", integer=True)
+    chat.presence_penalty = _gemini_number(config, "presencePenalty")
+    chat.frequency_penalty = _gemini_number(config, "frequencyPenalty")
+    chat.seed = _gemini_number(config, "seed", integer=True)
+    chat.n = _gemini_number(config, "candidateCount", integer=True) or 1
+    stop = config.get("stopSequences") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ClientError("generationConfig.stopSequences: expected a list of strings")
+    chat.stop = stop
+    if config.get("responseMimeType") == "application/json":
+        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        chat.response_format = ResponseFormat(
+            gemini_schema_to_json_schema(schema) if isinstance(schema, dict) else None)
+    thinking = config.get("thinkingConfig")
+    if thinking is not None:
+        thinking = camel_keys(_expect(thinking, dict, "generationConfig.thinkingConfig",
+                                      "an object"))
+        budget = thinking.get("thinkingBudget")
+        if budget is not None:
+            _expect(budget, int, "generationConfig.thinkingConfig.thinkingBudget", "a number")
+        level = thinking.get("thinkingLevel") or ""
+        chat.thinking = Thinking(budget=budget, effort=str(level).lower(),
+                                 include_thoughts=bool(thinking.get("includeThoughts")))
+
+
+def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) -> Chat:
+    """GenerateContentRequest (camelCase or the Python SDK's snake_case) -> neutral Chat.
+    Raises ClientError naming the offending field."""
+    payload = camel_keys(_expect(payload, dict, "request", "a JSON object"))
+    if strict:
+        _unknown_field(payload, GEMINI_REQUEST_FIELDS, "request")
+    contents = payload.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ClientError("contents is not specified")
+    chat = Chat(model=model)
+    system = payload.get("systemInstruction")
+    if isinstance(system, str):
+        chat.system = [Part(TEXT, text=system)]
+    elif system is not None:
+        system = _expect(system, dict, "systemInstruction", "a Content object")
+        chat.system = [p for j, raw in enumerate(system.get("parts") or ())
+                       for p in _gemini_part(raw, "systemInstruction.parts[%d]" % j, strict)
+                       if p.type == TEXT]
+    for i, content in enumerate(contents):
+        content = _expect(content, dict, "contents[%d]" % i, "a Content object")
+        role = content.get("role") or "user"
+        if role not in ("user", "model"):
+            raise ClientError("contents[%d].role: Please use a valid role: user, model." % i)
+        raw_parts = _expect(content.get("parts") or [], list, "contents[%d].parts" % i, "a list")
+        parts = [p for j, raw in enumerate(raw_parts)
+                 for p in _gemini_part(raw, "contents[%d].parts[%d]" % (i, j), strict)]
+        chat.messages.append(Message("user" if role == "user" else "assistant", parts))
+    _pair_gemini_tool_results(chat.messages)
+    make_tool_ids_unique(chat.messages)
+
+    for i, tool in enumerate(_expect(payload.get("tools") or [], list, "tools", "a list")):
+        tool = camel_keys(_expect(tool, dict, "tools[%d]" % i, "a Tool object"))
+        declarations = tool.pop("functionDeclarations", None) or []
+        for j, decl in enumerate(_expect(declarations, list, "tools[%d].functionDeclarations"
+                                         % i, "a list")):
+            where = "tools[%d].functionDeclarations[%d]" % (i, j)
+            decl = camel_keys(_expect(decl, dict, where, "a FunctionDeclaration"))
+            if strict:
+                _unknown_field(decl, GEMINI_DECLARATION_FIELDS, where)
+            name = decl.get("name")
+            if not isinstance(name, str) or not name:
+                raise ClientError("%s.name: a function needs a name" % where)
+            schema = decl.get("parametersJsonSchema") or decl.get("parameters")
+            chat.tools.append(Tool(name, decl.get("description") or "",
+                                   gemini_schema_to_json_schema(schema)
+                                   if isinstance(schema, dict)
+                                   else {"type": "object", "properties": {}}))
+        if tool:   # googleSearch, codeExecution, urlContext: only Gemini runs these
+            chat.extra.setdefault("gemini_tools", []).append(tool)
+    tool_config = payload.get("toolConfig")
+    if tool_config:
+        calling = camel_keys(camel_keys(_expect(tool_config, dict, "toolConfig", "an object"))
+                             .get("functionCallingConfig") or {})
+        mode = str(calling.get("mode") or "AUTO").upper()
+        if mode not in GEMINI_TOOL_MODES:
+            raise ClientError("toolConfig.functionCallingConfig.mode: unknown mode %r" % mode)
+        chat.tool_choice = GEMINI_TOOL_MODES[mode]
+        chat.allowed_tools = list(calling.get("allowedFunctionNames") or [])
+    if payload.get("safetySettings"):
+        chat.extra["safety_settings"] = payload["safetySettings"]
+    if payload.get("generationConfig") is not None:
+        _gemini_generation_config(chat, payload["generationConfig"], strict)
+    return chat
+
+
+def gemini_usage(usage: Usage) -> Dict[str, Any]:
+    out = {"promptTokenCount": usage.input_tokens,
+           "candidatesTokenCount": max(0, usage.output_tokens - usage.reasoning_tokens),
+           "totalTokenCount": usage.input_tokens + usage.output_tokens}
+    if usage.reasoning_tokens:
+        out["thoughtsTokenCount"] = usage.reasoning_tokens
+    if usage.cached_tokens:
+        out["cachedContentTokenCount"] = usage.cached_tokens
+    return out
+
+
+class _GeminiPartWriter:
+    """Turns neutral parts into Gemini parts, for one candidate. Reasoning that came from
+    a non-Gemini upstream is gathered and packed into the first functionCall's
+    thoughtSignature, so it comes back with the history (DeepSeek and Kimi need their
+    reasoning on tool-call turns, Anthropic its signed thinking blocks)."""
+
+    def __init__(self, include_thoughts: bool):
+        self.include_thoughts = include_thoughts
+        self.carried: List[Part] = []
+        self.carrier_placed = False
+
+    def part(self, part: Part) -> Optional[Dict[str, Any]]:
+        out: Optional[Dict[str, Any]] = None
+        if part.type == THINKING:
+            if part.origin != "gemini":
+                append_delta(self.carried, part)
+            if self.include_thoughts and part.text:
+                out = {"text": part.text, "thought": True}
+        elif part.type == TEXT and part.text:
+            out = {"text": part.text}
+        elif part.type == MEDIA:
+            out = {"fileData": {"mimeType": part.mime, "fileUri": part.url}} if part.url \
+                else {"inlineData": {"mimeType": part.mime, "data": part.data}}
+        elif part.type == TOOL_CALL:
+            call = {"name": part.name, "args": part.args or {}}
+            if part.id:
+                call["id"] = part.id
+            out = {"functionCall": call}
+            if not self.carrier_placed and self.carried:
+                out["thoughtSignature"] = pack_thinking(self.carried)
+                self.carrier_placed = True
+        if part.origin == "gemini" and part.signature:
+            # Gemini signs any part, an empty text part included; the signature must
+            # go back unchanged, so it is never dropped with the part's empty text.
+            out = out if out is not None else {"text": ""}
+            out["thoughtSignature"] = part.signature
+        return out
+
+
+def _gemini_chunk(parts: List[Dict[str, Any]], model: str, response_id: str,
+                  finish: Optional[Finish] = None) -> Dict[str, Any]:
+    candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    body: Dict[str, Any] = {"candidates": [candidate]}
+    if finish is not None:
+        candidate["finishReason"] = GEMINI_FINISH_REASONS.get(finish.reason, "STOP")
+        body["usageMetadata"] = gemini_usage(finish.usage or Usage())
+    body["modelVersion"] = model
+    body["responseId"] = response_id
+    return body
+
+
+def encode_gemini_response(reply: Reply, model: str = "",
+                           include_thoughts: bool = False) -> Dict[str, Any]:
+    """Neutral reply -> GenerateContentResponse."""
+    candidates = []
+    for index, choice in enumerate(reply.choices):
+        writer = _GeminiPartWriter(include_thoughts)
+        parts = [p for p in map(writer.part, choice.parts) if p is not None]
+        candidates.append({"content": {"role": "model", "parts": parts},
+                           "finishReason": GEMINI_FINISH_REASONS.get(choice.finish.reason,
+                                                                     "STOP"),
+                           "index": index})
+    return {"candidates": candidates, "usageMetadata": gemini_usage(reply.usage or Usage()),
+            "modelVersion": model or reply.model, "responseId": reply.id}
+
+
+def encode_gemini_stream(events: Iterable[Any], model: str, response_id: str,
+                         include_thoughts: bool = False, sse: bool = True) -> Iterator[bytes]:
+    """Neutral events -> streamGenerateContent bytes: SSE (alt=sse) or the JSON-array
+    form. Tool calls wait to share one chunk with the finish. If the events stop with an
+    error the stream just ends, without finishReason: Gemini CLI then retries the turn
+    (it has no in-band error event to parse)."""
+    writer = _GeminiPartWriter(include_thoughts)
+    held_calls: List[Dict[str, Any]] = []
+    first = True
+
+    def frame(body: Dict[str, Any]) -> bytes:
+        nonlocal first
+        text = json_compact(body)
+        if sse:
+            return sse_data(text)
+        prefix, first = ("[" if first else ",\r\n"), False
+        return (prefix + text).encode("ascii")
+
+    for event in events:
+        if isinstance(event, Finish):
+            yield frame(_gemini_chunk(held_calls, model, response_id, event))
+            if not sse:
+                yield b"]"
+            return
+        part = writer.part(event)
+        if part is None:
+            continue
+        if "functionCall" in part:
+            held_calls.append(part)
+            continue
+        if held_calls:
+            yield frame(_gemini_chunk(held_calls, model, response_id))
+            held_calls = []
+        yield frame(_gemini_chunk([part], model, response_id))
+
+
+def encode_gemini_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
+    """An error in Google's shape, with RetryInfo when the client should come back later."""
+    status = 503 if error.status == 529 else error.status   # Anthropic's "overloaded"
+    body: Dict[str, Any] = {"code": status, "message": error.message,
+                            "status": GEMINI_STATUS_NAMES.get(status, "INVALID_ARGUMENT"
+                                                              if status < 500 else "INTERNAL")}
+    details = []
+    headers = [("content-type", "application/json; charset=utf-8")]
+    if error.retry_after is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": "%.3gs" % error.retry_after})
+        headers.append(("retry-after", str(int(math.ceil(error.retry_after)))))
+    if error.reason:
+        details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": error.reason, "domain": "gemini-proxy"})
+    if details:
+        body["details"] = details
+    return status, headers, json_bytes({"error": body})
+
+
+def gemini_count_tokens(payload: Any) -> Dict[str, Any]:
+    """countTokens, estimated locally from the request: it never generates."""
+    payload = camel_keys(_expect(payload, dict, "request", "a JSON object"))
+    _unknown_field(payload, frozenset(("contents", "generateContentRequest")), "request")
+    request = payload.get("generateContentRequest")
+    if request is None:
+        request = {"contents": payload.get("contents") or []}
+    request = dict(_expect(request, dict, "generateContentRequest", "an object"))
+    request.pop("model", None)
+    if not request.get("contents"):
+        return {"totalTokens": 0}
+    chat = decode_gemini_request(request)
+    text_tokens = estimate_tokens(chat_prompt_text(chat))
+    image_tokens = IMAGE_TOKEN_ESTIMATE * chat_image_count(chat)
+    details = [{"modality": "TEXT", "tokenCount": text_tokens}]
+    if image_tokens:
+        details.append({"modality": "IMAGE", "tokenCount": image_tokens})
+    return {"totalTokens": text_tokens + image_tokens, "promptTokensDetails": details}
+
+
+def gemini_model_info(name: str, description: str = "") -> Dict[str, Any]:
+    return {"name": "models/" + name, "baseModelId": name, "version": "proxied",
+            "displayName": name, "description": description,
+            "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
+                                           "countTokens"],
+            "temperature": 1, "maxTemperature": 2, "topP": 0.95, "topK": 64, "thinking": True}
+
+
+# ---- 9. Dialect registry, upstream kinds and routes -----------------------------------
+#
+# A client dialect is a set of endpoints plus the functions that read its requests and
+# write its replies; an upstream kind is how to talk to one provider API. The server
+# (section 11) knows nothing dialect-specific beyond these two tables.
+
+@dataclasses.dataclass
+class Exchange:
+    """One client request on its way through the proxy: what the access log reports and
+    what the client-side encoders need to know about the request."""
+
+    rid: str
+    dialect: str                    # client dialect
+    action: str                     # generate | stream | count_tokens | list_models | ...
+    client_model: str = ""
+    upstream: str = ""
+    upstream_model: str = ""
+    stream: bool = False
+    sse: bool = True                # Gemini: ?alt=sse; without it the JSON-array form
+    include_thoughts: bool = False  # Gemini: thinkingConfig.includeThoughts
+    status: int = 0
+    usage: Optional[Usage] = None
+    error: str = ""
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientDialect:
+    name: str
+    endpoints: Tuple[Tuple[str, "re.Pattern[str]", str], ...]   # (method, path, action)
+    decode_request: Callable[[Exchange, RequestHead, Any, bool], Chat]
+    encode_response: Callable[[Exchange, Reply], Dict[str, Any]]
+    encode_stream: Callable[[Exchange, Iterable[Any]], Iterator[bytes]]
+    stream_content_type: Callable[[Exchange], str]
+    encode_error: Callable[[ProxyError], Tuple[int, List[Tuple[str, str]], bytes]]
+    count_tokens: Callable[[Exchange, Any], Dict[str, Any]]
+    list_models: Callable[[List[str]], Dict[str, Any]]
+    get_model: Callable[[str], Dict[str, Any]]
+
+
+def _gemini_client_request(ex: Exchange, head: RequestHead, payload: Any,
+                           strict: bool) -> Chat:
+    chat = decode_gemini_request(payload, ex.client_model, strict)
+    chat.stream = ex.action == "stream"
+    ex.sse = head.query_value("alt") == "sse"
+    ex.include_thoughts = bool(chat.thinking and chat.thinking.include_thoughts)
+    return chat
+
+
+GEMINI_DIALECT = ClientDialect(
+    name="gemini",
+    endpoints=(
+        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+):generateContent\Z"),
+         "generate"),
+        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+)"
+                            r":streamGenerateContent\Z"), "stream"),
+        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+):countTokens\Z"),
+         "count_tokens"),
+        ("GET", re.compile(r"/v1(?:beta|alpha)?/models\Z"), "list_models"),
+        ("GET", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+)\Z"), "get_model"),
+    ),
+    decode_request=_gemini_client_request,
+    encode_response=lambda ex, reply: encode_gemini_response(reply, ex.client_model,
+                                                             ex.include_thoughts),
+    encode_stream=lambda ex, events: encode_gemini_stream(
+        events, ex.client_model, ex.rid, ex.include_thoughts, ex.sse),
+    stream_content_type=lambda ex: "text/event-stream" if ex.sse else "application/json",
+    encode_error=encode_gemini_error,
+    count_tokens=lambda ex, payload: gemini_count_tokens(payload),
+    list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
+    get_model=gemini_model_info,
+)
+
+CLIENT_DIALECTS: Dict[str, ClientDialect] = {"gemini": GEMINI_DIALECT}
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamKind:
+    """How to talk to one provider API over HTTP, or (answer_locally) without any."""
+
+    name: str
+    path: str = ""                              # appended to base_url
+    auth_headers: Callable[[str, Dict[str, Any]], List[Tuple[str, str]]] = \
+        lambda key, options: []
+    encode_request: Optional[Callable[[Chat, str, Dict[str, Any]], Dict[str, Any]]] = None
+    decode_response: Optional[Callable[[Any, str], Reply]] = None
+    decode_stream: Optional[Callable[[Iterable[Tuple[str, str]]], Iterator[Any]]] = None
+    stream_event_error: Optional[Callable[[str], Optional[UpstreamError]]] = None
+    decode_error: Optional[Callable[[int, Any, Dict[str, str]], UpstreamError]] = None
+    answer_locally: Optional[Callable[[Chat, str], Iterator[Any]]] = None
+
+
+def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
+    if not key or options["auth"] == "none":
+        return []
+    if options["auth"] == "api-key":          # Azure OpenAI
+        return [("api-key", key)]
+    return [("authorization", "Bearer " + key)]
+
+
+def echo_events(chat: Chat, model: str) -> Iterator[Any]:
+    """The echo upstream: repeats the last user text, to check a client's wiring with no
+    provider at all. Streams it word by word like a model would."""
+    last = next((m for m in reversed(chat.messages) if m.role == "user"), Message("user", []))
+    texts = [p.text.strip() for p in last.parts if p.type == TEXT and p.text.strip()]
+    said = texts[-1] if texts else "; ".join(
+        "%s returned %s" % (p.name, tool_result_text(p)[:200])
+        for p in last.parts if p.type == TOOL_RESULT)
+    text = "echo (%s): %s" % (chat.model or model, said or "(no text)")
+    parts = []
+    for word in re.findall(r"\S+\s*", text):
+        part = Part(TEXT, text=word)
+        parts.append(part)
+        yield part
+    yield Finish(STOP, estimate_usage(chat, parts))
+
+
+UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
+    "openai": UpstreamKind(
+        name="openai", path="/chat/completions", auth_headers=openai_auth_headers,
+        encode_request=encode_openai_request, decode_response=decode_openai_response,
+        decode_stream=decode_openai_stream, stream_event_error=openai_stream_error,
+        decode_error=decode_openai_error),
+    "echo": UpstreamKind(name="echo", answer_locally=echo_events),
+}
+assert set(UPSTREAM_KINDS) == set(CHOICES["kind"])
+
+
+def routable_models(config: Config) -> List[str]:
+    """Model names a client can ask for: every exact route, plus the well-known Gemini
+    names that a pattern route covers."""
+    names = [r.pattern for r in config.routes if not is_glob(r.pattern)]
+    globs = [r for r in config.routes if is_glob(r.pattern)]
+    names += [n for n in KNOWN_GEMINI_MODELS if any(r.matches(n) for r in globs)]
+    return list(dict.fromkeys(names))
+
+
+# ---- 10. Upstream client -------------------------------------------------------------------
+#
+# Blocking http.client calls, made only from worker threads. Connections are kept alive
+# and pooled per (scheme, host, port, proxy): a fresh TLS handshake costs real users
+# 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamTarget:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    proxy: Optional[Tuple[str, int]] = None     # (host, port) of an HTTP proxy
+    proxy_auth: str = ""                        # Proxy-Authorization value
+
+    def url(self, path: str) -> str:
+        """The request target: absolute-form through a plain-HTTP proxy, else a path."""
+        if self.proxy and self.scheme == "http":
+            return "http://%s:%d%s%s" % (self.host, self.port, self.base_path, path)
+        return self.base_path + path
+
+
+def upstream_target(base_url: str, environ: Optional[Dict[str, str]] = None) -> UpstreamTarget:
+    parts = urllib.parse.urlsplit(base_url)
+    scheme, host = parts.scheme, parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    proxies = urllib.request.getproxies_environment() if environ is None else {
+        k[:-6].lower(): v for k, v in environ.items() if k.lower().endswith("_proxy") and v}
+    proxy_url = proxies.get(scheme)
+    bypass = proxies.get("no", "")
+    if proxy_url and not _proxy_bypassed(host, port, bypass):
+        proxy = urllib.parse.urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
+        auth = ""
+        if proxy.username:
+            credentials = "%s:%s" % (urllib.parse.unquote(proxy.username),
+                                     urllib.parse.unquote(proxy.password or ""))
+            auth = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+        return UpstreamTarget(scheme, host, port, parts.path.rstrip("/"),
+                              (proxy.hostname or "", proxy.port or 8080), auth)
+    return UpstreamTarget(scheme, host, port, parts.path.rstrip("/"))
+
+
+def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """NO_PROXY semantics as curl has them: "*", exact hosts, domain suffixes, host:port."""
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.partition(":")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.lstrip(".")
+        if host.lower() == name or host.lower().endswith("." + name):
+            return True
+    return False
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per target; thread-safe. `open` counts connections
+    that exist (idle or in use), so tests can assert that nothing leaks."""
+
+    def __init__(self):
+        self._idle: Dict[UpstreamTarget, List[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._ssl = ssl.create_default_context()
+        self.open = 0
+        self.created = 0
+
+    def acquire(self, target: UpstreamTarget, connect_timeout: float,
+                read_timeout: float) -> Tuple[http.client.HTTPConnection, bool]:
+        """A connection to the target and whether it was reused."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(target)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                break
+            if _connection_alive(conn):
+                conn.sock.settimeout(read_timeout)
+                return conn, True
+            self.discard(conn)
+        host, port = target.proxy or (target.host, target.port)
+        if target.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=connect_timeout, context=self._ssl)
+            if target.proxy:
+                conn.set_tunnel(target.host, target.port, headers=(
+                    {"Proxy-Authorization": target.proxy_auth} if target.proxy_auth else None))
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(read_timeout)
+        with self._lock:
+            self.open += 1
+            self.created += 1
+        return conn, False
+
+    def release(self, target: UpstreamTarget, conn: http.client.HTTPConnection,
+                max_idle: int) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(target, [])
+            if len(idle) < max_idle:
+                idle.append(conn)
+                return
+        self.discard(conn)
+
+    def discard(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        with self._lock:
+            self.open -= 1
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            self.discard(conn)
+
+
+def _connection_alive(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive socket that is readable has been closed by the server."""
+    if conn.sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+        return not readable
+    except (OSError, ValueError):
+        return False
+
+
+class UpstreamResponse:
+    """An upstream reply being read in a worker thread. close() returns a fully read
+    connection to the pool and drops any other; abort() may be called from another
+    thread (the event loop, when the client leaves) to stop a blocked read at once."""
+
+    def __init__(self, pool: ConnectionPool, target: UpstreamTarget,
+                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 max_idle: int, name: str, read_timeout: float):
+        self._pool, self._target, self._conn, self._response = pool, target, conn, response
+        self._max_idle, self._name, self._read_timeout = max_idle, name, read_timeout
+        self._closed = False
+        self.status = response.status
+        self.headers = {k.lower(): v for k, v in response.getheaders()}
+
+    def _failure(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, socket.timeout):
+            return UpstreamError("upstream %r sent nothing for %gs" % (
+                self._name, self._read_timeout), status=504)
+        return UpstreamError("the connection to upstream %r broke: %s" % (
+            self._name, exc.__class__.__name__), status=502)
+
+    def read_body(self, limit: int = 256 * 1024 * 1024) -> bytes:
+        try:
+            body = self._response.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._failure(exc) from None
+        if len(body) > limit:
+            raise UpstreamError("upstream %r sent more than %d bytes" % (self._name, limit))
+        return body
+
+    def sse_events(self, on_raw: Optional[Callable[[bytes], None]] = None
+                   ) -> Iterator[Tuple[str, str]]:
+        parser = SSEParser()
+        while True:
+            try:
+                data = self._response.read1(65536)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._failure(exc) from None
+            if not data:
+                break
+            if on_raw is not None:
+                on_raw(data)
+            yield from parser.feed(data)
+        yield from parser.finish()
+
+    def abort(self) -> None:
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self, reuse: bool = True) -> None:
+        """Release the connection: back to the pool when the reply was read to its end
+        (reuse=False when it was abandoned, so the upstream stops generating)."""
+        if self._closed:
+            return
+        self._closed = True
+        response = self._response
+        if reuse and not response.isclosed():
+            # A reply read up to its logical end ([DONE]) usually has only the last
+            # chunk marker left in flight; read it briefly so the connection is reusable.
+            try:
+                self._conn.sock.settimeout(0.05)
+                for _ in range(4):
+                    if not response.read1(65536):
+                        break
+            except (OSError, http.client.HTTPException, AttributeError):
+                pass
+        if reuse and response.isclosed() and not response.will_close:
+            self._pool.release(self._target, self._conn, self._max_idle)
+        else:
+            response.close()
+            self._pool.discard(self._conn)
+
+
+def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
+                           method: str, path: str, body: bytes,
+                           headers: List[Tuple[str, str]], connect_timeout: float,
+                           read_timeout: float, max_idle: int) -> UpstreamResponse:
+    """Send a request and wait for the status line and headers. A reused connection that
+    the server had already closed is retried once on a fresh one; everything else that
+    goes wrong becomes an UpstreamError with a status (502 unreachable, 504 timeout)."""
+    request_headers = dict(headers)
+    request_headers["content-length"] = str(len(body))
+    if target.proxy and target.scheme == "http" and target.proxy_auth:
+        request_headers["proxy-authorization"] = target.proxy_auth
+    retry_stale = True
+    while True:
+        try:
+            conn, reused = pool.acquire(target, connect_timeout, read_timeout)
+        except socket.timeout:
+            raise UpstreamError("connecting to upstream %r timed out after %gs"
+                                % (name, connect_timeout), status=504) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
+                name, target.host, target.port, getattr(exc, "strerror", None)
+                or exc.__class__.__name__), status=502) from None
+        try:
+            conn.request(method, target.url(path), body=body, headers=request_headers)
+            response = conn.getresponse()
+        except socket.timeout:
+            pool.discard(conn)
+            raise UpstreamError("upstream %r sent no reply within %gs" % (name, read_timeout),
+                                status=504) from None
+        except (OSError, http.client.HTTPException) as exc:
+            pool.discard(conn)
+            if reused and retry_stale:
+                retry_stale = False
+                continue
+            raise UpstreamError("the connection to upstream %r broke before it replied: %s"
+                                % (name, exc.__class__.__name__), status=502) from None
+        return UpstreamResponse(pool, target, conn, response, max_idle, name, read_timeout)
+
+
+# ---- 11. Server -----------------------------------------------------------------------------
+#
+# An asyncio server reads requests and writes responses; everything that blocks or costs
+# (JSON, conversion, the upstream call) runs in a worker thread, which hands the event
+# loop finished bytes through a bounded ChunkPipe. The status line is written only once
+# the upstream has answered 2xx and its first event has arrived: before that, a failure
+# is still a proper HTTP error in the client's dialect.
+
+log = logging.getLogger("gemini_proxy")
+access_log = logging.getLogger("gemini_proxy.access")
+
+
+@dataclasses.dataclass
+class ResponseHead:
+    status: int
+    headers: List[Tuple[str, str]]
+    body: Optional[bytes] = None    # None: a chunked stream follows
+
+
+class ChunkPipe:
+    """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
+    so a slow client slows the upstream read instead of filling memory; the loop takes
+    everything waiting in one hop. abort() (the client left) makes put() raise ClientGone
+    and runs the hooks that stop a blocked upstream read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int):
+        self._loop = loop
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._space = threading.Semaphore(capacity)
+        self._waiter: Optional[asyncio.Future] = None
+        self._abort_hooks: List[Callable[[], None]] = []
+        self.gone = False
+
+    def put(self, item: Any) -> None:
+        while not self._space.acquire(timeout=0.5):
+            if self.gone:
+                raise ClientGone()
+        if self.gone:
+            raise ClientGone()
+        self._append(item)
+
+    def finish(self) -> None:
+        """The end marker; never blocks (the loop may have stopped reading)."""
+        self._append(None)
+
+    def _append(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+
+    def on_abort(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._abort_hooks.append(hook)
+            gone = self.gone
+        if gone:
+            hook()
+
+    async def take(self) -> List[Any]:
+        while True:
+            with self._lock:
+                if self._items:
+                    items = list(self._items)
+                    self._items.clear()
+                    break
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+        for _ in items:
+            self._space.release()
+        return items
+
+    def abort(self) -> None:
+        with self._lock:
+            self.gone = True
+            hooks = list(self._abort_hooks)
+        for hook in hooks:
+            hook()
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class DetailLog:
+    """The four stages of one request (client request, upstream request, upstream
+    response, client response) in one file under logging.log_dir, secrets redacted."""
+
+    def __init__(self, directory: str, rid: str, redactor: Redactor, limit: int):
+        folder = os.path.join(directory, time.strftime("%Y-%m-%d"))
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, "%s-%s.log" % (time.strftime("%H%M%S"), rid))
+        self._redact = redactor
+        self._limit = limit
+        self._streams: Dict[str, bytearray] = {}
+
+    def stage(self, title: str, headers: Iterable[Tuple[str, str]] = (),
+              body: bytes = b"") -> None:
+        text = body[:self._limit].decode("utf-8", "replace")
+        if len(body) > self._limit:
+            text += "\n... (%d more bytes)" % (len(body) - self._limit)
+        lines = ["=== %s" % title]
+        lines += ["%s: %s" % pair for pair in self._redact.headers(headers)]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n\n" + self._redact.text(text) + "\n\n")
+
+    def stream(self, title: str) -> Callable[[bytes], None]:
+        """A sink for a streamed body, written out by close()."""
+        buffer = self._streams.setdefault(title, bytearray())
+
+        def sink(data: bytes) -> None:
+            if len(buffer) <= self._limit:
+                buffer.extend(data)
+        return sink
+
+    def close(self) -> None:
+        for title, buffer in self._streams.items():
+            self.stage(title, body=bytes(buffer))
+        self._streams.clear()
+
+
+@dataclasses.dataclass
+class UpstreamRuntime:
+    name: str
+    spec: Dict[str, Any]
+    kind: UpstreamKind
+    target: Optional[UpstreamTarget]
+
+
+def client_key(head: RequestHead) -> str:
+    """The key a client sent, in any of the places the three dialects put it."""
+    key = head.header("x-goog-api-key") or head.query_value("key") or head.header("x-api-key")
+    if key:
+        return key
+    scheme, _, value = head.header("authorization").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
+
+
+def retryable(error: ProxyError) -> bool:
+    """Worth another attempt before the client has seen anything: rate limits, timeouts,
+    server errors and connection failures; never other 4xx."""
+    return error.status in (408, 429) or error.status >= 500
+
+
+class Proxy:
+    """The application: configuration, upstreams and the blocking request handlers that
+    run in worker threads. The asyncio server (ProxyServer) is its only caller."""
+
+    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
+        self.config = config
+        self.redactor = Redactor(config.secrets())
+        self.pool = ConnectionPool()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.server["workers"], thread_name_prefix="upstream")
+        self.upstreams = {
+            name: UpstreamRuntime(name, spec, UPSTREAM_KINDS[spec["kind"]],
+                                  upstream_target(spec["base_url"], environ)
+                                  if spec["kind"] != "echo" else None)
+            for name, spec in config.upstreams.items()}
+        self.active = 0   # requests inside a worker right now
+        self._active_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+        self.pool.close_all()
+
+    def authorized(self, head: RequestHead) -> bool:
+        keys = self.config.server["api_keys"]
+        if not keys:
+            return True
+        sent = client_key(head).encode("utf-8")
+        matched = False
+        for key in keys:   # compare with every key: timing says nothing about which
+            matched |= hmac.compare_digest(sent, key.encode("utf-8"))
+        return matched
+
+    def describe(self) -> List[str]:
+        """The start-up lines: where requests go."""
+        lines = []
+        for name, runtime in self.upstreams.items():
+            spec = runtime.spec
+            where = spec["base_url"] if runtime.target else "(answers locally)"
+            lines.append("upstream %s: %s %s%s" % (
+                name, spec["kind"], where,
+                " with key " + fingerprint(spec["api_key"]) if spec["api_key"] else ""))
+        for route in self.config.routes:
+            lines.append("route %s -> %s/%s" % (route.pattern, route.upstream,
+                                                route.upstream_model or "(same name)"))
+        return lines
+
+    # -- in worker threads -----------------------------------------------------------
+
+    def handle_blocking(self, ex: Exchange, head: RequestHead, body: bytes,
+                        pipe: ChunkPipe) -> None:
+        """Answer one request into the pipe; never raises."""
+        with self._active_lock:
+            self.active += 1
+        dialect = CLIENT_DIALECTS[ex.dialect]
+        detail = DetailLog(self.config.logging["log_dir"] or "logs", ex.rid, self.redactor,
+                           self.config.logging["max_logged_body_bytes"]) \
+            if self.config.logging["detailed"] else None
+        upstream_response: List[UpstreamResponse] = []
+        committed = False
+        try:
+            if detail:
+                detail.stage("1. client request: %s %s" % (head.method, head.target),
+                             head.headers, body)
+            payload = parse_json_body(body)
+            if ex.action == "count_tokens":
+                result = json_bytes(dialect.count_tokens(ex, payload))
+                pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
+                ex.status = 200
+                return
+            chat = dialect.decode_request(ex, head, payload,
+                                          self.config.server["reject_unknown_fields"])
+            ex.stream = chat.stream
+            route, model = resolve_route(self.config, ex.client_model)
+            runtime = self.upstreams[route.upstream]
+            ex.upstream, ex.upstream_model = runtime.name, model
+            if chat.extra:
+                log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
+                          runtime.name, ", ".join(sorted(chat.extra)))
+            answer = self._call_upstream_blocking(ex, runtime, chat, model, pipe, detail,
+                                                  upstream_response)
+            if chat.stream:
+                events = self._track_usage(ex, chat, answer)
+                first = next(events)   # the commit point: the upstream is answering
+                pipe.put(ResponseHead(200, [
+                    ("content-type", dialect.stream_content_type(ex)),
+                    ("cache-control", "no-cache")]))
+                committed = True
+                sink = detail.stream("4. client response: 200") if detail else None
+                for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
+                    if sink:
+                        sink(chunk)
+                    pipe.put(chunk)
+            else:
+                if answer.usage is None:
+                    answer.usage = estimate_usage(chat, answer.choices[0].parts)
+                ex.usage = answer.usage
+                result = json_bytes(dialect.encode_response(ex, answer))
+                if detail:
+                    detail.stage("4. client response: 200", (), result)
+                pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
+            ex.status = 200
+        except ClientGone:
+            ex.status, ex.error = 499, "the client closed the connection"
+        except ProxyError as err:
+            if pipe.gone:
+                ex.status, ex.error = 499, "the client closed the connection"
+                return
+            err.message = self.redactor.text(err.message)
+            ex.error = err.message
+            if committed:   # the stream's encoder has already ended it in its own way
+                log.warning("%s: stream to the client ended early: %s", ex.rid, err.message)
+                return
+            ex.status, headers, result = dialect.encode_error(err)
+            if detail:
+                detail.stage("4. client response: %d" % ex.status, headers, result)
+            try:
+                pipe.put(ResponseHead(ex.status, headers, result))
+            except ClientGone:
+                pass
+        except Exception as exc:   # a bug: answer 500 and keep serving everyone else
+            log.exception("%s: internal error", ex.rid)
+            ex.error = "internal error: %s" % exc.__class__.__name__
+            if not committed and not pipe.gone:
+                ex.status, headers, result = dialect.encode_error(
+                    ProxyError("internal error in gemini-proxy (request %s)" % ex.rid))
+                try:
+                    pipe.put(ResponseHead(ex.status, headers, result))
+                except ClientGone:
+                    pass
+        finally:
+            for response in upstream_response:
+                response.close(reuse=ex.status == 200 and not ex.error)
+            if detail:
+                detail.close()
+            pipe.finish()
+            with self._active_lock:
+                self.active -= 1
+
+    def _track_usage(self, ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
+        """Pass events on; record the usage, counting it when the upstream did not."""
+        parts = []
+        for event in events:
+            if isinstance(event, Finish):
+                if event.usage is None:
+                    event.usage = estimate_usage(chat, parts)
+                ex.usage = event.usage
+            else:
+                parts.append(event)
+            yield event
+
+    def _call_upstream_blocking(self, ex: Exchange, runtime: UpstreamRuntime, chat: Chat,
+                                model: str, pipe: ChunkPipe, detail: Optional[DetailLog],
+                                opened: List[UpstreamResponse]) -> Any:
+        """The upstream's answer: a Reply, or for a stream an iterator of neutral events
+        whose first upstream event has already arrived. Failures before that point are
+        retried as configured and then raised, while the client can still get a real
+        HTTP error."""
+        kind = runtime.kind
+        if kind.answer_locally is not None:
+            events = kind.answer_locally(chat, model)
+            return events if chat.stream else collect_reply(events, ex.rid, model)
+        spec = runtime.spec
+        body = json.dumps(kind.encode_request(chat, model, spec), ensure_ascii=False).encode()
+        headers = [("content-type", "application/json"),
+                   ("accept", "text/event-stream" if chat.stream else "application/json"),
+                   ("user-agent", "gemini-proxy/" + __version__)]
+        headers += kind.auth_headers(spec["api_key"], spec)
+        headers += list(spec["headers"].items())
+        path = kind.path
+        if spec["query"]:
+            path += "?" + urllib.parse.urlencode(spec["query"])
+        attempt = 0
+        while True:
+            attempt += 1
+            if detail:
+                detail.stage("2. upstream request: POST %s%s (attempt %d)"
+                             % (spec["base_url"], path, attempt), headers, body)
+            try:
+                response = open_upstream_blocking(
+                    self.pool, runtime.target, runtime.name, "POST", path, body, headers,
+                    spec["connect_timeout"], spec["read_timeout"], spec["max_idle_connections"])
+                opened.append(response)
+                pipe.on_abort(response.abort)
+                if response.status >= 300:
+                    raise self._upstream_failure(runtime, response, detail)
+                if not chat.stream:
+                    return self._read_reply(runtime, response, model, detail)
+                sink = detail.stream("3. upstream response: %d" % response.status) \
+                    if detail else None
+                raw = response.sse_events(sink)
+                first = next(raw, None)
+                if first is None:
+                    raise UpstreamError("upstream %r ended its stream without sending anything"
+                                        % runtime.name, status=502)
+                error = kind.stream_event_error(first[1])
+                if error is not None:
+                    raise error
+                return kind.decode_stream(itertools.chain([first], raw))
+            except UpstreamError as err:
+                if attempt > spec["retries"] or pipe.gone or not retryable(err):
+                    raise
+                log.warning("%s: upstream %s failed (%d: %s); attempt %d of %d in %gs",
+                            ex.rid, runtime.name, err.status, self.redactor.text(err.message),
+                            attempt + 1, spec["retries"] + 1, spec["retry_wait"])
+                time.sleep(spec["retry_wait"])
+
+    def _read_reply(self, runtime: UpstreamRuntime, response: UpstreamResponse, model: str,
+                    detail: Optional[DetailLog]) -> Reply:
+        data = response.read_body()
+        if detail:
+            detail.stage("3. upstream response: %d" % response.status,
+                         response.headers.items(), data)
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            raise UpstreamError("upstream %r replied with invalid JSON: %r"
+                                % (runtime.name, data[:200]), status=502) from None
+        return runtime.kind.decode_response(payload, model)
+
+    def _upstream_failure(self, runtime: UpstreamRuntime, response: UpstreamResponse,
+                          detail: Optional[DetailLog]) -> UpstreamError:
+        data = response.read_body(1024 * 1024)
+        if detail:
+            detail.stage("3. upstream response: %d" % response.status,
+                         response.headers.items(), data)
+        try:
+            payload: Any = json.loads(data)
+        except ValueError:
+            payload = data.decode("utf-8", "replace")
+        error = runtime.kind.decode_error(response.status, payload, response.headers)
+        error.message = "upstream %r answered %d: %s" % (runtime.name, response.status,
+                                                         error.message)
+        return error
+
+
+HEALTH_PATHS = ("/health", "/healthz")
+
+
+def match_endpoint(method: str, path: str) -> Tuple[Optional[ClientDialect], str,
+                                                    Dict[str, str]]:
+    """(dialect, action, path parameters) for a request; action "method_not_allowed" when
+    only the method is wrong, "not_found" when nothing matches."""
+    wrong_method = False
+    for dialect in CLIENT_DIALECTS.values():
+        for endpoint_method, pattern, action in dialect.endpoints:
+            match = pattern.match(path)
+            if match:
+                if endpoint_method == method:
+                    return dialect, action, match.groupdict()
+                wrong_method = True
+    return None, "method_not_allowed" if wrong_method else "not_found", {}
+
+
+def guess_dialect(path: str) -> ClientDialect:
+    """The dialect an unroutable or malformed request most likely speaks, for its error."""
+    return GEMINI_DIALECT
+
+
+class _ClientConnection:
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.busy = False
+
+
+class ProxyServer:
+    """asyncio HTTP/1.1 server: keep-alive, Content-Length and chunked bodies, Expect:
+    100-continue, limits and timeouts, chunked streaming with backpressure, graceful
+    shutdown. Construct, `await start()`, then `await serve_until_stopped()`."""
+
+    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
+        self.config = config
+        self.proxy = Proxy(config, environ)
+        self.port = 0
+        self._limits = config.server
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._connections: set = set()
+        self._draining = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.config.server["host"], self.config.server["port"],
+            reuse_address=True, backlog=2048)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; safe to call from any thread or a signal handler."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def serve_until_stopped(self) -> None:
+        assert self._server is not None and self._stop is not None
+        await self._stop.wait()
+        self._draining = True
+        self._server.close()
+        for connection in list(self._connections):
+            if not connection.busy:
+                connection.writer.close()
+        deadline = time.monotonic() + self._limits["shutdown_grace"]
+        while any(c.busy for c in self._connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self._connections):
+            connection.writer.close()
+        await asyncio.sleep(0)
+        self.proxy.close()
+
+    # -- one connection -------------------------------------------------------------
+
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        connection = _ClientConnection(writer)
+        self._connections.add(connection)
+        buf = bytearray()
+        try:
+            while not self._draining:
+                try:
+                    head = await self._read_head(reader, buf)
+                except ClientError as err:
+                    await self._send_error(writer, guess_dialect(""), err, "", keep_alive=False)
+                    return
+                if head is None:
+                    return
+                connection.busy = True
+                keep_alive = await self._handle_request(reader, writer, buf, head)
+                connection.busy = False
+                if not keep_alive:
+                    return
+        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except Exception:   # a bug: drop this connection, keep serving the others
+            log.exception("connection handler failed")
+        finally:
+            self._connections.discard(connection)
+            writer.close()
+
+    async def _read_more(self, reader: asyncio.StreamReader, buf: bytearray,
+                         timeout: float) -> bool:
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+        buf.extend(data)
+        return bool(data)
+
+    async def _read_head(self, reader: asyncio.StreamReader,
+                         buf: bytearray) -> Optional[RequestHead]:
+        """The next request head, or None when the client is done (EOF or idle)."""
+        limit = self._limits["max_head_bytes"]
+        deadline = None
+        while True:
+            while buf[:2] == b"\r\n":    # blank lines between requests are allowed
+                del buf[:2]
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                if end > limit:
+                    raise ClientError("request head over %d bytes" % limit, status=431)
+                data = bytes(buf[:end])
+                del buf[:end + 4]
+                return parse_request_head(data, self._limits["max_header_count"])
+            if len(buf) > limit:
+                raise ClientError("request head over %d bytes" % limit, status=431)
+            if not buf:
+                timeout = self._limits["idle_timeout"]
+            else:
+                deadline = deadline or time.monotonic() + self._limits["head_timeout"]
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise ClientError("the request head took too long", status=408)
+            try:
+                more = await self._read_more(reader, buf, timeout)
+            except asyncio.TimeoutError:
+                if buf:
+                    raise ClientError("the request head took too long", status=408) from None
+                return None
+            if not more:
+                return None
+
+    async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         buf: bytearray, head: RequestHead, length: int) -> bytes:
+        if length and head.header("expect").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timeout = self._limits["body_timeout"]
+        try:
+            if length >= 0:
+                while len(buf) < length:
+                    if not await self._read_more(reader, buf, timeout):
+                        raise ClientError("the request body ended early")
+                body = bytes(buf[:length])
+                del buf[:length]
+                return body
+            decoder = ChunkedDecoder(self._limits["max_body_bytes"])
+            pieces = decoder.feed(buf)
+            while not decoder.done:
+                if not await self._read_more(reader, buf, timeout):
+                    raise ClientError("the chunked request body ended early")
+                pieces += decoder.feed(buf)
+            return b"".join(pieces)
+        except asyncio.TimeoutError:
+            raise ClientError("the request body took too long", status=408) from None
+
+    async def _handle_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              buf: bytearray, head: RequestHead) -> bool:
+        """Answer one request; True when the connection may carry another."""
+        dialect, action, params = match_endpoint(head.method, head.path)
+        error_dialect = dialect or guess_dialect(head.path)
+        ex = Exchange(new_id(nbytes=4), error_dialect.name, action,
+                      client_model=params.get("model", "").replace("models/", "", 1))
+        keep_alive = head.keep_alive and not self._draining
+        try:
+            length = request_body_length(head, self._limits["max_body_bytes"])
+            body = await self._read_body(reader, writer, buf, head, length)
+        except ClientError as err:   # the framing is unknown now: answer and close
+            await self._send_error(writer, error_dialect, err, ex.rid, keep_alive=False)
+            self._access(head, ex, err.status)
+            return False
+        if action in ("not_found", "method_not_allowed") and head.path in HEALTH_PATHS:
+            action = "health" if head.method in ("GET", "HEAD") else "method_not_allowed"
+        if action == "health":
+            return await self._send_json(writer, 200, {"status": "ok"}, keep_alive, ex, head)
+        if action == "not_found":
+            error = ClientError("no endpoint %s %s" % (head.method, head.path), status=404)
+        elif action == "method_not_allowed":
+            error = ClientError("%s is not allowed on %s" % (head.method, head.path), status=405)
+        elif not self.proxy.authorized(head):
+            error = ClientError("missing or wrong API key for this proxy", status=401)
+        else:
+            error = None
+        if error is not None:
+            await self._send_error(writer, error_dialect, error, ex.rid, keep_alive)
+            self._access(head, ex, error.status)
+            return keep_alive
+        if action == "list_models":
+            return await self._send_json(writer, 200, dialect.list_models(
+                routable_models(self.config)), keep_alive, ex, head)
+        if action == "get_model":
+            return await self._send_json(writer, 200, dialect.get_model(ex.client_model),
+                                         keep_alive, ex, head)
+        return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
+
+    async def _proxy_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             buf: bytearray, head: RequestHead, body: bytes, ex: Exchange,
+                             keep_alive: bool) -> bool:
+        """Hand the request to a worker thread and write what comes back through the pipe,
+        watching the socket meanwhile: a client that leaves stops the upstream call."""
+        assert self._loop is not None
+        pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
+        self._loop.run_in_executor(self.proxy.executor, self.proxy.handle_blocking,
+                                   ex, head, body, pipe)
+        watcher = asyncio.ensure_future(self._watch_client(reader, buf, pipe))
+        try:
+            items = await pipe.take()
+            first: ResponseHead = items[0]
+            headers = first.headers + [("x-request-id", ex.rid)]
+            if first.body is not None:
+                keep_alive = keep_alive and first.status < 500 or \
+                    keep_alive and first.status in (502, 503, 504)
+                await self._write(writer, first.status, headers, first.body, keep_alive)
+                return keep_alive
+            headers += [("transfer-encoding", "chunked"),
+                        ("connection", "keep-alive" if keep_alive else "close")]
+            writer.write(response_head(first.status, headers))
+            items = items[1:]
+            while True:
+                ended = None in items
+                data = b"".join(encode_chunk(item) for item in items if item is not None)
+                if ended:
+                    writer.write(data + LAST_CHUNK)
+                    await writer.drain()
+                    return keep_alive
+                if data:
+                    writer.write(data)
+                    await writer.drain()
+                items = await pipe.take()
+        except (ConnectionError, RuntimeError):   # the client left while we wrote
+            pipe.abort()
+            ex.status, ex.error = 499, ex.error or "the client closed the connection"
+            return False
+        finally:
+            watcher.cancel()
+            self._access(head, ex, ex.status)
+
+    async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
+                            pipe: ChunkPipe) -> None:
+        """While a response is in flight: EOF from the client means it left. Bytes that
+        arrive are the next pipelined request; keep them."""
+        try:
+            while len(buf) <= self._limits["max_head_bytes"] + self._limits["max_body_bytes"]:
+                data = await reader.read(65536)
+                if not data:
+                    pipe.abort()
+                    return
+                buf.extend(data)
+        except ConnectionError:
+            pipe.abort()
+
+    async def _write(self, writer: asyncio.StreamWriter, status: int,
+                     headers: List[Tuple[str, str]], body: bytes, keep_alive: bool) -> None:
+        headers = headers + [("content-length", str(len(body))),
+                             ("connection", "keep-alive" if keep_alive else "close")]
+        writer.write(response_head(status, headers) + body)
+        await writer.drain()
+
+    async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
+                         keep_alive: bool, ex: Exchange, head: RequestHead) -> bool:
+        await self._write(writer, status, [("content-type", "application/json"),
+                                           ("x-request-id", ex.rid)],
+                          json_bytes(payload), keep_alive)
+        self._access(head, ex, status)
+        return keep_alive
+
+    async def _send_error(self, writer: asyncio.StreamWriter, dialect: ClientDialect,
+                          error: ProxyError, rid: str, keep_alive: bool) -> None:
+        status, headers, body = dialect.encode_error(error)
+        if rid:
+            headers = headers + [("x-request-id", rid)]
+        try:
+            await self._write(writer, status, headers, body, keep_alive)
+        except ConnectionError:
+            pass
+
+    def _access(self, head: RequestHead, ex: Exchange, status: int) -> None:
+        if not self.config.logging["access_log"]:
+            return
+        usage = ex.usage
+        tokens = "" if usage is None else " tokens=%s%d+%d" % (
+            "~" if usage.estimated else "", usage.input_tokens, usage.output_tokens)
+        route = " %s -> %s/%s" % (ex.client_model, ex.upstream, ex.upstream_model) \
+            if ex.upstream else ""
+        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s", head.method, head.path.split("?")[0],
+                        status, route, " stream" if ex.stream else "", ex.rid,
+                        time.monotonic() - ex.started, tokens,
+                        " error=%r" % ex.error[:200] if ex.error else "")
+
+
+# ---- 12. Command line ----------------------------------------------------------------------
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemini_proxy.py",
+        description="Serve the Gemini API (for Gemini CLI and google-genai) from an "
+                    "OpenAI-compatible provider.")
+    parser.add_argument("-c", "--config", help="JSON config file (default: ./config.json "
+                        "when present, or $GEMINI_PROXY_CONFIG)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--api-key", action="append", default=[],
+                        help="a key clients must send (repeatable)")
+    parser.add_argument("--allow-public", action="store_true",
+                        help="allow a non-loopback address with no client keys")
+    parser.add_argument("--upstream-url", help="base URL of the default upstream "
+                        "(e.g. https://api.deepseek.com/v1)")
+    parser.add_argument("--upstream-key", help="API key of the default upstream")
+    parser.add_argument("--upstream-kind", choices=CHOICES["kind"],
+                        help="kind of the default upstream (default openai)")
+    parser.add_argument("--model", help="upstream model for requests no route maps")
+    parser.add_argument("--workers", type=int, help="upstream worker threads")
+    parser.add_argument("--log-level", choices=CHOICES["level"])
+    parser.add_argument("--log-dir", help="directory for detailed logs")
+    parser.add_argument("--detailed-logs", action="store_true",
+                        help="log the four stages of every request to --log-dir")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration, print where requests go, and exit")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+async def serve(config: Config) -> None:
+    """Run the proxy until SIGINT or SIGTERM, then shut down gracefully."""
+    server = ProxyServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, server.request_stop)
+        except (NotImplementedError, RuntimeError):   # Windows: Ctrl+C still works
+            pass
+    host = config.server["host"]
+    log.info("gemini-proxy %s listening on http://%s:%d (%s)", __version__,
+             "[%s]" % host if ":" in host else host, server.port,
+             "client keys required" if config.server["api_keys"] else "no client keys")
+    for line in server.proxy.describe():
+        log.info("%s", line)
+    await server.serve_until_stopped()
+    log.info("stopped")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print("gemini-proxy: configuration error: %s" % exc, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.logging["level"].upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    if args.check:
+        print("configuration OK%s" % (" (%s)" % config.source if config.source else ""))
+        for line in Proxy(config).describe():
+            print(line)
+        return 0
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.server["host"], config.server["port"],
+                  exc.strerror or exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Shared fixtures: a fake upstream and the real proxy server running on 127.0.0.1."""
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gemini_proxy as gp  # noqa: E402
+from fake_upstream import FakeOpenAI  # noqa: E402
+
+
+def make_config(raw, environ=None, **flags):
+    """A Config from a dict, as if read from a file, with no process environment."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(raw, f)
+    try:
+        args = argparse.Namespace(config=f.name, **flags)
+        return gp.load_config(args, environ or {})
+    finally:
+        os.unlink(f.name)
+
+
+class RunningProxy:
+    """The real ProxyServer on its own event loop in a thread."""
+
+    def __init__(self, config, environ=None):
+        self.server = gp.ProxyServer(config, environ or {})
+        self._ready = threading.Event()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10) or self._error:
+            raise RuntimeError("proxy did not start: %r" % (self._error,))
+        self.port = self.server.port
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def _run(self):
+        async def main():
+            try:
+                await self.server.start()
+            except Exception as exc:  # reported to the constructor
+                self._error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            await self.server.serve_until_stopped()
+        asyncio.run(main())
+
+    def stop(self):
+        self.server.request_stop()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "proxy did not shut down"
+
+    def connection(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, payload=None, headers=None, timeout=10):
+        """(status, headers dict, body bytes) on a fresh connection."""
+        conn = self.connection(timeout)
+        body = payload if isinstance(payload, (bytes, type(None))) else json.dumps(payload)
+        conn.request(method, path, body=body,
+                     headers=dict({"content-type": "application/json"}, **(headers or {})))
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def post(self, path, payload, headers=None, timeout=10):
+        status, headers_, data = self.request("POST", path, payload, headers, timeout)
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, data
+
+
+def sse_payloads(data):
+    """The JSON payloads of a Gemini-style SSE body, checking its strict framing."""
+    text = data.decode("ascii")   # ASCII-escaped JSON only
+    assert text.endswith("\n\n") or not text
+    payloads = []
+    for event in text.split("\n\n")[:-1]:
+        assert event.startswith("data: "), event[:80]
+        assert "\n" not in event, "one single-line data field per event"
+        payloads.append(json.loads(event[len("data: "):]))
+    return payloads
+
+
+@pytest.fixture
+def fake():
+    upstream = FakeOpenAI().start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def proxy_factory(fake):
+    started = []
+
+    def start(raw=None, environ=None, **flags):
+        raw = raw or {"upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url,
+                                             "api_key": "sk-upstream-secret-1234"}},
+                      "default_model": "fake-model"}
+        running = RunningProxy(make_config(raw, environ, **flags), environ)
+        started.append(running)
+        return running
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def proxy(proxy_factory):
+    return proxy_factory()
