@@ -1895,7 +1895,8 @@ def encode_gemini_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], 
     headers = [("content-type", "application/json; charset=utf-8")]
     if error.retry_after is not None:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": "%.3gs" % error.retry_after})
+                        "retryDelay": ("%.3f" % error.retry_after).rstrip("0").rstrip(".")
+                        + "s"})
         headers.append(("retry-after", str(int(math.ceil(error.retry_after)))))
     if error.reason:
         details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
