@@ -251,7 +251,8 @@ class FakeOpenAI:
         self.httpd.fake = self
         self.port = self.httpd.server_address[1]
         self.base_url = "http://127.0.0.1:%d/v1" % self.port
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     def start(self):
         self._thread.start()
