@@ -1,0 +1,95 @@
+"""Gemini CLI, run headless through the proxy to the fake OpenAI-compatible upstream.
+
+The fake's rule-based model answers `CALL name {json}` directives with tool calls and
+summarises tool results it gets back, so the CLI really runs its tools (with --yolo).
+Set GEMINI_CLI_BIN to the `gemini` executable, or put it on PATH; .ci/run installs
+@google/gemini-cli into a throwaway prefix.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+GEMINI = os.environ.get("GEMINI_CLI_BIN") or shutil.which("gemini")
+pytestmark = pytest.mark.skipif(
+    not GEMINI, reason="Gemini CLI is not installed (npm install -g @google/gemini-cli, "
+                       "or set GEMINI_CLI_BIN); .ci/run installs it")
+
+SETTINGS = {
+    # Without selectedType the CLI picks the "gateway" auth type and headless mode exits 41.
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+}
+
+
+def run_gemini(proxy, workdir, home, prompt, *flags, timeout=120):
+    os.makedirs(os.path.join(home, ".gemini"), exist_ok=True)
+    with open(os.path.join(home, ".gemini", "settings.json"), "w") as f:
+        json.dump(SETTINGS, f)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "GEMINI_CLI_HOME": home,
+           "TMPDIR": home, "GOOGLE_GEMINI_BASE_URL": proxy.url,
+           "GEMINI_API_KEY": "client-key", "GEMINI_CLI_TRUST_WORKSPACE": "true", "NO_COLOR": "1"}
+    completed = subprocess.run(
+        [GEMINI, "-m", "gemini-2.5-flash", "-p", prompt, "--output-format", "json"] +
+        list(flags), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout)
+    output = completed.stdout
+    start = output.find("{")
+    result = json.loads(output[start:]) if start >= 0 else {}
+    return completed.returncode, result, completed.stderr
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("the launch code is tangerine\n")
+    (work / "app.py").write_text("print('hi')\n")
+    return work
+
+
+def test_plain_prompt(proxy, fake, workdir, tmp_path):
+    code, result, stderr = run_gemini(proxy, str(workdir), str(tmp_path / "home"), "Say hi")
+    assert code == 0, stderr
+    assert result["response"] == "FAKE says hello."
+    stats = result["stats"]["models"]["gemini-2.5-flash"]
+    assert stats["api"]["totalErrors"] == 0
+    assert stats["tokens"]["prompt"] == 11            # the upstream's usage reached the CLI
+    sent = fake.requests[0]
+    assert sent["json"]["model"] == "fake-model" and sent["json"]["stream"] is True
+    assert sent["json"]["messages"][0]["role"] == "system"
+
+
+def test_read_file_tool_round_trip(proxy, fake, workdir, tmp_path):
+    notes = workdir / "notes.txt"
+    code, result, stderr = run_gemini(
+        proxy, str(workdir), str(tmp_path / "home"),
+        'CALL read_file {"file_path": "%s"}' % notes, "--yolo")
+    assert code == 0, stderr
+    assert "read_file -> the launch code is tangerine" in result["response"]
+    assert result["stats"]["tools"]["totalSuccess"] == 1
+    # the second request carried the call and its result, paired by id
+    messages = fake.requests[-1]["json"]["messages"]
+    call = messages[-2]["tool_calls"][0]
+    assert call["function"]["name"] == "read_file"
+    assert messages[-1]["role"] == "tool" and messages[-1]["tool_call_id"] == call["id"]
+
+
+def test_two_parallel_tool_calls(proxy, fake, workdir, tmp_path):
+    notes = workdir / "notes.txt"
+    code, result, stderr = run_gemini(
+        proxy, str(workdir), str(tmp_path / "home"),
+        'Two at once. CALL read_file {"file_path": "%s"} CALL glob {"pattern": "*.py"}'
+        % notes, "--yolo")
+    assert code == 0, stderr
+    assert "read_file -> the launch code is tangerine" in result["response"]
+    assert "glob -> " in result["response"] and "app.py" in result["response"]
+    assert result["stats"]["tools"]["totalCalls"] == 2
+    messages = fake.requests[-1]["json"]["messages"]
+    assert [m["role"] for m in messages[-3:]] == ["assistant", "tool", "tool"]
+    assert len(messages[-3]["tool_calls"]) == 2
