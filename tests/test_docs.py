@@ -1,0 +1,91 @@
+"""The README, config.example.json and the module docstring describe the code as it is."""
+
+import os
+import re
+
+import gemini_proxy as gp
+from conftest import make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_readme_documents_every_config_key_and_setting():
+    readme = read("README.md")
+    tables = [gp.SERVER_DEFAULTS, gp.UPSTREAM_DEFAULTS, gp.LOGGING_DEFAULTS, gp.ROUTE_DEFAULTS]
+    keys = [k for table in tables for k in table] + list(gp.TOP_LEVEL_KEYS)
+    missing = [k for k in keys if "`%s`" % k not in readme]
+    assert missing == []
+    for name in list(gp.ENV_SETTINGS) + list(gp.ENV_UPSTREAM) + ["GEMINI_PROXY_CONFIG"]:
+        assert "`%s`" % name in readme, name
+    for action in gp.build_arg_parser()._actions:
+        for flag in action.option_strings:
+            if flag not in ("-h", "--help", "--version", "--check"):
+                assert "`%s`" % flag in readme, flag
+
+
+def test_readme_defaults_match_the_code():
+    readme = read("README.md")
+    for table in (gp.SERVER_DEFAULTS, gp.UPSTREAM_DEFAULTS, gp.LOGGING_DEFAULTS):
+        for key, default in table.items():
+            row = re.search(r"^\| `%s` \|([^|]*)\|" % re.escape(key), readme, re.M)
+            assert row, key
+            shown = row.group(1).strip().strip("`")
+            if isinstance(default, bool):
+                expected = "true" if default else "false"
+            elif isinstance(default, (list, dict)):
+                expected = "[]" if isinstance(default, list) else "{}"
+            elif default == "" or key == "log_dir":
+                continue
+            else:
+                expected = str(default)
+            assert shown == expected, (key, shown, expected)
+
+
+def test_readme_has_the_two_setup_commands():
+    readme = read("README.md")
+    block = readme.split("## Set-up: two commands", 1)[1].split("```", 2)[1]
+    commands = [line for line in block.splitlines()[1:] if line.strip()]
+    assert len(commands) == 2
+    assert commands[0].startswith("python3 gemini_proxy.py")
+    assert "python3 -m pytest -q tests" in commands[1]
+    assert "python3 -m pytest -q tests" in read(".ci/run")
+
+
+def test_config_example_loads_and_routes():
+    import json
+    raw = json.loads(read("config.example.json"))
+    config = make_config(raw, {"MOONSHOT_API_KEY": "sk-moon"})
+    assert gp.resolve_route(config, "gemini-2.5-pro")[1] == "kimi-k2-0905-preview"
+    assert gp.resolve_route(config, "gemini-3-flash-preview")[0].upstream == "deepseek"
+    assert gp.resolve_route(config, "anything")[0].upstream == "kimi"
+
+
+def test_docstring_contents_match_the_section_banners():
+    source = read("gemini_proxy.py")
+    banners = re.findall(r"^# ---- (\d+)\. (.+?) -+$", source, re.M)
+    assert [int(n) for n, _ in banners] == list(range(1, len(banners) + 1))
+    contents = gp.__doc__.split("Contents", 1)[1]
+    listed = re.findall(r"^\s+(\d+)\. (.+)$", contents, re.M)
+    assert [n for n, _ in listed] == [n for n, _ in banners]
+    for (_, listed_title), (_, banner_title) in zip(listed, banners):
+        assert listed_title.split(" (")[0].lower().startswith(
+            banner_title.split(" (")[0].lower()), (listed_title, banner_title)
+
+
+def test_only_the_standard_library_is_imported():
+    import ast
+    import sys
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is None:   # Python < 3.10 has no list; the 3.10+ run checks it
+        return
+    tree = ast.parse(read("gemini_proxy.py"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert sorted(imported - set(names) - {"__future__"}) == []
