@@ -572,7 +572,7 @@ def load_config(args: Optional[argparse.Namespace] = None,
                                ("log_dir", "logging", "log_dir"),
                                ("detailed_logs", "logging", "detailed")):
         value = getattr(args, flag, None)
-        if value not in (None, False, []):
+        if value is not None and value is not False and value != []:
             sections[section][key] = value
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
@@ -2423,7 +2423,7 @@ class DetailLog:
         text = body[:self._limit].decode("utf-8", "replace")
         if len(body) > self._limit:
             text += "\n... (%d more bytes)" % (len(body) - self._limit)
-        lines = ["=== %s" % title]
+        lines = ["=== %s" % self._redact.text(title)]
         lines += ["%s: %s" % pair for pair in self._redact.headers(headers)]
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n\n" + self._redact.text(text) + "\n\n")

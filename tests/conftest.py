@@ -109,6 +109,8 @@ def proxy_factory(fake):
         raw = raw or {"upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url,
                                              "api_key": "sk-upstream-secret-1234"}},
                       "default_model": "fake-model"}
+        raw = dict(raw)
+        raw["server"] = dict({"port": 0}, **raw.get("server", {}))   # a free port
         running = RunningProxy(make_config(raw, environ, **flags), environ)
         started.append(running)
         return running

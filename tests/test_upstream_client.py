@@ -1,0 +1,310 @@
+"""The upstream side: timeouts, unreachable upstreams, retries, keep-alive, HTTP(S) proxies,
+TLS, and detailed logs."""
+
+import glob
+import json
+import os
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+import gemini_proxy as gp
+from fake_upstream import FakeOpenAI, completion, hang, json_reply, raw_reply, text_stream
+
+GENERATE = "/v1beta/models/gemini-2.5-pro:generateContent"
+STREAM = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+HELLO = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+
+
+def config_for(base_url, **upstream):
+    return {"upstreams": {"up": dict({"base_url": base_url, "api_key": "sk-up-secret-99"},
+                                     **upstream)}, "default_model": "m"}
+
+
+def test_read_timeout_is_504(proxy_factory, fake):
+    proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
+    fake.queue(hang(1.0))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 504 and body["error"]["status"] == "DEADLINE_EXCEEDED"
+    assert "sent no reply within 0.3s" in body["error"]["message"]
+
+
+def test_slow_first_event_is_a_real_504(proxy_factory, fake):
+    from fake_upstream import chunk, stream_reply
+    proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
+    fake.queue(stream_reply([chunk({"content": "late"})], delay=0.6))
+    status, _, data = proxy.request("POST", STREAM, HELLO)
+    assert status == 504       # nothing was sent yet, so the client gets a real error
+
+
+def test_stall_mid_stream_ends_without_finish_reason(proxy_factory, fake):
+    from conftest import sse_payloads
+    from fake_upstream import chunk, sse
+    import time
+
+    def stall(handler, request):
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"content": "first words"})).encode())
+        time.sleep(0.8)
+        handler.write_chunk(sse(chunk({"content": "too late"})).encode())
+        handler.end_stream()
+    proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
+    fake.queue(stall)
+    status, _, data = proxy.request("POST", STREAM, HELLO)
+    assert status == 200
+    payloads = sse_payloads(data)
+    assert payloads[0]["candidates"][0]["content"]["parts"] == [{"text": "first words"}]
+    assert all("finishReason" not in p["candidates"][0] for p in payloads)
+    assert b"too late" not in data
+    assert proxy.server.proxy.pool.open == 0     # the stalled connection was dropped
+
+
+def test_unreachable_upstream_is_502(proxy_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = proxy_factory(config_for("http://127.0.0.1:%d/v1" % port))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 502 and body["error"]["status"] == "UNAVAILABLE"
+    assert "cannot reach upstream 'up'" in body["error"]["message"]
+
+
+def test_retries_before_the_first_byte(proxy_factory, fake):
+    proxy = proxy_factory(config_for(fake.base_url, retries=2, retry_wait=0.01))
+    fake.queue(json_reply({"error": {"message": "slow down"}}, status=429),
+               raw_reply("busy", status=503),
+               json_reply(completion("third time lucky")))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 200 and "third time lucky" in json.dumps(body)
+    assert len(fake.requests) == 3
+    fake.queue(json_reply({"error": {"message": "bad field"}}, status=400))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 400 and len(fake.requests) == 4     # never retried
+
+
+def test_retries_run_out(proxy_factory, fake):
+    proxy = proxy_factory(config_for(fake.base_url, retries=1, retry_wait=0.01))
+    fake.queue(raw_reply("busy", status=503), raw_reply("still busy", status=503))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 503 and "still busy" in body["error"]["message"]
+
+
+class ClosingUpstream:
+    """Answers each request and closes the connection without saying so: the pooled
+    keep-alive connection is dead by the time it is reused."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.connections = 0
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int([l for l in head.split(b"\r\n")
+                          if l.lower().startswith(b"content-length")][0].split(b":")[1])
+            while len(body) < length:
+                body += conn.recv(65536)
+            reply = json.dumps(completion("fresh")).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_dead_keep_alive_connection_is_replaced(proxy_factory):
+    upstream = ClosingUpstream()
+    try:
+        proxy = proxy_factory(config_for("http://127.0.0.1:%d/v1" % upstream.port))
+        for _ in range(3):
+            status, body = proxy.post(GENERATE, HELLO)
+            assert status == 200 and "fresh" in json.dumps(body)
+        assert upstream.connections == 3
+        assert proxy.server.proxy.pool.open <= 1
+    finally:
+        upstream.close()
+
+
+class ConnectProxy:
+    """A minimal forward proxy: CONNECT tunnels, and absolute-form plain HTTP requests."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.seen = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = client.recv(65536)
+            if not more:
+                return
+            data += more
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        self.seen.append(lines)
+        method, target, _ = lines[0].split(" ")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            netloc = target.split("/")[2]
+            host, port = netloc.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            upstream.sendall(data)
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(a, b):
+        socks = [a, b]
+        try:
+            while True:
+                readable, _, _ = select.select(socks, [], [], 5)
+                if not readable:
+                    return
+                for s in readable:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            pass
+        finally:
+            a.close()
+            b.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_http_proxy_and_no_proxy(proxy_factory, fake):
+    forward = ConnectProxy()
+    try:
+        proxy_url = "http://alice:s3cret@127.0.0.1:%d" % forward.port
+        proxy = proxy_factory(config_for(fake.base_url), environ={"HTTP_PROXY": proxy_url})
+        fake.queue(json_reply(completion("via proxy")))
+        assert proxy.post(GENERATE, HELLO)[0] == 200
+        request_line = forward.seen[0][0]
+        assert request_line.startswith("POST %s/chat/completions " % fake.base_url)
+        assert "proxy-authorization: Basic YWxpY2U6czNjcmV0" in forward.seen[0]
+        bypass = proxy_factory(config_for(fake.base_url),
+                               environ={"HTTP_PROXY": proxy_url, "NO_PROXY": "localhost,127.0.0.1"})
+        fake.queue(json_reply(completion("direct")))
+        assert bypass.post(GENERATE, HELLO)[0] == 200
+        assert len(forward.seen) == 1
+    finally:
+        forward.close()
+
+
+@pytest.mark.parametrize("host, port, no_proxy, bypassed", [
+    ("api.example.com", 443, "example.com", True),
+    ("api.example.com", 443, ".example.com", True),
+    ("example.com", 443, "example.com", True),
+    ("badexample.com", 443, "example.com", False),
+    ("api.example.com", 443, "api.example.com:8443", False),
+    ("api.example.com", 8443, "api.example.com:8443", True),
+    ("anything", 80, "*", True),
+    ("anything", 80, "", False),
+])
+def test_no_proxy_rules(host, port, no_proxy, bypassed):
+    assert gp._proxy_bypassed(host, port, no_proxy) is bypassed
+
+
+@pytest.fixture
+def tls_fake(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed, so no test certificate can be made")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    upstream = FakeOpenAI()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    upstream.httpd.socket = context.wrap_socket(upstream.httpd.socket, server_side=True)
+    upstream.base_url = upstream.base_url.replace("http://", "https://")
+    upstream.start()
+    yield upstream, str(cert)
+    upstream.stop()
+
+
+def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkeypatch):
+    upstream, cert = tls_fake
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    forward = ConnectProxy()
+    try:
+        proxy = proxy_factory(config_for(upstream.base_url), environ={
+            "HTTPS_PROXY": "127.0.0.1:%d" % forward.port})
+        for i in range(2):
+            upstream.queue(text_stream("secure %d" % i, pieces=1))
+            status, _, data = proxy.request("POST", STREAM, HELLO)
+            assert status == 200 and ("secure %d" % i).encode() in data
+        assert forward.seen[0][0].startswith("CONNECT 127.0.0.1:%d " % upstream.port)
+        assert len(forward.seen) == 1          # the TLS connection was kept alive
+        assert upstream.requests[0]["headers"]["authorization"] == "Bearer sk-up-secret-99"
+    finally:
+        forward.close()
+
+
+def test_untrusted_certificate_is_refused(proxy_factory, tls_fake):
+    upstream, _ = tls_fake
+    proxy = proxy_factory(config_for(upstream.base_url))
+    status, body = proxy.post(GENERATE, HELLO)
+    assert status == 502 and "cannot reach upstream" in body["error"]["message"]
+    assert upstream.requests == []
+
+
+def test_detailed_logs_have_four_stages_and_no_secrets(proxy_factory, fake, tmp_path):
+    raw = config_for(fake.base_url)
+    raw["server"] = {"api_keys": ["client-secret-key"]}
+    raw["logging"] = {"detailed": True, "log_dir": str(tmp_path)}
+    proxy = proxy_factory(raw)
+    fake.queue(json_reply({"error": {"message": "upstream echoes sk-up-secret-99"}},
+                          status=400))
+    proxy.post(GENERATE, HELLO, headers={"x-goog-api-key": "client-secret-key"})
+    fake.queue(text_stream("logged stream", pieces=1))
+    proxy.request("POST", STREAM + "&key=client-secret-key", HELLO)
+    files = sorted(glob.glob(os.path.join(str(tmp_path), "*", "*.log")))
+    assert len(files) == 2
+    for path in files:
+        text = open(path, encoding="utf-8").read()
+        for stage in ("1. client request", "2. upstream request", "3. upstream response",
+                      "4. client response"):
+            assert "=== " + stage in text, (stage, path)
+        assert "client-secret-key" not in text and "sk-up-secret-99" not in text
+        assert "[REDACTED]" in text
+    stream_log = next(open(p).read() for p in files if "streamGenerateContent" in open(p).read())
+    upstream_part, client_part = stream_log.split("=== 3. upstream response")[1].split(
+        "=== 4. client response")
+    assert '"content": "logged stream"' in upstream_part      # the raw upstream SSE
+    assert '{"text":"logged stream"}' in client_part           # what the client got
