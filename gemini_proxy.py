@@ -2751,6 +2751,7 @@ class ProxyServer:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
         self._connections: set = set()
+        self._pipes: set = set()          # requests whose worker may still be running
         self._draining = False
 
     async def start(self) -> None:
@@ -2777,6 +2778,8 @@ class ProxyServer:
         deadline = time.monotonic() + self._limits["shutdown_grace"]
         while any(c.busy for c in self._connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        for pipe in list(self._pipes):   # past the grace period: stop upstream calls too
+            pipe.abort()
         for connection in list(self._connections):
             connection.writer.close()
         await asyncio.sleep(0)
@@ -2919,6 +2922,7 @@ class ProxyServer:
         watching the socket meanwhile: a client that leaves stops the upstream call."""
         assert self._loop is not None
         pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
+        self._pipes.add(pipe)
         self._loop.run_in_executor(self.proxy.executor, self.proxy.handle_blocking,
                                    ex, head, body, pipe)
         watcher = asyncio.ensure_future(self._watch_client(reader, buf, pipe))
@@ -2927,8 +2931,6 @@ class ProxyServer:
             first: ResponseHead = items[0]
             headers = first.headers + [("x-request-id", ex.rid)]
             if first.body is not None:
-                keep_alive = keep_alive and first.status < 500 or \
-                    keep_alive and first.status in (502, 503, 504)
                 await self._write(writer, first.status, headers, first.body, keep_alive)
                 return keep_alive
             headers += [("transfer-encoding", "chunked"),
@@ -2941,17 +2943,18 @@ class ProxyServer:
                 if ended:
                     writer.write(data + LAST_CHUNK)
                     await writer.drain()
-                    return keep_alive
+                    return keep_alive and not pipe.gone
                 if data:
                     writer.write(data)
                     await writer.drain()
                 items = await pipe.take()
-        except (ConnectionError, RuntimeError):   # the client left while we wrote
+        except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
             return False
         finally:
             watcher.cancel()
+            self._pipes.discard(pipe)
             self._access(head, ex, ex.status)
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
