@@ -401,18 +401,18 @@ SEED_LOGGING_KEYS = {"enable_detailed_logs": "detailed", "enable_access_logs": "
 def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
     """Rewrite the seed project's flat keys into this format, so its files keep working."""
     raw = dict(raw)
-    server = dict(raw.get("server") or {})
-    logging_ = dict(raw.get("logging") or {})
-    for old, (section, new) in SEED_SERVER_KEYS.items():
-        if old in server:
-            logging_.setdefault(new, server.pop(old))
-    for old, new in SEED_LOGGING_KEYS.items():
-        if old in logging_:
-            logging_[new] = logging_.pop(old)
-    if "server" in raw:
+    server, logging_ = raw.get("server"), raw.get("logging", {})
+    if isinstance(server, dict) and isinstance(logging_, dict):   # else: reported later
+        server, logging_ = dict(server), dict(logging_)
+        for old, (section, new) in SEED_SERVER_KEYS.items():
+            if old in server:
+                logging_.setdefault(new, server.pop(old))
+        for old, new in SEED_LOGGING_KEYS.items():
+            if old in logging_:
+                logging_[new] = logging_.pop(old)
         raw["server"] = server
-    if logging_ or "logging" in raw:
-        raw["logging"] = logging_
+        if logging_ or "logging" in raw:
+            raw["logging"] = logging_
     flat = {k: raw.pop(k) for k in ("openai_api_key", "openai_base_url", "retry") if k in raw}
     if "default_openai_model" in raw:
         raw.setdefault("default_model", raw.pop("default_openai_model"))
@@ -690,6 +690,9 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
         if HTTP_BAD_VALUE.search(value):
             raise ClientError("control character in header %s" % name.decode("ascii"))
         headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
+    hosts = sum(1 for name, _ in headers if name == "host")
+    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):   # RFC 9112 3.2
+        raise ClientError("an HTTP/1.1 request needs exactly one Host header")
     if target.startswith(("http://", "https://")):   # absolute-form, as sent to proxies
         target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
     raw_path, _, raw_query = target.partition("?")
@@ -701,14 +704,17 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
 def request_body_length(head: RequestHead, max_body: int) -> int:
     """Bytes of body that follow the head; -1 for a chunked body. Rejects the shapes
     request smuggling uses (Content-Length with Transfer-Encoding, conflicting lengths)."""
-    encodings = [t.strip().lower() for t in head.header("transfer-encoding").split(",")
-                 if t.strip()]
+    has_encoding = any(n == "transfer-encoding" for n, _ in head.headers)
+    encodings = [t.strip().lower() for t in head.header("transfer-encoding").split(",")]
     lengths = {v.strip() for n, v in head.headers if n == "content-length"}
-    if encodings:
+    if has_encoding:
         if lengths:
             raise ClientError("Content-Length and Transfer-Encoding together are not allowed")
         if head.version == "HTTP/1.0":
             raise ClientError("Transfer-Encoding is not allowed in HTTP/1.0")
+        if encodings[-1] != "chunked":   # the body's end would be unknowable (RFC 9112 6.3)
+            raise ClientError("Transfer-Encoding %r does not end in chunked"
+                              % head.header("transfer-encoding"))
         if encodings != ["chunked"]:
             raise ClientError("Transfer-Encoding %s is not supported"
                               % head.header("transfer-encoding"), status=501)
@@ -718,7 +724,7 @@ def request_body_length(head: RequestHead, max_body: int) -> int:
     if len(lengths) > 1 or any("," in v for v in lengths):
         raise ClientError("conflicting Content-Length headers")
     text = lengths.pop()
-    if not text.isdigit() or len(text) > 18:
+    if not re.match(r"[0-9]{1,18}\Z", text):
         raise ClientError("invalid Content-Length %r" % text)
     if int(text) > max_body:
         raise ClientError("request body of %s bytes is over the limit of %d" % (text, max_body),
@@ -752,10 +758,10 @@ class ChunkedDecoder:
                     self._state = "data_end"
                 continue
             end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > MAX_CHUNK_LINE:
-                    raise ClientError("chunked body: line too long")
+            if end < 0 and len(buf) <= MAX_CHUNK_LINE:
                 break
+            if end < 0 or end > MAX_CHUNK_LINE:
+                raise ClientError("chunked body: line too long")
             line = bytes(buf[:end])
             del buf[:end + 2]
             if self._state == "data_end":
@@ -2726,6 +2732,12 @@ def match_endpoint(method: str, path: str) -> Tuple[Optional[ClientDialect], str
     return None, "method_not_allowed" if wrong_method else "not_found", {}
 
 
+def allowed_methods(path: str) -> List[str]:
+    """The methods some endpoint takes on this path (for 405 and its Allow header)."""
+    return sorted({method for dialect in CLIENT_DIALECTS.values()
+                   for method, pattern, _ in dialect.endpoints if pattern.match(path)})
+
+
 def guess_dialect(path: str) -> ClientDialect:
     """The dialect an unroutable or malformed request most likely speaks, for its error."""
     return GEMINI_DIALECT
@@ -2826,8 +2838,10 @@ class ProxyServer:
         limit = self._limits["max_head_bytes"]
         deadline = None
         while True:
-            while buf[:2] == b"\r\n":    # blank lines between requests are allowed
-                del buf[:2]
+            if buf[:2] == b"\r\n":        # blank lines between requests are allowed, but
+                deadline = deadline or time.monotonic() + self._limits["head_timeout"]
+                while buf[:2] == b"\r\n":  # they start the head clock like any byte
+                    del buf[:2]
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
                 if end > limit:
@@ -2837,7 +2851,7 @@ class ProxyServer:
                 return parse_request_head(data, self._limits["max_header_count"])
             if len(buf) > limit:
                 raise ClientError("request head over %d bytes" % limit, status=431)
-            if not buf:
+            if not buf and deadline is None:
                 timeout = self._limits["idle_timeout"]
             else:
                 deadline = deadline or time.monotonic() + self._limits["head_timeout"]
@@ -2847,7 +2861,7 @@ class ProxyServer:
             try:
                 more = await self._read_more(reader, buf, timeout)
             except asyncio.TimeoutError:
-                if buf:
+                if deadline is not None:
                     raise ClientError("the request head took too long", status=408) from None
                 return None
             if not more:
@@ -2855,7 +2869,8 @@ class ProxyServer:
 
     async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          buf: bytearray, head: RequestHead, length: int) -> bytes:
-        if length and head.header("expect").lower() == "100-continue":
+        if length and head.version == "HTTP/1.1" and \
+                head.header("expect").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         timeout = self._limits["body_timeout"]
         try:
@@ -2891,20 +2906,23 @@ class ProxyServer:
             await self._send_error(writer, error_dialect, err, ex.rid, keep_alive=False)
             self._access(head, ex, err.status)
             return False
-        if action in ("not_found", "method_not_allowed") and head.path in HEALTH_PATHS:
-            action = "health" if head.method in ("GET", "HEAD") else "method_not_allowed"
-        if action == "health":
+        allowed = ("GET", "HEAD") if head.path in HEALTH_PATHS else allowed_methods(head.path)
+        if head.path in HEALTH_PATHS and head.method in allowed:
             return await self._send_json(writer, 200, {"status": "ok"}, keep_alive, ex, head)
-        if action == "not_found":
-            error = ClientError("no endpoint %s %s" % (head.method, head.path), status=404)
-        elif action == "method_not_allowed":
+        extra_headers: List[Tuple[str, str]] = []
+        if not allowed:
+            error: Optional[ProxyError] = ClientError(
+                "no endpoint %s %s" % (head.method, head.path), status=404)
+        elif action in ("not_found", "method_not_allowed"):
             error = ClientError("%s is not allowed on %s" % (head.method, head.path), status=405)
+            extra_headers = [("allow", ", ".join(allowed))]
         elif not self.proxy.authorized(head):
             error = ClientError("missing or wrong API key for this proxy", status=401)
         else:
             error = None
         if error is not None:
-            await self._send_error(writer, error_dialect, error, ex.rid, keep_alive)
+            await self._send_error(writer, error_dialect, error, ex.rid, keep_alive,
+                                   extra_headers)
             self._access(head, ex, error.status)
             return keep_alive
         if action == "list_models":
@@ -2972,23 +2990,26 @@ class ProxyServer:
             pipe.abort()
 
     async def _write(self, writer: asyncio.StreamWriter, status: int,
-                     headers: List[Tuple[str, str]], body: bytes, keep_alive: bool) -> None:
+                     headers: List[Tuple[str, str]], body: bytes, keep_alive: bool,
+                     head_only: bool = False) -> None:
         headers = headers + [("content-length", str(len(body))),
                              ("connection", "keep-alive" if keep_alive else "close")]
-        writer.write(response_head(status, headers) + body)
+        writer.write(response_head(status, headers) + (b"" if head_only else body))
         await writer.drain()
 
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
                          keep_alive: bool, ex: Exchange, head: RequestHead) -> bool:
         await self._write(writer, status, [("content-type", "application/json"),
                                            ("x-request-id", ex.rid)],
-                          json_bytes(payload), keep_alive)
+                          json_bytes(payload), keep_alive, head.method == "HEAD")
         self._access(head, ex, status)
         return keep_alive
 
     async def _send_error(self, writer: asyncio.StreamWriter, dialect: ClientDialect,
-                          error: ProxyError, rid: str, keep_alive: bool) -> None:
+                          error: ProxyError, rid: str, keep_alive: bool,
+                          extra_headers: Iterable[Tuple[str, str]] = ()) -> None:
         status, headers, body = dialect.encode_error(error)
+        headers = headers + list(extra_headers)
         if rid:
             headers = headers + [("x-request-id", rid)]
         try:

@@ -1,0 +1,660 @@
+"""Section 5, the HTTP/1.1 wire format: pure functions over bytes, no sockets.
+
+Every incremental parser is fed its input whole, byte by byte, split at every position,
+and with trailing data (the next pipelined request must stay in the caller's buffer).
+Hostile input covers the shapes request smuggling relies on, oversized heads and bodies,
+and bad chunk framing.
+"""
+
+import random
+
+import pytest
+
+import gemini_proxy as gp
+
+NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: proxy\r\n\r\n"
+
+
+def head_bytes(*lines):
+    """A request head as the server hands it to parse_request_head (no final blank line)."""
+    return b"\r\n".join(lines)
+
+
+def rejected(call, *args, **kwargs):
+    """The ClientError a call raises (anything else, or no error, fails the test)."""
+    with pytest.raises(gp.ClientError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def body_head(*header_lines, version=b"HTTP/1.1"):
+    return gp.parse_request_head(head_bytes(b"POST /v1beta/models/m:generateContent " + version,
+                                            b"Host: proxy", *header_lines))
+
+
+# ---- parse_request_head ------------------------------------------------------------------
+
+def test_head_fields_names_and_order():
+    head = gp.parse_request_head(head_bytes(
+        b"POST /v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&key=a&key=b HTTP/1.1",
+        b"Host: 127.0.0.1:8000",
+        b"Content-Type:application/json",
+        b"X-Goog-Api-Key:   secret \t",
+        b"Accept: text/event-stream",
+        b"accept: application/json"))
+    assert head.method == "POST"
+    assert head.target == ("/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+                           "?alt=sse&key=a&key=b")
+    assert head.path == "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+    assert head.version == "HTTP/1.1"
+    assert head.query_value("alt") == "sse"
+    assert head.query_value("key") == "b"            # the last one wins
+    assert head.query_value("missing", "dflt") == "dflt"
+    assert head.headers == [
+        ("host", "127.0.0.1:8000"),
+        ("content-type", "application/json"),
+        ("x-goog-api-key", "secret"),                 # optional whitespace trimmed
+        ("accept", "text/event-stream"),
+        ("accept", "application/json"),
+    ]
+    assert head.header("accept") == "text/event-stream, application/json"
+    assert head.header("content-length", "none") == "none"
+
+
+def test_head_without_headers_and_percent_decoded_path():
+    head = gp.parse_request_head(b"GET /v1beta/models/gemini%2D2.5%2Dflash?x=%20y HTTP/1.0")
+    assert head.headers == []
+    assert head.version == "HTTP/1.0"
+    assert head.path == "/v1beta/models/gemini-2.5-flash"
+    assert head.query == {"x": [" y"]}
+
+
+def test_absolute_form_target_is_reduced_to_its_path():
+    head = gp.parse_request_head(head_bytes(
+        b"GET http://127.0.0.1:8000/v1beta/models?key=k HTTP/1.1", b"Host: 127.0.0.1"))
+    assert head.path == "/v1beta/models"
+    assert head.query_value("key") == "k"
+    assert gp.parse_request_head(b"GET http://example.com HTTP/1.1\r\nHost: example.com").path \
+        == "/"
+
+
+@pytest.mark.parametrize("version, connection, keep_alive", [
+    (b"HTTP/1.1", None, True),
+    (b"HTTP/1.1", b"close", False),
+    (b"HTTP/1.1", b"Upgrade, CLOSE", False),
+    (b"HTTP/1.1", b"keep-alive", True),
+    (b"HTTP/1.0", None, False),
+    (b"HTTP/1.0", b"Keep-Alive", True),
+    (b"HTTP/1.0", b"close", False),
+])
+def test_keep_alive_follows_version_and_connection_header(version, connection, keep_alive):
+    lines = [b"GET /health " + version, b"Host: x"]
+    if connection is not None:
+        lines.append(b"Connection: " + connection)
+    assert gp.parse_request_head(head_bytes(*lines)).keep_alive is keep_alive
+
+
+@pytest.mark.parametrize("line", [
+    b"",
+    b"GET",
+    b"GET /",
+    b"GET  / HTTP/1.1",                 # two spaces
+    b"GET / HTTP/1.1 ",                 # trailing space
+    b" GET / HTTP/1.1",                 # leading space
+    b"GET / HTTP/1.1 extra",
+    b"GET\t/\tHTTP/1.1",
+    b"G(T / HTTP/1.1",                  # method is not a token
+    b"GET /a\x7fb HTTP/1.1",            # DEL in the target
+    b"GET /caf\xe9 HTTP/1.1",           # non-ASCII in the target
+    b"GET /\x00 HTTP/1.1",
+    b"GET / http/1.1",                  # the version name is case-sensitive
+    b"GET / HTTP/1",
+    b"GET / HTTP/11",
+    b"GET / HTTP/1.1x",
+    b"GET / FTP/1.1",
+])
+def test_malformed_request_line_is_400(line):
+    error = rejected(gp.parse_request_head, head_bytes(line, b"Host: x"))
+    assert error.status == 400
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.2", b"HTTP/3.0"])
+def test_unsupported_http_version_is_505(version):
+    error = rejected(gp.parse_request_head, head_bytes(b"GET / " + version, b"Host: x"))
+    assert error.status == 505
+
+
+@pytest.mark.parametrize("lines", [
+    # obs-fold: a continuation line must not be glued onto the header above it
+    [b"Host: x", b"X-Long: first", b" second"],
+    [b"Host: x", b"X-Long: first", b"\tsecond"],
+    [b" Host: x"],
+    # whitespace between the field name and the colon
+    [b"Host : x"],
+    [b"Host: x", b"Content-Length : 5"],
+    [b"Host: x", b"Transfer-Encoding\t: chunked"],
+    # no name, no colon, name not a token
+    [b": x"],
+    [b"Host x"],
+    [b"Host: x", b"X(y): 1"],
+    [b"Host: x", b"X\x00y: 1"],
+    [b"Host: x", b"X\xe9: 1"],
+    # bare LF or bare CR inside the head
+    [b"Host: x\nTransfer-Encoding: chunked"],
+    [b"Host: x\rTransfer-Encoding: chunked"],
+    [b"Host: x", b"X-A: 1\n"],
+    [b"Host: x", b"\n"],
+    [b"Host: x", b"\r"],
+    # NUL and other control characters in values
+    [b"Host: x", b"X-A: a\x00b"],
+    [b"Host: x", b"X-A: a\x01b"],
+    [b"Host: x", b"X-A: a\x1fb"],
+    [b"Host: x", b"X-A: a\x7fb"],
+    [b"Host: x", b"X-A: a\x0bb"],
+    [b"Host: x", b"X-A: a\x0cb"],
+])
+def test_hostile_header_lines_are_400(lines):
+    error = rejected(gp.parse_request_head, head_bytes(b"GET / HTTP/1.1", *lines))
+    assert error.status == 400
+
+
+def test_bare_lf_in_the_request_line_is_400():
+    error = rejected(gp.parse_request_head, b"GET / HTTP/1.1\nHost: x")
+    assert error.status == 400
+
+
+def test_tab_and_obs_text_are_allowed_in_values():
+    head = gp.parse_request_head(head_bytes(b"GET / HTTP/1.1", b"Host: x",
+                                            b"X-A: a\tb", b"X-B: caf\xe9", b"X-C:"))
+    assert head.header("x-a") == "a\tb"
+    assert head.header("x-b") == "caf\u00e9"          # latin-1, as RFC 9110 obs-text
+    assert ("x-c", "") in head.headers
+
+
+def test_too_many_headers_is_431():
+    base = [b"GET / HTTP/1.1", b"Host: h"]
+    fields = [b"X-H%d: v" % i for i in range(9)]
+    assert len(gp.parse_request_head(head_bytes(*base, *fields), max_headers=10).headers) == 10
+    error = rejected(gp.parse_request_head, head_bytes(*base, *fields, b"X-One-More: v"),
+                     max_headers=10)
+    assert error.status == 431
+    many = [b"X-H%d: v" % i for i in range(101)]
+    assert rejected(gp.parse_request_head, head_bytes(*base, *many)).status == 431
+
+
+def test_a_huge_single_header_parses_when_the_server_let_it_through():
+    # The byte limit (431) is the server's, applied before parsing (test_server_http.py);
+    # the parser itself must cope with a long value without mangling it.
+    value = b"v" * 100000
+    head = gp.parse_request_head(head_bytes(b"GET / HTTP/1.1", b"Host: x", b"X-Big: " + value))
+    assert head.header("x-big") == value.decode()
+
+
+# ---- request_body_length -------------------------------------------------------------------
+
+def test_no_framing_headers_means_no_body():
+    assert gp.request_body_length(body_head(), 1000) == 0
+    assert gp.request_body_length(body_head(version=b"HTTP/1.0"), 1000) == 0
+
+
+@pytest.mark.parametrize("lines, length", [
+    ([b"Content-Length: 5"], 5),
+    ([b"Content-Length: 0"], 0),
+    ([b"Content-Length: 0005"], 5),
+    ([b"content-length:1000"], 1000),                    # exactly the limit
+    ([b"Content-Length: 7", b"Content-Length: 7"], 7),   # identical repeats (RFC 9110 8.6)
+])
+def test_content_length(lines, length):
+    assert gp.request_body_length(body_head(*lines), 1000) == length
+
+
+@pytest.mark.parametrize("te", [b"chunked", b"Chunked", b"CHUNKED", b" chunked "])
+def test_chunked_means_minus_one(te):
+    assert gp.request_body_length(body_head(b"Transfer-Encoding: " + te), 1000) == -1
+
+
+@pytest.mark.parametrize("lines", [
+    [b"Content-Length: 5", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: chunked", b"Content-Length: 5"],
+    [b"Transfer-Encoding: chunked", b"Content-Length: 0"],
+    [b"Content-Length: 5", b"Transfer-Encoding: Chunked"],
+    [b"Content-Length: 5", b"Transfer-Encoding: identity"],
+    [b"Content-Length: 5", b"Transfer-Encoding: gzip, chunked"],
+    # an empty or list-only Transfer-Encoding is still a Transfer-Encoding field
+    [b"Content-Length: 5", b"Transfer-Encoding:"],
+    [b"Content-Length: 5", b"Transfer-Encoding: ,"],
+])
+def test_content_length_with_transfer_encoding_is_400(lines):
+    error = rejected(gp.request_body_length, body_head(*lines), 1000)
+    assert error.status == 400
+
+
+@pytest.mark.parametrize("lines", [
+    [b"Content-Length: 5", b"Content-Length: 6"],
+    [b"Content-Length: 5, 6"],
+    [b"Content-Length: 5", b"Content-Length: 50"],
+    [b"Content-Length: 0", b"Content-Length: 5"],
+])
+def test_conflicting_content_lengths_are_400(lines):
+    assert rejected(gp.request_body_length, body_head(*lines), 1000).status == 400
+
+
+@pytest.mark.parametrize("value", [
+    b"-1", b"+5", b"0x10", b"5.0", b"1e3", b"5 5", b"abc", b"", b" ", b"5;", b"\xb2",
+    b"5\xb2", b"\xb9\xb3",   # superscript digits: latin-1 letters Python calls digits
+])
+def test_invalid_content_length_is_400(value):
+    error = rejected(gp.request_body_length, body_head(b"Content-Length: " + value), 1000)
+    assert error.status == 400
+
+
+def test_absurd_content_length_is_rejected_without_overflow():
+    error = rejected(gp.request_body_length,
+                     body_head(b"Content-Length: 99999999999999999999999999999"), 1000)
+    assert error.status in (400, 413)
+
+
+def test_content_length_over_the_limit_is_413():
+    error = rejected(gp.request_body_length, body_head(b"Content-Length: 1001"), 1000)
+    assert error.status == 413
+    assert "1000" in error.message
+
+
+def test_chunked_in_http10_is_400():
+    error = rejected(gp.request_body_length,
+                     body_head(b"Transfer-Encoding: chunked", version=b"HTTP/1.0"), 1000)
+    assert error.status == 400
+
+
+@pytest.mark.parametrize("te", [b"gzip", b"chunked, gzip", b"identity", b"chunked, identity",
+                                b"xchunked"])
+def test_transfer_coding_not_ending_in_chunked_is_400(te):
+    # RFC 9112 6.3: chunked not the final coding -> the length is unknowable -> 400 and close.
+    error = rejected(gp.request_body_length, body_head(b"Transfer-Encoding: " + te), 1000)
+    assert error.status == 400
+
+
+@pytest.mark.parametrize("lines", [
+    [b"Transfer-Encoding: gzip, chunked"],
+    [b"Transfer-Encoding: deflate, chunked"],
+    [b"Transfer-Encoding: chunked, chunked"],
+    [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: gzip", b"Transfer-Encoding: chunked"],
+])
+def test_unsupported_codings_before_chunked_are_refused(lines):
+    # The proxy decodes no compression: 501 (RFC 9112 6.1 SHOULD) or 400, never a body.
+    error = rejected(gp.request_body_length, body_head(*lines), 1000)
+    assert error.status in (400, 501)
+
+
+def test_mutated_heads_only_ever_raise_client_errors():
+    """Seeded random damage to a realistic head: parsing either succeeds or raises a
+    ClientError with a 4xx/5xx status, never any other exception."""
+    base = head_bytes(b"POST /v1beta/models/m:generateContent?alt=sse HTTP/1.1",
+                      b"Host: 127.0.0.1:8000", b"Content-Type: application/json",
+                      b"Content-Length: 15", b"X-Goog-Api-Key: k1")
+    palette = [b"\x00", b"\r", b"\n", b" ", b"\t", b":", b",", b"\xb2", b"\xff", b"\x7f",
+               b"0", b"9", b"-", b"+", b"%", b"/", b"\r\n", b"\r\n "]
+    rng = random.Random(20240611)
+    outcomes = set()
+    for _ in range(4000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data) + 1)
+            if rng.random() < 0.25 and len(data) > 1:
+                del data[min(at, len(data) - 1)]
+            else:
+                data[at:at] = rng.choice(palette)
+        try:
+            head = gp.parse_request_head(bytes(data))
+            gp.request_body_length(head, 1000)
+            outcomes.add("ok")
+        except gp.ClientError as error:
+            assert error.status in (400, 413, 431, 501, 505), bytes(data)
+            outcomes.add(error.status)
+        except Exception as exc:   # noqa: BLE001 - the point of the test
+            pytest.fail("%r raised %s: %s" % (bytes(data), type(exc).__name__, exc))
+    assert "ok" in outcomes and 400 in outcomes
+
+
+# ---- ChunkedDecoder ------------------------------------------------------------------------
+
+def decode_whole(data, max_body=10000):
+    decoder = gp.ChunkedDecoder(max_body)
+    buf = bytearray(data)
+    body = b"".join(decoder.feed(buf))
+    assert decoder.done
+    return body, bytes(buf)
+
+
+def decode_in_pieces(data, sizes, max_body=10000):
+    """Feed `data` in pieces of the given sizes (the last piece takes the rest), the way
+    the server appends each socket read to its buffer; stop feeding once done."""
+    decoder = gp.ChunkedDecoder(max_body)
+    buf = bytearray()
+    pieces = []
+    at = 0
+    for size in list(sizes) + [len(data)]:
+        buf += data[at:at + size]
+        at += size
+        pieces += decoder.feed(buf)
+        if decoder.done or at >= len(data):
+            break
+    assert decoder.done, "decoder not done after all input"
+    return b"".join(pieces), bytes(buf) + data[at:]
+
+
+def decode_bytewise(data, max_body=10000):
+    return decode_in_pieces(data, [1] * len(data), max_body)
+
+
+VALID_BODIES = [
+    (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b"0\r\n\r\n", b""),
+    (b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", b"abcdefg"),
+    (b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),              # upper-case hex
+    (b"a\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+    (b"0005\r\nhello\r\n000\r\n\r\n", b"hello"),                   # leading zeros
+    (b"5;name=value\r\nhello\r\n0;last\r\n\r\n", b"hello"),        # chunk extensions
+    (b"5 ;ext\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nX-Other: 2\r\n\r\n", b"hello"),   # trailers
+    (b"2\r\n\r\n\r\n0\r\n\r\n", b"\r\n"),                          # data that looks like framing
+]
+
+
+@pytest.mark.parametrize("data, body", VALID_BODIES)
+def test_chunked_whole_bytewise_and_every_split_agree(data, body):
+    assert decode_whole(data) == (body, b"")
+    assert decode_bytewise(data) == (body, b"")
+    for cut in range(1, len(data)):
+        assert decode_in_pieces(data, [cut]) == (body, b""), cut
+
+
+@pytest.mark.parametrize("data, body", VALID_BODIES)
+def test_chunked_leaves_the_next_request_in_the_buffer(data, body):
+    stream = data + NEXT_REQUEST
+    assert decode_whole(stream) == (body, NEXT_REQUEST)
+    assert decode_bytewise(stream) == (body, NEXT_REQUEST)
+    for cut in range(1, len(stream)):
+        assert decode_in_pieces(stream, [cut]) == (body, NEXT_REQUEST), cut
+
+
+def test_chunked_data_is_handed_on_as_it_arrives():
+    decoder = gp.ChunkedDecoder(1000)
+    buf = bytearray(b"b\r\nhel")   # 11 bytes: "hello world"
+    assert decoder.feed(buf) == [b"hel"]
+    assert buf == b""
+    buf += b"lo wo"
+    assert decoder.feed(buf) == [b"lo wo"]
+    buf += b"rl"
+    assert decoder.feed(buf) == [b"rl"]
+    assert not decoder.done
+    buf += b"d\r\n0\r"
+    assert decoder.feed(buf) == [b"d"]
+    assert not decoder.done
+    buf += b"\n\r\n" + NEXT_REQUEST
+    assert decoder.feed(buf) == []
+    assert decoder.done and buf == NEXT_REQUEST
+    assert decoder.size == 11
+    assert decoder.feed(buf) == [] and buf == NEXT_REQUEST    # done: touches nothing more
+
+
+def chunk_error(data, max_body=10000):
+    """The ClientError raised feeding `data` whole, checked to be the same status as
+    feeding it byte by byte."""
+    whole = rejected(decode_whole, data, max_body)
+    bytewise = rejected(decode_bytewise, data, max_body)
+    assert whole.status == bytewise.status
+    return whole
+
+
+@pytest.mark.parametrize("size_line", [
+    b"x", b"g", b"-5", b"-0", b"+5", b"0x10", b"0X10", b" 5", b"5 5", b"", b";ext",
+    b"5\x00", b"1" + b"0" * 16,      # 17 hex digits
+    b"\xb5",
+])
+def test_bad_chunk_size_line_is_400(size_line):
+    error = chunk_error(size_line + b"\r\nhello\r\n0\r\n\r\n")
+    assert error.status == 400
+
+
+def test_bare_lf_in_chunk_framing_is_400():
+    assert chunk_error(b"5\nhello\r\n0\r\n\r\n").status == 400
+    assert chunk_error(b"5\r\nhello\n0\r\n\r\n").status == 400
+
+
+def test_chunk_data_longer_than_its_size_is_400():
+    assert chunk_error(b"3\r\nhello\r\n0\r\n\r\n").status == 400
+    # shorter than its size: the framing that follows is swallowed as data, then wrong
+    assert chunk_error(b"8\r\nhello\r\n0\r\n\r\nXYZ").status == 400
+
+
+def test_overlong_size_line_arriving_without_its_crlf_is_400():
+    decoder = gp.ChunkedDecoder(10000)
+    buf = bytearray(b"5;" + b"e" * 10000)
+    assert rejected(decoder.feed, buf).status == 400
+
+
+def test_overlong_size_line_is_400_whole_as_well_as_bytewise():
+    # The same bytes must get the same answer however the socket reads split them.
+    data = b"5;" + b"e" * 10000 + b"\r\nhello\r\n0\r\n\r\n"
+    assert rejected(decode_bytewise, data).status == 400
+    assert rejected(decode_whole, data).status == 400
+
+
+def test_overlong_leading_zeros_are_400():
+    assert chunk_error(b"0" * 5000 + b"5\r\nhello\r\n0\r\n\r\n").status == 400
+
+
+def test_chunked_body_over_the_limit_is_413_on_the_size_line():
+    decoder = gp.ChunkedDecoder(10)
+    buf = bytearray(b"6\r\nabcdef\r\n")
+    assert decoder.feed(buf) == [b"abcdef"]
+    buf += b"5\r\n"                          # 11 bytes declared: refused before any data
+    assert rejected(decoder.feed, buf).status == 413
+    assert chunk_error(b"ffffffffffffffff\r\n", max_body=10).status == 413
+    assert decode_whole(b"a\r\n0123456789\r\n0\r\n\r\n", max_body=10)[0] == b"0123456789"
+
+
+def test_chunked_trailer_flood_is_refused():
+    trailer = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100) for i in range(300))
+    error = chunk_error(b"5\r\nhello\r\n0\r\n" + trailer + b"\r\n")
+    assert error.status in (400, 431)
+
+
+def test_chunked_truncated_body_is_not_done():
+    decoder = gp.ChunkedDecoder(1000)
+    buf = bytearray(b"5\r\nhello\r\n0\r\n")     # missing the final blank line
+    assert decoder.feed(buf) == [b"hello"]
+    assert not decoder.done
+
+
+# ---- response_head and encode_chunk --------------------------------------------------------
+
+def test_response_head_layout():
+    head = gp.response_head(200, [("content-type", "application/json"),
+                                  ("x-request-id", "abc"), ("x-request-id", "def")])
+    assert head == (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"x-request-id: abc\r\nx-request-id: def\r\n\r\n")
+    assert gp.response_head(204, []) == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+@pytest.mark.parametrize("status, reason", [
+    (400, b"Bad Request"), (404, b"Not Found"), (405, b"Method Not Allowed"),
+    (408, b"Request Timeout"), (431, b"Request Header Fields Too Large"),
+    (505, b"HTTP Version Not Supported"), (499, b"Client Closed Request"),
+    (529, b"Overloaded"),
+])
+def test_response_head_reasons(status, reason):
+    head = gp.response_head(status, [("content-length", "0")])
+    assert head == b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\n\r\n" % (status, reason)
+
+
+def test_response_head_for_unknown_status_has_a_reason():
+    line = gp.response_head(599, []).split(b"\r\n")[0]
+    assert line.startswith(b"HTTP/1.1 599 ") and len(line) > len(b"HTTP/1.1 599 ")
+    assert line.split(b" ", 2)[2].strip()
+
+
+def test_response_head_413_status_line():
+    line = gp.response_head(413, []).split(b"\r\n")[0]
+    # The phrase changed name across Python versions (RFC 9110: "Content Too Large").
+    assert line in (b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 413 Content Too Large")
+
+
+def test_encode_chunk():
+    assert gp.encode_chunk(b"hello") == b"5\r\nhello\r\n"
+    assert gp.encode_chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
+    assert gp.encode_chunk(b"x" * 4096).startswith(b"1000\r\n")
+    assert gp.encode_chunk(b"\r\n0\r\n\r\n") == b"7\r\n\r\n0\r\n\r\n\r\n"
+    # An empty piece must never come out as the last-chunk marker.
+    assert gp.encode_chunk(b"") == b""
+    assert gp.LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_encode_chunk_round_trips_through_the_decoder():
+    pieces = [b"", b"a", b"", b"0\r\n\r\n", b"x" * 300, "\u2028世界".encode(), b""]
+    wire = b"".join(gp.encode_chunk(p) for p in pieces) + gp.LAST_CHUNK
+    expected = b"".join(pieces)
+    assert decode_whole(wire + NEXT_REQUEST) == (expected, NEXT_REQUEST)
+    assert decode_bytewise(wire) == (expected, b"")
+
+
+# ---- SSEParser -----------------------------------------------------------------------------
+
+def sse_in_pieces(data, cuts):
+    parser = gp.SSEParser()
+    events = []
+    at = 0
+    for cut in sorted(cuts) + [len(data)]:
+        events += parser.feed(data[at:cut])
+        at = cut
+    return events + parser.finish()
+
+
+def sse_whole(data):
+    return sse_in_pieces(data, [])
+
+
+REALISTIC_STREAM = (
+    b": OPENROUTER PROCESSING\r\n\r\n"
+    b'data: {"choices":[{"delta":{"content":"\xe4\xb8\x96\xe7\x95\x8c\xe2\x80\xa8!"}}]}\r\n\r\n'
+    b"event: error\n"
+    b"data: line one\n"
+    b": a comment between data lines\n"
+    b"data:line two\n"
+    b"id: 7\n"
+    b"retry: 100\n"
+    b"\n"
+    b"data: [DONE]\n\n"
+)
+REALISTIC_EVENTS = [
+    ("message", '{"choices":[{"delta":{"content":"世界\u2028!"}}]}'),
+    ("error", "line one\nline two"),
+    ("message", "[DONE]"),
+]
+
+
+def test_sse_realistic_stream_whole():
+    assert sse_whole(REALISTIC_STREAM) == REALISTIC_EVENTS
+
+
+def test_sse_split_at_every_byte_position():
+    for cut in range(1, len(REALISTIC_STREAM)):
+        assert sse_in_pieces(REALISTIC_STREAM, [cut]) == REALISTIC_EVENTS, cut
+
+
+def test_sse_fed_byte_by_byte():
+    assert sse_in_pieces(REALISTIC_STREAM, range(1, len(REALISTIC_STREAM))) == REALISTIC_EVENTS
+
+
+def test_sse_random_three_way_splits():
+    rng = random.Random(7)
+    for _ in range(300):
+        cuts = rng.sample(range(1, len(REALISTIC_STREAM)), 2)
+        assert sse_in_pieces(REALISTIC_STREAM, cuts) == REALISTIC_EVENTS, cuts
+
+
+def test_sse_events_come_out_as_soon_as_their_blank_line_arrives():
+    parser = gp.SSEParser()
+    assert parser.feed(b"data: a\n") == []
+    assert parser.feed(b"\n") == [("message", "a")]
+    assert parser.feed(b"data: b\r\n\r") == []
+    assert parser.feed(b"\ndata: c\n\ndata: d") == [("message", "b"), ("message", "c")]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_sse_line_endings(ending):
+    data = ending.join([b"data: one", b"", b"event: tick", b"data: two", b"data: 2", b"", b""])
+    assert sse_whole(data) == [("message", "one"), ("tick", "two\n2")]
+
+
+def test_sse_mixed_line_endings():
+    assert sse_whole(b"data: a\r\n\ndata: b\n\r\n") == [("message", "a"), ("message", "b")]
+
+
+def test_sse_comments_are_ignored():
+    data = b": ping\n\n:\n\n: keep-alive\r\n\r\ndata: x\n: inside\ndata: y\n\n"
+    assert sse_whole(data) == [("message", "x\ny")]
+
+
+def test_sse_only_one_space_after_the_colon_is_removed():
+    assert sse_whole(b"data:x\n\ndata:  x \n\n") == [("message", "x"), ("message", " x ")]
+
+
+def test_sse_field_without_colon_and_empty_data():
+    assert sse_whole(b"data\ndata\n\n") == [("message", "\n")]
+    assert sse_whole(b"data:\n\n") == [("message", "")]
+
+
+def test_sse_event_name_is_reset_after_each_event():
+    data = b"event: delta\ndata: 1\n\ndata: 2\n\nevent: done\n\ndata: 3\n\n"
+    # an event block with no data is not dispatched, and its name does not leak onward
+    assert sse_whole(data) == [("delta", "1"), ("message", "2"), ("message", "3")]
+
+
+def test_sse_unknown_fields_are_ignored():
+    assert sse_whole(b"id: 1\nretry: 5\nfoo: bar\ndata : x\ndata: y\n\n") == [("message", "y")]
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c",
+                                  "\x1d", "\x1e"])
+def test_sse_unicode_line_separators_do_not_split_lines(char):
+    text = '{"text":"a%sb"}' % char
+    data = b"data: " + text.encode("utf-8") + b"\n\n"
+    assert sse_whole(data) == [("message", text)]
+    assert sse_in_pieces(data, range(1, len(data))) == [("message", text)]
+
+
+def test_sse_multibyte_utf8_split_across_feeds():
+    data = "data: 世界🙂\n\n".encode("utf-8")
+    for cut in range(1, len(data)):
+        assert sse_in_pieces(data, [cut]) == [("message", "世界🙂")], cut
+
+
+def test_sse_finish_keeps_a_last_event_without_its_blank_line():
+    parser = gp.SSEParser()
+    assert parser.feed(b"data: first\n\nevent: last\ndata: tail\n") == [("message", "first")]
+    assert parser.finish() == [("last", "tail")]
+    assert parser.finish() == []
+
+
+def test_sse_finish_drops_a_truncated_last_line():
+    parser = gp.SSEParser()
+    assert parser.feed(b'data: {"choices":[{"delta":') == []
+    assert parser.finish() == []
+    parser = gp.SSEParser()
+    assert parser.feed(b"data: whole\ndata: cut sho") == []
+    assert parser.finish() == [("message", "whole")]
+
+
+def test_sse_parser_is_reusable_after_finish():
+    parser = gp.SSEParser()
+    parser.feed(b"event: x\ndata: partial\ndata: trunc")
+    parser.finish()
+    assert parser.feed(b"data: fresh\n\n") == [("message", "fresh")]
+
+
+def test_sse_invalid_utf8_does_not_raise():
+    events = sse_whole(b"data: a\xffb\n\n")
+    assert len(events) == 1 and events[0][1].startswith("a") and events[0][1].endswith("b")
