@@ -346,8 +346,10 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
     return " (did you mean %r?)" % close[0] if close else ""
 
 
-def _check_value(value: Any, default: Any, path: str) -> Any:
-    key = path.rsplit(".", 1)[-1]
+def _check_value(value: Any, default: Any, path: str, key: str = "") -> Any:
+    """`value` checked against the type of `default` (and CHOICES for `key`, which is the
+    last part of `path` unless given); errors name `path`."""
+    key = key or path.rsplit(".", 1)[-1]
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError("%s: expected true or false, got %r" % (path, value))
@@ -355,7 +357,8 @@ def _check_value(value: Any, default: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError("%s: expected a whole number >= 0, got %r" % (path, value))
     elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+                (value == 0 and key != "retry_wait"):
             raise ConfigError("%s: expected a number of seconds > 0, got %r" % (path, value))
         value = float(value)
     elif isinstance(default, str):
@@ -423,15 +426,17 @@ def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
             default["api_key"] = flat["openai_api_key"]
         default["base_url"] = flat.get("openai_base_url") or default.get("base_url") \
             or "https://api.openai.com/v1"
-        retry = flat.get("retry") or {}
+        retry = flat.get("retry", {})
         if not isinstance(retry, dict):
             raise ConfigError("retry: expected an object, got %r" % (retry,))
         for old, new in (("max_retries", "retries"), ("wait_fixed", "retry_wait")):
             if old in retry:
-                default[new] = retry[old]
-        unknown = set(retry) - {"max_retries", "wait_fixed"}
-        if unknown:
-            raise ConfigError("retry.%s: unknown key" % sorted(unknown)[0])
+                default[new] = _check_value(retry[old], UPSTREAM_DEFAULTS[new],
+                                            "retry." + old, new)
+        for key in retry:
+            if key not in ("max_retries", "wait_fixed"):
+                raise ConfigError("retry.%s: unknown key%s" % (
+                    key, _did_you_mean(key, ("max_retries", "wait_fixed"))))
         upstreams["default"] = default
         raw["upstreams"] = upstreams
     return raw
@@ -525,10 +530,14 @@ def load_config(args: Optional[argparse.Namespace] = None,
     if not isinstance(raw_upstreams, dict):
         raise ConfigError("upstreams: expected an object of name -> upstream")
     upstreams = {name: _check_section(spec, UPSTREAM_DEFAULTS, "upstreams.%s" % name)
-                 for name, spec in raw_upstreams.items()}
+                 for name, spec in raw_upstreams.items() if not name.startswith("_")}
     mapping = raw.get("model_mapping", {})
-    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+    if not isinstance(mapping, dict):
         raise ConfigError("model_mapping: expected an object of client model -> upstream model")
+    mapping = {k: v for k, v in mapping.items() if not k.startswith("_")}
+    for pattern, target in mapping.items():
+        if not isinstance(target, str):
+            raise ConfigError("model_mapping.%s: expected an upstream model name" % pattern)
     default_model = raw.get("default_model", "")
     default_upstream = raw.get("default_upstream", "")
     for key, value in (("default_model", default_model), ("default_upstream", default_upstream)):
@@ -536,18 +545,24 @@ def load_config(args: Optional[argparse.Namespace] = None,
             raise ConfigError("%s: expected a string, got %r" % (key, value))
     routes = _check_routes(raw.get("routes", []))
 
+    known_env = set(ENV_SETTINGS) | set(ENV_UPSTREAM) | {"GEMINI_PROXY_CONFIG"}
+    for name in environ:
+        if name.startswith("GEMINI_PROXY_") and name not in known_env:
+            raise ConfigError("%s: unknown environment variable%s"
+                              % (name, _did_you_mean(name, known_env)))
     sections = {"server": server, "logging": logging_}
     for name, (section, key) in ENV_SETTINGS.items():
         if name in environ:
             defaults = SERVER_DEFAULTS if section == "server" else LOGGING_DEFAULTS
             value = _env_value(environ, name, defaults[key])
-            sections[section][key] = _check_value(value, defaults[key], name)
+            sections[section][key] = _check_value(value, defaults[key], name, key)
 
     # The default upstream: flags, then GEMINI_PROXY_UPSTREAM_*, then (only when nothing
     # is configured at all) OPENAI_BASE_URL / OPENAI_API_KEY, else a local Ollama.
-    kind, url, key, model = (getattr(args, attr, None) or environ.get(env, "") for attr, env in
-                             zip(("upstream_kind", "upstream_url", "upstream_key", "model"),
-                                 ENV_UPSTREAM))
+    given = [(getattr(args, attr, None), "--" + attr.replace("_", "-")) if getattr(
+        args, attr, None) else (environ.get(env, ""), env) for attr, env in
+        zip(("upstream_kind", "upstream_url", "upstream_key", "model"), ENV_UPSTREAM)]
+    (kind, kind_from), (url, url_from), (key, key_from), (model, _) = given
     if not upstreams and not (kind or url):
         if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
             url = environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
@@ -559,9 +574,12 @@ def load_config(args: Optional[argparse.Namespace] = None,
         name = default_upstream or ("default" if "default" in upstreams or not upstreams
                                     else next(iter(upstreams)))
         spec = upstreams.setdefault(name, _check_section({}, UPSTREAM_DEFAULTS, name))
-        for field, value in (("kind", kind), ("base_url", url), ("api_key", key)):
+        for field, value, source in (("kind", kind, kind_from), ("base_url", url, url_from),
+                                     ("api_key", key, key_from)):
             if value:
-                spec[field] = _check_value(value, UPSTREAM_DEFAULTS[field], "upstream " + field)
+                spec[field] = _check_value(value, UPSTREAM_DEFAULTS[field], source, field)
+        if key:
+            spec["api_key_env"] = ""   # a key given here beats the file's variable
     default_model = model or default_model
 
     for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),

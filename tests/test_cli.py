@@ -1,0 +1,360 @@
+"""The real command line (section 12), run as a subprocess.
+
+Each run gets an explicit minimal environment (PATH plus what the test sets) and an empty
+temporary working directory, so neither the machine's environment nor a stray
+./config.json reaches the proxy.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import gp
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "gemini_proxy.py")
+UPSTREAM_KEY = "sk-upstream-DO-NOT-PRINT-5f3a9c1e"
+
+
+def minimal_env(**extra):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env.update(extra)
+    return env
+
+
+def run(args, tmp_path, env=None, timeout=20, python=None):
+    return subprocess.run([python or sys.executable, SCRIPT] + list(args), cwd=str(tmp_path),
+                          env=env if env is not None else minimal_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+
+
+def write_config(tmp_path, raw, name="proxy.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def free_port():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+class Running:
+    """A proxy subprocess whose stderr is collected line by line in a thread."""
+
+    def __init__(self, args, tmp_path, env=None):
+        self.proc = subprocess.Popen([sys.executable, SCRIPT] + list(args), cwd=str(tmp_path),
+                                     env=env if env is not None else minimal_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     universal_newlines=True)
+        self.lines = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def text(self):
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=8.0):
+        """The first stderr line matching the regex; fails when the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for line in self.lines:
+                    if re.search(pattern, line):
+                        return line
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                with self._lock:
+                    found = [line for line in self.lines if re.search(pattern, line)]
+                if found:
+                    return found[0]
+                pytest.fail("proxy exited with %s before logging %r:\n%s"
+                            % (self.proc.returncode, pattern, self.text()))
+            time.sleep(0.02)
+        pytest.fail("no %r within %ss:\n%s" % (pattern, timeout, self.text()))
+
+    def stop(self, signum=signal.SIGTERM, timeout=6.0):
+        """Send a signal; the exit status, after the process ends."""
+        self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            pytest.fail("proxy did not exit within %ss of signal %d:\n%s"
+                        % (timeout, signum, self.text()))
+        self._reader.join(2)
+        return code
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture
+def start(tmp_path):
+    started = []
+
+    def starter(args, env=None):
+        running = Running(args, tmp_path, env)
+        started.append(running)
+        return running
+    yield starter
+    for running in started:
+        running.cleanup()
+
+
+def generate(port, model, text, timeout=5):
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": text}]}]}).encode()
+    request = urllib.request.Request(
+        "http://127.0.0.1:%d/v1beta/models/%s:generateContent" % (port, model), data=body,
+        headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read().decode("utf-8"))
+
+
+# ---- one-shot runs ----------------------------------------------------------------------
+
+def test_version(tmp_path):
+    result = run(["--version"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "gemini_proxy.py " + gp.__version__
+    assert re.match(r"\d+\.\d+\.\d+", gp.__version__)
+
+
+def test_check_prints_upstreams_and_routes(tmp_path):
+    path = write_config(tmp_path, {
+        "upstreams": {"kimi": {"base_url": "https://api.moonshot.cn/v1",
+                               "api_key": UPSTREAM_KEY}},
+        "routes": [{"model": "gemini-2.5-pro", "upstream": "kimi",
+                    "upstream_model": "kimi-k2-0711-preview"},
+                   {"model": "gemini-*-flash*", "upstream": "kimi"}],
+        "default_model": "kimi-k2-turbo-preview"})
+    result = run(["-c", path, "--check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "configuration OK (%s)" % path
+    assert "upstream kimi: openai https://api.moonshot.cn/v1 with key %s" \
+        % gp.fingerprint(UPSTREAM_KEY) in lines
+    assert "route gemini-2.5-pro -> kimi/kimi-k2-0711-preview" in lines
+    assert "route gemini-*-flash* -> kimi/(same name)" in lines
+    assert lines[-1] == "route * -> kimi/kimi-k2-turbo-preview"
+    assert UPSTREAM_KEY not in result.stdout + result.stderr
+
+
+def test_check_uses_config_json_in_working_directory(tmp_path):
+    write_config(tmp_path, {"upstreams": {"here": {"kind": "echo"}}}, name="config.json")
+    result = run(["--check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK (config.json)" in result.stdout
+    assert "upstream here: echo (answers locally)" in result.stdout
+
+
+def test_check_uses_config_from_environment(tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"viaenv": {"kind": "echo"}}})
+    result = run(["--check"], tmp_path, env=minimal_env(GEMINI_PROXY_CONFIG=path))
+    assert result.returncode == 0, result.stderr
+    assert "upstream viaenv: echo" in result.stdout
+
+
+def test_unknown_key_exits_2_and_names_it(tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"kimi": {"kind": "echo"}},
+                                   "server": {"hots": "127.0.0.1"}})
+    result = run(["-c", path, "--check"], tmp_path)
+    assert result.returncode == 2
+    assert "server.hots" in result.stderr
+    assert "did you mean 'host'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_value_exits_2_and_names_the_key_path(tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"kimi": {"base_url": "https://x.example/v1",
+                                                          "read_timeout": "soon"}}})
+    result = run(["-c", path], tmp_path, timeout=10)
+    assert result.returncode == 2
+    assert "upstreams.kimi.read_timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_section_that_is_not_an_object_exits_2(tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"kimi": {"kind": "echo"}},
+                                   "server": "127.0.0.1"})
+    result = run(["-c", path, "--check"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "server" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_log_level_in_environment_exits_2(tmp_path):
+    result = run(["--upstream-kind", "echo", "--check"], tmp_path,
+                 env=minimal_env(GEMINI_PROXY_LOG_LEVEL="verbose"))
+    assert result.returncode == 2, result.stderr
+    assert "GEMINI_PROXY_LOG_LEVEL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_choice_exits_2(tmp_path):
+    result = run(["--upstream-kind", "bogus", "--check"], tmp_path)
+    assert result.returncode == 2
+    assert "--upstream-kind" in result.stderr
+
+
+def test_public_host_without_keys_is_refused_with_reason(tmp_path):
+    result = run(["--upstream-kind", "echo", "--host", "0.0.0.0", "--port", str(free_port())],
+                 tmp_path, timeout=10)
+    assert result.returncode != 0
+    assert "refusing to listen on 0.0.0.0 with no client keys" in result.stderr
+    assert "--allow-public" in result.stderr
+    assert "listening on" not in result.stderr
+
+
+def test_public_host_with_allow_public_passes_check(tmp_path):
+    result = run(["--upstream-kind", "echo", "--host", "0.0.0.0", "--allow-public", "--check"],
+                 tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("configuration OK")
+
+
+def test_check_under_python38(tmp_path):
+    env38 = minimal_env(PYENV_VERSION="3.8.18")
+    try:
+        probe = subprocess.run(["python3.8", "-c", "import sys; print(sys.version_info[:2])"],
+                               env=env38, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip("python3.8 is not available here: %s" % exc)
+    if probe.returncode != 0 or probe.stdout.strip() != "(3, 8)":
+        pytest.skip("python3.8 (PYENV_VERSION=3.8.18) is not available here: %s"
+                    % (probe.stderr.strip() or probe.stdout.strip()))
+    path = write_config(tmp_path, {
+        "upstreams": {"kimi": {"base_url": "https://api.moonshot.cn/v1",
+                               "api_key": UPSTREAM_KEY}},
+        "model_mapping": {"gemini-2.5-pro": "kimi-k2-0711-preview"}})
+    result = run(["-c", path, "--check"], tmp_path, env=env38, python="python3.8")
+    assert result.returncode == 0, result.stderr
+    assert "route gemini-2.5-pro -> kimi/kimi-k2-0711-preview" in result.stdout
+    assert UPSTREAM_KEY not in result.stdout
+
+
+# ---- running for real --------------------------------------------------------------------
+
+def test_echo_serves_generate_content_and_stops_on_sigterm(start):
+    port = free_port()
+    proxy = start(["--upstream-kind", "echo", "--port", str(port)])
+    line = proxy.wait_for(r"listening on ")
+    assert "listening on http://127.0.0.1:%d" % port in line
+    status, body = generate(port, "gemini-2.5-pro", "hello from the cli test")
+    assert status == 200
+    candidate = body["candidates"][0]
+    assert candidate["content"]["role"] == "model"
+    text = "".join(part.get("text", "") for part in candidate["content"]["parts"])
+    assert text == "echo (gemini-2.5-pro): hello from the cli test"
+    assert candidate["finishReason"] == "STOP"
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert proxy.lines[-1].endswith("stopped"), proxy.text()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_sigint_stops_cleanly(start):
+    port = free_port()
+    proxy = start(["--upstream-kind", "echo", "--port", str(port)])
+    proxy.wait_for(r"listening on ")
+    status, body = generate(port, "gemini-2.5-flash", "ping")
+    assert status == 200
+    text = "".join(p.get("text", "") for p in body["candidates"][0]["content"]["parts"])
+    assert text == "echo (gemini-2.5-flash): ping"
+    assert proxy.stop(signal.SIGINT) == 0
+    assert any(line.endswith("stopped") for line in proxy.lines), proxy.text()
+    assert "Traceback" not in proxy.text()
+
+
+def test_port_zero_listens_on_a_port_chosen_by_the_system(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0"])
+    line = proxy.wait_for(r"listening on ")
+    port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", line).group(1))
+    assert port not in (0, gp.SERVER_DEFAULTS["port"])
+    status, _ = generate(port, "gemini-2.5-pro", "zero")
+    assert status == 200
+    assert proxy.stop() == 0
+
+
+def test_first_lines_name_upstream_and_fingerprint_the_key(start):
+    port, dead_port = free_port(), free_port()
+    url = "http://127.0.0.1:%d/v1" % dead_port
+    proxy = start(["--upstream-url", url, "--upstream-key", UPSTREAM_KEY,
+                   "--model", "some-model", "--port", str(port)])
+    proxy.wait_for(r"route \* ->")
+    lines = proxy.lines
+    assert "listening on http://127.0.0.1:%d" % port in lines[0]
+    upstream_line = next(line for line in lines[:3] if "upstream default:" in line)
+    assert url in upstream_line
+    assert "with key " + gp.fingerprint(UPSTREAM_KEY) in upstream_line
+    assert re.search(r"key#[0-9a-f]{8}\b", upstream_line)
+    assert proxy.stop() == 0
+    assert UPSTREAM_KEY not in proxy.text()
+    assert UPSTREAM_KEY[-8:] not in proxy.text()
+    assert UPSTREAM_KEY not in proxy.proc.stdout.read()
+
+
+def test_no_config_start_uses_openai_base_url_from_environment(start):
+    port = free_port()
+    url = "http://127.0.0.1:%d/v1" % free_port()
+    proxy = start(["--port", str(port)],
+                  env=minimal_env(OPENAI_BASE_URL=url, OPENAI_API_KEY=UPSTREAM_KEY,
+                                  OPENAI_MODEL="gpt-test"))
+    line = proxy.wait_for(r"upstream default:")
+    assert "openai " + url in line
+    assert gp.fingerprint(UPSTREAM_KEY) in line
+    route = proxy.wait_for(r"route \* ->")
+    assert route.endswith("route * -> default/gpt-test")
+    assert proxy.stop() == 0
+    assert UPSTREAM_KEY not in proxy.text()
+
+
+def test_no_config_and_no_environment_uses_local_ollama(start):
+    port = free_port()
+    proxy = start(["--port", str(port)], env=minimal_env())
+    line = proxy.wait_for(r"upstream default:")
+    assert line.endswith("upstream default: openai http://127.0.0.1:11434/v1")
+    assert "listening on http://127.0.0.1:%d" % port in proxy.lines[0]
+    assert proxy.stop() == 0
+
+
+def test_port_in_use_exits_1_with_a_message(tmp_path):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        result = run(["--upstream-kind", "echo", "--port", str(port)], tmp_path, timeout=10)
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1:%d" % port in result.stderr
+    assert "Traceback" not in result.stderr
