@@ -2563,8 +2563,8 @@ class Proxy:
             payload = parse_json_body(body)
             if ex.action == "count_tokens":
                 result = json_bytes(dialect.count_tokens(ex, payload))
+                ex.status = 200   # before the put: the loop logs as soon as it has the reply
                 pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
-                ex.status = 200
                 return
             chat = dialect.decode_request(ex, head, payload,
                                           self.config.server["reject_unknown_fields"])
@@ -2580,6 +2580,7 @@ class Proxy:
             if chat.stream:
                 events = self._track_usage(ex, chat, answer)
                 first = next(events)   # the commit point: the upstream is answering
+                ex.status = 200
                 pipe.put(ResponseHead(200, [
                     ("content-type", dialect.stream_content_type(ex)),
                     ("cache-control", "no-cache")]))
@@ -2596,8 +2597,8 @@ class Proxy:
                 result = json_bytes(dialect.encode_response(ex, answer))
                 if detail:
                     detail.stage("4. client response: 200", (), result)
+                ex.status = 200
                 pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
-            ex.status = 200
         except ClientGone:
             ex.status, ex.error = 499, "the client closed the connection"
         except ProxyError as err:

@@ -142,9 +142,26 @@ def message_text(message):
     return content or ""
 
 
+def sample_json(schema):
+    """The simplest value a JSON Schema accepts (enough for Gemini CLI's JSON helpers)."""
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        return {name: sample_json(sub) for name, sub in schema.get("properties", {}).items()}
+    return {"string": "fake", "integer": 1, "number": 1.0, "boolean": True,
+            "array": []}.get(kind)
+
+
 def agent_reply(request):
-    """What the rule-based model answers to a Chat Completions request (a reply function)."""
+    """What the rule-based model answers to a Chat Completions request: (text, calls)."""
     messages = request.get("messages", [])
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return json.dumps(sample_json(response_format["json_schema"]["schema"])), []
+    if response_format.get("type") == "json_object":
+        return json.dumps({"answer": "FAKE says hello."}), []
     tail = []
     for message in reversed(messages):
         if message.get("role") != "tool":

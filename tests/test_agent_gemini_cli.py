@@ -27,7 +27,7 @@ SETTINGS = {
 }
 
 
-def run_gemini(proxy, workdir, home, prompt, *flags, timeout=120):
+def run_gemini(proxy, workdir, home, prompt, *flags, timeout=120, model="gemini-2.5-flash"):
     os.makedirs(os.path.join(home, ".gemini"), exist_ok=True)
     with open(os.path.join(home, ".gemini", "settings.json"), "w") as f:
         json.dump(SETTINGS, f)
@@ -35,8 +35,8 @@ def run_gemini(proxy, workdir, home, prompt, *flags, timeout=120):
            "TMPDIR": home, "GOOGLE_GEMINI_BASE_URL": proxy.url,
            "GEMINI_API_KEY": "client-key", "GEMINI_CLI_TRUST_WORKSPACE": "true", "NO_COLOR": "1"}
     completed = subprocess.run(
-        [GEMINI, "-m", "gemini-2.5-flash", "-p", prompt, "--output-format", "json"] +
-        list(flags), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+        [GEMINI] + (["-m", model] if model else []) +
+        ["-p", prompt, "--output-format", "json"] + list(flags), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=timeout)
     output = completed.stdout
     start = output.find("{")
@@ -93,3 +93,16 @@ def test_two_parallel_tool_calls(proxy, fake, workdir, tmp_path):
     messages = fake.requests[-1]["json"]["messages"]
     assert [m["role"] for m in messages[-3:]] == ["assistant", "tool", "tool"]
     assert len(messages[-3]["tool_calls"]) == 2
+
+
+def test_model_router_uses_json_mode(proxy, fake, workdir, tmp_path):
+    # Without -m the CLI first asks a small model, through generateContent in JSON mode
+    # with a responseJsonSchema, which model should answer; that must parse.
+    code, result, stderr = run_gemini(proxy, str(workdir), str(tmp_path / "home"), "Say hi",
+                                      model=None)
+    assert code == 0, stderr
+    assert result["response"] == "FAKE says hello."
+    assert "invalid content" not in stderr
+    router = [r["json"] for r in fake.requests if "response_format" in r["json"]]
+    assert router and router[0]["response_format"]["type"] == "json_schema"
+    assert router[0].get("stream") is None

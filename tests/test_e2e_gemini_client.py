@@ -372,3 +372,26 @@ def test_any_model_name_is_accepted_and_mapped(proxy_factory, fake):
                                {"contents": [user("Hi")]})
         assert status == 200
         assert fake.last["model"] == expected
+
+
+def test_access_log_line_per_request(proxy, fake, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    fake.queue(json_reply(completion("ok", use=usage(12, 5))))
+    proxy.post(GENERATE, {"contents": [user("Hi")]})
+    fake.queue(text_stream("streamed"))
+    proxy.request("POST", STREAM, {"contents": [user("Hi")]})
+    proxy.post("/v1beta/models/gemini-2.5-pro:countTokens", {"contents": [user("abcd")]})
+    proxy.post(GENERATE, {"contents": [user("Hi")], "bogus": True})
+    deadline = time.time() + 2
+    while time.time() < deadline and len(caplog.records) < 4:
+        time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+    assert len(lines) == 4
+    assert lines[0].startswith("POST /v1beta/models/gemini-2.5-pro:generateContent 200 "
+                               "gemini-2.5-pro -> fake/fake-model rid=")
+    assert lines[0].endswith("tokens=12+5")
+    assert " stream rid=" in lines[1] and lines[1].split()[2] == "200"
+    assert ":countTokens 200 " in lines[2]
+    assert " 400 " in lines[3] and "bogus" in lines[3]
+    assert all("sk-upstream-secret-1234" not in line for line in lines)
