@@ -51,6 +51,7 @@ import asyncio
 import base64
 import collections
 import concurrent.futures
+import copy
 import dataclasses
 import difflib
 import fnmatch
@@ -157,6 +158,10 @@ KNOWN_GEMINI_MODELS = (
     "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
     "gemini-3-pro-preview", "gemini-3-flash-preview",
 )
+
+# Seconds a request may run before the server starts watching for its client leaving
+# (a quick answer needs no watcher; a slow one is stopped soon after its client goes).
+CLIENT_WATCH_DELAY = 0.05
 
 # OpenAI rejects tool-call ids longer than this ("string_above_max_length").
 OPENAI_MAX_TOOL_ID = 40
@@ -648,13 +653,15 @@ def resolve_route(config: Config, model: str) -> Tuple[Route, str]:
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+HTTP_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*\Z", re.S)
 HTTP_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 HTTP_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\Z")
 MAX_CHUNK_LINE = 4096      # a chunk-size line with extensions
 MAX_TRAILER_BYTES = 16384
 
-HTTP_REASONS = {499: "Client Closed Request", 529: "Overloaded"}
+HTTP_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+HTTP_REASONS.update({499: "Client Closed Request", 529: "Overloaded"})
 
 
 @dataclasses.dataclass
@@ -686,9 +693,9 @@ class RequestHead:
 def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
     """Parse a request line and headers (without the final blank line). Strict about what
     request smuggling relies on: bare LF or CR, obs-fold, spaces before the colon."""
-    lines = data.split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\n"):
         raise ClientError("malformed request: bare CR or LF in the request head")
+    lines = data.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not HTTP_TOKEN.match(parts[0]) or not HTTP_TARGET.match(parts[1]):
         raise ClientError("malformed request line")
@@ -701,10 +708,10 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
         raise ClientError("too many request headers", status=431)
     headers = []
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not HTTP_TOKEN.match(name):
+        match = HTTP_HEADER_LINE.match(line)
+        if not match:
             raise ClientError("malformed header line")
-        value = value.strip(b" \t")
+        name, value = match.groups()
         if HTTP_BAD_VALUE.search(value):
             raise ClientError("control character in header %s" % name.decode("ascii"))
         headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
@@ -714,9 +721,10 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
     if target.startswith(("http://", "https://")):   # absolute-form, as sent to proxies
         target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
     raw_path, _, raw_query = target.partition("?")
-    return RequestHead(method, target, urllib.parse.unquote(raw_path),
-                       urllib.parse.parse_qs(raw_query, keep_blank_values=True),
-                       version.decode("ascii"), headers)
+    return RequestHead(method, target,
+                       urllib.parse.unquote(raw_path) if "%" in raw_path else raw_path,
+                       urllib.parse.parse_qs(raw_query, keep_blank_values=True)
+                       if raw_query else {}, version.decode("ascii"), headers)
 
 
 def request_body_length(head: RequestHead, max_body: int) -> int:
@@ -806,11 +814,7 @@ class ChunkedDecoder:
 
 
 def response_head(status: int, headers: List[Tuple[str, str]]) -> bytes:
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = HTTP_REASONS.get(status, "Unknown")
-    lines = ["HTTP/1.1 %d %s" % (status, reason)]
+    lines = ["HTTP/1.1 %d %s" % (status, HTTP_REASONS.get(status, "Unknown"))]
     lines.extend("%s: %s" % (name, value) for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -1057,7 +1061,7 @@ def append_delta(parts: List[Part], delta: Part) -> None:
         last.text += delta.text
         last.signature, last.origin = delta.signature, delta.origin or last.origin
     elif delta.type != TEXT or delta.text:
-        parts.append(dataclasses.replace(delta))
+        parts.append(copy.copy(delta))   # a copy: later deltas are joined into it
 
 
 def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
@@ -2430,6 +2434,11 @@ def _wake(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
+def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
+    expired.append(True)
+    task.cancel()
+
+
 class DetailLog:
     """The four stages of one request (client request, upstream request, upstream
     response, client response) in one file under logging.log_dir, secrets redacted."""
@@ -2847,7 +2856,20 @@ class ProxyServer:
 
     async def _read_more(self, reader: asyncio.StreamReader, buf: bytearray,
                          timeout: float) -> bool:
-        data = await asyncio.wait_for(reader.read(65536), timeout)
+        """Read what has arrived into buf; False at EOF. A timer cancels the read when
+        the time is up (cheaper per request than asyncio.wait_for's extra task)."""
+        assert self._loop is not None
+        task = asyncio.current_task()
+        expired = []
+        timer = self._loop.call_later(timeout, _expire, task, expired)
+        try:
+            data = await reader.read(65536)
+        except asyncio.CancelledError:
+            if expired:
+                raise asyncio.TimeoutError() from None
+            raise
+        finally:
+            timer.cancel()
         buf.extend(data)
         return bool(data)
 
@@ -2960,9 +2982,12 @@ class ProxyServer:
         assert self._loop is not None
         pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
         self._pipes.add(pipe)
-        self._loop.run_in_executor(self.proxy.executor, self.proxy.handle_blocking,
-                                   ex, head, body, pipe)
-        watcher = asyncio.ensure_future(self._watch_client(reader, buf, pipe))
+        self.proxy.executor.submit(self.proxy.handle_blocking, ex, head, body, pipe)
+        # Most answers that take no time need no watcher; a slow one gets it after a moment.
+        watcher: List[asyncio.Future] = []
+        start_watching = self._loop.call_later(
+            CLIENT_WATCH_DELAY, lambda: watcher.append(
+                asyncio.ensure_future(self._watch_client(reader, buf, pipe))))
         try:
             items = await pipe.take()
             first: ResponseHead = items[0]
@@ -2990,7 +3015,9 @@ class ProxyServer:
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
             return False
         finally:
-            watcher.cancel()
+            start_watching.cancel()
+            for task in watcher:
+                task.cancel()
             self._pipes.discard(pipe)
             self._access(head, ex, ex.status)
 
