@@ -37,11 +37,12 @@ Contents (each section uses only the ones above it):
      5. HTTP/1.1 wire format (pure)
      6. neutral chat model
      7. dialect: OpenAI Chat Completions
-     8. dialect: Gemini
-     9. dialect registry, upstream kinds and routes
-    10. upstream client (pooled keep-alive http.client in worker threads)
-    11. server (asyncio streams, keep-alive, streaming writer, access log)
-    12. command line
+     8. dialect: Anthropic Messages
+     9. dialect: Gemini
+    10. dialect registry, upstream kinds and routes
+    11. upstream client (pooled keep-alive http.client in worker threads)
+    12. server (asyncio streams, keep-alive, streaming writer, access log)
+    13. command line
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ import secrets
 import select
 import signal
 import socket
+import struct
 import ssl
 import sys
 import threading
@@ -110,7 +112,8 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
     "api_key_env": "",            # read the key from this environment variable instead
     "headers": {},                # extra headers sent with every upstream request
     "query": {},                  # extra query parameters (Azure: api-version)
-    "auth": "bearer",             # bearer | api-key (Azure) | none
+    "auth": "auto",               # auto (the kind's own) | bearer | api-key (Azure) |
+                                  #   x-api-key | x-goog-api-key | none
     "connect_timeout": 10.0,
     "read_timeout": 600.0,        # seconds of upstream silence before giving up
     "max_idle_connections": 32,   # keep-alive connections kept per host
@@ -126,7 +129,17 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
     "echo_reasoning": True,             # send reasoning back on tool-call turns (DeepSeek, Kimi)
     "response_format": "json_schema",   # json_schema | json_object | none (prompt only)
     "stream_usage": True,               # ask for stream_options.include_usage
+    # Gemini upstreams
+    "gemini_schema": "json_schema",     # tool/response schemas as JSON Schema, or openapi
+    # Anthropic upstreams
+    "default_max_tokens": 8192,         # Anthropic requires max_tokens; used when unset
+    "anthropic_version": "2023-06-01",
 }
+
+# The base URL of each upstream kind when a config gives none.
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1",
+                     "gemini": "https://generativelanguage.googleapis.com",
+                     "anthropic": "https://api.anthropic.com"}
 
 LOGGING_DEFAULTS: Dict[str, Any] = {
     "level": "info",              # debug | info | warning | error
@@ -143,8 +156,9 @@ ROUTE_DEFAULTS: Dict[str, Any] = {
 }
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "kind": ("openai", "echo"),   # the keys of UPSTREAM_KINDS (section 9)
-    "auth": ("bearer", "api-key", "none"),
+    "kind": ("openai", "gemini", "anthropic", "echo"),   # UPSTREAM_KINDS (section 10)
+    "auth": ("auto", "bearer", "api-key", "x-api-key", "x-goog-api-key", "none"),
+    "gemini_schema": ("json_schema", "openapi"),
     "max_tokens_field": ("max_tokens", "max_completion_tokens"),
     "response_format": ("json_schema", "json_object", "none"),
     "level": ("debug", "info", "warning", "error"),
@@ -201,9 +215,11 @@ class ClientError(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The upstream failed; keeps its status (a 429 stays a 429) and its message."""
+    """The upstream failed; keeps its status (a 429 stays a 429) and its message, and
+    its reply as it was (headers, body) for a client that speaks the same dialect."""
 
     status = 502
+    raw: Optional[Tuple[List[Tuple[str, str]], bytes]] = None
 
 
 class ClientGone(Exception):
@@ -609,6 +625,7 @@ def load_config(args: Optional[argparse.Namespace] = None,
                                   % (name, spec["api_key_env"]))
             spec["api_key"] = environ[spec["api_key_env"]]
         if spec["kind"] != "echo":
+            spec["base_url"] = spec["base_url"] or DEFAULT_BASE_URLS[spec["kind"]]
             parsed = urllib.parse.urlsplit(spec["base_url"])
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ConfigError("upstreams.%s.base_url: %r is not an http(s) URL"
@@ -1101,9 +1118,13 @@ def chat_image_count(chat: Chat) -> int:
     return count
 
 
+def estimate_prompt_tokens(chat: Chat) -> int:
+    return estimate_tokens(chat_prompt_text(chat)) + IMAGE_TOKEN_ESTIMATE * chat_image_count(chat)
+
+
 def estimate_usage(chat: Chat, parts: Iterable[Part]) -> Usage:
     """Token counts when an upstream reports none (marked estimated in the logs)."""
-    prompt = estimate_tokens(chat_prompt_text(chat)) + IMAGE_TOKEN_ESTIMATE * chat_image_count(chat)
+    prompt = estimate_prompt_tokens(chat)
     output = reasoning = 0
     for part in parts:
         if part.type == TOOL_CALL:
@@ -1127,21 +1148,338 @@ def merge_consecutive_turns(messages: List[Message]) -> List[Message]:
     return merged
 
 
+def thinking_budget(thinking: Thinking, default: int = EFFORT_BUDGETS["medium"]) -> int:
+    """Tokens for a thinking setting given as an effort word, or as a budget already
+    (-1, "the model decides", becomes `default`)."""
+    if thinking.budget is not None:
+        return default if thinking.budget < 0 else thinking.budget
+    return EFFORT_BUDGETS.get(thinking.effort, default) if thinking.effort else default
+
+
+def pack_thinking(blocks: List[Part], with_text: bool = True) -> str:
+    """Reasoning a client cannot carry in its own terms, packed as an opaque signature it
+    keeps and sends back: in a Gemini client's thoughtSignature (Gemini CLI drops thought
+    parts from its history but keeps signatures), or an Anthropic client's thinking block
+    signature (whose text comes back beside it, so with_text=False leaves it out)."""
+    items = [{k: v for k, v in (("t", b.text if with_text else ""), ("s", b.signature),
+                                ("o", b.origin), ("r", b.extra.get("redacted", ""))) if v}
+             for b in blocks]
+    return CARRIER_PREFIX + b64url_encode(zlib.compress(json_bytes(items)))
+
+
+def unpack_thinking(signature: str) -> List[Part]:
+    """The reasoning blocks a carrier signature holds; [] for anything else."""
+    try:
+        items = json.loads(zlib.decompress(b64url_decode(signature[len(CARRIER_PREFIX):])))
+        return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
+                     origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
+                for i in items]
+    except (ValueError, TypeError, AttributeError, KeyError, zlib.error):
+        return []
+
+
+class ReasoningCache:
+    """Reasoning state by tool-call id, for clients that drop what they do not know (an
+    OpenAI client keeps reasoning text but no signatures). Bounded, with a time to live;
+    the carriers above are the stateless path, this is the fallback."""
+
+    def __init__(self, max_entries: int = 4096, ttl: float = 3600.0):
+        self._entries: "collections.OrderedDict[str, Tuple[float, List[Part]]]" = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries, self.ttl = max_entries, ttl
+
+    def put(self, key: str, parts: List[Part]) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic() + self.ttl, parts)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get(self, key: str) -> List[Part]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] < time.monotonic():
+                self._entries.pop(key, None)
+                return []
+            return [copy.copy(p) for p in entry[1]]
+
+
+REASONING_CACHE = ReasoningCache()
+
+
+@dataclasses.dataclass
+class EmbedRequest:
+    model: str
+    texts: List[str]
+    dimensions: Optional[int] = None
+    task_type: str = ""                       # Gemini's taskType, when a client gave one
+    title: str = ""
+
+
+@dataclasses.dataclass
+class EmbedReply:
+    vectors: List[List[float]]
+    input_tokens: int = 0
+
+
+def expect(value: Any, kind: Any, where: str, what: str) -> Any:
+    """`value` if it has the expected JSON type, else a 400 naming the field."""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ClientError("%s: expected %s, got %s" % (where, what, json.dumps(value)[:100]))
+    return value
+
+
+def reject_unknown(fields: Iterable[str], known: frozenset, message: str) -> None:
+    """A 400 for the first field not in `known`; `message` has one %s for its name."""
+    for name in fields:
+        if name not in known:
+            raise ClientError(message % name)
+
+
 # ---- 7. Dialect: OpenAI Chat Completions -------------------------------------------------
 #
-# Upstream side: any OpenAI-compatible server (OpenAI, Azure, Kimi, DeepSeek, Zhipu,
-# Ollama, vLLM, llama.cpp). Their differences are upstream options (section 1).
+# Client side: /v1/chat/completions, /v1/models, /v1/embeddings as the official SDKs and
+# agents such as Qwen Code use them. Upstream side: any OpenAI-compatible server (OpenAI,
+# Azure, Kimi, DeepSeek, Zhipu, Ollama, vLLM, llama.cpp); their differences are upstream
+# options (section 1).
+
+OPENAI_REQUEST_FIELDS = frozenset((
+    "model", "messages", "stream", "stream_options", "max_completion_tokens", "max_tokens",
+    "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty", "seed",
+    "logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "response_format", "tools",
+    "tool_choice", "parallel_tool_calls", "functions", "function_call", "modalities", "audio",
+    "prediction", "metadata", "store", "service_tier", "user", "safety_identifier",
+    "prompt_cache_key", "prompt_cache_retention", "verbosity", "web_search_options",
+    # extensions that OpenAI-compatible servers define and clients send
+    "top_k", "min_p", "repetition_penalty", "thinking", "enable_thinking",
+    "chat_template_kwargs", "reasoning", "include_reasoning", "extra_body"))
+OPENAI_UNKNOWN = "Unrecognized request argument supplied: %s"
 
 OPENAI_STOP_REASONS = {           # finish_reason -> neutral
     "stop": STOP, "length": LENGTH, "tool_calls": TOOL_CALLS, "function_call": TOOL_CALLS,
     "content_filter": CONTENT_FILTER,
 }
+OPENAI_FINISH_REASONS = {         # neutral -> finish_reason
+    STOP: "stop", LENGTH: "length", TOOL_CALLS: "tool_calls", CONTENT_FILTER: "content_filter",
+    MALFORMED_TOOL_CALL: "stop",
+}
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                      403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
+                      429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 OPENAI_AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav",
                         "audio/mpeg": "mp3", "audio/mp3": "mp3"}
 
 OPENAI_JSON_NOTE = "Reply with a single JSON object and nothing else."
 
+DATA_URL = re.compile(r"data:([^;,]*)(;base64)?,(.*)\Z", re.S)
+
+
+# -- requests: client -> neutral -----------------------------------------------------------
+
+def _openai_text(content: Any, where: str) -> str:
+    """A message's content when only text is allowed (system, tool): string or text parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    expect(content, list, where, "a string or a list of text parts")
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                   and p.get("type") in ("text", "input_text", "output_text", "refusal"))
+
+
+def _openai_media_part(part: Dict[str, Any], where: str) -> Part:
+    kind = part.get("type")
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url", "") if isinstance(image, dict) else image
+        expect(url, str, where + ".image_url.url", "a URL")
+        match = DATA_URL.match(url)
+        extra = {"detail": image["detail"]} if isinstance(image, dict) and \
+            image.get("detail") else {}
+        if match and match.group(2):
+            return Part(MEDIA, mime=match.group(1) or "image/png", data=match.group(3),
+                        extra=extra)
+        return Part(MEDIA, mime="", url=url, extra=extra)
+    if kind == "input_audio":
+        audio = expect(part.get("input_audio"), dict, where + ".input_audio", "an object")
+        mime = {"wav": "audio/wav", "mp3": "audio/mpeg"}.get(audio.get("format"), "audio/wav")
+        return Part(MEDIA, mime=mime, data=audio.get("data", ""))
+    if kind == "file":
+        file = expect(part.get("file"), dict, where + ".file", "an object")
+        match = DATA_URL.match(file.get("file_data") or "")
+        if not match:
+            raise ClientError("%s.file: only inline file_data is supported, not file ids"
+                              % where)
+        extra = {"filename": file["filename"]} if file.get("filename") else {}
+        return Part(MEDIA, mime=match.group(1), data=match.group(3), extra=extra)
+    raise ClientError("%s.type: unknown content part type %r" % (where, kind))
+
+
+def _openai_user_parts(content: Any, where: str) -> List[Part]:
+    if isinstance(content, str):
+        return [Part(TEXT, text=content)]
+    parts = []
+    for j, part in enumerate(expect(content, list, where, "a string or a list of parts")):
+        expect(part, dict, "%s[%d]" % (where, j), "a content part")
+        if part.get("type") in ("text", "input_text"):
+            parts.append(Part(TEXT, text=expect(part.get("text", ""), str,
+                                                "%s[%d].text" % (where, j), "text")))
+        else:
+            parts.append(_openai_media_part(part, "%s[%d]" % (where, j)))
+    return parts
+
+
+def _openai_assistant_parts(message: Dict[str, Any], where: str,
+                            cache: ReasoningCache) -> List[Part]:
+    parts: List[Part] = []
+    calls = expect(message.get("tool_calls") or [], list, where + ".tool_calls", "a list")
+    # What this proxy remembered when it gave out this turn: signed reasoning, and the
+    # signatures of its tool calls (see _openai_remember).
+    remembered = cache.get(calls[0].get("id", "")) if calls and isinstance(calls[0], dict) \
+        else []
+    signatures = {p.id: p.signature for p in remembered if p.type == TOOL_CALL}
+    thinking = [p for p in remembered if p.type == THINKING]
+    if thinking:
+        parts.extend(thinking)
+    else:
+        reasoning = _openai_reasoning(message)
+        if reasoning:
+            parts.append(Part(THINKING, text=reasoning, origin="openai"))
+    text = _openai_text(message.get("content"), where + ".content")
+    if text:
+        parts.append(Part(TEXT, text=text))
+    for k, call in enumerate(calls):
+        call_where = "%s.tool_calls[%d]" % (where, k)
+        expect(call, dict, call_where, "a tool call")
+        fn = expect(call.get("function"), dict, call_where + ".function", "an object")
+        arguments = fn.get("arguments") or "{}"
+        try:
+            args = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            raise ClientError("%s.function.arguments: not valid JSON" % call_where) from None
+        expect(args, dict, call_where + ".function.arguments", "a JSON object")
+        part = Part(TOOL_CALL, id=call.get("id") or "call_%d" % k, name=fn.get("name", ""),
+                    args=args)
+        google = (call.get("extra_content") or {}).get("google") or {}
+        signature = google.get("thought_signature") or signatures.get(part.id)
+        if signature:   # extra_content.google is where Google's own OpenAI layer puts it
+            part.signature, part.origin = signature, "gemini"
+        parts.append(part)
+    if message.get("function_call"):          # the deprecated single-function form
+        fn = message["function_call"]
+        parts.append(Part(TOOL_CALL, id="call_legacy", name=fn.get("name", ""),
+                          args=json.loads(fn.get("arguments") or "{}")))
+    return parts
+
+
+def _openai_tool_choice(chat: Chat, choice: Any) -> None:
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise ClientError("tool_choice: %r is not auto, none or required" % choice)
+        chat.tool_choice = choice
+        return
+    expect(choice, dict, "tool_choice", "a string or an object")
+    if choice.get("type") == "function":
+        chat.tool_choice = "required"
+        chat.allowed_tools = [(choice.get("function") or {}).get("name", "")]
+    elif choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") or {}
+        chat.tool_choice = "required" if allowed.get("mode") == "required" else "auto"
+        chat.allowed_tools = [(t.get("function") or {}).get("name", "")
+                              for t in allowed.get("tools") or ()]
+    else:
+        raise ClientError("tool_choice: unknown type %r" % choice.get("type"))
+
+
+def decode_openai_request(payload: Any, strict: bool = True,
+                          cache: Optional[ReasoningCache] = None) -> Chat:
+    """Chat Completions request -> neutral Chat. Raises ClientError naming the field."""
+    cache = cache or REASONING_CACHE
+    expect(payload, dict, "request", "a JSON object")
+    if strict:
+        reject_unknown(payload, OPENAI_REQUEST_FIELDS, OPENAI_UNKNOWN)
+    chat = Chat(model=expect(payload.get("model"), str, "model", "a model name"))
+    messages = expect(payload.get("messages"), list, "messages", "a list of messages")
+    if not messages:
+        raise ClientError("messages: at least one message is required")
+    call_names: Dict[str, str] = {}
+    for i, message in enumerate(messages):
+        where = "messages[%d]" % i
+        expect(message, dict, where, "a message object")
+        role = message.get("role")
+        if role in ("system", "developer"):
+            chat.system.append(Part(TEXT, text=_openai_text(message.get("content"),
+                                                            where + ".content")))
+        elif role == "user":
+            chat.messages.append(Message("user", _openai_user_parts(message.get("content"),
+                                                                    where + ".content")))
+        elif role == "assistant":
+            parts = _openai_assistant_parts(message, where, cache)
+            call_names.update((p.id, p.name) for p in parts if p.type == TOOL_CALL)
+            chat.messages.append(Message("assistant", parts))
+        elif role in ("tool", "function"):
+            tool_id = message.get("tool_call_id") or message.get("name") or ""
+            result = Part(TOOL_RESULT, id=tool_id,
+                          name=call_names.get(tool_id, message.get("name") or ""),
+                          content=[Part(TEXT, text=_openai_text(message.get("content"),
+                                                                where + ".content"))])
+            if chat.messages and chat.messages[-1].role == "user" and \
+                    all(p.type == TOOL_RESULT for p in chat.messages[-1].parts):
+                chat.messages[-1].parts.append(result)
+            else:
+                chat.messages.append(Message("user", [result]))
+        else:
+            raise ClientError("%s.role: %r is not system, developer, user, assistant or tool"
+                              % (where, role))
+    tools = payload.get("tools") or [{"type": "function", "function": f}
+                                     for f in payload.get("functions") or ()]
+    for i, tool in enumerate(expect(tools, list, "tools", "a list")):
+        expect(tool, dict, "tools[%d]" % i, "a tool object")
+        if tool.get("type", "function") != "function":
+            raise ClientError("tools[%d].type: only function tools are supported" % i)
+        fn = expect(tool.get("function"), dict, "tools[%d].function" % i, "an object")
+        name = expect(fn.get("name"), str, "tools[%d].function.name" % i, "a name")
+        chat.tools.append(Tool(name, fn.get("description") or "", fn.get("parameters") or
+                               {"type": "object", "properties": {}}))
+    _openai_tool_choice(chat, payload.get("tool_choice"))
+    legacy_choice = payload.get("function_call")
+    if isinstance(legacy_choice, dict):
+        chat.tool_choice, chat.allowed_tools = "required", [legacy_choice.get("name", "")]
+    elif legacy_choice in ("none", "auto"):
+        chat.tool_choice = legacy_choice
+    chat.parallel_tool_calls = payload.get("parallel_tool_calls")
+    fmt = payload.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        chat.response_format = ResponseFormat()
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        chat.response_format = ResponseFormat(spec.get("schema"), spec.get("name") or "response")
+    effort = payload.get("reasoning_effort")
+    if effort is not None:
+        chat.thinking = Thinking(effort=expect(effort, str, "reasoning_effort", "a word"),
+                                 include_thoughts=effort != "none")
+    for field, kind, what in (("temperature", (int, float), "a number"),
+                              ("top_p", (int, float), "a number"),
+                              ("presence_penalty", (int, float), "a number"),
+                              ("frequency_penalty", (int, float), "a number"),
+                              ("seed", int, "a whole number"), ("top_k", int, "a whole number")):
+        if payload.get(field) is not None:
+            setattr(chat, field, expect(payload[field], kind, field, what))
+    limit = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    if limit is not None:
+        chat.max_tokens = expect(limit, int, "max_completion_tokens", "a whole number")
+    stop = payload.get("stop")
+    chat.stop = [stop] if isinstance(stop, str) else list(expect(stop or [], list, "stop",
+                                                                 "a string or a list"))
+    chat.n = expect(payload.get("n") or 1, int, "n", "a whole number")
+    chat.stream = bool(payload.get("stream"))
+    chat.user = payload.get("user") or payload.get("safety_identifier") or ""
+    return chat
+
+
+# -- requests: neutral -> upstream ----------------------------------------------------------
 
 def _openai_media(part: Part) -> Dict[str, Any]:
     mime = part.mime.lower()
@@ -1287,6 +1625,8 @@ def encode_openai_request(chat: Chat, model: str,
     payload.update(options["extra_body"])
     return payload
 
+
+# -- replies: upstream -> neutral ------------------------------------------------------------
 
 def decode_openai_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
@@ -1474,7 +1814,850 @@ def decode_openai_error(status: Optional[int], payload: Any,
                          retry_after=retry_after)
 
 
-# ---- 8. Dialect: Gemini --------------------------------------------------------------------
+# -- replies: neutral -> client ---------------------------------------------------------------
+
+def openai_usage(usage: Usage) -> Dict[str, Any]:
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def _openai_client_call(part: Part, index: Optional[int] = None) -> Dict[str, Any]:
+    call: Dict[str, Any] = {"id": part.id, "type": "function", "function": {
+        "name": part.name, "arguments": json.dumps(part.args or {}, ensure_ascii=False)}}
+    if index is not None:
+        call = dict({"index": index}, **call)
+    if part.origin == "gemini" and part.signature:   # the field Google's own layer uses
+        call["extra_content"] = {"google": {"thought_signature": part.signature}}
+    return call
+
+
+def _openai_remember(parts: List[Part], cache: ReasoningCache) -> None:
+    """Keep a turn's signed reasoning, and its tool calls' signatures, under its first
+    tool call's id: an OpenAI client sends back reasoning text at best, and extra_content
+    only if it keeps unknown fields."""
+    keep = [p for p in parts if p.type == THINKING and (p.signature or p.extra)]
+    keep += [Part(TOOL_CALL, id=p.id, signature=p.signature, origin=p.origin)
+             for p in parts if p.type == TOOL_CALL and p.signature]
+    first_call = next((p for p in parts if p.type == TOOL_CALL), None)
+    if keep and first_call is not None:
+        cache.put(first_call.id, keep)
+
+
+def _openai_media_text(part: Part) -> str:
+    return "![image](%s)" % (part.url or "data:%s;base64,%s" % (part.mime, part.data))
+
+
+def encode_openai_response(reply: Reply, model: str, response_id: str,
+                           cache: Optional[ReasoningCache] = None) -> Dict[str, Any]:
+    """Neutral reply -> chat.completion object."""
+    cache = cache or REASONING_CACHE
+    choices = []
+    for index, choice in enumerate(reply.choices):
+        text = "".join(p.text if p.type == TEXT else _openai_media_text(p)
+                       for p in choice.parts if p.type in (TEXT, MEDIA))
+        reasoning = "".join(p.text for p in choice.parts if p.type == THINKING)
+        calls = [_openai_client_call(p) for p in choice.parts if p.type == TOOL_CALL]
+        message: Dict[str, Any] = {"role": "assistant", "content": text or None,
+                                   "refusal": None}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
+            _openai_remember(choice.parts, cache)
+        choices.append({"index": index, "message": message, "logprobs": None,
+                        "finish_reason": OPENAI_FINISH_REASONS[choice.finish.reason]})
+    return {"id": response_id, "object": "chat.completion", "created": reply.created,
+            "model": model, "choices": choices, "usage": openai_usage(reply.usage or Usage()),
+            "system_fingerprint": None}
+
+
+def openai_stream_error_event(error: ProxyError) -> bytes:
+    """How an OpenAI client learns that a stream failed after it began (the SDK raises)."""
+    return sse_data(json_compact({"error": {"message": error.message,
+                                            "type": OPENAI_ERROR_TYPES.get(error.status,
+                                                                           "server_error"),
+                                            "code": error.status}}))
+
+
+def encode_openai_stream(events: Iterable[Any], model: str, response_id: str,
+                         include_usage: bool = False,
+                         cache: Optional[ReasoningCache] = None) -> Iterator[bytes]:
+    """Neutral events -> chat.completion.chunk SSE, ending in [DONE]. Tool calls go out
+    whole, one fragment each; a failure mid-way becomes an error chunk (no [DONE])."""
+    cache = cache or REASONING_CACHE
+    created = int(time.time())
+    head = '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":' % (
+        json_compact(response_id), created, json_compact(model))
+
+    def chunk(delta: Dict[str, Any], finish: Optional[str] = None) -> bytes:
+        return sse_data(head + json_compact([{"index": 0, "delta": delta, "logprobs": None,
+                                              "finish_reason": finish}]) + "}")
+
+    yield chunk({"role": "assistant", "content": ""})
+    seen: List[Part] = []
+    calls = 0
+    try:
+        for event in events:
+            if isinstance(event, Finish):
+                _openai_remember(seen, cache)
+                yield chunk({}, OPENAI_FINISH_REASONS[event.reason])
+                if include_usage:
+                    yield sse_data(head + '[],"usage":%s}' % json_compact(
+                        openai_usage(event.usage or Usage())))
+                yield b"data: [DONE]\n\n"
+                return
+            if event.type == TEXT and event.text:
+                yield chunk({"content": event.text})
+            elif event.type == THINKING:
+                append_delta(seen, event)
+                if event.text:
+                    yield chunk({"reasoning_content": event.text})
+            elif event.type == TOOL_CALL:
+                seen.append(event)
+                yield chunk({"tool_calls": [_openai_client_call(event, calls)]})
+                calls += 1
+            elif event.type == MEDIA:
+                yield chunk({"content": _openai_media_text(event)})
+    except ProxyError as error:
+        yield openai_stream_error_event(error)
+        raise
+
+
+def encode_openai_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
+    status = 503 if error.status == 529 else error.status
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
+                                  else "invalid_request_error")
+    headers = [("content-type", "application/json")]
+    if error.retry_after is not None:
+        headers.append(("retry-after", str(int(math.ceil(error.retry_after)))))
+    return status, headers, json_bytes({"error": {
+        "message": error.message, "type": kind, "param": None,
+        "code": error.reason or ("rate_limit_exceeded" if status == 429 else None)}})
+
+
+def openai_model_list(names: List[str]) -> Dict[str, Any]:
+    return {"object": "list", "data": [openai_model_info(n) for n in names]}
+
+
+def openai_model_info(name: str) -> Dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "gemini-proxy"}
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+
+def decode_openai_embeddings_request(payload: Any) -> EmbedRequest:
+    expect(payload, dict, "request", "a JSON object")
+    reject_unknown(payload, frozenset(("model", "input", "dimensions", "encoding_format",
+                                       "user")), OPENAI_UNKNOWN)
+    texts = payload.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ClientError("input: expected a string or a list of strings (token arrays are "
+                          "only passed through to OpenAI-compatible upstreams)")
+    dimensions = payload.get("dimensions")
+    return EmbedRequest(expect(payload.get("model"), str, "model", "a model name"), texts,
+                        expect(dimensions, int, "dimensions", "a whole number")
+                        if dimensions is not None else None)
+
+
+def encode_openai_embeddings_request(request: EmbedRequest, model: str) -> Dict[str, Any]:
+    payload: Dict[str, Any] = {"model": model, "input": request.texts}
+    if request.dimensions:
+        payload["dimensions"] = request.dimensions
+    return payload
+
+
+def decode_openai_embeddings_response(payload: Any) -> EmbedReply:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise UpstreamError("the upstream embeddings reply has no data", status=502)
+    vectors = [item.get("embedding") for item in sorted(data, key=lambda d: d.get("index", 0))]
+    if not all(isinstance(v, list) for v in vectors):
+        raise UpstreamError("the upstream embeddings are not lists of numbers", status=502)
+    usage = payload.get("usage") or {}
+    return EmbedReply(vectors, usage.get("prompt_tokens") or 0)
+
+
+def encode_openai_embeddings_response(reply: EmbedReply, model: str,
+                                      encoding_format: str = "float") -> Dict[str, Any]:
+    def encode(vector: List[float]) -> Any:
+        if encoding_format != "base64":
+            return vector
+        return base64.b64encode(struct.pack("<%df" % len(vector), *vector)).decode("ascii")
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                     for i, v in enumerate(reply.vectors)],
+            "usage": {"prompt_tokens": reply.input_tokens, "total_tokens": reply.input_tokens}}
+
+
+# ---- 8. Dialect: Anthropic Messages ----------------------------------------------------
+#
+# Client side: /v1/messages (with ?beta=true) and /v1/messages/count_tokens as the SDK and
+# Claude Code send them. Upstream side: api.anthropic.com or anything speaking the same
+# (PROTOCOLS.md §5). Tool-use ids must match [A-Za-z0-9_-]; other ids (Kimi's
+# functions.read:0) travel base64url-encoded and come back unchanged.
+
+ANTHROPIC_REQUEST_FIELDS = frozenset((
+    "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
+    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "output_config",
+    "output_format", "service_tier", "container", "context_management", "mcp_servers",
+    "inference_geo", "cache_control", "betas"))
+ANTHROPIC_UNKNOWN = "%s: Extra inputs are not permitted"
+
+ANTHROPIC_STOP_REASONS = {        # stop_reason -> neutral
+    "end_turn": STOP, "stop_sequence": STOP, "pause_turn": STOP, "max_tokens": LENGTH,
+    "model_context_window_exceeded": LENGTH, "tool_use": TOOL_CALLS, "refusal": CONTENT_FILTER,
+}
+ANTHROPIC_FINISH_REASONS = {      # neutral -> stop_reason
+    STOP: "end_turn", LENGTH: "max_tokens", TOOL_CALLS: "tool_use", CONTENT_FILTER: "refusal",
+    MALFORMED_TOOL_CALL: "end_turn",
+}
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                         402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                         413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                         503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+ANTHROPIC_ERROR_STATUS = {kind: status for status, kind in ANTHROPIC_ERROR_TYPES.items()
+                          if status != 503}
+ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
+ANTHROPIC_ENCODED_ID = "pxid_"
+ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_JSON_NOTE = "Reply with a single JSON object and nothing else."
+
+
+def anthropic_tool_id(tool_id: str) -> str:
+    """A tool id in Anthropic's charset: valid ids unchanged, others base64url-encoded
+    (its alphabet is exactly the allowed one) so they can be restored."""
+    if ANTHROPIC_TOOL_ID.match(tool_id):
+        return tool_id
+    return ANTHROPIC_ENCODED_ID + b64url_encode(tool_id.encode("utf-8"))
+
+
+def original_tool_id(tool_id: str) -> str:
+    if tool_id.startswith(ANTHROPIC_ENCODED_ID):
+        try:
+            return b64url_decode(tool_id[len(ANTHROPIC_ENCODED_ID):]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return tool_id
+
+
+# -- requests: client -> neutral -----------------------------------------------------------
+
+def _anthropic_source(block: Dict[str, Any], where: str) -> Part:
+    source = expect(block.get("source"), dict, where + ".source", "an object")
+    kind = source.get("type")
+    if kind == "base64":
+        return Part(MEDIA, mime=source.get("media_type", ""), data=source.get("data", ""))
+    if kind == "url":
+        return Part(MEDIA, mime="application/pdf" if block["type"] == "document" else "",
+                    url=source.get("url", ""))
+    if kind == "text":
+        return Part(TEXT, text=source.get("data", ""))
+    raise ClientError("%s.source.type: %r is not supported" % (where, kind))
+
+
+def _anthropic_thinking_part(block: Dict[str, Any]) -> List[Part]:
+    """A thinking block: Anthropic's own, or one this proxy made around reasoning from
+    another provider (its signature is a carrier; the text is the block's)."""
+    signature = block.get("signature") or ""
+    if signature.startswith(CARRIER_PREFIX):
+        parts = unpack_thinking(signature)
+        if parts:
+            parts[0].text = block.get("thinking") or ""
+            return parts
+    return [Part(THINKING, text=block.get("thinking") or "", signature=signature,
+                 origin="anthropic")]
+
+
+def _anthropic_blocks(content: Any, where: str) -> List[Part]:
+    if isinstance(content, str):
+        return [Part(TEXT, text=content)]
+    parts: List[Part] = []
+    for j, block in enumerate(expect(content, list, where, "a string or a list of blocks")):
+        at = "%s[%d]" % (where, j)
+        expect(block, dict, at, "a content block")
+        kind = block.get("type")
+        extra = {"cache_control": block["cache_control"]} if block.get("cache_control") else {}
+        if kind == "text":
+            parts.append(Part(TEXT, text=expect(block.get("text", ""), str, at + ".text",
+                                                "text"), extra=extra))
+        elif kind in ("image", "document"):
+            parts.append(_anthropic_source(block, at))
+        elif kind == "tool_use":
+            parts.append(Part(TOOL_CALL, id=original_tool_id(block.get("id", "")),
+                              name=block.get("name", ""),
+                              args=expect(block.get("input") or {}, dict, at + ".input",
+                                          "an object")))
+        elif kind == "tool_result":
+            inner = block.get("content")
+            result = _anthropic_blocks(inner, at + ".content") if inner is not None else []
+            parts.append(Part(TOOL_RESULT, id=original_tool_id(block.get("tool_use_id", "")),
+                              content=[p for p in result if p.type in (TEXT, MEDIA)],
+                              is_error=bool(block.get("is_error"))))
+        elif kind == "thinking":
+            parts.extend(_anthropic_thinking_part(block))
+        elif kind == "redacted_thinking":
+            parts.append(Part(THINKING, origin="anthropic",
+                              extra={"redacted": block.get("data", "")}))
+        elif kind in ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+                      "code_execution_tool_result", "mcp_tool_use", "mcp_tool_result",
+                      "search_result", "container_upload"):
+            continue   # results of Anthropic's own server tools: nothing to translate
+        else:
+            raise ClientError("%s.type: unknown content block type %r" % (at, kind))
+    return parts
+
+
+def decode_anthropic_request(payload: Any, strict: bool = True,
+                             counting: bool = False) -> Chat:
+    """Messages request (or count_tokens request when `counting`) -> neutral Chat."""
+    expect(payload, dict, "request", "a JSON object")
+    if strict:
+        reject_unknown(payload, ANTHROPIC_REQUEST_FIELDS, ANTHROPIC_UNKNOWN)
+    chat = Chat(model=expect(payload.get("model"), str, "model", "a model name"))
+    if not counting:
+        chat.max_tokens = expect(payload.get("max_tokens"), int, "max_tokens",
+                                 "a whole number")
+    system = payload.get("system")
+    if system is not None:
+        chat.system = [p for p in _anthropic_blocks(system, "system") if p.type == TEXT]
+    messages = expect(payload.get("messages"), list, "messages", "a list of messages")
+    for i, message in enumerate(messages):
+        expect(message, dict, "messages[%d]" % i, "a message")
+        role = message.get("role")
+        parts = _anthropic_blocks(message.get("content"), "messages[%d].content" % i)
+        if role == "system":   # newer Claude Code puts system text among the messages
+            chat.system.extend(p for p in parts if p.type == TEXT)
+        elif role in ("user", "assistant"):
+            chat.messages.append(Message(role, parts))
+        else:
+            raise ClientError("messages[%d].role: %r is not user or assistant" % (i, role))
+    names: Dict[str, str] = {}
+    for message in chat.messages:     # tool_result carries no name; its call does
+        for part in message.parts:
+            if part.type == TOOL_CALL:
+                names[part.id] = part.name
+            elif part.type == TOOL_RESULT:
+                part.name = names.get(part.id, "")
+    for i, tool in enumerate(expect(payload.get("tools") or [], list, "tools", "a list")):
+        expect(tool, dict, "tools[%d]" % i, "a tool")
+        if tool.get("type") not in (None, "custom"):   # Anthropic's server tools
+            chat.extra.setdefault("anthropic_tools", []).append(tool)
+            continue
+        chat.tools.append(Tool(expect(tool.get("name"), str, "tools[%d].name" % i, "a name"),
+                               tool.get("description") or "",
+                               tool.get("input_schema") or {"type": "object",
+                                                            "properties": {}}))
+    choice = payload.get("tool_choice")
+    if choice is not None:
+        expect(choice, dict, "tool_choice", "an object")
+        kind = choice.get("type")
+        if kind not in ("auto", "any", "tool", "none"):
+            raise ClientError("tool_choice.type: %r is not auto, any, tool or none" % kind)
+        chat.tool_choice = {"auto": "auto", "none": "none"}.get(kind, "required")
+        if kind == "tool":
+            chat.allowed_tools = [choice.get("name", "")]
+        if choice.get("disable_parallel_tool_use"):
+            chat.parallel_tool_calls = False
+    output_config = payload.get("output_config") or {}
+    thinking = payload.get("thinking")
+    if thinking is not None:
+        kind = expect(thinking, dict, "thinking", "an object").get("type")
+        shown = thinking.get("display") != "omitted"
+        if kind == "enabled":
+            chat.thinking = Thinking(budget=expect(thinking.get("budget_tokens"), int,
+                                                   "thinking.budget_tokens", "a number"),
+                                     include_thoughts=shown)
+        elif kind == "adaptive":
+            chat.thinking = Thinking(effort=output_config.get("effort") or "high",
+                                     include_thoughts=shown)
+        elif kind == "disabled":
+            chat.thinking = Thinking(budget=0)
+        else:
+            raise ClientError("thinking.type: %r is not enabled, adaptive or disabled" % kind)
+    fmt = output_config.get("format") or payload.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        chat.response_format = ResponseFormat(fmt.get("schema"))
+    for field, kind, what in (("temperature", (int, float), "a number"),
+                              ("top_p", (int, float), "a number"),
+                              ("top_k", int, "a whole number")):
+        if payload.get(field) is not None:
+            setattr(chat, field, expect(payload[field], kind, field, what))
+    chat.stop = list(expect(payload.get("stop_sequences") or [], list, "stop_sequences",
+                            "a list"))
+    chat.stream = bool(payload.get("stream"))
+    chat.user = (payload.get("metadata") or {}).get("user_id") or ""
+    return chat
+
+
+# -- requests: neutral -> upstream ----------------------------------------------------------
+
+def _anthropic_media(part: Part) -> Dict[str, Any]:
+    kind = "document" if part.mime == "application/pdf" else "image"
+    if part.url and not part.data:
+        return {"type": kind, "source": {"type": "url", "url": part.url}}
+    if kind == "image" and part.mime not in ANTHROPIC_IMAGE_TYPES:
+        return {"type": "text", "text": "[%s attachment omitted: this upstream does not take "
+                "it]" % (part.mime or "unknown")}
+    return {"type": kind, "source": {"type": "base64", "media_type": part.mime,
+                                     "data": part.data}}
+
+
+def _anthropic_text(part: Part) -> Dict[str, Any]:
+    block: Dict[str, Any] = {"type": "text", "text": part.text}
+    if part.extra.get("cache_control"):
+        block["cache_control"] = part.extra["cache_control"]
+    return block
+
+
+def _anthropic_user_content(message: Message) -> List[Dict[str, Any]]:
+    """tool_result blocks first (Anthropic wants them at the start), then the rest."""
+    results, rest = [], []
+    for part in message.parts:
+        if part.type == TOOL_RESULT:
+            inner = [_anthropic_text(p) if p.type == TEXT else _anthropic_media(p)
+                     for p in part.content or () if p.type == MEDIA or p.text]
+            block: Dict[str, Any] = {"type": "tool_result",
+                                     "tool_use_id": anthropic_tool_id(part.id)}
+            if inner:
+                block["content"] = inner[0]["text"] if len(inner) == 1 and \
+                    inner[0]["type"] == "text" and "cache_control" not in inner[0] else inner
+            if part.is_error:
+                block["is_error"] = True
+            results.append(block)
+        elif part.type == TEXT and part.text:
+            rest.append(_anthropic_text(part))
+        elif part.type == MEDIA:
+            rest.append(_anthropic_media(part))
+    return results + rest
+
+
+def _anthropic_assistant_content(message: Message) -> List[Dict[str, Any]]:
+    """Anthropic's own signed thinking first (it must precede tool_use), then text and
+    tool_use. Reasoning from other providers cannot be signed and is left out."""
+    thinking, rest = [], []
+    for part in message.parts:
+        if part.type == THINKING and part.origin == "anthropic":
+            if part.extra.get("redacted"):
+                thinking.append({"type": "redacted_thinking", "data": part.extra["redacted"]})
+            elif part.signature:
+                thinking.append({"type": "thinking", "thinking": part.text,
+                                 "signature": part.signature})
+        elif part.type == TEXT and part.text:
+            rest.append(_anthropic_text(part))
+        elif part.type == TOOL_CALL:
+            rest.append({"type": "tool_use", "id": anthropic_tool_id(part.id),
+                         "name": part.name, "input": part.args or {}})
+    return thinking + rest
+
+
+def _anthropic_thinking(chat: Chat, messages: List[Dict[str, Any]],
+                        max_tokens: int) -> Optional[Dict[str, Any]]:
+    """The thinking setting for an Anthropic upstream, or None to leave thinking off:
+    asked for no thinking, no room under max_tokens, or a tool-use turn in the history
+    without its signed thinking block (Anthropic would answer 400)."""
+    if chat.thinking is None or chat.thinking.budget == 0 or chat.thinking.effort == "none":
+        return None
+    budget = min(thinking_budget(chat.thinking), max_tokens - 1)
+    if budget < 1024:
+        return None
+    last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
+    if last is not None and any(b["type"] == "tool_use" for b in last["content"]) and \
+            not any(b["type"] in ("thinking", "redacted_thinking") for b in last["content"]):
+        return None
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def encode_anthropic_request(chat: Chat, model: str,
+                             options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Neutral request -> Messages payload for an Anthropic upstream."""
+    options = options or UPSTREAM_DEFAULTS
+    if chat.n > 1:
+        raise ClientError("an Anthropic upstream returns one choice; n must be 1")
+    messages = []
+    for message in merge_consecutive_turns(chat.messages):
+        content = _anthropic_assistant_content(message) if message.role == "assistant" \
+            else _anthropic_user_content(message)
+        if content:
+            messages.append({"role": message.role, "content": content})
+    max_tokens = chat.max_tokens or options["default_max_tokens"]
+    payload: Dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
+    system = [_anthropic_text(p) for p in chat.system if p.text]
+    fmt = chat.response_format
+    native_json = fmt is not None and fmt.schema is not None and \
+        options["response_format"] == "json_schema"
+    if fmt is not None and not native_json:
+        note = ANTHROPIC_JSON_NOTE + (" It must match this JSON Schema:\n" + json.dumps(
+            fmt.schema, ensure_ascii=False) if fmt.schema is not None else "")
+        system.append({"type": "text", "text": note})
+    if system:
+        payload["system"] = system if any("cache_control" in b for b in system) \
+            else "\n\n".join(b["text"] for b in system)
+    if native_json:
+        payload["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
+    thinking = _anthropic_thinking(chat, messages, max_tokens)
+    if thinking is not None:
+        payload["thinking"] = thinking
+    if chat.tools and chat.tool_choice != "none":
+        payload["tools"] = [{"name": t.name, "description": t.description,
+                             "input_schema": t.schema if t.schema.get("type") == "object"
+                             else {"type": "object", "properties": {}}} for t in chat.tools]
+        # Thinking allows only automatic tool choice.
+        choice: Dict[str, Any] = {"type": "auto"}
+        if chat.tool_choice == "required" and thinking is None:
+            choice = {"type": "tool", "name": chat.allowed_tools[0]} \
+                if len(chat.allowed_tools) == 1 else {"type": "any"}
+        if chat.parallel_tool_calls is False:
+            choice["disable_parallel_tool_use"] = True
+        payload["tool_choice"] = choice
+    if thinking is None:   # with thinking on, Anthropic takes no sampling changes
+        if chat.temperature is not None:
+            payload["temperature"] = min(max(chat.temperature, 0.0), 1.0)
+        if chat.top_p is not None:
+            payload["top_p"] = chat.top_p
+        if chat.top_k is not None:
+            payload["top_k"] = chat.top_k
+    if chat.stop:
+        payload["stop_sequences"] = chat.stop
+    if chat.user:
+        payload["metadata"] = {"user_id": chat.user}
+    if chat.stream:
+        payload["stream"] = True
+    payload.update(options["extra_body"])
+    return payload
+
+
+def encode_anthropic_count_request(chat: Chat, model: str) -> Dict[str, Any]:
+    payload = encode_anthropic_request(dataclasses.replace(chat, stream=False, thinking=None),
+                                       model)
+    return {k: v for k, v in payload.items() if k in ("model", "messages", "system", "tools")}
+
+
+# -- replies: upstream -> neutral ------------------------------------------------------------
+
+def decode_anthropic_count_response(payload: Any) -> int:
+    if not isinstance(payload, dict) or not isinstance(payload.get("input_tokens"), int):
+        raise UpstreamError("the upstream count_tokens reply has no input_tokens", status=502)
+    return payload["input_tokens"]
+
+
+def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None) -> Usage:
+    usage = usage if isinstance(usage, dict) else {}
+    out = copy.copy(previous) if previous else Usage()
+    read = usage.get("cache_read_input_tokens")
+    created = usage.get("cache_creation_input_tokens")
+    if usage.get("input_tokens") is not None or read is not None or created is not None:
+        out.cached_tokens = read or out.cached_tokens
+        out.cache_write_tokens = created or out.cache_write_tokens
+        out.input_tokens = (usage.get("input_tokens") or 0) + out.cached_tokens + \
+            out.cache_write_tokens
+    if usage.get("output_tokens") is not None:   # cumulative in message_delta
+        out.output_tokens = usage["output_tokens"]
+    return out
+
+
+def _anthropic_block_parts(block: Dict[str, Any]) -> List[Part]:
+    kind = block.get("type")
+    if kind == "text":
+        return [Part(TEXT, text=block.get("text", ""))]
+    if kind == "thinking":
+        return [Part(THINKING, text=block.get("thinking", ""),
+                     signature=block.get("signature", ""), origin="anthropic")]
+    if kind == "redacted_thinking":
+        return [Part(THINKING, origin="anthropic", extra={"redacted": block.get("data", "")})]
+    if kind == "tool_use":
+        return [Part(TOOL_CALL, id=block.get("id") or new_id("toolu_"),
+                     name=block.get("name", ""), args=block.get("input") or {})]
+    return []   # server tool blocks have no counterpart
+
+
+def decode_anthropic_response(payload: Any, model: str = "") -> Reply:
+    if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
+        raise UpstreamError("the upstream reply has no content: %s"
+                            % json.dumps(payload)[:300], status=502)
+    parts = [p for block in payload["content"] if isinstance(block, dict)
+             for p in _anthropic_block_parts(block)]
+    finish = Finish(ANTHROPIC_STOP_REASONS.get(payload.get("stop_reason"), STOP),
+                    decode_anthropic_usage(payload.get("usage")),
+                    payload.get("stop_sequence") or "")
+    return Reply(payload.get("id") or new_id("msg_"), payload.get("model") or model,
+                 [Choice(parts, finish)], finish.usage)
+
+
+def anthropic_stream_error(data: str) -> Optional[UpstreamError]:
+    if '"error"' not in data:
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(event, dict) and event.get("type") == "error":
+        return decode_anthropic_error(None, event)
+    return None
+
+
+def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
+    """Messages SSE events -> neutral events; tool_use inputs are gathered and emitted
+    whole at their block's end; a stream without message_stop raises."""
+    usage = Usage()
+    stop_reason, stop_sequence = None, ""
+    blocks: Dict[int, Dict[str, Any]] = {}
+    parts_seen: List[Part] = []
+    malformed = False
+    for name, data in raw_events:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
+                                % data[:200], status=502) from None
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "error":
+            raise decode_anthropic_error(None, event)
+        if kind == "message_start":
+            usage = decode_anthropic_usage((event.get("message") or {}).get("usage"), usage)
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            blocks[event.get("index", 0)] = {"type": block.get("type"), "id": block.get("id"),
+                                             "name": block.get("name"), "json": []}
+            if block.get("type") == "redacted_thinking":
+                yield Part(THINKING, origin="anthropic", extra={"redacted": block.get("data")})
+            elif block.get("type") == "text" and block.get("text"):
+                yield Part(TEXT, text=block["text"])
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            state = blocks.get(event.get("index", 0), {"json": []})
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                yield Part(TEXT, text=delta["text"])
+            elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                yield Part(THINKING, text=delta["thinking"], origin="anthropic")
+            elif delta.get("type") == "signature_delta":
+                yield Part(THINKING, signature=delta.get("signature", ""), origin="anthropic")
+            elif delta.get("type") == "input_json_delta":
+                state["json"].append(delta.get("partial_json", ""))
+        elif kind == "content_block_stop":
+            state = blocks.pop(event.get("index", 0), {})
+            if state.get("type") == "tool_use":
+                text = "".join(state["json"])
+                try:
+                    args = json.loads(text) if text.strip() else {}
+                except ValueError:
+                    args = None
+                if not isinstance(args, dict):
+                    malformed = True
+                    continue
+                part = Part(TOOL_CALL, id=state.get("id") or new_id("toolu_"),
+                            name=state.get("name") or "", args=args)
+                parts_seen.append(part)
+                yield part
+        elif kind == "message_delta":
+            delta = event.get("delta") or {}
+            stop_reason = delta.get("stop_reason") or stop_reason
+            stop_sequence = delta.get("stop_sequence") or stop_sequence
+            usage = decode_anthropic_usage(event.get("usage"), usage)
+        elif kind == "message_stop":
+            reason = MALFORMED_TOOL_CALL if malformed else \
+                ANTHROPIC_STOP_REASONS.get(stop_reason, STOP)
+            yield Finish(reason, usage, stop_sequence)
+            return
+    raise UpstreamError("the upstream stream ended before message_stop", status=502)
+
+
+def decode_anthropic_error(status: Optional[int], payload: Any,
+                           headers: Optional[Dict[str, str]] = None) -> UpstreamError:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message") or ""
+        status = status or ANTHROPIC_ERROR_STATUS.get(error.get("type"), 502)
+    else:
+        message = payload if isinstance(payload, str) else json.dumps(payload)[:2000]
+    return UpstreamError(message.strip()[:2000] or "HTTP %s with no message" % status,
+                         status=status or 502,
+                         retry_after=parse_retry_after((headers or {}).get("retry-after")))
+
+
+# -- replies: neutral -> client ---------------------------------------------------------------
+
+def anthropic_usage(usage: Usage) -> Dict[str, Any]:
+    return {"input_tokens": max(0, usage.input_tokens - usage.cached_tokens -
+                                usage.cache_write_tokens),
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cached_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens}
+
+
+def _anthropic_client_blocks(parts: List[Part]) -> List[Dict[str, Any]]:
+    """Neutral reply parts -> content blocks for an Anthropic client. Reasoning from other
+    providers becomes a thinking block whose signature is a carrier; a Gemini signature
+    on a tool call rides in the thinking block before it (made empty if there is none)."""
+    blocks: List[Dict[str, Any]] = []
+    carried: List[Part] = []    # the foreign reasoning of the thinking block being built
+
+    def close_thinking() -> None:
+        if carried:
+            blocks.append({"type": "thinking", "thinking": "".join(p.text for p in carried),
+                           "signature": pack_thinking(carried, with_text=False)})
+            carried.clear()
+    for part in parts:
+        if part.type == THINKING and part.origin == "anthropic":
+            close_thinking()
+            blocks.append({"type": "redacted_thinking", "data": part.extra["redacted"]}
+                          if part.extra.get("redacted") else
+                          {"type": "thinking", "thinking": part.text,
+                           "signature": part.signature})
+        elif part.type == THINKING:
+            append_delta(carried, part)
+        elif part.type == TOOL_CALL:
+            if part.origin == "gemini" and part.signature:
+                carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
+            close_thinking()
+            blocks.append({"type": "tool_use", "id": anthropic_tool_id(part.id),
+                           "name": part.name, "input": part.args or {}})
+        elif part.type == TEXT and part.text:
+            close_thinking()
+            blocks.append({"type": "text", "text": part.text})
+        elif part.type == MEDIA and part.data:
+            close_thinking()
+            blocks.append(_anthropic_media(part))
+    close_thinking()
+    return blocks
+
+
+def _anthropic_stop(finish: Finish) -> Tuple[str, Optional[str]]:
+    if finish.reason == STOP and finish.stop_sequence:
+        return "stop_sequence", finish.stop_sequence
+    return ANTHROPIC_FINISH_REASONS[finish.reason], None
+
+
+def encode_anthropic_response(reply: Reply, model: str, message_id: str) -> Dict[str, Any]:
+    choice = reply.choices[0]
+    stop_reason, stop_sequence = _anthropic_stop(choice.finish)
+    return {"id": message_id, "type": "message", "role": "assistant", "model": model,
+            "content": _anthropic_client_blocks(choice.parts), "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence, "usage": anthropic_usage(reply.usage or Usage())}
+
+
+def anthropic_stream_error_event(error: ProxyError) -> bytes:
+    """An Anthropic client's in-stream error (the SDK raises it)."""
+    return sse_event("error", json_compact({"type": "error", "error": {
+        "type": ANTHROPIC_ERROR_TYPES.get(error.status, "api_error"),
+        "message": error.message}}))
+
+
+def encode_anthropic_stream(events: Iterable[Any], model: str,
+                            message_id: str) -> Iterator[bytes]:
+    """Neutral events -> the Messages event sequence: message_start, ping, one
+    start/delta/stop run per content block, message_delta, message_stop. Thinking from
+    other providers closes with a carrier signature_delta; a failure mid-way becomes an
+    `error` event."""
+    def event(name: str, payload: Dict[str, Any]) -> bytes:
+        return sse_event(name, json_compact(dict({"type": name}, **payload)))
+
+    index = -1
+    open_kind = ""               # "text" | "thinking" | "foreign" (thinking we must sign)
+    carried: List[Part] = []
+
+    def start(kind: str, block: Dict[str, Any]) -> bytes:
+        nonlocal index, open_kind
+        index += 1
+        open_kind = kind
+        return event("content_block_start", {"index": index, "content_block": block})
+
+    def stop() -> Iterator[bytes]:
+        nonlocal open_kind
+        if open_kind == "foreign":
+            yield event("content_block_delta", {"index": index, "delta": {
+                "type": "signature_delta",
+                "signature": pack_thinking(carried, with_text=False)}})
+            carried.clear()
+        if open_kind:
+            yield event("content_block_stop", {"index": index})
+        open_kind = ""
+
+    yield event("message_start", {"message": {
+        "id": message_id, "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0}}})
+    yield event("ping", {})
+    try:
+        for part in events:
+            if isinstance(part, Finish):
+                yield from stop()
+                stop_reason, stop_sequence = _anthropic_stop(part)
+                yield event("message_delta", {
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": anthropic_usage(part.usage or Usage())})
+                yield event("message_stop", {})
+                return
+            if part.type == THINKING and part.extra.get("redacted"):
+                yield from stop()
+                yield start("", {"type": "redacted_thinking", "data": part.extra["redacted"]})
+                yield event("content_block_stop", {"index": index})
+            elif part.type == THINKING:
+                kind = "thinking" if part.origin == "anthropic" else "foreign"
+                if open_kind != kind:
+                    yield from stop()
+                    yield start(kind, {"type": "thinking", "thinking": "", "signature": ""})
+                if part.text:
+                    yield event("content_block_delta", {"index": index, "delta": {
+                        "type": "thinking_delta", "thinking": part.text}})
+                if kind == "foreign":
+                    append_delta(carried, dataclasses.replace(part, text=""))
+                elif part.signature:
+                    yield event("content_block_delta", {"index": index, "delta": {
+                        "type": "signature_delta", "signature": part.signature}})
+                    yield from stop()
+            elif part.type == TEXT and part.text:
+                if open_kind != "text":
+                    yield from stop()
+                    yield start("text", {"type": "text", "text": ""})
+                yield event("content_block_delta", {"index": index, "delta": {
+                    "type": "text_delta", "text": part.text}})
+            elif part.type == TOOL_CALL:
+                if part.origin == "gemini" and part.signature:
+                    if open_kind != "foreign":
+                        yield from stop()
+                        yield start("foreign", {"type": "thinking", "thinking": "",
+                                                "signature": ""})
+                    carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
+                yield from stop()
+                yield start("", {"type": "tool_use", "id": anthropic_tool_id(part.id),
+                                 "name": part.name, "input": {}})
+                yield event("content_block_delta", {"index": index, "delta": {
+                    "type": "input_json_delta",
+                    "partial_json": json.dumps(part.args or {}, ensure_ascii=False)}})
+                yield event("content_block_stop", {"index": index})
+    except ProxyError as error:
+        yield anthropic_stream_error_event(error)
+        raise
+
+
+def encode_anthropic_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
+    status = error.status
+    headers = [("content-type", "application/json")]
+    if error.retry_after is not None:
+        headers.append(("retry-after", str(int(math.ceil(error.retry_after)))))
+    return status, headers, json_bytes({"type": "error", "error": {
+        "type": ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500
+                                          else "invalid_request_error"),
+        "message": error.message}})
+
+
+def anthropic_model_list(names: List[str]) -> Dict[str, Any]:
+    data = [anthropic_model_info(n) for n in names]
+    return {"data": data, "has_more": False, "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None}
+
+
+def anthropic_model_info(name: str) -> Dict[str, Any]:
+    return {"type": "model", "id": name, "display_name": name,
+            "created_at": "1970-01-01T00:00:00Z"}
+
+
+# ---- 9. Dialect: Gemini --------------------------------------------------------------------
 #
 # Client side: what Gemini CLI and the google-genai SDKs send (PROTOCOLS.md §1-2) and the
 # strict shapes they parse: single-line `data: <json>` events with ASCII-escaped JSON, no
@@ -1510,6 +2693,9 @@ GEMINI_STATUS_NAMES = {           # HTTP status -> google.rpc status name
     499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE",
     503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 }
+
+GEMINI_UNKNOWN = ('Invalid JSON payload received. Unknown name "%%s" at \'%s\': '
+                  'Cannot find field.')
 
 GEMINI_TOOL_MODES = {"AUTO": "auto", "VALIDATED": "auto", "MODE_UNSPECIFIED": "auto",
                      "ANY": "required", "NONE": "none"}
@@ -1557,38 +2743,6 @@ def gemini_schema_to_json_schema(schema: Any) -> Any:
     return out
 
 
-def pack_thinking(blocks: List[Part]) -> str:
-    """Reasoning from a non-Gemini upstream, as a thought signature a Gemini client keeps
-    in its history and sends back (it drops thought parts but keeps signatures)."""
-    items = [{k: v for k, v in (("t", b.text), ("s", b.signature), ("o", b.origin),
-                                ("r", b.extra.get("redacted", ""))) if v} for b in blocks]
-    return CARRIER_PREFIX + b64url_encode(zlib.compress(json_bytes(items)))
-
-
-def unpack_thinking(signature: str) -> List[Part]:
-    """The reasoning blocks a carrier signature holds; [] for anything else."""
-    try:
-        items = json.loads(zlib.decompress(b64url_decode(signature[len(CARRIER_PREFIX):])))
-        return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
-                     origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
-                for i in items]
-    except (ValueError, TypeError, AttributeError, zlib.error):
-        return []
-
-
-def _unknown_field(fields: Iterable[str], known: frozenset, where: str) -> None:
-    for name in fields:
-        if name not in known:
-            raise ClientError('Invalid JSON payload received. Unknown name "%s" at \'%s\': '
-                              'Cannot find field.' % (name, where))
-
-
-def _expect(value: Any, kind: Any, where: str, what: str) -> Any:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ClientError("%s: expected %s, got %s" % (where, what, json.dumps(value)[:100]))
-    return value
-
-
 def _gemini_signature(part: Part, signature: str) -> List[Part]:
     """Attach a thoughtSignature to its part; a proxy carrier becomes the reasoning parts
     it holds, placed before the part; Google's skip value means no signature."""
@@ -1600,17 +2754,17 @@ def _gemini_signature(part: Part, signature: str) -> List[Part]:
 
 
 def _gemini_media(raw: Dict[str, Any], where: str) -> Part:
-    raw = camel_keys(_expect(raw, dict, where, "an object"))
+    raw = camel_keys(expect(raw, dict, where, "an object"))
     if "fileUri" in raw:
         return Part(MEDIA, mime=raw.get("mimeType", ""), url=raw["fileUri"])
     return Part(MEDIA, mime=raw.get("mimeType", ""),
-                data=_expect(raw.get("data", ""), str, where + ".data", "base64 text"))
+                data=expect(raw.get("data", ""), str, where + ".data", "base64 text"))
 
 
 def _gemini_tool_result(raw: Dict[str, Any], where: str) -> Part:
-    raw = camel_keys(_expect(raw, dict, where, "an object"))
+    raw = camel_keys(expect(raw, dict, where, "an object"))
     response = raw.get("response") or {}
-    _expect(response, dict, where + ".response", "an object")
+    expect(response, dict, where + ".response", "an object")
     # Gemini's documented keys: "output" for the result, "error" for a failure.
     if set(response) == {"output"} and isinstance(response["output"], str):
         content, is_error = response["output"], False
@@ -1629,12 +2783,12 @@ def _gemini_tool_result(raw: Dict[str, Any], where: str) -> Part:
 
 
 def _gemini_part(raw: Any, where: str, strict: bool) -> List[Part]:
-    raw = camel_keys(_expect(raw, dict, where, "a part object"))
+    raw = camel_keys(expect(raw, dict, where, "a part object"))
     if strict:
-        _unknown_field(raw, GEMINI_PART_FIELDS, where)
+        reject_unknown(raw, GEMINI_PART_FIELDS, GEMINI_UNKNOWN % where)
     signature = raw.get("thoughtSignature") or ""
     if "text" in raw:
-        text = _expect(raw["text"], str, where + ".text", "text")
+        text = expect(raw["text"], str, where + ".text", "text")
         if raw.get("thought"):
             return _gemini_signature(Part(THINKING, text=text), signature)
         return _gemini_signature(Part(TEXT, text=text), signature)
@@ -1642,10 +2796,10 @@ def _gemini_part(raw: Any, where: str, strict: bool) -> List[Part]:
         key = "inlineData" if "inlineData" in raw else "fileData"
         return _gemini_signature(_gemini_media(raw[key], where + "." + key), signature)
     if "functionCall" in raw:
-        call = camel_keys(_expect(raw["functionCall"], dict, where + ".functionCall", "an object"))
+        call = camel_keys(expect(raw["functionCall"], dict, where + ".functionCall", "an object"))
         args = call.get("args") or {}
-        _expect(args, dict, where + ".functionCall.args", "an object")
-        name = _expect(call.get("name", ""), str, where + ".functionCall.name", "a name")
+        expect(args, dict, where + ".functionCall.args", "an object")
+        name = expect(call.get("name", ""), str, where + ".functionCall.name", "a name")
         return _gemini_signature(Part(TOOL_CALL, id=call.get("id") or "", name=name,
                                       args=args), signature)
     if "functionResponse" in raw:
@@ -1699,14 +2853,14 @@ def _gemini_number(config: Dict[str, Any], key: str, integer: bool = False) -> A
     if value is None:
         return None
     kind = int if integer else (int, float)
-    return _expect(value, kind, "generationConfig." + key, "a whole number" if integer
+    return expect(value, kind, "generationConfig." + key, "a whole number" if integer
                    else "a number")
 
 
 def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
-    config = camel_keys(_expect(raw, dict, "generationConfig", "an object"))
+    config = camel_keys(expect(raw, dict, "generationConfig", "an object"))
     if strict:
-        _unknown_field(config, GEMINI_GENERATION_FIELDS, "generationConfig")
+        reject_unknown(config, GEMINI_GENERATION_FIELDS, GEMINI_UNKNOWN % "generationConfig")
     chat.temperature = _gemini_number(config, "temperature")
     chat.top_p = _gemini_number(config, "topP")
     chat.top_k = _gemini_number(config, "topK", integer=True)
@@ -1725,11 +2879,11 @@ def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
             gemini_schema_to_json_schema(schema) if isinstance(schema, dict) else None)
     thinking = config.get("thinkingConfig")
     if thinking is not None:
-        thinking = camel_keys(_expect(thinking, dict, "generationConfig.thinkingConfig",
+        thinking = camel_keys(expect(thinking, dict, "generationConfig.thinkingConfig",
                                       "an object"))
         budget = thinking.get("thinkingBudget")
         if budget is not None:
-            _expect(budget, int, "generationConfig.thinkingConfig.thinkingBudget", "a number")
+            expect(budget, int, "generationConfig.thinkingConfig.thinkingBudget", "a number")
         level = thinking.get("thinkingLevel") or ""
         chat.thinking = Thinking(budget=budget, effort=str(level).lower(),
                                  include_thoughts=bool(thinking.get("includeThoughts")))
@@ -1738,9 +2892,9 @@ def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
 def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) -> Chat:
     """GenerateContentRequest (camelCase or the Python SDK's snake_case) -> neutral Chat.
     Raises ClientError naming the offending field."""
-    payload = camel_keys(_expect(payload, dict, "request", "a JSON object"))
+    payload = camel_keys(expect(payload, dict, "request", "a JSON object"))
     if strict:
-        _unknown_field(payload, GEMINI_REQUEST_FIELDS, "request")
+        reject_unknown(payload, GEMINI_REQUEST_FIELDS, GEMINI_UNKNOWN % "request")
     contents = payload.get("contents")
     if not isinstance(contents, list) or not contents:
         raise ClientError("contents is not specified")
@@ -1749,31 +2903,31 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
     if isinstance(system, str):
         chat.system = [Part(TEXT, text=system)]
     elif system is not None:
-        system = _expect(system, dict, "systemInstruction", "a Content object")
+        system = expect(system, dict, "systemInstruction", "a Content object")
         chat.system = [p for j, raw in enumerate(system.get("parts") or ())
                        for p in _gemini_part(raw, "systemInstruction.parts[%d]" % j, strict)
                        if p.type == TEXT]
     for i, content in enumerate(contents):
-        content = _expect(content, dict, "contents[%d]" % i, "a Content object")
+        content = expect(content, dict, "contents[%d]" % i, "a Content object")
         role = content.get("role") or "user"
         if role not in ("user", "model"):
             raise ClientError("contents[%d].role: Please use a valid role: user, model." % i)
-        raw_parts = _expect(content.get("parts") or [], list, "contents[%d].parts" % i, "a list")
+        raw_parts = expect(content.get("parts") or [], list, "contents[%d].parts" % i, "a list")
         parts = [p for j, raw in enumerate(raw_parts)
                  for p in _gemini_part(raw, "contents[%d].parts[%d]" % (i, j), strict)]
         chat.messages.append(Message("user" if role == "user" else "assistant", parts))
     _pair_gemini_tool_results(chat.messages)
     make_tool_ids_unique(chat.messages)
 
-    for i, tool in enumerate(_expect(payload.get("tools") or [], list, "tools", "a list")):
-        tool = camel_keys(_expect(tool, dict, "tools[%d]" % i, "a Tool object"))
+    for i, tool in enumerate(expect(payload.get("tools") or [], list, "tools", "a list")):
+        tool = camel_keys(expect(tool, dict, "tools[%d]" % i, "a Tool object"))
         declarations = tool.pop("functionDeclarations", None) or []
-        for j, decl in enumerate(_expect(declarations, list, "tools[%d].functionDeclarations"
+        for j, decl in enumerate(expect(declarations, list, "tools[%d].functionDeclarations"
                                          % i, "a list")):
             where = "tools[%d].functionDeclarations[%d]" % (i, j)
-            decl = camel_keys(_expect(decl, dict, where, "a FunctionDeclaration"))
+            decl = camel_keys(expect(decl, dict, where, "a FunctionDeclaration"))
             if strict:
-                _unknown_field(decl, GEMINI_DECLARATION_FIELDS, where)
+                reject_unknown(decl, GEMINI_DECLARATION_FIELDS, GEMINI_UNKNOWN % where)
             name = decl.get("name")
             if not isinstance(name, str) or not name:
                 raise ClientError("%s.name: a function needs a name" % where)
@@ -1786,7 +2940,7 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
             chat.extra.setdefault("gemini_tools", []).append(tool)
     tool_config = payload.get("toolConfig")
     if tool_config:
-        calling = camel_keys(camel_keys(_expect(tool_config, dict, "toolConfig", "an object"))
+        calling = camel_keys(camel_keys(expect(tool_config, dict, "toolConfig", "an object"))
                              .get("functionCallingConfig") or {})
         mode = str(calling.get("mode") or "AUTO").upper()
         if mode not in GEMINI_TOOL_MODES:
@@ -1934,24 +3088,20 @@ def encode_gemini_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], 
     return status, headers, json_bytes({"error": body})
 
 
-def gemini_count_tokens(payload: Any) -> Dict[str, Any]:
-    """countTokens, estimated locally from the request: it never generates."""
-    payload = camel_keys(_expect(payload, dict, "request", "a JSON object"))
-    _unknown_field(payload, frozenset(("contents", "generateContentRequest")), "request")
+def decode_gemini_count_request(payload: Any, model: str = "", strict: bool = True) -> Chat:
+    """countTokens body ({contents} or {generateContentRequest}) -> the prompt to count."""
+    payload = camel_keys(expect(payload, dict, "request", "a JSON object"))
+    if strict:
+        reject_unknown(payload, frozenset(("contents", "generateContentRequest")),
+                       GEMINI_UNKNOWN % "request")
     request = payload.get("generateContentRequest")
     if request is None:
         request = {"contents": payload.get("contents") or []}
-    request = dict(_expect(request, dict, "generateContentRequest", "an object"))
+    request = dict(expect(request, dict, "generateContentRequest", "an object"))
     request.pop("model", None)
     if not request.get("contents"):
-        return {"totalTokens": 0}
-    chat = decode_gemini_request(request)
-    text_tokens = estimate_tokens(chat_prompt_text(chat))
-    image_tokens = IMAGE_TOKEN_ESTIMATE * chat_image_count(chat)
-    details = [{"modality": "TEXT", "tokenCount": text_tokens}]
-    if image_tokens:
-        details.append({"modality": "IMAGE", "tokenCount": image_tokens})
-    return {"totalTokens": text_tokens + image_tokens, "promptTokensDetails": details}
+        return Chat(model=model)
+    return decode_gemini_request(request, model, strict)
 
 
 def gemini_model_info(name: str, description: str = "") -> Dict[str, Any]:
@@ -1959,15 +3109,551 @@ def gemini_model_info(name: str, description: str = "") -> Dict[str, Any]:
             "displayName": name, "description": description,
             "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
             "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
-                                           "countTokens"],
+                                           "countTokens", "embedContent"],
             "temperature": 1, "maxTemperature": 2, "topP": 0.95, "topK": 64, "thinking": True}
 
 
-# ---- 9. Dialect registry, upstream kinds and routes -----------------------------------
+# -- Gemini as an upstream ------------------------------------------------------------------
+#
+# Requests to the Gemini API with an API key. Tool schemas go as parametersJsonSchema
+# after a light clean (what Gemini CLI itself sends); when Gemini rejects one, the request
+# is retried once with every schema rewritten into Gemini's OpenAPI subset by
+# json_schema_to_gemini_schema (PROTOCOLS.md §6.12).
+
+GEMINI_STOP_REASONS = {           # finishReason -> neutral
+    "STOP": STOP, "MAX_TOKENS": LENGTH, "MALFORMED_FUNCTION_CALL": MALFORMED_TOOL_CALL,
+    "UNEXPECTED_TOOL_CALL": STOP, "TOO_MANY_TOOL_CALLS": STOP,
+    "FINISH_REASON_UNSPECIFIED": STOP,
+}   # everything else Gemini names (SAFETY, RECITATION, BLOCKLIST, ...) is a content filter
+
+GEMINI_SCHEMA_FIELDS = frozenset((
+    "type", "format", "title", "description", "nullable", "enum", "items", "minItems",
+    "maxItems", "properties", "required", "propertyOrdering", "minProperties",
+    "maxProperties", "minLength", "maxLength", "pattern", "minimum", "maximum", "anyOf",
+    "default", "example"))
+GEMINI_FORMATS = {"STRING": ("enum", "date-time"), "NUMBER": ("float", "double"),
+                  "INTEGER": ("int32", "int64")}
+GEMINI_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER",
+                "boolean": "BOOLEAN", "array": "ARRAY", "object": "OBJECT"}
+# Constraints Gemini's Schema cannot hold; kept as a hint in the description instead.
+SCHEMA_HINT_KEYWORDS = ("exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+                        "minContains", "maxContains", "const")
+SCHEMA_MAX_DEPTH = 32
+# Words in a 400 from Gemini that mean a tool or response schema was refused.
+GEMINI_SCHEMA_ERRORS = re.compile(r"parameters|schema|function_declarations|Unknown name|"
+                                  r"Cannot find field|response_schema", re.I)
+
+
+def clean_json_schema_for_gemini(schema: Any) -> Any:
+    """The light clean for parametersJsonSchema / responseJsonSchema: drop the keywords
+    Gemini refuses outright ($schema, $id, $comment, strict, x-*) and write a nullable
+    type pair [X, "null"] as X + nullable, as Gemini CLI does for MCP tools."""
+    if isinstance(schema, list):
+        return [clean_json_schema_for_gemini(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: Dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("$schema", "$id", "$comment", "strict") or key.startswith("x-"):
+            continue
+        if key in SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+            out[key] = {name: clean_json_schema_for_gemini(v) for name, v in value.items()}
+        elif key in SCHEMA_LIST_KEYWORDS + SCHEMA_ONE_KEYWORDS:
+            out[key] = clean_json_schema_for_gemini(value)
+        else:
+            out[key] = value
+    kind = out.get("type")
+    if isinstance(kind, list) and len(kind) == 2 and "null" in kind:
+        out["type"] = next(k for k in kind if k != "null")
+        out["nullable"] = True
+    return out
+
+
+def _merge_all_of(schema: Dict[str, Any]) -> Dict[str, Any]:
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for branch in schema.get("allOf") or ():
+        if not isinstance(branch, dict):
+            continue
+        for key, value in branch.items():
+            if key == "properties":
+                merged["properties"] = dict(value, **merged.get("properties", {}))
+            elif key == "required":
+                merged["required"] = list(dict.fromkeys(merged.get("required", []) + value))
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = None,
+                                 seen: Tuple[str, ...] = (), depth: int = 0) -> Dict[str, Any]:
+    """JSON Schema -> Gemini's `Schema` (the OpenAPI subset `parameters` takes), completely:
+    $ref/$defs inlined (cycles cut), allOf merged, null branches and type pairs made
+    `nullable`, const/enum as strings, only Gemini's keywords and formats kept, other
+    constraints moved into the description, empty object properties dropped."""
+    if not isinstance(schema, dict) or depth > SCHEMA_MAX_DEPTH:
+        return {"type": "STRING"}
+    if defs is None:
+        defs = dict(schema.get("definitions") or {}, **(schema.get("$defs") or {}))
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name in seen or name not in defs:   # a cycle, or nothing to inline
+            return {"type": "OBJECT", "description": schema.get("description")
+                    or "(a %s; its definition is recursive)" % name}
+        target = dict(defs[name], **{k: v for k, v in schema.items() if k != "$ref"})
+        return json_schema_to_gemini_schema(target, defs, seen + (name,), depth + 1)
+    if "allOf" in schema:
+        schema = _merge_all_of(schema)
+    out: Dict[str, Any] = {}
+    hints = ["%s: %s" % (k, json.dumps(schema[k])) for k in SCHEMA_HINT_KEYWORDS if k in schema]
+    nullable = schema.get("nullable") is True
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(branches, list):
+        concrete = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+        nullable |= len(concrete) < len(branches)
+        if len(concrete) == 1:
+            collapsed = dict(concrete[0], **{k: v for k, v in schema.items()
+                                             if k in ("description", "title")})
+            result = json_schema_to_gemini_schema(collapsed, defs, seen, depth + 1)
+            if nullable:
+                result["nullable"] = True
+            return result
+        out["anyOf"] = [json_schema_to_gemini_schema(b, defs, seen, depth + 1) for b in concrete]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        nullable |= "null" in kind
+        kind = next((k for k in kind if k != "null"), "string")
+    values = schema.get("enum")
+    if "const" in schema:
+        values = [schema["const"]]
+    if isinstance(values, list):
+        nullable |= None in values
+        out["enum"] = [v if isinstance(v, str) else json.dumps(v) for v in values
+                       if v is not None]
+        kind = "string"   # Gemini allows enum only on STRING
+    if kind is None and "anyOf" not in out:
+        kind = "object" if "properties" in schema else "array" if "items" in schema \
+            else "string"
+    if isinstance(kind, str):
+        out["type"] = GEMINI_TYPES.get(kind.lower(), "STRING")
+    fmt = schema.get("format")
+    if isinstance(fmt, str):
+        if fmt in GEMINI_FORMATS.get(out.get("type", ""), ()):
+            out["format"] = fmt
+        else:
+            hints.append("format: " + fmt)
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and properties:
+        out["properties"] = {name: json_schema_to_gemini_schema(sub, defs, seen, depth + 1)
+                             for name, sub in properties.items()}
+        required = [r for r in schema.get("required") or () if r in out["properties"]]
+        if required:
+            out["required"] = required
+    if out.get("type") == "ARRAY":
+        items = schema.get("items")
+        out["items"] = json_schema_to_gemini_schema(items, defs, seen, depth + 1) \
+            if isinstance(items, dict) and items else {"type": "OBJECT"}
+    for key in GEMINI_SCHEMA_FIELDS - {"type", "format", "enum", "anyOf", "properties",
+                                       "required", "items", "nullable", "description"}:
+        if key in schema and not isinstance(schema[key], (dict, list)) or \
+                key == "propertyOrdering" and key in schema:
+            out[key] = schema[key]
+    if "anyOf" in out:
+        out.pop("default", None)   # Gemini is confused by anyOf beside default
+    description = schema.get("description") or ""
+    if hints:
+        description = (description + " (" + "; ".join(hints) + ")").strip()
+    if description:
+        out["description"] = description
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _gemini_response_value(part: Part) -> Dict[str, Any]:
+    """A tool result as functionResponse.response: Gemini's "output"/"error" keys, or the
+    result itself when it is a JSON object."""
+    text = tool_result_text(part)
+    if part.is_error:
+        return {"error": text}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+            if isinstance(value, dict):
+                return value
+        except ValueError:
+            pass
+    return {"output": text}
+
+
+def _gemini_media_part(part: Part) -> Dict[str, Any]:
+    if part.url and not part.data:
+        return {"fileData": {"mimeType": part.mime or "application/octet-stream",
+                             "fileUri": part.url}}
+    return {"inlineData": {"mimeType": part.mime, "data": part.data}}
+
+
+def _gemini_user_parts(message: Message, model: str) -> List[Dict[str, Any]]:
+    """Function responses first (Gemini pairs them with the calls by count and order);
+    media a tool returned goes inside the response for Gemini 3, after it otherwise."""
+    responses, rest = [], []
+    inline_media = model.startswith("gemini-3")
+    for part in message.parts:
+        if part.type == TOOL_RESULT:
+            response: Dict[str, Any] = {"name": part.name or "tool",
+                                        "response": _gemini_response_value(part)}
+            if part.id:
+                response["id"] = part.id
+            media = [_gemini_media_part(p) for p in part.content or () if p.type == MEDIA]
+            if media and inline_media:
+                response["parts"] = media
+            else:
+                rest.extend(media)
+            responses.append({"functionResponse": response})
+        elif part.type == TEXT and part.text:
+            rest.append({"text": part.text})
+        elif part.type == MEDIA:
+            rest.append(_gemini_media_part(part))
+    return responses + rest
+
+
+def _gemini_model_parts(message: Message) -> List[Dict[str, Any]]:
+    """A model turn for Gemini: its own signatures back on their parts (a signature held
+    by a thought part moves to the next part); thought text is not sent back. The first
+    functionCall with no signature gets Google's documented skip value, which Gemini 3
+    needs for tool calls made by another provider."""
+    out: List[Dict[str, Any]] = []
+    pending = ""
+    signed_call = False
+    for part in message.parts:
+        signature = part.signature if part.origin == "gemini" else ""
+        if part.type == THINKING:
+            pending = signature or pending
+            continue
+        if part.type == TEXT and (part.text or signature or pending):
+            item: Dict[str, Any] = {"text": part.text}
+        elif part.type == TOOL_CALL:
+            call = {"name": part.name, "args": part.args or {}}
+            if part.id:
+                call["id"] = part.id
+            item = {"functionCall": call}
+            signature = signature or pending or ("" if signed_call else GEMINI_SKIP_SIGNATURE)
+            signed_call = True
+        elif part.type == MEDIA:
+            item = _gemini_media_part(part)
+        else:
+            continue
+        signature = signature or pending
+        if signature:
+            item["thoughtSignature"] = signature
+        pending = ""
+        out.append(item)
+    return out
+
+
+def _gemini_thinking_config(chat: Chat, model: str) -> Optional[Dict[str, Any]]:
+    thinking = chat.thinking
+    if thinking is None:
+        return None
+    config: Dict[str, Any] = {"includeThoughts": thinking.include_thoughts}
+    if model.startswith("gemini-3"):   # the Gemini 3 family takes a level, not a budget
+        effort = thinking_effort(thinking) or "high"
+        config["thinkingLevel"] = {"none": "LOW", "minimal": "LOW", "low": "LOW",
+                                   "medium": "MEDIUM"}.get(effort, "HIGH")
+    else:
+        config["thinkingBudget"] = thinking.budget if thinking.budget is not None \
+            else EFFORT_BUDGETS.get(thinking.effort, -1)
+    return config
+
+
+def encode_gemini_request(chat: Chat, model: str,
+                          options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Neutral request -> GenerateContentRequest for a Gemini API upstream."""
+    options = options or UPSTREAM_DEFAULTS
+    openapi = options["gemini_schema"] == "openapi"
+    contents = []
+    for message in merge_consecutive_turns(chat.messages):
+        parts = _gemini_model_parts(message) if message.role == "assistant" \
+            else _gemini_user_parts(message, model)
+        if parts:
+            contents.append({"role": "model" if message.role == "assistant" else "user",
+                             "parts": parts})
+    payload: Dict[str, Any] = {"contents": contents}
+    system = [{"text": p.text} for p in chat.system if p.text]
+    if system:
+        payload["systemInstruction"] = {"parts": system}
+    declarations = []
+    for tool in chat.tools:
+        declaration: Dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            declaration["description"] = tool.description
+        if openapi:
+            parameters = json_schema_to_gemini_schema(tool.schema)
+            if parameters.get("properties"):   # an empty OBJECT is refused; omit it
+                declaration["parameters"] = parameters
+        else:
+            declaration["parametersJsonSchema"] = clean_json_schema_for_gemini(tool.schema)
+        declarations.append(declaration)
+    tools = ([{"functionDeclarations": declarations}] if declarations else []) + \
+        list(chat.extra.get("gemini_tools", ()))
+    if tools:
+        payload["tools"] = tools
+    if chat.tool_choice != "auto" and declarations:
+        calling: Dict[str, Any] = {"mode": "ANY" if chat.tool_choice == "required" else "NONE"}
+        if chat.tool_choice == "required" and chat.allowed_tools:
+            calling["allowedFunctionNames"] = chat.allowed_tools
+        payload["toolConfig"] = {"functionCallingConfig": calling}
+    config: Dict[str, Any] = {}
+    for field, value in (("temperature", chat.temperature), ("topP", chat.top_p),
+                         ("topK", chat.top_k), ("maxOutputTokens", chat.max_tokens),
+                         ("presencePenalty", chat.presence_penalty),
+                         ("frequencyPenalty", chat.frequency_penalty), ("seed", chat.seed)):
+        if value is not None:
+            config[field] = value
+    if chat.stop:
+        config["stopSequences"] = chat.stop
+    if chat.n > 1:
+        config["candidateCount"] = chat.n
+    if chat.response_format is not None:
+        config["responseMimeType"] = "application/json"
+        schema = chat.response_format.schema
+        if schema is not None and openapi:
+            config["responseSchema"] = json_schema_to_gemini_schema(schema)
+        elif schema is not None:
+            config["responseJsonSchema"] = clean_json_schema_for_gemini(schema)
+    thinking = _gemini_thinking_config(chat, model)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
+    if config:
+        payload["generationConfig"] = config
+    if chat.extra.get("safety_settings"):
+        payload["safetySettings"] = chat.extra["safety_settings"]
+    payload.update(options["extra_body"])
+    return payload
+
+
+def gemini_schema_retry(error: UpstreamError, options: Dict[str, Any]
+                        ) -> Optional[Dict[str, Any]]:
+    """Options for one more attempt when Gemini refused a JSON Schema: the same request
+    with every schema rewritten into Gemini's own Schema subset."""
+    if error.status == 400 and options["gemini_schema"] == "json_schema" and \
+            GEMINI_SCHEMA_ERRORS.search(error.message):
+        return dict(options, gemini_schema="openapi")
+    return None
+
+
+def decode_gemini_usage(usage: Any) -> Optional[Usage]:
+    if not isinstance(usage, dict):
+        return None
+    thoughts = usage.get("thoughtsTokenCount") or 0
+    return Usage((usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount")
+                                                         or 0),
+                 (usage.get("candidatesTokenCount") or 0) + thoughts,
+                 cached_tokens=usage.get("cachedContentTokenCount") or 0,
+                 reasoning_tokens=thoughts)
+
+
+def _gemini_reply_parts(raw_parts: Iterable[Any]) -> List[Part]:
+    parts = []
+    for raw in raw_parts:
+        if not isinstance(raw, dict):
+            continue
+        signature = raw.get("thoughtSignature") or ""
+        origin = "gemini" if signature else ""
+        if "functionCall" in raw:
+            call = raw["functionCall"] or {}
+            parts.append(Part(TOOL_CALL, id=call.get("id") or new_id("call_"),
+                              name=call.get("name", ""), args=call.get("args") or {},
+                              signature=signature, origin=origin))
+        elif "text" in raw:
+            parts.append(Part(THINKING if raw.get("thought") else TEXT, text=raw["text"] or "",
+                              signature=signature, origin="gemini"))
+        elif "inlineData" in raw or "fileData" in raw:
+            media = _gemini_media(raw.get("inlineData") or raw.get("fileData"), "reply")
+            media.signature, media.origin = signature, origin
+            parts.append(media)
+        elif "executableCode" in raw or "codeExecutionResult" in raw:
+            parts.extend(_gemini_part(raw, "reply", False))
+    return parts
+
+
+def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
+                   usage: Optional[Usage]) -> Finish:
+    reason = candidate.get("finishReason") or "STOP"
+    neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
+    if neutral == STOP and any(p.type == TOOL_CALL for p in parts):
+        neutral = TOOL_CALLS
+    return Finish(neutral, usage)
+
+
+def decode_gemini_response(payload: Any, model: str = "") -> Reply:
+    """GenerateContentResponse -> neutral reply. A prompt Gemini blocked (no candidates,
+    promptFeedback.blockReason) is an empty reply that ends in CONTENT_FILTER."""
+    if not isinstance(payload, dict):
+        raise UpstreamError("the upstream reply is not a JSON object", status=502)
+    usage = decode_gemini_usage(payload.get("usageMetadata"))
+    choices = []
+    for candidate in payload.get("candidates") or ():
+        parts = _gemini_reply_parts((candidate.get("content") or {}).get("parts") or ())
+        choices.append(Choice(parts, _gemini_finish(candidate, parts, usage)))
+    if not choices:
+        if not (payload.get("promptFeedback") or {}).get("blockReason"):
+            raise UpstreamError("the upstream reply has no candidates: %s"
+                                % json.dumps(payload)[:300], status=502)
+        choices.append(Choice([], Finish(CONTENT_FILTER, usage)))
+    return Reply(payload.get("responseId") or new_id("gen-"),
+                 payload.get("modelVersion") or model, choices, usage)
+
+
+def gemini_stream_error(data: str) -> Optional[UpstreamError]:
+    if '"error"' not in data[:20]:
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return decode_gemini_error(payload["error"].get("code"), payload)
+    return None
+
+
+def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
+    """streamGenerateContent SSE -> neutral events (candidate 0). A stream that ends
+    without finishReason raises, like Gemini CLI would."""
+    finish_reason = ""
+    usage = None
+    calls = False
+    for _, data in raw_events:
+        error = gemini_stream_error(data)
+        if error is not None:
+            raise error
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
+                                % data[:200], status=502) from None
+        usage = decode_gemini_usage(chunk.get("usageMetadata")) or usage
+        if (chunk.get("promptFeedback") or {}).get("blockReason"):
+            finish_reason = finish_reason or "SAFETY"
+        candidates = chunk.get("candidates") or [{}]
+        candidate = candidates[0]
+        for part in _gemini_reply_parts((candidate.get("content") or {}).get("parts") or ()):
+            calls |= part.type == TOOL_CALL
+            yield part
+        finish_reason = candidate.get("finishReason") or finish_reason
+    if not finish_reason:
+        raise UpstreamError("the upstream stream ended before the reply was finished",
+                            status=502)
+    neutral = GEMINI_STOP_REASONS.get(finish_reason, CONTENT_FILTER)
+    yield Finish(TOOL_CALLS if neutral == STOP and calls else neutral, usage)
+
+
+GEMINI_STATUS_CODES = {name: status for status, name in GEMINI_STATUS_NAMES.items()
+                       if status not in (408, 502)}
+
+
+def decode_gemini_error(status: Optional[int], payload: Any,
+                        headers: Optional[Dict[str, str]] = None) -> UpstreamError:
+    """A Google error body (also wrapped in a list, as the JSON-array stream sends it)."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    error = payload.get("error") if isinstance(payload, dict) else None
+    retry_after = parse_retry_after((headers or {}).get("retry-after"))
+    reason = ""
+    if isinstance(error, dict):
+        message = error.get("message") or ""
+        status = status or error.get("code") or GEMINI_STATUS_CODES.get(error.get("status"))
+        for detail in error.get("details") or ():
+            if not isinstance(detail, dict):
+                continue
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    retry_after = float(delay.rstrip("ms")) / (1000 if delay.endswith("ms")
+                                                               else 1)
+                except ValueError:
+                    pass
+            reason = detail.get("reason") or reason
+    else:
+        message = payload if isinstance(payload, str) else json.dumps(payload)[:2000]
+    status = status if isinstance(status, int) and 400 <= status <= 599 else 502
+    return UpstreamError(message.strip()[:2000] or "HTTP %d with no message" % status,
+                         status=status, retry_after=retry_after, reason=reason)
+
+
+def encode_gemini_count_request(chat: Chat, model: str) -> Dict[str, Any]:
+    request = encode_gemini_request(dataclasses.replace(chat, thinking=None), model)
+    request.pop("generationConfig", None)
+    request["model"] = "models/" + model
+    return {"generateContentRequest": request}
+
+
+def decode_gemini_count_response(payload: Any) -> int:
+    if not isinstance(payload, dict) or not isinstance(payload.get("totalTokens"), int):
+        raise UpstreamError("the upstream countTokens reply has no totalTokens", status=502)
+    return payload["totalTokens"]
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+def _gemini_embed_text(content: Any, where: str) -> str:
+    content = camel_keys(expect(content, dict, where, "a Content object"))
+    return "".join(p.get("text", "") for p in content.get("parts") or ()
+                   if isinstance(p, dict))
+
+
+def decode_gemini_embed_request(payload: Any, model: str, batch: bool) -> EmbedRequest:
+    payload = camel_keys(expect(payload, dict, "request", "a JSON object"))
+    requests = payload.get("requests") if batch else [payload]
+    expect(requests, list, "requests", "a list")
+    if not requests:
+        raise ClientError("requests: at least one request is required")
+    texts = []
+    for i, request in enumerate(requests):
+        request = camel_keys(expect(request, dict, "requests[%d]" % i, "an object"))
+        texts.append(_gemini_embed_text(request.get("content"), "requests[%d].content" % i))
+    first = camel_keys(requests[0])
+    return EmbedRequest(model, texts, first.get("outputDimensionality"),
+                        first.get("taskType") or "", first.get("title") or "")
+
+
+def encode_gemini_embed_request(request: EmbedRequest, model: str) -> Dict[str, Any]:
+    """Always the batch form: the Gemini API answers one text or many the same way."""
+    items = []
+    for text in request.texts:
+        item: Dict[str, Any] = {"model": "models/" + model,
+                                "content": {"parts": [{"text": text}]}}
+        if request.dimensions:
+            item["outputDimensionality"] = request.dimensions
+        if request.task_type:
+            item["taskType"] = request.task_type
+        if request.title:
+            item["title"] = request.title
+        items.append(item)
+    return {"requests": items}
+
+
+def decode_gemini_embed_response(payload: Any) -> EmbedReply:
+    if isinstance(payload, dict) and isinstance(payload.get("embedding"), dict):
+        payload = {"embeddings": [payload["embedding"]]}
+    embeddings = payload.get("embeddings") if isinstance(payload, dict) else None
+    if not isinstance(embeddings, list):
+        raise UpstreamError("the upstream embeddings reply has no embeddings", status=502)
+    return EmbedReply([e.get("values") or [] for e in embeddings])
+
+
+def encode_gemini_embed_response(reply: EmbedReply, batch: bool) -> Dict[str, Any]:
+    if batch:
+        return {"embeddings": [{"values": v} for v in reply.vectors]}
+    return {"embedding": {"values": reply.vectors[0]}}
+
+
+# ---- 10. Dialect registry, upstream kinds and routes ----------------------------------
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The server
-# (section 11) knows nothing dialect-specific beyond these two tables.
+# (section 12) knows nothing dialect-specific beyond these two tables. A fourth client
+# dialect (the OpenAI Responses API, say) is one more section and one more entry here.
 
 @dataclasses.dataclass
 class Exchange:
@@ -1976,13 +3662,16 @@ class Exchange:
 
     rid: str
     dialect: str                    # client dialect
-    action: str                     # generate | stream | count_tokens | list_models | ...
+    action: str                     # generate | stream | count_tokens | embed | ...
     client_model: str = ""
     upstream: str = ""
     upstream_model: str = ""
     stream: bool = False
+    passthrough: bool = False       # same dialect on both sides: bytes forwarded as they are
     sse: bool = True                # Gemini: ?alt=sse; without it the JSON-array form
     include_thoughts: bool = False  # Gemini: thinkingConfig.includeThoughts
+    include_usage: bool = False     # OpenAI: stream_options.include_usage
+    encoding_format: str = "float"  # OpenAI embeddings: float | base64
     status: int = 0
     usage: Optional[Usage] = None
     error: str = ""
@@ -1990,17 +3679,43 @@ class Exchange:
 
 
 @dataclasses.dataclass(frozen=True)
+class Endpoint:
+    method: str
+    pattern: "re.Pattern[str]"
+    action: str
+    accepts: Optional[Callable[[RequestHead], bool]] = None   # when paths are shared
+
+
+@dataclasses.dataclass(frozen=True)
 class ClientDialect:
     name: str
-    endpoints: Tuple[Tuple[str, "re.Pattern[str]", str], ...]   # (method, path, action)
+    endpoints: Tuple[Endpoint, ...]
+    request_model: Callable[[Exchange, Any], str]
     decode_request: Callable[[Exchange, RequestHead, Any, bool], Chat]
     encode_response: Callable[[Exchange, Reply], Dict[str, Any]]
     encode_stream: Callable[[Exchange, Iterable[Any]], Iterator[bytes]]
     stream_content_type: Callable[[Exchange], str]
+    stream_error: Callable[[ProxyError], bytes]     # how a stream that broke mid-way ends
     encode_error: Callable[[ProxyError], Tuple[int, List[Tuple[str, str]], bytes]]
-    count_tokens: Callable[[Exchange, Any], Dict[str, Any]]
     list_models: Callable[[List[str]], Dict[str, Any]]
     get_model: Callable[[str], Dict[str, Any]]
+    decode_count_request: Optional[Callable[[Exchange, Any, bool], Chat]] = None
+    encode_count_response: Optional[Callable[[int], Dict[str, Any]]] = None
+    decode_embed_request: Optional[Callable[[Exchange, Any], EmbedRequest]] = None
+    encode_embed_response: Optional[Callable[[Exchange, EmbedReply], Dict[str, Any]]] = None
+
+
+def _body_model(ex: Exchange, payload: Any) -> str:
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return expect(model, str, "model", "a model name")
+
+
+def _is_gemini_client(head: RequestHead) -> bool:
+    return bool(head.header("x-goog-api-key") or head.query_value("key"))
+
+
+def _is_anthropic_client(head: RequestHead) -> bool:
+    return bool(head.header("anthropic-version"))
 
 
 def _gemini_client_request(ex: Exchange, head: RequestHead, payload: Any,
@@ -2012,31 +3727,119 @@ def _gemini_client_request(ex: Exchange, head: RequestHead, payload: Any,
     return chat
 
 
+def _gemini_embed_request(ex: Exchange, payload: Any) -> EmbedRequest:
+    return decode_gemini_embed_request(payload, ex.client_model, ex.action == "batch_embed")
+
+
+GEMINI_VERSIONS = r"/v1(?:beta|alpha)?"
 GEMINI_DIALECT = ClientDialect(
     name="gemini",
-    endpoints=(
-        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+):generateContent\Z"),
-         "generate"),
-        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+)"
-                            r":streamGenerateContent\Z"), "stream"),
-        ("POST", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+):countTokens\Z"),
-         "count_tokens"),
-        ("GET", re.compile(r"/v1(?:beta|alpha)?/models\Z"), "list_models"),
-        ("GET", re.compile(r"/v1(?:beta|alpha)?/models/(?P<model>[^:]+)\Z"), "get_model"),
-    ),
+    endpoints=tuple(
+        [Endpoint("POST", re.compile(GEMINI_VERSIONS + r"/models/(?P<model>[^:]+):" + method
+                                     + r"\Z"), action)
+         for method, action in (("generateContent", "generate"),
+                                ("streamGenerateContent", "stream"),
+                                ("countTokens", "count_tokens"), ("embedContent", "embed"),
+                                ("batchEmbedContents", "batch_embed"))] +
+        [Endpoint("GET", re.compile(r"/v1(?:beta|alpha)/models\Z"), "list_models"),
+         Endpoint("GET", re.compile(r"/v1(?:beta|alpha)/models/(?P<model>[^:]+)\Z"),
+                  "get_model"),
+         # /v1/models is also OpenAI's and Anthropic's: Gemini clients send a Google key.
+         Endpoint("GET", re.compile(r"/v1/models\Z"), "list_models", _is_gemini_client),
+         Endpoint("GET", re.compile(r"/v1/models/(?P<model>[^:]+)\Z"), "get_model",
+                  _is_gemini_client)]),
+    request_model=lambda ex, payload: ex.client_model,
     decode_request=_gemini_client_request,
     encode_response=lambda ex, reply: encode_gemini_response(reply, ex.client_model,
                                                              ex.include_thoughts),
     encode_stream=lambda ex, events: encode_gemini_stream(
         events, ex.client_model, ex.rid, ex.include_thoughts, ex.sse),
     stream_content_type=lambda ex: "text/event-stream" if ex.sse else "application/json",
+    stream_error=lambda error: b"",   # Gemini CLI retries a stream with no finishReason
     encode_error=encode_gemini_error,
-    count_tokens=lambda ex, payload: gemini_count_tokens(payload),
     list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
     get_model=gemini_model_info,
+    decode_count_request=lambda ex, payload, strict: decode_gemini_count_request(
+        payload, ex.client_model, strict),
+    encode_count_response=lambda tokens: {"totalTokens": tokens},
+    decode_embed_request=_gemini_embed_request,
+    encode_embed_response=lambda ex, reply: encode_gemini_embed_response(
+        reply, ex.action == "batch_embed"),
 )
 
-CLIENT_DIALECTS: Dict[str, ClientDialect] = {"gemini": GEMINI_DIALECT}
+
+def _anthropic_client_request(ex: Exchange, head: RequestHead, payload: Any,
+                              strict: bool) -> Chat:
+    return decode_anthropic_request(payload, strict)
+
+
+ANTHROPIC_DIALECT = ClientDialect(
+    name="anthropic",
+    endpoints=(
+        Endpoint("POST", re.compile(r"/v1/messages\Z"), "generate"),
+        Endpoint("POST", re.compile(r"/v1/messages/count_tokens\Z"), "count_tokens"),
+        Endpoint("GET", re.compile(r"/v1/models\Z"), "list_models", _is_anthropic_client),
+        Endpoint("GET", re.compile(r"/v1/models/(?P<model>[^/]+)\Z"), "get_model",
+                 _is_anthropic_client),
+    ),
+    request_model=_body_model,
+    decode_request=_anthropic_client_request,
+    encode_response=lambda ex, reply: encode_anthropic_response(reply, ex.client_model,
+                                                                "msg_" + ex.rid),
+    encode_stream=lambda ex, events: encode_anthropic_stream(events, ex.client_model,
+                                                             "msg_" + ex.rid),
+    stream_content_type=lambda ex: "text/event-stream",
+    stream_error=anthropic_stream_error_event,
+    encode_error=encode_anthropic_error,
+    list_models=anthropic_model_list,
+    get_model=anthropic_model_info,
+    decode_count_request=lambda ex, payload, strict: decode_anthropic_request(
+        payload, strict, counting=True),
+    encode_count_response=lambda tokens: {"input_tokens": tokens},
+)
+
+
+def _openai_client_request(ex: Exchange, head: RequestHead, payload: Any,
+                           strict: bool) -> Chat:
+    chat = decode_openai_request(payload, strict)
+    ex.include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    return chat
+
+
+def _openai_embed_request(ex: Exchange, payload: Any) -> EmbedRequest:
+    request = decode_openai_embeddings_request(payload)
+    ex.encoding_format = payload.get("encoding_format") or "float"
+    return request
+
+
+OPENAI_DIALECT = ClientDialect(
+    name="openai",
+    endpoints=(
+        Endpoint("POST", re.compile(r"(?:/v1)?/chat/completions\Z"), "generate"),
+        Endpoint("POST", re.compile(r"(?:/v1)?/embeddings\Z"), "embed"),
+        Endpoint("GET", re.compile(r"(?:/v1)?/models\Z"), "list_models"),
+        Endpoint("GET", re.compile(r"(?:/v1)?/models/(?P<model>[^:]+)\Z"), "get_model"),
+    ),
+    request_model=_body_model,
+    decode_request=_openai_client_request,
+    encode_response=lambda ex, reply: encode_openai_response(reply, ex.client_model,
+                                                             "chatcmpl-" + ex.rid),
+    encode_stream=lambda ex, events: encode_openai_stream(
+        events, ex.client_model, "chatcmpl-" + ex.rid, ex.include_usage),
+    stream_content_type=lambda ex: "text/event-stream",
+    stream_error=openai_stream_error_event,
+    encode_error=encode_openai_error,
+    list_models=openai_model_list,
+    get_model=openai_model_info,
+    decode_embed_request=_openai_embed_request,
+    encode_embed_response=lambda ex, reply: encode_openai_embeddings_response(
+        reply, ex.client_model, ex.encoding_format),
+)
+
+# Order matters where paths are shared: an endpoint with `accepts` is tried before
+# OpenAI's, which takes what is left.
+CLIENT_DIALECTS: Dict[str, ClientDialect] = {
+    "gemini": GEMINI_DIALECT, "anthropic": ANTHROPIC_DIALECT, "openai": OPENAI_DIALECT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2044,23 +3847,73 @@ class UpstreamKind:
     """How to talk to one provider API over HTTP, or (answer_locally) without any."""
 
     name: str
-    path: str = ""                              # appended to base_url
+    dialect: str = ""                           # the client dialect it speaks natively
     auth_headers: Callable[[str, Dict[str, Any]], List[Tuple[str, str]]] = \
         lambda key, options: []
+    generate_path: Callable[[str, bool], str] = lambda model, stream: ""
     encode_request: Optional[Callable[[Chat, str, Dict[str, Any]], Dict[str, Any]]] = None
     decode_response: Optional[Callable[[Any, str], Reply]] = None
     decode_stream: Optional[Callable[[Iterable[Tuple[str, str]]], Iterator[Any]]] = None
-    stream_event_error: Optional[Callable[[str], Optional[UpstreamError]]] = None
+    stream_event_error: Callable[[str], Optional[UpstreamError]] = lambda data: None
     decode_error: Optional[Callable[[int, Any, Dict[str, str]], UpstreamError]] = None
+    retry_with: Callable[[UpstreamError, Dict[str, Any]], Optional[Dict[str, Any]]] = \
+        lambda error, options: None             # different options worth one more try
+    usage_from: Callable[[Any, Optional[Usage]], Optional[Usage]] = \
+        lambda payload, previous: previous      # usage in a passed-through reply or event
+    count_path: Optional[Callable[[str], str]] = None
+    encode_count_request: Optional[Callable[[Chat, str], Dict[str, Any]]] = None
+    decode_count_response: Optional[Callable[[Any], int]] = None
+    embed_path: Optional[Callable[[str], str]] = None
+    encode_embed_request: Optional[Callable[[EmbedRequest, str], Dict[str, Any]]] = None
+    decode_embed_response: Optional[Callable[[Any], EmbedReply]] = None
+    passthrough_path: Callable[[Exchange, RequestHead, str], str] = \
+        lambda ex, head, model: ""
     answer_locally: Optional[Callable[[Chat, str], Iterator[Any]]] = None
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
-    if not key or options["auth"] == "none":
+    return _auth_headers(key, options, "bearer")
+
+
+def gemini_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
+    return _auth_headers(key, options, "x-goog-api-key")
+
+
+def anthropic_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
+    return _auth_headers(key, options, "x-api-key") + \
+        [("anthropic-version", options["anthropic_version"])]
+
+
+def _auth_headers(key: str, options: Dict[str, Any], native: str) -> List[Tuple[str, str]]:
+    style = native if options["auth"] == "auto" else options["auth"]
+    if not key or style == "none":
         return []
-    if options["auth"] == "api-key":          # Azure OpenAI
-        return [("api-key", key)]
-    return [("authorization", "Bearer " + key)]
+    if style == "bearer":
+        return [("authorization", "Bearer " + key)]
+    return [(style, key)]    # api-key (Azure), x-api-key, x-goog-api-key
+
+
+def _usage_field(decode: Callable[[Any], Optional[Usage]], field: str
+                 ) -> Callable[[Any, Optional[Usage]], Optional[Usage]]:
+    return lambda payload, previous: (decode(payload.get(field)) if isinstance(payload, dict)
+                                      else None) or previous
+
+
+def _anthropic_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[Usage]:
+    if not isinstance(payload, dict):
+        return previous
+    usage = payload.get("usage") or (payload.get("message") or {}).get("usage")
+    return decode_anthropic_usage(usage, previous) if usage else previous
+
+
+def _gemini_passthrough_path(ex: Exchange, head: RequestHead, model: str) -> str:
+    method = {"generate": "generateContent", "stream": "streamGenerateContent",
+              "count_tokens": "countTokens", "embed": "embedContent",
+              "batch_embed": "batchEmbedContents"}[ex.action]
+    query = {k: v for k, v in head.query.items() if k != "key"}   # never the client's key
+    return "/%s/models/%s:%s%s" % (head.path.split("/")[1], urllib.parse.quote(model), method,
+                                   "?" + urllib.parse.urlencode(query, doseq=True)
+                                   if query else "")
 
 
 def echo_events(chat: Chat, model: str) -> Iterator[Any]:
@@ -2082,25 +3935,74 @@ def echo_events(chat: Chat, model: str) -> Iterator[Any]:
 
 UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
     "openai": UpstreamKind(
-        name="openai", path="/chat/completions", auth_headers=openai_auth_headers,
+        name="openai", dialect="openai", auth_headers=openai_auth_headers,
+        generate_path=lambda model, stream: "/chat/completions",
         encode_request=encode_openai_request, decode_response=decode_openai_response,
         decode_stream=decode_openai_stream, stream_event_error=openai_stream_error,
-        decode_error=decode_openai_error),
+        decode_error=decode_openai_error, usage_from=_usage_field(decode_openai_usage, "usage"),
+        embed_path=lambda model: "/embeddings",
+        encode_embed_request=encode_openai_embeddings_request,
+        decode_embed_response=decode_openai_embeddings_response,
+        passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
+        else "/chat/completions"),
+    "gemini": UpstreamKind(
+        name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
+        generate_path=lambda model, stream: "/v1beta/models/%s:%s" % (
+            urllib.parse.quote(model),
+            "streamGenerateContent?alt=sse" if stream else "generateContent"),
+        encode_request=encode_gemini_request, decode_response=decode_gemini_response,
+        decode_stream=decode_gemini_stream, stream_event_error=gemini_stream_error,
+        decode_error=decode_gemini_error, retry_with=gemini_schema_retry,
+        usage_from=_usage_field(decode_gemini_usage, "usageMetadata"),
+        count_path=lambda model: "/v1beta/models/%s:countTokens" % urllib.parse.quote(model),
+        encode_count_request=encode_gemini_count_request,
+        decode_count_response=decode_gemini_count_response,
+        embed_path=lambda model: "/v1beta/models/%s:batchEmbedContents"
+        % urllib.parse.quote(model),
+        encode_embed_request=encode_gemini_embed_request,
+        decode_embed_response=decode_gemini_embed_response,
+        passthrough_path=_gemini_passthrough_path),
+    "anthropic": UpstreamKind(
+        name="anthropic", dialect="anthropic", auth_headers=anthropic_auth_headers,
+        generate_path=lambda model, stream: "/v1/messages",
+        encode_request=encode_anthropic_request, decode_response=decode_anthropic_response,
+        decode_stream=decode_anthropic_stream, stream_event_error=anthropic_stream_error,
+        decode_error=decode_anthropic_error, usage_from=_anthropic_usage_from,
+        count_path=lambda model: "/v1/messages/count_tokens",
+        encode_count_request=encode_anthropic_count_request,
+        decode_count_response=decode_anthropic_count_response,
+        passthrough_path=lambda ex, head, model: "/v1/messages/count_tokens"
+        if ex.action == "count_tokens" else "/v1/messages"),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
 assert set(UPSTREAM_KINDS) == set(CHOICES["kind"])
 
 
+
+
+def upstream_path(base_path: str, path: str) -> str:
+    """A kind's path under a base URL that may already end in an API version
+    (https://api.anthropic.com/v1, .../v1beta): that version wins over the kind's."""
+    last = base_path.rsplit("/", 1)[-1]
+    if re.match(r"v\d+(?:beta|alpha)?\d*\Z", last):
+        first, _, rest = path.lstrip("/").partition("/")
+        if re.match(r"v\d+(?:beta|alpha)?\d*\Z", first):
+            return "/" + rest
+    return path
+
+
 def routable_models(config: Config) -> List[str]:
-    """Model names a client can ask for: every exact route, plus the well-known Gemini
-    names that a pattern route covers."""
+    """Model names a client can ask for: every exact route, each upstream's listed models
+    that route to it, and the well-known Gemini names a pattern route covers."""
     names = [r.pattern for r in config.routes if not is_glob(r.pattern)]
+    for name, spec in config.upstreams.items():
+        names += [m for m in spec["models"] if resolve_route(config, m)[0].upstream == name]
     globs = [r for r in config.routes if is_glob(r.pattern)]
     names += [n for n in KNOWN_GEMINI_MODELS if any(r.matches(n) for r in globs)]
     return list(dict.fromkeys(names))
 
 
-# ---- 10. Upstream client -------------------------------------------------------------------
+# ---- 11. Upstream client -------------------------------------------------------------------
 #
 # Blocking http.client calls, made only from worker threads. Connections are kept alive
 # and pooled per (scheme, host, port, proxy): a fresh TLS handshake costs real users
@@ -2262,18 +4164,23 @@ class UpstreamResponse:
             raise UpstreamError("upstream %r sent more than %d bytes" % (self._name, limit))
         return body
 
-    def sse_events(self, on_raw: Optional[Callable[[bytes], None]] = None
-                   ) -> Iterator[Tuple[str, str]]:
-        parser = SSEParser()
+    def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
+        """The body as it arrives, a read at a time."""
         while True:
             try:
                 data = self._response.read1(65536)
             except (OSError, http.client.HTTPException) as exc:
                 raise self._failure(exc) from None
             if not data:
-                break
+                return
             if on_raw is not None:
                 on_raw(data)
+            yield data
+
+    def sse_events(self, on_raw: Optional[Callable[[bytes], None]] = None
+                   ) -> Iterator[Tuple[str, str]]:
+        parser = SSEParser()
+        for data in self.raw_chunks(on_raw):
             yield from parser.feed(data)
         yield from parser.finish()
 
@@ -2348,7 +4255,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         return UpstreamResponse(pool, target, conn, response, max_idle, name, read_timeout)
 
 
-# ---- 11. Server -----------------------------------------------------------------------------
+# ---- 12. Server -----------------------------------------------------------------------------
 #
 # An asyncio server reads requests and writes responses; everything that blocks or costs
 # (JSON, conversion, the upstream call) runs in a worker thread, which hands the event
@@ -2506,6 +4413,37 @@ def retryable(error: ProxyError) -> bool:
     return error.status in (408, 429) or error.status >= 500
 
 
+class Responder:
+    """Writes one response into the pipe, and knows whether its status line has gone out:
+    after that, a failure can only end the stream in the dialect's own way."""
+
+    def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog]):
+        self.ex, self.pipe, self.detail = ex, pipe, detail
+        self.committed = False
+        self._sink: Optional[Callable[[bytes], None]] = None
+
+    def whole(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        self.ex.status = status   # before the put: the loop logs as soon as it has the reply
+        if self.detail:
+            self.detail.stage("4. client response: %d" % status, headers, body)
+        self.pipe.put(ResponseHead(status, headers, body))
+
+    def json(self, payload: Any) -> None:
+        self.whole(200, [("content-type", "application/json")], json_bytes(payload))
+
+    def start(self, content_type: str) -> None:
+        self.ex.status = 200
+        self.pipe.put(ResponseHead(200, [("content-type", content_type),
+                                         ("cache-control", "no-cache")]))
+        self.committed = True
+        self._sink = self.detail.stream("4. client response: 200") if self.detail else None
+
+    def chunk(self, data: bytes) -> None:
+        if self._sink:
+            self._sink(data)
+        self.pipe.put(data)
+
+
 class Proxy:
     """The application: configuration, upstreams and the blocking request handlers that
     run in worker threads. The asyncio server (ProxyServer) is its only caller."""
@@ -2563,51 +4501,27 @@ class Proxy:
         detail = DetailLog(self.config.logging["log_dir"] or "logs", ex.rid, self.redactor,
                            self.config.logging["max_logged_body_bytes"]) \
             if self.config.logging["detailed"] else None
-        upstream_response: List[UpstreamResponse] = []
-        committed = False
+        out = Responder(ex, pipe, detail)
+        opened: List[UpstreamResponse] = []
         try:
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
             payload = parse_json_body(body)
-            if ex.action == "count_tokens":
-                result = json_bytes(dialect.count_tokens(ex, payload))
-                ex.status = 200   # before the put: the loop logs as soon as it has the reply
-                pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
-                return
-            chat = dialect.decode_request(ex, head, payload,
-                                          self.config.server["reject_unknown_fields"])
-            ex.stream = chat.stream
+            ex.client_model = dialect.request_model(ex, payload)
             route, model = resolve_route(self.config, ex.client_model)
             runtime = self.upstreams[route.upstream]
             ex.upstream, ex.upstream_model = runtime.name, model
-            if chat.extra:
-                log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
-                          runtime.name, ", ".join(sorted(chat.extra)))
-            answer = self._call_upstream_blocking(ex, runtime, chat, model, pipe, detail,
-                                                  upstream_response)
-            if chat.stream:
-                events = self._track_usage(ex, chat, answer)
-                first = next(events)   # the commit point: the upstream is answering
-                ex.status = 200
-                pipe.put(ResponseHead(200, [
-                    ("content-type", dialect.stream_content_type(ex)),
-                    ("cache-control", "no-cache")]))
-                committed = True
-                sink = detail.stream("4. client response: 200") if detail else None
-                for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
-                    if sink:
-                        sink(chunk)
-                    pipe.put(chunk)
+            call = UpstreamCall(self, ex, runtime, model, pipe, detail, opened)
+            if runtime.kind.dialect == ex.dialect:
+                ex.passthrough = True
+                self._passthrough(call, dialect, head, body, payload, out)
+            elif ex.action == "count_tokens":
+                self._count(call, dialect, payload, out)
+            elif ex.action in ("embed", "batch_embed"):
+                self._embed(call, dialect, payload, out)
             else:
-                if answer.usage is None:
-                    answer.usage = estimate_usage(chat, answer.choices[0].parts)
-                ex.usage = answer.usage
-                result = json_bytes(dialect.encode_response(ex, answer))
-                if detail:
-                    detail.stage("4. client response: 200", (), result)
-                ex.status = 200
-                pipe.put(ResponseHead(200, [("content-type", "application/json")], result))
+                self._generate(call, dialect, head, payload, out)
         except ClientGone:
             ex.status, ex.error = 499, "the client closed the connection"
         except ProxyError as err:
@@ -2616,34 +4530,80 @@ class Proxy:
                 return
             err.message = self.redactor.text(err.message)
             ex.error = err.message
-            if committed:   # the stream's encoder has already ended it in its own way
+            if out.committed:
                 log.warning("%s: stream to the client ended early: %s", ex.rid, err.message)
                 return
-            ex.status, headers, result = dialect.encode_error(err)
-            if detail:
-                detail.stage("4. client response: %d" % ex.status, headers, result)
+            raw = err.raw if isinstance(err, UpstreamError) else None
             try:
-                pipe.put(ResponseHead(ex.status, headers, result))
+                if raw is not None and ex.passthrough:   # already in the client's dialect
+                    out.whole(err.status, raw[0], self.redactor.text(
+                        raw[1].decode("utf-8", "replace")).encode("utf-8"))
+                else:
+                    out.whole(*dialect.encode_error(err))
             except ClientGone:
                 pass
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
             ex.error = "internal error: %s" % exc.__class__.__name__
-            if not committed and not pipe.gone:
-                ex.status, headers, result = dialect.encode_error(
-                    ProxyError("internal error in gemini-proxy (request %s)" % ex.rid))
+            if not out.committed and not pipe.gone:
                 try:
-                    pipe.put(ResponseHead(ex.status, headers, result))
+                    out.whole(*dialect.encode_error(
+                        ProxyError("internal error in gemini-proxy (request %s)" % ex.rid)))
                 except ClientGone:
                     pass
         finally:
-            for response in upstream_response:
+            for response in opened:
                 response.close(reuse=ex.status == 200 and not ex.error)
             if detail:
                 detail.close()
             pipe.finish()
             with self._active_lock:
                 self.active -= 1
+
+    def _generate(self, call: "UpstreamCall", dialect: ClientDialect, head: RequestHead,
+                  payload: Any, out: Responder) -> None:
+        ex, kind = call.ex, call.runtime.kind
+        chat = dialect.decode_request(ex, head, payload,
+                                      self.config.server["reject_unknown_fields"])
+        ex.stream = chat.stream
+        if chat.extra:
+            log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
+                      call.runtime.name, ", ".join(sorted(chat.extra)))
+        if kind.answer_locally is not None:
+            answer = kind.answer_locally(chat, call.model)
+            if not chat.stream:
+                answer = collect_reply(answer, ex.rid, call.model)
+        elif chat.stream:
+            def first_event(response: UpstreamResponse) -> Iterator[Any]:
+                raw = response.sse_events(call.sink("3. upstream response: %d"
+                                                    % response.status))
+                first = next(raw, None)
+                if first is None:
+                    raise UpstreamError("upstream %r ended its stream without sending "
+                                        "anything" % call.runtime.name, status=502)
+                error = kind.stream_event_error(first[1])
+                if error is not None:
+                    raise error
+                return kind.decode_stream(itertools.chain([first], raw))
+            answer = call.send(kind.generate_path(call.model, True),
+                               lambda options: kind.encode_request(chat, call.model, options),
+                               first_event, stream=True)
+        else:
+            answer = call.send(kind.generate_path(call.model, False),
+                               lambda options: kind.encode_request(chat, call.model, options),
+                               lambda response: kind.decode_response(call.read_json(response),
+                                                                     call.model))
+        if not chat.stream:
+            if answer.usage is None:
+                answer.usage = estimate_usage(chat, answer.choices[0].parts)
+            ex.usage = answer.usage
+            out.json(dialect.encode_response(ex, answer))
+            return
+        events = self._track_usage(ex, chat, answer)
+        first = next(events)   # the commit point: the upstream is answering
+        out.start(dialect.stream_content_type(ex))
+        for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
+            out.chunk(chunk)
 
     def _track_usage(self, ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
         """Pass events on; record the usage, counting it when the upstream did not."""
@@ -2657,117 +4617,245 @@ class Proxy:
                 parts.append(event)
             yield event
 
-    def _call_upstream_blocking(self, ex: Exchange, runtime: UpstreamRuntime, chat: Chat,
-                                model: str, pipe: ChunkPipe, detail: Optional[DetailLog],
-                                opened: List[UpstreamResponse]) -> Any:
-        """The upstream's answer: a Reply, or for a stream an iterator of neutral events
-        whose first upstream event has already arrived. Failures before that point are
-        retried as configured and then raised, while the client can still get a real
-        HTTP error."""
+    def _count(self, call: "UpstreamCall", dialect: ClientDialect, payload: Any,
+               out: Responder) -> None:
+        """A token count: the upstream's own where it can count, else a local estimate."""
+        assert dialect.decode_count_request and dialect.encode_count_response
+        kind = call.runtime.kind
+        chat = dialect.decode_count_request(call.ex, payload,
+                                            self.config.server["reject_unknown_fields"])
+        if kind.count_path is not None and kind.encode_count_request and chat.messages:
+            tokens = call.send(kind.count_path(call.model),
+                               lambda options: kind.encode_count_request(chat, call.model),
+                               lambda response: kind.decode_count_response(
+                                   call.read_json(response)))
+        else:
+            tokens = estimate_prompt_tokens(chat)
+        out.json(dialect.encode_count_response(tokens))
+
+    def _embed(self, call: "UpstreamCall", dialect: ClientDialect, payload: Any,
+               out: Responder) -> None:
+        assert dialect.decode_embed_request and dialect.encode_embed_response
+        kind = call.runtime.kind
+        request = dialect.decode_embed_request(call.ex, payload)
+        if kind.embed_path is None or kind.encode_embed_request is None:
+            raise ClientError("upstream %r (%s) has no embeddings; route the model %r to an "
+                              "upstream that has them" % (call.runtime.name, kind.name,
+                                                          call.ex.client_model))
+        reply = call.send(kind.embed_path(call.model),
+                          lambda options: kind.encode_embed_request(request, call.model),
+                          lambda response: kind.decode_embed_response(call.read_json(response)))
+        out.json(dialect.encode_embed_response(call.ex, reply))
+
+    def _passthrough(self, call: "UpstreamCall", dialect: ClientDialect, head: RequestHead,
+                     body: bytes, payload: Any, out: Responder) -> None:
+        """Client and upstream speak the same dialect: forward the request with the model
+        name and the key replaced, and the reply's bytes as they come."""
+        ex, runtime = call.ex, call.runtime
+        kind, spec = runtime.kind, runtime.spec
+        if kind.name == "gemini":
+            ex.stream = ex.action == "stream"
+        else:
+            ex.stream = isinstance(payload, dict) and bool(payload.get("stream"))
+            if payload.get("model") != call.model:
+                payload = dict(payload, model=call.model)
+                body = b""
+        if spec["extra_body"]:
+            payload, body = dict(payload, **spec["extra_body"]), b""
+        body = body or json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        forwarded = [(name, head.header(name)) for name in ("anthropic-beta",)
+                     if head.header(name)]
+        if kind.name == "anthropic" and head.header("anthropic-version"):
+            forwarded.append(("anthropic-version", head.header("anthropic-version")))
+        parser = SSEParser()
+
+        def opened(response: UpstreamResponse) -> Any:
+            content_type = response.headers.get("content-type", "application/json")
+            if not ex.stream:
+                return content_type, call.read_body(response), None
+            chunks = response.raw_chunks(call.sink("3. upstream response: %d"
+                                                   % response.status))
+            first = next(chunks, b"")
+            if not first:
+                raise UpstreamError("upstream %r ended its stream without sending anything"
+                                    % runtime.name, status=502)
+            events = parser.feed(first)
+            error = kind.stream_event_error(events[0][1]) if events else None
+            if error is not None:
+                raise error
+            self._sniff_usage(ex, kind, events)
+            return content_type, first, chunks
+        content_type, first, chunks = call.send(
+            kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
+            stream=ex.stream, extra_headers=forwarded, alternatives=False)
+        if chunks is None:
+            try:
+                ex.usage = kind.usage_from(json.loads(first), None)
+            except ValueError:
+                pass
+            out.whole(200, [("content-type", content_type)], first)
+            return
+        out.start(content_type)
+        out.chunk(first)
+        try:
+            for data in chunks:
+                self._sniff_usage(ex, kind, parser.feed(data))
+                out.chunk(data)
+        except UpstreamError as error:
+            out.chunk(dialect.stream_error(error))
+            raise
+
+    @staticmethod
+    def _sniff_usage(ex: Exchange, kind: UpstreamKind, events: List[Tuple[str, str]]) -> None:
+        for _, data in events:
+            if "usage" in data:   # the only events worth parsing, for the access log
+                try:
+                    ex.usage = kind.usage_from(json.loads(data), ex.usage)
+                except ValueError:
+                    pass
+
+
+class UpstreamCall:
+    """One request's calls to its upstream: retries before the first byte reaches the
+    client, the upstream responses it opened (closed by the handler), detailed logs."""
+
+    def __init__(self, proxy: Proxy, ex: Exchange, runtime: UpstreamRuntime, model: str,
+                 pipe: ChunkPipe, detail: Optional[DetailLog],
+                 opened: List[UpstreamResponse]):
+        self.proxy, self.ex, self.runtime, self.model = proxy, ex, runtime, model
+        self.pipe, self.detail, self.opened = pipe, detail, opened
+
+    def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
+        return self.detail.stream(title) if self.detail else None
+
+    def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
+             prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
+             extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
+        """POST to the upstream and return prepare(2xx response). A failure (a non-2xx
+        reply, or prepare raising UpstreamError) is retried as configured; an upstream
+        kind may also ask for one more try with different options (Gemini: schemas in
+        its own subset). `build_body(options)` gives the body, a dict or bytes."""
+        runtime = self.runtime
+        spec = options = runtime.spec
         kind = runtime.kind
-        if kind.answer_locally is not None:
-            events = kind.answer_locally(chat, model)
-            return events if chat.stream else collect_reply(events, ex.rid, model)
-        spec = runtime.spec
-        body = json.dumps(kind.encode_request(chat, model, spec), ensure_ascii=False).encode()
+        assert runtime.target is not None
+        full_path = upstream_path(runtime.target.base_path, path)
+        if spec["query"]:
+            full_path += ("&" if "?" in full_path else "?") + \
+                urllib.parse.urlencode(spec["query"])
         headers = [("content-type", "application/json"),
-                   ("accept", "text/event-stream" if chat.stream else "application/json"),
+                   ("accept", "text/event-stream" if stream else "application/json"),
                    ("user-agent", "gemini-proxy/" + __version__)]
         headers += kind.auth_headers(spec["api_key"], spec)
-        headers += list(spec["headers"].items())
-        path = kind.path
-        if spec["query"]:
-            path += "?" + urllib.parse.urlencode(spec["query"])
-        attempt = 0
+        headers += list(spec["headers"].items()) + list(extra_headers)
+        attempt, tried_alternative = 0, False
         while True:
             attempt += 1
-            if detail:
-                detail.stage("2. upstream request: POST %s%s (attempt %d)"
-                             % (spec["base_url"], path, attempt), headers, body)
+            body = build_body(options)
+            if not isinstance(body, bytes):
+                body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            if self.detail:
+                self.detail.stage("2. upstream request: POST %s%s (attempt %d)"
+                                  % (spec["base_url"], full_path, attempt), headers, body)
             try:
                 response = open_upstream_blocking(
-                    self.pool, runtime.target, runtime.name, "POST", path, body, headers,
-                    spec["connect_timeout"], spec["read_timeout"], spec["max_idle_connections"])
-                opened.append(response)
-                pipe.on_abort(response.abort)
+                    self.proxy.pool, runtime.target, runtime.name, "POST", full_path, body,
+                    headers, spec["connect_timeout"], spec["read_timeout"],
+                    spec["max_idle_connections"])
+                self.opened.append(response)
+                self.pipe.on_abort(response.abort)
                 if response.status >= 300:
-                    raise self._upstream_failure(runtime, response, detail)
-                if not chat.stream:
-                    return self._read_reply(runtime, response, model, detail)
-                sink = detail.stream("3. upstream response: %d" % response.status) \
-                    if detail else None
-                raw = response.sse_events(sink)
-                first = next(raw, None)
-                if first is None:
-                    raise UpstreamError("upstream %r ended its stream without sending anything"
-                                        % runtime.name, status=502)
-                error = kind.stream_event_error(first[1])
-                if error is not None:
-                    raise error
-                return kind.decode_stream(itertools.chain([first], raw))
+                    raise self._failure(response)
+                return prepare(response)
             except UpstreamError as err:
-                if attempt > spec["retries"] or pipe.gone or not retryable(err):
+                if self.pipe.gone:
+                    raise
+                alternative = kind.retry_with(err, options) if alternatives else None
+                if alternative is not None and not tried_alternative:
+                    tried_alternative, options = True, alternative
+                    log.info("%s: upstream %s refused the request (%s); trying again with "
+                             "other options", self.ex.rid, runtime.name,
+                             self.proxy.redactor.text(err.message)[:200])
+                    continue
+                if attempt > spec["retries"] or not retryable(err):
                     raise
                 log.warning("%s: upstream %s failed (%d: %s); attempt %d of %d in %gs",
-                            ex.rid, runtime.name, err.status, self.redactor.text(err.message),
-                            attempt + 1, spec["retries"] + 1, spec["retry_wait"])
+                            self.ex.rid, runtime.name, err.status,
+                            self.proxy.redactor.text(err.message), attempt + 1,
+                            spec["retries"] + 1, spec["retry_wait"])
                 time.sleep(spec["retry_wait"])
 
-    def _read_reply(self, runtime: UpstreamRuntime, response: UpstreamResponse, model: str,
-                    detail: Optional[DetailLog]) -> Reply:
+    def read_body(self, response: UpstreamResponse) -> bytes:
         data = response.read_body()
-        if detail:
-            detail.stage("3. upstream response: %d" % response.status,
-                         response.headers.items(), data)
+        if self.detail:
+            self.detail.stage("3. upstream response: %d" % response.status,
+                              response.headers.items(), data)
+        return data
+
+    def read_json(self, response: UpstreamResponse) -> Any:
+        data = self.read_body(response)
         try:
-            payload = json.loads(data)
+            return json.loads(data)
         except ValueError:
             raise UpstreamError("upstream %r replied with invalid JSON: %r"
-                                % (runtime.name, data[:200]), status=502) from None
-        return runtime.kind.decode_response(payload, model)
+                                % (self.runtime.name, data[:200]), status=502) from None
 
-    def _upstream_failure(self, runtime: UpstreamRuntime, response: UpstreamResponse,
-                          detail: Optional[DetailLog]) -> UpstreamError:
+    def _failure(self, response: UpstreamResponse) -> UpstreamError:
+        """A non-2xx reply as an UpstreamError that keeps the status, the message, the
+        retry time, and (for pass-through) the raw body and its headers."""
         data = response.read_body(1024 * 1024)
-        if detail:
-            detail.stage("3. upstream response: %d" % response.status,
-                         response.headers.items(), data)
+        if self.detail:
+            self.detail.stage("3. upstream response: %d" % response.status,
+                              response.headers.items(), data)
         try:
             payload: Any = json.loads(data)
         except ValueError:
             payload = data.decode("utf-8", "replace")
-        error = runtime.kind.decode_error(response.status, payload, response.headers)
-        error.message = "upstream %r answered %d: %s" % (runtime.name, response.status,
+        error = self.runtime.kind.decode_error(response.status, payload, response.headers)
+        error.message = "upstream %r answered %d: %s" % (self.runtime.name, response.status,
                                                          error.message)
+        headers = [("content-type", response.headers.get("content-type", "application/json"))]
+        if "retry-after" in response.headers:
+            headers.append(("retry-after", response.headers["retry-after"]))
+        error.raw = (headers, data)
         return error
 
 
 HEALTH_PATHS = ("/health", "/healthz")
 
 
-def match_endpoint(method: str, path: str) -> Tuple[Optional[ClientDialect], str,
-                                                    Dict[str, str]]:
+def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], str,
+                                              Dict[str, str]]:
     """(dialect, action, path parameters) for a request; action "method_not_allowed" when
     only the method is wrong, "not_found" when nothing matches."""
     wrong_method = False
     for dialect in CLIENT_DIALECTS.values():
-        for endpoint_method, pattern, action in dialect.endpoints:
-            match = pattern.match(path)
-            if match:
-                if endpoint_method == method:
-                    return dialect, action, match.groupdict()
-                wrong_method = True
+        for endpoint in dialect.endpoints:
+            match = endpoint.pattern.match(head.path)
+            if match is None or (endpoint.accepts is not None and not endpoint.accepts(head)):
+                continue
+            if endpoint.method == head.method:
+                return dialect, endpoint.action, match.groupdict()
+            wrong_method = True
     return None, "method_not_allowed" if wrong_method else "not_found", {}
 
 
 def allowed_methods(path: str) -> List[str]:
     """The methods some endpoint takes on this path (for 405 and its Allow header)."""
-    return sorted({method for dialect in CLIENT_DIALECTS.values()
-                   for method, pattern, _ in dialect.endpoints if pattern.match(path)})
+    return sorted({e.method for dialect in CLIENT_DIALECTS.values()
+                   for e in dialect.endpoints if e.pattern.match(path)})
 
 
-def guess_dialect(path: str) -> ClientDialect:
-    """The dialect an unroutable or malformed request most likely speaks, for its error."""
+def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
+    """The dialect an unroutable or malformed request most likely speaks, for its error:
+    by the headers each SDK sends, else Gemini (the proxy's first clients)."""
+    if head is None:
+        return GEMINI_DIALECT
+    if _is_anthropic_client(head) or head.path.startswith("/v1/messages"):
+        return ANTHROPIC_DIALECT
+    if not _is_gemini_client(head) and (head.header("authorization") or
+                                        head.path.startswith(("/v1/chat", "/chat/"))):
+        return OPENAI_DIALECT
     return GEMINI_DIALECT
 
 
@@ -2837,7 +4925,8 @@ class ProxyServer:
                 try:
                     head = await self._read_head(reader, buf)
                 except ClientError as err:
-                    await self._send_error(writer, guess_dialect(""), err, "", keep_alive=False)
+                    await self._send_error(writer, guess_dialect(None), err, "",
+                                           keep_alive=False)
                     return
                 if head is None:
                     return
@@ -2935,8 +5024,8 @@ class ProxyServer:
     async def _handle_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               buf: bytearray, head: RequestHead) -> bool:
         """Answer one request; True when the connection may carry another."""
-        dialect, action, params = match_endpoint(head.method, head.path)
-        error_dialect = dialect or guess_dialect(head.path)
+        dialect, action, params = match_endpoint(head)
+        error_dialect = dialect or guess_dialect(head)
         ex = Exchange(new_id(nbytes=4), error_dialect.name, action,
                       client_model=params.get("model", "").replace("models/", "", 1))
         keep_alive = head.keep_alive and not self._draining
@@ -3077,7 +5166,7 @@ class ProxyServer:
                         " error=%r" % ex.error[:200] if ex.error else "")
 
 
-# ---- 12. Command line ----------------------------------------------------------------------
+# ---- 13. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -1,21 +1,33 @@
-"""A scriptable OpenAI-compatible upstream for tests, benchmarks and real-client runs.
+"""Scriptable fake upstreams for tests, benchmarks and real-client runs.
 
-It listens on 127.0.0.1 with HTTP/1.1 keep-alive and records every request. Replies come
-from a script (a queue of reply functions) or, when the script is empty, from a small
-rule-based "model": a user message containing `CALL name {json}` directives is answered
-with those tool calls (in parallel when there are several); a turn that ends with tool
-results is answered with a summary of them; anything else gets a fixed sentence.
+Three servers speak the three dialects: `FakeOpenAI` (OpenAI-compatible Chat Completions,
+base_url = its /v1 root), `FakeGemini` (Gemini API `/v1beta/models/{m}:method`, base_url = the
+root) and `FakeAnthropic` (Anthropic Messages `/v1/messages`, base_url = the root). Each listens
+on 127.0.0.1 with HTTP/1.1 keep-alive and records every request it answers from a script.
 
-Run it alone with `python tests/fake_upstream.py PORT` to drive a real client.
+Replies come from a script (a queue of reply functions, any POST takes the next one) or, when
+the script is empty, from one small rule-based "model" shared by the three (`brain`): a last
+user message containing `CALL name {json}` directives is answered with those tool calls (in
+parallel when there are several); a turn that ends with tool results is answered with a
+summary of them; a JSON-mode request gets JSON matching its schema; anything else gets a fixed
+sentence. The Gemini and Anthropic fakes open with a thought when the request asks for one.
+
+A reply is a function (handler, request_json) that writes a whole HTTP response; the builders
+below make them (`*_reply`, `*_stream`, `*_error`) or make the dicts they carry.
+
+Run one alone with `python tests/fake_upstream.py PORT [openai|gemini|anthropic]`.
 """
 
+import hashlib
 import json
 import re
 import socket
 import sys
 import threading
 import time
+from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, unquote
 
 CALL_DIRECTIVE = re.compile(r"CALL (\w+) (\{.*?\})(?=\s+CALL |\s*$)", re.S)
 
@@ -23,6 +35,14 @@ CALL_DIRECTIVE = re.compile(r"CALL (\w+) (\{.*?\})(?=\s+CALL |\s*$)", re.S)
 def sse(obj):
     return "data: %s\n\n" % (obj if isinstance(obj, str) else json.dumps(obj))
 
+
+def split_text(text, pieces):
+    """`text` in at most `pieces` consecutive non-empty pieces ([] for "")."""
+    size = max(1, -(-len(text) // max(1, pieces)))
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+# == OpenAI Chat Completions builders ======================================================
 
 def chunk(delta=None, finish=None, usage=None, model="fake-model", choices=True):
     body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
@@ -76,6 +96,15 @@ def raw_reply(body, status=200, content_type="application/json", headers=None):
     return reply
 
 
+def cut_connection(handler):
+    """Drop the connection without ending the chunked body (a stream cut mid-way)."""
+    handler.close_connection = True
+    try:
+        handler.connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def stream_reply(events, delay=0.0, close_early=False):
     """An SSE reply; `events` are chunk dicts or raw strings (e.g. "[DONE]").
     close_early drops the connection after the events without ending the stream."""
@@ -87,8 +116,7 @@ def stream_reply(events, delay=0.0, close_early=False):
             if not handler.write_chunk(sse(event).encode()):
                 return
         if close_early:
-            handler.close_connection = True
-            handler.connection.shutdown(socket.SHUT_RDWR)
+            cut_connection(handler)
             return
         handler.end_stream()
     return reply
@@ -133,7 +161,353 @@ def hang(seconds):
     return reply
 
 
-# -- the rule-based model used when no script is queued ------------------------------------
+def delayed(seconds, reply):
+    """`reply`, after a pause (any dialect)."""
+    def wrapped(handler, request):
+        time.sleep(seconds)
+        reply(handler, request)
+    return wrapped
+
+
+# == Gemini API builders ===================================================================
+# Dict builders: gemini_text_part, gemini_call_part, gemini_usage, gemini_chunk,
+# gemini_response, gemini_text, gemini_calls, gemini_blocked, gemini_error_body.
+# Replies: gemini_stream, gemini_text_stream, gemini_call_stream, gemini_error.
+# `calls` are (call_id, name, args) or (call_id, name, args, thought_signature) tuples.
+
+GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "NOT_FOUND", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+                 500: "INTERNAL", 501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED"}
+
+
+def gemini_text_part(text, thought=False, signature=None):
+    part = {"text": text}
+    if thought:
+        part["thought"] = True
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def gemini_call_part(name, args, call_id=None, signature=None):
+    call = {"id": call_id} if call_id else {}
+    call.update(name=name, args=args)
+    part = {"functionCall": call}
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def gemini_usage(prompt=11, candidates=7, thoughts=0, cached=0):
+    out = {"promptTokenCount": prompt, "candidatesTokenCount": candidates,
+           "totalTokenCount": prompt + candidates + thoughts}
+    if thoughts:
+        out["thoughtsTokenCount"] = thoughts
+    if cached:
+        out["cachedContentTokenCount"] = cached
+    out["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+    return out
+
+
+def gemini_chunk(parts=None, finish=None, use=None, model="fake-model",
+                 response_id="fake-response"):
+    """One GenerateContentResponse as a stream delta: no finishReason or usage unless given."""
+    candidate = {"content": {"role": "model", "parts": list(parts or [])}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    body = {"candidates": [candidate]}
+    if use is not None:
+        body["usageMetadata"] = use
+    body.update(modelVersion=model, responseId=response_id)
+    return body
+
+
+def gemini_response(parts=None, finish="STOP", use=None, model="fake-model",
+                    response_id="fake-response"):
+    """A whole GenerateContentResponse (finishReason STOP and usage by default)."""
+    return gemini_chunk(parts, finish, use or gemini_usage(), model, response_id)
+
+
+def _gemini_call_parts(calls):
+    return [gemini_call_part(call[1], call[2], call[0], call[3] if len(call) > 3 else None)
+            for call in calls]
+
+
+def _gemini_lead_parts(thought=None, text=None):
+    parts = [gemini_text_part(thought, thought=True)] if thought else []
+    return parts + ([gemini_text_part(text)] if text is not None else [])
+
+
+def gemini_text(text, thought=None, signature=None, finish="STOP", use=None,
+                model="fake-model"):
+    """A text answer, after an optional thought part; signature goes on the text part."""
+    parts = _gemini_lead_parts(thought)
+    parts.append(gemini_text_part(text, signature=signature))
+    return gemini_response(parts, finish, use, model)
+
+
+def gemini_calls(calls, thought=None, text=None, finish="STOP", use=None, model="fake-model"):
+    """Function calls (complete functionCall parts), after an optional thought and text."""
+    return gemini_response(_gemini_lead_parts(thought, text) + _gemini_call_parts(calls),
+                           finish, use, model)
+
+
+def gemini_blocked(reason="SAFETY", use=None, model="fake-model"):
+    """A prompt blocked before generation: no candidates, promptFeedback.blockReason."""
+    return {"promptFeedback": {"blockReason": reason, "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
+            "usageMetadata": use or gemini_usage(candidates=0),
+            "modelVersion": model, "responseId": "fake-response"}
+
+
+def gemini_error_body(code=429, message=None, status=None, retry_delay=None, details=()):
+    """Google's error shape; retry_delay (seconds or "17s") adds a RetryInfo detail."""
+    details = list(details)
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": retry_delay if isinstance(retry_delay, str)
+                        else "%gs" % retry_delay})
+    error = {"code": code, "message": message or "Fake error %d." % code,
+             "status": status or GOOGLE_STATUS.get(code, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def gemini_error(code=429, message=None, status=None, retry_delay=None, details=(),
+                 headers=None):
+    return json_reply(gemini_error_body(code, message, status, retry_delay, details), code,
+                      headers)
+
+
+def gemini_stream(chunks, delay=0.0, close_early=False, form=None):
+    """Stream `chunks` (dicts, or raw JSON strings) as Gemini does: form "sse" (`data: ...`
+    events) or "array" (one JSON array sent piece by piece); by default "sse" when the
+    request's query has alt=sse, else "array". close_early drops the connection after the
+    chunks without ending the body (nor the array)."""
+    def reply(handler, request):
+        mode = form or ("sse" if handler.query.get("alt") == "sse" else "array")
+        handler.start_stream("text/event-stream" if mode == "sse" else "application/json")
+        for index, body in enumerate(chunks):
+            if delay:
+                time.sleep(delay)
+            if mode == "sse":
+                data = sse(body)
+            else:
+                data = ("[" if index == 0 else ",\r\n") + (
+                    body if isinstance(body, str) else json.dumps(body))
+            if not handler.write_chunk(data.encode()):
+                return
+        if close_early:
+            cut_connection(handler)
+            return
+        if mode == "array" and not handler.write_chunk(b"]" if chunks else b"[]"):
+            return
+        handler.end_stream()
+    return reply
+
+
+def _gemini_delta_stream(groups, final, finish, use, delay, close_early, model, form):
+    """Chunks from lists of parts; the last one (or `final` parts) carries finishReason and
+    usage. close_early leaves that last chunk out and cuts the connection."""
+    groups = list(groups)
+    if close_early:
+        return gemini_stream([gemini_chunk(g, model=model) for g in groups], delay, True, form)
+    if final is None:
+        final = groups.pop() if groups else [gemini_text_part("")]
+    chunks = [gemini_chunk(g, model=model) for g in groups]
+    chunks.append(gemini_chunk(final, finish, use or gemini_usage(), model))
+    return gemini_stream(chunks, delay, False, form)
+
+
+def gemini_text_stream(text, pieces=3, thought=None, signature=None, finish="STOP", use=None,
+                       delay=0.0, close_early=False, model="fake-model", form=None):
+    """Text in `pieces` deltas after an optional thought chunk. With a signature the final
+    chunk is an empty text part holding it (Gemini 3 style); otherwise the last text delta
+    carries finishReason and usage."""
+    groups = [_gemini_lead_parts(thought)] if thought else []
+    groups += [[gemini_text_part(piece)] for piece in split_text(text, pieces)]
+    final = [gemini_text_part("", signature=signature)] if signature else None
+    return _gemini_delta_stream(groups, final, finish, use, delay, close_early, model, form)
+
+
+def gemini_call_stream(calls, thought=None, text=None, together=False, finish="STOP",
+                       use=None, delay=0.0, close_early=False, model="fake-model", form=None):
+    """Complete functionCall parts, one chunk each (all in one chunk with together=True),
+    after optional thought and text chunks; the last chunk carries finishReason and usage."""
+    groups = [[part] for part in _gemini_lead_parts(thought, text)]
+    parts = _gemini_call_parts(calls)
+    groups += [parts] if together else [[part] for part in parts]
+    return _gemini_delta_stream(groups, None, finish, use, delay, close_early, model, form)
+
+
+# == Anthropic Messages builders ===========================================================
+# Dict builders: anthropic_usage, anthropic_text_block, anthropic_thinking_block,
+# anthropic_redacted_block, anthropic_tool_block, anthropic_message, anthropic_events,
+# anthropic_error_body, anthropic_error_event. Replies: anthropic_stream,
+# anthropic_message_stream, anthropic_text_stream, anthropic_tool_stream, anthropic_error.
+# `calls` are (tool_use_id, name, input) tuples.
+
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                         402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                         413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                         504: "timeout_error", 529: "overloaded_error"}
+
+
+def anthropic_usage(input_tokens=11, output_tokens=7, cache_read=0, cache_creation=0):
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": cache_creation, "cache_read_input_tokens": cache_read}
+
+
+def anthropic_text_block(text):
+    return {"type": "text", "text": text}
+
+
+def anthropic_thinking_block(thinking, signature="sig-anthropic"):
+    return {"type": "thinking", "thinking": thinking, "signature": signature}
+
+
+def anthropic_redacted_block(data="ZmFrZSByZWRhY3RlZCB0aGlua2luZw=="):
+    return {"type": "redacted_thinking", "data": data}
+
+
+def anthropic_tool_block(tool_id, name, tool_input):
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input}
+
+
+def anthropic_message(content, stop="end_turn", use=None, model="fake-model",
+                      stop_sequence=None, message_id="msg_fake"):
+    """A whole Message; `content` is a list of blocks or a string (one text block)."""
+    if isinstance(content, str):
+        content = [anthropic_text_block(content)]
+    return {"id": message_id, "type": "message", "role": "assistant", "model": model,
+            "content": list(content), "stop_reason": stop, "stop_sequence": stop_sequence,
+            "usage": use or anthropic_usage()}
+
+
+def anthropic_sse(name, payload):
+    return "event: %s\ndata: %s\n\n" % (name, json.dumps(payload))
+
+
+def anthropic_events(message, pieces=2, ping=True):
+    """The (event name, payload) sequence that streams `message`: message_start, per block
+    content_block_start / deltas / content_block_stop (text_delta; thinking_delta then
+    signature_delta; input_json_delta in at least two pieces; redacted_thinking whole in its
+    start), a ping after the first block start, message_delta with the stop reason and the
+    cumulative usage, message_stop."""
+    use = message.get("usage") or anthropic_usage()
+    head = dict(message, content=[], stop_reason=None, stop_sequence=None,
+                usage=dict(use, output_tokens=min(1, use.get("output_tokens", 0))))
+    events = [("message_start", {"type": "message_start", "message": head})]
+    for index, block in enumerate(message["content"]):
+        kind = block.get("type")
+        if kind == "text":
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in split_text(block["text"], pieces)]
+        elif kind == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": p}
+                      for p in split_text(block["thinking"], pieces)]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif kind == "tool_use":
+            start = dict(block, input={})
+            deltas = [{"type": "input_json_delta", "partial_json": p}
+                      for p in split_text(json.dumps(block["input"]), max(2, pieces))]
+        else:                   # redacted_thinking and anything else arrive whole
+            start, deltas = block, []
+        events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": start}))
+        if ping and index == 0:
+            events.append(("ping", {"type": "ping"}))
+        events += [("content_block_delta", {"type": "content_block_delta", "index": index,
+                                            "delta": delta}) for delta in deltas]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    if ping and not message["content"]:
+        events.append(("ping", {"type": "ping"}))
+    events.append(("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": message.get("stop_reason"),
+                                               "stop_sequence": message.get("stop_sequence")},
+                                     "usage": dict(use)}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def anthropic_stream(events, delay=0.0, close_early=False):
+    """An SSE reply of (name, payload) events or raw strings; close_early drops the
+    connection after them without ending the body."""
+    def reply(handler, request):
+        handler.start_stream()
+        for event in events:
+            if delay:
+                time.sleep(delay)
+            data = event if isinstance(event, str) else anthropic_sse(*event)
+            if not handler.write_chunk(data.encode()):
+                return
+        if close_early:
+            cut_connection(handler)
+            return
+        handler.end_stream()
+    return reply
+
+
+def anthropic_message_stream(message, pieces=2, ping=True, delay=0.0, close_early=False):
+    """`message` streamed; close_early leaves out message_delta and message_stop and cuts."""
+    events = anthropic_events(message, pieces, ping)
+    return anthropic_stream(events[:-2] if close_early else events, delay, close_early)
+
+
+def _anthropic_lead(thinking, signature, text=None):
+    blocks = [anthropic_thinking_block(thinking, signature)] if thinking is not None else []
+    return blocks + ([anthropic_text_block(text)] if text is not None else [])
+
+
+def anthropic_text_stream(text, thinking=None, signature="sig-anthropic", stop="end_turn",
+                          use=None, pieces=3, delay=0.0, close_early=False, model="fake-model"):
+    content = _anthropic_lead(thinking, signature, text)
+    return anthropic_message_stream(anthropic_message(content, stop, use, model), pieces,
+                                    delay=delay, close_early=close_early)
+
+
+def anthropic_tool_stream(calls, text=None, thinking=None, signature="sig-anthropic",
+                          use=None, delay=0.0, close_early=False, model="fake-model"):
+    content = _anthropic_lead(thinking, signature, text)
+    content += [anthropic_tool_block(*call) for call in calls]
+    return anthropic_message_stream(anthropic_message(content, "tool_use", use, model),
+                                     delay=delay, close_early=close_early)
+
+
+def anthropic_error_body(kind="rate_limit_error", message=None):
+    return {"type": "error", "error": {"type": kind, "message": message or "Fake %s." % kind},
+            "request_id": "req_fake"}
+
+
+def anthropic_error(status=429, kind=None, message=None, retry_after=None, headers=None):
+    """An error reply; kind defaults from the status (529 -> overloaded_error);
+    retry_after sets the retry-after header."""
+    kind = kind or ANTHROPIC_ERROR_TYPES.get(
+        status, "api_error" if status >= 500 else "invalid_request_error")
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    headers.setdefault("request-id", "req_fake")
+    return json_reply(anthropic_error_body(kind, message), status, headers)
+
+
+def anthropic_error_event(kind="overloaded_error", message="Overloaded"):
+    """An in-stream error event, to add to anthropic_events(...) for anthropic_stream."""
+    return ("error", {"type": "error", "error": {"type": kind, "message": message}})
+
+
+# == the rule-based model used when no script is queued ====================================
+
+THOUGHT = "FAKE thinks."
+HELLO = "FAKE says hello."
+
+Answer = namedtuple("Answer", "thought text calls")
+Answer.__doc__ = """What the rule-based model says: thought (str or None), text (str or None)
+and calls ([(name, args)])."""
+
 
 def message_text(message):
     content = message.get("content")
@@ -143,9 +517,12 @@ def message_text(message):
 
 
 def sample_json(schema):
-    """The simplest value a JSON Schema accepts (enough for Gemini CLI's JSON helpers)."""
+    """The simplest value a JSON Schema accepts (enough for Gemini CLI's JSON helpers).
+    Gemini's upper-case type names (OBJECT, STRING...) are accepted too."""
     kind = schema.get("type")
-    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+    kind = next((k for k in kind if str(k).lower() != "null"), "null") \
+        if isinstance(kind, list) else kind
+    kind = kind.lower() if isinstance(kind, str) else kind
     if "enum" in schema:
         return schema["enum"][0]
     if kind == "object" or "properties" in schema:
@@ -154,37 +531,172 @@ def sample_json(schema):
             "array": []}.get(kind)
 
 
-def agent_reply(request):
-    """What the rule-based model answers to a Chat Completions request: (text, calls)."""
+def brain(last_user_text, tool_results=(), schema=None, thinking=False):
+    """The rule-based model, whatever the dialect.
+
+    last_user_text: the text of the last user message; tool_results: (tool name, result
+    text) pairs when the conversation ends with tool results; schema: the JSON Schema the
+    answer must match in JSON mode (True: JSON mode without a schema), else None; thinking:
+    whether the request asks for thoughts. In that order of precedence the answer is JSON,
+    a summary of the tool results, the calls of the `CALL name {json}` directives, or
+    "FAKE says hello."; a thought "FAKE thinks." leads when thinking is asked for."""
+    thought = THOUGHT if thinking else None
+    if schema is True:
+        return Answer(thought, json.dumps({"answer": HELLO}), [])
+    if schema is not None:
+        return Answer(thought, json.dumps(sample_json(schema)), [])
+    if tool_results:
+        return Answer(thought, "FAKE got tool result(s): " + "; ".join(
+            "%s -> %s" % (name, result) for name, result in tool_results), [])
+    calls = [(name, json.loads(args))
+             for name, args in CALL_DIRECTIVE.findall(last_user_text or "")]
+    if calls:
+        return Answer(thought, None, calls)
+    return Answer(thought, HELLO, [])
+
+
+def openai_view(request):
+    """(last user text, tool results, schema, thinking) of a Chat Completions request."""
     messages = request.get("messages", [])
     response_format = request.get("response_format") or {}
+    schema = None
     if response_format.get("type") == "json_schema":
-        return json.dumps(sample_json(response_format["json_schema"]["schema"])), []
-    if response_format.get("type") == "json_object":
-        return json.dumps({"answer": "FAKE says hello."}), []
+        schema = response_format["json_schema"]["schema"]
+    elif response_format.get("type") == "json_object":
+        schema = True
     tail = []
     for message in reversed(messages):
         if message.get("role") != "tool":
             break
         tail.append(message)
+    results = []
     if tail:
         names = {}
         for message in messages:
             for call in message.get("tool_calls") or ():
                 names[call["id"]] = call["function"]["name"]
-        summary = "; ".join("%s -> %s" % (names.get(m.get("tool_call_id"), "?"),
-                                          message_text(m)) for m in reversed(tail))
-        return "FAKE got tool result(s): " + summary, []
+        results = [(names.get(m.get("tool_call_id"), "?"), message_text(m))
+                   for m in reversed(tail)]
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    calls = [(name, json.loads(args)) for name, args in
-             CALL_DIRECTIVE.findall(message_text(last_user))]
-    if calls:
-        return None, calls
-    return "FAKE says hello.", []
+    return message_text(last_user), results, schema, False
 
+
+def agent_reply(request):
+    """What the rule-based model answers to a Chat Completions request: (text, calls)."""
+    answer = brain(*openai_view(request))
+    return answer.text, answer.calls
+
+
+def gemini_content_text(content):
+    """The text of a Gemini Content's non-thought parts."""
+    return "".join(p.get("text", "") for p in (content or {}).get("parts") or ()
+                   if isinstance(p, dict) and not p.get("thought"))
+
+
+def gemini_view(request):
+    """(last user text, tool results, schema, thinking) of a GenerateContentRequest."""
+    contents = request.get("contents") or []
+    users = [c for c in contents if c.get("role") in (None, "user")]
+    last_user = users[-1] if users else {}
+    results = []
+    if contents and contents[-1] is last_user:
+        for part in last_user.get("parts") or ():
+            answer = part.get("functionResponse") if isinstance(part, dict) else None
+            if answer is None:
+                continue
+            response = answer.get("response")
+            output = response["output"] if isinstance(response, dict) and "output" in response \
+                else response
+            results.append((answer.get("name", "?"),
+                            output if isinstance(output, str) else json.dumps(output)))
+    config = request.get("generationConfig") or {}
+    schema = None
+    if config.get("responseMimeType") == "application/json":
+        schema = config.get("responseJsonSchema") or config.get("responseSchema") or True
+    thinking = (config.get("thinkingConfig") or {}).get("includeThoughts") is True
+    return gemini_content_text(last_user), results, schema, thinking
+
+
+def anthropic_result_text(content):
+    """The text of a tool_result block's content (a string or a list of blocks)."""
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content
+                       if isinstance(b, dict) and b.get("type") == "text")
+    return content or ""
+
+
+def anthropic_view(request):
+    """(last user text, tool results, schema, thinking) of a Messages request."""
+    messages = request.get("messages") or []
+    users = [m for m in messages if m.get("role") == "user"]
+    last_user = users[-1] if users else {}
+    content = last_user.get("content")
+    blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    text = content if isinstance(content, str) else "".join(
+        b.get("text", "") for b in blocks if b.get("type") == "text")
+    results = []
+    if messages and messages[-1] is last_user and blocks and blocks[0].get("type") == "tool_result":
+        names = {}
+        for message in messages:
+            if message.get("role") == "assistant" and isinstance(message.get("content"), list):
+                for block in message["content"]:
+                    if isinstance(block, dict) and block.get("type") == "tool_use":
+                        names[block.get("id")] = block.get("name")
+        results = [(names.get(b.get("tool_use_id"), "?"), anthropic_result_text(b.get("content")))
+                   for b in blocks if b.get("type") == "tool_result"]
+    output_format = (request.get("output_config") or {}).get("format") or {}
+    schema = (output_format.get("schema") or True) \
+        if output_format.get("type") == "json_schema" else None
+    thinking = (request.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    return text, results, schema, thinking
+
+
+# == deterministic counts and embeddings ===================================================
+
+def _text_chars(value):
+    if isinstance(value, dict):
+        return sum(len(item) if key in ("text", "content", "system") and isinstance(item, str)
+                   else _text_chars(item) for key, item in value.items())
+    if isinstance(value, list):
+        return sum(_text_chars(item) for item in value)
+    return 0
+
+
+def fake_token_count(request):
+    """Characters of all the text in a request (string values of "text", "content" and
+    "system" keys, at any depth) // 4: what countTokens / count_tokens answer."""
+    return _text_chars(request) // 4
+
+
+def fake_embedding(text, dims=8):
+    """A fixed vector of `dims` floats in [-1, 1] derived from a hash of `text`."""
+    values, block = [], 0
+    while len(values) < dims:
+        digest = hashlib.sha256(("%d:%s" % (block, text)).encode("utf-8")).digest()
+        values += [round(byte / 127.5 - 1, 6) for byte in digest]
+        block += 1
+    return values[:dims]
+
+
+def gemini_model_info(name):
+    return {"name": "models/" + name, "baseModelId": name, "version": "fake",
+            "displayName": "Fake " + name, "description": "A fake Gemini model.",
+            "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
+                                           "countTokens", "embedContent", "batchEmbedContents"],
+            "temperature": 1, "maxTemperature": 2, "topP": 0.95, "topK": 64, "thinking": True}
+
+
+def anthropic_model_info(name):
+    return {"type": "model", "id": name, "display_name": "Fake " + name,
+            "created_at": "2025-01-01T00:00:00Z"}
+
+
+# == the servers ===========================================================================
 
 class FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    record = None           # the request being answered, as recorded
 
     def log_message(self, *args):
         pass
@@ -195,29 +707,15 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.server.fake.connections += 1
 
     def do_GET(self):
-        if self.path.endswith("/models"):
-            self.send_body(200, json.dumps({"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": 1, "owned_by": "fake"}]})
-                .encode(), "application/json")
-        else:
-            self.send_body(404, b'{"error":{"message":"not found"}}', "application/json")
+        self.server.fake.handle(self, None)
 
     def do_POST(self):
-        fake = self.server.fake
         length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length)
-        try:
-            request = json.loads(raw)
-        except ValueError:
-            request = None
-        with fake.lock:
-            fake.requests.append({"path": self.path,
-                                  "headers": {k.lower(): v for k, v in self.headers.items()},
-                                  "json": request})
-            reply = fake.script.pop(0) if fake.script else None
-        if reply is None:
-            reply = fake.automatic_reply(request or {})
-        reply(self, request)
+        self.server.fake.handle(self, self.rfile.read(length))
+
+    @property
+    def query(self):
+        return (self.record or {}).get("query") or {}
 
     # helpers for replies
     def send_body(self, status, body, content_type, headers=None):
@@ -229,9 +727,9 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def start_stream(self):
+    def start_stream(self, content_type="text/event-stream"):
         self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-type", content_type)
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
 
@@ -254,8 +752,17 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class FakeOpenAI:
-    """Start with FakeOpenAI().start(); base_url is its /v1 root; stop() when done."""
+class FakeUpstream:
+    """What the fakes share. Start with Fake...().start(); stop() when done.
+
+    requests: records {"method", "path" (without the query), "query" (dict), "headers"
+    (lower-cased names), "json" (None if the body is not JSON), "body" (bytes; None for GET)}.
+    script: replies queued with queue(), each POST takes the next one. connections: accepted
+    connections; aborted_streams: streams the client dropped."""
+
+    title = "fake"
+    base_path = ""
+    record_gets = True
 
     def __init__(self, port=0):
         self.lock = threading.Lock()
@@ -263,11 +770,12 @@ class FakeOpenAI:
         self.script = []
         self.connections = 0
         self.aborted_streams = 0
+        self.models = ["fake-model"]
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), FakeHandler)
         self.httpd.daemon_threads = True
         self.httpd.fake = self
         self.port = self.httpd.server_address[1]
-        self.base_url = "http://127.0.0.1:%d/v1" % self.port
+        self.base_url = "http://127.0.0.1:%d%s" % (self.port, self.base_path)
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                                         daemon=True)
 
@@ -287,6 +795,56 @@ class FakeOpenAI:
     def last(self):
         return self.requests[-1]["json"]
 
+    def handle(self, handler, body):
+        path, _, query = handler.path.partition("?")
+        try:
+            request = json.loads(body) if body is not None else None
+        except ValueError:
+            request = None
+        record = {"method": handler.command, "path": path,
+                  "query": dict(parse_qsl(query, keep_blank_values=True)),
+                  "headers": {k.lower(): v for k, v in handler.headers.items()},
+                  "json": request, "body": body}
+        handler.record = record
+        if body is None:
+            if self.record_gets:
+                with self.lock:
+                    self.requests.append(record)
+            return self.serve_get(handler, record)
+        with self.lock:
+            self.requests.append(record)
+            number = len(self.requests)
+            reply = self.script.pop(0) if self.script else None
+        if reply is None:
+            reply = self.automatic(record, number)
+        reply(handler, request)
+
+    def serve_get(self, handler, record):
+        handler.send_body(404, b'{"error":{"message":"not found"}}', "application/json")
+
+    def automatic(self, record, number):
+        """The reply of the rule-based model to the `number`th recorded request."""
+        raise NotImplementedError
+
+
+class FakeOpenAI(FakeUpstream):
+    """Start with FakeOpenAI().start(); base_url is its /v1 root; stop() when done."""
+
+    title = "OpenAI-compatible"
+    base_path = "/v1"
+    record_gets = False
+
+    def serve_get(self, handler, record):
+        if handler.path.endswith("/models"):
+            handler.send_body(200, json.dumps({"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": 1, "owned_by": "fake"}]})
+                .encode(), "application/json")
+        else:
+            handler.send_body(404, b'{"error":{"message":"not found"}}', "application/json")
+
+    def automatic(self, record, number):
+        return self.automatic_reply(record["json"] or {})
+
     def automatic_reply(self, request):
         text, calls = agent_reply(request)
         if request.get("stream"):
@@ -301,9 +859,122 @@ class FakeOpenAI:
         return json_reply(completion(text))
 
 
+GEMINI_METHOD = re.compile(r"/v1(?:beta|alpha)?/models/([^/:]+):(\w+)\Z")
+GEMINI_MODELS = re.compile(r"/v1(?:beta|alpha)?/models(?:/([^/:]+))?\Z")
+
+
+class FakeGemini(FakeUpstream):
+    """A fake Gemini API; base_url is the root (clients add /v1beta/...).
+
+    Automatic replies: generateContent and streamGenerateContent (SSE with alt=sse, else a
+    JSON array) from the rule-based model, with call ids fc_<n>_<i> and thoughtSignature
+    "sig-fc-<n>" on the first call of the nth request; countTokens -> fake_token_count;
+    embedContent / batchEmbedContents -> fake_embedding (outputDimensionality, default 8);
+    GET /v1beta/models[/{m}] from `models`."""
+
+    title = "Gemini API"
+
+    def serve_get(self, handler, record):
+        match = GEMINI_MODELS.match(record["path"])
+        if match and match.group(1) is None:
+            payload = {"models": [gemini_model_info(name) for name in self.models]}
+        elif match and unquote(match.group(1)) in self.models:
+            payload = gemini_model_info(unquote(match.group(1)))
+        else:
+            return gemini_error(404, "Not found: %s" % record["path"])(handler, None)
+        json_reply(payload)(handler, None)
+
+    def answer_parts(self, answer, number):
+        parts = _gemini_lead_parts(answer.thought, answer.text)
+        return parts + _gemini_call_parts(self.answer_calls(answer, number))
+
+    @staticmethod
+    def answer_calls(answer, number):
+        return [("fc_%d_%d" % (number, i), name, args) + (("sig-fc-%d" % number,) if not i else ())
+                for i, (name, args) in enumerate(answer.calls)]
+
+    def automatic(self, record, number):
+        request = record["json"] if isinstance(record["json"], dict) else {}
+        match = GEMINI_METHOD.match(record["path"])
+        method = match.group(2) if match else None
+        if method in ("generateContent", "streamGenerateContent"):
+            model = unquote(match.group(1))
+            answer = brain(*gemini_view(request))
+            use = gemini_usage(thoughts=3 if answer.thought else 0)
+            if method == "generateContent":
+                return json_reply(gemini_response(self.answer_parts(answer, number), use=use,
+                                                  model=model))
+            if answer.calls:
+                return gemini_call_stream(self.answer_calls(answer, number), answer.thought,
+                                          answer.text, use=use, model=model)
+            return gemini_text_stream(answer.text, thought=answer.thought, use=use, model=model)
+        if method == "countTokens":
+            total = fake_token_count(request)
+            return json_reply({"totalTokens": total, "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": total}]})
+        if method == "embedContent":
+            return json_reply({"embedding": self.embed(request)})
+        if method == "batchEmbedContents":
+            return json_reply({"embeddings": [self.embed(one if isinstance(one, dict) else {})
+                                              for one in request.get("requests") or ()]})
+        return gemini_error(404, "Not found: %s" % record["path"])
+
+    @staticmethod
+    def embed(request):
+        return {"values": fake_embedding(gemini_content_text(request.get("content")),
+                                         request.get("outputDimensionality") or 8)}
+
+
+class FakeAnthropic(FakeUpstream):
+    """A fake Anthropic Messages API; base_url is the root (clients add /v1/messages).
+
+    Automatic replies: POST /v1/messages from the rule-based model (streamed with
+    "stream": true), with tool_use ids toolu_<n>_<i> and thinking signature
+    "sig-anthropic-<n>" for the nth request; /v1/messages/count_tokens ->
+    fake_token_count; GET /v1/models[/{id}] from `models`."""
+
+    title = "Anthropic Messages"
+
+    def serve_get(self, handler, record):
+        path = record["path"]
+        if path == "/v1/models":
+            data = [anthropic_model_info(name) for name in self.models]
+            payload = {"data": data, "has_more": False,
+                       "first_id": data[0]["id"] if data else None,
+                       "last_id": data[-1]["id"] if data else None}
+        elif path.startswith("/v1/models/") and unquote(path[len("/v1/models/"):]) in self.models:
+            payload = anthropic_model_info(unquote(path[len("/v1/models/"):]))
+        else:
+            return anthropic_error(404, message="Not found: %s" % path)(handler, None)
+        json_reply(payload)(handler, None)
+
+    @staticmethod
+    def answer_message(answer, number, model="fake-model"):
+        content = _anthropic_lead(answer.thought, "sig-anthropic-%d" % number, answer.text)
+        content += [anthropic_tool_block("toolu_%d_%d" % (number, i), name, args)
+                    for i, (name, args) in enumerate(answer.calls)]
+        return anthropic_message(content, "tool_use" if answer.calls else "end_turn",
+                                 model=model, message_id="msg_fake_%d" % number)
+
+    def automatic(self, record, number):
+        request = record["json"] if isinstance(record["json"], dict) else {}
+        if record["path"] == "/v1/messages":
+            message = self.answer_message(brain(*anthropic_view(request)), number,
+                                          request.get("model") or "fake-model")
+            return anthropic_message_stream(message) if request.get("stream") \
+                else json_reply(message)
+        if record["path"] == "/v1/messages/count_tokens":
+            return json_reply({"input_tokens": fake_token_count(request)})
+        return anthropic_error(404, message="Not found: %s" % record["path"])
+
+
+FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+
+
 if __name__ == "__main__":
-    fake = FakeOpenAI(int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()
-    print("fake OpenAI-compatible upstream at %s" % fake.base_url, flush=True)
+    kind = sys.argv[2] if len(sys.argv) > 2 else "openai"
+    fake = FAKES[kind](int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()
+    print("fake %s upstream at %s" % (fake.title, fake.base_url), flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -640,10 +640,14 @@ def test_gemini_error_shape(error, status, name, delay):
     assert delays == ([delay] if delay else [])
 
 
-def test_count_tokens_never_needs_the_upstream():
-    body = gp.gemini_count_tokens({"contents": [user("abcdefgh"), {"role": "model", "parts": [
-        {"text": "中文"}]}]})
-    assert body["totalTokens"] == 3 + 2    # 9 ASCII characters (with a separator), 2 CJK
-    assert gp.gemini_count_tokens({"contents": []}) == {"totalTokens": 0}
+def test_count_tokens_request_and_local_estimate():
+    chat = gp.decode_gemini_count_request({"contents": [user("abcdefgh"), {
+        "role": "model", "parts": [{"text": "中文"}]}]})
+    assert gp.estimate_prompt_tokens(chat) == 3 + 2   # 9 ASCII characters (a separator), 2 CJK
+    chat = gp.decode_gemini_count_request({"generateContentRequest": {
+        "model": "models/x", "systemInstruction": {"parts": [{"text": "sys"}]},
+        "contents": [user("hi")]}})
+    assert [p.text for p in chat.system] == ["sys"] and chat.messages[0].parts[0].text == "hi"
+    assert gp.decode_gemini_count_request({"contents": []}).messages == []
     with pytest.raises(gp.ClientError):
-        gp.gemini_count_tokens({"contents": [user("x")], "extra": 1})
+        gp.decode_gemini_count_request({"contents": [user("x")], "extra": 1})
