@@ -2512,7 +2512,7 @@ def _anthropic_client_blocks(parts: List[Part]) -> List[Dict[str, Any]]:
             append_delta(carried, part)
         elif part.type == TOOL_CALL:
             if part.origin == "gemini" and part.signature:
-                carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
+                append_delta(carried, Part(THINKING, signature=part.signature, origin="gemini"))
             close_thinking()
             blocks.append({"type": "tool_use", "id": anthropic_tool_id(part.id),
                            "name": part.name, "input": part.args or {}})
@@ -2622,7 +2622,8 @@ def encode_anthropic_stream(events: Iterable[Any], model: str,
                         yield from stop()
                         yield start("foreign", {"type": "thinking", "thinking": "",
                                                 "signature": ""})
-                    carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
+                    append_delta(carried, Part(THINKING, signature=part.signature,
+                                               origin="gemini"))
                 yield from stop()
                 yield start("", {"type": "tool_use", "id": anthropic_tool_id(part.id),
                                  "name": part.name, "input": {}})
@@ -3213,7 +3214,7 @@ def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = N
         nullable |= len(concrete) < len(branches)
         if len(concrete) == 1:
             collapsed = dict(concrete[0], **{k: v for k, v in schema.items()
-                                             if k in ("description", "title")})
+                                             if k in ("description", "title", "default")})
             result = json_schema_to_gemini_schema(collapsed, defs, seen, depth + 1)
             if nullable:
                 result["nullable"] = True
