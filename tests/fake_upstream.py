@@ -578,7 +578,7 @@ def openai_view(request):
         results = [(names.get(m.get("tool_call_id"), "?"), message_text(m))
                    for m in reversed(tail)]
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    return message_text(last_user), results, schema, False
+    return message_text(last_user), results, schema, bool(request.get("reasoning_effort"))
 
 
 def agent_reply(request):
@@ -846,17 +846,20 @@ class FakeOpenAI(FakeUpstream):
         return self.automatic_reply(record["json"] or {})
 
     def automatic_reply(self, request):
-        text, calls = agent_reply(request)
+        answer = brain(*openai_view(request))
+        text, calls, reasoning = answer.text, answer.calls, answer.thought
         if request.get("stream"):
             if calls:
                 return tool_stream([("call_%d_%s" % (len(self.requests), i), name, args)
-                                    for i, (name, args) in enumerate(calls)])
-            return text_stream(text)
+                                    for i, (name, args) in enumerate(calls)],
+                                   reasoning=reasoning)
+            return text_stream(text, reasoning=reasoning)
         if calls:
             return json_reply(completion(None, [
                 tool_call("call_%d_%s" % (len(self.requests), i), name, args)
-                for i, (name, args) in enumerate(calls)], finish="tool_calls"))
-        return json_reply(completion(text))
+                for i, (name, args) in enumerate(calls)], finish="tool_calls",
+                reasoning=reasoning))
+        return json_reply(completion(text, reasoning=reasoning))
 
 
 GEMINI_METHOD = re.compile(r"/v1(?:beta|alpha)?/models/([^/:]+):(\w+)\Z")
