@@ -18,10 +18,12 @@ below make them (`*_reply`, `*_stream`, `*_error`) or make the dicts they carry.
 Run one alone with `python tests/fake_upstream.py PORT [openai|gemini|anthropic]`.
 """
 
+import base64
 import hashlib
 import json
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -609,12 +611,19 @@ def gemini_view(request):
                 else response
             results.append((answer.get("name", "?"),
                             output if isinstance(output, str) else json.dumps(output)))
-    config = request.get("generationConfig") or {}
+    config = pick(request, "generationConfig") or {}
     schema = None
-    if config.get("responseMimeType") == "application/json":
-        schema = config.get("responseJsonSchema") or config.get("responseSchema") or True
-    thinking = (config.get("thinkingConfig") or {}).get("includeThoughts") is True
+    if pick(config, "responseMimeType") == "application/json":
+        schema = pick(config, "responseJsonSchema") or pick(config, "responseSchema") or True
+    thinking = pick(pick(config, "thinkingConfig") or {}, "includeThoughts") is True
     return gemini_content_text(last_user), results, schema, thinking
+
+
+def pick(fields, camel):
+    """A field of a Gemini request by its camelCase name or its snake_case one: the API
+    takes both, and the Python SDK sends some fields in snake_case."""
+    snake = re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
+    return fields.get(camel, fields.get(snake))
 
 
 def anthropic_result_text(content):
@@ -843,7 +852,24 @@ class FakeOpenAI(FakeUpstream):
             handler.send_body(404, b'{"error":{"message":"not found"}}', "application/json")
 
     def automatic(self, record, number):
+        if record["path"].endswith("/embeddings"):
+            return json_reply(self.embeddings(record["json"] or {}))
         return self.automatic_reply(record["json"] or {})
+
+    @staticmethod
+    def embeddings(request):
+        """/v1/embeddings: fake_embedding per input, as floats or base64 float32."""
+        texts = request.get("input")
+        texts = [texts] if isinstance(texts, str) else texts or []
+        data = []
+        for i, text in enumerate(texts):
+            vector = fake_embedding(text, request.get("dimensions") or 8)
+            if request.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack("<%df" % len(vector), *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(len(t) for t in texts) // 4
+        return {"object": "list", "model": request.get("model"), "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def automatic_reply(self, request):
         answer = brain(*openai_view(request))

@@ -140,3 +140,108 @@ def test_list_and_get_models(client):
     names = [m.name for m in client.models.list()]
     assert "models/gemini-2.5-pro" in names
     assert client.models.get(model="gemini-2.5-flash").name == "models/gemini-2.5-flash"
+
+
+# -- every upstream kind, through the rule-based fakes -------------------------------------
+
+from sdk_upstreams import TOOLS, TWO_CALLS, upstream_fixture  # noqa: E402
+
+upstream = upstream_fixture()
+with_fakes = upstream_fixture(["openai", "gemini", "anthropic"])
+
+
+def sdk_for(upstream):
+    return genai.Client(api_key="client-key", http_options=types.HttpOptions(
+        base_url=upstream.proxy.url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+
+
+def tool_config():
+    return types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[
+            types.FunctionDeclaration(name=name, description="tool " + name,
+                                      parameters_json_schema=params)
+            for name, params in TOOLS.items()])],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+
+
+def test_every_upstream_generate_and_stream(upstream):
+    client = sdk_for(upstream)
+    expected = "echo (gemini-2.5-pro): Say hi" if upstream.kind == "echo" \
+        else "FAKE says hello."
+    assert client.models.generate_content(model="gemini-2.5-pro", contents="Say hi").text \
+        == expected
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro",
+                                                        contents="Say hi"))
+    assert "".join(c.text or "" for c in chunks) == expected
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert chunks[-1].usage_metadata.prompt_token_count > 0
+
+
+def test_every_upstream_parallel_tool_round_trip(with_fakes):
+    client = sdk_for(with_fakes)
+    config = tool_config()
+    history = [types.Content(role="user", parts=[types.Part.from_text(text=TWO_CALLS)])]
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro",
+                                                        contents=history, config=config))
+    calls = [fc for c in chunks for fc in c.function_calls or []]
+    assert [(c.name, c.args) for c in calls] == [("read", {"path": "a.txt"}),
+                                                 ("glob", {"pattern": "*.py"})]
+    history.append(types.Content(role="model", parts=[
+        p for c in chunks for p in c.candidates[0].content.parts or [] if not p.thought]))
+    history.append(types.Content(role="user", parts=[
+        types.Part(function_response=types.FunctionResponse(
+            id=c.id, name=c.name, response={"output": {"read": "AAA", "glob": "x.py"}[c.name]}))
+        for c in calls]))
+    answer = client.models.generate_content(model="gemini-2.5-pro", contents=history,
+                                            config=config)
+    assert answer.text == "FAKE got tool result(s): read -> AAA; glob -> x.py"
+
+
+def test_every_upstream_thoughts(with_fakes):
+    client = sdk_for(with_fakes)
+    response = client.models.generate_content(
+        model="gemini-2.5-pro", contents="Say hi", config=types.GenerateContentConfig(
+            thinking_config=types.ThinkingConfig(include_thoughts=True, thinking_budget=2048)))
+    parts = response.candidates[0].content.parts
+    assert [(p.text, bool(p.thought)) for p in parts] == [("FAKE thinks.", True),
+                                                          ("FAKE says hello.", False)]
+
+
+def test_every_upstream_json_mode(with_fakes):
+    client = sdk_for(with_fakes)   # the SDK closes its connection when the client goes
+    response = client.models.generate_content(
+        model="gemini-2.5-flash", contents="Rate it", config=types.GenerateContentConfig(
+            response_mime_type="application/json", response_json_schema={
+                "type": "object", "properties": {"score": {"type": "integer"}},
+                "required": ["score"]}))
+    assert response.parsed == {"score": 1}
+
+
+def test_every_upstream_count_tokens(upstream):
+    client = sdk_for(upstream)
+    result = client.models.count_tokens(model="gemini-2.5-flash", contents="a" * 40)
+    assert result.total_tokens == 10     # local estimate and the fakes both count chars / 4
+    if upstream.kind in ("gemini", "anthropic"):
+        assert "count" in upstream.fake.requests[-1]["path"].lower()
+
+
+def test_every_upstream_embeddings(upstream):
+    client = sdk_for(upstream)
+    if upstream.kind in ("anthropic", "echo"):
+        with pytest.raises(errors.ClientError) as err:
+            client.models.embed_content(model="text-embedding-004", contents="hello")
+        assert "has no embeddings" in err.value.message
+        return
+    result = client.models.embed_content(model="text-embedding-004",
+                                         contents=["hello", "world"])
+    assert len(result.embeddings) == 2
+    assert result.embeddings[0].values != result.embeddings[1].values
+
+
+def test_every_upstream_rate_limit(with_fakes):
+    with_fakes.rate_limit()
+    client = sdk_for(with_fakes)
+    with pytest.raises(errors.ClientError) as err:
+        client.models.generate_content(model="gemini-2.5-flash", contents="Hi")
+    assert err.value.code == 429 and "Rate limited" in err.value.message
