@@ -3138,7 +3138,7 @@ GEMINI_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER",
                 "boolean": "BOOLEAN", "array": "ARRAY", "object": "OBJECT"}
 # Constraints Gemini's Schema cannot hold; kept as a hint in the description instead.
 SCHEMA_HINT_KEYWORDS = ("exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-                        "minContains", "maxContains", "const")
+                        "minContains", "maxContains")
 SCHEMA_MAX_DEPTH = 32
 # Words in a 400 from Gemini that mean a tool or response schema was refused.
 GEMINI_SCHEMA_ERRORS = re.compile(r"parameters|schema|function_declarations|Unknown name|"
