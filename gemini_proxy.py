@@ -129,6 +129,8 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
     "echo_reasoning": True,             # send reasoning back on tool-call turns (DeepSeek, Kimi)
     "response_format": "json_schema",   # json_schema | json_object | none (prompt only)
     "stream_usage": True,               # ask for stream_options.include_usage
+    "max_output_tokens": 0,             # cap on what a client may ask for (0: none); Claude
+                                        #   Code asks 32000-128000, DeepSeek takes 8192
     # Gemini upstreams
     "gemini_schema": "json_schema",     # tool/response schemas as JSON Schema, or openapi
     # Anthropic upstreams
@@ -1056,6 +1058,22 @@ def make_tool_ids_unique(messages: List[Message]) -> None:
             for part in message.parts:
                 if part.type == TOOL_RESULT and part.id in renamed:
                     part.id = renamed[part.id]
+
+
+def order_tool_results(messages: List[Message]) -> None:
+    """Put each turn's tool results in the order of the calls they answer (Claude Code
+    sends them in the order the tools finished; Gemini pairs them by position)."""
+    order: Dict[str, int] = {}
+    for message in messages:
+        if message.role == "assistant":
+            order = {p.id: i for i, p in enumerate(p for p in message.parts
+                                                   if p.type == TOOL_CALL)}
+        elif any(p.type == TOOL_RESULT for p in message.parts):
+            results = sorted((p for p in message.parts if p.type == TOOL_RESULT),
+                             key=lambda p: order.get(p.id, len(order)))
+            others = iter(results)
+            message.parts = [next(others) if p.type == TOOL_RESULT else p
+                             for p in message.parts]
 
 
 def fit_tool_id(tool_id: str, limit: int) -> str:
@@ -2190,7 +2208,8 @@ def decode_anthropic_request(payload: Any, strict: bool = True,
     chat.stop = list(expect(payload.get("stop_sequences") or [], list, "stop_sequences",
                             "a list"))
     chat.stream = bool(payload.get("stream"))
-    chat.user = (payload.get("metadata") or {}).get("user_id") or ""
+    # metadata.user_id is for Anthropic's abuse tracking (Claude Code puts a JSON document
+    # there); other providers are not given it.
     return chat
 
 
@@ -3373,7 +3392,9 @@ def encode_gemini_request(chat: Chat, model: str,
     options = options or UPSTREAM_DEFAULTS
     openapi = options["gemini_schema"] == "openapi"
     contents = []
-    for message in merge_consecutive_turns(chat.messages):
+    messages = merge_consecutive_turns(chat.messages)
+    order_tool_results(messages)
+    for message in messages:
         parts = _gemini_model_parts(message) if message.role == "assistant" \
             else _gemini_user_parts(message, model)
         if parts:
@@ -4567,6 +4588,9 @@ class Proxy:
         chat = dialect.decode_request(ex, head, payload,
                                       self.config.server["reject_unknown_fields"])
         ex.stream = chat.stream
+        cap = call.runtime.spec["max_output_tokens"]
+        if cap and chat.max_tokens is not None and chat.max_tokens > cap:
+            chat.max_tokens = cap
         if chat.extra:
             log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
                       call.runtime.name, ", ".join(sorted(chat.extra)))

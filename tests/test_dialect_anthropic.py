@@ -123,7 +123,7 @@ def test_tools_choice_thinking_and_output_config():
         ("required", ["f"], False)
     assert chat.thinking == Thinking(effort="low", include_thoughts=True)
     assert chat.response_format.schema == {"type": "object"}
-    assert (chat.temperature, chat.top_k, chat.stop, chat.user) == (0.5, 5, ["X"], "u1")
+    assert (chat.temperature, chat.top_k, chat.stop, chat.user) == (0.5, 5, ["X"], "")
     assert decode(request(thinking={"type": "enabled", "budget_tokens": 2048,
                                     "display": "omitted"})).thinking == \
         Thinking(budget=2048, include_thoughts=False)

@@ -327,3 +327,16 @@ def test_upstream_paths_under_versioned_base_urls():
     assert gp.upstream_path("/v1", "/v1/messages") == "/messages"
     assert gp.upstream_path("/api/v1", "/v1beta/models/m:x") == "/models/m:x"
     assert gp.upstream_path("/v1", "/chat/completions") == "/chat/completions"
+
+
+def test_tool_results_follow_the_order_of_their_calls():
+    # Claude Code sends results in the order the tools finished; Gemini pairs by position.
+    chat = Chat(messages=[user(text("q")), Message("assistant", [
+        Part(gp.TOOL_CALL, id="first", name="a", args={}),
+        Part(gp.TOOL_CALL, id="second", name="b", args={})]),
+        user(Part(gp.TOOL_RESULT, id="second", name="b", content=[text("B")]), text("note"),
+             Part(gp.TOOL_RESULT, id="first", name="a", content=[text("A")]))])
+    parts = encode(chat)["contents"][2]["parts"]
+    assert [p["functionResponse"]["id"] for p in parts[:2]] == ["first", "second"]
+    assert parts[2] == {"text": "note"}
+    assert chat.messages[2].parts[0].id == "second"     # the request itself is left alone

@@ -165,3 +165,22 @@ def test_gemini_passthrough_json_array_stream_and_count(proxy_factory):
         assert gem.requests[-1]["path"].endswith(":countTokens")
     finally:
         gem.stop()
+
+
+def test_max_output_tokens_caps_what_clients_ask(proxy_factory):
+    oai = FakeOpenAI().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"o": {"base_url": oai.base_url,
+                                                   "max_output_tokens": 8192}}})
+        talker = AnthropicTalker(proxy)
+        path, body, headers = talker.request([talker.user_turn("Hi")], False, None, False, None)
+        body.update(max_tokens=128000, metadata={"user_id": '{"device_id": "abc"}'})
+        assert proxy.request("POST", path, body, headers)[0] == 200
+        sent = oai.requests[-1]["json"]
+        assert sent["max_tokens"] == 8192
+        assert "user" not in sent     # Anthropic's metadata is not another provider's
+        body["max_tokens"] = 100
+        assert proxy.request("POST", path, body, headers)[0] == 200
+        assert oai.requests[-1]["json"]["max_tokens"] == 100
+    finally:
+        oai.stop()
