@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """gemini-proxy: let LLM clients and providers that speak different API dialects talk.
 
-One file, Python 3.8+, standard library only. Gemini CLI and the google-genai SDKs speak
-the Gemini API; this proxy serves that API and forwards each request to an upstream
-provider, converting on the way:
+One file, Python 3.8+, standard library only. It serves three client dialects and calls
+four kinds of upstream, converting through one neutral model:
 
-    Gemini CLI / google-genai  ->  gemini_proxy.py  ->  any OpenAI-compatible provider
-                                                        (Kimi, DeepSeek, OpenAI, Azure,
-                                                         Zhipu, Ollama, vLLM, llama.cpp)
+    Gemini API (Gemini CLI, google-genai)     ->               -> OpenAI-compatible (Kimi,
+    OpenAI Chat Completions (openai, Qwen)    -> gemini_proxy  ->   DeepSeek, OpenAI, Ollama,
+    Anthropic Messages (anthropic, Claude)    ->               ->   vLLM, ...), Gemini API,
+                                                                    Anthropic, or echo
+
+When the client and the upstream speak the same dialect, requests pass through with only
+the model name and the key replaced.
 
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
@@ -16,18 +19,22 @@ Usage:
         --upstream-key sk-... --model deepseek-chat
     python gemini_proxy.py --upstream-kind echo # no provider: check a client's wiring
 
-Then point Gemini CLI at it (and set security.auth.selectedType to "gemini-api-key" in
-~/.gemini/settings.json):
+Then point a client at it, e.g. Gemini CLI (with security.auth.selectedType set to
+"gemini-api-key" in ~/.gemini/settings.json):
 
     export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8000 GEMINI_API_KEY=anything
     gemini -m gemini-2.5-pro -p "read notes.txt and summarise it" --yolo
+
+or OpenAI clients at http://127.0.0.1:8000/v1, Anthropic clients (ANTHROPIC_BASE_URL) at
+http://127.0.0.1:8000.
 
 Configuration comes from a JSON file (-c, or ./config.json when present), then
 GEMINI_PROXY_* environment variables, then command-line flags; README.md and
 config.example.json describe every key. Unknown keys and bad values stop start-up.
 
-Used as a library, the converters are plain functions over dicts, for example
-decode_gemini_request(payload, model) -> Chat and encode_openai_request(chat, ...).
+Used as a library, the converters are plain functions over dicts, named by dialect and
+direction: decode_gemini_request(payload, model) -> Chat, encode_openai_request(chat,
+model) -> dict, decode_anthropic_stream(sse_events) -> neutral events, and so on.
 
 Contents (each section uses only the ones above it):
      1. constants and defaults
@@ -5196,8 +5203,8 @@ class ProxyServer:
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemini_proxy.py",
-        description="Serve the Gemini API (for Gemini CLI and google-genai) from an "
-                    "OpenAI-compatible provider.")
+        description="Let Gemini, OpenAI and Anthropic API clients use OpenAI-compatible, "
+                    "Gemini and Anthropic providers.")
     parser.add_argument("-c", "--config", help="JSON config file (default: ./config.json "
                         "when present, or $GEMINI_PROXY_CONFIG)")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")

@@ -59,10 +59,14 @@ def test_readme_has_the_two_setup_commands():
 def test_config_example_loads_and_routes():
     import json
     raw = json.loads(read("config.example.json"))
-    config = make_config(raw, {"MOONSHOT_API_KEY": "sk-moon"})
+    config = make_config(raw, {"MOONSHOT_API_KEY": "sk-moon", "GEMINI_API_KEY": "g",
+                               "ANTHROPIC_API_KEY": "a"})
     assert gp.resolve_route(config, "gemini-2.5-pro")[1] == "kimi-k2-0905-preview"
     assert gp.resolve_route(config, "gemini-3-flash-preview")[0].upstream == "deepseek"
+    assert gp.resolve_route(config, "claude-opus-5-5")[0].upstream == "claude"
+    assert gp.resolve_route(config, "gpt-4o")[1] == "gemini-2.5-flash"
     assert gp.resolve_route(config, "anything")[0].upstream == "kimi"
+    assert config.upstreams["gemini"]["base_url"] == "https://generativelanguage.googleapis.com"
 
 
 def test_docstring_contents_match_the_section_banners():
