@@ -1255,11 +1255,69 @@ def expect(value: Any, kind: Any, where: str, what: str) -> Any:
     return value
 
 
+def expect_text(value: Any, where: str) -> str:
+    """An optional string field: "" when absent, else it must be a string."""
+    return "" if value is None else expect(value, str, where, "a string")
+
+
+def expect_strings(value: Any, where: str) -> List[str]:
+    """An optional list of strings: [] when absent."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ClientError("%s: expected a list of strings" % where)
+    return value
+
+
 def reject_unknown(fields: Iterable[str], known: frozenset, message: str) -> None:
     """A 400 for the first field not in `known`; `message` has one %s for its name."""
     for name in fields:
         if name not in known:
             raise ClientError(message % name)
+
+
+# Upstream replies are read leniently: a field of the wrong type counts as absent, so
+# what reaches the neutral model is always well typed. (Structure that cannot be read at
+# all is an UpstreamError: see read_upstream below.)
+
+def text_of(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def fields_of(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def tokens_of(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and value > 0 else 0
+
+
+UNREADABLE = (TypeError, AttributeError, KeyError, IndexError, ValueError, ClientError)
+
+
+def read_upstream(name: str, read: Callable[[], Any]) -> Any:
+    """read() on an upstream's reply; a reply shaped in a way no decoder expects is the
+    upstream's failure (502), not a bug of the proxy's or a fault of the client's."""
+    try:
+        return read()
+    except UNREADABLE as exc:
+        raise UpstreamError("upstream %r sent a reply this proxy cannot read (%s: %s)" % (
+            name, exc.__class__.__name__, str(exc)[:200]), status=502) from None
+
+
+def read_upstream_events(name: str, events: Iterator[Any]) -> Iterator[Any]:
+    """read_upstream for a stream of events, read as the client is answered."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration:
+            return
+        except UNREADABLE as exc:
+            raise UpstreamError("upstream %r sent a stream this proxy cannot read (%s: %s)"
+                                % (name, exc.__class__.__name__, str(exc)[:200]),
+                                status=502) from None
+        yield event
 
 
 # ---- 7. Dialect: OpenAI Chat Completions -------------------------------------------------
@@ -1360,8 +1418,8 @@ def _openai_assistant_parts(message: Dict[str, Any], where: str,
     calls = expect(message.get("tool_calls") or [], list, where + ".tool_calls", "a list")
     # What this proxy remembered when it gave out this turn: signed reasoning, and the
     # signatures of its tool calls (see _openai_remember).
-    remembered = cache.get(calls[0].get("id", "")) if calls and isinstance(calls[0], dict) \
-        else []
+    first_id = calls[0].get("id") if calls and isinstance(calls[0], dict) else None
+    remembered = cache.get(first_id) if isinstance(first_id, str) else []
     signatures = {p.id: p.signature for p in remembered if p.type == TOOL_CALL}
     thinking = [p for p in remembered if p.type == THINKING]
     if thinking:
@@ -1383,7 +1441,8 @@ def _openai_assistant_parts(message: Dict[str, Any], where: str,
         except ValueError:
             raise ClientError("%s.function.arguments: not valid JSON" % call_where) from None
         expect(args, dict, call_where + ".function.arguments", "a JSON object")
-        part = Part(TOOL_CALL, id=call.get("id") or "call_%d" % k, name=fn.get("name", ""),
+        part = Part(TOOL_CALL, id=expect_text(call.get("id"), call_where + ".id") or
+                    "call_%d" % k, name=expect_text(fn.get("name"), call_where + ".function.name"),
                     args=args)
         google = (call.get("extra_content") or {}).get("google") or {}
         signature = google.get("thought_signature") or signatures.get(part.id)
@@ -1408,12 +1467,16 @@ def _openai_tool_choice(chat: Chat, choice: Any) -> None:
     expect(choice, dict, "tool_choice", "a string or an object")
     if choice.get("type") == "function":
         chat.tool_choice = "required"
-        chat.allowed_tools = [(choice.get("function") or {}).get("name", "")]
+        fn = expect(choice.get("function"), dict, "tool_choice.function", "an object")
+        chat.allowed_tools = [expect_text(fn.get("name"), "tool_choice.function.name")]
     elif choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
+        allowed = expect(choice.get("allowed_tools"), dict, "tool_choice.allowed_tools",
+                         "an object")
         chat.tool_choice = "required" if allowed.get("mode") == "required" else "auto"
-        chat.allowed_tools = [(t.get("function") or {}).get("name", "")
-                              for t in allowed.get("tools") or ()]
+        chat.allowed_tools = [expect_text((t.get("function") or {}).get("name") if isinstance(
+            t, dict) else None, "tool_choice.allowed_tools.tools[%d].function.name" % i)
+            for i, t in enumerate(expect(allowed.get("tools") or [], list,
+                                         "tool_choice.allowed_tools.tools", "a list"))]
     else:
         raise ClientError("tool_choice: unknown type %r" % choice.get("type"))
 
@@ -1445,7 +1508,8 @@ def decode_openai_request(payload: Any, strict: bool = True,
             call_names.update((p.id, p.name) for p in parts if p.type == TOOL_CALL)
             chat.messages.append(Message("assistant", parts))
         elif role in ("tool", "function"):
-            tool_id = message.get("tool_call_id") or message.get("name") or ""
+            tool_id = expect_text(message.get("tool_call_id") or message.get("name"),
+                                  where + ".tool_call_id")
             result = Part(TOOL_RESULT, id=tool_id,
                           name=call_names.get(tool_id, message.get("name") or ""),
                           content=[Part(TEXT, text=_openai_text(message.get("content"),
@@ -1466,8 +1530,12 @@ def decode_openai_request(payload: Any, strict: bool = True,
             raise ClientError("tools[%d].type: only function tools are supported" % i)
         fn = expect(tool.get("function"), dict, "tools[%d].function" % i, "an object")
         name = expect(fn.get("name"), str, "tools[%d].function.name" % i, "a name")
-        chat.tools.append(Tool(name, fn.get("description") or "", fn.get("parameters") or
-                               {"type": "object", "properties": {}}))
+        chat.tools.append(Tool(name, expect_text(fn.get("description"),
+                                                 "tools[%d].function.description" % i),
+                               expect(fn.get("parameters") or {"type": "object",
+                                                               "properties": {}},
+                                      dict, "tools[%d].function.parameters" % i,
+                                      "a JSON Schema")))
     _openai_tool_choice(chat, payload.get("tool_choice"))
     legacy_choice = payload.get("function_call")
     if isinstance(legacy_choice, dict):
@@ -1479,8 +1547,13 @@ def decode_openai_request(payload: Any, strict: bool = True,
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         chat.response_format = ResponseFormat()
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") or {}
-        chat.response_format = ResponseFormat(spec.get("schema"), spec.get("name") or "response")
+        spec = expect(fmt.get("json_schema") or {}, dict, "response_format.json_schema",
+                      "an object")
+        schema = spec.get("schema")
+        chat.response_format = ResponseFormat(
+            expect(schema, dict, "response_format.json_schema.schema", "a JSON Schema")
+            if schema is not None else None,
+            expect_text(spec.get("name"), "response_format.json_schema.name") or "response")
     effort = payload.get("reasoning_effort")
     if effort is not None:
         chat.thinking = Thinking(effort=expect(effort, str, "reasoning_effort", "a word"),
@@ -1656,14 +1729,14 @@ def encode_openai_request(chat: Chat, model: str,
 def decode_openai_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    cached = (prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens")
-              or usage.get("cached_tokens") or 0)   # OpenAI / DeepSeek / Moonshot spellings
-    return Usage(prompt, completion, cached_tokens=cached,
-                 reasoning_tokens=completion_details.get("reasoning_tokens") or 0)
+    prompt_details = fields_of(usage.get("prompt_tokens_details"))
+    completion_details = fields_of(usage.get("completion_tokens_details"))
+    cached = (tokens_of(prompt_details.get("cached_tokens")) or   # OpenAI, DeepSeek, Moonshot
+              tokens_of(usage.get("prompt_cache_hit_tokens")) or
+              tokens_of(usage.get("cached_tokens")))
+    return Usage(tokens_of(usage.get("prompt_tokens")), tokens_of(usage.get("completion_tokens")),
+                 cached_tokens=cached,
+                 reasoning_tokens=tokens_of(completion_details.get("reasoning_tokens")))
 
 
 def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bool]:
@@ -1672,11 +1745,12 @@ def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bo
         args, malformed = arguments, False
     else:
         try:
-            args = json.loads(arguments) if arguments and arguments.strip() else {}
+            arguments = text_of(arguments)
+            args = json.loads(arguments) if arguments.strip() else {}
             malformed = not isinstance(args, dict)
         except ValueError:
             args, malformed = {}, True
-    return Part(TOOL_CALL, id=call_id or new_id("call_"), name=name,
+    return Part(TOOL_CALL, id=text_of(call_id) or new_id("call_"), name=text_of(name),
                 args=args if not malformed else {}), malformed
 
 
@@ -1712,10 +1786,11 @@ def decode_openai_response(payload: Any, model: str = "") -> Reply:
             parts.append(Part(THINKING, text=reasoning, origin="openai"))
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(text_of(p.get("text")) for p in content if isinstance(p, dict))
+        content = text_of(content)
         if content:
             parts.append(Part(TEXT, text=content))
-        refusal = message.get("refusal")
+        refusal = text_of(message.get("refusal"))
         if refusal:
             parts.append(Part(TEXT, text=refusal))
         malformed = False
@@ -1732,8 +1807,8 @@ def decode_openai_response(payload: Any, model: str = "") -> Reply:
         choices.append(Choice(parts, finish))
     if not choices:
         raise UpstreamError("the upstream reply has an empty choices list", status=502)
-    return Reply(payload.get("id") or new_id("chatcmpl-"), payload.get("model") or model,
-                 choices, usage)
+    return Reply(text_of(payload.get("id")) or new_id("chatcmpl-"),
+                 text_of(payload.get("model")) or model, choices, usage)
 
 
 def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, Any]) -> None:
@@ -1745,8 +1820,8 @@ def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, A
                       c["id"] == fragment.get("id")), len(calls))
     call = calls.setdefault(index, {"id": "", "name": "", "args": []})
     fn = fragment.get("function") or {}
-    call["id"] = call["id"] or fragment.get("id") or ""
-    call["name"] = call["name"] or fn.get("name") or ""
+    call["id"] = call["id"] or text_of(fragment.get("id"))
+    call["name"] = call["name"] or text_of(fn.get("name"))
     arguments = fn.get("arguments")
     if isinstance(arguments, dict):
         call["args"] = [json.dumps(arguments)]
@@ -2076,26 +2151,27 @@ def _anthropic_source(block: Dict[str, Any], where: str) -> Part:
     source = expect(block.get("source"), dict, where + ".source", "an object")
     kind = source.get("type")
     if kind == "base64":
-        return Part(MEDIA, mime=source.get("media_type", ""), data=source.get("data", ""))
+        return Part(MEDIA, mime=expect_text(source.get("media_type"), where + ".media_type"),
+                    data=expect_text(source.get("data"), where + ".source.data"))
     if kind == "url":
         return Part(MEDIA, mime="application/pdf" if block["type"] == "document" else "",
-                    url=source.get("url", ""))
+                    url=expect_text(source.get("url"), where + ".source.url"))
     if kind == "text":
-        return Part(TEXT, text=source.get("data", ""))
+        return Part(TEXT, text=expect_text(source.get("data"), where + ".source.data"))
     raise ClientError("%s.source.type: %r is not supported" % (where, kind))
 
 
-def _anthropic_thinking_part(block: Dict[str, Any]) -> List[Part]:
+def _anthropic_thinking_part(block: Dict[str, Any], where: str) -> List[Part]:
     """A thinking block: Anthropic's own, or one this proxy made around reasoning from
     another provider (its signature is a carrier; the text is the block's)."""
-    signature = block.get("signature") or ""
+    signature = expect_text(block.get("signature"), where + ".signature")
+    text = expect_text(block.get("thinking"), where + ".thinking")
     if signature.startswith(CARRIER_PREFIX):
         parts = unpack_thinking(signature)
         if parts:
-            parts[0].text = block.get("thinking") or ""
+            parts[0].text = text
             return parts
-    return [Part(THINKING, text=block.get("thinking") or "", signature=signature,
-                 origin="anthropic")]
+    return [Part(THINKING, text=text, signature=signature, origin="anthropic")]
 
 
 def _anthropic_blocks(content: Any, where: str) -> List[Part]:
@@ -2113,21 +2189,23 @@ def _anthropic_blocks(content: Any, where: str) -> List[Part]:
         elif kind in ("image", "document"):
             parts.append(_anthropic_source(block, at))
         elif kind == "tool_use":
-            parts.append(Part(TOOL_CALL, id=original_tool_id(block.get("id", "")),
-                              name=block.get("name", ""),
+            parts.append(Part(TOOL_CALL, id=original_tool_id(expect_text(block.get("id"),
+                                                                         at + ".id")),
+                              name=expect_text(block.get("name"), at + ".name"),
                               args=expect(block.get("input") or {}, dict, at + ".input",
                                           "an object")))
         elif kind == "tool_result":
             inner = block.get("content")
             result = _anthropic_blocks(inner, at + ".content") if inner is not None else []
-            parts.append(Part(TOOL_RESULT, id=original_tool_id(block.get("tool_use_id", "")),
+            parts.append(Part(TOOL_RESULT, id=original_tool_id(expect_text(
+                block.get("tool_use_id"), at + ".tool_use_id")),
                               content=[p for p in result if p.type in (TEXT, MEDIA)],
                               is_error=bool(block.get("is_error"))))
         elif kind == "thinking":
-            parts.extend(_anthropic_thinking_part(block))
+            parts.extend(_anthropic_thinking_part(block, at))
         elif kind == "redacted_thinking":
-            parts.append(Part(THINKING, origin="anthropic",
-                              extra={"redacted": block.get("data", "")}))
+            parts.append(Part(THINKING, origin="anthropic", extra={
+                "redacted": expect_text(block.get("data"), at + ".data")}))
         elif kind in ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
                       "code_execution_tool_result", "mcp_tool_use", "mcp_tool_result",
                       "search_result", "container_upload"):
@@ -2174,9 +2252,11 @@ def decode_anthropic_request(payload: Any, strict: bool = True,
             chat.extra.setdefault("anthropic_tools", []).append(tool)
             continue
         chat.tools.append(Tool(expect(tool.get("name"), str, "tools[%d].name" % i, "a name"),
-                               tool.get("description") or "",
-                               tool.get("input_schema") or {"type": "object",
-                                                            "properties": {}}))
+                               expect_text(tool.get("description"),
+                                           "tools[%d].description" % i),
+                               expect(tool.get("input_schema") or {"type": "object",
+                                                                   "properties": {}},
+                                      dict, "tools[%d].input_schema" % i, "a JSON Schema")))
     choice = payload.get("tool_choice")
     if choice is not None:
         expect(choice, dict, "tool_choice", "an object")
@@ -2188,7 +2268,8 @@ def decode_anthropic_request(payload: Any, strict: bool = True,
             chat.allowed_tools = [choice.get("name", "")]
         if choice.get("disable_parallel_tool_use"):
             chat.parallel_tool_calls = False
-    output_config = payload.get("output_config") or {}
+    output_config = expect(payload.get("output_config") or {}, dict, "output_config",
+                           "an object")
     thinking = payload.get("thinking")
     if thinking is not None:
         kind = expect(thinking, dict, "thinking", "an object").get("type")
@@ -2372,32 +2453,33 @@ def decode_anthropic_count_response(payload: Any) -> int:
 
 
 def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None) -> Usage:
-    usage = usage if isinstance(usage, dict) else {}
+    usage = fields_of(usage)
     out = copy.copy(previous) if previous else Usage()
-    read = usage.get("cache_read_input_tokens")
-    created = usage.get("cache_creation_input_tokens")
-    if usage.get("input_tokens") is not None or read is not None or created is not None:
-        out.cached_tokens = read or out.cached_tokens
-        out.cache_write_tokens = created or out.cache_write_tokens
-        out.input_tokens = (usage.get("input_tokens") or 0) + out.cached_tokens + \
+    if any(usage.get(k) is not None for k in ("input_tokens", "cache_read_input_tokens",
+                                              "cache_creation_input_tokens")):
+        out.cached_tokens = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
+        out.cache_write_tokens = tokens_of(usage.get("cache_creation_input_tokens")) or \
+            out.cache_write_tokens
+        out.input_tokens = tokens_of(usage.get("input_tokens")) + out.cached_tokens + \
             out.cache_write_tokens
     if usage.get("output_tokens") is not None:   # cumulative in message_delta
-        out.output_tokens = usage["output_tokens"]
+        out.output_tokens = tokens_of(usage["output_tokens"])
     return out
 
 
 def _anthropic_block_parts(block: Dict[str, Any]) -> List[Part]:
     kind = block.get("type")
     if kind == "text":
-        return [Part(TEXT, text=block.get("text", ""))]
+        return [Part(TEXT, text=text_of(block.get("text")))]
     if kind == "thinking":
-        return [Part(THINKING, text=block.get("thinking", ""),
-                     signature=block.get("signature", ""), origin="anthropic")]
+        return [Part(THINKING, text=text_of(block.get("thinking")),
+                     signature=text_of(block.get("signature")), origin="anthropic")]
     if kind == "redacted_thinking":
-        return [Part(THINKING, origin="anthropic", extra={"redacted": block.get("data", "")})]
+        return [Part(THINKING, origin="anthropic",
+                     extra={"redacted": text_of(block.get("data"))})]
     if kind == "tool_use":
-        return [Part(TOOL_CALL, id=block.get("id") or new_id("toolu_"),
-                     name=block.get("name", ""), args=block.get("input") or {})]
+        return [Part(TOOL_CALL, id=text_of(block.get("id")) or new_id("toolu_"),
+                     name=text_of(block.get("name")), args=fields_of(block.get("input")))]
     return []   # server tool blocks have no counterpart
 
 
@@ -2407,11 +2489,11 @@ def decode_anthropic_response(payload: Any, model: str = "") -> Reply:
                             % json.dumps(payload)[:300], status=502)
     parts = [p for block in payload["content"] if isinstance(block, dict)
              for p in _anthropic_block_parts(block)]
-    finish = Finish(ANTHROPIC_STOP_REASONS.get(payload.get("stop_reason"), STOP),
+    finish = Finish(ANTHROPIC_STOP_REASONS.get(text_of(payload.get("stop_reason")), STOP),
                     decode_anthropic_usage(payload.get("usage")),
-                    payload.get("stop_sequence") or "")
-    return Reply(payload.get("id") or new_id("msg_"), payload.get("model") or model,
-                 [Choice(parts, finish)], finish.usage)
+                    text_of(payload.get("stop_sequence")))
+    return Reply(text_of(payload.get("id")) or new_id("msg_"),
+                 text_of(payload.get("model")) or model, [Choice(parts, finish)], finish.usage)
 
 
 def anthropic_stream_error(data: str) -> Optional[UpstreamError]:
@@ -2447,23 +2529,26 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
             usage = decode_anthropic_usage((event.get("message") or {}).get("usage"), usage)
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
-            blocks[event.get("index", 0)] = {"type": block.get("type"), "id": block.get("id"),
-                                             "name": block.get("name"), "json": []}
+            blocks[event.get("index", 0)] = {"type": block.get("type"),
+                                             "id": text_of(block.get("id")),
+                                             "name": text_of(block.get("name")), "json": []}
             if block.get("type") == "redacted_thinking":
-                yield Part(THINKING, origin="anthropic", extra={"redacted": block.get("data")})
-            elif block.get("type") == "text" and block.get("text"):
+                yield Part(THINKING, origin="anthropic",
+                           extra={"redacted": text_of(block.get("data"))})
+            elif block.get("type") == "text" and text_of(block.get("text")):
                 yield Part(TEXT, text=block["text"])
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             state = blocks.get(event.get("index", 0), {"json": []})
-            if delta.get("type") == "text_delta" and delta.get("text"):
+            if delta.get("type") == "text_delta" and text_of(delta.get("text")):
                 yield Part(TEXT, text=delta["text"])
-            elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+            elif delta.get("type") == "thinking_delta" and text_of(delta.get("thinking")):
                 yield Part(THINKING, text=delta["thinking"], origin="anthropic")
             elif delta.get("type") == "signature_delta":
-                yield Part(THINKING, signature=delta.get("signature", ""), origin="anthropic")
+                yield Part(THINKING, signature=text_of(delta.get("signature")),
+                           origin="anthropic")
             elif delta.get("type") == "input_json_delta":
-                state["json"].append(delta.get("partial_json", ""))
+                state["json"].append(text_of(delta.get("partial_json")))
         elif kind == "content_block_stop":
             state = blocks.pop(event.get("index", 0), {})
             if state.get("type") == "tool_use":
@@ -2480,9 +2565,9 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
                 parts_seen.append(part)
                 yield part
         elif kind == "message_delta":
-            delta = event.get("delta") or {}
-            stop_reason = delta.get("stop_reason") or stop_reason
-            stop_sequence = delta.get("stop_sequence") or stop_sequence
+            delta = fields_of(event.get("delta"))
+            stop_reason = text_of(delta.get("stop_reason")) or stop_reason
+            stop_sequence = text_of(delta.get("stop_sequence")) or stop_sequence
             usage = decode_anthropic_usage(event.get("usage"), usage)
         elif kind == "message_stop":
             reason = MALFORMED_TOOL_CALL if malformed else \
@@ -2782,10 +2867,10 @@ def _gemini_signature(part: Part, signature: str) -> List[Part]:
 
 def _gemini_media(raw: Dict[str, Any], where: str) -> Part:
     raw = camel_keys(expect(raw, dict, where, "an object"))
+    mime = expect_text(raw.get("mimeType"), where + ".mimeType")
     if "fileUri" in raw:
-        return Part(MEDIA, mime=raw.get("mimeType", ""), url=raw["fileUri"])
-    return Part(MEDIA, mime=raw.get("mimeType", ""),
-                data=expect(raw.get("data", ""), str, where + ".data", "base64 text"))
+        return Part(MEDIA, mime=mime, url=expect_text(raw["fileUri"], where + ".fileUri"))
+    return Part(MEDIA, mime=mime, data=expect_text(raw.get("data"), where + ".data"))
 
 
 def _gemini_tool_result(raw: Dict[str, Any], where: str) -> Part:
@@ -2801,19 +2886,20 @@ def _gemini_tool_result(raw: Dict[str, Any], where: str) -> Part:
     else:
         content, is_error = json.dumps(response, ensure_ascii=False), False
     parts = [Part(TEXT, text=content)]
-    for j, media in enumerate(raw.get("parts") or ()):
-        media = camel_keys(media)
+    for j, media in enumerate(expect(raw.get("parts") or [], list, where + ".parts", "a list")):
+        media = camel_keys(expect(media, dict, "%s.parts[%d]" % (where, j), "a part"))
         key = "inlineData" if "inlineData" in media else "fileData"
         parts.append(_gemini_media(media.get(key), "%s.parts[%d].%s" % (where, j, key)))
-    return Part(TOOL_RESULT, id=raw.get("id") or "", name=raw.get("name") or "",
-                content=parts, is_error=is_error)
+    return Part(TOOL_RESULT, id=expect_text(raw.get("id"), where + ".id"),
+                name=expect_text(raw.get("name"), where + ".name"), content=parts,
+                is_error=is_error)
 
 
 def _gemini_part(raw: Any, where: str, strict: bool) -> List[Part]:
     raw = camel_keys(expect(raw, dict, where, "a part object"))
     if strict:
         reject_unknown(raw, GEMINI_PART_FIELDS, GEMINI_UNKNOWN % where)
-    signature = raw.get("thoughtSignature") or ""
+    signature = expect_text(raw.get("thoughtSignature"), where + ".thoughtSignature")
     if "text" in raw:
         text = expect(raw["text"], str, where + ".text", "text")
         if raw.get("thought"):
@@ -2827,17 +2913,19 @@ def _gemini_part(raw: Any, where: str, strict: bool) -> List[Part]:
         args = call.get("args") or {}
         expect(args, dict, where + ".functionCall.args", "an object")
         name = expect(call.get("name", ""), str, where + ".functionCall.name", "a name")
-        return _gemini_signature(Part(TOOL_CALL, id=call.get("id") or "", name=name,
-                                      args=args), signature)
+        return _gemini_signature(Part(TOOL_CALL, id=expect_text(
+            call.get("id"), where + ".functionCall.id"), name=name, args=args), signature)
     if "functionResponse" in raw:
         return [_gemini_tool_result(raw["functionResponse"], where + ".functionResponse")]
     if "executableCode" in raw:
-        code = camel_keys(raw["executableCode"] or {})
+        code = camel_keys(expect(raw["executableCode"], dict, where + ".executableCode",
+                                 "an object"))
         return [Part(TEXT, text="```%s\n%s\n```" % (str(code.get("language", "")).lower(),
                                                     code.get("code", "")))]
     if "codeExecutionResult" in raw:
-        return [Part(TEXT, text=str(camel_keys(raw["codeExecutionResult"] or {})
-                                    .get("output", "")))]
+        result = camel_keys(expect(raw["codeExecutionResult"], dict,
+                                   where + ".codeExecutionResult", "an object"))
+        return [Part(TEXT, text=str(result.get("output", "")))]
     return []
 
 
@@ -2896,11 +2984,9 @@ def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
     chat.frequency_penalty = _gemini_number(config, "frequencyPenalty")
     chat.seed = _gemini_number(config, "seed", integer=True)
     chat.n = _gemini_number(config, "candidateCount", integer=True) or 1
-    stop = config.get("stopSequences") or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ClientError("generationConfig.stopSequences: expected a list of strings")
-    chat.stop = stop
-    if config.get("responseMimeType") == "application/json":
+    chat.stop = expect_strings(config.get("stopSequences"), "generationConfig.stopSequences")
+    if expect_text(config.get("responseMimeType"), "generationConfig.responseMimeType") == \
+            "application/json":
         schema = config.get("responseJsonSchema") or config.get("responseSchema")
         chat.response_format = ResponseFormat(
             gemini_schema_to_json_schema(schema) if isinstance(schema, dict) else None)
@@ -2911,8 +2997,9 @@ def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
         budget = thinking.get("thinkingBudget")
         if budget is not None:
             expect(budget, int, "generationConfig.thinkingConfig.thinkingBudget", "a number")
-        level = thinking.get("thinkingLevel") or ""
-        chat.thinking = Thinking(budget=budget, effort=str(level).lower(),
+        level = expect_text(thinking.get("thinkingLevel"),
+                            "generationConfig.thinkingConfig.thinkingLevel")
+        chat.thinking = Thinking(budget=budget, effort=level.lower(),
                                  include_thoughts=bool(thinking.get("includeThoughts")))
 
 
@@ -2931,7 +3018,8 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
         chat.system = [Part(TEXT, text=system)]
     elif system is not None:
         system = expect(system, dict, "systemInstruction", "a Content object")
-        chat.system = [p for j, raw in enumerate(system.get("parts") or ())
+        chat.system = [p for j, raw in enumerate(expect(system.get("parts") or [], list,
+                                                        "systemInstruction.parts", "a list"))
                        for p in _gemini_part(raw, "systemInstruction.parts[%d]" % j, strict)
                        if p.type == TEXT]
     for i, content in enumerate(contents):
@@ -2959,7 +3047,8 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
             if not isinstance(name, str) or not name:
                 raise ClientError("%s.name: a function needs a name" % where)
             schema = decl.get("parametersJsonSchema") or decl.get("parameters")
-            chat.tools.append(Tool(name, decl.get("description") or "",
+            chat.tools.append(Tool(name, expect_text(decl.get("description"),
+                                                     where + ".description"),
                                    gemini_schema_to_json_schema(schema)
                                    if isinstance(schema, dict)
                                    else {"type": "object", "properties": {}}))
@@ -2967,15 +3056,21 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
             chat.extra.setdefault("gemini_tools", []).append(tool)
     tool_config = payload.get("toolConfig")
     if tool_config:
-        calling = camel_keys(camel_keys(expect(tool_config, dict, "toolConfig", "an object"))
-                             .get("functionCallingConfig") or {})
-        mode = str(calling.get("mode") or "AUTO").upper()
+        calling = camel_keys(expect(camel_keys(expect(tool_config, dict, "toolConfig",
+                                                      "an object"))
+                                    .get("functionCallingConfig") or {}, dict,
+                                    "toolConfig.functionCallingConfig", "an object"))
+        mode = expect_text(calling.get("mode"), "toolConfig.functionCallingConfig.mode") \
+            .upper() or "AUTO"
         if mode not in GEMINI_TOOL_MODES:
             raise ClientError("toolConfig.functionCallingConfig.mode: unknown mode %r" % mode)
         chat.tool_choice = GEMINI_TOOL_MODES[mode]
-        chat.allowed_tools = list(calling.get("allowedFunctionNames") or [])
+        chat.allowed_tools = expect_strings(calling.get("allowedFunctionNames"),
+                                            "toolConfig.functionCallingConfig."
+                                            "allowedFunctionNames")
     if payload.get("safetySettings"):
-        chat.extra["safety_settings"] = payload["safetySettings"]
+        chat.extra["safety_settings"] = expect(payload["safetySettings"], list,
+                                               "safetySettings", "a list")
     if payload.get("generationConfig") is not None:
         _gemini_generation_config(chat, payload["generationConfig"], strict)
     return chat
@@ -3474,11 +3569,11 @@ def gemini_schema_retry(error: UpstreamError, options: Dict[str, Any]
 def decode_gemini_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
         return None
-    thoughts = usage.get("thoughtsTokenCount") or 0
-    return Usage((usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount")
-                                                         or 0),
-                 (usage.get("candidatesTokenCount") or 0) + thoughts,
-                 cached_tokens=usage.get("cachedContentTokenCount") or 0,
+    thoughts = tokens_of(usage.get("thoughtsTokenCount"))
+    return Usage(tokens_of(usage.get("promptTokenCount")) +
+                 tokens_of(usage.get("toolUsePromptTokenCount")),
+                 tokens_of(usage.get("candidatesTokenCount")) + thoughts,
+                 cached_tokens=tokens_of(usage.get("cachedContentTokenCount")),
                  reasoning_tokens=thoughts)
 
 
@@ -3487,16 +3582,16 @@ def _gemini_reply_parts(raw_parts: Iterable[Any]) -> List[Part]:
     for raw in raw_parts:
         if not isinstance(raw, dict):
             continue
-        signature = raw.get("thoughtSignature") or ""
+        signature = text_of(raw.get("thoughtSignature"))
         origin = "gemini" if signature else ""
         if "functionCall" in raw:
-            call = raw["functionCall"] or {}
-            parts.append(Part(TOOL_CALL, id=call.get("id") or new_id("call_"),
-                              name=call.get("name", ""), args=call.get("args") or {},
+            call = fields_of(raw["functionCall"])
+            parts.append(Part(TOOL_CALL, id=text_of(call.get("id")) or new_id("call_"),
+                              name=text_of(call.get("name")), args=fields_of(call.get("args")),
                               signature=signature, origin=origin))
         elif "text" in raw:
-            parts.append(Part(THINKING if raw.get("thought") else TEXT, text=raw["text"] or "",
-                              signature=signature, origin="gemini"))
+            parts.append(Part(THINKING if raw.get("thought") else TEXT,
+                              text=text_of(raw["text"]), signature=signature, origin="gemini"))
         elif "inlineData" in raw or "fileData" in raw:
             media = _gemini_media(raw.get("inlineData") or raw.get("fileData"), "reply")
             media.signature, media.origin = signature, origin
@@ -3508,7 +3603,7 @@ def _gemini_reply_parts(raw_parts: Iterable[Any]) -> List[Part]:
 
 def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
                    usage: Optional[Usage]) -> Finish:
-    reason = candidate.get("finishReason") or "STOP"
+    reason = text_of(candidate.get("finishReason")) or "STOP"
     neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
     if neutral == STOP and any(p.type == TOOL_CALL for p in parts):
         neutral = TOOL_CALLS
@@ -3530,8 +3625,8 @@ def decode_gemini_response(payload: Any, model: str = "") -> Reply:
             raise UpstreamError("the upstream reply has no candidates: %s"
                                 % json.dumps(payload)[:300], status=502)
         choices.append(Choice([], Finish(CONTENT_FILTER, usage)))
-    return Reply(payload.get("responseId") or new_id("gen-"),
-                 payload.get("modelVersion") or model, choices, usage)
+    return Reply(text_of(payload.get("responseId")) or new_id("gen-"),
+                 text_of(payload.get("modelVersion")) or model, choices, usage)
 
 
 def gemini_stream_error(data: str) -> Optional[UpstreamError]:
@@ -3569,7 +3664,7 @@ def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         for part in _gemini_reply_parts((candidate.get("content") or {}).get("parts") or ()):
             calls |= part.type == TOOL_CALL
             yield part
-        finish_reason = candidate.get("finishReason") or finish_reason
+        finish_reason = text_of(candidate.get("finishReason")) or finish_reason
     if not finish_reason:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
@@ -4616,7 +4711,8 @@ class Proxy:
                 error = kind.stream_event_error(first[1])
                 if error is not None:
                     raise error
-                return kind.decode_stream(itertools.chain([first], raw))
+                return read_upstream_events(call.runtime.name, kind.decode_stream(
+                    itertools.chain([first], raw)))
             answer = call.send(kind.generate_path(call.model, True),
                                lambda options: kind.encode_request(chat, call.model, options),
                                first_event, stream=True)
@@ -4798,7 +4894,7 @@ class UpstreamCall:
                 self.pipe.on_abort(response.abort)
                 if response.status >= 300:
                     raise self._failure(response)
-                return prepare(response)
+                return read_upstream(runtime.name, lambda: prepare(response))
             except UpstreamError as err:
                 if self.pipe.gone:
                     raise

@@ -36,8 +36,8 @@ def run_gemini(proxy, workdir, home, prompt, *flags, timeout=120, model="gemini-
            "GEMINI_API_KEY": "client-key", "GEMINI_CLI_TRUST_WORKSPACE": "true", "NO_COLOR": "1"}
     completed = subprocess.run(
         [GEMINI] + (["-m", model] if model else []) +
-        ["-p", prompt, "--output-format", "json"] + list(flags), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout)
+        ["-p", prompt, "--output-format", "json"] + list(flags), cwd=workdir, env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     output = completed.stdout
     start = output.find("{")
     result = json.loads(output[start:]) if start >= 0 else {}
