@@ -4280,13 +4280,20 @@ class UpstreamResponse:
             self._name, exc.__class__.__name__), status=502)
 
     def read_body(self, limit: int = 256 * 1024 * 1024) -> bytes:
+        """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)."""
+        pieces, size = [], 0
         try:
-            body = self._response.read(limit + 1)
+            while True:
+                piece = self._response.read(65536)
+                if not piece:
+                    return b"".join(pieces)
+                size += len(piece)
+                if size > limit:
+                    raise UpstreamError("upstream %r sent more than %d bytes"
+                                        % (self._name, limit))
+                pieces.append(piece)
         except (OSError, http.client.HTTPException) as exc:
             raise self._failure(exc) from None
-        if len(body) > limit:
-            raise UpstreamError("upstream %r sent more than %d bytes" % (self._name, limit))
-        return body
 
     def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
         """The body as it arrives, a read at a time."""
@@ -5235,6 +5242,9 @@ class ProxyServer:
             start_watching.cancel()
             for task in watcher:
                 task.cancel()
+                # Let it unwind before the connection reads again: a StreamReader takes
+                # one reader at a time.
+                await asyncio.gather(task, return_exceptions=True)
             self._pipes.discard(pipe)
             self._access(head, ex, ex.status)
 

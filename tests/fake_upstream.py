@@ -705,6 +705,9 @@ def anthropic_model_info(name):
 
 class FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm on, the second waits
+    # for a delayed ACK (40-200 ms), which is what real servers avoid too.
+    disable_nagle_algorithm = True
     record = None           # the request being answered, as recorded
 
     def log_message(self, *args):

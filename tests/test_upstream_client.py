@@ -308,3 +308,19 @@ def test_detailed_logs_have_four_stages_and_no_secrets(proxy_factory, fake, tmp_
         "=== 4. client response")
     assert '"content": "logged stream"' in upstream_part      # the raw upstream SSE
     assert '{"text":"logged stream"}' in client_part           # what the client got
+
+
+def test_reading_a_reply_allocates_about_its_size(proxy_factory, fake):
+    # Python 3.8's HTTPResponse.read(n) allocates n bytes up front; asking it for "up to
+    # the limit" cost a 256 MiB buffer (and ~250 ms) per request.
+    import tracemalloc
+    proxy = proxy_factory(config_for(fake.base_url))
+    fake.queue(json_reply(completion("small")))
+    tracemalloc.start()
+    try:
+        status, _ = proxy.post(GENERATE, HELLO)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    assert peak < 16 * 1024 * 1024, peak
