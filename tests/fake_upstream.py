@@ -701,6 +701,13 @@ def anthropic_model_info(name):
             "created_at": "2025-01-01T00:00:00Z"}
 
 
+def request_key(headers):
+    """The API key a request carries, wherever its dialect puts it."""
+    auth = headers.get("authorization", "")
+    return headers.get("x-goog-api-key") or headers.get("x-api-key") or \
+        (auth[7:] if auth.lower().startswith("bearer ") else "")
+
+
 # == the servers ===========================================================================
 
 class FakeHandler(BaseHTTPRequestHandler):
@@ -768,9 +775,12 @@ class FakeUpstream:
     """What the fakes share. Start with Fake...().start(); stop() when done.
 
     requests: records {"method", "path" (without the query), "query" (dict), "headers"
-    (lower-cased names), "json" (None if the body is not JSON), "body" (bytes; None for GET)}.
-    script: replies queued with queue(), each POST takes the next one. connections: accepted
-    connections; aborted_streams: streams the client dropped."""
+    (lower-cased names), "key" (the API key sent, in any dialect's header), "json" (None if
+    the body is not JSON), "body" (bytes; None for GET)}.
+    script: replies queued with queue(), each POST takes the next one. rules: key -> reply
+    for every POST sent with that key ("*": with any key), ahead of the script.
+    connections: accepted connections; aborted_streams: streams the client dropped;
+    busy / most_busy: POSTs being answered now / at most at once."""
 
     title = "fake"
     base_path = ""
@@ -780,6 +790,9 @@ class FakeUpstream:
         self.lock = threading.Lock()
         self.requests = []
         self.script = []
+        self.rules = {}
+        self.busy = 0
+        self.most_busy = 0
         self.connections = 0
         self.aborted_streams = 0
         self.models = ["fake-model"]
@@ -813,9 +826,10 @@ class FakeUpstream:
             request = json.loads(body) if body is not None else None
         except ValueError:
             request = None
+        headers = {k.lower(): v for k, v in handler.headers.items()}
         record = {"method": handler.command, "path": path,
                   "query": dict(parse_qsl(query, keep_blank_values=True)),
-                  "headers": {k.lower(): v for k, v in handler.headers.items()},
+                  "headers": headers, "key": request_key(headers),
                   "json": request, "body": body}
         handler.record = record
         if body is None:
@@ -826,10 +840,21 @@ class FakeUpstream:
         with self.lock:
             self.requests.append(record)
             number = len(self.requests)
-            reply = self.script.pop(0) if self.script else None
-        if reply is None:
-            reply = self.automatic(record, number)
-        reply(handler, request)
+            reply = self.rules.get(record["key"]) or self.rules.get("*")
+            if reply is None and self.script:
+                reply = self.script.pop(0)
+            self.busy += 1
+            self.most_busy = max(self.most_busy, self.busy)
+        try:
+            if reply is None:
+                reply = self.automatic(record, number)
+            reply(handler, request)
+        finally:
+            with self.lock:
+                self.busy -= 1
+
+    def keys_used(self):
+        return [r["key"] for r in self.requests if r["method"] == "POST"]
 
     def serve_get(self, handler, record):
         handler.send_body(404, b'{"error":{"message":"not found"}}', "application/json")

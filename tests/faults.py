@@ -1,0 +1,198 @@
+"""Faults an upstream can have, as replies for the fakes of fake_upstream.py, in each of the
+three upstream dialects; and what a client of each dialect makes of a stream that broke.
+
+Every builder takes the upstream kind ("openai", "gemini" or "anthropic") first and returns a
+reply function (handler, request_json), like the builders of fake_upstream.py.
+"""
+
+import json
+import socket
+import time
+
+from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_error,
+                           anthropic_events, anthropic_message, anthropic_sse, chunk,
+                           completion, gemini_chunk, gemini_error, gemini_text,
+                           gemini_text_part, gemini_usage, json_reply, sse, usage)
+
+FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+
+FIRST_WORDS = "first words"
+REST = " and the rest"
+
+
+def error(kind, status, message="fake trouble", retry_after=None, quota_id=None):
+    """An error reply in the upstream's own shape; retry_after sets Retry-After (Gemini:
+    a RetryInfo detail instead); quota_id adds a Gemini QuotaFailure."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if kind == "gemini":
+        details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"quotaId": quota_id}]}] if quota_id else ()
+        return gemini_error(status, message, retry_delay=retry_after, details=details)
+    if kind == "anthropic":
+        return anthropic_error(status, message=message, retry_after=retry_after)
+    return json_reply({"error": {"message": message, "type": "fake_error"}}, status, headers)
+
+
+def whole(kind, text="all of it"):
+    """A normal whole reply."""
+    if kind == "gemini":
+        return json_reply(gemini_text(text))
+    if kind == "anthropic":
+        return json_reply(anthropic_message(text))
+    return json_reply(completion(text))
+
+
+def _stream_events(kind):
+    """(head, rest) of a normal text stream, as SSE strings: head carries FIRST_WORDS."""
+    if kind == "gemini":
+        return ([sse(gemini_chunk([gemini_text_part(FIRST_WORDS)]))],
+                [sse(gemini_chunk([gemini_text_part(REST)], "STOP", gemini_usage()))])
+    if kind == "anthropic":
+        events = [anthropic_sse(*e) for e in anthropic_events(
+            anthropic_message(FIRST_WORDS + REST), pieces=1, ping=False)]
+        # message_start, block start, one text delta with everything, ...: split the text
+        head = events[:2] + [anthropic_sse("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": FIRST_WORDS}})]
+        rest = [anthropic_sse("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": REST}})] + events[3:]
+        return head, rest
+    return ([sse(chunk({"role": "assistant", "content": ""})), sse(chunk({"content": FIRST_WORDS}))],
+            [sse(chunk({"content": REST})), sse(chunk(finish="stop")),
+             sse(chunk(usage=usage(), choices=False)), "data: [DONE]\n\n"])
+
+
+def stream(kind, ending="normal", pause=0.0, gap=0.0):
+    """A text stream: FIRST_WORDS, then REST and the proper end. ending: "normal";
+    "reset" (the connection drops after FIRST_WORDS); "stall" (silence for `pause`
+    seconds after FIRST_WORDS, then the rest); "truncated" (after FIRST_WORDS half an
+    event, then the body ends cleanly at the HTTP level). gap: seconds between events."""
+    head, rest = _stream_events(kind)
+
+    def reply(handler, request):
+        handler.start_stream()
+        for event in head:
+            if not handler.write_chunk(event.encode()):
+                return
+            time.sleep(gap)
+        if ending == "reset":
+            reset(handler)
+            return
+        if ending == "truncated":
+            handler.write_chunk(rest[0][:len(rest[0]) // 2].encode())
+            handler.end_stream()
+            return
+        time.sleep(pause)
+        for event in rest:
+            if not handler.write_chunk(event.encode()):
+                return
+            time.sleep(gap)
+        handler.end_stream()
+    return reply
+
+
+def reset(handler):
+    """Drop the connection at once: with SO_LINGER 0 the peer sees a reset."""
+    handler.close_connection = True
+    try:
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        handler.connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def reset_before_reply(kind):
+    """The connection drops before any byte of the reply."""
+    return lambda handler, request: reset(handler)
+
+
+def slow(kind, seconds, streaming=False):
+    """A normal reply whose first byte (the status line) comes after `seconds`."""
+    inner = stream(kind) if streaming else whole(kind)
+
+    def reply(handler, request):
+        time.sleep(seconds)
+        inner(handler, request)
+    return reply
+
+
+def invalid_json(kind, streaming=False):
+    """200 with a body that is not JSON (a stream: an event whose data is not JSON)."""
+    def reply(handler, request):
+        if streaming:
+            handler.start_stream()
+            handler.write_chunk(b"data: {this is not json\n\n")
+            handler.end_stream()
+        else:
+            handler.send_body(200, b"<html>gateway says hi</html>", "application/json")
+    return reply
+
+
+def closed_port():
+    """A local port nothing listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- what a client of each dialect makes of a stream -------------------------------------
+
+def _events(data):
+    """(event name or None, data) of an SSE body; comments are kept as (":", text)."""
+    out = []
+    for block in data.decode("utf-8").split("\n\n"):
+        if not block:
+            continue
+        name, payload = None, None
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                out.append((":", line[1:].strip()))
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                payload = line[6:]
+        if payload is not None:
+            out.append((name, payload))
+    return out
+
+
+def read_stream(dialect, data):
+    """(text, how it ended, keep-alives seen) of a client's stream; how it ended is
+    "finished" (the dialect's normal end), "error" (its error form) or "cut" (it just
+    stopped: for Gemini, the no-finishReason end that Gemini CLI retries)."""
+    text, ending, keepalives = "", "cut", 0
+    for name, payload in _events(data):
+        if name == ":":
+            keepalives += 1
+            continue
+        if dialect == "anthropic":
+            if name == "ping":
+                keepalives += 1
+                continue
+            event = json.loads(payload)
+            if name == "error":
+                ending = "error"
+            elif name == "content_block_delta" and event["delta"]["type"] == "text_delta":
+                text += event["delta"]["text"]
+            elif name == "message_stop":
+                ending = "finished"
+        elif dialect == "openai":
+            if payload == "[DONE]":
+                ending = "finished"
+                continue
+            event = json.loads(payload)
+            if "error" in event:
+                ending = "error"
+                continue
+            for choice in event.get("choices", []):
+                text += choice["delta"].get("content") or ""
+        else:
+            event = json.loads(payload)
+            for candidate in event.get("candidates", []):
+                text += "".join(p.get("text", "") for p in
+                                candidate.get("content", {}).get("parts", []))
+                if candidate.get("finishReason"):
+                    ending = "finished"
+    return text, ending, keepalives
