@@ -12,6 +12,12 @@ four kinds of upstream, converting through one neutral model:
 When the client and the upstream speak the same dialect, requests pass through with only
 the model name and the key replaced.
 
+Upstream failures are absorbed where they can be and reported faithfully where they cannot:
+key pools with cooldowns after 429s (refused keys taken out), retries with backoff and route
+fallbacks before the client's first byte, the dialect's own error form after it; timeouts
+for connect, first byte, silence and total; keep-alives, stop strings and stream/whole
+decoupling per upstream; GET /status shows the keys' health; SIGHUP reloads the config.
+
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
     python gemini_proxy.py -c config.json       # upstreams, routes, server, logging
@@ -47,8 +53,8 @@ Contents (each section uses only the ones above it):
      8. dialect: Anthropic Messages
      9. dialect: Gemini
     10. dialect registry, upstream kinds and routes
-    11. upstream client (pooled keep-alive http.client in worker threads)
-    12. server (asyncio streams, keep-alive, streaming writer, access log)
+    11. upstream client (pooled keep-alive http.client in worker threads, key pools)
+    12. server (asyncio streams, keep-alive, retries and fallbacks, streaming writer)
     13. command line
 """
 
@@ -61,6 +67,7 @@ import collections
 import concurrent.futures
 import copy
 import dataclasses
+import datetime
 import difflib
 import fnmatch
 import hashlib
@@ -72,6 +79,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import secrets
 import select
@@ -108,6 +116,8 @@ SERVER_DEFAULTS: Dict[str, Any] = {
     "body_timeout": 60.0,         # seconds of silence allowed while reading a body
     "idle_timeout": 120.0,        # seconds a keep-alive connection may sit idle
     "shutdown_grace": 10.0,       # seconds in-flight requests get on SIGINT/SIGTERM
+    "keepalive_interval": 15.0,   # seconds of stream silence before an OpenAI client gets
+                                  #   an SSE comment, an Anthropic client a ping (Gemini: never)
     "stream_queue_chunks": 64,    # encoded chunks buffered between worker and socket
     "reject_unknown_fields": True,  # 400 on request fields the dialect does not define
 }
@@ -116,16 +126,42 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
     "kind": "openai",             # see UPSTREAM_KINDS in section 9
     "base_url": "",
     "api_key": "",
-    "api_key_env": "",            # read the key from this environment variable instead
+    "api_keys": [],               # more keys: with api_key, one pool that requests rotate over
+    "api_key_env": "",            # environment variable holding the key (or keys, comma-separated)
     "headers": {},                # extra headers sent with every upstream request
     "query": {},                  # extra query parameters (Azure: api-version)
     "auth": "auto",               # auto (the kind's own) | bearer | api-key (Azure) |
                                   #   x-api-key | x-goog-api-key | none
+    # Timeouts, in seconds (section 11, Timeouts).
     "connect_timeout": 10.0,
-    "read_timeout": 600.0,        # seconds of upstream silence before giving up
+    "first_byte_timeout": 600.0,  # until the reply starts; a whole non-streamed reply counts
+    "read_timeout": 300.0,        # silence between two reads once the reply has started
+    "total_timeout": 0.0,         # the whole call, however it trickles in (0: no limit)
     "max_idle_connections": 32,   # keep-alive connections kept per host
-    "retries": 0,                 # extra attempts on 429/5xx/connection errors before
-    "retry_wait": 1.0,            #   the first byte reaches the client; seconds between
+    # Key pool (section 11, KeyPool).
+    "key_strategy": "round_robin",        # | least_recently_failed
+    "cooldown_floor": 1.0,        # the shortest rest after a 429, whatever the provider says
+    "cooldown": 60.0,             # the longest rest after 429s that name no time: the
+                                  #   floor, doubled for each one in a row, up to this
+    "cooldown_jitter": 0.2,       # up to this fraction added, so keys do not return together
+    "daily_quota_cooldown": 3600.0,   # rest after a 429 that says a daily quota is spent
+    "cooldown_scope": "auto",     # key | model (a 429 rests the key for that model only) |
+                                  #   auto (model for Gemini, which limits per model; else key)
+    "max_concurrency": 0,         # requests in flight on this upstream at once (0: no limit)
+    "key_concurrency": 0,         # requests in flight on each key at once (0: no limit)
+    "wait_for_keys": False,       # when every key is resting, wait for one instead of a 429
+    "wait_timeout": 30.0,         # the longest a request waits for a key or a free slot
+    "max_waiting": 100,           # requests that may wait at once; more get 429/503 at once
+    # Retries, before the first byte reaches the client (section 12, Proxy._failover).
+    "retries": 2,                 # extra attempts on this upstream after a 408/429/5xx or a
+                                  #   connection failure, on its next healthy key
+    "retry_wait": 0.5,            # first backoff in seconds; doubles each time, with jitter
+    "retry_wait_max": 8.0,        # the longest single backoff
+    "retry_budget": 60.0,         # seconds after which no new attempt starts
+    # Stream control (section 12).
+    "upstream_streaming": "match",   # match the client | always (assemble whole replies from
+                                     #   a stream) | never (serve streams from whole replies)
+    "stop_strings": [],           # cut the reply where one of these appears (done here)
     "extra_body": {},             # merged into every upstream request body (last word)
     "models": [],                 # model names this upstream offers, for model lists
     # OpenAI-compatible servers differ; these say how this one behaves.
@@ -162,6 +198,8 @@ ROUTE_DEFAULTS: Dict[str, Any] = {
     "model": "",                  # client model name, exact or glob ("gemini-*-flash*")
     "upstream": "",               # upstream name
     "upstream_model": "",         # model name sent upstream; empty keeps the client's
+    "fallbacks": [],              # upstreams tried in order when this one fails: names, or
+                                  #   {"upstream": name, "upstream_model": model}
 }
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
@@ -171,7 +209,13 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "max_tokens_field": ("max_tokens", "max_completion_tokens"),
     "response_format": ("json_schema", "json_object", "none"),
     "level": ("debug", "info", "warning", "error"),
+    "key_strategy": ("round_robin", "least_recently_failed"),
+    "cooldown_scope": ("auto", "key", "model"),
+    "upstream_streaming": ("match", "always", "never"),
 }
+
+# Numbers of seconds that may be 0 (elsewhere 0 would mean "never wait", surely a mistake).
+ZERO_ALLOWED = ("retry_wait", "total_timeout", "cooldown_jitter", "cooldown_floor")
 
 # Where the no-configuration start sends requests when OPENAI_BASE_URL is not set.
 OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
@@ -229,6 +273,11 @@ class UpstreamError(ProxyError):
 
     status = 502
     raw: Optional[Tuple[List[Tuple[str, str]], bytes]] = None
+
+
+class KeysUnavailable(UpstreamError):
+    """No key of an upstream can be used now: all resting (429), all busy (503), or all
+    refused by the provider (401/403). Said by the proxy, not the upstream."""
 
 
 class ClientGone(Exception):
@@ -309,6 +358,46 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
         return None
 
 
+RESET_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?"
+                            r"(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?\Z")
+
+# Rate-limit headers that say when a limit resets, and the header saying what is left
+# of it: OpenAI-style durations ("6m0s", "20ms") and Anthropic's RFC 3339 moments.
+RESET_HEADERS = (("x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"),
+                 ("x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"),
+                 ("anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-remaining"),
+                 ("anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-remaining"),
+                 ("anthropic-ratelimit-input-tokens-reset",
+                  "anthropic-ratelimit-input-tokens-remaining"),
+                 ("anthropic-ratelimit-output-tokens-reset",
+                  "anthropic-ratelimit-output-tokens-remaining"))
+
+
+def _reset_seconds(value: str) -> Optional[float]:
+    value = value.strip()
+    match = RESET_DURATION.match(value)
+    if value and match and any(match.groups()):
+        h, m, sec, ms = (float(g) if g else 0.0 for g in match.groups())
+        return h * 3600 + m * 60 + sec + ms / 1000
+    try:   # 2026-11-23T10:00:00Z
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return max(0.0, moment.timestamp() - time.time())
+    except ValueError:
+        return None
+
+
+def parse_reset_hint(headers: Dict[str, str]) -> Optional[float]:
+    """Seconds until a rate limit resets, from the providers' rate-limit headers (for a
+    429 without Retry-After): the latest reset among the limits that are spent, else
+    the soonest of any."""
+    spent, other = [], []
+    for reset, remaining in RESET_HEADERS:
+        seconds = _reset_seconds(headers.get(reset, ""))
+        if seconds is not None:
+            (spent if headers.get(remaining, "").strip() == "0" else other).append(seconds)
+    return max(spent) if spent else min(other) if other else None
+
+
 def fingerprint(secret: str) -> str:
     """A short, stable name for a secret that reveals nothing usable."""
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
@@ -343,11 +432,13 @@ class Redactor:
 
 @dataclasses.dataclass
 class Route:
-    """Client model name (exact or glob) -> upstream and the model name sent there."""
+    """Client model name (exact or glob) -> upstream and the model name sent there, and
+    the upstreams to try, in order, when that one fails."""
 
     pattern: str
     upstream: str
     upstream_model: str = ""   # empty: send the client's model name unchanged
+    fallbacks: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (up, model)
 
     def matches(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model, self.pattern) if is_glob(self.pattern) \
@@ -366,7 +457,7 @@ class Config:
     def secrets(self) -> List[str]:
         keys = list(self.server["api_keys"])
         for upstream in self.upstreams.values():
-            keys.append(upstream["api_key"])
+            keys.extend(upstream["api_keys"])
             keys.extend(v for k, v in upstream["headers"].items() if k.lower() in SECRET_HEADERS)
         return [k for k in keys if k]
 
@@ -388,8 +479,9 @@ def _check_value(value: Any, default: Any, path: str, key: str = "") -> Any:
             raise ConfigError("%s: expected a whole number >= 0, got %r" % (path, value))
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-                (value == 0 and key != "retry_wait"):
-            raise ConfigError("%s: expected a number of seconds > 0, got %r" % (path, value))
+                (value == 0 and key not in ZERO_ALLOWED):
+            raise ConfigError("%s: expected a number %s 0, got %r" % (
+                path, ">=" if key in ZERO_ALLOWED else ">", value))
         value = float(value)
     elif isinstance(default, str):
         if not isinstance(value, str):
@@ -472,15 +564,38 @@ def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
     return raw
 
 
+def _check_fallbacks(raw: Any, path: str) -> List[Tuple[str, str]]:
+    """A route's fallbacks: upstream names, or {"upstream", "upstream_model"} objects."""
+    if not isinstance(raw, list):
+        raise ConfigError("%s: expected a list of upstream names or {upstream, upstream_model}"
+                          % path)
+    fallbacks = []
+    for i, item in enumerate(raw):
+        where = "%s[%d]" % (path, i)
+        if isinstance(item, str):
+            item = {"upstream": item}
+        entry = _check_section(item, {"upstream": "", "upstream_model": ""}, where)
+        if not entry["upstream"]:
+            raise ConfigError("%s: needs \"upstream\"" % where)
+        fallbacks.append((entry["upstream"], entry["upstream_model"]))
+    return fallbacks
+
+
 def _check_routes(raw: Any) -> List[Route]:
     if not isinstance(raw, list):
-        raise ConfigError("routes: expected a list of {model, upstream, upstream_model}")
+        raise ConfigError("routes: expected a list of {model, upstream, upstream_model, "
+                          "fallbacks}")
     routes = []
     for i, item in enumerate(raw):
+        fallbacks = _check_fallbacks(item.get("fallbacks", []), "routes[%d].fallbacks" % i) \
+            if isinstance(item, dict) else []
+        if isinstance(item, dict):
+            item = {k: v for k, v in item.items() if k != "fallbacks"}
         entry = _check_section(item, ROUTE_DEFAULTS, "routes[%d]" % i)
         if not entry["model"] or not entry["upstream"]:
             raise ConfigError("routes[%d]: needs both \"model\" and \"upstream\"" % i)
-        routes.append(Route(entry["model"], entry["upstream"], entry["upstream_model"]))
+        routes.append(Route(entry["model"], entry["upstream"], entry["upstream_model"],
+                            fallbacks))
     return routes
 
 
@@ -608,8 +723,8 @@ def load_config(args: Optional[argparse.Namespace] = None,
                                      ("api_key", key, key_from)):
             if value:
                 spec[field] = _check_value(value, UPSTREAM_DEFAULTS[field], source, field)
-        if key:
-            spec["api_key_env"] = ""   # a key given here beats the file's variable
+        if key:   # a key given here replaces the file's keys and variable
+            spec["api_key_env"], spec["api_keys"] = "", []
     default_model = model or default_model
 
     for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
@@ -628,11 +743,15 @@ def load_config(args: Optional[argparse.Namespace] = None,
         raise ConfigError("server.workers: at least one worker thread is needed")
 
     for name, spec in upstreams.items():
+        keys = [spec["api_key"]] + spec["api_keys"]
         if spec["api_key_env"]:
             if spec["api_key_env"] not in environ:
                 raise ConfigError("upstreams.%s.api_key_env: environment variable %s is not set"
                                   % (name, spec["api_key_env"]))
-            spec["api_key"] = environ[spec["api_key_env"]]
+            keys = [k.strip() for k in environ[spec["api_key_env"]].split(",")]
+        # One pool, in the order given, each key once; api_key is its first.
+        spec["api_keys"] = list(dict.fromkeys(k for k in keys if k))
+        spec["api_key"] = spec["api_keys"][0] if spec["api_keys"] else ""
         if spec["kind"] != "echo":
             spec["base_url"] = spec["base_url"] or DEFAULT_BASE_URLS[spec["kind"]]
             parsed = urllib.parse.urlsplit(spec["base_url"])
@@ -648,9 +767,11 @@ def load_config(args: Optional[argparse.Namespace] = None,
     routes += [Route(pattern, default_upstream, target) for pattern, target in mapping.items()]
     routes.append(Route("*", default_upstream, default_model))
     for i, route in enumerate(routes):
-        if route.upstream not in upstreams:
-            raise ConfigError("routes[%d].upstream: no upstream named %r%s" % (
-                i, route.upstream, _did_you_mean(route.upstream, upstreams)))
+        for where, name in [("upstream", route.upstream)] + [
+                ("fallbacks[%d]" % j, up) for j, (up, _) in enumerate(route.fallbacks)]:
+            if name not in upstreams:
+                raise ConfigError("routes[%d].%s: no upstream named %r%s" % (
+                    i, where, name, _did_you_mean(name, upstreams)))
 
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
@@ -671,6 +792,14 @@ def resolve_route(config: Config, model: str) -> Tuple[Route, str]:
         if route.matches(model):
             return route, route.upstream_model or model
     raise ClientError("no route for model %r" % model, status=404)
+
+
+def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
+    """(upstream, upstream model) to try for a client model: its route's upstream, then
+    the route's fallbacks in order (a fallback with no model gets the client's name)."""
+    route, upstream_model = resolve_route(config, model)
+    return [(route.upstream, upstream_model)] + [
+        (upstream, fallback_model or model) for upstream, fallback_model in route.fallbacks]
 
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
@@ -850,6 +979,14 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def sse_complete_length(data: bytes) -> int:
+    """How many leading bytes of an SSE body hold only whole events (each ends in a blank
+    line: LF LF or CRLF CRLF)."""
+    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n") for at in (data.rfind(mark),)
+            if at >= 0]
+    return max(ends, default=0)
 
 
 def sse_data(text: str) -> bytes:
@@ -1116,6 +1253,73 @@ def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
             break
         append_delta(parts, event)
     return Reply(reply_id, model, [Choice(parts, finish)], finish.usage)
+
+
+def reply_events(reply: Reply) -> Iterator[Any]:
+    """A whole reply as the events of a stream (its first choice), to serve a streaming
+    client from an upstream asked for a whole reply."""
+    choice = reply.choices[0]
+    yield from choice.parts
+    yield dataclasses.replace(choice.finish, usage=reply.usage or choice.finish.usage)
+
+
+def _stop_prefix_length(text: str, stops: List[str]) -> int:
+    """How much of the end of `text` could be the start of a stop string."""
+    for length in range(min(len(text), max(map(len, stops)) - 1), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
+
+
+def cut_at_stop_strings(events: Iterable[Any], stops: List[str],
+                        on_cut: Callable[[], None] = lambda: None) -> Iterator[Any]:
+    """Pass events on until one of `stops` appears in the generated text; end there
+    with a normal finish that names it (and no usage: the caller counts), after calling
+    on_cut (which hangs up on the upstream). The end of a text delta that might begin a
+    stop string waits for the next delta to decide."""
+    stops = [stop for stop in stops if stop]
+    held = ""
+    for event in events:
+        if not stops:
+            yield event
+            continue
+        if isinstance(event, Finish) or event.type != TEXT:
+            if held:
+                yield Part(TEXT, text=held)
+                held = ""
+            yield event
+            if isinstance(event, Finish):
+                return
+            continue
+        text = held + event.text
+        found = [(text.find(stop), stop) for stop in stops if stop in text]
+        if found:
+            at, stop = min(found)
+            on_cut()
+            if at:
+                yield dataclasses.replace(event, text=text[:at])
+            yield Finish(STOP, stop_sequence=stop)
+            return
+        keep = _stop_prefix_length(text, stops)
+        held = text[len(text) - keep:] if keep else ""
+        if len(text) > keep:
+            yield dataclasses.replace(event, text=text[:len(text) - keep])
+    if held:
+        yield Part(TEXT, text=held)
+
+
+def cut_reply(reply: Reply, stops: List[str]) -> Reply:
+    """A whole reply cut at the first stop string of each choice. The upstream's usage
+    stays: it is what was generated (and billed)."""
+    for choice in reply.choices:
+        events = list(cut_at_stop_strings(itertools.chain(choice.parts, [choice.finish]), stops))
+        if events and isinstance(events[-1], Finish) and events[-1] is not choice.finish:
+            choice.finish = dataclasses.replace(events[-1], usage=choice.finish.usage)
+        choice.parts = []
+        for event in events:
+            if not isinstance(event, Finish):
+                append_delta(choice.parts, event)
+    return reply
 
 
 def chat_prompt_text(chat: Chat) -> str:
@@ -1896,11 +2100,13 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
 def decode_openai_error(status: Optional[int], payload: Any,
                         headers: Optional[Dict[str, str]] = None) -> UpstreamError:
     """An error reply from an OpenAI-compatible server (its JSON, or text) -> UpstreamError."""
-    message = ""
+    message, reason = "", ""
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict):
             message = error.get("message") or error.get("detail") or ""
+            reason = error.get("code") or error.get("type") or ""   # insufficient_quota
+            reason = reason if isinstance(reason, str) else ""
         elif isinstance(error, str):
             message = error
         message = message or payload.get("message") or payload.get("detail") or ""
@@ -1911,7 +2117,7 @@ def decode_openai_error(status: Optional[int], payload: Any,
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
     retry_after = parse_retry_after((headers or {}).get("retry-after"))
     return UpstreamError(message[:2000] or "HTTP %d with no message" % status, status=status,
-                         retry_after=retry_after)
+                         retry_after=retry_after, reason=reason)
 
 
 # -- replies: neutral -> client ---------------------------------------------------------------
@@ -3698,6 +3904,9 @@ def decode_gemini_error(status: Optional[int], payload: Any,
                 except ValueError:
                     pass
             reason = detail.get("reason") or reason
+            for violation in detail.get("violations") or ():   # QuotaFailure
+                if isinstance(violation, dict) and isinstance(violation.get("quotaId"), str):
+                    reason = violation["quotaId"]   # e.g. ...PerDayPerProjectPerModel...
     else:
         message = payload if isinstance(payload, str) else json.dumps(payload)[:2000]
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
@@ -3799,6 +4008,7 @@ class Exchange:
     status: int = 0
     usage: Optional[Usage] = None
     error: str = ""
+    attempts: int = 0               # upstream attempts (retries and fallbacks included)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -3820,6 +4030,7 @@ class ClientDialect:
     encode_stream: Callable[[Exchange, Iterable[Any]], Iterator[bytes]]
     stream_content_type: Callable[[Exchange], str]
     stream_error: Callable[[ProxyError], bytes]     # how a stream that broke mid-way ends
+    keepalive: bytes                                # sent when a stream is silent (b"": never)
     encode_error: Callable[[ProxyError], Tuple[int, List[Tuple[str, str]], bytes]]
     list_models: Callable[[List[str]], Dict[str, Any]]
     get_model: Callable[[str], Dict[str, Any]]
@@ -3880,6 +4091,7 @@ GEMINI_DIALECT = ClientDialect(
         events, ex.client_model, ex.rid, ex.include_thoughts, ex.sse),
     stream_content_type=lambda ex: "text/event-stream" if ex.sse else "application/json",
     stream_error=lambda error: b"",   # Gemini CLI retries a stream with no finishReason
+    keepalive=b"",                    # Gemini CLI's parser hangs on anything but data lines
     encode_error=encode_gemini_error,
     list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
     get_model=gemini_model_info,
@@ -3914,6 +4126,7 @@ ANTHROPIC_DIALECT = ClientDialect(
                                                              "msg_" + ex.rid),
     stream_content_type=lambda ex: "text/event-stream",
     stream_error=anthropic_stream_error_event,
+    keepalive=b'event: ping\ndata: {"type":"ping"}\n\n',
     encode_error=encode_anthropic_error,
     list_models=anthropic_model_list,
     get_model=anthropic_model_info,
@@ -3952,6 +4165,7 @@ OPENAI_DIALECT = ClientDialect(
         events, ex.client_model, "chatcmpl-" + ex.rid, ex.include_usage),
     stream_content_type=lambda ex: "text/event-stream",
     stream_error=openai_stream_error_event,
+    keepalive=b": keep-alive\n\n",    # an SSE comment: every client skips it
     encode_error=encode_openai_error,
     list_models=openai_model_list,
     get_model=openai_model_info,
@@ -3993,6 +4207,9 @@ class UpstreamKind:
     passthrough_path: Callable[[Exchange, RequestHead, str], str] = \
         lambda ex, head, model: ""
     answer_locally: Optional[Callable[[Chat, str], Iterator[Any]]] = None
+    # Seen in a passed-through stream's bytes only when it finished properly (a stream
+    # that ends without it was cut off, and the client must hear so).
+    stream_end: Optional["re.Pattern[str]"] = None
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -4068,7 +4285,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         encode_embed_request=encode_openai_embeddings_request,
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
-        else "/chat/completions"),
+        else "/chat/completions",
+        stream_end=re.compile(r'\A\[DONE\]|"finish_reason": ?"')),
     "gemini": UpstreamKind(
         name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
         generate_path=lambda model, stream: "/v1beta/models/%s:%s" % (
@@ -4085,7 +4303,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         % urllib.parse.quote(model),
         encode_embed_request=encode_gemini_embed_request,
         decode_embed_response=decode_gemini_embed_response,
-        passthrough_path=_gemini_passthrough_path),
+        passthrough_path=_gemini_passthrough_path,
+        stream_end=re.compile(r'"finishReason": ?"')),
     "anthropic": UpstreamKind(
         name="anthropic", dialect="anthropic", auth_headers=anthropic_auth_headers,
         generate_path=lambda model, stream: "/v1/messages",
@@ -4096,7 +4315,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         encode_count_request=encode_anthropic_count_request,
         decode_count_response=decode_anthropic_count_response,
         passthrough_path=lambda ex, head, model: "/v1/messages/count_tokens"
-        if ex.action == "count_tokens" else "/v1/messages"),
+        if ex.action == "count_tokens" else "/v1/messages",
+        stream_end=re.compile(r'"type": ?"message_stop"')),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
 assert set(UPSTREAM_KINDS) == set(CHOICES["kind"])
@@ -4225,6 +4445,12 @@ class ConnectionPool:
             self.created += 1
         return conn, False
 
+    @property
+    def idle(self) -> int:
+        """Connections waiting in the pool (open - idle are in use)."""
+        with self._lock:
+            return sum(len(conns) for conns in self._idle.values())
+
     def release(self, target: UpstreamTarget, conn: http.client.HTTPConnection,
                 max_idle: int) -> None:
         with self._lock:
@@ -4258,6 +4484,28 @@ def _connection_alive(conn: http.client.HTTPConnection) -> bool:
         return False
 
 
+@dataclasses.dataclass
+class Timeouts:
+    """The clocks of one upstream call, in seconds: to connect, to the first byte (the
+    status line, and for a stream its first event), of silence between reads after
+    that, and (deadline, a time.monotonic() value) for the whole call."""
+
+    connect: float
+    first_byte: float
+    idle: float
+    deadline: Optional[float] = None
+
+    def next_read(self, first: bool) -> Tuple[float, str]:
+        """(socket timeout for the next read, what it means when it expires)."""
+        timeout, meaning = (self.first_byte, "sent nothing within %gs" % self.first_byte) \
+            if first else (self.idle, "went silent for %gs" % self.idle)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left < timeout:
+                timeout, meaning = max(left, 0.001), "was still answering at its total timeout"
+        return timeout, meaning
+
+
 class UpstreamResponse:
     """An upstream reply being read in a worker thread. close() returns a fully read
     connection to the pool and drops any other; abort() may be called from another
@@ -4265,43 +4513,46 @@ class UpstreamResponse:
 
     def __init__(self, pool: ConnectionPool, target: UpstreamTarget,
                  conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
-                 max_idle: int, name: str, read_timeout: float):
+                 max_idle: int, name: str, timeouts: Timeouts):
         self._pool, self._target, self._conn, self._response = pool, target, conn, response
-        self._max_idle, self._name, self._read_timeout = max_idle, name, read_timeout
+        self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
+        self._waiting = ""          # what an expired read timeout means
         self.status = response.status
         self.headers = {k.lower(): v for k, v in response.getheaders()}
 
-    def _failure(self, exc: BaseException) -> UpstreamError:
-        if isinstance(exc, socket.timeout):
-            return UpstreamError("upstream %r sent nothing for %gs" % (
-                self._name, self._read_timeout), status=504)
-        return UpstreamError("the connection to upstream %r broke: %s" % (
-            self._name, exc.__class__.__name__), status=502)
+    def _read(self, read: Callable[[], bytes], first: bool) -> bytes:
+        timeout, self._waiting = self._timeouts.next_read(first)
+        try:
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+            return read()
+        except socket.timeout:
+            raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
+                                status=504) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError("the connection to upstream %r broke: %s" % (
+                self._name, exc.__class__.__name__), status=502) from None
 
     def read_body(self, limit: int = 256 * 1024 * 1024) -> bytes:
         """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)."""
         pieces, size = [], 0
-        try:
-            while True:
-                piece = self._response.read(65536)
-                if not piece:
-                    return b"".join(pieces)
-                size += len(piece)
-                if size > limit:
-                    raise UpstreamError("upstream %r sent more than %d bytes"
-                                        % (self._name, limit))
-                pieces.append(piece)
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._failure(exc) from None
+        while True:
+            piece = self._read(lambda: self._response.read(65536), first=False)
+            if not piece:
+                return b"".join(pieces)
+            size += len(piece)
+            if size > limit:
+                raise UpstreamError("upstream %r sent more than %d bytes" % (self._name, limit))
+            pieces.append(piece)
 
     def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
-        """The body as it arrives, a read at a time."""
+        """The body as it arrives, a read at a time; the first read waits up to the
+        first-byte timeout, later ones up to the idle timeout."""
+        first = True
         while True:
-            try:
-                data = self._response.read1(65536)
-            except (OSError, http.client.HTTPException) as exc:
-                raise self._failure(exc) from None
+            data = self._read(lambda: self._response.read1(65536), first)
+            first = False
             if not data:
                 return
             if on_raw is not None:
@@ -4349,8 +4600,8 @@ class UpstreamResponse:
 
 def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
                            method: str, path: str, body: bytes,
-                           headers: List[Tuple[str, str]], connect_timeout: float,
-                           read_timeout: float, max_idle: int) -> UpstreamResponse:
+                           headers: List[Tuple[str, str]], timeouts: Timeouts,
+                           max_idle: int) -> UpstreamResponse:
     """Send a request and wait for the status line and headers. A reused connection that
     the server had already closed is retried once on a fresh one; everything else that
     goes wrong becomes an UpstreamError with a status (502 unreachable, 504 timeout)."""
@@ -4360,11 +4611,12 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         request_headers["proxy-authorization"] = target.proxy_auth
     retry_stale = True
     while True:
+        wait, meaning = timeouts.next_read(first=True)
         try:
-            conn, reused = pool.acquire(target, connect_timeout, read_timeout)
+            conn, reused = pool.acquire(target, timeouts.connect, wait)
         except socket.timeout:
             raise UpstreamError("connecting to upstream %r timed out after %gs"
-                                % (name, connect_timeout), status=504) from None
+                                % (name, timeouts.connect), status=504) from None
         except (OSError, http.client.HTTPException) as exc:
             raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
                 name, target.host, target.port, getattr(exc, "strerror", None)
@@ -4374,8 +4626,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
             response = conn.getresponse()
         except socket.timeout:
             pool.discard(conn)
-            raise UpstreamError("upstream %r sent no reply within %gs" % (name, read_timeout),
-                                status=504) from None
+            raise UpstreamError("upstream %r %s" % (name, meaning), status=504) from None
         except (OSError, http.client.HTTPException) as exc:
             pool.discard(conn)
             if reused and retry_stale:
@@ -4383,7 +4634,184 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
                                 % (name, exc.__class__.__name__), status=502) from None
-        return UpstreamResponse(pool, target, conn, response, max_idle, name, read_timeout)
+        return UpstreamResponse(pool, target, conn, response, max_idle, name, timeouts)
+
+
+# -- key pools -------------------------------------------------------------------------------
+#
+# An upstream's keys and their health. A 429 cools a key down (for the model, where the
+# provider limits per model) for as long as the provider says, with a floor and jitter so
+# a pool cannot storm; a daily quota cools it for long; a 401/403 takes it out until a
+# restart or a configuration reload.
+
+# A 429 that says a quota for the day (or the billing plan) is spent: Gemini's quotaId
+# ("...PerDayPerProject..."), the words, or OpenAI's insufficient_quota.
+DAILY_QUOTA = re.compile(r"per ?day|daily|insufficient_quota", re.I)
+
+
+@dataclasses.dataclass
+class KeyState:
+    key: str
+    name: str                               # a fingerprint: what logs and /status show
+    requests: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+    strikes: int = 0                        # 429s in a row, for rests that double
+    in_flight: int = 0
+    refused: str = ""                       # why the provider refused it (401/403)
+    refused_status: int = 0
+    cooling: Dict[str, float] = dataclasses.field(default_factory=dict)  # scope -> until
+    last_error: str = ""
+    last_failure: float = 0.0
+
+
+class KeyPool:
+    """Hands out the keys of one upstream: a healthy one, by round robin or the least
+    recently failed first, within the upstream's and each key's concurrency limits.
+    acquire() can wait, up to a deadline, for a free slot or (with wait_for_keys) for a
+    key to come back from its cooldown; at most max_waiting requests wait at once."""
+
+    def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str):
+        self.name, self.spec = name, spec
+        self.states = [KeyState(k, fingerprint(k)) for k in keys] or [KeyState("", "no key")]
+        scope = spec["cooldown_scope"]
+        self.per_model = scope == "model" or (scope == "auto" and kind == "gemini")
+        self.in_flight = 0
+        self.waiting = 0
+        self._next = 0
+        self._lock = threading.Condition()
+
+    def _scope(self, model: str) -> str:
+        return model if self.per_model else "*"
+
+    def _usable(self, state: KeyState, model: str, now: float) -> bool:
+        limit = self.spec["key_concurrency"]
+        return not state.refused and state.cooling.get(self._scope(model), 0) <= now and \
+            (not limit or state.in_flight < limit)
+
+    def acquire(self, model: str, deadline: float = 0.0,
+                cancelled: Callable[[], bool] = lambda: False) -> Any:
+        """A KeyState to use (release() it when the request ends), or, when none is
+        usable before `deadline` (a time.monotonic() value), the UpstreamError that says
+        why: 429 (every key resting), 503 (every slot busy) or the refusal (401/403)."""
+        with self._lock:
+            waited = False
+            try:
+                while True:
+                    now = time.monotonic()
+                    limit = self.spec["max_concurrency"]
+                    usable = [s for s in self.states if self._usable(s, model, now)] \
+                        if not limit or self.in_flight < limit else []
+                    if usable:
+                        state = self._pick(usable)
+                        state.in_flight += 1
+                        state.requests += 1
+                        self.in_flight += 1
+                        return state
+                    error = self._unavailable(model, now)
+                    if deadline <= now or cancelled() or error.status in (401, 403) or \
+                            (error.status == 429 and not self.spec["wait_for_keys"]):
+                        return error
+                    if not waited:
+                        if self.waiting >= self.spec["max_waiting"]:
+                            error.message += " (and %d requests are already waiting)" % \
+                                self.waiting
+                            return error
+                        waited = True
+                        self.waiting += 1
+                    # Short naps: a client that leaves stops waiting soon after.
+                    self._lock.wait(min(deadline - now, 0.25))
+            finally:
+                if waited:
+                    self.waiting -= 1
+
+    def _pick(self, usable: List[KeyState]) -> KeyState:
+        if self.spec["key_strategy"] == "least_recently_failed":
+            return min(usable, key=lambda s: s.last_failure)
+        for offset in range(len(self.states)):   # round robin
+            state = self.states[(self._next + offset) % len(self.states)]
+            if state in usable:
+                self._next = (self._next + offset + 1) % len(self.states)
+                return state
+        return usable[0]
+
+    def _unavailable(self, model: str, now: float) -> KeysUnavailable:
+        refused = [s for s in self.states if s.refused]
+        if len(refused) == len(self.states):
+            return KeysUnavailable("every key of upstream %r was refused: %s" % (
+                self.name, refused[-1].refused), status=refused[-1].refused_status)
+        cooling = [s.cooling.get(self._scope(model), 0) for s in self.states
+                   if not s.refused and s.cooling.get(self._scope(model), 0) > now]
+        if cooling:
+            wait = min(cooling) - now
+            return KeysUnavailable("every key of upstream %r is rate limited; the first is "
+                                   "free again in %.1fs" % (self.name, wait), status=429,
+                                   retry_after=wait)
+        return KeysUnavailable("upstream %r is at its concurrency limit" % self.name,
+                               status=503, retry_after=1.0)
+
+    def release(self, state: KeyState) -> None:
+        with self._lock:
+            state.in_flight -= 1
+            self.in_flight -= 1
+            self._lock.notify_all()
+
+    def succeeded(self, state: KeyState) -> None:
+        state.strikes = 0
+
+    def failed(self, state: KeyState, model: str, error: UpstreamError) -> None:
+        """What a failure says about the key: a 429 cools it down, a 401/403 refuses it."""
+        with self._lock:
+            state.failures += 1
+            state.last_failure = time.monotonic()
+            state.last_error = "%d: %s" % (error.status, error.message[:200])
+            if error.status == 429:
+                state.rate_limited += 1
+                state.strikes += 1
+                floor = self.spec["cooldown_floor"]
+                if DAILY_QUOTA.search(error.reason) or DAILY_QUOTA.search(error.message):
+                    pause = self.spec["daily_quota_cooldown"]
+                elif error.retry_after is not None:
+                    pause = error.retry_after
+                else:
+                    pause = min(floor * 2 ** (state.strikes - 1), self.spec["cooldown"])
+                pause = max(pause, floor) * (1 + random.uniform(0, self.spec["cooldown_jitter"]))
+                state.cooling[self._scope(model)] = time.monotonic() + pause
+            elif error.status in (401, 403):
+                state.refused, state.refused_status = state.last_error, error.status
+            self._lock.notify_all()
+
+    def adopt(self, old: "KeyPool") -> None:
+        """After a configuration reload: a key still configured keeps its counts and its
+        cooldowns (the provider still limits it) but not a refusal (the reload may be
+        the fix)."""
+        previous = {state.key: state for state in old.states}
+        with old._lock:
+            for state in self.states:
+                prior = previous.get(state.key)
+                if prior is not None:
+                    state.requests, state.failures = prior.requests, prior.failures
+                    state.rate_limited, state.last_failure = prior.rate_limited, \
+                        prior.last_failure
+                    state.cooling = dict(prior.cooling)
+                    state.last_error = "" if prior.refused else prior.last_error
+
+    def status(self) -> Dict[str, Any]:
+        """The pool's health for /status; a key appears only as its fingerprint."""
+        now, wall = time.monotonic(), time.time()
+
+        def moment(until: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now))
+        with self._lock:
+            return {"in_flight": self.in_flight, "waiting": self.waiting, "keys": [{
+                "key": s.name,
+                "state": "refused" if s.refused else "cooling" if any(
+                    until > now for until in s.cooling.values()) else "ready",
+                "requests": s.requests, "failures": s.failures,
+                "rate_limited": s.rate_limited, "in_flight": s.in_flight,
+                "cooling_until": {scope: moment(until) for scope, until in s.cooling.items()
+                                  if until > now},
+                "last_error": s.last_error} for s in self.states]}
 
 
 # ---- 12. Server -----------------------------------------------------------------------------
@@ -4391,8 +4819,10 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
 # An asyncio server reads requests and writes responses; everything that blocks or costs
 # (JSON, conversion, the upstream call) runs in a worker thread, which hands the event
 # loop finished bytes through a bounded ChunkPipe. The status line is written only once
-# the upstream has answered 2xx and its first event has arrived: before that, a failure
-# is still a proper HTTP error in the client's dialect.
+# an upstream has answered 2xx and its first event has arrived: before that, a failure
+# can still be retried (another key, a backoff, a fallback upstream) and, when nothing
+# works, is a proper HTTP error in the client's dialect; after it, the stream ends in
+# the dialect's own error form.
 
 log = logging.getLogger("gemini_proxy")
 access_log = logging.getLogger("gemini_proxy.access")
@@ -4418,6 +4848,7 @@ class ChunkPipe:
         self._space = threading.Semaphore(capacity)
         self._waiter: Optional[asyncio.Future] = None
         self._abort_hooks: List[Callable[[], None]] = []
+        self._left = threading.Event()
         self.gone = False
 
     def put(self, item: Any) -> None:
@@ -4446,7 +4877,12 @@ class ChunkPipe:
         if gone:
             hook()
 
-    async def take(self) -> List[Any]:
+    def sleep(self, seconds: float) -> bool:
+        """Wait in the worker; False when the client left meanwhile."""
+        return not self._left.wait(seconds)
+
+    async def take(self, timeout: Optional[float] = None) -> List[Any]:
+        """Everything waiting, once something is; [] when `timeout` passes first."""
         while True:
             with self._lock:
                 if self._items:
@@ -4454,7 +4890,15 @@ class ChunkPipe:
                     self._items.clear()
                     break
                 waiter = self._waiter = self._loop.create_future()
+            if timeout is None:
+                await waiter
+                continue
+            timer = self._loop.call_later(timeout, _wake, waiter)
             await waiter
+            timer.cancel()
+            with self._lock:
+                if not self._items:
+                    return []
         for _ in items:
             self._space.release()
         return items
@@ -4463,6 +4907,7 @@ class ChunkPipe:
         with self._lock:
             self.gone = True
             hooks = list(self._abort_hooks)
+        self._left.set()
         for hook in hooks:
             hook()
 
@@ -4520,6 +4965,18 @@ class UpstreamRuntime:
     spec: Dict[str, Any]
     kind: UpstreamKind
     target: Optional[UpstreamTarget]
+    keys: KeyPool
+
+
+@dataclasses.dataclass
+class Live:
+    """What a configuration reload replaces, as one object: a request takes it once when
+    it starts and keeps it to its end, so it never sees half of an old and half of a new
+    configuration."""
+
+    config: Config
+    upstreams: Dict[str, UpstreamRuntime]
+    redactor: Redactor
 
 
 def client_key(head: RequestHead) -> str:
@@ -4542,6 +4999,15 @@ def retryable(error: ProxyError) -> bool:
     """Worth another attempt before the client has seen anything: rate limits, timeouts,
     server errors and connection failures; never other 4xx."""
     return error.status in (408, 429) or error.status >= 500
+
+
+def backoff_delay(spec: Dict[str, Any], tries: int, retry_after: Optional[float]) -> float:
+    """Seconds before attempt `tries` + 1: retry_wait doubling per attempt up to
+    retry_wait_max, half of it random (so clients failing together do not come back
+    together), and never sooner than the upstream asked."""
+    ceiling = min(spec["retry_wait"] * 2 ** (tries - 1), spec["retry_wait_max"])
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
 
 
 class Responder:
@@ -4570,9 +5036,52 @@ class Responder:
         self._sink = self.detail.stream("4. client response: 200") if self.detail else None
 
     def chunk(self, data: bytes) -> None:
+        if not data:
+            return
         if self._sink:
             self._sink(data)
         self.pipe.put(data)
+
+
+class Request:
+    """One client request inside its worker thread: what every attempt on an upstream
+    needs, and what must be let go when the request ends (upstream replies, keys)."""
+
+    def __init__(self, live: Live, ex: Exchange, head: RequestHead, body: bytes,
+                 dialect: ClientDialect, pipe: ChunkPipe, detail: Optional[DetailLog]):
+        self.live, self.ex, self.head, self.body = live, ex, head, body
+        self.dialect, self.pipe, self.detail = dialect, pipe, detail
+        self.out = Responder(ex, pipe, detail)
+        self.strict = live.config.server["reject_unknown_fields"]
+        self.payload: Any = None
+        self.opened: List[UpstreamResponse] = []
+        self.held: List[Tuple[KeyPool, KeyState]] = []
+        self._chat: Optional[Chat] = None
+
+    def chat(self) -> Chat:
+        """The request in the neutral model, decoded when the first upstream that needs
+        it is tried (a pass-through never does)."""
+        if self._chat is None:
+            self._chat = self.dialect.decode_request(self.ex, self.head, self.payload,
+                                                     self.strict)
+        return self._chat
+
+    def close_replies(self, reuse: bool) -> None:
+        """Let go of the upstream replies opened so far: a failed attempt's, or at the
+        end all of them (a reply read to its end goes back to the connection pool)."""
+        for response in self.opened:
+            response.close(reuse=reuse)
+        self.opened.clear()
+
+    def release_key(self, pool: KeyPool, state: KeyState) -> None:
+        self.held.remove((pool, state))
+        pool.release(state)
+
+    def end(self) -> None:
+        self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
+        for pool, state in self.held:
+            pool.release(state)
+        self.held.clear()
 
 
 class Proxy:
@@ -4580,18 +5089,44 @@ class Proxy:
     run in worker threads. The asyncio server (ProxyServer) is its only caller."""
 
     def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
-        self.config = config
-        self.redactor = Redactor(config.secrets())
+        self.environ = environ
         self.pool = ConnectionPool()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.server["workers"], thread_name_prefix="upstream")
-        self.upstreams = {
-            name: UpstreamRuntime(name, spec, UPSTREAM_KINDS[spec["kind"]],
-                                  upstream_target(spec["base_url"], environ)
-                                  if spec["kind"] != "echo" else None)
-            for name, spec in config.upstreams.items()}
+        self.started = time.time()
         self.active = 0   # requests inside a worker right now
         self._active_lock = threading.Lock()
+        self.live = self._make_live(config, None)
+
+    def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
+        upstreams = {}
+        for name, spec in config.upstreams.items():
+            keys = KeyPool(name, spec["api_keys"], spec, spec["kind"])
+            old = previous.upstreams.get(name) if previous else None
+            if old is not None:
+                keys.adopt(old.keys)
+            upstreams[name] = UpstreamRuntime(
+                name, spec, UPSTREAM_KINDS[spec["kind"]],
+                upstream_target(spec["base_url"], self.environ)
+                if spec["kind"] != "echo" else None, keys)
+        return Live(config, upstreams, Redactor(config.secrets()))
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @property
+    def upstreams(self) -> Dict[str, UpstreamRuntime]:
+        return self.live.upstreams
+
+    def reload(self, config: Config) -> None:
+        """Use a new configuration from the next request on: upstreams, keys (refused
+        ones get another chance), routes, client keys, logging. Requests in flight end
+        on the old one. Listening address, workers and limits need a restart."""
+        for key in ("host", "port", "workers"):
+            if config.server[key] != self.config.server[key]:
+                log.warning("reload: server.%s changed; it takes effect after a restart", key)
+        self.live = self._make_live(config, self.live)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
@@ -4613,13 +5148,35 @@ class Proxy:
         for name, runtime in self.upstreams.items():
             spec = runtime.spec
             where = spec["base_url"] if runtime.target else "(answers locally)"
+            keys = spec["api_keys"]
             lines.append("upstream %s: %s %s%s" % (
                 name, spec["kind"], where,
-                " with key " + fingerprint(spec["api_key"]) if spec["api_key"] else ""))
+                " with key " + fingerprint(keys[0]) if len(keys) == 1 else
+                " with %d keys" % len(keys) if keys else ""))
         for route in self.config.routes:
-            lines.append("route %s -> %s/%s" % (route.pattern, route.upstream,
-                                                route.upstream_model or "(same name)"))
+            lines.append("route %s -> %s/%s%s" % (
+                route.pattern, route.upstream, route.upstream_model or "(same name)",
+                "".join(", then %s/%s" % (up, model or "(same name)")
+                        for up, model in route.fallbacks)))
         return lines
+
+    def status(self) -> Dict[str, Any]:
+        """GET /status: requests in flight and each upstream's keys, as fingerprints."""
+        live = self.live
+        upstreams = {}
+        for name, runtime in live.upstreams.items():
+            parts = urllib.parse.urlsplit(runtime.spec["base_url"])
+            pool = runtime.keys.status()
+            for key in pool["keys"]:
+                key["last_error"] = live.redactor.text(key["last_error"])
+            upstreams[name] = dict({
+                "kind": runtime.kind.name,
+                "base_url": "%s://%s%s" % (parts.scheme, parts.hostname or "", (
+                    ":%d" % parts.port) if parts.port else "") + parts.path
+                if runtime.target else "",
+                "max_concurrency": runtime.spec["max_concurrency"]}, **pool)
+        return {"version": __version__, "uptime_seconds": int(time.time() - self.started),
+                "in_flight": self.active, "upstreams": upstreams}
 
     # -- in worker threads -----------------------------------------------------------
 
@@ -4628,117 +5185,221 @@ class Proxy:
         """Answer one request into the pipe; never raises."""
         with self._active_lock:
             self.active += 1
+        live = self.live
         dialect = CLIENT_DIALECTS[ex.dialect]
-        detail = DetailLog(self.config.logging["log_dir"] or "logs", ex.rid, self.redactor,
-                           self.config.logging["max_logged_body_bytes"]) \
-            if self.config.logging["detailed"] else None
-        out = Responder(ex, pipe, detail)
-        opened: List[UpstreamResponse] = []
+        settings = live.config.logging
+        detail = DetailLog(settings["log_dir"] or "logs", ex.rid, live.redactor,
+                           settings["max_logged_body_bytes"]) if settings["detailed"] else None
+        rq = Request(live, ex, head, body, dialect, pipe, detail)
         try:
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
-            payload = parse_json_body(body)
-            ex.client_model = dialect.request_model(ex, payload)
-            route, model = resolve_route(self.config, ex.client_model)
-            runtime = self.upstreams[route.upstream]
-            ex.upstream, ex.upstream_model = runtime.name, model
-            call = UpstreamCall(self, ex, runtime, model, pipe, detail, opened)
-            if runtime.kind.dialect == ex.dialect:
-                ex.passthrough = True
-                self._passthrough(call, dialect, head, body, payload, out)
-            elif ex.action == "count_tokens":
-                self._count(call, dialect, payload, out)
-            elif ex.action in ("embed", "batch_embed"):
-                self._embed(call, dialect, payload, out)
-            else:
-                self._generate(call, dialect, head, payload, out)
+            rq.payload = parse_json_body(body)
+            ex.client_model = dialect.request_model(ex, rq.payload)
+            candidates = [(live.upstreams[name], model) for name, model
+                          in route_candidates(live.config, ex.client_model)]
+            attempt = self._count if ex.action == "count_tokens" else \
+                self._embed if ex.action in ("embed", "batch_embed") else self._generate
+            deliver = self._failover(rq, candidates, attempt)
+            deliver()
         except ClientGone:
             ex.status, ex.error = 499, "the client closed the connection"
         except ProxyError as err:
             if pipe.gone:
                 ex.status, ex.error = 499, "the client closed the connection"
                 return
-            err.message = self.redactor.text(err.message)
+            err.message = live.redactor.text(err.message)
             ex.error = err.message
-            if out.committed:
+            if rq.out.committed:
                 log.warning("%s: stream to the client ended early: %s", ex.rid, err.message)
                 return
             raw = err.raw if isinstance(err, UpstreamError) else None
             try:
-                if raw is not None and ex.passthrough:   # already in the client's dialect
-                    out.whole(err.status, raw[0], self.redactor.text(
+                if raw is not None:   # from a pass-through: already in the client's dialect
+                    rq.out.whole(err.status, raw[0], live.redactor.text(
                         raw[1].decode("utf-8", "replace")).encode("utf-8"))
                 else:
-                    out.whole(*dialect.encode_error(err))
+                    rq.out.whole(*dialect.encode_error(err))
             except ClientGone:
                 pass
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
             ex.error = "internal error: %s" % exc.__class__.__name__
-            if not out.committed and not pipe.gone:
+            if not rq.out.committed and not pipe.gone:
                 try:
-                    out.whole(*dialect.encode_error(
+                    rq.out.whole(*dialect.encode_error(
                         ProxyError("internal error in gemini-proxy (request %s)" % ex.rid)))
                 except ClientGone:
                     pass
         finally:
-            for response in opened:
-                response.close(reuse=ex.status == 200 and not ex.error)
+            rq.end()
             if detail:
                 detail.close()
             pipe.finish()
             with self._active_lock:
                 self.active -= 1
 
-    def _generate(self, call: "UpstreamCall", dialect: ClientDialect, head: RequestHead,
-                  payload: Any, out: Responder) -> None:
-        ex, kind = call.ex, call.runtime.kind
-        chat = dialect.decode_request(ex, head, payload,
-                                      self.config.server["reject_unknown_fields"])
+    # -- retries and fallbacks -----------------------------------------------------------
+
+    def _failover(self, rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
+                  attempt: Callable[["UpstreamCall"], Callable[[], None]]
+                  ) -> Callable[[], None]:
+        """attempt() on the route's upstream, then on its fallbacks in order, until one
+        answers; returns what it returned (the function that writes the answer). Before
+        the client has received anything, failures are retried: see _attempts. When
+        no upstream had a usable key or a free slot, wait for one on the first upstream
+        that allows waiting. Raises the most useful failure when nothing worked: a 429
+        with the earliest retry time when rate limits were the trouble."""
+        failures: List[UpstreamError] = []
+        refusals: Dict[str, UpstreamError] = {}     # upstream -> why its pool said no
+        give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
+        for runtime, model in candidates:
+            deliver = self._attempts(rq, runtime, model, attempt, failures, refusals,
+                                     give_up_at, 0.0)
+            if deliver is not None:
+                return deliver
+        for runtime, model in candidates:
+            refusal = refusals.get(runtime.name)
+            if refusal is not None and (refusal.status == 503 or (
+                    refusal.status == 429 and runtime.spec["wait_for_keys"])):
+                log.info("%s: waiting up to %gs for upstream %s: %s", rq.ex.rid,
+                         runtime.spec["wait_timeout"], runtime.name, refusal.message)
+                deliver = self._attempts(rq, runtime, model, attempt, failures, refusals,
+                                         give_up_at,
+                                         time.monotonic() + runtime.spec["wait_timeout"])
+                if deliver is not None:
+                    return deliver
+                break
+        limited = [f for f in failures if f.status == 429]
+        if limited:   # the provider's own words, with the soonest time anything frees up
+            said = [f for f in limited if not isinstance(f, KeysUnavailable)]
+            best = (said or limited)[-1]
+            waits = [f.retry_after for f in limited if f.retry_after is not None]
+            if waits and (best.retry_after is None or min(waits) < best.retry_after):
+                # A sooner time than the provider's own reply says: the client gets the
+                # error in its dialect, which carries that time, instead of the raw reply.
+                best.retry_after, best.raw = min(waits), None
+            raise best
+        raise failures[-1]
+
+    def _attempts(self, rq: Request, runtime: UpstreamRuntime, model: str,
+                  attempt: Callable[["UpstreamCall"], Callable[[], None]],
+                  failures: List[UpstreamError], refusals: Dict[str, UpstreamError],
+                  give_up_at: float, wait_until: float) -> Optional[Callable[[], None]]:
+        """Attempts on one upstream, each on a key from its pool: up to 1 + retries of
+        them. A 429 rests the key and a 401/403 refuses it, and the next attempt takes
+        another key at once (a refused key costs no attempt); a 408, a 5xx, a timeout or a
+        broken connection waits a backoff first, unless that would pass give_up_at.
+        Another 4xx is the client's answer as it is. None when this upstream is done
+        with; its failures are in `failures`."""
+        spec, keys, ex = runtime.spec, runtime.keys, rq.ex
+        tries = 0
+        while True:
+            key = keys.acquire(model, wait_until, lambda: rq.pipe.gone)
+            if isinstance(key, UpstreamError):
+                if rq.pipe.gone:
+                    raise ClientGone()
+                refusals[runtime.name] = key
+                failures.append(key)
+                return None
+            rq.held.append((keys, key))
+            ex.attempts += 1
+            try:
+                deliver = attempt(UpstreamCall(self, rq, runtime, model, key))
+                keys.succeeded(key)
+                return deliver
+            except UpstreamError as err:
+                rq.close_replies(reuse=True)
+                rq.release_key(keys, key)
+                keys.failed(key, model, err)
+                if rq.pipe.gone:
+                    raise ClientGone() from None
+                failures.append(err)
+                what = "%s with %s" % (runtime.name, key.name)
+                message = rq.live.redactor.text(err.message)[:300]
+                if err.status in (401, 403):
+                    log.warning("%s: %s refused (%d: %s); that key is out until a reload",
+                                ex.rid, what, err.status, message)
+                    continue
+                if not retryable(err):
+                    raise
+                tries += 1
+                if tries > spec["retries"]:
+                    log.warning("%s: %s failed (%d: %s); no attempts left on %s", ex.rid,
+                                what, err.status, message, runtime.name)
+                    return None
+                if err.status == 429:
+                    log.info("%s: %s is rate limited (%s); trying another key", ex.rid,
+                             what, message)
+                    continue
+                delay = backoff_delay(spec, tries, err.retry_after)
+                if time.monotonic() + delay > give_up_at:
+                    log.warning("%s: %s failed (%d: %s); out of retry time", ex.rid, what,
+                                err.status, message)
+                    return None
+                log.warning("%s: %s failed (%d: %s); attempt %d of %d in %.2fs", ex.rid,
+                            what, err.status, message, tries + 1, spec["retries"] + 1, delay)
+                if not rq.pipe.sleep(delay):
+                    raise ClientGone() from None
+
+    # -- one attempt per request kind: talk to the upstream, return what writes the answer
+
+    def _generate(self, call: "UpstreamCall") -> Callable[[], None]:
+        if call.passthrough:
+            return self._passthrough(call)
+        rq, kind, spec = call.rq, call.runtime.kind, call.runtime.spec
+        ex, dialect = rq.ex, rq.dialect
+        chat = rq.chat()
         ex.stream = chat.stream
-        cap = call.runtime.spec["max_output_tokens"]
+        cap = spec["max_output_tokens"]
         if cap and chat.max_tokens is not None and chat.max_tokens > cap:
-            chat.max_tokens = cap
+            chat = dataclasses.replace(chat, max_tokens=cap)
         if chat.extra:
             log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
                       call.runtime.name, ", ".join(sorted(chat.extra)))
+        mode = spec["upstream_streaming"]
+        upstream_streams = chat.stream if mode == "match" else mode == "always"
+        reply: Optional[Reply] = None
+        events: Iterator[Any] = iter(())
         if kind.answer_locally is not None:
-            answer = kind.answer_locally(chat, call.model)
-            if not chat.stream:
-                answer = collect_reply(answer, ex.rid, call.model)
-        elif chat.stream:
-            def first_event(response: UpstreamResponse) -> Iterator[Any]:
-                raw = response.sse_events(call.sink("3. upstream response: %d"
-                                                    % response.status))
-                first = next(raw, None)
-                if first is None:
-                    raise UpstreamError("upstream %r ended its stream without sending "
-                                        "anything" % call.runtime.name, status=502)
-                error = kind.stream_event_error(first[1])
-                if error is not None:
-                    raise error
-                return read_upstream_events(call.runtime.name, kind.decode_stream(
-                    itertools.chain([first], raw)))
-            answer = call.send(kind.generate_path(call.model, True),
-                               lambda options: kind.encode_request(chat, call.model, options),
-                               first_event, stream=True)
+            events = kind.answer_locally(chat, call.model)
+        elif upstream_streams:
+            events = call.send(kind.generate_path(call.model, True),
+                               lambda options: kind.encode_request(
+                                   dataclasses.replace(chat, stream=True), call.model, options),
+                               call.open_stream, stream=True)
         else:
-            answer = call.send(kind.generate_path(call.model, False),
-                               lambda options: kind.encode_request(chat, call.model, options),
-                               lambda response: kind.decode_response(call.read_json(response),
-                                                                     call.model))
+            reply = call.send(kind.generate_path(call.model, False),
+                              lambda options: kind.encode_request(
+                                  dataclasses.replace(chat, stream=False), call.model, options),
+                              lambda response: kind.decode_response(call.read_json(response),
+                                                                    call.model))
+        stops = spec["stop_strings"]
         if not chat.stream:
-            if answer.usage is None:
-                answer.usage = estimate_usage(chat, answer.choices[0].parts)
-            ex.usage = answer.usage
-            out.json(dialect.encode_response(ex, answer))
-            return
-        events = self._track_usage(ex, chat, answer)
-        first = next(events)   # the commit point: the upstream is answering
-        out.start(dialect.stream_content_type(ex))
-        for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
-            out.chunk(chunk)
+            if reply is None:   # a stream assembled while the client waits for a whole reply
+                reply = collect_reply(events, ex.rid, call.model)
+            if stops:
+                reply = cut_reply(reply, stops)
+            if reply.usage is None:
+                reply.usage = estimate_usage(chat, reply.choices[0].parts)
+            ex.usage = reply.usage
+            payload = dialect.encode_response(ex, reply)
+            return lambda: rq.out.json(payload)
+        if reply is not None:
+            events = reply_events(reply)
+        events = self._track_usage(ex, chat, cut_at_stop_strings(
+            events, stops, on_cut=lambda: rq.close_replies(reuse=False)))
+        first = next(events, None)   # the last moment a failure can still be retried
+        if first is None:
+            raise UpstreamError("upstream %r ended its stream without an answer"
+                                % call.runtime.name, status=502)
+
+        def deliver() -> None:
+            rq.out.start(dialect.stream_content_type(ex))
+            for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
+                rq.out.chunk(chunk)
+        return deliver
 
     def _track_usage(self, ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
         """Pass events on; record the usage, counting it when the upstream did not."""
@@ -4752,13 +5413,14 @@ class Proxy:
                 parts.append(event)
             yield event
 
-    def _count(self, call: "UpstreamCall", dialect: ClientDialect, payload: Any,
-               out: Responder) -> None:
+    def _count(self, call: "UpstreamCall") -> Callable[[], None]:
         """A token count: the upstream's own where it can count, else a local estimate."""
+        if call.passthrough:
+            return self._passthrough(call)
+        rq, kind = call.rq, call.runtime.kind
+        dialect = rq.dialect
         assert dialect.decode_count_request and dialect.encode_count_response
-        kind = call.runtime.kind
-        chat = dialect.decode_count_request(call.ex, payload,
-                                            self.config.server["reject_unknown_fields"])
+        chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
         if kind.count_path is not None and kind.encode_count_request and chat.messages:
             tokens = call.send(kind.count_path(call.model),
                                lambda options: kind.encode_count_request(chat, call.model),
@@ -4766,27 +5428,32 @@ class Proxy:
                                    call.read_json(response)))
         else:
             tokens = estimate_prompt_tokens(chat)
-        out.json(dialect.encode_count_response(tokens))
+        payload = dialect.encode_count_response(tokens)
+        return lambda: rq.out.json(payload)
 
-    def _embed(self, call: "UpstreamCall", dialect: ClientDialect, payload: Any,
-               out: Responder) -> None:
+    def _embed(self, call: "UpstreamCall") -> Callable[[], None]:
+        if call.passthrough:
+            return self._passthrough(call)
+        rq, kind = call.rq, call.runtime.kind
+        dialect = rq.dialect
         assert dialect.decode_embed_request and dialect.encode_embed_response
-        kind = call.runtime.kind
-        request = dialect.decode_embed_request(call.ex, payload)
+        request = dialect.decode_embed_request(rq.ex, rq.payload)
         if kind.embed_path is None or kind.encode_embed_request is None:
             raise ClientError("upstream %r (%s) has no embeddings; route the model %r to an "
                               "upstream that has them" % (call.runtime.name, kind.name,
-                                                          call.ex.client_model))
+                                                          rq.ex.client_model))
         reply = call.send(kind.embed_path(call.model),
                           lambda options: kind.encode_embed_request(request, call.model),
                           lambda response: kind.decode_embed_response(call.read_json(response)))
-        out.json(dialect.encode_embed_response(call.ex, reply))
+        payload = dialect.encode_embed_response(rq.ex, reply)
+        return lambda: rq.out.json(payload)
 
-    def _passthrough(self, call: "UpstreamCall", dialect: ClientDialect, head: RequestHead,
-                     body: bytes, payload: Any, out: Responder) -> None:
+    def _passthrough(self, call: "UpstreamCall") -> Callable[[], None]:
         """Client and upstream speak the same dialect: forward the request with the model
-        name and the key replaced, and the reply's bytes as they come."""
-        ex, runtime = call.ex, call.runtime
+        name and the key replaced, and the reply's bytes as they come. A stream that
+        ends without its dialect's last event was cut off: the client hears so."""
+        rq, runtime = call.rq, call.runtime
+        ex, head, body, payload, out = rq.ex, rq.head, rq.body, rq.payload, rq.out
         kind, spec = runtime.kind, runtime.spec
         if kind.name == "gemini":
             ex.stream = ex.action == "stream"
@@ -4802,75 +5469,130 @@ class Proxy:
                      if head.header(name)]
         if kind.name == "anthropic" and head.header("anthropic-version"):
             forwarded.append(("anthropic-version", head.header("anthropic-version")))
-        parser = SSEParser()
 
         def opened(response: UpstreamResponse) -> Any:
             content_type = response.headers.get("content-type", "application/json")
-            if not ex.stream:
-                return content_type, call.read_body(response), None
+            if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
+                reply = call.read_json(response)
+                ex.usage = kind.usage_from(reply, None)
+                return content_type, call.last_body, None
             chunks = response.raw_chunks(call.sink("3. upstream response: %d"
                                                    % response.status))
-            first = next(chunks, b"")
-            if not first:
-                raise UpstreamError("upstream %r ended its stream without sending anything"
-                                    % runtime.name, status=502)
-            events = parser.feed(first)
-            error = kind.stream_event_error(events[0][1]) if events else None
-            if error is not None:
-                raise error
-            self._sniff_usage(ex, kind, events)
-            return content_type, first, chunks
-        content_type, first, chunks = call.send(
+            passing = PassingStream(ex, kind, content_type)
+            first = b""
+            while not first:    # up to the first whole event
+                data = next(chunks, b"")
+                if not data:
+                    raise UpstreamError("upstream %r ended its stream without sending "
+                                        "anything" % runtime.name, status=502)
+                first, events = passing.take(data)
+            if events and events[0][1] != "[DONE]":   # the first event shows what follows
+                try:
+                    json.loads(events[0][1])
+                except ValueError:
+                    raise UpstreamError("upstream %r sent invalid JSON in its stream: %r" % (
+                        runtime.name, events[0][1][:200]), status=502) from None
+                error = kind.stream_event_error(events[0][1])
+                if error is not None:
+                    raise error
+            return content_type, first, (chunks, passing)
+        content_type, first, rest = call.send(
             kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
             stream=ex.stream, extra_headers=forwarded, alternatives=False)
-        if chunks is None:
-            try:
-                ex.usage = kind.usage_from(json.loads(first), None)
-            except ValueError:
-                pass
-            out.whole(200, [("content-type", content_type)], first)
-            return
-        out.start(content_type)
-        out.chunk(first)
-        try:
-            for data in chunks:
-                self._sniff_usage(ex, kind, parser.feed(data))
-                out.chunk(data)
-        except UpstreamError as error:
-            out.chunk(dialect.stream_error(error))
-            raise
+        if rest is None:
+            return lambda: out.whole(200, [("content-type", content_type)], first)
 
-    @staticmethod
-    def _sniff_usage(ex: Exchange, kind: UpstreamKind, events: List[Tuple[str, str]]) -> None:
-        for _, data in events:
-            if "usage" in data:   # the only events worth parsing, for the access log
+        def deliver() -> None:
+            chunks, passing = rest
+            out.start(content_type)
+            out.chunk(first)
+            try:
+                for data in chunks:
+                    out.chunk(passing.take(data)[0])
+                last = passing.finish()
+                if not passing.ended:
+                    raise UpstreamError("upstream %r ended its stream before the reply was "
+                                        "finished" % runtime.name, status=502)
+                out.chunk(last)
+            except UpstreamError as error:
+                out.chunk(rq.dialect.stream_error(error))
+                raise
+        return deliver
+
+
+class PassingStream:
+    """A passed-through stream as it goes by: its usage (for the access log), whether
+    its dialect's last event went by, and for SSE the start of an event not yet whole,
+    held back, so that a stream cut in the middle of an event never hands the client
+    half of one (and the error event that ends it starts clean)."""
+
+    def __init__(self, ex: Exchange, kind: UpstreamKind, content_type: str):
+        self.ex, self.kind = ex, kind
+        self.sse = content_type.startswith("text/event-stream")
+        self.ended = kind.stream_end is None
+        self.held = b""
+        self._parser = SSEParser()
+        self._tail = ""
+
+    def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
+        """(the bytes that may go to the client now, the whole events that arrived)."""
+        events = self._parser.feed(data)
+        for _, text in events:
+            if "usage" in text:   # the only events worth parsing, for the access log
                 try:
-                    ex.usage = kind.usage_from(json.loads(data), ex.usage)
+                    self.ex.usage = self.kind.usage_from(json.loads(text), self.ex.usage)
                 except ValueError:
                     pass
+        end = self.kind.stream_end
+        if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
+            window = self._tail + data.decode("utf-8", "replace")
+            self.ended = self.ended or (end is not None and end.search(window) is not None)
+            self._tail = window[-64:]
+            return data, events
+        self.ended = self.ended or (end is not None and any(end.search(text)
+                                                            for _, text in events))
+        data = self.held + data
+        whole = sse_complete_length(data)
+        data, self.held = data[:whole], data[whole:]
+        return data, events
+
+    def finish(self) -> bytes:
+        """At the end of the body: what is still held back (a last event without its
+        blank line, which the hub's own reading accepts too)."""
+        end = self.kind.stream_end
+        self.ended = self.ended or (end is not None and any(
+            end.search(text) for _, text in self._parser.finish()))
+        held, self.held = self.held, b""
+        return held
 
 
 class UpstreamCall:
-    """One request's calls to its upstream: retries before the first byte reaches the
-    client, the upstream responses it opened (closed by the handler), detailed logs."""
+    """One attempt of a request on one upstream with one key: sends, opens the reply
+    (closed by the Request), writes detailed logs."""
 
-    def __init__(self, proxy: Proxy, ex: Exchange, runtime: UpstreamRuntime, model: str,
-                 pipe: ChunkPipe, detail: Optional[DetailLog],
-                 opened: List[UpstreamResponse]):
-        self.proxy, self.ex, self.runtime, self.model = proxy, ex, runtime, model
-        self.pipe, self.detail, self.opened = pipe, detail, opened
+    def __init__(self, proxy: Proxy, rq: Request, runtime: UpstreamRuntime, model: str,
+                 key: KeyState):
+        self.proxy, self.rq, self.runtime, self.model, self.key = proxy, rq, runtime, model, key
+        kind, spec = runtime.kind, runtime.spec
+        # Bytes go through untouched only when nothing asks the proxy to look inside.
+        self.passthrough = kind.dialect == rq.ex.dialect and (
+            rq.ex.action in ("count_tokens", "embed", "batch_embed") or (
+                spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
+        rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
+        rq.ex.passthrough = self.passthrough
+        self.last_body = b""
 
     def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
-        return self.detail.stream(title) if self.detail else None
+        return self.rq.detail.stream(title) if self.rq.detail else None
 
     def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
              prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
              extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
-        """POST to the upstream and return prepare(2xx response). A failure (a non-2xx
-        reply, or prepare raising UpstreamError) is retried as configured; an upstream
-        kind may also ask for one more try with different options (Gemini: schemas in
-        its own subset). `build_body(options)` gives the body, a dict or bytes."""
-        runtime = self.runtime
+        """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
+        prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
+        may ask for one more try with different options (Gemini: schemas in its own
+        subset). `build_body(options)` gives the body, a dict or bytes."""
+        runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
         assert runtime.target is not None
@@ -4881,50 +5603,57 @@ class UpstreamCall:
         headers = [("content-type", "application/json"),
                    ("accept", "text/event-stream" if stream else "application/json"),
                    ("user-agent", "gemini-proxy/" + __version__)]
-        headers += kind.auth_headers(spec["api_key"], spec)
+        headers += kind.auth_headers(self.key.key, spec)
         headers += list(spec["headers"].items()) + list(extra_headers)
-        attempt, tried_alternative = 0, False
+        tried_alternative = False
         while True:
-            attempt += 1
             body = build_body(options)
             if not isinstance(body, bytes):
                 body = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            if self.detail:
-                self.detail.stage("2. upstream request: POST %s%s (attempt %d)"
-                                  % (spec["base_url"], full_path, attempt), headers, body)
+            if rq.detail:
+                rq.detail.stage("2. upstream request: POST %s%s (attempt %d, %s)" % (
+                    spec["base_url"], full_path, rq.ex.attempts, self.key.name), headers, body)
+            timeouts = Timeouts(spec["connect_timeout"], spec["first_byte_timeout"],
+                                spec["read_timeout"], time.monotonic() + spec["total_timeout"]
+                                if spec["total_timeout"] else None)
             try:
                 response = open_upstream_blocking(
                     self.proxy.pool, runtime.target, runtime.name, "POST", full_path, body,
-                    headers, spec["connect_timeout"], spec["read_timeout"],
-                    spec["max_idle_connections"])
-                self.opened.append(response)
-                self.pipe.on_abort(response.abort)
+                    headers, timeouts, spec["max_idle_connections"])
+                rq.opened.append(response)
+                rq.pipe.on_abort(response.abort)
                 if response.status >= 300:
                     raise self._failure(response)
                 return read_upstream(runtime.name, lambda: prepare(response))
             except UpstreamError as err:
-                if self.pipe.gone:
-                    raise
                 alternative = kind.retry_with(err, options) if alternatives else None
-                if alternative is not None and not tried_alternative:
-                    tried_alternative, options = True, alternative
-                    log.info("%s: upstream %s refused the request (%s); trying again with "
-                             "other options", self.ex.rid, runtime.name,
-                             self.proxy.redactor.text(err.message)[:200])
-                    continue
-                if attempt > spec["retries"] or not retryable(err):
+                if alternative is None or tried_alternative or rq.pipe.gone:
                     raise
-                log.warning("%s: upstream %s failed (%d: %s); attempt %d of %d in %gs",
-                            self.ex.rid, runtime.name, err.status,
-                            self.proxy.redactor.text(err.message), attempt + 1,
-                            spec["retries"] + 1, spec["retry_wait"])
-                time.sleep(spec["retry_wait"])
+                tried_alternative, options = True, alternative
+                rq.close_replies(reuse=True)
+                log.info("%s: upstream %s refused the request (%s); trying again with "
+                         "other options", rq.ex.rid, runtime.name,
+                         rq.live.redactor.text(err.message)[:200])
+
+    def open_stream(self, response: UpstreamResponse) -> Iterator[Any]:
+        """A streamed reply's events, once its first event has arrived and is not an
+        error (an upstream may answer 200 and then put its error in the stream)."""
+        kind, name = self.runtime.kind, self.runtime.name
+        raw = response.sse_events(self.sink("3. upstream response: %d" % response.status))
+        first = next(raw, None)
+        if first is None:
+            raise UpstreamError("upstream %r ended its stream without sending anything"
+                                % name, status=502)
+        error = kind.stream_event_error(first[1])
+        if error is not None:
+            raise error
+        return read_upstream_events(name, kind.decode_stream(itertools.chain([first], raw)))
 
     def read_body(self, response: UpstreamResponse) -> bytes:
-        data = response.read_body()
-        if self.detail:
-            self.detail.stage("3. upstream response: %d" % response.status,
-                              response.headers.items(), data)
+        data = self.last_body = response.read_body()
+        if self.rq.detail:
+            self.rq.detail.stage("3. upstream response: %d" % response.status,
+                                 response.headers.items(), data)
         return data
 
     def read_json(self, response: UpstreamResponse) -> Any:
@@ -4936,12 +5665,13 @@ class UpstreamCall:
                                 % (self.runtime.name, data[:200]), status=502) from None
 
     def _failure(self, response: UpstreamResponse) -> UpstreamError:
-        """A non-2xx reply as an UpstreamError that keeps the status, the message, the
-        retry time, and (for pass-through) the raw body and its headers."""
+        """A non-2xx reply as an UpstreamError that keeps the status, the message and the
+        retry time (Retry-After, the kind's own hint, or a rate-limit reset header), and
+        for a pass-through the raw body and its headers."""
         data = response.read_body(1024 * 1024)
-        if self.detail:
-            self.detail.stage("3. upstream response: %d" % response.status,
-                              response.headers.items(), data)
+        if self.rq.detail:
+            self.rq.detail.stage("3. upstream response: %d" % response.status,
+                                 response.headers.items(), data)
         try:
             payload: Any = json.loads(data)
         except ValueError:
@@ -4949,14 +5679,19 @@ class UpstreamCall:
         error = self.runtime.kind.decode_error(response.status, payload, response.headers)
         error.message = "upstream %r answered %d: %s" % (self.runtime.name, response.status,
                                                          error.message)
-        headers = [("content-type", response.headers.get("content-type", "application/json"))]
-        if "retry-after" in response.headers:
-            headers.append(("retry-after", response.headers["retry-after"]))
-        error.raw = (headers, data)
+        if error.retry_after is None and error.status == 429:
+            error.retry_after = parse_reset_hint(response.headers)
+        if self.passthrough:
+            headers = [("content-type",
+                        response.headers.get("content-type", "application/json"))]
+            if "retry-after" in response.headers:
+                headers.append(("retry-after", response.headers["retry-after"]))
+            error.raw = (headers, data)
         return error
 
 
-HEALTH_PATHS = ("/health", "/healthz")
+HEALTH_PATHS = ("/health", "/healthz")    # open to all: load balancers probe them
+STATUS_PATH = "/status"                   # upstreams and keys: needs a client key
 
 
 def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], str,
@@ -5024,6 +5759,16 @@ class ProxyServer:
             self._serve_connection, self.config.server["host"], self.config.server["port"],
             reuse_address=True, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests whose response is still being written (tests check it drops to 0)."""
+        return len(self._pipes)
+
+    def reload(self, config: Config) -> None:
+        """A new configuration for the requests that start from now on (SIGHUP)."""
+        self.proxy.reload(config)
+        self.config = config
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from any thread or a signal handler."""
@@ -5171,14 +5916,16 @@ class ProxyServer:
             await self._send_error(writer, error_dialect, err, ex.rid, keep_alive=False)
             self._access(head, ex, err.status)
             return False
-        allowed = ("GET", "HEAD") if head.path in HEALTH_PATHS else allowed_methods(head.path)
+        allowed = ["GET", "HEAD"] if head.path in HEALTH_PATHS or head.path == STATUS_PATH \
+            else allowed_methods(head.path)
         if head.path in HEALTH_PATHS and head.method in allowed:
             return await self._send_json(writer, 200, {"status": "ok"}, keep_alive, ex, head)
         extra_headers: List[Tuple[str, str]] = []
         if not allowed:
             error: Optional[ProxyError] = ClientError(
                 "no endpoint %s %s" % (head.method, head.path), status=404)
-        elif action in ("not_found", "method_not_allowed"):
+        elif head.method not in allowed or (action in ("not_found", "method_not_allowed")
+                                            and head.path != STATUS_PATH):
             error = ClientError("%s is not allowed on %s" % (head.method, head.path), status=405)
             extra_headers = [("allow", ", ".join(allowed))]
         elif not self.proxy.authorized(head):
@@ -5190,9 +5937,12 @@ class ProxyServer:
                                    extra_headers)
             self._access(head, ex, error.status)
             return keep_alive
+        if head.path == STATUS_PATH:
+            return await self._send_json(writer, 200, self.proxy.status(), keep_alive, ex,
+                                         head)
         if action == "list_models":
             return await self._send_json(writer, 200, dialect.list_models(
-                routable_models(self.config)), keep_alive, ex, head)
+                routable_models(self.proxy.config)), keep_alive, ex, head)
         if action == "get_model":
             return await self._send_json(writer, 200, dialect.get_model(ex.client_model),
                                          keep_alive, ex, head)
@@ -5223,6 +5973,10 @@ class ProxyServer:
                         ("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
             items = items[1:]
+            # A silent stream gets the dialect's keep-alive, but only between two events.
+            keepalive = CLIENT_DIALECTS[ex.dialect].keepalive
+            interval = self._limits["keepalive_interval"] if keepalive else None
+            between_events = True
             while True:
                 ended = None in items
                 data = b"".join(encode_chunk(item) for item in items if item is not None)
@@ -5231,9 +5985,13 @@ class ProxyServer:
                     await writer.drain()
                     return keep_alive and not pipe.gone
                 if data:
+                    between_events = data.endswith((b"\n\n\r\n", b"\r\n\r\n\r\n"))  # event ended
                     writer.write(data)
                     await writer.drain()
-                items = await pipe.take()
+                items = await pipe.take(interval)
+                if not items and between_events:
+                    writer.write(encode_chunk(keepalive))
+                    await writer.drain()
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
@@ -5298,9 +6056,10 @@ class ProxyServer:
             "~" if usage.estimated else "", usage.input_tokens, usage.output_tokens)
         route = " %s -> %s/%s" % (ex.client_model, ex.upstream, ex.upstream_model) \
             if ex.upstream else ""
-        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s", head.method, head.path.split("?")[0],
-                        status, route, " stream" if ex.stream else "", ex.rid,
-                        time.monotonic() - ex.started, tokens,
+        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s%s", head.method,
+                        head.path.split("?")[0], status, route, " stream" if ex.stream else "",
+                        ex.rid, time.monotonic() - ex.started, tokens,
+                        " attempts=%d" % ex.attempts if ex.attempts > 1 else "",
                         " error=%r" % ex.error[:200] if ex.error else "")
 
 
@@ -5336,8 +6095,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: Config) -> None:
-    """Run the proxy until SIGINT or SIGTERM, then shut down gracefully."""
+def reload_config(server: ProxyServer, args: argparse.Namespace) -> None:
+    """SIGHUP: read the configuration again, from the same file, environment and flags;
+    a bad one is reported and the running one kept."""
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        log.error("reload failed, still running the previous configuration: %s", exc)
+        return
+    server.reload(config)
+    log.info("configuration reloaded%s", " from %s" % config.source if config.source else "")
+    for line in server.proxy.describe():
+        log.info("%s", line)
+
+
+async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> None:
+    """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
+    the configuration."""
     server = ProxyServer(config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -5346,6 +6120,8 @@ async def serve(config: Config) -> None:
             loop.add_signal_handler(signum, server.request_stop)
         except (NotImplementedError, RuntimeError):   # Windows: Ctrl+C still works
             pass
+    if hasattr(signal, "SIGHUP") and args is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_config, server, args)
     host = config.server["host"]
     log.info("gemini-proxy %s listening on http://%s:%d (%s)", __version__,
              "[%s]" % host if ":" in host else host, server.port,
@@ -5371,7 +6147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(line)
         return 0
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args))
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.server["host"], config.server["port"],
                   exc.strerror or exc)

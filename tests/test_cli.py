@@ -358,3 +358,31 @@ def test_port_in_use_exits_1_with_a_message(tmp_path):
     assert result.returncode == 1
     assert "cannot listen on 127.0.0.1:%d" % port in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sighup_reloads_the_config_and_keeps_running_on_a_bad_one(start, tmp_path):
+    port = free_port()
+    path = write_config(tmp_path, {"upstreams": {"first": {"kind": "echo"}},
+                                   "server": {"port": port}})
+    proxy = start(["-c", path])
+    proxy.wait_for(r"listening on ")
+    assert generate(port, "gemini-2.5-pro", "one")[0] == 200
+    write_config(tmp_path, {"upstreams": {"second": {"kind": "echo"}},
+                            "routes": [{"model": "*", "upstream": "second",
+                                        "upstream_model": "renamed"}],
+                            "server": {"port": port}})
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.wait_for(r"configuration reloaded")
+    proxy.wait_for(r"route \* -> second/renamed")
+    assert generate(port, "gemini-2.5-pro", "two")[0] == 200
+    proxy.wait_for(r"generateContent 200 gemini-2.5-pro -> second/renamed")
+    write_config(tmp_path, {"upstreams": {"third": {"kind": "echo", "nonsense": 1}}})
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.wait_for(r"reload failed, still running the previous configuration: "
+                   r"upstreams.third.nonsense: unknown key")
+    assert generate(port, "gemini-2.5-pro", "three")[0] == 200
+    deadline = time.monotonic() + 5     # the access line follows the response
+    while time.monotonic() < deadline and proxy.text().count("pro -> second/renamed") < 2:
+        time.sleep(0.02)
+    assert proxy.text().count("gemini-2.5-pro -> second/renamed") == 2
+    assert proxy.stop() == 0

@@ -840,3 +840,74 @@ def test_secrets_include_keys_from_flags_and_environment():
 
 def test_secrets_empty_without_keys():
     assert load().secrets() == []
+
+
+# ---- key pools, fallbacks and the resilience settings (issue 4) ---------------------------
+
+def test_api_key_and_api_keys_make_one_pool_each_key_once():
+    config = load({"upstreams": {"kimi": kimi(api_keys=["sk-two-222222", "sk-kimi-0123456789",
+                                                        "sk-three-33333"])}})
+    spec = config.upstreams["kimi"]
+    assert spec["api_keys"] == ["sk-kimi-0123456789", "sk-two-222222", "sk-three-33333"]
+    assert spec["api_key"] == "sk-kimi-0123456789"
+    assert {"sk-two-222222", "sk-three-33333"} <= set(config.secrets())
+
+
+def test_api_key_env_may_hold_several_keys():
+    raw = {"upstreams": {"kimi": kimi(api_key="", api_key_env="KIMI_KEYS")}}
+    config = load(raw, environ={"KIMI_KEYS": "sk-a-111111, sk-b-222222,,"})
+    assert config.upstreams["kimi"]["api_keys"] == ["sk-a-111111", "sk-b-222222"]
+    assert "sk-b-222222" in config.secrets()
+
+
+def test_upstream_key_flag_replaces_the_whole_pool():
+    raw = {"upstreams": {"kimi": kimi(api_keys=["sk-two-222222"])}}
+    config = load(raw, ["--upstream-key", "sk-from-flag"])
+    assert config.upstreams["kimi"]["api_keys"] == ["sk-from-flag"]
+
+
+def test_fallbacks_as_names_or_objects():
+    raw = {"upstreams": {"kimi": kimi(), "ds": kimi(), "local": kimi()},
+           "routes": [{"model": "gemini-*", "upstream": "kimi", "upstream_model": "k2",
+                       "fallbacks": ["ds", {"upstream": "local", "upstream_model": "qwen"}]}]}
+    config = load(raw)
+    assert config.routes[0].fallbacks == [("ds", ""), ("local", "qwen")]
+    assert gp.route_candidates(config, "gemini-2.5-pro") == [
+        ("kimi", "k2"), ("ds", "gemini-2.5-pro"), ("local", "qwen")]
+    assert gp.route_candidates(config, "other") == [("kimi", "other")]
+
+
+@pytest.mark.parametrize("fallbacks, path, words", [
+    ("ds", "routes[0].fallbacks", "expected a list"),
+    ([{"model": "x"}], "routes[0].fallbacks[0].model", "unknown key"),
+    ([{"upstream_model": "x"}], "routes[0].fallbacks[0]", "needs \"upstream\""),
+    (["dss"], "routes[0].fallbacks[0]", "no upstream named 'dss' (did you mean 'ds'?)"),
+    ([3], "routes[0].fallbacks[0]", "expected an object"),
+])
+def test_bad_fallbacks_are_named(fallbacks, path, words):
+    raw = {"upstreams": {"kimi": kimi(), "ds": kimi()},
+           "routes": [{"model": "*", "upstream": "kimi", "fallbacks": fallbacks}]}
+    message = config_error(raw)
+    assert message.startswith(path + ":") and words in message
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("key_strategy", "random", "is not one of round_robin, least_recently_failed"),
+    ("cooldown_scope", "project", "is not one of auto, key, model"),
+    ("upstream_streaming", "sometimes", "is not one of match, always, never"),
+    ("stop_strings", "END", "expected a list of strings"),
+    ("wait_for_keys", "yes", "expected true or false"),
+    ("cooldown", 0, "expected a number > 0"),
+    ("total_timeout", -1, "expected a number >= 0"),
+    ("max_concurrency", 1.5, "whole number"),
+])
+def test_bad_resilience_values_are_named(field, value, words):
+    message = config_error({"upstreams": {"kimi": kimi(**{field: value})}})
+    assert message.startswith("upstreams.kimi.%s:" % field) and words in message
+
+
+def test_zero_is_allowed_where_it_means_none():
+    config = load({"upstreams": {"kimi": kimi(total_timeout=0, retry_wait=0, cooldown_jitter=0,
+                                              cooldown_floor=0)}})
+    assert config.upstreams["kimi"]["total_timeout"] == 0.0
+

@@ -66,6 +66,7 @@ def test_config_example_loads_and_routes():
     assert gp.resolve_route(config, "claude-opus-5-5")[0].upstream == "claude"
     assert gp.resolve_route(config, "gpt-4o")[1] == "gemini-2.5-flash"
     assert gp.resolve_route(config, "anything")[0].upstream == "kimi"
+    assert gp.route_candidates(config, "gemini-2.5-pro")[1] == ("deepseek", "deepseek-chat")
     assert config.upstreams["gemini"]["base_url"] == "https://generativelanguage.googleapis.com"
 
 

@@ -259,7 +259,14 @@ def test_upstream_429_stays_429_with_retry_info(proxy, fake):
         in error["details"]
 
 
-def test_upstream_500_and_garbage(proxy, fake):
+def no_retries(proxy_factory, fake):
+    """A proxy that shows the first upstream failure as it is (retries: test_resilience)."""
+    return proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "retries": 0}},
+                          "default_model": "fake-model"})
+
+
+def test_upstream_500_and_garbage(proxy_factory, fake):
+    proxy = no_retries(proxy_factory, fake)
     fake.queue(raw_reply("<html>oops</html>", status=500, content_type="text/html"))
     status, body = proxy.post(GENERATE, {"contents": [user("Hi")]})
     assert status == 500 and body["error"]["status"] == "INTERNAL"
@@ -272,7 +279,8 @@ def test_upstream_500_and_garbage(proxy, fake):
     assert status == 502 and "no choices" in body["error"]["message"]
 
 
-def test_upstream_error_inside_a_200_stream_becomes_http_error(proxy, fake):
+def test_upstream_error_inside_a_200_stream_becomes_http_error(proxy_factory, fake):
+    proxy = no_retries(proxy_factory, fake)
     fake.queue(stream_reply([{"error": {"message": "quota exceeded", "code": 429}}]))
     status, _, data = stream(proxy, {"contents": [user("Hi")]})
     assert status == 429 and b"quota exceeded" in data

@@ -26,17 +26,17 @@ def config_for(base_url, **upstream):
                                      **upstream)}, "default_model": "m"}
 
 
-def test_read_timeout_is_504(proxy_factory, fake):
-    proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
+def test_first_byte_timeout_is_504(proxy_factory, fake):
+    proxy = proxy_factory(config_for(fake.base_url, first_byte_timeout=0.3, retries=0))
     fake.queue(hang(1.0))
     status, body = proxy.post(GENERATE, HELLO)
     assert status == 504 and body["error"]["status"] == "DEADLINE_EXCEEDED"
-    assert "sent no reply within 0.3s" in body["error"]["message"]
+    assert "sent nothing within 0.3s" in body["error"]["message"]
 
 
 def test_slow_first_event_is_a_real_504(proxy_factory, fake):
     from fake_upstream import chunk, stream_reply
-    proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
+    proxy = proxy_factory(config_for(fake.base_url, first_byte_timeout=0.3, retries=0))
     fake.queue(stream_reply([chunk({"content": "late"})], delay=0.6))
     status, _, data = proxy.request("POST", STREAM, HELLO)
     assert status == 504       # nothing was sent yet, so the client gets a real error
@@ -76,7 +76,7 @@ def test_unreachable_upstream_is_502(proxy_factory):
 
 def test_retries_before_the_first_byte(proxy_factory, fake):
     proxy = proxy_factory(config_for(fake.base_url, retries=2, retry_wait=0.01))
-    fake.queue(json_reply({"error": {"message": "slow down"}}, status=429),
+    fake.queue(json_reply({"error": {"message": "oops"}}, status=500),
                raw_reply("busy", status=503),
                json_reply(completion("third time lucky")))
     status, body = proxy.post(GENERATE, HELLO)

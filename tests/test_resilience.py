@@ -1,0 +1,573 @@
+"""The resilient upstream path (issue 4), end to end: a fault-injecting fake upstream, and
+for each fault what a client of each dialect sees, and that nothing leaks afterwards.
+
+Every fault runs for each client dialect twice: against an upstream of its own dialect
+(bytes passed through) and against one of another dialect (converted through the hub).
+"""
+
+import json
+import threading
+import time
+
+import pytest
+
+import gemini_proxy as gp
+import faults
+from faults import FIRST_WORDS, REST
+from talkers import AnthropicTalker, GeminiTalker, OpenAITalker
+
+TALKERS = {"gemini": GeminiTalker, "openai": OpenAITalker, "anthropic": AnthropicTalker}
+HUB_UPSTREAM = {"gemini": "openai", "openai": "gemini", "anthropic": "openai"}
+PATHS = [(client, upstream) for client in TALKERS for upstream in (client, HUB_UPSTREAM[client])]
+PATH_IDS = ["%s-client-%s-upstream" % pair for pair in PATHS]
+
+# How each dialect's client learns that a stream broke after it began.
+BROKEN_STREAM_END = {"gemini": "cut", "openai": "error", "anthropic": "error"}
+
+
+class Rig:
+    """A fake upstream of one kind behind the real proxy, and a client of one dialect."""
+
+    def __init__(self, proxy_factory, client, kind, keys=("key-a",), server=None,
+                 route=None, more_upstreams=None, **upstream):
+        self.client, self.kind = client, kind
+        self.fake = faults.FAKES[kind]().start()
+        spec = {"kind": kind, "base_url": self.fake.base_url, "api_keys": list(keys),
+                "retries": 1, "retry_wait": 0.01, "first_byte_timeout": 0.5,
+                "read_timeout": 0.5}
+        spec.update(upstream)
+        config = {"upstreams": dict({"up": spec}, **(more_upstreams or {})),
+                  "default_model": "up-model", "server": server or {}}
+        if route:
+            config["routes"] = [route]
+        self.proxy = proxy_factory(config)
+        self.app = self.proxy.server.proxy
+        self.talker = TALKERS[client](self.proxy)
+
+    def send(self, stream=False, text="Hi", headers=None):
+        """(status, headers, raw body) of one request from the client."""
+        path, body, client_headers = self.talker.request(
+            [self.talker.user_turn(text)], stream, None, False, None)
+        return self.proxy.request("POST", path, body, dict(client_headers, **(headers or {})))
+
+    def ask(self, stream=False, text="Hi"):
+        status, headers, data = self.send(stream, text)
+        return status, read(self.client, status, headers, data, stream)
+
+    def status_page(self, headers=None):
+        status, _, data = self.proxy.request("GET", "/status", headers=headers)
+        return status, json.loads(data)
+
+    def keys(self, upstream="up"):
+        return {k["key"]: k for k in self.status_page()[1]["upstreams"][upstream]["keys"]}
+
+
+@pytest.fixture
+def rig(proxy_factory):
+    made = []
+
+    def make(client, kind, **options):
+        made.append(Rig(proxy_factory, client, kind, **options))
+        return made[-1]
+    yield make
+    for one in made:
+        one.fake.stop()
+
+
+def read(client, status, headers, data, stream):
+    """What the client got: for an error its status, message and retry seconds in the
+    dialect's own shape; for a stream (text, ending, keepalives); else the text."""
+    if status != 200:
+        body = json.loads(data)
+        if client == "gemini":
+            error = body["error"]
+            assert error["code"] == status and error["status"], body
+            retry = next((float(d["retryDelay"].rstrip("s")) for d in error.get("details", [])
+                          if "retryDelay" in d), None)
+        elif client == "anthropic":
+            assert body["type"] == "error" and body["error"]["type"], body
+            error = body["error"]
+            retry = float(headers["retry-after"]) if "retry-after" in headers else None
+        else:
+            error = body["error"]
+            assert error["message"] and "type" in error, body
+            retry = float(headers["retry-after"]) if "retry-after" in headers else None
+        return {"message": error["message"], "retry": retry}
+    if stream:
+        return faults.read_stream(client, data)
+    body = json.loads(data)
+    if client == "gemini":
+        return "".join(p.get("text", "") for p in body["candidates"][0]["content"]["parts"])
+    if client == "anthropic":
+        return "".join(b.get("text", "") for b in body["content"])
+    return body["choices"][0]["message"]["content"]
+
+
+def assert_no_leaks(rig, most_at_once=1):
+    """Afterwards no worker is busy, no request is open, no key is held or waiting, every
+    upstream connection the proxy still has is idle in its pool, and the worker threads
+    number no more than the requests that ever ran at once."""
+    app = rig.app
+
+    def counts():
+        return {"busy workers": app.active, "open requests": rig.proxy.server.requests_in_flight,
+                "connections in use": app.pool.open - app.pool.idle,
+                "keys held": sum(u.keys.in_flight for u in app.upstreams.values()),
+                "requests waiting": sum(u.keys.waiting for u in app.upstreams.values())}
+    deadline = time.monotonic() + 5
+    while any(counts().values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(counts().values()), counts()
+    workers = app.executor._threads          # the stdlib pool's own record of them
+    assert all(t.is_alive() for t in workers) and len(workers) <= most_at_once
+
+
+# -- faults before the first byte: the client gets a real HTTP error in its dialect -----------
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_429_with_retry_after_stays_429_with_that_time(rig, client, kind, stream):
+    r = rig(client, kind)
+    r.fake.rules["*"] = faults.error(kind, 429, "slow down please", retry_after=7)
+    status, error = r.ask(stream)
+    assert status == 429 and "slow down please" in error["message"]
+    assert error["retry"] == 7
+    assert len(r.fake.requests) == 1          # the only key is resting: not asked again
+    assert r.keys()[gp.fingerprint("key-a")]["state"] == "cooling"
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_429_without_retry_after_gets_a_retry_time(rig, client, kind):
+    r = rig(client, kind, cooldown_floor=2.0, cooldown_jitter=0.0)
+    r.fake.rules["*"] = faults.error(kind, 429, "too many")
+    status, error = r.ask()
+    assert status == 429 and "too many" in error["message"]
+    assert error["retry"] == 2                # the key's cooldown: the floor, first time
+    status, error = r.ask()                   # answered by the proxy while the key rests
+    assert status == 429 and len(r.fake.requests) == 1
+    assert 0 < error["retry"] <= 2
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("code", [500, 503])
+def test_5xx_is_retried_then_kept(rig, client, kind, code):
+    r = rig(client, kind, retries=2)
+    r.fake.rules["*"] = faults.error(kind, code, "upstream on fire")
+    status, error = r.ask()
+    assert status == code and "upstream on fire" in error["message"]
+    assert len(r.fake.requests) == 3          # 1 + retries, with backoff between
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_5xx_once_then_success_is_invisible(rig, client, kind):
+    r = rig(client, kind)
+    r.fake.queue(faults.error(kind, 503, "blip"), faults.stream(kind))
+    status, (text, ending, _) = r.ask(stream=True)
+    assert status == 200 and text == FIRST_WORDS + REST and ending == "finished"
+    assert len(r.fake.requests) == 2
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_connection_refused_is_502(rig, client, kind):
+    r = rig(client, kind, base_url="http://127.0.0.1:%d/v1" % faults.closed_port())
+    status, error = r.ask(stream=True)
+    assert status == 502 and "cannot reach upstream 'up'" in error["message"]
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_reset_before_the_first_byte_is_502_after_a_retry(rig, client, kind):
+    r = rig(client, kind)
+    r.fake.rules["*"] = faults.reset_before_reply(kind)
+    status, error = r.ask()
+    assert status == 502 and "broke" in error["message"]
+    assert len(r.fake.requests) == 2
+    r.fake.rules.clear()
+    r.fake.queue(faults.reset_before_reply(kind))     # once only: the retry answers
+    status, text = r.ask()
+    assert status == 200 and text
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_slow_first_byte_past_the_timeout_is_504(rig, client, kind, stream):
+    r = rig(client, kind, first_byte_timeout=0.3)
+    r.fake.rules["*"] = faults.slow(kind, 0.8, streaming=stream)
+    status, error = r.ask(stream)
+    assert status == 504 and "sent nothing within 0.3s" in error["message"]
+    assert len(r.fake.requests) == 2
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_invalid_json_is_502(rig, client, kind):
+    r = rig(client, kind, retries=0)
+    r.fake.rules["*"] = faults.invalid_json(kind)
+    status, error = r.ask()   # passed through or converted: never a 200 with garbage
+    assert status == 502 and "invalid JSON" in error["message"]
+    r.fake.rules["*"] = faults.invalid_json(kind, streaming=True)
+    status, error = r.ask(stream=True)
+    assert status == 502 and "invalid JSON" in error["message"]
+    assert_no_leaks(r)
+
+
+# -- faults after the first byte: the stream ends in the dialect's own error form ------------
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("ending", ["reset", "stall", "truncated"])
+def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
+    r = rig(client, kind, read_timeout=0.3)
+    r.fake.rules["*"] = faults.stream(kind, ending, pause=1.0)
+    status, (text, how, _) = r.ask(stream=True)
+    assert status == 200
+    assert text == FIRST_WORDS                # what came before the fault, nothing after
+    assert how == BROKEN_STREAM_END[client]   # never a normal-looking finish
+    assert len(r.fake.requests) == 1          # the client has bytes: no retry
+    assert_no_leaks(r)
+    assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_total_timeout_ends_a_trickling_stream(rig, client, kind):
+    r = rig(client, kind, total_timeout=0.6, read_timeout=5.0)
+    r.fake.rules["*"] = faults.stream(kind, "stall", pause=1.5)   # not idle for long enough
+    status, (text, how, _) = r.ask(stream=True)
+    assert status == 200 and how == BROKEN_STREAM_END[client]
+    assert text == FIRST_WORDS
+    assert_no_leaks(r)
+
+
+# -- key pools ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_401_on_one_key_of_three(rig, client, kind):
+    r = rig(client, kind, keys=("key-a", "key-b", "key-c"))
+    r.fake.rules["key-b"] = faults.error(kind, 401, "key-b is not a key")
+    for _ in range(6):
+        status, text = r.ask()
+        assert status == 200, text
+    used = r.fake.keys_used()
+    assert used.count("key-b") == 1           # tried once, refused, never again
+    assert used.count("key-a") == 3 and used.count("key-c") == 3
+    keys = r.keys()
+    assert keys[gp.fingerprint("key-b")]["state"] == "refused"
+    assert "not a key" in keys[gp.fingerprint("key-b")]["last_error"]
+    assert keys[gp.fingerprint("key-a")]["state"] == "ready"
+    assert_no_leaks(r)
+
+
+def test_every_key_refused_is_the_providers_401(rig):
+    r = rig("gemini", "openai", keys=("key-a", "key-b"))
+    r.fake.rules["*"] = faults.error("openai", 401, "who are you")
+    status, error = r.ask()
+    assert status == 401 and "who are you" in error["message"]
+    assert len(r.fake.requests) == 2
+    status, error = r.ask()                   # refused keys are not tried again
+    assert status == 401 and len(r.fake.requests) == 2
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_three_keys_one_rate_limited_serve_a_burst(rig, client, kind):
+    r = rig(client, kind, keys=("key-a", "key-b", "key-c"), cooldown_jitter=0.0)
+    r.fake.rules["key-b"] = faults.error(kind, 429, "key-b is over its limit", retry_after=1)
+    results, threads = [], []
+
+    def one():
+        results.append(r.ask(stream=len(results) % 2 == 1)[0])
+    for _ in range(4):              # a burst: 24 requests, 8 at a time
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert results == [200] * 24
+    used = r.fake.keys_used()
+    assert used.count("key-b") <= 8           # some found it before it was known to rest
+    assert len(used) == 24 + used.count("key-b")
+    assert r.keys()[gp.fingerprint("key-b")]["state"] == "cooling"
+    # The provider lifts the limit; once the cooldown is over the key serves again.
+    del r.fake.rules["key-b"]
+    time.sleep(1.1)
+    assert r.keys()[gp.fingerprint("key-b")]["state"] == "ready"
+    before = len(r.fake.requests)
+    for _ in range(3):
+        assert r.ask()[0] == 200
+    assert "key-b" in r.fake.keys_used()[before:]
+    assert_no_leaks(r, most_at_once=6)
+
+
+def test_least_recently_failed_prefers_keys_that_did_not_fail(rig):
+    r = rig("openai", "openai", keys=("key-a", "key-b"), key_strategy="least_recently_failed")
+    r.fake.queue(faults.error("openai", 500, "hiccup"))
+    assert r.ask()[0] == 200                  # key-a failed once, key-b answered
+    before = len(r.fake.requests)
+    for _ in range(3):
+        assert r.ask()[0] == 200
+    assert r.fake.keys_used()[before:] == ["key-b"] * 3
+    assert_no_leaks(r)
+
+
+def test_gemini_quota_per_model_and_per_day(rig):
+    r = rig("openai", "gemini", keys=("key-a",), daily_quota_cooldown=7200.0,
+            route={"model": "other", "upstream": "up", "upstream_model": "other-model"})
+    r.fake.rules["*"] = faults.error("gemini", 429, "Quota exceeded", retry_after=3,
+                                     quota_id="GenerateRequestsPerDayPerProjectPerModel")
+    status, error = r.ask()
+    assert status == 429
+    key = r.keys()[gp.fingerprint("key-a")]
+    assert set(key["cooling_until"]) == {"up-model"}       # Gemini limits per model
+    until = time.mktime(time.strptime(key["cooling_until"]["up-model"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert until - time.mktime(time.gmtime()) > 7000       # a day's quota: the long rest
+    r.fake.rules.clear()
+    path, body, headers = r.talker.request([r.talker.user_turn("Hi")], False, None, False, None)
+    body["model"] = "other"                   # another model on the same key still works
+    status, _, _ = r.proxy.request("POST", path, body, headers)
+    assert status == 200
+    assert_no_leaks(r)
+
+
+def test_openai_reset_headers_give_the_retry_time(rig):
+    r = rig("anthropic", "openai", cooldown_jitter=0.0)
+    r.fake.rules["*"] = lambda handler, request: handler.send_body(
+        429, b'{"error": {"message": "Rate limit reached for requests"}}', "application/json",
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s",
+         "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "20ms"})
+    status, error = r.ask()
+    assert status == 429 and error["retry"] == 360
+    assert_no_leaks(r)
+
+
+# -- fallbacks ------------------------------------------------------------------------------
+
+def test_fallbacks_in_order_after_the_route_upstream_fails(rig, fake):
+    second = faults.FAKES["anthropic"]().start()
+    try:
+        r = rig("gemini", "openai", retries=0, more_upstreams={
+            "second": {"kind": "anthropic", "base_url": second.base_url, "api_key": "k2",
+                       "retries": 0},
+            "third": {"kind": "openai", "base_url": fake.base_url, "api_key": "k3"}},
+            route={"model": "gemini-*", "upstream": "up", "upstream_model": "up-model",
+                   "fallbacks": [{"upstream": "second", "upstream_model": "claude-x"},
+                                 "third"]})
+        r.fake.rules["*"] = faults.error("openai", 503, "primary down")
+        second.rules["*"] = faults.error("anthropic", 529, "overloaded")
+        status, text = r.ask()
+        assert status == 200 and text
+        assert len(r.fake.requests) == 1 and len(second.requests) == 1
+        assert second.requests[0]["json"]["model"] == "claude-x"
+        assert fake.requests[0]["json"]["model"] == "gemini-2.5-pro"   # the client's name
+        assert_no_leaks(r)
+    finally:
+        second.stop()
+
+
+def test_a_rate_limited_route_falls_back_at_once(rig, fake):
+    r = rig("anthropic", "openai", more_upstreams={
+        "spare": {"kind": "openai", "base_url": fake.base_url, "api_key": "k2"}},
+        route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
+    r.fake.rules["*"] = faults.error("openai", 429, "limited", retry_after=30)
+    for _ in range(3):
+        assert r.ask()[0] == 200
+    assert len(r.fake.requests) == 1 and len(fake.requests) == 3   # resting: skipped
+    assert_no_leaks(r)
+
+
+def test_a_client_error_is_not_retried_anywhere(rig, fake):
+    r = rig("openai", "openai", more_upstreams={
+        "spare": {"kind": "openai", "base_url": fake.base_url}},
+        route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
+    r.fake.rules["*"] = faults.error("openai", 400, "messages: bad role")
+    status, error = r.ask()
+    assert status == 400 and "bad role" in error["message"]
+    assert len(r.fake.requests) == 1 and not fake.requests
+    assert_no_leaks(r)
+
+
+# -- waiting for keys, concurrency limits ------------------------------------------------------
+
+def test_every_key_resting_answers_429_at_once_or_waits_when_configured(rig):
+    r = rig("gemini", "openai", cooldown_jitter=0.0)
+    r.fake.queue(faults.error("openai", 429, "wait a second", retry_after=1))
+    started = time.monotonic()
+    assert r.ask()[0] == 429
+    assert r.ask()[0] == 429 and time.monotonic() - started < 0.5
+    w = rig("gemini", "openai", cooldown_jitter=0.0, wait_for_keys=True, wait_timeout=3.0)
+    w.fake.queue(faults.error("openai", 429, "wait a second", retry_after=1))
+    started = time.monotonic()
+    status, text = w.ask()                    # rests 1s on the only key, then is served
+    assert status == 200 and 0.9 < time.monotonic() - started < 2.5
+    assert w.fake.keys_used() == ["key-a", "key-a"]
+    assert_no_leaks(r)
+    assert_no_leaks(w)
+
+
+def test_waiting_is_bounded_in_time_and_in_number(rig):
+    r = rig("openai", "openai", cooldown_jitter=0.0, wait_for_keys=True, wait_timeout=0.3,
+            max_waiting=1, retries=0)
+    r.fake.queue(faults.error("openai", 429, "long rest", retry_after=30))
+    assert r.ask()[0] == 429
+    results = []
+
+    def one():
+        started = time.monotonic()
+        results.append((r.ask()[0], time.monotonic() - started))
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    (first, first_time), (second, second_time) = sorted(results, key=lambda x: x[1])
+    assert first == second == 429
+    assert first_time < 0.25                  # the queue was full: told at once
+    assert 0.25 < second_time < 2             # waited its wait_timeout, then told
+    assert len(r.fake.requests) == 1
+    assert_no_leaks(r, most_at_once=2)
+
+
+@pytest.mark.parametrize("limits", [{"max_concurrency": 2},
+                                    {"key_concurrency": 1}], ids=["upstream", "key"])
+def test_concurrency_limits_queue_the_rest(rig, limits):
+    r = rig("openai", "openai", keys=("key-a", "key-b"), **limits)
+    r.fake.rules["*"] = faults.slow("openai", 0.2)
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(r.ask()[0])) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert statuses == [200] * 6
+    assert r.fake.most_busy == 2
+    assert_no_leaks(r, most_at_once=6)
+
+
+def test_a_full_upstream_overflows_to_its_fallback(rig, fake):
+    r = rig("openai", "openai", max_concurrency=1, more_upstreams={
+        "spare": {"kind": "openai", "base_url": fake.base_url}},
+        route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
+    r.fake.rules["*"] = faults.slow("openai", 0.3)
+    fake.rules["*"] = faults.slow("openai", 0.3)
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(r.ask()[0])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert statuses == [200, 200]
+    assert len(r.fake.requests) == 1 and len(fake.requests) == 1
+    assert_no_leaks(r, most_at_once=2)
+
+
+# -- keep-alives, stop strings, streaming modes -------------------------------------------------
+
+@pytest.mark.parametrize("client", list(TALKERS))
+def test_keepalives_during_a_long_silence(rig, client):
+    kind = HUB_UPSTREAM[client]
+    r = rig(client, kind, read_timeout=5.0, server={"keepalive_interval": 0.1})
+    r.fake.rules["*"] = faults.stream(kind, "stall", pause=0.5)
+    status, headers, data = r.send(stream=True)
+    text, how, keepalives = faults.read_stream(client, data)
+    assert status == 200 and text == FIRST_WORDS + REST and how == "finished"
+    if client == "gemini":
+        assert keepalives == 0                # Gemini CLI's parser hangs on them
+        assert all(line.startswith("data: ") for line in data.decode().split("\n") if line)
+    elif client == "openai":
+        assert keepalives >= 2 and b": keep-alive\n\n" in data
+    else:
+        assert keepalives >= 3                # the stream's own ping, then the proxy's
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_stop_strings_cut_the_stream_there(rig, client, kind):
+    r = rig(client, kind, stop_strings=["words and"])
+    r.fake.rules["*"] = faults.stream(kind, gap=0.05)
+    status, headers, data = r.send(stream=True)
+    text, how, _ = faults.read_stream(client, data)
+    assert status == 200 and how == "finished"
+    assert text == "first "                   # "words" + " and" spanned two deltas
+    if client == "anthropic":
+        assert b'"stop_reason":"stop_sequence","stop_sequence":"words and"' in data
+    elif client == "openai":
+        assert b'"finish_reason":"stop"' in data
+    else:
+        assert b'"finishReason":"STOP"' in data
+    assert_no_leaks(r)
+    assert r.app.pool.open == 0               # the upstream, still talking, was hung up on
+
+
+@pytest.mark.parametrize("client", list(TALKERS))
+def test_stop_strings_cut_a_whole_reply(rig, client):
+    kind = HUB_UPSTREAM[client]
+    r = rig(client, kind, stop_strings=["of"])
+    r.fake.rules["*"] = faults.whole(kind, "all of it")
+    status, text = r.ask()
+    assert status == 200 and text == "all "
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_whole_replies_assembled_from_an_upstream_stream(rig, client, kind):
+    r = rig(client, kind, upstream_streaming="always")
+    r.fake.rules["*"] = faults.stream(kind)
+    status, text = r.ask()
+    assert status == 200 and text == FIRST_WORDS + REST
+    sent = r.fake.requests[0]
+    assert sent["json"].get("stream") is True or "streamGenerateContent" in sent["path"]
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_streams_served_from_a_whole_upstream_reply(rig, client, kind):
+    r = rig(client, kind, upstream_streaming="never")
+    r.fake.rules["*"] = faults.whole(kind, "said in one go")
+    status, (text, how, _) = r.ask(stream=True)
+    assert status == 200 and text == "said in one go" and how == "finished"
+    sent = r.fake.requests[0]
+    assert not sent["json"].get("stream") and "streamGenerateContent" not in sent["path"]
+    assert_no_leaks(r)
+
+
+# -- the status endpoint --------------------------------------------------------------------
+
+def test_status_shows_keys_by_fingerprint_only_and_needs_a_client_key(rig):
+    r = rig("openai", "openai", keys=("sk-secret-one-1234", "sk-secret-two-5678"),
+            server={"api_keys": ["client-key"]})
+    r.fake.rules["sk-secret-two-5678"] = faults.error(
+        "openai", 403, "sk-secret-two-5678 has no access")
+    assert r.ask()[0] == 200 and r.ask()[0] == 200
+    status, _, data = r.proxy.request("GET", "/status")
+    assert status == 401
+    status, headers, data = r.proxy.request("GET", "/status",
+                                            headers={"authorization": "Bearer client-key"})
+    assert status == 200 and b"sk-secret" not in data
+    page = json.loads(data)
+    up = page["upstreams"]["up"]
+    assert up["kind"] == "openai" and up["in_flight"] == 0
+    assert [k["key"] for k in up["keys"]] == [gp.fingerprint("sk-secret-one-1234"),
+                                              gp.fingerprint("sk-secret-two-5678")]
+    assert [k["state"] for k in up["keys"]] == ["ready", "refused"]
+    assert up["keys"][0]["requests"] == 2
+    assert "[REDACTED]" in up["keys"][1]["last_error"]
+    assert r.proxy.request("POST", "/status", b"{}",
+                           {"authorization": "Bearer client-key"})[0] == 405
+
+
+def test_reload_forgets_refusals_and_keeps_cooldowns(rig):
+    r = rig("openai", "openai", keys=("key-a", "key-b"))
+    r.fake.rules["key-a"] = faults.error("openai", 401, "revoked")
+    r.fake.rules["key-b"] = faults.error("openai", 429, "later", retry_after=60)
+    assert r.ask()[0] == 429
+    states = {k: v["state"] for k, v in r.keys().items()}
+    assert states == {gp.fingerprint("key-a"): "refused", gp.fingerprint("key-b"): "cooling"}
+    r.fake.rules.clear()
+    r.proxy.server.reload(r.app.config)       # what SIGHUP does, with the same file
+    states = {k: v["state"] for k, v in r.keys().items()}
+    assert states == {gp.fingerprint("key-a"): "ready", gp.fingerprint("key-b"): "cooling"}
+    assert r.ask()[0] == 200 and r.fake.keys_used()[-1] == "key-a"
+    assert_no_leaks(r)
