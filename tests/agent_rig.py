@@ -5,6 +5,9 @@ tree, and print what happened as one JSON line. Used by tests/test_agents.py, in
     python3 tests/agent_rig.py --upstream gemini -- claude -p "Say hi" --output-format json
 
 In the agent's arguments and environment, {proxy} stands for the proxy's URL.
+--scenario makes the upstream misbehave: "pool" gives the proxy three upstream keys of
+which key-b is always rate-limited; "stall" pauses each streamed reply after its first
+event for longer than the proxy's keep-alive interval, so the agent gets keep-alives.
 """
 
 import argparse
@@ -12,15 +15,42 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from conftest import RunningProxy, make_config  # noqa: E402
-from fake_upstream import FakeAnthropic, FakeGemini, FakeOpenAI  # noqa: E402
+from faults import FAKES, error  # noqa: E402
 
-FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+STALL_SECONDS = 1.0
+KEEPALIVE_INTERVAL = 0.2
+
+
+def stalling(fake):
+    """The fake's own replies, with a pause after a stream's first event."""
+    def reply(handler, request):
+        write, writes = handler.write_chunk, []
+
+        def slow_write(data):
+            writes.append(data)
+            if len(writes) == 2:
+                time.sleep(STALL_SECONDS)
+            return write(data)
+        handler.write_chunk = slow_write
+        fake.automatic(handler.record, len(fake.requests))(handler, request)
+    return reply
+
+
+def upstream_spec(kind, fake, scenario):
+    spec = {"kind": kind, "base_url": fake.base_url, "api_key": "upstream-key"}
+    if scenario == "pool":
+        spec["api_keys"] = ["key-b", "key-c"]
+        fake.rules["key-b"] = error(kind, 429, "key-b is over its quota", retry_after=30)
+    elif scenario == "stall":
+        fake.rules["*"] = stalling(fake)
+    return spec
 
 
 def main():
@@ -29,14 +59,15 @@ def main():
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the agent")
     parser.add_argument("--cwd", default=".")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--scenario", choices=["plain", "pool", "stall"], default="plain")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     fake = FAKES[args.upstream]().start()
     proxy = RunningProxy(make_config({
-        "upstreams": {"up": {"kind": args.upstream, "base_url": fake.base_url,
-                             "api_key": "upstream-key"}},
-        "default_model": "fake-model", "server": {"port": 0},
+        "upstreams": {"up": upstream_spec(args.upstream, fake, args.scenario)},
+        "default_model": "fake-model",
+        "server": {"port": 0, "keepalive_interval": KEEPALIVE_INTERVAL},
         "logging": {"access_log": False}}))
     env = dict(os.environ)
     for item in args.env:
@@ -50,7 +81,7 @@ def main():
                    "stderr": completed.stderr[-4000:]}
     except subprocess.TimeoutExpired as exc:
         outcome = {"code": None, "stdout": exc.stdout or "", "stderr": "timed out"}
-    outcome["upstream_requests"] = [{"path": r["path"], "json": r["json"]}
+    outcome["upstream_requests"] = [{"path": r["path"], "json": r["json"], "key": r["key"]}
                                     for r in fake.requests if r.get("method") == "POST"]
     proxy.stop()
     fake.stop()

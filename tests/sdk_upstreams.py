@@ -43,3 +43,19 @@ def upstream_fixture(kinds=KINDS):
         if fake is not None:
             fake.stop()
     return upstream
+
+
+def troubled_fixture(kinds):
+    """The proxy in front of one fake upstream per kind, with two keys (key-a, key-b) and
+    keep-alives after 0.1 s of silence, for the faults of tests/faults.py."""
+    @pytest.fixture(params=kinds, ids=["%s-upstream" % k for k in kinds])
+    def troubled(request, proxy_factory):
+        kind = request.param
+        fake = FAKES[kind]().start()
+        proxy = proxy_factory({"upstreams": {"up": {
+            "kind": kind, "base_url": fake.base_url, "api_keys": ["key-a", "key-b"],
+            "retry_wait": 0.01}}, "default_model": "fake-model",
+            "server": {"keepalive_interval": 0.1}})
+        yield Upstream(kind, proxy, fake)
+        fake.stop()
+    return troubled

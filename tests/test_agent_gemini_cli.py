@@ -106,3 +106,30 @@ def test_model_router_uses_json_mode(proxy, fake, workdir, tmp_path):
     router = [r["json"] for r in fake.requests if "response_format" in r["json"]]
     assert router and router[0]["response_format"]["type"] == "json_schema"
     assert router[0].get("stream") is None
+
+
+def test_a_key_pool_with_one_rate_limited_key(proxy_factory, fake, workdir, tmp_path):
+    from faults import error
+    proxy = proxy_factory({"upstreams": {"up": {
+        "base_url": fake.base_url, "api_keys": ["key-a", "key-b", "key-c"]}},
+        "default_model": "fake-model"})
+    fake.rules["key-b"] = error("openai", 429, "key-b is over its quota", retry_after=30)
+    notes = workdir / "notes.txt"
+    code, result, stderr = run_gemini(
+        proxy, str(workdir), str(tmp_path / "home"),
+        'CALL read_file {"file_path": "%s"}' % notes, "--yolo")
+    assert code == 0, stderr
+    assert "read_file -> the launch code is tangerine" in result["response"]
+    assert result["stats"]["models"]["gemini-2.5-flash"]["api"]["totalErrors"] == 0
+    assert fake.keys_used() == ["key-a", "key-b", "key-c"]   # b once, then it rests
+
+
+def test_a_stream_cut_mid_way_is_retried_by_the_cli(proxy, fake, workdir, tmp_path):
+    # The stream ends without finishReason: Gemini CLI treats that as an invalid stream
+    # and asks again, which is why the proxy never fakes a normal finish.
+    from faults import stream
+    fake.queue(stream("openai", "reset"))
+    code, result, stderr = run_gemini(proxy, str(workdir), str(tmp_path / "home"), "Say hi")
+    assert code == 0, stderr
+    assert result["response"].endswith("FAKE says hello."), result["response"]
+    assert len(fake.requests) == 2

@@ -6,8 +6,10 @@ only loopback (tests/agent_rig.py runs the fake upstream and the proxy in there 
 * Qwen Code (OpenAI Chat Completions client) to a Gemini, an Anthropic and an
   OpenAI-compatible upstream.
 
-Each completes a plain prompt and a tool round trip with two parallel calls. Set
-CLAUDE_CODE_BIN / QWEN_CODE_BIN, or put `claude` / `qwen` on PATH; .ci/run installs them.
+Each completes a plain prompt and a tool round trip with two parallel calls, and the tool
+round trip again through a troubled upstream: a key pool with one rate-limited key, and
+streams that stall long enough for the proxy's keep-alives. Set CLAUDE_CODE_BIN /
+QWEN_CODE_BIN, or put `claude` / `qwen` on PATH; .ci/run installs them.
 """
 
 import json
@@ -46,10 +48,10 @@ def workdir(tmp_path):
     return work
 
 
-def run_in_netns(upstream, command, env, cwd, timeout=300):
+def run_in_netns(upstream, command, env, cwd, timeout=300, scenario="plain"):
     rig = [sys.executable, os.path.join(HERE, "agent_rig.py"), "--upstream", upstream,
-           "--cwd", str(cwd)] + ["--env=%s=%s" % item for item in env.items()] + \
-        ["--"] + command
+           "--cwd", str(cwd), "--scenario", scenario] + \
+        ["--env=%s=%s" % item for item in env.items()] + ["--"] + command
     script = 'ip link set lo up && exec "$@"'
     completed = subprocess.run(["unshare", "-n", "sh", "-c", script, "sh"] + rig,
                                capture_output=True, text=True, timeout=timeout)
@@ -65,7 +67,7 @@ def last_json(text):
 
 # -- Claude Code -------------------------------------------------------------------------
 
-def claude(upstream, prompt, workdir, tmp_path, *flags):
+def claude(upstream, prompt, workdir, tmp_path, *flags, scenario="plain"):
     home = tmp_path / "claude-home"
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
@@ -75,7 +77,7 @@ def claude(upstream, prompt, workdir, tmp_path, *flags):
            "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1", "NO_COLOR": "1",
            "IS_SANDBOX": "1"}
     outcome = run_in_netns(upstream, [CLAUDE, "-p", prompt, "--output-format", "json"] +
-                           list(flags), env, workdir)
+                           list(flags), env, workdir, scenario=scenario)
     assert outcome["code"] == 0, (outcome["stderr"], outcome["stdout"][-2000:])
     return last_json(outcome["stdout"]), outcome["upstream_requests"]
 
@@ -110,9 +112,34 @@ def test_claude_code_two_parallel_tools(upstream, workdir, tmp_path):
     assert len(requests) == 2
 
 
+def assert_scenario(scenario, requests):
+    """The pool's bad key was tried once and never again; every turn was answered."""
+    if scenario == "pool":
+        keys = [r["key"] for r in requests]
+        assert keys.count("key-b") == 1 and len(keys) == 3, keys
+
+
+# Pass-through for the stalls (keep-alives go between the upstream's own events), the hub
+# for the pool.
+TROUBLES = [("pool", "gemini"), ("stall", "anthropic")]
+
+
+@claude_available
+@needs_unshare
+@pytest.mark.parametrize("scenario, upstream", TROUBLES)
+def test_claude_code_through_a_troubled_upstream(scenario, upstream, workdir, tmp_path):
+    prompt = 'CALL Read {"file_path": "%s"} CALL Bash {"command": "ls %s"}' % (
+        workdir / "notes.txt", workdir)
+    result, requests = claude(upstream, prompt, workdir, tmp_path,
+                              "--dangerously-skip-permissions", scenario=scenario)
+    assert "PINEAPPLE" in result["result"] and "app.py" in result["result"]
+    assert result["is_error"] is False
+    assert_scenario(scenario, requests)
+
+
 # -- Qwen Code ---------------------------------------------------------------------------
 
-def qwen(upstream, prompt, workdir, tmp_path, *flags):
+def qwen(upstream, prompt, workdir, tmp_path, *flags, scenario="plain"):
     home = tmp_path / "qwen-home"
     (home / ".qwen").mkdir(parents=True, exist_ok=True)
     (home / "tmp").mkdir(exist_ok=True)
@@ -126,7 +153,7 @@ def qwen(upstream, prompt, workdir, tmp_path, *flags):
            "OPENAI_BASE_URL": "{proxy}/v1", "OPENAI_API_KEY": "client-key",
            "OPENAI_MODEL": "qwen3-coder-plus"}
     outcome = run_in_netns(upstream, [QWEN, "-p", prompt, "-o", "json"] + list(flags), env,
-                           workdir)
+                           workdir, scenario=scenario)
     assert outcome["code"] == 0, (outcome["stderr"], outcome["stdout"][-2000:])
     return outcome["stdout"], outcome["upstream_requests"]
 
@@ -166,3 +193,15 @@ def test_qwen_code_two_parallel_tools(upstream, workdir, tmp_path):
     assert "FAKE got tool result(s): read_file -> " in answer
     assert "PINEAPPLE" in answer and "app.py" in answer
     assert len(requests) == 2
+
+
+@qwen_available
+@needs_unshare
+@pytest.mark.parametrize("scenario, upstream", [("pool", "anthropic"), ("stall", "openai")])
+def test_qwen_code_through_a_troubled_upstream(scenario, upstream, workdir, tmp_path):
+    prompt = 'CALL read_file {"file_path": "%s"} CALL run_shell_command {"command": "ls %s"}' \
+        % (workdir / "notes.txt", workdir)
+    stdout, requests = qwen(upstream, prompt, workdir, tmp_path, "--yolo", scenario=scenario)
+    answer = qwen_answer(stdout)
+    assert "PINEAPPLE" in answer and "app.py" in answer
+    assert_scenario(scenario, requests)

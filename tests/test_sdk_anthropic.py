@@ -108,3 +108,43 @@ def test_models(upstream):
     models = client.models.list()
     assert "gemini-2.5-pro" in [m.id for m in models.data]
     assert client.models.retrieve("gemini-2.5-pro").id == "gemini-2.5-pro"
+
+
+# -- a troubled upstream (issue 4): pass-through from Anthropic, converted from OpenAI -------
+
+from faults import FIRST_WORDS, REST, error, stream  # noqa: E402
+from sdk_upstreams import troubled_fixture  # noqa: E402
+
+troubled = troubled_fixture(["anthropic", "openai"])
+
+
+def streamed_text(client, received):
+    with client.messages.stream(model="claude-x", max_tokens=100,
+                                messages=[{"role": "user", "content": "Hi"}]) as events:
+        for text in events.text_stream:
+            received.append(text)
+    return "".join(received)
+
+
+def test_sdk_raises_when_a_stream_breaks_mid_way(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "truncated")
+    received = []
+    with pytest.raises(anthropic.APIError) as err:
+        streamed_text(client_for(troubled), received)
+    assert "before the reply was finished" in str(err.value)
+    assert "".join(received) == FIRST_WORDS
+
+
+def test_sdk_skips_keepalive_pings_in_a_stalled_stream(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "stall", pause=0.5)
+    assert streamed_text(client_for(troubled), []) == FIRST_WORDS + REST
+
+
+def test_sdk_sees_429_with_the_earliest_retry_when_every_key_rests(troubled):
+    troubled.fake.rules["key-a"] = error(troubled.kind, 429, "a is spent", retry_after=9)
+    troubled.fake.rules["key-b"] = error(troubled.kind, 429, "b is spent", retry_after=4)
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client_for(troubled).messages.create(
+            model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "Hi"}])
+    assert "spent" in str(err.value)
+    assert err.value.response.headers.get("retry-after") == "4"

@@ -245,3 +245,38 @@ def test_every_upstream_rate_limit(with_fakes):
     with pytest.raises(errors.ClientError) as err:
         client.models.generate_content(model="gemini-2.5-flash", contents="Hi")
     assert err.value.code == 429 and "Rate limited" in err.value.message
+
+
+# -- a troubled upstream (issue 4): pass-through from Gemini, converted from Anthropic -------
+
+from faults import FIRST_WORDS, REST, error, stream  # noqa: E402
+from sdk_upstreams import troubled_fixture  # noqa: E402
+
+troubled = troubled_fixture(["gemini", "anthropic"])
+
+
+def test_a_stream_broken_mid_way_ends_without_finish_reason(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "reset")
+    client = sdk_for(troubled)   # held: a client that is garbage-collected closes
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro", contents="Hi"))
+    assert "".join(c.text or "" for c in chunks) == FIRST_WORDS
+    assert all(c.candidates[0].finish_reason is None for c in chunks)   # Gemini CLI retries
+
+
+def test_a_stalled_stream_gets_no_keepalives(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "stall", pause=0.5)
+    client = sdk_for(troubled)   # held: a client that is garbage-collected closes
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro", contents="Hi"))
+    assert "".join(c.text or "" for c in chunks) == FIRST_WORDS + REST
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+
+
+def test_every_key_resting_is_429_with_retry_info(troubled):
+    troubled.fake.rules["key-a"] = error(troubled.kind, 429, "a is spent", retry_after=9)
+    troubled.fake.rules["key-b"] = error(troubled.kind, 429, "b is spent", retry_after=4)
+    with pytest.raises(errors.ClientError) as err:
+        client = sdk_for(troubled)
+        client.models.generate_content(model="gemini-2.5-pro", contents="Hi")
+    assert err.value.code == 429 and "spent" in err.value.message
+    details = err.value.details["error"].get("details", [])
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "4s"} in details

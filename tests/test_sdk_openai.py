@@ -135,3 +135,44 @@ def test_models(upstream):
     ids = [m.id for m in client.models.list()]
     assert "gemini-2.5-pro" in ids
     assert client.models.retrieve("gemini-2.5-pro").id == "gemini-2.5-pro"
+
+
+# -- a troubled upstream (issue 4): pass-through from OpenAI, converted from Gemini ----------
+
+from faults import FIRST_WORDS, REST, error, stream  # noqa: E402
+from sdk_upstreams import troubled_fixture  # noqa: E402
+
+troubled = troubled_fixture(["openai", "gemini"])
+
+
+def streamed_text(client, received):
+    for chunk in client.chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "Hi"}], stream=True):
+        received.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
+    return "".join(received)
+
+
+def test_sdk_raises_when_a_stream_breaks_mid_way(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "reset")
+    received = []
+    with pytest.raises(openai.APIError) as err:
+        streamed_text(client_for(troubled), received)
+    assert "broke" in str(err.value)
+    assert "".join(received) == FIRST_WORDS
+    assert len(troubled.fake.requests) == 1
+
+
+def test_sdk_skips_keepalive_comments_in_a_stalled_stream(troubled):
+    troubled.fake.rules["*"] = stream(troubled.kind, "stall", pause=0.5)
+    assert streamed_text(client_for(troubled), []) == FIRST_WORDS + REST
+
+
+def test_sdk_sees_429_with_the_earliest_retry_when_every_key_rests(troubled):
+    troubled.fake.rules["key-a"] = error(troubled.kind, 429, "a is spent", retry_after=9)
+    troubled.fake.rules["key-b"] = error(troubled.kind, 429, "b is spent", retry_after=4)
+    with pytest.raises(openai.RateLimitError) as err:
+        client_for(troubled).chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "Hi"}])
+    assert "spent" in str(err.value)
+    assert err.value.response.headers.get("retry-after") == "4"
+    assert troubled.fake.keys_used() == ["key-a", "key-b"]
