@@ -157,7 +157,8 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
                                   #   connection failure, on its next healthy key
     "retry_wait": 0.5,            # first backoff in seconds; doubles each time, with jitter
     "retry_wait_max": 8.0,        # the longest single backoff
-    "retry_budget": 60.0,         # seconds after which no new attempt starts
+    "retry_budget": 60.0,         # seconds after the request came in when no retry may
+                                  #   start or end its backoff (waiting: wait_timeout)
     # Stream control (section 12).
     "upstream_streaming": "match",   # match the client | always (assemble whole replies from
                                      #   a stream) | never (serve streams from whole replies)
@@ -379,8 +380,9 @@ def _reset_seconds(value: str) -> Optional[float]:
     if value and match and any(match.groups()):
         h, m, sec, ms = (float(g) if g else 0.0 for g in match.groups())
         return h * 3600 + m * 60 + sec + ms / 1000
-    try:   # 2026-11-23T10:00:00Z
-        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:   # 2026-11-23T10:00:00Z; Python 3.8 reads at most 6 digits of a fraction
+        moment = datetime.datetime.fromisoformat(
+            re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00"))
         return max(0.0, moment.timestamp() - time.time())
     except ValueError:
         return None
@@ -4486,24 +4488,28 @@ def _connection_alive(conn: http.client.HTTPConnection) -> bool:
 
 @dataclasses.dataclass
 class Timeouts:
-    """The clocks of one upstream call, in seconds: to connect, to the first byte (the
-    status line, and for a stream its first event), of silence between reads after
-    that, and (deadline, a time.monotonic() value) for the whole call."""
+    """The clocks of one upstream call, in seconds: to connect, to the first byte (one
+    budget from the start of the call to the status line and a stream's first bytes),
+    of silence between reads after that, and (deadline, a time.monotonic() value) for
+    the whole call."""
 
     connect: float
     first_byte: float
     idle: float
     deadline: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        self.first_byte_by = time.monotonic() + self.first_byte
+
     def next_read(self, first: bool) -> Tuple[float, str]:
         """(socket timeout for the next read, what it means when it expires)."""
-        timeout, meaning = (self.first_byte, "sent nothing within %gs" % self.first_byte) \
-            if first else (self.idle, "went silent for %gs" % self.idle)
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left < timeout:
-                timeout, meaning = max(left, 0.001), "was still answering at its total timeout"
-        return timeout, meaning
+        now = time.monotonic()
+        timeout, meaning = (self.first_byte_by - now, "sent nothing within %gs"
+                            % self.first_byte) if first else \
+            (self.idle, "went silent for %gs" % self.idle)
+        if self.deadline is not None and self.deadline - now < timeout:
+            timeout, meaning = self.deadline - now, "was still answering at its total timeout"
+        return max(timeout, 0.001), meaning
 
 
 class UpstreamResponse:
@@ -4512,9 +4518,13 @@ class UpstreamResponse:
     thread (the event loop, when the client leaves) to stop a blocked read at once."""
 
     def __init__(self, pool: ConnectionPool, target: UpstreamTarget,
-                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
-                 max_idle: int, name: str, timeouts: Timeouts):
+                 conn: http.client.HTTPConnection, sock: socket.socket,
+                 response: http.client.HTTPResponse, max_idle: int, name: str,
+                 timeouts: Timeouts):
         self._pool, self._target, self._conn, self._response = pool, target, conn, response
+        # The socket, kept here: for a "Connection: close" reply http.client drops
+        # conn.sock while the reply is still being read from it.
+        self._sock = sock
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
         self._waiting = ""          # what an expired read timeout means
@@ -4524,8 +4534,7 @@ class UpstreamResponse:
     def _read(self, read: Callable[[], bytes], first: bool) -> bytes:
         timeout, self._waiting = self._timeouts.next_read(first)
         try:
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(timeout)
+            self._sock.settimeout(timeout)
             return read()
         except socket.timeout:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
@@ -4567,12 +4576,10 @@ class UpstreamResponse:
         yield from parser.finish()
 
     def abort(self) -> None:
-        sock = self._conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self, reuse: bool = True) -> None:
         """Release the connection: back to the pool when the reply was read to its end
@@ -4585,7 +4592,7 @@ class UpstreamResponse:
             # A reply read up to its logical end ([DONE]) usually has only the last
             # chunk marker left in flight; read it briefly so the connection is reusable.
             try:
-                self._conn.sock.settimeout(0.05)
+                self._sock.settimeout(0.05)
                 for _ in range(4):
                     if not response.read1(65536):
                         break
@@ -4621,6 +4628,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
             raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
                 name, target.host, target.port, getattr(exc, "strerror", None)
                 or exc.__class__.__name__), status=502) from None
+        sock = conn.sock
         try:
             conn.request(method, target.url(path), body=body, headers=request_headers)
             response = conn.getresponse()
@@ -4634,19 +4642,32 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
                                 % (name, exc.__class__.__name__), status=502) from None
-        return UpstreamResponse(pool, target, conn, response, max_idle, name, timeouts)
+        return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts)
 
 
 # -- key pools -------------------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
-# a pool cannot storm; a daily quota cools it for long; a 401/403 takes it out until a
-# restart or a configuration reload.
+# a pool cannot storm; a daily quota cools it for long. A 401 (or Gemini's 400
+# API_KEY_INVALID) takes the key out until a restart or a configuration reload; a 403
+# takes it out for that model only, so a client naming a model the key may not use
+# cannot take the whole upstream down.
 
 # A 429 that says a quota for the day (or the billing plan) is spent: Gemini's quotaId
 # ("...PerDayPerProject..."), the words, or OpenAI's insufficient_quota.
 DAILY_QUOTA = re.compile(r"per ?day|daily|insufficient_quota", re.I)
+
+# Reasons that say the key itself is bad, whatever the status (Gemini answers 400).
+INVALID_KEY_REASONS = ("API_KEY_INVALID", "invalid_api_key")
+
+
+def refusal_scope(error: UpstreamError) -> str:
+    """Whether a failure refuses the key: "*" (for everything), "model" (for this model),
+    or "" (it says nothing about the key)."""
+    if error.status == 401 or error.reason in INVALID_KEY_REASONS:
+        return "*"
+    return "model" if error.status == 403 else ""
 
 
 @dataclasses.dataclass
@@ -4658,11 +4679,15 @@ class KeyState:
     rate_limited: int = 0
     strikes: int = 0                        # 429s in a row, for rests that double
     in_flight: int = 0
-    refused: str = ""                       # why the provider refused it (401/403)
-    refused_status: int = 0
+    refused: Dict[str, Tuple[int, str]] = dataclasses.field(default_factory=dict)
     cooling: Dict[str, float] = dataclasses.field(default_factory=dict)  # scope -> until
     last_error: str = ""
     last_failure: float = 0.0
+
+    def refusal(self, model: str) -> Optional[Tuple[int, str]]:
+        """(status, error) when the provider refused this key, for everything or for
+        this model."""
+        return self.refused.get("*") or self.refused.get(model)
 
 
 class KeyPool:
@@ -4672,45 +4697,64 @@ class KeyPool:
     key to come back from its cooldown; at most max_waiting requests wait at once."""
 
     def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str):
-        self.name, self.spec = name, spec
-        self.states = [KeyState(k, fingerprint(k)) for k in keys] or [KeyState("", "no key")]
-        scope = spec["cooldown_scope"]
-        self.per_model = scope == "model" or (scope == "auto" and kind == "gemini")
+        self.name = name
+        self.states: List[KeyState] = []
         self.in_flight = 0
         self.waiting = 0
         self._next = 0
         self._lock = threading.Condition()
+        self.reconfigure(keys, spec, kind)
+
+    def reconfigure(self, keys: List[str], spec: Dict[str, Any], kind: str) -> None:
+        """Take new keys and settings (a configuration reload). A key still configured
+        keeps its state, cooldowns included (the provider still limits it), and the
+        requests it has in flight still count; refusals are forgotten (the reload may be
+        the fix)."""
+        with self._lock:
+            self.spec = spec
+            scope = spec["cooldown_scope"]
+            self.per_model = scope == "model" or (scope == "auto" and kind == "gemini")
+            previous = {state.key: state for state in self.states}
+            self.states = [previous.get(k) or KeyState(k, fingerprint(k)) for k in keys] or \
+                [previous.get("") or KeyState("", "no key")]
+            for state in self.states:
+                state.refused.clear()
+            self._next %= len(self.states)
+            self._lock.notify_all()
 
     def _scope(self, model: str) -> str:
         return model if self.per_model else "*"
 
-    def _usable(self, state: KeyState, model: str, now: float) -> bool:
-        limit = self.spec["key_concurrency"]
-        return not state.refused and state.cooling.get(self._scope(model), 0) <= now and \
-            (not limit or state.in_flight < limit)
+    def _resting(self, state: KeyState, model: str, now: float) -> bool:
+        return state.cooling.get(self._scope(model), 0) > now
 
     def acquire(self, model: str, deadline: float = 0.0,
                 cancelled: Callable[[], bool] = lambda: False) -> Any:
         """A KeyState to use (release() it when the request ends), or, when none is
-        usable before `deadline` (a time.monotonic() value), the UpstreamError that says
-        why: 429 (every key resting), 503 (every slot busy) or the refusal (401/403)."""
+        usable before `deadline` (a time.monotonic() value), the KeysUnavailable that says
+        why: 503 (every slot busy: worth waiting for), 429 (every key resting: waited
+        for only with wait_for_keys), or the refusal."""
         with self._lock:
             waited = False
             try:
                 while True:
                     now = time.monotonic()
-                    limit = self.spec["max_concurrency"]
-                    usable = [s for s in self.states if self._usable(s, model, now)] \
-                        if not limit or self.in_flight < limit else []
+                    upstream_full = self.spec["max_concurrency"] and \
+                        self.in_flight >= self.spec["max_concurrency"]
+                    limit = self.spec["key_concurrency"]
+                    usable = [] if upstream_full else [
+                        s for s in self.states if not s.refusal(model) and
+                        not self._resting(s, model, now) and (not limit or s.in_flight < limit)]
                     if usable:
                         state = self._pick(usable)
                         state.in_flight += 1
                         state.requests += 1
                         self.in_flight += 1
                         return state
-                    error = self._unavailable(model, now)
-                    if deadline <= now or cancelled() or error.status in (401, 403) or \
-                            (error.status == 429 and not self.spec["wait_for_keys"]):
+                    error = self._unavailable(model, now, upstream_full)
+                    worth_waiting = error.status == 503 or (
+                        error.status == 429 and self.spec["wait_for_keys"])
+                    if deadline <= now or cancelled() or not worth_waiting:
                         return error
                     if not waited:
                         if self.waiting >= self.spec["max_waiting"]:
@@ -4735,20 +4779,26 @@ class KeyPool:
                 return state
         return usable[0]
 
-    def _unavailable(self, model: str, now: float) -> KeysUnavailable:
-        refused = [s for s in self.states if s.refused]
-        if len(refused) == len(self.states):
-            return KeysUnavailable("every key of upstream %r was refused: %s" % (
-                self.name, refused[-1].refused), status=refused[-1].refused_status)
-        cooling = [s.cooling.get(self._scope(model), 0) for s in self.states
-                   if not s.refused and s.cooling.get(self._scope(model), 0) > now]
-        if cooling:
-            wait = min(cooling) - now
-            return KeysUnavailable("every key of upstream %r is rate limited; the first is "
-                                   "free again in %.1fs" % (self.name, wait), status=429,
-                                   retry_after=wait)
-        return KeysUnavailable("upstream %r is at its concurrency limit" % self.name,
+    def _unavailable(self, model: str, now: float, upstream_full: bool) -> KeysUnavailable:
+        """Why no key can be used: a busy key or a full upstream frees up soonest, then a
+        resting key; only when every key is refused is that the answer."""
+        busy = KeysUnavailable("upstream %r is at its concurrency limit" % self.name,
                                status=503, retry_after=1.0)
+        if upstream_full:
+            return busy
+        allowed = [s for s in self.states if not s.refusal(model)]
+        if not allowed:
+            status, why = self.states[-1].refusal(model) or (403, "")
+            return KeysUnavailable("every key of upstream %r was refused: %s" % (
+                self.name, why), status=status)
+        resting = [s.cooling[self._scope(model)] for s in allowed
+                   if self._resting(s, model, now)]
+        if len(resting) < len(allowed):
+            return busy
+        wait = min(resting) - now
+        return KeysUnavailable("every key of upstream %r is rate limited; the first is free "
+                               "again in %.1fs" % (self.name, wait), status=429,
+                               retry_after=wait)
 
     def release(self, state: KeyState) -> None:
         with self._lock:
@@ -4757,15 +4807,21 @@ class KeyPool:
             self._lock.notify_all()
 
     def succeeded(self, state: KeyState) -> None:
-        state.strikes = 0
+        with self._lock:
+            state.strikes = 0
 
     def failed(self, state: KeyState, model: str, error: UpstreamError) -> None:
-        """What a failure says about the key: a 429 cools it down, a 401/403 refuses it."""
+        """What a failure says about the key: a 429 cools it down, a refusal (see
+        refusal_scope) takes it out."""
         with self._lock:
             state.failures += 1
             state.last_failure = time.monotonic()
             state.last_error = "%d: %s" % (error.status, error.message[:200])
-            if error.status == 429:
+            scope = refusal_scope(error)
+            if scope:
+                state.refused["*" if scope == "*" else model] = (error.status,
+                                                                 state.last_error)
+            elif error.status == 429:
                 state.rate_limited += 1
                 state.strikes += 1
                 floor = self.spec["cooldown_floor"]
@@ -4777,24 +4833,6 @@ class KeyPool:
                     pause = min(floor * 2 ** (state.strikes - 1), self.spec["cooldown"])
                 pause = max(pause, floor) * (1 + random.uniform(0, self.spec["cooldown_jitter"]))
                 state.cooling[self._scope(model)] = time.monotonic() + pause
-            elif error.status in (401, 403):
-                state.refused, state.refused_status = state.last_error, error.status
-            self._lock.notify_all()
-
-    def adopt(self, old: "KeyPool") -> None:
-        """After a configuration reload: a key still configured keeps its counts and its
-        cooldowns (the provider still limits it) but not a refusal (the reload may be
-        the fix)."""
-        previous = {state.key: state for state in old.states}
-        with old._lock:
-            for state in self.states:
-                prior = previous.get(state.key)
-                if prior is not None:
-                    state.requests, state.failures = prior.requests, prior.failures
-                    state.rate_limited, state.last_failure = prior.rate_limited, \
-                        prior.last_failure
-                    state.cooling = dict(prior.cooling)
-                    state.last_error = "" if prior.refused else prior.last_error
 
     def status(self) -> Dict[str, Any]:
         """The pool's health for /status; a key appears only as its fingerprint."""
@@ -4805,12 +4843,13 @@ class KeyPool:
         with self._lock:
             return {"in_flight": self.in_flight, "waiting": self.waiting, "keys": [{
                 "key": s.name,
-                "state": "refused" if s.refused else "cooling" if any(
+                "state": "refused" if "*" in s.refused else "cooling" if any(
                     until > now for until in s.cooling.values()) else "ready",
                 "requests": s.requests, "failures": s.failures,
                 "rate_limited": s.rate_limited, "in_flight": s.in_flight,
                 "cooling_until": {scope: moment(until) for scope, until in s.cooling.items()
                                   if until > now},
+                "refused": {scope: why for scope, (_, why) in s.refused.items()},
                 "last_error": s.last_error} for s in self.states]}
 
 
@@ -5101,10 +5140,12 @@ class Proxy:
     def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
         upstreams = {}
         for name, spec in config.upstreams.items():
-            keys = KeyPool(name, spec["api_keys"], spec, spec["kind"])
             old = previous.upstreams.get(name) if previous else None
-            if old is not None:
-                keys.adopt(old.keys)
+            if old is not None:   # the same pool: requests in flight on it still count
+                keys = old.keys
+                keys.reconfigure(spec["api_keys"], spec, spec["kind"])
+            else:
+                keys = KeyPool(name, spec["api_keys"], spec, spec["kind"])
             upstreams[name] = UpstreamRuntime(
                 name, spec, UPSTREAM_KINDS[spec["kind"]],
                 upstream_target(spec["base_url"], self.environ)
@@ -5169,6 +5210,8 @@ class Proxy:
             pool = runtime.keys.status()
             for key in pool["keys"]:
                 key["last_error"] = live.redactor.text(key["last_error"])
+                key["refused"] = {scope: live.redactor.text(why)
+                                  for scope, why in key["refused"].items()}
             upstreams[name] = dict({
                 "kind": runtime.kind.name,
                 "base_url": "%s://%s%s" % (parts.scheme, parts.hostname or "", (
@@ -5252,22 +5295,23 @@ class Proxy:
         that allows waiting. Raises the most useful failure when nothing worked: a 429
         with the earliest retry time when rate limits were the trouble."""
         failures: List[UpstreamError] = []
-        refusals: Dict[str, UpstreamError] = {}     # upstream -> why its pool said no
+        unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
         give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
         for runtime, model in candidates:
-            deliver = self._attempts(rq, runtime, model, attempt, failures, refusals,
+            deliver = self._attempts(rq, runtime, model, attempt, failures, unavailable,
                                      give_up_at, 0.0)
             if deliver is not None:
                 return deliver
         for runtime, model in candidates:
-            refusal = refusals.get(runtime.name)
-            if refusal is not None and (refusal.status == 503 or (
-                    refusal.status == 429 and runtime.spec["wait_for_keys"])):
+            why = unavailable.get(runtime.name)
+            if why is not None and (why.status == 503 or (
+                    why.status == 429 and runtime.spec["wait_for_keys"])):
                 log.info("%s: waiting up to %gs for upstream %s: %s", rq.ex.rid,
-                         runtime.spec["wait_timeout"], runtime.name, refusal.message)
-                deliver = self._attempts(rq, runtime, model, attempt, failures, refusals,
-                                         give_up_at,
-                                         time.monotonic() + runtime.spec["wait_timeout"])
+                         runtime.spec["wait_timeout"], runtime.name,
+                         rq.live.redactor.text(why.message))
+                wait_until = time.monotonic() + runtime.spec["wait_timeout"]
+                deliver = self._attempts(rq, runtime, model, attempt, failures, unavailable,
+                                         max(give_up_at, wait_until), wait_until)
                 if deliver is not None:
                     return deliver
                 break
@@ -5285,22 +5329,27 @@ class Proxy:
 
     def _attempts(self, rq: Request, runtime: UpstreamRuntime, model: str,
                   attempt: Callable[["UpstreamCall"], Callable[[], None]],
-                  failures: List[UpstreamError], refusals: Dict[str, UpstreamError],
+                  failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
                   give_up_at: float, wait_until: float) -> Optional[Callable[[], None]]:
         """Attempts on one upstream, each on a key from its pool: up to 1 + retries of
-        them. A 429 rests the key and a 401/403 refuses it, and the next attempt takes
-        another key at once (a refused key costs no attempt); a 408, a 5xx, a timeout or a
-        broken connection waits a backoff first, unless that would pass give_up_at.
-        Another 4xx is the client's answer as it is. None when this upstream is done
-        with; its failures are in `failures`."""
+        them, and none that would start after give_up_at (but the request's first). A
+        429 rests the key and a refusal (refusal_scope) takes it out, and the next
+        attempt takes another key at once (a refused key costs no attempt); a 408, a
+        5xx, a timeout or a broken connection waits a backoff first, unless that would
+        pass give_up_at. Another 4xx is the client's answer as it is. None when this
+        upstream is done with; its failures are in `failures`."""
         spec, keys, ex = runtime.spec, runtime.keys, rq.ex
         tries = 0
         while True:
+            if ex.attempts and time.monotonic() >= give_up_at:
+                log.warning("%s: out of retry time (retry_budget) before trying %s",
+                            ex.rid, runtime.name)
+                return None
             key = keys.acquire(model, wait_until, lambda: rq.pipe.gone)
-            if isinstance(key, UpstreamError):
+            if isinstance(key, KeysUnavailable):
                 if rq.pipe.gone:
                     raise ClientGone()
-                refusals[runtime.name] = key
+                unavailable[runtime.name] = key
                 failures.append(key)
                 return None
             rq.held.append((keys, key))
@@ -5311,16 +5360,18 @@ class Proxy:
                 return deliver
             except UpstreamError as err:
                 rq.close_replies(reuse=True)
-                rq.release_key(keys, key)
-                keys.failed(key, model, err)
+                keys.failed(key, model, err)    # before the release: no waiter may take
+                rq.release_key(keys, key)       # a key that has just been rate limited
                 if rq.pipe.gone:
                     raise ClientGone() from None
                 failures.append(err)
                 what = "%s with %s" % (runtime.name, key.name)
                 message = rq.live.redactor.text(err.message)[:300]
-                if err.status in (401, 403):
-                    log.warning("%s: %s refused (%d: %s); that key is out until a reload",
-                                ex.rid, what, err.status, message)
+                scope = refusal_scope(err)
+                if scope:
+                    log.warning("%s: %s refused (%d: %s); that key is out %s until a reload",
+                                ex.rid, what, err.status, message,
+                                "for everything" if scope == "*" else "for " + model)
                     continue
                 if not retryable(err):
                     raise
@@ -6104,6 +6155,7 @@ def reload_config(server: ProxyServer, args: argparse.Namespace) -> None:
         log.error("reload failed, still running the previous configuration: %s", exc)
         return
     server.reload(config)
+    logging.getLogger().setLevel(config.logging["level"].upper())
     log.info("configuration reloaded%s", " from %s" % config.source if config.source else "")
     for line in server.proxy.describe():
         log.info("%s", line)

@@ -92,6 +92,29 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0):
     return reply
 
 
+def close_delimited_stream(kind, pause):
+    """A stream without chunked framing that ends when the connection closes (an HTTP/1.0
+    style "Connection: close" reply, which nginx sends now and then): FIRST_WORDS, silence
+    for `pause` seconds, then the rest."""
+    head, rest = _stream_events(kind)
+
+    def reply(handler, request):
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        try:
+            handler.wfile.write("".join(head).encode())
+            handler.wfile.flush()
+            time.sleep(pause)
+            handler.wfile.write("".join(rest).encode())
+            handler.wfile.flush()
+        except OSError:
+            pass
+    return reply
+
+
 def reset(handler):
     """Drop the connection at once: with SO_LINGER 0 the peer sees a reset."""
     handler.close_connection = True

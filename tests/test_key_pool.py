@@ -1,4 +1,5 @@
-"""Key pools, backoff, rate-limit hints and stop strings, as units (section 11 and 6).
+"""Key pools, backoff, rate-limit hints, timeouts and stop strings, as units (sections 11
+and 6).
 The same behaviour end to end, through the server: test_resilience.py."""
 
 import threading
@@ -152,18 +153,77 @@ def test_waiting_for_a_resting_key_only_when_allowed_and_boundedly():
     assert pool(keys=("a",)).acquire("m", time.monotonic() + 3).key == "a"
 
 
-def test_status_never_shows_a_key_and_adopt_keeps_rests_not_refusals():
+def test_status_never_shows_a_key():
     keys = pool(keys=("sk-one", "sk-two"))
     keys.failed(keys.states[0], "m", gp.UpstreamError("invalid", status=401))
     keys.failed(keys.states[1], "m", rate_limited(60))
     page = keys.status()
     assert "sk-one" not in repr(page) and "sk-two" not in repr(page)
     assert [k["state"] for k in page["keys"]] == ["refused", "cooling"]
+    assert page["keys"][0]["refused"] == {"*": "401: invalid"}
     assert page["keys"][1]["cooling_until"]["*"].endswith("Z")
-    fresh = pool(keys=("sk-two", "sk-three"))
-    fresh.adopt(keys)
-    assert [k["state"] for k in fresh.status()["keys"]] == ["cooling", "ready"]
-    assert fresh.states[0].rate_limited == 1
+
+
+def test_a_403_refuses_the_key_for_that_model_only():
+    keys = pool(keys=("a", "b"))
+    for state in keys.states:
+        keys.failed(state, "forbidden-model", gp.UpstreamError("no access", status=403))
+    error = keys.acquire("forbidden-model")
+    assert error.status == 403 and "no access" in error.message
+    assert take(keys, "other-model") in ("a", "b")
+    assert keys.status()["keys"][0]["state"] == "ready"
+
+
+def test_gemini_invalid_key_400_refuses_the_key():
+    keys = pool(keys=("a", "b"), kind="gemini")
+    bad = gp.decode_gemini_error(400, {"error": {
+        "code": 400, "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT", "details": [{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}})
+    assert gp.refusal_scope(bad) == "*"
+    keys.failed(keys.states[0], "m", bad)
+    assert [take(keys) for _ in range(3)] == ["b", "b", "b"]
+    assert gp.refusal_scope(gp.UpstreamError("bad field", status=400)) == ""
+
+
+def test_a_busy_key_beside_a_resting_one_is_worth_waiting_for():
+    keys = pool(keys=("a", "b"), key_concurrency=1)
+    keys.failed(keys.states[0], "m", rate_limited(30))
+    held = keys.acquire("m")
+    assert held.key == "b"
+    error = keys.acquire("m")
+    assert error.status == 503                # b frees up long before a's rest ends
+    threading.Timer(0.2, keys.release, [held]).start()
+    assert keys.acquire("m", deadline=time.monotonic() + 3) is held
+
+
+def test_reconfigure_keeps_rests_and_in_flight_but_not_refusals():
+    keys = pool(keys=("sk-one", "sk-two"), max_concurrency=1)
+    keys.failed(keys.states[0], "m", gp.UpstreamError("invalid", status=401))
+    keys.failed(keys.states[1], "m", rate_limited(60))
+    keys.reconfigure(["sk-two", "sk-three"], spec(max_concurrency=1), "openai")
+    assert [k["state"] for k in keys.status()["keys"]] == ["cooling", "ready"]
+    assert keys.states[0].rate_limited == 1
+    running = keys.acquire("m")
+    assert running.key == "sk-three"
+    keys.reconfigure(["sk-three"], spec(max_concurrency=1), "openai")
+    assert keys.acquire("m").status == 503    # the request in flight still counts
+    keys.release(running)
+    assert take(keys) == "sk-three"
+
+
+def test_a_failure_is_recorded_before_a_waiter_can_take_the_key():
+    keys = pool(keys=("a",), key_concurrency=1)
+    first = keys.acquire("m")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(
+        keys.acquire("m", deadline=time.monotonic() + 1)))
+    waiter.start()
+    time.sleep(0.05)
+    keys.failed(first, "m", rate_limited(30))   # the order _attempts uses
+    keys.release(first)
+    waiter.join(3)
+    assert isinstance(got[0], gp.KeysUnavailable) and got[0].status == 429
 
 
 def test_backoff_doubles_with_jitter_up_to_the_maximum():
@@ -241,3 +301,21 @@ def test_reply_events_round_trip():
     events = list(gp.reply_events(reply))
     assert events[0].text == "hi" and events[-1].usage is usage
     assert gp.collect_reply(iter(events), "r", "m").choices[0].parts[0].text == "hi"
+
+
+def test_the_first_byte_budget_is_one_for_the_whole_start():
+    clocks = gp.Timeouts(connect=1.0, first_byte=0.3, idle=5.0)
+    time.sleep(0.2)
+    wait, meaning = clocks.next_read(first=True)
+    assert wait < 0.15 and meaning == "sent nothing within 0.3s"
+    assert clocks.next_read(first=False) == (5.0, "went silent for 5s")
+    ending = gp.Timeouts(1.0, 10.0, 5.0, deadline=time.monotonic() + 0.5)
+    wait, meaning = ending.next_read(first=False)
+    assert wait <= 0.5 and meaning == "was still answering at its total timeout"
+
+
+def test_reset_moment_with_a_long_fraction():
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 20)) + ".123456789Z"
+    hint = gp.parse_reset_hint({"anthropic-ratelimit-tokens-remaining": "0",
+                                "anthropic-ratelimit-tokens-reset": moment})
+    assert 18 < hint <= 21

@@ -233,6 +233,19 @@ def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
 
 
 @pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_a_close_delimited_stream_keeps_its_timeouts(rig, client, kind):
+    # http.client lets go of the socket of a "Connection: close" reply; the proxy must
+    # not, or the read timeout and the abort on a client leaving stop working.
+    r = rig(client, kind, read_timeout=0.3, first_byte_timeout=10.0)
+    r.fake.rules["*"] = faults.close_delimited_stream(kind, pause=3.0)
+    started = time.monotonic()
+    status, (text, how, _) = r.ask(stream=True)
+    assert status == 200 and text == FIRST_WORDS and how == BROKEN_STREAM_END[client]
+    assert time.monotonic() - started < 2
+    assert_no_leaks(r)
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
 def test_total_timeout_ends_a_trickling_stream(rig, client, kind):
     r = rig(client, kind, total_timeout=0.6, read_timeout=5.0)
     r.fake.rules["*"] = faults.stream(kind, "stall", pause=1.5)   # not idle for long enough
@@ -258,6 +271,48 @@ def test_401_on_one_key_of_three(rig, client, kind):
     assert keys[gp.fingerprint("key-b")]["state"] == "refused"
     assert "not a key" in keys[gp.fingerprint("key-b")]["last_error"]
     assert keys[gp.fingerprint("key-a")]["state"] == "ready"
+    assert_no_leaks(r)
+
+
+def test_gemini_invalid_key_400_takes_the_key_out(rig):
+    r = rig("gemini", "gemini", keys=("key-a", "key-bad"))
+    r.fake.rules["key-bad"] = faults.gemini_error(400, "API key not valid.", details=[{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}])
+    for _ in range(4):
+        assert r.ask()[0] == 200
+    assert r.fake.keys_used().count("key-bad") == 1
+    assert r.keys()[gp.fingerprint("key-bad")]["state"] == "refused"
+    assert_no_leaks(r)
+
+
+def test_a_403_for_one_model_leaves_the_others_alone(rig):
+    r = rig("openai", "openai", keys=("key-a",))
+    r.fake.rules["*"] = faults.error("openai", 403, "not for you")
+    assert r.ask()[0] == 403
+    r.fake.rules.clear()
+    path, body, headers = r.talker.request([r.talker.user_turn("Hi")], False, None, False, None)
+    assert r.proxy.request("POST", path, body, headers)[0] == 403   # still refused for it
+    assert len(r.fake.requests) == 1
+    r2 = rig("openai", "openai", keys=("key-a",),
+             route={"model": "other", "upstream": "up", "upstream_model": "other-model"})
+    r2.fake.rules["*"] = faults.error("openai", 403, "not for you")
+    assert r2.ask()[0] == 403
+    r2.fake.rules.clear()
+    body["model"] = "other"
+    assert r2.proxy.request("POST", path, body, headers)[0] == 200
+    assert_no_leaks(r2)
+
+
+def test_retry_budget_bounds_the_attempts(rig, fake):
+    r = rig("openai", "openai", keys=("key-a", "key-b", "key-c"), retries=5,
+            first_byte_timeout=0.4, retry_budget=0.5, more_upstreams={
+                "spare": {"kind": "openai", "base_url": fake.base_url}},
+            route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
+    r.fake.rules["*"] = faults.slow("openai", 1.0)
+    started = time.monotonic()
+    status, error = r.ask()
+    assert status == 504 and time.monotonic() - started < 1.5
+    assert len(r.fake.requests) == 2 and not fake.requests   # the budget ran out first
     assert_no_leaks(r)
 
 
@@ -539,7 +594,7 @@ def test_status_shows_keys_by_fingerprint_only_and_needs_a_client_key(rig):
     r = rig("openai", "openai", keys=("sk-secret-one-1234", "sk-secret-two-5678"),
             server={"api_keys": ["client-key"]})
     r.fake.rules["sk-secret-two-5678"] = faults.error(
-        "openai", 403, "sk-secret-two-5678 has no access")
+        "openai", 401, "sk-secret-two-5678 is not a key")
     assert r.ask()[0] == 200 and r.ask()[0] == 200
     status, _, data = r.proxy.request("GET", "/status")
     assert status == 401
