@@ -1512,6 +1512,20 @@ def read_upstream(name: str, read: Callable[[], Any]) -> Any:
             name, exc.__class__.__name__, str(exc)[:200]), status=502) from None
 
 
+def stream_event_json(data: str, event_error: Callable[[str], Optional[UpstreamError]] =
+                      lambda data: None) -> Any:
+    """The JSON of one upstream stream event; an error the upstream put in the stream
+    (`event_error` knows its dialect's form) is raised, and so is data that is not JSON."""
+    error = event_error(data)
+    if error is not None:
+        raise error
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamError("the upstream sent invalid JSON in its stream: %r" % data[:200],
+                            status=502) from None
+
+
 def read_upstream_events(name: str, events: Iterator[Any]) -> Iterator[Any]:
     """read_upstream for a stream of events, read as the client is answered."""
     while True:
@@ -2061,14 +2075,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         if data.strip() == "[DONE]":
             done = True
             break
-        error = openai_stream_error(data)
-        if error is not None:
-            raise error
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
-                                % data[:200], status=502) from None
+        chunk = stream_event_json(data, openai_stream_error)
         if not isinstance(chunk, dict):
             continue
         usage = decode_openai_usage(chunk.get("usage")) or usage
@@ -2725,11 +2732,7 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
     parts_seen: List[Part] = []
     malformed = False
     for name, data in raw_events:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
-                                % data[:200], status=502) from None
+        event = stream_event_json(data)
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "error":
             raise decode_anthropic_error(None, event)
@@ -3856,14 +3859,7 @@ def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
     usage = None
     calls = False
     for _, data in raw_events:
-        error = gemini_stream_error(data)
-        if error is not None:
-            raise error
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise UpstreamError("the upstream sent invalid JSON in its stream: %r"
-                                % data[:200], status=502) from None
+        chunk = stream_event_json(data, gemini_stream_error)
         usage = decode_gemini_usage(chunk.get("usageMetadata")) or usage
         if (chunk.get("promptFeedback") or {}).get("blockReason"):
             finish_reason = finish_reason or "SAFETY"
@@ -5524,9 +5520,9 @@ class Proxy:
         def opened(response: UpstreamResponse) -> Any:
             content_type = response.headers.get("content-type", "application/json")
             if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
-                reply = call.read_json(response)
-                ex.usage = kind.usage_from(reply, None)
-                return content_type, call.last_body, None
+                data = call.read_body(response)
+                ex.usage = kind.usage_from(call.json_of(data), None)
+                return content_type, data, None
             chunks = response.raw_chunks(call.sink("3. upstream response: %d"
                                                    % response.status))
             passing = PassingStream(ex, kind, content_type)
@@ -5538,14 +5534,7 @@ class Proxy:
                                         "anything" % runtime.name, status=502)
                 first, events = passing.take(data)
             if events and events[0][1] != "[DONE]":   # the first event shows what follows
-                try:
-                    json.loads(events[0][1])
-                except ValueError:
-                    raise UpstreamError("upstream %r sent invalid JSON in its stream: %r" % (
-                        runtime.name, events[0][1][:200]), status=502) from None
-                error = kind.stream_event_error(events[0][1])
-                if error is not None:
-                    raise error
+                stream_event_json(events[0][1], kind.stream_event_error)
             return content_type, first, (chunks, passing)
         content_type, first, rest = call.send(
             kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
@@ -5631,7 +5620,6 @@ class UpstreamCall:
                 spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
         rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
         rq.ex.passthrough = self.passthrough
-        self.last_body = b""
 
     def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
         return self.rq.detail.stream(title) if self.rq.detail else None
@@ -5701,14 +5689,16 @@ class UpstreamCall:
         return read_upstream_events(name, kind.decode_stream(itertools.chain([first], raw)))
 
     def read_body(self, response: UpstreamResponse) -> bytes:
-        data = self.last_body = response.read_body()
+        data = response.read_body()
         if self.rq.detail:
             self.rq.detail.stage("3. upstream response: %d" % response.status,
                                  response.headers.items(), data)
         return data
 
     def read_json(self, response: UpstreamResponse) -> Any:
-        data = self.read_body(response)
+        return self.json_of(self.read_body(response))
+
+    def json_of(self, data: bytes) -> Any:
         try:
             return json.loads(data)
         except ValueError:

@@ -107,21 +107,27 @@ def cut_connection(handler):
         pass
 
 
-def stream_reply(events, delay=0.0, close_early=False):
-    """An SSE reply; `events` are chunk dicts or raw strings (e.g. "[DONE]").
-    close_early drops the connection after the events without ending the stream."""
+def sse_texts_reply(texts, delay=0.0, close_early=False):
+    """An SSE reply of events already written out as text, one chunk each, `delay`
+    seconds apart; close_early drops the connection after them without ending the body."""
     def reply(handler, request):
         handler.start_stream()
-        for event in events:
+        for text in texts:
             if delay:
                 time.sleep(delay)
-            if not handler.write_chunk(sse(event).encode()):
+            if not handler.write_chunk(text.encode()):
                 return
         if close_early:
             cut_connection(handler)
             return
         handler.end_stream()
     return reply
+
+
+def stream_reply(events, delay=0.0, close_early=False):
+    """An SSE reply; `events` are chunk dicts or raw strings (e.g. "[DONE]").
+    close_early drops the connection after the events without ending the stream."""
+    return sse_texts_reply([sse(event) for event in events], delay, close_early)
 
 
 def text_stream(text, pieces=3, reasoning=None, use=None, delay=0.0):
@@ -438,19 +444,8 @@ def anthropic_events(message, pieces=2, ping=True):
 def anthropic_stream(events, delay=0.0, close_early=False):
     """An SSE reply of (name, payload) events or raw strings; close_early drops the
     connection after them without ending the body."""
-    def reply(handler, request):
-        handler.start_stream()
-        for event in events:
-            if delay:
-                time.sleep(delay)
-            data = event if isinstance(event, str) else anthropic_sse(*event)
-            if not handler.write_chunk(data.encode()):
-                return
-        if close_early:
-            cut_connection(handler)
-            return
-        handler.end_stream()
-    return reply
+    return sse_texts_reply([e if isinstance(e, str) else anthropic_sse(*e) for e in events],
+                           delay, close_early)
 
 
 def anthropic_message_stream(message, pieces=2, ping=True, delay=0.0, close_early=False):

@@ -5,6 +5,7 @@ Every fault runs for each client dialect twice: against an upstream of its own d
 (bytes passed through) and against one of another dialect (converted through the hub).
 """
 
+import itertools
 import json
 import threading
 import time
@@ -101,6 +102,17 @@ def read(client, status, headers, data, stream):
     if client == "anthropic":
         return "".join(b.get("text", "") for b in body["content"])
     return body["choices"][0]["message"]["content"]
+
+
+def at_once(count, work, timeout=20):
+    """work() in `count` threads started together; what they returned, as they finished."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(work())) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
 
 
 def assert_no_leaks(rig, most_at_once=1):
@@ -331,16 +343,10 @@ def test_every_key_refused_is_the_providers_401(rig):
 def test_three_keys_one_rate_limited_serve_a_burst(rig, client, kind):
     r = rig(client, kind, keys=("key-a", "key-b", "key-c"), cooldown_jitter=0.0)
     r.fake.rules["key-b"] = faults.error(kind, 429, "key-b is over its limit", retry_after=1)
-    results, threads = [], []
-
-    def one():
-        results.append(r.ask(stream=len(results) % 2 == 1)[0])
-    for _ in range(4):              # a burst: 24 requests, 8 at a time
-        threads = [threading.Thread(target=one) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(20)
+    numbers = itertools.count()
+    results = []
+    for _ in range(4):              # a burst: 24 requests, 6 at a time, half of them streams
+        results += at_once(6, lambda: r.ask(stream=next(numbers) % 2 == 1)[0])
     assert results == [200] * 24
     used = r.fake.keys_used()
     assert used.count("key-b") <= 8           # some found it before it was known to rest
@@ -467,17 +473,12 @@ def test_waiting_is_bounded_in_time_and_in_number(rig):
             max_waiting=1, retries=0)
     r.fake.queue(faults.error("openai", 429, "long rest", retry_after=30))
     assert r.ask()[0] == 429
-    results = []
 
-    def one():
+    def timed():
         started = time.monotonic()
-        results.append((r.ask()[0], time.monotonic() - started))
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    (first, first_time), (second, second_time) = sorted(results, key=lambda x: x[1])
+        return r.ask()[0], time.monotonic() - started
+    (first, first_time), (second, second_time) = sorted(at_once(2, timed, timeout=10),
+                                                        key=lambda x: x[1])
     assert first == second == 429
     assert first_time < 0.25                  # the queue was full: told at once
     assert 0.25 < second_time < 2             # waited its wait_timeout, then told
@@ -490,13 +491,7 @@ def test_waiting_is_bounded_in_time_and_in_number(rig):
 def test_concurrency_limits_queue_the_rest(rig, limits):
     r = rig("openai", "openai", keys=("key-a", "key-b"), **limits)
     r.fake.rules["*"] = faults.slow("openai", 0.2)
-    statuses = []
-    threads = [threading.Thread(target=lambda: statuses.append(r.ask()[0])) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert statuses == [200] * 6
+    assert at_once(6, lambda: r.ask()[0]) == [200] * 6
     assert r.fake.most_busy == 2
     assert_no_leaks(r, most_at_once=6)
 
@@ -507,13 +502,7 @@ def test_a_full_upstream_overflows_to_its_fallback(rig, fake):
         route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
     r.fake.rules["*"] = faults.slow("openai", 0.3)
     fake.rules["*"] = faults.slow("openai", 0.3)
-    statuses = []
-    threads = [threading.Thread(target=lambda: statuses.append(r.ask()[0])) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert statuses == [200, 200]
+    assert at_once(2, lambda: r.ask()[0]) == [200, 200]
     assert len(r.fake.requests) == 1 and len(fake.requests) == 1
     assert_no_leaks(r, most_at_once=2)
 
