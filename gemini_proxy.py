@@ -29,21 +29,23 @@ Then point a client at it, e.g. Gemini CLI (with security.auth.selectedType set 
 "gemini-api-key" in ~/.gemini/settings.json):
 
     export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8000 GEMINI_API_KEY=anything
+    export GEMINI_CLI_TRUST_WORKSPACE=true   # headless runs need a trusted folder
     gemini -m gemini-2.5-pro -p "read notes.txt and summarise it" --yolo
 
 or OpenAI clients at http://127.0.0.1:8000/v1, Anthropic clients (ANTHROPIC_BASE_URL) at
 http://127.0.0.1:8000.
 
-Configuration comes from a JSON file (-c, or ./config.json when present), then
-GEMINI_PROXY_* environment variables, then command-line flags; README.md and
-config.example.json describe every key. Unknown keys and bad values stop start-up.
+Configuration comes from a JSON file (-c, else $GEMINI_PROXY_CONFIG, else ./config.json
+when present; comments and trailing commas allowed), then GEMINI_PROXY_* environment
+variables, then command-line flags; README.md and config.example.json describe every key.
+Unknown keys and bad values stop start-up; an upstream whose key variable is unset is off.
 
 Used as a library, the converters are plain functions over dicts, named by dialect and
 direction: decode_gemini_request(payload, model) -> Chat, encode_openai_request(chat,
 model) -> dict, decode_anthropic_stream(sse_events) -> neutral events, and so on.
 
 Contents (each section uses only the ones above it):
-     1. constants and defaults
+     1. constants and settings
      2. errors
      3. small helpers
      4. configuration
@@ -98,125 +100,165 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 __version__ = "0.1.0"
 
 
-# ---- 1. Constants and defaults ----------------------------------------------------------
+# ---- 1. Constants and settings ----------------------------------------------------------
 #
-# Every tunable lives in one of these tables; section 4 validates a config file against
-# them (a key that is not here is an error, a value of the wrong type is an error).
+# Every setting is declared once, in SETTINGS: where it lives in a config file, its default
+# (whose type is the setting's type), what it means, and the environment variable and
+# flag that may set it. Configuration (section 4), --help (section 17) and the README's
+# tables are all read from it.
 
-SERVER_DEFAULTS: Dict[str, Any] = {
-    "host": "127.0.0.1",          # loopback unless the user says otherwise
-    "port": 8000,
-    "api_keys": [],               # client keys; empty means no client authentication
-    "allow_public": False,        # listen on a non-loopback address with no api_keys
-    "workers": 256,               # threads for upstream calls; one per in-flight request
-    "max_head_bytes": 64 * 1024,  # request line + headers (431 above)
-    "max_header_count": 100,      # (431 above)
-    "max_body_bytes": 32 * 1024 * 1024,  # images arrive inline as base64 (413 above)
-    "head_timeout": 30.0,         # seconds to receive a whole request head
-    "body_timeout": 60.0,         # seconds of silence allowed while reading a body
-    "idle_timeout": 120.0,        # seconds a keep-alive connection may sit idle
-    "shutdown_grace": 10.0,       # seconds in-flight requests get on SIGINT/SIGTERM
-    "keepalive_interval": 15.0,   # seconds of stream silence before an OpenAI client gets
-                                  #   an SSE comment, an Anthropic client a ping (Gemini: never)
-    "stream_queue_chunks": 64,    # encoded chunks buffered between worker and socket
-    "reject_unknown_fields": True,  # 400 on request fields the dialect does not define
-}
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    section: str                  # server | upstream | logging | route | "" (top level)
+    key: str
+    default: Any
+    help: str
+    env: str = ""                 # a GEMINI_PROXY_* environment variable that sets it
+    flag: str = ""                # a command-line flag that sets it
+    choices: Tuple[str, ...] = ()
+    zero: bool = False            # seconds: may be 0 (elsewhere 0 would surely be a mistake)
 
-UPSTREAM_DEFAULTS: Dict[str, Any] = {
-    "kind": "openai",             # see UPSTREAM_KINDS in section 9
-    "base_url": "",
-    "api_key": "",
-    "api_keys": [],               # more keys: with api_key, one pool that requests rotate over
-    "api_key_env": "",            # environment variable holding the key (or keys, comma-separated)
-    "headers": {},                # extra headers sent with every upstream request
-    "query": {},                  # extra query parameters (Azure: api-version)
-    "auth": "auto",               # auto (the kind's own) | bearer | api-key (Azure) |
-                                  #   x-api-key | x-goog-api-key | none
-    # Timeouts, in seconds (section 11, Timeouts).
-    "connect_timeout": 10.0,
-    "first_byte_timeout": 600.0,  # until the reply starts; a whole non-streamed reply counts
-    "read_timeout": 300.0,        # silence between two reads once the reply has started
-    "total_timeout": 0.0,         # the whole call, however it trickles in (0: no limit)
-    "max_idle_connections": 32,   # keep-alive connections kept per host
-    # Key pool (section 11, KeyPool).
-    "key_strategy": "round_robin",        # | least_recently_failed
-    "cooldown_floor": 1.0,        # the shortest rest after a 429, whatever the provider says
-    "cooldown": 60.0,             # the longest rest after 429s that name no time: the
-                                  #   floor, doubled for each one in a row, up to this
-    "cooldown_jitter": 0.2,       # up to this fraction added, so keys do not return together
-    "daily_quota_cooldown": 3600.0,   # rest after a 429 that says a daily quota is spent
-    "cooldown_scope": "auto",     # key | model (a 429 rests the key for that model only) |
-                                  #   auto (model for Gemini, which limits per model; else key)
-    "max_concurrency": 0,         # requests in flight on this upstream at once (0: no limit)
-    "key_concurrency": 0,         # requests in flight on each key at once (0: no limit)
-    "wait_for_keys": False,       # when every key is resting, wait for one instead of a 429
-    "wait_timeout": 30.0,         # the longest a request waits for a key or a free slot
-    "max_waiting": 100,           # requests that may wait at once; more get 429/503 at once
-    # Retries, before the first byte reaches the client (section 12, Proxy._failover).
-    "retries": 2,                 # extra attempts on this upstream after a 408/429/5xx or a
-                                  #   connection failure, on its next healthy key
-    "retry_wait": 0.5,            # first backoff in seconds; doubles each time, with jitter
-    "retry_wait_max": 8.0,        # the longest single backoff
-    "retry_budget": 60.0,         # seconds after the request came in when no retry may
-                                  #   start or end its backoff (waiting: wait_timeout)
-    # Stream control (section 12).
-    "upstream_streaming": "match",   # match the client | always (assemble whole replies from
-                                     #   a stream) | never (serve streams from whole replies)
-    "stop_strings": [],           # cut the reply where one of these appears (done here)
-    "extra_body": {},             # merged into every upstream request body (last word)
-    "models": [],                 # model names this upstream offers, for model lists
-    # OpenAI-compatible servers differ; these say how this one behaves.
-    "max_tokens_field": "max_tokens",   # or max_completion_tokens (OpenAI o-series, gpt-5)
-    "send_top_k": False,                # vLLM, llama.cpp and Ollama accept top_k; OpenAI does not
-    "send_reasoning_effort": False,     # map thinking settings to reasoning_effort
-    "reasoning_field": "reasoning_content",  # field that carries reasoning back upstream
-    "echo_reasoning": True,             # send reasoning back on tool-call turns (DeepSeek, Kimi)
-    "response_format": "json_schema",   # json_schema | json_object | none (prompt only)
-    "stream_usage": True,               # ask for stream_options.include_usage
-    "max_output_tokens": 0,             # cap on what a client may ask for (0: none); Claude
-                                        #   Code asks 32000-128000, DeepSeek takes 8192
-    # Gemini upstreams
-    "gemini_schema": "json_schema",     # tool/response schemas as JSON Schema, or openapi
-    # Anthropic upstreams
-    "default_max_tokens": 8192,         # Anthropic requires max_tokens; used when unset
-    "anthropic_version": "2023-06-01",
-}
+
+MiB = 1024 * 1024
+
+SETTINGS: Tuple[Setting, ...] = (
+    # -- server: listening, client keys, limits (section 16) --
+    Setting("server", "host", "127.0.0.1", "address to listen on",
+            env="GEMINI_PROXY_HOST", flag="--host"),
+    Setting("server", "port", 8000, "port to listen on (0: any free one)",
+            env="GEMINI_PROXY_PORT", flag="--port"),
+    Setting("server", "api_keys", [], "keys clients must send; none means no client "
+            "authentication (loopback only)", env="GEMINI_PROXY_API_KEYS", flag="--api-key"),
+    Setting("server", "allow_public", False, "allow a non-loopback address with no client "
+            "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
+    Setting("server", "workers", 256, "threads for upstream calls; each in-flight request "
+            "holds one", env="GEMINI_PROXY_WORKERS", flag="--workers"),
+    Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)"),
+    Setting("server", "max_header_count", 100, "request headers (431 above)"),
+    Setting("server", "max_body_bytes", 32 * MiB, "request body, inline images included "
+            "(413 above)"),
+    Setting("server", "head_timeout", 30.0, "seconds to receive a whole request head"),
+    Setting("server", "body_timeout", 60.0, "seconds of silence allowed while a body "
+            "arrives"),
+    Setting("server", "idle_timeout", 120.0, "seconds a keep-alive connection may sit idle"),
+    Setting("server", "shutdown_grace", 10.0, "seconds in-flight requests get to finish "
+            "on SIGINT/SIGTERM"),
+    Setting("server", "keepalive_interval", 15.0, "seconds of stream silence before an "
+            "OpenAI client gets an SSE comment, an Anthropic client a ping (Gemini: never)"),
+    Setting("server", "stream_queue_chunks", 64, "chunks buffered between an upstream "
+            "stream and a slow client"),
+    Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
+            "client's dialect does not define"),
+    # -- upstreams.<name>: how to reach one provider (sections 11-14) --
+    Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND", flag="--upstream-kind",
+            choices=("openai", "gemini", "anthropic", "echo")),
+    Setting("upstream", "base_url", "", "base URL, e.g. "
+            "https://api.deepseek.com/v1 (empty: the kind's own)", env="GEMINI_PROXY_UPSTREAM_URL",
+            flag="--upstream-url"),
+    Setting("upstream", "api_key", "", "the provider key", env="GEMINI_PROXY_UPSTREAM_KEY", flag="--upstream-key"),
+    Setting("upstream", "api_keys", [], "more keys: with api_key, one pool"),
+    Setting("upstream", "api_key_env", "", "environment variable holding the key (or keys, "
+            "comma-separated)"),
+    Setting("upstream", "headers", {}, "extra headers for every upstream request (their "
+            "values are kept out of logs)"),
+    Setting("upstream", "query", {}, "extra query parameters (Azure: api-version)"),
+    Setting("upstream", "auth", "auto", "how the key is sent",
+            choices=("auto", "bearer", "api-key", "x-api-key", "x-goog-api-key", "none")),
+    Setting("upstream", "connect_timeout", 10.0, "seconds to connect"),
+    Setting("upstream", "first_byte_timeout", 600.0, "seconds until the reply starts (a "
+            "whole non-streamed reply counts)"),
+    Setting("upstream", "read_timeout", 300.0, "seconds of silence between two reads once "
+            "the reply has started"),
+    Setting("upstream", "total_timeout", 0.0, "seconds for the whole call (0: no limit)",
+            zero=True),
+    Setting("upstream", "max_idle_connections", 32, "keep-alive connections kept per host"),
+    Setting("upstream", "key_strategy", "round_robin", "which healthy key a request takes",
+            choices=("round_robin", "least_recently_failed")),
+    Setting("upstream", "cooldown_floor", 1.0, "the shortest rest after a 429", zero=True),
+    Setting("upstream", "cooldown", 60.0, "the longest rest after 429s that name no time"),
+    Setting("upstream", "cooldown_jitter", 0.2, "up to this fraction added to each rest",
+            zero=True),
+    Setting("upstream", "daily_quota_cooldown", 3600.0, "rest after a 429 that says a daily "
+            "quota is spent"),
+    Setting("upstream", "cooldown_scope", "auto", "what a 429 rests",
+            choices=("auto", "key", "model")),
+    Setting("upstream", "max_concurrency", 0, "requests in flight on this upstream (0: no "
+            "limit)"),
+    Setting("upstream", "key_concurrency", 0, "requests in flight on each key (0: no limit)"),
+    Setting("upstream", "wait_for_keys", False, "when every key is resting, wait for one "
+            "instead of a 429"),
+    Setting("upstream", "wait_timeout", 30.0, "the longest a request waits for a key or a "
+            "free slot"),
+    Setting("upstream", "max_waiting", 100, "requests that may wait at once"),
+    Setting("upstream", "retries", 2, "extra attempts after a 408/429/5xx or a connection "
+            "failure"),
+    Setting("upstream", "retry_wait", 0.5, "first backoff in seconds; doubles each time",
+            zero=True),
+    Setting("upstream", "retry_wait_max", 8.0, "the longest single backoff"),
+    Setting("upstream", "retry_budget", 60.0, "seconds after the request came in when no "
+            "retry may start"),
+    Setting("upstream", "upstream_streaming", "match", "match the client, always ask for a "
+            "stream, or never", choices=("match", "always", "never")),
+    Setting("upstream", "stop_strings", [], "cut the reply where one of these appears"),
+    Setting("upstream", "extra_body", {}, "merged into every upstream request body"),
+    Setting("upstream", "models", [], "model names this upstream offers, for model lists"),
+    Setting("upstream", "max_output_tokens", 0, "cap on the output tokens a client may ask "
+            "for (0: none)"),
+    Setting("upstream", "max_tokens_field", "max_tokens", "OpenAI-compatible: the field "
+            "for the output limit", choices=("max_tokens", "max_completion_tokens")),
+    Setting("upstream", "send_top_k", False, "OpenAI-compatible: send top_k"),
+    Setting("upstream", "send_reasoning_effort", False, "OpenAI-compatible: map thinking "
+            "settings to reasoning_effort"),
+    Setting("upstream", "reasoning_field", "reasoning_content", "OpenAI-compatible: the "
+            "field that carries reasoning back upstream"),
+    Setting("upstream", "echo_reasoning", True, "OpenAI-compatible: send reasoning back on "
+            "tool-call turns"),
+    Setting("upstream", "response_format", "json_schema", "how JSON mode is asked for",
+            choices=("json_schema", "json_object", "none")),
+    Setting("upstream", "stream_usage", True, "OpenAI-compatible: ask for "
+            "stream_options.include_usage"),
+    Setting("upstream", "gemini_schema", "json_schema", "Gemini: tool and response schemas "
+            "as JSON Schema or in Gemini's OpenAPI subset", choices=("json_schema", "openapi")),
+    Setting("upstream", "default_max_tokens", 8192, "Anthropic: max_tokens when the client "
+            "sets none"),
+    Setting("upstream", "anthropic_version", "2023-06-01", "Anthropic: the "
+            "anthropic-version header"),
+    # -- routes[] --
+    Setting("route", "model", "", "the client's model name, exact or a glob"),
+    Setting("route", "upstream", "", "the upstream's name"),
+    Setting("route", "upstream_model", "", "the model name sent there (empty: the client's)"),
+    Setting("route", "fallbacks", [], "upstreams tried in order when this one fails"),
+    # -- logging --
+    Setting("logging", "level", "info", "log level", env="GEMINI_PROXY_LOG_LEVEL",
+            flag="--log-level", choices=("debug", "info", "warning", "error")),
+    Setting("logging", "access_log", True, "one line per request"),
+    Setting("logging", "log_dir", "", "directory for detailed logs (empty: ./logs)",
+            env="GEMINI_PROXY_LOG_DIR", flag="--log-dir"),
+    Setting("logging", "detailed", False, "write the four stages of every request to "
+            "log_dir", env="GEMINI_PROXY_DETAILED_LOGS", flag="--detailed-logs"),
+    Setting("logging", "max_logged_body_bytes", MiB, "per stage, in detailed logs"),
+    # -- top level --
+    Setting("", "default_model", "", "upstream model for requests no route maps",
+            env="GEMINI_PROXY_MODEL", flag="--model"),
+    Setting("", "default_upstream", "", "the upstream that model_mapping and unmatched "
+            "names use (default: the first)"),
+)
+
+
+def setting_defaults(section: str) -> Dict[str, Any]:
+    return {s.key: s.default for s in SETTINGS if s.section == section}
+
+
+SERVER_DEFAULTS = setting_defaults("server")
+UPSTREAM_DEFAULTS = setting_defaults("upstream")
+LOGGING_DEFAULTS = setting_defaults("logging")
+ROUTE_DEFAULTS = setting_defaults("route")
+SETTINGS_BY_PATH = {(s.section, s.key): s for s in SETTINGS}
 
 # The base URL of each upstream kind when a config gives none.
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1",
                      "gemini": "https://generativelanguage.googleapis.com",
                      "anthropic": "https://api.anthropic.com"}
-
-LOGGING_DEFAULTS: Dict[str, Any] = {
-    "level": "info",              # debug | info | warning | error
-    "access_log": True,           # one line per request
-    "log_dir": "",                # where detailed logs go
-    "detailed": False,            # write the four stages of every request to log_dir
-    "max_logged_body_bytes": 1024 * 1024,
-}
-
-ROUTE_DEFAULTS: Dict[str, Any] = {
-    "model": "",                  # client model name, exact or glob ("gemini-*-flash*")
-    "upstream": "",               # upstream name
-    "upstream_model": "",         # model name sent upstream; empty keeps the client's
-    "fallbacks": [],              # upstreams tried in order when this one fails: names, or
-                                  #   {"upstream": name, "upstream_model": model}
-}
-
-CHOICES: Dict[str, Tuple[str, ...]] = {
-    "kind": ("openai", "gemini", "anthropic", "echo"),   # UPSTREAM_KINDS (section 10)
-    "auth": ("auto", "bearer", "api-key", "x-api-key", "x-goog-api-key", "none"),
-    "gemini_schema": ("json_schema", "openapi"),
-    "max_tokens_field": ("max_tokens", "max_completion_tokens"),
-    "response_format": ("json_schema", "json_object", "none"),
-    "level": ("debug", "info", "warning", "error"),
-    "key_strategy": ("round_robin", "least_recently_failed"),
-    "cooldown_scope": ("auto", "key", "model"),
-    "upstream_streaming": ("match", "always", "never"),
-}
-
-# Numbers of seconds that may be 0 (elsewhere 0 would mean "never wait", surely a mistake).
-ZERO_ALLOWED = ("retry_wait", "total_timeout", "cooldown_jitter", "cooldown_floor")
 
 # Where the no-configuration start sends requests when OPENAI_BASE_URL is not set.
 OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
@@ -240,9 +282,18 @@ IMAGE_TOKEN_ESTIMATE = 258
 # Google's documented "no signature available" value; Gemini CLI adds it to tool calls.
 GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
 
-# Prefix of the proxy's own thought signatures: reasoning from a non-Gemini upstream,
-# packed so Gemini clients carry it in their history and send it back (section 8).
-CARRIER_PREFIX = "gpx1."
+# The first bytes of the proxy's own reasoning signatures (section 6): reasoning from one
+# provider, packed so that a client of another dialect carries it in its history and sends
+# it back. Standard base64 of these bytes starts with "Z3B4" whatever follows, and the
+# whole signature is canonical base64, which SDKs that type signatures as bytes require.
+CARRIER_MAGIC = b"gpx\x02"
+
+# Model names a client may ask for: printable, no whitespace, of a sane length.
+MODEL_NAME = re.compile(r"[!-~]{1,256}\Z")
+
+# The request header that carries the instance ids a request has passed through, so a
+# proxy configured (directly or through others) to call itself answers 508 at once.
+HOP_HEADER = "x-gemini-proxy-hops"
 
 
 # ---- 2. Errors ---------------------------------------------------------------------------
@@ -319,6 +370,13 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64_decode_any(text: str) -> bytes:
+    """Base64 in the standard or the URL-safe alphabet, padded or not (SDKs that hold
+    signatures as bytes send them back in either form). Raises ValueError."""
+    text = text.strip().rstrip("=").replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 def snake_to_camel(name: str) -> str:
@@ -400,6 +458,42 @@ def parse_reset_hint(headers: Dict[str, str]) -> Optional[float]:
     return max(spent) if spent else min(other) if other else None
 
 
+def display_url(url: str) -> str:
+    """A URL fit for a log line or a page: without the user and password it may carry."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """Text cut to about `limit` characters at a word boundary, saying so."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + " [...]"
+
+
+LOG_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
+
+
+def log_safe(text: str) -> str:
+    """Text for one log line: control characters (newlines included) escaped, so that text
+    from a client or an upstream cannot forge or split log lines."""
+    return LOG_UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
+                          else "\\u%04x" % ord(m.group()), text)
+
+
+class LogFormatter(logging.Formatter):
+    """Every log line on one line: the message's control characters are escaped (a
+    traceback, which is this program's own, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = log_safe(record.message)
+        return super().formatMessage(record)
+
+
 def fingerprint(secret: str) -> str:
     """A short, stable name for a secret that reveals nothing usable."""
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
@@ -410,16 +504,26 @@ SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api
 
 
 class Redactor:
-    """Removes every known secret (upstream keys, client keys) from text bound for logs."""
+    """Removes every secret the configuration holds (see Config.secrets) from text bound
+    for a log, an error or a page, and any key=... query value."""
 
     def __init__(self, secrets_: Iterable[str] = ()):
         self._secrets = sorted({s for s in secrets_ if s and len(s) >= 4}, key=len, reverse=True)
+        self._secret_bytes = [s.encode("utf-8") for s in self._secrets]
 
     def text(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "[REDACTED]")
         return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
+
+    def bytes(self, data: bytes) -> bytes:
+        """The same for bytes passed through to a client (an upstream may repeat its key
+        in an error); only the configured secrets, at the cost of a search each."""
+        for secret in self._secret_bytes:
+            if secret in data:
+                data = data.replace(secret, b"[REDACTED]")
+        return data
 
     def headers(self, headers: Iterable[Tuple[str, str]]) -> List[Tuple[str, str]]:
         return [(name, "[REDACTED]" if name.lower() in SECRET_HEADERS else self.text(value))
@@ -428,9 +532,10 @@ class Redactor:
 
 # ---- 4. Configuration ----------------------------------------------------------------------
 #
-# A JSON file, then environment variables, then command-line flags. Every key is checked
-# against the tables of section 1; an unknown key or a bad value stops start-up with a
-# message naming it. Keys starting with "_" are comments and ignored.
+# A JSON file (written by hand: // and /* */ comments and trailing commas are allowed),
+# then environment variables, then command-line flags. Every key is checked against
+# SETTINGS (section 1); an unknown key or a bad value stops start-up with a message naming
+# it. Keys starting with "_" are comments and ignored. load_config() is a list of steps.
 
 @dataclasses.dataclass
 class Route:
@@ -455,13 +560,21 @@ class Config:
     logging: Dict[str, Any]
     default_upstream: str
     source: str = ""            # the file it came from, for the start-up lines
+    # Upstreams that cannot be used, and why (a key variable that is not set): requests
+    # go on to the route's fallbacks, and the start-up lines say what to set.
+    disabled: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def secrets(self) -> List[str]:
-        keys = list(self.server["api_keys"])
-        for upstream in self.upstreams.values():
-            keys.extend(upstream["api_keys"])
-            keys.extend(v for k, v in upstream["headers"].items() if k.lower() in SECRET_HEADERS)
-        return [k for k in keys if k]
+        """Every value in the configuration that must never reach a log, an error or a
+        page: client keys, upstream keys, the values of upstream headers and query
+        parameters, and the user and password of a URL."""
+        found = list(self.server["api_keys"])
+        for spec in self.upstreams.values():
+            found += spec["api_keys"] + list(spec["headers"].values()) + \
+                list(spec["query"].values())
+            parts = urllib.parse.urlsplit(spec["base_url"])
+            found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
+        return [s for s in found if s]
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
@@ -469,10 +582,58 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
     return " (did you mean %r?)" % close[0] if close else ""
 
 
-def _check_value(value: Any, default: Any, path: str, key: str = "") -> Any:
-    """`value` checked against the type of `default` (and CHOICES for `key`, which is the
-    last part of `path` unless given); errors name `path`."""
-    key = key or path.rsplit(".", 1)[-1]
+# -- reading a file written by hand ----------------------------------------------------------
+
+_JSON_STRING = r'"(?:[^"\\\n]|\\.)*"'
+_JSON_COMMENT = re.compile(_JSON_STRING + r"|//[^\n]*|/\*[\s\S]*?\*/")
+_JSON_TRAILING_COMMA = re.compile(_JSON_STRING + r"|,(?=\s*[\]}])")
+
+
+def _blank(match: "re.Match[str]") -> str:
+    """A comment or a trailing comma as spaces (newlines kept), so that line and column
+    numbers in an error still point into the file as written; strings stay."""
+    text = match.group()
+    return text if text.startswith('"') else re.sub(r"[^\n]", " ", text)
+
+
+def parse_config_text(text: str, path: str) -> Any:
+    """A config file's JSON, allowing comments and trailing commas; an error names the
+    file, line and column."""
+    text = _JSON_TRAILING_COMMA.sub(_blank, _JSON_COMMENT.sub(_blank, text))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("%s line %d column %d is not valid JSON: %s" % (
+            path, exc.lineno, exc.colno, exc.msg)) from None
+
+
+def read_config_file(args: argparse.Namespace, environ: Dict[str, str]
+                     ) -> Tuple[str, Dict[str, Any]]:
+    """(path, contents) of the config file: -c, else $GEMINI_PROXY_CONFIG, else
+    ./config.json when it exists; ("", {}) when there is none."""
+    path = getattr(args, "config", None) or environ.get("GEMINI_PROXY_CONFIG") or \
+        ("config.json" if os.path.exists("config.json") else "")
+    if not path:
+        return "", {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config file %s is not UTF-8 text" % path) from None
+    raw = parse_config_text(text, path)
+    if not isinstance(raw, dict):
+        raise ConfigError("config file %s: expected a JSON object at the top" % path)
+    return path, raw
+
+
+# -- checking values ---------------------------------------------------------------------------
+
+def _check_value(value: Any, setting: Setting, path: str) -> Any:
+    """`value` checked against the type of the setting's default and its choices; errors
+    name `path`."""
+    default = setting.default
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError("%s: expected true or false, got %r" % (path, value))
@@ -480,38 +641,43 @@ def _check_value(value: Any, default: Any, path: str, key: str = "") -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError("%s: expected a whole number >= 0, got %r" % (path, value))
     elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-                (value == 0 and key not in ZERO_ALLOWED):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value < 0 or (value == 0 and not setting.zero):
             raise ConfigError("%s: expected a number %s 0, got %r" % (
-                path, ">=" if key in ZERO_ALLOWED else ">", value))
+                path, ">=" if setting.zero else ">", value))
         value = float(value)
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError("%s: expected a string, got %r" % (path, value))
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError("%s: %r is not one of %s" % (path, value, ", ".join(CHOICES[key])))
+        if setting.choices and value not in setting.choices:
+            raise ConfigError("%s: %r is not one of %s" % (path, value,
+                                                          ", ".join(setting.choices)))
     elif isinstance(default, list):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("%s: expected a list of strings, got %r" % (path, value))
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError("%s: expected an object, got %r" % (path, value))
-        if key in ("headers", "query") and not all(isinstance(v, str) for v in value.values()):
+        if setting.key in ("headers", "query") and \
+                not all(isinstance(v, str) for v in value.values()):
             raise ConfigError("%s: every value must be a string" % path)
     return value
 
 
-def _check_section(raw: Any, defaults: Dict[str, Any], path: str) -> Dict[str, Any]:
+def _check_section(raw: Any, section: str, path: str) -> Dict[str, Any]:
+    """A section of the file, every key checked, with the defaults for the rest."""
     if not isinstance(raw, dict):
         raise ConfigError("%s: expected an object, got %r" % (path, raw))
-    section = json.loads(json.dumps(defaults))  # a deep copy
+    defaults = setting_defaults(section)
+    checked = copy.deepcopy(defaults)
     for key, value in raw.items():
         if key.startswith("_"):
             continue
         if key not in defaults:
             raise ConfigError("%s.%s: unknown key%s" % (path, key, _did_you_mean(key, defaults)))
-        section[key] = _check_value(value, defaults[key], "%s.%s" % (path, key))
-    return section
+        checked[key] = _check_value(value, SETTINGS_BY_PATH[section, key],
+                                    "%s.%s" % (path, key))
+    return checked
 
 
 TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "model_mapping", "default_model",
@@ -520,20 +686,23 @@ TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "model_mapping", "default_mod
 # The seed project's flat format: {openai_api_key, openai_base_url, model_mapping,
 # default_openai_model, server{host, port, log_level}, logging{enable_detailed_logs,
 # enable_access_logs, log_directory}, retry{max_retries, wait_fixed}}.
-SEED_SERVER_KEYS = {"log_level": ("logging", "level")}
 SEED_LOGGING_KEYS = {"enable_detailed_logs": "detailed", "enable_access_logs": "access_log",
                      "log_directory": "log_dir"}
+SEED_RETRY_KEYS = {"max_retries": "retries", "wait_fixed": "retry_wait"}
 
 
-def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
+def translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
     """Rewrite the seed project's flat keys into this format, so its files keep working."""
     raw = dict(raw)
+    if "providers" in raw:
+        raise ConfigError("providers: the seed's multi-provider list is not supported; "
+                          "declare each provider under \"upstreams\" and pick them with "
+                          "\"routes\" (see README.md)")
     server, logging_ = raw.get("server"), raw.get("logging", {})
     if isinstance(server, dict) and isinstance(logging_, dict):   # else: reported later
         server, logging_ = dict(server), dict(logging_)
-        for old, (section, new) in SEED_SERVER_KEYS.items():
-            if old in server:
-                logging_.setdefault(new, server.pop(old))
+        if "log_level" in server:
+            logging_.setdefault("level", server.pop("log_level"))
         for old, new in SEED_LOGGING_KEYS.items():
             if old in logging_:
                 logging_[new] = logging_.pop(old)
@@ -549,21 +718,22 @@ def _translate_seed_format(raw: Dict[str, Any]) -> Dict[str, Any]:
         if "openai_api_key" in flat:
             default["api_key"] = flat["openai_api_key"]
         default["base_url"] = flat.get("openai_base_url") or default.get("base_url") \
-            or "https://api.openai.com/v1"
+            or DEFAULT_BASE_URLS["openai"]
         retry = flat.get("retry", {})
         if not isinstance(retry, dict):
             raise ConfigError("retry: expected an object, got %r" % (retry,))
-        for old, new in (("max_retries", "retries"), ("wait_fixed", "retry_wait")):
-            if old in retry:
-                default[new] = _check_value(retry[old], UPSTREAM_DEFAULTS[new],
-                                            "retry." + old, new)
-        for key in retry:
-            if key not in ("max_retries", "wait_fixed"):
+        for key, value in retry.items():
+            if key not in SEED_RETRY_KEYS:
                 raise ConfigError("retry.%s: unknown key%s" % (
-                    key, _did_you_mean(key, ("max_retries", "wait_fixed"))))
+                    key, _did_you_mean(key, SEED_RETRY_KEYS)))
+            new = SEED_RETRY_KEYS[key]
+            default[new] = _check_value(value, SETTINGS_BY_PATH["upstream", new], "retry." + key)
         upstreams["default"] = default
         raw["upstreams"] = upstreams
     return raw
+
+
+FALLBACK_KEYS = ("upstream", "upstream_model")
 
 
 def _check_fallbacks(raw: Any, path: str) -> List[Tuple[str, str]]:
@@ -576,7 +746,11 @@ def _check_fallbacks(raw: Any, path: str) -> List[Tuple[str, str]]:
         where = "%s[%d]" % (path, i)
         if isinstance(item, str):
             item = {"upstream": item}
-        entry = _check_section(item, {"upstream": "", "upstream_model": ""}, where)
+        for key in item if isinstance(item, dict) else ():
+            if key not in FALLBACK_KEYS and not key.startswith("_"):
+                raise ConfigError("%s.%s: unknown key%s" % (where, key,
+                                                           _did_you_mean(key, FALLBACK_KEYS)))
+        entry = _check_section(item, "route", where)
         if not entry["upstream"]:
             raise ConfigError("%s: needs \"upstream\"" % where)
         fallbacks.append((entry["upstream"], entry["upstream_model"]))
@@ -589,13 +763,14 @@ def _check_routes(raw: Any) -> List[Route]:
                           "fallbacks}")
     routes = []
     for i, item in enumerate(raw):
-        fallbacks = _check_fallbacks(item.get("fallbacks", []), "routes[%d].fallbacks" % i) \
-            if isinstance(item, dict) else []
-        if isinstance(item, dict):
-            item = {k: v for k, v in item.items() if k != "fallbacks"}
-        entry = _check_section(item, ROUTE_DEFAULTS, "routes[%d]" % i)
+        where = "routes[%d]" % i
+        if not isinstance(item, dict):
+            raise ConfigError("%s: expected an object, got %r" % (where, item))
+        fallbacks = _check_fallbacks(item.get("fallbacks", []), where + ".fallbacks")
+        entry = _check_section({k: v for k, v in item.items() if k != "fallbacks"}, "route",
+                               where)
         if not entry["model"] or not entry["upstream"]:
-            raise ConfigError("routes[%d]: needs both \"model\" and \"upstream\"" % i)
+            raise ConfigError("%s: needs both \"model\" and \"upstream\"" % where)
         routes.append(Route(entry["model"], entry["upstream"], entry["upstream_model"],
                             fallbacks))
     return routes
@@ -610,147 +785,131 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _env_value(environ: Dict[str, str], name: str, default: Any) -> Any:
-    """An environment variable parsed to the type of its default; errors name the variable."""
-    text = environ[name]
+def _env_value(environ: Dict[str, str], setting: Setting) -> Any:
+    """A setting's environment variable parsed to the setting's type; errors name it."""
+    text = environ[setting.env]
+    default = setting.default
     try:
         if isinstance(default, bool):
             if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(text)
-            return text.lower() in ("1", "true", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, list):
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return text
+            value: Any = text.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            value = int(text)
+        elif isinstance(default, float):
+            value = float(text)
+        elif isinstance(default, list):
+            value = [item.strip() for item in text.split(",") if item.strip()]
+        else:
+            value = text
     except ValueError:
-        raise ConfigError("%s: cannot use %r here" % (name, text)) from None
+        raise ConfigError("%s: cannot use %r here" % (setting.env, text)) from None
+    return _check_value(value, setting, setting.env)
 
 
-# Environment variable -> (section, key). Applied after the file, before the flags.
-ENV_SETTINGS = {
-    "GEMINI_PROXY_HOST": ("server", "host"),
-    "GEMINI_PROXY_PORT": ("server", "port"),
-    "GEMINI_PROXY_API_KEYS": ("server", "api_keys"),
-    "GEMINI_PROXY_ALLOW_PUBLIC": ("server", "allow_public"),
-    "GEMINI_PROXY_WORKERS": ("server", "workers"),
-    "GEMINI_PROXY_LOG_LEVEL": ("logging", "level"),
-    "GEMINI_PROXY_LOG_DIR": ("logging", "log_dir"),
-    "GEMINI_PROXY_DETAILED_LOGS": ("logging", "detailed"),
-}
-
-# Environment variables and flags that shape the default upstream: (kind, url, key, model).
-ENV_UPSTREAM = ("GEMINI_PROXY_UPSTREAM_KIND", "GEMINI_PROXY_UPSTREAM_URL",
-                "GEMINI_PROXY_UPSTREAM_KEY", "GEMINI_PROXY_MODEL")
+def flag_dest(setting: Setting) -> str:
+    return setting.flag.lstrip("-").replace("-", "_")
 
 
-def load_config(args: Optional[argparse.Namespace] = None,
-                environ: Optional[Dict[str, str]] = None) -> Config:
-    """Build the configuration: file < environment < flags. Raises ConfigError."""
-    args = args or argparse.Namespace()
-    environ = dict(os.environ if environ is None else environ)
-    path = getattr(args, "config", None) or environ.get("GEMINI_PROXY_CONFIG") or \
-        ("config.json" if os.path.exists("config.json") else "")
-    raw: Dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except OSError as exc:
-            raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror)) from None
-        except ValueError as exc:
-            raise ConfigError("config file %s is not valid JSON: %s" % (path, exc)) from None
-        if not isinstance(raw, dict):
-            raise ConfigError("config file %s: expected a JSON object at the top" % path)
-    if "providers" in raw:
-        raise ConfigError("providers: the seed's multi-provider list is not supported; "
-                          "declare each provider under \"upstreams\" and pick them with "
-                          "\"routes\" (see README.md)")
-    raw = _translate_seed_format(raw)
+# -- the steps of load_config -------------------------------------------------------------------
+
+def _sections_of(raw: Dict[str, Any], path: str) -> Config:
+    """The file's sections, checked, as a Config without its catch-all route yet."""
     for key in raw:
         if not key.startswith("_") and key not in TOP_LEVEL_KEYS:
             raise ConfigError("%s: unknown key%s" % (key, _did_you_mean(key, TOP_LEVEL_KEYS)))
-
-    server = _check_section(raw.get("server", {}), SERVER_DEFAULTS, "server")
-    logging_ = _check_section(raw.get("logging", {}), LOGGING_DEFAULTS, "logging")
     raw_upstreams = raw.get("upstreams", {})
     if not isinstance(raw_upstreams, dict):
         raise ConfigError("upstreams: expected an object of name -> upstream")
-    upstreams = {name: _check_section(spec, UPSTREAM_DEFAULTS, "upstreams.%s" % name)
+    upstreams = {name: _check_section(spec, "upstream", "upstreams.%s" % name)
                  for name, spec in raw_upstreams.items() if not name.startswith("_")}
     mapping = raw.get("model_mapping", {})
     if not isinstance(mapping, dict):
         raise ConfigError("model_mapping: expected an object of client model -> upstream model")
-    mapping = {k: v for k, v in mapping.items() if not k.startswith("_")}
+    mapping_routes = []
     for pattern, target in mapping.items():
+        if pattern.startswith("_"):
+            continue
         if not isinstance(target, str):
             raise ConfigError("model_mapping.%s: expected an upstream model name" % pattern)
-    default_model = raw.get("default_model", "")
-    default_upstream = raw.get("default_upstream", "")
-    for key, value in (("default_model", default_model), ("default_upstream", default_upstream)):
-        if not isinstance(value, str):
-            raise ConfigError("%s: expected a string, got %r" % (key, value))
-    routes = _check_routes(raw.get("routes", []))
+        mapping_routes.append(Route(pattern, "", target))   # its upstream: the default one
+    top = {key: _check_value(raw.get(key, s.default), s, key) for (section, key), s
+           in SETTINGS_BY_PATH.items() if section == ""}
+    config = Config(_check_section(raw.get("server", {}), "server", "server"), upstreams,
+                    _check_routes(raw.get("routes", [])) + mapping_routes,
+                    _check_section(raw.get("logging", {}), "logging", "logging"),
+                    top["default_upstream"], source=path)
+    config.routes.append(Route("*", "", top["default_model"]))   # the catch-all
+    return config
 
-    known_env = set(ENV_SETTINGS) | set(ENV_UPSTREAM) | {"GEMINI_PROXY_CONFIG"}
+
+def _apply_environment(config: Config, environ: Dict[str, str]) -> None:
+    """GEMINI_PROXY_* variables for the server and logging sections (those for the default
+    upstream are _apply_default_upstream's). A misspelled one is an error, like a key."""
+    known = {s.env for s in SETTINGS if s.env} | {"GEMINI_PROXY_CONFIG"}
     for name in environ:
-        if name.startswith("GEMINI_PROXY_") and name not in known_env:
+        if name.startswith("GEMINI_PROXY_") and name not in known:
             raise ConfigError("%s: unknown environment variable%s"
-                              % (name, _did_you_mean(name, known_env)))
-    sections = {"server": server, "logging": logging_}
-    for name, (section, key) in ENV_SETTINGS.items():
-        if name in environ:
-            defaults = SERVER_DEFAULTS if section == "server" else LOGGING_DEFAULTS
-            value = _env_value(environ, name, defaults[key])
-            sections[section][key] = _check_value(value, defaults[key], name, key)
+                              % (name, _did_you_mean(name, known)))
+    sections = {"server": config.server, "logging": config.logging}
+    for setting in SETTINGS:
+        if setting.env in environ and setting.section in sections:
+            sections[setting.section][setting.key] = _env_value(environ, setting)
 
-    # The default upstream: flags, then GEMINI_PROXY_UPSTREAM_*, then (only when nothing
-    # is configured at all) OPENAI_BASE_URL / OPENAI_API_KEY, else a local Ollama.
-    given = [(getattr(args, attr, None), "--" + attr.replace("_", "-")) if getattr(
-        args, attr, None) else (environ.get(env, ""), env) for attr, env in
-        zip(("upstream_kind", "upstream_url", "upstream_key", "model"), ENV_UPSTREAM)]
-    (kind, kind_from), (url, url_from), (key, key_from), (model, _) = given
-    if not upstreams and not (kind or url):
+
+def _apply_default_upstream(config: Config, args: argparse.Namespace,
+                            environ: Dict[str, str]) -> None:
+    """The default upstream and model: flags, then GEMINI_PROXY_UPSTREAM_* and
+    GEMINI_PROXY_MODEL, then (only when nothing is configured at all) OPENAI_BASE_URL,
+    OPENAI_API_KEY and OPENAI_MODEL, else a local Ollama."""
+    given: Dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.section not in ("upstream", "") or not setting.flag:
+            continue
+        value = getattr(args, flag_dest(setting), None)
+        if value:
+            given[setting.key] = _check_value(value, setting, setting.flag)
+        elif environ.get(setting.env):
+            given[setting.key] = _env_value(environ, setting)
+    model = given.pop("default_model", "")
+    if not config.upstreams and not (given.get("kind") or given.get("base_url")):
         if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
-            url = environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-            key = key or environ.get("OPENAI_API_KEY", "")
+            given["base_url"] = environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URLS["openai"]
+            given.setdefault("api_key", environ.get("OPENAI_API_KEY", ""))
             model = model or environ.get("OPENAI_MODEL", "")
         else:
-            url = OLLAMA_BASE_URL
-    if kind or url or key:
-        name = default_upstream or ("default" if "default" in upstreams or not upstreams
-                                    else next(iter(upstreams)))
-        spec = upstreams.setdefault(name, _check_section({}, UPSTREAM_DEFAULTS, name))
-        for field, value, source in (("kind", kind, kind_from), ("base_url", url, url_from),
-                                     ("api_key", key, key_from)):
-            if value:
-                spec[field] = _check_value(value, UPSTREAM_DEFAULTS[field], source, field)
-        if key:   # a key given here replaces the file's keys and variable
+            given["base_url"] = OLLAMA_BASE_URL
+    if given:
+        name = config.default_upstream or ("default" if "default" in config.upstreams or
+                                           not config.upstreams else next(iter(config.upstreams)))
+        spec = config.upstreams.setdefault(name, _check_section({}, "upstream", name))
+        spec.update(given)
+        if given.get("api_key"):   # a key given here replaces the file's keys and variable
             spec["api_key_env"], spec["api_keys"] = "", []
-    default_model = model or default_model
+    if model:
+        config.routes[-1].upstream_model = model
 
-    for flag, section, key in (("host", "server", "host"), ("port", "server", "port"),
-                               ("api_key", "server", "api_keys"),
-                               ("allow_public", "server", "allow_public"),
-                               ("workers", "server", "workers"),
-                               ("log_level", "logging", "level"),
-                               ("log_dir", "logging", "log_dir"),
-                               ("detailed_logs", "logging", "detailed")):
-        value = getattr(args, flag, None)
-        if value is not None and value is not False and value != []:
-            sections[section][key] = value
-    if server["port"] > 65535:
-        raise ConfigError("server.port: %d is not a TCP port" % server["port"])
-    if server["workers"] < 1:
-        raise ConfigError("server.workers: at least one worker thread is needed")
 
-    for name, spec in upstreams.items():
+def _apply_flags(config: Config, args: argparse.Namespace) -> None:
+    sections = {"server": config.server, "logging": config.logging}
+    for setting in SETTINGS:
+        value = getattr(args, flag_dest(setting), None) if setting.flag else None
+        if setting.section in sections and value is not None and value is not False \
+                and value != []:
+            sections[setting.section][setting.key] = _check_value(value, setting, setting.flag)
+
+
+def _resolve_upstreams(config: Config, environ: Dict[str, str]) -> None:
+    """Each upstream's key pool and base URL. An upstream whose key variable is not set is
+    disabled, not fatal (a user may start from the example with only the keys they have);
+    every missing variable is named at once."""
+    for name, spec in config.upstreams.items():
         keys = [spec["api_key"]] + spec["api_keys"]
-        if spec["api_key_env"]:
-            if spec["api_key_env"] not in environ:
-                raise ConfigError("upstreams.%s.api_key_env: environment variable %s is not set"
-                                  % (name, spec["api_key_env"]))
-            keys = [k.strip() for k in environ[spec["api_key_env"]].split(",")]
+        variable = spec["api_key_env"]
+        if variable:
+            keys = [k.strip() for k in environ.get(variable, "").split(",")]
+            if not any(keys):
+                config.disabled[name] = "environment variable %s is not set" % variable
         # One pool, in the order given, each key once; api_key is its first.
         spec["api_keys"] = list(dict.fromkeys(k for k in keys if k))
         spec["api_key"] = spec["api_keys"][0] if spec["api_keys"] else ""
@@ -759,22 +918,38 @@ def load_config(args: Optional[argparse.Namespace] = None,
             parsed = urllib.parse.urlsplit(spec["base_url"])
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ConfigError("upstreams.%s.base_url: %r is not an http(s) URL"
-                                  % (name, spec["base_url"]))
+                                  % (name, display_url(spec["base_url"])))
+    if config.upstreams and len(config.disabled) == len(config.upstreams):
+        raise ConfigError("no upstream can be used: " + "; ".join(
+            "%s: %s" % item for item in config.disabled.items()))
 
-    if not default_upstream:
-        default_upstream = next(iter(upstreams))
-    elif default_upstream not in upstreams:
+
+def _resolve_routes(config: Config) -> None:
+    """Routes with no upstream of their own (model_mapping, the catch-all) go to the
+    default upstream; every upstream a route names must exist."""
+    if not config.default_upstream:
+        config.default_upstream = next(iter(config.upstreams))
+    elif config.default_upstream not in config.upstreams:
         raise ConfigError("default_upstream: no upstream named %r%s" % (
-            default_upstream, _did_you_mean(default_upstream, upstreams)))
-    routes += [Route(pattern, default_upstream, target) for pattern, target in mapping.items()]
-    routes.append(Route("*", default_upstream, default_model))
-    for i, route in enumerate(routes):
+            config.default_upstream, _did_you_mean(config.default_upstream, config.upstreams)))
+    for i, route in enumerate(config.routes):
+        route.upstream = route.upstream or config.default_upstream
         for where, name in [("upstream", route.upstream)] + [
                 ("fallbacks[%d]" % j, up) for j, (up, _) in enumerate(route.fallbacks)]:
-            if name not in upstreams:
+            if name not in config.upstreams:
                 raise ConfigError("routes[%d].%s: no upstream named %r%s" % (
-                    i, where, name, _did_you_mean(name, upstreams)))
+                    i, where, name, _did_you_mean(name, config.upstreams)))
 
+
+def _check_safety(config: Config) -> None:
+    server = config.server
+    if server["port"] > 65535:
+        raise ConfigError("server.port: %d is not a TCP port" % server["port"])
+    if server["workers"] < 1:
+        raise ConfigError("server.workers: at least one worker thread is needed")
+    if any(not key.strip() for key in server["api_keys"]):
+        raise ConfigError("server.api_keys: an empty or blank key would let anyone in; "
+                          "remove it")
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
         raise ConfigError(
@@ -782,7 +957,22 @@ def load_config(args: Optional[argparse.Namespace] = None,
             "could use your upstream credit. Set server.api_keys (or GEMINI_PROXY_API_KEYS, or "
             "--api-key), or pass --allow-public if something else guards the port."
             % server["host"])
-    return Config(server, upstreams, routes, logging_, default_upstream, source=path)
+
+
+def load_config(args: Optional[argparse.Namespace] = None,
+                environ: Optional[Dict[str, str]] = None) -> Config:
+    """Build the configuration: file < environment < flags. Raises ConfigError."""
+    args = args or argparse.Namespace()
+    environ = dict(os.environ if environ is None else environ)
+    path, raw = read_config_file(args, environ)
+    config = _sections_of(translate_seed_format(raw), path)
+    _apply_environment(config, environ)
+    _apply_default_upstream(config, args, environ)
+    _apply_flags(config, args)
+    _resolve_upstreams(config, environ)
+    _resolve_routes(config)
+    _check_safety(config)
+    return config
 
 
 def resolve_route(config: Config, model: str) -> Tuple[Route, str]:
@@ -1391,17 +1581,32 @@ def pack_thinking(blocks: List[Part], with_text: bool = True) -> str:
     """Reasoning a client cannot carry in its own terms, packed as an opaque signature it
     keeps and sends back: in a Gemini client's thoughtSignature (Gemini CLI drops thought
     parts from its history but keeps signatures), or an Anthropic client's thinking block
-    signature (whose text comes back beside it, so with_text=False leaves it out)."""
+    signature (whose text comes back beside it, so with_text=False leaves it out). It is
+    canonical standard base64: google-genai holds signatures as bytes."""
     items = [{k: v for k, v in (("t", b.text if with_text else ""), ("s", b.signature),
                                 ("o", b.origin), ("r", b.extra.get("redacted", ""))) if v}
              for b in blocks]
-    return CARRIER_PREFIX + b64url_encode(zlib.compress(json_bytes(items)))
+    return base64.b64encode(CARRIER_MAGIC + zlib.compress(json_bytes(items))).decode("ascii")
+
+
+CARRIER_START = base64.b64encode(CARRIER_MAGIC[:3]).decode("ascii")
+
+
+def is_carrier(signature: str) -> bool:
+    """Whether a signature may be one of pack_thinking's (in either base64 alphabet)."""
+    return signature.startswith(CARRIER_START)
 
 
 def unpack_thinking(signature: str) -> List[Part]:
-    """The reasoning blocks a carrier signature holds; [] for anything else."""
+    """The reasoning blocks a carrier signature holds, whether it comes back in standard
+    or URL-safe base64, padded or not; [] for anything else."""
+    if not is_carrier(signature):
+        return []
     try:
-        items = json.loads(zlib.decompress(b64url_decode(signature[len(CARRIER_PREFIX):])))
+        data = b64_decode_any(signature)
+        if not data.startswith(CARRIER_MAGIC):
+            return []
+        items = json.loads(zlib.decompress(data[len(CARRIER_MAGIC):]))
         return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
                      origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
                 for i in items]
@@ -2381,7 +2586,7 @@ def _anthropic_thinking_part(block: Dict[str, Any], where: str) -> List[Part]:
     another provider (its signature is a carrier; the text is the block's)."""
     signature = expect_text(block.get("signature"), where + ".signature")
     text = expect_text(block.get("thinking"), where + ".thinking")
-    if signature.startswith(CARRIER_PREFIX):
+    if is_carrier(signature):
         parts = unpack_thinking(signature)
         if parts:
             parts[0].text = text
@@ -3069,8 +3274,9 @@ def gemini_schema_to_json_schema(schema: Any) -> Any:
 def _gemini_signature(part: Part, signature: str) -> List[Part]:
     """Attach a thoughtSignature to its part; a proxy carrier becomes the reasoning parts
     it holds, placed before the part; Google's skip value means no signature."""
-    if signature.startswith(CARRIER_PREFIX):
-        return unpack_thinking(signature) + [part]
+    carried = unpack_thinking(signature)
+    if carried:
+        return carried + [part]
     if signature and signature != GEMINI_SKIP_SIGNATURE:
         part.signature, part.origin = signature, "gemini"
     return [part]
@@ -4256,8 +4462,9 @@ def _gemini_passthrough_path(ex: Exchange, head: RequestHead, model: str) -> str
 
 
 def echo_events(chat: Chat, model: str) -> Iterator[Any]:
-    """The echo upstream: repeats the last user text, to check a client's wiring with no
-    provider at all. Streams it word by word like a model would."""
+    """The echo upstream: "echo (<model>): " and the last user text (or what the tools
+    returned), to check a client's wiring with no provider at all. Streams it word by
+    word like a model would."""
     last = next((m for m in reversed(chat.messages) if m.role == "user"), Message("user", []))
     texts = [p.text.strip() for p in last.parts if p.type == TEXT and p.text.strip()]
     said = texts[-1] if texts else "; ".join(
@@ -4317,7 +4524,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         stream_end=re.compile(r'"type": ?"message_stop"')),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
-assert set(UPSTREAM_KINDS) == set(CHOICES["kind"])
+assert set(UPSTREAM_KINDS) == set(SETTINGS_BY_PATH["upstream", "kind"].choices)
 
 
 
@@ -5184,10 +5391,11 @@ class Proxy:
         lines = []
         for name, runtime in self.upstreams.items():
             spec = runtime.spec
-            where = spec["base_url"] if runtime.target else "(answers locally)"
+            where = display_url(spec["base_url"]) if runtime.target else "(answers locally)"
             keys = spec["api_keys"]
+            off = self.config.disabled.get(name)
             lines.append("upstream %s: %s %s%s" % (
-                name, spec["kind"], where,
+                name, spec["kind"], where, " is OFF: " + off if off else
                 " with key " + fingerprint(keys[0]) if len(keys) == 1 else
                 " with %d keys" % len(keys) if keys else ""))
         for route in self.config.routes:
@@ -5294,6 +5502,11 @@ class Proxy:
         unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
         give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
         for runtime, model in candidates:
+            off = rq.live.config.disabled.get(runtime.name)
+            if off is not None:
+                failures.append(UpstreamError("upstream %r is off: %s" % (runtime.name, off),
+                                              status=503))
+                continue
             deliver = self._attempts(rq, runtime, model, attempt, failures, unavailable,
                                      give_up_at, 0.0)
             if deliver is not None:
@@ -6107,29 +6320,31 @@ class ProxyServer:
 # ---- 13. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
+    """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
     parser = argparse.ArgumentParser(
         prog="gemini_proxy.py",
         description="Let Gemini, OpenAI and Anthropic API clients use OpenAI-compatible, "
-                    "Gemini and Anthropic providers.")
-    parser.add_argument("-c", "--config", help="JSON config file (default: ./config.json "
-                        "when present, or $GEMINI_PROXY_CONFIG)")
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
-    parser.add_argument("--api-key", action="append", default=[],
-                        help="a key clients must send (repeatable)")
-    parser.add_argument("--allow-public", action="store_true",
-                        help="allow a non-loopback address with no client keys")
-    parser.add_argument("--upstream-url", help="base URL of the default upstream "
-                        "(e.g. https://api.deepseek.com/v1)")
-    parser.add_argument("--upstream-key", help="API key of the default upstream")
-    parser.add_argument("--upstream-kind", choices=CHOICES["kind"],
-                        help="kind of the default upstream (default openai)")
-    parser.add_argument("--model", help="upstream model for requests no route maps")
-    parser.add_argument("--workers", type=int, help="upstream worker threads")
-    parser.add_argument("--log-level", choices=CHOICES["level"])
-    parser.add_argument("--log-dir", help="directory for detailed logs")
-    parser.add_argument("--detailed-logs", action="store_true",
-                        help="log the four stages of every request to --log-dir")
+                    "Gemini and Anthropic providers. Settings come from a config file, then "
+                    "GEMINI_PROXY_* environment variables, then these flags.")
+    parser.add_argument("-c", "--config", help="JSON config file (default: "
+                        "$GEMINI_PROXY_CONFIG, else ./config.json when it exists)")
+    for setting in SETTINGS:
+        if not setting.flag:
+            continue
+        default = setting.default
+        where = "%s.%s" % (setting.section, setting.key) if setting.section else setting.key
+        if setting.section == "upstream":
+            where = "the default upstream's " + setting.key
+        text = "%s; sets %s, also $%s" % (setting.help, where, setting.env)
+        if isinstance(default, bool):
+            parser.add_argument(setting.flag, action="store_true", help=text)
+        elif isinstance(default, list):
+            parser.add_argument(setting.flag, action="append", default=[],
+                                help=text + " (repeatable)")
+        else:
+            parser.add_argument(setting.flag, type=type(default), choices=setting.choices
+                                or None, help=text + (" (default %s)" % default
+                                                      if default != "" else ""))
     parser.add_argument("--check", action="store_true",
                         help="validate the configuration, print where requests go, and exit")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
@@ -6147,8 +6362,23 @@ def reload_config(server: ProxyServer, args: argparse.Namespace) -> None:
     server.reload(config)
     logging.getLogger().setLevel(config.logging["level"].upper())
     log.info("configuration reloaded%s", " from %s" % config.source if config.source else "")
-    for line in server.proxy.describe():
+    log_where_requests_go(server.proxy)
+
+
+def log_where_requests_go(proxy: "Proxy") -> None:
+    """The start-up lines after the first: upstreams and routes, and warnings for what a
+    user should know before the first request fails."""
+    for line in proxy.describe():
         log.info("%s", line)
+    config = proxy.config
+    if config.disabled:
+        log.warning("upstreams turned off until their keys are set: %s", "; ".join(
+            "%s (%s)" % item for item in config.disabled.items()))
+    if not config.source and [s["base_url"] for s in config.upstreams.values()] == \
+            [OLLAMA_BASE_URL]:
+        log.warning("no upstream is configured, so requests go to a local Ollama at %s; "
+                    "for a provider set OPENAI_BASE_URL and OPENAI_API_KEY, or use "
+                    "-c config.json (see config.example.json)", OLLAMA_BASE_URL)
 
 
 async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> None:
@@ -6165,11 +6395,14 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> No
     if hasattr(signal, "SIGHUP") and args is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_config, server, args)
     host = config.server["host"]
-    log.info("gemini-proxy %s listening on http://%s:%d (%s)", __version__,
-             "[%s]" % host if ":" in host else host, server.port,
-             "client keys required" if config.server["api_keys"] else "no client keys")
-    for line in server.proxy.describe():
-        log.info("%s", line)
+    public = not is_loopback_host(host) and not config.server["api_keys"]
+    log.log(logging.WARNING if public else logging.INFO,
+            "gemini-proxy %s listening on http://%s:%d (%s)", __version__,
+            "[%s]" % host if ":" in host else host, server.port,
+            "client keys required" if config.server["api_keys"] else
+            "NO CLIENT KEYS: anyone who can reach this address can use it" if public
+            else "no client keys")
+    log_where_requests_go(server.proxy)
     await server.serve_until_stopped()
     log.info("stopped")
 
@@ -6181,8 +6414,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print("gemini-proxy: configuration error: %s" % exc, file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.logging["level"].upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=config.logging["level"].upper(), handlers=[handler])
     if args.check:
         print("configuration OK%s" % (" (%s)" % config.source if config.source else ""))
         for line in Proxy(config).describe():

@@ -386,3 +386,32 @@ def test_sighup_reloads_the_config_and_keeps_running_on_a_bad_one(start, tmp_pat
         time.sleep(0.02)
     assert proxy.text().count("gemini-2.5-pro -> second/renamed") == 2
     assert proxy.stop() == 0
+
+
+# ---- a fresh clone: the README's run command with nothing else done ----------------------
+
+def test_no_configuration_starts_and_says_how_to_reach_a_provider(start):
+    proxy = start(["--port", "0"])
+    line = proxy.wait_for(r"no upstream is configured")
+    assert " WARNING " in line and "OPENAI_BASE_URL" in line and "config.example.json" in line
+    assert proxy.stop() == 0
+
+
+def test_the_example_config_starts_without_keys_and_turns_off_what_it_lacks(start, tmp_path):
+    example = os.path.join(os.path.dirname(SCRIPT), "config.example.json")
+    proxy = start(["-c", example, "--port", "0"],
+                  env=minimal_env(DEEPSEEK_API_KEY="sk-deep-DO-NOT-PRINT-1"))
+    line = proxy.wait_for(r"turned off until their keys are set")
+    for variable in ("MOONSHOT_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY"):
+        assert variable in line
+    assert "DEEPSEEK_API_KEY" not in line
+    assert "sk-deep-DO-NOT-PRINT-1" not in proxy.text()
+    assert proxy.stop() == 0
+
+
+def test_listening_publicly_without_keys_is_a_warning(start):
+    proxy = start(["--upstream-kind", "echo", "--host", "0.0.0.0", "--port", "0",
+                   "--allow-public"])
+    line = proxy.wait_for(r"listening on ")
+    assert " WARNING " in line and "NO CLIENT KEYS" in line
+    assert proxy.stop() == 0

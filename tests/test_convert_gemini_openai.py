@@ -367,8 +367,25 @@ def test_carrier_round_trip_and_garbage():
     back = gp.unpack_thinking(gp.pack_thinking(blocks))
     assert [(b.text, b.signature, b.origin, b.extra) for b in back] == [
         ("t1 ünï", "s1", "anthropic", {}), ("", "", "anthropic", {"redacted": "opaque"})]
-    assert gp.unpack_thinking(gp.CARRIER_PREFIX + "not-base64!!") == []
-    assert gp.unpack_thinking(gp.CARRIER_PREFIX + gp.b64url_encode(b"not zlib")) == []
+    start = gp.CARRIER_START
+    assert gp.unpack_thinking(start + "not-base64!!") == []
+    assert gp.unpack_thinking(base64.b64encode(gp.CARRIER_MAGIC + b"not zlib").decode()) == []
+    assert gp.unpack_thinking(base64.b64encode(b"gpx\x09" + b"x" * 9).decode()) == []
+    assert gp.unpack_thinking("") == [] and gp.unpack_thinking("REALSIG") == []
+
+
+def test_carrier_is_canonical_standard_base64_and_comes_back_in_any_form():
+    # google-genai types thoughtSignature as bytes: it decodes what it gets as standard
+    # base64 and sends it back URL-safe, maybe without padding.
+    blocks = [Part(gp.THINKING, text="why?" * 50 + "\u00ff\u2603", origin="openai")]
+    for size in range(1, 6):   # every padding length
+        carrier = gp.pack_thinking(blocks[:1] * size)
+        raw = base64.b64decode(carrier, validate=True)
+        assert base64.b64encode(raw).decode("ascii") == carrier      # canonical
+        for form in (carrier, base64.urlsafe_b64encode(raw).decode("ascii"),
+                     base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
+                     carrier.rstrip("=")):
+            assert [p.text for p in gp.unpack_thinking(form)] == [blocks[0].text] * size
 
 
 # -- OpenAI reply -> neutral --------------------------------------------------------------

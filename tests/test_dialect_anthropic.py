@@ -350,7 +350,7 @@ def test_client_response_blocks_and_carriers():
                                            "tool_use", "thinking", "tool_use"]
     assert blocks[0] == {"type": "thinking", "thinking": "native", "signature": "S"}
     assert blocks[1]["thinking"] == "from deepseek"
-    assert blocks[1]["signature"].startswith(gp.CARRIER_PREFIX)
+    assert gp.unpack_thinking(blocks[1]["signature"])[0].origin == "openai"
     assert blocks[3]["thinking"] == "gemini thought"
     assert blocks[5]["thinking"] == ""       # an empty block carries the second signature
     assert blocks[4]["id"] == gp.anthropic_tool_id("functions.f:0")

@@ -1,5 +1,6 @@
 """The README, config.example.json and the module docstring describe the code as it is."""
 
+import json
 import os
 import re
 
@@ -14,36 +15,46 @@ def read(name):
         return f.read()
 
 
-def test_readme_documents_every_config_key_and_setting():
+def test_readme_documents_every_setting_with_its_environment_variable_and_flag():
     readme = read("README.md")
-    tables = [gp.SERVER_DEFAULTS, gp.UPSTREAM_DEFAULTS, gp.LOGGING_DEFAULTS, gp.ROUTE_DEFAULTS]
-    keys = [k for table in tables for k in table] + list(gp.TOP_LEVEL_KEYS)
-    missing = [k for k in keys if "`%s`" % k not in readme]
+    missing = [s.key for s in gp.SETTINGS if "`%s`" % s.key not in readme]
+    missing += [k for k in gp.TOP_LEVEL_KEYS if "`%s`" % k not in readme]
     assert missing == []
-    for name in list(gp.ENV_SETTINGS) + list(gp.ENV_UPSTREAM) + ["GEMINI_PROXY_CONFIG"]:
-        assert "`%s`" % name in readme, name
-    for action in gp.build_arg_parser()._actions:
-        for flag in action.option_strings:
-            if flag not in ("-h", "--help", "--version", "--check"):
-                assert "`%s`" % flag in readme, flag
+    for setting in gp.SETTINGS:
+        if setting.env:   # the README's table row names both, in the same row
+            row = re.search(r"^\| `%s`[^\n]*" % re.escape(setting.env), readme, re.M)
+            assert row and "`%s`" % setting.flag in row.group(), setting.env
+    assert "`GEMINI_PROXY_CONFIG`" in readme
+
+
+def test_help_lists_every_flag_the_settings_declare():
+    text = " ".join(gp.build_arg_parser().format_help().split())
+    # -c beats $GEMINI_PROXY_CONFIG, which beats ./config.json (load_config's order)
+    assert "(default: $GEMINI_PROXY_CONFIG, else ./config.json when it exists)" in text
+    assert re.search(r"--log-level \{[a-z,]+\} log level; sets logging.level", text)
+    for setting in gp.SETTINGS:
+        if setting.flag:
+            assert setting.flag in text and setting.env in text
 
 
 def test_readme_defaults_match_the_code():
     readme = read("README.md")
-    for table in (gp.SERVER_DEFAULTS, gp.UPSTREAM_DEFAULTS, gp.LOGGING_DEFAULTS):
-        for key, default in table.items():
-            row = re.search(r"^\| `%s` \|([^|]*)\|" % re.escape(key), readme, re.M)
-            assert row, key
-            shown = row.group(1).strip().strip("`")
-            if isinstance(default, bool):
-                expected = "true" if default else "false"
-            elif isinstance(default, (list, dict)):
-                expected = "[]" if isinstance(default, list) else "{}"
-            elif default == "" or key == "log_dir":
-                continue
-            else:
-                expected = str(default)
-            assert shown == expected, (key, shown, expected)
+    for setting in gp.SETTINGS:
+        if setting.section not in ("server", "upstream", "logging"):
+            continue
+        key, default = setting.key, setting.default
+        row = re.search(r"^\| `%s` \|([^|]*)\|" % re.escape(key), readme, re.M)
+        assert row, key
+        shown = row.group(1).strip().strip("`")
+        if isinstance(default, bool):
+            expected = "true" if default else "false"
+        elif isinstance(default, (list, dict)):
+            expected = json.dumps(default)
+        elif default == "" or key == "log_dir":
+            continue
+        else:
+            expected = str(default)
+        assert shown == expected, (key, shown, expected)
 
 
 def test_readme_has_the_two_setup_commands():
@@ -60,7 +71,8 @@ def test_config_example_loads_and_routes():
     import json
     raw = json.loads(read("config.example.json"))
     config = make_config(raw, {"MOONSHOT_API_KEY": "sk-moon", "GEMINI_API_KEY": "g",
-                               "ANTHROPIC_API_KEY": "a"})
+                               "ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "d"})
+    assert config.disabled == {}
     assert gp.resolve_route(config, "gemini-2.5-pro")[1] == "kimi-k2-0905-preview"
     assert gp.resolve_route(config, "gemini-3-flash-preview")[0].upstream == "deepseek"
     assert gp.resolve_route(config, "claude-opus-5-5")[0].upstream == "claude"
@@ -94,3 +106,11 @@ def test_only_the_standard_library_is_imported():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
     assert sorted(imported - set(names) - {"__future__"}) == []
+
+
+def test_config_example_starts_with_no_keys_at_all_and_names_every_missing_one():
+    import json
+    config = make_config(json.loads(read("config.example.json")), {})
+    assert sorted(config.disabled) == ["claude", "deepseek", "gemini", "kimi"]
+    assert all("environment variable" in why for why in config.disabled.values())
+    assert "local" not in config.disabled     # the keyless local model still works

@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from conftest import sse_payloads
+from conftest import gp, sse_payloads
 from fake_upstream import (chunk, completion, json_reply, raw_reply, stream_reply,
                            text_stream, tool_call, tool_stream, usage)
 
@@ -191,7 +191,7 @@ def test_reasoning_shown_as_thoughts_and_carried_back_on_tool_turns(proxy, fake)
     parts = parts_of(payloads)
     assert {"text": "I should read x first.", "thought": True} in parts
     call = next(p for p in parts if "functionCall" in p)
-    assert call["thoughtSignature"].startswith("gpx1.")
+    assert gp.unpack_thinking(call["thoughtSignature"])
     assert payloads[-1]["usageMetadata"] == {"promptTokenCount": 30,
                                              "candidatesTokenCount": 8,
                                              "thoughtsTokenCount": 12, "totalTokenCount": 50}

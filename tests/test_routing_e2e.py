@@ -184,3 +184,26 @@ def test_max_output_tokens_caps_what_clients_ask(proxy_factory):
         assert oai.requests[-1]["json"]["max_tokens"] == 100
     finally:
         oai.stop()
+
+
+def test_an_upstream_whose_key_variable_is_unset_is_skipped_for_its_fallback(proxy_factory):
+    fake = FakeOpenAI().start()
+    try:
+        proxy = proxy_factory({
+            "upstreams": {"kimi": {"base_url": fake.base_url, "api_key_env": "NO_SUCH_KEY"},
+                          "backup": {"base_url": fake.base_url, "api_key": "key-backup"}},
+            "routes": [{"model": "with-fallback", "upstream": "kimi", "fallbacks": ["backup"]},
+                       {"model": "alone", "upstream": "kimi"}]})
+        status, body = proxy.post("/v1/chat/completions", {
+            "model": "with-fallback", "messages": [{"role": "user", "content": "x"}]})
+        assert status == 200, body
+        assert fake.requests[-1]["headers"]["authorization"] == "Bearer key-backup"
+        seen = len(fake.requests)
+        status, body = proxy.post("/v1/chat/completions", {
+            "model": "alone", "messages": [{"role": "user", "content": "x"}]})
+        assert status == 503
+        assert "upstream 'kimi' is off: environment variable NO_SUCH_KEY is not set" in \
+            body["error"]["message"]
+        assert len(fake.requests) == seen     # nothing was sent without a key
+    finally:
+        fake.stop()
