@@ -53,11 +53,16 @@ Contents (each section uses only the ones above it):
      6. neutral chat model
      7. dialect: OpenAI Chat Completions
      8. dialect: Anthropic Messages
-     9. dialect: Gemini
-    10. dialect registry, upstream kinds and routes
-    11. upstream client (pooled keep-alive http.client in worker threads, key pools)
-    12. server (asyncio streams, keep-alive, retries and fallbacks, streaming writer)
-    13. command line
+     9. dialect: Gemini (the client side)
+    10. dialect: Gemini, the upstream side
+    11. dialect registry, upstream kinds and routes
+    12. upstream client (pooled keep-alive http.client connections, timeouts)
+    13. key pools
+    14. requests in flight (worker threads, the pipe to the event loop, errors)
+    15. upstream calls and retries
+    16. actions and the application
+    17. server (asyncio: connections, limits, streaming, shutdown)
+    18. command line
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ import copy
 import dataclasses
 import datetime
 import difflib
+import errno
 import fnmatch
 import hashlib
 import hmac
@@ -97,6 +103,11 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+try:
+    import resource     # POSIX: the open-file limit (section 17)
+except ImportError:     # Windows
+    resource = None     # type: ignore[assignment]
+
 __version__ = "0.1.0"
 
 
@@ -104,7 +115,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 17) and the README's
+# flag that may set it. Configuration (section 4), --help (section 18) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +133,7 @@ class Setting:
 MiB = 1024 * 1024
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (section 16) --
+    # -- server: listening, client keys, limits (section 17) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -133,6 +144,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 256, "threads for upstream calls; each in-flight request "
             "holds one", env="GEMINI_PROXY_WORKERS", flag="--workers"),
+    Setting("server", "max_connections", 0, "client connections open at once; more are "
+            "turned away with a 503 (0: as many as the open-file limit allows)"),
     Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)"),
     Setting("server", "max_header_count", 100, "request headers (431 above)"),
     Setting("server", "max_body_bytes", 32 * MiB, "request body, inline images included "
@@ -140,22 +153,29 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server", "head_timeout", 30.0, "seconds to receive a whole request head"),
     Setting("server", "body_timeout", 60.0, "seconds of silence allowed while a body "
             "arrives"),
+    Setting("server", "body_total_timeout", 300.0, "seconds to receive a whole body, "
+            "however it trickles in"),
     Setting("server", "idle_timeout", 120.0, "seconds a keep-alive connection may sit idle"),
+    Setting("server", "send_timeout", 60.0, "seconds a client may stop reading its reply "
+            "before it is dropped (and its upstream call with it)"),
     Setting("server", "shutdown_grace", 10.0, "seconds in-flight requests get to finish "
             "on SIGINT/SIGTERM"),
     Setting("server", "keepalive_interval", 15.0, "seconds of stream silence before an "
             "OpenAI client gets an SSE comment, an Anthropic client a ping (Gemini: never)"),
+    Setting("server", "stream_headers_after", 20.0, "seconds a streaming reply waits for "
+            "its upstream before its response headers go out anyway (Gemini CLI gives up "
+            "after 60 s without them); 0: wait for the first event", zero=True),
     Setting("server", "stream_queue_chunks", 64, "chunks buffered between an upstream "
             "stream and a slow client"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 11-14) --
-    Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND", flag="--upstream-kind",
-            choices=("openai", "gemini", "anthropic", "echo")),
-    Setting("upstream", "base_url", "", "base URL, e.g. "
-            "https://api.deepseek.com/v1 (empty: the kind's own)", env="GEMINI_PROXY_UPSTREAM_URL",
-            flag="--upstream-url"),
-    Setting("upstream", "api_key", "", "the provider key", env="GEMINI_PROXY_UPSTREAM_KEY", flag="--upstream-key"),
+    # -- upstreams.<name>: how to reach one provider (sections 11-16) --
+    Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
+            flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "echo")),
+    Setting("upstream", "base_url", "", "base URL, e.g. https://api.deepseek.com/v1 (empty: "
+            "the kind's own)", env="GEMINI_PROXY_UPSTREAM_URL", flag="--upstream-url"),
+    Setting("upstream", "api_key", "", "the provider key", env="GEMINI_PROXY_UPSTREAM_KEY",
+            flag="--upstream-key"),
     Setting("upstream", "api_keys", [], "more keys: with api_key, one pool"),
     Setting("upstream", "api_key_env", "", "environment variable holding the key (or keys, "
             "comma-separated)"),
@@ -172,6 +192,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("upstream", "total_timeout", 0.0, "seconds for the whole call (0: no limit)",
             zero=True),
     Setting("upstream", "max_idle_connections", 32, "keep-alive connections kept per host"),
+    Setting("upstream", "max_reply_bytes", 64 * MiB, "the largest whole reply, or single "
+            "stream event, read from the upstream (502 above)"),
     Setting("upstream", "key_strategy", "round_robin", "which healthy key a request takes",
             choices=("round_robin", "least_recently_failed")),
     Setting("upstream", "cooldown_floor", 1.0, "the shortest rest after a 429", zero=True),
@@ -213,6 +235,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "field that carries reasoning back upstream"),
     Setting("upstream", "echo_reasoning", True, "OpenAI-compatible: send reasoning back on "
             "tool-call turns"),
+    Setting("upstream", "think_tags", ["think"], "OpenAI-compatible: tags in the content "
+            "whose text is reasoning (<think>...</think>)"),
     Setting("upstream", "response_format", "json_schema", "how JSON mode is asked for",
             choices=("json_schema", "json_object", "none")),
     Setting("upstream", "stream_usage", True, "OpenAI-compatible: ask for "
@@ -355,13 +379,28 @@ def json_bytes(obj: Any) -> bytes:
     return json_compact(obj).encode("ascii")
 
 
+def _not_json_number(text: str) -> Any:
+    raise ValueError("%s is not a JSON number" % text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):   # 1e999: valid JSON text, but no upstream can take it back
+        raise ValueError("%s is too large" % text)
+    return value
+
+
 def parse_json_body(body: bytes) -> Any:
+    """A client's JSON body. NaN and Infinity (which Python would read) and numbers too
+    large for a double are refused: they could not be sent on as valid JSON."""
     if not body.strip():
         raise ClientError("the request body is empty; a JSON object was expected")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_not_json_number, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientError("the request body is not valid JSON: %s" % exc) from None
+    except RecursionError:
+        raise ClientError("the request body is nested too deeply") from None
 
 
 def b64url_encode(data: bytes) -> str:
@@ -483,6 +522,10 @@ def log_safe(text: str) -> str:
     from a client or an upstream cannot forge or split log lines."""
     return LOG_UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
                           else "\\u%04x" % ord(m.group()), text)
+
+
+log = logging.getLogger("gemini_proxy")
+access_log = logging.getLogger("gemini_proxy.access")
 
 
 class LogFormatter(logging.Formatter):
@@ -996,7 +1039,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 11) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 17) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -1192,27 +1235,40 @@ def sse_event(event: str, text: str) -> bytes:
 
 class SSEParser:
     """Incremental text/event-stream parser for upstream replies. Splits lines on LF or
-    CRLF only (never on U+2028 and friends), skips comments, joins multi-line data."""
+    CRLF only (never on U+2028 and friends), skips comments, joins multi-line data. A
+    line or an event longer than `max_event` bytes is an error (ValueError): an upstream
+    that never ends one must not fill memory."""
 
-    def __init__(self):
-        self._partial = b""
+    def __init__(self, max_event: int = 64 * 1024 * 1024):
+        self.max_event = max_event
+        self._partial = bytearray()     # a line not yet ended
         self._event = ""
         self._data: List[str] = []
+        self._size = 0                  # bytes of the event so far
 
     def feed(self, chunk: bytes) -> List[Tuple[str, str]]:
+        if b"\n" not in chunk:     # the common case of a long line: no copy of what came
+            self._partial += chunk
+            if len(self._partial) + self._size > self.max_event:
+                raise ValueError("an event of over %d bytes" % self.max_event)
+            return []
+        self._partial += chunk
+        lines = self._partial.split(b"\n")
+        self._partial = bytearray(lines.pop())
         events = []
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
         for raw in lines:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
                 if self._data:
                     events.append((self._event or "message", "\n".join(self._data)))
-                self._event, self._data = "", []
+                self._event, self._data, self._size = "", [], 0
                 continue
+            self._size += len(line)
+            if self._size > self.max_event:
+                raise ValueError("an event of over %d bytes" % self.max_event)
             if line.startswith(b":"):
                 continue
-            field, _, value = line.decode("utf-8", "replace").partition(":")
+            field, _, value = bytes(line).decode("utf-8", "replace").partition(":")
             if value.startswith(" "):
                 value = value[1:]
             if field == "data":
@@ -1224,9 +1280,9 @@ class SSEParser:
     def finish(self) -> List[Tuple[str, str]]:
         """Events still pending at end of stream. A last event without its blank line is
         kept; a last line without its newline is a truncated stream and is dropped."""
-        self._partial = b""
+        self._partial = bytearray()
         pending = [(self._event or "message", "\n".join(self._data))] if self._data else []
-        self._event, self._data = "", []
+        self._event, self._data, self._size = "", [], 0
         return pending
 
 
@@ -1234,8 +1290,9 @@ class SSEParser:
 #
 # Every dialect decodes into these and encodes from them, so stop reasons, ids, usage and
 # reasoning are decided once. A stream is a sequence of Part deltas (text, thinking, whole
-# tool calls, media) ending in one Finish. Parts carry `extra` for fields a dialect wants
-# back unchanged.
+# tool calls, media), each choice's ending in one Finish; events carry the index of their
+# choice (n > 1 asks for several), and the stream is over when its iterator ends. Parts
+# carry `extra` for fields a dialect wants back unchanged.
 
 TEXT, THINKING, MEDIA, TOOL_CALL, TOOL_RESULT = \
     "text", "thinking", "media", "tool_call", "tool_result"
@@ -1260,6 +1317,7 @@ class Part:
     signature: str = ""                       # opaque reasoning signature
     origin: str = ""                          # provider family that issued it
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    choice: int = 0                           # in a stream: the choice it belongs to
 
 
 @dataclasses.dataclass
@@ -1330,11 +1388,12 @@ class Usage:
 
 @dataclasses.dataclass
 class Finish:
-    """The end of a stream (or of one choice in a reply)."""
+    """The end of one choice of a stream or a reply. Usage is the whole request's."""
 
     reason: str = STOP
     usage: Optional[Usage] = None
     stop_sequence: str = ""
+    choice: int = 0
 
 
 @dataclasses.dataclass
@@ -1435,24 +1494,41 @@ def append_delta(parts: List[Part], delta: Part) -> None:
         parts.append(copy.copy(delta))   # a copy: later deltas are joined into it
 
 
+@dataclasses.dataclass
+class ReplyOptions:
+    """How a client asked for its reply to be shaped, beyond the reply itself: every
+    client-side encoder takes (reply or events, model, response id, these)."""
+
+    include_thoughts: bool = False  # Gemini: thinkingConfig.includeThoughts
+    include_usage: bool = False     # OpenAI: stream_options.include_usage
+    sse: bool = True                # Gemini: ?alt=sse; without it the JSON-array form
+    reasoning_cache: Optional["ReasoningCache"] = None   # OpenAI: None is the process's
+
+
 def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
-    """Assemble a stream of events into a one-choice reply."""
-    parts: List[Part] = []
-    finish = Finish()
+    """Assemble a stream of events into a reply, a choice for each index seen."""
+    parts: Dict[int, List[Part]] = {}
+    finishes: Dict[int, Finish] = {}
     for event in events:
         if isinstance(event, Finish):
-            finish = event
-            break
-        append_delta(parts, event)
-    return Reply(reply_id, model, [Choice(parts, finish)], finish.usage)
+            finishes[event.choice] = event
+        else:
+            append_delta(parts.setdefault(event.choice, []), event)
+    indexes = sorted(set(parts) | set(finishes)) or [0]
+    usage = next((f.usage for f in reversed(list(finishes.values())) if f.usage), None)
+    return Reply(reply_id, model, [Choice(parts.get(i, []), finishes.get(i, Finish()))
+                                   for i in indexes], usage)
 
 
 def reply_events(reply: Reply) -> Iterator[Any]:
-    """A whole reply as the events of a stream (its first choice), to serve a streaming
-    client from an upstream asked for a whole reply."""
-    choice = reply.choices[0]
-    yield from choice.parts
-    yield dataclasses.replace(choice.finish, usage=reply.usage or choice.finish.usage)
+    """A whole reply as the events of a stream, to serve a streaming client from an
+    upstream asked for a whole reply."""
+    for index, choice in enumerate(reply.choices):
+        for part in choice.parts:
+            yield dataclasses.replace(part, choice=index)
+    for index, choice in enumerate(reply.choices):
+        yield dataclasses.replace(choice.finish, usage=reply.usage or choice.finish.usage,
+                                  choice=index)
 
 
 def _stop_prefix_length(text: str, stops: List[str]) -> int:
@@ -1463,41 +1539,54 @@ def _stop_prefix_length(text: str, stops: List[str]) -> int:
     return 0
 
 
-def cut_at_stop_strings(events: Iterable[Any], stops: List[str],
+def cut_at_stop_strings(events: Iterable[Any], stops: List[str], choices: int = 1,
                         on_cut: Callable[[], None] = lambda: None) -> Iterator[Any]:
-    """Pass events on until one of `stops` appears in the generated text; end there
-    with a normal finish that names it (and no usage: the caller counts), after calling
-    on_cut (which hangs up on the upstream). The end of a text delta that might begin a
-    stop string waits for the next delta to decide."""
+    """Pass events on until one of `stops` appears in a choice's generated text; end that
+    choice there with a normal finish that names it (and no usage: the caller counts).
+    Once every one of the `choices` has ended and one was cut, call on_cut (which hangs
+    up on the upstream) and stop. The end of a text delta that might begin a stop string
+    waits for the next delta of its choice to decide."""
     stops = [stop for stop in stops if stop]
-    held = ""
+    if not stops:
+        yield from events
+        return
+    held: Dict[int, str] = {}
+    ended: Dict[int, bool] = {}    # choice -> whether it was cut
     for event in events:
-        if not stops:
+        index = event.choice
+        if index in ended:
+            continue     # a choice already cut: what it still generates is dropped
+        if not isinstance(event, Finish) and event.type != TEXT:
+            if held.get(index):
+                yield Part(TEXT, text=held.pop(index), choice=index)
             yield event
             continue
-        if isinstance(event, Finish) or event.type != TEXT:
-            if held:
-                yield Part(TEXT, text=held)
-                held = ""
-            yield event
-            if isinstance(event, Finish):
-                return
-            continue
-        text = held + event.text
-        found = [(text.find(stop), stop) for stop in stops if stop in text]
-        if found:
+        if isinstance(event, Finish):
+            finish = event
+            if held.get(index):
+                yield Part(TEXT, text=held.pop(index), choice=index)
+        else:
+            text = held.pop(index, "") + event.text
+            found = [(text.find(stop), stop) for stop in stops if stop in text]
+            if not found:
+                keep = _stop_prefix_length(text, stops)
+                if keep:
+                    held[index] = text[len(text) - keep:]
+                if len(text) > keep:
+                    yield dataclasses.replace(event, text=text[:len(text) - keep])
+                continue
             at, stop = min(found)
-            on_cut()
             if at:
                 yield dataclasses.replace(event, text=text[:at])
-            yield Finish(STOP, stop_sequence=stop)
+            finish = Finish(STOP, stop_sequence=stop, choice=index)
+        ended[index] = finish is not event
+        if len(ended) >= choices and any(ended.values()):
+            on_cut()     # before the last finish: a client's encoder may stop there
+            yield finish
             return
-        keep = _stop_prefix_length(text, stops)
-        held = text[len(text) - keep:] if keep else ""
-        if len(text) > keep:
-            yield dataclasses.replace(event, text=text[:len(text) - keep])
-    if held:
-        yield Part(TEXT, text=held)
+        yield finish
+    for index, text in held.items():
+        yield Part(TEXT, text=text, choice=index)
 
 
 def cut_reply(reply: Reply, stops: List[str]) -> Reply:
@@ -1511,6 +1600,101 @@ def cut_reply(reply: Reply, stops: List[str]) -> Reply:
         for event in events:
             if not isinstance(event, Finish):
                 append_delta(choice.parts, event)
+    return reply
+
+
+class ThinkTagSplitter:
+    """Reasoning that some servers put inside the answer text between <think> and
+    </think> (DeepSeek-R1 distills, QwQ, many Ollama and vLLM models), taken out as
+    thinking, for one choice fed delta by delta. Only a block that opens before any answer
+    text counts (a tag later on is the answer's own text), and a tag may be split across
+    deltas: text that could be the start of one waits for the next delta."""
+
+    def __init__(self, tags: List[str], choice: int = 0):
+        self.opens = ["<%s>" % tag for tag in tags]
+        self.close = ""
+        self.state = "start"        # start | thinking | after (</think> seen) | answer
+        self.held = ""
+        self.choice = choice
+
+    def _part(self, kind: str, text: str) -> List[Part]:
+        if not text:
+            return []
+        return [Part(kind, text=text, choice=self.choice,
+                     origin="openai" if kind == THINKING else "")]
+
+    def feed(self, text: str) -> List[Part]:
+        if self.state == "answer":
+            return self._part(TEXT, text)
+        text, self.held = self.held + text, ""
+        out: List[Part] = []
+        while text:
+            if self.state == "start":
+                stripped = text.lstrip()
+                tag = next((t for t in self.opens if stripped.startswith(t)), None)
+                if tag is not None:
+                    self.state, self.close = "thinking", "</" + tag[1:]
+                    text = stripped[len(tag):]
+                elif not stripped or any(t.startswith(stripped) for t in self.opens):
+                    self.held = text          # whitespace, or the start of a tag
+                    return out
+                else:
+                    self.state = "answer"
+            elif self.state == "thinking":
+                at = text.find(self.close)
+                if at >= 0:
+                    out += self._part(THINKING, text[:at])
+                    self.state, text = "after", text[at + len(self.close):]
+                    continue
+                keep = next((n for n in range(min(len(text), len(self.close) - 1), 0, -1)
+                             if self.close.startswith(text[-n:])), 0)
+                out += self._part(THINKING, text[:len(text) - keep])
+                self.held = text[len(text) - keep:]
+                return out
+            elif self.state == "after":      # the blank lines between reasoning and answer
+                text = text.lstrip()
+                if text:
+                    self.state = "answer"
+            else:
+                out += self._part(TEXT, text)
+                text = ""
+        return out
+
+    def finish(self) -> List[Part]:
+        """What is still held when the choice ends: an unclosed block stays thinking."""
+        held, self.held = self.held, ""
+        return self._part(THINKING if self.state == "thinking" else TEXT,
+                          held if self.state != "after" else "")
+
+
+def split_think_tags(events: Iterable[Any], tags: List[str]) -> Iterator[Any]:
+    """Events with <think> blocks in their text taken out as thinking (ThinkTagSplitter),
+    for each choice."""
+    if not tags:
+        yield from events
+        return
+    splitters: Dict[int, ThinkTagSplitter] = {}
+    for event in events:
+        splitter = splitters.get(event.choice)
+        if splitter is None:
+            splitter = splitters[event.choice] = ThinkTagSplitter(tags, event.choice)
+        if not isinstance(event, Finish) and event.type == TEXT:
+            yield from splitter.feed(event.text)
+            continue
+        if isinstance(event, Finish) or splitter.state != "answer":
+            yield from splitter.finish()
+            splitter.state = "answer"     # after a tool call or the end: no more tags
+        yield event
+
+
+def split_reply_think_tags(reply: Reply, tags: List[str]) -> Reply:
+    """A whole reply's <think> blocks taken out as thinking, choice by choice."""
+    for choice in reply.choices:
+        parts: List[Part] = []
+        for event in split_think_tags(itertools.chain(choice.parts, [choice.finish]), tags):
+            if not isinstance(event, Finish):
+                append_delta(parts, event)
+        choice.parts = parts
     return reply
 
 
@@ -1680,6 +1864,14 @@ def expect_strings(value: Any, where: str) -> List[str]:
     return value
 
 
+def check_model_name(name: str) -> str:
+    """A model name a client asked for: printable, without spaces, at most 256
+    characters (it becomes part of an upstream URL, quoted)."""
+    if not MODEL_NAME.match(name):
+        raise ClientError("model: %r is not a model name" % clip(name, 80))
+    return name
+
+
 def reject_unknown(fields: Iterable[str], known: frozenset, message: str) -> None:
     """A 400 for the first field not in `known`; `message` has one %s for its name."""
     for name in fields:
@@ -1687,9 +1879,41 @@ def reject_unknown(fields: Iterable[str], known: frozenset, message: str) -> Non
             raise ClientError(message % name)
 
 
-# Upstream replies are read leniently: a field of the wrong type counts as absent, so
-# what reaches the neutral model is always well typed. (Structure that cannot be read at
-# all is an UpstreamError: see read_upstream below.)
+# Upstream replies: the fields that make the answer (its parts, their text, tool calls,
+# finish reasons) must have their type, or the reply is the upstream's failure (a 502 via
+# reply_object and friends); metadata of the wrong type (ids, usage counts) counts as
+# absent. A decoder never raises anything else: that would be a bug of this file.
+
+def _unreadable(value: Any, what: str) -> UpstreamError:
+    return UpstreamError("the upstream sent %s where %s belongs" % (
+        clip(json.dumps(value), 100), what), status=502)
+
+
+def reply_object(value: Any, what: str) -> Dict[str, Any]:
+    """A field of an upstream reply that must be an object when present ({} when not);
+    anything else is the upstream's failure (502), never a quiet empty answer."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _unreadable(value, what)
+    return value
+
+
+def reply_list(value: Any, what: str) -> List[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _unreadable(value, what)
+    return value
+
+
+def reply_text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _unreadable(value, what)
+    return value
+
 
 def text_of(value: Any) -> str:
     return value if isinstance(value, str) else ""
@@ -1773,8 +1997,9 @@ OPENAI_FINISH_REASONS = {         # neutral -> finish_reason
     MALFORMED_TOOL_CALL: "stop",
 }
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                      403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
-                      429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+                      403: "permission_error", 404: "not_found_error",
+                      413: "invalid_request_error", 429: "rate_limit_error",
+                      503: "overloaded_error", 529: "overloaded_error"}
 
 OPENAI_AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav",
                         "audio/mpeg": "mp3", "audio/mp3": "mp3"}
@@ -2269,11 +2494,13 @@ def openai_stream_error(data: str) -> Optional[UpstreamError]:
 
 
 def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
-    """Chat Completions SSE events -> neutral events. Tool calls are held until the turn
-    ends and then emitted whole, once each; a stream that stops before its finish
-    (neither finish_reason nor [DONE]) raises, so no client sees a false normal end."""
-    calls: Dict[int, Dict[str, Any]] = {}
-    finish_reason = None
+    """Chat Completions SSE events -> neutral events, for every choice (n > 1). Tool calls
+    are held until the turn ends and then emitted whole, once each; a stream that stops
+    before its finish (neither finish_reason nor [DONE]) raises, so no client sees a
+    false normal end."""
+    calls: Dict[int, Dict[int, Dict[str, Any]]] = {}    # choice -> index -> fragments
+    finish_reasons: Dict[int, str] = {}
+    choices_seen = {0}
     usage = None
     done = False
     for _, data in raw_events:
@@ -2285,30 +2512,37 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
             continue
         usage = decode_openai_usage(chunk.get("usage")) or usage
         for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
+            choice = fields_of(choice)
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int) and 0 <= index < 128 else 0
+            choices_seen.add(index)
             usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
-            delta = choice.get("delta") or {}
+            delta = fields_of(choice.get("delta"))
             reasoning = _openai_reasoning(delta)
             if reasoning:
-                yield Part(THINKING, text=reasoning, origin="openai")
+                yield Part(THINKING, text=reasoning, origin="openai", choice=index)
             if isinstance(delta.get("content"), str) and delta["content"]:
-                yield Part(TEXT, text=delta["content"])
+                yield Part(TEXT, text=delta["content"], choice=index)
             for fragment in delta.get("tool_calls") or ():
-                _merge_tool_fragment(calls, fragment)
-            finish_reason = choice.get("finish_reason") or finish_reason
-    if finish_reason is None and not done:
+                _merge_tool_fragment(calls.setdefault(index, {}), fields_of(fragment))
+            if isinstance(choice.get("finish_reason"), str):
+                finish_reasons[index] = choice["finish_reason"]
+    if not finish_reasons and not done:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
-    parts, malformed = [], False
-    for index in sorted(calls):
-        call = calls[index]
-        part, bad = _openai_tool_call(call["id"], call["name"], "".join(call["args"]))
-        malformed |= bad
-        if not bad:
-            parts.append(part)
-    yield from parts
-    yield _openai_finish(finish_reason, parts, malformed, usage)
+    for index in sorted(choices_seen):
+        parts, malformed = [], False
+        for position in sorted(calls.get(index, {})):
+            call = calls[index][position]
+            part, bad = _openai_tool_call(call["id"], call["name"], "".join(call["args"]))
+            malformed |= bad
+            if not bad:
+                part.choice = index
+                parts.append(part)
+        yield from parts
+        finish = _openai_finish(finish_reasons.get(index), parts, malformed, usage)
+        finish.choice = index
+        yield finish
 
 
 def decode_openai_error(status: Optional[int], payload: Any,
@@ -2370,9 +2604,10 @@ def _openai_media_text(part: Part) -> str:
 
 
 def encode_openai_response(reply: Reply, model: str, response_id: str,
-                           cache: Optional[ReasoningCache] = None) -> Dict[str, Any]:
+                           options: Optional[ReplyOptions] = None) -> Dict[str, Any]:
     """Neutral reply -> chat.completion object."""
-    cache = cache or REASONING_CACHE
+    options = options or ReplyOptions()
+    cache = options.reasoning_cache or REASONING_CACHE
     choices = []
     for index, choice in enumerate(reply.choices):
         text = "".join(p.text if p.type == TEXT else _openai_media_text(p)
@@ -2402,47 +2637,49 @@ def openai_stream_error_event(error: ProxyError) -> bytes:
 
 
 def encode_openai_stream(events: Iterable[Any], model: str, response_id: str,
-                         include_usage: bool = False,
-                         cache: Optional[ReasoningCache] = None) -> Iterator[bytes]:
-    """Neutral events -> chat.completion.chunk SSE, ending in [DONE]. Tool calls go out
-    whole, one fragment each; a failure mid-way becomes an error chunk (no [DONE])."""
-    cache = cache or REASONING_CACHE
+                         options: Optional[ReplyOptions] = None) -> Iterator[bytes]:
+    """Neutral events -> chat.completion.chunk SSE, a choice per index, ending in [DONE]
+    once the events end. Tool calls go out whole, one fragment each."""
+    options = options or ReplyOptions()
+    cache = options.reasoning_cache or REASONING_CACHE
     created = int(time.time())
     head = '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":' % (
         json_compact(response_id), created, json_compact(model))
 
-    def chunk(delta: Dict[str, Any], finish: Optional[str] = None) -> bytes:
-        return sse_data(head + json_compact([{"index": 0, "delta": delta, "logprobs": None,
+    def chunk(index: int, delta: Dict[str, Any], finish: Optional[str] = None) -> bytes:
+        return sse_data(head + json_compact([{"index": index, "delta": delta, "logprobs": None,
                                               "finish_reason": finish}]) + "}")
 
-    yield chunk({"role": "assistant", "content": ""})
-    seen: List[Part] = []
-    calls = 0
-    try:
-        for event in events:
-            if isinstance(event, Finish):
-                _openai_remember(seen, cache)
-                yield chunk({}, OPENAI_FINISH_REASONS[event.reason])
-                if include_usage:
-                    yield sse_data(head + '[],"usage":%s}' % json_compact(
-                        openai_usage(event.usage or Usage())))
-                yield b"data: [DONE]\n\n"
-                return
-            if event.type == TEXT and event.text:
-                yield chunk({"content": event.text})
-            elif event.type == THINKING:
-                append_delta(seen, event)
-                if event.text:
-                    yield chunk({"reasoning_content": event.text})
-            elif event.type == TOOL_CALL:
-                seen.append(event)
-                yield chunk({"tool_calls": [_openai_client_call(event, calls)]})
-                calls += 1
-            elif event.type == MEDIA:
-                yield chunk({"content": _openai_media_text(event)})
-    except ProxyError as error:
-        yield openai_stream_error_event(error)
-        raise
+    seen: Dict[int, List[Part]] = {}     # choice -> its reasoning and calls, to remember
+    calls: Dict[int, int] = {}           # choice -> tool calls sent
+    usage: Optional[Usage] = None
+    finished = False
+    for event in events:
+        index = event.choice
+        if index not in seen:
+            seen[index] = []
+            yield chunk(index, {"role": "assistant", "content": ""})
+        if isinstance(event, Finish):
+            _openai_remember(seen[index], cache)
+            yield chunk(index, {}, OPENAI_FINISH_REASONS[event.reason])
+            usage, finished = event.usage or usage, True
+        elif event.type == TEXT and event.text:
+            yield chunk(index, {"content": event.text})
+        elif event.type == THINKING:
+            append_delta(seen[index], event)
+            if event.text:
+                yield chunk(index, {"reasoning_content": event.text})
+        elif event.type == TOOL_CALL:
+            seen[index].append(event)
+            yield chunk(index, {"tool_calls": [_openai_client_call(event, calls.get(index, 0))]})
+            calls[index] = calls.get(index, 0) + 1
+        elif event.type == MEDIA:
+            yield chunk(index, {"content": _openai_media_text(event)})
+    if not finished:
+        raise UpstreamError("the reply ended before it was finished", status=502)
+    if options.include_usage:
+        yield sse_data(head + '[],"usage":%s}' % json_compact(openai_usage(usage or Usage())))
+    yield b"data: [DONE]\n\n"
 
 
 def encode_openai_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
@@ -2516,9 +2753,9 @@ def encode_openai_embeddings_response(reply: EmbedReply, model: str,
 # ---- 8. Dialect: Anthropic Messages ----------------------------------------------------
 #
 # Client side: /v1/messages (with ?beta=true) and /v1/messages/count_tokens as the SDK and
-# Claude Code send them. Upstream side: api.anthropic.com or anything speaking the same
-# (PROTOCOLS.md §5). Tool-use ids must match [A-Za-z0-9_-]; other ids (Kimi's
-# functions.read:0) travel base64url-encoded and come back unchanged.
+# Claude Code send them. Upstream side: api.anthropic.com or anything speaking the same.
+# Tool-use ids must match [A-Za-z0-9_-]; other ids (Kimi's functions.read:0) travel
+# base64url-encoded and come back unchanged.
 
 ANTHROPIC_REQUEST_FIELDS = frozenset((
     "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
@@ -3059,7 +3296,9 @@ def _anthropic_stop(finish: Finish) -> Tuple[str, Optional[str]]:
     return ANTHROPIC_FINISH_REASONS[finish.reason], None
 
 
-def encode_anthropic_response(reply: Reply, model: str, message_id: str) -> Dict[str, Any]:
+def encode_anthropic_response(reply: Reply, model: str, message_id: str,
+                              options: Optional[ReplyOptions] = None) -> Dict[str, Any]:
+    """Neutral reply -> Message (Anthropic has one choice: the first)."""
     choice = reply.choices[0]
     stop_reason, stop_sequence = _anthropic_stop(choice.finish)
     return {"id": message_id, "type": "message", "role": "assistant", "model": model,
@@ -3074,12 +3313,11 @@ def anthropic_stream_error_event(error: ProxyError) -> bytes:
         "message": error.message}}))
 
 
-def encode_anthropic_stream(events: Iterable[Any], model: str,
-                            message_id: str) -> Iterator[bytes]:
-    """Neutral events -> the Messages event sequence: message_start, ping, one
-    start/delta/stop run per content block, message_delta, message_stop. Thinking from
-    other providers closes with a carrier signature_delta; a failure mid-way becomes an
-    `error` event."""
+def encode_anthropic_stream(events: Iterable[Any], model: str, message_id: str,
+                            options: Optional[ReplyOptions] = None) -> Iterator[bytes]:
+    """Neutral events (one choice) -> the Messages event sequence: message_start, ping,
+    one start/delta/stop run per content block, message_delta, message_stop. Thinking
+    from other providers closes with a carrier signature_delta."""
     def event(name: str, payload: Dict[str, Any]) -> bytes:
         return sse_event(name, json_compact(dict({"type": name}, **payload)))
 
@@ -3109,58 +3347,55 @@ def encode_anthropic_stream(events: Iterable[Any], model: str,
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": 0, "output_tokens": 0}}})
     yield event("ping", {})
-    try:
-        for part in events:
-            if isinstance(part, Finish):
+    for part in events:
+        if isinstance(part, Finish):
+            yield from stop()
+            stop_reason, stop_sequence = _anthropic_stop(part)
+            yield event("message_delta", {
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": anthropic_usage(part.usage or Usage())})
+            yield event("message_stop", {})
+            return
+        if part.type == THINKING and part.extra.get("redacted"):
+            yield from stop()
+            yield start("", {"type": "redacted_thinking", "data": part.extra["redacted"]})
+            yield event("content_block_stop", {"index": index})
+        elif part.type == THINKING:
+            kind = "thinking" if part.origin == "anthropic" else "foreign"
+            if open_kind != kind:
                 yield from stop()
-                stop_reason, stop_sequence = _anthropic_stop(part)
-                yield event("message_delta", {
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": anthropic_usage(part.usage or Usage())})
-                yield event("message_stop", {})
-                return
-            if part.type == THINKING and part.extra.get("redacted"):
-                yield from stop()
-                yield start("", {"type": "redacted_thinking", "data": part.extra["redacted"]})
-                yield event("content_block_stop", {"index": index})
-            elif part.type == THINKING:
-                kind = "thinking" if part.origin == "anthropic" else "foreign"
-                if open_kind != kind:
-                    yield from stop()
-                    yield start(kind, {"type": "thinking", "thinking": "", "signature": ""})
-                if part.text:
-                    yield event("content_block_delta", {"index": index, "delta": {
-                        "type": "thinking_delta", "thinking": part.text}})
-                if kind == "foreign":
-                    append_delta(carried, dataclasses.replace(part, text=""))
-                elif part.signature:
-                    yield event("content_block_delta", {"index": index, "delta": {
-                        "type": "signature_delta", "signature": part.signature}})
-                    yield from stop()
-            elif part.type == TEXT and part.text:
-                if open_kind != "text":
-                    yield from stop()
-                    yield start("text", {"type": "text", "text": ""})
+                yield start(kind, {"type": "thinking", "thinking": "", "signature": ""})
+            if part.text:
                 yield event("content_block_delta", {"index": index, "delta": {
-                    "type": "text_delta", "text": part.text}})
-            elif part.type == TOOL_CALL:
-                if part.origin == "gemini" and part.signature:
-                    if open_kind != "foreign":
-                        yield from stop()
-                        yield start("foreign", {"type": "thinking", "thinking": "",
-                                                "signature": ""})
-                    append_delta(carried, Part(THINKING, signature=part.signature,
-                                               origin="gemini"))
-                yield from stop()
-                yield start("", {"type": "tool_use", "id": anthropic_tool_id(part.id),
-                                 "name": part.name, "input": {}})
+                    "type": "thinking_delta", "thinking": part.text}})
+            if kind == "foreign":
+                append_delta(carried, dataclasses.replace(part, text=""))
+            elif part.signature:
                 yield event("content_block_delta", {"index": index, "delta": {
-                    "type": "input_json_delta",
-                    "partial_json": json.dumps(part.args or {}, ensure_ascii=False)}})
-                yield event("content_block_stop", {"index": index})
-    except ProxyError as error:
-        yield anthropic_stream_error_event(error)
-        raise
+                    "type": "signature_delta", "signature": part.signature}})
+                yield from stop()
+        elif part.type == TEXT and part.text:
+            if open_kind != "text":
+                yield from stop()
+                yield start("text", {"type": "text", "text": ""})
+            yield event("content_block_delta", {"index": index, "delta": {
+                "type": "text_delta", "text": part.text}})
+        elif part.type == TOOL_CALL:
+            if part.origin == "gemini" and part.signature:
+                if open_kind != "foreign":
+                    yield from stop()
+                    yield start("foreign", {"type": "thinking", "thinking": "",
+                                            "signature": ""})
+                append_delta(carried, Part(THINKING, signature=part.signature,
+                                           origin="gemini"))
+            yield from stop()
+            yield start("", {"type": "tool_use", "id": anthropic_tool_id(part.id),
+                             "name": part.name, "input": {}})
+            yield event("content_block_delta", {"index": index, "delta": {
+                "type": "input_json_delta",
+                "partial_json": json.dumps(part.args or {}, ensure_ascii=False)}})
+            yield event("content_block_stop", {"index": index})
+    raise UpstreamError("the reply ended before it was finished", status=502)
 
 
 def encode_anthropic_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
@@ -3187,10 +3422,10 @@ def anthropic_model_info(name: str) -> Dict[str, Any]:
 
 # ---- 9. Dialect: Gemini --------------------------------------------------------------------
 #
-# Client side: what Gemini CLI and the google-genai SDKs send (PROTOCOLS.md §1-2) and the
-# strict shapes they parse: single-line `data: <json>` events with ASCII-escaped JSON, no
-# comments and no [DONE]; each functionCall whole and exactly once; no empty text parts;
-# finishReason and usageMetadata together on the last chunk.
+# Client side: what Gemini CLI and the google-genai SDKs send, and the strict shapes they
+# parse: single-line `data: <json>` events with ASCII-escaped JSON, no comments and no
+# [DONE]; each functionCall whole and exactly once; no empty text parts; finishReason and
+# usageMetadata together on the last chunk.
 
 GEMINI_REQUEST_FIELDS = frozenset((
     "contents", "systemInstruction", "tools", "toolConfig", "safetySettings",
@@ -3544,8 +3779,8 @@ class _GeminiPartWriter:
 
 
 def _gemini_chunk(parts: List[Dict[str, Any]], model: str, response_id: str,
-                  finish: Optional[Finish] = None) -> Dict[str, Any]:
-    candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+                  finish: Optional[Finish] = None, index: int = 0) -> Dict[str, Any]:
+    candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": index}
     body: Dict[str, Any] = {"candidates": [candidate]}
     if finish is not None:
         candidate["finishReason"] = GEMINI_FINISH_REASONS.get(finish.reason, "STOP")
@@ -3555,55 +3790,65 @@ def _gemini_chunk(parts: List[Dict[str, Any]], model: str, response_id: str,
     return body
 
 
-def encode_gemini_response(reply: Reply, model: str = "",
-                           include_thoughts: bool = False) -> Dict[str, Any]:
+def encode_gemini_response(reply: Reply, model: str, response_id: str,
+                           options: Optional[ReplyOptions] = None) -> Dict[str, Any]:
     """Neutral reply -> GenerateContentResponse."""
+    options = options or ReplyOptions()
     candidates = []
     for index, choice in enumerate(reply.choices):
-        writer = _GeminiPartWriter(include_thoughts)
+        writer = _GeminiPartWriter(options.include_thoughts)
         parts = [p for p in map(writer.part, choice.parts) if p is not None]
         candidates.append({"content": {"role": "model", "parts": parts},
                            "finishReason": GEMINI_FINISH_REASONS.get(choice.finish.reason,
                                                                      "STOP"),
                            "index": index})
     return {"candidates": candidates, "usageMetadata": gemini_usage(reply.usage or Usage()),
-            "modelVersion": model or reply.model, "responseId": reply.id}
+            "modelVersion": model or reply.model, "responseId": response_id}
 
 
 def encode_gemini_stream(events: Iterable[Any], model: str, response_id: str,
-                         include_thoughts: bool = False, sse: bool = True) -> Iterator[bytes]:
+                         options: Optional[ReplyOptions] = None) -> Iterator[bytes]:
     """Neutral events -> streamGenerateContent bytes: SSE (alt=sse) or the JSON-array
-    form. Tool calls wait to share one chunk with the finish. If the events stop with an
-    error the stream just ends, without finishReason: Gemini CLI then retries the turn
-    (it has no in-band error event to parse)."""
-    writer = _GeminiPartWriter(include_thoughts)
-    held_calls: List[Dict[str, Any]] = []
+    form, a candidate per choice. Tool calls wait to share one chunk with their choice's
+    finish. A stream that breaks is cut without finishReason: Gemini CLI then retries
+    the turn (it has no in-band error event to parse)."""
+    options = options or ReplyOptions()
+    writers: Dict[int, _GeminiPartWriter] = {}
+    held_calls: Dict[int, List[Dict[str, Any]]] = {}
     first = True
+    finished = False
 
     def frame(body: Dict[str, Any]) -> bytes:
         nonlocal first
         text = json_compact(body)
-        if sse:
+        if options.sse:
             return sse_data(text)
         prefix, first = ("[" if first else ",\r\n"), False
         return (prefix + text).encode("ascii")
 
     for event in events:
+        index = event.choice
         if isinstance(event, Finish):
-            yield frame(_gemini_chunk(held_calls, model, response_id, event))
-            if not sse:
-                yield b"]"
-            return
+            yield frame(_gemini_chunk(held_calls.pop(index, []), model, response_id, event,
+                                      index))
+            finished = True
+            continue
+        writer = writers.get(index)
+        if writer is None:
+            writer = writers[index] = _GeminiPartWriter(options.include_thoughts)
         part = writer.part(event)
         if part is None:
             continue
         if "functionCall" in part:
-            held_calls.append(part)
+            held_calls.setdefault(index, []).append(part)
             continue
-        if held_calls:
-            yield frame(_gemini_chunk(held_calls, model, response_id))
-            held_calls = []
-        yield frame(_gemini_chunk([part], model, response_id))
+        if held_calls.get(index):
+            yield frame(_gemini_chunk(held_calls.pop(index), model, response_id, None, index))
+        yield frame(_gemini_chunk([part], model, response_id, None, index))
+    if not finished:
+        raise UpstreamError("the reply ended before it was finished", status=502)
+    if not options.sse:
+        yield b"]"
 
 
 def encode_gemini_error(error: ProxyError) -> Tuple[int, List[Tuple[str, str]], bytes]:
@@ -3652,12 +3897,13 @@ def gemini_model_info(name: str, description: str = "") -> Dict[str, Any]:
             "temperature": 1, "maxTemperature": 2, "topP": 0.95, "topK": 64, "thinking": True}
 
 
-# -- Gemini as an upstream ------------------------------------------------------------------
+# ---- 10. Dialect: Gemini, the upstream side ----------------------------------------------
 #
-# Requests to the Gemini API with an API key. Tool schemas go as parametersJsonSchema
-# after a light clean (what Gemini CLI itself sends); when Gemini rejects one, the request
-# is retried once with every schema rewritten into Gemini's OpenAPI subset by
-# json_schema_to_gemini_schema (PROTOCOLS.md §6.12).
+# Requests to the Gemini API with an API key, and its replies; embeddings both ways.
+# Tool schemas go as parametersJsonSchema after a light clean (what Gemini CLI itself
+# sends); when Gemini rejects one, the request is retried once with every schema
+# rewritten into Gemini's OpenAPI subset by json_schema_to_gemini_schema (which keeps
+# only the keywords Gemini's Schema type defines).
 
 GEMINI_STOP_REASONS = {           # finishReason -> neutral
     "STOP": STOP, "MAX_TOKENS": LENGTH, "MALFORMED_FUNCTION_CALL": MALFORMED_TOOL_CALL,
@@ -3994,33 +4240,53 @@ def decode_gemini_usage(usage: Any) -> Optional[Usage]:
                  reasoning_tokens=thoughts)
 
 
-def _gemini_reply_parts(raw_parts: Iterable[Any]) -> List[Part]:
+def _gemini_candidates(payload: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [reply_object(c, "a candidate") for c in reply_list(payload.get("candidates"),
+                                                              "candidates")]
+
+
+def _gemini_finish_reason(candidate: Dict[str, Any]) -> str:
+    return reply_text(candidate.get("finishReason"), "finishReason")
+
+
+def _gemini_reply_parts(candidate: Dict[str, Any]) -> List[Part]:
+    """A candidate's parts; a part of a kind the neutral model has no place for (an
+    unknown field, say) is skipped, a part of a known kind must be well formed."""
+    content = reply_object(candidate.get("content"), "candidate content")
     parts = []
-    for raw in raw_parts:
-        if not isinstance(raw, dict):
-            continue
-        signature = text_of(raw.get("thoughtSignature"))
+    for raw in reply_list(content.get("parts"), "content.parts"):
+        raw = reply_object(raw, "a part")
+        signature = reply_text(raw.get("thoughtSignature"), "thoughtSignature")
         origin = "gemini" if signature else ""
         if "functionCall" in raw:
-            call = fields_of(raw["functionCall"])
+            call = reply_object(raw["functionCall"], "functionCall")
             parts.append(Part(TOOL_CALL, id=text_of(call.get("id")) or new_id("call_"),
-                              name=text_of(call.get("name")), args=fields_of(call.get("args")),
+                              name=reply_text(call.get("name"), "functionCall.name"),
+                              args=reply_object(call.get("args"), "functionCall.args"),
                               signature=signature, origin=origin))
         elif "text" in raw:
-            parts.append(Part(THINKING if raw.get("thought") else TEXT,
-                              text=text_of(raw["text"]), signature=signature, origin="gemini"))
+            parts.append(Part(THINKING if raw.get("thought") is True else TEXT,
+                              text=reply_text(raw["text"], "text"), signature=signature,
+                              origin="gemini"))
         elif "inlineData" in raw or "fileData" in raw:
-            media = _gemini_media(raw.get("inlineData") or raw.get("fileData"), "reply")
-            media.signature, media.origin = signature, origin
-            parts.append(media)
-        elif "executableCode" in raw or "codeExecutionResult" in raw:
-            parts.extend(_gemini_part(raw, "reply", False))
+            media = reply_object(raw.get("inlineData") or raw.get("fileData"), "media")
+            parts.append(Part(MEDIA, mime=reply_text(media.get("mimeType"), "mimeType"),
+                              data=reply_text(media.get("data"), "inlineData.data"),
+                              url=reply_text(media.get("fileUri"), "fileData.fileUri"),
+                              signature=signature, origin=origin))
+        elif "executableCode" in raw:
+            code = reply_object(raw["executableCode"], "executableCode")
+            parts.append(Part(TEXT, text="```%s\n%s\n```" % (
+                text_of(code.get("language")).lower(), text_of(code.get("code")))))
+        elif "codeExecutionResult" in raw:
+            result = reply_object(raw["codeExecutionResult"], "codeExecutionResult")
+            parts.append(Part(TEXT, text=text_of(result.get("output"))))
     return parts
 
 
 def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
                    usage: Optional[Usage]) -> Finish:
-    reason = text_of(candidate.get("finishReason")) or "STOP"
+    reason = _gemini_finish_reason(candidate) or "STOP"
     neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
     if neutral == STOP and any(p.type == TOOL_CALL for p in parts):
         neutral = TOOL_CALLS
@@ -4030,17 +4296,16 @@ def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
 def decode_gemini_response(payload: Any, model: str = "") -> Reply:
     """GenerateContentResponse -> neutral reply. A prompt Gemini blocked (no candidates,
     promptFeedback.blockReason) is an empty reply that ends in CONTENT_FILTER."""
-    if not isinstance(payload, dict):
-        raise UpstreamError("the upstream reply is not a JSON object", status=502)
+    payload = reply_object(payload, "the reply")
     usage = decode_gemini_usage(payload.get("usageMetadata"))
     choices = []
-    for candidate in payload.get("candidates") or ():
-        parts = _gemini_reply_parts((candidate.get("content") or {}).get("parts") or ())
+    for candidate in _gemini_candidates(payload):
+        parts = _gemini_reply_parts(candidate)
         choices.append(Choice(parts, _gemini_finish(candidate, parts, usage)))
     if not choices:
-        if not (payload.get("promptFeedback") or {}).get("blockReason"):
+        if not fields_of(payload.get("promptFeedback")).get("blockReason"):
             raise UpstreamError("the upstream reply has no candidates: %s"
-                                % json.dumps(payload)[:300], status=502)
+                                % clip(json.dumps(payload), 300), status=502)
         choices.append(Choice([], Finish(CONTENT_FILTER, usage)))
     return Reply(text_of(payload.get("responseId")) or new_id("gen-"),
                  text_of(payload.get("modelVersion")) or model, choices, usage)
@@ -4059,27 +4324,38 @@ def gemini_stream_error(data: str) -> Optional[UpstreamError]:
 
 
 def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
-    """streamGenerateContent SSE -> neutral events (candidate 0). A stream that ends
-    without finishReason raises, like Gemini CLI would."""
-    finish_reason = ""
+    """streamGenerateContent SSE -> neutral events, a choice per candidate. A stream that
+    ends without a finishReason raises, like Gemini CLI would."""
+    finish_reasons: Dict[int, str] = {}
+    calls: Dict[int, bool] = {}
     usage = None
-    calls = False
+    blocked = False
     for _, data in raw_events:
         chunk = stream_event_json(data, gemini_stream_error)
+        if not isinstance(chunk, dict):
+            raise UpstreamError("the upstream stream sent %s where an object belongs"
+                                % clip(data, 100), status=502)
         usage = decode_gemini_usage(chunk.get("usageMetadata")) or usage
-        if (chunk.get("promptFeedback") or {}).get("blockReason"):
-            finish_reason = finish_reason or "SAFETY"
-        candidates = chunk.get("candidates") or [{}]
-        candidate = candidates[0]
-        for part in _gemini_reply_parts((candidate.get("content") or {}).get("parts") or ()):
-            calls |= part.type == TOOL_CALL
-            yield part
-        finish_reason = text_of(candidate.get("finishReason")) or finish_reason
-    if not finish_reason:
+        blocked |= bool(fields_of(chunk.get("promptFeedback")).get("blockReason"))
+        for candidate in _gemini_candidates(chunk):
+            index = candidate.get("index", 0)
+            index = index if isinstance(index, int) and 0 <= index < 128 else 0
+            for part in _gemini_reply_parts(candidate):
+                calls[index] = calls.get(index, False) or part.type == TOOL_CALL
+                part.choice = index
+                yield part
+            reason = _gemini_finish_reason(candidate)
+            if reason:
+                finish_reasons[index] = reason
+    if blocked and not finish_reasons:
+        finish_reasons[0] = "SAFETY"
+    if not finish_reasons:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
-    neutral = GEMINI_STOP_REASONS.get(finish_reason, CONTENT_FILTER)
-    yield Finish(TOOL_CALLS if neutral == STOP and calls else neutral, usage)
+    for index, reason in sorted(finish_reasons.items()):
+        neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
+        yield Finish(TOOL_CALLS if neutral == STOP and calls.get(index) else neutral, usage,
+                     choice=index)
 
 
 GEMINI_STATUS_CODES = {name: status for status, name in GEMINI_STATUS_NAMES.items()
@@ -4185,12 +4461,12 @@ def encode_gemini_embed_response(reply: EmbedReply, batch: bool) -> Dict[str, An
     return {"embedding": {"values": reply.vectors[0]}}
 
 
-# ---- 10. Dialect registry, upstream kinds and routes ----------------------------------
+# ---- 11. Dialect registry, upstream kinds and routes ----------------------------------
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
-# write its replies; an upstream kind is how to talk to one provider API. The server
-# (section 12) knows nothing dialect-specific beyond these two tables. A fourth client
-# dialect (the OpenAI Responses API, say) is one more section and one more entry here.
+# write its replies; an upstream kind is how to talk to one provider API. The pipeline
+# and the server (sections 14-17) know nothing dialect-specific beyond these tables: a
+# fourth client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
 class Exchange:
@@ -4205,15 +4481,14 @@ class Exchange:
     upstream_model: str = ""
     stream: bool = False
     passthrough: bool = False       # same dialect on both sides: bytes forwarded as they are
-    sse: bool = True                # Gemini: ?alt=sse; without it the JSON-array form
-    include_thoughts: bool = False  # Gemini: thinkingConfig.includeThoughts
-    include_usage: bool = False     # OpenAI: stream_options.include_usage
+    options: ReplyOptions = dataclasses.field(default_factory=ReplyOptions)
     encoding_format: str = "float"  # OpenAI embeddings: float | base64
     status: int = 0
     usage: Optional[Usage] = None
     error: str = ""
     attempts: int = 0               # upstream attempts (retries and fallbacks included)
     started: float = dataclasses.field(default_factory=time.monotonic)
+    first_byte: float = 0.0         # seconds from the start to the response head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4222,6 +4497,7 @@ class Endpoint:
     pattern: "re.Pattern[str]"
     action: str
     accepts: Optional[Callable[[RequestHead], bool]] = None   # when paths are shared
+    open_to_all: bool = False       # answered without a client key (health probes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4229,15 +4505,24 @@ class ClientDialect:
     name: str
     endpoints: Tuple[Endpoint, ...]
     request_model: Callable[[Exchange, Any], str]
+    reply_options: Callable[[RequestHead, Any], ReplyOptions]
     decode_request: Callable[[Exchange, RequestHead, Any, bool], Chat]
-    encode_response: Callable[[Exchange, Reply], Dict[str, Any]]
-    encode_stream: Callable[[Exchange, Iterable[Any]], Iterator[bytes]]
+    response_id: Callable[[str], str]               # the reply's id, from the request id
+    encode_response: Callable[[Reply, str, str, ReplyOptions], Dict[str, Any]]
+    encode_stream: Callable[[Iterable[Any], str, str, ReplyOptions], Iterator[bytes]]
     stream_content_type: Callable[[Exchange], str]
     stream_error: Callable[[ProxyError], bytes]     # how a stream that broke mid-way ends
     keepalive: bytes                                # sent when a stream is silent (b"": never)
     encode_error: Callable[[ProxyError], Tuple[int, List[Tuple[str, str]], bytes]]
     list_models: Callable[[List[str]], Dict[str, Any]]
     get_model: Callable[[str], Dict[str, Any]]
+    # Pass-through (the upstream speaks this dialect too): whether a request streams, the
+    # request with another model name, with its output capped, and the client's headers
+    # that go on to the upstream.
+    streams: Callable[[Exchange, Dict[str, Any]], bool]
+    with_model: Callable[[Dict[str, Any], str], Dict[str, Any]]
+    cap_output: Callable[[Dict[str, Any], int], Dict[str, Any]]
+    passthrough_headers: Tuple[str, ...] = ()
     decode_count_request: Optional[Callable[[Exchange, Any, bool], Chat]] = None
     encode_count_response: Optional[Callable[[int], Dict[str, Any]]] = None
     decode_embed_request: Optional[Callable[[Exchange, Any], EmbedRequest]] = None
@@ -4257,13 +4542,40 @@ def _is_anthropic_client(head: RequestHead) -> bool:
     return bool(head.header("anthropic-version"))
 
 
+def _capped(payload: Dict[str, Any], fields: Tuple[str, ...], cap: int) -> Dict[str, Any]:
+    """A pass-through body whose output limit (any of `fields`) is at most `cap`; the
+    same object when nothing changes."""
+    over = [f for f in fields if cap and isinstance(payload.get(f), int) and
+            not isinstance(payload[f], bool) and payload[f] > cap]
+    return dict(payload, **{f: cap for f in over}) if over else payload
+
+
+def _with_model(payload: Dict[str, Any], model: str) -> Dict[str, Any]:
+    return payload if payload.get("model") == model else dict(payload, model=model)
+
+
 def _gemini_client_request(ex: Exchange, head: RequestHead, payload: Any,
                            strict: bool) -> Chat:
     chat = decode_gemini_request(payload, ex.client_model, strict)
     chat.stream = ex.action == "stream"
-    ex.sse = head.query_value("alt") == "sse"
-    ex.include_thoughts = bool(chat.thinking and chat.thinking.include_thoughts)
     return chat
+
+
+def _gemini_reply_options(head: RequestHead, payload: Any) -> ReplyOptions:
+    config = camel_keys(fields_of(camel_keys(fields_of(payload)).get("generationConfig")))
+    thinking = camel_keys(fields_of(config.get("thinkingConfig")))
+    return ReplyOptions(include_thoughts=thinking.get("includeThoughts") is True,
+                        sse=head.query_value("alt") == "sse")
+
+
+def _gemini_cap_output(payload: Dict[str, Any], cap: int) -> Dict[str, Any]:
+    for key in ("generationConfig", "generation_config"):
+        config = payload.get(key)
+        if isinstance(config, dict):
+            capped = _capped(config, ("maxOutputTokens", "max_output_tokens"), cap)
+            if capped is not config:
+                payload = dict(payload, **{key: capped})
+    return payload
 
 
 def _gemini_embed_request(ex: Exchange, payload: Any) -> EmbedRequest:
@@ -4288,17 +4600,20 @@ GEMINI_DIALECT = ClientDialect(
          Endpoint("GET", re.compile(r"/v1/models/(?P<model>[^:]+)\Z"), "get_model",
                   _is_gemini_client)]),
     request_model=lambda ex, payload: ex.client_model,
+    reply_options=_gemini_reply_options,
     decode_request=_gemini_client_request,
-    encode_response=lambda ex, reply: encode_gemini_response(reply, ex.client_model,
-                                                             ex.include_thoughts),
-    encode_stream=lambda ex, events: encode_gemini_stream(
-        events, ex.client_model, ex.rid, ex.include_thoughts, ex.sse),
-    stream_content_type=lambda ex: "text/event-stream" if ex.sse else "application/json",
+    response_id=lambda rid: rid,
+    encode_response=encode_gemini_response,
+    encode_stream=encode_gemini_stream,
+    stream_content_type=lambda ex: "text/event-stream" if ex.options.sse else "application/json",
     stream_error=lambda error: b"",   # Gemini CLI retries a stream with no finishReason
     keepalive=b"",                    # Gemini CLI's parser hangs on anything but data lines
     encode_error=encode_gemini_error,
     list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
     get_model=gemini_model_info,
+    streams=lambda ex, payload: ex.action == "stream",
+    with_model=lambda payload, model: payload,     # the model is in the path
+    cap_output=_gemini_cap_output,
     decode_count_request=lambda ex, payload, strict: decode_gemini_count_request(
         payload, ex.client_model, strict),
     encode_count_response=lambda tokens: {"totalTokens": tokens},
@@ -4323,28 +4638,31 @@ ANTHROPIC_DIALECT = ClientDialect(
                  _is_anthropic_client),
     ),
     request_model=_body_model,
+    reply_options=lambda head, payload: ReplyOptions(),
     decode_request=_anthropic_client_request,
-    encode_response=lambda ex, reply: encode_anthropic_response(reply, ex.client_model,
-                                                                "msg_" + ex.rid),
-    encode_stream=lambda ex, events: encode_anthropic_stream(events, ex.client_model,
-                                                             "msg_" + ex.rid),
+    response_id=lambda rid: "msg_" + rid,
+    encode_response=encode_anthropic_response,
+    encode_stream=encode_anthropic_stream,
     stream_content_type=lambda ex: "text/event-stream",
     stream_error=anthropic_stream_error_event,
     keepalive=b'event: ping\ndata: {"type":"ping"}\n\n',
     encode_error=encode_anthropic_error,
     list_models=anthropic_model_list,
     get_model=anthropic_model_info,
+    streams=lambda ex, payload: payload.get("stream") is True,
+    with_model=_with_model,
+    cap_output=lambda payload, cap: _capped(payload, ("max_tokens",), cap),
+    passthrough_headers=("anthropic-version", "anthropic-beta"),
     decode_count_request=lambda ex, payload, strict: decode_anthropic_request(
         payload, strict, counting=True),
     encode_count_response=lambda tokens: {"input_tokens": tokens},
 )
 
 
-def _openai_client_request(ex: Exchange, head: RequestHead, payload: Any,
-                           strict: bool) -> Chat:
-    chat = decode_openai_request(payload, strict)
-    ex.include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-    return chat
+def _openai_reply_options(head: RequestHead, payload: Any) -> ReplyOptions:
+    options = payload.get("stream_options") if isinstance(payload, dict) else None
+    options = expect(options or {}, dict, "stream_options", "an object")
+    return ReplyOptions(include_usage=options.get("include_usage") is True)
 
 
 def _openai_embed_request(ex: Exchange, payload: Any) -> EmbedRequest:
@@ -4362,17 +4680,21 @@ OPENAI_DIALECT = ClientDialect(
         Endpoint("GET", re.compile(r"(?:/v1)?/models/(?P<model>[^:]+)\Z"), "get_model"),
     ),
     request_model=_body_model,
-    decode_request=_openai_client_request,
-    encode_response=lambda ex, reply: encode_openai_response(reply, ex.client_model,
-                                                             "chatcmpl-" + ex.rid),
-    encode_stream=lambda ex, events: encode_openai_stream(
-        events, ex.client_model, "chatcmpl-" + ex.rid, ex.include_usage),
+    reply_options=_openai_reply_options,
+    decode_request=lambda ex, head, payload, strict: decode_openai_request(payload, strict),
+    response_id=lambda rid: "chatcmpl-" + rid,
+    encode_response=encode_openai_response,
+    encode_stream=encode_openai_stream,
     stream_content_type=lambda ex: "text/event-stream",
     stream_error=openai_stream_error_event,
     keepalive=b": keep-alive\n\n",    # an SSE comment: every client skips it
     encode_error=encode_openai_error,
     list_models=openai_model_list,
     get_model=openai_model_info,
+    streams=lambda ex, payload: payload.get("stream") is True,
+    with_model=_with_model,
+    cap_output=lambda payload, cap: _capped(payload, ("max_tokens", "max_completion_tokens"),
+                                            cap),
     decode_embed_request=_openai_embed_request,
     encode_embed_response=lambda ex, reply: encode_openai_embeddings_response(
         reply, ex.client_model, ex.encoding_format),
@@ -4382,6 +4704,13 @@ OPENAI_DIALECT = ClientDialect(
 # OpenAI's, which takes what is left.
 CLIENT_DIALECTS: Dict[str, ClientDialect] = {
     "gemini": GEMINI_DIALECT, "anthropic": ANTHROPIC_DIALECT, "openai": OPENAI_DIALECT}
+
+# The proxy's own endpoints, answered whatever the dialect; /health is open to all (load
+# balancers probe it), /status needs a client key like everything else.
+SERVICE_ENDPOINTS = (
+    Endpoint("GET", re.compile(r"/healthz?\Z"), "health", open_to_all=True),
+    Endpoint("GET", re.compile(r"/status\Z"), "status"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4414,6 +4743,7 @@ class UpstreamKind:
     # Seen in a passed-through stream's bytes only when it finished properly (a stream
     # that ends without it was cut off, and the client must hear so).
     stream_end: Optional["re.Pattern[str]"] = None
+    reads_think_tags: bool = False              # <think> blocks in the text (think_tags)
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -4447,36 +4777,48 @@ def _usage_field(decode: Callable[[Any], Optional[Usage]], field: str
 def _anthropic_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[Usage]:
     if not isinstance(payload, dict):
         return previous
-    usage = payload.get("usage") or (payload.get("message") or {}).get("usage")
+    usage = payload.get("usage") or fields_of(payload.get("message")).get("usage")
     return decode_anthropic_usage(usage, previous) if usage else previous
 
 
+def gemini_model_path(model: str, method: str) -> str:
+    """/v1beta/models/<model>:<method>, the model quoted as one path segment: a name with
+    "/" or ".." in it stays a name (the key goes with the request)."""
+    return "/v1beta/models/%s:%s" % (urllib.parse.quote(model, safe=""), method)
+
+
+GEMINI_METHODS = {"generate": "generateContent", "stream": "streamGenerateContent",
+                  "count_tokens": "countTokens", "embed": "embedContent",
+                  "batch_embed": "batchEmbedContents"}
+
+
 def _gemini_passthrough_path(ex: Exchange, head: RequestHead, model: str) -> str:
-    method = {"generate": "generateContent", "stream": "streamGenerateContent",
-              "count_tokens": "countTokens", "embed": "embedContent",
-              "batch_embed": "batchEmbedContents"}[ex.action]
-    query = {k: v for k, v in head.query.items() if k != "key"}   # never the client's key
-    return "/%s/models/%s:%s%s" % (head.path.split("/")[1], urllib.parse.quote(model), method,
-                                   "?" + urllib.parse.urlencode(query, doseq=True)
-                                   if query else "")
+    """The client's method, on the API version converted requests use too (a client on
+    /v1 gets what /v1beta serves), with its query but never its key."""
+    query = {k: v for k, v in head.query.items() if k != "key"}
+    return gemini_model_path(model, GEMINI_METHODS[ex.action]) + (
+        "?" + urllib.parse.urlencode(query, doseq=True) if query else "")
 
 
 def echo_events(chat: Chat, model: str) -> Iterator[Any]:
     """The echo upstream: "echo (<model>): " and the last user text (or what the tools
     returned), to check a client's wiring with no provider at all. Streams it word by
-    word like a model would."""
+    word like a model would, once for each choice asked for."""
     last = next((m for m in reversed(chat.messages) if m.role == "user"), Message("user", []))
     texts = [p.text.strip() for p in last.parts if p.type == TEXT and p.text.strip()]
     said = texts[-1] if texts else "; ".join(
-        "%s returned %s" % (p.name, tool_result_text(p)[:200])
+        "%s returned %s" % (p.name, clip(tool_result_text(p), 200))
         for p in last.parts if p.type == TOOL_RESULT)
     text = "echo (%s): %s" % (chat.model or model, said or "(no text)")
     parts = []
-    for word in re.findall(r"\S+\s*", text):
-        part = Part(TEXT, text=word)
-        parts.append(part)
-        yield part
-    yield Finish(STOP, estimate_usage(chat, parts))
+    for index in range(max(1, chat.n)):
+        for word in re.findall(r"\S+\s*", text):
+            part = Part(TEXT, text=word, choice=index)
+            parts.append(part)
+            yield part
+    usage = estimate_usage(chat, parts)
+    for index in range(max(1, chat.n)):
+        yield Finish(STOP, usage, choice=index)
 
 
 UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
@@ -4491,21 +4833,20 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
         else "/chat/completions",
-        stream_end=re.compile(r'\A\[DONE\]|"finish_reason": ?"')),
+        stream_end=re.compile(r'\A\[DONE\]|"finish_reason": ?"'),
+        reads_think_tags=True),
     "gemini": UpstreamKind(
         name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
-        generate_path=lambda model, stream: "/v1beta/models/%s:%s" % (
-            urllib.parse.quote(model),
-            "streamGenerateContent?alt=sse" if stream else "generateContent"),
+        generate_path=lambda model, stream: gemini_model_path(
+            model, "streamGenerateContent?alt=sse" if stream else "generateContent"),
         encode_request=encode_gemini_request, decode_response=decode_gemini_response,
         decode_stream=decode_gemini_stream, stream_event_error=gemini_stream_error,
         decode_error=decode_gemini_error, retry_with=gemini_schema_retry,
         usage_from=_usage_field(decode_gemini_usage, "usageMetadata"),
-        count_path=lambda model: "/v1beta/models/%s:countTokens" % urllib.parse.quote(model),
+        count_path=lambda model: gemini_model_path(model, "countTokens"),
         encode_count_request=encode_gemini_count_request,
         decode_count_response=decode_gemini_count_response,
-        embed_path=lambda model: "/v1beta/models/%s:batchEmbedContents"
-        % urllib.parse.quote(model),
+        embed_path=lambda model: gemini_model_path(model, "batchEmbedContents"),
         encode_embed_request=encode_gemini_embed_request,
         decode_embed_response=decode_gemini_embed_response,
         passthrough_path=_gemini_passthrough_path,
@@ -4525,8 +4866,6 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
 assert set(UPSTREAM_KINDS) == set(SETTINGS_BY_PATH["upstream", "kind"].choices)
-
-
 
 
 def upstream_path(base_path: str, path: str) -> str:
@@ -4551,7 +4890,39 @@ def routable_models(config: Config) -> List[str]:
     return list(dict.fromkeys(names))
 
 
-# ---- 11. Upstream client -------------------------------------------------------------------
+def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], Optional[Endpoint],
+                                              Dict[str, str], List[str]]:
+    """(dialect, endpoint, path parameters, methods the path allows) for a request; the
+    dialect is None for the proxy's own endpoints, the endpoint None when nothing takes
+    this method on this path (the allowed methods then say 404 or 405)."""
+    allowed: List[str] = []
+    for dialect, endpoints in [(None, SERVICE_ENDPOINTS)] + [
+            (d, d.endpoints) for d in CLIENT_DIALECTS.values()]:
+        for endpoint in endpoints:
+            match = endpoint.pattern.match(head.path)
+            if match is None or (endpoint.accepts is not None and not endpoint.accepts(head)):
+                continue
+            methods = [endpoint.method] + (["HEAD"] if endpoint.method == "GET" else [])
+            if head.method in methods:
+                return dialect, endpoint, match.groupdict(), methods
+            allowed += methods
+    return None, None, {}, sorted(set(allowed))
+
+
+def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
+    """The dialect an unroutable or malformed request most likely speaks, for its error:
+    by the headers each SDK sends, else Gemini (the proxy's first clients)."""
+    if head is None:
+        return GEMINI_DIALECT
+    if _is_anthropic_client(head) or head.path.startswith("/v1/messages"):
+        return ANTHROPIC_DIALECT
+    if not _is_gemini_client(head) and (head.header("authorization") or
+                                        head.path.startswith(("/v1/chat", "/chat/"))):
+        return OPENAI_DIALECT
+    return GEMINI_DIALECT
+
+
+# ---- 12. Upstream client -------------------------------------------------------------------
 #
 # Blocking http.client calls, made only from worker threads. Connections are kept alive
 # and pooled per (scheme, host, port, proxy): a fresh TLS handshake costs real users
@@ -4591,6 +4962,17 @@ def upstream_target(base_url: str, environ: Optional[Dict[str, str]] = None) -> 
         return UpstreamTarget(scheme, host, port, parts.path.rstrip("/"),
                               (proxy.hostname or "", proxy.port or 8080), auth)
     return UpstreamTarget(scheme, host, port, parts.path.rstrip("/"))
+
+
+def is_this_address(target: UpstreamTarget, host: str, port: int) -> bool:
+    """Whether an upstream is this proxy itself: its port, and its listening address or
+    a loopback one while it listens on loopback or on every address."""
+    if target.proxy or target.port != port:
+        return False
+    if target.host.lower() == host.lower():
+        return True
+    listens_here = host in ("", "0.0.0.0", "::") or is_loopback_host(host)
+    return listens_here and is_loopback_host(target.host)
 
 
 def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
@@ -4746,17 +5128,18 @@ class UpstreamResponse:
             raise UpstreamError("the connection to upstream %r broke: %s" % (
                 self._name, exc.__class__.__name__), status=502) from None
 
-    def read_body(self, limit: int = 256 * 1024 * 1024) -> bytes:
-        """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)."""
-        pieces, size = [], 0
+    def read_body(self, limit: int) -> bytearray:
+        """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)
+        into one buffer; more than `limit` bytes is the upstream's failure."""
+        body = bytearray()
         while True:
             piece = self._read(lambda: self._response.read(65536), first=False)
             if not piece:
-                return b"".join(pieces)
-            size += len(piece)
-            if size > limit:
-                raise UpstreamError("upstream %r sent more than %d bytes" % (self._name, limit))
-            pieces.append(piece)
+                return body
+            body += piece
+            if len(body) > limit:
+                raise UpstreamError("upstream %r sent a reply of more than %d bytes "
+                                    "(max_reply_bytes)" % (self._name, limit), status=502)
 
     def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
         """The body as it arrives, a read at a time; the first read waits up to the
@@ -4771,18 +5154,19 @@ class UpstreamResponse:
                 on_raw(data)
             yield data
 
-    def sse_events(self, on_raw: Optional[Callable[[bytes], None]] = None
+    def sse_events(self, max_event: int, on_raw: Optional[Callable[[bytes], None]] = None
                    ) -> Iterator[Tuple[str, str]]:
-        parser = SSEParser()
-        for data in self.raw_chunks(on_raw):
-            yield from parser.feed(data)
+        parser = SSEParser(max_event)
+        try:
+            for data in self.raw_chunks(on_raw):
+                yield from parser.feed(data)
+        except ValueError as exc:
+            raise UpstreamError("upstream %r sent %s (max_reply_bytes)" % (self._name, exc),
+                                status=502) from None
         yield from parser.finish()
 
     def abort(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shut(self._sock)
 
     def close(self, reuse: bool = True) -> None:
         """Release the connection: back to the pool when the reply was read to its end
@@ -4808,13 +5192,25 @@ class UpstreamResponse:
             self._pool.discard(self._conn)
 
 
+def _shut(sock: socket.socket) -> None:
+    """Stop a blocked read or write on a socket from another thread."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
                            method: str, path: str, body: bytes,
                            headers: List[Tuple[str, str]], timeouts: Timeouts,
-                           max_idle: int) -> UpstreamResponse:
-    """Send a request and wait for the status line and headers. A reused connection that
-    the server had already closed is retried once on a fresh one; everything else that
-    goes wrong becomes an UpstreamError with a status (502 unreachable, 504 timeout)."""
+                           max_idle: int, watch: Callable[[Callable[[], None]], None] =
+                           lambda stop: None) -> UpstreamResponse:
+    """Send a request and wait for the status line and headers. `watch` is given a
+    function that stops the call at once from another thread (the client left, or the
+    proxy is shutting down) as soon as there is a connection to stop. A reused connection
+    that the server had already closed is retried once on a fresh one; everything else
+    that goes wrong becomes an UpstreamError with a status (502 unreachable, 504
+    timeout)."""
     request_headers = dict(headers)
     request_headers["content-length"] = str(len(body))
     if target.proxy and target.scheme == "http" and target.proxy_auth:
@@ -4832,6 +5228,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                 name, target.host, target.port, getattr(exc, "strerror", None)
                 or exc.__class__.__name__), status=502) from None
         sock = conn.sock
+        watch(lambda: _shut(sock))
         try:
             conn.request(method, target.url(path), body=body, headers=request_headers)
             response = conn.getresponse()
@@ -4848,7 +5245,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts)
 
 
-# -- key pools -------------------------------------------------------------------------------
+# ---- 13. Key pools -----------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
@@ -5056,19 +5453,13 @@ class KeyPool:
                 "last_error": s.last_error} for s in self.states]}
 
 
-# ---- 12. Server -----------------------------------------------------------------------------
+# ---- 14. Requests in flight ------------------------------------------------------------------
 #
-# An asyncio server reads requests and writes responses; everything that blocks or costs
-# (JSON, conversion, the upstream call) runs in a worker thread, which hands the event
-# loop finished bytes through a bounded ChunkPipe. The status line is written only once
-# an upstream has answered 2xx and its first event has arrived: before that, a failure
-# can still be retried (another key, a backoff, a fallback upstream) and, when nothing
-# works, is a proper HTTP error in the client's dialect; after it, the stream ends in
-# the dialect's own error form.
-
-log = logging.getLogger("gemini_proxy")
-access_log = logging.getLogger("gemini_proxy.access")
-
+# What one request holds while a worker thread answers it: the pipe its answer goes back
+# to the event loop through, its detailed log, the upstream replies and keys it must let
+# go of, and the one place its errors are rendered (Request.fail). Everything that blocks
+# or costs (JSON, conversion, the upstream call) runs in the worker; the event loop only
+# moves finished bytes.
 
 @dataclasses.dataclass
 class ResponseHead:
@@ -5080,8 +5471,13 @@ class ResponseHead:
 class ChunkPipe:
     """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
     so a slow client slows the upstream read instead of filling memory; the loop takes
-    everything waiting in one hop. abort() (the client left) makes put() raise ClientGone
-    and runs the hooks that stop a blocked upstream read."""
+    everything waiting in one hop.
+
+    A streamed reply may have its head sent before the worker has one (commit_early:
+    Gemini CLI gives up on a server that sends no headers for 60 s); the worker's own
+    head is then dropped and its errors go in-stream. abort() (the client left, or the
+    proxy is stopping) makes put() raise ClientGone and runs the hooks that stop a blocked
+    upstream call."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int):
         self._loop = loop
@@ -5092,6 +5488,10 @@ class ChunkPipe:
         self._abort_hooks: List[Callable[[], None]] = []
         self._left = threading.Event()
         self.gone = False
+        self.why_gone = ""              # "client" | "send_timeout" | "shutdown"
+        self.early_head: Optional[ResponseHead] = None   # what commit_early may send
+        self.head_sent = False          # by the worker, or early by the loop
+        self.committed_early = False
 
     def put(self, item: Any) -> None:
         while not self._space.acquire(timeout=0.5):
@@ -5100,6 +5500,24 @@ class ChunkPipe:
         if self.gone:
             raise ClientGone()
         self._append(item)
+
+    def put_head(self, head: ResponseHead) -> bool:
+        """Send the worker's response head; False when one went out early instead."""
+        with self._lock:
+            if self.committed_early:
+                return False
+            self.head_sent = True
+        self.put(head)
+        return True
+
+    def commit_early(self) -> Optional[ResponseHead]:
+        """For the loop: the head of a streamed reply whose worker has sent none yet
+        (from then on the worker's own head is dropped); None if there is none to send."""
+        with self._lock:
+            if self.head_sent or self.early_head is None or self._items:
+                return None
+            self.head_sent = self.committed_early = True
+            return self.early_head
 
     def finish(self) -> None:
         """The end marker; never blocks (the loop may have stopped reading)."""
@@ -5110,27 +5528,43 @@ class ChunkPipe:
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
+            self._wake_loop(waiter)
+
+    def _wake_loop(self, waiter: asyncio.Future) -> None:
+        try:
             self._loop.call_soon_threadsafe(_wake, waiter)
+        except RuntimeError:   # the loop has closed (a forced exit): nobody is waiting
+            pass
 
     def on_abort(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when the request is abandoned (at once if it already is)."""
         with self._lock:
-            self._abort_hooks.append(hook)
-            gone = self.gone
-        if gone:
-            hook()
+            if not self.gone:
+                self._abort_hooks.append(hook)
+                return
+        hook()
+
+    def forget_hooks(self) -> None:
+        """The worker is letting go of its upstream connections: an abort after this
+        must not touch them (they may already serve another request)."""
+        with self._lock:
+            self._abort_hooks.clear()
 
     def sleep(self, seconds: float) -> bool:
-        """Wait in the worker; False when the client left meanwhile."""
+        """Wait in the worker; False when the request was abandoned meanwhile."""
         return not self._left.wait(seconds)
 
     async def take(self, timeout: Optional[float] = None) -> List[Any]:
-        """Everything waiting, once something is; [] when `timeout` passes first."""
+        """Everything waiting, once something is; [] when `timeout` passes first or the
+        request is abandoned."""
         while True:
             with self._lock:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
                     break
+                if self.gone:
+                    return []
                 waiter = self._waiter = self._loop.create_future()
             if timeout is None:
                 await waiter
@@ -5145,23 +5579,24 @@ class ChunkPipe:
             self._space.release()
         return items
 
-    def abort(self) -> None:
+    def abort(self, why: str = "client") -> None:
+        """Abandon the request: stop its upstream call, wake whoever waits on the pipe."""
         with self._lock:
-            self.gone = True
-            hooks = list(self._abort_hooks)
+            if self.gone:
+                return
+            self.gone, self.why_gone = True, why
+            for hook in self._abort_hooks:   # under the lock: see forget_hooks
+                hook()
+            self._abort_hooks.clear()
+            waiter, self._waiter = self._waiter, None
         self._left.set()
-        for hook in hooks:
-            hook()
+        if waiter is not None:
+            self._wake_loop(waiter)
 
 
 def _wake(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
-    expired.append(True)
-    task.cancel()
 
 
 class DetailLog:
@@ -5183,7 +5618,7 @@ class DetailLog:
             text += "\n... (%d more bytes)" % (len(body) - self._limit)
         lines = ["=== %s" % self._redact.text(title)]
         lines += ["%s: %s" % pair for pair in self._redact.headers(headers)]
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write("\n".join(lines) + "\n\n" + self._redact.text(text) + "\n\n")
 
     def stream(self, title: str) -> Callable[[bytes], None]:
@@ -5219,6 +5654,9 @@ class Live:
     config: Config
     upstreams: Dict[str, UpstreamRuntime]
     redactor: Redactor
+    # Upstreams that cannot be called: (the status a client gets, why). A key variable
+    # that is not set (503), or a base_url that leads back to this proxy (508).
+    unusable: Dict[str, Tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 def client_key(head: RequestHead) -> str:
@@ -5237,6 +5675,268 @@ def client_key(head: RequestHead) -> str:
     return ""
 
 
+class Responder:
+    """Writes one response into the pipe, and knows whether its head has gone out: after
+    that, a failure can only end the stream in the dialect's own way."""
+
+    def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog]):
+        self.ex, self.pipe, self.detail = ex, pipe, detail
+        self._sink: Optional[Callable[[bytes], None]] = None
+
+    @property
+    def committed(self) -> bool:
+        return self.pipe.head_sent
+
+    def whole(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> bool:
+        """A whole response; False when a stream's head went out early instead."""
+        if self.pipe.committed_early:
+            return False
+        self.ex.status = status   # before the put: the loop logs as soon as it has the reply
+        if self.detail:
+            self.detail.stage("4. client response: %d" % status, headers, body)
+        return self.pipe.put_head(ResponseHead(status, headers, body))
+
+    def json(self, payload: Any) -> None:
+        self.whole(200, [("content-type", "application/json")], json_bytes(payload))
+
+    def expect_stream(self, content_type: str) -> None:
+        """The reply will be a stream of this type: its head may go out early."""
+        self.pipe.early_head = ResponseHead(200, stream_headers(content_type))
+
+    def start(self, content_type: str) -> None:
+        self.ex.status = 200
+        self.pipe.put_head(ResponseHead(200, stream_headers(content_type)))
+        self._sink = self.detail.stream("4. client response: 200") if self.detail else None
+
+    def chunk(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._sink:
+            self._sink(data)
+        self.pipe.put(data)
+
+
+def stream_headers(content_type: str) -> List[Tuple[str, str]]:
+    return [("content-type", content_type), ("cache-control", "no-cache")]
+
+
+class Request:
+    """One client request inside its worker thread: what every attempt on an upstream
+    needs, what must be let go when the request ends (upstream replies, keys), and fail(),
+    the one place an error becomes what the client sees."""
+
+    def __init__(self, live: Live, ex: Exchange, head: RequestHead, body: bytes,
+                 dialect: ClientDialect, pipe: ChunkPipe, detail: Optional[DetailLog],
+                 pool: ConnectionPool, hops: str):
+        self.live, self.ex, self.head, self.body = live, ex, head, body
+        self.dialect, self.pipe, self.detail = dialect, pipe, detail
+        self.pool = pool        # upstream connections, the process's
+        self.hops = hops        # for HOP_HEADER: the proxies this request has been through
+        self.out = Responder(ex, pipe, detail)
+        self.strict = live.config.server["reject_unknown_fields"]
+        self.payload: Any = None
+        self.opened: List[UpstreamResponse] = []
+        self.held: List[Tuple[KeyPool, KeyState]] = []
+        self._chat: Optional[Chat] = None
+
+    def chat(self) -> Chat:
+        """The request in the neutral model, decoded when the first upstream that needs
+        it is tried (a pass-through never does)."""
+        if self._chat is None:
+            try:
+                self._chat = self.dialect.decode_request(self.ex, self.head, self.payload,
+                                                         self.strict)
+            except RecursionError:
+                raise ClientError("the request is nested too deeply") from None
+        return self._chat
+
+    def close_replies(self, reuse: bool) -> None:
+        """Let go of the upstream replies opened so far: a failed attempt's, or at the
+        end all of them (a reply read to its end goes back to the connection pool)."""
+        for response in self.opened:
+            response.close(reuse=reuse)
+        self.opened.clear()
+
+    def release_key(self, pool: KeyPool, state: KeyState) -> None:
+        self.held.remove((pool, state))
+        pool.release(state)
+
+    def fail(self, error: ProxyError) -> None:
+        """What the client sees of a failure, secrets removed: an HTTP error in its
+        dialect (a passed-through upstream's own reply, when there is one), or after the
+        head went out, the dialect's in-stream error."""
+        error.message = self.live.redactor.text(error.message)
+        self.ex.error = error.message
+        if not self.out.committed:
+            raw = error.raw if isinstance(error, UpstreamError) else None
+            if raw is not None and self.out.whole(error.status, raw[0],
+                                                  self.live.redactor.bytes(raw[1])):
+                return
+            if raw is None and self.out.whole(*self.dialect.encode_error(error)):
+                return
+        log.warning("%s: stream to the client ended early: %s", self.ex.rid,
+                    clip(error.message))
+        self.out.chunk(self.dialect.stream_error(error))
+
+    def end(self) -> None:
+        self.pipe.forget_hooks()
+        self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
+        for pool, state in self.held:
+            pool.release(state)
+        self.held.clear()
+
+
+# ---- 15. Upstream calls and retries ------------------------------------------------------
+#
+# One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
+# is the policy around attempts: the route's upstream, then its fallbacks; on each, more
+# attempts on other keys after a rate limit or a refusal, and after a backoff when the
+# upstream failed; waiting for a key or a slot where the upstream allows it. All of it
+# happens before the client has received anything but (perhaps) a stream's head.
+
+class UpstreamCall:
+    """One attempt of a request on one upstream with one key: sends, opens the reply
+    (closed by the Request), writes detailed logs."""
+
+    def __init__(self, rq: Request, runtime: UpstreamRuntime, model: str, key: KeyState):
+        self.rq, self.runtime, self.model, self.key = rq, runtime, model, key
+        kind, spec = runtime.kind, runtime.spec
+        # Bytes go through untouched only when nothing asks the proxy to look inside.
+        self.passthrough = kind.dialect == rq.ex.dialect and (
+            rq.ex.action in ("count_tokens", "embed", "batch_embed") or (
+                spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
+        rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
+        rq.ex.passthrough = self.passthrough
+
+    def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
+        return self.rq.detail.stream(title) if self.rq.detail else None
+
+    def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
+             prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
+             extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
+        """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
+        prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
+        may ask for one more try with different options (Gemini: schemas in its own
+        subset). `build_body(options)` gives the body, a dict or bytes."""
+        runtime, rq = self.runtime, self.rq
+        spec = options = runtime.spec
+        kind = runtime.kind
+        assert runtime.target is not None
+        full_path = upstream_path(runtime.target.base_path, path)
+        if spec["query"]:
+            full_path += ("&" if "?" in full_path else "?") + \
+                urllib.parse.urlencode(spec["query"])
+        headers = [("content-type", "application/json"),
+                   ("accept", "text/event-stream" if stream else "application/json"),
+                   ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
+        headers += kind.auth_headers(self.key.key, spec)
+        headers += list(spec["headers"].items()) + list(extra_headers)
+        tried_alternative = False
+        while True:
+            body = request_bytes(build_body(options))
+            if rq.detail:
+                rq.detail.stage("2. upstream request: POST %s%s (attempt %d, %s)" % (
+                    display_url(spec["base_url"]), full_path, rq.ex.attempts, self.key.name),
+                    headers, body)
+            timeouts = Timeouts(spec["connect_timeout"], spec["first_byte_timeout"],
+                                spec["read_timeout"], time.monotonic() + spec["total_timeout"]
+                                if spec["total_timeout"] else None)
+            try:
+                response = open_upstream_blocking(
+                    rq.pool, runtime.target, runtime.name, "POST", full_path, body,
+                    headers, timeouts, spec["max_idle_connections"], rq.pipe.on_abort)
+                rq.opened.append(response)
+                if response.status >= 300:
+                    raise self._failure(response)
+                return prepare(response)
+            except UpstreamError as err:
+                alternative = kind.retry_with(err, options) if alternatives else None
+                if alternative is None or tried_alternative or rq.pipe.gone:
+                    raise
+                tried_alternative, options = True, alternative
+                rq.close_replies(reuse=True)
+                log.info("%s: upstream %s refused the request (%s); trying again with "
+                         "other options", rq.ex.rid, runtime.name,
+                         clip(rq.live.redactor.text(err.message), 200))
+
+    def open_stream(self, response: UpstreamResponse) -> Iterator[Any]:
+        """A streamed reply's events, once its first event has arrived and is not an
+        error (an upstream may answer 200 and then put its error in the stream)."""
+        kind, name = self.runtime.kind, self.runtime.name
+        assert kind.decode_stream is not None
+        raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
+                                  self.sink("3. upstream response: %d" % response.status))
+        first = next(raw, None)
+        if first is None:
+            raise UpstreamError("upstream %r ended its stream without sending anything"
+                                % name, status=502)
+        error = kind.stream_event_error(first[1])
+        if error is not None:
+            raise error
+        return kind.decode_stream(itertools.chain([first], raw))
+
+    def read_body(self, response: UpstreamResponse) -> bytearray:
+        data = response.read_body(self.runtime.spec["max_reply_bytes"])
+        if self.rq.detail:
+            self.rq.detail.stage("3. upstream response: %d" % response.status,
+                                 response.headers.items(), bytes(data))
+        return data
+
+    def read_json(self, response: UpstreamResponse) -> Any:
+        return self.json_of(self.read_body(response))
+
+    def json_of(self, data: bytearray) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise UpstreamError("upstream %r replied with invalid JSON: %r"
+                                % (self.runtime.name, bytes(data[:200])), status=502) from None
+        except RecursionError:
+            raise UpstreamError("upstream %r replied with JSON nested too deeply"
+                                % self.runtime.name, status=502) from None
+
+    def _failure(self, response: UpstreamResponse) -> UpstreamError:
+        """A non-2xx reply as an UpstreamError that keeps the status, the message and the
+        retry time (Retry-After, the kind's own hint, or a rate-limit reset header), and
+        for a pass-through the raw body and its headers."""
+        data = bytes(response.read_body(MiB))
+        if self.rq.detail:
+            self.rq.detail.stage("3. upstream response: %d" % response.status,
+                                 response.headers.items(), data)
+        try:
+            payload: Any = json.loads(data)
+        except (ValueError, RecursionError):
+            payload = data.decode("utf-8", "replace")
+        assert self.runtime.kind.decode_error is not None
+        error = self.runtime.kind.decode_error(response.status, payload, response.headers)
+        error.message = "upstream %r answered %d: %s" % (self.runtime.name, response.status,
+                                                         error.message)
+        if error.retry_after is None and error.status == 429:
+            error.retry_after = parse_reset_hint(response.headers)
+        if self.passthrough:
+            headers = [("content-type",
+                        response.headers.get("content-type", "application/json"))]
+            if "retry-after" in response.headers:
+                headers.append(("retry-after", response.headers["retry-after"]))
+            error.raw = (headers, data)
+        return error
+
+
+def request_bytes(body: Any) -> bytes:
+    """An upstream request body as bytes. Text that is not valid Unicode (a lone UTF-16
+    surrogate, which JSON can spell) or nesting Python cannot write is the client's
+    mistake: a 400, not a crash."""
+    if isinstance(body, bytes):
+        return body
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ClientError("the request holds text that is not valid Unicode (a lone "
+                          "surrogate such as \\ud800)") from None
+    except RecursionError:
+        raise ClientError("the request is nested too deeply") from None
+
+
 def retryable(error: ProxyError) -> bool:
     """Worth another attempt before the client has seen anything: rate limits, timeouts,
     server errors and connection failures; never other 4xx."""
@@ -5252,83 +5952,391 @@ def backoff_delay(spec: Dict[str, Any], tries: int, retry_after: Optional[float]
     return max(delay, retry_after or 0.0)
 
 
-class Responder:
-    """Writes one response into the pipe, and knows whether its status line has gone out:
-    after that, a failure can only end the stream in the dialect's own way."""
-
-    def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog]):
-        self.ex, self.pipe, self.detail = ex, pipe, detail
-        self.committed = False
-        self._sink: Optional[Callable[[bytes], None]] = None
-
-    def whole(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
-        self.ex.status = status   # before the put: the loop logs as soon as it has the reply
-        if self.detail:
-            self.detail.stage("4. client response: %d" % status, headers, body)
-        self.pipe.put(ResponseHead(status, headers, body))
-
-    def json(self, payload: Any) -> None:
-        self.whole(200, [("content-type", "application/json")], json_bytes(payload))
-
-    def start(self, content_type: str) -> None:
-        self.ex.status = 200
-        self.pipe.put(ResponseHead(200, [("content-type", content_type),
-                                         ("cache-control", "no-cache")]))
-        self.committed = True
-        self._sink = self.detail.stream("4. client response: 200") if self.detail else None
-
-    def chunk(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._sink:
-            self._sink(data)
-        self.pipe.put(data)
+Attempt = Callable[[UpstreamCall], Callable[[], None]]
 
 
-class Request:
-    """One client request inside its worker thread: what every attempt on an upstream
-    needs, and what must be let go when the request ends (upstream replies, keys)."""
+def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
+             attempt: Attempt) -> Callable[[], None]:
+    """attempt() on the route's upstream, then on its fallbacks in order, until one
+    answers; returns what it returned (the function that writes the answer). Before the
+    client has received anything, failures are retried: see _attempts. When no upstream
+    had a usable key or a free slot, wait for one on the first upstream that allows
+    waiting. Raises the most useful failure when nothing worked: a 429 with the earliest
+    retry time when rate limits were the trouble."""
+    failures: List[UpstreamError] = []
+    unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
+    give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
+    for runtime, model in candidates:
+        if runtime.name in rq.live.unusable:
+            status, why = rq.live.unusable[runtime.name]
+            failures.append(UpstreamError("upstream %r %s" % (runtime.name, why),
+                                          status=status))
+            continue
+        deliver = _attempts(rq, runtime, model, attempt, failures, unavailable,
+                            give_up_at, 0.0)
+        if deliver is not None:
+            return deliver
+    for runtime, model in candidates:
+        why_busy = unavailable.get(runtime.name)
+        if why_busy is not None and (why_busy.status == 503 or (
+                why_busy.status == 429 and runtime.spec["wait_for_keys"])):
+            log.info("%s: waiting up to %gs for upstream %s: %s", rq.ex.rid,
+                     runtime.spec["wait_timeout"], runtime.name,
+                     rq.live.redactor.text(why_busy.message))
+            wait_until = time.monotonic() + runtime.spec["wait_timeout"]
+            deliver = _attempts(rq, runtime, model, attempt, failures, unavailable,
+                                max(give_up_at, wait_until), wait_until)
+            if deliver is not None:
+                return deliver
+            break
+    limited = [f for f in failures if f.status == 429]
+    if limited:   # the provider's own words, with the soonest time anything frees up
+        said = [f for f in limited if not isinstance(f, KeysUnavailable)]
+        best = (said or limited)[-1]
+        waits = [f.retry_after for f in limited if f.retry_after is not None]
+        if waits and (best.retry_after is None or min(waits) < best.retry_after):
+            # A sooner time than the provider's own reply says: the client gets the
+            # error in its dialect, which carries that time, instead of the raw reply.
+            best.retry_after, best.raw = min(waits), None
+        raise best
+    raise failures[-1]
 
-    def __init__(self, live: Live, ex: Exchange, head: RequestHead, body: bytes,
-                 dialect: ClientDialect, pipe: ChunkPipe, detail: Optional[DetailLog]):
-        self.live, self.ex, self.head, self.body = live, ex, head, body
-        self.dialect, self.pipe, self.detail = dialect, pipe, detail
-        self.out = Responder(ex, pipe, detail)
-        self.strict = live.config.server["reject_unknown_fields"]
-        self.payload: Any = None
-        self.opened: List[UpstreamResponse] = []
-        self.held: List[Tuple[KeyPool, KeyState]] = []
-        self._chat: Optional[Chat] = None
 
-    def chat(self) -> Chat:
-        """The request in the neutral model, decoded when the first upstream that needs
-        it is tried (a pass-through never does)."""
-        if self._chat is None:
-            self._chat = self.dialect.decode_request(self.ex, self.head, self.payload,
-                                                     self.strict)
-        return self._chat
+def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
+              failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
+              give_up_at: float, wait_until: float) -> Optional[Callable[[], None]]:
+    """Attempts on one upstream, each on a key from its pool: up to 1 + retries of them,
+    and none that would start after give_up_at (but the request's first). A 429 rests
+    the key and a refusal (refusal_scope) takes it out, and the next attempt takes
+    another key at once (a refused key costs no attempt); a 408, a 5xx, a timeout or a
+    broken connection waits a backoff first, unless that would pass give_up_at. Another
+    4xx is the client's answer as it is. None when this upstream is done with; its
+    failures are in `failures`."""
+    spec, keys, ex = runtime.spec, runtime.keys, rq.ex
+    tries = 0
+    while True:
+        if ex.attempts and time.monotonic() >= give_up_at:
+            log.warning("%s: out of retry time (retry_budget) before trying %s",
+                        ex.rid, runtime.name)
+            return None
+        key = keys.acquire(model, wait_until, lambda: rq.pipe.gone)
+        if isinstance(key, KeysUnavailable):
+            if rq.pipe.gone:
+                raise ClientGone()
+            unavailable[runtime.name] = key
+            failures.append(key)
+            return None
+        rq.held.append((keys, key))
+        ex.attempts += 1
+        try:
+            deliver = attempt(UpstreamCall(rq, runtime, model, key))
+            keys.succeeded(key)
+            return deliver
+        except UpstreamError as err:
+            rq.close_replies(reuse=True)
+            keys.failed(key, model, err)    # before the release: no waiter may take
+            rq.release_key(keys, key)       # a key that has just been rate limited
+            if rq.pipe.gone:
+                raise ClientGone() from None
+            failures.append(err)
+            what = "%s with %s" % (runtime.name, key.name)
+            message = clip(rq.live.redactor.text(err.message))
+            scope = refusal_scope(err)
+            if scope:
+                log.warning("%s: %s refused (%d: %s); that key is out %s until a reload",
+                            ex.rid, what, err.status, message,
+                            "for everything" if scope == "*" else "for " + model)
+                continue
+            if not retryable(err):
+                raise
+            tries += 1
+            if tries > spec["retries"]:
+                log.warning("%s: %s failed (%d: %s); no attempts left on %s", ex.rid,
+                            what, err.status, message, runtime.name)
+                return None
+            if err.status == 429:
+                log.info("%s: %s is rate limited (%s); trying another key", ex.rid,
+                         what, message)
+                continue
+            delay = backoff_delay(spec, tries, err.retry_after)
+            if time.monotonic() + delay > give_up_at:
+                log.warning("%s: %s failed (%d: %s); out of retry time", ex.rid, what,
+                            err.status, message)
+                return None
+            log.warning("%s: %s failed (%d: %s); attempt %d of %d in %.2fs", ex.rid,
+                        what, err.status, message, tries + 1, spec["retries"] + 1, delay)
+            if not rq.pipe.sleep(delay):
+                raise ClientGone() from None
 
-    def close_replies(self, reuse: bool) -> None:
-        """Let go of the upstream replies opened so far: a failed attempt's, or at the
-        end all of them (a reply read to its end goes back to the connection pool)."""
-        for response in self.opened:
-            response.close(reuse=reuse)
-        self.opened.clear()
 
-    def release_key(self, pool: KeyPool, state: KeyState) -> None:
-        self.held.remove((pool, state))
-        pool.release(state)
+# ---- 16. Actions and the application ---------------------------------------------------------
+#
+# What each kind of request does with an upstream call (generate, count tokens, embed,
+# or pass the bytes through), and Proxy, the application: configuration, upstreams and
+# handle_blocking, the worker's entry point, which never raises.
 
-    def end(self) -> None:
-        self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
-        for pool, state in self.held:
-            pool.release(state)
-        self.held.clear()
+def generate(call: UpstreamCall) -> Callable[[], None]:
+    """A chat request, converted through the neutral model (or answered locally)."""
+    if call.passthrough:
+        return passthrough(call)
+    rq, kind, spec = call.rq, call.runtime.kind, call.runtime.spec
+    ex, dialect = rq.ex, rq.dialect
+    chat = rq.chat()
+    ex.stream = chat.stream
+    cap = spec["max_output_tokens"]
+    if cap and chat.max_tokens is not None and chat.max_tokens > cap:
+        chat = dataclasses.replace(chat, max_tokens=cap)
+    if chat.extra:
+        log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
+                  call.runtime.name, ", ".join(sorted(chat.extra)))
+    mode = spec["upstream_streaming"]
+    upstream_streams = chat.stream if mode == "match" else mode == "always"
+    tags = spec["think_tags"] if kind.reads_think_tags else []
+    reply: Optional[Reply] = None
+    events: Iterator[Any] = iter(())
+    if kind.answer_locally is not None:
+        events = kind.answer_locally(chat, call.model)
+    elif upstream_streams:
+        assert kind.encode_request is not None
+        events = split_think_tags(call.send(
+            kind.generate_path(call.model, True),
+            lambda options: kind.encode_request(dataclasses.replace(chat, stream=True),
+                                                call.model, options),
+            call.open_stream, stream=True), tags)
+    else:
+        assert kind.encode_request is not None and kind.decode_response is not None
+        reply = split_reply_think_tags(call.send(
+            kind.generate_path(call.model, False),
+            lambda options: kind.encode_request(dataclasses.replace(chat, stream=False),
+                                                call.model, options),
+            lambda response: kind.decode_response(call.read_json(response), call.model)), tags)
+    stops = spec["stop_strings"]
+    reply_id = dialect.response_id(ex.rid)
+    if not chat.stream:
+        if reply is None:   # a stream assembled while the client waits for a whole reply
+            reply = collect_reply(events, ex.rid, call.model)
+        if stops:
+            reply = cut_reply(reply, stops)
+        if reply.usage is None:
+            reply.usage = estimate_usage(chat, reply.choices[0].parts)
+        ex.usage = reply.usage
+        payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
+        return lambda: rq.out.json(payload)
+    if reply is not None:
+        events = reply_events(reply)
+    events = _track_usage(ex, chat, cut_at_stop_strings(
+        events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
+    first = next(events, None)   # the last moment a failure can still be retried
+    if first is None:
+        raise UpstreamError("upstream %r ended its stream without an answer"
+                            % call.runtime.name, status=502)
+
+    def deliver() -> None:
+        rq.out.start(dialect.stream_content_type(ex))
+        for chunk in dialect.encode_stream(itertools.chain([first], events), ex.client_model,
+                                           reply_id, ex.options):
+            rq.out.chunk(chunk)
+    return deliver
+
+
+def _track_usage(ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
+    """Pass events on; record the usage, counting it when the upstream did not."""
+    parts = []
+    for event in events:
+        if isinstance(event, Finish):
+            if event.usage is None:
+                event.usage = estimate_usage(chat, parts)
+            ex.usage = event.usage
+        else:
+            parts.append(event)
+        yield event
+
+
+def count_tokens(call: UpstreamCall) -> Callable[[], None]:
+    """A token count: the upstream's own where it can count, else a local estimate."""
+    if call.passthrough:
+        return passthrough(call)
+    rq, kind = call.rq, call.runtime.kind
+    dialect = rq.dialect
+    assert dialect.decode_count_request and dialect.encode_count_response
+    chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
+    if kind.count_path is not None and kind.encode_count_request and \
+            kind.decode_count_response and chat.messages:
+        encode, decode = kind.encode_count_request, kind.decode_count_response
+        tokens = call.send(kind.count_path(call.model),
+                           lambda options: encode(chat, call.model),
+                           lambda response: decode(call.read_json(response)))
+    else:
+        tokens = estimate_prompt_tokens(chat)
+    payload = dialect.encode_count_response(tokens)
+    return lambda: rq.out.json(payload)
+
+
+def embed(call: UpstreamCall) -> Callable[[], None]:
+    if call.passthrough:
+        return passthrough(call)
+    rq, kind = call.rq, call.runtime.kind
+    dialect = rq.dialect
+    assert dialect.decode_embed_request and dialect.encode_embed_response
+    request = dialect.decode_embed_request(rq.ex, rq.payload)
+    if kind.embed_path is None or kind.encode_embed_request is None or \
+            kind.decode_embed_response is None:
+        raise ClientError("upstream %r (%s) has no embeddings; route the model %r to an "
+                          "upstream that has them" % (call.runtime.name, kind.name,
+                                                      rq.ex.client_model))
+    encode, decode = kind.encode_embed_request, kind.decode_embed_response
+    reply = call.send(kind.embed_path(call.model),
+                      lambda options: encode(request, call.model),
+                      lambda response: decode(call.read_json(response)))
+    payload = dialect.encode_embed_response(rq.ex, reply)
+    return lambda: rq.out.json(payload)
+
+
+ACTIONS: Dict[str, Attempt] = {"generate": generate, "stream": generate,
+                               "count_tokens": count_tokens, "embed": embed,
+                               "batch_embed": embed}
+
+
+def passthrough(call: UpstreamCall) -> Callable[[], None]:
+    """Client and upstream speak the same dialect: forward the request with the model
+    name, the key and (max_output_tokens) the output limit replaced, and the reply's bytes
+    as they come, secrets removed. A stream that ends without its dialect's last event
+    was cut off: the client hears so."""
+    rq, runtime = call.rq, call.runtime
+    ex, head, dialect, out = rq.ex, rq.head, rq.dialect, rq.out
+    kind, spec = runtime.kind, runtime.spec
+    payload = expect(rq.payload, dict, "request", "a JSON object")
+    ex.stream = dialect.streams(ex, payload)
+    changed = dialect.cap_output(dialect.with_model(payload, call.model),
+                                 spec["max_output_tokens"])
+    if spec["extra_body"]:
+        changed = dict(changed, **spec["extra_body"])
+    body = rq.body if changed is payload else request_bytes(changed)
+    forwarded = [(name, head.header(name)) for name in dialect.passthrough_headers
+                 if head.header(name)]
+    expected_type = dialect.stream_content_type(ex)
+
+    def opened(response: UpstreamResponse) -> Any:
+        content_type = response.headers.get("content-type", "application/json")
+        if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
+            data = call.read_body(response)
+            ex.usage = kind.usage_from(call.json_of(data), None)
+            return content_type, rq.live.redactor.bytes(bytes(data)), None
+        if content_type.split(";")[0].strip().lower() != expected_type:
+            raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
+                runtime.name, clip(content_type, 60), expected_type), status=502)
+        chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
+        passing = PassingStream(ex, kind, content_type, spec["max_reply_bytes"],
+                                rq.live.redactor)
+        first = b""
+        while not first:    # up to the first whole event
+            data = next(chunks, b"")
+            if not data:
+                raise UpstreamError("upstream %r ended its stream without sending "
+                                    "anything" % runtime.name, status=502)
+            first, events = passing.take(data)
+        if events and events[0][1] != "[DONE]":   # the first event shows what follows
+            stream_event_json(events[0][1], kind.stream_event_error)
+        return content_type, first, (chunks, passing)
+    content_type, first, rest = call.send(
+        kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
+        stream=ex.stream, extra_headers=forwarded, alternatives=False)
+    if rest is None:
+        return lambda: out.whole(200, [("content-type", content_type)], first)
+
+    def deliver() -> None:
+        chunks, passing = rest
+        out.start(content_type)
+        out.chunk(first)
+        for data in chunks:
+            out.chunk(passing.take(data)[0])
+        last = passing.finish()
+        if not passing.ended:
+            raise UpstreamError("upstream %r ended its stream before the reply was "
+                                "finished" % runtime.name, status=502)
+        out.chunk(last)
+        if ex.usage is None:
+            ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
+    return deliver
+
+
+# The text fields of the three dialects' stream events, for an estimate of the output of
+# a passed-through stream whose upstream reported no usage.
+STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
+                               r'reasoning_content|reasoning)": ?"((?:[^"\\]|\\.)*)"')
+
+
+class PassingStream:
+    """A passed-through stream as it goes by: its usage (for the access log), whether
+    its dialect's last event went by, and for SSE the start of an event not yet whole,
+    held back, so that a stream cut in the middle of an event never hands the client
+    half of one (and the error event that ends it starts clean). Secrets the upstream
+    repeats are removed from whole events."""
+
+    def __init__(self, ex: Exchange, kind: UpstreamKind, content_type: str, max_event: int,
+                 redactor: Redactor):
+        self.ex, self.kind, self.redactor = ex, kind, redactor
+        self.sse = content_type.startswith("text/event-stream")
+        self.ended = kind.stream_end is None
+        self.held = bytearray()
+        self.max_event = max_event
+        self.text_chars = 0
+        self._parser = SSEParser(max_event)
+        self._tail = ""
+
+    def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
+        """(the bytes that may go to the client now, the whole events that arrived)."""
+        try:
+            events = self._parser.feed(data)
+        except ValueError as exc:
+            raise UpstreamError("the upstream sent %s (max_reply_bytes)" % exc,
+                                status=502) from None
+        for _, text in events:
+            if "usage" in text:   # the only events worth parsing, for the access log
+                try:
+                    self.ex.usage = self.kind.usage_from(json.loads(text), self.ex.usage)
+                except (ValueError, RecursionError):
+                    pass
+            if self.ex.usage is None:
+                self.text_chars += sum(map(len, STREAM_TEXT_FIELD.findall(text)))
+        end = self.kind.stream_end
+        if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
+            window = self._tail + data.decode("utf-8", "replace")
+            self.ended = self.ended or (end is not None and end.search(window) is not None)
+            self._tail = window[-64:]
+            return self.redactor.bytes(data), events
+        self.ended = self.ended or (end is not None and any(end.search(text)
+                                                            for _, text in events))
+        self.held += data
+        whole = sse_complete_length(self.held)
+        ready = bytes(self.held[:whole])
+        del self.held[:whole]
+        return self.redactor.bytes(ready), events
+
+    def finish(self) -> bytes:
+        """At the end of the body: what is still held back (a last event without its
+        blank line, which the hub's own reading accepts too)."""
+        end = self.kind.stream_end
+        self.ended = self.ended or (end is not None and any(
+            end.search(text) for _, text in self._parser.finish()))
+        held, self.held = bytes(self.held), bytearray()
+        return self.redactor.bytes(held)
+
+
+def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:
+    """Token counts for a passed-through stream whose upstream reported none: the prompt
+    as the hub would count it, the output from the length of the text that went by."""
+    try:
+        prompt = estimate_prompt_tokens(rq.dialect.decode_request(rq.ex, rq.head, rq.payload,
+                                                                  False))
+    except (ProxyError, RecursionError):
+        prompt = 0
+    return Usage(prompt, math.ceil(text_chars / 4), estimated=True)
 
 
 class Proxy:
-    """The application: configuration, upstreams and the blocking request handlers that
-    run in worker threads. The asyncio server (ProxyServer) is its only caller."""
+    """The application: configuration, upstreams and the blocking request handler that
+    runs in worker threads. The asyncio server (ProxyServer) is its only caller."""
 
     def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
         self.environ = environ
@@ -5336,12 +6344,15 @@ class Proxy:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.server["workers"], thread_name_prefix="upstream")
         self.started = time.time()
+        self.instance = new_id(nbytes=6)   # in HOP_HEADER: a request that comes back is a loop
+        self.listening: Optional[Tuple[str, int]] = None
         self.active = 0   # requests inside a worker right now
         self._active_lock = threading.Lock()
         self.live = self._make_live(config, None)
 
     def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
         upstreams = {}
+        unusable = {name: (503, "is off: " + why) for name, why in config.disabled.items()}
         for name, spec in config.upstreams.items():
             old = previous.upstreams.get(name) if previous else None
             if old is not None:   # the same pool: requests in flight on it still count
@@ -5349,11 +6360,16 @@ class Proxy:
                 keys.reconfigure(spec["api_keys"], spec, spec["kind"])
             else:
                 keys = KeyPool(name, spec["api_keys"], spec, spec["kind"])
-            upstreams[name] = UpstreamRuntime(
-                name, spec, UPSTREAM_KINDS[spec["kind"]],
-                upstream_target(spec["base_url"], self.environ)
-                if spec["kind"] != "echo" else None, keys)
-        return Live(config, upstreams, Redactor(config.secrets()))
+            target = upstream_target(spec["base_url"], self.environ) \
+                if spec["kind"] != "echo" else None
+            upstreams[name] = UpstreamRuntime(name, spec, UPSTREAM_KINDS[spec["kind"]],
+                                              target, keys)
+            if target is not None and self.listening and is_this_address(
+                    target, *self.listening):
+                unusable[name] = (508, "leads back to this proxy: upstreams.%s.base_url "
+                                  "(%s) is the address this proxy listens on"
+                                  % (name, display_url(spec["base_url"])))
+        return Live(config, upstreams, Redactor(config.secrets()), unusable)
 
     @property
     def config(self) -> Config:
@@ -5362,6 +6378,16 @@ class Proxy:
     @property
     def upstreams(self) -> Dict[str, UpstreamRuntime]:
         return self.live.upstreams
+
+    @property
+    def workers_free(self) -> int:
+        return self.config.server["workers"] - self.active
+
+    def listen_on(self, host: str, port: int) -> None:
+        """Where the server listens: an upstream whose base_url is that address would
+        send each request back to this proxy, forever."""
+        self.listening = (host, port)
+        self.live = self._make_live(self.config, self.live)
 
     def reload(self, config: Config) -> None:
         """Use a new configuration from the next request on: upstreams, keys (refused
@@ -5393,9 +6419,9 @@ class Proxy:
             spec = runtime.spec
             where = display_url(spec["base_url"]) if runtime.target else "(answers locally)"
             keys = spec["api_keys"]
-            off = self.config.disabled.get(name)
+            _, why = self.live.unusable.get(name, (0, ""))
             lines.append("upstream %s: %s %s%s" % (
-                name, spec["kind"], where, " is OFF: " + off if off else
+                name, spec["kind"], where, " " + why if why else
                 " with key " + fingerprint(keys[0]) if len(keys) == 1 else
                 " with %d keys" % len(keys) if keys else ""))
         for route in self.config.routes:
@@ -5405,12 +6431,20 @@ class Proxy:
                         for up, model in route.fallbacks)))
         return lines
 
+    def health(self) -> Tuple[int, Dict[str, Any]]:
+        """GET /health: 200 while a request can start now; 503 when every worker is busy
+        (a load balancer should send new requests elsewhere)."""
+        free = self.workers_free
+        if free > 0:
+            return 200, {"status": "ok", "workers_free": free}
+        return 503, {"status": "degraded", "workers_free": 0,
+                     "reason": "all %d workers are busy" % self.config.server["workers"]}
+
     def status(self) -> Dict[str, Any]:
         """GET /status: requests in flight and each upstream's keys, as fingerprints."""
         live = self.live
         upstreams = {}
         for name, runtime in live.upstreams.items():
-            parts = urllib.parse.urlsplit(runtime.spec["base_url"])
             pool = runtime.keys.status()
             for key in pool["keys"]:
                 key["last_error"] = live.redactor.text(key["last_error"])
@@ -5418,12 +6452,12 @@ class Proxy:
                                   for scope, why in key["refused"].items()}
             upstreams[name] = dict({
                 "kind": runtime.kind.name,
-                "base_url": "%s://%s%s" % (parts.scheme, parts.hostname or "", (
-                    ":%d" % parts.port) if parts.port else "") + parts.path
-                if runtime.target else "",
+                "base_url": display_url(runtime.spec["base_url"]) if runtime.target else "",
+                "unusable": live.unusable.get(name, (0, ""))[1],
                 "max_concurrency": runtime.spec["max_concurrency"]}, **pool)
         return {"version": __version__, "uptime_seconds": int(time.time() - self.started),
-                "in_flight": self.active, "upstreams": upstreams}
+                "in_flight": self.active, "workers_free": self.workers_free,
+                "upstreams": upstreams}
 
     # -- in worker threads -----------------------------------------------------------
 
@@ -5437,48 +6471,31 @@ class Proxy:
         settings = live.config.logging
         detail = DetailLog(settings["log_dir"] or "logs", ex.rid, live.redactor,
                            settings["max_logged_body_bytes"]) if settings["detailed"] else None
-        rq = Request(live, ex, head, body, dialect, pipe, detail)
+        hops = [h.strip() for h in head.header(HOP_HEADER).split(",") if h.strip()]
+        rq = Request(live, ex, head, body, dialect, pipe, detail, self.pool,
+                     ", ".join(hops + [self.instance]))
         try:
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
             rq.payload = parse_json_body(body)
-            ex.client_model = dialect.request_model(ex, rq.payload)
+            ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
+            if self.instance in hops:
+                raise self._loop_error(ex.client_model)
+            ex.options = dialect.reply_options(head, rq.payload)
+            if dialect.streams(ex, rq.payload):
+                rq.out.expect_stream(dialect.stream_content_type(ex))
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
-            attempt = self._count if ex.action == "count_tokens" else \
-                self._embed if ex.action in ("embed", "batch_embed") else self._generate
-            deliver = self._failover(rq, candidates, attempt)
-            deliver()
+            failover(rq, candidates, ACTIONS[ex.action])()
         except ClientGone:
             ex.status, ex.error = 499, "the client closed the connection"
         except ProxyError as err:
-            if pipe.gone:
-                ex.status, ex.error = 499, "the client closed the connection"
-                return
-            err.message = live.redactor.text(err.message)
-            ex.error = err.message
-            if rq.out.committed:
-                log.warning("%s: stream to the client ended early: %s", ex.rid, err.message)
-                return
-            raw = err.raw if isinstance(err, UpstreamError) else None
-            try:
-                if raw is not None:   # from a pass-through: already in the client's dialect
-                    rq.out.whole(err.status, raw[0], live.redactor.text(
-                        raw[1].decode("utf-8", "replace")).encode("utf-8"))
-                else:
-                    rq.out.whole(*dialect.encode_error(err))
-            except ClientGone:
-                pass
+            self._fail(rq, err)
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
+            self._fail(rq, ProxyError("internal error in gemini-proxy (request %s)" % ex.rid))
             ex.error = "internal error: %s" % exc.__class__.__name__
-            if not rq.out.committed and not pipe.gone:
-                try:
-                    rq.out.whole(*dialect.encode_error(
-                        ProxyError("internal error in gemini-proxy (request %s)" % ex.rid)))
-                except ClientGone:
-                    pass
         finally:
             rq.end()
             if detail:
@@ -5487,506 +6504,80 @@ class Proxy:
             with self._active_lock:
                 self.active -= 1
 
-    # -- retries and fallbacks -----------------------------------------------------------
-
-    def _failover(self, rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
-                  attempt: Callable[["UpstreamCall"], Callable[[], None]]
-                  ) -> Callable[[], None]:
-        """attempt() on the route's upstream, then on its fallbacks in order, until one
-        answers; returns what it returned (the function that writes the answer). Before
-        the client has received anything, failures are retried: see _attempts. When
-        no upstream had a usable key or a free slot, wait for one on the first upstream
-        that allows waiting. Raises the most useful failure when nothing worked: a 429
-        with the earliest retry time when rate limits were the trouble."""
-        failures: List[UpstreamError] = []
-        unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
-        give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
-        for runtime, model in candidates:
-            off = rq.live.config.disabled.get(runtime.name)
-            if off is not None:
-                failures.append(UpstreamError("upstream %r is off: %s" % (runtime.name, off),
-                                              status=503))
-                continue
-            deliver = self._attempts(rq, runtime, model, attempt, failures, unavailable,
-                                     give_up_at, 0.0)
-            if deliver is not None:
-                return deliver
-        for runtime, model in candidates:
-            why = unavailable.get(runtime.name)
-            if why is not None and (why.status == 503 or (
-                    why.status == 429 and runtime.spec["wait_for_keys"])):
-                log.info("%s: waiting up to %gs for upstream %s: %s", rq.ex.rid,
-                         runtime.spec["wait_timeout"], runtime.name,
-                         rq.live.redactor.text(why.message))
-                wait_until = time.monotonic() + runtime.spec["wait_timeout"]
-                deliver = self._attempts(rq, runtime, model, attempt, failures, unavailable,
-                                         max(give_up_at, wait_until), wait_until)
-                if deliver is not None:
-                    return deliver
-                break
-        limited = [f for f in failures if f.status == 429]
-        if limited:   # the provider's own words, with the soonest time anything frees up
-            said = [f for f in limited if not isinstance(f, KeysUnavailable)]
-            best = (said or limited)[-1]
-            waits = [f.retry_after for f in limited if f.retry_after is not None]
-            if waits and (best.retry_after is None or min(waits) < best.retry_after):
-                # A sooner time than the provider's own reply says: the client gets the
-                # error in its dialect, which carries that time, instead of the raw reply.
-                best.retry_after, best.raw = min(waits), None
-            raise best
-        raise failures[-1]
-
-    def _attempts(self, rq: Request, runtime: UpstreamRuntime, model: str,
-                  attempt: Callable[["UpstreamCall"], Callable[[], None]],
-                  failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
-                  give_up_at: float, wait_until: float) -> Optional[Callable[[], None]]:
-        """Attempts on one upstream, each on a key from its pool: up to 1 + retries of
-        them, and none that would start after give_up_at (but the request's first). A
-        429 rests the key and a refusal (refusal_scope) takes it out, and the next
-        attempt takes another key at once (a refused key costs no attempt); a 408, a
-        5xx, a timeout or a broken connection waits a backoff first, unless that would
-        pass give_up_at. Another 4xx is the client's answer as it is. None when this
-        upstream is done with; its failures are in `failures`."""
-        spec, keys, ex = runtime.spec, runtime.keys, rq.ex
-        tries = 0
-        while True:
-            if ex.attempts and time.monotonic() >= give_up_at:
-                log.warning("%s: out of retry time (retry_budget) before trying %s",
-                            ex.rid, runtime.name)
-                return None
-            key = keys.acquire(model, wait_until, lambda: rq.pipe.gone)
-            if isinstance(key, KeysUnavailable):
-                if rq.pipe.gone:
-                    raise ClientGone()
-                unavailable[runtime.name] = key
-                failures.append(key)
-                return None
-            rq.held.append((keys, key))
-            ex.attempts += 1
-            try:
-                deliver = attempt(UpstreamCall(self, rq, runtime, model, key))
-                keys.succeeded(key)
-                return deliver
-            except UpstreamError as err:
-                rq.close_replies(reuse=True)
-                keys.failed(key, model, err)    # before the release: no waiter may take
-                rq.release_key(keys, key)       # a key that has just been rate limited
-                if rq.pipe.gone:
-                    raise ClientGone() from None
-                failures.append(err)
-                what = "%s with %s" % (runtime.name, key.name)
-                message = rq.live.redactor.text(err.message)[:300]
-                scope = refusal_scope(err)
-                if scope:
-                    log.warning("%s: %s refused (%d: %s); that key is out %s until a reload",
-                                ex.rid, what, err.status, message,
-                                "for everything" if scope == "*" else "for " + model)
-                    continue
-                if not retryable(err):
-                    raise
-                tries += 1
-                if tries > spec["retries"]:
-                    log.warning("%s: %s failed (%d: %s); no attempts left on %s", ex.rid,
-                                what, err.status, message, runtime.name)
-                    return None
-                if err.status == 429:
-                    log.info("%s: %s is rate limited (%s); trying another key", ex.rid,
-                             what, message)
-                    continue
-                delay = backoff_delay(spec, tries, err.retry_after)
-                if time.monotonic() + delay > give_up_at:
-                    log.warning("%s: %s failed (%d: %s); out of retry time", ex.rid, what,
-                                err.status, message)
-                    return None
-                log.warning("%s: %s failed (%d: %s); attempt %d of %d in %.2fs", ex.rid,
-                            what, err.status, message, tries + 1, spec["retries"] + 1, delay)
-                if not rq.pipe.sleep(delay):
-                    raise ClientGone() from None
-
-    # -- one attempt per request kind: talk to the upstream, return what writes the answer
-
-    def _generate(self, call: "UpstreamCall") -> Callable[[], None]:
-        if call.passthrough:
-            return self._passthrough(call)
-        rq, kind, spec = call.rq, call.runtime.kind, call.runtime.spec
-        ex, dialect = rq.ex, rq.dialect
-        chat = rq.chat()
-        ex.stream = chat.stream
-        cap = spec["max_output_tokens"]
-        if cap and chat.max_tokens is not None and chat.max_tokens > cap:
-            chat = dataclasses.replace(chat, max_tokens=cap)
-        if chat.extra:
-            log.debug("%s: not sent to %s (it cannot take them): %s", ex.rid,
-                      call.runtime.name, ", ".join(sorted(chat.extra)))
-        mode = spec["upstream_streaming"]
-        upstream_streams = chat.stream if mode == "match" else mode == "always"
-        reply: Optional[Reply] = None
-        events: Iterator[Any] = iter(())
-        if kind.answer_locally is not None:
-            events = kind.answer_locally(chat, call.model)
-        elif upstream_streams:
-            events = call.send(kind.generate_path(call.model, True),
-                               lambda options: kind.encode_request(
-                                   dataclasses.replace(chat, stream=True), call.model, options),
-                               call.open_stream, stream=True)
-        else:
-            reply = call.send(kind.generate_path(call.model, False),
-                              lambda options: kind.encode_request(
-                                  dataclasses.replace(chat, stream=False), call.model, options),
-                              lambda response: kind.decode_response(call.read_json(response),
-                                                                    call.model))
-        stops = spec["stop_strings"]
-        if not chat.stream:
-            if reply is None:   # a stream assembled while the client waits for a whole reply
-                reply = collect_reply(events, ex.rid, call.model)
-            if stops:
-                reply = cut_reply(reply, stops)
-            if reply.usage is None:
-                reply.usage = estimate_usage(chat, reply.choices[0].parts)
-            ex.usage = reply.usage
-            payload = dialect.encode_response(ex, reply)
-            return lambda: rq.out.json(payload)
-        if reply is not None:
-            events = reply_events(reply)
-        events = self._track_usage(ex, chat, cut_at_stop_strings(
-            events, stops, on_cut=lambda: rq.close_replies(reuse=False)))
-        first = next(events, None)   # the last moment a failure can still be retried
-        if first is None:
-            raise UpstreamError("upstream %r ended its stream without an answer"
-                                % call.runtime.name, status=502)
-
-        def deliver() -> None:
-            rq.out.start(dialect.stream_content_type(ex))
-            for chunk in dialect.encode_stream(ex, itertools.chain([first], events)):
-                rq.out.chunk(chunk)
-        return deliver
-
-    def _track_usage(self, ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
-        """Pass events on; record the usage, counting it when the upstream did not."""
-        parts = []
-        for event in events:
-            if isinstance(event, Finish):
-                if event.usage is None:
-                    event.usage = estimate_usage(chat, parts)
-                ex.usage = event.usage
-            else:
-                parts.append(event)
-            yield event
-
-    def _count(self, call: "UpstreamCall") -> Callable[[], None]:
-        """A token count: the upstream's own where it can count, else a local estimate."""
-        if call.passthrough:
-            return self._passthrough(call)
-        rq, kind = call.rq, call.runtime.kind
-        dialect = rq.dialect
-        assert dialect.decode_count_request and dialect.encode_count_response
-        chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
-        if kind.count_path is not None and kind.encode_count_request and chat.messages:
-            tokens = call.send(kind.count_path(call.model),
-                               lambda options: kind.encode_count_request(chat, call.model),
-                               lambda response: kind.decode_count_response(
-                                   call.read_json(response)))
-        else:
-            tokens = estimate_prompt_tokens(chat)
-        payload = dialect.encode_count_response(tokens)
-        return lambda: rq.out.json(payload)
-
-    def _embed(self, call: "UpstreamCall") -> Callable[[], None]:
-        if call.passthrough:
-            return self._passthrough(call)
-        rq, kind = call.rq, call.runtime.kind
-        dialect = rq.dialect
-        assert dialect.decode_embed_request and dialect.encode_embed_response
-        request = dialect.decode_embed_request(rq.ex, rq.payload)
-        if kind.embed_path is None or kind.encode_embed_request is None:
-            raise ClientError("upstream %r (%s) has no embeddings; route the model %r to an "
-                              "upstream that has them" % (call.runtime.name, kind.name,
-                                                          rq.ex.client_model))
-        reply = call.send(kind.embed_path(call.model),
-                          lambda options: kind.encode_embed_request(request, call.model),
-                          lambda response: kind.decode_embed_response(call.read_json(response)))
-        payload = dialect.encode_embed_response(rq.ex, reply)
-        return lambda: rq.out.json(payload)
-
-    def _passthrough(self, call: "UpstreamCall") -> Callable[[], None]:
-        """Client and upstream speak the same dialect: forward the request with the model
-        name and the key replaced, and the reply's bytes as they come. A stream that
-        ends without its dialect's last event was cut off: the client hears so."""
-        rq, runtime = call.rq, call.runtime
-        ex, head, body, payload, out = rq.ex, rq.head, rq.body, rq.payload, rq.out
-        kind, spec = runtime.kind, runtime.spec
-        if kind.name == "gemini":
-            ex.stream = ex.action == "stream"
-        else:
-            ex.stream = isinstance(payload, dict) and bool(payload.get("stream"))
-            if payload.get("model") != call.model:
-                payload = dict(payload, model=call.model)
-                body = b""
-        if spec["extra_body"]:
-            payload, body = dict(payload, **spec["extra_body"]), b""
-        body = body or json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        forwarded = [(name, head.header(name)) for name in ("anthropic-beta",)
-                     if head.header(name)]
-        if kind.name == "anthropic" and head.header("anthropic-version"):
-            forwarded.append(("anthropic-version", head.header("anthropic-version")))
-
-        def opened(response: UpstreamResponse) -> Any:
-            content_type = response.headers.get("content-type", "application/json")
-            if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
-                data = call.read_body(response)
-                ex.usage = kind.usage_from(call.json_of(data), None)
-                return content_type, data, None
-            chunks = response.raw_chunks(call.sink("3. upstream response: %d"
-                                                   % response.status))
-            passing = PassingStream(ex, kind, content_type)
-            first = b""
-            while not first:    # up to the first whole event
-                data = next(chunks, b"")
-                if not data:
-                    raise UpstreamError("upstream %r ended its stream without sending "
-                                        "anything" % runtime.name, status=502)
-                first, events = passing.take(data)
-            if events and events[0][1] != "[DONE]":   # the first event shows what follows
-                stream_event_json(events[0][1], kind.stream_event_error)
-            return content_type, first, (chunks, passing)
-        content_type, first, rest = call.send(
-            kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
-            stream=ex.stream, extra_headers=forwarded, alternatives=False)
-        if rest is None:
-            return lambda: out.whole(200, [("content-type", content_type)], first)
-
-        def deliver() -> None:
-            chunks, passing = rest
-            out.start(content_type)
-            out.chunk(first)
-            try:
-                for data in chunks:
-                    out.chunk(passing.take(data)[0])
-                last = passing.finish()
-                if not passing.ended:
-                    raise UpstreamError("upstream %r ended its stream before the reply was "
-                                        "finished" % runtime.name, status=502)
-                out.chunk(last)
-            except UpstreamError as error:
-                out.chunk(rq.dialect.stream_error(error))
-                raise
-        return deliver
-
-
-class PassingStream:
-    """A passed-through stream as it goes by: its usage (for the access log), whether
-    its dialect's last event went by, and for SSE the start of an event not yet whole,
-    held back, so that a stream cut in the middle of an event never hands the client
-    half of one (and the error event that ends it starts clean)."""
-
-    def __init__(self, ex: Exchange, kind: UpstreamKind, content_type: str):
-        self.ex, self.kind = ex, kind
-        self.sse = content_type.startswith("text/event-stream")
-        self.ended = kind.stream_end is None
-        self.held = b""
-        self._parser = SSEParser()
-        self._tail = ""
-
-    def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
-        """(the bytes that may go to the client now, the whole events that arrived)."""
-        events = self._parser.feed(data)
-        for _, text in events:
-            if "usage" in text:   # the only events worth parsing, for the access log
-                try:
-                    self.ex.usage = self.kind.usage_from(json.loads(text), self.ex.usage)
-                except ValueError:
-                    pass
-        end = self.kind.stream_end
-        if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
-            window = self._tail + data.decode("utf-8", "replace")
-            self.ended = self.ended or (end is not None and end.search(window) is not None)
-            self._tail = window[-64:]
-            return data, events
-        self.ended = self.ended or (end is not None and any(end.search(text)
-                                                            for _, text in events))
-        data = self.held + data
-        whole = sse_complete_length(data)
-        data, self.held = data[:whole], data[whole:]
-        return data, events
-
-    def finish(self) -> bytes:
-        """At the end of the body: what is still held back (a last event without its
-        blank line, which the hub's own reading accepts too)."""
-        end = self.kind.stream_end
-        self.ended = self.ended or (end is not None and any(
-            end.search(text) for _, text in self._parser.finish()))
-        held, self.held = self.held, b""
-        return held
-
-
-class UpstreamCall:
-    """One attempt of a request on one upstream with one key: sends, opens the reply
-    (closed by the Request), writes detailed logs."""
-
-    def __init__(self, proxy: Proxy, rq: Request, runtime: UpstreamRuntime, model: str,
-                 key: KeyState):
-        self.proxy, self.rq, self.runtime, self.model, self.key = proxy, rq, runtime, model, key
-        kind, spec = runtime.kind, runtime.spec
-        # Bytes go through untouched only when nothing asks the proxy to look inside.
-        self.passthrough = kind.dialect == rq.ex.dialect and (
-            rq.ex.action in ("count_tokens", "embed", "batch_embed") or (
-                spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
-        rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
-        rq.ex.passthrough = self.passthrough
-
-    def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
-        return self.rq.detail.stream(title) if self.rq.detail else None
-
-    def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
-             prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
-             extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
-        """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
-        prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
-        may ask for one more try with different options (Gemini: schemas in its own
-        subset). `build_body(options)` gives the body, a dict or bytes."""
-        runtime, rq = self.runtime, self.rq
-        spec = options = runtime.spec
-        kind = runtime.kind
-        assert runtime.target is not None
-        full_path = upstream_path(runtime.target.base_path, path)
-        if spec["query"]:
-            full_path += ("&" if "?" in full_path else "?") + \
-                urllib.parse.urlencode(spec["query"])
-        headers = [("content-type", "application/json"),
-                   ("accept", "text/event-stream" if stream else "application/json"),
-                   ("user-agent", "gemini-proxy/" + __version__)]
-        headers += kind.auth_headers(self.key.key, spec)
-        headers += list(spec["headers"].items()) + list(extra_headers)
-        tried_alternative = False
-        while True:
-            body = build_body(options)
-            if not isinstance(body, bytes):
-                body = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            if rq.detail:
-                rq.detail.stage("2. upstream request: POST %s%s (attempt %d, %s)" % (
-                    spec["base_url"], full_path, rq.ex.attempts, self.key.name), headers, body)
-            timeouts = Timeouts(spec["connect_timeout"], spec["first_byte_timeout"],
-                                spec["read_timeout"], time.monotonic() + spec["total_timeout"]
-                                if spec["total_timeout"] else None)
-            try:
-                response = open_upstream_blocking(
-                    self.proxy.pool, runtime.target, runtime.name, "POST", full_path, body,
-                    headers, timeouts, spec["max_idle_connections"])
-                rq.opened.append(response)
-                rq.pipe.on_abort(response.abort)
-                if response.status >= 300:
-                    raise self._failure(response)
-                return read_upstream(runtime.name, lambda: prepare(response))
-            except UpstreamError as err:
-                alternative = kind.retry_with(err, options) if alternatives else None
-                if alternative is None or tried_alternative or rq.pipe.gone:
-                    raise
-                tried_alternative, options = True, alternative
-                rq.close_replies(reuse=True)
-                log.info("%s: upstream %s refused the request (%s); trying again with "
-                         "other options", rq.ex.rid, runtime.name,
-                         rq.live.redactor.text(err.message)[:200])
-
-    def open_stream(self, response: UpstreamResponse) -> Iterator[Any]:
-        """A streamed reply's events, once its first event has arrived and is not an
-        error (an upstream may answer 200 and then put its error in the stream)."""
-        kind, name = self.runtime.kind, self.runtime.name
-        raw = response.sse_events(self.sink("3. upstream response: %d" % response.status))
-        first = next(raw, None)
-        if first is None:
-            raise UpstreamError("upstream %r ended its stream without sending anything"
-                                % name, status=502)
-        error = kind.stream_event_error(first[1])
-        if error is not None:
-            raise error
-        return read_upstream_events(name, kind.decode_stream(itertools.chain([first], raw)))
-
-    def read_body(self, response: UpstreamResponse) -> bytes:
-        data = response.read_body()
-        if self.rq.detail:
-            self.rq.detail.stage("3. upstream response: %d" % response.status,
-                                 response.headers.items(), data)
-        return data
-
-    def read_json(self, response: UpstreamResponse) -> Any:
-        return self.json_of(self.read_body(response))
-
-    def json_of(self, data: bytes) -> Any:
+    @staticmethod
+    def _fail(rq: Request, error: ProxyError) -> None:
+        if rq.pipe.gone:
+            rq.ex.status, rq.ex.error = 499, "the client closed the connection"
+            return
         try:
-            return json.loads(data)
-        except ValueError:
-            raise UpstreamError("upstream %r replied with invalid JSON: %r"
-                                % (self.runtime.name, data[:200]), status=502) from None
+            rq.fail(error)
+        except ClientGone:
+            pass
 
-    def _failure(self, response: UpstreamResponse) -> UpstreamError:
-        """A non-2xx reply as an UpstreamError that keeps the status, the message and the
-        retry time (Retry-After, the kind's own hint, or a rate-limit reset header), and
-        for a pass-through the raw body and its headers."""
-        data = response.read_body(1024 * 1024)
-        if self.rq.detail:
-            self.rq.detail.stage("3. upstream response: %d" % response.status,
-                                 response.headers.items(), data)
+    def _loop_error(self, model: str) -> ProxyError:
+        """The answer to a request that has already been through this proxy: some
+        upstream's base_url leads back here (directly, or through other proxies)."""
         try:
-            payload: Any = json.loads(data)
-        except ValueError:
-            payload = data.decode("utf-8", "replace")
-        error = self.runtime.kind.decode_error(response.status, payload, response.headers)
-        error.message = "upstream %r answered %d: %s" % (self.runtime.name, response.status,
-                                                         error.message)
-        if error.retry_after is None and error.status == 429:
-            error.retry_after = parse_reset_hint(response.headers)
-        if self.passthrough:
-            headers = [("content-type",
-                        response.headers.get("content-type", "application/json"))]
-            if "retry-after" in response.headers:
-                headers.append(("retry-after", response.headers["retry-after"]))
-            error.raw = (headers, data)
-        return error
+            upstream = route_candidates(self.config, model)[0][0]
+            where = "; requests for %r go to upstream %r, whose base_url is %s" % (
+                model, upstream, display_url(self.config.upstreams[upstream]["base_url"]))
+        except ProxyError:
+            where = ""
+        return ProxyError("loop detected: this request has already passed through this "
+                          "proxy, so an upstream's base_url leads back to it%s. Point that "
+                          "base_url at the provider itself." % where, status=508)
 
 
-HEALTH_PATHS = ("/health", "/healthz")    # open to all: load balancers probe them
-STATUS_PATH = "/status"                   # upstreams and keys: needs a client key
+# ---- 17. Server ------------------------------------------------------------------------------
+#
+# The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
+# worker thread (section 16) and writes what comes back through its pipe. Everything the
+# head decides (the endpoint, the client key) is decided before a body is read. The
+# status line is written once an upstream has answered 2xx and its first event has
+# arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
+
+# The largest body of a refused request (401, 404, 405) that is read and dropped to keep
+# its connection open; a larger one closes the connection unread.
+REFUSED_BODY_READ = 64 * 1024
+
+# File descriptors kept free for what is not a client connection: upstream connections
+# (one per request in flight), log files, the event loop's own.
+FD_RESERVE = 64
 
 
-def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], str,
-                                              Dict[str, str]]:
-    """(dialect, action, path parameters) for a request; action "method_not_allowed" when
-    only the method is wrong, "not_found" when nothing matches."""
-    wrong_method = False
-    for dialect in CLIENT_DIALECTS.values():
-        for endpoint in dialect.endpoints:
-            match = endpoint.pattern.match(head.path)
-            if match is None or (endpoint.accepts is not None and not endpoint.accepts(head)):
-                continue
-            if endpoint.method == head.method:
-                return dialect, endpoint.action, match.groupdict()
-            wrong_method = True
-    return None, "method_not_allowed" if wrong_method else "not_found", {}
+class SendTimeout(Exception):
+    """A client stopped reading for server.send_timeout seconds."""
 
 
-def allowed_methods(path: str) -> List[str]:
-    """The methods some endpoint takes on this path (for 405 and its Allow header)."""
-    return sorted({e.method for dialect in CLIENT_DIALECTS.values()
-                   for e in dialect.endpoints if e.pattern.match(path)})
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (thousands of
+    streams need thousands of sockets); the limit now, or 0 where there is none to read."""
+    if resource is None:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):   # macOS refuses more than its own OPEN_MAX
+            pass
+    return 0 if soft == resource.RLIM_INFINITY else soft
 
 
-def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
-    """The dialect an unroutable or malformed request most likely speaks, for its error:
-    by the headers each SDK sends, else Gemini (the proxy's first clients)."""
-    if head is None:
-        return GEMINI_DIALECT
-    if _is_anthropic_client(head) or head.path.startswith("/v1/messages"):
-        return ANTHROPIC_DIALECT
-    if not _is_gemini_client(head) and (head.header("authorization") or
-                                        head.path.startswith(("/v1/chat", "/chat/"))):
-        return OPENAI_DIALECT
-    return GEMINI_DIALECT
+def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
+    expired.append(True)
+    task.cancel()
 
 
 class _ClientConnection:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.busy = False
+
+
+LOCAL_ACTIONS = ("health", "status", "list_models", "get_model")
 
 
 class ProxyServer:
@@ -5999,35 +6590,70 @@ class ProxyServer:
         self.proxy = Proxy(config, environ)
         self.port = 0
         self._limits = config.server
+        self.max_connections = config.server["max_connections"]
         self._server: Optional[asyncio.AbstractServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
         self._connections: set = set()
         self._pipes: set = set()          # requests whose worker may still be running
         self._draining = False
+        self._stop_requests = 0
+        self._last_resource_warning = 0.0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._loop.set_exception_handler(self._loop_exception)
+        limit = raise_open_file_limit()
+        room = max(1, (limit - FD_RESERVE) // 2) if limit else 10000
+        if self.max_connections > room:
+            log.warning("server.max_connections lowered to %d: the open-file limit is %d and "
+                        "each connection may need an upstream one too (raise ulimit -n)",
+                        room, limit)
+        self.max_connections = min(self.max_connections or room, room)
         self._server = await asyncio.start_server(
             self._serve_connection, self.config.server["host"], self.config.server["port"],
             reuse_address=True, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.proxy.listen_on(self.config.server["host"], self.port)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+        """Running out of file descriptors makes every accept fail: say so once in a
+        while, not once per attempt; anything else as asyncio would."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE,
+                                                      errno.ENOBUFS, errno.ENOMEM):
+            now = time.monotonic()
+            if now - self._last_resource_warning >= 10:
+                self._last_resource_warning = now
+                log.error("out of %s (%s): new connections wait until some close; raise "
+                          "the open-file limit (ulimit -n) or lower server.max_connections",
+                          "file descriptors" if exc.errno in (errno.EMFILE, errno.ENFILE)
+                          else "memory", exc.strerror)
+            return
+        loop.default_exception_handler(context)
 
     @property
     def requests_in_flight(self) -> int:
         """Requests whose response is still being written (tests check it drops to 0)."""
         return len(self._pipes)
 
+    @property
+    def connections_open(self) -> int:
+        return len(self._connections)
+
     def reload(self, config: Config) -> None:
         """A new configuration for the requests that start from now on (SIGHUP)."""
         self.proxy.reload(config)
         self.config = config
 
-    def request_stop(self) -> None:
-        """Begin a graceful shutdown; safe to call from any thread or a signal handler."""
+    def request_stop(self) -> bool:
+        """Begin a graceful shutdown; safe to call from any thread or a signal handler.
+        False when one was already asked for (a second signal means: now)."""
+        self._stop_requests += 1
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+        return self._stop_requests == 1
 
     async def serve_until_stopped(self) -> None:
         assert self._server is not None and self._stop is not None
@@ -6037,20 +6663,27 @@ class ProxyServer:
         for connection in list(self._connections):
             if not connection.busy:
                 connection.writer.close()
-        deadline = time.monotonic() + self._limits["shutdown_grace"]
-        while any(c.busy for c in self._connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for pipe in list(self._pipes):   # past the grace period: stop upstream calls too
-            pipe.abort()
+        await self._wait_until_idle(self._limits["shutdown_grace"])
+        for pipe in list(self._pipes):   # past the grace period: stop upstream calls too,
+            pipe.abort("shutdown")       # each client told so in its own dialect
+        await self._wait_until_idle(2.0)
         for connection in list(self._connections):
             connection.writer.close()
         await asyncio.sleep(0)
         self.proxy.close()
 
+    async def _wait_until_idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while any(c.busy for c in self._connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     # -- one connection -------------------------------------------------------------
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            await self._turn_away(writer)
+            return
         connection = _ClientConnection(writer)
         self._connections.add(connection)
         buf = bytearray()
@@ -6069,13 +6702,24 @@ class ProxyServer:
                 connection.busy = False
                 if not keep_alive:
                     return
-        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                SendTimeout):
+            pass            # a client that leaves, or stops reading, is not an error
         except Exception:   # a bug: drop this connection, keep serving the others
             log.exception("connection handler failed")
         finally:
             self._connections.discard(connection)
             writer.close()
+
+    async def _turn_away(self, writer: asyncio.StreamWriter) -> None:
+        """A connection over server.max_connections: a 503 and goodbye, before reading
+        anything (its dialect is unknown, so the body is plain JSON)."""
+        body = json_bytes({"error": {"code": 503, "status": "UNAVAILABLE", "message":
+                                     "too many connections to this proxy; retry shortly"}})
+        writer.write(response_head(503, [("content-type", "application/json"),
+                                         ("retry-after", "1"), ("connection", "close"),
+                                         ("content-length", str(len(body)))]) + body)
+        writer.close()
 
     async def _read_more(self, reader: asyncio.StreamReader, buf: bytearray,
                          timeout: float) -> bool:
@@ -6083,7 +6727,7 @@ class ProxyServer:
         the time is up (cheaper per request than asyncio.wait_for's extra task)."""
         assert self._loop is not None
         task = asyncio.current_task()
-        expired = []
+        expired: List[bool] = []
         timer = self._loop.call_later(timeout, _expire, task, expired)
         try:
             data = await reader.read(65536)
@@ -6095,6 +6739,26 @@ class ProxyServer:
             timer.cancel()
         buf.extend(data)
         return bool(data)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """writer.drain(), but a client that reads nothing for send_timeout seconds is
+        given up on (its worker and upstream call are freed by the caller)."""
+        transport = writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            await writer.drain()     # not paused: returns at once, no timer needed
+            return
+        assert self._loop is not None
+        task = asyncio.current_task()
+        expired: List[bool] = []
+        timer = self._loop.call_later(self._limits["send_timeout"], _expire, task, expired)
+        try:
+            await writer.drain()
+        except asyncio.CancelledError:
+            if expired:
+                raise SendTimeout() from None
+            raise
+        finally:
+            timer.cancel()
 
     async def _read_head(self, reader: asyncio.StreamReader,
                          buf: bytearray) -> Optional[RequestHead]:
@@ -6132,15 +6796,25 @@ class ProxyServer:
                 return None
 
     async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         buf: bytearray, head: RequestHead, length: int) -> bytes:
-        if length and head.version == "HTTP/1.1" and \
+                         buf: bytearray, head: RequestHead, length: int,
+                         welcome: bool = True) -> bytes:
+        """The body: no pause longer than body_timeout, all of it within
+        body_total_timeout. A client that asked (Expect) is told to send it only when it
+        is `welcome`."""
+        if welcome and length and head.version == "HTTP/1.1" and \
                 head.header("expect").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        timeout = self._limits["body_timeout"]
+        deadline = time.monotonic() + self._limits["body_total_timeout"]
+
+        async def more() -> bool:
+            timeout = min(self._limits["body_timeout"], deadline - time.monotonic())
+            if timeout <= 0:
+                raise asyncio.TimeoutError()
+            return await self._read_more(reader, buf, timeout)
         try:
             if length >= 0:
                 while len(buf) < length:
-                    if not await self._read_more(reader, buf, timeout):
+                    if not await more():
                         raise ClientError("the request body ended early")
                 body = bytes(buf[:length])
                 del buf[:length]
@@ -6148,7 +6822,7 @@ class ProxyServer:
             decoder = ChunkedDecoder(self._limits["max_body_bytes"])
             pieces = decoder.feed(buf)
             while not decoder.done:
-                if not await self._read_more(reader, buf, timeout):
+                if not await more():
                     raise ClientError("the chunked request body ended early")
                 pieces += decoder.feed(buf)
             return b"".join(pieces)
@@ -6158,49 +6832,97 @@ class ProxyServer:
     async def _handle_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               buf: bytearray, head: RequestHead) -> bool:
         """Answer one request; True when the connection may carry another."""
-        dialect, action, params = match_endpoint(head)
+        dialect, endpoint, params, allowed = match_endpoint(head)
         error_dialect = dialect or guess_dialect(head)
-        ex = Exchange(new_id(nbytes=4), error_dialect.name, action,
+        ex = Exchange(new_id(nbytes=4), error_dialect.name, endpoint.action if endpoint else "",
                       client_model=params.get("model", "").replace("models/", "", 1))
         keep_alive = head.keep_alive and not self._draining
         try:
             length = request_body_length(head, self._limits["max_body_bytes"])
+        except ClientError as err:   # the framing is unknown: answer and close
+            return await self._refuse(reader, writer, buf, head, ex, error_dialect, err, 0, False)
+        # What the head decides comes first: a body is read only for a request that
+        # may be answered (and 100 Continue is sent only then).
+        if endpoint is None:
+            if allowed:
+                error = ClientError("%s is not allowed on %s" % (head.method, head.path),
+                                    status=405)
+                return await self._refuse(reader, writer, buf, head, ex, error_dialect, error,
+                                          length, keep_alive, [("allow", ", ".join(allowed))])
+            error = ClientError("no endpoint %s %s" % (head.method, head.path), status=404)
+            return await self._refuse(reader, writer, buf, head, ex, error_dialect, error, length,
+                                      keep_alive)
+        if not endpoint.open_to_all and not self.proxy.authorized(head):
+            error = ClientError("missing or wrong API key for this proxy", status=401)
+            return await self._refuse(reader, writer, buf, head, ex, error_dialect, error, length,
+                                      keep_alive)
+        try:
             body = await self._read_body(reader, writer, buf, head, length)
-        except ClientError as err:   # the framing is unknown now: answer and close
+        except ClientError as err:   # the framing is lost: answer and close
             await self._send_error(writer, error_dialect, err, ex.rid, keep_alive=False)
+            ex.error = err.message
             self._access(head, ex, err.status)
             return False
-        allowed = ["GET", "HEAD"] if head.path in HEALTH_PATHS or head.path == STATUS_PATH \
-            else allowed_methods(head.path)
-        if head.path in HEALTH_PATHS and head.method in allowed:
-            return await self._send_json(writer, 200, {"status": "ok"}, keep_alive, ex, head)
-        extra_headers: List[Tuple[str, str]] = []
-        if not allowed:
-            error: Optional[ProxyError] = ClientError(
-                "no endpoint %s %s" % (head.method, head.path), status=404)
-        elif head.method not in allowed or (action in ("not_found", "method_not_allowed")
-                                            and head.path != STATUS_PATH):
-            error = ClientError("%s is not allowed on %s" % (head.method, head.path), status=405)
-            extra_headers = [("allow", ", ".join(allowed))]
-        elif not self.proxy.authorized(head):
-            error = ClientError("missing or wrong API key for this proxy", status=401)
-        else:
-            error = None
-        if error is not None:
-            await self._send_error(writer, error_dialect, error, ex.rid, keep_alive,
-                                   extra_headers)
-            self._access(head, ex, error.status)
-            return keep_alive
-        if head.path == STATUS_PATH:
-            return await self._send_json(writer, 200, self.proxy.status(), keep_alive, ex,
-                                         head)
-        if action == "list_models":
-            return await self._send_json(writer, 200, dialect.list_models(
-                routable_models(self.proxy.config)), keep_alive, ex, head)
-        if action == "get_model":
-            return await self._send_json(writer, 200, dialect.get_model(ex.client_model),
-                                         keep_alive, ex, head)
+        if endpoint.action in LOCAL_ACTIONS:
+            status, payload = self._local(endpoint.action, dialect, ex)
+            return await self._send_json(writer, status, payload, keep_alive, ex, head)
+        assert dialect is not None
         return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
+
+    def _local(self, action: str, dialect: Optional[ClientDialect],
+               ex: Exchange) -> Tuple[int, Any]:
+        """The endpoints the proxy answers itself, from what it knows."""
+        if action == "health":
+            return self.proxy.health()
+        if action == "status":
+            return 200, self.proxy.status()
+        assert dialect is not None
+        if action == "list_models":
+            return 200, dialect.list_models(routable_models(self.proxy.config))
+        return 200, dialect.get_model(ex.client_model)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      buf: bytearray, head: RequestHead, ex: Exchange, dialect: ClientDialect,
+                      error: ProxyError, length: int, keep_alive: bool,
+                      extra_headers: Iterable[Tuple[str, str]] = ()) -> bool:
+        """Answer a request decided by its head alone. A small body is read and dropped,
+        so the connection can carry the next request; a larger or chunked one is never
+        read: the answer says close, and what the client still sends is dropped for a
+        moment so that it can read the answer."""
+        ex.error = error.message
+        waits_for_continue = head.header("expect").lower() == "100-continue"
+        keep_alive = keep_alive and 0 <= length <= REFUSED_BODY_READ and not (
+            length and waits_for_continue)
+        if keep_alive and length:
+            try:
+                await self._read_body(reader, writer, buf, head, length, welcome=False)
+            except ClientError:
+                keep_alive = False
+        await self._send_error(writer, dialect, error, ex.rid, keep_alive, extra_headers)
+        self._access(head, ex, error.status)
+        if not keep_alive:
+            await self._linger(reader, writer)
+        return keep_alive
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Closing a socket with unread data makes the kernel reset the connection, and
+        the client may lose the answer it was sent: read and drop a little first."""
+        assert self._loop is not None
+        if writer.can_write_eof():
+            try:
+                writer.write_eof()
+            except OSError:
+                return
+        deadline = self._loop.time() + 1.0
+        dropped = 0
+        while dropped < MiB and self._loop.time() < deadline:
+            scratch = bytearray()
+            try:
+                if not await self._read_more(reader, scratch, deadline - self._loop.time()):
+                    return
+            except (asyncio.TimeoutError, ConnectionError):
+                return
+            dropped += len(scratch)
 
     async def _proxy_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              buf: bytearray, head: RequestHead, body: bytes, ex: Exchange,
@@ -6208,6 +6930,7 @@ class ProxyServer:
         """Hand the request to a worker thread and write what comes back through the pipe,
         watching the socket meanwhile: a client that leaves stops the upstream call."""
         assert self._loop is not None
+        dialect = CLIENT_DIALECTS[ex.dialect]
         pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
         self._pipes.add(pipe)
         self.proxy.executor.submit(self.proxy.handle_blocking, ex, head, body, pipe)
@@ -6217,38 +6940,33 @@ class ProxyServer:
             CLIENT_WATCH_DELAY, lambda: watcher.append(
                 asyncio.ensure_future(self._watch_client(reader, buf, pipe))))
         try:
-            items = await pipe.take()
+            items = await self._first_items(pipe)
+            if not items:   # abandoned before anything was sent
+                if pipe.why_gone == "shutdown":
+                    await self._send_error(writer, dialect, ProxyError(
+                        "the proxy is shutting down", status=503), ex.rid, keep_alive=False)
+                    ex.status, ex.error = 503, "the proxy is shutting down"
+                return False
             first: ResponseHead = items[0]
+            ex.first_byte = time.monotonic() - ex.started
             headers = first.headers + [("x-request-id", ex.rid)]
             if first.body is not None:
                 await self._write(writer, first.status, headers, first.body, keep_alive)
                 return keep_alive
+            ex.status = first.status
             headers += [("transfer-encoding", "chunked"),
                         ("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
-            items = items[1:]
-            # A silent stream gets the dialect's keep-alive, but only between two events.
-            keepalive = CLIENT_DIALECTS[ex.dialect].keepalive
-            interval = self._limits["keepalive_interval"] if keepalive else None
-            between_events = True
-            while True:
-                ended = None in items
-                data = b"".join(encode_chunk(item) for item in items if item is not None)
-                if ended:
-                    writer.write(data + LAST_CHUNK)
-                    await writer.drain()
-                    return keep_alive and not pipe.gone
-                if data:
-                    between_events = data.endswith((b"\n\n\r\n", b"\r\n\r\n\r\n"))  # event ended
-                    writer.write(data)
-                    await writer.drain()
-                items = await pipe.take(interval)
-                if not items and between_events:
-                    writer.write(encode_chunk(keepalive))
-                    await writer.drain()
+            return await self._relay(writer, pipe, dialect, items[1:], keep_alive)
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
+            return False
+        except SendTimeout:
+            pipe.abort("send_timeout")
+            ex.error = "the client read nothing for %gs (send_timeout); dropped" \
+                % self._limits["send_timeout"]
+            writer.transport.abort()
             return False
         finally:
             start_watching.cancel()
@@ -6259,6 +6977,49 @@ class ProxyServer:
                 await asyncio.gather(task, return_exceptions=True)
             self._pipes.discard(pipe)
             self._access(head, ex, ex.status)
+
+    async def _first_items(self, pipe: ChunkPipe) -> List[Any]:
+        """The first things the worker sent, the response head first; a stream's head
+        alone when its upstream has been silent for stream_headers_after seconds; []
+        when the request was abandoned first."""
+        wait = self._limits["stream_headers_after"]
+        items = await pipe.take(wait or None)
+        while not items and not pipe.gone:
+            early = pipe.commit_early()
+            if early is not None:
+                return [early]
+            items = await pipe.take()
+        return items
+
+    async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
+                     dialect: ClientDialect, items: List[Any], keep_alive: bool) -> bool:
+        """A chunked stream from the pipe to the client, keep-alives in its silences; a
+        stream the shutdown cuts ends with the dialect's error and a proper end."""
+        interval = self._limits["keepalive_interval"] if dialect.keepalive else None
+        between_events = True
+        while True:
+            ended = None in items
+            data = b"".join(encode_chunk(item) for item in items if item is not None)
+            if ended:
+                writer.write(data + LAST_CHUNK)
+                await self._drain(writer)
+                return keep_alive and not pipe.gone
+            if data:
+                between_events = data.endswith((b"\n\n\r\n", b"\r\n\r\n\r\n"))  # event ended
+                writer.write(data)
+                await self._drain(writer)
+            items = await pipe.take(interval)
+            if items:
+                continue
+            if pipe.gone:
+                if pipe.why_gone == "shutdown" and between_events:
+                    writer.write(encode_chunk(dialect.stream_error(ProxyError(
+                        "the proxy is shutting down", status=503))) + LAST_CHUNK)
+                    await self._drain(writer)
+                return False
+            if between_events and interval:
+                writer.write(encode_chunk(dialect.keepalive))
+                await self._drain(writer)
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
                             pipe: ChunkPipe) -> None:
@@ -6280,7 +7041,7 @@ class ProxyServer:
         headers = headers + [("content-length", str(len(body))),
                              ("connection", "keep-alive" if keep_alive else "close")]
         writer.write(response_head(status, headers) + (b"" if head_only else body))
-        await writer.drain()
+        await self._drain(writer)
 
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
                          keep_alive: bool, ex: Exchange, head: RequestHead) -> bool:
@@ -6299,25 +7060,30 @@ class ProxyServer:
             headers = headers + [("x-request-id", rid)]
         try:
             await self._write(writer, status, headers, body, keep_alive)
-        except ConnectionError:
+        except (ConnectionError, SendTimeout):
             pass
 
     def _access(self, head: RequestHead, ex: Exchange, status: int) -> None:
+        """One line per request: method, path, status, model -> upstream/model, stream,
+        pass-through or converted, request id, duration, time to the response head,
+        tokens (~: estimated), attempts, and why it failed."""
         if not self.config.logging["access_log"]:
             return
         usage = ex.usage
         tokens = "" if usage is None else " tokens=%s%d+%d" % (
             "~" if usage.estimated else "", usage.input_tokens, usage.output_tokens)
-        route = " %s -> %s/%s" % (ex.client_model, ex.upstream, ex.upstream_model) \
+        route = " %s -> %s/%s %s" % (ex.client_model, ex.upstream, ex.upstream_model,
+                                     "pass" if ex.passthrough else "conv") \
             if ex.upstream else ""
-        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s%s", head.method,
-                        head.path.split("?")[0], status, route, " stream" if ex.stream else "",
-                        ex.rid, time.monotonic() - ex.started, tokens,
+        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s%s%s", head.method,
+                        head.path, status, route, " stream" if ex.stream else "",
+                        ex.rid, time.monotonic() - ex.started,
+                        " ttfb=%.3fs" % ex.first_byte if ex.first_byte else "", tokens,
                         " attempts=%d" % ex.attempts if ex.attempts > 1 else "",
-                        " error=%r" % ex.error[:200] if ex.error else "")
+                        " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 13. Command line ----------------------------------------------------------------------
+# ---- 18. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -6387,9 +7153,15 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> No
     server = ProxyServer(config)
     await server.start()
     loop = asyncio.get_running_loop()
+
+    def stop(signum: int) -> None:
+        if not server.request_stop():
+            log.warning("second signal: exiting now, without waiting for requests in flight")
+            logging.shutdown()
+            os._exit(128 + signum)
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(signum, server.request_stop)
+            loop.add_signal_handler(signum, stop, signum)
         except (NotImplementedError, RuntimeError):   # Windows: Ctrl+C still works
             pass
     if hasattr(signal, "SIGHUP") and args is not None:

@@ -446,7 +446,7 @@ def test_several_choices():
     reply = gp.decode_openai_response({"choices": [
         {"index": 1, "message": {"content": "second"}, "finish_reason": "stop"},
         {"index": 0, "message": {"content": "first"}, "finish_reason": "length"}]})
-    body = gp.encode_gemini_response(reply, "gemini-2.5-pro")
+    body = gp.encode_gemini_response(reply, "gemini-2.5-pro", "rid")
     assert [c["content"]["parts"][0]["text"] for c in body["candidates"]] == ["first", "second"]
     assert [c["finishReason"] for c in body["candidates"]] == ["MAX_TOKENS", "STOP"]
     assert [c["index"] for c in body["candidates"]] == [0, 1]
@@ -561,7 +561,7 @@ def test_upstream_error_bodies(status, payload, message):
 
 def gemini_stream(events, include_thoughts=False, sse=True):
     return b"".join(gp.encode_gemini_stream(iter(events), "gemini-2.5-pro", "rid",
-                                            include_thoughts, sse))
+                                            gp.ReplyOptions(include_thoughts, sse=sse)))
 
 
 def payloads(data):

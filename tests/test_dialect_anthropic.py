@@ -417,7 +417,8 @@ def test_client_stream_native_thinking_and_redacted():
     assert out[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
 
 
-def test_client_stream_error_event():
+def test_client_stream_failure_leaves_the_error_to_the_pipeline():
+    # The encoder only stops; Request.fail renders (and redacts) the error event.
     def events():
         yield Part(gp.TEXT, text="partial")
         raise gp.UpstreamError("gone", status=529)
@@ -425,10 +426,17 @@ def test_client_stream_error_event():
     with pytest.raises(gp.UpstreamError):
         for chunk in gp.encode_anthropic_stream(events(), "m", "id"):
             chunks.append(chunk)
-    out = parse_events(b"".join(chunks))
+    out = parse_events(b"".join(chunks) + gp.anthropic_stream_error_event(
+        gp.UpstreamError("gone", status=529)))
     assert out[-1] == {"type": "error", "error": {"type": "overloaded_error",
                                                   "message": "gone"}}
+    assert [e["type"] for e in out].count("error") == 1
     assert "message_stop" not in [e["type"] for e in out]
+
+
+def test_client_stream_that_ends_without_finish_is_an_error():
+    with pytest.raises(gp.UpstreamError):
+        b"".join(gp.encode_anthropic_stream(iter([Part(gp.TEXT, text="x")]), "m", "id"))
 
 
 @pytest.mark.parametrize("error, status, kind", [

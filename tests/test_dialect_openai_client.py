@@ -12,6 +12,11 @@ from gemini_proxy import (CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, Choice, Fini
                           Reply, Thinking, Usage)
 
 
+
+def options(**kw):
+    """Reply options with a fresh reasoning cache, so tests do not share one."""
+    return gp.ReplyOptions(reasoning_cache=gp.ReasoningCache(), **kw)
+
 def request(**fields):
     return dict({"model": "gpt-x", "messages": [{"role": "user", "content": "Hi"}]}, **fields)
 
@@ -142,7 +147,7 @@ def test_response_object():
         Part(gp.TOOL_CALL, id="c1", name="f", args={"é": 1}, signature="SIG",
              origin="gemini")], Finish(TOOL_CALLS))],
         Usage(10, 6, cached_tokens=2, reasoning_tokens=3), created=123)
-    body = gp.encode_openai_response(reply, "gpt-x", "chatcmpl-1", gp.ReasoningCache())
+    body = gp.encode_openai_response(reply, "gpt-x", "chatcmpl-1", options())
     choice = body["choices"][0]
     assert body["id"] == "chatcmpl-1" and body["object"] == "chat.completion"
     assert body["model"] == "gpt-x" and body["created"] == 123
@@ -163,7 +168,7 @@ def test_response_object():
                                             (gp.MALFORMED_TOOL_CALL, "stop")])
 def test_finish_reasons(reason, finish):
     reply = Reply("r", "m", [Choice([], Finish(reason))], Usage())
-    body = gp.encode_openai_response(reply, "m", "c", gp.ReasoningCache())
+    body = gp.encode_openai_response(reply, "m", "c", options())
     assert body["choices"][0]["finish_reason"] == finish
     assert body["choices"][0]["message"]["content"] is None
 
@@ -175,7 +180,7 @@ def test_signatures_survive_a_client_that_drops_them():
         Part(gp.TOOL_CALL, id="toolu_1", name="f", args={}),
         Part(gp.TOOL_CALL, id="call_g", name="g", args={}, signature="GSIG",
              origin="gemini")], Finish(TOOL_CALLS))], Usage())
-    body = gp.encode_openai_response(reply, "m", "c", cache)
+    body = gp.encode_openai_response(reply, "m", "c", gp.ReplyOptions(reasoning_cache=cache))
     message = body["choices"][0]["message"]
     # the client keeps the text it was shown and drops every unknown field
     echoed = {"role": "assistant", "content": None,
@@ -209,8 +214,8 @@ def test_stream_chunks():
               Part(gp.TEXT, text=""), Part(gp.TOOL_CALL, id="c1", name="f", args={"x": 1}),
               Part(gp.TOOL_CALL, id="c2", name="g", args={}),
               Finish(TOOL_CALLS, Usage(5, 4))]
-    data = b"".join(gp.encode_openai_stream(iter(events), "gpt-x", "chatcmpl-9", True,
-                                            gp.ReasoningCache()))
+    data = b"".join(gp.encode_openai_stream(iter(events), "gpt-x", "chatcmpl-9",
+                                            options(include_usage=True)))
     chunks = chunks_of(data)
     assert chunks[-1] == "[DONE]"
     bodies = [json.loads(c) for c in chunks[:-1]]
@@ -224,23 +229,43 @@ def test_stream_chunks():
     assert bodies[5]["choices"][0]["finish_reason"] == "tool_calls" and deltas[5] == {}
     assert bodies[6]["choices"] == [] and bodies[6]["usage"]["total_tokens"] == 9
     plain = chunks_of(b"".join(gp.encode_openai_stream(
-        iter([Part(gp.TEXT, text="x"), Finish(STOP, Usage(1, 1))]), "m", "c", False,
-        gp.ReasoningCache())))
+        iter([Part(gp.TEXT, text="x"), Finish(STOP, Usage(1, 1))]), "m", "c", options())))
     assert not any('"usage"' in c for c in plain)
 
 
-def test_stream_error_chunk_and_no_done():
+def test_stream_failure_has_no_done_and_its_error_chunk_is_rendered_apart():
     def events():
         yield Part(gp.TEXT, text="partial")
         raise gp.UpstreamError("upstream went away", status=502)
     out = []
     with pytest.raises(gp.UpstreamError):
-        for chunk in gp.encode_openai_stream(events(), "m", "c", True, gp.ReasoningCache()):
+        for chunk in gp.encode_openai_stream(events(), "m", "c", options(include_usage=True)):
             out.append(chunk)
-    chunks = chunks_of(b"".join(out))
-    assert "[DONE]" not in chunks
-    assert json.loads(chunks[-1]) == {"error": {"message": "upstream went away",
-                                                "type": "server_error", "code": 502}}
+    assert "[DONE]" not in chunks_of(b"".join(out))
+    error = gp.openai_stream_error_event(gp.UpstreamError("upstream went away", status=502))
+    assert json.loads(chunks_of(error)[0]) == {"error": {
+        "message": "upstream went away", "type": "server_error", "code": 502}}
+    with pytest.raises(gp.UpstreamError):   # events that end without a finish
+        b"".join(gp.encode_openai_stream(iter([Part(gp.TEXT, text="x")]), "m", "c"))
+
+
+def test_stream_with_several_choices_finishes_each_then_one_usage_and_done():
+    events = [Part(gp.TEXT, text="a0", choice=0), Part(gp.TEXT, text="b1", choice=1),
+              Part(gp.TOOL_CALL, id="c1", name="f", args={}, choice=1),
+              Finish(STOP, Usage(3, 2), choice=0), Finish(TOOL_CALLS, Usage(3, 2), choice=1)]
+    chunks = chunks_of(b"".join(gp.encode_openai_stream(iter(events), "m", "c",
+                                                       options(include_usage=True))))
+    assert chunks[-1] == "[DONE]"
+    bodies = [json.loads(c) for c in chunks[:-1]]
+    by_choice = {}
+    for body in bodies[:-1]:
+        (choice,) = body["choices"]
+        by_choice.setdefault(choice["index"], []).append(choice)
+    assert [c["delta"] for c in by_choice[0]] == [
+        {"role": "assistant", "content": ""}, {"content": "a0"}, {}]
+    assert by_choice[1][2]["delta"]["tool_calls"][0]["index"] == 0
+    assert [c["finish_reason"] for c in by_choice[1]][-1] == "tool_calls"
+    assert bodies[-1]["choices"] == [] and bodies[-1]["usage"]["total_tokens"] == 5
 
 
 @pytest.mark.parametrize("error, status, kind, code", [

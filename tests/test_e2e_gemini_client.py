@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import socket
 import time
 
@@ -397,9 +398,9 @@ def test_access_log_line_per_request(proxy, fake, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
     assert len(lines) == 4
     assert lines[0].startswith("POST /v1beta/models/gemini-2.5-pro:generateContent 200 "
-                               "gemini-2.5-pro -> fake/fake-model rid=")
-    assert lines[0].endswith("tokens=12+5")
-    assert " stream rid=" in lines[1] and lines[1].split()[2] == "200"
+                               "gemini-2.5-pro -> fake/fake-model conv rid=")
+    assert re.search(r" ttfb=\d+\.\d{3}s tokens=12\+5$", lines[0]), lines[0]
+    assert " conv stream rid=" in lines[1] and lines[1].split()[2] == "200"
     assert ":countTokens 200 " in lines[2]
     assert " 400 " in lines[3] and "bogus" in lines[3]
     assert all("sk-upstream-secret-1234" not in line for line in lines)

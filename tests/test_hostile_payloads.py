@@ -121,12 +121,14 @@ UPSTREAM_DECODERS = {
                   gp.decode_anthropic_error),
     "gemini": (gp.decode_gemini_response, gp.decode_gemini_stream, gp.decode_gemini_error)}
 CLIENT_ENCODERS = [
-    (lambda r: gp.encode_openai_response(r, "m", "i", gp.ReasoningCache()),
-     lambda e: b"".join(gp.encode_openai_stream(iter(e), "m", "i", True, gp.ReasoningCache()))),
-    (lambda r: gp.encode_anthropic_response(r, "m", "i"),
-     lambda e: b"".join(gp.encode_anthropic_stream(iter(e), "m", "i"))),
-    (lambda r: gp.encode_gemini_response(r, "m"),
-     lambda e: b"".join(gp.encode_gemini_stream(iter(e), "m", "i")))]
+    (encoder, stream_encoder) for encoder, stream_encoder in (
+        (lambda r: gp.encode_openai_response(r, "m", "i", OPTIONS),
+         lambda e: b"".join(gp.encode_openai_stream(iter(e), "m", "i", OPTIONS))),
+        (lambda r: gp.encode_anthropic_response(r, "m", "i"),
+         lambda e: b"".join(gp.encode_anthropic_stream(iter(e), "m", "i"))),
+        (lambda r: gp.encode_gemini_response(r, "m", "i"),
+         lambda e: b"".join(gp.encode_gemini_stream(iter(e), "m", "i"))))]
+OPTIONS = gp.ReplyOptions(include_usage=True, reasoning_cache=gp.ReasoningCache())
 
 
 def places(value, prefix=()):

@@ -472,7 +472,7 @@ def test_health(server, fake, path):
         client.send(raw_request("GET", path))
         response = client.response()
         assert response.status == 200
-        assert response.json() == {"status": "ok"}
+        assert response.json()["status"] == "ok"
         assert response.headers["content-type"].startswith("application/json")
     finally:
         client.close()
@@ -489,7 +489,7 @@ def test_head_health_has_no_body(server):
         assert head.status == 200
         second = client.response()
         assert (second.version, second.status) == ("HTTP/1.1", 200), second
-        assert second.json() == {"status": "ok"}
+        assert second.json()["status"] == "ok"
     finally:
         client.close()
 
@@ -537,7 +537,7 @@ def test_pipelined_requests_in_one_send_are_answered_in_order(server, fake):
         texts = [a.json()["candidates"][0]["content"]["parts"][0]["text"]
                  for a in (answers[0], answers[2])]
         assert texts == ["first", "second"]
-        assert answers[1].json() == {"status": "ok"}
+        assert answers[1].json()["status"] == "ok"
         assert all(a.headers.get("connection") == "keep-alive" for a in answers)
     finally:
         client.close()
@@ -556,7 +556,7 @@ def test_pipelined_chunked_request_leaves_the_next_one_intact(server, fake):
         first = client.response()
         assert first.status == 200, first
         assert first.json()["candidates"][0]["content"]["parts"] == [{"text": "chunked ok"}]
-        assert client.response().json() == {"status": "ok"}
+        assert client.response().json()["status"] == "ok"
     finally:
         client.close()
 
@@ -575,7 +575,7 @@ def test_request_pipelined_while_a_stream_is_in_flight(server, fake):
         assert "".join(p["text"] for c in payloads
                        for p in c["candidates"][0]["content"]["parts"]) == "slow stream text"
         assert payloads[-1]["candidates"][0]["finishReason"] == "STOP"
-        assert client.response().json() == {"status": "ok"}
+        assert client.response().json()["status"] == "ok"
     finally:
         client.close()
 
@@ -711,7 +711,7 @@ def test_401_then_the_right_key_on_the_same_connection(keyed):
 def test_health_needs_no_key(keyed):
     response, _ = answer_and_close(keyed, raw_request("GET", "/health",
                                                       headers=["Connection: close"]))
-    assert response.status == 200 and response.json() == {"status": "ok"}
+    assert response.status == 200 and response.json()["status"] == "ok"
 
 
 # ---- slow and idle clients -----------------------------------------------------------------
