@@ -1907,6 +1907,13 @@ def reply_list(value: Any, what: str) -> List[Any]:
     return value
 
 
+def embedding_vector(value: Any) -> List[float]:
+    if not isinstance(value, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise UpstreamError("the upstream embeddings are not lists of numbers", status=502)
+    return value
+
+
 def reply_text(value: Any, what: str) -> str:
     if value is None:
         return ""
@@ -1928,19 +1935,6 @@ def tokens_of(value: Any) -> int:
         and value > 0 else 0
 
 
-UNREADABLE = (TypeError, AttributeError, KeyError, IndexError, ValueError, ClientError)
-
-
-def read_upstream(name: str, read: Callable[[], Any]) -> Any:
-    """read() on an upstream's reply; a reply shaped in a way no decoder expects is the
-    upstream's failure (502), not a bug of the proxy's or a fault of the client's."""
-    try:
-        return read()
-    except UNREADABLE as exc:
-        raise UpstreamError("upstream %r sent a reply this proxy cannot read (%s: %s)" % (
-            name, exc.__class__.__name__, str(exc)[:200]), status=502) from None
-
-
 def stream_event_json(data: str, event_error: Callable[[str], Optional[UpstreamError]] =
                       lambda data: None) -> Any:
     """The JSON of one upstream stream event; an error the upstream put in the stream
@@ -1950,23 +1944,9 @@ def stream_event_json(data: str, event_error: Callable[[str], Optional[UpstreamE
         raise error
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("the upstream sent invalid JSON in its stream: %r" % data[:200],
                             status=502) from None
-
-
-def read_upstream_events(name: str, events: Iterator[Any]) -> Iterator[Any]:
-    """read_upstream for a stream of events, read as the client is answered."""
-    while True:
-        try:
-            event = next(events)
-        except StopIteration:
-            return
-        except UNREADABLE as exc:
-            raise UpstreamError("upstream %r sent a stream this proxy cannot read (%s: %s)"
-                                % (name, exc.__class__.__name__, str(exc)[:200]),
-                                status=502) from None
-        yield event
 
 
 # ---- 7. Dialect: OpenAI Chat Completions -------------------------------------------------
@@ -2398,7 +2378,7 @@ def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bo
             arguments = text_of(arguments)
             args = json.loads(arguments) if arguments.strip() else {}
             malformed = not isinstance(args, dict)
-        except ValueError:
+        except (ValueError, RecursionError):
             args, malformed = {}, True
     return Part(TOOL_CALL, id=text_of(call_id) or new_id("call_"), name=text_of(name),
                 args=args if not malformed else {}), malformed
@@ -2421,37 +2401,47 @@ def _openai_reasoning(fields: Dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _openai_reply_content(message: Dict[str, Any]) -> str:
+    """A message's text: a string, or (some servers) a list of text parts."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(reply_text(reply_object(p, "a content part").get("text"), "text")
+                       for p in content)
+    return reply_text(content, "message.content")
+
+
 def decode_openai_response(payload: Any, model: str = "") -> Reply:
     """Chat Completions reply -> neutral reply."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+    payload = reply_object(payload, "the reply")
+    if "choices" not in payload:
         raise UpstreamError("the upstream reply has no choices: %s"
-                            % json.dumps(payload)[:300], status=502)
+                            % clip(json.dumps(payload), 300), status=502)
     usage = decode_openai_usage(payload.get("usage"))
+    raw_choices = [reply_object(c, "a choice") for c in reply_list(payload["choices"],
+                                                                 "choices")]
     choices = []
-    for choice in sorted(payload["choices"], key=lambda c: c.get("index", 0)):
-        message = choice.get("message") or {}
+    for choice in sorted(raw_choices, key=lambda c: tokens_of(c.get("index"))):
+        message = reply_object(choice.get("message"), "message")
         parts: List[Part] = []
         reasoning = _openai_reasoning(message)
         if reasoning:
             parts.append(Part(THINKING, text=reasoning, origin="openai"))
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(text_of(p.get("text")) for p in content if isinstance(p, dict))
-        content = text_of(content)
+        content = _openai_reply_content(message)
         if content:
             parts.append(Part(TEXT, text=content))
         refusal = text_of(message.get("refusal"))
         if refusal:
             parts.append(Part(TEXT, text=refusal))
         malformed = False
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") or {}
+        for call in reply_list(message.get("tool_calls"), "tool_calls"):
+            call = reply_object(call, "a tool call")
+            fn = reply_object(call.get("function"), "tool_calls[].function")
             part, bad = _openai_tool_call(call.get("id", ""), fn.get("name", ""),
                                           fn.get("arguments"))
             malformed |= bad
             if not bad:
                 parts.append(part)
-        finish = _openai_finish(choice.get("finish_reason"), parts, malformed, usage)
+        finish = _openai_finish(text_of(choice.get("finish_reason")), parts, malformed, usage)
         if refusal and not content:
             finish.reason = CONTENT_FILTER
         choices.append(Choice(parts, finish))
@@ -2469,7 +2459,7 @@ def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, A
         index = next((i for i, c in calls.items() if fragment.get("id") and
                       c["id"] == fragment.get("id")), len(calls))
     call = calls.setdefault(index, {"id": "", "name": "", "args": []})
-    fn = fragment.get("function") or {}
+    fn = reply_object(fragment.get("function"), "tool_calls[].function")
     call["id"] = call["id"] or text_of(fragment.get("id"))
     call["name"] = call["name"] or text_of(fn.get("name"))
     arguments = fn.get("arguments")
@@ -2485,7 +2475,7 @@ def openai_stream_error(data: str) -> Optional[UpstreamError]:
         return None
     try:
         chunk = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(chunk, dict) and chunk.get("error"):
         return decode_openai_error(chunk.get("error", {}).get("code")
@@ -2507,24 +2497,24 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         if data.strip() == "[DONE]":
             done = True
             break
-        chunk = stream_event_json(data, openai_stream_error)
-        if not isinstance(chunk, dict):
-            continue
+        chunk = reply_object(stream_event_json(data, openai_stream_error), "a stream chunk")
         usage = decode_openai_usage(chunk.get("usage")) or usage
-        for choice in chunk.get("choices") or ():
-            choice = fields_of(choice)
+        for choice in reply_list(chunk.get("choices"), "choices"):
+            choice = reply_object(choice, "a choice")
             index = choice.get("index", 0)
             index = index if isinstance(index, int) and 0 <= index < 128 else 0
             choices_seen.add(index)
             usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
-            delta = fields_of(choice.get("delta"))
+            delta = reply_object(choice.get("delta"), "delta")
             reasoning = _openai_reasoning(delta)
             if reasoning:
                 yield Part(THINKING, text=reasoning, origin="openai", choice=index)
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                yield Part(TEXT, text=delta["content"], choice=index)
-            for fragment in delta.get("tool_calls") or ():
-                _merge_tool_fragment(calls.setdefault(index, {}), fields_of(fragment))
+            content = reply_text(delta.get("content"), "delta.content")
+            if content:
+                yield Part(TEXT, text=content, choice=index)
+            for fragment in reply_list(delta.get("tool_calls"), "delta.tool_calls"):
+                _merge_tool_fragment(calls.setdefault(index, {}),
+                                     reply_object(fragment, "a tool call"))
             if isinstance(choice.get("finish_reason"), str):
                 finish_reasons[index] = choice["finish_reason"]
     if not finish_reasons and not done:
@@ -2564,8 +2554,8 @@ def decode_openai_error(status: Optional[int], payload: Any,
         message = payload.strip()
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
     retry_after = parse_retry_after((headers or {}).get("retry-after"))
-    return UpstreamError(message[:2000] or "HTTP %d with no message" % status, status=status,
-                         retry_after=retry_after, reason=reason)
+    return UpstreamError(clip(message, 2000) or "HTTP %d with no message" % status,
+                         status=status, retry_after=retry_after, reason=reason)
 
 
 # -- replies: neutral -> client ---------------------------------------------------------------
@@ -2728,14 +2718,13 @@ def encode_openai_embeddings_request(request: EmbedRequest, model: str) -> Dict[
 
 
 def decode_openai_embeddings_response(payload: Any) -> EmbedReply:
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
+    payload = reply_object(payload, "the embeddings reply")
+    if not isinstance(payload.get("data"), list):
         raise UpstreamError("the upstream embeddings reply has no data", status=502)
-    vectors = [item.get("embedding") for item in sorted(data, key=lambda d: d.get("index", 0))]
-    if not all(isinstance(v, list) for v in vectors):
-        raise UpstreamError("the upstream embeddings are not lists of numbers", status=502)
-    usage = payload.get("usage") or {}
-    return EmbedReply(vectors, usage.get("prompt_tokens") or 0)
+    items = [reply_object(item, "an embedding") for item in payload["data"]]
+    vectors = [embedding_vector(item.get("embedding"))
+               for item in sorted(items, key=lambda d: tokens_of(d.get("index")))]
+    return EmbedReply(vectors, tokens_of(fields_of(payload.get("usage")).get("prompt_tokens")))
 
 
 def encode_openai_embeddings_response(reply: EmbedReply, model: str,
@@ -3104,7 +3093,8 @@ def encode_anthropic_count_request(chat: Chat, model: str) -> Dict[str, Any]:
 # -- replies: upstream -> neutral ------------------------------------------------------------
 
 def decode_anthropic_count_response(payload: Any) -> int:
-    if not isinstance(payload, dict) or not isinstance(payload.get("input_tokens"), int):
+    if not isinstance(payload, dict) or not isinstance(payload.get("input_tokens"), int) or \
+            isinstance(payload["input_tokens"], bool):
         raise UpstreamError("the upstream count_tokens reply has no input_tokens", status=502)
     return payload["input_tokens"]
 
@@ -3127,25 +3117,28 @@ def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None) -> Usag
 def _anthropic_block_parts(block: Dict[str, Any]) -> List[Part]:
     kind = block.get("type")
     if kind == "text":
-        return [Part(TEXT, text=text_of(block.get("text")))]
+        return [Part(TEXT, text=reply_text(block.get("text"), "text"))]
     if kind == "thinking":
-        return [Part(THINKING, text=text_of(block.get("thinking")),
-                     signature=text_of(block.get("signature")), origin="anthropic")]
+        return [Part(THINKING, text=reply_text(block.get("thinking"), "thinking"),
+                     signature=reply_text(block.get("signature"), "signature"),
+                     origin="anthropic")]
     if kind == "redacted_thinking":
         return [Part(THINKING, origin="anthropic",
-                     extra={"redacted": text_of(block.get("data"))})]
+                     extra={"redacted": reply_text(block.get("data"), "data")})]
     if kind == "tool_use":
         return [Part(TOOL_CALL, id=text_of(block.get("id")) or new_id("toolu_"),
-                     name=text_of(block.get("name")), args=fields_of(block.get("input")))]
+                     name=reply_text(block.get("name"), "tool_use.name"),
+                     args=reply_object(block.get("input"), "tool_use.input"))]
     return []   # server tool blocks have no counterpart
 
 
 def decode_anthropic_response(payload: Any, model: str = "") -> Reply:
-    if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
+    payload = reply_object(payload, "the reply")
+    if not isinstance(payload.get("content"), list):
         raise UpstreamError("the upstream reply has no content: %s"
-                            % json.dumps(payload)[:300], status=502)
-    parts = [p for block in payload["content"] if isinstance(block, dict)
-             for p in _anthropic_block_parts(block)]
+                            % clip(json.dumps(payload), 300), status=502)
+    parts = [p for block in payload["content"]
+             for p in _anthropic_block_parts(reply_object(block, "a content block"))]
     finish = Finish(ANTHROPIC_STOP_REASONS.get(text_of(payload.get("stop_reason")), STOP),
                     decode_anthropic_usage(payload.get("usage")),
                     text_of(payload.get("stop_sequence")))
@@ -3158,7 +3151,7 @@ def anthropic_stream_error(data: str) -> Optional[UpstreamError]:
         return None
     try:
         event = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(event, dict) and event.get("type") == "error":
         return decode_anthropic_error(None, event)
@@ -3170,53 +3163,56 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
     whole at their block's end; a stream without message_stop raises."""
     usage = Usage()
     stop_reason, stop_sequence = None, ""
-    blocks: Dict[int, Dict[str, Any]] = {}
-    parts_seen: List[Part] = []
+    blocks: Dict[Any, Dict[str, Any]] = {}
     malformed = False
     for name, data in raw_events:
-        event = stream_event_json(data)
-        kind = event.get("type") if isinstance(event, dict) else None
+        event = reply_object(stream_event_json(data), "a stream event")
+        kind = event.get("type")
+        index = event.get("index", 0)
+        index = index if isinstance(index, int) else 0
         if kind == "error":
             raise decode_anthropic_error(None, event)
         if kind == "message_start":
-            usage = decode_anthropic_usage((event.get("message") or {}).get("usage"), usage)
+            usage = decode_anthropic_usage(fields_of(event.get("message")).get("usage"), usage)
         elif kind == "content_block_start":
-            block = event.get("content_block") or {}
-            blocks[event.get("index", 0)] = {"type": block.get("type"),
-                                             "id": text_of(block.get("id")),
-                                             "name": text_of(block.get("name")), "json": []}
+            block = reply_object(event.get("content_block"), "content_block")
+            blocks[index] = {"type": block.get("type"), "id": text_of(block.get("id")),
+                             "name": reply_text(block.get("name"), "content_block.name"),
+                             "json": []}
             if block.get("type") == "redacted_thinking":
                 yield Part(THINKING, origin="anthropic",
-                           extra={"redacted": text_of(block.get("data"))})
-            elif block.get("type") == "text" and text_of(block.get("text")):
+                           extra={"redacted": reply_text(block.get("data"), "data")})
+            elif block.get("type") == "text" and reply_text(block.get("text"), "text"):
                 yield Part(TEXT, text=block["text"])
         elif kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            state = blocks.get(event.get("index", 0), {"json": []})
-            if delta.get("type") == "text_delta" and text_of(delta.get("text")):
-                yield Part(TEXT, text=delta["text"])
-            elif delta.get("type") == "thinking_delta" and text_of(delta.get("thinking")):
-                yield Part(THINKING, text=delta["thinking"], origin="anthropic")
+            delta = reply_object(event.get("delta"), "delta")
+            state = blocks.get(index, {"json": []})
+            if delta.get("type") == "text_delta":
+                text = reply_text(delta.get("text"), "text_delta.text")
+                if text:
+                    yield Part(TEXT, text=text)
+            elif delta.get("type") == "thinking_delta":
+                text = reply_text(delta.get("thinking"), "thinking_delta.thinking")
+                if text:
+                    yield Part(THINKING, text=text, origin="anthropic")
             elif delta.get("type") == "signature_delta":
-                yield Part(THINKING, signature=text_of(delta.get("signature")),
-                           origin="anthropic")
+                yield Part(THINKING, origin="anthropic", signature=reply_text(
+                    delta.get("signature"), "signature_delta.signature"))
             elif delta.get("type") == "input_json_delta":
-                state["json"].append(text_of(delta.get("partial_json")))
+                state["json"].append(reply_text(delta.get("partial_json"), "partial_json"))
         elif kind == "content_block_stop":
-            state = blocks.pop(event.get("index", 0), {})
+            state = blocks.pop(index, {})
             if state.get("type") == "tool_use":
                 text = "".join(state["json"])
                 try:
                     args = json.loads(text) if text.strip() else {}
-                except ValueError:
+                except (ValueError, RecursionError):
                     args = None
                 if not isinstance(args, dict):
                     malformed = True
                     continue
-                part = Part(TOOL_CALL, id=state.get("id") or new_id("toolu_"),
-                            name=state.get("name") or "", args=args)
-                parts_seen.append(part)
-                yield part
+                yield Part(TOOL_CALL, id=state.get("id") or new_id("toolu_"),
+                           name=state.get("name") or "", args=args)
         elif kind == "message_delta":
             delta = fields_of(event.get("delta"))
             stop_reason = text_of(delta.get("stop_reason")) or stop_reason
@@ -3235,10 +3231,14 @@ def decode_anthropic_error(status: Optional[int], payload: Any,
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict):
         message = error.get("message") or ""
-        status = status or ANTHROPIC_ERROR_STATUS.get(error.get("type"), 502)
+        kind = error.get("type")
+        status = status or ANTHROPIC_ERROR_STATUS.get(kind if isinstance(kind, str) else "",
+                                                      502)
     else:
-        message = payload if isinstance(payload, str) else json.dumps(payload)[:2000]
-    return UpstreamError(message.strip()[:2000] or "HTTP %s with no message" % status,
+        message = payload
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)
+    return UpstreamError(clip(message.strip(), 2000) or "HTTP %s with no message" % status,
                          status=status or 502,
                          retry_after=parse_retry_after((headers or {}).get("retry-after")))
 
@@ -3417,7 +3417,7 @@ def anthropic_model_list(names: List[str]) -> Dict[str, Any]:
 
 def anthropic_model_info(name: str) -> Dict[str, Any]:
     return {"type": "model", "id": name, "display_name": name,
-            "created_at": "1970-01-01T00:00:00Z"}
+            "created_at": "1970-01-01T00:00:00Z", "lifecycle": "active"}
 
 
 # ---- 9. Dialect: Gemini --------------------------------------------------------------------
@@ -3504,6 +3504,10 @@ def gemini_schema_to_json_schema(schema: Any) -> Any:
         elif isinstance(out.get("anyOf"), list):
             out["anyOf"] = out["anyOf"] + [{"type": "null"}]
     return out
+
+
+# Where reasoning a Gemini client carries in a thoughtSignature came from.
+FOREIGN_ORIGINS = ("openai", "anthropic")
 
 
 def _gemini_signature(part: Part, signature: str) -> List[Part]:
@@ -3682,6 +3686,10 @@ def decode_gemini_request(payload: Any, model: str = "", strict: bool = True) ->
         raw_parts = expect(content.get("parts") or [], list, "contents[%d].parts" % i, "a list")
         parts = [p for j, raw in enumerate(raw_parts)
                  for p in _gemini_part(raw, "contents[%d].parts[%d]" % (i, j), strict)]
+        if any(p.type == THINKING and p.origin in FOREIGN_ORIGINS for p in parts):
+            # A carrier holds the turn's reasoning whole; the thought parts a client kept
+            # beside it are the same text, shown to it, and would go upstream twice.
+            parts = [p for p in parts if p.type != THINKING or p.origin]
         chat.messages.append(Message("user" if role == "user" else "assistant", parts))
     _pair_gemini_tool_results(chat.messages)
     make_tool_ids_unique(chat.messages)
@@ -4316,7 +4324,7 @@ def gemini_stream_error(data: str) -> Optional[UpstreamError]:
         return None
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         return decode_gemini_error(payload["error"].get("code"), payload)
@@ -4372,8 +4380,11 @@ def decode_gemini_error(status: Optional[int], payload: Any,
     reason = ""
     if isinstance(error, dict):
         message = error.get("message") or ""
-        status = status or error.get("code") or GEMINI_STATUS_CODES.get(error.get("status"))
-        for detail in error.get("details") or ():
+        name = error.get("status")
+        status = status or error.get("code") or GEMINI_STATUS_CODES.get(
+            name if isinstance(name, str) else "")
+        details = error.get("details")
+        for detail in details if isinstance(details, list) else ():
             if not isinstance(detail, dict):
                 continue
             delay = detail.get("retryDelay")
@@ -4383,14 +4394,17 @@ def decode_gemini_error(status: Optional[int], payload: Any,
                                                                else 1)
                 except ValueError:
                     pass
-            reason = detail.get("reason") or reason
-            for violation in detail.get("violations") or ():   # QuotaFailure
+            reason = text_of(detail.get("reason")) or reason
+            violations = detail.get("violations")
+            for violation in violations if isinstance(violations, list) else ():
                 if isinstance(violation, dict) and isinstance(violation.get("quotaId"), str):
-                    reason = violation["quotaId"]   # e.g. ...PerDayPerProjectPerModel...
+                    reason = violation["quotaId"]   # QuotaFailure: ...PerDayPerProject...
     else:
-        message = payload if isinstance(payload, str) else json.dumps(payload)[:2000]
+        message = payload
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
-    return UpstreamError(message.strip()[:2000] or "HTTP %d with no message" % status,
+    return UpstreamError(clip(message.strip(), 2000) or "HTTP %d with no message" % status,
                          status=status, retry_after=retry_after, reason=reason)
 
 
@@ -4402,7 +4416,8 @@ def encode_gemini_count_request(chat: Chat, model: str) -> Dict[str, Any]:
 
 
 def decode_gemini_count_response(payload: Any) -> int:
-    if not isinstance(payload, dict) or not isinstance(payload.get("totalTokens"), int):
+    if not isinstance(payload, dict) or not isinstance(payload.get("totalTokens"), int) or \
+            isinstance(payload["totalTokens"], bool):
         raise UpstreamError("the upstream countTokens reply has no totalTokens", status=502)
     return payload["totalTokens"]
 
@@ -4411,8 +4426,9 @@ def decode_gemini_count_response(payload: Any) -> int:
 
 def _gemini_embed_text(content: Any, where: str) -> str:
     content = camel_keys(expect(content, dict, where, "a Content object"))
-    return "".join(p.get("text", "") for p in content.get("parts") or ()
-                   if isinstance(p, dict))
+    parts = expect(content.get("parts") or [], list, where + ".parts", "a list of parts")
+    return "".join(expect_text(p.get("text"), "%s.parts[%d].text" % (where, j))
+                   for j, p in enumerate(parts) if isinstance(p, dict))
 
 
 def decode_gemini_embed_request(payload: Any, model: str, batch: bool) -> EmbedRequest:
@@ -4426,8 +4442,11 @@ def decode_gemini_embed_request(payload: Any, model: str, batch: bool) -> EmbedR
         request = camel_keys(expect(request, dict, "requests[%d]" % i, "an object"))
         texts.append(_gemini_embed_text(request.get("content"), "requests[%d].content" % i))
     first = camel_keys(requests[0])
-    return EmbedRequest(model, texts, first.get("outputDimensionality"),
-                        first.get("taskType") or "", first.get("title") or "")
+    dimensions = first.get("outputDimensionality")
+    return EmbedRequest(model, texts, None if dimensions is None else expect(
+        dimensions, int, "outputDimensionality", "a whole number"),
+        expect_text(first.get("taskType"), "taskType"),
+        expect_text(first.get("title"), "title"))
 
 
 def encode_gemini_embed_request(request: EmbedRequest, model: str) -> Dict[str, Any]:
@@ -4452,7 +4471,8 @@ def decode_gemini_embed_response(payload: Any) -> EmbedReply:
     embeddings = payload.get("embeddings") if isinstance(payload, dict) else None
     if not isinstance(embeddings, list):
         raise UpstreamError("the upstream embeddings reply has no embeddings", status=502)
-    return EmbedReply([e.get("values") or [] for e in embeddings])
+    return EmbedReply([embedding_vector(reply_object(e, "an embedding").get("values"))
+                       for e in embeddings])
 
 
 def encode_gemini_embed_response(reply: EmbedReply, batch: bool) -> Dict[str, Any]:

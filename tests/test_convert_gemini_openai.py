@@ -346,14 +346,14 @@ def test_thought_signatures_in_requests():
                                    result("b", {"output": "B"}, "2")]},
         {"role": "model", "parts": [{"text": "done", "thoughtSignature": "REALSIG"}]}]})
     model_turn = chat.messages[1].parts
-    assert [p.type for p in model_turn] == ["thinking", "thinking", "tool_call", "tool_call"]
-    assert model_turn[1].text == "first I think" and model_turn[1].origin == "openai"
-    assert model_turn[2].signature == "" and model_turn[3].signature == ""
+    # The carrier holds the reasoning; the thought text the client kept beside it is a copy.
+    assert [p.type for p in model_turn] == ["thinking", "tool_call", "tool_call"]
+    assert model_turn[0].text == "first I think" and model_turn[0].origin == "openai"
+    assert model_turn[1].signature == "" and model_turn[2].signature == ""
     last = chat.messages[3].parts[0]
     assert (last.signature, last.origin) == ("REALSIG", "gemini")
     sent = gp.encode_openai_request(chat, "m")
-    assert sent["messages"][1]["reasoning_content"] == \
-        "dropped by the CLI normallyfirst I think"
+    assert sent["messages"][1]["reasoning_content"] == "first I think"
     options = dict(gp.UPSTREAM_DEFAULTS, reasoning_field="reasoning")
     assert gp.encode_openai_request(chat, "m", options)["messages"][1]["reasoning"]
     options = dict(gp.UPSTREAM_DEFAULTS, echo_reasoning=False)

@@ -191,8 +191,8 @@ def test_bad_upstream_replies_are_upstream_errors(dialect):
     whole, stream, error = UPSTREAM_DECODERS[dialect]
     rng = random.Random(11)
     for payload in mutations(UPSTREAM_REPLIES[dialect], seed=11, count=1500):
-        try:
-            reply = gp.read_upstream("up", lambda: whole(payload))
+        try:    # a decoder raising anything else would be a bug (a 500), not a 502
+            reply = whole(payload)
         except gp.UpstreamError as err:
             assert err.status == 502
         else:
@@ -207,9 +207,69 @@ def test_bad_upstream_replies_are_upstream_errors(dialect):
         mutated[k] = mutate(mutated[k], rng)
         sse = [("message", json.dumps(c)) for c in mutated]
         try:
-            events = list(gp.read_upstream_events("up", stream(iter(sse))))
+            events = list(stream(iter(sse)))
         except gp.UpstreamError as err:
             assert 400 <= err.status <= 599     # an error event keeps its own status
             continue
         for _, encode_stream in CLIENT_ENCODERS:
             encode_stream(events)
+
+
+def random_json(rng, depth=0):
+    """Any JSON value, biased toward the shapes decoders look into."""
+    roll = rng.random()
+    if depth > 4 or roll < 0.3:
+        return rng.choice(ODD_VALUES + ["STOP", "tool_use", "text", "message_stop", -5, 3.5])
+    keys = ["choices", "candidates", "content", "parts", "text", "delta", "message", "type",
+            "index", "usage", "functionCall", "args", "tool_calls", "function", "finishReason",
+            "finish_reason", "error", "data", "embedding", "embeddings", "values",
+            "totalTokens", "input_tokens", "content_block", "partial_json", "name", "id"]
+    if roll < 0.55:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+UPSTREAM_READERS = [
+    gp.decode_openai_response, gp.decode_anthropic_response, gp.decode_gemini_response,
+    gp.decode_openai_embeddings_response, gp.decode_gemini_embed_response,
+    gp.decode_anthropic_count_response, gp.decode_gemini_count_response,
+    lambda p: list(gp.decode_openai_stream([("message", json.dumps(p)), ("m", "[DONE]")])),
+    lambda p: list(gp.decode_anthropic_stream([("message", json.dumps(p))])),
+    lambda p: list(gp.decode_gemini_stream([("message", json.dumps(p))])),
+    lambda p: gp.decode_openai_usage(p), lambda p: gp.decode_anthropic_usage(p),
+    lambda p: gp.decode_gemini_usage(p)]
+
+
+@pytest.mark.parametrize("reader", range(len(UPSTREAM_READERS)))
+def test_any_json_an_upstream_sends_is_read_or_is_an_upstream_error(reader):
+    # Nothing an upstream sends may surface as anything but an UpstreamError (a 502):
+    # any other exception is a bug of the proxy's, a 500 with its traceback.
+    rng = random.Random(reader)
+    read = UPSTREAM_READERS[reader]
+    for _ in range(3000):
+        payload = random_json(rng)
+        try:
+            read(payload)
+        except gp.UpstreamError as err:
+            assert 400 <= err.status <= 599
+        for decode_error in (gp.decode_openai_error, gp.decode_anthropic_error,
+                             gp.decode_gemini_error):
+            assert isinstance(decode_error(rng.choice([None, 400, 429, 599, 700]), payload, {}),
+                              gp.UpstreamError)
+
+
+@pytest.mark.parametrize("decode", [gp.decode_gemini_response,
+                                    lambda p: list(gp.decode_gemini_stream(
+                                        [("message", json.dumps(p))]))])
+@pytest.mark.parametrize("candidate", [
+    {"content": {"parts": "a string, not a list"}, "finishReason": "STOP"},
+    {"content": {"parts": [{"text": "ok"}]}, "finishReason": 3},
+    {"content": {"parts": [{"text": 5}]}, "finishReason": "STOP"},
+    {"content": {"parts": [{"functionCall": {"name": "f", "args": "x"}}]},
+     "finishReason": "STOP"},
+    {"content": "not an object", "finishReason": "STOP"},
+])
+def test_a_malformed_gemini_reply_is_a_502_not_an_empty_answer(decode, candidate):
+    with pytest.raises(gp.UpstreamError) as info:
+        decode({"candidates": [candidate]})
+    assert info.value.status == 502
