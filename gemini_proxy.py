@@ -1996,7 +1996,9 @@ def _openai_text(content: Any, where: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     expect(content, list, where, "a string or a list of text parts")
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict)
+    return "".join(expect_text(p.get("text") if p.get("type") != "refusal" else
+                               p.get("refusal", p.get("text")), "%s[%d].text" % (where, j))
+                   for j, p in enumerate(content) if isinstance(p, dict)
                    and p.get("type") in ("text", "input_text", "output_text", "refusal"))
 
 
@@ -5959,8 +5961,9 @@ def request_bytes(body: Any) -> bytes:
 
 def retryable(error: ProxyError) -> bool:
     """Worth another attempt before the client has seen anything: rate limits, timeouts,
-    server errors and connection failures; never other 4xx."""
-    return error.status in (408, 429) or error.status >= 500
+    server errors and connection failures; never other 4xx, nor a loop (508), which
+    would only come round again."""
+    return error.status in (408, 429) or (error.status >= 500 and error.status != 508)
 
 
 def backoff_delay(spec: Dict[str, Any], tries: int, retry_after: Optional[float]) -> float:
@@ -6672,7 +6675,10 @@ class ProxyServer:
         False when one was already asked for (a second signal means: now)."""
         self._stop_requests += 1
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:   # the loop has closed: stopped already
+                pass
         return self._stop_requests == 1
 
     async def serve_until_stopped(self) -> None:
@@ -6895,7 +6901,8 @@ class ProxyServer:
         if action == "health":
             return self.proxy.health()
         if action == "status":
-            return 200, self.proxy.status()
+            return 200, dict(self.proxy.status(), connections={
+                "open": len(self._connections), "max": self.max_connections})
         assert dialect is not None
         if action == "list_models":
             return 200, dialect.list_models(routable_models(self.proxy.config))
@@ -6966,6 +6973,8 @@ class ProxyServer:
                     await self._send_error(writer, dialect, ProxyError(
                         "the proxy is shutting down", status=503), ex.rid, keep_alive=False)
                     ex.status, ex.error = 503, "the proxy is shutting down"
+                else:
+                    ex.status, ex.error = 499, "the client closed the connection"
                 return False
             first: ResponseHead = items[0]
             ex.first_byte = time.monotonic() - ex.started

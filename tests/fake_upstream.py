@@ -169,6 +169,29 @@ def hang(seconds):
     return reply
 
 
+class Gate:
+    """A reply held until the test opens the gate (or `limit` seconds pass): lets a test
+    act while the upstream is known to be busy, without guessing how long anything takes.
+    `entered` is set once a request is waiting at the gate."""
+
+    def __init__(self, reply=None, limit=60.0):
+        self.reply = reply
+        self.limit = limit
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, handler, request):
+        self.entered.set()
+        self.opened.wait(self.limit)
+        if self.reply is not None:
+            self.reply(handler, request)
+        else:
+            handler.close_connection = True
+
+    def open(self):
+        self.opened.set()
+
+
 def delayed(seconds, reply):
     """`reply`, after a pause (any dialect)."""
     def wrapped(handler, request):

@@ -1,0 +1,292 @@
+"""What keeps the proxy serving when clients, upstreams or its own configuration misbehave:
+loops, clients that stop reading or leave early, shutdown with calls in flight, running
+out of file descriptors, endless upstream replies, and strangers' request bodies.
+
+Every wait here is for an event (a counter reaching a value, a gate reached); the
+generous deadlines only matter when something is broken."""
+
+import errno
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import gp, make_config
+from fake_upstream import Gate, chunk, json_reply, completion, text_stream
+
+OPENAI = "/v1/chat/completions"
+GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def eventually(condition, timeout=30.0, what="the condition"):
+    """Wait until condition() is true; fail after `timeout` seconds (a bound for a broken
+    proxy, never a measure of a working one)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("%s did not happen within %ss" % (what, timeout))
+        time.sleep(0.01)
+
+
+def raw_head(method, path, headers=(), length=None):
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: test"] + list(headers)
+    if length is not None:
+        lines.append("Content-Length: %d" % length)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_head(sock):
+    """The status line and headers of the next response on a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            raise EOFError(data)
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest
+
+
+def idle(proxy):
+    app = proxy.server.proxy
+    return app.active == 0 and proxy.server.requests_in_flight == 0
+
+
+# ---- loops ---------------------------------------------------------------------------------
+
+def test_an_upstream_that_is_this_proxy_is_a_508_naming_the_setting(proxy_factory):
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}}})
+    looping = make_config({"upstreams": {"self": {
+        "base_url": "http://localhost:%d/v1" % proxy.port, "api_key": "k-self"}},
+        "server": {"port": proxy.port}}, {})
+    proxy.server.reload(looping)
+    status, body = proxy.post(OPENAI, CHAT)
+    assert status == 508, body
+    assert "upstreams.self.base_url" in body["error"]["message"]
+    status, _, data = proxy.request("POST", GEMINI, {"contents": [
+        {"role": "user", "parts": [{"text": "hi"}]}]})
+    assert status == 508 and json.loads(data)["error"]["code"] == 508
+    eventually(lambda: idle(proxy))
+
+
+def test_a_loop_through_another_proxy_is_a_508_from_the_hop_header(proxy_factory):
+    first = proxy_factory({"upstreams": {"e": {"kind": "echo"}}})
+    second = proxy_factory({"upstreams": {"back": {
+        "base_url": "http://127.0.0.1:%d/v1" % first.port, "api_key": "k-back"}}})
+    first.server.reload(make_config({"upstreams": {"onward": {
+        "base_url": "http://127.0.0.1:%d/v1" % second.port, "api_key": "k-on"}}}, {}))
+    for stream in (False, True):
+        status, _, data = first.request("POST", OPENAI, dict(CHAT, stream=stream))
+        assert status == 508, data
+        assert "loop detected" in json.loads(data)["error"]["message"]
+    eventually(lambda: idle(first) and idle(second), what="both proxies idle")
+
+
+# ---- workers, and clients that stop reading or leave ----------------------------------------
+
+def test_health_says_degraded_while_no_worker_is_free(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1234"}},
+                           "server": {"workers": 1}})
+    gate = Gate(json_reply(completion("late")))
+    fake.queue(gate)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, CHAT, timeout=60)))
+    worker.start()
+    try:
+        assert gate.entered.wait(30)
+        status, _, data = proxy.request("GET", "/health")
+        assert status == 503 and json.loads(data)["status"] == "degraded"
+    finally:
+        gate.open()
+        worker.join(60)
+    assert answers[0][0] == 200
+    eventually(lambda: idle(proxy))
+    status, _, data = proxy.request("GET", "/health")
+    assert status == 200 and json.loads(data) == {"status": "ok", "workers_free": 1}
+
+
+def endless_stream(handler, request):
+    """A stream that goes on until its reader stops it (bounded, for safety)."""
+    handler.start_stream()
+    event = b"data: " + json.dumps(chunk({"content": "x" * 8000})).encode() + b"\n\n"
+    for _ in range(20000):
+        if not handler.write_chunk(event):
+            return
+
+
+def test_a_client_that_stops_reading_is_dropped_after_send_timeout(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1234"}},
+                           "server": {"send_timeout": 0.3, "stream_queue_chunks": 4}})
+    fake.queue(endless_stream)
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(raw_head("POST", OPENAI, ["Content-Type: application/json"], len(body)) + body)
+    try:   # never read: the worker, the upstream call and the connection must all be freed
+        eventually(lambda: fake.aborted_streams == 1, what="the upstream stream stopped")
+        eventually(lambda: idle(proxy), what="the worker freed")
+        status, _, _ = proxy.request("GET", "/health")
+        assert status == 200
+    finally:
+        sock.close()
+
+
+def test_a_client_that_leaves_before_the_first_byte_frees_its_worker_at_once(
+        proxy_factory, fake, caplog):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1234",
+                                                  "first_byte_timeout": 600}}})
+    gate = Gate(json_reply(completion("late")))
+    fake.queue(gate)
+    caplog.set_level(logging.INFO, logger="gemini_proxy")
+    body = json.dumps(CHAT).encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(raw_head("POST", OPENAI, ["Content-Type: application/json"], len(body)) + body)
+    try:
+        assert gate.entered.wait(30)
+        sock.close()    # the upstream has not answered: only the hang-up can free the worker
+        eventually(lambda: idle(proxy), what="the worker freed")
+        assert proxy.server.proxy.pool.open == 0     # the upstream call was abandoned
+    finally:
+        gate.open()
+    access = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+    assert access and " 499 " in access[-1]
+    assert not [r for r in caplog.records if r.exc_info or "failed" in r.getMessage()
+                and "connection handler" in r.getMessage()]
+
+
+# ---- shutdown ------------------------------------------------------------------------------
+
+def first_event_then_gate(gate):
+    def reply(handler, request):
+        handler.start_stream()
+        handler.write_chunk(b"data: " + json.dumps(chunk({"role": "assistant", "content": "A"}))
+                            .encode() + b"\n\n")
+        gate(handler, request)
+    return reply
+
+
+def test_shutdown_past_the_grace_stops_hung_calls_and_tells_each_client(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1234"}},
+                           "server": {"shutdown_grace": 0.2}})
+    whole_gate, stream_gate = Gate(), Gate()
+    fake.queue(whole_gate)
+    answers = {}
+
+    def ask(name, payload):
+        answers[name] = proxy.request("POST", OPENAI, payload, timeout=60)
+    whole = threading.Thread(target=ask, args=("whole", CHAT))
+    whole.start()
+    assert whole_gate.entered.wait(30)
+    fake.queue(first_event_then_gate(stream_gate))
+    streamed = threading.Thread(target=ask, args=("stream", dict(CHAT, stream=True)))
+    streamed.start()
+    try:
+        assert stream_gate.entered.wait(30)
+        proxy.stop()        # joins the server's thread: it must not wait for the upstream
+        whole.join(30)
+        streamed.join(30)
+    finally:
+        whole_gate.open()
+        stream_gate.open()
+    status, _, data = answers["whole"]
+    assert status == 503 and "shutting down" in json.loads(data)["error"]["message"]
+    status, _, data = answers["stream"]     # http.client read the whole chunked body
+    events = [line[6:] for line in data.decode().split("\n\n") if line.startswith("data: ")]
+    assert status == 200 and "[DONE]" not in events
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "A"
+    assert "shutting down" in json.loads(events[-1])["error"]["message"]
+
+
+# ---- file descriptors and connections ------------------------------------------------------
+
+def test_connections_over_max_connections_get_a_503_and_the_rest_are_served(proxy_factory):
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}},
+                           "server": {"max_connections": 3}})
+    held = []
+    try:
+        for _ in range(3):      # three keep-alive connections, each known to the server
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+            sock.sendall(raw_head("GET", "/health"))
+            head, _ = read_head(sock)
+            assert head.startswith("HTTP/1.1 200")
+            held.append(sock)
+        extra = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+        head, _ = read_head(extra)
+        assert head.startswith("HTTP/1.1 503") and "retry-after: 1" in head.lower()
+        extra.close()
+        held.pop().close()
+        eventually(lambda: proxy.server.connections_open == 2)
+        status, _, _ = proxy.request("GET", "/health")
+        assert status == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_running_out_of_descriptors_is_logged_once_a_while_not_per_accept(proxy, caplog):
+    caplog.set_level(logging.ERROR, logger="gemini_proxy")
+    server = proxy.server
+    context = {"message": "socket.accept() out of system resource",
+               "exception": OSError(errno.EMFILE, "Too many open files")}
+    for _ in range(1000):
+        server._loop_exception(server._loop, context)
+    lines = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(lines) == 1 and not lines[0].exc_info
+
+
+# ---- endless replies -----------------------------------------------------------------------
+
+def line_without_end(size):
+    def reply(handler, request):
+        handler.start_stream()
+        handler.write_chunk(b"data: {\"x\": \"" + b"y" * size)
+        handler.write_chunk(b"y" * size)
+    return reply
+
+
+@pytest.mark.parametrize("client, path, payload", [
+    ("openai", OPENAI, dict(CHAT, stream=True)),                       # passed through
+    ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",       # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})])
+def test_a_stream_event_over_max_reply_bytes_is_a_502(proxy_factory, fake, client, path,
+                                                     payload):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1234",
+                                                  "max_reply_bytes": 100000, "retries": 0}}})
+    fake.queue(line_without_end(80000))
+    status, _, data = proxy.request("POST", path, payload)
+    assert status == 502, data
+    assert "max_reply_bytes" in json.loads(data)["error"]["message"]
+
+
+def test_a_whole_reply_over_max_reply_bytes_is_a_502(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1234",
+                                                  "max_reply_bytes": 100000, "retries": 0}}})
+    fake.queue(json_reply(completion("z" * 200000)))
+    status, body = proxy.post(GEMINI, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert status == 502 and "max_reply_bytes" in body["error"]["message"]
+
+
+def test_a_line_that_never_ends_is_refused_at_max_event():
+    parser = gp.SSEParser(max_event=10 * 1024 * 1024)
+    piece = b"y" * 65536
+    fed = 0
+    with pytest.raises(ValueError):
+        for _ in range(1000):       # 64 MiB offered in all
+            parser.feed(piece)
+            fed += len(piece)
+    assert 10 * 1024 * 1024 - len(piece) <= fed <= 10 * 1024 * 1024
+
+
+def test_an_event_of_many_short_lines_is_refused_at_max_event_too():
+    parser = gp.SSEParser(max_event=1000)
+    with pytest.raises(ValueError):
+        for _ in range(200):
+            parser.feed(b"data: 0123456789\n")
