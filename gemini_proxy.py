@@ -5514,6 +5514,7 @@ class ChunkPipe:
         self.early_head: Optional[ResponseHead] = None   # what commit_early may send
         self.head_sent = False          # by the worker, or early by the loop
         self.committed_early = False
+        self.finished = False           # the worker is done with the request
 
     def put(self, item: Any) -> None:
         while not self._space.acquire(timeout=0.5):
@@ -5543,6 +5544,7 @@ class ChunkPipe:
 
     def finish(self) -> None:
         """The end marker; never blocks (the loop may have stopped reading)."""
+        self.finished = True
         self._append(None)
 
     def _append(self, item: Any) -> None:
@@ -5602,9 +5604,10 @@ class ChunkPipe:
         return items
 
     def abort(self, why: str = "client") -> None:
-        """Abandon the request: stop its upstream call, wake whoever waits on the pipe."""
+        """Abandon the request: stop its upstream call, wake whoever waits on the pipe. A
+        request whose worker has finished has nothing left to stop."""
         with self._lock:
-            if self.gone:
+            if self.gone or (self.finished and why == "shutdown"):
                 return
             self.gone, self.why_gone = True, why
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
@@ -7018,7 +7021,8 @@ class ProxyServer:
             if early is not None:
                 return [early]
             items = await pipe.take()
-        return items
+        # A worker ends without a head only when its request was abandoned.
+        return items if items and items[0] is not None else []
 
     async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
                      dialect: ClientDialect, items: List[Any], keep_alive: bool) -> bool:
@@ -7029,23 +7033,22 @@ class ProxyServer:
         while True:
             ended = None in items
             data = b"".join(encode_chunk(item) for item in items if item is not None)
-            if ended:
-                writer.write(data + LAST_CHUNK)
-                await self._drain(writer)
-                return keep_alive and not pipe.gone
             if data:
                 between_events = data.endswith((b"\n\n\r\n", b"\r\n\r\n\r\n"))  # event ended
+            if ended or pipe.gone:
+                if pipe.why_gone == "shutdown" and between_events:
+                    data += encode_chunk(dialect.stream_error(ProxyError(
+                        "the proxy is shutting down", status=503)))
+                if ended or pipe.why_gone == "shutdown":
+                    writer.write(data + LAST_CHUNK)
+                    await self._drain(writer)
+                return ended and keep_alive and not pipe.gone
+            if data:
                 writer.write(data)
                 await self._drain(writer)
             items = await pipe.take(interval)
-            if items:
+            if items or pipe.gone:
                 continue
-            if pipe.gone:
-                if pipe.why_gone == "shutdown" and between_events:
-                    writer.write(encode_chunk(dialect.stream_error(ProxyError(
-                        "the proxy is shutting down", status=503))) + LAST_CHUNK)
-                    await self._drain(writer)
-                return False
             if between_events and interval:
                 writer.write(encode_chunk(dialect.keepalive))
                 await self._drain(writer)
