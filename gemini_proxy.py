@@ -6687,6 +6687,9 @@ class ProxyServer:
     async def serve_until_stopped(self) -> None:
         assert self._server is not None and self._stop is not None
         await self._stop.wait()
+        busy = sum(c.busy for c in self._connections)
+        log.info("stopping: %d requests in flight get up to %gs to finish (a second signal "
+                 "exits at once)", busy, self._limits["shutdown_grace"])
         self._draining = True
         self._server.close()
         for connection in list(self._connections):

@@ -6,6 +6,7 @@ temporary working directory, so neither the machine's environment nor a stray
 """
 
 import json
+import logging
 import os
 import re
 import signal
@@ -55,11 +56,11 @@ def free_port():
 class Running:
     """A proxy subprocess whose stderr is collected line by line in a thread."""
 
-    def __init__(self, args, tmp_path, env=None):
+    def __init__(self, args, tmp_path, env=None, preexec_fn=None):
         self.proc = subprocess.Popen([sys.executable, SCRIPT] + list(args), cwd=str(tmp_path),
                                      env=env if env is not None else minimal_env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     universal_newlines=True)
+                                     universal_newlines=True, preexec_fn=preexec_fn)
         self.lines = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -119,8 +120,8 @@ class Running:
 def start(tmp_path):
     started = []
 
-    def starter(args, env=None):
-        running = Running(args, tmp_path, env)
+    def starter(args, env=None, preexec_fn=None):
+        running = Running(args, tmp_path, env, preexec_fn)
         started.append(running)
         return running
     yield starter
@@ -415,3 +416,130 @@ def test_listening_publicly_without_keys_is_a_warning(start):
     line = proxy.wait_for(r"listening on ")
     assert " WARNING " in line and "NO CLIENT KEYS" in line
     assert proxy.stop() == 0
+
+
+# ---- signals, descriptors and log lines -------------------------------------------------
+
+def proxy_port(proxy):
+    line = proxy.wait_for(r"listening on ")
+    return int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", line).group(1))
+
+
+def fake_config(tmp_path, fake, **server):
+    return write_config(tmp_path, {
+        "upstreams": {"fake": {"base_url": fake.base_url, "api_key": UPSTREAM_KEY,
+                               "first_byte_timeout": 600, "retries": 0}},
+        "server": dict({"port": 0}, **server)})
+
+
+def ask_in_thread(port, payload, answers):
+    def ask():
+        request = urllib.request.Request(
+            "http://127.0.0.1:%d/v1/chat/completions" % port, json.dumps(payload).encode(),
+            {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers.append((response.status, response.read()))
+        except urllib.error.HTTPError as err:
+            answers.append((err.code, err.read()))
+        except OSError as err:      # the proxy went away (a forced exit)
+            answers.append((0, repr(err).encode()))
+    thread = threading.Thread(target=ask)
+    thread.start()
+    return thread
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_sigterm_stops_hung_upstream_calls_after_the_grace_and_tells_clients(start, tmp_path,
+                                                                           fake):
+    from fake_upstream import Gate, chunk
+    whole, streamed = Gate(), Gate()
+
+    def first_event_then_wait(handler, request):
+        handler.start_stream()
+        handler.write_chunk(b"data: " + json.dumps(chunk({"content": "A"})).encode() + b"\n\n")
+        streamed(handler, request)
+    fake.queue(whole, first_event_then_wait)
+    proxy = start(["-c", fake_config(tmp_path, fake, shutdown_grace=0.3)])
+    port = proxy_port(proxy)
+    answers, stream_answers = [], []
+    threads = [ask_in_thread(port, CHAT, answers)]
+    assert whole.entered.wait(30)
+    threads.append(ask_in_thread(port, dict(CHAT, stream=True), stream_answers))
+    try:
+        assert streamed.entered.wait(30)
+        assert proxy.stop(signal.SIGTERM, timeout=30) == 0    # not first_byte_timeout (600 s)
+        for thread in threads:
+            thread.join(30)
+    finally:
+        whole.open()
+        streamed.open()
+    status, body = answers[0]
+    assert status == 503 and b"shutting down" in body
+    status, body = stream_answers[0]      # the chunked body ended properly: no IncompleteRead
+    events = [e[6:] for e in body.decode().split("\n\n") if e.startswith("data: ")]
+    assert status == 200 and json.loads(events[0])["choices"][0]["delta"]["content"] == "A"
+    assert "shutting down" in json.loads(events[-1])["error"]["message"]
+    assert "Traceback" not in proxy.text() and "CancelledError" not in proxy.text()
+
+
+def test_a_second_signal_exits_at_once(start, tmp_path, fake):
+    from fake_upstream import Gate
+    gate = Gate()
+    fake.queue(gate)
+    proxy = start(["-c", fake_config(tmp_path, fake, shutdown_grace=600)])
+    port = proxy_port(proxy)
+    answers = []
+    thread = ask_in_thread(port, CHAT, answers)
+    try:
+        assert gate.entered.wait(30)
+        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.wait_for(r"stopping: 1 requests in flight")
+        assert proxy.stop(signal.SIGTERM, timeout=30) == 128 + signal.SIGTERM
+        assert "second signal: exiting now" in proxy.text()
+    finally:
+        gate.open()
+        thread.join(30)
+
+
+@pytest.mark.skipif(not hasattr(gp, "resource") or gp.resource is None,
+                    reason="no open-file limit to read on this platform")
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_bounds_connections(start):
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 400))
+    proxy = start(["--upstream-kind", "echo", "--port", "0"], preexec_fn=low_limit)
+    port = proxy_port(proxy)
+    with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=30) as response:
+        connections = json.loads(response.read())["connections"]
+    assert connections["max"] == (400 - gp.FD_RESERVE) // 2   # not (100 - FD_RESERVE) // 2
+    assert proxy.stop() == 0
+
+
+def test_upstream_text_cannot_forge_or_split_log_lines(start, tmp_path, fake):
+    from fake_upstream import json_reply
+    fake.queue(json_reply({"error": {"message": "bad\n2026-01-01 00:00:00,000 ERROR forged "
+                                                "line\rand \x1b[31mred"}}, status=400))
+    proxy = start(["-c", fake_config(tmp_path, fake)])
+    port = proxy_port(proxy)
+    answers = []
+    ask_in_thread(port, CHAT, answers).join(30)
+    assert answers[0][0] == 400
+    proxy.wait_for(r"POST /v1/chat/completions 400")
+    assert proxy.stop() == 0
+    lines = proxy.text().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", line) for line in lines)
+    access = [line for line in lines if "POST /v1/chat/completions 400" in line]
+    assert len(access) == 1 and "forged line" in access[0]    # logged, on its own line
+    assert "\x1b" not in proxy.text() and "\r" not in proxy.text()
+
+
+def test_log_lines_escape_control_characters_whatever_logs_them():
+    formatter = gp.LogFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("gemini_proxy", logging.WARNING, __file__, 1,
+                               "upstream said %s", ("a\nFAKE ERROR b\r\x1b[0m\u2028c",), None)
+    assert formatter.format(record) == \
+        "WARNING upstream said a\\x0aFAKE ERROR b\\x0d\\x1b[0m\\u2028c"
