@@ -3040,6 +3040,8 @@ def encode_anthropic_request(chat: Chat, model: str,
         if content:
             messages.append({"role": message.role, "content": content})
     max_tokens = chat.max_tokens or options["default_max_tokens"]
+    if options["max_output_tokens"]:
+        max_tokens = min(max_tokens, options["max_output_tokens"])
     payload: Dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
     system = [_anthropic_text(p) for p in chat.system if p.text]
     fmt = chat.response_format

@@ -1,0 +1,192 @@
+"""What real clients and real upstreams showed: a slow upstream must not make Gemini CLI
+give up for want of response headers; caps, paths and token counts must hold on the
+pass-through path too; the access line says what happened to every request."""
+
+import http.client
+import json
+import logging
+import re
+import time
+
+import pytest
+
+from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
+                           stream_reply, chunk, text_stream)
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post_streaming(proxy, path, payload, headers=None):
+    """A request whose response head is read now and whose body is read later."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+    conn.request("POST", path, json.dumps(payload),
+                 dict({"content-type": "application/json"}, **(headers or {})))
+    return conn, conn.getresponse()
+
+
+@pytest.mark.parametrize("client, path, payload", [
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True)),
+    ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9))])
+def test_a_slow_upstream_gets_the_stream_headers_out_early(proxy_factory, fake, client, path,
+                                                           payload):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "upstream_streaming": "always"}},
+                           "server": {"stream_headers_after": 0.05,
+                                      "keepalive_interval": 0.05}})
+    gate = Gate(text_stream("all done", pieces=1))
+    fake.queue(gate)
+    conn, response = post_streaming(proxy, path, payload,
+                                    {"anthropic-version": "2023-06-01"})
+    try:
+        # The head is here and the upstream has not answered yet: it was sent early.
+        assert response.status == 200 and not gate.opened.is_set()
+        assert response.getheader("content-type").startswith("text/event-stream")
+        # Nothing but keep-alives can come while the gate is shut (Gemini: nothing at all).
+        keepalive = {"openai": b": keep-alive\n\n",
+                     "anthropic": b'event: ping\ndata: {"type":"ping"}\n\n'}.get(client, b"")
+        if keepalive:
+            assert response.read(len(keepalive)) == keepalive
+        gate.open()
+        body = response.read().decode()
+    finally:
+        gate.open()
+        conn.close()
+    assert "all done" in body
+    if client == "openai":
+        assert body.rstrip().endswith("data: [DONE]")
+    elif client == "anthropic":
+        assert "message_stop" in body
+    else:
+        assert body.startswith("data: ") and "keep-alive" not in body and "finishReason" in body
+
+
+@pytest.mark.parametrize("client, path, payload, ends", [
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True), '"code":500'),
+    ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, None)])
+def test_after_early_headers_a_failure_is_the_in_stream_error(proxy_factory, fake, client,
+                                                              path, payload, ends):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "retries": 0}},
+                           "server": {"stream_headers_after": 0.05}})
+    gate = Gate(json_reply({"error": {"message": "upstream broke"}}, status=500))
+    fake.queue(gate)
+    conn, response = post_streaming(proxy, path, payload)
+    try:
+        assert response.status == 200
+        gate.open()
+        body = response.read().decode()
+    finally:
+        gate.open()
+        conn.close()
+    if ends:
+        assert ends in body and "upstream broke" in body and "[DONE]" not in body
+    else:   # Gemini CLI has no error event: a stream without finishReason, which it retries
+        assert "finishReason" not in body
+
+
+@pytest.mark.parametrize("path, payload, field", [
+    ("/v1/chat/completions", dict(CHAT, max_tokens=32768), "max_tokens"),
+    ("/v1/chat/completions", dict(CHAT, max_completion_tokens=32768), "max_completion_tokens"),
+])
+def test_max_output_tokens_caps_a_passed_through_openai_request(proxy_factory, fake, path,
+                                                               payload, field):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "max_output_tokens": 512}}})
+    status, _ = proxy.post(path, payload)
+    assert status == 200 and fake.last[field] == 512
+
+
+def test_max_output_tokens_caps_passed_through_anthropic_and_gemini_requests(proxy_factory):
+    anthropic, gemini = FakeAnthropic().start(), FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {
+            "a": {"kind": "anthropic", "base_url": anthropic.base_url, "api_key": "k-a",
+                  "max_output_tokens": 512},
+            "g": {"kind": "gemini", "base_url": gemini.base_url, "api_key": "k-g",
+                  "max_output_tokens": 512}},
+            "routes": [{"model": "claude-*", "upstream": "a"},
+                       {"model": "gemini-*", "upstream": "g"}]})
+        status, _ = proxy.post("/v1/messages", {"model": "claude-x", "max_tokens": 128000,
+                                                "messages": [{"role": "user", "content": "x"}]},
+                               {"anthropic-version": "2023-06-01"})
+        assert status == 200 and anthropic.last["max_tokens"] == 512
+        status, _ = proxy.post("/v1beta/models/gemini-x:generateContent", {
+            "contents": [{"role": "user", "parts": [{"text": "x"}]}],
+            "generationConfig": {"maxOutputTokens": 65536, "temperature": 0.5}})
+        assert status == 200
+        assert gemini.last["generationConfig"] == {"maxOutputTokens": 512, "temperature": 0.5}
+        # Converted, from a client that set no limit: the cap beats default_max_tokens.
+        status, _ = proxy.post("/v1/chat/completions", dict(CHAT, model="claude-x"))
+        assert status == 200 and anthropic.last["max_tokens"] == 512
+    finally:
+        anthropic.stop()
+        gemini.stop()
+
+
+def test_gemini_pass_through_uses_the_api_version_converted_requests_use(proxy_factory):
+    gemini = FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"g": {"kind": "gemini", "base_url":
+                                                   gemini.base_url, "api_key": "k-g"}}})
+        for version in ("v1", "v1beta"):
+            status, _ = proxy.post("/%s/models/gemini-x:generateContent" % version, {
+                "contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+            assert status == 200
+            assert gemini.requests[-1]["path"] == "/v1beta/models/gemini-x:generateContent"
+    finally:
+        gemini.stop()
+
+
+def access_lines(caplog, count=1):
+    """The access lines, once `count` are there (each is written just after its reply)."""
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+def test_a_passed_through_stream_without_usage_gets_estimated_counts(proxy, fake, caplog):
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    events = [chunk({"role": "assistant", "content": ""})] + [
+        chunk({"content": "word %d " % i}) for i in range(40)] + [chunk(finish="stop"),
+                                                                    "[DONE]"]
+    fake.queue(stream_reply(events))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(
+        CHAT, stream=True, messages=[{"role": "user", "content": "a question " * 20}]))
+    assert status == 200 and b"word 39" in data
+    (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
+    prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+    assert " pass stream " in line and 40 <= prompt <= 80 and 60 <= output <= 160, line
+
+
+def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    fake.queue(json_reply(completion("ok", use={"prompt_tokens": 0, "completion_tokens": 0})))
+    proxy.post("/v1beta/models/m:generateContent",
+               {"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    fake.queue(text_stream("ok", use={"prompt_tokens": 0, "completion_tokens": 0}))
+    proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    lines = access_lines(caplog, 2)
+    assert len(lines) == 2 and all(line.endswith(" tokens=0+0") for line in lines), lines
+
+
+@pytest.mark.parametrize("method, path, status, reason", [
+    ("GET", "/nowhere", 404, "no endpoint GET /nowhere"),
+    ("DELETE", "/v1/chat/completions", 405, "DELETE is not allowed"),
+    ("POST", "/v1/chat/completions", 401, "missing or wrong API key")])
+def test_early_refusals_say_why_in_the_access_line(proxy_factory, caplog, method, path, status,
+                                                   reason):
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}},
+                           "server": {"api_keys": ["the-right-key"]}})
+    got, _, _ = proxy.request(method, path, CHAT if method == "POST" else None,
+                              {"authorization": "Bearer the-right-key"} if status != 401
+                              else {})
+    assert got == status
+    (line,) = access_lines(caplog)
+    assert " %d " % status in line and reason in line
