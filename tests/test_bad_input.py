@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from conftest import gp
-from fake_upstream import FakeGemini, gemini_stream, raw_reply
+from fake_upstream import FakeGemini, raw_reply
 
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
 OPENAI = "/v1/chat/completions"

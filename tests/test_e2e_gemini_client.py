@@ -8,7 +8,7 @@ import time
 
 from conftest import gp, sse_payloads
 from fake_upstream import (chunk, completion, json_reply, raw_reply, stream_reply,
-                           text_stream, tool_call, tool_stream, usage)
+                           text_stream, tool_stream, usage)
 
 GENERATE = "/v1beta/models/gemini-2.5-pro:generateContent"
 STREAM = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import gp, make_config
-from fake_upstream import Gate, chunk, json_reply, completion, text_stream
+from fake_upstream import Gate, chunk, completion, json_reply
 
 OPENAI = "/v1/chat/completions"
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"

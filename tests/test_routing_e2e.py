@@ -7,7 +7,7 @@ import pytest
 
 from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, gemini_blocked, gemini_error,
                            gemini_stream, json_reply)
-from talkers import AnthropicTalker, GeminiTalker, OpenAITalker
+from talkers import AnthropicTalker, OpenAITalker
 
 
 @pytest.fixture
