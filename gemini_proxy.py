@@ -6649,6 +6649,11 @@ class ProxyServer:
         """Running out of file descriptors makes every accept fail: say so once in a
         while, not once per attempt; anything else as asyncio would."""
         exc = context.get("exception")
+        if self._draining and isinstance(exc, (OSError, ValueError)):
+            # asyncio retries an accept that ran out of descriptors a second later; once
+            # the listening socket is closed, each of those retries fails: not news.
+            log.debug("while stopping: %s", context.get("message"))
+            return
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE,
                                                       errno.ENOBUFS, errno.ENOMEM):
             now = time.monotonic()

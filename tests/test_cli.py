@@ -543,3 +543,37 @@ def test_log_lines_escape_control_characters_whatever_logs_them():
                                "upstream said %s", ("a\nFAKE ERROR b\r\x1b[0m\u2028c",), None)
     assert formatter.format(record) == \
         "WARNING upstream said a\\x0aFAKE ERROR b\\x0d\\x1b[0m\\u2028c"
+
+
+@pytest.mark.skipif(not hasattr(gp, "resource") or gp.resource is None,
+                    reason="no open-file limit to set on this platform")
+def test_running_out_of_descriptors_is_logged_once_and_the_proxy_recovers(start):
+    import resource
+
+    def tiny_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    proxy = start(["--upstream-kind", "echo", "--port", "0"], preexec_fn=tiny_limit)
+    port = proxy_port(proxy)
+    flood = []
+    for _ in range(300):
+        try:
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        except OSError:
+            break
+    proxy.wait_for(r"out of file descriptors", timeout=30)
+    for sock in flood:
+        sock.close()
+    deadline = time.monotonic() + 30
+    while True:     # the connections close on the proxy's side as it reads their EOF
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=10) as r:
+                assert json.loads(r.read())["status"] == "ok"
+                break
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    assert proxy.stop() == 0
+    text = proxy.text()
+    assert "Traceback" not in text and text.count("out of file descriptors") <= 3
+    assert len(text.splitlines()) < 20, text[:2000]
