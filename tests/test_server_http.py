@@ -1,7 +1,7 @@
-"""Section 11 over raw sockets: the real server on 127.0.0.1, fed the bytes http.client
-would never send. Errors come back in the Gemini shape {"error": {code, message, status}};
-a request whose framing is unknown is answered and its connection closed; one bad client
-never disturbs another."""
+"""The server (section 17) over raw sockets: the real server on 127.0.0.1, fed the bytes
+http.client would never send. Errors come back in the Gemini shape {"error": {code,
+message, status}}; a request whose framing is unknown is answered and its connection
+closed; one bad client never disturbs another."""
 
 import base64
 import json
