@@ -1846,7 +1846,7 @@ class EmbedReply:
 def expect(value: Any, kind: Any, where: str, what: str) -> Any:
     """`value` if it has the expected JSON type, else a 400 naming the field."""
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ClientError("%s: expected %s, got %s" % (where, what, json.dumps(value)[:100]))
+        raise ClientError("%s: expected %s, got %s" % (where, what, clip(json.dumps(value), 100)))
     return value
 
 
@@ -2772,7 +2772,6 @@ ANTHROPIC_ERROR_STATUS = {kind: status for status, kind in ANTHROPIC_ERROR_TYPES
 ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
 ANTHROPIC_ENCODED_ID = "pxid_"
-ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_JSON_NOTE = "Reply with a single JSON object and nothing else."
 
 
@@ -5440,7 +5439,7 @@ class KeyPool:
         with self._lock:
             state.failures += 1
             state.last_failure = time.monotonic()
-            state.last_error = "%d: %s" % (error.status, error.message[:200])
+            state.last_error = "%d: %s" % (error.status, clip(error.message, 200))
             scope = refusal_scope(error)
             if scope:
                 state.refused["*" if scope == "*" else model] = (error.status,
