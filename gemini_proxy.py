@@ -1678,6 +1678,9 @@ def split_think_tags(events: Iterable[Any], tags: List[str]) -> Iterator[Any]:
         splitter = splitters.get(event.choice)
         if splitter is None:
             splitter = splitters[event.choice] = ThinkTagSplitter(tags, event.choice)
+        if splitter.state == "answer":    # most of a reply: nothing held, nothing to look for
+            yield event
+            continue
         if not isinstance(event, Finish) and event.type == TEXT:
             yield from splitter.feed(event.text)
             continue
