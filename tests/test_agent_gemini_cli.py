@@ -133,3 +133,21 @@ def test_a_stream_cut_mid_way_is_retried_by_the_cli(proxy, fake, workdir, tmp_pa
     assert code == 0, stderr
     assert result["response"].endswith("FAKE says hello."), result["response"]
     assert len(fake.requests) == 2
+
+
+def test_an_upstream_slower_than_the_clis_60_s_header_wait_is_asked_once(proxy_factory, fake,
+                                                                         workdir, tmp_path):
+    # Gemini CLI 0.61 gives up on a server that sends no response headers for 60 s and
+    # sends the whole request again (the model evaluates the prompt twice). The proxy sends
+    # a streamed reply's headers after stream_headers_after, so one request is enough.
+    # This test waits for the CLI's own 60 s clock: it is slow by nature.
+    from fake_upstream import delayed, text_stream
+    proxy = proxy_factory({"upstreams": {"up": {"base_url": fake.base_url,
+                                                "upstream_streaming": "always"}},
+                           "server": {"stream_headers_after": 5}})
+    fake.queue(delayed(65, text_stream("slow but sure", pieces=1)))
+    code, result, stderr = run_gemini(proxy, str(workdir), str(tmp_path / "home"), "Say hi",
+                                      timeout=300)
+    assert code == 0, stderr
+    assert result["response"] == "slow but sure"
+    assert len([r for r in fake.requests if r["method"] == "POST"]) == 1
