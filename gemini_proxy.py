@@ -128,6 +128,7 @@ class Setting:
     flag: str = ""                # a command-line flag that sets it
     choices: Tuple[str, ...] = ()
     zero: bool = False            # seconds: may be 0 (elsewhere 0 would surely be a mistake)
+    minimum: int = 0              # whole numbers: the least that works
 
 
 MiB = 1024 * 1024
@@ -143,13 +144,14 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server", "allow_public", False, "allow a non-loopback address with no client "
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 256, "threads for upstream calls; each in-flight request "
-            "holds one", env="GEMINI_PROXY_WORKERS", flag="--workers"),
+            "holds one", env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "max_connections", 0, "client connections open at once; more are "
             "turned away with a 503 (0: as many as the open-file limit allows)"),
-    Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)"),
-    Setting("server", "max_header_count", 100, "request headers (431 above)"),
+    Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)",
+            minimum=1),
+    Setting("server", "max_header_count", 100, "request headers (431 above)", minimum=1),
     Setting("server", "max_body_bytes", 32 * MiB, "request body, inline images included "
-            "(413 above)"),
+            "(413 above)", minimum=1),
     Setting("server", "head_timeout", 30.0, "seconds to receive a whole request head"),
     Setting("server", "body_timeout", 60.0, "seconds of silence allowed while a body "
             "arrives"),
@@ -166,7 +168,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "its upstream before its response headers go out anyway (Gemini CLI gives up "
             "after 60 s without them); 0: wait for the first event", zero=True),
     Setting("server", "stream_queue_chunks", 64, "chunks buffered between an upstream "
-            "stream and a slow client"),
+            "stream and a slow client", minimum=1),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
     # -- upstreams.<name>: how to reach one provider (sections 11-16) --
@@ -276,7 +278,6 @@ def setting_defaults(section: str) -> Dict[str, Any]:
 SERVER_DEFAULTS = setting_defaults("server")
 UPSTREAM_DEFAULTS = setting_defaults("upstream")
 LOGGING_DEFAULTS = setting_defaults("logging")
-ROUTE_DEFAULTS = setting_defaults("route")
 SETTINGS_BY_PATH = {(s.section, s.key): s for s in SETTINGS}
 
 # The base URL of each upstream kind when a config gives none.
@@ -314,6 +315,10 @@ CARRIER_MAGIC = b"gpx\x02"
 
 # Model names a client may ask for: printable, no whitespace, of a sane length.
 MODEL_NAME = re.compile(r"[!-~]{1,256}\Z")
+
+# Header and query values this long are treated as credentials even in the bytes passed
+# through to clients (see Config.credentials); shorter ones only stay out of logs.
+MIN_TOKEN_LENGTH = 16
 
 # The request header that carries the instance ids a request has passed through, so a
 # proxy configured (directly or through others) to call itself answers 508 at once.
@@ -390,13 +395,19 @@ def _finite(text: str) -> float:
     return value
 
 
+def strict_json(text: Any) -> Any:
+    """json.loads without the NaN, Infinity and 1e999 Python would read: they could not be
+    written back as valid JSON. Raises ValueError."""
+    return json.loads(text, parse_constant=_not_json_number, parse_float=_finite)
+
+
 def parse_json_body(body: bytes) -> Any:
     """A client's JSON body. NaN and Infinity (which Python would read) and numbers too
     large for a double are refused: they could not be sent on as valid JSON."""
     if not body.strip():
         raise ClientError("the request body is empty; a JSON object was expected")
     try:
-        return json.loads(body, parse_constant=_not_json_number, parse_float=_finite)
+        return strict_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientError("the request body is not valid JSON: %s" % exc) from None
     except RecursionError:
@@ -547,12 +558,14 @@ SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api
 
 
 class Redactor:
-    """Removes every secret the configuration holds (see Config.secrets) from text bound
-    for a log, an error or a page, and any key=... query value."""
+    """Removes the secrets the configuration holds (Config.secrets) from text bound for
+    a log, an error or a page, and any key=... query value; and its credentials
+    (Config.credentials) from bytes passed through to a client."""
 
-    def __init__(self, secrets_: Iterable[str] = ()):
-        self._secrets = sorted({s for s in secrets_ if s and len(s) >= 4}, key=len, reverse=True)
-        self._secret_bytes = [s.encode("utf-8") for s in self._secrets]
+    def __init__(self, secrets_: Iterable[str] = (), credentials: Iterable[str] = ()):
+        self._secrets = sorted({s for s in secrets_ if len(s) >= 4}, key=len, reverse=True)
+        self._secret_bytes = sorted({s.encode("utf-8") for s in credentials if len(s) >= 4},
+                                    key=len, reverse=True)
 
     def text(self, text: str) -> str:
         for secret in self._secrets:
@@ -561,8 +574,8 @@ class Redactor:
         return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
 
     def bytes(self, data: bytes) -> bytes:
-        """The same for bytes passed through to a client (an upstream may repeat its key
-        in an error); only the configured secrets, at the cost of a search each."""
+        """Credentials removed from bytes passed through to a client (an upstream may
+        repeat its key in an error), at the cost of a search each."""
         for secret in self._secret_bytes:
             if secret in data:
                 data = data.replace(secret, b"[REDACTED]")
@@ -618,6 +631,18 @@ class Config:
             parts = urllib.parse.urlsplit(spec["base_url"])
             found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
         return [s for s in found if s]
+
+    def credentials(self) -> List[str]:
+        """The secrets removed even from an upstream's reply passed through to a client
+        (an upstream may repeat one in an error): every key and URL password, and header
+        and query values as long as a token (an api-version date or "true" is none, and
+        a model's answer must not have it replaced)."""
+        keys = set(self.server["api_keys"])
+        for spec in self.upstreams.values():
+            keys.update(spec["api_keys"])
+            parts = urllib.parse.urlsplit(spec["base_url"])
+            keys.update(urllib.parse.unquote(v) for v in (parts.username, parts.password) if v)
+        return [s for s in self.secrets() if s in keys or len(s) >= MIN_TOKEN_LENGTH]
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
@@ -681,8 +706,9 @@ def _check_value(value: Any, setting: Setting, path: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError("%s: expected true or false, got %r" % (path, value))
     elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError("%s: expected a whole number >= 0, got %r" % (path, value))
+        if isinstance(value, bool) or not isinstance(value, int) or value < setting.minimum:
+            raise ConfigError("%s: expected a whole number >= %d, got %r"
+                              % (path, setting.minimum, value))
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not math.isfinite(value) or value < 0 or (value == 0 and not setting.zero):
@@ -988,8 +1014,6 @@ def _check_safety(config: Config) -> None:
     server = config.server
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
-    if server["workers"] < 1:
-        raise ConfigError("server.workers: at least one worker thread is needed")
     if any(not key.strip() for key in server["api_keys"]):
         raise ConfigError("server.api_keys: an empty or blank key would let anyone in; "
                           "remove it")
@@ -1043,7 +1067,6 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-HTTP_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*\Z", re.S)
 HTTP_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 HTTP_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\Z")
@@ -1098,10 +1121,12 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
         raise ClientError("too many request headers", status=431)
     headers = []
     for line in lines[1:]:
-        match = HTTP_HEADER_LINE.match(line)
-        if not match:
+        # partition and strip, not a regex: "(.*?)[ \t]*" backtracks quadratically on a
+        # value of many spaces, and one such head would stall the event loop for seconds.
+        name, colon, value = line.partition(b":")
+        if not colon or not HTTP_TOKEN.match(name):
             raise ClientError("malformed header line")
-        name, value = match.groups()
+        value = value.strip(b" \t")
         if HTTP_BAD_VALUE.search(value):
             raise ClientError("control character in header %s" % name.decode("ascii"))
         headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
@@ -1216,11 +1241,12 @@ def encode_chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def sse_complete_length(data: bytes) -> int:
+def sse_complete_length(data: bytes, start: int = 0) -> int:
     """How many leading bytes of an SSE body hold only whole events (each ends in a blank
-    line: LF LF or CRLF CRLF)."""
-    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n") for at in (data.rfind(mark),)
-            if at >= 0]
+    line: LF LF or CRLF CRLF), looking for the last end at or after `start` (where an
+    earlier look left off: a long event is not searched again and again)."""
+    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n")
+            for at in (data.rfind(mark, start),) if at >= 0]
     return max(ends, default=0)
 
 
@@ -1778,6 +1804,9 @@ def pack_thinking(blocks: List[Part], with_text: bool = True) -> str:
 
 CARRIER_START = base64.b64encode(CARRIER_MAGIC[:3]).decode("ascii")
 
+# The most a carrier may hold once inflated (reasoning of a long turn is well under this).
+MAX_CARRIER_BYTES = 16 * MiB
+
 
 def is_carrier(signature: str) -> bool:
     """Whether a signature may be one of pack_thinking's (in either base64 alphabet)."""
@@ -1793,7 +1822,11 @@ def unpack_thinking(signature: str) -> List[Part]:
         data = b64_decode_any(signature)
         if not data.startswith(CARRIER_MAGIC):
             return []
-        items = json.loads(zlib.decompress(data[len(CARRIER_MAGIC):]))
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(data[len(CARRIER_MAGIC):], MAX_CARRIER_BYTES)
+        if inflate.unconsumed_tail:     # a small signature must not inflate without bound
+            return []
+        items = json.loads(text)
         return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
                      origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
                 for i in items]
@@ -1867,6 +1900,16 @@ def expect_strings(value: Any, where: str) -> List[str]:
     return value
 
 
+MAX_CHOICES = 128     # n / candidateCount: more is surely a mistake, and costs memory
+
+
+def check_choices(n: int, where: str) -> int:
+    if not 1 <= n <= MAX_CHOICES:
+        raise ClientError("%s: %d choices asked for; 1 to %d are possible"
+                          % (where, n, MAX_CHOICES))
+    return n
+
+
 def check_model_name(name: str) -> str:
     """A model name a client asked for: printable, without spaces, at most 256
     characters (it becomes part of an upstream URL, quoted)."""
@@ -1912,7 +1955,8 @@ def reply_list(value: Any, what: str) -> List[Any]:
 
 def embedding_vector(value: Any) -> List[float]:
     if not isinstance(value, list) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in value):
         raise UpstreamError("the upstream embeddings are not lists of numbers", status=502)
     return value
 
@@ -1935,7 +1979,7 @@ def fields_of(value: Any) -> Dict[str, Any]:
 
 def tokens_of(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and value > 0 else 0
+        and 0 < value < 1e15 else 0     # JSON's 1e999 reads as infinity
 
 
 def stream_event_json(data: str, event_error: Callable[[str], Optional[UpstreamError]] =
@@ -1946,7 +1990,7 @@ def stream_event_json(data: str, event_error: Callable[[str], Optional[UpstreamE
     if error is not None:
         raise error
     try:
-        return json.loads(data)
+        return strict_json(data)
     except (ValueError, RecursionError):
         raise UpstreamError("the upstream sent invalid JSON in its stream: %r" % data[:200],
                             status=502) from None
@@ -2069,26 +2113,35 @@ def _openai_assistant_parts(message: Dict[str, Any], where: str,
     for k, call in enumerate(calls):
         call_where = "%s.tool_calls[%d]" % (where, k)
         expect(call, dict, call_where, "a tool call")
-        fn = expect(call.get("function"), dict, call_where + ".function", "an object")
-        arguments = fn.get("arguments") or "{}"
-        try:
-            args = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise ClientError("%s.function.arguments: not valid JSON" % call_where) from None
-        expect(args, dict, call_where + ".function.arguments", "a JSON object")
-        part = Part(TOOL_CALL, id=expect_text(call.get("id"), call_where + ".id") or
-                    "call_%d" % k, name=expect_text(fn.get("name"), call_where + ".function.name"),
-                    args=args)
-        google = (call.get("extra_content") or {}).get("google") or {}
-        signature = google.get("thought_signature") or signatures.get(part.id)
+        part = _openai_function(call.get("function"), call_where + ".function")
+        part.id = expect_text(call.get("id"), call_where + ".id") or "call_%d" % k
+        extra = expect(call.get("extra_content") or {}, dict, call_where + ".extra_content",
+                       "an object")
+        google = expect(extra.get("google") or {}, dict, call_where + ".extra_content.google",
+                        "an object")
+        signature = expect_text(google.get("thought_signature"),
+                                call_where + ".extra_content.google.thought_signature") or \
+            signatures.get(part.id)
         if signature:   # extra_content.google is where Google's own OpenAI layer puts it
             part.signature, part.origin = signature, "gemini"
         parts.append(part)
     if message.get("function_call"):          # the deprecated single-function form
-        fn = message["function_call"]
-        parts.append(Part(TOOL_CALL, id="call_legacy", name=fn.get("name", ""),
-                          args=json.loads(fn.get("arguments") or "{}")))
+        part = _openai_function(message["function_call"], where + ".function_call")
+        part.id = "call_legacy"
+        parts.append(part)
     return parts
+
+
+def _openai_function(fn: Any, where: str) -> Part:
+    """A client's function call ({name, arguments as a JSON text}) as a TOOL_CALL part."""
+    fn = expect(fn, dict, where, "an object")
+    arguments = fn.get("arguments") or "{}"
+    try:
+        args = strict_json(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise ClientError("%s.arguments: not valid JSON" % where) from None
+    return Part(TOOL_CALL, name=expect_text(fn.get("name"), where + ".name"),
+                args=expect(args, dict, where + ".arguments", "a JSON object"))
 
 
 def _openai_tool_choice(chat: Chat, choice: Any) -> None:
@@ -2174,7 +2227,8 @@ def decode_openai_request(payload: Any, strict: bool = True,
     _openai_tool_choice(chat, payload.get("tool_choice"))
     legacy_choice = payload.get("function_call")
     if isinstance(legacy_choice, dict):
-        chat.tool_choice, chat.allowed_tools = "required", [legacy_choice.get("name", "")]
+        chat.tool_choice = "required"
+        chat.allowed_tools = [expect_text(legacy_choice.get("name"), "function_call.name")]
     elif legacy_choice in ("none", "auto"):
         chat.tool_choice = legacy_choice
     chat.parallel_tool_calls = payload.get("parallel_tool_calls")
@@ -2206,7 +2260,8 @@ def decode_openai_request(payload: Any, strict: bool = True,
     stop = payload.get("stop")
     chat.stop = [stop] if isinstance(stop, str) else list(expect(stop or [], list, "stop",
                                                                  "a string or a list"))
-    chat.n = expect(payload.get("n") or 1, int, "n", "a whole number")
+    n = payload.get("n")
+    chat.n = 1 if n is None else check_choices(expect(n, int, "n", "a whole number"), "n")
     chat.stream = bool(payload.get("stream"))
     chat.user = payload.get("user") or payload.get("safety_identifier") or ""
     return chat
@@ -2381,7 +2436,7 @@ def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bo
     else:
         try:
             arguments = text_of(arguments)
-            args = json.loads(arguments) if arguments.strip() else {}
+            args = strict_json(arguments) if arguments.strip() else {}
             malformed = not isinstance(args, dict)
         except (ValueError, RecursionError):
             args, malformed = {}, True
@@ -2507,7 +2562,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         for choice in reply_list(chunk.get("choices"), "choices"):
             choice = reply_object(choice, "a choice")
             index = choice.get("index", 0)
-            index = index if isinstance(index, int) and 0 <= index < 128 else 0
+            index = index if isinstance(index, int) and 0 <= index < MAX_CHOICES else 0
             choices_seen.add(index)
             usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
             delta = reply_object(choice.get("delta"), "delta")
@@ -2929,7 +2984,8 @@ def decode_anthropic_request(payload: Any, strict: bool = True,
                                                    "thinking.budget_tokens", "a number"),
                                      include_thoughts=shown)
         elif kind == "adaptive":
-            chat.thinking = Thinking(effort=output_config.get("effort") or "high",
+            chat.thinking = Thinking(effort=expect_text(output_config.get("effort"),
+                                                        "output_config.effort") or "high",
                                      include_thoughts=shown)
         elif kind == "disabled":
             chat.thinking = Thinking(budget=0)
@@ -3211,7 +3267,7 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
             if state.get("type") == "tool_use":
                 text = "".join(state["json"])
                 try:
-                    args = json.loads(text) if text.strip() else {}
+                    args = strict_json(text) if text.strip() else {}
                 except (ValueError, RecursionError):
                     args = None
                 if not isinstance(args, dict):
@@ -3645,7 +3701,8 @@ def _gemini_generation_config(chat: Chat, raw: Any, strict: bool) -> None:
     chat.presence_penalty = _gemini_number(config, "presencePenalty")
     chat.frequency_penalty = _gemini_number(config, "frequencyPenalty")
     chat.seed = _gemini_number(config, "seed", integer=True)
-    chat.n = _gemini_number(config, "candidateCount", integer=True) or 1
+    chat.n = check_choices(_gemini_number(config, "candidateCount", integer=True) or 1,
+                           "generationConfig.candidateCount")
     chat.stop = expect_strings(config.get("stopSequences"), "generationConfig.stopSequences")
     if expect_text(config.get("responseMimeType"), "generationConfig.responseMimeType") == \
             "application/json":
@@ -4353,7 +4410,7 @@ def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         blocked |= bool(fields_of(chunk.get("promptFeedback")).get("blockReason"))
         for candidate in _gemini_candidates(chunk):
             index = candidate.get("index", 0)
-            index = index if isinstance(index, int) and 0 <= index < 128 else 0
+            index = index if isinstance(index, int) and 0 <= index < MAX_CHOICES else 0
             for part in _gemini_reply_parts(candidate):
                 calls[index] = calls.get(index, False) or part.type == TOOL_CALL
                 part.choice = index
@@ -4951,8 +5008,8 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
 # ---- 12. Upstream client -------------------------------------------------------------------
 #
 # Blocking http.client calls, made only from worker threads. Connections are kept alive
-# and pooled per (scheme, host, port, proxy): a fresh TLS handshake costs real users
-# 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
+# and pooled per target (scheme, host, port, base path, proxy): a fresh TLS handshake
+# costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamTarget:
@@ -5087,11 +5144,16 @@ class ConnectionPool:
 
 
 def _connection_alive(conn: http.client.HTTPConnection) -> bool:
-    """An idle keep-alive socket that is readable has been closed by the server."""
+    """An idle keep-alive socket that is readable has been closed by the server. poll(),
+    not select(): select cannot watch a descriptor past 1023, which a busy proxy uses."""
     if conn.sock is None:
         return False
     try:
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            return not poller.poll(0)
+        readable, _, _ = select.select([conn.sock], [], [], 0)   # Windows: no poll
         return not readable
     except (OSError, ValueError):
         return False
@@ -5125,14 +5187,15 @@ class Timeouts:
 
 class UpstreamResponse:
     """An upstream reply being read in a worker thread. close() returns a fully read
-    connection to the pool and drops any other; abort() may be called from another
-    thread (the event loop, when the client leaves) to stop a blocked read at once."""
+    connection to the pool and drops any other, first disarming its stopper (see
+    CallStopper) so that nothing can cut the connection once another request has it."""
 
     def __init__(self, pool: ConnectionPool, target: UpstreamTarget,
                  conn: http.client.HTTPConnection, sock: socket.socket,
                  response: http.client.HTTPResponse, max_idle: int, name: str,
-                 timeouts: Timeouts):
+                 timeouts: Timeouts, stopper: "CallStopper"):
         self._pool, self._target, self._conn, self._response = pool, target, conn, response
+        self._stopper = stopper
         # The socket, kept here: for a "Connection: close" reply http.client drops
         # conn.sock while the reply is still being read from it.
         self._sock = sock
@@ -5154,9 +5217,10 @@ class UpstreamResponse:
             raise UpstreamError("the connection to upstream %r broke: %s" % (
                 self._name, exc.__class__.__name__), status=502) from None
 
-    def read_body(self, limit: int) -> bytearray:
+    def read_body(self, limit: int, cut: bool = False) -> bytearray:
         """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)
-        into one buffer; more than `limit` bytes is the upstream's failure."""
+        into one buffer; more than `limit` bytes is the upstream's failure, or with `cut`
+        (an error body, read for its message) just where reading stops."""
         body = bytearray()
         while True:
             piece = self._read(lambda: self._response.read(65536), first=False)
@@ -5164,6 +5228,9 @@ class UpstreamResponse:
                 return body
             body += piece
             if len(body) > limit:
+                if cut:
+                    del body[limit:]
+                    return body
                 raise UpstreamError("upstream %r sent a reply of more than %d bytes "
                                     "(max_reply_bytes)" % (self._name, limit), status=502)
 
@@ -5191,15 +5258,13 @@ class UpstreamResponse:
                                 status=502) from None
         yield from parser.finish()
 
-    def abort(self) -> None:
-        _shut(self._sock)
-
     def close(self, reuse: bool = True) -> None:
         """Release the connection: back to the pool when the reply was read to its end
         (reuse=False when it was abandoned, so the upstream stops generating)."""
         if self._closed:
             return
         self._closed = True
+        self._stopper.disarm()
         response = self._response
         if reuse and not response.isclosed():
             # A reply read up to its logical end ([DONE]) usually has only the last
@@ -5218,12 +5283,27 @@ class UpstreamResponse:
             self._pool.discard(self._conn)
 
 
-def _shut(sock: socket.socket) -> None:
-    """Stop a blocked read or write on a socket from another thread."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+class CallStopper:
+    """Stops one upstream call from another thread (the client left, or the proxy is
+    stopping) by shutting its socket, which wakes a blocked read at once. Disarmed, under
+    the same lock, before the connection goes back to the pool: a late stop must never
+    cut a connection another request is using."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock: Optional[socket.socket] = sock
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._sock = None
 
 
 def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
@@ -5254,21 +5334,25 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                 name, target.host, target.port, getattr(exc, "strerror", None)
                 or exc.__class__.__name__), status=502) from None
         sock = conn.sock
-        watch(lambda: _shut(sock))
+        stopper = CallStopper(sock)
+        watch(stopper.stop)
         try:
             conn.request(method, target.url(path), body=body, headers=request_headers)
             response = conn.getresponse()
         except socket.timeout:
+            stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r %s" % (name, meaning), status=504) from None
         except (OSError, http.client.HTTPException) as exc:
+            stopper.disarm()
             pool.discard(conn)
             if reused and retry_stale:
                 retry_stale = False
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
                                 % (name, exc.__class__.__name__), status=502) from None
-        return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts)
+        return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts,
+                                stopper)
 
 
 # ---- 13. Key pools -----------------------------------------------------------------------
@@ -5745,6 +5829,13 @@ class Responder:
         self.pipe.put(data)
 
 
+def abandoned(pipe: ChunkPipe) -> Tuple[int, str]:
+    """(status, reason) for the access log of a request given up before its end."""
+    return {"shutdown": (503, "the proxy is shutting down"),
+            "send_timeout": (499, "the client stopped reading (send_timeout)")}.get(
+        pipe.why_gone, (499, "the client closed the connection"))
+
+
 def stream_headers(content_type: str) -> List[Tuple[str, str]]:
     return [("content-type", content_type), ("cache-control", "no-cache")]
 
@@ -5916,7 +6007,7 @@ class UpstreamCall:
 
     def json_of(self, data: bytearray) -> Any:
         try:
-            return json.loads(data)
+            return json.loads(data, parse_constant=_not_json_number)
         except ValueError:
             raise UpstreamError("upstream %r replied with invalid JSON: %r"
                                 % (self.runtime.name, bytes(data[:200])), status=502) from None
@@ -5928,7 +6019,7 @@ class UpstreamCall:
         """A non-2xx reply as an UpstreamError that keeps the status, the message and the
         retry time (Retry-After, the kind's own hint, or a rate-limit reset header), and
         for a pass-through the raw body and its headers."""
-        data = bytes(response.read_body(MiB))
+        data = bytes(response.read_body(MiB, cut=True))
         if self.rq.detail:
             self.rq.detail.stage("3. upstream response: %d" % response.status,
                                  response.headers.items(), data)
@@ -5995,7 +6086,7 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
     retry time when rate limits were the trouble."""
     failures: List[UpstreamError] = []
     unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
-    give_up_at = time.monotonic() + candidates[0][0].spec["retry_budget"]
+    give_up_at = rq.ex.started + candidates[0][0].spec["retry_budget"]
     for runtime, model in candidates:
         if runtime.name in rq.live.unusable:
             status, why = rq.live.unusable[runtime.name]
@@ -6148,7 +6239,7 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
         if stops:
             reply = cut_reply(reply, stops)
         if reply.usage is None:
-            reply.usage = estimate_usage(chat, reply.choices[0].parts)
+            reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         ex.usage = reply.usage
         payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
         return lambda: rq.out.json(payload)
@@ -6337,8 +6428,11 @@ class PassingStream:
             return self.redactor.bytes(data), events
         self.ended = self.ended or (end is not None and any(end.search(text)
                                                             for _, text in events))
+        searched = max(0, len(self.held) - 3)   # an end may straddle the old and the new
         self.held += data
-        whole = sse_complete_length(self.held)
+        whole = sse_complete_length(self.held, searched)
+        if not whole:
+            return b"", events
         ready = bytes(self.held[:whole])
         del self.held[:whole]
         return self.redactor.bytes(ready), events
@@ -6399,7 +6493,8 @@ class Proxy:
                 unusable[name] = (508, "leads back to this proxy: upstreams.%s.base_url "
                                   "(%s) is the address this proxy listens on"
                                   % (name, display_url(spec["base_url"])))
-        return Live(config, upstreams, Redactor(config.secrets()), unusable)
+        return Live(config, upstreams, Redactor(config.secrets(), config.credentials()),
+                    unusable)
 
     @property
     def config(self) -> Config:
@@ -6513,13 +6608,13 @@ class Proxy:
             if self.instance in hops:
                 raise self._loop_error(ex.client_model)
             ex.options = dialect.reply_options(head, rq.payload)
-            if dialect.streams(ex, rq.payload):
+            if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
             failover(rq, candidates, ACTIONS[ex.action])()
         except ClientGone:
-            ex.status, ex.error = 499, "the client closed the connection"
+            ex.status, ex.error = abandoned(pipe)
         except ProxyError as err:
             self._fail(rq, err)
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
@@ -6537,7 +6632,7 @@ class Proxy:
     @staticmethod
     def _fail(rq: Request, error: ProxyError) -> None:
         if rq.pipe.gone:
-            rq.ex.status, rq.ex.error = 499, "the client closed the connection"
+            rq.ex.status, rq.ex.error = abandoned(rq.pipe)
             return
         try:
             rq.fail(error)
@@ -6754,12 +6849,11 @@ class ProxyServer:
 
     async def _turn_away(self, writer: asyncio.StreamWriter) -> None:
         """A connection over server.max_connections: a 503 and goodbye, before reading
-        anything (its dialect is unknown, so the body is plain JSON)."""
-        body = json_bytes({"error": {"code": 503, "status": "UNAVAILABLE", "message":
-                                     "too many connections to this proxy; retry shortly"}})
-        writer.write(response_head(503, [("content-type", "application/json"),
-                                         ("retry-after", "1"), ("connection", "close"),
-                                         ("content-length", str(len(body)))]) + body)
+        anything (so in the dialect guess_dialect picks for a request it knows nothing of)."""
+        status, headers, body = guess_dialect(None).encode_error(ProxyError(
+            "too many connections to this proxy; retry shortly", status=503, retry_after=1))
+        writer.write(response_head(status, headers + [
+            ("connection", "close"), ("content-length", str(len(body)))]) + body)
         writer.close()
 
     async def _read_more(self, reader: asyncio.StreamReader, buf: bytearray,
@@ -6940,7 +7034,8 @@ class ProxyServer:
                 await self._read_body(reader, writer, buf, head, length, welcome=False)
             except ClientError:
                 keep_alive = False
-        await self._send_error(writer, dialect, error, ex.rid, keep_alive, extra_headers)
+        await self._send_error(writer, dialect, error, ex.rid, keep_alive, extra_headers,
+                               head_only=head.method == "HEAD")
         self._access(head, ex, error.status)
         if not keep_alive:
             await self._linger(reader, writer)
@@ -6984,12 +7079,10 @@ class ProxyServer:
         try:
             items = await self._first_items(pipe)
             if not items:   # abandoned before anything was sent
+                ex.status, ex.error = abandoned(pipe)
                 if pipe.why_gone == "shutdown":
-                    await self._send_error(writer, dialect, ProxyError(
-                        "the proxy is shutting down", status=503), ex.rid, keep_alive=False)
-                    ex.status, ex.error = 503, "the proxy is shutting down"
-                else:
-                    ex.status, ex.error = 499, "the client closed the connection"
+                    await self._send_error(writer, dialect, ProxyError(ex.error, status=503),
+                                           ex.rid, keep_alive=False)
                 return False
             first: ResponseHead = items[0]
             ex.first_byte = time.monotonic() - ex.started
@@ -6998,10 +7091,13 @@ class ProxyServer:
                 await self._write(writer, first.status, headers, first.body, keep_alive)
                 return keep_alive
             ex.status = first.status
-            headers += [("transfer-encoding", "chunked"),
-                        ("connection", "keep-alive" if keep_alive else "close")]
+            # HTTP/1.0 has no chunked encoding: its stream ends where the connection does.
+            chunked = head.version == "HTTP/1.1"
+            keep_alive = keep_alive and chunked
+            headers += ([("transfer-encoding", "chunked")] if chunked else []) + \
+                [("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
-            return await self._relay(writer, pipe, dialect, items[1:], keep_alive)
+            return await self._relay(writer, pipe, dialect, items[1:], keep_alive, chunked)
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
@@ -7026,33 +7122,38 @@ class ProxyServer:
         """The first things the worker sent, the response head first; a stream's head
         alone when its upstream has been silent for stream_headers_after seconds; []
         when the request was abandoned first."""
-        wait = self._limits["stream_headers_after"]
-        items = await pipe.take(wait or None)
+        wait = self._limits["stream_headers_after"] or None
+        items = await pipe.take(wait)
         while not items and not pipe.gone:
+            # Looked at again each `wait`: a worker that started late (all were busy)
+            # says only then that its reply will be a stream.
             early = pipe.commit_early()
             if early is not None:
                 return [early]
-            items = await pipe.take()
+            items = await pipe.take(wait)
         # A worker ends without a head only when its request was abandoned.
         return items if items and items[0] is not None else []
 
     async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                     dialect: ClientDialect, items: List[Any], keep_alive: bool) -> bool:
-        """A chunked stream from the pipe to the client, keep-alives in its silences; a
-        stream the shutdown cuts ends with the dialect's error and a proper end."""
+                     dialect: ClientDialect, items: List[Any], keep_alive: bool,
+                     chunked: bool) -> bool:
+        """A stream from the pipe to the client, keep-alives in its silences; a stream the
+        shutdown cuts ends with the dialect's error and a proper end."""
+        frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
+        last = LAST_CHUNK if chunked else b""
         interval = self._limits["keepalive_interval"] if dialect.keepalive else None
         between_events = True
         while True:
             ended = None in items
-            data = b"".join(encode_chunk(item) for item in items if item is not None)
+            data = b"".join(frame(item) for item in items if item is not None)
             if data:
-                between_events = data.endswith((b"\n\n\r\n", b"\r\n\r\n\r\n"))  # event ended
+                between_events = data.endswith((b"\n\n", b"\n\n\r\n", b"\r\n\r\n\r\n"))
             if ended or pipe.gone:
                 if pipe.why_gone == "shutdown" and between_events:
-                    data += encode_chunk(dialect.stream_error(ProxyError(
+                    data += frame(dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503)))
                 if ended or pipe.why_gone == "shutdown":
-                    writer.write(data + LAST_CHUNK)
+                    writer.write(data + last)
                     await self._drain(writer)
                 return ended and keep_alive and not pipe.gone
             if data:
@@ -7062,7 +7163,7 @@ class ProxyServer:
             if items or pipe.gone:
                 continue
             if between_events and interval:
-                writer.write(encode_chunk(dialect.keepalive))
+                writer.write(frame(dialect.keepalive))
                 await self._drain(writer)
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
@@ -7097,13 +7198,14 @@ class ProxyServer:
 
     async def _send_error(self, writer: asyncio.StreamWriter, dialect: ClientDialect,
                           error: ProxyError, rid: str, keep_alive: bool,
-                          extra_headers: Iterable[Tuple[str, str]] = ()) -> None:
+                          extra_headers: Iterable[Tuple[str, str]] = (),
+                          head_only: bool = False) -> None:
         status, headers, body = dialect.encode_error(error)
         headers = headers + list(extra_headers)
         if rid:
             headers = headers + [("x-request-id", rid)]
         try:
-            await self._write(writer, status, headers, body, keep_alive)
+            await self._write(writer, status, headers, body, keep_alive, head_only)
         except (ConnectionError, SendTimeout):
             pass
 

@@ -223,3 +223,52 @@ def test_a_gemini_upstream_that_is_well_formed_still_answers(proxy_factory, gemi
               if line.startswith("data: {")]
     assert status == 200 and "".join(c["choices"][0]["delta"].get("content") or ""
                                      for c in chunks if c["choices"]) == "FAKE says hello."
+
+
+# ---- found by review ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("message, field", [
+    ({"role": "assistant", "function_call": "not an object"}, "messages[1].function_call"),
+    ({"role": "assistant", "function_call": {"name": "f", "arguments": "{oops"}},
+     "messages[1].function_call.arguments"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"},
+                                           "extra_content": "x"}]},
+     "messages[1].tool_calls[0].extra_content"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"},
+                                           "extra_content": {"google": 5}}]},
+     "messages[1].tool_calls[0].extra_content.google"),
+])
+def test_legacy_and_extra_tool_call_fields_of_the_wrong_shape_are_400s(converting, message,
+                                                                       field):
+    status, reply = converting.post(OPENAI, {"model": "m", "messages": [
+        {"role": "user", "content": "x"}, message, {"role": "user", "content": "y"}]})
+    assert status == 400, reply
+    assert field in reply["error"]["message"]
+
+
+def test_an_adaptive_effort_that_is_not_a_word_is_a_400(converting):
+    status, reply = converting.post(ANTHROPIC, {
+        "model": "m", "max_tokens": 9, "thinking": {"type": "adaptive"},
+        "output_config": {"effort": 5}, "messages": [{"role": "user", "content": "x"}]},
+        HEADERS)
+    assert status == 400 and "output_config.effort" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("path, payload, field", [
+    (OPENAI, {"model": "m", "n": 100000, "messages": [{"role": "user", "content": "x"}]}, "n"),
+    (OPENAI, {"model": "m", "n": 0, "messages": [{"role": "user", "content": "x"}]}, "n"),
+    (GEMINI, {"contents": [{"role": "user", "parts": [{"text": "x"}]}],
+              "generationConfig": {"candidateCount": 1000}}, "candidateCount")])
+def test_more_choices_than_make_sense_are_a_400(converting, path, payload, field):
+    status, reply = converting.post(path, payload)
+    assert status == 400 and field in reply["error"]["message"]
+
+
+def test_count_tokens_that_says_stream_is_answered_whole(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}},
+                           "server": {"stream_headers_after": 0.01}})
+    status, headers, data = proxy.request("POST", "/v1/messages/count_tokens", {
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "count me"}]},
+        HEADERS)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(data)["input_tokens"] > 0

@@ -266,7 +266,14 @@ def test_port_zero_flag_is_honoured():
 
 def test_workers_zero_flag_is_rejected_not_ignored():
     message = config_error({"upstreams": {"kimi": kimi()}}, ["--workers", "0"])
-    assert "server.workers" in message
+    assert message.startswith("--workers: expected a whole number >= 1")
+
+
+@pytest.mark.parametrize("key", ["workers", "stream_queue_chunks", "max_body_bytes",
+                                 "max_head_bytes", "max_header_count"])
+def test_settings_that_cannot_work_at_zero_are_refused(key):
+    message = config_error({"upstreams": {"kimi": kimi()}, "server": {key: 0}})
+    assert message.startswith("server.%s: expected a whole number >= 1" % key)
 
 
 def test_upstream_url_file_then_env_then_flag():

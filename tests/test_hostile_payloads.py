@@ -11,7 +11,7 @@ import pytest
 import gemini_proxy as gp
 
 ODD_VALUES = [None, 0, -1, 1.5, "", "x", [], {}, [1], {"a": 1}, True, "\u2028", 10 ** 20,
-              [None], {"type": None}, {"text": 5}]
+              [None], {"type": None}, {"text": 5}, float("inf"), float("-inf"), 1e308]
 
 CLIENT_REQUESTS = {
     "gemini": {

@@ -1,5 +1,5 @@
-"""Key pools, backoff, rate-limit hints, timeouts and stop strings, as units (sections 11
-and 6).
+"""Key pools, backoff, rate-limit hints, timeouts and stop strings, as units (sections
+13, 15, 12 and 6).
 The same behaviour end to end, through the server: test_resilience.py."""
 
 import threading

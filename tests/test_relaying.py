@@ -190,3 +190,59 @@ def test_early_refusals_say_why_in_the_access_line(proxy_factory, caplog, method
     assert got == status
     (line,) = access_lines(caplog)
     assert " %d " % status in line and reason in line
+
+
+# ---- found by review ------------------------------------------------------------------------
+
+def test_a_refused_head_request_gets_no_body_and_the_connection_stays_usable(proxy_factory):
+    import socket
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}},
+                           "server": {"api_keys": ["the-right-key"]}})
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    try:
+        sock.sendall(b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+            more = sock.recv(65536)
+            assert more, data
+            data += more
+        first, second = data.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"401 ") and first.endswith(b"\r\n\r\n")   # head only
+        assert second.startswith(b"200 ")
+    finally:
+        sock.close()
+
+
+def test_an_http_1_0_client_gets_its_stream_without_chunked_framing(proxy_factory):
+    import socket
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}}})
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        data = b""
+        while True:
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    finally:
+        sock.close()
+    head, _, stream = data.partition(b"\r\n\r\n")
+    assert b"200" in head.split(b"\r\n")[0] and b"transfer-encoding" not in head.lower()
+    assert stream.startswith(b"data: {") and stream.endswith(b"data: [DONE]\n\n")
+
+
+def test_short_configured_values_are_not_cut_out_of_passed_through_answers(proxy_factory,
+                                                                           fake):
+    # Every configured header and query value stays out of logs, but only the ones that
+    # could be credentials are removed from a reply a client reads.
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "sk-long-upstream-key-123",
+        "headers": {"X-Feature": "true"}, "query": {"api-version": "2024-10-21"}}}})
+    fake.queue(json_reply(completion("released 2024-10-21, true story")))
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "released 2024-10-21, true story"

@@ -290,3 +290,108 @@ def test_an_event_of_many_short_lines_is_refused_at_max_event_too():
     with pytest.raises(ValueError):
         for _ in range(200):
             parser.feed(b"data: 0123456789\n")
+
+
+# ---- found by review: stopping a call must never touch another's connection -----------------
+
+def test_a_client_leaving_after_a_failed_attempt_cannot_cut_a_pooled_connection(fake):
+    import asyncio
+    from fake_upstream import completion
+    pool = gp.ConnectionPool()
+    loop = asyncio.new_event_loop()
+    target = gp.upstream_target(fake.base_url, {})
+    pipe_a, pipe_b = gp.ChunkPipe(loop, 4), gp.ChunkPipe(loop, 4)
+    gate = Gate(json_reply(completion("B's answer")))
+    fake.queue(json_reply({"error": {"message": "slow down"}}, status=429), gate)
+    try:
+        # Request A: a 429; its connection goes back to the pool, fully read.
+        a = gp.open_upstream_blocking(pool, target, "up", "POST", "/chat/completions", b"{}",
+                                      [], gp.Timeouts(10, 30, 30), 8, pipe_a.on_abort)
+        a.read_body(gp.MiB)
+        a.close(reuse=True)
+        assert pool.idle == 1
+        answers = []
+
+        def request_b():
+            b = gp.open_upstream_blocking(pool, target, "up", "POST", "/chat/completions",
+                                          b"{}", [], gp.Timeouts(10, 30, 30), 8,
+                                          pipe_b.on_abort)
+            answers.append((b.status, json.loads(bytes(b.read_body(gp.MiB)))))
+            b.close()
+        worker = threading.Thread(target=request_b)
+        worker.start()
+        assert gate.entered.wait(30)    # B is on A's old connection, waiting for its reply
+        pipe_a.abort()                  # A's client leaves: A's stopper must not cut it
+        gate.open()
+        worker.join(30)
+        assert answers and answers[0][0] == 200
+        assert answers[0][1]["choices"][0]["message"]["content"] == "B's answer"
+        assert len(fake.requests) == 2  # B was sent once, not again on a fresh connection
+    finally:
+        gate.open()
+        pool.close_all()
+        loop.close()
+
+
+def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_factory, fake):
+    import http.client
+    from fake_upstream import text_stream
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"workers": 1, "stream_headers_after": 0.05}})
+    first, second = Gate(json_reply(completion("first"))), Gate(text_stream("second"))
+    fake.queue(first, second)
+    answers = []
+    busy = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, CHAT, timeout=60)))
+    busy.start()
+    try:
+        assert first.entered.wait(30)       # the only worker is taken
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+        conn.request("POST", OPENAI, json.dumps(dict(CHAT, stream=True)),
+                     {"content-type": "application/json"})
+        first.open()                        # the worker frees up, takes the stream...
+        response = conn.getresponse()       # ...whose upstream has not answered yet
+        assert response.status == 200 and not second.opened.is_set()
+        second.open()
+        assert b"[DONE]" in response.read()
+        conn.close()
+    finally:
+        first.open()
+        second.open()
+        busy.join(30)
+    assert answers[0][0] == 200
+
+
+def test_a_huge_compressed_signature_is_not_inflated():
+    import base64
+    import zlib
+    bomb = base64.b64encode(gp.CARRIER_MAGIC + zlib.compress(b"[" + b" " * (200 * gp.MiB)))
+    assert len(bomb) < gp.MiB
+    assert gp.unpack_thinking(bomb.decode()) == []
+
+
+def test_a_huge_header_value_of_spaces_is_parsed_in_one_pass():
+    # The regex this replaced backtracked quadratically: a 1 MB value would take hours.
+    head = gp.parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\nX: a" + b" " * 1000000 + b"b \t")
+    assert dict(head.headers)["x"] == "a" + " " * 1000000 + "b"
+
+
+def test_a_long_event_passing_through_is_not_searched_again_for_each_piece():
+    # sse_complete_length looks only at what is new: a 64 MiB event in 64 KiB reads
+    # would otherwise be searched 1024 times over.
+    searched = []
+    real_rfind = bytearray.rfind
+
+    class Counting(bytearray):
+        def rfind(self, sub, start=0, *rest):
+            searched.append(len(self) - start)
+            return real_rfind(self, sub, start, *rest)
+    passing = gp.PassingStream(gp.Exchange("r", "openai", "generate"),
+                               gp.UPSTREAM_KINDS["openai"], "text/event-stream", 64 * gp.MiB,
+                               gp.Redactor())
+    passing.held = Counting()
+    for i in range(200):
+        out, _ = passing.take(b'data: "' if i == 0 else b"x" * 65536)
+        assert out == b""
+    out, _ = passing.take(b'"\n\n')
+    assert out.startswith(b'data: "') and out.endswith(b'"\n\n')
+    assert max(searched) <= 65536 + 3 and sum(searched) < 2 * 200 * 65536
