@@ -313,6 +313,9 @@ GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
 # whole signature is canonical base64, which SDKs that type signatures as bytes require.
 CARRIER_MAGIC = b"gpx\x02"
 
+# The longest wait an upstream may ask for (Retry-After, RetryInfo, rate-limit resets).
+MAX_RETRY_AFTER = 86400.0
+
 # Model names a client may ask for: printable, no whitespace, of a sane length.
 MODEL_NAME = re.compile(r"[!-~]{1,256}\Z")
 
@@ -338,8 +341,21 @@ class ProxyError(Exception):
         self.message = message
         if status is not None:
             self.status = status
-        self.retry_after = retry_after  # seconds, when the client should come back
+        self.retry_after = retry_after
         self.reason = reason            # machine-readable detail (e.g. "API_KEY_INVALID")
+
+    @property
+    def retry_after(self) -> Optional[float]:
+        """Seconds until the client should come back."""
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, seconds: Optional[float]) -> None:
+        # What an upstream says is kept within a day: a Retry-After of "inf" must not rest
+        # a key forever, nor break the reply that carries it on.
+        if seconds is not None:
+            seconds = None if math.isnan(seconds) else min(max(seconds, 0.0), MAX_RETRY_AFTER)
+        self._retry_after = seconds
 
 
 class ClientError(ProxyError):
@@ -525,7 +541,9 @@ def clip(text: str, limit: int = 300) -> str:
     return (cut[:space] if space > limit // 2 else cut).rstrip() + " [...]"
 
 
-LOG_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
+# Control characters, line separators, and the bidirectional controls that can make a
+# line read differently from what it holds.
+LOG_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def log_safe(text: str) -> str:
@@ -564,8 +582,12 @@ class Redactor:
 
     def __init__(self, secrets_: Iterable[str] = (), credentials: Iterable[str] = ()):
         self._secrets = sorted({s for s in secrets_ if len(s) >= 4}, key=len, reverse=True)
-        self._secret_bytes = sorted({s.encode("utf-8") for s in credentials if len(s) >= 4},
-                                    key=len, reverse=True)
+        self._credentials = sorted({s for s in credentials if len(s) >= 4}, key=len,
+                                   reverse=True)
+        self._secret_bytes = [s.encode("utf-8", "surrogatepass") for s in self._credentials]
+        # Bytes that may hold the start of a credential: held back from a client until
+        # what follows shows whether it is one.
+        self.overlap = max(map(len, self._secret_bytes), default=1) - 1
 
     def text(self, text: str) -> str:
         for secret in self._secrets:
@@ -573,9 +595,16 @@ class Redactor:
                 text = text.replace(secret, "[REDACTED]")
         return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
 
+    def reply_text(self, text: str) -> str:
+        """Credentials removed from an upstream's reply (an upstream may repeat its key in
+        an error, or an answer), at the cost of a search each."""
+        for secret in self._credentials:
+            if secret in text:
+                text = text.replace(secret, "[REDACTED]")
+        return text
+
     def bytes(self, data: bytes) -> bytes:
-        """Credentials removed from bytes passed through to a client (an upstream may
-        repeat its key in an error), at the cost of a search each."""
+        """reply_text for bytes passed through to a client."""
         for secret in self._secret_bytes:
             if secret in data:
                 data = data.replace(secret, b"[REDACTED]")
@@ -626,11 +655,12 @@ class Config:
         parameters, and the user and password of a URL."""
         found = list(self.server["api_keys"])
         for spec in self.upstreams.values():
-            found += spec["api_keys"] + list(spec["headers"].values()) + \
-                list(spec["query"].values())
+            found += spec["api_keys"] + list(spec["headers"].values())
+            for value in spec["query"].values():   # as written, and as a URL carries it
+                found += [value, urllib.parse.quote_plus(value), urllib.parse.quote(value, "")]
             parts = urllib.parse.urlsplit(spec["base_url"])
             found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
-        return [s for s in found if s]
+        return list(dict.fromkeys(s for s in found if s))
 
     def credentials(self) -> List[str]:
         """The secrets removed even from an upstream's reply passed through to a client
@@ -1502,7 +1532,7 @@ def fit_tool_id(tool_id: str, limit: int) -> str:
     whole, so the call and its result still match and distinct ids stay distinct."""
     if len(tool_id) <= limit:
         return tool_id
-    digest = hashlib.sha256(tool_id.encode("utf-8")).hexdigest()[:12]
+    digest = hashlib.sha256(tool_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return tool_id[:limit - 13] + "_" + digest
 
 
@@ -2064,15 +2094,18 @@ def _openai_media_part(part: Dict[str, Any], where: str) -> Part:
         return Part(MEDIA, mime="", url=url, extra=extra)
     if kind == "input_audio":
         audio = expect(part.get("input_audio"), dict, where + ".input_audio", "an object")
-        mime = {"wav": "audio/wav", "mp3": "audio/mpeg"}.get(audio.get("format"), "audio/wav")
-        return Part(MEDIA, mime=mime, data=audio.get("data", ""))
+        mime = {"wav": "audio/wav", "mp3": "audio/mpeg"}.get(
+            expect_text(audio.get("format"), where + ".input_audio.format"), "audio/wav")
+        return Part(MEDIA, mime=mime, data=expect_text(audio.get("data"),
+                                                       where + ".input_audio.data"))
     if kind == "file":
         file = expect(part.get("file"), dict, where + ".file", "an object")
-        match = DATA_URL.match(file.get("file_data") or "")
+        match = DATA_URL.match(expect_text(file.get("file_data"), where + ".file.file_data"))
         if not match:
             raise ClientError("%s.file: only inline file_data is supported, not file ids"
                               % where)
-        extra = {"filename": file["filename"]} if file.get("filename") else {}
+        filename = expect_text(file.get("filename"), where + ".file.filename")
+        extra = {"filename": filename} if filename else {}
         return Part(MEDIA, mime=match.group(1), data=match.group(3), extra=extra)
     raise ClientError("%s.type: unknown content part type %r" % (where, kind))
 
@@ -2551,6 +2584,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
     calls: Dict[int, Dict[int, Dict[str, Any]]] = {}    # choice -> index -> fragments
     finish_reasons: Dict[int, str] = {}
     choices_seen = {0}
+    answered = False        # any choice at all (a stream of [DONE] alone is no reply)
     usage = None
     done = False
     for _, data in raw_events:
@@ -2564,6 +2598,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
             index = choice.get("index", 0)
             index = index if isinstance(index, int) and 0 <= index < MAX_CHOICES else 0
             choices_seen.add(index)
+            answered = True
             usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
             delta = reply_object(choice.get("delta"), "delta")
             reasoning = _openai_reasoning(delta)
@@ -2579,6 +2614,9 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
                 finish_reasons[index] = choice["finish_reason"]
     if not finish_reasons and not done:
         raise UpstreamError("the upstream stream ended before the reply was finished",
+                            status=502)
+    if not finish_reasons and not answered:
+        raise UpstreamError("the upstream stream ended ([DONE]) without any reply",
                             status=502)
     for index in sorted(choices_seen):
         parts, malformed = [], False
@@ -2838,13 +2876,15 @@ def anthropic_tool_id(tool_id: str) -> str:
     (its alphabet is exactly the allowed one) so they can be restored."""
     if ANTHROPIC_TOOL_ID.match(tool_id):
         return tool_id
-    return ANTHROPIC_ENCODED_ID + b64url_encode(tool_id.encode("utf-8"))
+    # surrogatepass: an id is opaque, lone surrogates included, and must come back as sent
+    return ANTHROPIC_ENCODED_ID + b64url_encode(tool_id.encode("utf-8", "surrogatepass"))
 
 
 def original_tool_id(tool_id: str) -> str:
     if tool_id.startswith(ANTHROPIC_ENCODED_ID):
         try:
-            return b64url_decode(tool_id[len(ANTHROPIC_ENCODED_ID):]).decode("utf-8")
+            return b64url_decode(tool_id[len(ANTHROPIC_ENCODED_ID):]).decode(
+                "utf-8", "surrogatepass")
         except (ValueError, UnicodeDecodeError):
             pass
     return tool_id
@@ -3300,8 +3340,9 @@ def decode_anthropic_error(status: Optional[int], payload: Any,
         message = payload
     if not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
+    status = status if isinstance(status, int) and 400 <= status <= 599 else 502
     return UpstreamError(clip(message.strip(), 2000) or "HTTP %s with no message" % status,
-                         status=status or 502,
+                         status=status,
                          retry_after=parse_retry_after((headers or {}).get("retry-after")))
 
 
@@ -3651,33 +3692,47 @@ def _pair_gemini_tool_results(messages: List[Message]) -> None:
     """Give every call an id and every response its call's id: by id when the client sent
     one, else the first unanswered call of that name in the model turn before it
     (Gemini allows both to go without ids). Calls left unanswered get an error result
-    and responses with no call become text, so every upstream sees a consistent turn."""
-    pending: List[Part] = []
+    and responses with no call become text, so every upstream sees a consistent turn.
+    Linear in the number of parts: a turn of thousands of calls costs no more than that."""
+    calls: List[Part] = []
     for turn, message in enumerate(messages):
         if message.role == "assistant":
-            pending = [p for p in message.parts if p.type == TOOL_CALL]
-            for k, call in enumerate(pending):
+            calls = [p for p in message.parts if p.type == TOOL_CALL]
+            for k, call in enumerate(calls):
                 call.id = call.id or "call_%d_%d" % (turn, k)
             continue
+        by_id = {call.id: call for call in reversed(calls)}     # the first of an id wins
+        by_name: Dict[str, collections.deque] = {}
+        for call in calls:
+            by_name.setdefault(call.name, collections.deque()).append(call)
+        taken: set = set()
+
+        def first_unanswered(queue: Optional[collections.deque]) -> Optional[Part]:
+            while queue:
+                call = queue.popleft()
+                if id(call) not in taken:
+                    return call
+            return None
         answered: List[Part] = []
         parts: List[Part] = []
         for part in message.parts:
             if part.type != TOOL_RESULT:
                 parts.append(part)
                 continue
-            call = next((c for c in pending if part.id and c.id == part.id), None) or \
-                next((c for c in pending if c.name == part.name), None)
+            call = by_id.get(part.id) if part.id else None
+            if call is None or id(call) in taken:
+                call = first_unanswered(by_name.get(part.name))
             if call is None:
                 parts.append(Part(TEXT, text="[result of %s]\n%s"
                                   % (part.name or "a tool", tool_result_text(part))))
                 continue
-            pending.remove(call)
+            taken.add(id(call))
             part.id, part.name = call.id, part.name or call.name
             answered.append(part)
         missing = [Part(TOOL_RESULT, id=c.id, name=c.name, is_error=True,
                         content=[Part(TEXT, text="the client sent no result for this call")])
-                   for c in pending]
-        pending = []
+                   for c in calls if id(c) not in taken]
+        calls = []
         message.parts = answered + missing + parts
 
 
@@ -4019,45 +4074,66 @@ def clean_json_schema_for_gemini(schema: Any) -> Any:
         else:
             out[key] = value
     kind = out.get("type")
-    if isinstance(kind, list) and len(kind) == 2 and "null" in kind:
-        out["type"] = next(k for k in kind if k != "null")
-        out["nullable"] = True
+    others = [k for k in kind if k != "null"] if isinstance(kind, list) else []
+    if isinstance(kind, list) and len(kind) == 2 and len(others) == 1:
+        out["type"], out["nullable"] = others[0], True
     return out
 
 
 def _merge_all_of(schema: Dict[str, Any]) -> Dict[str, Any]:
     merged = {k: v for k, v in schema.items() if k != "allOf"}
-    for branch in schema.get("allOf") or ():
+    for branch in schema.get("allOf") if isinstance(schema.get("allOf"), list) else ():
         if not isinstance(branch, dict):
             continue
         for key, value in branch.items():
-            if key == "properties":
-                merged["properties"] = dict(value, **merged.get("properties", {}))
-            elif key == "required":
-                merged["required"] = list(dict.fromkeys(merged.get("required", []) + value))
+            if key == "properties" and isinstance(value, dict):
+                merged["properties"] = dict(value, **fields_of(merged.get("properties")))
+            elif key == "required" and isinstance(value, list):
+                merged["required"] = list(dict.fromkeys(
+                    [r for r in _schema_list(merged.get("required")) + value
+                     if isinstance(r, str)]))
             else:
                 merged.setdefault(key, value)
     return merged
 
 
+def _schema_list(value: Any) -> List[Any]:
+    return value if isinstance(value, list) else []
+
+
+# The most nodes a schema may have once its $refs are inlined: a few $defs that each use
+# the next several times would otherwise grow exponentially (a small request, a CPU held).
+MAX_SCHEMA_NODES = 20000
+
+
 def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = None,
-                                 seen: Tuple[str, ...] = (), depth: int = 0) -> Dict[str, Any]:
+                                 seen: Tuple[str, ...] = (), depth: int = 0,
+                                 budget: Optional[List[int]] = None) -> Dict[str, Any]:
     """JSON Schema -> Gemini's `Schema` (the OpenAPI subset `parameters` takes), completely:
     $ref/$defs inlined (cycles cut), allOf merged, null branches and type pairs made
     `nullable`, const/enum as strings, only Gemini's keywords and formats kept, other
-    constraints moved into the description, empty object properties dropped."""
+    constraints moved into the description, empty object properties dropped. Whatever a
+    client wrote, the result is a Schema or a ClientError (too large once inlined)."""
+    budget = [MAX_SCHEMA_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ClientError("a tool or response schema is too large once its $refs are "
+                          "inlined (over %d nodes)" % MAX_SCHEMA_NODES)
     if not isinstance(schema, dict) or depth > SCHEMA_MAX_DEPTH:
         return {"type": "STRING"}
+
+    def convert(sub: Any, names: Tuple[str, ...] = seen) -> Dict[str, Any]:
+        return json_schema_to_gemini_schema(sub, defs, names, depth + 1, budget)
     if defs is None:
-        defs = dict(schema.get("definitions") or {}, **(schema.get("$defs") or {}))
+        defs = dict(fields_of(schema.get("definitions")), **fields_of(schema.get("$defs")))
     ref = schema.get("$ref")
     if isinstance(ref, str):
         name = ref.rsplit("/", 1)[-1]
-        if name in seen or name not in defs:   # a cycle, or nothing to inline
-            return {"type": "OBJECT", "description": schema.get("description")
+        if name in seen or not isinstance(defs.get(name), dict):  # a cycle, or nothing
+            return {"type": "OBJECT", "description": text_of(schema.get("description"))
                     or "(a %s; its definition is recursive)" % name}
-        target = dict(defs[name], **{k: v for k, v in schema.items() if k != "$ref"})
-        return json_schema_to_gemini_schema(target, defs, seen + (name,), depth + 1)
+        return convert(dict(defs[name], **{k: v for k, v in schema.items() if k != "$ref"}),
+                       seen + (name,))
     if "allOf" in schema:
         schema = _merge_all_of(schema)
     out: Dict[str, Any] = {}
@@ -4067,14 +4143,14 @@ def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = N
     if isinstance(branches, list):
         concrete = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
         nullable |= len(concrete) < len(branches)
-        if len(concrete) == 1:
+        if len(concrete) == 1 and isinstance(concrete[0], dict):
             collapsed = dict(concrete[0], **{k: v for k, v in schema.items()
                                              if k in ("description", "title", "default")})
-            result = json_schema_to_gemini_schema(collapsed, defs, seen, depth + 1)
+            result = convert(collapsed)
             if nullable:
                 result["nullable"] = True
             return result
-        out["anyOf"] = [json_schema_to_gemini_schema(b, defs, seen, depth + 1) for b in concrete]
+        out["anyOf"] = [convert(b) for b in concrete]
     kind = schema.get("type")
     if isinstance(kind, list):
         nullable |= "null" in kind
@@ -4092,6 +4168,8 @@ def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = N
             else "string"
     if isinstance(kind, str):
         out["type"] = GEMINI_TYPES.get(kind.lower(), "STRING")
+    elif "anyOf" not in out:
+        out["type"] = "STRING"
     fmt = schema.get("format")
     if isinstance(fmt, str):
         if fmt in GEMINI_FORMATS.get(out.get("type", ""), ()):
@@ -4100,23 +4178,23 @@ def json_schema_to_gemini_schema(schema: Any, defs: Optional[Dict[str, Any]] = N
             hints.append("format: " + fmt)
     properties = schema.get("properties")
     if isinstance(properties, dict) and properties:
-        out["properties"] = {name: json_schema_to_gemini_schema(sub, defs, seen, depth + 1)
-                             for name, sub in properties.items()}
-        required = [r for r in schema.get("required") or () if r in out["properties"]]
+        out["properties"] = {name: convert(sub) for name, sub in properties.items()}
+        required = [r for r in _schema_list(schema.get("required"))
+                    if isinstance(r, str) and r in out["properties"]]
         if required:
             out["required"] = required
     if out.get("type") == "ARRAY":
         items = schema.get("items")
-        out["items"] = json_schema_to_gemini_schema(items, defs, seen, depth + 1) \
-            if isinstance(items, dict) and items else {"type": "OBJECT"}
+        out["items"] = convert(items) if isinstance(items, dict) and items \
+            else {"type": "OBJECT"}
     for key in GEMINI_SCHEMA_FIELDS - {"type", "format", "enum", "anyOf", "properties",
                                        "required", "items", "nullable", "description"}:
         if key in schema and not isinstance(schema[key], (dict, list)) or \
-                key == "propertyOrdering" and key in schema:
+                key == "propertyOrdering" and isinstance(schema.get(key), list):
             out[key] = schema[key]
     if "anyOf" in out:
         out.pop("default", None)   # Gemini is confused by anyOf beside default
-    description = schema.get("description") or ""
+    description = text_of(schema.get("description"))
     if hints:
         description = (description + " (" + "; ".join(hints) + ")").strip()
     if description:
@@ -4717,7 +4795,7 @@ ANTHROPIC_DIALECT = ClientDialect(
         Endpoint("POST", re.compile(r"/v1/messages\Z"), "generate"),
         Endpoint("POST", re.compile(r"/v1/messages/count_tokens\Z"), "count_tokens"),
         Endpoint("GET", re.compile(r"/v1/models\Z"), "list_models", _is_anthropic_client),
-        Endpoint("GET", re.compile(r"/v1/models/(?P<model>[^/]+)\Z"), "get_model",
+        Endpoint("GET", re.compile(r"/v1/models/(?P<model>.+)\Z"), "get_model",
                  _is_anthropic_client),
     ),
     request_model=_body_model,
@@ -5208,12 +5286,17 @@ class UpstreamResponse:
     def _read(self, read: Callable[[], bytes], first: bool) -> bytes:
         timeout, self._waiting = self._timeouts.next_read(first)
         try:
+            if self._response.isclosed():
+                # Read to its end: http.client has let go of (and, for a "Connection:
+                # close" reply, closed) the socket; there is nothing to wait for.
+                return b""
             self._sock.settimeout(timeout)
             return read()
         except socket.timeout:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
                                 status=504) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # ValueError: http.client's reading of a bad chunk size (a negative one, say)
             raise UpstreamError("the connection to upstream %r broke: %s" % (
                 self._name, exc.__class__.__name__), status=502) from None
 
@@ -5343,7 +5426,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
             stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r %s" % (name, meaning), status=504) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             stopper.disarm()
             pool.discard(conn)
             if reused and retry_stale:
@@ -5351,6 +5434,13 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
                                 % (name, exc.__class__.__name__), status=502) from None
+        if response.status < 200:
+            # An interim reply (103 Early Hints): http.client reads past 100 only, and what
+            # follows on this connection belongs to this request, never to another.
+            stopper.disarm()
+            pool.discard(conn)
+            raise UpstreamError("upstream %r sent an interim %d reply, which this proxy "
+                                "does not read past" % (name, response.status), status=502)
         return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts,
                                 stopper)
 
@@ -5990,22 +6080,27 @@ class UpstreamCall:
         if first is None:
             raise UpstreamError("upstream %r ended its stream without sending anything"
                                 % name, status=502)
+        redact = self.rq.live.redactor.reply_text
+        events = ((name, redact(data)) for name, data in itertools.chain([first], raw))
+        first = next(events)
         error = kind.stream_event_error(first[1])
         if error is not None:
             raise error
-        return kind.decode_stream(itertools.chain([first], raw))
+        return kind.decode_stream(itertools.chain([first], events))
 
-    def read_body(self, response: UpstreamResponse) -> bytearray:
-        data = response.read_body(self.runtime.spec["max_reply_bytes"])
+    def read_body(self, response: UpstreamResponse) -> bytes:
+        """A whole reply, its credentials removed (whatever reads it next)."""
+        data = self.rq.live.redactor.bytes(bytes(response.read_body(
+            self.runtime.spec["max_reply_bytes"])))
         if self.rq.detail:
             self.rq.detail.stage("3. upstream response: %d" % response.status,
-                                 response.headers.items(), bytes(data))
+                                 response.headers.items(), data)
         return data
 
     def read_json(self, response: UpstreamResponse) -> Any:
         return self.json_of(self.read_body(response))
 
-    def json_of(self, data: bytearray) -> Any:
+    def json_of(self, data: bytes) -> Any:
         try:
             return json.loads(data, parse_constant=_not_json_number)
         except ValueError:
@@ -6019,7 +6114,10 @@ class UpstreamCall:
         """A non-2xx reply as an UpstreamError that keeps the status, the message and the
         retry time (Retry-After, the kind's own hint, or a rate-limit reset header), and
         for a pass-through the raw body and its headers."""
-        data = bytes(response.read_body(MiB, cut=True))
+        # Every secret out before anything quotes or cuts the text (a cut secret would
+        # leave its start behind).
+        data = self.rq.live.redactor.text(bytes(response.read_body(MiB, cut=True)).decode(
+            "utf-8", "replace")).encode("utf-8")
         if self.rq.detail:
             self.rq.detail.stage("3. upstream response: %d" % response.status,
                                  response.headers.items(), data)
@@ -6033,7 +6131,9 @@ class UpstreamCall:
                                                          error.message)
         if error.retry_after is None and error.status == 429:
             error.retry_after = parse_reset_hint(response.headers)
-        if self.passthrough:
+        if self.passthrough and 400 <= response.status <= 599:
+            # The upstream's own error, as it was (a 3xx or 999 is no error a client of
+            # this dialect could read: those get the proxy's own 502).
             headers = [("content-type",
                         response.headers.get("content-type", "application/json"))]
             if "retry-after" in response.headers:
@@ -6342,19 +6442,22 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
             data = call.read_body(response)
             ex.usage = kind.usage_from(call.json_of(data), None)
-            return content_type, rq.live.redactor.bytes(bytes(data)), None
+            return content_type, data, None
         if content_type.split(";")[0].strip().lower() != expected_type:
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
                 runtime.name, clip(content_type, 60), expected_type), status=502)
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
         passing = PassingStream(ex, kind, content_type, spec["max_reply_bytes"],
                                 rq.live.redactor)
-        first = b""
+        first, events = b"", []
         while not first:    # up to the first whole event
             data = next(chunks, b"")
-            if not data:
-                raise UpstreamError("upstream %r ended its stream without sending "
-                                    "anything" % runtime.name, status=502)
+            if not data:    # the end: what was held back, if anything came at all
+                first = passing.finish()
+                if not first:
+                    raise UpstreamError("upstream %r ended its stream without sending "
+                                        "anything" % runtime.name, status=502)
+                break
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
             stream_event_json(events[0][1], kind.stream_event_error)
@@ -6425,7 +6528,14 @@ class PassingStream:
             window = self._tail + data.decode("utf-8", "replace")
             self.ended = self.ended or (end is not None and end.search(window) is not None)
             self._tail = window[-64:]
-            return self.redactor.bytes(data), events
+            # No events to wait for: hold back what could be the start of a credential.
+            self.held = bytearray(self.redactor.bytes(bytes(self.held + data)))
+            ready = len(self.held) - self.redactor.overlap
+            if ready <= 0:
+                return b"", events
+            out = bytes(self.held[:ready])
+            del self.held[:ready]
+            return out, events
         self.ended = self.ended or (end is not None and any(end.search(text)
                                                             for _, text in events))
         searched = max(0, len(self.held) - 3)   # an end may straddle the old and the new
@@ -6638,6 +6748,12 @@ class Proxy:
             rq.fail(error)
         except ClientGone:
             pass
+        except Exception:   # a bug while rendering an error: still an answer, and logged
+            log.exception("%s: internal error while answering with an error", rq.ex.rid)
+            try:
+                rq.fail(ProxyError("internal error in gemini-proxy (request %s)" % rq.ex.rid))
+            except ClientGone:
+                pass
 
     def _loop_error(self, model: str) -> ProxyError:
         """The answer to a request that has already been through this proxy: some
@@ -6999,7 +7115,14 @@ class ProxyServer:
             self._access(head, ex, err.status)
             return False
         if endpoint.action in LOCAL_ACTIONS:
-            status, payload = self._local(endpoint.action, dialect, ex)
+            try:
+                status, payload = self._local(endpoint.action, dialect, ex)
+            except ClientError as err:
+                ex.error = err.message
+                await self._send_error(writer, error_dialect, err, ex.rid, keep_alive,
+                                       head_only=head.method == "HEAD")
+                self._access(head, ex, err.status)
+                return keep_alive
             return await self._send_json(writer, status, payload, keep_alive, ex, head)
         assert dialect is not None
         return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
@@ -7015,7 +7138,7 @@ class ProxyServer:
         assert dialect is not None
         if action == "list_models":
             return 200, dialect.list_models(routable_models(self.proxy.config))
-        return 200, dialect.get_model(ex.client_model)
+        return 200, dialect.get_model(check_model_name(ex.client_model))
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       buf: bytearray, head: RequestHead, ex: Exchange, dialect: ClientDialect,
