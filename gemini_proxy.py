@@ -7416,9 +7416,10 @@ def log_where_requests_go(proxy: "Proxy") -> None:
                     "-c config.json (see config.example.json)", OLLAMA_BASE_URL)
 
 
-async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> None:
+async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> int:
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
-    the configuration."""
+    the configuration. The number of upstream calls that could not be stopped (a worker
+    still connecting, which no socket shutdown reaches) is returned."""
     server = ProxyServer(config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -7446,6 +7447,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> No
     log_where_requests_go(server.proxy)
     await server.serve_until_stopped()
     log.info("stopped")
+    return server.proxy.active
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -7464,7 +7466,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(line)
         return 0
     try:
-        asyncio.run(serve(config, args))
+        unstoppable = asyncio.run(serve(config, args))
+        if unstoppable:
+            # Python would wait for those worker threads (up to connect_timeout each):
+            # the shutdown grace is what was promised, so leave now.
+            log.warning("exiting with %d upstream calls still connecting", unstoppable)
+            logging.shutdown()
+            os._exit(0)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.server["host"], config.server["port"],
                   exc.strerror or exc)

@@ -1,0 +1,295 @@
+"""Upstreams that misbehave at the HTTP level, and what an outside adversarial run found
+with them: interim replies, Connection: close, bad chunk sizes, odd statuses, endless
+retry times, secrets repeated in pieces. Each reply here is raw bytes from a tiny
+socket server, so nothing is tidied up on the way."""
+
+import json
+import socket
+import threading
+
+import pytest
+
+from conftest import gp
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+GEMINI_PATH = "/v1beta/models/m:generateContent"
+GEMINI_ASK = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+
+def completion(text):
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "message": {"role": "assistant",
+                                                            "content": text},
+                                    "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+
+
+def http_reply(body, status="200 OK", headers=(), close=False):
+    lines = ["HTTP/1.1 " + status, "Content-Type: application/json",
+             "Content-Length: %d" % len(body)] + list(headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class RawUpstream:
+    """Answers each request, on whatever connection it comes, with the next scripted
+    bytes; a connection is closed after a reply that says so (or a script item None)."""
+
+    def __init__(self, *replies):
+        self.replies = list(replies)
+        self.requests = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.base_url = "http://127.0.0.1:%d/v1" % self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = int(([line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")] or [b"0"])[0])
+                while len(buf) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                body, buf = buf[:length], buf[length:]
+                with self.lock:
+                    self.requests.append((head, body))
+                    reply = self.replies.pop(0) if self.replies else None
+                if reply is None:
+                    return
+                for piece in reply if isinstance(reply, list) else [reply]:
+                    conn.sendall(piece)
+                if b"connection: close" in b"".join(
+                        reply if isinstance(reply, list) else [reply]).lower():
+                    return
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(request, proxy_factory):
+    """start(*replies, **upstream settings) -> (proxy, upstream)."""
+    upstreams = []
+
+    def start(*replies, kind="openai", **settings):
+        upstream = RawUpstream(*replies)
+        upstreams.append(upstream)
+        base = upstream.base_url if kind == "openai" else upstream.base_url[:-3]
+        proxy = proxy_factory({"upstreams": {"up": dict({
+            "kind": kind, "base_url": base, "api_key": "sk-raw-upstream-key-0123",
+            "retries": 0}, **settings)}})
+        return proxy, upstream
+    yield start
+    for upstream in upstreams:
+        upstream.close()
+
+
+def test_an_interim_reply_is_a_502_and_never_hands_its_answer_to_the_next_request(raw):
+    proxy, upstream = raw(
+        [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
+         http_reply(completion("the first client's answer"))],
+        http_reply(completion("the second client's answer")))
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 502 and "interim 103" in body["error"]["message"]
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "the second client's answer"
+
+
+@pytest.mark.parametrize("path, payload", [("/v1/chat/completions", CHAT),    # passed through
+                                           (GEMINI_PATH, GEMINI_ASK)])        # converted
+def test_a_whole_reply_with_connection_close_is_relayed(raw, path, payload):
+    proxy, _ = raw(http_reply(completion("closing after this"), close=True))
+    status, _, data = proxy.request("POST", path, payload)
+    assert status == 200 and b"closing after this" in data
+
+
+def test_a_negative_chunk_size_is_a_502(raw):
+    proxy, _ = raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")
+    status, body = proxy.post(GEMINI_PATH, GEMINI_ASK)
+    assert status == 502
+
+
+@pytest.mark.parametrize("status_line", ["302 Found", "999 Whatever"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_status_that_is_no_error_nor_success_is_a_502_in_the_clients_dialect(
+        raw, status_line, kind):
+    proxy, _ = raw(http_reply(b"", status=status_line, headers=["Location: /elsewhere"]),
+                   kind=kind)
+    status, body = proxy.post("/v1/chat/completions", CHAT)   # OpenAI client: pass or not
+    assert status == 502 and "answered" in body["error"]["message"]
+
+
+def test_retry_times_are_kept_between_zero_and_a_day():
+    assert gp.UpstreamError("x", retry_after=float("inf")).retry_after == gp.MAX_RETRY_AFTER
+    assert gp.UpstreamError("x", retry_after=float("nan")).retry_after is None
+    assert gp.UpstreamError("x", retry_after=-5).retry_after == 0.0
+
+
+@pytest.mark.parametrize("header", ["Retry-After: inf", "Retry-After: 1e308"])
+def test_an_endless_retry_time_is_kept_within_a_day(raw, header):
+    error = json.dumps({"error": {"message": "slow down"}}).encode()
+    proxy, _ = raw(http_reply(error, status="429 Too Many Requests", headers=[header]))
+    status, _, data = proxy.request("POST", GEMINI_PATH, GEMINI_ASK)
+    assert status == 429
+    status, headers, data = proxy.request("POST", "/v1/chat/completions", CHAT)
+    assert status == 429            # the key rests: answered by the proxy, in the dialect
+    assert 86400 <= int(headers["retry-after"]) <= 86400 * 1.2    # the rest, with jitter
+    status, _, page = proxy.request("GET", "/status")
+    assert status == 200 and json.loads(page)["upstreams"]["up"]["keys"][0]["state"]
+
+
+def test_a_schema_whose_refs_explode_is_a_400_not_a_held_cpu(proxy_factory):
+    defs = {"d%d" % i: {"type": "object", "properties": {
+        "p%d" % j: {"$ref": "#/$defs/d%d" % (i + 1)} for j in range(4)}} for i in range(20)}
+    defs["d20"] = {"type": "string"}
+    proxy = proxy_factory({"upstreams": {"g": {"kind": "gemini", "base_url":
+                                               "http://127.0.0.1:9/", "api_key": "k-gem-1234",
+                                               "gemini_schema": "openapi"}}})
+    status, body = proxy.post("/v1/chat/completions", dict(CHAT, tools=[{
+        "type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}}}}]))
+    assert status == 400 and "too large" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "definitions": [["a", 1]], "$ref": "#/definitions/a"},
+    {"allOf": [{"required": "a"}], "required": ["b"]},
+    {"allOf": [{"properties": [1]}]},
+    {"type": "object", "properties": {"a": {}}, "required": [{"x": 1}]},
+    {"$defs": {"a": 5}, "$ref": "#/$defs/a"},
+    {"type": ["null", "null"]},
+    {"type": 7, "description": 5},
+])
+def test_odd_json_schemas_are_rewritten_for_gemini_not_crashed_on(schema):
+    converted = gp.json_schema_to_gemini_schema(schema)
+    assert isinstance(converted, dict) and json.dumps(converted)
+    assert isinstance(gp.clean_json_schema_for_gemini(schema), dict)
+
+
+def test_a_gemini_array_stream_repeating_a_key_in_pieces_is_redacted(proxy_factory):
+    key = "sk-array-upstream-key-42"
+    text = json.dumps([{"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "your key is %s, keep it" % key}]}, "finishReason": "STOP", "index": 0}]}])
+    pieces = [text[i:i + 5].encode() for i in range(0, len(text), 5)]
+    chunked = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n"] + [
+        b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+    upstream = RawUpstream(chunked)
+    try:
+        proxy = proxy_factory({"upstreams": {"g": {"kind": "gemini", "api_key": key,
+                                                   "base_url": upstream.base_url[:-3]}}})
+        status, _, data = proxy.request("POST", "/v1beta/models/m:streamGenerateContent",
+                                        GEMINI_ASK, {"x-goog-api-key": "client"})
+        assert status == 200 and b"[REDACTED], keep it" in data and key.encode() not in data
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("path, payload, headers", [
+    ("/v1/chat/completions", CHAT, {}),
+    ("/v1/messages", dict(CHAT, max_tokens=9), {"anthropic-version": "2023-06-01"})])
+def test_a_key_in_a_converted_answer_is_redacted(raw, path, payload, headers):
+    proxy, _ = raw(http_reply(completion("the key is sk-raw-upstream-key-0123 ok")),
+                   stop_strings=["never"])     # read, so converted even for OpenAI
+    status, _, data = proxy.request("POST", path, payload, headers)
+    assert status == 200 and b"the key is [REDACTED] ok" in data
+
+
+def test_a_secret_cut_by_an_error_quote_leaves_no_prefix(raw):
+    key = "sk-raw-upstream-key-0123"
+    proxy, _ = raw(http_reply(b"<html>" + b"x" * 190 + b" Authorization: Bearer " +
+                              key.encode() + b"</html>", status="200 OK"))
+    status, body = proxy.post(GEMINI_PATH, GEMINI_ASK)
+    assert status == 502 and key[:8] not in json.dumps(body)
+
+
+def test_encoded_query_secrets_stay_out_of_detailed_logs(raw, tmp_path):
+    import os
+    proxy, _ = raw(http_reply(completion("ok")), query={"code": "abc/DEF+ghi=="})
+    proxy.server.reload(gp.Config(**dict(
+        vars(proxy.server.config),
+        logging=dict(proxy.server.config.logging, detailed=True, log_dir=str(tmp_path)))))
+    status, _ = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200
+    written = ""
+    for folder, _, files in os.walk(str(tmp_path)):
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                written += f.read()
+    assert "/chat/completions" in written
+    assert "abc/DEF+ghi==" not in written and "abc%2FDEF%2Bghi%3D%3D" not in written
+
+
+def test_a_stream_of_done_alone_is_a_502_not_an_empty_answer(raw):
+    stream = b"data: [DONE]\n\n"
+    proxy, _ = raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(stream), stream))
+    status, _, data = proxy.request("POST", "/v1/messages", dict(CHAT, max_tokens=9,
+                                                                 stream=True),
+                                    {"anthropic-version": "2023-06-01"})
+    assert status == 502, data
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"type": "input_audio", "input_audio": {"data": "QQ==", "format": {"x": 1}}},
+     "input_audio.format"),
+    ({"type": "file", "file": {"file_data": True}}, "file.file_data")])
+def test_media_parts_of_the_wrong_shape_are_400s(proxy_factory, payload, field):
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}}})
+    status, body = proxy.post("/v1/chat/completions", {"model": "m", "messages": [
+        {"role": "user", "content": [payload]}]})
+    assert status == 400 and field in body["error"]["message"]
+
+
+def test_a_tool_id_with_a_lone_surrogate_survives_an_anthropic_round_trip():
+    assert gp.original_tool_id(gp.anthropic_tool_id("call\ud800x")) == "call\ud800x"
+
+
+def test_many_unmatched_tool_results_are_paired_in_one_pass():
+    n = 20000
+    chat = gp.decode_gemini_request({"contents": [
+        {"role": "user", "parts": [{"text": "go"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "f%d" % i, "args": {}}}
+                                    for i in range(n)]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "g%d" % i,
+                                                         "response": {"output": "x"}}}
+                                   for i in range(n)]}]}, "m")
+    results = chat.messages[2].parts
+    assert sum(p.type == gp.TOOL_RESULT and p.is_error for p in results) == n   # unanswered
+    assert sum(p.type == gp.TEXT for p in results) == n                         # orphans
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 300, "nul\x00"])
+def test_the_model_endpoints_refuse_unusable_names(proxy_factory, name):
+    import urllib.parse
+    proxy = proxy_factory({"upstreams": {"e": {"kind": "echo"}}})
+    status, _, _ = proxy.request("GET", "/v1/models/" + urllib.parse.quote(name))
+    assert status == 400
+
+
+def test_bidirectional_controls_are_escaped_in_log_lines():
+    assert gp.log_safe("a\u202eb\u2066c\u200fd") == "a\\u202eb\\u2066c\\u200fd"
