@@ -22,10 +22,12 @@ def test_readme_documents_every_config_key_and_setting():
     assert missing == []
     for name in list(gp.ENV_SETTINGS) + list(gp.ENV_UPSTREAM) + ["GEMINI_PROXY_CONFIG"]:
         assert "`%s`" % name in readme, name
-    for action in gp.build_arg_parser()._actions:
-        for flag in action.option_strings:
-            if flag not in ("-h", "--help", "--version", "--check"):
-                assert "`%s`" % flag in readme, flag
+    # every flag, as --help lists it (argparse's public face, not its internals)
+    usage = gp.build_arg_parser().format_help()
+    flags = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", usage))
+    assert "--config" in flags and "-c" in flags
+    for flag in sorted(flags - {"-h", "--help", "--version", "--check"}):
+        assert "`%s`" % flag in readme, flag
 
 
 def test_readme_defaults_match_the_code():

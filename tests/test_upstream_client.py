@@ -241,7 +241,9 @@ def test_http_proxy_and_no_proxy(proxy_factory, fake):
     ("anything", 80, "", False),
 ])
 def test_no_proxy_rules(host, port, no_proxy, bypassed):
-    assert gp._proxy_bypassed(host, port, no_proxy) is bypassed
+    target = gp.upstream_target("http://%s:%d/v1" % (host, port), {
+        "HTTP_PROXY": "http://proxy.example:3128", "NO_PROXY": no_proxy})
+    assert (target.proxy is None) is bypassed
 
 
 @pytest.fixture
