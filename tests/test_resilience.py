@@ -466,7 +466,7 @@ def test_a_rate_limited_route_falls_back_at_once(rig, fake):
     r = rig("anthropic", "openai", more_upstreams={
         "spare": {"kind": "openai", "base_url": fake.base_url, "api_key": "k2"}},
         route={"model": "*", "upstream": "up", "fallbacks": ["spare"]})
-    r.fake.rules["*"] = faults.error("openai", 429, "limited", retry_after=30)
+    r.fake.rules["*"] = faults.error("openai", 429, "limited", retry_after=10 * LONG)
     for _ in range(3):
         assert r.ask()[0] == 200
     assert len(r.fake.requests) == 1 and len(fake.requests) == 3   # resting: skipped
@@ -683,6 +683,7 @@ def test_status_shows_keys_by_fingerprint_only_and_needs_a_client_key(rig):
     r.fake.rules["sk-secret-two-5678"] = faults.error(
         "openai", 401, "sk-secret-two-5678 is not a key")
     assert r.ask()[0] == 200 and r.ask()[0] == 200
+    r.proxy.wait_until_idle()   # a worker lets go of its key just after its client's answer
     status, _, data = r.proxy.request("GET", "/status")
     assert status == 401
     status, headers, data = r.proxy.request("GET", "/status",
@@ -703,7 +704,7 @@ def test_status_shows_keys_by_fingerprint_only_and_needs_a_client_key(rig):
 def test_reload_forgets_refusals_and_keeps_cooldowns(rig):
     r = rig("openai", "openai", keys=("key-a", "key-b"))
     r.fake.rules["key-a"] = faults.error("openai", 401, "revoked")
-    r.fake.rules["key-b"] = faults.error("openai", 429, "later", retry_after=60)
+    r.fake.rules["key-b"] = faults.error("openai", 429, "later", retry_after=10 * LONG)
     assert r.ask()[0] == 429
     states = {k: v["state"] for k, v in r.keys().items()}
     assert states == {gp.fingerprint("key-a"): "refused", gp.fingerprint("key-b"): "cooling"}
