@@ -72,15 +72,20 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     for `pause` seconds before the rest of the stream: the upstream is still talking);
     "truncated" (after FIRST_WORDS half an event, then the body ends cleanly at the HTTP
     level). until: a threading.Event that ends the silence instead (`pause`, if not 0,
-    bounds it). gap: seconds between events."""
+    bounds it). gap: seconds between events; without one the events up to FIRST_WORDS
+    go out in one write, so the only silence is the one the ending scripts."""
     head, rest = _stream_events(kind)
     if ending == "hold":
         head, rest = head + rest[:1], rest[1:]
 
     def reply(handler, request):
         handler.start_stream()
-        for event in head:
-            if not handler.write_chunk(event.encode()):
+        if not gap:   # one write: no silence inside it for a short read_timeout to find
+            head_writes = ["".join(head)]
+        else:
+            head_writes = head
+        for data in head_writes:
+            if not handler.write_chunk(data.encode()):
                 return
             handler.pause(gap)
         if ending == "reset":
