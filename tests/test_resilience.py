@@ -145,6 +145,13 @@ def at_once(count, work):
     return finish(*start(count, work))
 
 
+def about(retry, seconds):
+    """Whether a retry time the client got is `seconds`, as the proxy tells it: the time
+    until a resting key is ready again, which is `seconds` less the moments since the key
+    started resting (Gemini clients see it to the millisecond, not rounded up)."""
+    return seconds - PATIENCE < retry <= seconds
+
+
 def assert_no_leaks(rig):
     """Afterwards no worker is busy, no request is open, no key is held or waiting, and
     every upstream connection the proxy still has is idle in its pool: the proxy's public
@@ -162,7 +169,7 @@ def test_429_with_retry_after_stays_429_with_that_time(rig, client, kind, stream
     r.fake.rules["*"] = faults.error(kind, 429, "slow down please", retry_after=60)
     status, error = r.ask(stream)
     assert status == 429 and "slow down please" in error["message"]
-    assert error["retry"] == 60
+    assert about(error["retry"], 60)
     assert len(r.fake.requests) == 1          # the only key is resting: not asked again
     assert r.keys()[gp.fingerprint("key-a")]["state"] == "cooling"
     assert_no_leaks(r)
@@ -174,7 +181,7 @@ def test_429_without_retry_after_gets_a_retry_time(rig, client, kind):
     r.fake.rules["*"] = faults.error(kind, 429, "too many")
     status, error = r.ask()
     assert status == 429 and "too many" in error["message"]
-    assert error["retry"] == LONG             # the key's cooldown: the floor, first time
+    assert about(error["retry"], LONG)        # the key's cooldown: the floor, first time
     status, error = r.ask()                   # answered by the proxy while the key rests
     assert status == 429 and len(r.fake.requests) == 1
     assert 0 < error["retry"] <= LONG
@@ -434,7 +441,7 @@ def test_openai_reset_headers_give_the_retry_time(rig):
         {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s",
          "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "20ms"})
     status, error = r.ask()
-    assert status == 429 and error["retry"] == 360
+    assert status == 429 and about(error["retry"], 360)
     assert_no_leaks(r)
 
 
