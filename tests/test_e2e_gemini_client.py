@@ -245,7 +245,10 @@ def test_count_tokens_counts_locally(proxy, fake):
     assert fake.requests == []    # never generates
 
 
-def test_upstream_429_stays_429_with_retry_info(proxy, fake):
+def test_upstream_429_stays_429_with_retry_info(proxy_factory, fake):
+    # Without retries: with them, the proxy looks at the pool again, finds the key resting
+    # and may tell the client its remaining rest (6.999s) instead of the provider's 7s.
+    proxy = no_retries(proxy_factory, fake)
     fake.queue(json_reply({"error": {"message": "Rate limit reached", "type": "rate_limit"}},
                           status=429, headers={"Retry-After": "7"}))
     status, headers, data = proxy.request("POST", STREAM, {"contents": [user("Hi")]})
