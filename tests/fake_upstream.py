@@ -114,9 +114,12 @@ def sse_texts_reply(texts, delay=0.0, close_early=False):
     seconds apart; close_early drops the connection after them without ending the body."""
     def reply(handler, request):
         handler.start_stream()
-        for text in texts:
+        for index, text in enumerate(texts):
             if delay:
                 handler.pause(delay)
+            if index == len(texts) - 1 and not close_early:
+                handler.end_stream(text.encode())   # the last event and the body's end
+                return
             if not handler.write_chunk(text.encode()):
                 return
         if close_early:
@@ -326,14 +329,15 @@ def gemini_stream(chunks, delay=0.0, close_early=False, form=None):
             else:
                 data = ("[" if index == 0 else ",\r\n") + (
                     body if isinstance(body, str) else json.dumps(body))
+            if mode == "sse" and index == len(chunks) - 1 and not close_early:
+                handler.end_stream(data.encode())   # the last event and the body's end
+                return
             if not handler.write_chunk(data.encode()):
                 return
         if close_early:
             cut_connection(handler)
             return
-        if mode == "array" and not handler.write_chunk(b"]" if chunks else b"[]"):
-            return
-        handler.end_stream()
+        handler.end_stream((b"]" if chunks else b"[]") if mode == "array" else b"")
     return reply
 
 
@@ -800,11 +804,19 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
 
-    def end_stream(self):
+    def end_stream(self, data=b""):
+        """End the chunked body, after a last chunk of `data` if given, in one write: a
+        client that has read up to a stream's last event finds the body's end right
+        behind it, not whenever this thread next gets to run. (The proxy gives that end
+        a moment to arrive before it decides the connection cannot be reused.)"""
         try:
-            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write((b"%x\r\n%s\r\n" % (len(data), data) if data else b"") +
+                             b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:
+            if data:
+                with self.server.fake.lock:
+                    self.server.fake.aborted_streams += 1
             self.close_connection = True
 
 

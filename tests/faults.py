@@ -92,18 +92,17 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
             reset(handler)
             return
         if ending == "truncated":
-            handler.write_chunk(rest[0][:len(rest[0]) // 2].encode())
-            handler.end_stream()
+            handler.end_stream(rest[0][:len(rest[0]) // 2].encode())
             return
         if until is not None:
             handler.pause(pause or None, until)
         else:
             handler.pause(pause)
-        for event in rest:
+        for event in rest[:-1]:
             if not handler.write_chunk(event.encode()):
                 return
             handler.pause(gap)
-        handler.end_stream()
+        handler.end_stream(rest[-1].encode() if rest else b"")   # last event and the end
     return reply
 
 
