@@ -141,6 +141,9 @@ def test_dead_keep_alive_connection_is_replaced(proxy_factory):
         for _ in range(3):
             status, body = proxy.post(GENERATE, HELLO)
             assert status == 200 and "fresh" in json.dumps(body)
+            # The connection goes back to the pool as the request ends in the proxy, a
+            # moment after the answer: wait, so the next request finds it there, dead.
+            proxy.wait_until_idle()
         assert upstream.connections == 3
         assert proxy.server.proxy.pool.open <= 1
     finally:
