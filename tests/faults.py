@@ -178,11 +178,18 @@ def invalid_json(kind, streaming=False):
     return reply
 
 
+_HELD_PORTS = []   # sockets that keep closed_port()'s ports, for the rest of the run
+
+
 def closed_port():
-    """A local port nothing listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local port nothing listens on (connection refused), for the rest of the run: a
+    socket stays bound to it without listening. A port merely bound and let go could be
+    taken by a listener meanwhile, or be picked as the source port of a connection to
+    itself, which then connects to itself instead of being refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(s)
+    return s.getsockname()[1]
 
 
 # -- what a client of each dialect makes of a stream -------------------------------------

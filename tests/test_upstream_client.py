@@ -69,9 +69,8 @@ def test_stall_mid_stream_ends_without_finish_reason(proxy_factory, fake):
 
 
 def test_unreachable_upstream_is_502(proxy_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from faults import closed_port
+    port = closed_port()
     proxy = proxy_factory(config_for("http://127.0.0.1:%d/v1" % port))
     status, body = proxy.post(GENERATE, HELLO)
     assert status == 502 and body["error"]["status"] == "UNAVAILABLE"
