@@ -2,9 +2,11 @@
 
 import argparse
 import asyncio
+import faulthandler
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -25,6 +27,16 @@ from fake_upstream import FakeOpenAI  # noqa: E402
 PATIENCE = 30.0
 
 
+def dump_threads():
+    """Every thread's stack on stderr (shown with the failure): when a test runs out of
+    patience, where the proxy, the fakes and the test were stuck."""
+    try:
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except Exception:   # a stderr with no file descriptor (pytest --capture=sys)
+        pass
+
+
 def wait_for(condition, timeout=PATIENCE, message=None, interval=0.01):
     """Wait until condition() is true and return its value; fail the test when it is still
     false after `timeout` seconds. `message` (a string, or a function returning one, called
@@ -39,6 +51,7 @@ def wait_for(condition, timeout=PATIENCE, message=None, interval=0.01):
             if value:
                 return value
             what = message() if callable(message) else message
+            dump_threads()
             pytest.fail("still waiting after %gs: %s" % (
                 timeout, what or getattr(condition, "__name__", repr(condition))))
         time.sleep(interval)
@@ -109,11 +122,16 @@ class RunningProxy:
         """(status, headers dict, body bytes) on a fresh connection."""
         conn = self.connection(timeout)
         body = payload if isinstance(payload, (bytes, type(None))) else json.dumps(payload)
-        conn.request(method, path, body=body,
-                     headers=dict({"content-type": "application/json"}, **(headers or {})))
-        response = conn.getresponse()
-        data = response.read()
-        conn.close()
+        try:
+            conn.request(method, path, body=body, headers=dict(
+                {"content-type": "application/json"}, **(headers or {})))
+            response = conn.getresponse()
+            data = response.read()
+        except socket.timeout:
+            dump_threads()
+            raise
+        finally:
+            conn.close()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
     def post(self, path, payload, headers=None, timeout=PATIENCE):
