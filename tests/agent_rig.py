@@ -15,31 +15,27 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from conftest import RunningProxy, make_config  # noqa: E402
+from fake_upstream import pause_after  # noqa: E402
 from faults import FAKES, error  # noqa: E402
 
 STALL_SECONDS = 1.0
 KEEPALIVE_INTERVAL = 0.2
+# key-b's rest in the "pool" scenario: longer than any agent run, however slow the
+# machine, so the agent's later turns never find it rested and try it again.
+POOL_REST = 3600
 
 
 def stalling(fake):
     """The fake's own replies, with a pause after a stream's first event."""
     def reply(handler, request):
-        write, writes = handler.write_chunk, []
-
-        def slow_write(data):
-            writes.append(data)
-            if len(writes) == 2:
-                time.sleep(STALL_SECONDS)
-            return write(data)
-        handler.write_chunk = slow_write
-        fake.automatic(handler.record, len(fake.requests))(handler, request)
+        automatic = fake.automatic(handler.record, len(fake.requests))
+        pause_after(automatic, writes=1, seconds=STALL_SECONDS)(handler, request)
     return reply
 
 
@@ -47,7 +43,8 @@ def upstream_spec(kind, fake, scenario):
     spec = {"kind": kind, "base_url": fake.base_url, "api_key": "upstream-key"}
     if scenario == "pool":
         spec["api_keys"] = ["key-b", "key-c"]
-        fake.rules["key-b"] = error(kind, 429, "key-b is over its quota", retry_after=30)
+        fake.rules["key-b"] = error(kind, 429, "key-b is over its quota",
+                                    retry_after=POOL_REST)
     elif scenario == "stall":
         fake.rules["*"] = stalling(fake)
     return spec

@@ -2,12 +2,15 @@
 
 import argparse
 import asyncio
+import faulthandler
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -16,6 +19,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gemini_proxy as gp  # noqa: E402
 from fake_upstream import FakeOpenAI  # noqa: E402
+
+
+# How long a test waits for something that should happen at once. Only a broken proxy
+# ever makes a test wait this long: when things work, waiting ends as soon as they happen,
+# so a busy machine that is slow to get there does not fail the test.
+PATIENCE = 30.0
+
+
+def dump_threads():
+    """Every thread's stack on stderr (shown with the failure): when a test runs out of
+    patience, where the proxy, the fakes and the test were stuck."""
+    try:
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except Exception:   # a stderr with no file descriptor (pytest --capture=sys)
+        pass
+
+
+def wait_for(condition, timeout=PATIENCE, message=None, interval=0.01):
+    """Wait until condition() is true and return its value; fail the test when it is still
+    false after `timeout` seconds. `message` (a string, or a function returning one, called
+    only on failure) says what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            value = condition()     # one last look, after the deadline
+            if value:
+                return value
+            what = message() if callable(message) else message
+            dump_threads()
+            pytest.fail("still waiting after %gs: %s" % (
+                timeout, what or getattr(condition, "__name__", repr(condition))))
+        time.sleep(interval)
 
 
 def make_config(raw, environ=None, **flags):
@@ -38,7 +77,7 @@ class RunningProxy:
         self._error = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        if not self._ready.wait(10) or self._error:
+        if not self._ready.wait(PATIENCE) or self._error:
             raise RuntimeError("proxy did not start: %r" % (self._error,))
         self.port = self.server.port
         self.url = "http://127.0.0.1:%d" % self.port
@@ -57,24 +96,45 @@ class RunningProxy:
 
     def stop(self):
         self.server.request_stop()
-        self._thread.join(15)
+        # shutdown_grace (10 s by default) for requests in flight, then everything stops
+        self._thread.join(self.server.config.server["shutdown_grace"] + PATIENCE)
         assert not self._thread.is_alive(), "proxy did not shut down"
 
-    def connection(self, timeout=10):
+    def busy(self):
+        """What the proxy still has in flight, by its public counters: all zero once every
+        request has ended in it (which can be a moment after its client got the answer)."""
+        app = self.server.proxy
+        return {"busy workers": app.active,
+                "open requests": self.server.requests_in_flight,
+                "connections in use": app.pool.open - app.pool.idle,
+                "keys held": sum(u.keys.in_flight for u in app.upstreams.values()),
+                "requests waiting": sum(u.keys.waiting for u in app.upstreams.values())}
+
+    def wait_until_idle(self):
+        """Wait until no request is in flight in the proxy (see busy)."""
+        wait_for(lambda: not any(self.busy().values()),
+                 message=lambda: "the proxy is still busy: %r" % self.busy())
+
+    def connection(self, timeout=PATIENCE):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
-    def request(self, method, path, payload=None, headers=None, timeout=10):
+    def request(self, method, path, payload=None, headers=None, timeout=PATIENCE):
         """(status, headers dict, body bytes) on a fresh connection."""
         conn = self.connection(timeout)
         body = payload if isinstance(payload, (bytes, type(None))) else json.dumps(payload)
-        conn.request(method, path, body=body,
-                     headers=dict({"content-type": "application/json"}, **(headers or {})))
-        response = conn.getresponse()
-        data = response.read()
-        conn.close()
+        try:
+            conn.request(method, path, body=body, headers=dict(
+                {"content-type": "application/json"}, **(headers or {})))
+            response = conn.getresponse()
+            data = response.read()
+        except socket.timeout:
+            dump_threads()
+            raise
+        finally:
+            conn.close()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
-    def post(self, path, payload, headers=None, timeout=10):
+    def post(self, path, payload, headers=None, timeout=PATIENCE):
         status, headers_, data = self.request("POST", path, payload, headers, timeout)
         try:
             return status, json.loads(data)

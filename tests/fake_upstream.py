@@ -13,7 +13,9 @@ summary of them; a JSON-mode request gets JSON matching its schema; anything els
 sentence. The Gemini and Anthropic fakes open with a thought when the request asks for one.
 
 A reply is a function (handler, request_json) that writes a whole HTTP response; the builders
-below make them (`*_reply`, `*_stream`, `*_error`) or make the dicts they carry.
+below make them (`*_reply`, `*_stream`, `*_error`) or make the dicts they carry. A reply that
+waits (a delay, a stall) does it with handler.pause(), which ends at once when the fake stops,
+so a test may script a stall far longer than any timeout it expects to fire.
 
 Run one alone with `python tests/fake_upstream.py PORT [openai|gemini|anthropic]`.
 """
@@ -112,9 +114,12 @@ def sse_texts_reply(texts, delay=0.0, close_early=False):
     seconds apart; close_early drops the connection after them without ending the body."""
     def reply(handler, request):
         handler.start_stream()
-        for text in texts:
+        for index, text in enumerate(texts):
             if delay:
-                time.sleep(delay)
+                handler.pause(delay)
+            if index == len(texts) - 1 and not close_early:
+                handler.end_stream(text.encode())   # the last event and the body's end
+                return
             if not handler.write_chunk(text.encode()):
                 return
         if close_early:
@@ -164,7 +169,7 @@ def tool_stream(calls, reasoning=None, use=None, split=True, repeat_ids=False):
 
 def hang(seconds):
     def reply(handler, request):
-        time.sleep(seconds)
+        handler.pause(seconds)
         handler.send_body(200, json.dumps(completion("late")).encode(), "application/json")
     return reply
 
@@ -195,9 +200,28 @@ class Gate:
 def delayed(seconds, reply):
     """`reply`, after a pause (any dialect)."""
     def wrapped(handler, request):
-        time.sleep(seconds)
+        handler.pause(seconds)
         reply(handler, request)
     return wrapped
+
+
+def pause_after(reply, writes=1, seconds=None, until=None):
+    """`reply` (any dialect's stream), paused after its first `writes` chunks: for `seconds`,
+    or until the threading.Event `until` is set (then `seconds`, if given, bounds the wait).
+    A test that holds a stream open with `until` knows it is still open, however slow the
+    machine; it must set the event when done (stopping the fake also ends the pause)."""
+    def paused(handler, request):
+        write, written = handler.write_chunk, []
+
+        def write_then_pause(data):
+            sent = write(data)
+            written.append(data)
+            if sent and len(written) == writes:
+                handler.pause(seconds, until)
+            return sent
+        handler.write_chunk = write_then_pause
+        reply(handler, request)
+    return paused
 
 
 # == Gemini API builders ===================================================================
@@ -322,20 +346,21 @@ def gemini_stream(chunks, delay=0.0, close_early=False, form=None):
         handler.start_stream("text/event-stream" if mode == "sse" else "application/json")
         for index, body in enumerate(chunks):
             if delay:
-                time.sleep(delay)
+                handler.pause(delay)
             if mode == "sse":
                 data = sse(body)
             else:
                 data = ("[" if index == 0 else ",\r\n") + (
                     body if isinstance(body, str) else json.dumps(body))
+            if mode == "sse" and index == len(chunks) - 1 and not close_early:
+                handler.end_stream(data.encode())   # the last event and the body's end
+                return
             if not handler.write_chunk(data.encode()):
                 return
         if close_early:
             cut_connection(handler)
             return
-        if mode == "array" and not handler.write_chunk(b"]" if chunks else b"[]"):
-            return
-        handler.end_stream()
+        handler.end_stream((b"]" if chunks else b"[]") if mode == "array" else b"")
     return reply
 
 
@@ -728,6 +753,10 @@ def request_key(headers):
 
 # == the servers ===========================================================================
 
+class FakeStopped(Exception):
+    """Raised by FakeHandler.pause when the fake stops: the reply gives up."""
+
+
 class FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm on, the second waits
@@ -753,6 +782,23 @@ class FakeHandler(BaseHTTPRequestHandler):
     @property
     def query(self):
         return (self.record or {}).get("query") or {}
+
+    def pause(self, seconds=None, until=None):
+        """Wait, as part of a reply's script: `seconds`, or until the threading.Event `until`
+        is set (at most `seconds`, when given). Raises FakeStopped as soon as the fake
+        stops, so a long scripted stall never outlives its test."""
+        stopping = self.server.fake.stopping
+        end = None if seconds is None else time.monotonic() + seconds
+        while True:
+            if until is not None and until.is_set():
+                return
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            if until is not None:    # look at both events now and then
+                left = 0.01 if left is None else min(left, 0.01)
+            if stopping.wait(left):
+                raise FakeStopped()
 
     # helpers for replies
     def send_body(self, status, body, content_type, headers=None):
@@ -781,11 +827,19 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
 
-    def end_stream(self):
+    def end_stream(self, data=b""):
+        """End the chunked body, after a last chunk of `data` if given, in one write: a
+        client that has read up to a stream's last event finds the body's end right
+        behind it, not whenever this thread next gets to run. (The proxy gives that end
+        a moment to arrive before it decides the connection cannot be reused.)"""
         try:
-            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write((b"%x\r\n%s\r\n" % (len(data), data) if data else b"") +
+                             b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:
+            if data:
+                with self.server.fake.lock:
+                    self.server.fake.aborted_streams += 1
             self.close_connection = True
 
 
@@ -798,7 +852,8 @@ class FakeUpstream:
     script: replies queued with queue(), each POST takes the next one. rules: key -> reply
     for every POST sent with that key ("*": with any key), ahead of the script.
     connections: accepted connections; aborted_streams: streams the client dropped;
-    busy / most_busy: POSTs being answered now / at most at once."""
+    busy / most_busy: POSTs being answered now / at most at once. stopping: set by stop(),
+    it ends every reply's pause."""
 
     title = "fake"
     base_path = ""
@@ -813,6 +868,7 @@ class FakeUpstream:
         self.most_busy = 0
         self.connections = 0
         self.aborted_streams = 0
+        self.stopping = threading.Event()
         self.models = ["fake-model"]
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), FakeHandler)
         self.httpd.daemon_threads = True
@@ -827,6 +883,7 @@ class FakeUpstream:
         return self
 
     def stop(self):
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -867,6 +924,8 @@ class FakeUpstream:
             if reply is None:
                 reply = self.automatic(record, number)
             reply(handler, request)
+        except FakeStopped:
+            handler.close_connection = True
         finally:
             with self.lock:
                 self.busy -= 1

@@ -2,12 +2,14 @@
 three upstream dialects; and what a client of each dialect makes of a stream that broke.
 
 Every builder takes the upstream kind ("openai", "gemini" or "anthropic") first and returns a
-reply function (handler, request_json), like the builders of fake_upstream.py.
+reply function (handler, request_json), like the builders of fake_upstream.py. Their pauses
+are handler.pause(): `seconds`, or until a threading.Event is set, and over at once when the
+fake stops; so a stall meant to outlast a timeout can be made much longer than the timeout
+(a busy machine cannot make the timeout lose the race) without making the test slower.
 """
 
 import json
 import socket
-import time
 
 from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_error,
                            anthropic_events, anthropic_message, anthropic_sse, chunk,
@@ -63,32 +65,44 @@ def _stream_events(kind):
              sse(chunk(usage=usage(), choices=False)), "data: [DONE]\n\n"])
 
 
-def stream(kind, ending="normal", pause=0.0, gap=0.0):
+def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     """A text stream: FIRST_WORDS, then REST and the proper end. ending: "normal";
     "reset" (the connection drops after FIRST_WORDS); "stall" (silence for `pause`
-    seconds after FIRST_WORDS, then the rest); "truncated" (after FIRST_WORDS half an
-    event, then the body ends cleanly at the HTTP level). gap: seconds between events."""
+    seconds after FIRST_WORDS, then the rest); "hold" (FIRST_WORDS and REST, then silence
+    for `pause` seconds before the rest of the stream: the upstream is still talking);
+    "truncated" (after FIRST_WORDS half an event, then the body ends cleanly at the HTTP
+    level). until: a threading.Event that ends the silence instead (`pause`, if not 0,
+    bounds it). gap: seconds between events; without one the events up to FIRST_WORDS
+    go out in one write, so the only silence is the one the ending scripts."""
     head, rest = _stream_events(kind)
+    if ending == "hold":
+        head, rest = head + rest[:1], rest[1:]
 
     def reply(handler, request):
         handler.start_stream()
-        for event in head:
-            if not handler.write_chunk(event.encode()):
+        if not gap:   # one write: no silence inside it for a short read_timeout to find
+            head_writes = ["".join(head)]
+        else:
+            head_writes = head
+        for data in head_writes:
+            if not handler.write_chunk(data.encode()):
                 return
-            time.sleep(gap)
+            handler.pause(gap)
         if ending == "reset":
             reset(handler)
             return
         if ending == "truncated":
-            handler.write_chunk(rest[0][:len(rest[0]) // 2].encode())
-            handler.end_stream()
+            handler.end_stream(rest[0][:len(rest[0]) // 2].encode())
             return
-        time.sleep(pause)
-        for event in rest:
+        if until is not None:
+            handler.pause(pause or None, until)
+        else:
+            handler.pause(pause)
+        for event in rest[:-1]:
             if not handler.write_chunk(event.encode()):
                 return
-            time.sleep(gap)
-        handler.end_stream()
+            handler.pause(gap)
+        handler.end_stream(rest[-1].encode() if rest else b"")   # last event and the end
     return reply
 
 
@@ -107,7 +121,7 @@ def close_delimited_stream(kind, pause):
         try:
             handler.wfile.write("".join(head).encode())
             handler.wfile.flush()
-            time.sleep(pause)
+            handler.pause(pause)
             handler.wfile.write("".join(rest).encode())
             handler.wfile.flush()
         except OSError:
@@ -136,7 +150,18 @@ def slow(kind, seconds, streaming=False):
     inner = stream(kind) if streaming else whole(kind)
 
     def reply(handler, request):
-        time.sleep(seconds)
+        handler.pause(seconds)
+        inner(handler, request)
+    return reply
+
+
+def held(kind, gate, streaming=False):
+    """A normal reply whose first byte comes once the threading.Event `gate` is set: the
+    test decides how long the upstream is busy, and knows it is busy meanwhile."""
+    inner = stream(kind) if streaming else whole(kind)
+
+    def reply(handler, request):
+        handler.pause(until=gate)
         inner(handler, request)
     return reply
 
@@ -153,11 +178,18 @@ def invalid_json(kind, streaming=False):
     return reply
 
 
+_HELD_PORTS = []   # sockets that keep closed_port()'s ports, for the rest of the run
+
+
 def closed_port():
-    """A local port nothing listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local port nothing listens on (connection refused), for the rest of the run: a
+    socket stays bound to it without listening. A port merely bound and let go could be
+    taken by a listener meanwhile, or be picked as the source port of a connection to
+    itself, which then connects to itself instead of being refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(s)
+    return s.getsockname()[1]
 
 
 # -- what a client of each dialect makes of a stream -------------------------------------

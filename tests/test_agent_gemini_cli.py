@@ -113,7 +113,8 @@ def test_a_key_pool_with_one_rate_limited_key(proxy_factory, fake, workdir, tmp_
     proxy = proxy_factory({"upstreams": {"up": {
         "base_url": fake.base_url, "api_keys": ["key-a", "key-b", "key-c"]}},
         "default_model": "fake-model"})
-    fake.rules["key-b"] = error("openai", 429, "key-b is over its quota", retry_after=30)
+    # key-b rests for an hour: however slow the CLI's later turns, it is not tried again.
+    fake.rules["key-b"] = error("openai", 429, "key-b is over its quota", retry_after=3600)
     notes = workdir / "notes.txt"
     code, result, stderr = run_gemini(
         proxy, str(workdir), str(tmp_path / "home"),

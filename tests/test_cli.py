@@ -2,7 +2,9 @@
 
 Each run gets an explicit minimal environment (PATH plus what the test sets) and an empty
 temporary working directory, so neither the machine's environment nor a stray
-./config.json reaches the proxy.
+./config.json reaches the proxy. A proxy that listens asks the system for a free port
+(--port 0) and the test reads it off the "listening on" line: a port picked beforehand
+could be taken by someone else in between.
 """
 
 import json
@@ -19,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from conftest import gp
+from conftest import PATIENCE, gp, wait_for
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "gemini_proxy.py")
@@ -32,7 +34,7 @@ def minimal_env(**extra):
     return env
 
 
-def run(args, tmp_path, env=None, timeout=20, python=None):
+def run(args, tmp_path, env=None, timeout=2 * PATIENCE, python=None):
     return subprocess.run([python or sys.executable, SCRIPT] + list(args), cwd=str(tmp_path),
                           env=env if env is not None else minimal_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -46,6 +48,8 @@ def write_config(tmp_path, raw, name="proxy.json"):
 
 
 def free_port():
+    """A port nothing listens on now (for an upstream that is not there, or a check that
+    never listens)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -75,7 +79,7 @@ class Running:
         with self._lock:
             return "\n".join(self.lines)
 
-    def wait_for(self, pattern, timeout=8.0):
+    def wait_for(self, pattern, timeout=PATIENCE):
         """The first stderr line matching the regex; fails when the process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,7 +88,7 @@ class Running:
                     if re.search(pattern, line):
                         return line
             if self.proc.poll() is not None:
-                self._reader.join(2)
+                self._reader.join(PATIENCE)
                 with self._lock:
                     found = [line for line in self.lines if re.search(pattern, line)]
                 if found:
@@ -94,23 +98,29 @@ class Running:
             time.sleep(0.02)
         pytest.fail("no %r within %ss:\n%s" % (pattern, timeout, self.text()))
 
-    def stop(self, signum=signal.SIGTERM, timeout=6.0):
+    def port(self):
+        """The port the proxy listens on, from its "listening on" line."""
+        line = self.wait_for(r"listening on ")
+        return int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", line).group(1))
+
+    def stop(self, signum=signal.SIGTERM, timeout=PATIENCE):
         """Send a signal; the exit status, after the process ends."""
         self.proc.send_signal(signum)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(5)
+            self.proc.wait(PATIENCE)
             pytest.fail("proxy did not exit within %ss of signal %d:\n%s"
                         % (timeout, signum, self.text()))
-        self._reader.join(2)
+        self._reader.join(PATIENCE)     # every line it wrote, up to its last
+        assert not self._reader.is_alive(), "stderr still open after the proxy exited"
         return code
 
     def cleanup(self):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(5)
+            self.proc.wait(PATIENCE)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
@@ -129,7 +139,7 @@ def start(tmp_path):
         running.cleanup()
 
 
-def generate(port, model, text, timeout=5):
+def generate(port, model, text, timeout=PATIENCE):
     body = json.dumps({"contents": [{"role": "user", "parts": [{"text": text}]}]}).encode()
     request = urllib.request.Request(
         "http://127.0.0.1:%d/v1beta/models/%s:generateContent" % (port, model), data=body,
@@ -196,7 +206,7 @@ def test_unknown_key_exits_2_and_names_it(tmp_path):
 def test_bad_value_exits_2_and_names_the_key_path(tmp_path):
     path = write_config(tmp_path, {"upstreams": {"kimi": {"base_url": "https://x.example/v1",
                                                           "read_timeout": "soon"}}})
-    result = run(["-c", path], tmp_path, timeout=10)
+    result = run(["-c", path], tmp_path)
     assert result.returncode == 2
     assert "upstreams.kimi.read_timeout" in result.stderr
     assert "Traceback" not in result.stderr
@@ -227,7 +237,7 @@ def test_bad_flag_choice_exits_2(tmp_path):
 
 def test_public_host_without_keys_is_refused_with_reason(tmp_path):
     result = run(["--upstream-kind", "echo", "--host", "0.0.0.0", "--port", str(free_port())],
-                 tmp_path, timeout=10)
+                 tmp_path)
     assert result.returncode != 0
     assert "refusing to listen on 0.0.0.0 with no client keys" in result.stderr
     assert "--allow-public" in result.stderr
@@ -246,7 +256,7 @@ def test_check_under_python38(tmp_path):
     try:
         probe = subprocess.run(["python3.8", "-c", "import sys; print(sys.version_info[:2])"],
                                env=env38, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True, timeout=20)
+                               universal_newlines=True, timeout=2 * PATIENCE)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip("python3.8 is not available here: %s" % exc)
     if probe.returncode != 0 or probe.stdout.strip() != "(3, 8)":
@@ -265,10 +275,8 @@ def test_check_under_python38(tmp_path):
 # ---- running for real --------------------------------------------------------------------
 
 def test_echo_serves_generate_content_and_stops_on_sigterm(start):
-    port = free_port()
-    proxy = start(["--upstream-kind", "echo", "--port", str(port)])
-    line = proxy.wait_for(r"listening on ")
-    assert "listening on http://127.0.0.1:%d" % port in line
+    proxy = start(["--upstream-kind", "echo", "--port", "0"])
+    port = proxy.port()
     status, body = generate(port, "gemini-2.5-pro", "hello from the cli test")
     assert status == 200
     candidate = body["candidates"][0]
@@ -278,14 +286,13 @@ def test_echo_serves_generate_content_and_stops_on_sigterm(start):
     assert candidate["finishReason"] == "STOP"
     assert proxy.stop(signal.SIGTERM) == 0
     assert proxy.lines[-1].endswith("stopped"), proxy.text()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=PATIENCE).close()
 
 
 def test_sigint_stops_cleanly(start):
-    port = free_port()
-    proxy = start(["--upstream-kind", "echo", "--port", str(port)])
-    proxy.wait_for(r"listening on ")
+    proxy = start(["--upstream-kind", "echo", "--port", "0"])
+    port = proxy.port()
     status, body = generate(port, "gemini-2.5-flash", "ping")
     assert status == 200
     text = "".join(p.get("text", "") for p in body["candidates"][0]["content"]["parts"])
@@ -297,8 +304,7 @@ def test_sigint_stops_cleanly(start):
 
 def test_port_zero_listens_on_a_port_chosen_by_the_system(start):
     proxy = start(["--upstream-kind", "echo", "--port", "0"])
-    line = proxy.wait_for(r"listening on ")
-    port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", line).group(1))
+    port = proxy.port()
     assert port not in (0, gp.SERVER_DEFAULTS["port"])
     status, _ = generate(port, "gemini-2.5-pro", "zero")
     assert status == 200
@@ -306,13 +312,12 @@ def test_port_zero_listens_on_a_port_chosen_by_the_system(start):
 
 
 def test_first_lines_name_upstream_and_fingerprint_the_key(start):
-    port, dead_port = free_port(), free_port()
-    url = "http://127.0.0.1:%d/v1" % dead_port
+    url = "http://127.0.0.1:%d/v1" % free_port()    # never asked: the proxy only starts
     proxy = start(["--upstream-url", url, "--upstream-key", UPSTREAM_KEY,
-                   "--model", "some-model", "--port", str(port)])
+                   "--model", "some-model", "--port", "0"])
     proxy.wait_for(r"route \* ->")
     lines = proxy.lines
-    assert "listening on http://127.0.0.1:%d" % port in lines[0]
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+", lines[0])
     upstream_line = next(line for line in lines[:3] if "upstream default:" in line)
     assert url in upstream_line
     assert "with key " + gp.fingerprint(UPSTREAM_KEY) in upstream_line
@@ -324,9 +329,8 @@ def test_first_lines_name_upstream_and_fingerprint_the_key(start):
 
 
 def test_no_config_start_uses_openai_base_url_from_environment(start):
-    port = free_port()
     url = "http://127.0.0.1:%d/v1" % free_port()
-    proxy = start(["--port", str(port)],
+    proxy = start(["--port", "0"],
                   env=minimal_env(OPENAI_BASE_URL=url, OPENAI_API_KEY=UPSTREAM_KEY,
                                   OPENAI_MODEL="gpt-test"))
     line = proxy.wait_for(r"upstream default:")
@@ -339,11 +343,10 @@ def test_no_config_start_uses_openai_base_url_from_environment(start):
 
 
 def test_no_config_and_no_environment_uses_local_ollama(start):
-    port = free_port()
-    proxy = start(["--port", str(port)], env=minimal_env())
+    proxy = start(["--port", "0"], env=minimal_env())
     line = proxy.wait_for(r"upstream default:")
     assert line.endswith("upstream default: openai http://127.0.0.1:11434/v1")
-    assert "listening on http://127.0.0.1:%d" % port in proxy.lines[0]
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+", proxy.lines[0])
     assert proxy.stop() == 0
 
 
@@ -353,7 +356,7 @@ def test_port_in_use_exits_1_with_a_message(tmp_path):
     busy.listen(1)
     try:
         port = busy.getsockname()[1]
-        result = run(["--upstream-kind", "echo", "--port", str(port)], tmp_path, timeout=10)
+        result = run(["--upstream-kind", "echo", "--port", str(port)], tmp_path)
     finally:
         busy.close()
     assert result.returncode == 1
@@ -362,16 +365,15 @@ def test_port_in_use_exits_1_with_a_message(tmp_path):
 
 
 def test_sighup_reloads_the_config_and_keeps_running_on_a_bad_one(start, tmp_path):
-    port = free_port()
     path = write_config(tmp_path, {"upstreams": {"first": {"kind": "echo"}},
-                                   "server": {"port": port}})
+                                   "server": {"port": 0}})
     proxy = start(["-c", path])
-    proxy.wait_for(r"listening on ")
+    port = proxy.port()
     assert generate(port, "gemini-2.5-pro", "one")[0] == 200
     write_config(tmp_path, {"upstreams": {"second": {"kind": "echo"}},
                             "routes": [{"model": "*", "upstream": "second",
                                         "upstream_model": "renamed"}],
-                            "server": {"port": port}})
+                            "server": {"port": 0}})
     proxy.proc.send_signal(signal.SIGHUP)
     proxy.wait_for(r"configuration reloaded")
     proxy.wait_for(r"route \* -> second/renamed")
@@ -382,9 +384,8 @@ def test_sighup_reloads_the_config_and_keeps_running_on_a_bad_one(start, tmp_pat
     proxy.wait_for(r"reload failed, still running the previous configuration: "
                    r"upstreams.third.nonsense: unknown key")
     assert generate(port, "gemini-2.5-pro", "three")[0] == 200
-    deadline = time.monotonic() + 5     # the access line follows the response
-    while time.monotonic() < deadline and proxy.text().count("pro -> second/renamed") < 2:
-        time.sleep(0.02)
+    wait_for(lambda: proxy.text().count("pro -> second/renamed") >= 2,   # the access line
+             message=proxy.text)                                       # follows the response
     assert proxy.text().count("gemini-2.5-pro -> second/renamed") == 2
     assert proxy.stop() == 0
 

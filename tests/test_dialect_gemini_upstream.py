@@ -49,8 +49,15 @@ def test_contents_system_and_function_responses():
 
 def test_response_value_shapes():
     def value(content, is_error=False):
-        return gp._gemini_response_value(Part(gp.TOOL_RESULT, content=[text(content)],
-                                              is_error=is_error))
+        """The functionResponse.response a tool result becomes."""
+        chat = Chat(messages=[
+            user(text("go")),
+            Message("assistant", [Part(gp.TOOL_CALL, id="c1", name="f", args={})]),
+            user(Part(gp.TOOL_RESULT, id="c1", name="f", content=[text(content)],
+                      is_error=is_error))])
+        parts = encode(chat)["contents"][-1]["parts"]
+        assert len(parts) == 1
+        return parts[0]["functionResponse"]["response"]
     assert value("plain") == {"output": "plain"}
     assert value('{"a": 1}') == {"a": 1}
     assert value("[1, 2]") == {"output": "[1, 2]"}

@@ -4,10 +4,9 @@ import base64
 import json
 import re
 import socket
-import time
 
-from conftest import gp, sse_payloads
-from fake_upstream import (chunk, completion, json_reply, raw_reply, stream_reply,
+from conftest import PATIENCE, gp, sse_payloads, wait_for
+from fake_upstream import (chunk, completion, json_reply, raw_reply, sse, stream_reply,
                            text_stream, tool_stream, usage)
 
 GENERATE = "/v1beta/models/gemini-2.5-pro:generateContent"
@@ -247,7 +246,10 @@ def test_count_tokens_counts_locally(proxy, fake):
     assert fake.requests == []    # never generates
 
 
-def test_upstream_429_stays_429_with_retry_info(proxy, fake):
+def test_upstream_429_stays_429_with_retry_info(proxy_factory, fake):
+    # Without retries: with them, the proxy looks at the pool again, finds the key resting
+    # and may tell the client its remaining rest (6.999s) instead of the provider's 7s.
+    proxy = no_retries(proxy_factory, fake)
     fake.queue(json_reply({"error": {"message": "Rate limit reached", "type": "rate_limit"}},
                           status=429, headers={"Retry-After": "7"}))
     status, headers, data = proxy.request("POST", STREAM, {"contents": [user("Hi")]})
@@ -306,27 +308,36 @@ def test_upstream_secret_never_reaches_the_client(proxy, fake):
     assert "[REDACTED]" in body["error"]["message"]
 
 
+def endless_stream(handler, request):
+    """A stream that goes on until its reader hangs up (or the fake stops)."""
+    handler.start_stream()
+    while handler.write_chunk(sse(chunk({"content": "word "})).encode()):
+        handler.pause(0.02)
+
+
 def test_client_disconnect_mid_stream_closes_upstream(proxy, fake):
-    events = [chunk({"content": "word "}) for _ in range(200)]
-    fake.queue(stream_reply(events, delay=0.02))
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    fake.queue(endless_stream)
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=PATIENCE)
     body = json.dumps({"contents": [user("long answer please")]}).encode()
     sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (STREAM.encode(), len(body), body))
-    assert b"200 OK" in sock.recv(4096)
+    head = b""
+    while b"\r\n" not in head:
+        more = sock.recv(4096)
+        assert more, "the proxy closed the connection"
+        head += more
+    assert head.startswith(b"HTTP/1.1 200 OK")
     sock.close()
-    deadline = time.time() + 5
-    while time.time() < deadline and fake.aborted_streams == 0:
-        time.sleep(0.05)
-    assert fake.aborted_streams == 1, "the upstream stream was not closed"
-    deadline = time.time() + 5
-    while time.time() < deadline and proxy.server.proxy.active:
-        time.sleep(0.05)
-    assert proxy.server.proxy.active == 0
+    wait_for(lambda: fake.aborted_streams, message="the upstream stream was not closed")
+    assert fake.aborted_streams == 1
+    proxy.wait_until_idle()
     assert proxy.server.proxy.pool.open == 0   # the broken connection was not pooled
 
 
 def test_keep_alive_both_sides(proxy, fake):
+    # The proxy puts the upstream connection back in its pool as the request ends in it,
+    # which can be a moment after the client has its answer: each request waits for that
+    # (proxy.wait_until_idle) before the next one can find the connection there.
     conn = proxy.connection()
     for i in range(3):
         fake.queue(json_reply(completion("reply %d" % i)))
@@ -335,12 +346,14 @@ def test_keep_alive_both_sides(proxy, fake):
         response = conn.getresponse()
         assert response.status == 200
         assert ("reply %d" % i) in response.read().decode()
+        proxy.wait_until_idle()
     for i in range(2):
         fake.queue(text_stream("streamed %d" % i))
         conn.request("POST", STREAM, body=json.dumps({"contents": [user("Hi")]}),
                      headers={"content-type": "application/json"})
         response = conn.getresponse()
         assert text_of(sse_payloads(response.read())) == "streamed %d" % i
+        proxy.wait_until_idle()
     conn.close()
     assert len(fake.requests) == 5
     assert fake.connections == 1, "the upstream connection was not reused"
@@ -352,7 +365,7 @@ def test_chunked_request_body(proxy, fake):
     pieces = [body[:10], body[10:25], body[25:]]
     chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces) + \
         b"0\r\nX-Trailer: yes\r\n\r\n"
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=PATIENCE)
     sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                  b"Expect: 100-continue\r\n\r\n" % GENERATE.encode())
     assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
@@ -392,10 +405,11 @@ def test_access_log_line_per_request(proxy, fake, caplog):
     proxy.request("POST", STREAM, {"contents": [user("Hi")]})
     proxy.post("/v1beta/models/gemini-2.5-pro:countTokens", {"contents": [user("abcd")]})
     proxy.post(GENERATE, {"contents": [user("Hi")], "bogus": True})
-    deadline = time.time() + 2
-    while time.time() < deadline and len(caplog.records) < 4:
-        time.sleep(0.02)
-    lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+
+    def access_lines():      # each is logged as its response ends: soon after the client
+        return [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+    wait_for(lambda: len(access_lines()) >= 4, message=lambda: access_lines())
+    lines = access_lines()
     assert len(lines) == 4
     assert lines[0].startswith("POST /v1beta/models/gemini-2.5-pro:generateContent 200 "
                                "gemini-2.5-pro -> fake/fake-model conv rid=")

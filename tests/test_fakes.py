@@ -5,6 +5,7 @@ import http.client
 import json
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fake_upstream as fu  # noqa: E402
+from conftest import PATIENCE, wait_for  # noqa: E402
 from fake_upstream import FakeAnthropic, FakeGemini, FakeOpenAI  # noqa: E402
 
 GENERATE = "/v1beta/models/gemini-x:generateContent"
@@ -50,7 +52,7 @@ def openai():
 
 def call(fake, method, path, payload=None, headers=None):
     """(status, lower-cased headers, body bytes) on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=PATIENCE)
     body = None if payload is None else json.dumps(payload)
     conn.request(method, path, body=body,
                  headers=dict({"content-type": "application/json"}, **(headers or {})))
@@ -392,12 +394,12 @@ def test_gemini_stream_forms_delay_and_cut(gemini):
     data = call(gemini, "POST", STREAM, {})[2]     # forced JSON array despite alt=sse
     assert data.startswith(b"[") and json.loads(data)[0]["candidates"][0]["content"]["parts"]
     assert json.loads(call(gemini, "POST", STREAM, {})[2]) == []
-    started = time.time()
+    started = time.monotonic()
     chunks = gemini_events(call(gemini, "POST", STREAM, {})[2])
-    assert time.time() - started >= 0.1 and len(chunks) == 2
+    assert time.monotonic() - started >= 0.1 and len(chunks) == 2
     cut = {}
     for name, path in (("sse", STREAM), ("array", ARRAY_STREAM), ("calls", STREAM)):
-        conn = http.client.HTTPConnection("127.0.0.1", gemini.port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", gemini.port, timeout=PATIENCE)
         conn.request("POST", path, body="{}")
         response = conn.getresponse()
         with pytest.raises(http.client.IncompleteRead) as caught:
@@ -593,10 +595,10 @@ def test_anthropic_errors_in_stream_delay_and_cut(anthropic):
     assert [n for n, _ in streamed] == ["message_start", "content_block_start", "ping",
                                         "content_block_delta", "error"]
     assert streamed[-1][1]["error"] == {"type": "overloaded_error", "message": "Overloaded"}
-    started = time.time()
+    started = time.monotonic()
     assert len(anthropic_events(call(anthropic, "POST", MESSAGES, {})[2])) == len(events)
-    assert time.time() - started >= 0.02 * len(events)
-    conn = http.client.HTTPConnection("127.0.0.1", anthropic.port, timeout=5)
+    assert time.monotonic() - started >= 0.02 * len(events)
+    conn = http.client.HTTPConnection("127.0.0.1", anthropic.port, timeout=PATIENCE)
     conn.request("POST", MESSAGES, body="{}")
     with pytest.raises(http.client.IncompleteRead) as caught:
         conn.getresponse().read()
@@ -604,7 +606,50 @@ def test_anthropic_errors_in_stream_delay_and_cut(anthropic):
     partial = caught.value.partial.decode()
     assert "content_block_stop" in partial and "message_delta" not in partial
     assert "message_stop" not in partial
-    started = time.time()
+    started = time.monotonic()
     assert post(anthropic, MESSAGES, {})[1]["content"][0]["text"] == "late"
-    assert time.time() - started >= 0.05
+    assert time.monotonic() - started >= 0.05
     assert len(anthropic.requests) == 7 and not anthropic.script
+
+
+# -- pauses: how tests script stalls without racing the clock -------------------------------
+
+def test_a_pause_ends_when_the_fake_stops():
+    fake = FakeOpenAI().start()
+    fake.queue(fu.hang(3600))
+    outcome = []
+
+    def ask():
+        try:
+            outcome.append(call(fake, "POST", "/v1/chat/completions", {})[0])
+        except (http.client.HTTPException, OSError) as exc:
+            outcome.append(exc)
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        wait_for(lambda: fake.busy == 1, message="the request never reached the fake")
+    finally:
+        fake.stop()
+    wait_for(lambda: fake.busy == 0, message="the paused reply outlived its fake")
+    asker.join(PATIENCE)
+    assert outcome and not isinstance(outcome[0], int), outcome   # no late answer
+
+
+def test_pause_after_holds_a_stream_until_its_event(openai):
+    more = threading.Event()
+    openai.queue(fu.pause_after(fu.text_stream("one two three", pieces=3), writes=2,
+                                until=more))
+    conn = http.client.HTTPConnection("127.0.0.1", openai.port, timeout=PATIENCE)
+    try:
+        conn.request("POST", "/v1/chat/completions", body="{}")
+        response = conn.getresponse()
+        data = b""
+        while b"one" not in data:          # the role chunk, then the first words
+            data += response.read1(65536)
+        assert openai.busy == 1 and b"two" not in data
+        more.set()
+        data += response.read()
+    finally:
+        more.set()
+        conn.close()
+    assert b"two" in data and data.rstrip().endswith(b"data: [DONE]")

@@ -8,6 +8,9 @@ import time
 import pytest
 
 import gemini_proxy as gp
+from conftest import PATIENCE, wait_for
+
+TOLERANCE = 1e-6    # for sums of time.monotonic() values
 
 
 def spec(**overrides):
@@ -29,6 +32,26 @@ def take(keys, model="m"):
     assert isinstance(state, gp.KeyState), state
     keys.release(state)
     return state.key
+
+
+def rest(keys, state, error, model="m"):
+    """keys.failed(state, model, error), and (low, high): bounds of the rest it gave the
+    key, read off its cooling time however long the call itself took."""
+    before = time.monotonic()
+    keys.failed(state, model, error)
+    after = time.monotonic()
+    until = state.cooling[keys.per_model and model or "*"]
+    return until - after - TOLERANCE, until - before + TOLERANCE
+
+
+def releasing_once_waiting(keys, state):
+    """A thread that releases `state` once a request waits in the pool (started)."""
+    def release():
+        wait_for(lambda: keys.waiting == 1, message="nothing ever waited for a key")
+        keys.release(state)
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_round_robin_skips_resting_and_refused_keys():
@@ -57,25 +80,21 @@ def test_no_key_at_all_is_one_keyless_slot():
 def test_cooldown_follows_the_provider_with_a_floor_and_jitter():
     keys = pool(keys=("a",), cooldown_floor=2.0, cooldown_jitter=0.5)
     state = keys.states[0]
-    keys.failed(state, "m", rate_limited(10))
-    rest = state.cooling["*"] - time.monotonic()
-    assert 9.9 < rest <= 15.01                # 10s, plus up to half of it
-    keys.failed(state, "m", rate_limited(0.1))
-    rest = state.cooling["*"] - time.monotonic()
-    assert 1.9 < rest <= 3.01                 # the floor, plus jitter
+    low, high = rest(keys, state, rate_limited(10))
+    assert 10 <= high and low <= 15           # 10s, plus up to half of it
+    low, high = rest(keys, state, rate_limited(0.1))
+    assert 2 <= high and low <= 3             # the floor, plus jitter
 
 
 def test_cooldown_without_a_time_doubles_up_to_the_ceiling_and_resets_on_success():
     keys = pool(keys=("a",), cooldown_floor=1.0, cooldown=5.0)
     state = keys.states[0]
-    rests = []
-    for _ in range(5):
-        keys.failed(state, "m", rate_limited())
-        rests.append(round(state.cooling["*"] - time.monotonic()))
-    assert rests == [1, 2, 4, 5, 5]
+    for expected in [1, 2, 4, 5, 5]:
+        low, high = rest(keys, state, rate_limited())
+        assert low <= expected <= high
     keys.succeeded(state)
-    keys.failed(state, "m", rate_limited())
-    assert round(state.cooling["*"] - time.monotonic()) == 1
+    low, high = rest(keys, state, rate_limited())
+    assert low <= 1 <= high
 
 
 @pytest.mark.parametrize("message, reason", [
@@ -85,15 +104,15 @@ def test_cooldown_without_a_time_doubles_up_to_the_ceiling_and_resets_on_success
 ])
 def test_a_spent_daily_quota_rests_long(message, reason):
     keys = pool(keys=("a",), daily_quota_cooldown=5000.0)
-    keys.failed(keys.states[0], "m", rate_limited(30, message, reason))
-    assert keys.states[0].cooling["*"] - time.monotonic() > 4999
+    low, high = rest(keys, keys.states[0], rate_limited(30, message, reason))
+    assert low <= 5000 <= high
 
 
 def test_a_per_minute_quota_is_not_daily():
     keys = pool(keys=("a",))
-    keys.failed(keys.states[0], "m", rate_limited(
+    low, high = rest(keys, keys.states[0], rate_limited(
         None, "Quota exceeded", "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"))
-    assert keys.states[0].cooling["*"] - time.monotonic() < 2
+    assert low <= 1.0 <= high                 # the floor, as for any 429 without a time
 
 
 def test_gemini_keys_rest_per_model():
@@ -108,10 +127,12 @@ def test_gemini_keys_rest_per_model():
 def test_unavailable_says_why_with_the_earliest_time():
     keys = pool(keys=("a", "b"))
     keys.failed(keys.states[0], "m", rate_limited(30))
+    before = time.monotonic()
     keys.failed(keys.states[1], "m", rate_limited(5))
     error = keys.acquire("m")
+    took = time.monotonic() - before
     assert isinstance(error, gp.KeysUnavailable) and error.status == 429
-    assert 4.9 < error.retry_after <= 5.0
+    assert 5.0 - took - TOLERANCE <= error.retry_after <= 5.0   # b's rest, less the time gone
     keys = pool(keys=("a",))
     keys.failed(keys.states[0], "m", gp.UpstreamError("forbidden", status=403))
     error = keys.acquire("m", deadline=time.monotonic() + 5)   # never waits for a refusal
@@ -124,10 +145,10 @@ def test_concurrency_limits_wait_for_a_free_slot():
     assert {first.key, second.key} == {"a", "b"}
     busy = keys.acquire("m")
     assert isinstance(busy, gp.KeysUnavailable) and busy.status == 503
-    threading.Timer(0.2, keys.release, [first]).start()
-    started = time.monotonic()
-    third = keys.acquire("m", deadline=time.monotonic() + 5)
-    assert third is first and 0.15 < time.monotonic() - started < 2
+    releaser = releasing_once_waiting(keys, first)
+    third = keys.acquire("m", deadline=time.monotonic() + PATIENCE)
+    assert third is first                     # it waited, and got the slot let go of
+    releaser.join(PATIENCE)
     limited = pool(keys=("a", "b"), max_concurrency=1)
     limited.acquire("m")
     assert limited.acquire("m").status == 503
@@ -135,22 +156,22 @@ def test_concurrency_limits_wait_for_a_free_slot():
 
 def test_waiting_for_a_resting_key_only_when_allowed_and_boundedly():
     keys = pool(keys=("a",), wait_for_keys=True, max_waiting=1)
-    keys.failed(keys.states[0], "m", rate_limited(0.3))
+    keys.failed(keys.states[0], "m", rate_limited(0.3))        # rests the 1 s floor
     results = []
 
     def wait():
-        results.append(keys.acquire("m", deadline=time.monotonic() + 3))
+        results.append(keys.acquire("m", deadline=time.monotonic() + PATIENCE))
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.05)
-    full = keys.acquire("m", deadline=time.monotonic() + 3)    # the queue holds one
+    wait_for(lambda: keys.waiting == 1, message="the waiter never started waiting")
+    full = keys.acquire("m", deadline=time.monotonic() + PATIENCE)   # the queue holds one
     assert full.status == 429 and "already waiting" in full.message
-    waiter.join(5)
-    assert isinstance(results[0], gp.KeyState)
+    waiter.join(PATIENCE)
+    assert isinstance(results[0], gp.KeyState)  # served when the rest was over
     keys.failed(keys.states[0], "m", rate_limited(30))
-    gone = keys.acquire("m", deadline=time.monotonic() + 3, cancelled=lambda: True)
+    gone = keys.acquire("m", deadline=time.monotonic() + PATIENCE, cancelled=lambda: True)
     assert gone.status == 429                 # the client left: stop waiting
-    assert pool(keys=("a",)).acquire("m", time.monotonic() + 3).key == "a"
+    assert pool(keys=("a",)).acquire("m", time.monotonic() + PATIENCE).key == "a"
 
 
 def test_status_never_shows_a_key():
@@ -193,8 +214,9 @@ def test_a_busy_key_beside_a_resting_one_is_worth_waiting_for():
     assert held.key == "b"
     error = keys.acquire("m")
     assert error.status == 503                # b frees up long before a's rest ends
-    threading.Timer(0.2, keys.release, [held]).start()
-    assert keys.acquire("m", deadline=time.monotonic() + 3) is held
+    releaser = releasing_once_waiting(keys, held)
+    assert keys.acquire("m", deadline=time.monotonic() + PATIENCE) is held
+    releaser.join(PATIENCE)
 
 
 def test_reconfigure_keeps_rests_and_in_flight_but_not_refusals():
@@ -217,12 +239,12 @@ def test_a_failure_is_recorded_before_a_waiter_can_take_the_key():
     first = keys.acquire("m")
     got = []
     waiter = threading.Thread(target=lambda: got.append(
-        keys.acquire("m", deadline=time.monotonic() + 1)))
+        keys.acquire("m", deadline=time.monotonic() + PATIENCE)))
     waiter.start()
-    time.sleep(0.05)
+    wait_for(lambda: keys.waiting == 1, message="the waiter never started waiting")
     keys.failed(first, "m", rate_limited(30))   # the order _attempts uses
     keys.release(first)
-    waiter.join(3)
+    waiter.join(PATIENCE)
     assert isinstance(got[0], gp.KeysUnavailable) and got[0].status == 429
 
 
@@ -247,10 +269,12 @@ def test_reset_hints(headers, seconds):
 
 
 def test_anthropic_reset_moments():
-    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
+    now = time.time()
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 30))   # whole seconds
     hint = gp.parse_reset_hint({"anthropic-ratelimit-requests-remaining": "0",
                                 "anthropic-ratelimit-requests-reset": moment})
-    assert 28 < hint <= 30
+    took = time.time() - now
+    assert 29 - took - TOLERANCE < hint <= 30
 
 
 def text_events(*pieces):
@@ -315,7 +339,9 @@ def test_the_first_byte_budget_is_one_for_the_whole_start():
 
 
 def test_reset_moment_with_a_long_fraction():
-    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 20)) + ".123456789Z"
-    hint = gp.parse_reset_hint({"anthropic-ratelimit-tokens-remaining": "0",
-                                "anthropic-ratelimit-tokens-reset": moment})
-    assert 18 < hint <= 21
+    now = time.time()
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now + 20)) + ".123456789Z"
+    hint = gp.parse_reset_hint({"anthropic-ratelimit-tokens-reset": moment,
+                                "anthropic-ratelimit-tokens-remaining": "0"})
+    took = time.time() - now
+    assert 19.123456 - took - TOLERANCE < hint <= 20.123457

@@ -6,10 +6,10 @@ import http.client
 import json
 import logging
 import re
-import time
 
 import pytest
 
+from conftest import wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
                            stream_reply, chunk, text_stream)
 
@@ -142,12 +142,10 @@ def test_gemini_pass_through_uses_the_api_version_converted_requests_use(proxy_f
 
 def access_lines(caplog, count=1):
     """The access lines, once `count` are there (each is written just after its reply)."""
-    deadline = time.monotonic() + 30
-    while True:
-        lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.01)
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access"]
+    wait_for(lambda: len(lines()) >= count, message="%d access lines" % count)
+    return lines()
 
 
 def test_a_passed_through_stream_without_usage_gets_estimated_counts(proxy, fake, caplog):

@@ -2,34 +2,23 @@
 loops, clients that stop reading or leave early, shutdown with calls in flight, running
 out of file descriptors, endless upstream replies, and strangers' request bodies.
 
-Every wait here is for an event (a counter reaching a value, a gate reached); the
-generous deadlines only matter when something is broken."""
+Every wait here is for an event (a counter reaching a value, a gate reached), through
+conftest.wait_for: its generous deadline only matters when something is broken."""
 
 import errno
 import json
 import logging
 import socket
 import threading
-import time
 
 import pytest
 
-from conftest import gp, make_config
+from conftest import gp, make_config, wait_for
 from fake_upstream import Gate, chunk, completion, json_reply
 
 OPENAI = "/v1/chat/completions"
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def eventually(condition, timeout=30.0, what="the condition"):
-    """Wait until condition() is true; fail after `timeout` seconds (a bound for a broken
-    proxy, never a measure of a working one)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("%s did not happen within %ss" % (what, timeout))
-        time.sleep(0.01)
 
 
 def raw_head(method, path, headers=(), length=None):
@@ -70,7 +59,7 @@ def test_an_upstream_that_is_this_proxy_is_a_508_naming_the_setting(proxy_factor
     status, _, data = proxy.request("POST", GEMINI, {"contents": [
         {"role": "user", "parts": [{"text": "hi"}]}]})
     assert status == 508 and json.loads(data)["error"]["code"] == 508
-    eventually(lambda: idle(proxy))
+    wait_for(lambda: idle(proxy))
 
 
 def test_a_loop_through_another_proxy_is_a_508_from_the_hop_header(proxy_factory):
@@ -83,7 +72,7 @@ def test_a_loop_through_another_proxy_is_a_508_from_the_hop_header(proxy_factory
         status, _, data = first.request("POST", OPENAI, dict(CHAT, stream=stream))
         assert status == 508, data
         assert "loop detected" in json.loads(data)["error"]["message"]
-    eventually(lambda: idle(first) and idle(second), what="both proxies idle")
+    wait_for(lambda: idle(first) and idle(second), message="both proxies idle")
 
 
 # ---- workers, and clients that stop reading or leave ----------------------------------------
@@ -105,7 +94,7 @@ def test_health_says_degraded_while_no_worker_is_free(proxy_factory, fake):
         gate.open()
         worker.join(60)
     assert answers[0][0] == 200
-    eventually(lambda: idle(proxy))
+    wait_for(lambda: idle(proxy))
     status, _, data = proxy.request("GET", "/health")
     assert status == 200 and json.loads(data) == {"status": "ok", "workers_free": 1}
 
@@ -129,8 +118,8 @@ def test_a_client_that_stops_reading_is_dropped_after_send_timeout(proxy_factory
     body = json.dumps(dict(CHAT, stream=True)).encode()
     sock.sendall(raw_head("POST", OPENAI, ["Content-Type: application/json"], len(body)) + body)
     try:   # never read: the worker, the upstream call and the connection must all be freed
-        eventually(lambda: fake.aborted_streams == 1, what="the upstream stream stopped")
-        eventually(lambda: idle(proxy), what="the worker freed")
+        wait_for(lambda: fake.aborted_streams == 1, message="the upstream stream stopped")
+        wait_for(lambda: idle(proxy), message="the worker freed")
         status, _, _ = proxy.request("GET", "/health")
         assert status == 200
     finally:
@@ -151,7 +140,7 @@ def test_a_client_that_leaves_before_the_first_byte_frees_its_worker_at_once(
     try:
         assert gate.entered.wait(30)
         sock.close()    # the upstream has not answered: only the hang-up can free the worker
-        eventually(lambda: idle(proxy), what="the worker freed")
+        wait_for(lambda: idle(proxy), message="the worker freed")
         assert proxy.server.proxy.pool.open == 0     # the upstream call was abandoned
     finally:
         gate.open()
@@ -223,7 +212,7 @@ def test_connections_over_max_connections_get_a_503_and_the_rest_are_served(prox
         assert head.startswith("HTTP/1.1 503") and "retry-after: 1" in head.lower()
         extra.close()
         held.pop().close()
-        eventually(lambda: proxy.server.connections_open == 2)
+        wait_for(lambda: proxy.server.connections_open == 2)
         status, _, _ = proxy.request("GET", "/health")
         assert status == 200
     finally:

@@ -14,7 +14,12 @@ import threading
 import pytest
 
 import gemini_proxy as gp
+from conftest import PATIENCE
 from fake_upstream import FakeOpenAI, completion, hang, json_reply, raw_reply, text_stream
+
+# A stall far longer than the timeout meant to cut it (it ends when the fake stops), so a
+# busy machine cannot make the upstream's answer win the race.
+STALL = 2 * PATIENCE
 
 GENERATE = "/v1beta/models/gemini-2.5-pro:generateContent"
 STREAM = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
@@ -28,7 +33,7 @@ def config_for(base_url, **upstream):
 
 def test_first_byte_timeout_is_504(proxy_factory, fake):
     proxy = proxy_factory(config_for(fake.base_url, first_byte_timeout=0.3, retries=0))
-    fake.queue(hang(1.0))
+    fake.queue(hang(STALL))
     status, body = proxy.post(GENERATE, HELLO)
     assert status == 504 and body["error"]["status"] == "DEADLINE_EXCEEDED"
     assert "sent nothing within 0.3s" in body["error"]["message"]
@@ -37,7 +42,7 @@ def test_first_byte_timeout_is_504(proxy_factory, fake):
 def test_slow_first_event_is_a_real_504(proxy_factory, fake):
     from fake_upstream import chunk, stream_reply
     proxy = proxy_factory(config_for(fake.base_url, first_byte_timeout=0.3, retries=0))
-    fake.queue(stream_reply([chunk({"content": "late"})], delay=0.6))
+    fake.queue(stream_reply([chunk({"content": "late"})], delay=STALL))
     status, _, data = proxy.request("POST", STREAM, HELLO)
     assert status == 504       # nothing was sent yet, so the client gets a real error
 
@@ -45,12 +50,11 @@ def test_slow_first_event_is_a_real_504(proxy_factory, fake):
 def test_stall_mid_stream_ends_without_finish_reason(proxy_factory, fake):
     from conftest import sse_payloads
     from fake_upstream import chunk, sse
-    import time
 
     def stall(handler, request):
         handler.start_stream()
         handler.write_chunk(sse(chunk({"content": "first words"})).encode())
-        time.sleep(0.8)
+        handler.pause(STALL)
         handler.write_chunk(sse(chunk({"content": "too late"})).encode())
         handler.end_stream()
     proxy = proxy_factory(config_for(fake.base_url, read_timeout=0.3))
@@ -65,9 +69,8 @@ def test_stall_mid_stream_ends_without_finish_reason(proxy_factory, fake):
 
 
 def test_unreachable_upstream_is_502(proxy_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from faults import closed_port
+    port = closed_port()
     proxy = proxy_factory(config_for("http://127.0.0.1:%d/v1" % port))
     status, body = proxy.post(GENERATE, HELLO)
     assert status == 502 and body["error"]["status"] == "UNAVAILABLE"
@@ -137,6 +140,9 @@ def test_dead_keep_alive_connection_is_replaced(proxy_factory):
         for _ in range(3):
             status, body = proxy.post(GENERATE, HELLO)
             assert status == 200 and "fresh" in json.dumps(body)
+            # The connection goes back to the pool as the request ends in the proxy, a
+            # moment after the answer: wait, so the next request finds it there, dead.
+            proxy.wait_until_idle()
         assert upstream.connections == 3
         assert proxy.server.proxy.pool.open <= 1
     finally:
@@ -189,7 +195,7 @@ class ConnectProxy:
         socks = [a, b]
         try:
             while True:
-                readable, _, _ = select.select(socks, [], [], 5)
+                readable, _, _ = select.select(socks, [], [], PATIENCE)
                 if not readable:
                     return
                 for s in readable:
@@ -237,7 +243,9 @@ def test_http_proxy_and_no_proxy(proxy_factory, fake):
     ("anything", 80, "", False),
 ])
 def test_no_proxy_rules(host, port, no_proxy, bypassed):
-    assert gp._proxy_bypassed(host, port, no_proxy) is bypassed
+    target = gp.upstream_target("http://%s:%d/v1" % (host, port), {
+        "HTTP_PROXY": "http://proxy.example:3128", "NO_PROXY": no_proxy})
+    assert (target.proxy is None) is bypassed
 
 
 @pytest.fixture
@@ -294,6 +302,7 @@ def test_detailed_logs_have_four_stages_and_no_secrets(proxy_factory, fake, tmp_
     proxy.post(GENERATE, HELLO, headers={"x-goog-api-key": "client-secret-key"})
     fake.queue(text_stream("logged stream", pieces=1))
     proxy.request("POST", STREAM + "&key=client-secret-key", HELLO)
+    proxy.wait_until_idle()     # a request's log is closed as it ends in the proxy
     files = sorted(glob.glob(os.path.join(str(tmp_path), "*", "*.log")))
     assert len(files) == 2
     for path in files:
