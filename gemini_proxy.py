@@ -5882,8 +5882,12 @@ class Responder:
     """Writes one response into the pipe, and knows whether its head has gone out: after
     that, a failure can only end the stream in the dialect's own way."""
 
-    def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog]):
+    def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog],
+                 before_whole: Callable[[], None] = lambda: None):
         self.ex, self.pipe, self.detail = ex, pipe, detail
+        # Let go of upstream connections and keys before the client has its answer: a
+        # client that asks again at once then finds the connection pooled, the key free.
+        self._before_whole = before_whole
         self._sink: Optional[Callable[[bytes], None]] = None
 
     @property
@@ -5897,6 +5901,7 @@ class Responder:
         self.ex.status = status   # before the put: the loop logs as soon as it has the reply
         if self.detail:
             self.detail.stage("4. client response: %d" % status, headers, body)
+        self._before_whole()
         return self.pipe.put_head(ResponseHead(status, headers, body))
 
     def json(self, payload: Any) -> None:
@@ -5942,7 +5947,7 @@ class Request:
         self.dialect, self.pipe, self.detail = dialect, pipe, detail
         self.pool = pool        # upstream connections, the process's
         self.hops = hops        # for HOP_HEADER: the proxies this request has been through
-        self.out = Responder(ex, pipe, detail)
+        self.out = Responder(ex, pipe, detail, before_whole=self.end)
         self.strict = live.config.server["reject_unknown_fields"]
         self.payload: Any = None
         self.opened: List[UpstreamResponse] = []
@@ -5989,6 +5994,7 @@ class Request:
         self.out.chunk(self.dialect.stream_error(error))
 
     def end(self) -> None:
+        """Let go of everything the request holds (more than once does no harm)."""
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
         for pool, state in self.held:
