@@ -126,11 +126,14 @@ def test_a_whole_reply_with_connection_close_is_relayed(raw, path, payload):
     assert status == 200 and b"closing after this" in data
 
 
-def test_a_negative_chunk_size_is_a_502(raw):
+def test_a_negative_chunk_size_is_an_upstream_failure(raw):
+    # Python 3.9+'s http.client refuses the size (a 502 at once); 3.8's reads on until
+    # the connection ends, so there the read timeout ends it (a 504).
     proxy, _ = raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                   b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")
+                   b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+                   read_timeout=1.0)
     status, body = proxy.post(GEMINI_PATH, GEMINI_ASK)
-    assert status == 502
+    assert status in (502, 504), body
 
 
 @pytest.mark.parametrize("status_line", ["302 Found", "999 Whatever"])
