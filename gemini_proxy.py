@@ -411,10 +411,16 @@ def _finite(text: str) -> float:
     return value
 
 
+STRICT_JSON = json.JSONDecoder(parse_constant=_not_json_number, parse_float=_finite)
+
+
 def strict_json(text: Any) -> Any:
     """json.loads without the NaN, Infinity and 1e999 Python would read: they could not be
-    written back as valid JSON. Raises ValueError."""
-    return json.loads(text, parse_constant=_not_json_number, parse_float=_finite)
+    written back as valid JSON. One decoder for all (json.loads with hooks builds a new
+    one each call). Raises ValueError."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8")
+    return STRICT_JSON.decode(text)
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -1308,12 +1314,15 @@ class SSEParser:
             if len(self._partial) + self._size > self.max_event:
                 raise ValueError("an event of over %d bytes" % self.max_event)
             return []
-        self._partial += chunk
-        lines = self._partial.split(b"\n")
+        if self._partial:
+            self._partial += chunk
+            lines = self._partial.split(b"\n")
+        else:     # most reads start with a fresh line: no copy into the buffer
+            lines = chunk.split(b"\n")
         self._partial = bytearray(lines.pop())
         events = []
         for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
+            line = raw[:-1] if raw[-1:] == b"\r" else raw
             if not line:
                 if self._data:
                     events.append((self._event or "message", "\n".join(self._data)))
@@ -1324,7 +1333,7 @@ class SSEParser:
                 raise ValueError("an event of over %d bytes" % self.max_event)
             if line.startswith(b":"):
                 continue
-            field, _, value = bytes(line).decode("utf-8", "replace").partition(":")
+            field, _, value = line.decode("utf-8", "replace").partition(":")
             if value.startswith(" "):
                 value = value[1:]
             if field == "data":
@@ -6544,6 +6553,8 @@ class PassingStream:
             return out, events
         self.ended = self.ended or (end is not None and any(end.search(text)
                                                             for _, text in events))
+        if not self.held and data.endswith(b"\n\n"):   # whole events, as most reads are
+            return self.redactor.bytes(data), events
         searched = max(0, len(self.held) - 3)   # an end may straddle the old and the new
         self.held += data
         whole = sse_complete_length(self.held, searched)
