@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """gemini-proxy: let LLM clients and providers that speak different API dialects talk.
 
-One file, Python 3.8+, standard library only. It serves three client dialects and calls
-four kinds of upstream, converting through one neutral model:
+One file, Python 3.8+, standard library only. It serves four client dialects and calls
+five kinds of upstream, converting through one neutral model:
 
     Gemini API (Gemini CLI, google-genai)     ->               -> OpenAI-compatible (Kimi,
     OpenAI Chat Completions (openai, Qwen)    -> gemini_proxy  ->   DeepSeek, OpenAI, Ollama,
     Anthropic Messages (anthropic, Claude)    ->               ->   vLLM, ...), Gemini API,
-                                                                    Anthropic, or echo
+    OpenAI Responses (Codex CLI, opencode)    ->               ->   Anthropic, OpenAI
+                                                                    Responses, or echo
 
 When the client and the upstream speak the same dialect, requests pass through with only
 the model name and the key replaced.
@@ -32,8 +33,8 @@ Then point a client at it, e.g. Gemini CLI (with security.auth.selectedType set 
     export GEMINI_CLI_TRUST_WORKSPACE=true   # headless runs need a trusted folder
     gemini -m gemini-2.5-pro -p "read notes.txt and summarise it" --yolo
 
-or OpenAI clients at http://127.0.0.1:8000/v1, Anthropic clients (ANTHROPIC_BASE_URL) at
-http://127.0.0.1:8000.
+or OpenAI clients (Chat Completions or Responses, Codex CLI's provider base_url) at
+http://127.0.0.1:8000/v1, Anthropic clients (ANTHROPIC_BASE_URL) at http://127.0.0.1:8000.
 
 Configuration comes from a JSON file (-c, else $GEMINI_PROXY_CONFIG, else ./config.json
 when present; comments and trailing commas allowed), then GEMINI_PROXY_* environment
@@ -55,14 +56,17 @@ Contents (each section uses only the ones above it):
      8. dialect: Anthropic Messages
      9. dialect: Gemini (the client side)
     10. dialect: Gemini, the upstream side
-    11. dialect registry, upstream kinds and routes
-    12. upstream client (pooled keep-alive http.client connections, timeouts)
-    13. key pools
-    14. requests in flight (worker threads, the pipe to the event loop, errors)
-    15. upstream calls and retries
-    16. actions and the application
-    17. server (asyncio: connections, limits, streaming, shutdown)
-    18. command line
+    11. dialect: OpenAI Responses (the client's requests, the responses kept)
+    12. dialect: OpenAI Responses, replies to the client
+    13. dialect: OpenAI Responses, the upstream side
+    14. dialect registry, upstream kinds and routes
+    15. upstream client (pooled keep-alive http.client connections, timeouts)
+    16. key pools
+    17. requests in flight (worker threads, the pipe to the event loop, errors)
+    18. upstream calls and retries
+    19. actions and the application
+    20. server (asyncio: connections, limits, streaming, shutdown)
+    21. command line
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ import itertools
 import json
 import logging
 import math
+import mimetypes
 import os
 import random
 import re
@@ -101,10 +106,10 @@ import time
 import zlib
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 try:
-    import resource     # POSIX: the open-file limit (section 17)
+    import resource     # POSIX: the open-file limit (section 20)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -115,7 +120,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 18) and the README's
+# flag that may set it. Configuration (section 4), --help (section 21) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +139,7 @@ class Setting:
 MiB = 1024 * 1024
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (section 17) --
+    # -- server: listening, client keys, limits (section 20) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -169,11 +174,16 @@ SETTINGS: Tuple[Setting, ...] = (
             "after 60 s without them); 0: wait for the first event", zero=True),
     Setting("server", "stream_queue_chunks", 64, "chunks buffered between an upstream "
             "stream and a slow client", minimum=1),
+    Setting("server", "responses_store", 1000, "Responses API: responses kept in memory "
+            "for previous_response_id and GET /v1/responses/{id} (0: none)"),
+    Setting("server", "responses_store_ttl", 3600.0, "Responses API: seconds a kept "
+            "response lasts"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 11-16) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-19) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
-            flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "echo")),
+            flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
+                                              "echo")),
     Setting("upstream", "base_url", "", "base URL, e.g. https://api.deepseek.com/v1 (empty: "
             "the kind's own)", env="GEMINI_PROXY_UPSTREAM_URL", flag="--upstream-url"),
     Setting("upstream", "api_key", "", "the provider key", env="GEMINI_PROXY_UPSTREAM_KEY",
@@ -282,6 +292,7 @@ SETTINGS_BY_PATH = {(s.section, s.key): s for s in SETTINGS}
 
 # The base URL of each upstream kind when a config gives none.
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1",
+                     "openai-responses": "https://api.openai.com/v1",
                      "gemini": "https://generativelanguage.googleapis.com",
                      "anthropic": "https://api.anthropic.com"}
 
@@ -306,6 +317,10 @@ IMAGE_TOKEN_ESTIMATE = 258
 
 # Google's documented "no signature available" value; Gemini CLI adds it to tool calls.
 GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+# The origin of reasoning an OpenAI Responses upstream gave out: its encrypted_content
+# goes back only to an upstream of that kind.
+RESPONSES_ORIGIN = "openai-responses"
 
 # The first bytes of the proxy's own reasoning signatures (section 6): reasoning from one
 # provider, packed so that a client of another dialect carries it in its history and sends
@@ -1099,7 +1114,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 17) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 20) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -1568,6 +1583,7 @@ class ReplyOptions:
     include_usage: bool = False     # OpenAI: stream_options.include_usage
     sse: bool = True                # Gemini: ?alt=sse; without it the JSON-array form
     reasoning_cache: Optional["ReasoningCache"] = None   # OpenAI: None is the process's
+    responses: Optional["ResponsesTurn"] = None  # Responses: the request's turn (section 11)
 
 
 def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
@@ -3619,7 +3635,7 @@ def gemini_schema_to_json_schema(schema: Any) -> Any:
 
 
 # Where reasoning a Gemini client carries in a thoughtSignature came from.
-FOREIGN_ORIGINS = ("openai", "anthropic")
+FOREIGN_ORIGINS = ("openai", "anthropic", RESPONSES_ORIGIN)
 
 
 def _gemini_signature(part: Part, signature: str) -> List[Part]:
@@ -4631,12 +4647,1212 @@ def encode_gemini_embed_response(reply: EmbedReply, batch: bool) -> Dict[str, An
     return {"embedding": {"values": reply.vectors[0]}}
 
 
-# ---- 11. Dialect registry, upstream kinds and routes ----------------------------------
+# ---- 11. Dialect: OpenAI Responses ------------------------------------------------------
+#
+# Client side: /v1/responses as Codex CLI and the openai SDK's client.responses use it,
+# with the responses kept for previous_response_id (PROTOCOLS-2 §B, §C). Reasoning the
+# client cannot read (signed thinking, Gemini's signatures) rides in a reasoning item's
+# encrypted_content: a carrier (section 6) that Codex keeps and sends back unchanged on
+# every later turn. Tools come back under the client's names: custom (freeform) tools as
+# custom_tool_call, namespaced ones with their namespace.
+
+RESPONSES_REQUEST_FIELDS = frozenset((
+    "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
+    "reasoning", "text", "store", "stream", "stream_options", "include", "prompt_cache_key",
+    "prompt_cache_retention", "client_metadata", "max_output_tokens", "max_tool_calls",
+    "temperature", "top_p", "top_logprobs", "previous_response_id", "conversation",
+    "metadata", "user", "safety_identifier", "service_tier", "truncation", "background",
+    "context_management", "moderation", "prompt"))
+
+# Tools the provider runs itself. Only a Responses upstream (passing the request through)
+# can run them; elsewhere they are left out when the client declared them beside its own
+# tools (Codex always declares web_search), and refused when they are all it declared or
+# its tool_choice demands one: an answer without the search it asked for would look normal.
+RESPONSES_HOSTED_TOOLS = frozenset((
+    "web_search", "web_search_preview", "web_search_2025_08_26", "file_search", "computer",
+    "computer_use_preview", "code_interpreter", "image_generation", "mcp", "local_shell",
+    "shell", "apply_patch", "tool_search"))
+
+# History items of those tools: nothing another upstream could replay; left out.
+RESPONSES_HOSTED_ITEMS = frozenset((
+    "web_search_call", "file_search_call", "tool_search_call", "tool_search_output",
+    "image_generation_call", "code_interpreter_call", "local_shell_call",
+    "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
+    "apply_patch_call_output", "mcp_call", "mcp_list_tools", "mcp_approval_request",
+    "mcp_approval_response", "computer_call", "computer_call_output"))
+
+# A custom (freeform) tool becomes a function with this one string parameter.
+CUSTOM_TOOL_INPUT = "input"
+
+# response.failed codes that Codex treats in their own way (anything else: retried).
+RESPONSES_ERROR_CODES = frozenset((
+    "context_length_exceeded", "insufficient_quota", "rate_limit_exceeded", "invalid_prompt",
+    "server_is_overloaded", "slow_down", "usage_not_included"))
+
+
+# -- tools: client -> neutral, and the names that go back ---------------------------------
+
+@dataclasses.dataclass
+class ResponsesTools:
+    """A request's tools as neutral function tools, and what turns a call's flat name
+    back into the client's terms: custom tools (whose single argument is the raw input)
+    and namespaced ones (a namespace's tools are offered as <namespace>__<name>)."""
+
+    tools: List[Tool] = dataclasses.field(default_factory=list)
+    custom: Set[str] = dataclasses.field(default_factory=set)
+    namespaced: Dict[str, Tuple[str, str]] = dataclasses.field(default_factory=dict)
+    hosted: List[str] = dataclasses.field(default_factory=list)
+
+    @staticmethod
+    def qualify(namespace: str, name: str) -> str:
+        if not namespace or name.startswith(namespace):
+            return name
+        return namespace + name if namespace.endswith("__") else namespace + "__" + name
+
+    def call_name(self, flat: str) -> Tuple[str, str]:
+        """(namespace, name) for the name a model called; a model that calls a
+        namespaced tool by its bare name is understood too."""
+        if flat in self.namespaced:
+            return self.namespaced[flat]
+        if not any(t.name == flat for t in self.tools):
+            owners = [v for v in self.namespaced.values() if v[1] == flat]
+            if len(owners) == 1:
+                return owners[0]
+        return "", flat
+
+
+def _responses_function_tool(tool: Dict[str, Any], where: str, namespace: str) -> Tool:
+    name = expect(tool.get("name"), str, where + ".name", "a name")
+    schema = tool.get("parameters")
+    return Tool(ResponsesTools.qualify(namespace, name),
+                expect_text(tool.get("description"), where + ".description"),
+                expect(schema, dict, where + ".parameters", "a JSON Schema")
+                if schema is not None else {"type": "object", "properties": {}})
+
+
+def _responses_custom_tool(tool: Dict[str, Any], where: str) -> Tool:
+    """A freeform tool (Codex's apply_patch) as a function of one string, its grammar in
+    the description: the model needs the grammar to write valid input."""
+    name = expect(tool.get("name"), str, where + ".name", "a name")
+    description = expect_text(tool.get("description"), where + ".description")
+    fmt = fields_of(tool.get("format"))
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        description += "\n\nThe input must follow this %s grammar:\n%s" % (
+            text_of(fmt.get("syntax")) or "", fmt["definition"])
+    return Tool(name, description.strip(), {
+        "type": "object", "required": [CUSTOM_TOOL_INPUT],
+        "properties": {CUSTOM_TOOL_INPUT: {"type": "string",
+                                           "description": "the raw input of the tool"}}})
+
+
+def decode_responses_tools(payload: Dict[str, Any]) -> ResponsesTools:
+    """The tools of a Responses request: its `tools`, and those of additional_tools items
+    in its input (a name declared twice: the first wins)."""
+    out = ResponsesTools()
+    declared = list(enumerate(expect(payload.get("tools") or [], list, "tools", "a list")))
+    for i, item in enumerate(payload.get("input") if isinstance(payload.get("input"), list)
+                             else ()):
+        if isinstance(item, dict) and item.get("type") == "additional_tools":
+            declared += [("input[%d].tools" % i, t) for t in
+                         expect(item.get("tools") or [], list, "input[%d].tools" % i, "a list")]
+    seen: Set[str] = set()
+
+    def add(tool: Tool, namespace: str = "", name: str = "") -> None:
+        if tool.name in seen:
+            return
+        seen.add(tool.name)
+        out.tools.append(tool)
+        if namespace:
+            out.namespaced[tool.name] = (namespace, name)
+
+    for i, tool in declared:
+        where = i if isinstance(i, str) else "tools[%d]" % i
+        expect(tool, dict, where, "a tool object")
+        kind = tool.get("type", "function")
+        if kind == "function":
+            add(_responses_function_tool(tool, where, ""))
+        elif kind == "custom":
+            custom = _responses_custom_tool(tool, where)
+            out.custom.add(custom.name)
+            add(custom)
+        elif kind == "namespace":
+            namespace = expect(tool.get("name"), str, where + ".name", "a name")
+            for j, child in enumerate(expect(tool.get("tools") or [], list, where + ".tools",
+                                             "a list")):
+                at = "%s.tools[%d]" % (where, j)
+                expect(child, dict, at, "a tool object")
+                if child.get("type", "function") == "custom":
+                    custom = _responses_custom_tool(child, at)
+                    custom.name = ResponsesTools.qualify(namespace, custom.name)
+                    out.custom.add(custom.name)
+                    add(custom, namespace, child["name"])
+                else:
+                    function = _responses_function_tool(child, at, namespace)
+                    add(function, namespace, child["name"])
+        elif kind in RESPONSES_HOSTED_TOOLS or isinstance(kind, str) and \
+                kind.startswith(("web_search", "computer")):
+            out.hosted.append(kind)
+        else:
+            raise ClientError("%s.type: unknown tool type %r" % (where, kind))
+    return out
+
+
+def _hosted_tool_error(kinds: List[str]) -> ClientError:
+    return ClientError("tools: %s %s run by OpenAI itself, and this request does not go to "
+                       "an OpenAI Responses upstream; declare function tools instead"
+                       % (", ".join(sorted(set(kinds))), "is" if len(set(kinds)) == 1
+                          else "are"), reason="invalid_request_error")
+
+
+def _responses_tool_choice(chat: Chat, choice: Any, tools: ResponsesTools) -> None:
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise ClientError("tool_choice: %r is not auto, none or required" % choice)
+        chat.tool_choice = choice
+        return
+    choice = expect(choice, dict, "tool_choice", "a string or an object")
+    kind = choice.get("type")
+    if kind in ("function", "custom"):
+        chat.tool_choice = "required"
+        chat.allowed_tools = [ResponsesTools.qualify(
+            expect_text(choice.get("namespace"), "tool_choice.namespace"),
+            expect(choice.get("name"), str, "tool_choice.name", "a tool name"))]
+    elif kind == "allowed_tools":
+        mode = choice.get("mode", "auto")
+        if mode not in ("auto", "required"):
+            raise ClientError("tool_choice.mode: %r is not auto or required" % mode)
+        names = set()
+        for i, tool in enumerate(expect(choice.get("tools") or [], list, "tool_choice.tools",
+                                        "a list")):
+            tool = expect(tool, dict, "tool_choice.tools[%d]" % i, "a tool")
+            if tool.get("type") in RESPONSES_HOSTED_TOOLS:
+                continue
+            names.add(ResponsesTools.qualify(text_of(tool.get("namespace")),
+                                             expect(tool.get("name"), str, "tool_choice.tools"
+                                                    "[%d].name" % i, "a tool name")))
+        chat.tools = [t for t in chat.tools if t.name in names]
+        chat.tool_choice = mode
+    elif kind in ("auto", "none", "required"):      # what some clients send (Cursor)
+        chat.tool_choice = kind
+    elif kind in RESPONSES_HOSTED_TOOLS:
+        raise _hosted_tool_error([kind])
+    else:
+        raise ClientError("tool_choice.type: unknown type %r" % kind)
+
+
+# -- requests: client -> neutral ------------------------------------------------------------
+
+def _responses_image(part: Dict[str, Any], where: str) -> Part:
+    if part.get("file_id"):
+        raise ClientError("%s.file_id: this proxy has no Files API; send the image as a "
+                          "data: URL or an https URL" % where)
+    url = expect(part.get("image_url"), str, where + ".image_url", "a URL")
+    extra = {"detail": part["detail"]} if part.get("detail") not in (None, "auto") else {}
+    match = DATA_URL.match(url)
+    if match and match.group(2):
+        return Part(MEDIA, mime=match.group(1) or "image/png", data=match.group(3),
+                    extra=extra)
+    return Part(MEDIA, url=url, extra=extra)
+
+
+def _responses_file(part: Dict[str, Any], where: str) -> Part:
+    if part.get("file_id"):
+        raise ClientError("%s.file_id: this proxy has no Files API; send file_data instead"
+                          % where)
+    filename = expect_text(part.get("filename"), where + ".filename")
+    extra = {"filename": filename} if filename else {}
+    if part.get("file_url") is not None:
+        return Part(MEDIA, url=expect(part["file_url"], str, where + ".file_url", "a URL"),
+                    mime=mimetypes.guess_type(filename)[0] or "", extra=extra)
+    data = expect(part.get("file_data"), str, where + ".file_data", "a data: URL")
+    match = DATA_URL.match(data)
+    if match and match.group(2):
+        return Part(MEDIA, mime=match.group(1), data=match.group(3), extra=extra)
+    return Part(MEDIA, mime=mimetypes.guess_type(filename)[0] or "application/octet-stream",
+                data=data, extra=extra)    # plain base64, as some clients send it
+
+
+def _responses_content(content: Any, where: str) -> List[Part]:
+    """A message's content, or a tool's output: a string or a list of parts."""
+    if isinstance(content, str):
+        return [Part(TEXT, text=content)]
+    parts = []
+    for j, part in enumerate(expect(content, list, where, "a string or a list of parts")):
+        at = "%s[%d]" % (where, j)
+        expect(part, dict, at, "a content part")
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            parts.append(Part(TEXT, text=expect(part.get("text", ""), str, at + ".text",
+                                                "text")))
+        elif kind == "refusal":
+            parts.append(Part(TEXT, text=expect_text(part.get("refusal"), at + ".refusal")))
+        elif kind == "input_image":
+            parts.append(_responses_image(part, at))
+        elif kind == "input_file":
+            parts.append(_responses_file(part, at))
+        else:
+            raise ClientError("%s.type: unknown content part type %r" % (at, kind))
+    return parts
+
+
+def _responses_reasoning(item: Dict[str, Any], where: str) -> List[Part]:
+    """A reasoning item from the history: what this proxy packed into its
+    encrypted_content when it gave it out, else its readable text (another server's
+    encrypted_content is of no use to any upstream here)."""
+    encrypted = expect_text(item.get("encrypted_content"), where + ".encrypted_content")
+    carried = unpack_thinking(encrypted)
+    if carried:
+        return carried
+    pieces = [p.text for key in ("summary", "content")
+              for p in _responses_content(item.get(key) or [], "%s.%s" % (where, key))]
+    text = "\n\n".join(p for p in pieces if p)
+    return [Part(THINKING, text=text, origin="openai")] if text else []
+
+
+def _responses_call(item: Dict[str, Any], where: str, tools: ResponsesTools) -> Part:
+    name = ResponsesTools.qualify(expect_text(item.get("namespace"), where + ".namespace"),
+                                  expect(item.get("name"), str, where + ".name", "a name"))
+    call_id = expect(item.get("call_id"), str, where + ".call_id", "a call id")
+    if item.get("type") == "custom_tool_call":
+        return Part(TOOL_CALL, id=call_id, name=name, args={
+            CUSTOM_TOOL_INPUT: expect_text(item.get("input"), where + ".input")})
+    arguments = item.get("arguments") or "{}"
+    try:
+        args = strict_json(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise ClientError("%s.arguments: not valid JSON" % where) from None
+    return Part(TOOL_CALL, id=call_id, name=name,
+                args=expect(args, dict, where + ".arguments", "a JSON object"))
+
+
+class _Turns:
+    """Builds neutral messages from Responses items: consecutive assistant items (its
+    reasoning, text and calls) make one assistant turn, as Anthropic and Gemini need."""
+
+    def __init__(self, chat: Chat, cache: ReasoningCache):
+        self.chat, self.cache = chat, cache
+        self.thinking: List[Part] = []      # reasoning waiting for the assistant turn
+        self.names: Dict[str, str] = {}     # call id -> tool name
+        self.remembered: Dict[str, str] = {}   # call id -> signature, from the cache
+
+    def add(self, role: str, parts: List[Part]) -> None:
+        messages = self.chat.messages
+        if messages and messages[-1].role == role:
+            messages[-1].parts.extend(parts)
+        else:
+            messages.append(Message(role, list(parts)))
+
+    def assistant(self, parts: List[Part]) -> None:
+        if self.thinking:
+            parts, self.thinking = self.thinking + parts, []
+        self.add("assistant", parts)
+
+    def call(self, part: Part) -> None:
+        """A tool call; the first of a turn with no reasoning carried by the client looks
+        for what this proxy remembered when it gave the call out."""
+        self.names[part.id] = part.name
+        messages = self.chat.messages
+        turn = messages[-1].parts if messages and messages[-1].role == "assistant" else []
+        if not any(p.type == TOOL_CALL for p in turn) and not any(
+                p.type == THINKING and (p.signature or p.extra) for p in self.thinking + turn):
+            remembered = self.cache.get(part.id)
+            self.remembered = {p.id: p.signature for p in remembered if p.type == TOOL_CALL}
+            thinking = [p for p in remembered if p.type == THINKING]
+            if thinking:
+                self.thinking = thinking
+        if part.id in self.remembered:
+            part.signature, part.origin = self.remembered[part.id], "gemini"
+        self.assistant([part])
+
+
+def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat,
+                           tools: ResponsesTools, cache: ReasoningCache) -> None:
+    """The conversation's items (see responses_history) as chat messages; system and
+    developer messages before the conversation starts join the system prompt."""
+    turns = _Turns(chat, cache)
+    started = False
+    for where, item in history:
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            parts = _responses_content(item.get("content"), where + ".content")
+            if role in ("system", "developer"):
+                text = "\n\n".join(p.text for p in parts if p.type == TEXT)
+                if not started:
+                    chat.system.append(Part(TEXT, text=text))
+                else:
+                    turns.add("user", [Part(TEXT, text=text)])
+                continue
+            started = True
+            if role == "user":
+                turns.add("user", parts)
+            elif role == "assistant":
+                turns.assistant(parts)
+            else:
+                raise ClientError("%s.role: %r is not user, assistant, system or developer"
+                                  % (where, role))
+        elif kind == "reasoning":
+            started = True
+            turns.thinking.extend(_responses_reasoning(item, where))
+        elif kind in ("function_call", "custom_tool_call"):
+            started = True
+            turns.call(_responses_call(item, where, tools))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            started = True
+            call_id = expect(item.get("call_id"), str, where + ".call_id", "a call id")
+            output = item.get("output")
+            content = _responses_content(output if output is not None else "",
+                                         where + ".output")
+            turns.add("user", [Part(TOOL_RESULT, id=call_id, name=turns.names.get(call_id, ""),
+                                    content=[p for p in content if p.type in (TEXT, MEDIA)])])
+        elif kind in ("compaction", "compaction_trigger"):
+            raise ClientError("%s.type: %s needs OpenAI's own compaction; this proxy lets "
+                              "the client compact its history itself" % (where, kind))
+        elif kind == "additional_tools" or kind in RESPONSES_HOSTED_ITEMS:
+            continue      # tools: merged in decode_responses_tools; hosted: see above
+        else:
+            raise ClientError("%s.type: unknown input item type %r" % (where, kind))
+    order_tool_results(chat.messages)
+    make_tool_ids_unique(chat.messages)
+
+
+def responses_history(payload: Dict[str, Any], store: "ResponseStore"
+                      ) -> List[Tuple[str, Dict[str, Any]]]:
+    """(where, item) for every item of the conversation: the stored one that
+    previous_response_id names, then this request's input (a string is one user
+    message); item_reference items are looked up among the stored responses."""
+    items: List[Tuple[str, Dict[str, Any]]] = []
+    previous = payload.get("previous_response_id")
+    if previous is not None:
+        stored = store.get(expect(previous, str, "previous_response_id", "a response id"))
+        if stored is None:
+            raise ClientError("previous_response_id: Previous response with id %r not found "
+                              "(this proxy keeps responses in memory for a while; "
+                              "server.responses_store)" % clip(previous, 80), status=400)
+        items += [("previous_response_id", item) for item in stored.conversation()]
+    given = payload.get("input")
+    if isinstance(given, str):
+        return items + [("input", {"type": "message", "role": "user", "content": given})]
+    for i, item in enumerate(expect(given if given is not None else [], list, "input",
+                                    "a string or a list of items")):
+        where = "input[%d]" % i
+        expect(item, dict, where, "an input item")
+        if item.get("type") == "item_reference":
+            found = store.item(expect(item.get("id"), str, where + ".id", "an item id"))
+            if found is None:
+                raise ClientError("%s.id: no stored item %r" % (where, clip(item["id"], 80)))
+            item = found
+        items.append((where, item))
+    return items
+
+
+def decode_responses_request(payload: Any, strict: bool = True,
+                             turn: Optional["ResponsesTurn"] = None,
+                             cache: Optional[ReasoningCache] = None,
+                             store: Optional["ResponseStore"] = None) -> Chat:
+    """Responses request -> neutral Chat. Raises ClientError naming the field."""
+    expect(payload, dict, "request", "a JSON object")
+    if strict:
+        reject_unknown(payload, RESPONSES_REQUEST_FIELDS, OPENAI_UNKNOWN)
+    for field, why in (("conversation", "stored conversations"),
+                       ("prompt", "stored prompt templates")):
+        if payload.get(field) is not None:
+            raise ClientError("%s: %s are OpenAI's; send the input itself" % (field, why))
+    if payload.get("background") is True:
+        raise ClientError("background: this proxy answers while the client waits; leave "
+                          "background off")
+    turn = turn or responses_turn(payload)
+    chat = Chat(model=expect(payload.get("model"), str, "model", "a model name"),
+                tools=list(turn.tools.tools))
+    if turn.tools.hosted:
+        if not chat.tools:
+            raise _hosted_tool_error(turn.tools.hosted)
+        chat.extra["hosted_tools"] = turn.tools.hosted
+    instructions = expect_text(payload.get("instructions"), "instructions")
+    if instructions:
+        chat.system.append(Part(TEXT, text=instructions))
+    history = responses_history(payload, store or RESPONSE_STORE)
+    if turn.store:
+        turn.history = [item for _, item in history]
+    decode_responses_input(history, chat, turn.tools, cache or REASONING_CACHE)
+    _responses_tool_choice(chat, payload.get("tool_choice"), turn.tools)
+    chat.parallel_tool_calls = payload.get("parallel_tool_calls")
+    reasoning = expect(payload.get("reasoning") or {}, dict, "reasoning", "an object")
+    effort = expect_text(reasoning.get("effort"), "reasoning.effort")
+    if effort or reasoning.get("summary"):
+        chat.thinking = Thinking(budget=None if effort else -1, effort=effort,
+                                 include_thoughts=effort != "none")
+    text = expect(payload.get("text") or {}, dict, "text", "an object")
+    fmt = expect(text.get("format") or {}, dict, "text.format", "an object")
+    if fmt.get("type") == "json_object":
+        chat.response_format = ResponseFormat()
+    elif fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        chat.response_format = ResponseFormat(
+            expect(schema, dict, "text.format.schema", "a JSON Schema")
+            if schema is not None else None,
+            expect_text(fmt.get("name"), "text.format.name") or "response")
+    for field, kind, what in (("temperature", (int, float), "a number"),
+                              ("top_p", (int, float), "a number")):
+        if payload.get(field) is not None:
+            setattr(chat, field, expect(payload[field], kind, field, what))
+    if payload.get("max_output_tokens") is not None:
+        chat.max_tokens = expect(payload["max_output_tokens"], int, "max_output_tokens",
+                                 "a whole number")
+    chat.stream = payload.get("stream") is True
+    chat.user = text_of(payload.get("safety_identifier")) or text_of(payload.get("user"))
+    return chat
+
+
+# -- the turn: what a reply repeats of its request, and the responses kept ---------------------
+
+@dataclasses.dataclass
+class ResponsesTurn:
+    """What a Responses reply needs from its request: the fields it repeats, the tool
+    names to give back, whether the client wants encrypted_content, whether (and what)
+    to store; and, while a stream is written, where it is (so that an error after the
+    start continues its numbering)."""
+
+    request: Dict[str, Any]
+    tools: ResponsesTools
+    encrypted: bool = False
+    store: bool = True
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # to store
+    model: str = ""
+    response_id: str = ""
+    created: int = 0
+    sequence: int = 0                  # the next event's sequence_number
+    output: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # done items
+
+
+# The request fields a response object repeats.
+RESPONSES_ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls",
+                    "previous_response_id", "reasoning", "temperature", "text", "tool_choice",
+                    "tools", "top_p", "user")
+
+
+def responses_turn(payload: Any) -> ResponsesTurn:
+    """The turn of a request (its errors are the request's 400s). Its history is filled
+    in when the request is decoded: a request passed through to a Responses upstream
+    names responses this proxy never saw."""
+    payload = expect(payload, dict, "request", "a JSON object")
+    include = expect_strings(payload.get("include"), "include")
+    return ResponsesTurn({k: payload[k] for k in RESPONSES_ECHOED if k in payload},
+                         decode_responses_tools(payload),
+                         "reasoning.encrypted_content" in include,
+                         payload.get("store") is not False)
+
+
+class StoredResponse:
+    """A response kept for previous_response_id: the object as the client saw it, the
+    conversation up to it, and its output with every carrier (the client may not have
+    asked for them, the next turn still needs them)."""
+
+    __slots__ = ("response", "history", "output", "expires")
+
+    def __init__(self, response: Dict[str, Any], history: List[Dict[str, Any]],
+                 output: List[Dict[str, Any]], expires: float):
+        self.response, self.history, self.output, self.expires = \
+            response, history, output, expires
+
+    def conversation(self) -> List[Dict[str, Any]]:
+        return self.history + self.output
+
+
+class ResponseStore:
+    """Recent responses by id, bounded in number and age, for previous_response_id,
+    item_reference and GET/DELETE /v1/responses/{id}. In memory: a restart forgets."""
+
+    def __init__(self, max_entries: int = 1000, ttl: float = 3600.0):
+        self._entries: "collections.OrderedDict[str, StoredResponse]" = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries, self.ttl = max_entries, ttl
+
+    def configure(self, max_entries: int, ttl: float) -> None:
+        with self._lock:
+            self.max_entries, self.ttl = max_entries, ttl
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def put(self, response: Dict[str, Any], history: List[Dict[str, Any]],
+            output: List[Dict[str, Any]]) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[response["id"]] = StoredResponse(
+                response, history, output, time.monotonic() + self.ttl)
+            self._entries.move_to_end(response["id"])
+            self._trim()
+
+    def get(self, response_id: str) -> Optional[StoredResponse]:
+        with self._lock:
+            entry = self._entries.get(response_id)
+            if entry is not None and entry.expires < time.monotonic():
+                del self._entries[response_id]
+                return None
+            return entry
+
+    def delete(self, response_id: str) -> bool:
+        with self._lock:
+            return self._entries.pop(response_id, None) is not None
+
+    def item(self, item_id: str) -> Optional[Dict[str, Any]]:
+        """An output item of a stored response, by its id (newest responses first)."""
+        with self._lock:
+            entries = list(reversed(self._entries.values()))
+        now = time.monotonic()
+        for entry in entries:
+            if entry.expires >= now:
+                for item in entry.output:
+                    if item.get("id") == item_id:
+                        return item
+        return None
+
+
+RESPONSE_STORE = ResponseStore()
+
+
+# ---- 12. Dialect: OpenAI Responses, replies to the client ------------------------------
+#
+# One writer turns neutral events into output items and the stream events that announce
+# them, for streams and whole replies alike; a reply that is stored is kept here too.
+
+def responses_usage(usage: Usage) -> Dict[str, Any]:
+    return {"input_tokens": usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens,
+                                     "cache_write_tokens": usage.cache_write_tokens},
+            "output_tokens": usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+            "total_tokens": usage.input_tokens + usage.output_tokens}
+
+
+def _responses_object(turn: ResponsesTurn, model: str, status: str,
+                      output: List[Dict[str, Any]], usage: Optional[Usage] = None,
+                      **fields: Any) -> Dict[str, Any]:
+    request = turn.request
+    reasoning = fields_of(request.get("reasoning"))
+    body = {"id": turn.response_id, "object": "response", "created_at": turn.created,
+            "status": status, "error": None, "incomplete_details": None,
+            "instructions": request.get("instructions"),
+            "max_output_tokens": request.get("max_output_tokens"), "model": model,
+            "output": output, "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "previous_response_id": request.get("previous_response_id"),
+            "reasoning": {"effort": reasoning.get("effort"),
+                          "summary": reasoning.get("summary")},
+            "store": turn.store, "temperature": request.get("temperature", 1.0),
+            "text": request.get("text") or {"format": {"type": "text"}},
+            "tool_choice": request.get("tool_choice", "auto"),
+            "tools": request.get("tools") or [], "top_p": request.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": responses_usage(usage) if usage is not None else None,
+            "user": request.get("user"), "metadata": request.get("metadata") or {}}
+    body.update(fields)
+    return body
+
+
+RESPONSES_INCOMPLETE = {LENGTH: "max_output_tokens", CONTENT_FILTER: "content_filter"}
+
+
+class ResponsesWriter:
+    """Neutral events -> the output items of a response and the stream events that
+    announce them (PROTOCOLS-2 §B.6, §C.2): one item per reasoning block, text run and
+    tool call, in the order they come, each with its whole life cycle (added, its parts,
+    deltas, done). Used for whole replies too, so that both have one owner."""
+
+    def __init__(self, turn: ResponsesTurn, cache: ReasoningCache):
+        self.turn, self.cache = turn, cache
+        self.kind = ""                         # the open item: reasoning | message | ""
+        self.item: Dict[str, Any] = {}
+        self.text: List[str] = []
+        self.carried: List[Part] = []          # the open reasoning item's blocks
+        self.parts: List[Part] = []            # the reply so far, to remember for calls
+        self.index = 0                         # the open item's output_index
+
+    def _event(self, kind: str, **fields: Any) -> Dict[str, Any]:
+        return dict({"type": kind}, **fields)
+
+    def _ref(self) -> Dict[str, Any]:
+        return {"item_id": self.item["id"], "output_index": self.index}
+
+    def _open(self, kind: str, item: Dict[str, Any]) -> List[Dict[str, Any]]:
+        events = self.close()
+        self.kind, self.item, self.text = kind, item, []
+        self.index = len(self.turn.output)
+        events.append(self._event("response.output_item.added", output_index=self.index,
+                                  item=dict(item)))
+        return events
+
+    def _done(self, item: Dict[str, Any]) -> Dict[str, Any]:
+        """An item finished: kept in the output (with its carrier), announced to the
+        client (without it, unless asked for)."""
+        self.turn.output.append(item)
+        shown = item if self.turn.encrypted or "encrypted_content" not in item else \
+            {k: v for k, v in item.items() if k != "encrypted_content"}
+        return self._event("response.output_item.done", output_index=self.index, item=shown)
+
+    def close(self, status: str = "completed") -> List[Dict[str, Any]]:
+        """Finish the open item, if any."""
+        kind, self.kind = self.kind, ""
+        text = "".join(self.text)
+        if kind == "message":
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            return [self._event("response.output_text.done", **self._ref(), content_index=0,
+                                text=text, logprobs=[]),
+                    self._event("response.content_part.done", **self._ref(), content_index=0,
+                                part=part),
+                    self._done(dict(self.item, status=status, content=[part]))]
+        if kind == "reasoning":
+            events = []
+            summary = []
+            if self.text:
+                part = {"type": "summary_text", "text": text}
+                summary.append(part)
+                events += [self._event("response.reasoning_summary_text.done", **self._ref(),
+                                       summary_index=0, text=text),
+                           self._event("response.reasoning_summary_part.done", **self._ref(),
+                                       summary_index=0, part=part)]
+            item = dict(self.item, status=status, summary=summary)
+            if self.carried:
+                item["encrypted_content"] = pack_thinking(self.carried)
+            self.carried = []
+            return events + [self._done(item)]
+        return []
+
+    def _reasoning(self) -> List[Dict[str, Any]]:
+        if self.kind == "reasoning":
+            return []
+        return self._open("reasoning", {"type": "reasoning", "id": new_id("rs_"),
+                                        "status": "in_progress", "summary": []})
+
+    def feed(self, event: Any) -> List[Dict[str, Any]]:
+        """The stream events for one neutral event (Finish: see finish)."""
+        if event.choice:
+            return []     # Responses has a single answer
+        if event.type == THINKING:
+            events = self._reasoning()
+            append_delta(self.parts, event)
+            append_delta(self.carried, event)
+            if event.text:
+                if not self.text:
+                    events.append(self._event("response.reasoning_summary_part.added",
+                                              **self._ref(), summary_index=0,
+                                              part={"type": "summary_text", "text": ""}))
+                self.text.append(event.text)
+                events.append(self._event("response.reasoning_summary_text.delta",
+                                          **self._ref(), summary_index=0, delta=event.text))
+            return events
+        if event.type in (TEXT, MEDIA):
+            text = event.text if event.type == TEXT else _openai_media_text(event)
+            if not text:
+                return []
+            events = []
+            if self.kind != "message":
+                events = self._open("message", {"type": "message", "id": new_id("msg_"),
+                                                "status": "in_progress", "role": "assistant",
+                                                "content": []})
+                events.append(self._event("response.content_part.added", **self._ref(),
+                                          content_index=0, part={
+                                              "type": "output_text", "text": "",
+                                              "annotations": [], "logprobs": []}))
+            self.text.append(text)
+            events.append(self._event("response.output_text.delta", **self._ref(),
+                                      content_index=0, delta=text, logprobs=[]))
+            return events
+        if event.type == TOOL_CALL:
+            return self._call(event)
+        return []
+
+    def _call(self, part: Part) -> List[Dict[str, Any]]:
+        self.parts.append(part)
+        events: List[Dict[str, Any]] = []
+        if part.origin == "gemini" and part.signature:
+            # The signature rides in the reasoning item before the call (one made for it
+            # if none is open); Gemini wants it back on this call.
+            events += self._reasoning()
+            self.carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
+        events += self.close()
+        call_id = part.id or new_id("call_")
+        namespace, name = self.turn.tools.call_name(part.name)
+        if part.name in self.turn.tools.custom:
+            value = (part.args or {}).get(CUSTOM_TOOL_INPUT)
+            value = value if isinstance(value, str) else json.dumps(part.args or {})
+            item = {"type": "custom_tool_call", "id": new_id("ctc_"), "status": "in_progress",
+                    "call_id": call_id, "name": name, "input": ""}
+            field, delta, done = "input", "response.custom_tool_call_input.delta", \
+                "response.custom_tool_call_input.done"
+        else:
+            value = json.dumps(part.args or {}, ensure_ascii=False)
+            item = {"type": "function_call", "id": new_id("fc_"), "status": "in_progress",
+                    "call_id": call_id, "name": name, "arguments": ""}
+            field, delta, done = "arguments", "response.function_call_arguments.delta", \
+                "response.function_call_arguments.done"
+        if namespace:
+            item["namespace"] = namespace
+        events += self._open("call", item)
+        extra = {"name": name} if field == "arguments" else {}
+        events += [self._event(delta, **self._ref(), delta=value),
+                   self._event(done, **self._ref(), **{field: value}, **extra),
+                   self._done(dict(item, status="completed", **{field: value}))]
+        self.kind = ""
+        return events
+
+    def finish(self, finish: Finish, model: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+        """The last events, and the whole response."""
+        incomplete = RESPONSES_INCOMPLETE.get(finish.reason)
+        events = self.close("incomplete" if incomplete else "completed")
+        if not self.turn.encrypted:     # the fallback for clients that drop carriers
+            _openai_remember(self.parts, self.cache)
+        shown = [dict(i) if self.turn.encrypted else
+                 {k: v for k, v in i.items() if k != "encrypted_content"}
+                 for i in self.turn.output]
+        status = "incomplete" if incomplete else "completed"
+        response = _responses_object(
+            self.turn, model, status, shown, finish.usage or Usage(),
+            completed_at=int(time.time()) if not incomplete else None,
+            incomplete_details={"reason": incomplete} if incomplete else None)
+        if self.turn.store:
+            RESPONSE_STORE.put(response, self.turn.history, list(self.turn.output))
+        return events + [self._event("response." + status, response=response)], response
+
+
+def _start_turn(options: ReplyOptions, model: str, response_id: str) -> ResponsesTurn:
+    if options.responses is None:     # a library caller with no request at hand
+        options.responses = ResponsesTurn({}, ResponsesTools(), store=False)
+    turn = options.responses
+    turn.model, turn.response_id, turn.created = model, response_id, int(time.time())
+    turn.sequence, turn.output = 0, []
+    return turn
+
+
+def encode_responses_response(reply: Reply, model: str, response_id: str,
+                              options: Optional[ReplyOptions] = None) -> Dict[str, Any]:
+    """Neutral reply -> response object (kept for previous_response_id when stored)."""
+    options = options or ReplyOptions()
+    turn = _start_turn(options, model, response_id)
+    writer = ResponsesWriter(turn, options.reasoning_cache or REASONING_CACHE)
+    choice = reply.choices[0] if reply.choices else Choice([], Finish())
+    for part in choice.parts:
+        writer.feed(part)
+    return writer.finish(dataclasses.replace(choice.finish, usage=reply.usage or
+                                             choice.finish.usage), model)[1]
+
+
+def _responses_sse(turn: ResponsesTurn, events: List[Dict[str, Any]]) -> bytes:
+    """Events numbered from where the stream is, as `event:` + `data:` SSE."""
+    out = []
+    for event in events:
+        kind = event.pop("type")
+        body = dict({"type": kind, "sequence_number": turn.sequence}, **event)
+        turn.sequence += 1
+        out.append(sse_event(kind, json_compact(body)))
+    return b"".join(out)
+
+
+def encode_responses_stream(events: Iterable[Any], model: str, response_id: str,
+                            options: Optional[ReplyOptions] = None) -> Iterator[bytes]:
+    """Neutral events -> Responses SSE: response.created, response.in_progress, each
+    item's life cycle, and one terminal event carrying the whole response. No [DONE]."""
+    options = options or ReplyOptions()
+    turn = _start_turn(options, model, response_id)
+    writer = ResponsesWriter(turn, options.reasoning_cache or REASONING_CACHE)
+    start = _responses_object(turn, model, "in_progress", [])
+    yield _responses_sse(turn, [{"type": "response.created", "response": start},
+                                {"type": "response.in_progress", "response": dict(start)}])
+    finished = False
+    for event in events:
+        if finished:
+            continue          # more choices than one: Responses has no place for them
+        if isinstance(event, Finish):
+            if event.choice == 0:
+                yield _responses_sse(turn, writer.finish(event, model)[0])
+                finished = True
+            continue
+        out = writer.feed(event)
+        if out:
+            yield _responses_sse(turn, out)
+    if not finished:
+        raise UpstreamError("the reply ended before it was finished", status=502)
+
+
+def responses_error_code(error: ProxyError) -> str:
+    """A failure's code in a response.failed, from those Codex acts on."""
+    if error.reason in RESPONSES_ERROR_CODES:
+        return error.reason
+    if error.status == 429:
+        return "rate_limit_exceeded"
+    if error.status in (503, 529):
+        return "server_is_overloaded"
+    return "server_error"
+
+
+def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> bytes:
+    """How a Responses client learns that a stream failed after it began: a
+    response.failed that continues the stream's numbering. A rate limit's message says
+    when to try again in the words Codex reads."""
+    turn = options.responses or ResponsesTurn({}, ResponsesTools(), store=False)
+    code = responses_error_code(error)
+    message = error.message
+    if code == "rate_limit_exceeded" and error.retry_after is not None:
+        message += " Please try again in %ds." % math.ceil(error.retry_after)
+    shown = [{k: v for k, v in item.items() if k != "encrypted_content" or turn.encrypted}
+             for item in turn.output]
+    return _responses_sse(turn, [{"type": "response.failed", "response": _responses_object(
+        turn, turn.model, "failed", shown, error={"code": code, "message": message})}])
+
+
+# Errors before a stream starts have Chat Completions' envelope.
+encode_responses_error = encode_openai_error
+
+
+def get_stored_response(params: Dict[str, str]) -> Tuple[int, Any]:
+    """GET /v1/responses/{id}."""
+    stored = RESPONSE_STORE.get(params["response_id"])
+    if stored is None:
+        raise ClientError("Response with id %r not found." % clip(params["response_id"], 80),
+                          status=404)
+    return 200, stored.response
+
+
+def delete_stored_response(params: Dict[str, str]) -> Tuple[int, Any]:
+    """DELETE /v1/responses/{id}."""
+    if not RESPONSE_STORE.delete(params["response_id"]):
+        raise ClientError("Response with id %r not found." % clip(params["response_id"], 80),
+                          status=404)
+    return 200, {"id": params["response_id"], "object": "response.deleted", "deleted": True}
+
+
+# ---- 13. Dialect: OpenAI Responses, the upstream side -------------------------------------
+#
+# Any server that speaks Responses: OpenAI, Azure, another proxy. Requests are stateless
+# (store: false): the whole conversation goes each time, with the reasoning items this
+# upstream gave out (their encrypted_content), as OpenAI recommends for store: false.
+
+# -- requests: neutral -> upstream ----------------------------------------------------------
+
+def _responses_input_part(part: Part) -> Dict[str, Any]:
+    if part.type == TEXT:
+        return {"type": "input_text", "text": part.text}
+    mime = part.mime.lower()
+    detail = part.extra.get("detail", "auto")
+    if part.url and not part.data:
+        if mime.startswith("image/") or not mime:
+            return {"type": "input_image", "image_url": part.url, "detail": detail}
+        return {"type": "input_file", "file_url": part.url}
+    if mime.startswith("image/"):
+        return {"type": "input_image", "image_url": "data:%s;base64,%s" % (mime, part.data),
+                "detail": detail}
+    return {"type": "input_file", "filename": part.extra.get("filename") or "attachment",
+            "file_data": "data:%s;base64,%s" % (mime or "application/octet-stream", part.data)}
+
+
+def _responses_user_items(message: Message) -> List[Dict[str, Any]]:
+    """Tool results first (answering the calls), then the turn's own text and media."""
+    items: List[Dict[str, Any]] = []
+    for part in message.parts:
+        if part.type != TOOL_RESULT:
+            continue
+        text = tool_result_text(part)
+        if part.is_error:
+            text = json.dumps({"error": text}, ensure_ascii=False)
+        media = [_responses_input_part(p) for p in part.content or () if p.type == MEDIA]
+        items.append({"type": "function_call_output",
+                      "call_id": fit_tool_id(part.id, OPENAI_MAX_TOOL_ID),
+                      "output": [{"type": "input_text", "text": text}] + media if media
+                      else text})
+    rest = [_responses_input_part(p) for p in message.parts if p.type in (TEXT, MEDIA)]
+    if rest:
+        items.append({"type": "message", "role": "user", "content": rest})
+    return items
+
+
+def _responses_assistant_items(message: Message) -> List[Dict[str, Any]]:
+    """An assistant turn as items: this kind's own reasoning (with its encrypted_content,
+    which lets a stateless conversation keep its reasoning), text, calls. Reasoning from
+    other providers is not sent: OpenAI takes only its own."""
+    items: List[Dict[str, Any]] = []
+    for part in message.parts:
+        if part.type == THINKING and part.origin == RESPONSES_ORIGIN and part.signature:
+            items.append({"type": "reasoning", "encrypted_content": part.signature,
+                          "summary": [{"type": "summary_text", "text": part.text}]
+                          if part.text else []})
+        elif part.type == TEXT and part.text:
+            items.append({"type": "message", "role": "assistant", "content": part.text})
+        elif part.type == TOOL_CALL:
+            items.append({"type": "function_call",
+                          "call_id": fit_tool_id(part.id, OPENAI_MAX_TOOL_ID),
+                          "name": part.name,
+                          "arguments": json.dumps(part.args or {}, ensure_ascii=False)})
+    return items
+
+
+def _responses_tool_fields(chat: Chat) -> Dict[str, Any]:
+    tools = chat.tools
+    if chat.tool_choice == "required" and chat.allowed_tools:
+        tools = [t for t in tools if t.name in chat.allowed_tools] or tools
+    if not tools:
+        return {}
+    fields: Dict[str, Any] = {"tools": [
+        {"type": "function", "name": t.name, "description": t.description,
+         "parameters": t.schema, "strict": False} for t in tools]}
+    if chat.tool_choice == "required" and len(chat.allowed_tools) == 1:
+        fields["tool_choice"] = {"type": "function", "name": chat.allowed_tools[0]}
+    elif chat.tool_choice != "auto":
+        fields["tool_choice"] = chat.tool_choice
+    if chat.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = chat.parallel_tool_calls
+    return fields
+
+
+def encode_responses_request(chat: Chat, model: str,
+                             options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Neutral request -> Responses payload, stateless (store: false): the whole
+    conversation goes each time, with the reasoning items this upstream gave out."""
+    options = options or UPSTREAM_DEFAULTS
+    if chat.n > 1:
+        raise ClientError("n: an OpenAI Responses upstream gives one answer per request; "
+                          "ask for one")
+    items: List[Dict[str, Any]] = []
+    for message in merge_consecutive_turns(chat.messages):
+        items += _responses_assistant_items(message) if message.role == "assistant" \
+            else _responses_user_items(message)
+    payload: Dict[str, Any] = {"model": model, "input": items, "store": False}
+    system = "\n\n".join(p.text for p in chat.system if p.text)
+    fmt = chat.response_format
+    if fmt is not None:
+        if fmt.schema is not None and options["response_format"] == "json_schema":
+            payload["text"] = {"format": {"type": "json_schema", "name": fmt.name,
+                                          "schema": fmt.schema, "strict": False}}
+        else:    # json_object needs the word JSON in the prompt
+            note = OPENAI_JSON_NOTE
+            if fmt.schema is not None:
+                note += " It must match this JSON Schema:\n" + json.dumps(fmt.schema)
+            system = (system + "\n\n" + note).strip()
+            if options["response_format"] != "none":
+                payload["text"] = {"format": {"type": "json_object"}}
+    if system:
+        payload["instructions"] = system
+    if chat.stream:
+        payload["stream"] = True
+    payload.update(_responses_tool_fields(chat))
+    if chat.thinking is not None:
+        effort = thinking_effort(chat.thinking)
+        reasoning = {"effort": effort} if effort else {}
+        if chat.thinking.include_thoughts:
+            reasoning["summary"] = "auto"
+        if reasoning:
+            payload["reasoning"] = reasoning
+    if chat.thinking is not None or any(item.get("type") == "reasoning" for item in items):
+        payload["include"] = ["reasoning.encrypted_content"]
+    for field, value in (("temperature", chat.temperature), ("top_p", chat.top_p),
+                         ("max_output_tokens", chat.max_tokens), ("user", chat.user or None)):
+        if value is not None:
+            payload[field] = value
+    payload.update(options["extra_body"])
+    return payload
+
+
+# Fields of /responses/input_tokens (it refuses the ones about generating).
+RESPONSES_COUNT_FIELDS = ("model", "input", "instructions", "tools", "tool_choice",
+                          "parallel_tool_calls", "reasoning", "text")
+
+
+def encode_responses_count_request(chat: Chat, model: str) -> Dict[str, Any]:
+    payload = encode_responses_request(dataclasses.replace(chat, stream=False), model)
+    return {k: v for k, v in payload.items() if k in RESPONSES_COUNT_FIELDS}
+
+
+def decode_responses_count_response(payload: Any) -> int:
+    tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise UpstreamError("the upstream input_tokens reply has no input_tokens", status=502)
+    return tokens
+
+
+# -- replies: upstream -> neutral ------------------------------------------------------------
+
+def decode_responses_usage(usage: Any) -> Optional[Usage]:
+    if not isinstance(usage, dict):
+        return None
+    given = fields_of(usage.get("input_tokens_details"))
+    made = fields_of(usage.get("output_tokens_details"))
+    return Usage(tokens_of(usage.get("input_tokens")), tokens_of(usage.get("output_tokens")),
+                 cached_tokens=tokens_of(given.get("cached_tokens")),
+                 cache_write_tokens=tokens_of(given.get("cache_write_tokens")),
+                 reasoning_tokens=tokens_of(made.get("reasoning_tokens")))
+
+
+def responses_failure(response: Dict[str, Any]) -> UpstreamError:
+    """A failed response (status failed, or an `error` event) as the upstream's error."""
+    error = fields_of(response.get("error")) or response
+    code = text_of(error.get("code")) or text_of(error.get("type"))
+    status = {"rate_limit_exceeded": 429, "insufficient_quota": 429,
+              "context_length_exceeded": 400, "invalid_prompt": 400,
+              "server_is_overloaded": 503, "slow_down": 503}.get(code, 502)
+    return UpstreamError("the upstream's response failed: %s" % (
+        clip(text_of(error.get("message")) or code or "no reason given", 2000)),
+        status=status, reason=code)
+
+
+def _responses_text(value: Any, what: str) -> str:
+    """The texts of a reasoning item's summary or content parts."""
+    return "\n\n".join(t for t in (reply_text(reply_object(p, what).get("text"), what)
+                                   for p in reply_list(value, what)) if t)
+
+
+def _responses_output_call(item: Dict[str, Any]) -> Tuple[Part, bool]:
+    name = ResponsesTools.qualify(text_of(item.get("namespace")), text_of(item.get("name")))
+    if item.get("type") == "custom_tool_call":
+        return Part(TOOL_CALL, id=text_of(item.get("call_id")) or new_id("call_"), name=name,
+                    args={CUSTOM_TOOL_INPUT: reply_text(item.get("input"), "input")}), False
+    return _openai_tool_call(item.get("call_id", ""), name, item.get("arguments"))
+
+
+def decode_responses_response(payload: Any, model: str = "") -> Reply:
+    """Response object -> neutral reply."""
+    payload = reply_object(payload, "the reply")
+    if not isinstance(payload.get("output"), list):
+        raise UpstreamError("the upstream reply has no output: %s"
+                            % clip(json.dumps(payload), 300), status=502)
+    if payload.get("status") == "failed":
+        raise responses_failure(payload)
+    parts: List[Part] = []
+    malformed = refused = False
+    for item in payload["output"]:
+        item = reply_object(item, "an output item")
+        kind = item.get("type")
+        if kind == "reasoning":
+            text = "\n\n".join(t for t in (_responses_text(item.get("summary"), "summary"),
+                                           _responses_text(item.get("content"), "content")) if t)
+            signature = text_of(item.get("encrypted_content"))
+            if text or signature:
+                parts.append(Part(THINKING, text=text, signature=signature,
+                                  origin=RESPONSES_ORIGIN))
+        elif kind == "message":
+            for content in reply_list(item.get("content"), "message.content"):
+                content = reply_object(content, "a content part")
+                if content.get("type") == "refusal":
+                    refused = True
+                    parts.append(Part(TEXT, text=text_of(content.get("refusal"))))
+                else:
+                    parts.append(Part(TEXT, text=reply_text(content.get("text"),
+                                                            "output_text.text")))
+        elif kind in ("function_call", "custom_tool_call"):
+            part, bad = _responses_output_call(item)
+            malformed |= bad
+            if not bad:
+                parts.append(part)
+    usage = decode_responses_usage(payload.get("usage"))
+    return Reply(text_of(payload.get("id")) or new_id("resp_"),
+                 text_of(payload.get("model")) or model,
+                 [Choice(parts, _responses_finish(payload, parts, malformed, refused, usage))],
+                 usage)
+
+
+def _responses_finish(response: Dict[str, Any], parts: List[Part], malformed: bool,
+                      refused: bool, usage: Optional[Usage]) -> Finish:
+    if malformed:
+        return Finish(MALFORMED_TOOL_CALL, usage)
+    if response.get("status") == "incomplete":
+        reason = fields_of(response.get("incomplete_details")).get("reason")
+        return Finish(CONTENT_FILTER if reason == "content_filter" else LENGTH, usage)
+    if any(p.type == TOOL_CALL for p in parts):
+        return Finish(TOOL_CALLS, usage)
+    return Finish(CONTENT_FILTER if refused else STOP, usage)
+
+
+def responses_stream_error(data: str) -> Optional[UpstreamError]:
+    """A failure a Responses server sent as a stream event, if `data` is one."""
+    if '"error"' not in data and "response.failed" not in data:
+        return None
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    if event.get("type") == "error":
+        return responses_failure(fields_of(event.get("error")) or event)
+    if event.get("type") == "response.failed":
+        return responses_failure(fields_of(event.get("response")))
+    return None
+
+
+def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
+    """Responses SSE events -> neutral events: text and reasoning as their deltas come,
+    reasoning's encrypted_content and tool calls whole when their item is done, and the
+    finish from the terminal event. A stream without one raises: it was cut off."""
+    streamed: Set[str] = set()      # items whose text came as deltas
+    parts: List[Part] = []
+    malformed = refused = False
+    for name, data in raw_events:
+        event = reply_object(stream_event_json(data, responses_stream_error), "a stream event")
+        kind = text_of(event.get("type")) or name
+        if kind == "response.output_text.delta":
+            streamed.add(text_of(event.get("item_id")))
+            delta = reply_text(event.get("delta"), "delta")
+            if delta:
+                yield Part(TEXT, text=delta)
+        elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            streamed.add(text_of(event.get("item_id")))
+            delta = reply_text(event.get("delta"), "delta")
+            if delta:
+                yield Part(THINKING, text=delta, origin=RESPONSES_ORIGIN)
+        elif kind == "response.reasoning_summary_part.added" and \
+                tokens_of(event.get("summary_index")) > 0:
+            yield Part(THINKING, text="\n\n", origin=RESPONSES_ORIGIN)
+        elif kind == "response.output_item.done":
+            item = reply_object(event.get("item"), "item")
+            item_kind, item_id = item.get("type"), text_of(item.get("id"))
+            if item_kind == "reasoning":
+                text = "" if item_id in streamed else "\n\n".join(
+                    t for t in (_responses_text(item.get("summary"), "summary"),
+                                _responses_text(item.get("content"), "content")) if t)
+                signature = text_of(item.get("encrypted_content"))
+                if text or signature:    # a signature-only delta closes the block
+                    yield Part(THINKING, text=text, signature=signature,
+                               origin=RESPONSES_ORIGIN)
+            elif item_kind == "message":
+                for content in reply_list(item.get("content"), "message.content"):
+                    content = reply_object(content, "a content part")
+                    if content.get("type") == "refusal":
+                        refused = True
+                        yield Part(TEXT, text=text_of(content.get("refusal")))
+                    elif item_id not in streamed and text_of(content.get("text")):
+                        yield Part(TEXT, text=content["text"])
+            elif item_kind in ("function_call", "custom_tool_call"):
+                part, bad = _responses_output_call(item)
+                malformed |= bad
+                if not bad:
+                    parts.append(part)
+                    yield part
+        elif kind in ("response.completed", "response.incomplete"):
+            response = reply_object(event.get("response"), "response")
+            yield _responses_finish(response, parts, malformed, refused,
+                                    decode_responses_usage(response.get("usage")))
+            return
+    raise UpstreamError("the upstream stream ended before response.completed", status=502)
+
+
+def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[Usage]:
+    """Usage in a passed-through response, or in a stream's terminal event."""
+    if not isinstance(payload, dict):
+        return previous
+    usage = payload.get("usage") or fields_of(payload.get("response")).get("usage")
+    return decode_responses_usage(usage) or previous
+
+
+# ---- 14. Dialect registry, upstream kinds and routes ----------------------------------
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 14-17) know nothing dialect-specific beyond these tables: a
-# fourth client dialect is one more section and one more entry here.
+# and the server (sections 17-20) know nothing dialect-specific beyond these tables: a
+# new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
 class Exchange:
@@ -4681,7 +5897,8 @@ class ClientDialect:
     encode_response: Callable[[Reply, str, str, ReplyOptions], Dict[str, Any]]
     encode_stream: Callable[[Iterable[Any], str, str, ReplyOptions], Iterator[bytes]]
     stream_content_type: Callable[[Exchange], str]
-    stream_error: Callable[[ProxyError], bytes]     # how a stream that broke mid-way ends
+    # How a stream that broke mid-way ends (the reply options say where it had got to).
+    stream_error: Callable[[ProxyError, ReplyOptions], bytes]
     keepalive: bytes                                # sent when a stream is silent (b"": never)
     encode_error: Callable[[ProxyError], Tuple[int, List[Tuple[str, str]], bytes]]
     list_models: Callable[[List[str]], Dict[str, Any]]
@@ -4697,6 +5914,10 @@ class ClientDialect:
     encode_count_response: Optional[Callable[[int], Dict[str, Any]]] = None
     decode_embed_request: Optional[Callable[[Exchange, Any], EmbedRequest]] = None
     encode_embed_response: Optional[Callable[[Exchange, EmbedReply], Dict[str, Any]]] = None
+    # Endpoints answered from what the proxy keeps, by action: (status, JSON body) from
+    # the path's parameters.
+    local_actions: Dict[str, Callable[[Dict[str, str]], Tuple[int, Any]]] = \
+        dataclasses.field(default_factory=dict)
 
 
 def _body_model(ex: Exchange, payload: Any) -> str:
@@ -4776,7 +5997,7 @@ GEMINI_DIALECT = ClientDialect(
     encode_response=encode_gemini_response,
     encode_stream=encode_gemini_stream,
     stream_content_type=lambda ex: "text/event-stream" if ex.options.sse else "application/json",
-    stream_error=lambda error: b"",   # Gemini CLI retries a stream with no finishReason
+    stream_error=lambda error, options: b"",   # Gemini CLI retries a stream with no finishReason
     keepalive=b"",                    # Gemini CLI's parser hangs on anything but data lines
     encode_error=encode_gemini_error,
     list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
@@ -4814,7 +6035,7 @@ ANTHROPIC_DIALECT = ClientDialect(
     encode_response=encode_anthropic_response,
     encode_stream=encode_anthropic_stream,
     stream_content_type=lambda ex: "text/event-stream",
-    stream_error=anthropic_stream_error_event,
+    stream_error=lambda error, options: anthropic_stream_error_event(error),
     keepalive=b'event: ping\ndata: {"type":"ping"}\n\n',
     encode_error=encode_anthropic_error,
     list_models=anthropic_model_list,
@@ -4856,7 +6077,7 @@ OPENAI_DIALECT = ClientDialect(
     encode_response=encode_openai_response,
     encode_stream=encode_openai_stream,
     stream_content_type=lambda ex: "text/event-stream",
-    stream_error=openai_stream_error_event,
+    stream_error=lambda error, options: openai_stream_error_event(error),
     keepalive=b": keep-alive\n\n",    # an SSE comment: every client skips it
     encode_error=encode_openai_error,
     list_models=openai_model_list,
@@ -4870,10 +6091,44 @@ OPENAI_DIALECT = ClientDialect(
         reply, ex.client_model, ex.encoding_format),
 )
 
+RESPONSE_PATH = r"(?:/v1)?/responses/(?P<response_id>[^/]+)\Z"
+RESPONSES_DIALECT = ClientDialect(
+    name="responses",
+    endpoints=(
+        Endpoint("POST", re.compile(r"(?:/v1)?/responses\Z"), "generate"),
+        Endpoint("POST", re.compile(r"(?:/v1)?/responses/input_tokens\Z"), "count_tokens"),
+        Endpoint("GET", re.compile(RESPONSE_PATH), "get_response"),
+        Endpoint("DELETE", re.compile(RESPONSE_PATH), "delete_response"),
+    ),
+    request_model=_body_model,
+    reply_options=lambda head, payload: ReplyOptions(responses=responses_turn(payload)),
+    decode_request=lambda ex, head, payload, strict: decode_responses_request(
+        payload, strict, ex.options.responses),
+    response_id=lambda rid: "resp_" + rid + new_id(nbytes=8),   # stored: unique for long
+    encode_response=encode_responses_response,
+    encode_stream=encode_responses_stream,
+    stream_content_type=lambda ex: "text/event-stream",
+    stream_error=responses_stream_error_event,
+    keepalive=b": keep-alive\n\n",    # Codex and the SDK skip SSE comments
+    encode_error=encode_responses_error,
+    list_models=openai_model_list,    # /v1/models is OpenAI's endpoint for both
+    get_model=openai_model_info,
+    streams=lambda ex, payload: payload.get("stream") is True,
+    with_model=_with_model,
+    cap_output=lambda payload, cap: _capped(payload, ("max_output_tokens",), cap),
+    decode_count_request=lambda ex, payload, strict: decode_responses_request(
+        payload, strict, ex.options.responses),
+    encode_count_response=lambda tokens: {"object": "response.input_tokens",
+                                          "input_tokens": tokens},
+    local_actions={"get_response": get_stored_response,
+                   "delete_response": delete_stored_response},
+)
+
 # Order matters where paths are shared: an endpoint with `accepts` is tried before
 # OpenAI's, which takes what is left.
 CLIENT_DIALECTS: Dict[str, ClientDialect] = {
-    "gemini": GEMINI_DIALECT, "anthropic": ANTHROPIC_DIALECT, "openai": OPENAI_DIALECT}
+    "gemini": GEMINI_DIALECT, "anthropic": ANTHROPIC_DIALECT, "openai": OPENAI_DIALECT,
+    "responses": RESPONSES_DIALECT}
 
 # The proxy's own endpoints, answered whatever the dialect; /health is open to all (load
 # balancers probe it), /status needs a client key like everything else.
@@ -4914,6 +6169,7 @@ class UpstreamKind:
     # that ends without it was cut off, and the client must hear so).
     stream_end: Optional["re.Pattern[str]"] = None
     reads_think_tags: bool = False              # <think> blocks in the text (think_tags)
+    sends_stop: bool = True                     # False: the proxy cuts at stop strings
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -5033,6 +6289,20 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         passthrough_path=lambda ex, head, model: "/v1/messages/count_tokens"
         if ex.action == "count_tokens" else "/v1/messages",
         stream_end=re.compile(r'"type": ?"message_stop"')),
+    "openai-responses": UpstreamKind(
+        name="openai-responses", dialect="responses", auth_headers=openai_auth_headers,
+        generate_path=lambda model, stream: "/responses",
+        encode_request=encode_responses_request, decode_response=decode_responses_response,
+        decode_stream=decode_responses_stream, stream_event_error=responses_stream_error,
+        decode_error=decode_openai_error, usage_from=_responses_usage_from,
+        count_path=lambda model: "/responses/input_tokens",
+        encode_count_request=encode_responses_count_request,
+        decode_count_response=decode_responses_count_response,
+        passthrough_path=lambda ex, head, model: "/responses/input_tokens"
+        if ex.action == "count_tokens" else "/responses",
+        stream_end=re.compile(r'"type": ?"(?:response\.(?:completed|incomplete|failed)|'
+                              r'error)"'),
+        sends_stop=False),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
 assert set(UPSTREAM_KINDS) == set(SETTINGS_BY_PATH["upstream", "kind"].choices)
@@ -5086,13 +6356,15 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
         return GEMINI_DIALECT
     if _is_anthropic_client(head) or head.path.startswith("/v1/messages"):
         return ANTHROPIC_DIALECT
+    if head.path.startswith(("/v1/responses", "/responses")):
+        return RESPONSES_DIALECT
     if not _is_gemini_client(head) and (head.header("authorization") or
                                         head.path.startswith(("/v1/chat", "/chat/"))):
         return OPENAI_DIALECT
     return GEMINI_DIALECT
 
 
-# ---- 12. Upstream client -------------------------------------------------------------------
+# ---- 15. Upstream client -------------------------------------------------------------------
 #
 # Blocking http.client calls, made only from worker threads. Connections are kept alive
 # and pooled per target (scheme, host, port, base path, proxy): a fresh TLS handshake
@@ -5454,7 +6726,7 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                                 stopper)
 
 
-# ---- 13. Key pools -----------------------------------------------------------------------
+# ---- 16. Key pools -----------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
@@ -5662,7 +6934,7 @@ class KeyPool:
                 "last_error": s.last_error} for s in self.states]}
 
 
-# ---- 14. Requests in flight ------------------------------------------------------------------
+# ---- 17. Requests in flight ------------------------------------------------------------------
 #
 # What one request holds while a worker thread answers it: the pipe its answer goes back
 # to the event loop through, its detailed log, the upstream replies and keys it must let
@@ -6000,7 +7272,7 @@ class Request:
                 return
         log.warning("%s: stream to the client ended early: %s", self.ex.rid,
                     clip(error.message))
-        self.out.chunk(self.dialect.stream_error(error))
+        self.out.chunk(self.dialect.stream_error(error, self.ex.options))
 
     def end(self) -> None:
         """Let go of everything the request holds (more than once does no harm)."""
@@ -6011,7 +7283,7 @@ class Request:
         self.held.clear()
 
 
-# ---- 15. Upstream calls and retries ------------------------------------------------------
+# ---- 18. Upstream calls and retries ------------------------------------------------------
 #
 # One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
 # is the policy around attempts: the route's upstream, then its fallbacks; on each, more
@@ -6305,7 +7577,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 16. Actions and the application ---------------------------------------------------------
+# ---- 19. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -6346,7 +7618,7 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=False),
                                                 call.model, options),
             lambda response: kind.decode_response(call.read_json(response), call.model)), tags)
-    stops = spec["stop_strings"]
+    stops = spec["stop_strings"] + (chat.stop if not kind.sends_stop else [])
     reply_id = dialect.response_id(ex.rid)
     if not chat.stream:
         if reply is None:   # a stream assembled while the client waits for a whole reply
@@ -6602,6 +7874,8 @@ class Proxy:
         self.live = self._make_live(config, None)
 
     def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
+        RESPONSE_STORE.configure(config.server["responses_store"],
+                                 config.server["responses_store_ttl"])
         upstreams = {}
         unusable = {name: (503, "is off: " + why) for name, why in config.disabled.items()}
         for name, spec in config.upstreams.items():
@@ -6786,10 +8060,10 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 17. Server ------------------------------------------------------------------------------
+# ---- 20. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 16) and writes what comes back through its pipe. Everything the
+# worker thread (section 19) and writes what comes back through its pipe. Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
@@ -7131,9 +8405,10 @@ class ProxyServer:
             ex.error = err.message
             self._access(head, ex, err.status)
             return False
-        if endpoint.action in LOCAL_ACTIONS:
+        if endpoint.action in LOCAL_ACTIONS or (dialect is not None and
+                                                endpoint.action in dialect.local_actions):
             try:
-                status, payload = self._local(endpoint.action, dialect, ex)
+                status, payload = self._local(endpoint.action, dialect, ex, params)
             except ClientError as err:
                 ex.error = err.message
                 await self._send_error(writer, error_dialect, err, ex.rid, keep_alive,
@@ -7144,9 +8419,11 @@ class ProxyServer:
         assert dialect is not None
         return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
 
-    def _local(self, action: str, dialect: Optional[ClientDialect],
-               ex: Exchange) -> Tuple[int, Any]:
+    def _local(self, action: str, dialect: Optional[ClientDialect], ex: Exchange,
+               params: Dict[str, str]) -> Tuple[int, Any]:
         """The endpoints the proxy answers itself, from what it knows."""
+        if dialect is not None and action in dialect.local_actions:
+            return dialect.local_actions[action](params)
         if action == "health":
             return self.proxy.health()
         if action == "status":
@@ -7237,7 +8514,8 @@ class ProxyServer:
             headers += ([("transfer-encoding", "chunked")] if chunked else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
-            return await self._relay(writer, pipe, dialect, items[1:], keep_alive, chunked)
+            return await self._relay(writer, pipe, dialect, ex.options, items[1:], keep_alive,
+                                     chunked)
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
@@ -7275,8 +8553,8 @@ class ProxyServer:
         return items if items and items[0] is not None else []
 
     async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                     dialect: ClientDialect, items: List[Any], keep_alive: bool,
-                     chunked: bool) -> bool:
+                     dialect: ClientDialect, options: ReplyOptions, items: List[Any],
+                     keep_alive: bool, chunked: bool) -> bool:
         """A stream from the pipe to the client, keep-alives in its silences; a stream the
         shutdown cuts ends with the dialect's error and a proper end."""
         frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
@@ -7291,7 +8569,7 @@ class ProxyServer:
             if ended or pipe.gone:
                 if pipe.why_gone == "shutdown" and between_events:
                     data += frame(dialect.stream_error(ProxyError(
-                        "the proxy is shutting down", status=503)))
+                        "the proxy is shutting down", status=503), options))
                 if ended or pipe.why_gone == "shutdown":
                     writer.write(data + last)
                     await self._drain(writer)
@@ -7369,7 +8647,7 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 18. Command line ----------------------------------------------------------------------
+# ---- 21. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""

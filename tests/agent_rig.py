@@ -4,14 +4,20 @@ tree, and print what happened as one JSON line. Used by tests/test_agents.py, in
 
     python3 tests/agent_rig.py --upstream gemini -- claude -p "Say hi" --output-format json
 
-In the agent's arguments and environment, {proxy} stands for the proxy's URL.
+In the agent's arguments and environment, and in the files given with --template (a
+config file the agent reads, written before the proxy's port is known), {proxy} stands for
+the proxy's URL.
 --scenario makes the upstream misbehave: "pool" gives the proxy three upstream keys of
 which key-b is always rate-limited; "stall" pauses each streamed reply after its first
 event for longer than the proxy's keep-alive interval, so the agent gets keep-alives.
+--access-log turns on the proxy's access log. The JSON line holds the agent's exit code,
+stdout and stderr, the requests that reached the upstream, and the proxy's log lines
+(proxy_log: warnings and errors, and the access log when it is on).
 """
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,6 +56,28 @@ def upstream_spec(kind, fake, scenario):
     return spec
 
 
+class LogLines(logging.Handler):
+    """The proxy's log records, kept as lines for the outcome."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record):
+        try:
+            self.lines.append(self.format(record))
+        except Exception:   # a record that does not format is no reason to lose the run
+            pass
+
+
+def fill_in_template(path, url):
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("{proxy}", url))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", choices=sorted(FAKES), required=True)
@@ -57,15 +85,27 @@ def main():
     parser.add_argument("--cwd", default=".")
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--scenario", choices=["plain", "pool", "stall"], default="plain")
+    parser.add_argument("--template", action="append", default=[],
+                        help="a file in which to replace {proxy} before the agent starts")
+    parser.add_argument("--access-log", action="store_true", help="the proxy's access log")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    proxy_log = LogLines()
+    logger = logging.getLogger("gemini_proxy")
+    logger.addHandler(proxy_log)
+    to_stderr = logging.StreamHandler(sys.stderr)   # as before: warnings on the rig's stderr
+    to_stderr.setLevel(logging.WARNING)
+    logger.addHandler(to_stderr)
+    logger.setLevel(logging.INFO if args.access_log else logging.WARNING)
     fake = FAKES[args.upstream]().start()
     proxy = RunningProxy(make_config({
         "upstreams": {"up": upstream_spec(args.upstream, fake, args.scenario)},
         "default_model": "fake-model",
         "server": {"port": 0, "keepalive_interval": KEEPALIVE_INTERVAL},
-        "logging": {"access_log": False}}))
+        "logging": {"access_log": args.access_log}}))
+    for path in args.template:
+        fill_in_template(path, proxy.url)
     env = dict(os.environ)
     for item in args.env:
         name, _, value = item.partition("=")
@@ -82,6 +122,7 @@ def main():
                                     for r in fake.requests if r.get("method") == "POST"]
     proxy.stop()
     fake.stop()
+    outcome["proxy_log"] = proxy_log.lines[-200:]
     print(json.dumps(outcome))
 
 

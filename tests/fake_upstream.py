@@ -1,23 +1,26 @@
 """Scriptable fake upstreams for tests, benchmarks and real-client runs.
 
-Three servers speak the three dialects: `FakeOpenAI` (OpenAI-compatible Chat Completions,
+Four servers speak four dialects: `FakeOpenAI` (OpenAI-compatible Chat Completions,
 base_url = its /v1 root), `FakeGemini` (Gemini API `/v1beta/models/{m}:method`, base_url = the
-root) and `FakeAnthropic` (Anthropic Messages `/v1/messages`, base_url = the root). Each listens
-on 127.0.0.1 with HTTP/1.1 keep-alive and records every request it answers from a script.
+root), `FakeAnthropic` (Anthropic Messages `/v1/messages`, base_url = the root) and
+`FakeResponses` (the OpenAI Responses API `/v1/responses`, base_url = its /v1 root). Each
+listens on 127.0.0.1 with HTTP/1.1 keep-alive and records every request it answers from a
+script.
 
 Replies come from a script (a queue of reply functions, any POST takes the next one) or, when
-the script is empty, from one small rule-based "model" shared by the three (`brain`): a last
+the script is empty, from one small rule-based "model" shared by them all (`brain`): a last
 user message containing `CALL name {json}` directives is answered with those tool calls (in
 parallel when there are several); a turn that ends with tool results is answered with a
 summary of them; a JSON-mode request gets JSON matching its schema; anything else gets a fixed
-sentence. The Gemini and Anthropic fakes open with a thought when the request asks for one.
+sentence. The Gemini, Anthropic and Responses fakes open with a thought when the request asks
+for one.
 
 A reply is a function (handler, request_json) that writes a whole HTTP response; the builders
 below make them (`*_reply`, `*_stream`, `*_error`) or make the dicts they carry. A reply that
 waits (a delay, a stall) does it with handler.pause(), which ends at once when the fake stops,
 so a test may script a stall far longer than any timeout it expects to fire.
 
-Run one alone with `python tests/fake_upstream.py PORT [openai|gemini|anthropic]`.
+Run one alone with `python tests/fake_upstream.py PORT [openai|gemini|anthropic|openai-responses]`.
 """
 
 import base64
@@ -544,6 +547,306 @@ def anthropic_error_event(kind="overloaded_error", message="Overloaded"):
     return ("error", {"type": "error", "error": {"type": kind, "message": message}})
 
 
+# == OpenAI Responses API builders =========================================================
+# Dict builders: responses_usage, responses_text_part, responses_refusal_part,
+# responses_message_item, responses_reasoning_item, responses_function_call_item,
+# responses_custom_call_item, responses_object, responses_text, responses_calls,
+# responses_events, responses_renumber, responses_failed_event, responses_error_event,
+# responses_error_body. Replies: responses_stream, responses_object_stream,
+# responses_text_stream, responses_call_stream, responses_error.
+# `calls` are (call_id, name, args) tuples (a function_call; args a dict, or a str sent as
+# the arguments string unchanged) or whole items (e.g. from responses_custom_call_item).
+
+RESPONSES_ERRORS = {400: ("invalid_request_error", None),
+                    401: ("invalid_request_error", "invalid_api_key"),
+                    403: ("invalid_request_error", "unsupported_country_region_territory"),
+                    404: ("invalid_request_error", "model_not_found"),
+                    429: ("requests", "rate_limit_exceeded"),
+                    500: ("server_error", None),
+                    503: ("server_error", "server_is_overloaded")}
+RESPONSES_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete",
+                      "failed": "response.failed"}
+
+
+def responses_usage(input_tokens=11, output_tokens=7, reasoning=0, cached=0, cache_write=None):
+    """Usage in Responses shape: input_tokens include the cached ones, output_tokens the
+    reasoning ones; cache_write (when given) adds input_tokens_details.cache_write_tokens."""
+    details = {"cached_tokens": cached}
+    if cache_write is not None:
+        details["cache_write_tokens"] = cache_write
+    return {"input_tokens": input_tokens, "input_tokens_details": details,
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": input_tokens + output_tokens}
+
+
+def responses_text_part(text, annotations=(), logprobs=()):
+    return {"type": "output_text", "text": text, "annotations": list(annotations),
+            "logprobs": list(logprobs)}
+
+
+def responses_refusal_part(refusal):
+    return {"type": "refusal", "refusal": refusal}
+
+
+def responses_message_item(content, item_id="msg_fake", status="completed"):
+    """An assistant message; `content` is a string (one output_text part) or a list of
+    parts (responses_text_part / responses_refusal_part)."""
+    parts = [responses_text_part(content)] if isinstance(content, str) else list(content)
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": parts}
+
+
+def responses_reasoning_item(summary, encrypted_content="enc-fake", item_id="rs_fake",
+                             status="completed"):
+    """A reasoning item; `summary` is a string, a list of strings (one summary_text part
+    each) or None (no summary, e.g. a carrier only); encrypted_content None leaves it out."""
+    texts = [] if summary is None else [summary] if isinstance(summary, str) else list(summary)
+    item = {"type": "reasoning", "id": item_id, "status": status,
+            "summary": [{"type": "summary_text", "text": text} for text in texts]}
+    if encrypted_content is not None:
+        item["encrypted_content"] = encrypted_content
+    return item
+
+
+def _responses_suffix(call_id):
+    return call_id[5:] if call_id.startswith("call_") else call_id
+
+
+def responses_function_call_item(call_id, name, args, item_id=None, status="completed",
+                                 namespace=None):
+    """A function_call; args a dict (sent as a JSON string) or a str sent unchanged."""
+    item = {"type": "function_call", "id": item_id or "fc_" + _responses_suffix(call_id),
+            "status": status, "call_id": call_id, "name": name,
+            "arguments": args if isinstance(args, str) else json.dumps(args)}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
+
+
+def responses_custom_call_item(call_id, name, tool_input, item_id=None, status="completed"):
+    """A custom (freeform) tool call: `tool_input` is the raw input string."""
+    return {"type": "custom_tool_call", "id": item_id or "ctc_" + _responses_suffix(call_id),
+            "status": status, "call_id": call_id, "name": name, "input": tool_input}
+
+
+def responses_object(output=(), status="completed", use=None, model="fake-model",
+                     response_id="resp_fake", incomplete_reason=None, error=None,
+                     created_at=1):
+    """A whole `response` object. status "incomplete" takes incomplete_reason (default
+    max_output_tokens); "failed" takes error {code, message} (a default one if None) and
+    has no usage unless `use` is given; the other statuses get responses_usage() by default."""
+    if status == "incomplete":
+        incomplete = {"reason": incomplete_reason or "max_output_tokens"}
+    else:
+        incomplete = None
+    if status == "failed" and error is None:
+        error = {"code": "server_error", "message": "Fake failure."}
+    if use is None and status != "failed":
+        use = responses_usage()
+    return {"id": response_id, "object": "response", "created_at": created_at,
+            "status": status, "error": error, "incomplete_details": incomplete,
+            "instructions": None, "model": model, "output": list(output),
+            "parallel_tool_calls": True, "previous_response_id": None, "reasoning": None,
+            "store": False, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": [], "truncation": "disabled", "usage": use, "metadata": {}}
+
+
+def _responses_lead(thought, encrypted_content, text, response_id, status="completed"):
+    suffix = response_id[5:] if response_id.startswith("resp_") else response_id
+    items = []
+    if thought is not None or encrypted_content is not None:
+        items.append(responses_reasoning_item(thought, encrypted_content, "rs_" + suffix))
+    if text is not None:
+        items.append(responses_message_item(text, "msg_" + suffix, status))
+    return items
+
+
+def responses_text(text, thought=None, encrypted_content=None, incomplete=None, use=None,
+                   model="fake-model", response_id="resp_fake"):
+    """A text answer after an optional reasoning item (summary `thought`, and/or
+    encrypted_content); incomplete ("max_output_tokens" / "content_filter") makes the
+    response and its message incomplete."""
+    status = "incomplete" if incomplete else "completed"
+    output = _responses_lead(thought, encrypted_content, text, response_id, status)
+    return responses_object(output, status, use, model, response_id, incomplete)
+
+
+def responses_calls(calls, thought=None, encrypted_content=None, text=None, use=None,
+                    model="fake-model", response_id="resp_fake"):
+    """Tool calls after optional reasoning and text items."""
+    output = _responses_lead(thought, encrypted_content, text, response_id)
+    output += [call if isinstance(call, dict) else responses_function_call_item(*call)
+               for call in calls]
+    return responses_object(output, "completed", use, model, response_id)
+
+
+def responses_renumber(events, start=0):
+    """`events` ((name, payload) pairs) with sequence_number start, start+1, ...: for
+    tests that add, drop or move events."""
+    return [(name, dict(payload, sequence_number=start + i))
+            for i, (name, payload) in enumerate(events)]
+
+
+def _responses_event(event, at=None, **fields):
+    """(event, payload): type and sequence_number (set by responses_renumber) first, then
+    the item_id / output_index of `at`, then the fields."""
+    payload = {"type": event, "sequence_number": 0}
+    payload.update(at or {})
+    payload.update(fields)
+    return (event, payload)
+
+
+def _responses_item_events(index, item, pieces):
+    """The events of one output item, from output_item.added to output_item.done."""
+    kind = item.get("type")
+    at = {"item_id": item.get("id"), "output_index": index}
+
+    def event(kind, **fields):
+        return _responses_event(kind, at, **fields)
+    inner = []
+    if kind == "message":
+        added = dict(item, status="in_progress", content=[])
+        for c, part in enumerate(item.get("content") or ()):
+            if part.get("type") == "refusal":
+                field, prefix, extra = "refusal", "response.refusal", {}
+                empty = {"type": "refusal", "refusal": ""}
+            else:
+                field, prefix, extra = "text", "response.output_text", {"logprobs": []}
+                empty = {"type": part.get("type", "output_text"), "text": "", "annotations": []}
+            whole = part.get(field, "")
+            inner.append(event("response.content_part.added", content_index=c, part=empty))
+            inner += [event(prefix + ".delta", content_index=c, delta=piece, **extra)
+                      for piece in split_text(whole, pieces)]
+            inner.append(event(prefix + ".done", content_index=c, **dict({field: whole}, **extra)))
+            inner.append(event("response.content_part.done", content_index=c, part=part))
+    elif kind == "reasoning":
+        added = dict(item, status="in_progress", summary=[])
+        for s, part in enumerate(item.get("summary") or ()):
+            whole = part.get("text", "")
+            inner.append(event("response.reasoning_summary_part.added", summary_index=s,
+                               part={"type": "summary_text", "text": ""}))
+            inner += [event("response.reasoning_summary_text.delta", summary_index=s,
+                            delta=piece) for piece in split_text(whole, pieces)]
+            inner.append(event("response.reasoning_summary_text.done", summary_index=s,
+                               text=whole))
+            inner.append(event("response.reasoning_summary_part.done", summary_index=s,
+                               part=part))
+    elif kind == "function_call":
+        added = dict(item, status="in_progress", arguments="")
+        inner += [event("response.function_call_arguments.delta", delta=piece)
+                  for piece in split_text(item["arguments"], pieces)]
+        inner.append(event("response.function_call_arguments.done",
+                           arguments=item["arguments"], name=item.get("name")))
+    elif kind == "custom_tool_call":
+        added = dict(item, status="in_progress", input="")
+        inner += [event("response.custom_tool_call_input.delta", delta=piece)
+                  for piece in split_text(item["input"], pieces)]
+        inner.append(event("response.custom_tool_call_input.done", input=item["input"]))
+    else:                       # anything else arrives whole
+        added = item
+    return ([_responses_event("response.output_item.added", output_index=index, item=added)]
+            + inner +
+            [_responses_event("response.output_item.done", output_index=index, item=item)])
+
+
+def responses_events(response, pieces=2, in_progress=True):
+    """The (event name, payload) sequence that streams `response` (PROTOCOLS-2 B.6):
+    response.created (the response in_progress, no output, no usage), response.in_progress
+    (unless in_progress=False), per output item its output_item.added, part / delta / done
+    events (texts, summaries, arguments and custom inputs in `pieces` deltas) and
+    output_item.done, then the terminal event its status names (response.completed,
+    .incomplete or .failed) carrying the whole response; sequence_number 0, 1, 2, ..."""
+    head = dict(response, status="in_progress", output=[], usage=None, error=None,
+                incomplete_details=None)
+    events = [_responses_event("response.created", response=head)]
+    if in_progress:
+        events.append(_responses_event("response.in_progress", response=head))
+    for index, item in enumerate(response.get("output") or ()):
+        events += _responses_item_events(index, item, pieces)
+    events.append(_responses_event(RESPONSES_TERMINAL[response.get("status", "completed")],
+                                   response=response))
+    # payloads share no objects, so a test may change one event without touching others
+    return [(name, json.loads(json.dumps(payload))) for name, payload in
+            responses_renumber(events)]
+
+
+def _responses_next(events):
+    """(next sequence_number, the created response, the items done so far) of a prefix."""
+    head = next((p["response"] for n, p in events if p.get("type") == "response.created"), {})
+    done = [p["item"] for n, p in events if p.get("type") == "response.output_item.done"]
+    return (events[-1][1]["sequence_number"] + 1 if events else 0), head, done
+
+
+def responses_failed_event(events, code="server_error", message="Fake failure mid-stream."):
+    """The response.failed event that ends the stream prefix `events` (e.g. a slice of
+    responses_events(...)): the next sequence_number, the created response's id, status
+    "failed", response.error {code, message}, the items done so far, no usage."""
+    number, head, done = _responses_next(events)
+    response = dict(head, status="failed", output=done, usage=None,
+                    error={"code": code, "message": message})
+    return ("response.failed", {"type": "response.failed", "sequence_number": number,
+                                "response": response})
+
+
+def responses_error_event(events, message="Fake error event.", code=None, param=None):
+    """The flat `error` event (openai-python's ResponseErrorEvent) that follows the stream
+    prefix `events`; a stream normally ends with response.failed after it."""
+    number = _responses_next(events)[0]
+    return ("error", {"type": "error", "sequence_number": number, "code": code,
+                      "message": message, "param": param})
+
+
+def responses_stream(events, delay=0.0, close_early=False):
+    """An SSE reply of (name, payload) events (`event: X\\ndata: {json}`, no [DONE]) or raw
+    strings; close_early drops the connection after them without ending the body."""
+    return sse_texts_reply([e if isinstance(e, str) else anthropic_sse(*e) for e in events],
+                           delay, close_early)
+
+
+def responses_object_stream(response, pieces=2, in_progress=True, delay=0.0,
+                            close_early=False):
+    """`response` streamed; close_early leaves out the terminal event and cuts."""
+    events = responses_events(response, pieces, in_progress)
+    return responses_stream(events[:-1] if close_early else events, delay, close_early)
+
+
+def responses_text_stream(text, thought=None, encrypted_content=None, incomplete=None,
+                          use=None, pieces=3, delay=0.0, close_early=False,
+                          model="fake-model", response_id="resp_fake"):
+    return responses_object_stream(
+        responses_text(text, thought, encrypted_content, incomplete, use, model, response_id),
+        pieces, delay=delay, close_early=close_early)
+
+
+def responses_call_stream(calls, thought=None, encrypted_content=None, text=None, use=None,
+                          pieces=2, delay=0.0, close_early=False, model="fake-model",
+                          response_id="resp_fake"):
+    return responses_object_stream(
+        responses_calls(calls, thought, encrypted_content, text, use, model, response_id),
+        pieces, delay=delay, close_early=close_early)
+
+
+def responses_error_body(status=429, message=None, kind=None, code=None, param=None):
+    """OpenAI's error shape {"error": {message, type, param, code}}; type and code default
+    from the status (429 -> "requests" / "rate_limit_exceeded")."""
+    default_kind, default_code = RESPONSES_ERRORS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return {"error": {"message": message or "Fake error %d." % status,
+                      "type": kind or default_kind, "param": param,
+                      "code": code if code is not None else default_code}}
+
+
+def responses_error(status=429, message=None, kind=None, code=None, param=None,
+                    retry_after=None, headers=None):
+    """An error reply; retry_after sets the Retry-After header."""
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    headers.setdefault("x-request-id", "req_fake")
+    return json_reply(responses_error_body(status, message, kind, code, param), status, headers)
+
+
 # == the rule-based model used when no script is queued ====================================
 
 THOUGHT = "FAKE thinks."
@@ -703,6 +1006,86 @@ def anthropic_view(request):
     return text, results, schema, thinking
 
 
+def responses_item_type(item):
+    """The type of a Responses input item; an "easy" message has a role and no type."""
+    return item.get("type") or ("message" if "role" in item else None)
+
+
+def responses_output_text(output):
+    """The text of a function_call_output / custom_tool_call_output `output`: a string, or
+    a list of parts (their text)."""
+    if isinstance(output, list):
+        return "".join(p.get("text", "") for p in output if isinstance(p, dict))
+    if output is None or isinstance(output, str):
+        return output or ""
+    return json.dumps(output)
+
+
+def responses_view(request):
+    """(last user text, tool results, schema, thinking) of a Responses request.
+
+    `input` is a string (one user message) or a list of items: message items (with or
+    without "type"; content a string or input_text parts), function_call /
+    custom_tool_call items and their *_output items (output a string or a list of parts).
+    Tool results are those of the *_output items that end the input, named after their
+    calls. text.format json_schema gives its (flat) schema, json_object True; a
+    `reasoning` object asks for thoughts unless its effort is "none"."""
+    items = request.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    items = [item for item in items or () if isinstance(item, dict)] \
+        if isinstance(items, list) else []
+    users = [i for i in items if responses_item_type(i) == "message" and i.get("role") == "user"]
+    last_user = users[-1] if users else {}
+    tail = []
+    for item in reversed(items):
+        if responses_item_type(item) not in ("function_call_output", "custom_tool_call_output"):
+            break
+        tail.append(item)
+    results = []
+    if tail:
+        names = {}
+        for item in items:
+            if responses_item_type(item) in ("function_call", "custom_tool_call"):
+                names.setdefault(item.get("call_id"), item.get("name"))
+        results = [(names.get(item.get("call_id")) or "?",
+                    responses_output_text(item.get("output"))) for item in reversed(tail)]
+    text_config = request.get("text") if isinstance(request.get("text"), dict) else {}
+    text_format = text_config.get("format") if isinstance(text_config.get("format"), dict) else {}
+    schema = None
+    if text_format.get("type") == "json_schema":
+        schema = text_format.get("schema") or True
+    elif text_format.get("type") == "json_object":
+        schema = True
+    reasoning = request.get("reasoning")
+    thinking = isinstance(reasoning, dict) and reasoning.get("effort") != "none"
+    return message_text(last_user), results, schema, thinking
+
+
+def responses_tool_kinds(request):
+    """name -> (item type, namespace, name on the item) for the tools of a Responses request
+    that are not plain functions: custom tools (custom_tool_call), and the children of
+    namespaces, under their bare name and qualified as C.5 says (`ns__child`, or
+    `mcp__server__child` when the namespace ends with "__"). First declaration wins."""
+    kinds = {}
+    for tool in request.get("tools") or ():
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "custom" and tool.get("name"):
+            kinds.setdefault(tool["name"], ("custom_tool_call", None, tool["name"]))
+        elif tool.get("type") == "namespace" and tool.get("name"):
+            space = tool["name"]
+            for child in tool.get("tools") or ():
+                if not isinstance(child, dict) or not child.get("name"):
+                    continue
+                kind = "custom_tool_call" if child.get("type") == "custom" else "function_call"
+                entry = (kind, space, child["name"])
+                kinds.setdefault(space + ("" if space.endswith("__") else "__") + child["name"],
+                                 entry)
+                kinds.setdefault(child["name"], entry)
+    return kinds
+
+
 # == deterministic counts and embeddings ===================================================
 
 def _text_chars(value):
@@ -718,6 +1101,14 @@ def fake_token_count(request):
     """Characters of all the text in a request (string values of "text", "content" and
     "system" keys, at any depth) // 4: what countTokens / count_tokens answer."""
     return _text_chars(request) // 4
+
+
+def responses_token_count(request):
+    """fake_token_count of a Responses request, counting an `input` or `instructions`
+    given as a string too: what .../responses/input_tokens answers."""
+    extra = sum(len(request.get(key)) for key in ("input", "instructions")
+                if isinstance(request.get(key), str))
+    return (_text_chars(request) + extra) // 4
 
 
 def fake_embedding(text, dims=8):
@@ -1102,7 +1493,68 @@ class FakeAnthropic(FakeUpstream):
         return anthropic_error(404, message="Not found: %s" % record["path"])
 
 
-FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+class FakeResponses(FakeOpenAI):
+    """A fake OpenAI Responses API; base_url is its /v1 root (clients add /responses).
+
+    Automatic replies: POST .../responses from the rule-based model, streamed (SSE events,
+    PROTOCOLS-2 B.6) when the request has "stream": true, else one `response` object. For
+    the nth request: response id resp_fake_<n>; a reasoning item rs_fake_<n> with summary
+    "FAKE thinks." and encrypted_content "enc-fake-<n>" when `reasoning` asks for it; a
+    message msg_fake_<n>; calls with call_ids call_<n>_<i> as function_call items fc_<n>_<i>
+    (JSON-string arguments), or custom_tool_call items ctc_<n>_<i> for the request's custom
+    tools (input: the directive's "input" string, else its JSON), with `namespace` for a
+    namespace's children (called bare or as ns__child). The model name is echoed.
+    .../responses/input_tokens -> responses_token_count; /v1/embeddings and GET /v1/models
+    as FakeOpenAI; any other POST (Chat Completions too) -> 404 in OpenAI's error shape."""
+
+    title = "OpenAI Responses"
+
+    @staticmethod
+    def answer_response(answer, number, request=None):
+        """The `response` object of the rule-based model's `answer` to the nth request."""
+        request = request or {}
+        tools = responses_tool_kinds(request)
+        output = []
+        if answer.thought is not None:
+            output.append(responses_reasoning_item(answer.thought, "enc-fake-%d" % number,
+                                                   "rs_fake_%d" % number))
+        if answer.text is not None:
+            output.append(responses_message_item(answer.text, "msg_fake_%d" % number))
+        for i, (name, args) in enumerate(answer.calls):
+            call_id = "call_%d_%d" % (number, i)
+            kind, space, local = tools.get(name, ("function_call", None, name))
+            if kind == "custom_tool_call":
+                raw = args.get("input") if isinstance(args, dict) else None
+                output.append(responses_custom_call_item(
+                    call_id, local, raw if isinstance(raw, str) else json.dumps(args),
+                    "ctc_%d_%d" % (number, i)))
+            else:
+                output.append(responses_function_call_item(
+                    call_id, local, args, "fc_%d_%d" % (number, i), namespace=space))
+        use = responses_usage(output_tokens=10 if answer.thought else 7,
+                              reasoning=3 if answer.thought else 0)
+        model = request.get("model") if isinstance(request.get("model"), str) else "fake-model"
+        return responses_object(output, use=use, model=model,
+                                response_id="resp_fake_%d" % number)
+
+    def automatic(self, record, number):
+        request = record["json"] if isinstance(record["json"], dict) else {}
+        path = record["path"]
+        if path.endswith("/responses"):
+            response = self.answer_response(brain(*responses_view(request)), number, request)
+            if request.get("stream"):
+                return responses_object_stream(response)
+            return json_reply(response)
+        if path.endswith("/responses/input_tokens"):
+            return json_reply({"object": "response.input_tokens",
+                               "input_tokens": responses_token_count(request)})
+        if path.endswith("/embeddings"):
+            return json_reply(self.embeddings(request))
+        return responses_error(404, "Invalid URL (POST %s)" % path, code="unknown_url")
+
+
+FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic,
+         "openai-responses": FakeResponses}
 
 
 if __name__ == "__main__":

@@ -1,22 +1,28 @@
 """Faults an upstream can have, as replies for the fakes of fake_upstream.py, in each of the
-three upstream dialects; and what a client of each dialect makes of a stream that broke.
+four upstream dialects; and what a client of each dialect makes of a stream that broke.
 
-Every builder takes the upstream kind ("openai", "gemini" or "anthropic") first and returns a
-reply function (handler, request_json), like the builders of fake_upstream.py. Their pauses
-are handler.pause(): `seconds`, or until a threading.Event is set, and over at once when the
-fake stops; so a stall meant to outlast a timeout can be made much longer than the timeout
-(a busy machine cannot make the timeout lose the race) without making the test slower.
+Every builder takes the upstream kind ("openai", "gemini", "anthropic" or "openai-responses")
+first and returns a reply function (handler, request_json), like the builders of
+fake_upstream.py. Their pauses are handler.pause(): `seconds`, or until a threading.Event is
+set, and over at once when the fake stops; so a stall meant to outlast a timeout can be made
+much longer than the timeout (a busy machine cannot make the timeout lose the race) without
+making the test slower.
 """
 
 import json
 import socket
 
-from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_error,
-                           anthropic_events, anthropic_message, anthropic_sse, chunk,
-                           completion, gemini_chunk, gemini_error, gemini_text,
-                           gemini_text_part, gemini_usage, json_reply, sse, usage)
+from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, FakeResponses,
+                           anthropic_error, anthropic_error_event, anthropic_events,
+                           anthropic_message, anthropic_sse, chunk, completion, gemini_chunk,
+                           gemini_error, gemini_error_body, gemini_text, gemini_text_part,
+                           gemini_usage, json_reply, responses_error, responses_events,
+                           responses_failed_event, responses_renumber, responses_text, sse,
+                           usage)
 
-FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+RESPONSES = "openai-responses"
+FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic,
+         RESPONSES: FakeResponses}
 
 FIRST_WORDS = "first words"
 REST = " and the rest"
@@ -24,7 +30,8 @@ REST = " and the rest"
 
 def error(kind, status, message="fake trouble", retry_after=None, quota_id=None):
     """An error reply in the upstream's own shape; retry_after sets Retry-After (Gemini:
-    a RetryInfo detail instead); quota_id adds a Gemini QuotaFailure."""
+    a RetryInfo detail instead); quota_id adds a Gemini QuotaFailure. openai-responses:
+    OpenAI's {"error": {message, type, param, code}} with type and code from the status."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if kind == "gemini":
         details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
@@ -32,6 +39,8 @@ def error(kind, status, message="fake trouble", retry_after=None, quota_id=None)
         return gemini_error(status, message, retry_delay=retry_after, details=details)
     if kind == "anthropic":
         return anthropic_error(status, message=message, retry_after=retry_after)
+    if kind == RESPONSES:
+        return responses_error(status, message, retry_after=retry_after)
     return json_reply({"error": {"message": message, "type": "fake_error"}}, status, headers)
 
 
@@ -41,7 +50,32 @@ def whole(kind, text="all of it"):
         return json_reply(gemini_text(text))
     if kind == "anthropic":
         return json_reply(anthropic_message(text))
+    if kind == RESPONSES:
+        return json_reply(responses_text(text))
     return json_reply(completion(text))
+
+
+def _responses_split():
+    """(head, rest) of a Responses text stream as (name, payload) events: head ends with
+    the output_text.delta of FIRST_WORDS, rest starts with the one of REST."""
+    events = responses_events(responses_text(FIRST_WORDS + REST), pieces=1)
+    at = [i for i, (name, _) in enumerate(events) if name == "response.output_text.delta"][0]
+    first, second = dict(events[at][1], delta=FIRST_WORDS), dict(events[at][1], delta=REST)
+    events = responses_renumber(events[:at] + [(events[at][0], first), (events[at][0], second)]
+                                + events[at + 1:])
+    return events[:at + 1], events[at + 1:]
+
+
+def _error_event(kind, message):
+    """The upstream's own in-stream error, as SSE text, to follow the head of a stream."""
+    if kind == "gemini":
+        return sse(gemini_error_body(500, message))
+    if kind == "anthropic":
+        return anthropic_sse(*anthropic_error_event("overloaded_error", message))
+    if kind == RESPONSES:
+        return anthropic_sse(*responses_failed_event(_responses_split()[0], "server_error",
+                                                     message))
+    return sse({"error": {"message": message, "type": "server_error", "code": None}})
 
 
 def _stream_events(kind):
@@ -60,6 +94,9 @@ def _stream_events(kind):
             "type": "content_block_delta", "index": 0,
             "delta": {"type": "text_delta", "text": REST}})] + events[3:]
         return head, rest
+    if kind == RESPONSES:
+        head, rest = _responses_split()
+        return [anthropic_sse(*e) for e in head], [anthropic_sse(*e) for e in rest]
     return ([sse(chunk({"role": "assistant", "content": ""})), sse(chunk({"content": FIRST_WORDS}))],
             [sse(chunk({"content": REST})), sse(chunk(finish="stop")),
              sse(chunk(usage=usage(), choices=False)), "data: [DONE]\n\n"])
@@ -71,9 +108,12 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     seconds after FIRST_WORDS, then the rest); "hold" (FIRST_WORDS and REST, then silence
     for `pause` seconds before the rest of the stream: the upstream is still talking);
     "truncated" (after FIRST_WORDS half an event, then the body ends cleanly at the HTTP
-    level). until: a threading.Event that ends the silence instead (`pause`, if not 0,
-    bounds it). gap: seconds between events; without one the events up to FIRST_WORDS
-    go out in one write, so the only silence is the one the ending scripts."""
+    level); "error" (after FIRST_WORDS the upstream's own in-stream error, then the body
+    ends cleanly: a Chat `data: {"error": ...}`, a Gemini error chunk, an Anthropic error
+    event, a Responses response.failed with error.code "server_error"). until: a
+    threading.Event that ends the silence instead (`pause`, if not 0, bounds it). gap:
+    seconds between events; without one the events up to FIRST_WORDS go out in one write,
+    so the only silence is the one the ending scripts."""
     head, rest = _stream_events(kind)
     if ending == "hold":
         head, rest = head + rest[:1], rest[1:]
@@ -93,6 +133,9 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
             return
         if ending == "truncated":
             handler.end_stream(rest[0][:len(rest[0]) // 2].encode())
+            return
+        if ending == "error":
+            handler.end_stream(_error_event(kind, "upstream broke mid-stream").encode())
             return
         if until is not None:
             handler.pause(pause or None, until)
@@ -216,7 +259,9 @@ def _events(data):
 def read_stream(dialect, data):
     """(text, how it ended, keep-alives seen) of a client's stream; how it ended is
     "finished" (the dialect's normal end), "error" (its error form) or "cut" (it just
-    stopped: for Gemini, the no-finishReason end that Gemini CLI retries)."""
+    stopped: for Gemini, the no-finishReason end that Gemini CLI retries). The Responses
+    dialect ("openai-responses" or "responses") finishes with response.completed or
+    response.incomplete and errs with response.failed or an `error` event."""
     text, ending, keepalives = "", "cut", 0
     for name, payload in _events(data):
         if name == ":":
@@ -233,6 +278,15 @@ def read_stream(dialect, data):
                 text += event["delta"]["text"]
             elif name == "message_stop":
                 ending = "finished"
+        elif dialect in (RESPONSES, "responses"):
+            event = json.loads(payload)
+            kind = event.get("type")
+            if kind == "response.output_text.delta":
+                text += event.get("delta") or ""
+            elif kind in ("response.completed", "response.incomplete"):
+                ending = "finished"
+            elif kind in ("response.failed", "error"):
+                ending = "error"
         elif dialect == "openai":
             if payload == "[DONE]":
                 ending = "finished"

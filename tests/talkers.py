@@ -1,4 +1,4 @@
-"""Minimal clients of the three dialects over raw HTTP, for the end-to-end matrix.
+"""Minimal clients of the four dialects over raw HTTP, for the end-to-end matrix.
 
 Each keeps a conversation the way a real client of its dialect would: the assistant turn
 as it came back (Gemini CLI drops thought parts but keeps thoughtSignature; an OpenAI
@@ -259,4 +259,67 @@ class AnthropicTalker(Talker):
         return float(value) if value else None
 
 
-TALKERS = {"gemini": GeminiTalker, "openai": OpenAITalker, "anthropic": AnthropicTalker}
+class ResponsesTalker(Talker):
+    """An OpenAI Responses client that keeps its history the way Codex does: the output
+    items as they came (reasoning with its encrypted_content included), then
+    function_call_output items; every stream and reply is checked by the strict checker."""
+
+    dialect = "responses"
+
+    def user_turn(self, text, image=None):
+        content = [{"type": "input_text", "text": text}]
+        if image:
+            content.append({"type": "input_image", "image_url": "data:image/png;base64," +
+                            base64.b64encode(image).decode()})
+        return {"type": "message", "role": "user", "content": content}
+
+    def request(self, history, stream, tools, thinking, schema):
+        items = [i for turn in history for i in (turn if isinstance(turn, list) else [turn])]
+        body = {"model": "gpt-test", "input": items, "store": False,
+                "include": ["reasoning.encrypted_content"]}
+        if stream:
+            body["stream"] = True
+        if tools:
+            body["tools"] = [{"type": "function", "name": name, "description": "tool " + name,
+                              "parameters": params, "strict": False}
+                             for name, params in tools.items()]
+        if thinking:
+            body["reasoning"] = {"effort": "low", "summary": "auto"}
+        if schema:
+            body["text"] = {"format": {"type": "json_schema", "name": "answer",
+                                       "schema": schema}}
+        return "/v1/responses", body, {"authorization": "Bearer client-key"}
+
+    def parse(self, data, stream):
+        from responses_checker import (check_responses_object, check_responses_stream,
+                                       parse_sse)
+        if stream:
+            events = parse_sse(data)
+            check_responses_stream(events)
+            response = events[-1][1]["response"]
+        else:
+            response = json.loads(data)
+            check_responses_object(response)
+        output = response["output"]
+        text = "".join(part["text"] for item in output if item["type"] == "message"
+                       for part in item["content"] if part["type"] == "output_text")
+        reasoning = "".join(part["text"] for item in output if item["type"] == "reasoning"
+                            for part in item["summary"])
+        calls = [{"id": i["call_id"], "name": i["name"], "args": json.loads(i["arguments"])}
+                 for i in output if i["type"] == "function_call"]
+        usage = response["usage"]
+        return Result(200, text, reasoning, calls, response["status"],
+                      (usage["input_tokens"], usage["output_tokens"]), output)
+
+    def results_turns(self, result, outputs):
+        return [[{"type": "function_call_output", "call_id": call["id"],
+                  "output": outputs[call["name"]]} for call in result.calls]]
+
+    @staticmethod
+    def retry_seconds(result):
+        value = result.headers.get("retry-after")
+        return float(value) if value else None
+
+
+TALKERS = {"gemini": GeminiTalker, "openai": OpenAITalker, "anthropic": AnthropicTalker,
+           "responses": ResponsesTalker}

@@ -71,12 +71,15 @@ def test_config_example_loads_and_routes():
     import json
     raw = json.loads(read("config.example.json"))
     config = make_config(raw, {"MOONSHOT_API_KEY": "sk-moon", "GEMINI_API_KEY": "g",
-                               "ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "d"})
+                               "ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "d",
+                               "OPENAI_API_KEY": "o"})
     assert config.disabled == {}
     assert gp.resolve_route(config, "gemini-2.5-pro")[1] == "kimi-k2-0905-preview"
     assert gp.resolve_route(config, "gemini-3-flash-preview")[0].upstream == "deepseek"
     assert gp.resolve_route(config, "claude-opus-5-5")[0].upstream == "claude"
     assert gp.resolve_route(config, "gpt-4o")[1] == "gemini-2.5-flash"
+    assert gp.resolve_route(config, "gpt-5.5")[0].upstream == "openai"
+    assert config.upstreams["openai"]["kind"] == "openai-responses"
     assert gp.resolve_route(config, "anything")[0].upstream == "kimi"
     assert gp.route_candidates(config, "gemini-2.5-pro")[1] == ("deepseek", "deepseek-chat")
     assert config.upstreams["gemini"]["base_url"] == "https://generativelanguage.googleapis.com"
@@ -111,6 +114,6 @@ def test_only_the_standard_library_is_imported():
 def test_config_example_starts_with_no_keys_at_all_and_names_every_missing_one():
     import json
     config = make_config(json.loads(read("config.example.json")), {})
-    assert sorted(config.disabled) == ["claude", "deepseek", "gemini", "kimi"]
+    assert sorted(config.disabled) == ["claude", "deepseek", "gemini", "kimi", "openai"]
     assert all("environment variable" in why for why in config.disabled.values())
     assert "local" not in config.disabled     # the keyless local model still works

@@ -653,3 +653,319 @@ def test_pause_after_holds_a_stream_until_its_event(openai):
         more.set()
         conn.close()
     assert b"two" in data and data.rstrip().endswith(b"data: [DONE]")
+
+
+# -- FakeResponses: the OpenAI Responses API --------------------------------------------------
+
+import faults  # noqa: E402
+from fake_upstream import FakeResponses  # noqa: E402
+from responses_checker import (check_responses_object, check_responses_stream,  # noqa: E402
+                               parse_sse)
+
+RESPONSES = "/v1/responses"
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "strict": False,
+     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+    {"type": "custom", "name": "apply_patch", "format": {"type": "grammar", "syntax": "lark",
+                                                         "definition": "start: patch"}},
+    {"type": "namespace", "name": "agents_v2", "tools": [
+        {"type": "function", "name": "start_helper", "parameters": None, "strict": None}]},
+    {"type": "namespace", "name": "mcp__notes__", "tools": [
+        {"type": "function", "name": "lookup", "parameters": {"type": "object"}}]},
+    {"type": "web_search"}]
+
+
+@pytest.fixture
+def responses():
+    fake = FakeResponses().start()
+    yield fake
+    fake.stop()
+
+
+def responses_stream(fake, payload, path=RESPONSES):
+    """The checked events of a streamed reply."""
+    status, headers, data = call(fake, "POST", path, dict(payload, stream=True))
+    assert status == 200 and headers["content-type"] == "text/event-stream", data
+    assert b"[DONE]" not in data
+    events = parse_sse(data)
+    check_responses_stream(events)
+    return events
+
+
+def responses_whole(fake, payload, path=RESPONSES):
+    status, body = post(fake, path, payload)
+    assert status == 200, body
+    check_responses_object(body)
+    return body
+
+
+def test_responses_hello_whole_and_recording(responses):
+    payload = {"model": "gpt-x", "input": "Hi", "store": False}
+    body = responses_whole(responses, payload)
+    assert body["id"] == "resp_fake_1" and body["model"] == "gpt-x"
+    assert body["status"] == "completed" and body["usage"] == fu.responses_usage()
+    assert body["output"] == [{"type": "message", "id": "msg_fake_1", "status": "completed",
+                               "role": "assistant", "content": [
+                                   {"type": "output_text", "text": "FAKE says hello.",
+                                    "annotations": [], "logprobs": []}]}]
+    assert post(responses, RESPONSES, payload, {"Authorization": "Bearer sk-resp"})[0] == 200
+    record = responses.requests[-1]
+    assert record["key"] == "sk-resp" and record["path"] == RESPONSES
+    assert record["json"] == payload == responses.last
+    assert responses.base_url.endswith("/v1") and fu.FAKES["openai-responses"] is FakeResponses
+
+
+def test_responses_stream_has_the_exact_event_sequence(responses):
+    request = {"model": "gpt-y", "reasoning": {"effort": "medium"}, "tools": CODEX_TOOLS,
+               "input": [{"type": "message", "role": "user", "content": [
+                   {"type": "input_text", "text": 'CALL exec_command {"cmd": "cat todo.md"}'}]}]}
+    whole = responses_whole(responses, request)
+    events = responses_stream(responses, request)
+    assert [name for name, _ in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta", "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done", "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    created = events[0][1]["response"]
+    assert created["status"] == "in_progress" and created["output"] == [] \
+        and created["usage"] is None and created["id"] == "resp_fake_2"
+    added = events[9][1]["item"]
+    assert added["arguments"] == "" and added["status"] == "in_progress"
+    final = events[-1][1]["response"]
+    assert final["output"] == json.loads(json.dumps(whole["output"]).replace(
+        "_fake_1", "_fake_2").replace("enc-fake-1", "enc-fake-2").replace("_1_0", "_2_0"))
+    assert whole["output"] == [
+        {"type": "reasoning", "id": "rs_fake_1", "status": "completed",
+         "summary": [{"type": "summary_text", "text": "FAKE thinks."}],
+         "encrypted_content": "enc-fake-1"},
+        {"type": "function_call", "id": "fc_1_0", "status": "completed", "call_id": "call_1_0",
+         "name": "exec_command", "arguments": '{"cmd": "cat todo.md"}'}]
+    assert whole["usage"]["output_tokens_details"] == {"reasoning_tokens": 3}
+    assert final["usage"] == whole["usage"] and final["model"] == "gpt-y"
+
+
+def test_responses_view_reads_every_input_form():
+    view = fu.responses_view
+    assert view({"input": "Hi there"}) == ("Hi there", [], None, False)
+    codex = {"instructions": "Be brief.", "reasoning": {"effort": "low", "summary": "auto"},
+             "input": [
+                 {"type": "message", "role": "developer",
+                  "content": [{"type": "input_text", "text": "You are a test agent."}]},
+                 {"type": "message", "id": "msg_u1", "role": "user",
+                  "content": [{"type": "input_text", "text": "<env>/tmp</env>"}]},
+                 {"type": "message", "role": "user",
+                  "content": [{"type": "input_text", "text": "CALL a {} "},
+                              {"type": "input_text", "text": "CALL b {}"}]},
+                 {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "e"},
+                 {"type": "function_call", "id": "fc_1", "call_id": "c-a", "name": "a",
+                  "arguments": "{}", "status": "completed"},
+                 {"type": "custom_tool_call", "call_id": "c-b", "name": "b", "input": "raw"},
+                 {"type": "function_call_output", "id": "fco_1", "call_id": "c-a",
+                  "output": "listing"},
+                 {"type": "custom_tool_call_output", "call_id": "c-b",
+                  "output": [{"type": "input_text", "text": "patched "},
+                             {"type": "input_text", "text": "ok"}]},
+                 {"type": "function_call_output", "call_id": "c-unknown", "output": None}]}
+    assert view(codex) == ("CALL a {} CALL b {}",
+                           [("a", "listing"), ("b", "patched ok"), ("?", "")], None, True)
+    later = dict(codex, input=codex["input"] + [{"role": "user", "content": "thanks"}])
+    assert view(later) == ("thanks", [], None, True)          # easy message, no type
+    fmt = {"type": "json_schema", "name": "out", "schema": SCHEMA, "strict": True}
+    assert view({"input": "x", "text": {"format": fmt, "verbosity": "low"}})[2] == SCHEMA
+    assert view({"input": "x", "text": {"format": {"type": "json_object"}}})[2] is True
+    assert view({"input": "x", "text": {"verbosity": "low"}})[2] is None
+    assert view({"input": "x", "reasoning": {"summary": "auto"}})[3] is True
+    assert view({"input": "x", "reasoning": {"effort": "none"}})[3] is False
+    assert view({"input": "x", "reasoning": None})[3] is False
+    assert view({}) == ("", [], None, False)
+
+
+def test_responses_tool_round_trip_through_the_fake(responses):
+    first = [{"role": "developer", "content": "You are a test agent."},
+             {"type": "message", "role": "user", "content": [
+                 {"type": "input_text", "text": 'CALL exec_command {"cmd": "ls"}'}]}]
+    request = {"model": "m", "tools": CODEX_TOOLS, "reasoning": {"effort": "high"},
+               "input": first}
+    body = responses_whole(responses, request)
+    assert [item["type"] for item in body["output"]] == ["reasoning", "function_call"]
+    call_id = body["output"][1]["call_id"]
+    second = first + body["output"] + [
+        {"type": "function_call_output", "call_id": call_id, "output": "todo.md"}]
+    events = responses_stream(responses, dict(request, input=second))
+    final = events[-1][1]["response"]
+    assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
+    assert final["output"][1]["content"][0]["text"] == \
+        "FAKE got tool result(s): exec_command -> todo.md"
+    deltas = [data["delta"] for _, data in events if data["type"] == "response.output_text.delta"]
+    assert len(deltas) >= 2 and "".join(deltas) == final["output"][1]["content"][0]["text"]
+
+
+def test_responses_custom_and_namespaced_calls_get_unique_call_ids(responses):
+    text = ('CALL apply_patch {"input": "*** Begin Patch\\n*** End Patch\\n"} '
+            'CALL start_helper {"goal": "x"} CALL agents_v2__start_helper {} '
+            'CALL mcp__notes__lookup {"q": 1} CALL exec_command {"cmd": "pwd"} '
+            'CALL apply_patch {"not_input": 2}')
+    request = {"model": "m", "tools": CODEX_TOOLS, "input": text}
+    whole = responses_whole(responses, request)
+    events = responses_stream(responses, request)
+    for body in (whole, events[-1][1]["response"]):
+        items = [{k: v for k, v in item.items() if k not in ("id", "call_id", "status")}
+                 for item in body["output"]]
+        assert items == [
+            {"type": "custom_tool_call", "name": "apply_patch",
+             "input": "*** Begin Patch\n*** End Patch\n"},
+            {"type": "function_call", "name": "start_helper", "arguments": '{"goal": "x"}',
+             "namespace": "agents_v2"},
+            {"type": "function_call", "name": "start_helper", "arguments": "{}",
+             "namespace": "agents_v2"},
+            {"type": "function_call", "name": "lookup", "arguments": '{"q": 1}',
+             "namespace": "mcp__notes__"},
+            {"type": "function_call", "name": "exec_command", "arguments": '{"cmd": "pwd"}'},
+            {"type": "custom_tool_call", "name": "apply_patch", "input": '{"not_input": 2}'}]
+    call_ids = [item["call_id"] for body in (whole, events[-1][1]["response"])
+                for item in body["output"]]
+    assert len(set(call_ids)) == len(call_ids) == 12
+    assert all(call_id.startswith("call_") for call_id in call_ids)
+    assert [item["id"][:4] for item in whole["output"]] == ["ctc_", "fc_1", "fc_1", "fc_1",
+                                                            "fc_1", "ctc_"]
+    kinds = {data["type"] for _, data in events}
+    assert {"response.custom_tool_call_input.delta", "response.custom_tool_call_input.done",
+            "response.function_call_arguments.done"} <= kinds
+    assert "response.reasoning_summary_part.added" not in kinds     # no reasoning asked
+
+
+def test_responses_json_mode(responses):
+    fmt = {"type": "json_schema", "name": "sample", "schema": SCHEMA, "strict": True}
+    body = responses_whole(responses, {"input": "CALL x {}", "text": {"format": fmt}})
+    assert json.loads(body["output"][0]["content"][0]["text"]) == SAMPLE
+    events = responses_stream(responses, {"input": "Hi", "text": {"format": {
+        "type": "json_object"}}})
+    done = [data["text"] for _, data in events if data["type"] == "response.output_text.done"]
+    assert [json.loads(text) for text in done] == [{"answer": "FAKE says hello."}]
+
+
+def test_responses_builders_stream_every_item_and_ending(responses):
+    rich = fu.responses_object([
+        fu.responses_reasoning_item(["First idea.", "Second idea."], "enc-rich", "rs_rich"),
+        fu.responses_reasoning_item(None, "enc-carrier-only", "rs_carrier"),
+        fu.responses_message_item([
+            fu.responses_text_part("Cited text.", annotations=[
+                {"type": "url_citation", "url": "https://example.test/a", "title": "A",
+                 "start_index": 0, "end_index": 5}],
+                logprobs=[{"token": "Cited", "logprob": -0.5, "bytes": [67],
+                           "top_logprobs": []}]),
+            fu.responses_refusal_part("Not that part.")], "msg_rich"),
+        fu.responses_function_call_item("call_r1", "exec_command", {"cmd": "date"}),
+        fu.responses_custom_call_item("call_r2", "apply_patch", "*** Begin Patch\n"),
+        {"type": "web_search_call", "id": "ws_rich", "status": "completed"}],
+        use=fu.responses_usage(100, 30, reasoning=10, cached=40, cache_write=5),
+        model="rich-model", response_id="resp_rich")
+    text_events = fu.responses_events(fu.responses_text("Hello world"))
+    head = text_events[:5]
+    with_error = head + [fu.responses_error_event(head, "overloaded", "server_is_overloaded")]
+    responses.queue(
+        fu.responses_object_stream(rich, pieces=4),
+        fu.responses_text_stream("Cut short", incomplete="max_output_tokens"),
+        fu.responses_call_stream([("call_p1", "a", {"x": 1}), ("call_p2", "b", "{bad json"),
+                                  fu.responses_custom_call_item("call_p3", "apply_patch", "")],
+                                 thought="Plan.", text="Working."),
+        fu.responses_stream(head + [fu.responses_failed_event(
+            head, "rate_limit_exceeded", "Please try again in 3s.")]),
+        fu.responses_stream(with_error + [fu.responses_failed_event(with_error)]),
+        fu.json_reply(rich))
+    events = responses_stream(responses, {})
+    assert events[-1][1]["response"] == rich
+    assert [d["item"]["type"] for _, d in events if d["type"] == "response.output_item.added"] \
+        == ["reasoning", "reasoning", "message", "function_call", "custom_tool_call",
+            "web_search_call"]
+    refusal = [d["delta"] for _, d in events if d["type"] == "response.refusal.delta"]
+    assert "".join(refusal) == "Not that part." and len(refusal) == 4
+    assert [d["summary_index"] for _, d in events
+            if d["type"] == "response.reasoning_summary_part.added"] == [0, 1]
+
+    events = responses_stream(responses, {})
+    assert events[-1][0] == "response.incomplete"
+    final = events[-1][1]["response"]
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["status"] == "incomplete"
+
+    with pytest.raises(AssertionError, match="arguments '{bad json' are not JSON"):
+        responses_stream(responses, {})
+
+    events = responses_stream(responses, {})
+    assert events[-1][0] == "response.failed" and len(events) == 6
+    assert events[-1][1]["response"]["error"] == {"code": "rate_limit_exceeded",
+                                                  "message": "Please try again in 3s."}
+    events = responses_stream(responses, {})
+    assert [name for name, _ in events[-2:]] == ["error", "response.failed"]
+    assert events[-2][1] == {"type": "error", "sequence_number": 5, "code":
+                             "server_is_overloaded", "message": "overloaded", "param": None}
+    assert responses_whole(responses, {}) == rich
+
+
+def test_responses_stream_cut_before_its_end(responses):
+    responses.queue(fu.responses_text_stream("Hello there", close_early=True))
+    conn = http.client.HTTPConnection("127.0.0.1", responses.port, timeout=PATIENCE)
+    conn.request("POST", RESPONSES, body="{}")
+    with pytest.raises(http.client.IncompleteRead) as caught:
+        conn.getresponse().read()
+    conn.close()
+    events = parse_sse(caught.value.partial)
+    assert events[-1][0] == "response.output_item.done"
+    with pytest.raises(AssertionError, match="no terminal event"):
+        check_responses_stream(events)
+
+
+def test_responses_errors_other_paths_and_counts(responses):
+    responses.queue(fu.responses_error(429, "Slow down.", retry_after=3),
+                    fu.responses_error(400, "Bad input.", param="input"),
+                    fu.responses_error(503))
+    status, headers, data = call(responses, "POST", RESPONSES, {})
+    assert status == 429 and headers["retry-after"] == "3" and headers["x-request-id"]
+    assert json.loads(data) == {"error": {"message": "Slow down.", "type": "requests",
+                                          "param": None, "code": "rate_limit_exceeded"}}
+    assert post(responses, RESPONSES, {}) == (400, {"error": {
+        "message": "Bad input.", "type": "invalid_request_error", "param": "input",
+        "code": None}})
+    status, body = post(responses, RESPONSES, {})
+    assert status == 503 and body["error"]["code"] == "server_is_overloaded"
+    status, body = post(responses, "/v1/chat/completions", {"messages": []})
+    assert status == 404 and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"] == "Invalid URL (POST /v1/chat/completions)"
+    assert post(responses, "/v1/responses/input_tokens", {
+        "input": "abcdefgh", "instructions": "abcd"}) == (200, {
+            "object": "response.input_tokens", "input_tokens": 3})
+    assert post(responses, "/v1/embeddings", {"input": "a"})[1]["data"][0]["index"] == 0
+    assert call(responses, "GET", "/v1/models")[0] == 200
+
+
+def test_faults_speak_openai_responses(responses):
+    kind = faults.RESPONSES
+    assert kind == "openai-responses" and faults.FAKES[kind] is FakeResponses
+    responses.rules["key-b"] = faults.error(kind, 429, "key-b is over its limit", retry_after=7)
+    status, headers, data = call(responses, "POST", RESPONSES, {},
+                                 {"Authorization": "Bearer key-b"})
+    assert status == 429 and headers["retry-after"] == "7"
+    assert json.loads(data)["error"]["message"] == "key-b is over its limit"
+    status, body = post(responses, RESPONSES, {}, {"Authorization": "Bearer key-a"})
+    assert status == 200 and body["output"][0]["content"][0]["text"] == "FAKE says hello."
+    del responses.rules["key-b"]
+    responses.queue(faults.whole(kind, "whole text"), faults.stream(kind),
+                    faults.stream(kind, "error"))
+    body = responses_whole(responses, {})
+    assert body["output"][0]["content"][0]["text"] == "whole text"
+    for ending in ("finished", "error"):
+        data = call(responses, "POST", RESPONSES, {})[2]
+        events = parse_sse(data)
+        check_responses_stream(events)
+        text, how, keepalives = faults.read_stream(kind, data)
+        assert (how, keepalives) == (ending, 0)
+        assert text == (faults.FIRST_WORDS + faults.REST if ending == "finished"
+                        else faults.FIRST_WORDS)
+    assert events[-1][1]["response"]["error"] == {"code": "server_error",
+                                                  "message": "upstream broke mid-stream"}

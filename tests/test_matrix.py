@@ -1,17 +1,21 @@
 """End to end, every client dialect against every upstream kind: the real server on
-127.0.0.1, a fake upstream of each kind, and a minimal client of each dialect. The three
-same-dialect pairs are pass-through; the other six go through the neutral model."""
+127.0.0.1, a fake upstream of each kind, and a minimal client of each dialect. The four
+same-dialect pairs are pass-through; the other twelve go through the neutral model."""
 
 import json
 
 import pytest
 
 from conftest import PATIENCE
-from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_error,
-                           gemini_error, json_reply)
+from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, FakeResponses,
+                           anthropic_error, gemini_error, json_reply, responses_error)
 from talkers import TALKERS
 
-FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic}
+FAKES = {"openai": FakeOpenAI, "gemini": FakeGemini, "anthropic": FakeAnthropic,
+         "openai-responses": FakeResponses}
+# The client dialect each upstream kind speaks.
+DIALECT = {"openai": "openai", "gemini": "gemini", "anthropic": "anthropic",
+           "openai-responses": "responses"}
 PAIRS = [(client, upstream) for client in TALKERS for upstream in FAKES]
 
 TOOLS = {"read": {"type": "object", "properties": {"path": {"type": "string"}},
@@ -19,10 +23,13 @@ TOOLS = {"read": {"type": "object", "properties": {"path": {"type": "string"}},
          "glob": {"type": "object", "properties": {"pattern": {"type": "string"}}}}
 TWO_CALLS = 'Do both. CALL read {"path": "a.txt"} CALL glob {"pattern": "*.py"}'
 # How each dialect says "the turn ended normally" and "the turn ended in tool calls".
-STOPPED = {"gemini": "STOP", "openai": "stop", "anthropic": "end_turn"}
-CALLED = {"gemini": "STOP", "openai": "tool_calls", "anthropic": "tool_use"}
+STOPPED = {"gemini": "STOP", "openai": "stop", "anthropic": "end_turn",
+           "responses": "completed"}
+CALLED = {"gemini": "STOP", "openai": "tool_calls", "anthropic": "tool_use",
+          "responses": "completed"}
 UPSTREAM_AUTH = {"openai": ("authorization", "Bearer k-up"), "gemini": ("x-goog-api-key", "k-up"),
-                 "anthropic": ("x-api-key", "k-up")}
+                 "anthropic": ("x-api-key", "k-up"),
+                 "openai-responses": ("authorization", "Bearer k-up")}
 
 
 class Pair:
@@ -108,6 +115,11 @@ def test_thinking_round_trip(pair):
     if pair.upstream == "openai":
         assistant = [m for m in sent["messages"] if m["role"] == "assistant"][-1]
         assert assistant["reasoning_content"] == "FAKE thinks."
+    elif pair.upstream == "openai-responses":
+        reasoning = [i for i in sent["input"] if i.get("type") == "reasoning"]
+        assert [r["encrypted_content"] for r in reasoning] == ["enc-fake-1"]
+        assert reasoning[0]["summary"] == [{"type": "summary_text", "text": "FAKE thinks."}]
+        assert sent["include"] == ["reasoning.encrypted_content"] and sent["store"] is False
     elif pair.upstream == "gemini":
         model_turn = [c for c in sent["contents"] if c["role"] == "model"][-1]
         call = next(p for p in model_turn["parts"] if "functionCall" in p)
@@ -139,6 +151,8 @@ def rate_limit(upstream):
     if upstream == "gemini":
         return gemini_error(429, message="Rate limited", retry_delay="600s",
                             headers={"Retry-After": "600"})
+    if upstream == "openai-responses":
+        return responses_error(429, message="Rate limited", retry_after=600)
     return anthropic_error(429, message="Rate limited", retry_after=600)
 
 
@@ -152,8 +166,8 @@ def test_upstream_429_stays_429(pair, stream):
     if pair.client == "gemini":
         assert error["error"]["status"] == "RESOURCE_EXHAUSTED"
         assert "Rate limited" in error["error"]["message"]
-    elif pair.client == "openai":
-        assert error["error"]["type"] in ("rate_limit_error", "rate_limit")
+    elif pair.client in ("openai", "responses"):
+        assert error["error"]["type"] in ("rate_limit_error", "rate_limit", "requests")
         assert "Rate limited" in error["error"]["message"]
     else:
         assert error["type"] == "error" and error["error"]["type"] == "rate_limit_error"
@@ -163,11 +177,12 @@ def test_upstream_429_stays_429(pair, stream):
     assert 600 - PATIENCE < talker.retry_seconds(result) <= 600
 
 
-@pytest.mark.parametrize("dialect", sorted(FAKES))
-def test_same_dialect_requests_pass_through_unchanged(dialect, proxy_factory):
-    fake = FAKES[dialect]().start()
+@pytest.mark.parametrize("kind", sorted(FAKES))
+def test_same_dialect_requests_pass_through_unchanged(kind, proxy_factory):
+    fake = FAKES[kind]().start()
+    dialect = DIALECT[kind]
     try:
-        proxy = proxy_factory({"upstreams": {"up": {"kind": dialect, "base_url": fake.base_url,
+        proxy = proxy_factory({"upstreams": {"up": {"kind": kind, "base_url": fake.base_url,
                                                     "api_key": "k-up"}},
                                "default_model": "fake-model"})
         talker = TALKERS[dialect](proxy)

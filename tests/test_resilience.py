@@ -387,7 +387,7 @@ def test_three_keys_one_rate_limited_serve_a_burst(rig, client, kind):
     assert_no_leaks(r)
 
 
-@pytest.mark.parametrize("kind", list(faults.FAKES))
+@pytest.mark.parametrize("kind", [k for k in faults.FAKES if k in TALKERS])
 def test_a_rate_limited_key_serves_again_after_its_cooldown(rig, kind):
     r = rig(kind, kind, keys=("key-a", "key-b"), cooldown_jitter=0.0)
     r.fake.rules["key-b"] = faults.error(kind, 429, "key-b is over its limit", retry_after=1)
