@@ -4938,6 +4938,8 @@ class _Turns:
         self.remembered: Dict[str, str] = {}   # call id -> signature, from the cache
 
     def add(self, role: str, parts: List[Part]) -> None:
+        if role == "user":
+            self.thinking = []     # reasoning that no answer followed belongs to none
         messages = self.chat.messages
         if messages and messages[-1].role == role:
             messages[-1].parts.extend(parts)
@@ -5064,6 +5066,8 @@ def decode_responses_request(payload: Any, strict: bool = True,
         raise ClientError("background: this proxy answers while the client waits; leave "
                           "background off")
     turn = turn or responses_turn(payload)
+    expect_strings(payload.get("include"), "include")
+    turn.tools = decode_responses_tools(payload)
     chat = Chat(model=expect(payload.get("model"), str, "model", "a model name"),
                 tools=list(turn.tools.tools))
     if turn.tools.hosted:
@@ -5126,6 +5130,24 @@ class ResponsesTurn:
     sequence: int = 0                  # the next event's sequence_number
     output: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # done items
 
+    def passed(self, event: str) -> None:
+        """An event of a passed-through stream went by: an error after it continues
+        from its number, as the response its first event announced."""
+        number = SEQUENCE_NUMBER.search(event)
+        if number:
+            self.sequence = int(number.group(1)) + 1
+        if not self.response_id and '"response.created"' in event:
+            try:
+                response = fields_of(fields_of(json.loads(event)).get("response"))
+            except (ValueError, RecursionError):
+                return
+            self.response_id = text_of(response.get("id"))
+            self.model = text_of(response.get("model")) or self.model
+            self.created = tokens_of(response.get("created_at")) or self.created
+
+
+SEQUENCE_NUMBER = re.compile(r'"sequence_number": ?(\d{1,15})')
+
 
 # The request fields a response object repeats.
 RESPONSES_ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls",
@@ -5134,15 +5156,18 @@ RESPONSES_ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_t
 
 
 def responses_turn(payload: Any) -> ResponsesTurn:
-    """The turn of a request (its errors are the request's 400s). Its history is filled
-    in when the request is decoded: a request passed through to a Responses upstream
-    names responses this proxy never saw."""
-    payload = expect(payload, dict, "request", "a JSON object")
-    include = expect_strings(payload.get("include"), "include")
-    return ResponsesTurn({k: payload[k] for k in RESPONSES_ECHOED if k in payload},
-                         decode_responses_tools(payload),
-                         "reasoning.encrypted_content" in include,
-                         payload.get("store") is not False)
+    """The turn of a request, read leniently: a request passed through to a Responses
+    upstream is that upstream's to judge (it may name tools and responses this proxy does
+    not know). Decoding the request checks it, fills in its tools and its history."""
+    payload = fields_of(payload)
+    include = payload.get("include")
+    try:
+        tools = decode_responses_tools(payload)
+    except ClientError:
+        tools = ResponsesTools()
+    return ResponsesTurn({k: payload[k] for k in RESPONSES_ECHOED if k in payload}, tools,
+                         isinstance(include, list) and "reasoning.encrypted_content" in include,
+                         payload.get("store") is not False, model=text_of(payload.get("model")))
 
 
 class StoredResponse:
@@ -5371,9 +5396,11 @@ class ResponsesWriter:
     def _call(self, part: Part) -> List[Dict[str, Any]]:
         self.parts.append(part)
         events: List[Dict[str, Any]] = []
-        if part.origin == "gemini" and part.signature:
+        if part.origin == "gemini" and part.signature and (
+                self.turn.encrypted or self.kind == "reasoning"):
             # The signature rides in the reasoning item before the call (one made for it
-            # if none is open); Gemini wants it back on this call.
+            # if none is open); Gemini wants it back on this call. A client that keeps no
+            # carriers gets it back through the cache instead (finish).
             events += self._reasoning()
             self.carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
         events += self.close()
@@ -5500,10 +5527,17 @@ def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> by
     message = error.message
     if code == "rate_limit_exceeded" and error.retry_after is not None:
         message += " Please try again in %ds." % math.ceil(error.retry_after)
+    events = []
+    if not turn.sequence:      # the headers went out early; no event yet
+        turn.response_id = turn.response_id or new_id("resp_")
+        turn.created = turn.created or int(time.time())
+        events.append({"type": "response.created", "response": _responses_object(
+            turn, turn.model, "in_progress", [])})
     shown = [{k: v for k, v in item.items() if k != "encrypted_content" or turn.encrypted}
              for item in turn.output]
-    return _responses_sse(turn, [{"type": "response.failed", "response": _responses_object(
-        turn, turn.model, "failed", shown, error={"code": code, "message": message})}])
+    events.append({"type": "response.failed", "response": _responses_object(
+        turn, turn.model, "failed", shown, error={"code": code, "message": message})})
+    return _responses_sse(turn, events)
 
 
 # Errors before a stream starts have Chat Completions' envelope.
@@ -7794,6 +7828,7 @@ class PassingStream:
         self.text_chars = 0
         self._parser = SSEParser(max_event)
         self._tail = ""
+        self._turn = ex.options.responses    # a Responses stream: where it has got to
 
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
@@ -7803,6 +7838,8 @@ class PassingStream:
             raise UpstreamError("the upstream sent %s (max_reply_bytes)" % exc,
                                 status=502) from None
         for _, text in events:
+            if self._turn is not None:
+                self._turn.passed(text)
             if "usage" in text:   # the only events worth parsing, for the access log
                 try:
                     self.ex.usage = self.kind.usage_from(json.loads(text), self.ex.usage)

@@ -209,6 +209,25 @@ TOOL_TASK = 'CALL exec_command {"cmd": "cat app.py"} CALL apply_patch %s' % json
     {"input": PATCH})
 
 
+def reasoning_sent_back(upstream, request):
+    """Whether the upstream got its own reasoning back, in its own terms, on the turn with
+    the calls: Codex asks for reasoning (gpt-5.5, effort medium), keeps the reasoning item
+    the proxy gave it and returns it unchanged, encrypted_content and all. (The
+    OpenAI-compatible fake is not asked for reasoning: send_reasoning_effort is off.)"""
+    if upstream == "openai":
+        return True
+    if upstream == "gemini":
+        model_turn = [c for c in request["contents"] if c["role"] == "model"][-1]
+        call = next(p for p in model_turn["parts"] if "functionCall" in p)
+        return call.get("thoughtSignature", "").startswith("sig-fc-")
+    if upstream == "anthropic":
+        turn = [m for m in request["messages"] if m["role"] == "assistant"][-1]
+        first = turn["content"][0]
+        return first["type"] == "thinking" and first["signature"].startswith("sig-anthropic-")
+    reasoning = [i for i in request["input"] if i.get("type") == "reasoning"]
+    return [r.get("encrypted_content") for r in reasoning] == ["enc-fake-1"]
+
+
 @codex_available
 @needs_unshare
 @pytest.mark.parametrize("upstream", UPSTREAMS)
@@ -232,6 +251,7 @@ def test_codex_runs_a_command_and_applies_a_patch(upstream, workdir, tmp_path):
     last = json.dumps(requests[-1]["json"])
     assert all(json.dumps(text)[1:-1] in last for text in ("print('hi')", PATCHED)), \
         explain(outcome)
+    assert reasoning_sent_back(upstream, requests[-1]["json"]), explain(outcome)
     answer = final_message(events) or ""
     assert answer.startswith("FAKE got tool result(s): "), explain(outcome)
     assert "exec_command -> " in answer and "print('hi')" in answer, explain(outcome)

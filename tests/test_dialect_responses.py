@@ -692,3 +692,61 @@ def test_an_upstream_stream_of_garbage_is_a_502():
     with pytest.raises(gp.UpstreamError) as caught:
         list(gp.decode_responses_stream([("message", "{not json")]))
     assert caught.value.status == 502
+
+
+def test_a_failure_before_any_event_still_makes_a_well_formed_stream():
+    """The headers may go out before the upstream answers (stream_headers_after): a
+    failure then is the whole stream."""
+    opts = options()
+    events = parse_sse(gp.responses_stream_error_event(
+        gp.UpstreamError("upstream down", status=502), opts))
+    check_responses_stream(events)
+    assert [e for e, _ in events] == ["response.created", "response.failed"]
+    assert events[1][1]["response"]["model"] == "gpt-5.5"
+
+
+def test_a_passed_through_stream_that_breaks_continues_its_numbering():
+    turn = turn_of({})
+    turn.passed('{"type":"response.created","sequence_number":0,"response":{"id":"resp_up1",'
+                '"model":"up-model","created_at":7}}')
+    turn.passed('{"type":"response.output_text.delta","sequence_number":1,"delta":"x"}')
+    failed = parse_sse(gp.responses_stream_error_event(
+        gp.UpstreamError("cut", status=502), gp.ReplyOptions(responses=turn)))
+    assert [(e, d["sequence_number"], d["response"]["id"], d["response"]["model"],
+             d["response"]["created_at"]) for e, d in failed] == [
+        ("response.failed", 2, "resp_up1", "up-model", 7)]
+
+
+def test_the_turn_is_read_leniently_the_request_strictly():
+    """A request for a Responses upstream is passed through: tools this proxy does not
+    know are that upstream's business, until the request is converted."""
+    payload = {"model": "m", "input": "x", "include": "not a list",
+               "tools": [{"type": "a_tool_from_the_future"}]}
+    turn = gp.responses_turn(payload)
+    assert turn.tools.tools == [] and not turn.encrypted
+    with pytest.raises(gp.ClientError):
+        gp.decode_responses_request(payload, turn=turn, store=store())
+
+
+def test_reasoning_that_no_answer_followed_is_dropped():
+    chat = decode({"input": [{"type": "reasoning", "summary": [{"type": "summary_text",
+                                                                "text": "stray"}]},
+                             {"role": "user", "content": "next"},
+                             {"role": "assistant", "content": "answer"}]})
+    assert [(p.type, p.text) for m in chat.messages for p in m.parts] == [
+        (TEXT, "next"), (TEXT, "answer")]
+
+
+def test_a_gemini_signature_without_carriers_is_remembered_not_shown():
+    cache = gp.ReasoningCache()
+    opts = gp.ReplyOptions(reasoning_cache=cache, responses=turn_of({}, store=False))
+    reply = Reply("r", "up", [Choice([Part(TOOL_CALL, id="call_g2", name="read", args={},
+                                           signature="gem-sig-2", origin="gemini")],
+                                     Finish(TOOL_CALLS))], Usage(1, 1))
+    body = gp.encode_responses_response(reply, "m", "resp_D", opts)
+    assert [item["type"] for item in body["output"]] == ["function_call"]
+    chat = decode({"input": [{"role": "user", "content": "go"}] + body["output"] +
+                   [{"type": "function_call_output", "call_id": "call_g2", "output": "ok"}]},
+                  cache=cache)
+    call = chat.messages[1].parts[0]
+    assert (call.signature, call.origin) == ("gem-sig-2", "gemini")

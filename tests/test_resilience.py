@@ -3,6 +3,8 @@ for each fault what a client of each dialect sees, and that nothing leaks afterw
 
 Every fault runs for each client dialect twice: against an upstream of its own dialect
 (bytes passed through) and against one of another dialect (converted through the hub).
+Every stream a Responses client gets is held to the strict checker of responses_checker.py,
+a stream that broke included: it must end with one well-formed response.failed.
 
 No test here depends on how fast the machine is. A timeout meant to fire is short and the
 stall it cuts is far longer (and ends when the fake stops); a timeout not meant to fire is
@@ -21,19 +23,28 @@ import gemini_proxy as gp
 import faults
 from conftest import PATIENCE, wait_for
 from faults import FIRST_WORDS, REST
-from talkers import AnthropicTalker, GeminiTalker, OpenAITalker
+from responses_checker import check_responses_object, check_responses_stream, parse_sse
+from talkers import AnthropicTalker, GeminiTalker, OpenAITalker, ResponsesTalker
 
 # Longer than any test waits for anything: a stall this long is cut by the timeout under
 # test or not at all, and a timeout this long never fires by accident.
 LONG = 2 * PATIENCE
 
-TALKERS = {"gemini": GeminiTalker, "openai": OpenAITalker, "anthropic": AnthropicTalker}
-HUB_UPSTREAM = {"gemini": "openai", "openai": "gemini", "anthropic": "openai"}
-PATHS = [(client, upstream) for client in TALKERS for upstream in (client, HUB_UPSTREAM[client])]
+TALKERS = {"gemini": GeminiTalker, "openai": OpenAITalker, "anthropic": AnthropicTalker,
+           "responses": ResponsesTalker}
+# The upstream kind that speaks each client's dialect (bytes passed through), where its name
+# is not the dialect's; and one that does not (converted through the hub).
+OWN_KIND = {"responses": faults.RESPONSES}
+CLIENT_OF = {kind: client for client, kind in OWN_KIND.items()}
+HUB_UPSTREAM = {"gemini": "openai", "openai": "gemini", "anthropic": "openai",
+                "responses": "gemini"}
+PATHS = [(client, upstream) for client in TALKERS
+         for upstream in (OWN_KIND.get(client, client), HUB_UPSTREAM[client])]
 PATH_IDS = ["%s-client-%s-upstream" % pair for pair in PATHS]
 
 # How each dialect's client learns that a stream broke after it began.
-BROKEN_STREAM_END = {"gemini": "cut", "openai": "error", "anthropic": "error"}
+BROKEN_STREAM_END = {"gemini": "cut", "openai": "error", "anthropic": "error",
+                     "responses": "error"}
 
 
 class Rig:
@@ -108,19 +119,50 @@ def read(client, status, headers, data, stream):
             assert body["type"] == "error" and body["error"]["type"], body
             error = body["error"]
             retry = float(headers["retry-after"]) if "retry-after" in headers else None
-        else:
+        else:   # OpenAI's envelope: Chat Completions and Responses alike
             error = body["error"]
             assert error["message"] and "type" in error, body
             retry = float(headers["retry-after"]) if "retry-after" in headers else None
         return {"message": error["message"], "retry": retry}
     if stream:
-        return faults.read_stream(client, data)
+        return read_stream(client, data)
     body = json.loads(data)
     if client == "gemini":
         return "".join(p.get("text", "") for p in body["candidates"][0]["content"]["parts"])
     if client == "anthropic":
         return "".join(b.get("text", "") for b in body["content"])
+    if client == "responses":
+        check_responses_object(body)
+        return responses_text(body)
     return body["choices"][0]["message"]["content"]
+
+
+def responses_text(response):
+    """The text of a `response`: its message items' output_text parts, joined."""
+    return "".join(part["text"] for item in response["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+def read_stream(client, data):
+    """(text, ending, keepalives) of a whole stream a client got, as faults.read_stream
+    says; a Responses client's stream must pass the strict checker first, however it ended
+    (none here is cut by the client or the connection, the one way it could not)."""
+    if client == "responses":
+        check_responses_stream(parse_sse(data))
+    return faults.read_stream(client, data)
+
+
+def assert_broken(client, how, data):
+    """The stream ended in the client's own form of a failure, never a normal finish. A
+    Responses client's ends with a response.failed (a bare `error` event ends no response)
+    whose error says the server failed: server_error, a code Codex retries, not one it
+    gives up on (context_length_exceeded, insufficient_quota) or waits on (rate limits)."""
+    assert how == BROKEN_STREAM_END[client], data[-600:]
+    if client == "responses":
+        name, event = parse_sse(data)[-1]
+        assert name == "response.failed", event
+        error = event["response"]["error"]
+        assert error["code"] == "server_error" and error["message"], error
 
 
 def start(count, work):
@@ -257,14 +299,17 @@ def test_invalid_json_is_502(rig, client, kind):
 # -- faults after the first byte: the stream ends in the dialect's own error form ------------
 
 @pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
-@pytest.mark.parametrize("ending", ["reset", "stall", "truncated"])
+@pytest.mark.parametrize("ending", ["reset", "stall", "truncated", "error"])
 def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
+    # "error": the upstream's own in-stream failure, then a clean end of the body (passed
+    # through as it is, or said again in the client's dialect).
     r = rig(client, kind, read_timeout=0.3)
     r.fake.rules["*"] = faults.stream(kind, ending, pause=LONG)
-    status, (text, how, _) = r.ask(stream=True)
+    status, headers, data = r.send(stream=True)
+    text, how, _ = read(client, status, headers, data, stream=True)
     assert status == 200
     assert text == FIRST_WORDS                # what came before the fault, nothing after
-    assert how == BROKEN_STREAM_END[client]   # never a normal-looking finish
+    assert_broken(client, how, data)          # never a normal-looking finish
     assert len(r.fake.requests) == 1          # the client has bytes: no retry
     assert_no_leaks(r)
     assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
@@ -277,8 +322,10 @@ def test_a_close_delimited_stream_keeps_its_timeouts(rig, client, kind):
     r = rig(client, kind, read_timeout=0.3)
     r.fake.rules["*"] = faults.close_delimited_stream(kind, pause=LONG)
     started = time.monotonic()
-    status, (text, how, _) = r.ask(stream=True)
-    assert status == 200 and text == FIRST_WORDS and how == BROKEN_STREAM_END[client]
+    status, headers, data = r.send(stream=True)
+    text, how, _ = read(client, status, headers, data, stream=True)
+    assert status == 200 and text == FIRST_WORDS
+    assert_broken(client, how, data)
     assert time.monotonic() - started < LONG  # cut by the read timeout, not the upstream
     assert_no_leaks(r)
 
@@ -290,9 +337,10 @@ def test_total_timeout_ends_a_trickling_stream(rig, client, kind):
     # (never long enough for the read timeout, itself two minutes).
     r = rig(client, kind, total_timeout=2.0, read_timeout=2 * LONG)
     r.fake.rules["*"] = faults.stream(kind, "stall", pause=LONG)
-    status, (text, how, _) = r.ask(stream=True)
-    assert status == 200 and how == BROKEN_STREAM_END[client]
-    assert text == FIRST_WORDS
+    status, headers, data = r.send(stream=True)
+    text, how, _ = read(client, status, headers, data, stream=True)
+    assert status == 200 and text == FIRST_WORDS
+    assert_broken(client, how, data)
     assert_no_leaks(r)
 
 
@@ -387,9 +435,9 @@ def test_three_keys_one_rate_limited_serve_a_burst(rig, client, kind):
     assert_no_leaks(r)
 
 
-@pytest.mark.parametrize("kind", [k for k in faults.FAKES if k in TALKERS])
+@pytest.mark.parametrize("kind", [OWN_KIND.get(client, client) for client in TALKERS])
 def test_a_rate_limited_key_serves_again_after_its_cooldown(rig, kind):
-    r = rig(kind, kind, keys=("key-a", "key-b"), cooldown_jitter=0.0)
+    r = rig(CLIENT_OF.get(kind, kind), kind, keys=("key-a", "key-b"), cooldown_jitter=0.0)
     r.fake.rules["key-b"] = faults.error(kind, 429, "key-b is over its limit", retry_after=1)
     assert r.ask()[0] == 200 and r.ask()[0] == 200    # key-a; key-b refused, then key-a
     assert r.fake.keys_used() == ["key-a", "key-b", "key-a"]
@@ -606,7 +654,7 @@ def test_keepalives_during_a_long_silence(rig, client):
         status, headers, data = r.send(stream=True)
     else:
         # The upstream stays silent until the client has had its keep-alives.
-        wanted = {"openai": 2, "anthropic": 3}[client]
+        wanted = {"openai": 2, "responses": 2, "anthropic": 3}[client]
         resume = threading.Event()
         r.fake.rules["*"] = faults.stream(kind, "stall", until=resume)
 
@@ -620,12 +668,12 @@ def test_keepalives_during_a_long_silence(rig, client):
         finally:
             resume.set()
             conn.close()
-    text, how, keepalives = faults.read_stream(client, data)
+    text, how, keepalives = read_stream(client, data)
     assert status == 200 and text == FIRST_WORDS + REST and how == "finished"
     if client == "gemini":
         assert keepalives == 0                # Gemini CLI's parser hangs on them
         assert all(line.startswith("data: ") for line in data.decode().split("\n") if line)
-    elif client == "openai":
+    elif client in ("openai", "responses"):   # an SSE comment, which both kinds skip
         assert keepalives >= 2 and b": keep-alive\n\n" in data
     else:
         assert keepalives >= 3                # the stream's own ping, then the proxy's
@@ -637,13 +685,16 @@ def test_stop_strings_cut_the_stream_there(rig, client, kind):
     r = rig(client, kind, stop_strings=["words and"])
     r.fake.rules["*"] = faults.stream(kind, "hold", pause=LONG)   # then it keeps talking
     status, headers, data = r.send(stream=True)
-    text, how, _ = faults.read_stream(client, data)
+    text, how, _ = read_stream(client, data)
     assert status == 200 and how == "finished"
     assert text == "first "                   # "words" + " and" spanned two deltas
     if client == "anthropic":
         assert b'"stop_reason":"stop_sequence","stop_sequence":"words and"' in data
     elif client == "openai":
         assert b'"finish_reason":"stop"' in data
+    elif client == "responses":               # a normal end, whose response says the same
+        name, event = parse_sse(data)[-1]
+        assert name == "response.completed" and responses_text(event["response"]) == "first "
     else:
         assert b'"finishReason":"STOP"' in data
     assert_no_leaks(r)
