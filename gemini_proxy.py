@@ -76,6 +76,7 @@ import asyncio
 import base64
 import collections
 import concurrent.futures
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -178,6 +179,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "for previous_response_id and GET /v1/responses/{id} (0: none)"),
     Setting("server", "responses_store_ttl", 3600.0, "Responses API: seconds a kept "
             "response lasts"),
+    Setting("server", "responses_store_bytes", 256 * MiB, "Responses API: the most the kept "
+            "responses may hold (their requests' and answers' bytes)"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
     # -- upstreams.<name>: how to reach one provider (sections 14-19) --
@@ -327,6 +330,10 @@ RESPONSES_ORIGIN = "openai-responses"
 # it back. Standard base64 of these bytes starts with "Z3B4" whatever follows, and the
 # whole signature is canonical base64, which SDKs that type signatures as bytes require.
 CARRIER_MAGIC = b"gpx\x02"
+
+# Tries with other options after an upstream refused a request's form (each refusal
+# names one thing: a Responses model may refuse top_p, then temperature).
+MAX_ALTERNATIVES = 4
 
 # The longest wait an upstream may ask for (Retry-After, RetryInfo, rate-limit resets).
 MAX_RETRY_AFTER = 86400.0
@@ -1859,8 +1866,17 @@ def pack_thinking(blocks: List[Part], with_text: bool = True) -> str:
 
 CARRIER_START = base64.b64encode(CARRIER_MAGIC[:3]).decode("ascii")
 
-# The most a carrier may hold once inflated (reasoning of a long turn is well under this).
+# The most a carrier may hold once inflated (reasoning of a long turn is well under this),
+# and all the carriers of one request together: a request full of small carriers that
+# inflate to the limit must not cost gigabytes.
 MAX_CARRIER_BYTES = 16 * MiB
+MAX_CARRIER_BYTES_PER_REQUEST = 64 * MiB
+
+# What the carriers of the request a worker thread is decoding may still inflate to (a
+# one-item list, so unpack_thinking can spend it), set per request; unset: no budget
+# beyond MAX_CARRIER_BYTES (the converters used as a library).
+CARRIER_BUDGET: "contextvars.ContextVar[Optional[List[int]]]" = contextvars.ContextVar(
+    "carrier_budget", default=None)
 
 
 def is_carrier(signature: str) -> bool:
@@ -1878,7 +1894,13 @@ def unpack_thinking(signature: str) -> List[Part]:
         if not data.startswith(CARRIER_MAGIC):
             return []
         inflate = zlib.decompressobj()
-        text = inflate.decompress(data[len(CARRIER_MAGIC):], MAX_CARRIER_BYTES)
+        budget = CARRIER_BUDGET.get()
+        limit = MAX_CARRIER_BYTES if budget is None else min(MAX_CARRIER_BYTES, budget[0])
+        if limit <= 0:      # spent (and 0 would mean no limit to zlib)
+            return []
+        text = inflate.decompress(data[len(CARRIER_MAGIC):], limit)
+        if budget is not None:
+            budget[0] -= len(text)
         if inflate.unconsumed_tail:     # a small signature must not inflate without bound
             return []
         items = json.loads(text)
@@ -2087,6 +2109,15 @@ OPENAI_AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": 
                         "audio/mpeg": "mp3", "audio/mp3": "mp3"}
 
 OPENAI_JSON_NOTE = "Reply with a single JSON object and nothing else."
+
+
+def json_mode_note(fmt: ResponseFormat) -> str:
+    """The instruction that asks for JSON in the prompt itself, for upstreams asked for a
+    bare JSON object (or for nothing): OpenAI's json_object needs the word in the prompt."""
+    if fmt.schema is None:
+        return OPENAI_JSON_NOTE
+    return OPENAI_JSON_NOTE + " It must match this JSON Schema:\n" + json.dumps(
+        fmt.schema, ensure_ascii=False)
 
 DATA_URL = re.compile(r"data:([^;,]*)(;base64)?,(.*)\Z", re.S)
 
@@ -2409,10 +2440,7 @@ def _openai_response_format(chat: Chat, options: Dict[str, Any]) -> Tuple[Any, s
     if mode == "json_schema" and fmt.schema is not None:
         return {"type": "json_schema", "json_schema": {
             "name": fmt.name, "schema": fmt.schema, "strict": False}}, ""
-    note = OPENAI_JSON_NOTE
-    if fmt.schema is not None:
-        note += " It must match this JSON Schema:\n" + json.dumps(fmt.schema, ensure_ascii=False)
-    return ({"type": "json_object"} if mode != "none" else None), note
+    return ({"type": "json_object"} if mode != "none" else None), json_mode_note(fmt)
 
 
 def encode_openai_request(chat: Chat, model: str,
@@ -4664,10 +4692,12 @@ RESPONSES_REQUEST_FIELDS = frozenset((
     "metadata", "user", "safety_identifier", "service_tier", "truncation", "background",
     "context_management", "moderation", "prompt"))
 
-# Tools the provider runs itself. Only a Responses upstream (passing the request through)
-# can run them; elsewhere they are left out when the client declared them beside its own
-# tools (Codex always declares web_search), and refused when they are all it declared or
-# its tool_choice demands one: an answer without the search it asked for would look normal.
+# Tools that only OpenAI's own models know: hosted ones OpenAI runs (web_search,
+# file_search...) and built-in ones it trained its models to call (shell, apply_patch,
+# tool_search). Only a Responses upstream, passed the request as it is, can use them;
+# elsewhere they are left out when the client declared them beside its own tools (Codex
+# always declares web_search), and refused when they are all it declared or its
+# tool_choice demands one: an answer without the search it asked for would look normal.
 RESPONSES_HOSTED_TOOLS = frozenset((
     "web_search", "web_search_preview", "web_search_2025_08_26", "file_search", "computer",
     "computer_use_preview", "code_interpreter", "image_generation", "mcp", "local_shell",
@@ -4684,7 +4714,8 @@ RESPONSES_HOSTED_ITEMS = frozenset((
 # A custom (freeform) tool becomes a function with this one string parameter.
 CUSTOM_TOOL_INPUT = "input"
 
-# response.failed codes that Codex treats in their own way (anything else: retried).
+# response.failed codes that Codex treats in their own way (anything else: retried), as
+# OpenAI sends them; an upstream's own code among these is kept.
 RESPONSES_ERROR_CODES = frozenset((
     "context_length_exceeded", "insufficient_quota", "rate_limit_exceeded", "invalid_prompt",
     "server_is_overloaded", "slow_down", "usage_not_included"))
@@ -4798,13 +4829,13 @@ def decode_responses_tools(payload: Dict[str, Any]) -> ResponsesTools:
 
 
 def _hosted_tool_error(kinds: List[str]) -> ClientError:
-    return ClientError("tools: %s %s run by OpenAI itself, and this request does not go to "
-                       "an OpenAI Responses upstream; declare function tools instead"
+    return ClientError("tools: %s %s OpenAI's own, and this request does not go to an "
+                       "OpenAI Responses upstream as it is; declare function tools instead"
                        % (", ".join(sorted(set(kinds))), "is" if len(set(kinds)) == 1
-                          else "are"), reason="invalid_request_error")
+                          else "are"))
 
 
-def _responses_tool_choice(chat: Chat, choice: Any, tools: ResponsesTools) -> None:
+def _responses_tool_choice(chat: Chat, choice: Any) -> None:
     if choice is None:
         return
     if isinstance(choice, str):
@@ -4911,20 +4942,28 @@ def _responses_reasoning(item: Dict[str, Any], where: str) -> List[Part]:
     return [Part(THINKING, text=text, origin="openai")] if text else []
 
 
-def _responses_call(item: Dict[str, Any], where: str, tools: ResponsesTools) -> Part:
+def _responses_call(item: Dict[str, Any], where: str) -> Part:
     name = ResponsesTools.qualify(expect_text(item.get("namespace"), where + ".namespace"),
                                   expect(item.get("name"), str, where + ".name", "a name"))
     call_id = expect(item.get("call_id"), str, where + ".call_id", "a call id")
     if item.get("type") == "custom_tool_call":
-        return Part(TOOL_CALL, id=call_id, name=name, args={
+        part = Part(TOOL_CALL, id=call_id, name=name, args={
             CUSTOM_TOOL_INPUT: expect_text(item.get("input"), where + ".input")})
-    arguments = item.get("arguments") or "{}"
-    try:
-        args = strict_json(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        raise ClientError("%s.arguments: not valid JSON" % where) from None
-    return Part(TOOL_CALL, id=call_id, name=name,
-                args=expect(args, dict, where + ".arguments", "a JSON object"))
+    else:
+        arguments = item.get("arguments") or "{}"
+        try:
+            args = strict_json(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            args = None
+        # Arguments that are not a JSON object (a model's slip the client echoes back)
+        # go on as {}: refusing them would end the conversation for good.
+        part = Part(TOOL_CALL, id=call_id, name=name, args=args if isinstance(args, dict)
+                    else {})
+    # A stored call keeps the Gemini signature its turn had no reasoning item to carry.
+    for carried in unpack_thinking(text_of(item.get("encrypted_content"))):
+        if carried.origin == "gemini" and carried.signature:
+            part.signature, part.origin = carried.signature, "gemini"
+    return part
 
 
 class _Turns:
@@ -4970,7 +5009,7 @@ class _Turns:
 
 
 def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat,
-                           tools: ResponsesTools, cache: ReasoningCache) -> None:
+                           cache: ReasoningCache) -> None:
     """The conversation's items (see responses_history) as chat messages; system and
     developer messages before the conversation starts join the system prompt."""
     turns = _Turns(chat, cache)
@@ -5000,7 +5039,7 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
             turns.thinking.extend(_responses_reasoning(item, where))
         elif kind in ("function_call", "custom_tool_call"):
             started = True
-            turns.call(_responses_call(item, where, tools))
+            turns.call(_responses_call(item, where))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             started = True
             call_id = expect(item.get("call_id"), str, where + ".call_id", "a call id")
@@ -5032,7 +5071,7 @@ def responses_history(payload: Dict[str, Any], store: "ResponseStore"
         if stored is None:
             raise ClientError("previous_response_id: Previous response with id %r not found "
                               "(this proxy keeps responses in memory for a while; "
-                              "server.responses_store)" % clip(previous, 80), status=400)
+                              "server.responses_store)" % clip(previous, 80))
         items += [("previous_response_id", item) for item in stored.conversation()]
     given = payload.get("input")
     if isinstance(given, str):
@@ -5080,9 +5119,11 @@ def decode_responses_request(payload: Any, strict: bool = True,
     history = responses_history(payload, store or RESPONSE_STORE)
     if turn.store:
         turn.history = [item for _, item in history]
-    decode_responses_input(history, chat, turn.tools, cache or REASONING_CACHE)
-    _responses_tool_choice(chat, payload.get("tool_choice"), turn.tools)
-    chat.parallel_tool_calls = payload.get("parallel_tool_calls")
+    decode_responses_input(history, chat, cache or REASONING_CACHE)
+    _responses_tool_choice(chat, payload.get("tool_choice"))
+    if payload.get("parallel_tool_calls") is not None:
+        chat.parallel_tool_calls = expect(payload["parallel_tool_calls"], bool,
+                                          "parallel_tool_calls", "true or false")
     reasoning = expect(payload.get("reasoning") or {}, dict, "reasoning", "an object")
     effort = expect_text(reasoning.get("effort"), "reasoning.effort")
     if effort or reasoning.get("summary"):
@@ -5098,6 +5139,9 @@ def decode_responses_request(payload: Any, strict: bool = True,
             expect(schema, dict, "text.format.schema", "a JSON Schema")
             if schema is not None else None,
             expect_text(fmt.get("name"), "text.format.name") or "response")
+    elif fmt.get("type") not in (None, "text"):
+        raise ClientError("text.format.type: %r is not text, json_object or json_schema"
+                          % fmt.get("type"))
     for field, kind, what in (("temperature", (int, float), "a number"),
                               ("top_p", (int, float), "a number")):
         if payload.get(field) is not None:
@@ -5125,10 +5169,17 @@ class ResponsesTurn:
     store: bool = True
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # to store
     model: str = ""
+    size: int = 0                      # bytes of the request, for the store's budget
     response_id: str = ""
     created: int = 0
     sequence: int = 0                  # the next event's sequence_number
     output: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # done items
+
+    def shown(self, item: Dict[str, Any]) -> Dict[str, Any]:
+        """An output item as the client sees it: carriers only if it asked for them."""
+        if self.encrypted or "encrypted_content" not in item:
+            return dict(item)
+        return {k: v for k, v in item.items() if k != "encrypted_content"}
 
     def passed(self, event: str) -> None:
         """An event of a passed-through stream went by: an error after it continues
@@ -5175,68 +5226,79 @@ class StoredResponse:
     conversation up to it, and its output with every carrier (the client may not have
     asked for them, the next turn still needs them)."""
 
-    __slots__ = ("response", "history", "output", "expires")
+    __slots__ = ("response", "history", "output", "expires", "size")
 
     def __init__(self, response: Dict[str, Any], history: List[Dict[str, Any]],
-                 output: List[Dict[str, Any]], expires: float):
-        self.response, self.history, self.output, self.expires = \
-            response, history, output, expires
+                 output: List[Dict[str, Any]], expires: float, size: int):
+        self.response, self.history, self.output, self.expires, self.size = \
+            response, history, output, expires, size
 
     def conversation(self) -> List[Dict[str, Any]]:
         return self.history + self.output
 
 
 class ResponseStore:
-    """Recent responses by id, bounded in number and age, for previous_response_id,
-    item_reference and GET/DELETE /v1/responses/{id}. In memory: a restart forgets."""
+    """Recent responses by id, bounded in number, bytes and age, for previous_response_id,
+    item_reference and GET/DELETE /v1/responses/{id}. In memory: a restart forgets. An
+    entry's size is its request's (the history a follow-up sends is new bytes) and its
+    answer's; the oldest go first."""
 
-    def __init__(self, max_entries: int = 1000, ttl: float = 3600.0):
+    def __init__(self, max_entries: int = 1000, ttl: float = 3600.0,
+                 max_bytes: int = 256 * MiB):
         self._entries: "collections.OrderedDict[str, StoredResponse]" = \
             collections.OrderedDict()
         self._lock = threading.Lock()
-        self.max_entries, self.ttl = max_entries, ttl
+        self.max_entries, self.ttl, self.max_bytes = max_entries, ttl, max_bytes
+        self.bytes = 0
 
-    def configure(self, max_entries: int, ttl: float) -> None:
+    def configure(self, max_entries: int, ttl: float, max_bytes: int) -> None:
         with self._lock:
-            self.max_entries, self.ttl = max_entries, ttl
+            self.max_entries, self.ttl, self.max_bytes = max_entries, ttl, max_bytes
             self._trim()
 
     def _trim(self) -> None:
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        """Drop the expired, then the oldest while over a bound (entries are in the order
+        they were kept, so the expired are at the front)."""
+        now = time.monotonic()
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.expires >= now and len(self._entries) <= self.max_entries and \
+                    self.bytes <= self.max_bytes:
+                return
+            self.bytes -= self._entries.popitem(last=False)[1].size
 
     def put(self, response: Dict[str, Any], history: List[Dict[str, Any]],
-            output: List[Dict[str, Any]]) -> None:
-        if self.max_entries <= 0:
+            output: List[Dict[str, Any]], size: int) -> None:
+        size += len(json_compact(output))
+        if self.max_entries <= 0 or size > self.max_bytes:
             return
         with self._lock:
+            old = self._entries.pop(response["id"], None)
+            self.bytes += size - (old.size if old else 0)
             self._entries[response["id"]] = StoredResponse(
-                response, history, output, time.monotonic() + self.ttl)
-            self._entries.move_to_end(response["id"])
+                response, history, output, time.monotonic() + self.ttl, size)
             self._trim()
 
     def get(self, response_id: str) -> Optional[StoredResponse]:
         with self._lock:
-            entry = self._entries.get(response_id)
-            if entry is not None and entry.expires < time.monotonic():
-                del self._entries[response_id]
-                return None
-            return entry
+            self._trim()
+            return self._entries.get(response_id)
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            return self._entries.pop(response_id, None) is not None
+            entry = self._entries.pop(response_id, None)
+            self.bytes -= entry.size if entry else 0
+            return entry is not None
 
     def item(self, item_id: str) -> Optional[Dict[str, Any]]:
         """An output item of a stored response, by its id (newest responses first)."""
         with self._lock:
+            self._trim()
             entries = list(reversed(self._entries.values()))
-        now = time.monotonic()
         for entry in entries:
-            if entry.expires >= now:
-                for item in entry.output:
-                    if item.get("id") == item_id:
-                        return item
+            for item in entry.output:
+                if item.get("id") == item_id:
+                    return item
         return None
 
 
@@ -5317,9 +5379,8 @@ class ResponsesWriter:
         """An item finished: kept in the output (with its carrier), announced to the
         client (without it, unless asked for)."""
         self.turn.output.append(item)
-        shown = item if self.turn.encrypted or "encrypted_content" not in item else \
-            {k: v for k, v in item.items() if k != "encrypted_content"}
-        return self._event("response.output_item.done", output_index=self.index, item=shown)
+        return self._event("response.output_item.done", output_index=self.index,
+                           item=self.turn.shown(item))
 
     def close(self, status: str = "completed") -> List[Dict[str, Any]]:
         """Finish the open item, if any."""
@@ -5404,6 +5465,10 @@ class ResponsesWriter:
             events += self._reasoning()
             self.carried.append(Part(THINKING, signature=part.signature, origin="gemini"))
         events += self.close()
+        kept = {}     # for the stored copy only (see _done): the signature it needs back
+        if part.origin == "gemini" and part.signature and not self.turn.encrypted:
+            kept = {"encrypted_content": pack_thinking([Part(
+                THINKING, signature=part.signature, origin="gemini")])}
         call_id = part.id or new_id("call_")
         namespace, name = self.turn.tools.call_name(part.name)
         if part.name in self.turn.tools.custom:
@@ -5425,7 +5490,7 @@ class ResponsesWriter:
         extra = {"name": name} if field == "arguments" else {}
         events += [self._event(delta, **self._ref(), delta=value),
                    self._event(done, **self._ref(), **{field: value}, **extra),
-                   self._done(dict(item, status="completed", **{field: value}))]
+                   self._done(dict(item, status="completed", **{field: value}, **kept))]
         self.kind = ""
         return events
 
@@ -5435,16 +5500,15 @@ class ResponsesWriter:
         events = self.close("incomplete" if incomplete else "completed")
         if not self.turn.encrypted:     # the fallback for clients that drop carriers
             _openai_remember(self.parts, self.cache)
-        shown = [dict(i) if self.turn.encrypted else
-                 {k: v for k, v in i.items() if k != "encrypted_content"}
-                 for i in self.turn.output]
+        shown = [self.turn.shown(item) for item in self.turn.output]
         status = "incomplete" if incomplete else "completed"
         response = _responses_object(
             self.turn, model, status, shown, finish.usage or Usage(),
             completed_at=int(time.time()) if not incomplete else None,
             incomplete_details={"reason": incomplete} if incomplete else None)
         if self.turn.store:
-            RESPONSE_STORE.put(response, self.turn.history, list(self.turn.output))
+            RESPONSE_STORE.put(response, self.turn.history, list(self.turn.output),
+                               self.turn.size)
         return events + [self._event("response." + status, response=response)], response
 
 
@@ -5492,19 +5556,25 @@ def encode_responses_stream(events: Iterable[Any], model: str, response_id: str,
     yield _responses_sse(turn, [{"type": "response.created", "response": start},
                                 {"type": "response.in_progress", "response": dict(start)}])
     finished = False
-    for event in events:
-        if finished:
-            continue          # more choices than one: Responses has no place for them
-        if isinstance(event, Finish):
-            if event.choice == 0:
-                yield _responses_sse(turn, writer.finish(event, model)[0])
-                finished = True
-            continue
-        out = writer.feed(event)
-        if out:
-            yield _responses_sse(turn, out)
-    if not finished:
-        raise UpstreamError("the reply ended before it was finished", status=502)
+    try:
+        for event in events:
+            if finished:
+                continue          # more choices than one: Responses has no place for them
+            if isinstance(event, Finish):
+                if event.choice == 0:
+                    yield _responses_sse(turn, writer.finish(event, model)[0])
+                    finished = True
+                continue
+            out = writer.feed(event)
+            if out:
+                yield _responses_sse(turn, out)
+        if not finished:
+            raise UpstreamError("the reply ended before it was finished", status=502)
+    except ProxyError:
+        # The item being written ends as incomplete, so that every item announced is
+        # done before the response.failed the server adds (responses_stream_error_event).
+        yield _responses_sse(turn, writer.close("incomplete"))
+        raise
 
 
 def responses_error_code(error: ProxyError) -> str:
@@ -5513,9 +5583,7 @@ def responses_error_code(error: ProxyError) -> str:
         return error.reason
     if error.status == 429:
         return "rate_limit_exceeded"
-    if error.status in (503, 529):
-        return "server_is_overloaded"
-    return "server_error"
+    return "server_error"     # Codex retries it; the openai SDK's types know it
 
 
 def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> bytes:
@@ -5533,8 +5601,7 @@ def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> by
         turn.created = turn.created or int(time.time())
         events.append({"type": "response.created", "response": _responses_object(
             turn, turn.model, "in_progress", [])})
-    shown = [{k: v for k, v in item.items() if k != "encrypted_content" or turn.encrypted}
-             for item in turn.output]
+    shown = [turn.shown(item) for item in turn.output]
     events.append({"type": "response.failed", "response": _responses_object(
         turn, turn.model, "failed", shown, error={"code": code, "message": message})})
     return _responses_sse(turn, events)
@@ -5662,11 +5729,8 @@ def encode_responses_request(chat: Chat, model: str,
         if fmt.schema is not None and options["response_format"] == "json_schema":
             payload["text"] = {"format": {"type": "json_schema", "name": fmt.name,
                                           "schema": fmt.schema, "strict": False}}
-        else:    # json_object needs the word JSON in the prompt
-            note = OPENAI_JSON_NOTE
-            if fmt.schema is not None:
-                note += " It must match this JSON Schema:\n" + json.dumps(fmt.schema)
-            system = (system + "\n\n" + note).strip()
+        else:
+            system = (system + "\n\n" + json_mode_note(fmt)).strip()
             if options["response_format"] != "none":
                 payload["text"] = {"format": {"type": "json_object"}}
     if system:
@@ -5683,12 +5747,38 @@ def encode_responses_request(chat: Chat, model: str,
             payload["reasoning"] = reasoning
     if chat.thinking is not None or any(item.get("type") == "reasoning" for item in items):
         payload["include"] = ["reasoning.encrypted_content"]
+    limit = max(chat.max_tokens, RESPONSES_MIN_OUTPUT) if chat.max_tokens is not None else None
     for field, value in (("temperature", chat.temperature), ("top_p", chat.top_p),
-                         ("max_output_tokens", chat.max_tokens), ("user", chat.user or None)):
+                         ("max_output_tokens", limit), ("user", chat.user or None)):
         if value is not None:
             payload[field] = value
+    for field in options.get(RESPONSES_REFUSED, ()):
+        payload.pop(field, None)
     payload.update(options["extra_body"])
     return payload
+
+
+# OpenAI refuses a smaller output limit.
+RESPONSES_MIN_OUTPUT = 16
+
+# The request fields a model may refuse ("Unsupported parameter: 'top_p' is not supported
+# with this model": gpt-5 refuses sampling, gpt-4.1 reasoning), and the options key that
+# lists those a request goes without on its next try.
+RESPONSES_OPTIONAL = ("temperature", "top_p", "reasoning", "include", "max_output_tokens",
+                      "parallel_tool_calls", "user")
+RESPONSES_REFUSED = "responses_refused"
+UNSUPPORTED_PARAMETER = re.compile(r"(?i)unsupported (?:parameter|value): '?([a-z_]+)")
+
+
+def responses_parameter_retry(error: UpstreamError, options: Dict[str, Any]
+                              ) -> Optional[Dict[str, Any]]:
+    """Options for one more try when a Responses model refused a parameter it does not
+    take: the same request without it."""
+    found = UNSUPPORTED_PARAMETER.search(error.message) if error.status == 400 else None
+    refused = tuple(options.get(RESPONSES_REFUSED, ()))
+    if found is None or found.group(1) not in RESPONSES_OPTIONAL or found.group(1) in refused:
+        return None
+    return dict(options, **{RESPONSES_REFUSED: refused + (found.group(1),)})
 
 
 # Fields of /responses/input_tokens (it refuses the ones about generating).
@@ -5721,6 +5811,10 @@ def decode_responses_usage(usage: Any) -> Optional[Usage]:
                  reasoning_tokens=tokens_of(made.get("reasoning_tokens")))
 
 
+# How OpenAI says when to come back inside a rate limit's message (what Codex reads too).
+TRY_AGAIN = re.compile(r"(?i)try again in\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|seconds?)\b")
+
+
 def responses_failure(response: Dict[str, Any]) -> UpstreamError:
     """A failed response (status failed, or an `error` event) as the upstream's error."""
     error = fields_of(response.get("error")) or response
@@ -5728,9 +5822,13 @@ def responses_failure(response: Dict[str, Any]) -> UpstreamError:
     status = {"rate_limit_exceeded": 429, "insufficient_quota": 429,
               "context_length_exceeded": 400, "invalid_prompt": 400,
               "server_is_overloaded": 503, "slow_down": 503}.get(code, 502)
+    message = text_of(error.get("message"))
+    wait = TRY_AGAIN.search(message)
+    retry_after = float(wait.group(1)) / (1000 if wait.group(2).lower() == "ms" else 1) \
+        if wait else None
     return UpstreamError("the upstream's response failed: %s" % (
-        clip(text_of(error.get("message")) or code or "no reason given", 2000)),
-        status=status, reason=code)
+        clip(message or code or "no reason given", 2000)),
+        status=status, reason=code, retry_after=retry_after)
 
 
 def _responses_text(value: Any, what: str) -> str:
@@ -5817,23 +5915,32 @@ def responses_stream_error(data: str) -> Optional[UpstreamError]:
     return None
 
 
+def _stream_item_keys(event: Dict[str, Any], id_field: str) -> List[Any]:
+    """What identifies the item an event is about: its id, and its output_index (some
+    servers leave one of them out)."""
+    keys: List[Any] = [text_of(event.get(id_field))] if text_of(event.get(id_field)) else []
+    if isinstance(event.get("output_index"), int):
+        keys.append(("index", event["output_index"]))
+    return keys
+
+
 def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
     """Responses SSE events -> neutral events: text and reasoning as their deltas come,
     reasoning's encrypted_content and tool calls whole when their item is done, and the
     finish from the terminal event. A stream without one raises: it was cut off."""
-    streamed: Set[str] = set()      # items whose text came as deltas
+    streamed: Set[Any] = set()      # items (by id and by index) whose text came as deltas
     parts: List[Part] = []
     malformed = refused = False
     for name, data in raw_events:
         event = reply_object(stream_event_json(data, responses_stream_error), "a stream event")
         kind = text_of(event.get("type")) or name
         if kind == "response.output_text.delta":
-            streamed.add(text_of(event.get("item_id")))
+            streamed.update(_stream_item_keys(event, "item_id"))
             delta = reply_text(event.get("delta"), "delta")
             if delta:
                 yield Part(TEXT, text=delta)
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            streamed.add(text_of(event.get("item_id")))
+            streamed.update(_stream_item_keys(event, "item_id"))
             delta = reply_text(event.get("delta"), "delta")
             if delta:
                 yield Part(THINKING, text=delta, origin=RESPONSES_ORIGIN)
@@ -5842,9 +5949,11 @@ def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
             yield Part(THINKING, text="\n\n", origin=RESPONSES_ORIGIN)
         elif kind == "response.output_item.done":
             item = reply_object(event.get("item"), "item")
-            item_kind, item_id = item.get("type"), text_of(item.get("id"))
+            item_kind = item.get("type")
+            seen = bool(streamed.intersection(_stream_item_keys(dict(event, id=item.get("id")),
+                                                                "id")))
             if item_kind == "reasoning":
-                text = "" if item_id in streamed else "\n\n".join(
+                text = "" if seen else "\n\n".join(
                     t for t in (_responses_text(item.get("summary"), "summary"),
                                 _responses_text(item.get("content"), "content")) if t)
                 signature = text_of(item.get("encrypted_content"))
@@ -5857,7 +5966,7 @@ def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
                     if content.get("type") == "refusal":
                         refused = True
                         yield Part(TEXT, text=text_of(content.get("refusal")))
-                    elif item_id not in streamed and text_of(content.get("text")):
+                    elif not seen and text_of(content.get("text")):
                         yield Part(TEXT, text=content["text"])
             elif item_kind in ("function_call", "custom_tool_call"):
                 part, bad = _responses_output_call(item)
@@ -5901,6 +6010,7 @@ class Exchange:
     upstream_model: str = ""
     stream: bool = False
     passthrough: bool = False       # same dialect on both sides: bytes forwarded as they are
+    request_bytes: int = 0          # the request body's length
     options: ReplyOptions = dataclasses.field(default_factory=ReplyOptions)
     encoding_format: str = "float"  # OpenAI embeddings: float | base64
     status: int = 0
@@ -6125,6 +6235,14 @@ OPENAI_DIALECT = ClientDialect(
         reply, ex.client_model, ex.encoding_format),
 )
 
+def _responses_client_request(ex: Exchange, head: RequestHead, payload: Any,
+                              strict: bool) -> Chat:
+    turn = ex.options.responses
+    if turn is not None:     # what keeping it would cost, for the store's budget
+        turn.size = ex.request_bytes
+    return decode_responses_request(payload, strict, turn)
+
+
 RESPONSE_PATH = r"(?:/v1)?/responses/(?P<response_id>[^/]+)\Z"
 RESPONSES_DIALECT = ClientDialect(
     name="responses",
@@ -6136,8 +6254,7 @@ RESPONSES_DIALECT = ClientDialect(
     ),
     request_model=_body_model,
     reply_options=lambda head, payload: ReplyOptions(responses=responses_turn(payload)),
-    decode_request=lambda ex, head, payload, strict: decode_responses_request(
-        payload, strict, ex.options.responses),
+    decode_request=_responses_client_request,
     response_id=lambda rid: "resp_" + rid + new_id(nbytes=8),   # stored: unique for long
     encode_response=encode_responses_response,
     encode_stream=encode_responses_stream,
@@ -6328,7 +6445,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         generate_path=lambda model, stream: "/responses",
         encode_request=encode_responses_request, decode_response=decode_responses_response,
         decode_stream=decode_responses_stream, stream_event_error=responses_stream_error,
-        decode_error=decode_openai_error, usage_from=_responses_usage_from,
+        decode_error=decode_openai_error, retry_with=responses_parameter_retry,
+        usage_from=_responses_usage_from,
         count_path=lambda model: "/responses/input_tokens",
         encode_count_request=encode_responses_count_request,
         decode_count_response=decode_responses_count_response,
@@ -7347,8 +7465,9 @@ class UpstreamCall:
              extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
         """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
         prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
-        may ask for one more try with different options (Gemini: schemas in its own
-        subset). `build_body(options)` gives the body, a dict or bytes."""
+        may ask for a few more tries with different options (Gemini: schemas in its own
+        subset; Responses: without a parameter the model refused). `build_body(options)`
+        gives the body, a dict or bytes."""
         runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
@@ -7362,7 +7481,7 @@ class UpstreamCall:
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
         headers += kind.auth_headers(self.key.key, spec)
         headers += list(spec["headers"].items()) + list(extra_headers)
-        tried_alternative = False
+        alternatives_left = MAX_ALTERNATIVES if alternatives else 0
         while True:
             body = request_bytes(build_body(options))
             if rq.detail:
@@ -7381,10 +7500,10 @@ class UpstreamCall:
                     raise self._failure(response)
                 return prepare(response)
             except UpstreamError as err:
-                alternative = kind.retry_with(err, options) if alternatives else None
-                if alternative is None or tried_alternative or rq.pipe.gone:
+                alternative = kind.retry_with(err, options) if alternatives_left else None
+                if alternative is None or rq.pipe.gone:
                     raise
-                tried_alternative, options = True, alternative
+                alternatives_left, options = alternatives_left - 1, alternative
                 rq.close_replies(reuse=True)
                 log.info("%s: upstream %s refused the request (%s); trying again with "
                          "other options", rq.ex.rid, runtime.name,
@@ -7912,7 +8031,8 @@ class Proxy:
 
     def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
         RESPONSE_STORE.configure(config.server["responses_store"],
-                                 config.server["responses_store_ttl"])
+                                 config.server["responses_store_ttl"],
+                                 config.server["responses_store_bytes"])
         upstreams = {}
         unusable = {name: (503, "is off: " + why) for name, why in config.disabled.items()}
         for name, spec in config.upstreams.items():
@@ -8041,6 +8161,8 @@ class Proxy:
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
+            ex.request_bytes = len(body)
+            CARRIER_BUDGET.set([MAX_CARRIER_BYTES_PER_REQUEST])
             rq.payload = parse_json_body(body)
             ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
             if self.instance in hops:

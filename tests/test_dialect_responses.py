@@ -117,10 +117,14 @@ def test_a_tool_round_trip_makes_one_assistant_turn_and_its_results():
         (TEXT, "A"), (MEDIA, "image/png")]
 
 
-def test_arguments_that_are_not_json_are_a_400():
-    with pytest.raises(gp.ClientError, match=r"input\[0\].arguments"):
-        decode({"input": [{"type": "function_call", "call_id": "c", "name": "f",
-                           "arguments": "{not json"}]})
+@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '"text"'])
+def test_arguments_that_are_not_a_json_object_go_on_as_empty(arguments):
+    """A model's malformed call, echoed back by the client, must not end the conversation
+    with a 400 on every later turn (PROTOCOLS-2 §C.1)."""
+    chat = decode({"input": [{"type": "function_call", "call_id": "c", "name": "f",
+                              "arguments": arguments},
+                             {"type": "function_call_output", "call_id": "c", "output": "?"}]})
+    assert chat.messages[0].parts[0].args == {}
 
 
 def test_custom_tools_become_functions_of_one_string_with_their_grammar():
@@ -176,7 +180,7 @@ def test_hosted_tools_beside_function_tools_are_left_out():
 
 
 def test_hosted_tools_alone_or_demanded_are_a_400():
-    with pytest.raises(gp.ClientError, match="web_search is run by OpenAI"):
+    with pytest.raises(gp.ClientError, match="web_search is OpenAI's own"):
         decode({"tools": [{"type": "web_search"}], "input": "news?"})
     with pytest.raises(gp.ClientError, match="web_search"):
         decode({"tools": [{"type": "function", "name": "f"}, {"type": "web_search"}],
@@ -283,16 +287,23 @@ def with_store(kept, action):
         gp.RESPONSE_STORE = saved
 
 
-def test_the_store_is_bounded_in_number_and_age(monkeypatch):
-    kept = gp.ResponseStore(max_entries=2, ttl=100)
+def test_the_store_is_bounded_in_number_bytes_and_age(monkeypatch):
+    kept = gp.ResponseStore(max_entries=2, ttl=100, max_bytes=10000)
     for name in ("a", "b", "c"):
-        kept.put({"id": name}, [], [])
+        kept.put({"id": name}, [], [], 100)
     assert [kept.get(n) is not None for n in ("a", "b", "c")] == [False, True, True]
+    kept.put({"id": "big"}, [], [], 9850)          # over the budget with the others
+    assert [kept.get(n) is not None for n in ("b", "c", "big")] == [False, True, True]
+    kept.put({"id": "huge"}, [], [], 20000)        # alone over the budget: not kept
+    assert kept.get("huge") is None and kept.get("big") is not None
+    assert kept.delete("big") and kept.bytes == 100 + len("[]")
+    kept.put({"id": "old"}, [], [], 100)
     now = gp.time.monotonic()
     monkeypatch.setattr(gp.time, "monotonic", lambda: now + 101)
-    assert kept.get("c") is None
-    kept.configure(0, 100)
-    kept.put({"id": "d"}, [], [])
+    kept.put({"id": "new"}, [], [], 100)           # the expired go when anything is kept
+    assert list(kept._entries) == ["new"] and kept.bytes == 100 + len("[]")
+    kept.configure(0, 100, 10000)
+    kept.put({"id": "d"}, [], [], 1)
     assert kept.get("d") is None        # 0: nothing is kept
 
 
@@ -471,7 +482,8 @@ def test_a_failure_mid_stream_is_response_failed_continuing_the_numbering():
     (gp.UpstreamError("too long", status=400, reason="context_length_exceeded"),
      "context_length_exceeded"),
     (gp.UpstreamError("no money", status=429, reason="insufficient_quota"), "insufficient_quota"),
-    (gp.ProxyError("the proxy is shutting down", status=503), "server_is_overloaded"),
+    (gp.ProxyError("the proxy is shutting down", status=503), "server_error"),
+    (gp.UpstreamError("busy", status=503, reason="server_is_overloaded"), "server_is_overloaded"),
     (gp.UpstreamError("boom", status=502), "server_error"),
 ])
 def test_failure_codes_are_those_codex_acts_on(error, code):
@@ -547,11 +559,14 @@ def test_json_mode_and_limits_of_a_responses_upstream():
     payload = gp.encode_responses_request(chat, "m")
     assert payload["text"] == {"format": {"type": "json_object"}}
     assert "JSON" in payload["instructions"]     # json_object needs the word in the prompt
+    chat.max_tokens = 1
+    assert gp.encode_responses_request(chat, "m")["max_output_tokens"] == 16   # its least
     chat.n = 2
     with pytest.raises(gp.ClientError, match="one answer"):
         gp.encode_responses_request(chat, "m")
     count = gp.encode_responses_count_request(chat_with_history(), "m")
-    assert set(count) <= set(gp.RESPONSES_COUNT_FIELDS) and "input" in count
+    assert sorted(count) == ["input", "instructions", "model", "parallel_tool_calls",
+                             "reasoning", "tool_choice", "tools"]
 
 
 # -- the upstream side: Responses -> neutral -----------------------------------------------------
@@ -750,3 +765,80 @@ def test_a_gemini_signature_without_carriers_is_remembered_not_shown():
                   cache=cache)
     call = chat.messages[1].parts[0]
     assert (call.signature, call.origin) == ("gem-sig-2", "gemini")
+
+
+def test_a_refused_parameter_is_left_out_of_the_next_try():
+    """gpt-5 refuses top_p and temperature, gpt-4.1 reasoning: each refusal names one."""
+    options = dict(gp.UPSTREAM_DEFAULTS)
+    chat = chat_with_history()
+    for name in ("top_p", "temperature", "reasoning"):
+        error = gp.decode_openai_error(400, {"error": {
+            "message": "Unsupported parameter: '%s%s' is not supported with this model."
+                       % (name, ".effort" if name == "reasoning" else ""),
+            "type": "invalid_request_error", "param": name,
+            "code": "unsupported_parameter"}})
+        options = gp.responses_parameter_retry(error, options)
+        assert name not in gp.encode_responses_request(chat, "m", options)
+    assert options["responses_refused"] == ("top_p", "temperature", "reasoning")
+    again = gp.decode_openai_error(400, {"error": {"message": "Unsupported parameter: 'top_p'"}})
+    assert gp.responses_parameter_retry(again, options) is None    # tried already
+    other = gp.decode_openai_error(400, {"error": {"message": "Unsupported parameter: 'input'"}})
+    assert gp.responses_parameter_retry(other, options) is None    # not one it can drop
+
+
+@pytest.mark.parametrize("message, seconds", [
+    ("Rate limit reached. Please try again in 1.5s.", 1.5),
+    ("Please try again in 250ms", 0.25), ("try again in 12 seconds", 12.0),
+    ("slow down", None)])
+def test_an_in_stream_rate_limit_keeps_when_to_come_back(message, seconds):
+    error = gp.responses_failure({"error": {"code": "rate_limit_exceeded", "message": message}})
+    assert (error.status, error.retry_after) == (429, seconds)
+
+
+def test_upstream_deltas_without_item_ids_are_not_doubled():
+    events = [{"type": "response.created", "response": {"id": "r"}},
+              {"type": "response.output_text.delta", "output_index": 0, "delta": "Hello"},
+              {"type": "response.output_item.done", "output_index": 0, "item": {
+                  "type": "message", "content": [{"type": "output_text", "text": "Hello"}]}},
+              {"type": "response.output_item.done", "output_index": 1, "item": {
+                  "type": "message", "content": [{"type": "output_text", "text": " again"}]}},
+              {"type": "response.completed", "response": {"id": "r", "status": "completed"}}]
+    reply = gp.collect_reply(gp.decode_responses_stream(sse_pairs(events)), "r", "m")
+    assert gp.message_text(gp.Message("assistant", reply.choices[0].parts)) == "Hello again"
+
+
+def test_a_failure_mid_item_closes_it_as_incomplete_before_response_failed():
+    opts = options()
+
+    def broken():
+        yield Part(TEXT, text="half an answer")
+        raise gp.UpstreamError("connection reset", status=502)
+    data = b""
+    with pytest.raises(gp.UpstreamError):
+        for chunk in gp.encode_responses_stream(broken(), "m", "resp_1", opts):
+            data += chunk
+    data += gp.responses_stream_error_event(gp.UpstreamError("connection reset", status=502),
+                                            opts)
+    events = parse_sse(data)
+    check_responses_stream(events)
+    done = [d["item"] for e, d in events if e == "response.output_item.done"]
+    assert [(i["type"], i["status"]) for i in done] == [("message", "incomplete")]
+    failed = events[-1][1]["response"]
+    assert failed["status"] == "failed" and failed["output"] == done
+
+
+def test_a_stored_gemini_call_keeps_its_signature_for_the_follow_up():
+    kept = store()
+    payload = {"model": "m", "input": "go"}
+    turn = gp.responses_turn(payload)
+    gp.decode_responses_request(payload, turn=turn, store=kept)
+    reply = Reply("r", "up", [Choice([Part(TOOL_CALL, id="call_s", name="read", args={},
+                                           signature="gem-sig-s", origin="gemini")],
+                                     Finish(TOOL_CALLS))], Usage(1, 1))
+    opts = gp.ReplyOptions(responses=turn, reasoning_cache=gp.ReasoningCache())
+    body = with_store(kept, lambda: gp.encode_responses_response(reply, "m", "resp_S", opts))
+    assert "encrypted_content" not in json.dumps(body)       # not asked for: not shown
+    chat = decode({"previous_response_id": "resp_S", "input": [
+        {"type": "function_call_output", "call_id": "call_s", "output": "ok"}]}, store=kept)
+    call = chat.messages[1].parts[0]
+    assert (call.signature, call.origin) == ("gem-sig-s", "gemini")

@@ -358,6 +358,25 @@ def test_a_huge_compressed_signature_is_not_inflated():
     assert gp.unpack_thinking(bomb.decode()) == []
 
 
+def test_the_carriers_of_one_request_inflate_to_a_budget():
+    """Small carriers that each inflate to megabytes: one request full of them must not
+    cost gigabytes. Within the budget each comes back whole."""
+    import base64
+    import zlib
+
+    def carrier(text):
+        items = json.dumps([{"t": text, "s": "sig", "o": "anthropic"}]).encode()
+        return base64.b64encode(gp.CARRIER_MAGIC + zlib.compress(items)).decode()
+    big = carrier("x" * (2 * gp.MiB))          # ~3 KB that inflates to 2 MiB
+    assert len(big) < 10 * 1024
+    assert gp.unpack_thinking(big)[0].text == "x" * (2 * gp.MiB)     # no budget: a library
+    gp.CARRIER_BUDGET.set([5 * gp.MiB])
+    try:
+        assert [len(gp.unpack_thinking(big)) for _ in range(4)] == [1, 1, 0, 0]
+    finally:
+        gp.CARRIER_BUDGET.set(None)
+
+
 def test_a_huge_header_value_of_spaces_is_parsed_in_one_pass():
     # The regex this replaced backtracked quadratically: a 1 MB value would take hours.
     head = gp.parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\nX: a" + b" " * 1000000 + b"b \t")
