@@ -1514,6 +1514,14 @@ def thinking_effort(thinking: Thinking) -> str:
     return "high"
 
 
+def offered_tools(chat: Chat) -> List[Tool]:
+    """The tools a request offers the model: when it must call one of some, just those
+    (for upstreams that cannot name a set of allowed tools)."""
+    if chat.tool_choice == "required" and chat.allowed_tools:
+        return [t for t in chat.tools if t.name in chat.allowed_tools] or chat.tools
+    return chat.tools
+
+
 def tool_result_text(part: Part) -> str:
     return "".join(p.text for p in part.content or () if p.type == TEXT)
 
@@ -2463,9 +2471,7 @@ def encode_openai_request(chat: Chat, model: str,
         payload["stream"] = True
         if options["stream_usage"]:
             payload["stream_options"] = {"include_usage": True}
-    tools = chat.tools
-    if chat.tool_choice == "required" and chat.allowed_tools:
-        tools = [t for t in tools if t.name in chat.allowed_tools] or tools
+    tools = offered_tools(chat)
     if tools:
         payload["tools"] = [{"type": "function", "function": dict(
             {"name": t.name, "parameters": t.schema},
@@ -4966,7 +4972,7 @@ def _responses_call(item: Dict[str, Any], where: str) -> Part:
     return part
 
 
-class _Turns:
+class _HistoryReader:
     """Builds neutral messages from Responses items: consecutive assistant items (its
     reasoning, text and calls) make one assistant turn, as Anthropic and Gemini need."""
 
@@ -5012,7 +5018,7 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
                            cache: ReasoningCache) -> None:
     """The conversation's items (see responses_history) as chat messages; system and
     developer messages before the conversation starts join the system prompt."""
-    turns = _Turns(chat, cache)
+    reader = _HistoryReader(chat, cache)
     started = False
     for where, item in history:
         kind = item.get("type") or ("message" if "role" in item else None)
@@ -5024,29 +5030,29 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
                 if not started:
                     chat.system.append(Part(TEXT, text=text))
                 else:
-                    turns.add("user", [Part(TEXT, text=text)])
+                    reader.add("user", [Part(TEXT, text=text)])
                 continue
             started = True
             if role == "user":
-                turns.add("user", parts)
+                reader.add("user", parts)
             elif role == "assistant":
-                turns.assistant(parts)
+                reader.assistant(parts)
             else:
                 raise ClientError("%s.role: %r is not user, assistant, system or developer"
                                   % (where, role))
         elif kind == "reasoning":
             started = True
-            turns.thinking.extend(_responses_reasoning(item, where))
+            reader.thinking.extend(_responses_reasoning(item, where))
         elif kind in ("function_call", "custom_tool_call"):
             started = True
-            turns.call(_responses_call(item, where))
+            reader.call(_responses_call(item, where))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             started = True
             call_id = expect(item.get("call_id"), str, where + ".call_id", "a call id")
             output = item.get("output")
             content = _responses_content(output if output is not None else "",
                                          where + ".output")
-            turns.add("user", [Part(TOOL_RESULT, id=call_id, name=turns.names.get(call_id, ""),
+            reader.add("user", [Part(TOOL_RESULT, id=call_id, name=reader.names.get(call_id, ""),
                                     content=[p for p in content if p.type in (TEXT, MEDIA)])])
         elif kind in ("compaction", "compaction_trigger"):
             raise ClientError("%s.type: %s needs OpenAI's own compaction; this proxy lets "
@@ -5693,9 +5699,7 @@ def _responses_assistant_items(message: Message) -> List[Dict[str, Any]]:
 
 
 def _responses_tool_fields(chat: Chat) -> Dict[str, Any]:
-    tools = chat.tools
-    if chat.tool_choice == "required" and chat.allowed_tools:
-        tools = [t for t in tools if t.name in chat.allowed_tools] or tools
+    tools = offered_tools(chat)
     if not tools:
         return {}
     fields: Dict[str, Any] = {"tools": [
@@ -5831,10 +5835,18 @@ def responses_failure(response: Dict[str, Any]) -> UpstreamError:
         status=status, reason=code, retry_after=retry_after)
 
 
-def _responses_text(value: Any, what: str) -> str:
-    """The texts of a reasoning item's summary or content parts."""
-    return "\n\n".join(t for t in (reply_text(reply_object(p, what).get("text"), what)
-                                   for p in reply_list(value, what)) if t)
+def _responses_reasoning_part(item: Dict[str, Any], with_text: bool = True
+                              ) -> Optional[Part]:
+    """A reasoning item of the upstream's as thinking: its summary and content texts
+    (left out when they came as deltas already) and its encrypted_content; None if it
+    has neither."""
+    texts = [reply_text(reply_object(p, "a reasoning part").get("text"), "reasoning text")
+             for key in ("summary", "content") if with_text
+             for p in reply_list(item.get(key), "reasoning " + key)]
+    text, signature = "\n\n".join(t for t in texts if t), text_of(item.get("encrypted_content"))
+    if not text and not signature:
+        return None
+    return Part(THINKING, text=text, signature=signature, origin=RESPONSES_ORIGIN)
 
 
 def _responses_output_call(item: Dict[str, Any]) -> Tuple[Part, bool]:
@@ -5859,12 +5871,9 @@ def decode_responses_response(payload: Any, model: str = "") -> Reply:
         item = reply_object(item, "an output item")
         kind = item.get("type")
         if kind == "reasoning":
-            text = "\n\n".join(t for t in (_responses_text(item.get("summary"), "summary"),
-                                           _responses_text(item.get("content"), "content")) if t)
-            signature = text_of(item.get("encrypted_content"))
-            if text or signature:
-                parts.append(Part(THINKING, text=text, signature=signature,
-                                  origin=RESPONSES_ORIGIN))
+            part = _responses_reasoning_part(item)
+            if part is not None:
+                parts.append(part)
         elif kind == "message":
             for content in reply_list(item.get("content"), "message.content"):
                 content = reply_object(content, "a content part")
@@ -5953,13 +5962,9 @@ def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
             seen = bool(streamed.intersection(_stream_item_keys(dict(event, id=item.get("id")),
                                                                 "id")))
             if item_kind == "reasoning":
-                text = "" if seen else "\n\n".join(
-                    t for t in (_responses_text(item.get("summary"), "summary"),
-                                _responses_text(item.get("content"), "content")) if t)
-                signature = text_of(item.get("encrypted_content"))
-                if text or signature:    # a signature-only delta closes the block
-                    yield Part(THINKING, text=text, signature=signature,
-                               origin=RESPONSES_ORIGIN)
+                part = _responses_reasoning_part(item, with_text=not seen)
+                if part is not None:     # a signature-only delta closes the block
+                    yield part
             elif item_kind == "message":
                 for content in reply_list(item.get("content"), "message.content"):
                     content = reply_object(content, "a content part")
@@ -6058,6 +6063,9 @@ class ClientDialect:
     encode_count_response: Optional[Callable[[int], Dict[str, Any]]] = None
     decode_embed_request: Optional[Callable[[Exchange, Any], EmbedRequest]] = None
     encode_embed_response: Optional[Callable[[Exchange, EmbedReply], Dict[str, Any]]] = None
+    # Each whole event of a passed-through stream, as it goes by (a dialect whose
+    # in-stream error must continue the stream, as Responses' numbering does).
+    note_passed: Optional[Callable[[ReplyOptions, str], None]] = None
     # Endpoints answered from what the proxy keeps, by action: (status, JSON body) from
     # the path's parameters.
     local_actions: Dict[str, Callable[[Dict[str, str]], Tuple[int, Any]]] = \
@@ -6271,6 +6279,8 @@ RESPONSES_DIALECT = ClientDialect(
         payload, strict, ex.options.responses),
     encode_count_response=lambda tokens: {"object": "response.input_tokens",
                                           "input_tokens": tokens},
+    note_passed=lambda options, event: options.responses.passed(event)
+    if options.responses is not None else None,
     local_actions={"get_response": get_stored_response,
                    "delete_response": delete_stored_response},
 )
@@ -7947,7 +7957,7 @@ class PassingStream:
         self.text_chars = 0
         self._parser = SSEParser(max_event)
         self._tail = ""
-        self._turn = ex.options.responses    # a Responses stream: where it has got to
+        self._note = CLIENT_DIALECTS[ex.dialect].note_passed
 
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
@@ -7957,8 +7967,8 @@ class PassingStream:
             raise UpstreamError("the upstream sent %s (max_reply_bytes)" % exc,
                                 status=502) from None
         for _, text in events:
-            if self._turn is not None:
-                self._turn.passed(text)
+            if self._note is not None:
+                self._note(self.ex.options, text)
             if "usage" in text:   # the only events worth parsing, for the access log
                 try:
                     self.ex.usage = self.kind.usage_from(json.loads(text), self.ex.usage)
