@@ -842,3 +842,99 @@ def test_a_stored_gemini_call_keeps_its_signature_for_the_follow_up():
         {"type": "function_call_output", "call_id": "call_s", "output": "ok"}]}, store=kept)
     call = chat.messages[1].parts[0]
     assert (call.signature, call.origin) == ("gem-sig-s", "gemini")
+
+
+# -- the remaining rows of the mapping tables -------------------------------------------------
+
+def test_files_by_url_or_plain_base64_refusals_and_reasoning_content():
+    chat = decode({"input": [
+        {"role": "user", "content": [
+            {"type": "input_file", "file_url": "https://example.test/a.pdf", "filename": "a.pdf"},
+            {"type": "input_file", "file_data": "UERG", "filename": "b.pdf"}]},
+        {"type": "reasoning", "summary": [],
+         "content": [{"type": "reasoning_text", "text": "raw thought"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}]})
+    user, assistant = chat.messages
+    assert [(p.url, p.mime, p.data) for p in user.parts] == [
+        ("https://example.test/a.pdf", "application/pdf", ""), ("", "application/pdf", "UERG")]
+    assert [(p.type, p.text) for p in assistant.parts] == [
+        (THINKING, "raw thought"), (TEXT, "I cannot.")]
+
+
+def test_a_custom_tool_inside_a_namespace_and_list_outputs_of_custom_calls():
+    payload = {"tools": [{"type": "namespace", "name": "edit", "tools": [
+        {"type": "custom", "name": "patch", "description": "Apply a patch."}]}],
+        "input": [{"type": "custom_tool_call", "call_id": "c", "name": "patch",
+                   "namespace": "edit", "input": "diff"},
+                  {"type": "custom_tool_call_output", "call_id": "c", "output": [
+                      {"type": "input_text", "text": "applied"}]}]}
+    chat = decode(payload)
+    assert [t.name for t in chat.tools] == ["edit__patch"]
+    call, result = chat.messages[0].parts[0], chat.messages[1].parts[0]
+    assert (call.name, call.args) == ("edit__patch", {"input": "diff"})
+    assert result.content[0].text == "applied"
+    body = whole([Part(TOOL_CALL, id="c2", name="edit__patch", args={"input": "more"})],
+                 payload=payload, finish=Finish(TOOL_CALLS))
+    item = body["output"][0]
+    assert (item["type"], item["name"], item["namespace"], item["input"]) == \
+        ("custom_tool_call", "patch", "edit", "more")
+
+
+@pytest.mark.parametrize("choice, mode", [({"type": "auto"}, "auto"), ({"type": "none"}, "none"),
+                                          ({"type": "required"}, "required")])
+def test_tool_choice_as_some_clients_write_it(choice, mode):
+    assert decode({"tools": [{"type": "function", "name": "f"}], "tool_choice": choice,
+                   "input": "x"}).tool_choice == mode
+
+
+@pytest.mark.parametrize("text, words", [
+    ({"format": {"type": "text"}}, None),
+    ({"format": {"type": "yaml"}}, "text.format.type"),
+    ({"verbosity": "high"}, None),
+])
+def test_text_formats(text, words):
+    if words is None:
+        assert decode({"text": text, "input": "x"}).response_format is None
+    else:
+        with pytest.raises(gp.ClientError, match=words):
+            decode({"text": text, "input": "x"})
+
+
+def test_a_compaction_item_is_a_400_that_says_why():
+    with pytest.raises(gp.ClientError, match="compact"):
+        decode({"input": [{"type": "compaction", "encrypted_content": "x"}]})
+
+
+def test_an_empty_reply_is_still_completed():
+    body = whole([])
+    assert (body["status"], body["output"]) == ("completed", [])
+    events, _ = streamed([Finish(STOP, Usage(1, 0))])
+    assert [e for e, _ in events] == ["response.created", "response.in_progress",
+                                      "response.completed"]
+
+
+def test_upstream_streams_with_raw_reasoning_a_refusal_or_an_incomplete_end():
+    events = [
+        {"type": "response.created", "response": {"id": "r"}},
+        {"type": "response.reasoning_text.delta", "item_id": "rs", "output_index": 0,
+         "content_index": 0, "delta": "raw"},
+        {"type": "response.output_item.done", "output_index": 0, "item": {
+            "type": "reasoning", "id": "rs", "content": [{"type": "reasoning_text",
+                                                          "text": "raw"}]}},
+        {"type": "response.output_item.done", "output_index": 1, "item": {
+            "type": "message", "id": "m", "content": [{"type": "refusal", "refusal": "No."}]}},
+        {"type": "response.incomplete", "response": {
+            "id": "r", "status": "incomplete",
+            "incomplete_details": {"reason": "content_filter"}}}]
+    reply = gp.collect_reply(gp.decode_responses_stream(sse_pairs(events)), "r", "m")
+    assert [(p.type, p.text) for p in reply.choices[0].parts] == [(THINKING, "raw"),
+                                                                   (TEXT, "No.")]
+    assert reply.choices[0].finish.reason == CONTENT_FILTER
+
+
+def test_a_nested_error_event_from_an_upstream():
+    nested = {"type": "error", "error": {"type": "server_error", "code": "server_error",
+                                         "message": "backend exploded"}}
+    with pytest.raises(gp.UpstreamError, match="backend exploded") as caught:
+        list(gp.decode_responses_stream(sse_pairs(STREAM[:1] + [nested])))
+    assert caught.value.status == 502
