@@ -1575,18 +1575,49 @@ def fit_tool_id(tool_id: str, limit: int) -> str:
     return tool_id[:limit - 13] + "_" + digest
 
 
+def _continues(last: Optional[Part], delta: Part) -> bool:
+    """Whether a stream delta joins the part before it: adjacent text joins; thinking
+    joins until a signature closes its block (a signature-only delta closes the open
+    block)."""
+    if last is None or delta.type != last.type:
+        return False
+    return delta.type == TEXT or (delta.type == THINKING and not last.signature and
+                                  not last.extra and not delta.extra)
+
+
 def append_delta(parts: List[Part], delta: Part) -> None:
-    """Add a stream delta to assembled parts: adjacent text joins; thinking joins until a
-    signature closes its block (a signature-only delta closes the open block)."""
+    """Add a stream delta to assembled parts (for a few; merge_deltas for a stream)."""
     last = parts[-1] if parts else None
-    if delta.type == TEXT and last is not None and last.type == TEXT:
+    if _continues(last, delta):
+        assert last is not None
         last.text += delta.text
-    elif delta.type == THINKING and last is not None and last.type == THINKING \
-            and not last.signature and not last.extra and not delta.extra:
-        last.text += delta.text
-        last.signature, last.origin = delta.signature, delta.origin or last.origin
+        if delta.type == THINKING:
+            last.signature, last.origin = delta.signature, delta.origin or last.origin
     elif delta.type != TEXT or delta.text:
         parts.append(copy.copy(delta))   # a copy: later deltas are joined into it
+
+
+def merge_deltas(deltas: Iterable[Part]) -> List[Part]:
+    """The parts a stream's deltas make, as append_delta would join them, in linear time:
+    a long run is joined once, not copied again at every delta (80,000 reasoning deltas
+    took minutes)."""
+    parts: List[Part] = []
+    pieces: List[str] = []      # the texts of parts[-1]
+    for delta in deltas:
+        last = parts[-1] if parts else None
+        if _continues(last, delta):
+            assert last is not None
+            pieces.append(delta.text)
+            if delta.type == THINKING:
+                last.signature, last.origin = delta.signature, delta.origin or last.origin
+        elif delta.type != TEXT or delta.text:
+            if pieces:
+                parts[-1].text = "".join(pieces)
+            parts.append(copy.copy(delta))
+            pieces = [delta.text]
+    if pieces:
+        parts[-1].text = "".join(pieces)
+    return parts
 
 
 @dataclasses.dataclass
@@ -1603,17 +1634,17 @@ class ReplyOptions:
 
 def collect_reply(events: Iterable[Any], reply_id: str, model: str) -> Reply:
     """Assemble a stream of events into a reply, a choice for each index seen."""
-    parts: Dict[int, List[Part]] = {}
+    deltas: Dict[int, List[Part]] = {}
     finishes: Dict[int, Finish] = {}
     for event in events:
         if isinstance(event, Finish):
             finishes[event.choice] = event
         else:
-            append_delta(parts.setdefault(event.choice, []), event)
-    indexes = sorted(set(parts) | set(finishes)) or [0]
+            deltas.setdefault(event.choice, []).append(event)
+    indexes = sorted(set(deltas) | set(finishes)) or [0]
     usage = next((f.usage for f in reversed(list(finishes.values())) if f.usage), None)
-    return Reply(reply_id, model, [Choice(parts.get(i, []), finishes.get(i, Finish()))
-                                   for i in indexes], usage)
+    return Reply(reply_id, model, [Choice(merge_deltas(deltas.get(i, [])),
+                                          finishes.get(i, Finish())) for i in indexes], usage)
 
 
 def reply_events(reply: Reply) -> Iterator[Any]:
@@ -2807,13 +2838,13 @@ def encode_openai_stream(events: Iterable[Any], model: str, response_id: str,
             seen[index] = []
             yield chunk(index, {"role": "assistant", "content": ""})
         if isinstance(event, Finish):
-            _openai_remember(seen[index], cache)
+            _openai_remember(merge_deltas(seen[index]), cache)
             yield chunk(index, {}, OPENAI_FINISH_REASONS[event.reason])
             usage, finished = event.usage or usage, True
         elif event.type == TEXT and event.text:
             yield chunk(index, {"content": event.text})
         elif event.type == THINKING:
-            append_delta(seen[index], event)
+            seen[index].append(event)
             if event.text:
                 yield chunk(index, {"reasoning_content": event.text})
         elif event.type == TOOL_CALL:
@@ -3939,7 +3970,7 @@ class _GeminiPartWriter:
         out: Optional[Dict[str, Any]] = None
         if part.type == THINKING:
             if part.origin != "gemini":
-                append_delta(self.carried, part)
+                self.carried.append(part)
             if self.include_thoughts and part.text:
                 out = {"text": part.text, "thought": True}
         elif part.type == TEXT and part.text:
@@ -3953,7 +3984,7 @@ class _GeminiPartWriter:
                 call["id"] = part.id
             out = {"functionCall": call}
             if not self.carrier_placed and self.carried:
-                out["thoughtSignature"] = pack_thinking(self.carried)
+                out["thoughtSignature"] = pack_thinking(merge_deltas(self.carried))
                 self.carrier_placed = True
         if part.origin == "gemini" and part.signature:
             # Gemini signs any part, an empty text part included; the signature must
@@ -5411,7 +5442,7 @@ class ResponsesWriter:
                                        summary_index=0, part=part)]
             item = dict(self.item, status=status, summary=summary)
             if self.carried:
-                item["encrypted_content"] = pack_thinking(self.carried)
+                item["encrypted_content"] = pack_thinking(merge_deltas(self.carried))
             self.carried = []
             return events + [self._done(item)]
         return []
@@ -5428,8 +5459,8 @@ class ResponsesWriter:
             return []     # Responses has a single answer
         if event.type == THINKING:
             events = self._reasoning()
-            append_delta(self.parts, event)
-            append_delta(self.carried, event)
+            self.parts.append(event)
+            self.carried.append(event)
             if event.text:
                 if not self.text:
                     events.append(self._event("response.reasoning_summary_part.added",
@@ -5505,7 +5536,7 @@ class ResponsesWriter:
         incomplete = RESPONSES_INCOMPLETE.get(finish.reason)
         events = self.close("incomplete" if incomplete else "completed")
         if not self.turn.encrypted:     # the fallback for clients that drop carriers
-            _openai_remember(self.parts, self.cache)
+            _openai_remember(merge_deltas(self.parts), self.cache)
         shown = [self.turn.shown(item) for item in self.turn.output]
         status = "incomplete" if incomplete else "completed"
         response = _responses_object(
@@ -5617,20 +5648,26 @@ def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> by
 encode_responses_error = encode_openai_error
 
 
-def get_stored_response(params: Dict[str, str]) -> Tuple[int, Any]:
-    """GET /v1/responses/{id}."""
+def _not_stored(response_id: str) -> ClientError:
+    return ClientError("Response with id %r not found. This proxy keeps the responses it "
+                       "made itself, for a while (server.responses_store); one a Responses "
+                       "upstream made is that upstream's." % clip(response_id, 80), status=404)
+
+
+def get_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
+    """GET /v1/responses/{id}: a kept response, whole (its events are not kept)."""
+    if head.query_value("stream") not in ("", "false"):
+        raise ClientError("stream: a kept response is given whole; its events are not kept")
     stored = RESPONSE_STORE.get(params["response_id"])
     if stored is None:
-        raise ClientError("Response with id %r not found." % clip(params["response_id"], 80),
-                          status=404)
+        raise _not_stored(params["response_id"])
     return 200, stored.response
 
 
-def delete_stored_response(params: Dict[str, str]) -> Tuple[int, Any]:
+def delete_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
     """DELETE /v1/responses/{id}."""
     if not RESPONSE_STORE.delete(params["response_id"]):
-        raise ClientError("Response with id %r not found." % clip(params["response_id"], 80),
-                          status=404)
+        raise _not_stored(params["response_id"])
     return 200, {"id": params["response_id"], "object": "response.deleted", "deleted": True}
 
 
@@ -6067,8 +6104,8 @@ class ClientDialect:
     # in-stream error must continue the stream, as Responses' numbering does).
     note_passed: Optional[Callable[[ReplyOptions, str], None]] = None
     # Endpoints answered from what the proxy keeps, by action: (status, JSON body) from
-    # the path's parameters.
-    local_actions: Dict[str, Callable[[Dict[str, str]], Tuple[int, Any]]] = \
+    # the request head and the path's parameters.
+    local_actions: Dict[str, Callable[[RequestHead, Dict[str, str]], Tuple[int, Any]]] = \
         dataclasses.field(default_factory=dict)
 
 
@@ -6460,6 +6497,9 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         count_path=lambda model: "/responses/input_tokens",
         encode_count_request=encode_responses_count_request,
         decode_count_response=decode_responses_count_response,
+        embed_path=lambda model: "/embeddings",     # OpenAI's, beside /responses
+        encode_embed_request=encode_openai_embeddings_request,
+        decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/responses/input_tokens"
         if ex.action == "count_tokens" else "/responses",
         stream_end=re.compile(r'"type": ?"(?:response\.(?:completed|incomplete|failed)|'
@@ -8577,7 +8617,7 @@ class ProxyServer:
         if endpoint.action in LOCAL_ACTIONS or (dialect is not None and
                                                 endpoint.action in dialect.local_actions):
             try:
-                status, payload = self._local(endpoint.action, dialect, ex, params)
+                status, payload = self._local(endpoint.action, dialect, ex, head, params)
             except ClientError as err:
                 ex.error = err.message
                 await self._send_error(writer, error_dialect, err, ex.rid, keep_alive,
@@ -8589,10 +8629,10 @@ class ProxyServer:
         return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
 
     def _local(self, action: str, dialect: Optional[ClientDialect], ex: Exchange,
-               params: Dict[str, str]) -> Tuple[int, Any]:
+               head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
         """The endpoints the proxy answers itself, from what it knows."""
         if dialect is not None and action in dialect.local_actions:
-            return dialect.local_actions[action](params)
+            return dialect.local_actions[action](head, params)
         if action == "health":
             return self.proxy.health()
         if action == "status":

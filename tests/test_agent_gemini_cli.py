@@ -1,4 +1,5 @@
-"""Gemini CLI, run headless through the proxy to the fake OpenAI-compatible upstream.
+"""Gemini CLI, run headless through the proxy to the fake OpenAI-compatible upstream, and
+(its plain prompt and tool round trips) to the Gemini, Anthropic and OpenAI Responses fakes.
 
 The fake's rule-based model answers `CALL name {json}` directives with tool calls and
 summarises tool results it gets back, so the CLI really runs its tools (with --yolo).
@@ -152,3 +153,93 @@ def test_an_upstream_slower_than_the_clis_60_s_header_wait_is_asked_once(proxy_f
     assert code == 0, stderr
     assert result["response"] == "slow but sure"
     assert len([r for r in fake.requests if r["method"] == "POST"]) == 1
+
+
+# -- through an upstream of each other kind --------------------------------------------------
+# The same CLI in front of the Gemini, Anthropic and OpenAI Responses fakes: its requests
+# pass through to Gemini and are converted for the other two. The CLI asks for thoughts
+# (gemini-2.5-flash thinks), so each fake opens its answer with one, and the reasoning of
+# the tool-call turn must reach the upstream again with the tool results: Gemini's
+# signature on its call, Anthropic's signed thinking block, the Responses upstream's own
+# reasoning item with its encrypted_content (each carried in the CLI's thoughtSignature).
+
+from faults import FAKES  # noqa: E402
+from sdk_upstreams import Upstream  # noqa: E402
+
+KINDS = ["gemini", "anthropic", "openai-responses"]
+GENERATE_PATHS = {"gemini": "/v1beta/models/fake-model:streamGenerateContent",
+                  "anthropic": "/v1/messages", "openai-responses": "/v1/responses"}
+
+
+@pytest.fixture(params=KINDS, ids=["%s-upstream" % k for k in KINDS])
+def upstream(request, proxy_factory):
+    kind = request.param
+    fake = FAKES[kind]().start()
+    proxy = proxy_factory({"upstreams": {"up": {"kind": kind, "base_url": fake.base_url,
+                                                "api_key": "upstream-key"}},
+                           "default_model": "fake-model"})
+    yield Upstream(kind, proxy, fake)
+    fake.stop()
+
+
+def generated(upstream):
+    """The requests that asked the fake upstream for an answer."""
+    return [r for r in upstream.fake.requests if r["method"] == "POST" and
+            r["path"] == GENERATE_PATHS[upstream.kind]]
+
+
+def test_plain_prompt_through_each_kind(upstream, workdir, tmp_path):
+    code, result, stderr = run_gemini(upstream.proxy, str(workdir), str(tmp_path / "home"),
+                                      "Say hi")
+    assert code == 0, stderr
+    assert result["response"] == "FAKE says hello."
+    # by the model the reply names: a passed-through Gemini reply names the upstream's
+    [stats] = result["stats"]["models"].values()
+    assert stats["api"]["totalErrors"] == 0
+    assert stats["tokens"]["prompt"] == 11            # the upstream's usage reached the CLI
+    [sent] = generated(upstream)
+    if upstream.kind == "openai-responses":
+        request = sent["json"]
+        assert request["model"] == "fake-model" and request["stream"] is True
+        assert request["store"] is False and request["instructions"]   # the system prompt
+        assert request["reasoning"]["summary"] == "auto"
+        assert request["include"] == ["reasoning.encrypted_content"]
+
+
+def test_read_file_tool_round_trip_through_each_kind(upstream, workdir, tmp_path):
+    notes = workdir / "notes.txt"
+    code, result, stderr = run_gemini(
+        upstream.proxy, str(workdir), str(tmp_path / "home"),
+        'CALL read_file {"file_path": "%s"}' % notes, "--yolo")
+    assert code == 0, stderr
+    assert "read_file -> the launch code is tangerine" in result["response"]
+    assert result["stats"]["tools"]["totalSuccess"] == 1
+    assert len(generated(upstream)) == 2
+    assert upstream.reasoning_sent_back() == upstream.reasoning_given(1, 1)
+    if upstream.kind == "openai-responses":    # the call and its result, paired by call_id
+        items = upstream.fake.last["input"]
+        call, output = items[-2:]
+        assert (call["type"], call["name"]) == ("function_call", "read_file")
+        assert output["type"] == "function_call_output"
+        assert output["call_id"] == call["call_id"]
+        assert "tangerine" in output["output"]
+
+
+def test_two_parallel_tool_calls_through_each_kind(upstream, workdir, tmp_path):
+    notes = workdir / "notes.txt"
+    code, result, stderr = run_gemini(
+        upstream.proxy, str(workdir), str(tmp_path / "home"),
+        'Two at once. CALL read_file {"file_path": "%s"} CALL glob {"pattern": "*.py"}'
+        % notes, "--yolo")
+    assert code == 0, stderr
+    assert "read_file -> the launch code is tangerine" in result["response"]
+    assert "glob -> " in result["response"] and "app.py" in result["response"]
+    assert result["stats"]["tools"]["totalCalls"] == 2
+    assert len(generated(upstream)) == 2
+    assert upstream.reasoning_sent_back() == upstream.reasoning_given(1, 2)
+    if upstream.kind == "openai-responses":
+        items = upstream.fake.last["input"]
+        assert [i["type"] for i in items[-5:]] == [
+            "reasoning", "function_call", "function_call", "function_call_output",
+            "function_call_output"]
+        assert [i["call_id"] for i in items[-4:-2]] == [i["call_id"] for i in items[-2:]]

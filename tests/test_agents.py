@@ -1,10 +1,10 @@
 """Real agent CLIs through the proxy, headless, each in a private network namespace with
 only loopback (tests/agent_rig.py runs the fake upstream and the proxy in there too):
 
-* Claude Code (Anthropic Messages client) to an OpenAI-compatible, a Gemini and an
-  Anthropic upstream;
-* Qwen Code (OpenAI Chat Completions client) to a Gemini, an Anthropic and an
-  OpenAI-compatible upstream.
+* Claude Code (Anthropic Messages client) to an OpenAI-compatible, a Gemini, an
+  Anthropic and an OpenAI Responses upstream;
+* Qwen Code (OpenAI Chat Completions client) to a Gemini, an Anthropic, an
+  OpenAI-compatible and an OpenAI Responses upstream.
 
 Each completes a plain prompt and a tool round trip with two parallel calls, and the tool
 round trip again through a troubled upstream: a key pool with one rate-limited key, and
@@ -90,7 +90,7 @@ claude_available = pytest.mark.skipif(
 
 @claude_available
 @needs_unshare
-@pytest.mark.parametrize("upstream", ["openai", "gemini", "anthropic"])
+@pytest.mark.parametrize("upstream", ["openai", "gemini", "anthropic", "openai-responses"])
 def test_claude_code_plain_prompt(upstream, workdir, tmp_path):
     result, requests = claude(upstream, "Say hi", workdir, tmp_path)
     assert result["result"] == "FAKE says hello."
@@ -100,7 +100,7 @@ def test_claude_code_plain_prompt(upstream, workdir, tmp_path):
 
 @claude_available
 @needs_unshare
-@pytest.mark.parametrize("upstream", ["openai", "gemini", "anthropic"])
+@pytest.mark.parametrize("upstream", ["openai", "gemini", "anthropic", "openai-responses"])
 def test_claude_code_two_parallel_tools(upstream, workdir, tmp_path):
     prompt = 'CALL Read {"file_path": "%s"} CALL Bash {"command": "ls %s"}' % (
         workdir / "notes.txt", workdir)
@@ -175,7 +175,7 @@ def qwen_answer(stdout):
 
 @qwen_available
 @needs_unshare
-@pytest.mark.parametrize("upstream", ["gemini", "anthropic", "openai"])
+@pytest.mark.parametrize("upstream", ["gemini", "anthropic", "openai", "openai-responses"])
 def test_qwen_code_plain_prompt(upstream, workdir, tmp_path):
     stdout, requests = qwen(upstream, "Say hi", workdir, tmp_path)
     assert qwen_answer(stdout) == "FAKE says hello."
@@ -184,7 +184,7 @@ def test_qwen_code_plain_prompt(upstream, workdir, tmp_path):
 
 @qwen_available
 @needs_unshare
-@pytest.mark.parametrize("upstream", ["gemini", "anthropic", "openai"])
+@pytest.mark.parametrize("upstream", ["gemini", "anthropic", "openai", "openai-responses"])
 def test_qwen_code_two_parallel_tools(upstream, workdir, tmp_path):
     prompt = 'CALL read_file {"file_path": "%s"} CALL run_shell_command {"command": "ls %s"}' \
         % (workdir / "notes.txt", workdir)

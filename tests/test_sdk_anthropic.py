@@ -9,11 +9,12 @@ anthropic = pytest.importorskip(
 
 from fake_upstream import (THOUGHT, completion, json_reply, text_stream,  # noqa: E402
                            tool_call, tool_stream)
-from sdk_upstreams import CACHED, TOOLS, TWO_CALLS, upstream_fixture  # noqa: E402
+from sdk_upstreams import (CACHED, RESPONSES, TOOLS, TWO_CALLS, WITH_FAKES,  # noqa: E402
+                           upstream_fixture)
 
 upstream = upstream_fixture()
-with_fakes = upstream_fixture(["openai", "gemini", "anthropic"])
-converted = upstream_fixture(["openai", "gemini", "echo"])
+with_fakes = upstream_fixture(WITH_FAKES)
+converted = upstream_fixture(["openai", "gemini", RESPONSES, "echo"])
 deepseek = upstream_fixture(["openai"])
 
 TOOL_SPECS = [{"name": name, "description": "tool " + name, "input_schema": params}
@@ -212,6 +213,8 @@ def test_count_tokens(upstream):
     assert isinstance(result.input_tokens, int) and result.input_tokens > 10
     if upstream.kind in ("gemini", "anthropic"):   # the upstream's own count was used
         assert "count" in (upstream.fake.requests[-1]["path"].lower())
+    elif upstream.kind == RESPONSES:
+        assert upstream.fake.requests[-1]["path"].endswith("/responses/input_tokens")
 
 
 def test_rate_limit_error(with_fakes):
@@ -268,7 +271,7 @@ def test_model_retrieve(upstream):
 from faults import FIRST_WORDS, REST, error, stream  # noqa: E402
 from sdk_upstreams import troubled_fixture  # noqa: E402
 
-troubled = troubled_fixture(["anthropic", "openai"])
+troubled = troubled_fixture(["anthropic", "openai", RESPONSES])
 
 
 def streamed_text(client, received):
@@ -284,7 +287,8 @@ def test_sdk_raises_when_a_stream_breaks_mid_way(troubled):
     received = []
     with pytest.raises(anthropic.APIError) as err:
         streamed_text(client_for(troubled), received)
-    assert "before the reply was finished" in str(err.value)
+    # "... ended its stream before the reply was finished" / "... before response.completed"
+    assert "ended" in str(err.value) and "before" in str(err.value)
     assert "".join(received) == FIRST_WORDS
 
 

@@ -192,10 +192,11 @@ def test_list_and_get_models(client):
 # the tests read the fields, so a reply those types reject fails here.
 
 from fake_upstream import THOUGHT  # noqa: E402
-from sdk_upstreams import CACHED, TOOLS, TWO_CALLS, upstream_fixture  # noqa: E402
+from sdk_upstreams import (CACHED, RESPONSES, TOOLS, TWO_CALLS, WITH_FAKES,  # noqa: E402
+                           upstream_fixture)
 
 upstream = upstream_fixture()
-with_fakes = upstream_fixture(["openai", "gemini", "anthropic"])
+with_fakes = upstream_fixture(WITH_FAKES)
 ONE_CALL = 'CALL read {"path": "b.txt"}'
 RESULTS = {"read": "AAA", "glob": "x.py"}
 
@@ -410,6 +411,8 @@ def test_every_upstream_count_tokens(upstream):
     assert result.total_tokens == 10     # local estimate and the fakes both count chars / 4
     if upstream.kind in ("gemini", "anthropic"):
         assert "count" in upstream.fake.requests[-1]["path"].lower()
+    elif upstream.kind == RESPONSES:
+        assert upstream.fake.requests[-1]["path"].endswith("/responses/input_tokens")
 
 
 def test_every_upstream_embeddings(upstream):
@@ -463,7 +466,7 @@ def test_every_upstream_bad_request(with_fakes):
     assert "Bad field: frobnicate" in err.value.message
 
 
-converted = upstream_fixture(["openai", "anthropic", "echo"])
+converted = upstream_fixture(["openai", "anthropic", RESPONSES, "echo"])
 
 
 def test_every_upstream_request_the_proxy_refuses(converted):
@@ -483,7 +486,7 @@ def test_every_upstream_request_the_proxy_refuses(converted):
 from faults import FIRST_WORDS, REST, error, stream  # noqa: E402
 from sdk_upstreams import troubled_fixture  # noqa: E402
 
-troubled = troubled_fixture(["gemini", "anthropic"])
+troubled = troubled_fixture(["gemini", "anthropic", RESPONSES])
 
 
 def test_a_stream_broken_mid_way_ends_without_finish_reason(troubled):

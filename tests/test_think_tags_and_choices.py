@@ -248,3 +248,24 @@ def test_stop_strings_cut_each_choice_of_a_stream_on_its_own():
         ["a", "cc"]
     assert [c.finish.stop_sequence for c in reply.choices] == ["X", "X"]
     assert cut == [1]       # hung up once, when the last choice was cut
+
+
+def test_merging_a_streams_deltas_at_once_joins_them_as_one_by_one_would():
+    """merge_deltas (linear, for long streams) and append_delta (for a few) share one
+    rule: text joins text; thinking joins until a signature closes its block."""
+    import random
+    kinds = [lambda: gp.Part(gp.TEXT, text=random.choice(["", "a", "bc"])),
+             lambda: gp.Part(gp.THINKING, text=random.choice(["", "t", "uv"]),
+                             origin="anthropic"),
+             lambda: gp.Part(gp.THINKING, signature="sig", origin="anthropic"),
+             lambda: gp.Part(gp.THINKING, extra={"redacted": "r"}, origin="anthropic"),
+             lambda: gp.Part(gp.TOOL_CALL, id="c", name="f", args={})]
+    rng = random.Random(7)
+    for _ in range(300):
+        deltas = [rng.choice(kinds)() for _ in range(rng.randrange(0, 30))]
+        one_by_one = []
+        for delta in deltas:
+            gp.append_delta(one_by_one, delta)
+        assert gp.merge_deltas(deltas) == one_by_one
+    assert [p.text for p in gp.merge_deltas(deltas)] == [p.text for p in one_by_one]
+    assert all(d.text in ("", "a", "bc", "t", "uv") for d in deltas)   # inputs untouched
