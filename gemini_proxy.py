@@ -1373,6 +1373,22 @@ class SSEParser:
         return pending
 
 
+def client_key(head: RequestHead) -> str:
+    """The key a client sent, in any of the places the dialects put it."""
+    key = head.header("x-goog-api-key") or head.query_value("key") or head.header("x-api-key")
+    if key:
+        return key
+    scheme, _, value = head.header("authorization").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
+
+
 # ---- 6. Neutral chat model -------------------------------------------------------------
 #
 # Every dialect decodes into these and encodes from them, so stop reasons, ids, usage and
@@ -1943,11 +1959,15 @@ def unpack_thinking(signature: str) -> List[Part]:
         if inflate.unconsumed_tail:     # a small signature must not inflate without bound
             return []
         items = json.loads(text)
-        return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""),
-                     origin=i.get("o", ""), extra={"redacted": i["r"]} if i.get("r") else {})
-                for i in items]
-    except (ValueError, TypeError, AttributeError, KeyError, zlib.error):
+    except (ValueError, TypeError, RecursionError, zlib.error):
         return []
+    # A client can send anything back: a carrier holding more than strings is not ours.
+    if not isinstance(items, list) or not all(
+            isinstance(i, dict) and all(isinstance(v, str) for v in i.values())
+            for i in items):
+        return []
+    return [Part(THINKING, text=i.get("t", ""), signature=i.get("s", ""), origin=i.get("o", ""),
+                 extra={"redacted": i["r"]} if i.get("r") else {}) for i in items]
 
 
 class ReasoningCache:
@@ -4813,6 +4833,15 @@ def _responses_custom_tool(tool: Dict[str, Any], where: str) -> Tool:
                                            "description": "the raw input of the tool"}}})
 
 
+def _type_of(obj: Dict[str, Any], where: str) -> Optional[str]:
+    """An item's, tool's or choice's `type`: a string, or absent."""
+    kind = obj.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise ClientError("%s.type: expected a string, got %s" % (where, clip(json.dumps(kind),
+                                                                             60)))
+    return kind
+
+
 def decode_responses_tools(payload: Dict[str, Any]) -> ResponsesTools:
     """The tools of a Responses request: its `tools`, and those of additional_tools items
     in its input (a name declared twice: the first wins)."""
@@ -4820,45 +4849,43 @@ def decode_responses_tools(payload: Dict[str, Any]) -> ResponsesTools:
     declared = list(enumerate(expect(payload.get("tools") or [], list, "tools", "a list")))
     for i, item in enumerate(payload.get("input") if isinstance(payload.get("input"), list)
                              else ()):
-        if isinstance(item, dict) and item.get("type") == "additional_tools":
+        if isinstance(item, dict) and _type_of(item, "input[%d]" % i) == "additional_tools":
             declared += [("input[%d].tools" % i, t) for t in
                          expect(item.get("tools") or [], list, "input[%d].tools" % i, "a list")]
     seen: Set[str] = set()
 
-    def add(tool: Tool, namespace: str = "", name: str = "") -> None:
-        if tool.name in seen:
+    def add(tool: Tool, namespace: str = "", name: str = "", custom: bool = False) -> None:
+        if tool.name in seen:       # declared twice: the first declaration wins
             return
         seen.add(tool.name)
         out.tools.append(tool)
         if namespace:
             out.namespaced[tool.name] = (namespace, name)
+        if custom:
+            out.custom.add(tool.name)
 
     for i, tool in declared:
         where = i if isinstance(i, str) else "tools[%d]" % i
         expect(tool, dict, where, "a tool object")
-        kind = tool.get("type", "function")
+        kind = _type_of(tool, where) or "function"
         if kind == "function":
             add(_responses_function_tool(tool, where, ""))
         elif kind == "custom":
-            custom = _responses_custom_tool(tool, where)
-            out.custom.add(custom.name)
-            add(custom)
+            add(_responses_custom_tool(tool, where), custom=True)
         elif kind == "namespace":
             namespace = expect(tool.get("name"), str, where + ".name", "a name")
             for j, child in enumerate(expect(tool.get("tools") or [], list, where + ".tools",
                                              "a list")):
                 at = "%s.tools[%d]" % (where, j)
                 expect(child, dict, at, "a tool object")
-                if child.get("type", "function") == "custom":
+                if _type_of(child, at) == "custom":
                     custom = _responses_custom_tool(child, at)
                     custom.name = ResponsesTools.qualify(namespace, custom.name)
-                    out.custom.add(custom.name)
-                    add(custom, namespace, child["name"])
+                    add(custom, namespace, child["name"], custom=True)
                 else:
                     function = _responses_function_tool(child, at, namespace)
                     add(function, namespace, child["name"])
-        elif kind in RESPONSES_HOSTED_TOOLS or isinstance(kind, str) and \
-                kind.startswith(("web_search", "computer")):
+        elif kind in RESPONSES_HOSTED_TOOLS or kind.startswith(("web_search", "computer")):
             out.hosted.append(kind)
         else:
             raise ClientError("%s.type: unknown tool type %r" % (where, kind))
@@ -4881,7 +4908,7 @@ def _responses_tool_choice(chat: Chat, choice: Any) -> None:
         chat.tool_choice = choice
         return
     choice = expect(choice, dict, "tool_choice", "a string or an object")
-    kind = choice.get("type")
+    kind = _type_of(choice, "tool_choice")
     if kind in ("function", "custom"):
         chat.tool_choice = "required"
         chat.allowed_tools = [ResponsesTools.qualify(
@@ -4895,7 +4922,7 @@ def _responses_tool_choice(chat: Chat, choice: Any) -> None:
         for i, tool in enumerate(expect(choice.get("tools") or [], list, "tool_choice.tools",
                                         "a list")):
             tool = expect(tool, dict, "tool_choice.tools[%d]" % i, "a tool")
-            if tool.get("type") in RESPONSES_HOSTED_TOOLS:
+            if _type_of(tool, "tool_choice.tools[%d]" % i) in RESPONSES_HOSTED_TOOLS:
                 continue
             names.add(ResponsesTools.qualify(text_of(tool.get("namespace")),
                                              expect(tool.get("name"), str, "tool_choice.tools"
@@ -4950,7 +4977,7 @@ def _responses_content(content: Any, where: str) -> List[Part]:
     for j, part in enumerate(expect(content, list, where, "a string or a list of parts")):
         at = "%s[%d]" % (where, j)
         expect(part, dict, at, "a content part")
-        kind = part.get("type")
+        kind = _type_of(part, at)
         if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
             parts.append(Part(TEXT, text=expect(part.get("text", ""), str, at + ".text",
                                                 "text")))
@@ -5052,7 +5079,7 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
     reader = _HistoryReader(chat, cache)
     started = False
     for where, item in history:
-        kind = item.get("type") or ("message" if "role" in item else None)
+        kind = _type_of(item, where) or ("message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
             parts = _responses_content(item.get("content"), where + ".content")
@@ -5096,34 +5123,54 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
     make_tool_ids_unique(chat.messages)
 
 
-def responses_history(payload: Dict[str, Any], store: "ResponseStore"
-                      ) -> List[Tuple[str, Dict[str, Any]]]:
+# The most the items a request names by reference may add to it: as much as a request
+# may hold itself (a small request must not multiply a big stored item into gigabytes).
+MAX_REFERENCED_BYTES = 32 * MiB
+
+
+def responses_history(payload: Dict[str, Any], store: "ResponseStore", owner: str = ""
+                      ) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
     """(where, item) for every item of the conversation: the stored one that
     previous_response_id names, then this request's input (a string is one user
-    message); item_reference items are looked up among the stored responses."""
+    message), item_reference items looked up among the stored responses, all of them
+    `owner`'s; and the bytes that the stored ones bring (to keep this one costs them too)."""
     items: List[Tuple[str, Dict[str, Any]]] = []
+    brought = 0
     previous = payload.get("previous_response_id")
     if previous is not None:
-        stored = store.get(expect(previous, str, "previous_response_id", "a response id"))
+        stored = store.get(expect(previous, str, "previous_response_id", "a response id"),
+                           owner)
         if stored is None:
             raise ClientError("previous_response_id: Previous response with id %r not found "
-                              "(this proxy keeps responses in memory for a while; "
+                              "(this proxy keeps the responses it made in memory for a while: "
                               "server.responses_store)" % clip(previous, 80))
         items += [("previous_response_id", item) for item in stored.conversation()]
+        brought += stored.size
     given = payload.get("input")
     if isinstance(given, str):
-        return items + [("input", {"type": "message", "role": "user", "content": given})]
+        return items + [("input", {"type": "message", "role": "user", "content": given})], \
+            brought
+    referenced: Set[str] = set()
     for i, item in enumerate(expect(given if given is not None else [], list, "input",
                                     "a string or a list of items")):
         where = "input[%d]" % i
         expect(item, dict, where, "an input item")
         if item.get("type") == "item_reference":
-            found = store.item(expect(item.get("id"), str, where + ".id", "an item id"))
+            item_id = expect(item.get("id"), str, where + ".id", "an item id")
+            found = store.item(item_id, owner)
             if found is None:
-                raise ClientError("%s.id: no stored item %r" % (where, clip(item["id"], 80)))
+                raise ClientError("%s.id: no stored item %r" % (where, clip(item_id, 80)))
+            if item_id in referenced:
+                raise ClientError("%s.id: item %r is referenced twice" % (where, clip(item_id,
+                                                                                      80)))
+            referenced.add(item_id)
+            brought += len(json_compact(found))
+            if brought > MAX_REFERENCED_BYTES:
+                raise ClientError("input: the items it references hold more than %d MiB"
+                                  % (MAX_REFERENCED_BYTES // MiB), status=413)
             item = found
         items.append((where, item))
-    return items
+    return items, brought
 
 
 def decode_responses_request(payload: Any, strict: bool = True,
@@ -5153,9 +5200,10 @@ def decode_responses_request(payload: Any, strict: bool = True,
     instructions = expect_text(payload.get("instructions"), "instructions")
     if instructions:
         chat.system.append(Part(TEXT, text=instructions))
-    history = responses_history(payload, store or RESPONSE_STORE)
+    history, brought = responses_history(payload, store or RESPONSE_STORE, turn.owner)
     if turn.store:
         turn.history = [item for _, item in history]
+        turn.size += brought
     decode_responses_input(history, chat, cache or REASONING_CACHE)
     _responses_tool_choice(chat, payload.get("tool_choice"))
     if payload.get("parallel_tool_calls") is not None:
@@ -5187,7 +5235,11 @@ def decode_responses_request(payload: Any, strict: bool = True,
         chat.max_tokens = expect(payload["max_output_tokens"], int, "max_output_tokens",
                                  "a whole number")
     chat.stream = payload.get("stream") is True
-    chat.user = text_of(payload.get("safety_identifier")) or text_of(payload.get("user"))
+    chat.user = expect_text(payload.get("safety_identifier"), "safety_identifier") or \
+        expect_text(payload.get("user"), "user")
+    metadata = expect(payload.get("metadata") or {}, dict, "metadata", "an object")
+    if len(metadata) > 16 or not all(isinstance(v, str) for v in metadata.values()):
+        raise ClientError("metadata: at most 16 keys, each with a string value")
     return chat
 
 
@@ -5206,6 +5258,7 @@ class ResponsesTurn:
     store: bool = True
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # to store
     model: str = ""
+    owner: str = ""                    # the client key's fingerprint: only it reads them back
     size: int = 0                      # bytes of the request, for the store's budget
     response_id: str = ""
     created: int = 0
@@ -5253,7 +5306,12 @@ def responses_turn(payload: Any) -> ResponsesTurn:
         tools = decode_responses_tools(payload)
     except ClientError:
         tools = ResponsesTools()
-    return ResponsesTurn({k: payload[k] for k in RESPONSES_ECHOED if k in payload}, tools,
+    echoed = {k: payload[k] for k in RESPONSES_ECHOED if k in payload}
+    try:     # a reply repeats these: they must go into JSON again a level or two deeper
+        json_compact([[[echoed]]])
+    except (RecursionError, ValueError):
+        echoed = {}
+    return ResponsesTurn(echoed, tools,
                          isinstance(include, list) and "reasoning.encrypted_content" in include,
                          payload.get("store") is not False, model=text_of(payload.get("model")))
 
@@ -5263,12 +5321,12 @@ class StoredResponse:
     conversation up to it, and its output with every carrier (the client may not have
     asked for them, the next turn still needs them)."""
 
-    __slots__ = ("response", "history", "output", "expires", "size")
+    __slots__ = ("response", "history", "output", "expires", "size", "owner")
 
     def __init__(self, response: Dict[str, Any], history: List[Dict[str, Any]],
-                 output: List[Dict[str, Any]], expires: float, size: int):
-        self.response, self.history, self.output, self.expires, self.size = \
-            response, history, output, expires, size
+                 output: List[Dict[str, Any]], expires: float, size: int, owner: str):
+        self.response, self.history, self.output = response, history, output
+        self.expires, self.size, self.owner = expires, size, owner
 
     def conversation(self) -> List[Dict[str, Any]]:
         return self.history + self.output
@@ -5305,7 +5363,7 @@ class ResponseStore:
             self.bytes -= self._entries.popitem(last=False)[1].size
 
     def put(self, response: Dict[str, Any], history: List[Dict[str, Any]],
-            output: List[Dict[str, Any]], size: int) -> None:
+            output: List[Dict[str, Any]], size: int, owner: str = "") -> None:
         size += len(json_compact(output))
         if self.max_entries <= 0 or size > self.max_bytes:
             return
@@ -5313,25 +5371,30 @@ class ResponseStore:
             old = self._entries.pop(response["id"], None)
             self.bytes += size - (old.size if old else 0)
             self._entries[response["id"]] = StoredResponse(
-                response, history, output, time.monotonic() + self.ttl, size)
+                response, history, output, time.monotonic() + self.ttl, size, owner)
             self._trim()
 
-    def get(self, response_id: str) -> Optional[StoredResponse]:
+    def get(self, response_id: str, owner: str = "") -> Optional[StoredResponse]:
+        """A kept response, if `owner` (the client key that made it) asks."""
         with self._lock:
             self._trim()
-            return self._entries.get(response_id)
+            entry = self._entries.get(response_id)
+            return entry if entry is not None and entry.owner == owner else None
 
-    def delete(self, response_id: str) -> bool:
+    def delete(self, response_id: str, owner: str = "") -> bool:
         with self._lock:
-            entry = self._entries.pop(response_id, None)
-            self.bytes -= entry.size if entry else 0
-            return entry is not None
+            entry = self._entries.get(response_id)
+            if entry is None or entry.owner != owner:
+                return False
+            del self._entries[response_id]
+            self.bytes -= entry.size
+            return True
 
-    def item(self, item_id: str) -> Optional[Dict[str, Any]]:
-        """An output item of a stored response, by its id (newest responses first)."""
+    def item(self, item_id: str, owner: str = "") -> Optional[Dict[str, Any]]:
+        """An output item of a kept response of `owner`'s, by its id (newest first)."""
         with self._lock:
             self._trim()
-            entries = list(reversed(self._entries.values()))
+            entries = [e for e in reversed(self._entries.values()) if e.owner == owner]
         for entry in entries:
             for item in entry.output:
                 if item.get("id") == item_id:
@@ -5545,7 +5608,7 @@ class ResponsesWriter:
             incomplete_details={"reason": incomplete} if incomplete else None)
         if self.turn.store:
             RESPONSE_STORE.put(response, self.turn.history, list(self.turn.output),
-                               self.turn.size)
+                               self.turn.size, self.turn.owner)
         return events + [self._event("response." + status, response=response)], response
 
 
@@ -5650,15 +5713,16 @@ encode_responses_error = encode_openai_error
 
 def _not_stored(response_id: str) -> ClientError:
     return ClientError("Response with id %r not found. This proxy keeps the responses it "
-                       "made itself, for a while (server.responses_store); one a Responses "
-                       "upstream made is that upstream's." % clip(response_id, 80), status=404)
+                       "made itself, for a while (server.responses_store), for the client key "
+                       "that asked for them; one a Responses upstream made is that "
+                       "upstream's." % clip(response_id, 80), status=404)
 
 
 def get_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
     """GET /v1/responses/{id}: a kept response, whole (its events are not kept)."""
     if head.query_value("stream") not in ("", "false"):
         raise ClientError("stream: a kept response is given whole; its events are not kept")
-    stored = RESPONSE_STORE.get(params["response_id"])
+    stored = RESPONSE_STORE.get(params["response_id"], fingerprint(client_key(head)))
     if stored is None:
         raise _not_stored(params["response_id"])
     return 200, stored.response
@@ -5666,7 +5730,7 @@ def get_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int,
 
 def delete_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
     """DELETE /v1/responses/{id}."""
-    if not RESPONSE_STORE.delete(params["response_id"]):
+    if not RESPONSE_STORE.delete(params["response_id"], fingerprint(client_key(head))):
         raise _not_stored(params["response_id"])
     return 200, {"id": params["response_id"], "object": "response.deleted", "deleted": True}
 
@@ -5887,7 +5951,10 @@ def _responses_reasoning_part(item: Dict[str, Any], with_text: bool = True
 
 
 def _responses_output_call(item: Dict[str, Any]) -> Tuple[Part, bool]:
-    name = ResponsesTools.qualify(text_of(item.get("namespace")), text_of(item.get("name")))
+    name = reply_text(item.get("name"), "a call's name")
+    if not name:
+        raise UpstreamError("the upstream sent a tool call without a name", status=502)
+    name = ResponsesTools.qualify(text_of(item.get("namespace")), name)
     if item.get("type") == "custom_tool_call":
         return Part(TOOL_CALL, id=text_of(item.get("call_id")) or new_id("call_"), name=name,
                     args={CUSTOM_TOOL_INPUT: reply_text(item.get("input"), "input")}), False
@@ -6283,8 +6350,8 @@ OPENAI_DIALECT = ClientDialect(
 def _responses_client_request(ex: Exchange, head: RequestHead, payload: Any,
                               strict: bool) -> Chat:
     turn = ex.options.responses
-    if turn is not None:     # what keeping it would cost, for the store's budget
-        turn.size = ex.request_bytes
+    if turn is not None:     # whose it is, and what keeping it would cost
+        turn.owner, turn.size = fingerprint(client_key(head)), ex.request_bytes
     return decode_responses_request(payload, strict, turn)
 
 
@@ -6502,8 +6569,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/responses/input_tokens"
         if ex.action == "count_tokens" else "/responses",
-        stream_end=re.compile(r'"type": ?"(?:response\.(?:completed|incomplete|failed)|'
-                              r'error)"'),
+        stream_end=re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"'),
         sends_stop=False),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
@@ -7345,22 +7411,6 @@ class Live:
     unusable: Dict[str, Tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
-def client_key(head: RequestHead) -> str:
-    """The key a client sent, in any of the places the three dialects put it."""
-    key = head.header("x-goog-api-key") or head.query_value("key") or head.header("x-api-key")
-    if key:
-        return key
-    scheme, _, value = head.header("authorization").partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            return base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            return ""
-    return ""
-
-
 class Responder:
     """Writes one response into the pipe, and knows whether its head has gone out: after
     that, a failure can only end the stream in the dialect's own way."""
@@ -7870,7 +7920,10 @@ def count_tokens(call: UpstreamCall) -> Callable[[], None]:
     rq, kind = call.rq, call.runtime.kind
     dialect = rq.dialect
     assert dialect.decode_count_request and dialect.encode_count_response
-    chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
+    try:
+        chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
+    except RecursionError:
+        raise ClientError("the request is nested too deeply") from None
     if kind.count_path is not None and kind.encode_count_request and \
             kind.decode_count_response and chat.messages:
         encode, decode = kind.encode_count_request, kind.decode_count_response

@@ -938,3 +938,79 @@ def test_a_nested_error_event_from_an_upstream():
     with pytest.raises(gp.UpstreamError, match="backend exploded") as caught:
         list(gp.decode_responses_stream(sse_pairs(STREAM[:1] + [nested])))
     assert caught.value.status == 502
+
+
+# -- what the adversarial run found ---------------------------------------------------------
+
+@pytest.mark.parametrize("payload", [
+    {"input": [{"type": ["x"], "role": "user", "content": "hi"}]},
+    {"input": "x", "tools": [{"type": {}}]},
+    {"input": "x", "tool_choice": {"type": [1]}},
+    {"input": "x", "tools": [{"type": "function", "name": "f"}],
+     "tool_choice": {"type": "allowed_tools", "tools": [{"type": {}}]}},
+    {"input": [{"role": "user", "content": [{"type": ["input_text"], "text": "x"}]}]},
+])
+def test_a_type_that_is_not_a_string_is_a_400(payload):
+    with pytest.raises(gp.ClientError, match=r"\.type: expected a string"):
+        decode(payload)
+    gp.responses_turn(dict(payload, model="m"))     # read leniently for a pass-through
+
+
+@pytest.mark.parametrize("items", [
+    [{"t": 5}], [{"t": ["x"], "s": "sig", "o": "anthropic"}], [{"t": "x", "s": 5}],
+    {"t": "x"}, "text", [["t"]],
+])
+def test_a_carrier_holding_more_than_strings_is_not_ours(items):
+    import zlib
+    carrier = base64.b64encode(gp.CARRIER_MAGIC + zlib.compress(json.dumps(items).encode()))
+    assert gp.unpack_thinking(carrier.decode()) == []
+
+
+def test_metadata_and_user_must_be_what_openai_takes():
+    deep = "x"
+    for _ in range(980):
+        deep = {"a": deep}
+    for payload in ({"metadata": {"k": deep}}, {"metadata": {"k": 5}},
+                    {"metadata": {str(i): "v" for i in range(17)}}, {"user": {"a": 1}}):
+        with pytest.raises(gp.ClientError):
+            decode(dict(payload, input="x"))
+    turn = gp.responses_turn({"model": "m", "metadata": {"k": deep}})
+    assert turn.request == {}        # too deep to repeat in a reply
+
+
+def test_an_item_is_referenced_once_and_references_are_bounded():
+    kept = store()
+    big = {"type": "message", "id": "msg_big", "role": "assistant",
+           "content": [{"type": "output_text", "text": "x" * 1000}]}
+    kept.put({"id": "resp_R"}, [], [big], 10)
+    ref = {"type": "item_reference", "id": "msg_big"}
+    assert len(decode({"input": [ref]}, store=kept).messages) == 1
+    with pytest.raises(gp.ClientError, match="referenced twice"):
+        decode({"input": [ref, ref]}, store=kept)
+
+
+def test_a_client_key_reads_back_only_its_own_responses():
+    kept = store()
+    kept.put({"id": "resp_A"}, [{"role": "user", "content": "a"}], [], 10, owner="key#a")
+    assert kept.get("resp_A", "key#b") is None and not kept.delete("resp_A", "key#b")
+    assert kept.get("resp_A", "key#a") is not None
+    with pytest.raises(gp.ClientError, match="not found"):
+        gp.responses_history({"previous_response_id": "resp_A"}, kept, "key#b")
+    items, brought = gp.responses_history({"previous_response_id": "resp_A", "input": "b"},
+                                          kept, "key#a")
+    assert len(items) == 2 and brought == kept.get("resp_A", "key#a").size
+
+
+def test_a_name_declared_as_a_function_and_a_custom_tool_is_the_first():
+    tools = gp.decode_responses_tools({"tools": [
+        {"type": "function", "name": "f", "parameters": {"type": "object"}},
+        {"type": "custom", "name": "f"}]})
+    assert [t.name for t in tools.tools] == ["f"] and tools.custom == set()
+
+
+def test_an_upstream_call_without_a_name_is_a_502():
+    for item in ({"type": "function_call", "call_id": "c", "arguments": "{}"},
+                 {"type": "function_call", "call_id": "c", "name": 5, "arguments": "{}"}):
+        with pytest.raises(gp.UpstreamError) as caught:
+            gp.decode_responses_response(upstream_response([item]))
+        assert caught.value.status == 502

@@ -155,3 +155,39 @@ def test_hosted_tools_pass_through_to_a_responses_upstream(responses_upstream):
         "model": "m", "input": "news?", "tools": [{"type": "web_search"}]}, HEADERS)
     assert status == 200, data
     assert fake.requests[-1]["json"]["tools"] == [{"type": "web_search"}]
+
+
+def test_one_client_keys_responses_are_not_anothers(proxy_factory):
+    fake = FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"up": {"kind": "gemini", "base_url": fake.base_url,
+                                                    "api_key": "k-up"}},
+                               "server": {"api_keys": ["key-alice", "key-bob"]}})
+        alice, bob = {"authorization": "Bearer key-alice"}, {"authorization": "Bearer key-bob"}
+        status, _, data = proxy.request("POST", "/v1/responses", {"model": "m", "input": "hi"},
+                                        alice)
+        assert status == 200
+        path = "/v1/responses/" + json.loads(data)["id"]
+        assert proxy.request("GET", path, headers=bob)[0] == 404
+        assert proxy.request("DELETE", path, headers=bob)[0] == 404
+        status, _, _ = proxy.request("POST", "/v1/responses", {
+            "model": "m", "input": "more", "previous_response_id": path.rsplit("/", 1)[1]}, bob)
+        assert status == 400
+        assert proxy.request("GET", path, headers=alice)[0] == 200
+    finally:
+        fake.stop()
+
+
+def test_a_carrier_nested_too_deeply_is_dropped_when_answering_and_when_counting(
+        gemini_upstream):
+    import base64
+    import zlib
+    import gemini_proxy as gp
+    deep = "[" * 5000 + "]" * 5000
+    carrier = base64.b64encode(gp.CARRIER_MAGIC + zlib.compress(deep.encode())).decode()
+    for path in ("/v1/responses", "/v1/responses/input_tokens"):
+        status, _, data = gemini_upstream[0].request("POST", path, {
+            "model": "m", "input": [{"type": "reasoning", "summary": [],
+                                     "encrypted_content": carrier},
+                                    {"role": "user", "content": "hi"}]}, HEADERS)
+        assert status == 200, (path, status, data)    # not a carrier of ours: dropped
