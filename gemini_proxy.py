@@ -209,7 +209,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("upstream", "max_idle_connections", 32, "keep-alive connections kept per host"),
     Setting("upstream", "max_reply_bytes", 64 * MiB, "the largest whole reply, or single "
             "stream event, read from the upstream (502 above)"),
-    Setting("upstream", "key_strategy", "round_robin", "which healthy key a request takes",
+    Setting("upstream", "key_strategy", "round_robin", "which healthy key a request takes "
+            "(a conversation keeps the key it had)",
             choices=("round_robin", "least_recently_failed")),
     Setting("upstream", "cooldown_floor", 1.0, "the shortest rest after a 429", zero=True),
     Setting("upstream", "cooldown", 60.0, "the longest rest after 429s that name no time"),
@@ -330,6 +331,9 @@ RESPONSES_ORIGIN = "openai-responses"
 # it back. Standard base64 of these bytes starts with "Z3B4" whatever follows, and the
 # whole signature is canonical base64, which SDKs that type signatures as bytes require.
 CARRIER_MAGIC = b"gpx\x02"
+
+# Conversations a key pool remembers the key of (each a few dozen bytes).
+MAX_SESSIONS = 65536
 
 # Tries with other options after an upstream refused a request's form (each refusal
 # names one thing: a Responses model may refuse top_p, then temperature).
@@ -6120,6 +6124,7 @@ class Exchange:
     stream: bool = False
     passthrough: bool = False       # same dialect on both sides: bytes forwarded as they are
     request_bytes: int = 0          # the request body's length
+    session: str = ""               # the client's conversation, for sticky keys
     options: ReplyOptions = dataclasses.field(default_factory=ReplyOptions)
     encoding_format: str = "float"  # OpenAI embeddings: float | base64
     status: int = 0
@@ -6617,6 +6622,16 @@ def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], Optional
     return None, None, {}, sorted(set(allowed))
 
 
+def session_key(head: RequestHead, payload: Any) -> str:
+    """The conversation a request belongs to, as its client names it, so that a key pool
+    keeps it on one key: prompt_cache_key (OpenAI's Chat Completions and Responses;
+    Codex sets it), else a session-id header (Codex and other agents send one)."""
+    key = fields_of(payload).get("prompt_cache_key")
+    if not isinstance(key, str) or not key:
+        key = head.header("session-id") or head.header("x-session-id")
+    return key[:256]
+
+
 def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
     """The dialect an unroutable or malformed request most likely speaks, for its error:
     by the headers each SDK sends, else Gemini (the proxy's first clients)."""
@@ -7052,6 +7067,9 @@ class KeyPool:
         self.waiting = 0
         self._next = 0
         self._lock = threading.Condition()
+        # The key each recent conversation last used (its provider-side prompt cache
+        # is that key's, or that account's), bounded.
+        self._sessions: "collections.OrderedDict[str, KeyState]" = collections.OrderedDict()
         self.reconfigure(keys, spec, kind)
 
     def reconfigure(self, keys: List[str], spec: Dict[str, Any], kind: str) -> None:
@@ -7078,11 +7096,12 @@ class KeyPool:
         return state.cooling.get(self._scope(model), 0) > now
 
     def acquire(self, model: str, deadline: float = 0.0,
-                cancelled: Callable[[], bool] = lambda: False) -> Any:
+                cancelled: Callable[[], bool] = lambda: False, session: str = "") -> Any:
         """A KeyState to use (release() it when the request ends), or, when none is
         usable before `deadline` (a time.monotonic() value), the KeysUnavailable that says
         why: 503 (every slot busy: worth waiting for), 429 (every key resting: waited
-        for only with wait_for_keys), or the refusal."""
+        for only with wait_for_keys), or the refusal. A conversation (`session`, the
+        client's session key) keeps the key it had while that key is usable."""
         with self._lock:
             waited = False
             try:
@@ -7095,7 +7114,7 @@ class KeyPool:
                         s for s in self.states if not s.refusal(model) and
                         not self._resting(s, model, now) and (not limit or s.in_flight < limit)]
                     if usable:
-                        state = self._pick(usable)
+                        state = self._pick(usable, session)
                         state.in_flight += 1
                         state.requests += 1
                         self.in_flight += 1
@@ -7118,7 +7137,20 @@ class KeyPool:
                 if waited:
                     self.waiting -= 1
 
-    def _pick(self, usable: List[KeyState]) -> KeyState:
+    def _pick(self, usable: List[KeyState], session: str = "") -> KeyState:
+        had = self._sessions.get(session) if session else None
+        if had is not None and had in usable:
+            self._sessions.move_to_end(session)
+            return had
+        state = self._pick_by_strategy(usable)
+        if session:
+            self._sessions[session] = state
+            self._sessions.move_to_end(session)
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return state
+
+    def _pick_by_strategy(self, usable: List[KeyState]) -> KeyState:
         if self.spec["key_strategy"] == "least_recently_failed":
             return min(usable, key=lambda s: s.last_failure)
         for offset in range(len(self.states)):   # round robin
@@ -7780,7 +7812,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             log.warning("%s: out of retry time (retry_budget) before trying %s",
                         ex.rid, runtime.name)
             return None
-        key = keys.acquire(model, wait_until, lambda: rq.pipe.gone)
+        key = keys.acquire(model, wait_until, lambda: rq.pipe.gone, ex.session)
         if isinstance(key, KeysUnavailable):
             if rq.pipe.gone:
                 raise ClientGone()
@@ -8271,6 +8303,7 @@ class Proxy:
             if self.instance in hops:
                 raise self._loop_error(ex.client_model)
             ex.options = dialect.reply_options(head, rq.payload)
+            ex.session = session_key(head, rq.payload)
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
             candidates = [(live.upstreams[name], model) for name, model

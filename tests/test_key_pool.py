@@ -62,6 +62,20 @@ def test_round_robin_skips_resting_and_refused_keys():
     assert [take(keys) for _ in range(3)] == ["a", "a", "a"]
 
 
+def test_a_conversation_keeps_its_key_while_that_key_is_usable():
+    keys = pool()
+
+    def take_for(session):
+        state = keys.acquire("m", session=session)
+        keys.release(state)
+        return state.key
+    assert [take_for("s1"), take_for("s2"), take_for("s1"), take_for("s2"), take_for("")] == \
+        ["a", "b", "a", "b", "c"]
+    keys.failed(keys.states[0], "m", rate_limited(30))       # s1's key rests: it moves on
+    moved = take_for("s1")
+    assert moved != "a" and take_for("s1") == moved
+
+
 def test_least_recently_failed_first():
     keys = pool(key_strategy="least_recently_failed")
     keys.failed(keys.states[0], "m", gp.UpstreamError("oops", status=500))

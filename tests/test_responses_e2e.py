@@ -191,3 +191,24 @@ def test_a_carrier_nested_too_deeply_is_dropped_when_answering_and_when_counting
                                      "encrypted_content": carrier},
                                     {"role": "user", "content": "hi"}]}, HEADERS)
         assert status == 200, (path, status, data)    # not a carrier of ours: dropped
+
+
+def test_a_conversation_stays_on_one_key_of_a_pool(proxy_factory):
+    """Codex names its conversation in prompt_cache_key (and a session-id header): its
+    turns keep one key, whose provider-side prompt cache they share."""
+    from fake_upstream import FakeOpenAI
+    fake = FakeOpenAI().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"up": {
+            "kind": "openai", "base_url": fake.base_url, "api_keys": ["key-a", "key-b"]}}})
+        for _ in range(3):
+            assert proxy.request("POST", "/v1/responses", {
+                "model": "m", "input": "hi", "prompt_cache_key": "conv-1"}, HEADERS)[0] == 200
+            assert proxy.request("POST", "/v1/chat/completions", {
+                "model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                dict(HEADERS, **{"session-id": "conv-2"}))[0] == 200
+        used = fake.keys_used()
+        assert len(set(used[0::2])) == 1 and len(set(used[1::2])) == 1
+        assert used[0] != used[1]
+    finally:
+        fake.stop()
