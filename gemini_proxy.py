@@ -332,8 +332,9 @@ RESPONSES_ORIGIN = "openai-responses"
 # whole signature is canonical base64, which SDKs that type signatures as bytes require.
 CARRIER_MAGIC = b"gpx\x02"
 
-# Conversations a key pool remembers the key of (each a few dozen bytes).
-MAX_SESSIONS = 65536
+# Conversations a key pool remembers the key of (each as long as its session key, at
+# most 256 characters: a few MB at most per pool).
+MAX_SESSIONS = 16384
 
 # Tries with other options after an upstream refused a request's form (each refusal
 # names one thing: a Responses model may refuse top_p, then temperature).
@@ -3030,6 +3031,8 @@ def _anthropic_thinking_part(block: Dict[str, Any], where: str) -> List[Part]:
         if parts:
             parts[0].text = text
             return parts
+        # A carrier that did not unpack is no signature: what is left is its text.
+        return [Part(THINKING, text=text, origin="openai")] if text else []
     return [Part(THINKING, text=text, signature=signature, origin="anthropic")]
 
 
@@ -3733,7 +3736,8 @@ def _gemini_signature(part: Part, signature: str) -> List[Part]:
     carried = unpack_thinking(signature)
     if carried:
         return carried + [part]
-    if signature and signature != GEMINI_SKIP_SIGNATURE:
+    # A carrier that did not unpack is no provider's signature: it is dropped.
+    if signature and signature != GEMINI_SKIP_SIGNATURE and not is_carrier(signature):
         part.signature, part.origin = signature, "gemini"
     return [part]
 
@@ -5155,6 +5159,7 @@ def responses_history(payload: Dict[str, Any], store: "ResponseStore", owner: st
         return items + [("input", {"type": "message", "role": "user", "content": given})], \
             brought
     referenced: Set[str] = set()
+    referenced_bytes = 0
     for i, item in enumerate(expect(given if given is not None else [], list, "input",
                                     "a string or a list of items")):
         where = "input[%d]" % i
@@ -5168,8 +5173,10 @@ def responses_history(payload: Dict[str, Any], store: "ResponseStore", owner: st
                 raise ClientError("%s.id: item %r is referenced twice" % (where, clip(item_id,
                                                                                       80)))
             referenced.add(item_id)
-            brought += len(json_compact(found))
-            if brought > MAX_REFERENCED_BYTES:
+            size = len(json_compact(found))
+            brought += size
+            referenced_bytes = referenced_bytes + size
+            if referenced_bytes > MAX_REFERENCED_BYTES:
                 raise ClientError("input: the items it references hold more than %d MiB"
                                   % (MAX_REFERENCED_BYTES // MiB), status=413)
             item = found
@@ -5262,11 +5269,12 @@ class ResponsesTurn:
     store: bool = True
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # to store
     model: str = ""
-    owner: str = ""                    # the client key's fingerprint: only it reads them back
+    owner: str = ""                    # response_owner: only that client key reads it back
     size: int = 0                      # bytes of the request, for the store's budget
     response_id: str = ""
     created: int = 0
     sequence: int = 0                  # the next event's sequence_number
+    announced: bool = False            # response.created has gone to the client
     output: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # done items
 
     def shown(self, item: Dict[str, Any]) -> Dict[str, Any]:
@@ -5281,7 +5289,8 @@ class ResponsesTurn:
         number = SEQUENCE_NUMBER.search(event)
         if number:
             self.sequence = int(number.group(1)) + 1
-        if not self.response_id and '"response.created"' in event:
+        if not self.announced and '"response.created"' in event:
+            self.announced = True
             try:
                 response = fields_of(fields_of(json.loads(event)).get("response"))
             except (ValueError, RecursionError):
@@ -5383,7 +5392,9 @@ class ResponseStore:
         with self._lock:
             self._trim()
             entry = self._entries.get(response_id)
-            return entry if entry is not None and entry.owner == owner else None
+            if entry is None or entry.owner != owner or entry.expires < time.monotonic():
+                return None     # (a reload may have shortened the time to live)
+            return entry
 
     def delete(self, response_id: str, owner: str = "") -> bool:
         with self._lock:
@@ -5398,7 +5409,9 @@ class ResponseStore:
         """An output item of a kept response of `owner`'s, by its id (newest first)."""
         with self._lock:
             self._trim()
-            entries = [e for e in reversed(self._entries.values()) if e.owner == owner]
+            now = time.monotonic()
+            entries = [e for e in reversed(self._entries.values())
+                       if e.owner == owner and e.expires >= now]
         for entry in entries:
             for item in entry.output:
                 if item.get("id") == item_id:
@@ -5621,7 +5634,7 @@ def _start_turn(options: ReplyOptions, model: str, response_id: str) -> Response
         options.responses = ResponsesTurn({}, ResponsesTools(), store=False)
     turn = options.responses
     turn.model, turn.response_id, turn.created = model, response_id, int(time.time())
-    turn.sequence, turn.output = 0, []
+    turn.sequence, turn.output, turn.announced = 0, [], True   # created is its first event
     return turn
 
 
@@ -5700,7 +5713,8 @@ def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> by
     if code == "rate_limit_exceeded" and error.retry_after is not None:
         message += " Please try again in %ds." % math.ceil(error.retry_after)
     events = []
-    if not turn.sequence:      # the headers went out early; no event yet
+    if not turn.announced:     # the headers went out early; no event (of this attempt) yet
+        turn.sequence, turn.announced = 0, True
         turn.response_id = turn.response_id or new_id("resp_")
         turn.created = turn.created or int(time.time())
         events.append({"type": "response.created", "response": _responses_object(
@@ -5715,6 +5729,11 @@ def responses_stream_error_event(error: ProxyError, options: ReplyOptions) -> by
 encode_responses_error = encode_openai_error
 
 
+def response_owner(head: RequestHead) -> str:
+    """Whose a kept response is: a digest of the client key that asked for it."""
+    return hashlib.sha256(client_key(head).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _not_stored(response_id: str) -> ClientError:
     return ClientError("Response with id %r not found. This proxy keeps the responses it "
                        "made itself, for a while (server.responses_store), for the client key "
@@ -5726,7 +5745,7 @@ def get_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int,
     """GET /v1/responses/{id}: a kept response, whole (its events are not kept)."""
     if head.query_value("stream") not in ("", "false"):
         raise ClientError("stream: a kept response is given whole; its events are not kept")
-    stored = RESPONSE_STORE.get(params["response_id"], fingerprint(client_key(head)))
+    stored = RESPONSE_STORE.get(params["response_id"], response_owner(head))
     if stored is None:
         raise _not_stored(params["response_id"])
     return 200, stored.response
@@ -5734,7 +5753,7 @@ def get_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int,
 
 def delete_stored_response(head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
     """DELETE /v1/responses/{id}."""
-    if not RESPONSE_STORE.delete(params["response_id"], fingerprint(client_key(head))):
+    if not RESPONSE_STORE.delete(params["response_id"], response_owner(head)):
         raise _not_stored(params["response_id"])
     return 200, {"id": params["response_id"], "object": "response.deleted", "deleted": True}
 
@@ -5890,9 +5909,9 @@ def responses_parameter_retry(error: UpstreamError, options: Dict[str, Any]
     return dict(options, **{RESPONSES_REFUSED: refused + (found.group(1),)})
 
 
-# Fields of /responses/input_tokens (it refuses the ones about generating).
-RESPONSES_COUNT_FIELDS = ("model", "input", "instructions", "tools", "tool_choice",
-                          "parallel_tool_calls", "reasoning", "text")
+# Fields of /responses/input_tokens that change the count (the ones about generating,
+# reasoning included, it refuses, or a model may).
+RESPONSES_COUNT_FIELDS = ("model", "input", "instructions", "tools", "tool_choice", "text")
 
 
 def encode_responses_count_request(chat: Chat, model: str) -> Dict[str, Any]:
@@ -5920,8 +5939,11 @@ def decode_responses_usage(usage: Any) -> Optional[Usage]:
                  reasoning_tokens=tokens_of(made.get("reasoning_tokens")))
 
 
-# How OpenAI says when to come back inside a rate limit's message (what Codex reads too).
-TRY_AGAIN = re.compile(r"(?i)try again in\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|seconds?)\b")
+# How OpenAI says when to come back inside a rate limit's message (what Codex reads too):
+# "try again in 1.5s", "in 250ms", "in 6m15.84s", "in 1h2m".
+TRY_AGAIN = re.compile(r"(?i)try again in\s*((?:\d{1,9}(?:\.\d{1,9})?\s*"
+                       r"(?:ms|h|m(?!s)|s(?:econds?)?)\s*)+)")
+WAIT_UNITS = {"ms": 0.001, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def responses_failure(response: Dict[str, Any]) -> UpstreamError:
@@ -5933,8 +5955,8 @@ def responses_failure(response: Dict[str, Any]) -> UpstreamError:
               "server_is_overloaded": 503, "slow_down": 503}.get(code, 502)
     message = text_of(error.get("message"))
     wait = TRY_AGAIN.search(message)
-    retry_after = float(wait.group(1)) / (1000 if wait.group(2).lower() == "ms" else 1) \
-        if wait else None
+    retry_after = sum(float(number) * WAIT_UNITS[unit.lower()] for number, unit in re.findall(
+        r"(?i)(\d+(?:\.\d+)?)\s*(ms|h|m|s)", wait.group(1))) if wait else None
     return UpstreamError("the upstream's response failed: %s" % (
         clip(message or code or "no reason given", 2000)),
         status=status, reason=code, retry_after=retry_after)
@@ -6356,7 +6378,7 @@ def _responses_client_request(ex: Exchange, head: RequestHead, payload: Any,
                               strict: bool) -> Chat:
     turn = ex.options.responses
     if turn is not None:     # whose it is, and what keeping it would cost
-        turn.owner, turn.size = fingerprint(client_key(head)), ex.request_bytes
+        turn.owner, turn.size = response_owner(head), ex.request_bytes
     return decode_responses_request(payload, strict, turn)
 
 
@@ -7087,6 +7109,7 @@ class KeyPool:
             for state in self.states:
                 state.refused.clear()
             self._next %= len(self.states)
+            self._sessions.clear()      # they may name keys no longer here
             self._lock.notify_all()
 
     def _scope(self, model: str) -> str:
@@ -7138,8 +7161,10 @@ class KeyPool:
                     self.waiting -= 1
 
     def _pick(self, usable: List[KeyState], session: str = "") -> KeyState:
+        if len(self.states) < 2:
+            return usable[0]
         had = self._sessions.get(session) if session else None
-        if had is not None and had in usable:
+        if had is not None and any(state is had for state in usable):
             self._sessions.move_to_end(session)
             return had
         state = self._pick_by_strategy(usable)
@@ -7520,12 +7545,19 @@ class Request:
         self._chat: Optional[Chat] = None
 
     def chat(self) -> Chat:
-        """The request in the neutral model, decoded when the first upstream that needs
-        it is tried (a pass-through never does)."""
+        """The request in the neutral model, decoded once, when the first upstream that
+        needs it is tried (a pass-through never does); for a token count, what the
+        dialect counts."""
         if self._chat is None:
+            dialect = self.dialect
             try:
-                self._chat = self.dialect.decode_request(self.ex, self.head, self.payload,
-                                                         self.strict)
+                if self.ex.action == "count_tokens":
+                    assert dialect.decode_count_request is not None
+                    self._chat = dialect.decode_count_request(self.ex, self.payload,
+                                                              self.strict)
+                else:
+                    self._chat = dialect.decode_request(self.ex, self.head, self.payload,
+                                                        self.strict)
             except RecursionError:
                 raise ClientError("the request is nested too deeply") from None
         return self._chat
@@ -7812,7 +7844,9 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             log.warning("%s: out of retry time (retry_budget) before trying %s",
                         ex.rid, runtime.name)
             return None
-        key = keys.acquire(model, wait_until, lambda: rq.pipe.gone, ex.session)
+        # A retry after a failure goes to another key, conversation or not.
+        key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,
+                           ex.session if not tries else "")
         if isinstance(key, KeysUnavailable):
             if rq.pipe.gone:
                 raise ClientGone()
@@ -7951,17 +7985,15 @@ def count_tokens(call: UpstreamCall) -> Callable[[], None]:
         return passthrough(call)
     rq, kind = call.rq, call.runtime.kind
     dialect = rq.dialect
-    assert dialect.decode_count_request and dialect.encode_count_response
-    try:
-        chat = dialect.decode_count_request(rq.ex, rq.payload, rq.strict)
-    except RecursionError:
-        raise ClientError("the request is nested too deeply") from None
+    assert dialect.encode_count_response
+    chat = rq.chat()
     if kind.count_path is not None and kind.encode_count_request and \
             kind.decode_count_response and chat.messages:
         encode, decode = kind.encode_count_request, kind.decode_count_response
-        tokens = call.send(kind.count_path(call.model),
+        tokens = call.send(kind.count_path(call.model),      # its body has no options
                            lambda options: encode(chat, call.model),
-                           lambda response: decode(call.read_json(response)))
+                           lambda response: decode(call.read_json(response)),
+                           alternatives=False)
     else:
         tokens = estimate_prompt_tokens(chat)
     payload = dialect.encode_count_response(tokens)
@@ -7981,9 +8013,9 @@ def embed(call: UpstreamCall) -> Callable[[], None]:
                           "upstream that has them" % (call.runtime.name, kind.name,
                                                       rq.ex.client_model))
     encode, decode = kind.encode_embed_request, kind.decode_embed_response
-    reply = call.send(kind.embed_path(call.model),
+    reply = call.send(kind.embed_path(call.model),         # its body has no options
                       lambda options: encode(request, call.model),
-                      lambda response: decode(call.read_json(response)))
+                      lambda response: decode(call.read_json(response)), alternatives=False)
     payload = dialect.encode_embed_response(rq.ex, reply)
     return lambda: rq.out.json(payload)
 

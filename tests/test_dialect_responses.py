@@ -565,8 +565,7 @@ def test_json_mode_and_limits_of_a_responses_upstream():
     with pytest.raises(gp.ClientError, match="one answer"):
         gp.encode_responses_request(chat, "m")
     count = gp.encode_responses_count_request(chat_with_history(), "m")
-    assert sorted(count) == ["input", "instructions", "model", "parallel_tool_calls",
-                             "reasoning", "tool_choice", "tools"]
+    assert sorted(count) == ["input", "instructions", "model", "tool_choice", "tools"]
 
 
 # -- the upstream side: Responses -> neutral -----------------------------------------------------
@@ -789,6 +788,7 @@ def test_a_refused_parameter_is_left_out_of_the_next_try():
 @pytest.mark.parametrize("message, seconds", [
     ("Rate limit reached. Please try again in 1.5s.", 1.5),
     ("Please try again in 250ms", 0.25), ("try again in 12 seconds", 12.0),
+    ("Please try again in 6m15.84s.", 375.84), ("try again in 1h2m", 3720.0),
     ("slow down", None)])
 def test_an_in_stream_rate_limit_keeps_when_to_come_back(message, seconds):
     error = gp.responses_failure({"error": {"code": "rate_limit_exceeded", "message": message}})
@@ -1014,3 +1014,65 @@ def test_an_upstream_call_without_a_name_is_a_502():
         with pytest.raises(gp.UpstreamError) as caught:
             gp.decode_responses_response(upstream_response([item]))
         assert caught.value.status == 502
+
+
+
+# -- what the second review found ------------------------------------------------------------
+
+def test_an_upstream_error_before_anything_reached_the_client_still_starts_the_stream():
+    """A passed-through attempt whose first event is an error has sent the client
+    nothing: the proxy's failure starts the stream itself."""
+    turn = turn_of({})
+    turn.passed('{"type":"error","sequence_number":0,"code":"server_error","message":"x"}')
+    events = parse_sse(gp.responses_stream_error_event(gp.UpstreamError("x", status=502),
+                                                       gp.ReplyOptions(responses=turn)))
+    check_responses_stream(events)
+    assert [(e, d["sequence_number"]) for e, d in events] == [
+        ("response.created", 0), ("response.failed", 1)]
+    assert events[0][1]["response"]["id"] == events[1][1]["response"]["id"] != ""
+
+
+def test_references_are_bounded_apart_from_the_previous_conversation(monkeypatch):
+    kept = store()
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "content": "x"}
+    kept.put({"id": "resp_P"}, [{"role": "user", "content": "y" * 100}], [item], 10)
+    monkeypatch.setattr(gp, "MAX_REFERENCED_BYTES", 80)
+    items, brought = gp.responses_history(
+        {"previous_response_id": "resp_P", "input": [{"type": "item_reference",
+                                                      "id": "msg_1"}]}, kept)
+    assert len(items) == 3 and brought > 80      # the conversation counts for the store...
+    monkeypatch.setattr(gp, "MAX_REFERENCED_BYTES", 10)
+    with pytest.raises(gp.ClientError) as caught:  # ...but only references for the limit
+        gp.responses_history({"input": [{"type": "item_reference", "id": "msg_1"}]}, kept)
+    assert caught.value.status == 413
+
+
+def test_an_entry_expires_on_time_behind_one_that_lives_longer(monkeypatch):
+    """After a reload shortens the time to live, a newer entry may expire before an
+    older one: it must not be read back once it has."""
+    kept = gp.ResponseStore(ttl=3600)
+    kept.put({"id": "old"}, [], [], 1)
+    kept.configure(1000, 10, gp.MiB)
+    kept.put({"id": "new"}, [], [{"id": "item_new"}], 1)
+    now = gp.time.monotonic()
+    monkeypatch.setattr(gp.time, "monotonic", lambda: now + 60)
+    assert kept.get("old") is not None and kept.get("new") is None
+    assert kept.item("item_new") is None
+
+
+def test_a_carrier_that_does_not_unpack_is_no_providers_signature():
+    import zlib
+    bad = base64.b64encode(gp.CARRIER_MAGIC + zlib.compress(b'[{"s": 5}]')).decode()
+    assert gp.is_carrier(bad) and gp.unpack_thinking(bad) == []
+    chat = gp.decode_gemini_request({"contents": [
+        {"role": "user", "parts": [{"text": "go"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}},
+                                     "thoughtSignature": bad}]}]}, "gemini-x")
+    assert chat.messages[1].parts[0].signature == ""
+    chat = gp.decode_anthropic_request({"model": "c", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hm", "signature": bad},
+            {"type": "text", "text": "ok"}]}]})
+    thinking = chat.messages[1].parts[0]
+    assert (thinking.text, thinking.signature, thinking.origin) == ("hm", "", "openai")

@@ -74,6 +74,10 @@ def test_a_conversation_keeps_its_key_while_that_key_is_usable():
     keys.failed(keys.states[0], "m", rate_limited(30))       # s1's key rests: it moves on
     moved = take_for("s1")
     assert moved != "a" and take_for("s1") == moved
+    keys.reconfigure(["a", "b", "c"], keys.spec, "openai")   # a reload forgets them
+    assert not keys._sessions
+    assert gp.KeyPool("one", ["k"], spec(), "openai")._pick(
+        [gp.KeyState("k", "key#k")], "s") is not None    # one key: nothing to remember
 
 
 def test_least_recently_failed_first():

@@ -212,3 +212,20 @@ def test_a_conversation_stays_on_one_key_of_a_pool(proxy_factory):
         assert used[0] != used[1]
     finally:
         fake.stop()
+
+
+def test_a_retry_goes_to_another_key_even_in_a_conversation(proxy_factory):
+    from fake_upstream import FakeOpenAI
+    import faults
+    fake = FakeOpenAI().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"up": {
+            "kind": "openai", "base_url": fake.base_url, "api_keys": ["key-a", "key-b"],
+            "retries": 1, "retry_wait": 0}}})
+        fake.rules["key-a"] = faults.error("openai", 500, "key-a's server is down")
+        status, _, data = proxy.request("POST", "/v1/responses", {
+            "model": "m", "input": "hi", "prompt_cache_key": "conv-9"}, HEADERS)
+        assert status == 200, data
+        assert fake.keys_used() == ["key-a", "key-b"]
+    finally:
+        fake.stop()
