@@ -8091,8 +8091,8 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     return deliver
 
 
-# The text fields of the three dialects' stream events, for an estimate of the output of
-# a passed-through stream whose upstream reported no usage.
+# The text fields of the dialects' stream events, for an estimate of the output of a
+# passed-through stream whose upstream reported no usage (Responses upstreams report it).
 STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
                                r'reasoning_content|reasoning)": ?"((?:[^"\\]|\\.)*)"')
 

@@ -3,8 +3,8 @@ in a private network namespace with only loopback (tests/agent_rig.py runs the f
 upstream and the proxy in there too):
 
 * Codex CLI 0.169.0 (`codex exec --json`, model gpt-5.5) to an OpenAI-compatible, a Gemini
-  and an Anthropic upstream, and an OpenAI Responses one (passed through) where the fakes
-  have it: a plain prompt, and a task in which the model runs a shell command (Codex's
+  and an Anthropic upstream, and an OpenAI Responses one (passed through): a plain
+  prompt, and a task in which the model runs a shell command (Codex's
   `exec_command` function tool) and edits a file with `apply_patch` (a custom, freeform
   tool, which the proxy gives a non-Responses upstream as a function `apply_patch` with
   one string parameter `input`), both in one turn;
@@ -46,14 +46,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fake_upstream import HELLO  # noqa: E402
-from faults import FAKES  # noqa: E402
 
 CODEX = os.environ.get("CODEX_BIN") or shutil.which("codex")
 OPENCODE = os.environ.get("OPENCODE_BIN") or shutil.which("opencode")
 # Converted to Chat Completions, Gemini and Anthropic Messages; and passed through to a
 # Responses upstream where the fakes have one.
-UPSTREAMS = ["openai", "gemini", "anthropic"] + \
-    [kind for kind in ["openai-responses"] if kind in FAKES]
+UPSTREAMS = ["openai", "gemini", "anthropic", "openai-responses"]
 
 
 def _can_unshare():
