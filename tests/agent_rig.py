@@ -71,6 +71,28 @@ class LogLines(logging.Handler):
             pass
 
 
+def can_unshare():
+    """Whether this process may make a network namespace (the agents run in one)."""
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def run_in_netns(upstream, command, env, cwd, options=(), timeout=300):
+    """This rig's outcome for `command`, run in a network namespace holding only loopback;
+    `options` are more of the rig's flags (--scenario, --template, --access-log)."""
+    rig = [sys.executable, os.path.abspath(__file__), "--upstream", upstream,
+           "--cwd", str(cwd)] + list(options) + \
+        ["--env=%s=%s" % item for item in env.items()] + ["--"] + command
+    script = 'ip link set lo up && exec "$@"'
+    completed = subprocess.run(["unshare", "-n", "sh", "-c", script, "sh"] + rig,
+                               capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def fill_in_template(path, url):
     with open(path) as f:
         text = f.read()

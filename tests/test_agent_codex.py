@@ -37,7 +37,6 @@ on PATH; .ci/run installs them.
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -45,24 +44,17 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import agent_rig  # noqa: E402
 from fake_upstream import HELLO  # noqa: E402
 
 CODEX = os.environ.get("CODEX_BIN") or shutil.which("codex")
 OPENCODE = os.environ.get("OPENCODE_BIN") or shutil.which("opencode")
 # Converted to Chat Completions, Gemini and Anthropic Messages; and passed through to a
-# Responses upstream where the fakes have one.
+# Responses upstream.
 UPSTREAMS = ["openai", "gemini", "anthropic", "openai-responses"]
 
 
-def _can_unshare():
-    try:
-        return subprocess.run(["unshare", "-n", "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-UNSHARE = _can_unshare()
+UNSHARE = agent_rig.can_unshare()
 needs_unshare = pytest.mark.skipif(
     not UNSHARE, reason="`unshare -n` is not allowed here, and the agents must run with "
                         "no network but loopback")
@@ -75,17 +67,10 @@ opencode_available = pytest.mark.skipif(
 
 
 def run_in_netns(upstream, command, env, cwd, templates=(), timeout=300):
-    """agent_rig.py's outcome for `command`, run in a network namespace holding only
-    loopback, with the proxy's access log on (the outcome's proxy_log)."""
-    rig = [sys.executable, os.path.join(HERE, "agent_rig.py"), "--upstream", upstream,
-           "--cwd", str(cwd), "--access-log"] + \
-        ["--template=%s" % path for path in templates] + \
-        ["--env=%s=%s" % item for item in env.items()] + ["--"] + command
-    script = 'ip link set lo up && exec "$@"'
-    completed = subprocess.run(["unshare", "-n", "sh", "-c", script, "sh"] + rig,
-                               capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    """agent_rig's outcome for `command`, with the proxy's access log on (the outcome's
+    proxy_log) and {proxy} filled in in the `templates` files."""
+    return agent_rig.run_in_netns(upstream, command, env, cwd, ["--access-log"] + [
+        "--template=%s" % path for path in templates], timeout)
 
 
 def explain(outcome):

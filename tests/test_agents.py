@@ -15,25 +15,16 @@ QWEN_CODE_BIN, or put `claude` / `qwen` on PATH; .ci/run installs them.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import agent_rig
+
 CLAUDE = os.environ.get("CLAUDE_CODE_BIN") or shutil.which("claude")
 QWEN = os.environ.get("QWEN_CODE_BIN") or shutil.which("qwen")
 
 
-def _can_unshare():
-    try:
-        return subprocess.run(["unshare", "-n", "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-UNSHARE = _can_unshare()
+UNSHARE = agent_rig.can_unshare()
 needs_unshare = pytest.mark.skipif(
     not UNSHARE, reason="`unshare -n` is not allowed here, and the agents must run with "
                         "no network but loopback")
@@ -49,14 +40,8 @@ def workdir(tmp_path):
 
 
 def run_in_netns(upstream, command, env, cwd, timeout=300, scenario="plain"):
-    rig = [sys.executable, os.path.join(HERE, "agent_rig.py"), "--upstream", upstream,
-           "--cwd", str(cwd), "--scenario", scenario] + \
-        ["--env=%s=%s" % item for item in env.items()] + ["--"] + command
-    script = 'ip link set lo up && exec "$@"'
-    completed = subprocess.run(["unshare", "-n", "sh", "-c", script, "sh"] + rig,
-                               capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return agent_rig.run_in_netns(upstream, command, env, cwd, ["--scenario", scenario],
+                                  timeout)
 
 
 def last_json(text):
