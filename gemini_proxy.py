@@ -59,14 +59,17 @@ Contents (each section uses only the ones above it):
     11. dialect: OpenAI Responses (the client's requests, the responses kept)
     12. dialect: OpenAI Responses, replies to the client
     13. dialect: OpenAI Responses, the upstream side
-    14. dialect registry, upstream kinds and routes
-    15. upstream client (pooled keep-alive http.client connections, timeouts)
-    16. key pools
-    17. requests in flight (worker threads, the pipe to the event loop, errors)
-    18. upstream calls and retries
-    19. actions and the application
-    20. server (asyncio: connections, limits, streaming, shutdown)
-    21. command line
+    14. upstream: Google Code Assist (the envelope, its errors, credential files)
+    15. dialect registry, upstream kinds and routes
+    16. upstream client (pooled keep-alive http.client connections, timeouts)
+    17. Google accounts (tokens refreshed, projects found)
+    18. key pools (keys and accounts)
+    19. requests in flight (worker threads, the pipe to the event loop, errors)
+    20. upstream calls and retries
+    21. actions and the application
+    22. server (asyncio: connections, limits, streaming, shutdown)
+    23. Google login (the login and accounts commands)
+    24. command line
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ import errno
 import fnmatch
 import hashlib
 import hmac
+import html
 import http.client
+import http.server
 import ipaddress
 import itertools
 import json
@@ -110,7 +115,7 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 try:
-    import resource     # POSIX: the open-file limit (section 20)
+    import resource     # POSIX: the open-file limit (section 22)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -121,7 +126,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 21) and the README's
+# flag that may set it. Configuration (section 4), --help (section 24) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +144,29 @@ class Setting:
 
 MiB = 1024 * 1024
 
+# Gemini CLI's OAuth client (gemini-cli packages/core/src/code_assist/oauth2.ts): an
+# "installed application" client, whose secret Google's own guidance says is not treated as
+# a secret; a credential file Gemini CLI wrote can only be refreshed with this pair.
+GOOGLE_CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
+GOOGLE_CLIENT_SECRET = "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"
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",
+                 "https://www.googleapis.com/auth/userinfo.email",
+                 "https://www.googleapis.com/auth/userinfo.profile")
+GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+GOOGLE_USERINFO_URL = "https://www.googleapis.com/oauth2/v2/userinfo"
+# Where the no-browser login sends the user: a Google page that shows the code to paste.
+GOOGLE_PASTE_REDIRECT = "https://codeassist.google.com/authcode"
+
+# The models Code Assist serves (gemini-cli config/models.ts), for model lists; and the
+# names Gemini CLI changes before sending ("those backends do not expect" the new one).
+CODE_ASSIST_MODELS = (
+    "gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-pro-preview", "gemini-3.1-pro-preview",
+    "gemini-3-flash-preview", "gemini-3-flash", "gemini-3.5-flash", "gemini-3.1-flash-lite")
+CODE_ASSIST_MODEL_NAMES = {"gemini-3.5-flash": "gemini-3-flash"}
+
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (section 20) --
+    # -- server: listening, client keys, limits (section 22) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -181,12 +207,15 @@ SETTINGS: Tuple[Setting, ...] = (
             "response lasts"),
     Setting("server", "responses_store_bytes", 256 * MiB, "Responses API: the most the kept "
             "responses may hold (their requests' and answers' bytes)"),
+    Setting("server", "state_dir", "", "where the proxy keeps Google logins and what it "
+            "learnt about them (empty: $XDG_CONFIG_HOME/gemini-proxy, else "
+            "~/.config/gemini-proxy)", env="GEMINI_PROXY_STATE_DIR", flag="--state-dir"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 14-19) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-21) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
             flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
-                                              "echo")),
+                                              "code-assist", "echo")),
     Setting("upstream", "base_url", "", "base URL, e.g. https://api.deepseek.com/v1 (empty: "
             "the kind's own)", env="GEMINI_PROXY_UPSTREAM_URL", flag="--upstream-url"),
     Setting("upstream", "api_key", "", "the provider key", env="GEMINI_PROXY_UPSTREAM_KEY",
@@ -263,6 +292,21 @@ SETTINGS: Tuple[Setting, ...] = (
             "sets none"),
     Setting("upstream", "anthropic_version", "2023-06-01", "Anthropic: the "
             "anthropic-version header"),
+    Setting("upstream", "credentials", [], "Code Assist: Google credential files, and "
+            "directories of them (every *.json in each); empty: the proxy's accounts "
+            "directory (state_dir/accounts), then Gemini CLI's ~/.gemini/oauth_creds.json"),
+    Setting("upstream", "project", "", "Code Assist: the Google Cloud project every account "
+            "uses (empty: each account's own, found with loadCodeAssist)"),
+    Setting("upstream", "oauth_token_url", GOOGLE_TOKEN_URL, "Code Assist: Google's OAuth "
+            "token endpoint"),
+    Setting("upstream", "oauth_auth_url", GOOGLE_AUTH_URL, "Code Assist: Google's OAuth "
+            "consent page (for login)"),
+    Setting("upstream", "oauth_userinfo_url", GOOGLE_USERINFO_URL, "Code Assist: Google's "
+            "userinfo endpoint (for login)"),
+    Setting("upstream", "oauth_client_id", GOOGLE_CLIENT_ID, "Code Assist: the OAuth client "
+            "(default: Gemini CLI's public one)"),
+    Setting("upstream", "oauth_client_secret", GOOGLE_CLIENT_SECRET, "Code Assist: that "
+            "client's secret (public for an installed app)"),
     # -- routes[] --
     Setting("route", "model", "", "the client's model name, exact or a glob"),
     Setting("route", "upstream", "", "the upstream's name"),
@@ -298,7 +342,8 @@ SETTINGS_BY_PATH = {(s.section, s.key): s for s in SETTINGS}
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1",
                      "openai-responses": "https://api.openai.com/v1",
                      "gemini": "https://generativelanguage.googleapis.com",
-                     "anthropic": "https://api.anthropic.com"}
+                     "anthropic": "https://api.anthropic.com",
+                     "code-assist": "https://cloudcode-pa.googleapis.com"}
 
 # Where the no-configuration start sends requests when OPENAI_BASE_URL is not set.
 OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
@@ -397,6 +442,15 @@ class UpstreamError(ProxyError):
 
     status = 502
     raw: Optional[Tuple[List[Tuple[str, str]], bytes]] = None
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 retry_after: Optional[float] = None, reason: str = "",
+                 key_verdict: str = ""):
+        super().__init__(message, status, retry_after, reason)
+        # What the failure says about the key or account that was used, when its
+        # status alone does not (see refusal_scope): "out" (for everything),
+        # "out_for_model", "rest" (all of it, for retry_after), "spare" (nothing).
+        self.key_verdict = key_verdict
 
 
 class KeysUnavailable(UpstreamError):
@@ -604,6 +658,10 @@ def fingerprint(secret: str) -> str:
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
 
 
+# Google's OAuth tokens, wherever they turn up (access tokens start "ya29.", refresh
+# tokens "1//"): the proxy holds many that no configuration names.
+GOOGLE_TOKEN = re.compile(r"\bya29\.[\w.-]+|(?<![\w/])1//[\w.-]{8,}")
+
 SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api-key",
                             "proxy-authorization", "cookie", "set-cookie"))
 
@@ -626,6 +684,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "[REDACTED]")
+        text = GOOGLE_TOKEN.sub("[REDACTED]", text)
         return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
 
     def reply_text(self, text: str) -> str:
@@ -1045,6 +1104,8 @@ def _resolve_upstreams(config: Config, environ: Dict[str, str]) -> None:
         # One pool, in the order given, each key once; api_key is its first.
         spec["api_keys"] = list(dict.fromkeys(k for k in keys if k))
         spec["api_key"] = spec["api_keys"][0] if spec["api_keys"] else ""
+        if spec["kind"] == "code-assist" and not spec["models"]:
+            spec["models"] = list(CODE_ASSIST_MODELS)
         if spec["kind"] != "echo":
             spec["base_url"] = spec["base_url"] or DEFAULT_BASE_URLS[spec["kind"]]
             parsed = urllib.parse.urlsplit(spec["base_url"])
@@ -1126,7 +1187,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 20) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 22) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -4593,15 +4654,21 @@ def gemini_stream_error(data: str) -> Optional[UpstreamError]:
 def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
     """streamGenerateContent SSE -> neutral events, a choice per candidate. A stream that
     ends without a finishReason raises, like Gemini CLI would."""
+    return decode_gemini_chunks(stream_event_json(data, gemini_stream_error)
+                                for _, data in raw_events)
+
+
+def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
+    """decode_gemini_stream of the events' JSON, read (Code Assist's envelope is taken
+    off between the two)."""
     finish_reasons: Dict[int, str] = {}
     calls: Dict[int, bool] = {}
     usage = None
     blocked = False
-    for _, data in raw_events:
-        chunk = stream_event_json(data, gemini_stream_error)
+    for chunk in chunks:
         if not isinstance(chunk, dict):
             raise UpstreamError("the upstream stream sent %s where an object belongs"
-                                % clip(data, 100), status=502)
+                                % clip(json.dumps(chunk), 100), status=502)
         usage = decode_gemini_usage(chunk.get("usageMetadata")) or usage
         blocked |= bool(fields_of(chunk.get("promptFeedback")).get("blockReason"))
         for candidate in _gemini_candidates(chunk):
@@ -6125,11 +6192,328 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
     return decode_responses_usage(usage) or previous
 
 
-# ---- 14. Dialect registry, upstream kinds and routes ----------------------------------
+# ---- 14. Upstream: Google Code Assist -------------------------------------------------------
+#
+# Gemini through Google's Code Assist endpoint, which Gemini CLI's "Login with Google" uses:
+# the Gemini dialect inside an envelope ({model, project, user_prompt_id, request} out,
+# {response, traceId} back, every stream event too), its errors sorted by what they say
+# about the account that sent the request, and the pure half of a Google login: the
+# credential files people already have, in the four shapes they come in, and the OAuth
+# URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
+# section 23's.
+
+CODE_ASSIST_API = "/v1internal"
+
+# What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
+CODE_ASSIST_METADATA = {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
+                        "pluginType": "GEMINI"}
+
+# A token with less than this many seconds left is refreshed before use (gemini-cli's
+# auth library refreshes five minutes ahead too).
+TOKEN_REFRESH_MARGIN = 300.0
+
+
+def code_assist_model(model: str) -> str:
+    """The model name Code Assist takes: bare, and renamed where Gemini CLI renames it."""
+    model = model[len("models/"):] if model.startswith("models/") else model
+    return CODE_ASSIST_MODEL_NAMES.get(model, model)
+
+
+def encode_code_assist_request(chat: Chat, model: str,
+                               options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Neutral request -> the envelope around a Gemini request. options["envelope"] holds
+    what the account and the request add: project, user_prompt_id, session_id."""
+    options = options or UPSTREAM_DEFAULTS
+    envelope = options.get("envelope") or {}
+    request = encode_gemini_request(chat, model, options)
+    if envelope.get("session_id"):
+        request["session_id"] = envelope["session_id"]
+    wrapped = {"model": code_assist_model(model), "project": envelope.get("project", ""),
+               "request": request}
+    if envelope.get("user_prompt_id"):
+        wrapped["user_prompt_id"] = envelope["user_prompt_id"]
+    return wrapped
+
+
+def code_assist_usage_node(payload: Dict[str, Any]) -> Any:
+    """The usage of an enveloped reply: in the response (where Google puts it) or beside
+    it, in either spelling; only a node with a count in it."""
+    response = fields_of(payload.get("response"))
+    for node in (response.get("usageMetadata"), response.get("usage_metadata"),
+                 payload.get("usageMetadata"), payload.get("usage_metadata")):
+        if isinstance(node, dict) and any(k.endswith(("TokenCount", "token_count"))
+                                          for k in node):
+            return camel_keys(node)
+    return None
+
+
+def unwrap_code_assist(payload: Any) -> Dict[str, Any]:
+    """{response, traceId} -> the GenerateContentResponse inside, usage included. No
+    response is a reply with no candidates (the Gemini decoders say what that means)."""
+    payload = reply_object(payload, "the reply")
+    response = dict(reply_object(payload.get("response"), "the reply's response"))
+    usage = code_assist_usage_node(payload)
+    if usage is not None:
+        response["usageMetadata"] = usage
+    return response
+
+
+def decode_code_assist_response(payload: Any, model: str = "") -> Reply:
+    return decode_gemini_response(unwrap_code_assist(payload), model)
+
+
+def code_assist_stream_error(data: str) -> Optional[UpstreamError]:
+    """An error in the stream, as an object or (as failed streams send it) in a list."""
+    if '"error"' not in data[:30]:
+        return None
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return decode_code_assist_error(payload["error"].get("code"), payload)
+    return None
+
+
+def decode_code_assist_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
+    """The SSE of :streamGenerateContent -> neutral events. As tolerant as Gemini CLI's
+    own reader: an event that is not JSON is skipped (a stream that never finishes still
+    fails, at its end)."""
+    def chunks() -> Iterator[Any]:
+        for _, data in raw_events:
+            error = code_assist_stream_error(data)
+            if error is not None:
+                raise error
+            try:
+                payload = strict_json(data)
+            except (ValueError, RecursionError):
+                log.debug("skipped an event Code Assist sent that is not JSON: %r",
+                          data[:100])
+                continue
+            yield unwrap_code_assist(payload)
+    return decode_gemini_chunks(chunks())
+
+
+def encode_code_assist_count_request(chat: Chat, model: str) -> Dict[str, Any]:
+    """:countTokens takes the model and the contents only (gemini-cli's converter)."""
+    contents = encode_gemini_request(dataclasses.replace(chat, thinking=None, tools=[]),
+                                     model)["contents"]
+    return {"request": {"model": "models/" + code_assist_model(model), "contents": contents}}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+GO_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
+                     "ns": 1e-9}
+# Times Google writes in an error's words: "reset after 19h14m47s.", "Please retry in 54.8s".
+RESET_IN_WORDS = re.compile(r"(?:reset after|retry in) ((?:\d+(?:\.\d+)?(?:h|ms|m|s))+)")
+# Server capacity, not the account's quota (gemini-cli googleQuotaErrors.ts).
+CAPACITY_REASONS = ("MODEL_CAPACITY_EXHAUSTED", "MODEL_CAPACITY_EXCEEDED")
+CAPACITY_WORDS = re.compile(r"no capacity available|capacity exceeded", re.I)
+
+
+def parse_go_duration(text: str) -> Optional[float]:
+    """Seconds in a Go duration ("373.801628ms", "13h19m1.2s"); None if it is not one."""
+    parts = GO_DURATION_PART.findall(text.strip()) if isinstance(text, str) else []
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(number) * GO_DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _lenient_error_fields(text: str) -> Dict[str, Any]:
+    """What can be read from an error body that is not quite JSON (a stray character
+    from an SSE reader): its message and its ErrorInfo reason."""
+    message = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    reason = re.search(r'"reason"\s*:\s*"(\w+)"', text)
+    code = re.search(r'"code"\s*:\s*(\d{3})', text)
+    fields: Dict[str, Any] = {"message": message.group(1) if message else text}
+    if reason:
+        fields["details"] = [{"reason": reason.group(1)}]
+    if code:
+        fields["code"] = int(code.group(1))
+    return {"error": fields}
+
+
+def decode_code_assist_error(status: Optional[int], payload: Any,
+                             headers: Optional[Dict[str, str]] = None) -> UpstreamError:
+    """A Code Assist error, with what it says about the account (key_verdict) and how
+    long to rest it: RetryInfo, then ErrorInfo's quotaResetDelay, then the time in the
+    words. A 429 for Google's capacity rests no account; a 403 takes the account out; a
+    404 takes it out for that model (preview models are not on every account)."""
+    if isinstance(payload, str):
+        payload = _lenient_error_fields(payload)
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    error = decode_gemini_error(status, payload, headers)
+    details = fields_of(fields_of(payload).get("error")).get("details")
+    infos = [d for d in (details if isinstance(details, list) else ()) if isinstance(d, dict)]
+    metadata: Dict[str, Any] = {}
+    for info in infos:
+        metadata.update(fields_of(info.get("metadata")))
+    if error.retry_after is None:
+        delay = parse_go_duration(text_of(metadata.get("quotaResetDelay")))
+        words = RESET_IN_WORDS.search(error.message)
+        error.retry_after = delay if delay is not None else \
+            parse_go_duration(words.group(1)) if words else None
+    if error.status == 429 and (error.reason in CAPACITY_REASONS or (
+            CAPACITY_WORDS.search(error.message) and error.reason not in (
+                "RATE_LIMIT_EXCEEDED", "QUOTA_EXHAUSTED"))):
+        error.key_verdict = "spare"
+    elif error.status == 429 and error.reason == "INSUFFICIENT_G1_CREDITS_BALANCE":
+        error.key_verdict = "spare"     # credits are only spent when asked to
+    elif error.status == 403:
+        error.key_verdict = "out"
+        link = text_of(metadata.get("validation_link") or metadata.get("validationUrl"))
+        for info in infos:
+            for item in info.get("links") or () if isinstance(info.get("links"), list) else ():
+                link = link or text_of(fields_of(item).get("url"))
+        if error.reason == "VALIDATION_REQUIRED" and link:
+            error.message += " (verify the account at %s)" % link
+    elif error.status == 404:
+        error.key_verdict = "out_for_model"
+    return error
+
+
+# -- Google logins: the pure half ------------------------------------------------------------
+
+@dataclasses.dataclass
+class GoogleCredential:
+    """One credential file, in whichever of the four shapes it came (Gemini CLI's
+    oauth_creds.json; google-auth's authorized-user files; CLIProxyAPI's auth files; a raw
+    token reply), read into one record."""
+
+    path: str
+    refresh_token: str
+    access_token: str = ""
+    expires_at: float = 0.0     # epoch seconds; 0: unknown, so refresh before first use
+    email: str = ""
+    project: str = ""           # the file's own, if it names one
+    client_id: str = ""         # the file's own OAuth client, if it names one
+    client_secret: str = ""
+
+
+def _expiry_seconds(value: Any) -> float:
+    """An expiry in epoch seconds from epoch milliseconds (Gemini CLI) or an ISO 8601
+    time (a naive one is UTC, as google-auth writes it); 0 when unknown."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value / 1000.0 if value > 1e11 else float(value)
+    if not isinstance(value, str) or not value:
+        return 0.0
+    text = value.strip().replace("Z", "+00:00")
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)     # Python reads microseconds at most
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def id_token_email(id_token: Any) -> str:
+    """The email in an OpenID id_token's payload; no signature check, as it only names
+    the account on a screen."""
+    try:
+        payload = text_of(id_token).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return ""
+    return text_of(fields_of(claims).get("email"))
+
+
+def parse_google_credential(data: Any, path: str) -> GoogleCredential:
+    """A credential file's JSON -> GoogleCredential; ValueError when it is none of the
+    four shapes or has no refresh token (it could not outlive its hour)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    nested = fields_of(data.get("token"))
+    refresh = text_of(data.get("refresh_token")) or text_of(nested.get("refresh_token"))
+    if not refresh:
+        raise ValueError("no refresh_token in it")
+    access = text_of(data.get("access_token")) or text_of(nested.get("access_token")) or \
+        text_of(data.get("token") if isinstance(data.get("token"), str) else "")
+    expires = _expiry_seconds(data.get("expiry_date")) or \
+        _expiry_seconds(data.get("expiry")) or _expiry_seconds(nested.get("expiry"))
+    project = text_of(data.get("project_id")) or text_of(data.get("quota_project_id"))
+    if project.upper() == "ALL" or "," in project:   # CLIProxyAPI: several; use the first
+        project = "" if project.upper() == "ALL" else project.split(",")[0].strip()
+    return GoogleCredential(
+        path=path, refresh_token=refresh, access_token=access if expires else "",
+        expires_at=expires, email=text_of(data.get("email")) or id_token_email(
+            data.get("id_token")), project=project,
+        client_id=text_of(data.get("client_id")) or text_of(nested.get("client_id")),
+        client_secret=text_of(data.get("client_secret")) or
+        text_of(nested.get("client_secret")))
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636's S256 challenge of a code verifier."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def google_auth_url(auth_url: str, client_id: str, redirect_uri: str, state: str,
+                    verifier: str = "") -> str:
+    """The consent page's address: offline access (a refresh token), asked again each
+    time (Google leaves the refresh token out of a silent re-consent), PKCE when the code
+    will be pasted."""
+    query = [("client_id", client_id), ("redirect_uri", redirect_uri),
+             ("response_type", "code"), ("access_type", "offline"),
+             ("scope", " ".join(GOOGLE_SCOPES)), ("state", state), ("prompt", "consent")]
+    if verifier:
+        query += [("code_challenge_method", "S256"),
+                  ("code_challenge", pkce_challenge(verifier))]
+    return auth_url + ("&" if "?" in auth_url else "?") + urllib.parse.urlencode(
+        query, quote_via=urllib.parse.quote)
+
+
+def read_code_assist_setup(payload: Any, configured_project: str) -> Dict[str, str]:
+    """What loadCodeAssist's answer means: {"project", "tier"} when the account is set up;
+    {"onboard": tier id} when it must be onboarded first; {"error": why} when it cannot be
+    used (to verify, with the address to do it at; or a project it needs)."""
+    payload = fields_of(payload)
+    current = fields_of(payload.get("currentTier"))
+    project = payload.get("cloudaicompanionProject")
+    project = text_of(fields_of(project).get("id")) if isinstance(project, dict) \
+        else text_of(project)
+    ineligible = [fields_of(t) for t in payload.get("ineligibleTiers") or ()
+                  if isinstance(payload.get("ineligibleTiers"), list)]
+    if not current:
+        for tier in ineligible:
+            if tier.get("reasonCode") == "VALIDATION_REQUIRED" and tier.get("validationUrl"):
+                return {"error": "Google asks to verify this account first: %s (%s)" % (
+                    text_of(tier.get("validationUrl")),
+                    text_of(tier.get("reasonMessage")) or "then try again")}
+        allowed = [fields_of(t) for t in payload.get("allowedTiers") or ()
+                   if isinstance(payload.get("allowedTiers"), list)]
+        default = next((t for t in allowed if t.get("isDefault")), {})
+        return {"onboard": text_of(default.get("id")) or "legacy-tier"}
+    tier = text_of(fields_of(payload.get("paidTier")).get("id")) or \
+        text_of(current.get("id")) or "standard-tier"
+    project = project or configured_project
+    if not project:
+        reasons = "; ".join(text_of(t.get("reasonMessage")) for t in ineligible
+                            if t.get("reasonMessage"))
+        return {"error": reasons or "this account needs a Google Cloud project: set "
+                "\"project\" on the code-assist upstream"}
+    return {"project": project, "tier": tier}
+
+
+def onboarded_project(operation: Any) -> str:
+    """The project a finished onboardUser operation gives (an object, or a bare id)."""
+    project = fields_of(fields_of(operation).get("response")).get("cloudaicompanionProject")
+    return text_of(fields_of(project).get("id")) if isinstance(project, dict) \
+        else text_of(project)
+
+
+# ---- 15. Dialect registry, upstream kinds and routes ----------------------------------
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 17-20) know nothing dialect-specific beyond these tables: a
+# and the server (sections 19-22) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -6598,6 +6982,19 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         if ex.action == "count_tokens" else "/responses",
         stream_end=re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"'),
         sends_stop=False),
+    # No dialect of its own: a Gemini client's requests are converted too (the envelope,
+    # the account's project), never passed through.
+    "code-assist": UpstreamKind(
+        name="code-assist", auth_headers=openai_auth_headers,
+        generate_path=lambda model, stream: CODE_ASSIST_API + (
+            ":streamGenerateContent?alt=sse" if stream else ":generateContent"),
+        encode_request=encode_code_assist_request,
+        decode_response=decode_code_assist_response,
+        decode_stream=decode_code_assist_stream, stream_event_error=code_assist_stream_error,
+        decode_error=decode_code_assist_error, retry_with=gemini_schema_retry,
+        count_path=lambda model: CODE_ASSIST_API + ":countTokens",
+        encode_count_request=encode_code_assist_count_request,
+        decode_count_response=decode_gemini_count_response),
     "echo": UpstreamKind(name="echo", answer_locally=echo_events),
 }
 assert set(UPSTREAM_KINDS) == set(SETTINGS_BY_PATH["upstream", "kind"].choices)
@@ -6647,10 +7044,12 @@ def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], Optional
 def session_key(head: RequestHead, payload: Any) -> str:
     """The conversation a request belongs to, as its client names it, so that a key pool
     keeps it on one key: prompt_cache_key (OpenAI's Chat Completions and Responses;
-    Codex sets it), else a session-id header (Codex and other agents send one)."""
+    Codex sets it), else a session-id header (Codex and other agents send one), else
+    Anthropic's metadata.user_id (Claude Code names its session in it)."""
     key = fields_of(payload).get("prompt_cache_key")
     if not isinstance(key, str) or not key:
-        key = head.header("session-id") or head.header("x-session-id")
+        key = head.header("session-id") or head.header("x-session-id") or \
+            text_of(fields_of(fields_of(payload).get("metadata")).get("user_id"))
     return key[:256]
 
 
@@ -6669,7 +7068,7 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
     return GEMINI_DIALECT
 
 
-# ---- 15. Upstream client -------------------------------------------------------------------
+# ---- 16. Upstream client -------------------------------------------------------------------
 #
 # Blocking http.client calls, made only from worker threads. Connections are kept alive
 # and pooled per target (scheme, host, port, base path, proxy): a fresh TLS handshake
@@ -7031,7 +7430,457 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                                 stopper)
 
 
-# ---- 16. Key pools -----------------------------------------------------------------------
+# ---- 17. Google accounts ---------------------------------------------------------------------
+#
+# The accounts of a code-assist upstream. Each is a Google login whose access token is
+# refreshed ahead of its expiry, one refresh at a time however many requests need it; whose
+# Code Assist project is found once (onboarding the account to the free tier when it has
+# none) and remembered across restarts; and which is out, with the reason, when Google will
+# not refresh it. It sits in the upstream's KeyPool as a key does and answers the same
+# questions. Credential files are only read, but for the proxy's own (the login command
+# writes them, and refreshed tokens go back into them): Gemini CLI's ~/.gemini is never
+# written.
+
+def state_directory(configured: str, environ: Dict[str, str]) -> str:
+    """Where the proxy keeps what it must remember: server.state_dir, else
+    $XDG_CONFIG_HOME/gemini-proxy, else ~/.config/gemini-proxy."""
+    if configured:
+        return os.path.expanduser(configured)
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(base, "gemini-proxy")
+
+
+def accounts_directory(state_dir: str) -> str:
+    return os.path.join(state_dir, "accounts")
+
+
+def gemini_cli_credentials(environ: Dict[str, str]) -> str:
+    """Gemini CLI's own login: ~/.gemini/oauth_creds.json ($GEMINI_CLI_HOME for ~)."""
+    home = environ.get("GEMINI_CLI_HOME") or environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".gemini", "oauth_creds.json")
+
+
+def credential_files(sources: List[str]) -> List[str]:
+    """The files behind a credentials list: files as named, and every *.json in each
+    directory, sorted; what does not exist is skipped."""
+    found: List[str] = []
+    for source in sources:
+        path = os.path.expanduser(source)
+        if os.path.isdir(path):
+            found += sorted(os.path.join(path, name) for name in os.listdir(path)
+                            if name.endswith(".json") and not name.startswith("."))
+        elif os.path.isfile(path):
+            found.append(path)
+    return list(dict.fromkeys(os.path.abspath(p) for p in found))
+
+
+def write_private_json(path: str, data: Any) -> None:
+    """Write a file only its owner can read, whole or not at all (a crash mid-write
+    leaves the old one)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    temporary = "%s.%s.tmp" % (path, new_id(nbytes=4))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class GoogleEndpoints:
+    """Where a code-assist upstream's logins and calls go, and the OAuth client used."""
+
+    base_url: str = DEFAULT_BASE_URLS["code-assist"]
+    token_url: str = GOOGLE_TOKEN_URL
+    auth_url: str = GOOGLE_AUTH_URL
+    userinfo_url: str = GOOGLE_USERINFO_URL
+    client_id: str = GOOGLE_CLIENT_ID
+    client_secret: str = GOOGLE_CLIENT_SECRET
+    timeout: float = 30.0
+
+    @classmethod
+    def of(cls, spec: Dict[str, Any]) -> "GoogleEndpoints":
+        return cls(spec["base_url"] or DEFAULT_BASE_URLS["code-assist"], spec["oauth_token_url"],
+                   spec["oauth_auth_url"], spec["oauth_userinfo_url"],
+                   spec["oauth_client_id"], spec["oauth_client_secret"],
+                   max(spec["connect_timeout"], 30.0))
+
+
+def google_call(url: str, timeout: float, form: Optional[Dict[str, str]] = None,
+                body: Any = None, token: str = "", method: str = "") -> Tuple[int, Any]:
+    """One call to a Google endpoint (token, userinfo, the Code Assist setup methods):
+    (status, the JSON answer, or its text when it is not JSON). A network failure is an
+    UpstreamError (502; 504 for a timeout)."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"user-agent": "gemini-proxy/" + __version__, "accept": "application/json"}
+    data = None
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode("ascii")
+        headers["content-type"] = "application/x-www-form-urlencoded"
+    elif body is not None:
+        data = json_bytes(body)
+        headers["content-type"] = "application/json"
+    if token:
+        headers["authorization"] = "Bearer " + token
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.netloc, timeout=timeout,
+                                                 context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    where = "%s://%s%s" % (parts.scheme, parts.hostname, parts.path)
+    try:
+        connection.request(method or ("POST" if data is not None else "GET"),
+                           urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query,
+                                                    "")), data, headers)
+        response = connection.getresponse()
+        raw = response.read(4 * MiB)
+        status = response.status
+    except socket.timeout:
+        raise UpstreamError("%s did not answer within %gs" % (where, timeout),
+                            status=504) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise UpstreamError("cannot reach %s: %s" % (where, exc), status=502) from None
+    finally:
+        connection.close()
+    try:
+        return status, json.loads(raw)
+    except (ValueError, RecursionError):
+        return status, raw.decode("utf-8", "replace")
+
+
+class TokenRefused(Exception):
+    """Google will not give a token for this refresh token or code (invalid_grant and
+    its kind): only a new login helps."""
+
+
+# The OAuth errors that mean the grant itself is bad; anything else (a 5xx, a 429, the
+# network) passes.
+REFUSED_GRANT = ("invalid_grant", "invalid_client", "unauthorized_client", "access_denied",
+                 "invalid_request")
+
+
+def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, Any]:
+    """POST the token endpoint: the token reply, with expires_at (epoch seconds) added.
+    Raises TokenRefused, or UpstreamError when Google could not answer now."""
+    status, answer = google_call(endpoints.token_url, endpoints.timeout, form=form)
+    answer_fields = fields_of(answer)
+    if status == 200 and text_of(answer_fields.get("access_token")):
+        lifetime = answer_fields.get("expires_in")
+        lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else 3600.0
+        return dict(answer_fields, expires_at=time.time() + max(lifetime, 0.0))
+    code = text_of(answer_fields.get("error"))
+    said = "%s%s" % (code or "HTTP %d" % status, ": " + text_of(answer_fields.get(
+        "error_description")) if answer_fields.get("error_description") else "")
+    if code in REFUSED_GRANT or status in (400, 401, 403):
+        raise TokenRefused(clip(said, 300))
+    raise UpstreamError("Google's token endpoint answered %d (%s)" % (status, clip(said, 200)),
+                        status=503, retry_after=60.0)
+
+
+class ProjectBook:
+    """The Code Assist project and tier found for each account, kept in the state
+    directory so that a restart does not look them up (or onboard) again."""
+
+    _open: Dict[str, "ProjectBook"] = {}
+    _open_lock = threading.Lock()
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def at(cls, path: str) -> "ProjectBook":
+        """The one book kept at `path` (upstreams that share a state directory share
+        it, and its writes)."""
+        with cls._open_lock:
+            return cls._open.setdefault(path, cls(path))
+
+    def _load(self) -> Dict[str, Any]:
+        if self._entries is None:
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self._entries = fields_of(json.load(f))
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def get(self, account: str) -> Dict[str, Any]:
+        with self._lock:
+            return dict(fields_of(self._load().get(account)))
+
+    def put(self, account: str, entry: Dict[str, Any]) -> None:
+        with self._lock:
+            self._load()[account] = entry
+            try:
+                write_private_json(self.path, self._entries)
+            except OSError as exc:
+                log.warning("cannot remember the Code Assist project in %s: %s", self.path,
+                            exc.strerror or exc)
+
+
+class GoogleAccount:
+    """One Google login of a code-assist upstream: ready() gives a live access token and
+    the account's project, refreshing and discovering as needed; `out` says why the
+    account cannot be used ("" while it can)."""
+
+    def __init__(self, credential: GoogleCredential, endpoints: GoogleEndpoints,
+                 book: ProjectBook, own: bool, project: str = ""):
+        self.credential = credential
+        self.endpoints = endpoints
+        self.book = book
+        self.own = own                      # the proxy's file: refreshed tokens go back in
+        self.configured_project = project   # the upstream's "project", for every account
+        self.project = project or credential.project
+        self.tier = ""
+        self.out = ""
+        self.refreshes = 0
+        self._token_lock = threading.Lock()     # one refresh at a time
+        self._setup_lock = threading.Lock()     # one discovery at a time
+        if not self.project:
+            known = book.get(self.id)
+            self.project, self.tier = text_of(known.get("project")), text_of(known.get("tier"))
+
+    @property
+    def id(self) -> str:
+        """What the account is known by in the project book: its email, else a
+        fingerprint of its refresh token."""
+        return self.credential.email or fingerprint(self.credential.refresh_token)
+
+    @property
+    def name(self) -> str:
+        return self.credential.email or "account " + fingerprint(
+            self.credential.refresh_token)[4:]
+
+    def ready(self) -> Tuple[str, str]:
+        """(access token, project) for a request; an UpstreamError when the account
+        cannot be used (key_verdict "out", or "rest" when Google could not answer now)."""
+        if self.out:
+            raise UpstreamError(self.out, status=401, key_verdict="out")
+        return self.token(), self.setup()
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def token(self, stale: str = "") -> str:
+        """A live access token. `stale`: one the upstream has just refused (401), to be
+        replaced even if it has not expired; every request that saw it refused waits for
+        the one refresh."""
+        with self._token_lock:
+            credential = self.credential
+            left = credential.expires_at - time.time()
+            if credential.access_token and left > TOKEN_REFRESH_MARGIN and \
+                    credential.access_token != stale:
+                return credential.access_token
+            self._refresh()
+            return self.credential.access_token
+
+    def _refresh(self) -> None:
+        """Under the token lock: a new access token. A refused refresh token is read
+        from the file once more first (Gemini CLI, or another proxy, may have logged in
+        again or refreshed it), then the account is out."""
+        try:
+            self._adopt(self._refreshed(self.credential))
+            return
+        except TokenRefused as exc:
+            refused = str(exc)
+        current = self.credential
+        try:
+            reread = self._read_file()
+        except (OSError, ValueError):
+            reread = None
+        if reread is not None and reread.refresh_token != current.refresh_token:
+            log.info("account %s: its credential file has a new login; using it", self.name)
+            self.credential = reread
+            try:
+                self._adopt(self._refreshed(reread))
+                return
+            except TokenRefused as exc:
+                refused = str(exc)
+        self.out = "needs a new login: Google refused its refresh token (%s); run " \
+            "`python3 gemini_proxy.py login`" % refused
+        log.warning("account %s is out: %s", self.name, self.out)
+        raise UpstreamError(self.out, status=401, key_verdict="out")
+
+    def _refreshed(self, credential: GoogleCredential) -> Dict[str, Any]:
+        self.refreshes += 1
+        return token_call(self.endpoints, {
+            "refresh_token": credential.refresh_token,
+            "client_id": credential.client_id or self.endpoints.client_id,
+            "client_secret": credential.client_secret or self.endpoints.client_secret,
+            "grant_type": "refresh_token"})
+
+    def _adopt(self, reply: Dict[str, Any]) -> None:
+        """A token reply into the credential (a new refresh token replaces the old, when
+        Google sends one), and into the file when it is the proxy's own."""
+        self.credential = dataclasses.replace(
+            self.credential, access_token=reply["access_token"],
+            expires_at=reply["expires_at"],
+            refresh_token=text_of(reply.get("refresh_token")) or self.credential.refresh_token,
+            email=self.credential.email or id_token_email(reply.get("id_token")))
+        if self.own:
+            self.save()
+
+    def save(self) -> None:
+        """The proxy's own credential file, rewritten (Gemini CLI's shape, with the
+        account's email, project and tier)."""
+        credential = self.credential
+        record: Dict[str, Any] = {
+            "type": "gemini-proxy", "email": credential.email,
+            "access_token": credential.access_token, "token_type": "Bearer",
+            "refresh_token": credential.refresh_token, "scope": " ".join(GOOGLE_SCOPES),
+            "expiry_date": int(credential.expires_at * 1000)}
+        if self.project and not self.configured_project:
+            record.update(project_id=self.project, tier=self.tier)
+        if credential.client_id:
+            record.update(client_id=credential.client_id,
+                          client_secret=credential.client_secret)
+        try:
+            write_private_json(credential.path, record)
+        except OSError as exc:
+            log.warning("account %s: cannot write %s: %s", self.name, credential.path,
+                        exc.strerror or exc)
+
+    def _read_file(self) -> GoogleCredential:
+        with open(self.credential.path, encoding="utf-8") as f:
+            return parse_google_credential(json.load(f), self.credential.path)
+
+    def reread(self) -> None:
+        """On a configuration reload: a file with a new login brings the account back."""
+        try:
+            fresh = self._read_file()
+        except (OSError, ValueError):
+            return
+        with self._token_lock:
+            if fresh.refresh_token != self.credential.refresh_token:
+                self.credential, self.out = fresh, ""
+
+    # -- the project ---------------------------------------------------------------------
+
+    def setup(self) -> str:
+        """The account's Code Assist project: configured, in its file, remembered, or
+        found now with loadCodeAssist (and onboardUser when the account has no tier
+        yet), using the project the server names rather than the one asked for."""
+        if self.project:
+            return self.project
+        with self._setup_lock:
+            if not self.project:
+                self._discover()
+            return self.project
+
+    def _setup_call(self, method: str, body: Any = None) -> Any:
+        url = self.endpoints.base_url.rstrip("/") + CODE_ASSIST_API + method
+        status, answer = google_call(url, self.endpoints.timeout, body=body,
+                                     token=self.token(), method="POST" if body is not None
+                                     else "GET")
+        if status != 200:
+            error = decode_code_assist_error(status, answer)
+            if status in (401, 403):
+                self.out = "Code Assist refused to set up this account: %s" % error.message
+                raise UpstreamError(self.out, status=status, key_verdict="out")
+            raise UpstreamError("Code Assist %s failed (%d: %s)" % (method.lstrip(":/"),
+                                status, clip(error.message, 200)),
+                                status=503, retry_after=60.0, key_verdict="rest")
+        return fields_of(answer)
+
+    def _discover(self) -> None:
+        requested = self.configured_project
+        metadata = dict(CODE_ASSIST_METADATA, **({"duetProject": requested} if requested
+                                                   else {}))
+        body: Dict[str, Any] = {"metadata": metadata}
+        if requested:
+            body["cloudaicompanionProject"] = requested
+        found = read_code_assist_setup(self._setup_call(":loadCodeAssist", body), requested)
+        if "onboard" in found:
+            found = self._onboard(found["onboard"], requested, metadata)
+        if "error" in found:
+            self.out = found["error"]
+            raise UpstreamError(self.out, status=403, key_verdict="out")
+        self.project, self.tier = found["project"], found["tier"]
+        log.info("account %s: Code Assist project %s (%s)", self.name, self.project,
+                 self.tier)
+        self.book.put(self.id, {"project": self.project, "tier": self.tier,
+                                "email": self.credential.email})
+        if self.own:
+            self.save()
+
+    def _onboard(self, tier: str, requested: str, metadata: Dict[str, Any]
+                 ) -> Dict[str, str]:
+        """onboardUser, then its long-running operation polled (briefly at first, every
+        5 s later, two minutes at most). The free tier takes no project."""
+        body: Dict[str, Any] = {"tierId": tier, "metadata": metadata}
+        if requested and tier != "free-tier":
+            body["cloudaicompanionProject"] = requested
+        log.info("account %s: onboarding to Code Assist (%s)", self.name, tier)
+        operation = self._setup_call(":onboardUser", body)
+        waited, pause = 0.0, 0.5
+        while not operation.get("done"):
+            name = text_of(operation.get("name"))
+            if not name or waited >= ONBOARD_TIMEOUT:
+                raise UpstreamError("Code Assist onboarding did not finish within %ds" %
+                                    ONBOARD_TIMEOUT, status=503, retry_after=60.0,
+                                    key_verdict="rest")
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 5.0)
+            operation = self._setup_call("/" + name.lstrip("/"))
+        project = onboarded_project(operation) or requested
+        if not project:
+            return {"error": "Code Assist onboarded this account but named no project; set "
+                             "\"project\" on the code-assist upstream"}
+        return {"project": project, "tier": tier}
+
+
+# The longest a login or a first request waits for onboarding to finish.
+ONBOARD_TIMEOUT = 120
+
+
+def credential_sources(spec: Dict[str, Any], state_dir: str,
+                       environ: Dict[str, str]) -> List[str]:
+    """Where a code-assist upstream's logins are: its credentials, else the proxy's own
+    accounts directory and then Gemini CLI's login."""
+    return spec["credentials"] or [accounts_directory(state_dir),
+                                   gemini_cli_credentials(environ)]
+
+
+def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str, str],
+                         previous: Dict[str, "GoogleAccount"]) -> Dict[str, "GoogleAccount"]:
+    """The accounts of a code-assist upstream, by credential file path: those already
+    loaded kept (their tokens are good; a file with a new login brings an account that
+    was out back), new files read. A file that is no credential is skipped, said so."""
+    endpoints = GoogleEndpoints.of(spec)
+    book = ProjectBook.at(os.path.join(state_dir, "code-assist-projects.json"))
+    own = os.path.abspath(accounts_directory(state_dir)) + os.sep
+    accounts: Dict[str, GoogleAccount] = {}
+    for path in credential_files(credential_sources(spec, state_dir, environ)):
+        old = previous.get(path)
+        if old is not None and old.endpoints == endpoints and \
+                old.configured_project == spec["project"]:
+            old.reread()
+            accounts[path] = old
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                credential = parse_google_credential(json.load(f), path)
+        except (OSError, ValueError) as exc:
+            log.warning("skipping %s: not a usable Google credential file (%s)", path,
+                        getattr(exc, "strerror", None) or exc)
+            continue
+        accounts[path] = GoogleAccount(credential, endpoints, book, path.startswith(own),
+                                       spec["project"])
+    return accounts
+
+
+# ---- 18. Key pools -----------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
@@ -7050,7 +7899,10 @@ INVALID_KEY_REASONS = ("API_KEY_INVALID", "invalid_api_key")
 
 def refusal_scope(error: UpstreamError) -> str:
     """Whether a failure refuses the key: "*" (for everything), "model" (for this model),
-    or "" (it says nothing about the key)."""
+    or "" (it says nothing about the key). An upstream kind that knows better says so in
+    the error's key_verdict."""
+    if error.key_verdict:
+        return {"out": "*", "out_for_model": "model"}.get(error.key_verdict, "")
     if error.status == 401 or error.reason in INVALID_KEY_REASONS:
         return "*"
     return "model" if error.status == 403 else ""
@@ -7069,11 +7921,27 @@ class KeyState:
     cooling: Dict[str, float] = dataclasses.field(default_factory=dict)  # scope -> until
     last_error: str = ""
     last_failure: float = 0.0
+    account: Optional[GoogleAccount] = None     # a code-assist upstream's: the login
+    day: str = ""                               # the UTC day the counts below are of
+    requests_today: int = 0
+    tokens_today: int = 0
 
     def refusal(self, model: str) -> Optional[Tuple[int, str]]:
-        """(status, error) when the provider refused this key, for everything or for
-        this model."""
+        """(status, error) when the provider refused this key (or the account is out),
+        for everything or for this model."""
+        if self.account is not None and self.account.out:
+            return 401, self.account.out
         return self.refused.get("*") or self.refused.get(model)
+
+    def count(self, tokens: int = 0) -> None:
+        """A request (or the tokens of one) in today's counts."""
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        if self.day != today:
+            self.day, self.requests_today, self.tokens_today = today, 0, 0
+        if tokens:
+            self.tokens_today += tokens
+        else:
+            self.requests_today += 1
 
 
 class KeyPool:
@@ -7082,7 +7950,8 @@ class KeyPool:
     acquire() can wait, up to a deadline, for a free slot or (with wait_for_keys) for a
     key to come back from its cooldown; at most max_waiting requests wait at once."""
 
-    def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str):
+    def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str,
+                 accounts: Optional[Dict[str, GoogleAccount]] = None):
         self.name = name
         self.states: List[KeyState] = []
         self.in_flight = 0
@@ -7092,22 +7961,29 @@ class KeyPool:
         # The key each recent conversation last used (its provider-side prompt cache
         # is that key's, or that account's), bounded.
         self._sessions: "collections.OrderedDict[str, KeyState]" = collections.OrderedDict()
-        self.reconfigure(keys, spec, kind)
+        self.reconfigure(keys, spec, kind, accounts)
 
-    def reconfigure(self, keys: List[str], spec: Dict[str, Any], kind: str) -> None:
+    def reconfigure(self, keys: List[str], spec: Dict[str, Any], kind: str,
+                    accounts: Optional[Dict[str, GoogleAccount]] = None) -> None:
         """Take new keys and settings (a configuration reload). A key still configured
         keeps its state, cooldowns included (the provider still limits it), and the
         requests it has in flight still count; refusals are forgotten (the reload may be
-        the fix)."""
+        the fix). A code-assist upstream's keys are its accounts' credential files."""
         with self._lock:
             self.spec = spec
             scope = spec["cooldown_scope"]
-            self.per_model = scope == "model" or (scope == "auto" and kind == "gemini")
+            self.per_model = scope == "model" or (scope == "auto" and kind in (
+                "gemini", "code-assist"))
             previous = {state.key: state for state in self.states}
+            if accounts is not None:
+                keys = list(accounts)
             self.states = [previous.get(k) or KeyState(k, fingerprint(k)) for k in keys] or \
                 [previous.get("") or KeyState("", "no key")]
             for state in self.states:
                 state.refused.clear()
+                state.account = accounts.get(state.key) if accounts else None
+                if state.account is not None:
+                    state.name = state.account.name
             self._next %= len(self.states)
             self._sessions.clear()      # they may name keys no longer here
             self._lock.notify_all()
@@ -7115,8 +7991,12 @@ class KeyPool:
     def _scope(self, model: str) -> str:
         return model if self.per_model else "*"
 
+    def _rest_until(self, state: KeyState, model: str) -> float:
+        """When the key may take this model again (a rest of all of it counts too)."""
+        return max(state.cooling.get(self._scope(model), 0), state.cooling.get("*", 0))
+
     def _resting(self, state: KeyState, model: str, now: float) -> bool:
-        return state.cooling.get(self._scope(model), 0) > now
+        return self._rest_until(state, model) > now
 
     def acquire(self, model: str, deadline: float = 0.0,
                 cancelled: Callable[[], bool] = lambda: False, session: str = "") -> Any:
@@ -7140,6 +8020,7 @@ class KeyPool:
                         state = self._pick(usable, session)
                         state.in_flight += 1
                         state.requests += 1
+                        state.count()
                         self.in_flight += 1
                         return state
                     error = self._unavailable(model, now, upstream_full)
@@ -7197,7 +8078,7 @@ class KeyPool:
             status, why = self.states[-1].refusal(model) or (403, "")
             return KeysUnavailable("every key of upstream %r was refused: %s" % (
                 self.name, why), status=status)
-        resting = [s.cooling[self._scope(model)] for s in allowed
+        resting = [self._rest_until(s, model) for s in allowed
                    if self._resting(s, model, now)]
         if len(resting) < len(allowed):
             return busy
@@ -7206,8 +8087,11 @@ class KeyPool:
                                "again in %.1fs" % (self.name, wait), status=429,
                                retry_after=wait)
 
-    def release(self, state: KeyState) -> None:
+    def release(self, state: KeyState, tokens: int = 0) -> None:
+        """The key is free again; `tokens`: what the request it served used."""
         with self._lock:
+            if tokens:
+                state.count(tokens)
             state.in_flight -= 1
             self.in_flight -= 1
             self._lock.notify_all()
@@ -7218,7 +8102,7 @@ class KeyPool:
 
     def failed(self, state: KeyState, model: str, error: UpstreamError) -> None:
         """What a failure says about the key: a 429 cools it down, a refusal (see
-        refusal_scope) takes it out."""
+        refusal_scope) takes it out; an upstream kind may say more (key_verdict)."""
         with self._lock:
             state.failures += 1
             state.last_failure = time.monotonic()
@@ -7227,7 +8111,10 @@ class KeyPool:
             if scope:
                 state.refused["*" if scope == "*" else model] = (error.status,
                                                                  state.last_error)
-            elif error.status == 429:
+            elif error.key_verdict == "rest":
+                state.cooling["*"] = time.monotonic() + (error.retry_after or
+                                                         self.spec["cooldown"])
+            elif error.status == 429 and error.key_verdict != "spare":
                 state.rate_limited += 1
                 state.strikes += 1
                 floor = self.spec["cooldown_floor"]
@@ -7246,20 +8133,32 @@ class KeyPool:
 
         def moment(until: float) -> str:
             return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now))
-        with self._lock:
-            return {"in_flight": self.in_flight, "waiting": self.waiting, "keys": [{
+        def key_status(s: KeyState) -> Dict[str, Any]:
+            refused = {scope: why for scope, (_, why) in s.refused.items()}
+            if s.account is not None and s.account.out:
+                refused["*"] = s.account.out
+            today = time.strftime("%Y-%m-%d", time.gmtime()) == s.day
+            page = {
                 "key": s.name,
-                "state": "refused" if "*" in s.refused else "cooling" if any(
+                "state": "refused" if "*" in refused else "cooling" if any(
                     until > now for until in s.cooling.values()) else "ready",
                 "requests": s.requests, "failures": s.failures,
                 "rate_limited": s.rate_limited, "in_flight": s.in_flight,
+                "requests_today": s.requests_today if today else 0,
+                "tokens_today": s.tokens_today if today else 0,
                 "cooling_until": {scope: moment(until) for scope, until in s.cooling.items()
                                   if until > now},
-                "refused": {scope: why for scope, (_, why) in s.refused.items()},
-                "last_error": s.last_error} for s in self.states]}
+                "refused": refused, "last_error": s.last_error}
+            if s.account is not None:
+                page.update(email=s.account.credential.email, project=s.account.project,
+                            tier=s.account.tier)
+            return page
+        with self._lock:
+            return {"in_flight": self.in_flight, "waiting": self.waiting,
+                    "keys": [key_status(s) for s in self.states]}
 
 
-# ---- 17. Requests in flight ------------------------------------------------------------------
+# ---- 19. Requests in flight ------------------------------------------------------------------
 #
 # What one request holds while a worker thread answers it: the pipe its answer goes back
 # to the event loop through, its detailed log, the upstream replies and keys it must let
@@ -7594,12 +8493,13 @@ class Request:
         """Let go of everything the request holds (more than once does no harm)."""
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
-        for pool, state in self.held:
-            pool.release(state)
+        usage = self.ex.usage
+        for pool, state in self.held:   # the one that answered: what it spent today
+            pool.release(state, usage.input_tokens + usage.output_tokens if usage else 0)
         self.held.clear()
 
 
-# ---- 18. Upstream calls and retries ------------------------------------------------------
+# ---- 20. Upstream calls and retries ------------------------------------------------------
 #
 # One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
 # is the policy around attempts: the route's upstream, then its fallbacks; on each, more
@@ -7643,23 +8543,36 @@ class UpstreamCall:
         headers = [("content-type", "application/json"),
                    ("accept", "text/event-stream" if stream else "application/json"),
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
-        headers += kind.auth_headers(self.key.key, spec)
-        headers += list(spec["headers"].items()) + list(extra_headers)
+        secret, account = self.key.key, self.key.account
+        if account is not None:   # a Google login: its token now, its project in the body
+            secret, project = account.ready()
+            options = dict(options, envelope={"project": project, "user_prompt_id": rq.ex.rid,
+                                              "session_id": rq.ex.session})
+        extra = list(spec["headers"].items()) + list(extra_headers)
         alternatives_left = MAX_ALTERNATIVES if alternatives else 0
+        replayed = False
         while True:
+            headers_now = headers + kind.auth_headers(secret, spec) + extra
             body = request_bytes(build_body(options))
             if rq.detail:
                 rq.detail.stage("2. upstream request: POST %s%s (attempt %d, %s)" % (
                     display_url(spec["base_url"]), full_path, rq.ex.attempts, self.key.name),
-                    headers, body)
+                    headers_now, body)
             timeouts = Timeouts(spec["connect_timeout"], spec["first_byte_timeout"],
                                 spec["read_timeout"], time.monotonic() + spec["total_timeout"]
                                 if spec["total_timeout"] else None)
             try:
                 response = open_upstream_blocking(
                     rq.pool, runtime.target, runtime.name, "POST", full_path, body,
-                    headers, timeouts, spec["max_idle_connections"], rq.pipe.on_abort)
+                    headers_now, timeouts, spec["max_idle_connections"], rq.pipe.on_abort)
                 rq.opened.append(response)
+                if response.status == 401 and account is not None and not replayed:
+                    # Refused before its time (revoked, clocks apart): one new token,
+                    # one replay; the second 401 is the account's answer.
+                    replayed = True
+                    rq.close_replies(reuse=False)
+                    secret = account.token(stale=secret)
+                    continue
                 if response.status >= 300:
                     raise self._failure(response)
                 return prepare(response)
@@ -7896,7 +8809,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 19. Actions and the application ---------------------------------------------------------
+# ---- 21. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -8204,11 +9117,18 @@ class Proxy:
         unusable = {name: (503, "is off: " + why) for name, why in config.disabled.items()}
         for name, spec in config.upstreams.items():
             old = previous.upstreams.get(name) if previous else None
+            accounts = self._google_accounts(name, spec, config, old) \
+                if spec["kind"] == "code-assist" else None
+            if accounts == {}:
+                unusable[name] = (503, "has no Google login: none in %s; run `python3 "
+                                  "gemini_proxy.py login`" % ", ".join(credential_sources(
+                                      spec, state_directory(config.server["state_dir"],
+                                                            self._environ), self._environ)))
             if old is not None:   # the same pool: requests in flight on it still count
                 keys = old.keys
-                keys.reconfigure(spec["api_keys"], spec, spec["kind"])
+                keys.reconfigure(spec["api_keys"], spec, spec["kind"], accounts)
             else:
-                keys = KeyPool(name, spec["api_keys"], spec, spec["kind"])
+                keys = KeyPool(name, spec["api_keys"], spec, spec["kind"], accounts)
             target = upstream_target(spec["base_url"], self.environ) \
                 if spec["kind"] != "echo" else None
             upstreams[name] = UpstreamRuntime(name, spec, UPSTREAM_KINDS[spec["kind"]],
@@ -8220,6 +9140,18 @@ class Proxy:
                                   % (name, display_url(spec["base_url"])))
         return Live(config, upstreams, Redactor(config.secrets(), config.credentials()),
                     unusable)
+
+    @property
+    def _environ(self) -> Dict[str, str]:
+        return dict(os.environ if self.environ is None else self.environ)
+
+    def _google_accounts(self, name: str, spec: Dict[str, Any], config: Config,
+                         old: Optional[UpstreamRuntime]) -> Dict[str, GoogleAccount]:
+        previous = {s.key: s.account for s in old.keys.states if s.account is not None} \
+            if old is not None else {}
+        return load_google_accounts(spec, state_directory(config.server["state_dir"],
+                                                          self._environ),
+                                    self._environ, previous)
 
     @property
     def config(self) -> Config:
@@ -8269,9 +9201,12 @@ class Proxy:
             spec = runtime.spec
             where = display_url(spec["base_url"]) if runtime.target else "(answers locally)"
             keys = spec["api_keys"]
+            accounts = [s.account.name for s in runtime.keys.states if s.account is not None]
             _, why = self.live.unusable.get(name, (0, ""))
             lines.append("upstream %s: %s %s%s" % (
                 name, spec["kind"], where, " " + why if why else
+                " with Google account%s %s" % ("s" if len(accounts) > 1 else "",
+                                               ", ".join(accounts)) if accounts else
                 " with key " + fingerprint(keys[0]) if len(keys) == 1 else
                 " with %d keys" % len(keys) if keys else ""))
         for route in self.config.routes:
@@ -8387,10 +9322,10 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 20. Server ------------------------------------------------------------------------------
+# ---- 22. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 19) and writes what comes back through its pipe. Everything the
+# worker thread (section 21) and writes what comes back through its pipe. Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
@@ -8974,7 +9909,242 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 21. Command line ----------------------------------------------------------------------
+# ---- 23. Google login ------------------------------------------------------------------------
+#
+# `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
+# redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
+# the code Google shows (PKCE). The account is written into the proxy's accounts directory
+# and set up with Code Assist at once, so that a login that cannot work says so now.
+# `accounts` lists the accounts: from a running proxy's /status when there is one (their
+# live state), else from the files.
+
+LOGIN_TIMEOUT = 300.0   # seconds the browser flow waits for Google's redirect
+
+
+def code_assist_spec(config: Config, name: str) -> Tuple[str, Dict[str, Any]]:
+    """(name, settings) of the code-assist upstream to log in to or list: the one named,
+    else the first configured, else one with every default."""
+    upstreams = {n: s for n, s in config.upstreams.items() if s["kind"] == "code-assist"}
+    if name:
+        if name not in upstreams:
+            raise ConfigError("no code-assist upstream named %r%s" % (
+                name, _did_you_mean(name, upstreams)))
+        return name, upstreams[name]
+    if upstreams:
+        return next(iter(upstreams.items()))
+    spec = dict(copy.deepcopy(UPSTREAM_DEFAULTS), kind="code-assist",
+                base_url=DEFAULT_BASE_URLS["code-assist"])
+    return "google", spec
+
+
+def account_file_name(email: str, refresh_token: str) -> str:
+    """One file per account, named by its email (what a person looks for)."""
+    name = re.sub(r"[^A-Za-z0-9@._+-]", "_", email) or fingerprint(refresh_token)[4:]
+    return name + ".json"
+
+
+class _CallbackHandler(http.server.BaseHTTPRequestHandler):
+    """The loopback end of the browser flow: Google sends the browser here with ?code=
+    (or ?error=) once the user has chosen; the first such request ends the wait."""
+
+    def do_GET(self) -> None:
+        server = self.server
+        path, _, query = self.path.partition("?")
+        fields = dict(urllib.parse.parse_qsl(query))
+        if path != "/oauth2callback":
+            self._page(404, "Not the login callback.")
+            return
+        if fields.get("error"):
+            server.outcome = ("error", "Google said %s: %s" % (
+                fields["error"], fields.get("error_description", "")))
+            self._page(400, "Login failed: %s. You can close this tab." % fields["error"])
+        elif not hmac.compare_digest(fields.get("state", ""), server.state):
+            server.outcome = ("error", "the answer to the login did not carry this login's "
+                              "state (another login, or a forged request); try again")
+            self._page(400, "State mismatch. Possible CSRF attack; the login stopped.")
+        elif not fields.get("code"):
+            self._page(400, "No code in the callback.")
+            return
+        else:
+            server.outcome = ("code", fields["code"])
+            self._page(200, "Signed in. You can close this tab and go back to the terminal.")
+
+    def _page(self, status: int, text: str) -> None:
+        body = ("<!doctype html><meta charset=utf-8><title>gemini-proxy login</title>"
+                "<p style='font:16px sans-serif;margin:3em'>%s</p>" % html.escape(text)
+                ).encode("utf-8")
+        self.send_response(status)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:   # the code is in the query: log nothing
+        pass
+
+
+def browser_login(endpoints: GoogleEndpoints, port: int, open_browser: bool,
+                  say: Callable[[str], None]) -> Tuple[str, str, str]:
+    """The browser flow: (code, redirect_uri, "") once Google has sent the browser back
+    to a listener on 127.0.0.1 (Google requires the loopback literal for desktop apps)."""
+    server = http.server.HTTPServer(("127.0.0.1", port), _CallbackHandler)
+    server.timeout = 1.0
+    server.state = secrets.token_hex(32)    # type: ignore[attr-defined]
+    server.outcome = None                   # type: ignore[attr-defined]
+    redirect = "http://127.0.0.1:%d/oauth2callback" % server.server_address[1]
+    url = google_auth_url(endpoints.auth_url, endpoints.client_id, redirect, server.state)
+    try:
+        say("Open this address in a browser to sign in with Google:\n\n  %s\n" % url)
+        import webbrowser   # here: only a login needs it, and it costs start-up time
+        if open_browser and not webbrowser.open(url):
+            say("(no browser could be started here: open the address on any machine "
+                "whose port %d reaches this one, e.g. through `ssh -L %d:127.0.0.1:%d`, "
+                "or log in with --no-browser)" % ((server.server_address[1],) * 3))
+        say("Waiting for Google to send the browser back (%d minutes at most)..."
+            % (LOGIN_TIMEOUT // 60))
+        give_up = time.monotonic() + LOGIN_TIMEOUT
+        while server.outcome is None and time.monotonic() < give_up:
+            server.handle_request()
+    finally:
+        server.server_close()
+    if server.outcome is None:
+        raise ConfigError("no answer from the browser within %d minutes" %
+                          (LOGIN_TIMEOUT // 60))
+    kind, value = server.outcome
+    if kind == "error":
+        raise ConfigError("login failed: " + value)
+    return value, redirect, ""
+
+
+def paste_login(endpoints: GoogleEndpoints, say: Callable[[str], None],
+                ask: Callable[[str], str]) -> Tuple[str, str, str]:
+    """The flow for a box without a browser: Google shows the code on its own page and
+    the user pastes it here; PKCE proves the code was asked for by this login."""
+    verifier = base64.urlsafe_b64encode(secrets.token_bytes(64)).decode("ascii").rstrip("=")
+    url = google_auth_url(endpoints.auth_url, endpoints.client_id, GOOGLE_PASTE_REDIRECT,
+                          secrets.token_hex(32), verifier)
+    say("Open this address in a browser on any machine and sign in with Google:\n\n  %s\n"
+        % url)
+    for _ in range(2):
+        code = ask("Enter the authorization code: ").strip()
+        if code:
+            return code, GOOGLE_PASTE_REDIRECT, verifier
+    raise ConfigError("no authorization code was entered")
+
+
+def login(config: Config, upstream: str, no_browser: bool, port: int,
+          environ: Dict[str, str], say: Callable[[str], None] = print,
+          ask: Callable[[str], str] = input) -> GoogleAccount:
+    """The login command: a new account (or a new login for a known one) in the
+    accounts directory, set up with Code Assist."""
+    name, spec = code_assist_spec(config, upstream)
+    endpoints = GoogleEndpoints.of(spec)
+    if no_browser:
+        code, redirect, verifier = paste_login(endpoints, say, ask)
+    else:
+        code, redirect, verifier = browser_login(endpoints, port, True, say)
+    form = {"code": code, "client_id": endpoints.client_id,
+            "client_secret": endpoints.client_secret, "redirect_uri": redirect,
+            "grant_type": "authorization_code"}
+    if verifier:
+        form["code_verifier"] = verifier
+    try:
+        reply = token_call(endpoints, form)
+    except (TokenRefused, UpstreamError) as exc:
+        raise ConfigError("Google did not accept the login: %s" % exc) from None
+    if not text_of(reply.get("refresh_token")):
+        raise ConfigError("Google gave no refresh token, so the login could not outlive the "
+                          "hour; remove the app's access at myaccount.google.com and log in "
+                          "again")
+    email = id_token_email(reply.get("id_token"))
+    if not email:
+        status, info = google_call(endpoints.userinfo_url, endpoints.timeout,
+                                   token=reply["access_token"])
+        email = text_of(fields_of(info).get("email")) if status == 200 else ""
+    state_dir = state_directory(config.server["state_dir"], environ)
+    path = os.path.join(accounts_directory(state_dir),
+                        account_file_name(email, reply["refresh_token"]))
+    credential = GoogleCredential(path, reply["refresh_token"], reply["access_token"],
+                                  reply["expires_at"], email)
+    account = GoogleAccount(credential, endpoints, ProjectBook.at(
+        os.path.join(state_dir, "code-assist-projects.json")), own=True,
+        project=spec["project"])
+    account.project, account.tier = spec["project"], ""   # a new login looks again
+    account.save()
+    say("Signed in as %s; saved to %s" % (email or "(an account with no email)", path))
+    try:
+        account.setup()
+        say("Code Assist project: %s (%s)" % (account.project, account.tier or "tier unknown"))
+    except UpstreamError as exc:
+        say("The account is saved, but Code Assist cannot use it yet: %s" % exc.message)
+    if spec["credentials"] and os.path.abspath(accounts_directory(state_dir)) not in \
+            [os.path.abspath(os.path.expanduser(c)) for c in spec["credentials"]]:
+        say("Note: upstream %r lists its own credentials, without %s; add that directory "
+            "to them to use this account." % (name, accounts_directory(state_dir)))
+    return account
+
+
+def account_rows(config: Config, upstream: str, environ: Dict[str, str]
+                 ) -> List[Dict[str, Any]]:
+    """The accounts command's rows: each account's email, project, tier, state and
+    today's requests and tokens, live from a running proxy when one answers."""
+    name, spec = code_assist_spec(config, upstream)
+    state_dir = state_directory(config.server["state_dir"], environ)
+    live = _running_status(config)
+    keys = {k["key"]: k for k in fields_of(fields_of(live.get("upstreams")).get(name)).get(
+        "keys") or ()} if live else {}
+    rows = []
+    for path, account in load_google_accounts(spec, state_dir, environ, {}).items():
+        seen = keys.get(account.name, {})
+        state = "ok"
+        if seen.get("state") == "refused":
+            state = "out: " + "; ".join(seen.get("refused", {}).values())
+        elif seen.get("state") == "cooling":
+            state = "resting until " + ", ".join(
+                "%s (%s)" % (until, scope) if scope != "*" else until
+                for scope, until in sorted(seen.get("cooling_until", {}).items()))
+        elif not live:
+            state = "not checked (no proxy running)"
+        rows.append({"email": account.credential.email or account.name, "file": path,
+                     "project": seen.get("project") or account.project,
+                     "tier": seen.get("tier") or account.tier, "state": state,
+                     "requests_today": seen.get("requests_today", 0),
+                     "tokens_today": seen.get("tokens_today", 0)})
+    return rows
+
+
+def _running_status(config: Config) -> Dict[str, Any]:
+    """GET /status of the proxy this configuration runs, if it is running ({} if not)."""
+    host = config.server["host"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    headers = {"authorization": "Bearer " + config.server["api_keys"][0]} \
+        if config.server["api_keys"] else {}
+    connection = http.client.HTTPConnection(host, config.server["port"], timeout=5)
+    try:
+        connection.request("GET", "/status", headers=headers)
+        response = connection.getresponse()
+        payload = json.loads(response.read()) if response.status == 200 else {}
+    except (OSError, ValueError, http.client.HTTPException):
+        payload = {}
+    finally:
+        connection.close()
+    return fields_of(payload)
+
+
+def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no Google accounts; add one with `python3 gemini_proxy.py login`")
+        return
+    for row in rows:
+        print("%s\n  project %s (%s)\n  %s\n  today: %d requests, %d tokens\n  file %s" % (
+            row["email"], row["project"] or "not known yet", row["tier"] or "tier unknown",
+            row["state"], row["requests_today"], row["tokens_today"], row["file"]))
+
+
+# ---- 24. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -9072,7 +10242,48 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> in
     return server.proxy.active
 
 
+def account_command(argv: List[str]) -> int:
+    """`login` and `accounts`: the Google accounts of a code-assist upstream."""
+    command = argv[0]
+    parser = argparse.ArgumentParser(prog="gemini_proxy.py " + command, description={
+        "login": "Sign in with Google and add the account to a code-assist upstream "
+                 "(Gemini through Code Assist, under Google's terms for it).",
+        "accounts": "List the Google accounts of a code-assist upstream: email, project, "
+                    "tier, state, and today's requests and tokens."}[command])
+    parser.add_argument("-c", "--config", help="JSON config file (as for serving)")
+    parser.add_argument("--upstream", default="", help="the code-assist upstream (default: "
+                        "the first configured)")
+    if command == "login":
+        parser.add_argument("--no-browser", action="store_true", help="print the address "
+                            "and ask for the code Google shows (for a box with no browser)")
+        parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 for "
+                            "Google's redirect (default: any free one)")
+    else:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv[1:])
+    environ = dict(os.environ)
+    try:
+        config = load_config(argparse.Namespace(config=args.config), environ)
+        if command == "login":
+            login(config, args.upstream, args.no_browser, args.port, environ)
+        else:
+            print_accounts(account_rows(config, args.upstream, environ), args.json)
+    except ConfigError as exc:
+        print("gemini-proxy %s: %s" % (command, exc), file=sys.stderr)
+        return 2
+    except UpstreamError as exc:
+        print("gemini-proxy %s: %s" % (command, exc.message), file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        print("\ngemini-proxy %s: stopped" % command, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("login", "accounts"):
+        return account_command(argv)
     args = build_arg_parser().parse_args(argv)
     try:
         config = load_config(args)

@@ -421,7 +421,7 @@ BAD_VALUES = [
     ({"upstreams": {"kimi": kimi(retries=-1)}}, "upstreams.kimi.retries", "whole number"),
     ({"upstreams": {"kimi": kimi(retries=1.5)}}, "upstreams.kimi.retries", "whole number"),
     ({"upstreams": {"kimi": kimi(kind="claude")}}, "upstreams.kimi.kind",
-     "openai, gemini, anthropic, openai-responses, echo"),
+     "openai, gemini, anthropic, openai-responses, code-assist, echo"),
     ({"upstreams": {"kimi": kimi(auth="basic")}}, "upstreams.kimi.auth", "bearer"),
     ({"upstreams": {"kimi": kimi(max_tokens_field="max")}}, "upstreams.kimi.max_tokens_field",
      "max_completion_tokens"),
