@@ -7584,7 +7584,7 @@ def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, An
     if code in REFUSED_GRANT or status in (400, 401, 403):
         raise TokenRefused(clip(said, 300))
     raise UpstreamError("Google's token endpoint answered %d (%s)" % (status, clip(said, 200)),
-                        status=503, retry_after=60.0)
+                        status=503, retry_after=60.0, key_verdict="rest")
 
 
 class ProjectBook:
@@ -7779,9 +7779,13 @@ class GoogleAccount:
 
     def _setup_call(self, method: str, body: Any = None) -> Any:
         url = self.endpoints.base_url.rstrip("/") + CODE_ASSIST_API + method
-        status, answer = google_call(url, self.endpoints.timeout, body=body,
-                                     token=self.token(), method="POST" if body is not None
-                                     else "GET")
+        token, status, answer = "", 401, None
+        for _ in range(2):    # a 401: one new token, one more try (as for requests)
+            if status != 401:
+                break
+            token = self.token(stale=token)
+            status, answer = google_call(url, self.endpoints.timeout, body=body, token=token,
+                                         method="POST" if body is not None else "GET")
         if status != 200:
             error = decode_code_assist_error(status, answer)
             if status in (401, 403):
@@ -8794,9 +8798,9 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 log.warning("%s: %s failed (%d: %s); no attempts left on %s", ex.rid,
                             what, err.status, message, runtime.name)
                 return None
-            if err.status == 429:
-                log.info("%s: %s is rate limited (%s); trying another key", ex.rid,
-                         what, message)
+            if err.status == 429 or err.key_verdict == "rest":
+                log.info("%s: %s is %s (%s); trying another key", ex.rid, what,
+                         "rate limited" if err.status == 429 else "resting", message)
                 continue
             delay = backoff_delay(spec, tries, err.retry_after)
             if time.monotonic() + delay > give_up_at:

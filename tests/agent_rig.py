@@ -10,8 +10,12 @@ the proxy's URL.
 --scenario makes the upstream misbehave: "pool" gives the proxy three upstream keys of
 which key-b is always rate-limited; "stall" pauses each streamed reply after its first
 event for longer than the proxy's keep-alive interval, so the agent gets keep-alives.
+--upstream code-assist is a fake Google (tests/fake_google.py) behind a code-assist
+upstream, every client model routed to CODE_ASSIST_MODEL: one account, or with "pool" the
+three of code_assist_accounts(), one rate-limited and one revoked.
 --access-log turns on the proxy's access log. The JSON line holds the agent's exit code,
-stdout and stderr, the requests that reached the upstream, and the proxy's log lines
+stdout and stderr, the requests that reached the upstream (for code-assist: the account
+and status of each, and the proxy's GET /status at the end), and the proxy's log lines
 (proxy_log: warnings and errors, and the access log when it is on).
 """
 
@@ -19,14 +23,17 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from conftest import RunningProxy, make_config  # noqa: E402
+from fake_google import FakeGoogle, ca_rate_limit, write_credentials  # noqa: E402
 from fake_upstream import pause_after  # noqa: E402
 from faults import FAKES, error  # noqa: E402
 
@@ -54,6 +61,58 @@ def upstream_spec(kind, fake, scenario):
     elif scenario == "stall":
         fake.rules["*"] = stalling(fake)
     return spec
+
+
+# -- a code-assist upstream: Google accounts ----------------------------------------------
+
+CODE_ASSIST = "code-assist"
+CODE_ASSIST_MODEL = "gemini-2.5-pro"      # every client model name is routed to this one
+# The "pool" accounts, in the proxy's round-robin order (their files' names sort so), each
+# in a credential file of another format (fake_google.FakeGoogle.credentials): Gemini CLI's
+# (a live token, no project: found with loadCodeAssist), CLIProxyAPI's (with its project),
+# a bare token reply (no expiry: refreshed before its first use, then the project found).
+LIMITED, REVOKED, GOOD = "a-limited@example.com", "b-revoked@example.com", \
+    "c-good@example.com"
+POOL_ACCOUNTS = [(LIMITED, "gemini-cli"), (REVOKED, "cliproxy"), (GOOD, "token-response")]
+
+
+def code_assist_accounts(fake, folder, scenario="pool"):
+    """Accounts on the FakeGoogle `fake` and their credential files in `folder`: with
+    "pool" the three of POOL_ACCOUNTS, where LIMITED's calls of CODE_ASSIST_MODEL get a
+    429 RATE_LIMIT_EXCEEDED that asks for POOL_REST seconds, and REVOKED's file holds an
+    expired access token whose refresh token Google has revoked (so the proxy refreshes it
+    and gets invalid_grant): only GOOD can answer. With "plain", GOOD alone. Returns the
+    emails, in file order."""
+    os.makedirs(folder, exist_ok=True)
+    accounts = POOL_ACCOUNTS if scenario == "pool" else POOL_ACCOUNTS[-1:]
+    for email, fmt in accounts:
+        fake.add_account(email)
+        write_credentials(os.path.join(folder, email.split("@")[0] + ".json"),
+                          fake.credentials(email, fmt, expired=email == REVOKED))
+    if scenario == "pool":
+        fake.revoke(REVOKED)
+        fake.fault(LIMITED, ca_rate_limit(POOL_REST, model=CODE_ASSIST_MODEL),
+                   model=CODE_ASSIST_MODEL)
+    return [email for email, _ in accounts]
+
+
+def code_assist_config(fake, folder, state_dir):
+    """The proxy's configuration: one code-assist upstream, "google", on the fake with the
+    credential files in `folder`; every client model name routed to CODE_ASSIST_MODEL."""
+    return {"upstreams": {"google": {"kind": CODE_ASSIST, "base_url": fake.base_url,
+                                     "oauth_token_url": fake.token_url,
+                                     "credentials": [str(folder)]}},
+            "routes": [{"model": "*", "upstream": "google",
+                        "upstream_model": CODE_ASSIST_MODEL}],
+            "server": {"port": 0, "state_dir": str(state_dir)}}
+
+
+def code_assist_calls(fake):
+    """The generate calls the fake Google got: account (the bearer's email, None when the
+    token was not live), model, method and the status it answered."""
+    return [{"account": r.get("account"), "model": (r.get("json") or {}).get("model"),
+             "method": r.get("method_name"), "status": r.get("status")}
+            for r in fake.generate_calls()]
 
 
 class LogLines(logging.Handler):
@@ -102,7 +161,7 @@ def fill_in_template(path, url):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--upstream", choices=sorted(FAKES), required=True)
+    parser.add_argument("--upstream", choices=sorted(FAKES) + [CODE_ASSIST], required=True)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the agent")
     parser.add_argument("--cwd", default=".")
     parser.add_argument("--timeout", type=float, default=240)
@@ -120,12 +179,23 @@ def main():
     to_stderr.setLevel(logging.WARNING)
     logger.addHandler(to_stderr)
     logger.setLevel(logging.INFO if args.access_log else logging.WARNING)
-    fake = FAKES[args.upstream]().start()
-    proxy = RunningProxy(make_config({
-        "upstreams": {"up": upstream_spec(args.upstream, fake, args.scenario)},
-        "default_model": "fake-model",
-        "server": {"port": 0, "keepalive_interval": KEEPALIVE_INTERVAL},
-        "logging": {"access_log": args.access_log}}))
+    scratch = tempfile.mkdtemp(prefix="agent-rig-")
+    if args.upstream == CODE_ASSIST:
+        if args.scenario == "stall":
+            parser.error("--upstream code-assist takes --scenario plain or pool")
+        fake = FakeGoogle().start()
+        code_assist_accounts(fake, os.path.join(scratch, "creds"), args.scenario)
+        raw = code_assist_config(fake, os.path.join(scratch, "creds"),
+                                 os.path.join(scratch, "state"))
+        raw["server"]["keepalive_interval"] = KEEPALIVE_INTERVAL
+    else:
+        fake = FAKES[args.upstream]().start()
+        raw = {"upstreams": {"up": upstream_spec(args.upstream, fake, args.scenario)},
+               "default_model": "fake-model",
+               "server": {"port": 0, "keepalive_interval": KEEPALIVE_INTERVAL}}
+    raw["logging"] = {"access_log": args.access_log}
+    proxy_environ = {"HOME": scratch}       # nothing of the real home directory
+    proxy = RunningProxy(make_config(raw, proxy_environ), proxy_environ)
     for path in args.template:
         fill_in_template(path, proxy.url)
     env = dict(os.environ)
@@ -142,8 +212,13 @@ def main():
         outcome = {"code": None, "stdout": exc.stdout or "", "stderr": "timed out"}
     outcome["upstream_requests"] = [{"path": r["path"], "json": r["json"], "key": r["key"]}
                                     for r in fake.requests if r.get("method") == "POST"]
+    if args.upstream == CODE_ASSIST:
+        outcome["generate_calls"] = code_assist_calls(fake)
+        status, _, page = proxy.request("GET", "/status")
+        outcome["status_page"] = page.decode("utf-8", "replace")
     proxy.stop()
     fake.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
     outcome["proxy_log"] = proxy_log.lines[-200:]
     print(json.dumps(outcome))
 
