@@ -2,13 +2,15 @@
 """gemini-proxy: let LLM clients and providers that speak different API dialects talk.
 
 One file, Python 3.8+, standard library only. It serves four client dialects and calls
-five kinds of upstream, converting through one neutral model:
+six kinds of upstream, converting through one neutral model:
 
     Gemini API (Gemini CLI, google-genai)     ->               -> OpenAI-compatible (Kimi,
     OpenAI Chat Completions (openai, Qwen)    -> gemini_proxy  ->   DeepSeek, OpenAI, Ollama,
     Anthropic Messages (anthropic, Claude)    ->               ->   vLLM, ...), Gemini API,
     OpenAI Responses (Codex CLI, opencode)    ->               ->   Anthropic, OpenAI
-                                                                    Responses, or echo
+                                                                    Responses, Google's Code
+                                                                    Assist with Google
+                                                                    logins, or echo
 
 When the client and the upstream speak the same dialect, requests pass through with only
 the model name and the key replaced.
@@ -18,6 +20,8 @@ key pools with cooldowns after 429s (refused keys taken out), retries with backo
 fallbacks before the client's first byte, the dialect's own error form after it; timeouts
 for connect, first byte, silence and total; keep-alives, stop strings and stream/whole
 decoupling per upstream; GET /status shows the keys' health; SIGHUP reloads the config.
+A code-assist upstream's Google accounts are a pool like keys: tokens refreshed ahead of
+time, projects found once, each account rested or taken out by what Google answers.
 
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
@@ -25,6 +29,8 @@ Usage:
     python gemini_proxy.py --upstream-url https://api.deepseek.com/v1 \\
         --upstream-key sk-... --model deepseek-chat
     python gemini_proxy.py --upstream-kind echo # no provider: check a client's wiring
+    python gemini_proxy.py login [--no-browser] # add a Google account (kind code-assist)
+    python gemini_proxy.py accounts             # its accounts: project, tier, state
 
 Then point a client at it, e.g. Gemini CLI (with security.auth.selectedType set to
 "gemini-api-key" in ~/.gemini/settings.json):

@@ -20,6 +20,7 @@ Clients missing here skip (.ci/run installs them): the SDKs in the Python runnin
 tests; GEMINI_CLI_BIN, CLAUDE_CODE_BIN, QWEN_CODE_BIN (or gemini, claude, qwen on PATH).
 """
 
+import importlib
 import json
 import logging
 import os
@@ -33,6 +34,17 @@ from agent_rig import CODE_ASSIST, CODE_ASSIST_MODEL, GOOD, LIMITED, REVOKED
 from conftest import RunningProxy, make_config
 from fake_google import FakeGoogle
 
+def installed(module):
+    """The module, or None when it is not installed here."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+genai = installed("google.genai")
+openai = installed("openai")
+anthropic = installed("anthropic")
 GEMINI = os.environ.get("GEMINI_CLI_BIN") or shutil.which("gemini")
 CLAUDE = os.environ.get("CLAUDE_CODE_BIN") or shutil.which("claude")
 QWEN = os.environ.get("QWEN_CODE_BIN") or shutil.which("qwen")
@@ -139,10 +151,10 @@ def pool(tmp_path):
 
 # -- google-genai ---------------------------------------------------------------------------
 
+@pytest.mark.skipif(not genai, reason="google-genai is not installed (pip install "
+                    "google-genai; .ci/run installs it)")
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_google_genai_tool_round_trip(pool, stream):
-    genai = pytest.importorskip("google.genai", reason="google-genai is not installed "
-                                "(pip install google-genai; .ci/run installs it)")
     from google.genai import types
     client = genai.Client(api_key="client-key", http_options=types.HttpOptions(
         base_url=pool.proxy.url, api_version="v1beta",
@@ -180,10 +192,10 @@ def test_google_genai_tool_round_trip(pool, stream):
 
 # -- openai ---------------------------------------------------------------------------------
 
+@pytest.mark.skipif(not openai, reason="the openai SDK is not installed (pip install "
+                    "openai; .ci/run installs it)")
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_openai_tool_round_trip(pool, stream):
-    openai = pytest.importorskip("openai", reason="the openai SDK is not installed "
-                                 "(pip install openai; .ci/run installs it)")
     client = openai.OpenAI(base_url=pool.proxy.url + "/v1", api_key="client-key",
                            max_retries=0, _strict_response_validation=True)
     tools = [{"type": "function", "function": {"name": "read", "description": "Read a file",
@@ -216,9 +228,9 @@ def test_openai_tool_round_trip(pool, stream):
 
 # -- anthropic ------------------------------------------------------------------------------
 
+@pytest.mark.skipif(not anthropic, reason="the anthropic SDK is not installed (pip install "
+                    "anthropic; .ci/run installs it)")
 def test_anthropic_streamed_tool_round_trip(pool):
-    anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is not installed "
-                                    "(pip install anthropic; .ci/run installs it)")
     client = anthropic.Anthropic(base_url=pool.proxy.url, api_key="client-key",
                                  max_retries=0, _strict_response_validation=True)
     tools = [{"name": "read", "description": "Read a file", "input_schema": TOOLS["read"]}]
