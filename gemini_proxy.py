@@ -4645,18 +4645,6 @@ def decode_gemini_response(payload: Any, model: str = "") -> Reply:
                  text_of(payload.get("modelVersion")) or model, choices, usage)
 
 
-def gemini_stream_error(data: str) -> Optional[UpstreamError]:
-    if '"error"' not in data[:20]:
-        return None
-    try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return decode_gemini_error(payload["error"].get("code"), payload)
-    return None
-
-
 def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
     """streamGenerateContent SSE -> neutral events, a choice per candidate. A stream that
     ends without a finishReason raises, like Gemini CLI would."""
@@ -4738,6 +4726,23 @@ def decode_gemini_error(status: Optional[int], payload: Any,
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
     return UpstreamError(clip(message.strip(), 2000) or "HTTP %d with no message" % status,
                          status=status, retry_after=retry_after, reason=reason)
+
+
+def gemini_stream_error(data: str, decode: Callable[..., UpstreamError] = decode_gemini_error
+                        ) -> Optional[UpstreamError]:
+    """An error event in a Google stream, as an object or (as failed streams send it) in
+    a list; `decode` reads it (Code Assist's decoder knows more)."""
+    if '"error"' not in data[:30]:
+        return None
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return decode(payload["error"].get("code"), payload)
+    return None
 
 
 def encode_gemini_count_request(chat: Chat, model: str) -> Dict[str, Any]:
@@ -6269,18 +6274,7 @@ def decode_code_assist_response(payload: Any, model: str = "") -> Reply:
 
 
 def code_assist_stream_error(data: str) -> Optional[UpstreamError]:
-    """An error in the stream, as an object or (as failed streams send it) in a list."""
-    if '"error"' not in data[:30]:
-        return None
-    try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(payload, list) and payload:
-        payload = payload[0]
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return decode_code_assist_error(payload["error"].get("code"), payload)
-    return None
+    return gemini_stream_error(data, decode_code_assist_error)
 
 
 def decode_code_assist_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:

@@ -5,7 +5,6 @@ against a fake Google: test_code_assist_e2e.py."""
 
 import base64
 import json
-import time
 
 import pytest
 
