@@ -34,6 +34,7 @@ from agent_rig import CODE_ASSIST, CODE_ASSIST_MODEL, GOOD, LIMITED, REVOKED
 from conftest import RunningProxy, make_config
 from fake_google import FakeGoogle
 
+
 def installed(module):
     """The module, or None when it is not installed here."""
     try:
