@@ -170,6 +170,16 @@ CODE_ASSIST_MODELS = (
     "gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-pro-preview", "gemini-3.1-pro-preview",
     "gemini-3-flash-preview", "gemini-3-flash", "gemini-3.5-flash", "gemini-3.1-flash-lite")
 CODE_ASSIST_MODEL_NAMES = {"gemini-3.5-flash": "gemini-3-flash"}
+CODE_ASSIST_API = "/v1internal"
+
+# A token with less than this many seconds left is refreshed before use (gemini-cli's
+# auth library refreshes five minutes ahead too).
+TOKEN_REFRESH_MARGIN = 300.0
+
+# Seconds a first request (or a login) waits for Code Assist to onboard an account, and a
+# browser login for Google to send the browser back.
+ONBOARD_TIMEOUT = 120
+LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
     # -- server: listening, client keys, limits (section 22) --
@@ -455,13 +465,20 @@ class UpstreamError(ProxyError):
         super().__init__(message, status, retry_after, reason)
         # What the failure says about the key or account that was used, when its
         # status alone does not (see refusal_scope): "out" (for everything),
-        # "out_for_model", "rest" (all of it, for retry_after), "spare" (nothing).
+        # "out_for_model", "rest" (all of it, for retry_after), "rest_for_model" (for
+        # retry_after, which the upstream gave exactly), "keep" (nothing).
         self.key_verdict = key_verdict
 
 
 class KeysUnavailable(UpstreamError):
-    """No key of an upstream can be used now: all resting (429), all busy (503), or all
-    refused by the provider (401/403). Said by the proxy, not the upstream."""
+    """No key of an upstream can be used now: all resting (429, reason "resting"), all
+    busy (503, "busy"), or all refused by the provider ("refused": 401/403, or 503 for
+    Google accounts that are out). Said by the proxy, not the upstream."""
+
+    def __init__(self, message: str, status: int, retry_after: Optional[float] = None,
+                 cause: str = ""):
+        super().__init__(message, status, retry_after)
+        self.cause = cause      # "busy" | "resting" | "refused": whether waiting may help
 
 
 class ClientGone(Exception):
@@ -650,12 +667,18 @@ log = logging.getLogger("gemini_proxy")
 access_log = logging.getLogger("gemini_proxy.access")
 
 
+# Google's OAuth tokens, wherever they turn up (access tokens start "ya29.", refresh
+# tokens "1//"): the proxy holds many that no configuration names.
+GOOGLE_TOKEN = re.compile(r"\bya29\.[\w.-]+|(?<![\w/])1//[\w.-]{8,}")
+
+
 class LogFormatter(logging.Formatter):
     """Every log line on one line: the message's control characters are escaped (a
-    traceback, which is this program's own, keeps its lines)."""
+    traceback, which is this program's own, keeps its lines), and no Google token is in
+    it, whatever quoted one."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = log_safe(record.message)
+        record.message = GOOGLE_TOKEN.sub("[REDACTED]", log_safe(record.message))
         return super().formatMessage(record)
 
 
@@ -663,10 +686,6 @@ def fingerprint(secret: str) -> str:
     """A short, stable name for a secret that reveals nothing usable."""
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
 
-
-# Google's OAuth tokens, wherever they turn up (access tokens start "ya29.", refresh
-# tokens "1//"): the proxy holds many that no configuration names.
-GOOGLE_TOKEN = re.compile(r"\bya29\.[\w.-]+|(?<![\w/])1//[\w.-]{8,}")
 
 SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api-key",
                             "proxy-authorization", "cookie", "set-cookie"))
@@ -6213,15 +6232,16 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
 # section 23's.
 
-CODE_ASSIST_API = "/v1internal"
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
 CODE_ASSIST_METADATA = {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
                         "pluginType": "GEMINI"}
 
-# A token with less than this many seconds left is refreshed before use (gemini-cli's
-# auth library refreshes five minutes ahead too).
-TOKEN_REFRESH_MARGIN = 300.0
+
+
+def objects_of(value: Any) -> List[Dict[str, Any]]:
+    """A list of objects in a reply, read leniently: whatever else is in it is {}."""
+    return [fields_of(item) for item in value] if isinstance(value, list) else []
 
 
 def code_assist_model(model: str) -> str:
@@ -6349,28 +6369,32 @@ def decode_code_assist_error(status: Optional[int], payload: Any,
         payload = payload[0]
     error = decode_gemini_error(status, payload, headers)
     details = fields_of(fields_of(payload).get("error")).get("details")
-    infos = [d for d in (details if isinstance(details, list) else ()) if isinstance(d, dict)]
+    infos = objects_of(details)
     metadata: Dict[str, Any] = {}
     for info in infos:
         metadata.update(fields_of(info.get("metadata")))
+    # ErrorInfo's reason, which a QuotaFailure's quotaId must not hide here
+    reason = next((text_of(i.get("reason")) for i in infos if text_of(i.get("reason"))), "")
     if error.retry_after is None:
         delay = parse_go_duration(text_of(metadata.get("quotaResetDelay")))
         words = RESET_IN_WORDS.search(error.message)
         error.retry_after = delay if delay is not None else \
             parse_go_duration(words.group(1)) if words else None
-    if error.status == 429 and (error.reason in CAPACITY_REASONS or (
-            CAPACITY_WORDS.search(error.message) and error.reason not in (
+    if error.status == 429 and (reason in CAPACITY_REASONS or (
+            CAPACITY_WORDS.search(error.message) and reason not in (
                 "RATE_LIMIT_EXCEEDED", "QUOTA_EXHAUSTED"))):
-        error.key_verdict = "spare"
-    elif error.status == 429 and error.reason == "INSUFFICIENT_G1_CREDITS_BALANCE":
-        error.key_verdict = "spare"     # credits are only spent when asked to
+        error.key_verdict = "keep"
+    elif error.status == 429 and reason == "INSUFFICIENT_G1_CREDITS_BALANCE":
+        error.key_verdict = "keep"      # credits are only spent when asked to
+    elif error.status == 429 and error.retry_after is not None:
+        error.key_verdict = "rest_for_model"    # till the reset Google names, a day's too
     elif error.status == 403:
         error.key_verdict = "out"
         link = text_of(metadata.get("validation_link") or metadata.get("validationUrl"))
         for info in infos:
-            for item in info.get("links") or () if isinstance(info.get("links"), list) else ():
-                link = link or text_of(fields_of(item).get("url"))
-        if error.reason == "VALIDATION_REQUIRED" and link:
+            for item in objects_of(info.get("links")):
+                link = link or text_of(item.get("url"))
+        if reason == "VALIDATION_REQUIRED" and link:
             error.message += " (verify the account at %s)" % link
     elif error.status == 404:
         error.key_verdict = "out_for_model"
@@ -6398,12 +6422,15 @@ class GoogleCredential:
 def _expiry_seconds(value: Any) -> float:
     """An expiry in epoch seconds from epoch milliseconds (Gemini CLI) or an ISO 8601
     time (a naive one is UTC, as google-auth writes it); 0 when unknown."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and \
+            math.isfinite(value):
+        seconds = value / 1000.0 if value > 1e11 else float(value)
+        return seconds if seconds < 1e11 else 0.0     # past year 5000: nonsense
     if not isinstance(value, str) or not value:
         return 0.0
     text = value.strip().replace("Z", "+00:00")
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)     # Python reads microseconds at most
+    # Python before 3.11 reads exactly six digits of a fraction; Go writes one to nine
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -6419,7 +6446,7 @@ def id_token_email(id_token: Any) -> str:
     try:
         payload = text_of(id_token).split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return ""
     return text_of(fields_of(claims).get("email"))
 
@@ -6476,20 +6503,16 @@ def read_code_assist_setup(payload: Any, configured_project: str) -> Dict[str, s
     used (to verify, with the address to do it at; or a project it needs)."""
     payload = fields_of(payload)
     current = fields_of(payload.get("currentTier"))
-    project = payload.get("cloudaicompanionProject")
-    project = text_of(fields_of(project).get("id")) if isinstance(project, dict) \
-        else text_of(project)
-    ineligible = [fields_of(t) for t in payload.get("ineligibleTiers") or ()
-                  if isinstance(payload.get("ineligibleTiers"), list)]
+    project = _project_id(payload.get("cloudaicompanionProject"))
+    ineligible = objects_of(payload.get("ineligibleTiers"))
     if not current:
         for tier in ineligible:
             if tier.get("reasonCode") == "VALIDATION_REQUIRED" and tier.get("validationUrl"):
                 return {"error": "Google asks to verify this account first: %s (%s)" % (
                     text_of(tier.get("validationUrl")),
                     text_of(tier.get("reasonMessage")) or "then try again")}
-        allowed = [fields_of(t) for t in payload.get("allowedTiers") or ()
-                   if isinstance(payload.get("allowedTiers"), list)]
-        default = next((t for t in allowed if t.get("isDefault")), {})
+        default = next((t for t in objects_of(payload.get("allowedTiers"))
+                        if t.get("isDefault")), {})
         return {"onboard": text_of(default.get("id")) or "legacy-tier"}
     tier = text_of(fields_of(payload.get("paidTier")).get("id")) or \
         text_of(current.get("id")) or "standard-tier"
@@ -6503,8 +6526,14 @@ def read_code_assist_setup(payload: Any, configured_project: str) -> Dict[str, s
 
 
 def onboarded_project(operation: Any) -> str:
-    """The project a finished onboardUser operation gives (an object, or a bare id)."""
-    project = fields_of(fields_of(operation).get("response")).get("cloudaicompanionProject")
+    """The project a finished onboardUser operation gives."""
+    return _project_id(fields_of(fields_of(operation).get("response")).get(
+        "cloudaicompanionProject"))
+
+
+def _project_id(project: Any) -> str:
+    """cloudaicompanionProject: an id in loadCodeAssist, an {id, name} object in an
+    onboarding's result (either may come in either)."""
     return text_of(fields_of(project).get("id")) if isinstance(project, dict) \
         else text_of(project)
 
@@ -7044,12 +7073,12 @@ def match_endpoint(head: RequestHead) -> Tuple[Optional[ClientDialect], Optional
 def session_key(head: RequestHead, payload: Any) -> str:
     """The conversation a request belongs to, as its client names it, so that a key pool
     keeps it on one key: prompt_cache_key (OpenAI's Chat Completions and Responses;
-    Codex sets it), else a session-id header (Codex and other agents send one), else
-    Anthropic's metadata.user_id (Claude Code names its session in it)."""
+    Codex sets it), else a session-id header (Codex and other agents send one; Claude
+    Code its own)."""
     key = fields_of(payload).get("prompt_cache_key")
     if not isinstance(key, str) or not key:
         key = head.header("session-id") or head.header("x-session-id") or \
-            text_of(fields_of(fields_of(payload).get("metadata")).get("user_id"))
+            head.header("x-claude-code-session-id")
     return key[:256]
 
 
@@ -7430,16 +7459,82 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                                 stopper)
 
 
+@dataclasses.dataclass(frozen=True)
+class GoogleEndpoints:
+    """Where a code-assist upstream's logins and calls go, the OAuth client it uses, and
+    the HTTP proxies (*_proxy variables) on the way, as for every upstream."""
+
+    base_url: str = DEFAULT_BASE_URLS["code-assist"]
+    token_url: str = GOOGLE_TOKEN_URL
+    auth_url: str = GOOGLE_AUTH_URL
+    userinfo_url: str = GOOGLE_USERINFO_URL
+    client_id: str = GOOGLE_CLIENT_ID
+    client_secret: str = GOOGLE_CLIENT_SECRET
+    timeout: float = 30.0
+    proxies: Tuple[Tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, spec: Dict[str, Any], environ: Dict[str, str]) -> "GoogleEndpoints":
+        return cls(spec["base_url"] or DEFAULT_BASE_URLS["code-assist"],
+                   spec["oauth_token_url"], spec["oauth_auth_url"],
+                   spec["oauth_userinfo_url"], spec["oauth_client_id"],
+                   spec["oauth_client_secret"], max(spec["connect_timeout"], 30.0),
+                   tuple(sorted((k, v) for k, v in environ.items()
+                                if k.lower().endswith("_proxy"))))
+
+
+# Connections to Google's token and setup endpoints: made on first use (a TLS context
+# costs start-up time that a proxy without Google accounts should not pay).
+_google_connections: List[ConnectionPool] = []
+
+
+def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, str]] = None,
+                body: Any = None, token: str = "", method: str = "") -> Tuple[int, Any]:
+    """One call to a Google endpoint (token, userinfo, the Code Assist setup methods):
+    (status, the JSON answer, or its text when it is not JSON). Within 2 x
+    endpoints.timeout however slowly it trickles; a network failure is an UpstreamError
+    (502; 504 for a timeout)."""
+    if not _google_connections:
+        _google_connections.append(ConnectionPool())
+    parts = urllib.parse.urlsplit(url)
+    headers = [("user-agent", "gemini-proxy/" + __version__), ("accept", "application/json")]
+    data = b""
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode("ascii")
+        headers.append(("content-type", "application/x-www-form-urlencoded"))
+    elif body is not None:
+        data = json_bytes(body)
+        headers.append(("content-type", "application/json"))
+    if token:
+        headers.append(("authorization", "Bearer " + token))
+    target = upstream_target("%s://%s" % (parts.scheme, parts.netloc), dict(endpoints.proxies))
+    timeouts = Timeouts(endpoints.timeout, endpoints.timeout, endpoints.timeout,
+                        time.monotonic() + 2 * endpoints.timeout)
+    response = open_upstream_blocking(
+        _google_connections[0], target, parts.hostname or "Google",
+        method or ("POST" if form is not None or body is not None else "GET"),
+        (parts.path or "/") + ("?" + parts.query if parts.query else ""), data, headers,
+        timeouts, 4)
+    try:
+        raw = bytes(response.read_body(4 * MiB))
+    finally:
+        response.close()
+    try:
+        return response.status, json.loads(raw)
+    except (ValueError, RecursionError):
+        return response.status, raw.decode("utf-8", "replace")
+
+
 # ---- 17. Google accounts ---------------------------------------------------------------------
 #
 # The accounts of a code-assist upstream. Each is a Google login whose access token is
 # refreshed ahead of its expiry, one refresh at a time however many requests need it; whose
 # Code Assist project is found once (onboarding the account to the free tier when it has
 # none) and remembered across restarts; and which is out, with the reason, when Google will
-# not refresh it. It sits in the upstream's KeyPool as a key does and answers the same
-# questions. Credential files are only read, but for the proxy's own (the login command
-# writes them, and refreshed tokens go back into them): Gemini CLI's ~/.gemini is never
-# written.
+# not refresh it or set it up. It sits in the upstream's KeyPool as a key does and answers
+# the same questions. Credential files are only read, but for the proxy's own (the login
+# command writes them, and refreshed tokens go back into them): Gemini CLI's ~/.gemini is
+# never written. No lock here is held while Google is asked anything.
 
 def state_directory(configured: str, environ: Dict[str, str]) -> str:
     """Where the proxy keeps what it must remember: server.state_dir, else
@@ -7455,24 +7550,49 @@ def accounts_directory(state_dir: str) -> str:
     return os.path.join(state_dir, "accounts")
 
 
+def project_book_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "code-assist-projects.json")
+
+
 def gemini_cli_credentials(environ: Dict[str, str]) -> str:
     """Gemini CLI's own login: ~/.gemini/oauth_creds.json ($GEMINI_CLI_HOME for ~)."""
     home = environ.get("GEMINI_CLI_HOME") or environ.get("HOME") or os.path.expanduser("~")
     return os.path.join(home, ".gemini", "oauth_creds.json")
 
 
+def credential_sources(spec: Dict[str, Any], state_dir: str,
+                       environ: Dict[str, str]) -> List[str]:
+    """Where a code-assist upstream's logins are: its credentials, else the proxy's own
+    accounts directory and then Gemini CLI's login."""
+    return spec["credentials"] or [accounts_directory(state_dir),
+                                   gemini_cli_credentials(environ)]
+
+
 def credential_files(sources: List[str]) -> List[str]:
     """The files behind a credentials list: files as named, and every *.json in each
-    directory, sorted; what does not exist is skipped."""
+    directory, sorted. Only regular files (a FIFO would hang whoever opens it)."""
     found: List[str] = []
     for source in sources:
         path = os.path.expanduser(source)
         if os.path.isdir(path):
             found += sorted(os.path.join(path, name) for name in os.listdir(path)
                             if name.endswith(".json") and not name.startswith("."))
-        elif os.path.isfile(path):
+        else:
             found.append(path)
-    return list(dict.fromkeys(os.path.abspath(p) for p in found))
+    return list(dict.fromkeys(os.path.abspath(p) for p in found if os.path.isfile(p)))
+
+
+def read_small_json(path: str) -> Any:
+    """A small JSON file (a credential, the project book); ValueError for anything else,
+    a file too big or nested too deep included."""
+    with open(path, "rb") as f:
+        data = f.read(MiB + 1)
+    if len(data) > MiB:
+        raise ValueError("larger than 1 MiB")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def write_private_json(path: str, data: Any) -> None:
@@ -7495,69 +7615,6 @@ def write_private_json(path: str, data: Any) -> None:
         raise
 
 
-@dataclasses.dataclass(frozen=True)
-class GoogleEndpoints:
-    """Where a code-assist upstream's logins and calls go, and the OAuth client used."""
-
-    base_url: str = DEFAULT_BASE_URLS["code-assist"]
-    token_url: str = GOOGLE_TOKEN_URL
-    auth_url: str = GOOGLE_AUTH_URL
-    userinfo_url: str = GOOGLE_USERINFO_URL
-    client_id: str = GOOGLE_CLIENT_ID
-    client_secret: str = GOOGLE_CLIENT_SECRET
-    timeout: float = 30.0
-
-    @classmethod
-    def of(cls, spec: Dict[str, Any]) -> "GoogleEndpoints":
-        return cls(spec["base_url"] or DEFAULT_BASE_URLS["code-assist"], spec["oauth_token_url"],
-                   spec["oauth_auth_url"], spec["oauth_userinfo_url"],
-                   spec["oauth_client_id"], spec["oauth_client_secret"],
-                   max(spec["connect_timeout"], 30.0))
-
-
-def google_call(url: str, timeout: float, form: Optional[Dict[str, str]] = None,
-                body: Any = None, token: str = "", method: str = "") -> Tuple[int, Any]:
-    """One call to a Google endpoint (token, userinfo, the Code Assist setup methods):
-    (status, the JSON answer, or its text when it is not JSON). A network failure is an
-    UpstreamError (502; 504 for a timeout)."""
-    parts = urllib.parse.urlsplit(url)
-    headers = {"user-agent": "gemini-proxy/" + __version__, "accept": "application/json"}
-    data = None
-    if form is not None:
-        data = urllib.parse.urlencode(form).encode("ascii")
-        headers["content-type"] = "application/x-www-form-urlencoded"
-    elif body is not None:
-        data = json_bytes(body)
-        headers["content-type"] = "application/json"
-    if token:
-        headers["authorization"] = "Bearer " + token
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.netloc, timeout=timeout,
-                                                 context=ssl.create_default_context())
-    else:
-        connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
-    where = "%s://%s%s" % (parts.scheme, parts.hostname, parts.path)
-    try:
-        connection.request(method or ("POST" if data is not None else "GET"),
-                           urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query,
-                                                    "")), data, headers)
-        response = connection.getresponse()
-        raw = response.read(4 * MiB)
-        status = response.status
-    except socket.timeout:
-        raise UpstreamError("%s did not answer within %gs" % (where, timeout),
-                            status=504) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise UpstreamError("cannot reach %s: %s" % (where, exc), status=502) from None
-    finally:
-        connection.close()
-    try:
-        return status, json.loads(raw)
-    except (ValueError, RecursionError):
-        return status, raw.decode("utf-8", "replace")
-
-
 class TokenRefused(Exception):
     """Google will not give a token for this refresh token or code (invalid_grant and
     its kind): only a new login helps."""
@@ -7571,16 +7628,23 @@ REFUSED_GRANT = ("invalid_grant", "invalid_client", "unauthorized_client", "acce
 
 def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, Any]:
     """POST the token endpoint: the token reply, with expires_at (epoch seconds) added.
-    Raises TokenRefused, or UpstreamError when Google could not answer now."""
-    status, answer = google_call(endpoints.token_url, endpoints.timeout, form=form)
+    Raises TokenRefused, or UpstreamError (key_verdict "rest") when Google could not
+    answer now."""
+    try:
+        status, answer = google_call(endpoints, endpoints.token_url, form=form)
+    except UpstreamError as exc:
+        exc.key_verdict, exc.retry_after = "rest", 60.0
+        raise
     answer_fields = fields_of(answer)
     if status == 200 and text_of(answer_fields.get("access_token")):
         lifetime = answer_fields.get("expires_in")
-        lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else 3600.0
-        return dict(answer_fields, expires_at=time.time() + max(lifetime, 0.0))
+        lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and \
+            not isinstance(lifetime, bool) and math.isfinite(lifetime) else 3600.0
+        return dict(answer_fields, expires_at=time.time() + min(max(lifetime, 0.0), 86400.0))
     code = text_of(answer_fields.get("error"))
-    said = "%s%s" % (code or "HTTP %d" % status, ": " + text_of(answer_fields.get(
-        "error_description")) if answer_fields.get("error_description") else "")
+    said = GOOGLE_TOKEN.sub("[REDACTED]", "%s%s" % (
+        code or "HTTP %d" % status, ": " + text_of(answer_fields.get("error_description"))
+        if answer_fields.get("error_description") else ""))
     if code in REFUSED_GRANT or status in (400, 401, 403):
         raise TokenRefused(clip(said, 300))
     raise UpstreamError("Google's token endpoint answered %d (%s)" % (status, clip(said, 200)),
@@ -7589,7 +7653,8 @@ def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, An
 
 class ProjectBook:
     """The Code Assist project and tier found for each account, kept in the state
-    directory so that a restart does not look them up (or onboard) again."""
+    directory so that a restart does not look them up (or onboard) again. Read again
+    before each write: a login in another process may have added to it."""
 
     _open: Dict[str, "ProjectBook"] = {}
     _open_lock = threading.Lock()
@@ -7606,27 +7671,92 @@ class ProjectBook:
         with cls._open_lock:
             return cls._open.setdefault(path, cls(path))
 
-    def _load(self) -> Dict[str, Any]:
-        if self._entries is None:
-            try:
-                with open(self.path, encoding="utf-8") as f:
-                    self._entries = fields_of(json.load(f))
-            except (OSError, ValueError):
-                self._entries = {}
-        return self._entries
+    def _read(self) -> Dict[str, Any]:
+        try:
+            return dict(fields_of(read_small_json(self.path)))
+        except (OSError, ValueError):
+            return {}
 
     def get(self, account: str) -> Dict[str, Any]:
         with self._lock:
-            return dict(fields_of(self._load().get(account)))
+            if self._entries is None:
+                self._entries = self._read()
+            return dict(fields_of(self._entries.get(account)))
 
-    def put(self, account: str, entry: Dict[str, Any]) -> None:
+    def put(self, account: str, entry: Optional[Dict[str, Any]]) -> None:
+        """Remember an account's entry (None: forget it)."""
         with self._lock:
-            self._load()[account] = entry
+            self._entries = self._read()
+            if entry is None:
+                self._entries.pop(account, None)
+            else:
+                self._entries[account] = entry
             try:
                 write_private_json(self.path, self._entries)
             except OSError as exc:
                 log.warning("cannot remember the Code Assist project in %s: %s", self.path,
                             exc.strerror or exc)
+
+
+class SharedWork:
+    """Work that many requests may need at once and one of them does (a refresh, a
+    project's discovery): the others wait for its outcome, success or the same failure,
+    instead of doing it again; a failure is kept a little while for those who come just
+    after. A waiter gives up when its client leaves or its deadline passes."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._done = threading.Condition()
+        self._busy = False
+        self._rounds = 0
+        self._failure: Optional[ProxyError] = None
+        self._failed_until = 0.0
+
+    def forget_failure(self) -> None:
+        with self._done:
+            self._failure = None
+
+    def run(self, work: Callable[[], Any], deadline: float,
+            cancelled: Callable[[], bool]) -> Any:
+        """work()'s result; None to a waiter whose round succeeded (the state it
+        changed is there to read)."""
+        with self._done:
+            if self._failure is not None and time.monotonic() < self._failed_until:
+                raise copy.copy(self._failure)
+            if self._busy:
+                round_ = self._rounds
+                while self._rounds == round_:
+                    left = deadline - time.monotonic()
+                    if cancelled():
+                        raise ClientGone()
+                    if left <= 0:
+                        raise UpstreamError("gave up waiting for %s" % self.what, status=504)
+                    self._done.wait(min(left, 0.25))
+                if self._failure is not None:
+                    raise copy.copy(self._failure)
+                return None
+            self._busy = True
+        failure: Optional[ProxyError] = None
+        try:
+            return work()
+        except ProxyError as exc:
+            failure = copy.copy(exc)
+            raise
+        except BaseException:
+            failure = ProxyError("internal error in gemini-proxy while %s" % self.what)
+            raise
+        finally:
+            with self._done:
+                self._busy, self._rounds, self._failure = False, self._rounds + 1, failure
+                kept = failure.retry_after if failure is not None and \
+                    failure.retry_after is not None else 5.0
+                self._failed_until = time.monotonic() + min(kept, 60.0)
+                self._done.notify_all()
+
+
+# Why an account is out: Google refused its login (a new login in its file brings it
+# back), or refused to set it up (a reload tries again: the user may have fixed it).
+OUT_LOGIN, OUT_SETUP = "login", "setup"
 
 
 class GoogleAccount:
@@ -7635,169 +7765,228 @@ class GoogleAccount:
     account cannot be used ("" while it can)."""
 
     def __init__(self, credential: GoogleCredential, endpoints: GoogleEndpoints,
-                 book: ProjectBook, own: bool, project: str = ""):
+                 book: ProjectBook, writes_back: bool, project: str = ""):
         self.credential = credential
         self.endpoints = endpoints
         self.book = book
-        self.own = own                      # the proxy's file: refreshed tokens go back in
-        self.configured_project = project   # the upstream's "project", for every account
-        self.project = project or credential.project
-        self.tier = ""
-        self.out = ""
-        self.refreshes = 0
-        self._token_lock = threading.Lock()     # one refresh at a time
-        self._setup_lock = threading.Lock()     # one discovery at a time
-        if not self.project:
-            known = book.get(self.id)
-            self.project, self.tier = text_of(known.get("project")), text_of(known.get("tier"))
+        self.writes_back = writes_back    # the proxy's own file: refreshed tokens go in
+        self.configured_project = project  # the upstream's "project", for every account
+        self.project = self.tier = ""
+        self.out = self.out_kind = ""
+        self._lock = threading.Lock()      # short: swapping the credential or the project
+        self._refreshing = SharedWork("a token refresh of " + self.name)
+        self._setting_up = SharedWork("the Code Assist setup of " + self.name)
+        self._forgot_project_at = -math.inf
+        self._remembered()
 
     @property
-    def id(self) -> str:
-        """What the account is known by in the project book: its email, else a
-        fingerprint of its refresh token."""
-        return self.credential.email or fingerprint(self.credential.refresh_token)
+    def requested_project(self) -> str:
+        """The project asked for in discovery: the upstream's, else the file's own."""
+        return self.configured_project or self.credential.project
+
+    @property
+    def _book_key(self) -> str:
+        """An account's entry in the project book: its email (else a fingerprint of its
+        refresh token), and the project asked for."""
+        who = self.credential.email or fingerprint(self.credential.refresh_token)
+        return who + ("|" + self.requested_project if self.requested_project else "")
+
+    def _remembered(self) -> None:
+        known = self.book.get(self._book_key)
+        self.project, self.tier = text_of(known.get("project")), text_of(known.get("tier"))
 
     @property
     def name(self) -> str:
         return self.credential.email or "account " + fingerprint(
             self.credential.refresh_token)[4:]
 
-    def ready(self) -> Tuple[str, str]:
+    def ready(self, deadline: float = math.inf,
+              cancelled: Callable[[], bool] = lambda: False) -> Tuple[str, str]:
         """(access token, project) for a request; an UpstreamError when the account
         cannot be used (key_verdict "out", or "rest" when Google could not answer now)."""
+        return self.token(deadline=deadline, cancelled=cancelled), \
+            self.setup(deadline, cancelled)
+
+    def _take_out(self, kind: str, why: str, status: int = 503) -> UpstreamError:
+        self.out, self.out_kind = GOOGLE_TOKEN.sub("[REDACTED]", why), kind
+        log.warning("account %s is out: %s", self.name, self.out)
+        return UpstreamError(self.out, status=status, key_verdict="out")
+
+    def _check_out(self) -> None:
         if self.out:
-            raise UpstreamError(self.out, status=401, key_verdict="out")
-        return self.token(), self.setup()
+            raise UpstreamError(self.out, status=503, key_verdict="out")
 
     # -- tokens --------------------------------------------------------------------------
 
-    def token(self, stale: str = "") -> str:
+    def token(self, stale: str = "", deadline: float = math.inf,
+              cancelled: Callable[[], bool] = lambda: False) -> str:
         """A live access token. `stale`: one the upstream has just refused (401), to be
-        replaced even if it has not expired; every request that saw it refused waits for
-        the one refresh."""
-        with self._token_lock:
-            credential = self.credential
-            left = credential.expires_at - time.time()
-            if credential.access_token and left > TOKEN_REFRESH_MARGIN and \
-                    credential.access_token != stale:
-                return credential.access_token
-            self._refresh()
-            return self.credential.access_token
+        replaced even if it has not expired. Every request that needs a new token waits
+        for the one refresh."""
+        self._check_out()
+        credential = self.credential
+        if self._fresh(credential, stale):
+            return credential.access_token
+        token = self._refreshing.run(lambda: self._refresh(stale), deadline, cancelled)
+        self._check_out()
+        return token or self.credential.access_token
 
-    def _refresh(self) -> None:
-        """Under the token lock: a new access token. A refused refresh token is read
+    @staticmethod
+    def _fresh(credential: GoogleCredential, stale: str) -> bool:
+        return bool(credential.access_token) and credential.access_token != stale and \
+            credential.expires_at - time.time() > TOKEN_REFRESH_MARGIN
+
+    def _refresh(self, stale: str) -> str:
+        """A new access token (one thread at a time). A refused refresh token is read
         from the file once more first (Gemini CLI, or another proxy, may have logged in
         again or refreshed it), then the account is out."""
+        current = self.credential
+        if self._fresh(current, stale):     # a refresh just before this one did it
+            return current.access_token
         try:
-            self._adopt(self._refreshed(self.credential))
-            return
+            return self._adopt(current, self._refreshed(current))
         except TokenRefused as exc:
             refused = str(exc)
-        current = self.credential
         try:
             reread = self._read_file()
         except (OSError, ValueError):
             reread = None
         if reread is not None and reread.refresh_token != current.refresh_token:
             log.info("account %s: its credential file has a new login; using it", self.name)
-            self.credential = reread
+            self._replace_credential(reread)
             try:
-                self._adopt(self._refreshed(reread))
-                return
+                return self._adopt(reread, self._refreshed(reread))
             except TokenRefused as exc:
                 refused = str(exc)
-        self.out = "needs a new login: Google refused its refresh token (%s); run " \
-            "`python3 gemini_proxy.py login`" % refused
-        log.warning("account %s is out: %s", self.name, self.out)
-        raise UpstreamError(self.out, status=401, key_verdict="out")
+        raise self._take_out(OUT_LOGIN, "needs a new login: Google refused its refresh "
+                             "token (%s); run `python3 gemini_proxy.py login`" % refused)
 
     def _refreshed(self, credential: GoogleCredential) -> Dict[str, Any]:
-        self.refreshes += 1
         return token_call(self.endpoints, {
             "refresh_token": credential.refresh_token,
             "client_id": credential.client_id or self.endpoints.client_id,
             "client_secret": credential.client_secret or self.endpoints.client_secret,
             "grant_type": "refresh_token"})
 
-    def _adopt(self, reply: Dict[str, Any]) -> None:
+    def _adopt(self, credential: GoogleCredential, reply: Dict[str, Any]) -> str:
         """A token reply into the credential (a new refresh token replaces the old, when
         Google sends one), and into the file when it is the proxy's own."""
-        self.credential = dataclasses.replace(
-            self.credential, access_token=reply["access_token"],
-            expires_at=reply["expires_at"],
-            refresh_token=text_of(reply.get("refresh_token")) or self.credential.refresh_token,
-            email=self.credential.email or id_token_email(reply.get("id_token")))
-        if self.own:
-            self.save()
+        renewed = dataclasses.replace(
+            credential, access_token=reply["access_token"], expires_at=reply["expires_at"],
+            refresh_token=text_of(reply.get("refresh_token")) or credential.refresh_token,
+            email=credential.email or id_token_email(reply.get("id_token")))
+        self._replace_credential(renewed)
+        if self.writes_back:
+            try:
+                self.save()
+            except OSError as exc:
+                log.warning("account %s: cannot write %s: %s", self.name, renewed.path,
+                            exc.strerror or exc)
+        return renewed.access_token
 
     def save(self) -> None:
-        """The proxy's own credential file, rewritten (Gemini CLI's shape, with the
-        account's email, project and tier)."""
+        """Write the proxy's own credential file: Gemini CLI's shape, with the account's
+        email (and its OAuth client, when it is not Gemini CLI's). Raises OSError."""
         credential = self.credential
         record: Dict[str, Any] = {
             "type": "gemini-proxy", "email": credential.email,
             "access_token": credential.access_token, "token_type": "Bearer",
             "refresh_token": credential.refresh_token, "scope": " ".join(GOOGLE_SCOPES),
             "expiry_date": int(credential.expires_at * 1000)}
-        if self.project and not self.configured_project:
-            record.update(project_id=self.project, tier=self.tier)
-        if credential.client_id:
-            record.update(client_id=credential.client_id,
-                          client_secret=credential.client_secret)
-        try:
-            write_private_json(credential.path, record)
-        except OSError as exc:
-            log.warning("account %s: cannot write %s: %s", self.name, credential.path,
-                        exc.strerror or exc)
+        client = credential.client_id or self.endpoints.client_id
+        if client != GOOGLE_CLIENT_ID:
+            record.update(client_id=client, client_secret=credential.client_secret or
+                          self.endpoints.client_secret)
+        write_private_json(credential.path, record)
 
     def _read_file(self) -> GoogleCredential:
-        with open(self.credential.path, encoding="utf-8") as f:
-            return parse_google_credential(json.load(f), self.credential.path)
+        return parse_google_credential(read_small_json(self.credential.path),
+                                       self.credential.path)
+
+    def _replace_credential(self, fresh: GoogleCredential) -> None:
+        """Another credential for this account's file: another person's login (another
+        email) has another project."""
+        with self._lock:
+            other = fresh.email != self.credential.email or \
+                fresh.project != self.credential.project
+            self.credential = fresh
+        if other:
+            self._remembered()
 
     def reread(self) -> None:
-        """On a configuration reload: a file with a new login brings the account back."""
+        """On a configuration reload (on the event loop: no waiting here). A file with a
+        new login brings an account Google refused back; one Google would not set up is
+        tried again (the user may have verified it, or fixed its project)."""
         try:
             fresh = self._read_file()
         except (OSError, ValueError):
             return
-        with self._token_lock:
-            if fresh.refresh_token != self.credential.refresh_token:
-                self.credential, self.out = fresh, ""
+        if fresh.refresh_token != self.credential.refresh_token:
+            self._replace_credential(fresh)
+            if self.out_kind == OUT_LOGIN:
+                self.out = self.out_kind = ""
+        if self.out_kind == OUT_SETUP:
+            self.out = self.out_kind = ""
+            self.project = ""
+        self._refreshing.forget_failure()
+        self._setting_up.forget_failure()
 
     # -- the project ---------------------------------------------------------------------
 
-    def setup(self) -> str:
-        """The account's Code Assist project: configured, in its file, remembered, or
-        found now with loadCodeAssist (and onboardUser when the account has no tier
-        yet), using the project the server names rather than the one asked for."""
+    def setup(self, deadline: float = math.inf,
+              cancelled: Callable[[], bool] = lambda: False) -> str:
+        """The account's Code Assist project: remembered, or found now with
+        loadCodeAssist (and onboardUser when the account has no tier yet), once for
+        every request that needs it, using the project the server names rather than the
+        one asked for."""
         if self.project:
             return self.project
-        with self._setup_lock:
-            if not self.project:
-                self._discover()
-            return self.project
+        self._setting_up.run(self._discover, deadline, cancelled)
+        self._check_out()
+        return self.project
 
-    def _setup_call(self, method: str, body: Any = None) -> Any:
+    def forget_project(self) -> bool:
+        """Code Assist refused the remembered project (403): forget it, so that it is
+        found again, at most once every ten minutes. False when it was just found."""
+        with self._lock:
+            if time.monotonic() - self._forgot_project_at < 600:
+                return False
+            self._forgot_project_at = time.monotonic()
+            self.project = ""
+        self.book.put(self._book_key, None)
+        log.info("account %s: Code Assist refused its project; looking it up again",
+                 self.name)
+        return True
+
+    def _setup_call(self, method: str, body: Any = None) -> Dict[str, Any]:
         url = self.endpoints.base_url.rstrip("/") + CODE_ASSIST_API + method
         token, status, answer = "", 401, None
         for _ in range(2):    # a 401: one new token, one more try (as for requests)
             if status != 401:
                 break
             token = self.token(stale=token)
-            status, answer = google_call(url, self.endpoints.timeout, body=body, token=token,
+            status, answer = google_call(self.endpoints, url, body=body, token=token,
                                          method="POST" if body is not None else "GET")
-        if status != 200:
-            error = decode_code_assist_error(status, answer)
-            if status in (401, 403):
-                self.out = "Code Assist refused to set up this account: %s" % error.message
-                raise UpstreamError(self.out, status=status, key_verdict="out")
-            raise UpstreamError("Code Assist %s failed (%d: %s)" % (method.lstrip(":/"),
-                                status, clip(error.message, 200)),
-                                status=503, retry_after=60.0, key_verdict="rest")
-        return fields_of(answer)
+        what = method.lstrip(":/")
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        if status == 200:
+            raise UpstreamError("Code Assist %s answered something that is not a JSON "
+                                "object" % what, status=502, retry_after=60.0,
+                                key_verdict="rest")
+        error = decode_code_assist_error(status, answer)
+        if status in (400, 401, 403):
+            raise self._take_out(OUT_SETUP, "Code Assist would not set up this account (%s "
+                                 "%d: %s)" % (what, status, error.message))
+        raise UpstreamError("Code Assist %s failed (%d: %s)" % (what, status,
+                            clip(error.message, 200)), status=503,
+                            retry_after=error.retry_after if status == 429 and
+                            error.retry_after else 60.0, key_verdict="rest")
 
     def _discover(self) -> None:
-        requested = self.configured_project
+        if self.project:
+            return
+        requested = self.requested_project
         metadata = dict(CODE_ASSIST_METADATA, **({"duetProject": requested} if requested
                                                    else {}))
         body: Dict[str, Any] = {"metadata": metadata}
@@ -7807,34 +7996,30 @@ class GoogleAccount:
         if "onboard" in found:
             found = self._onboard(found["onboard"], requested, metadata)
         if "error" in found:
-            self.out = found["error"]
-            raise UpstreamError(self.out, status=403, key_verdict="out")
-        self.project, self.tier = found["project"], found["tier"]
+            raise self._take_out(OUT_SETUP, found["error"])
+        with self._lock:
+            self.project, self.tier = found["project"], found["tier"]
         log.info("account %s: Code Assist project %s (%s)", self.name, self.project,
                  self.tier)
-        self.book.put(self.id, {"project": self.project, "tier": self.tier,
-                                "email": self.credential.email})
-        if self.own:
-            self.save()
+        self.book.put(self._book_key, {"project": self.project, "tier": self.tier})
 
     def _onboard(self, tier: str, requested: str, metadata: Dict[str, Any]
                  ) -> Dict[str, str]:
         """onboardUser, then its long-running operation polled (briefly at first, every
-        5 s later, two minutes at most). The free tier takes no project."""
+        5 s later, ONBOARD_TIMEOUT at most). The free tier takes no project."""
         body: Dict[str, Any] = {"tierId": tier, "metadata": metadata}
         if requested and tier != "free-tier":
             body["cloudaicompanionProject"] = requested
         log.info("account %s: onboarding to Code Assist (%s)", self.name, tier)
         operation = self._setup_call(":onboardUser", body)
-        waited, pause = 0.0, 0.5
+        give_up, pause = time.monotonic() + ONBOARD_TIMEOUT, 0.5
         while not operation.get("done"):
             name = text_of(operation.get("name"))
-            if not name or waited >= ONBOARD_TIMEOUT:
+            if not name or time.monotonic() + pause > give_up:
                 raise UpstreamError("Code Assist onboarding did not finish within %ds" %
                                     ONBOARD_TIMEOUT, status=503, retry_after=60.0,
                                     key_verdict="rest")
-            time.sleep(pause)
-            waited += pause
+            time.sleep(pause)       # a poll Google answers at its pace; bounded above
             pause = min(pause * 2, 5.0)
             operation = self._setup_call("/" + name.lstrip("/"))
         project = onboarded_project(operation) or requested
@@ -7844,43 +8029,38 @@ class GoogleAccount:
         return {"project": project, "tier": tier}
 
 
-# The longest a login or a first request waits for onboarding to finish.
-ONBOARD_TIMEOUT = 120
-
-
-def credential_sources(spec: Dict[str, Any], state_dir: str,
-                       environ: Dict[str, str]) -> List[str]:
-    """Where a code-assist upstream's logins are: its credentials, else the proxy's own
-    accounts directory and then Gemini CLI's login."""
-    return spec["credentials"] or [accounts_directory(state_dir),
-                                   gemini_cli_credentials(environ)]
-
-
 def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str, str],
-                         previous: Dict[str, "GoogleAccount"]) -> Dict[str, "GoogleAccount"]:
+                         previous: Dict[str, GoogleAccount]) -> Dict[str, GoogleAccount]:
     """The accounts of a code-assist upstream, by credential file path: those already
-    loaded kept (their tokens are good; a file with a new login brings an account that
-    was out back), new files read. A file that is no credential is skipped, said so."""
-    endpoints = GoogleEndpoints.of(spec)
-    book = ProjectBook.at(os.path.join(state_dir, "code-assist-projects.json"))
+    loaded kept (their tokens are good; see GoogleAccount.reread), new files read. A file
+    that is no credential is skipped, said so; so is a second file of the same account
+    (the first, the proxy's own before Gemini CLI's, is its account)."""
+    endpoints = GoogleEndpoints.of(spec, environ)
+    book = ProjectBook.at(project_book_path(state_dir))
     own = os.path.abspath(accounts_directory(state_dir)) + os.sep
     accounts: Dict[str, GoogleAccount] = {}
+    emails: Dict[str, str] = {}
     for path in credential_files(credential_sources(spec, state_dir, environ)):
         old = previous.get(path)
         if old is not None and old.endpoints == endpoints and \
                 old.configured_project == spec["project"]:
             old.reread()
-            accounts[path] = old
+            account = old
+        else:
+            try:
+                credential = parse_google_credential(read_small_json(path), path)
+            except (OSError, ValueError) as exc:
+                log.warning("skipping %s: not a usable Google credential file (%s)", path,
+                            getattr(exc, "strerror", None) or exc)
+                continue
+            account = GoogleAccount(credential, endpoints, book, path.startswith(own),
+                                    spec["project"])
+        email = account.credential.email.lower()
+        if email and email in emails:
+            log.info("skipping %s: the same account (%s) as %s", path, email, emails[email])
             continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                credential = parse_google_credential(json.load(f), path)
-        except (OSError, ValueError) as exc:
-            log.warning("skipping %s: not a usable Google credential file (%s)", path,
-                        getattr(exc, "strerror", None) or exc)
-            continue
-        accounts[path] = GoogleAccount(credential, endpoints, book, path.startswith(own),
-                                       spec["project"])
+        emails[email] = path
+        accounts[path] = account
     return accounts
 
 
@@ -7896,6 +8076,11 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
 # A 429 that says a quota for the day (or the billing plan) is spent: Gemini's quotaId
 # ("...PerDayPerProject..."), the words, or OpenAI's insufficient_quota.
 DAILY_QUOTA = re.compile(r"per ?day|daily|insufficient_quota", re.I)
+
+# The most a rest's jitter adds (a day's rest need not grow by hours), and the most
+# models a key remembers being refused for (their names are the clients' choice).
+MAX_COOLDOWN_JITTER = 60.0
+MAX_REFUSED_MODELS = 64
 
 # Reasons that say the key itself is bad, whatever the status (Gemini answers 400).
 INVALID_KEY_REASONS = ("API_KEY_INVALID", "invalid_api_key")
@@ -7934,18 +8119,21 @@ class KeyState:
         """(status, error) when the provider refused this key (or the account is out),
         for everything or for this model."""
         if self.account is not None and self.account.out:
-            return 401, self.account.out
+            return 503, self.account.out
         return self.refused.get("*") or self.refused.get(model)
 
-    def count(self, tokens: int = 0) -> None:
-        """A request (or the tokens of one) in today's counts."""
+    def _today(self) -> None:
         today = time.strftime("%Y-%m-%d", time.gmtime())
         if self.day != today:
             self.day, self.requests_today, self.tokens_today = today, 0, 0
-        if tokens:
-            self.tokens_today += tokens
-        else:
-            self.requests_today += 1
+
+    def count_request(self) -> None:
+        self._today()
+        self.requests_today += 1
+
+    def count_tokens(self, tokens: int) -> None:
+        self._today()
+        self.tokens_today += tokens
 
 
 class KeyPool:
@@ -8003,12 +8191,15 @@ class KeyPool:
         return self._rest_until(state, model) > now
 
     def acquire(self, model: str, deadline: float = 0.0,
-                cancelled: Callable[[], bool] = lambda: False, session: str = "") -> Any:
+                cancelled: Callable[[], bool] = lambda: False, session: str = "",
+                avoid: Iterable[KeyState] = ()) -> Any:
         """A KeyState to use (release() it when the request ends), or, when none is
         usable before `deadline` (a time.monotonic() value), the KeysUnavailable that says
         why: 503 (every slot busy: worth waiting for), 429 (every key resting: waited
         for only with wait_for_keys), or the refusal. A conversation (`session`, the
-        client's session key) keeps the key it had while that key is usable."""
+        client's session key) keeps the key it had while that key is usable; a retry
+        takes a key it has not tried (`avoid`) while there is one."""
+        tried = {id(state) for state in avoid}
         with self._lock:
             waited = False
             try:
@@ -8021,15 +8212,16 @@ class KeyPool:
                         s for s in self.states if not s.refusal(model) and
                         not self._resting(s, model, now) and (not limit or s.in_flight < limit)]
                     if usable:
-                        state = self._pick(usable, session)
+                        state = self._pick([s for s in usable if id(s) not in tried] or
+                                           usable, session)
                         state.in_flight += 1
                         state.requests += 1
-                        state.count()
+                        state.count_request()
                         self.in_flight += 1
                         return state
                     error = self._unavailable(model, now, upstream_full)
-                    worth_waiting = error.status == 503 or (
-                        error.status == 429 and self.spec["wait_for_keys"])
+                    worth_waiting = error.cause == "busy" or (
+                        error.cause == "resting" and self.spec["wait_for_keys"])
                     if deadline <= now or cancelled() or not worth_waiting:
                         return error
                     if not waited:
@@ -8074,14 +8266,17 @@ class KeyPool:
         """Why no key can be used: a busy key or a full upstream frees up soonest, then a
         resting key; only when every key is refused is that the answer."""
         busy = KeysUnavailable("upstream %r is at its concurrency limit" % self.name,
-                               status=503, retry_after=1.0)
+                               status=503, retry_after=1.0, cause="busy")
         if upstream_full:
             return busy
         allowed = [s for s in self.states if not s.refusal(model)]
         if not allowed:
             status, why = self.states[-1].refusal(model) or (403, "")
+            if self.states[-1].account is not None:   # the proxy's trouble, not the client's
+                return KeysUnavailable("every Google account of upstream %r is out: %s" % (
+                    self.name, why), status=503, cause="refused")
             return KeysUnavailable("every key of upstream %r was refused: %s" % (
-                self.name, why), status=status)
+                self.name, why), status=status, cause="refused")
         resting = [self._rest_until(s, model) for s in allowed
                    if self._resting(s, model, now)]
         if len(resting) < len(allowed):
@@ -8089,13 +8284,13 @@ class KeyPool:
         wait = min(resting) - now
         return KeysUnavailable("every key of upstream %r is rate limited; the first is free "
                                "again in %.1fs" % (self.name, wait), status=429,
-                               retry_after=wait)
+                               retry_after=wait, cause="resting")
 
     def release(self, state: KeyState, tokens: int = 0) -> None:
         """The key is free again; `tokens`: what the request it served used."""
         with self._lock:
             if tokens:
-                state.count(tokens)
+                state.count_tokens(tokens)
             state.in_flight -= 1
             self.in_flight -= 1
             self._lock.notify_all()
@@ -8115,20 +8310,26 @@ class KeyPool:
             if scope:
                 state.refused["*" if scope == "*" else model] = (error.status,
                                                                  state.last_error)
+                while len(state.refused) > MAX_REFUSED_MODELS:  # names clients chose
+                    state.refused.pop(next(k for k in state.refused if k != "*"))
             elif error.key_verdict == "rest":
                 state.cooling["*"] = time.monotonic() + (error.retry_after or
                                                          self.spec["cooldown"])
-            elif error.status == 429 and error.key_verdict != "spare":
+            elif error.status == 429 and error.key_verdict != "keep":
                 state.rate_limited += 1
                 state.strikes += 1
                 floor = self.spec["cooldown_floor"]
-                if DAILY_QUOTA.search(error.reason) or DAILY_QUOTA.search(error.message):
+                if error.key_verdict == "rest_for_model" and error.retry_after is not None:
+                    pause = error.retry_after       # the upstream's own time is exact
+                elif DAILY_QUOTA.search(error.reason) or DAILY_QUOTA.search(error.message):
                     pause = self.spec["daily_quota_cooldown"]
                 elif error.retry_after is not None:
                     pause = error.retry_after
                 else:
                     pause = min(floor * 2 ** (state.strikes - 1), self.spec["cooldown"])
-                pause = max(pause, floor) * (1 + random.uniform(0, self.spec["cooldown_jitter"]))
+                pause = max(pause, floor)
+                pause += min(pause * random.uniform(0, self.spec["cooldown_jitter"]),
+                             MAX_COOLDOWN_JITTER)
                 state.cooling[self._scope(model)] = time.monotonic() + pause
 
     def status(self) -> Dict[str, Any]:
@@ -8549,12 +8750,10 @@ class UpstreamCall:
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
         secret, account = self.key.key, self.key.account
         if account is not None:   # a Google login: its token now, its project in the body
-            secret, project = account.ready()
-            options = dict(options, envelope={"project": project, "user_prompt_id": rq.ex.rid,
-                                              "session_id": rq.ex.session})
+            secret, options = self._with_account(account, options)
         extra = list(spec["headers"].items()) + list(extra_headers)
         alternatives_left = MAX_ALTERNATIVES if alternatives else 0
-        replayed = False
+        renewed: Set[int] = set()      # the statuses a new token or project answered
         while True:
             headers_now = headers + kind.auth_headers(secret, spec) + extra
             body = request_bytes(build_body(options))
@@ -8570,13 +8769,14 @@ class UpstreamCall:
                     rq.pool, runtime.target, runtime.name, "POST", full_path, body,
                     headers_now, timeouts, spec["max_idle_connections"], rq.pipe.on_abort)
                 rq.opened.append(response)
-                if response.status == 401 and account is not None and not replayed:
-                    # Refused before its time (revoked, clocks apart): one new token,
-                    # one replay; the second 401 is the account's answer.
-                    replayed = True
-                    rq.close_replies(reuse=False)
-                    secret = account.token(stale=secret)
-                    continue
+                if account is not None and response.status in (401, 403) and \
+                        response.status not in renewed:
+                    again = self._renew(account, response.status, secret, options)
+                    if again is not None:
+                        renewed.add(response.status)
+                        rq.close_replies(reuse=False)
+                        secret, options = again
+                        continue
                 if response.status >= 300:
                     raise self._failure(response)
                 return prepare(response)
@@ -8589,6 +8789,28 @@ class UpstreamCall:
                 log.info("%s: upstream %s refused the request (%s); trying again with "
                          "other options", rq.ex.rid, runtime.name,
                          clip(rq.live.redactor.text(err.message), 200))
+
+    def _with_account(self, account: GoogleAccount, options: Dict[str, Any]
+                      ) -> Tuple[str, Dict[str, Any]]:
+        """A Google account's token, and the options with its envelope: its project, and
+        the conversation's session (hashed: Google needs no client's own id for it)."""
+        session = self.rq.ex.session
+        token, project = account.ready(time.monotonic() + self.runtime.spec[
+            "first_byte_timeout"], lambda: self.rq.pipe.gone)
+        return token, dict(options, envelope={
+            "project": project, "user_prompt_id": self.rq.ex.rid,
+            "session_id": hashlib.sha256(session.encode("utf-8")).hexdigest()[:32]
+            if session else ""})
+
+    def _renew(self, account: GoogleAccount, status: int, token: str,
+               options: Dict[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """(token, options) for one replay after Code Assist refused a request: a 401
+        before the token's time (revoked, clocks apart) gets a new token; a 403 a project
+        found again (it may have moved). None: the refusal stands."""
+        if status == 401:
+            return account.token(stale=token, deadline=time.monotonic() + self.runtime.spec[
+                "first_byte_timeout"], cancelled=lambda: self.rq.pipe.gone), options
+        return self._with_account(account, options) if account.forget_project() else None
 
     def open_stream(self, response: UpstreamResponse) -> Iterator[Any]:
         """A streamed reply's events, once its first event has arrived and is not an
@@ -8706,13 +8928,15 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
     waiting. Raises the most useful failure when nothing worked: a 429 with the earliest
     retry time when rate limits were the trouble."""
     failures: List[UpstreamError] = []
+    skipped: List[UpstreamError] = []              # upstreams that cannot be called at all
     unavailable: Dict[str, KeysUnavailable] = {}   # upstream -> why no key was free
     give_up_at = rq.ex.started + candidates[0][0].spec["retry_budget"]
     for runtime, model in candidates:
         if runtime.name in rq.live.unusable:
             status, why = rq.live.unusable[runtime.name]
-            failures.append(UpstreamError("upstream %r %s" % (runtime.name, why),
-                                          status=status))
+            skipped.append(UpstreamError("upstream %r %s" % (runtime.name, why),
+                                         status=status))
+            failures.append(skipped[-1])
             continue
         deliver = _attempts(rq, runtime, model, attempt, failures, unavailable,
                             give_up_at, 0.0)
@@ -8720,8 +8944,8 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
             return deliver
     for runtime, model in candidates:
         why_busy = unavailable.get(runtime.name)
-        if why_busy is not None and (why_busy.status == 503 or (
-                why_busy.status == 429 and runtime.spec["wait_for_keys"])):
+        if why_busy is not None and (why_busy.cause == "busy" or (
+                why_busy.cause == "resting" and runtime.spec["wait_for_keys"])):
             log.info("%s: waiting up to %gs for upstream %s: %s", rq.ex.rid,
                      runtime.spec["wait_timeout"], runtime.name,
                      rq.live.redactor.text(why_busy.message))
@@ -8741,7 +8965,8 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
             # error in its dialect, which carries that time, instead of the raw reply.
             best.retry_after, best.raw = min(waits), None
         raise best
-    raise failures[-1]
+    # What an upstream that was tried said, before why another was not tried at all.
+    raise ([f for f in failures if not any(f is s for s in skipped)] or failures)[-1]
 
 
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
@@ -8756,6 +8981,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
     failures are in `failures`."""
     spec, keys, ex = runtime.spec, runtime.keys, rq.ex
     tries = 0
+    tried: List[KeyState] = []
     while True:
         if ex.attempts and time.monotonic() >= give_up_at:
             log.warning("%s: out of retry time (retry_budget) before trying %s",
@@ -8763,7 +8989,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             return None
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,
-                           ex.session if not tries else "")
+                           ex.session if not tries else "", avoid=tried)
         if isinstance(key, KeysUnavailable):
             if rq.pipe.gone:
                 raise ClientGone()
@@ -8771,6 +8997,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             failures.append(key)
             return None
         rq.held.append((keys, key))
+        tried.append(key)
         ex.attempts += 1
         try:
             deliver = attempt(UpstreamCall(rq, runtime, model, key))
@@ -9123,11 +9350,9 @@ class Proxy:
             old = previous.upstreams.get(name) if previous else None
             accounts = self._google_accounts(name, spec, config, old) \
                 if spec["kind"] == "code-assist" else None
-            if accounts == {}:
-                unusable[name] = (503, "has no Google login: none in %s; run `python3 "
-                                  "gemini_proxy.py login`" % ", ".join(credential_sources(
-                                      spec, state_directory(config.server["state_dir"],
-                                                            self._environ), self._environ)))
+            if accounts == {}:   # where it looked: in the log, not in clients' errors
+                unusable[name] = (503, "has no Google login (run `python3 gemini_proxy.py "
+                                  "login`)")
             if old is not None:   # the same pool: requests in flight on it still count
                 keys = old.keys
                 keys.reconfigure(spec["api_keys"], spec, spec["kind"], accounts)
@@ -9145,17 +9370,17 @@ class Proxy:
         return Live(config, upstreams, Redactor(config.secrets(), config.credentials()),
                     unusable)
 
-    @property
-    def _environ(self) -> Dict[str, str]:
-        return dict(os.environ if self.environ is None else self.environ)
-
     def _google_accounts(self, name: str, spec: Dict[str, Any], config: Config,
                          old: Optional[UpstreamRuntime]) -> Dict[str, GoogleAccount]:
+        environ = dict(os.environ if self.environ is None else self.environ)
+        state_dir = state_directory(config.server["state_dir"], environ)
         previous = {s.key: s.account for s in old.keys.states if s.account is not None} \
             if old is not None else {}
-        return load_google_accounts(spec, state_directory(config.server["state_dir"],
-                                                          self._environ),
-                                    self._environ, previous)
+        accounts = load_google_accounts(spec, state_dir, environ, previous)
+        if not accounts:
+            log.warning("upstream %s: no Google login in %s", name, ", ".join(
+                credential_sources(spec, state_dir, environ)))
+        return accounts
 
     @property
     def config(self) -> Config:
@@ -9922,9 +10147,6 @@ class ProxyServer:
 # `accounts` lists the accounts: from a running proxy's /status when there is one (their
 # live state), else from the files.
 
-LOGIN_TIMEOUT = 300.0   # seconds the browser flow waits for Google's redirect
-
-
 def code_assist_spec(config: Config, name: str) -> Tuple[str, Dict[str, Any]]:
     """(name, settings) of the code-assist upstream to log in to or list: the one named,
     else the first configured, else one with every default."""
@@ -9942,36 +10164,41 @@ def code_assist_spec(config: Config, name: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def account_file_name(email: str, refresh_token: str) -> str:
-    """One file per account, named by its email (what a person looks for)."""
-    name = re.sub(r"[^A-Za-z0-9@._+-]", "_", email) or fingerprint(refresh_token)[4:]
-    return name + ".json"
+    """One file per account, named by its email (what a person looks for), as a plain
+    visible name in the accounts directory whatever the email holds."""
+    name = re.sub(r"[^A-Za-z0-9@._+-]", "_", email).lstrip(".")[:100]
+    return (name or fingerprint(refresh_token)[4:]) + ".json"
 
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
     """The loopback end of the browser flow: Google sends the browser here with ?code=
     (or ?error=) once the user has chosen; the first such request ends the wait."""
 
+    timeout = 10    # a connection that says nothing (a browser's preconnect) is let go
+
     def do_GET(self) -> None:
         server = self.server
         path, _, query = self.path.partition("?")
         fields = dict(urllib.parse.parse_qsl(query))
+        outcome = None
         if path != "/oauth2callback":
             self._page(404, "Not the login callback.")
-            return
-        if fields.get("error"):
-            server.outcome = ("error", "Google said %s: %s" % (
+        elif fields.get("error"):
+            outcome = ("error", "Google said %s: %s" % (
                 fields["error"], fields.get("error_description", "")))
             self._page(400, "Login failed: %s. You can close this tab." % fields["error"])
-        elif not hmac.compare_digest(fields.get("state", ""), server.state):
-            server.outcome = ("error", "the answer to the login did not carry this login's "
-                              "state (another login, or a forged request); try again")
+        elif not hmac.compare_digest(fields.get("state", "").encode("utf-8"),
+                                     server.state.encode("ascii")):   # type: ignore
+            outcome = ("error", "the answer to the login did not carry this login's state "
+                       "(another login, or a forged request); try again")
             self._page(400, "State mismatch. Possible CSRF attack; the login stopped.")
         elif not fields.get("code"):
             self._page(400, "No code in the callback.")
-            return
         else:
-            server.outcome = ("code", fields["code"])
+            outcome = ("code", fields["code"])
             self._page(200, "Signed in. You can close this tab and go back to the terminal.")
+        if outcome is not None and server.outcome is None:     # type: ignore
+            server.outcome = outcome    # type: ignore  # after the page: the login ends now
 
     def _page(self, status: int, text: str) -> None:
         body = ("<!doctype html><meta charset=utf-8><title>gemini-proxy login</title>"
@@ -9987,11 +10214,15 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def browser_login(endpoints: GoogleEndpoints, port: int, open_browser: bool,
-                  say: Callable[[str], None]) -> Tuple[str, str, str]:
+def browser_login(endpoints: GoogleEndpoints, port: int, say: Callable[[str], None],
+                  open_url: Callable[[str], bool]) -> Tuple[str, str, str]:
     """The browser flow: (code, redirect_uri, "") once Google has sent the browser back
-    to a listener on 127.0.0.1 (Google requires the loopback literal for desktop apps)."""
-    server = http.server.HTTPServer(("127.0.0.1", port), _CallbackHandler)
+    to a listener on 127.0.0.1 (Google requires the loopback literal for desktop apps).
+    open_url opens the consent page in a browser (False: there is none here)."""
+    # A thread per connection: one that says nothing (a browser's preconnect) must not
+    # keep Google's redirect waiting.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _CallbackHandler)
+    server.daemon_threads = True
     server.timeout = 1.0
     server.state = secrets.token_hex(32)    # type: ignore[attr-defined]
     server.outcome = None                   # type: ignore[attr-defined]
@@ -9999,8 +10230,7 @@ def browser_login(endpoints: GoogleEndpoints, port: int, open_browser: bool,
     url = google_auth_url(endpoints.auth_url, endpoints.client_id, redirect, server.state)
     try:
         say("Open this address in a browser to sign in with Google:\n\n  %s\n" % url)
-        import webbrowser   # here: only a login needs it, and it costs start-up time
-        if open_browser and not webbrowser.open(url):
+        if not open_url(url):
             say("(no browser could be started here: open the address on any machine "
                 "whose port %d reaches this one, e.g. through `ssh -L %d:127.0.0.1:%d`, "
                 "or log in with --no-browser)" % ((server.server_address[1],) * 3))
@@ -10038,15 +10268,19 @@ def paste_login(endpoints: GoogleEndpoints, say: Callable[[str], None],
 
 def login(config: Config, upstream: str, no_browser: bool, port: int,
           environ: Dict[str, str], say: Callable[[str], None] = print,
-          ask: Callable[[str], str] = input) -> GoogleAccount:
+          ask: Callable[[str], str] = input,
+          open_url: Optional[Callable[[str], bool]] = None) -> GoogleAccount:
     """The login command: a new account (or a new login for a known one) in the
     accounts directory, set up with Code Assist."""
     name, spec = code_assist_spec(config, upstream)
-    endpoints = GoogleEndpoints.of(spec)
+    endpoints = GoogleEndpoints.of(spec, environ)
     if no_browser:
         code, redirect, verifier = paste_login(endpoints, say, ask)
     else:
-        code, redirect, verifier = browser_login(endpoints, port, True, say)
+        if open_url is None:
+            import webbrowser   # here: only a login needs it, and it costs start-up time
+            open_url = webbrowser.open
+        code, redirect, verifier = browser_login(endpoints, port, say, open_url)
     form = {"code": code, "client_id": endpoints.client_id,
             "client_secret": endpoints.client_secret, "redirect_uri": redirect,
             "grant_type": "authorization_code"}
@@ -10062,20 +10296,26 @@ def login(config: Config, upstream: str, no_browser: bool, port: int,
                           "again")
     email = id_token_email(reply.get("id_token"))
     if not email:
-        status, info = google_call(endpoints.userinfo_url, endpoints.timeout,
-                                   token=reply["access_token"])
-        email = text_of(fields_of(info).get("email")) if status == 200 else ""
+        try:
+            status, info = google_call(endpoints, endpoints.userinfo_url,
+                                       token=reply["access_token"])
+            email = text_of(fields_of(info).get("email")) if status == 200 else ""
+        except UpstreamError as exc:
+            say("(could not ask Google for the account's email: %s)" % exc.message)
     state_dir = state_directory(config.server["state_dir"], environ)
     path = os.path.join(accounts_directory(state_dir),
                         account_file_name(email, reply["refresh_token"]))
     credential = GoogleCredential(path, reply["refresh_token"], reply["access_token"],
                                   reply["expires_at"], email)
-    account = GoogleAccount(credential, endpoints, ProjectBook.at(
-        os.path.join(state_dir, "code-assist-projects.json")), own=True,
-        project=spec["project"])
-    account.project, account.tier = spec["project"], ""   # a new login looks again
-    account.save()
+    account = GoogleAccount(credential, endpoints, ProjectBook.at(project_book_path(
+        state_dir)), writes_back=True, project=spec["project"])
+    try:
+        account.save()
+    except OSError as exc:
+        raise ConfigError("signed in as %s, but cannot save the account to %s: %s" % (
+            email or "(no email)", path, exc.strerror or exc)) from None
     say("Signed in as %s; saved to %s" % (email or "(an account with no email)", path))
+    account.project = ""        # a new login is set up again, now, to say what it can do
     try:
         account.setup()
         say("Code Assist project: %s (%s)" % (account.project, account.tier or "tier unknown"))
@@ -10085,6 +10325,7 @@ def login(config: Config, upstream: str, no_browser: bool, port: int,
             [os.path.abspath(os.path.expanduser(c)) for c in spec["credentials"]]:
         say("Note: upstream %r lists its own credentials, without %s; add that directory "
             "to them to use this account." % (name, accounts_directory(state_dir)))
+    say("A running proxy takes the account at its next reload (kill -HUP) or restart.")
     return account
 
 
@@ -10094,31 +10335,39 @@ def account_rows(config: Config, upstream: str, environ: Dict[str, str]
     today's requests and tokens, live from a running proxy when one answers."""
     name, spec = code_assist_spec(config, upstream)
     state_dir = state_directory(config.server["state_dir"], environ)
-    live = _running_status(config)
-    keys = {k["key"]: k for k in fields_of(fields_of(live.get("upstreams")).get(name)).get(
-        "keys") or ()} if live else {}
+    answered, live = running_status(config)
+    keys = {k.get("key"): k for k in objects_of(fields_of(fields_of(live.get("upstreams")).get(
+        name)).get("keys"))}
     rows = []
     for path, account in load_google_accounts(spec, state_dir, environ, {}).items():
-        seen = keys.get(account.name, {})
-        state = "ok"
-        if seen.get("state") == "refused":
-            state = "out: " + "; ".join(seen.get("refused", {}).values())
+        seen = keys.get(account.name)
+        if seen is None:
+            state = {"": "not checked (no proxy running)",
+                     "refused": "not checked (the running proxy refused to show its "
+                                "status: server.api_keys)"}.get(
+                answered, "not in the running proxy yet (it takes new accounts at a "
+                          "reload: kill -HUP)")
+            seen = {}
+        elif seen.get("state") == "refused":
+            state = "out: " + "; ".join(map(str, fields_of(seen.get("refused")).values()))
         elif seen.get("state") == "cooling":
             state = "resting until " + ", ".join(
-                "%s (%s)" % (until, scope) if scope != "*" else until
-                for scope, until in sorted(seen.get("cooling_until", {}).items()))
-        elif not live:
-            state = "not checked (no proxy running)"
+                "%s (%s)" % (until, scope) if scope != "*" else str(until)
+                for scope, until in sorted(fields_of(seen.get("cooling_until")).items()))
+        else:
+            state = "ok"
         rows.append({"email": account.credential.email or account.name, "file": path,
-                     "project": seen.get("project") or account.project,
-                     "tier": seen.get("tier") or account.tier, "state": state,
-                     "requests_today": seen.get("requests_today", 0),
-                     "tokens_today": seen.get("tokens_today", 0)})
+                     "project": text_of(seen.get("project")) or account.project or
+                     account.requested_project,
+                     "tier": text_of(seen.get("tier")) or account.tier, "state": state,
+                     "requests_today": tokens_of(seen.get("requests_today")),
+                     "tokens_today": tokens_of(seen.get("tokens_today"))})
     return rows
 
 
-def _running_status(config: Config) -> Dict[str, Any]:
-    """GET /status of the proxy this configuration runs, if it is running ({} if not)."""
+def running_status(config: Config) -> Tuple[str, Dict[str, Any]]:
+    """GET /status of the proxy this configuration runs: ("ok", the page); ("refused",
+    {}) when it wants a key the configuration does not hold; ("", {}) when none answers."""
     host = config.server["host"]
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     headers = {"authorization": "Bearer " + config.server["api_keys"][0]} \
@@ -10127,12 +10376,14 @@ def _running_status(config: Config) -> Dict[str, Any]:
     try:
         connection.request("GET", "/status", headers=headers)
         response = connection.getresponse()
+        if response.status in (401, 403):
+            return "refused", {}
         payload = json.loads(response.read()) if response.status == 200 else {}
-    except (OSError, ValueError, http.client.HTTPException):
-        payload = {}
+    except (OSError, ValueError, RecursionError, http.client.HTTPException):
+        return "", {}
     finally:
         connection.close()
-    return fields_of(payload)
+    return ("ok", payload) if isinstance(payload, dict) else ("", {})
 
 
 def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:

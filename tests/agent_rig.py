@@ -55,7 +55,9 @@ def stalling(fake):
 def upstream_spec(kind, fake, scenario):
     spec = {"kind": kind, "base_url": fake.base_url, "api_key": "upstream-key"}
     if scenario == "pool":
-        spec["api_keys"] = ["key-b", "key-c"]
+        # key-b first: an agent that names its session keeps the key its first turn had,
+        # so the limited key must be the one that turn meets for the pool to be tested
+        spec["api_key"], spec["api_keys"] = "key-b", ["upstream-key", "key-c"]
         fake.rules["key-b"] = error(kind, 429, "key-b is over its quota",
                                     retry_after=POOL_REST)
     elif scenario == "stall":

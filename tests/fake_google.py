@@ -822,6 +822,8 @@ class FakeGoogle(FakeGemini):
 
     # -- serving ----------------------------------------------------------------------------
     def handle(self, handler, body):
+        # absolute-form (through a plain-HTTP proxy) means the same as origin-form
+        handler.path = re.sub(r"\Ahttps?://[^/]+", "", handler.path) or "/"
         path, _, query = handler.path.partition("?")
         try:
             parsed = json.loads(body) if body else None

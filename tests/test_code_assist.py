@@ -149,7 +149,7 @@ def test_a_short_rate_limit_rests_for_the_retry_info_time():
     error = decode(429, body(429, "Your quota will reset after 0s.", [
         info("RATE_LIMIT_EXCEEDED", {"quotaResetDelay": "539.477544ms"}),
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.539477544s"}]))
-    assert error.status == 429 and error.key_verdict == ""
+    assert error.status == 429 and error.key_verdict == "rest_for_model"
     assert error.retry_after == pytest.approx(0.539477544)
 
 
@@ -171,15 +171,15 @@ def test_daily_exhaustion_in_an_array_rests_until_the_reset():
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "68940s"}])]
     error = decode(429, payload)
     assert error.reason == "QUOTA_EXHAUSTED" and error.retry_after == 68940
-    assert error.key_verdict == ""     # a 429 rest, for this model
+    assert error.key_verdict == "rest_for_model"     # for Google's time, not a guess
 
 
 def test_server_capacity_rests_no_account():
     error = decode(429, body(429, "No capacity available for model gemini-3.1-pro-preview on "
                                   "the server", [info("MODEL_CAPACITY_EXHAUSTED")]))
-    assert error.key_verdict == "spare"
+    assert error.key_verdict == "keep"
     words_only = decode(429, body(429, "No capacity available for model x on the server"))
-    assert words_only.key_verdict == "spare"
+    assert words_only.key_verdict == "keep"
 
 
 def test_a_bare_429_has_no_time_and_rests_by_the_pools_own_doubling():
@@ -216,7 +216,7 @@ def test_a_body_with_a_stray_character_is_still_read():
             ', "metadata": {}}]}}')
     error = decode(429, text)
     assert error.status == 429 and error.message == "slow down"
-    assert error.key_verdict == "spare"
+    assert error.key_verdict == "keep"
 
 
 @pytest.mark.parametrize("text, seconds", [

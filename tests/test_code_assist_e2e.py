@@ -168,7 +168,9 @@ def test_a_session_key_goes_to_code_assist_and_keeps_the_conversation_on_one_acc
         assert status == 200
     calls = rig.google.generate_calls()
     assert len({r["account"] for r in calls}) == 1
-    assert all(r["json"]["request"]["session_id"] == "conv-7" for r in calls)
+    # Google gets one id for the conversation, not the client's own
+    assert len({r["json"]["request"]["session_id"] for r in calls}) == 1
+    assert "conv-7" not in json.dumps(calls[0]["json"])
 
 
 # -- each credential format, and Gemini CLI's own login --------------------------------------
@@ -286,8 +288,9 @@ def test_a_refreshed_token_goes_back_into_the_proxys_own_file_only(rig):
     saved = json.loads((own / "ann.json").read_text())
     assert saved["access_token"] == rig.google.generate_calls()[-1]["headers"][
         "authorization"][len("Bearer "):]
-    assert saved["project_id"] == "backend-ann" and oct((own / "ann.json").stat().st_mode
-                                                        & 0o777) == "0o600"
+    assert oct((own / "ann.json").stat().st_mode & 0o777) == "0o600"
+    book = json.loads((rig.state / "code-assist-projects.json").read_text())
+    assert book[ANN] == {"project": "backend-ann", "tier": "free-tier"}
 
 
 def test_a_token_endpoint_that_fails_rests_the_account_and_another_serves(rig):
@@ -463,3 +466,73 @@ def test_no_token_reaches_a_log_a_detailed_log_an_error_or_status(rig, tmp_path,
     issued = list(rig.google.access_tokens) + list(rig.google.refresh_tokens)
     assert issued and not [secret for secret in issued if secret in written]
     assert "ya29." not in written and "1//" not in written
+
+
+# -- what the review asked for ----------------------------------------------------------------
+
+def test_google_calls_go_through_the_configured_http_proxy(rig):
+    from test_upstream_client import ConnectProxy
+    forward = ConnectProxy()
+    try:
+        rig.account(ANN, expired=True)
+        proxy = rig.start(environ={"HTTP_PROXY": "http://127.0.0.1:%d" % forward.port})
+        assert ask(proxy)[0] == 200
+        # the first request of each connection the proxy saw (the rest follow on it)
+        targets = [seen[0].split(" ")[1] for seen in forward.seen]
+        assert targets[0] == rig.google.token_url
+    finally:
+        forward.close()
+
+
+def test_the_tier_is_remembered_across_a_restart(rig):
+    rig.account(ANN, tier="standard-tier", paid_tier="g1-pro-tier")
+    proxy = rig.start()
+    assert ask(proxy)[0] == 200
+    assert keys(proxy)[ANN]["tier"] == "g1-pro-tier"
+    rig.stop()
+    again = rig.start()
+    assert keys(again)[ANN]["tier"] == "g1-pro-tier"      # before any request
+
+
+def test_a_configured_project_is_asked_for_and_the_servers_answer_is_used(rig):
+    rig.account(ANN, tier="standard-tier", project="team-proj")
+    proxy = rig.start(project="team-proj")
+    assert ask(proxy)[0] == 200
+    load = [r for r in rig.google.requests if r.get("method_name") == "loadCodeAssist"][-1]
+    assert load["json"]["cloudaicompanionProject"] == "team-proj"
+    assert load["json"]["metadata"]["duetProject"] == "team-proj"
+    assert keys(proxy)[ANN]["tier"] == "standard-tier"
+
+
+def test_one_account_in_two_files_is_one_account_in_the_pool(rig, tmp_path):
+    rig.account(ANN)
+    write_credentials(str(rig.creds / "ann-again.json"), rig.google.credentials(ANN))
+    proxy = rig.start()
+    assert list(keys(proxy)) == [ANN]
+
+
+def test_a_real_failure_is_not_hidden_by_a_fallback_with_no_login(rig, tmp_path):
+    from fake_upstream import FakeOpenAI, json_reply
+    other = FakeOpenAI().start()
+    try:
+        other.queue(json_reply({"error": {"message": "the model is asleep"}}, status=500))
+        raw = {"server": {"port": 0, "state_dir": str(rig.state)},
+               "upstreams": {"main": {"base_url": other.base_url, "api_key": "k", "retries": 0},
+                             "google": {"kind": "code-assist", "credentials": [
+                                 str(tmp_path / "none")]}},
+               "routes": [{"model": "*", "upstream": "main", "fallbacks": ["google"]}]}
+        proxy = rig.start(raw, environ={"HOME": str(tmp_path)})
+        status, answer = proxy.post("/v1/chat/completions", {
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 500 and "asleep" in answer["error"]["message"]
+        assert str(tmp_path) not in json.dumps(answer)
+    finally:
+        other.stop()
+
+
+def test_every_account_out_is_a_503_not_a_401_the_client_would_blame_itself_for(rig):
+    rig.account(ANN, expired=True)
+    rig.google.revoke(ANN)
+    proxy = rig.start()
+    status, _, data = ask(proxy)
+    assert status == 503 and b"login" in data

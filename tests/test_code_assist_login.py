@@ -140,7 +140,9 @@ def test_browser_login_end_to_end(tmp_path, google):
     path, saved = saved_account(command)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert saved["refresh_token"] in google.refresh_tokens
-    assert saved["email"] == ANN and saved["project_id"] == "backend-ann"
+    assert saved["email"] == ANN and "client_id" not in saved     # Gemini CLI's client
+    book = command.home / ".config" / "gemini-proxy" / "code-assist-projects.json"
+    assert json.loads(book.read_text())[ANN]["project"] == "backend-ann"
     exchange = google.token_calls[0]
     assert exchange["grant_type"] == "authorization_code"
     assert exchange["redirect_uri"] == query["redirect_uri"]
