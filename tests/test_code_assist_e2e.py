@@ -15,7 +15,7 @@ import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, RunningProxy, make_config, sse_payloads, wait_for
-from fake_upstream import gemini_text_stream
+from fake_upstream import Gate, gemini_text_stream
 from fake_google import (FakeGoogle, ca_bare_429, ca_capacity, ca_daily_quota, ca_forbidden,
                          ca_not_found, ca_rate_limit, ca_server_error, enveloped,
                          slow_stream, write_credentials)
@@ -536,3 +536,40 @@ def test_every_account_out_is_a_503_not_a_401_the_client_would_blame_itself_for(
     proxy = rig.start()
     status, _, data = ask(proxy)
     assert status == 503 and b"login" in data
+
+
+def test_every_account_resting_for_pro_falls_back_to_flash(rig):
+    rig.account(ANN)
+    rig.account(BOB)
+    for email in (ANN, BOB):
+        rig.google.fault(email, ca_rate_limit(delay_seconds=600), model=MODEL)
+    raw = rig.config()
+    raw["routes"] = [{"model": MODEL, "upstream": "google", "fallbacks": [
+        {"upstream": "google", "upstream_model": "gemini-2.5-flash"}]}]
+    proxy = rig.start(raw)
+    for _ in range(2):
+        assert ask(proxy)[0] == 200
+        assert rig.google.generate_calls()[-1]["json"]["model"] == "gemini-2.5-flash"
+    # the second request did not ask Google for pro again: both accounts rest for it
+    assert len([r for r in rig.google.generate_calls() if r["json"]["model"] == MODEL]) == 2
+
+
+def test_an_accounts_concurrency_limit_queues_like_a_keys(rig):
+    rig.account(ANN)
+    proxy = rig.start(key_concurrency=1)
+    assert ask(proxy)[0] == 200                 # set up, so both now go straight to Google
+    gate = Gate(enveloped(gemini_text_stream("held")))
+    rig.google.queue(gate)
+    results = []
+    first = threading.Thread(target=lambda: results.append(ask(proxy, stream=True)[0]))
+    first.start()
+    wait_for(lambda: rig.google.busy == 1, message="the first request never reached Google")
+    second = threading.Thread(target=lambda: results.append(ask(proxy)[0]))
+    second.start()
+    wait_for(lambda: keys(proxy)[ANN]["in_flight"] == 1 and
+             json.loads(proxy.request("GET", "/status")[2])["upstreams"]["google"][
+                 "waiting"] == 1, message="the second request is not waiting for the account")
+    gate.open()
+    first.join(PATIENCE)
+    second.join(PATIENCE)
+    assert results == [200, 200]
