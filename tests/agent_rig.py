@@ -227,3 +227,20 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def qwen_home(tmp_path):
+    """Qwen Code's environment for a headless run against the proxy: a home of its own
+    with settings that pick the OpenAI protocol and turn telemetry and updates off."""
+    home = tmp_path / "qwen-home"
+    (home / ".qwen").mkdir(parents=True, exist_ok=True)
+    (home / "tmp").mkdir(exist_ok=True)
+    (home / ".qwen" / "settings.json").write_text(json.dumps({
+        "security": {"auth": {"selectedType": "openai"}},
+        "model": {"name": "qwen3-coder-plus"},
+        "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
+        "memory": {"enableManagedAutoMemory": False},
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}))
+    return {"HOME": str(home), "TMPDIR": str(home / "tmp"), "NO_COLOR": "1",
+            "OPENAI_BASE_URL": "{proxy}/v1", "OPENAI_API_KEY": "client-key",
+            "OPENAI_MODEL": "qwen3-coder-plus"}

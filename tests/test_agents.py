@@ -125,18 +125,7 @@ def test_claude_code_through_a_troubled_upstream(scenario, upstream, workdir, tm
 # -- Qwen Code ---------------------------------------------------------------------------
 
 def qwen(upstream, prompt, workdir, tmp_path, *flags, scenario="plain"):
-    home = tmp_path / "qwen-home"
-    (home / ".qwen").mkdir(parents=True, exist_ok=True)
-    (home / "tmp").mkdir(exist_ok=True)
-    (home / ".qwen" / "settings.json").write_text(json.dumps({
-        "security": {"auth": {"selectedType": "openai"}},
-        "model": {"name": "qwen3-coder-plus"},
-        "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
-        "memory": {"enableManagedAutoMemory": False},
-        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}))
-    env = {"HOME": str(home), "TMPDIR": str(home / "tmp"), "NO_COLOR": "1",
-           "OPENAI_BASE_URL": "{proxy}/v1", "OPENAI_API_KEY": "client-key",
-           "OPENAI_MODEL": "qwen3-coder-plus"}
+    env = agent_rig.qwen_home(tmp_path)
     outcome = run_in_netns(upstream, [QWEN, "-p", prompt, "-o", "json"] + list(flags), env,
                            workdir, scenario=scenario)
     assert outcome["code"] == 0, (outcome["stderr"], outcome["stdout"][-2000:])

@@ -30,7 +30,7 @@ import subprocess
 import pytest
 
 import agent_rig
-from agent_rig import CODE_ASSIST, CODE_ASSIST_MODEL, GOOD, LIMITED, REVOKED
+from agent_rig import CODE_ASSIST, CODE_ASSIST_MODEL, GOOD, LIMITED, REVOKED, qwen_home
 from conftest import RunningProxy, make_config
 from fake_google import FakeGoogle
 
@@ -360,18 +360,7 @@ def qwen_answer(stdout):
                     "@qwen-code/qwen-code@0.24.4, or set QWEN_CODE_BIN); .ci/run installs it")
 @needs_unshare
 def test_qwen_code_tool_round_trip(workdir, tmp_path):
-    home = tmp_path / "qwen-home"
-    (home / ".qwen").mkdir(parents=True)
-    (home / "tmp").mkdir()
-    (home / ".qwen" / "settings.json").write_text(json.dumps({
-        "security": {"auth": {"selectedType": "openai"}},
-        "model": {"name": "qwen3-coder-plus"},
-        "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
-        "memory": {"enableManagedAutoMemory": False},
-        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}))
-    env = {"HOME": str(home), "TMPDIR": str(home / "tmp"), "NO_COLOR": "1",
-           "OPENAI_BASE_URL": "{proxy}/v1", "OPENAI_API_KEY": "client-key",
-           "OPENAI_MODEL": "qwen3-coder-plus"}
+    env = qwen_home(tmp_path)
     prompt = 'CALL read_file {"file_path": "%s"}' % (workdir / "notes.txt")
     outcome = run_agent([QWEN, "-p", prompt, "-o", "json", "--yolo"], env, workdir)
     answer = qwen_answer(outcome["stdout"])
