@@ -6497,7 +6497,7 @@ def google_auth_url(auth_url: str, client_id: str, redirect_uri: str, state: str
         query, quote_via=urllib.parse.quote)
 
 
-def read_code_assist_setup(payload: Any, configured_project: str) -> Dict[str, str]:
+def read_code_assist_setup(payload: Any, requested: str) -> Dict[str, str]:
     """What loadCodeAssist's answer means: {"project", "tier"} when the account is set up;
     {"onboard": tier id} when it must be onboarded first; {"error": why} when it cannot be
     used (to verify, with the address to do it at; or a project it needs)."""
@@ -6516,7 +6516,7 @@ def read_code_assist_setup(payload: Any, configured_project: str) -> Dict[str, s
         return {"onboard": text_of(default.get("id")) or "legacy-tier"}
     tier = text_of(fields_of(payload.get("paidTier")).get("id")) or \
         text_of(current.get("id")) or "standard-tier"
-    project = project or configured_project
+    project = project or requested     # the project asked for, when the answer names none
     if not project:
         reasons = "; ".join(text_of(t.get("reasonMessage")) for t in ineligible
                             if t.get("reasonMessage"))

@@ -79,10 +79,10 @@ def log_text(caplog):
 # == the token endpoint ========================================================================
 
 def test_an_unreachable_token_endpoint_rests_the_account_as_the_readme_says(rig):
-    """README: "the token endpoint failing (5xx, network) | rests a minute". A 5xx does
-    (key_verdict "rest" in token_call); a network failure raised by google_call carries no
-    verdict, so the account stays in rotation and every other request pays a failed
-    refresh (up to 30 s each when the endpoint hangs instead of refusing)."""
+    """README: "the token endpoint failing (5xx, network) | rests a minute". A token
+    endpoint that refuses connections rests the account just as a 5xx does, so later
+    requests do not each pay a failed refresh (up to 30 s each when the endpoint hangs
+    instead of refusing)."""
     rig.account(ANN, expired=True)
     rig.account(BOB)
     proxy = rig.start(retry_wait=0.0,
@@ -99,10 +99,9 @@ def test_an_unreachable_token_endpoint_rests_the_account_as_the_readme_says(rig)
 @pytest.mark.parametrize("failure", ["revoked", "token endpoint 500"])
 def test_a_refresh_that_fails_while_requests_wait_is_not_repeated_by_each_of_them(
         rig, failure):
-    """Requests waiting on an account's one refresh (the token lock) each make their own
-    token call when that refresh fails: N waiting requests, N calls to Google's token
-    endpoint (an invalid_grant storm, or N x 30 s behind an endpoint that hangs). The
-    waiters should share the outcome: the account is out, or resting."""
+    """Requests waiting on an account's one refresh share its outcome when it fails (the
+    account is out, or resting): one call to Google's token endpoint, not one per waiting
+    request (an invalid_grant storm, or N x 30 s behind an endpoint that hangs)."""
     n = 6
     rig.account(ANN, expired=True)
     if failure == "revoked":
@@ -126,10 +125,9 @@ def test_a_refresh_that_fails_while_requests_wait_is_not_repeated_by_each_of_the
 
 
 def test_requests_waiting_on_a_stuck_refresh_let_go_when_their_clients_leave(rig):
-    """A refresh that hangs holds the account's token lock; the requests queued behind it
-    wait on that lock with no timeout and never look at their client. Clients that gave
-    up still hold worker threads, so a proxy with few workers stops serving everything,
-    every upstream, until the token endpoint answers (30 s per queued refresh)."""
+    """Requests queued behind a refresh that hangs let go of their worker threads when their
+    clients leave, so a proxy with few workers still serves other upstreams while the
+    token endpoint is stuck."""
     rig.account(ANN, expired=True)
     raw = rig.config(retries=0)
     raw["server"]["workers"] = 3
@@ -164,10 +162,9 @@ def test_requests_waiting_on_a_stuck_refresh_let_go_when_their_clients_leave(rig
 
 
 def test_sighup_while_a_refresh_is_stuck_does_not_freeze_the_server(rig):
-    """SIGHUP runs reload on the event loop; load_google_accounts -> GoogleAccount.reread()
-    takes the account's token lock, which a refresh holds across its call to Google. While
-    that call hangs, the event loop is stuck: no request at all is read, not even
-    /health."""
+    """A SIGHUP reload while a refresh hangs on the token endpoint does not freeze the event
+    loop: /health is still answered at once, and the waiting request is served when the
+    refresh completes."""
     rig.account(ANN, expired=True)
     proxy = rig.start()
     gate = rig.google.hold_token_calls(limit=PATIENCE)
@@ -198,11 +195,9 @@ def _token_reply_bytes(google, email, lifetime):
 
 @pytest.mark.parametrize("lifetime", ["NaN", "Infinity", "1e400"])
 def test_a_token_reply_with_a_nonsense_lifetime_is_no_crash(rig, lifetime):
-    """token_call takes any float for expires_in: NaN (json.loads reads it) gives
-    expires_at NaN, and the proxy's own account file is then written with
-    int(NaN * 1000) (ValueError); Infinity, OverflowError. Neither is an UpstreamError,
-    so the request ends in a 500, and with NaN every later request refreshes again and
-    fails the same way."""
+    """A token reply whose expires_in is NaN, Infinity or too large for a float (all of
+    which Python's json reads) is no crash: every request is served, the account is not
+    refreshed again on each one, and its file keeps a whole-number expiry_date."""
     rig.google.add_account(ANN)
     own = rig.state / "accounts"
     own.mkdir(parents=True)
@@ -249,9 +244,8 @@ def test_a_200_from_the_token_endpoint_without_a_token_is_a_clean_failure(rig, b
 
 def test_a_token_endpoint_that_repeats_the_refresh_token_does_not_put_it_in_a_log(
         rig, caplog):
-    """GoogleAccount._refresh logs "account %s is out: %s" with self.out, which quotes the
-    token endpoint's error_description as it came: no redaction on that path (the
-    formatter does none either). /status and the client's error are redacted."""
+    """A token endpoint error whose description quotes the refresh token puts that token in
+    neither the client's error, /status nor the log."""
     caplog.set_level(logging.DEBUG)
     path = rig.account(ANN, expired=True)
     refresh = json.loads(path.read_text())["refresh_token"]
@@ -297,9 +291,9 @@ def test_an_error_that_echoes_the_bearer_token_reaches_no_client_log_or_status(
 # == credential files ===========================================================================
 
 def test_a_credential_file_nested_too_deeply_is_skipped_not_fatal(rig):
-    """load_google_accounts catches OSError and ValueError; json.load of a file nested
-    100000 deep raises RecursionError, which stops start-up (and a SIGHUP reload, and the
-    accounts command) instead of skipping the file as the docstring says."""
+    """A credential file nested too deeply for the JSON parser is skipped like any other
+    unreadable file; it does not stop start-up (nor a SIGHUP reload, nor the accounts
+    command)."""
     rig.account(BOB)
     (rig.creds / "deep.json").write_text("[" * 100000 + "]" * 100000)
     proxy = rig.start()
@@ -307,10 +301,8 @@ def test_a_credential_file_nested_too_deeply_is_skipped_not_fatal(rig):
 
 
 def test_an_id_token_nested_too_deeply_is_no_crash(rig):
-    """id_token_email catches IndexError and ValueError; an id_token whose payload is JSON
-    nested too deeply raises RecursionError, out of parse_google_credential (start-up
-    stops), and out of _adopt when a token reply carries one for a login with no email
-    (that request ends in a 500)."""
+    """A credential whose id_token payload is JSON nested too deeply does not stop start-up
+    or end requests in a 500: the proxy starts and serves."""
     deep = base64.urlsafe_b64encode(("[" * 50000 + "]" * 50000).encode()).decode()
     token = "e30.%s.c2ln" % deep.rstrip("=")
     rig.account(BOB)
@@ -323,8 +315,8 @@ def test_an_id_token_nested_too_deeply_is_no_crash(rig):
 
 
 def test_a_project_book_nested_too_deeply_is_no_crash(rig):
-    """ProjectBook._load catches OSError and ValueError, not RecursionError: a damaged
-    code-assist-projects.json stops the proxy from starting."""
+    """A code-assist-projects.json nested too deeply for the JSON parser does not stop the
+    proxy from starting; it starts and serves."""
     rig.account(ANN)
     rig.state.mkdir(parents=True, exist_ok=True)
     (rig.state / "code-assist-projects.json").write_text("[" * 100000 + "]" * 100000)
@@ -346,9 +338,9 @@ def _start_in_thread(rig):
 
 
 def test_a_fifo_named_like_a_credential_file_does_not_hang_start_up(rig):
-    """credential_files lists every *.json in a directory and load_google_accounts opens
-    each with a plain open(): a FIFO (or a symlink to one, or to /dev/zero) blocks start-up
-    forever, and on SIGHUP the event loop with it."""
+    """A FIFO named like a credential file (or a symlink to one, or to /dev/zero) does not
+    block start-up, nor a SIGHUP reload and the event loop with it: the proxy starts
+    promptly and the good login serves."""
     rig.account(BOB)
     fifo = rig.creds / "pipe.json"
     os.mkfifo(str(fifo))
@@ -357,7 +349,7 @@ def test_a_fifo_named_like_a_credential_file_does_not_hang_start_up(rig):
     hung = thread.is_alive()
     deadline = time.monotonic() + PATIENCE
     while thread.is_alive() and time.monotonic() < deadline:
-        try:    # let it go: give each reader (start-up opens it twice) an end of file
+        try:    # if start-up is stuck on the FIFO, let it go: give each reader an EOF
             os.close(os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK))
         except OSError:     # no reader at the moment
             pass
@@ -399,11 +391,11 @@ def test_a_directory_and_an_unreadable_file_named_like_credentials_are_skipped(r
 
 
 def test_one_account_in_two_files_is_one_account_of_the_pool(rig):
-    """The default sources are the accounts directory and then Gemini CLI's login, so a
-    user who ran `login` with the account Gemini CLI uses has it twice (as has anyone who
-    copied a file). Each file becomes its own GoogleAccount and KeyState: one quota
-    counted as two, two rows in `accounts`, and a rate limit met twice per request
-    (the second copy is tried at once, and Google says 429 again)."""
+    """One account found in two files is one account of the pool: one row in /status, and a
+    rate limit met once per request, not again at once through the copy. (The default
+    sources are the accounts directory and then Gemini CLI's login, so a user who ran
+    `login` with the account Gemini CLI uses has it twice, as has anyone who copied a
+    file.)"""
     rig.account(ANN)
     write_credentials(str(rig.creds / "ann-copy.json"), rig.google.credentials(ANN))
     rig.account(BOB)
@@ -416,9 +408,8 @@ def test_one_account_in_two_files_is_one_account_of_the_pool(rig):
 
 
 def test_an_expiry_of_infinity_in_the_proxys_own_file_is_no_crash(rig):
-    """json.load reads Infinity; _expiry_seconds keeps it, so the access token never
-    counts as expiring, and when the account's project is found save() writes
-    int(inf * 1000): OverflowError, out of setup(), a 500."""
+    """An expiry_date of Infinity in the proxy's own account file (json.load reads it) is no
+    crash: the account is set up, its file saved, and every request served."""
     rig.google.add_account(ANN)
     own = rig.state / "accounts"
     own.mkdir(parents=True)
@@ -432,11 +423,9 @@ def test_an_expiry_of_infinity_in_the_proxys_own_file_is_no_crash(rig):
 # == projects ===================================================================================
 
 def test_a_credential_file_now_holding_another_account_is_set_up_anew_on_reload(rig):
-    """Gemini CLI's oauth_creds.json (the default source) changes account when its user
-    logs in as someone else. On SIGHUP, reread() adopts the new login (a new refresh
-    token) but keeps the old account's project and tier, so every request goes out with
-    the new account's token and the old account's project: 403 CONSUMER_INVALID, and the
-    account is out. A restart gets it right; a reload should too."""
+    """A credential file that now holds another account is set up anew on a SIGHUP reload,
+    with the new account's own project, as a restart would: Gemini CLI's oauth_creds.json
+    (the default source) changes account when its user logs in as someone else."""
     path = rig.account(ANN)
     rig.google.add_account(BOB)
     proxy = rig.start()
@@ -450,10 +439,9 @@ def test_a_credential_file_now_holding_another_account_is_set_up_anew_on_reload(
 
 
 def test_an_account_google_asked_to_verify_comes_back_on_reload_once_verified(rig):
-    """README: a 403 takes the account out "until a reload". VALIDATION_REQUIRED found
-    while setting the account up (loadCodeAssist) sets GoogleAccount.out, which only a
-    new refresh token clears (reread), not a reload: after the user verifies, the
-    account stays out until the proxy restarts."""
+    """README: a 403 takes the account out "until a reload". An account Google asked to
+    verify (VALIDATION_REQUIRED while setting it up) is back in rotation after a reload
+    once the user has verified, with no restart."""
     rig.account(ANN, onboarded=False, validation_url="https://accounts.example/verify-ann")
     rig.account(BOB)
     proxy = rig.start()
@@ -488,9 +476,9 @@ def test_a_project_that_moved_is_found_again(rig):
 
 def test_onboarding_that_never_finishes_is_not_repeated_by_every_waiting_request(
         rig, monkeypatch):
-    """_onboard polls for ONBOARD_TIMEOUT (120 s) holding the account's setup lock; each
-    request queued on that lock then runs a whole onboarding of its own: N requests, N
-    onboardUser calls and N x 2 minutes for the last one, whatever total_timeout says.
+    """Onboarding that never finishes is tried once: the requests waiting on it share its
+    failure rather than each running a whole onboarding of its own (N onboardUser calls,
+    and N x ONBOARD_TIMEOUT for the last one, whatever total_timeout says).
     (ONBOARD_TIMEOUT is cut to 1 s here.)"""
     monkeypatch.setattr(gp, "ONBOARD_TIMEOUT", 1)
     n = 3
@@ -516,19 +504,18 @@ def test_onboarding_that_never_finishes_is_not_repeated_by_every_waiting_request
     ids=["project-list", "project-id-number", "tier-string", "paid-tier-string",
          "ineligible-string", "allowed-string", "allowed-odd", "text", "list", "null"])
 def test_odd_load_code_assist_answers_are_clean_failures_or_serve(answer):
-    """read_code_assist_setup on whatever loadCodeAssist says: a project, an onboarding,
-    or an error; never an exception."""
+    """Whatever loadCodeAssist says, read_code_assist_setup makes of it a project, an
+    onboarding or an error, as strings; never an exception."""
     found = gp.read_code_assist_setup(answer, "")
     assert set(found) <= {"project", "tier", "onboard", "error"} and found
     assert all(isinstance(v, str) for v in found.values())
 
 
 def test_a_load_code_assist_that_answers_html_does_not_onboard_the_account(rig):
-    """A 200 whose body is not JSON (a captive portal, a corporate proxy's page) comes
-    back from google_call as text, which fields_of reads as {}: no currentTier, so
-    read_code_assist_setup says "onboard" and the proxy calls onboardUser (legacy-tier)
-    for an account that is set up already, on the strength of a page that said nothing
-    about it. It should be a failure to rest on, like a 5xx."""
+    """A loadCodeAssist 200 whose body is not JSON (a captive portal, a corporate proxy's
+    page) is a failure to rest on, like a 5xx: another account serves, and no onboardUser
+    is sent for an account that is set up already on the strength of a page that said
+    nothing about it."""
     rig.account(ANN)
     rig.account(BOB)
     proxy = rig.start(retry_wait=0.0)
@@ -547,7 +534,8 @@ def test_a_load_code_assist_that_answers_html_does_not_onboard_the_account(rig):
 
 
 def test_fifty_requests_racing_to_set_up_an_account_make_one_load_code_assist(rig):
-    """Holds: the setup lock lets one discovery run; the others wait for its project."""
+    """Fifty requests racing to set up a new account make one loadCodeAssist and one
+    onboarding; the others wait for its project, and all are served."""
     rig.account(ANN, onboarded=False, onboard_polls=2)
     proxy = rig.start()
     threads, results = in_threads(50, lambda: ask(proxy)[0])
@@ -559,8 +547,8 @@ def test_fifty_requests_racing_to_set_up_an_account_make_one_load_code_assist(ri
 
 
 def test_a_reload_while_a_stream_is_in_flight_lets_it_finish_on_its_account(rig):
-    """Holds: SIGHUP (on the loop) mid-stream; the stream ends whole, the account keeps
-    its state, and nothing is left held."""
+    """A SIGHUP reload mid-stream lets the stream end whole on its account; the account
+    keeps its state and nothing is left held."""
     rig.account(ANN)
     proxy = rig.start()
     assert ask(proxy)[0] == 200
@@ -612,9 +600,9 @@ def _paste_login(google, config, tmp_path):
 
 
 def test_a_login_whose_account_file_cannot_be_written_fails_loudly(tmp_path, google):
-    """save() turns an OSError into a log warning; login() then prints "Signed in as ...;
-    saved to <path>" and the command exits 0, though nothing was saved: the only copy of
-    the refresh token is gone when the command ends."""
+    """A login whose account file cannot be written fails with an error that names the
+    accounts directory, not a "saved to" line: otherwise the only copy of the refresh
+    token is lost when the command ends."""
     google.add_account(ANN)
     google.consent_as(ANN)
     state = tmp_path / "state"
@@ -655,8 +643,9 @@ STRANGE_EMAILS = ["../../evil@example.com", "a/b@example.com", "..", ".hidden@ex
 
 @pytest.mark.parametrize("email", STRANGE_EMAILS)
 def test_a_login_for_a_strange_email_writes_inside_the_accounts_dir(tmp_path, google, email):
-    """The email comes from Google's id_token and names the file: account_file_name keeps
-    [A-Za-z0-9@._+-] only, so no name leaves the accounts directory."""
+    """The email comes from Google's id_token and names the file: whatever it holds (path
+    separators, "..", a NUL, a backslash), the login writes one file, inside the accounts
+    directory, and nothing elsewhere."""
     google.add_account(email)
     google.consent_as(email)
     said, account = _paste_login(google, _login_config(google, tmp_path), tmp_path)
@@ -672,11 +661,9 @@ def test_a_login_for_a_strange_email_writes_inside_the_accounts_dir(tmp_path, go
 
 @pytest.mark.parametrize("email", STRANGE_EMAILS + ["x" * 251 + "@example.com"])
 def test_the_file_a_login_writes_is_the_one_the_proxy_then_reads(tmp_path, google, email):
-    """What login saves, load_google_accounts must find. A name that starts with "."
-    (".hidden@...", and "../../evil@..." which becomes ".._.._evil@...") is a hidden file,
-    which credential_files skips: the login is saved and never used. An email near the
-    254 characters an address may have makes a name over 255 bytes: save() only logs the
-    OSError, and login says "saved to" a file that does not exist."""
+    """What login saves, load_google_accounts finds, under the same email: an email that
+    starts with "." or "../" does not become a hidden file the proxy skips, and one near
+    the 254 characters an address may have does not make a file name too long to write."""
     google.add_account(email)
     google.consent_as(email)
     config = _login_config(google, tmp_path)
@@ -687,12 +674,9 @@ def test_the_file_a_login_writes_is_the_one_the_proxy_then_reads(tmp_path, googl
     assert [a.credential.email for a in loaded.values()] == [email], said
 
 
-def test_a_silent_connection_to_the_callback_port_does_not_stall_the_login(google):
-    """browser_login serves the callback with a single-threaded HTTPServer and no socket
-    timeout: one connection that sends nothing (a browser's speculative preconnect, any
-    local program) blocks handle_request() in readline, so Google's real redirect is
-    never read and LOGIN_TIMEOUT never checked: the login hangs for as long as that
-    connection stays open."""
+def browser_login_running(google):
+    """browser_login for ANN in a thread: (the thread, a box its result lands in, the
+    consent address it printed, its callback address split)."""
     google.add_account(ANN)
     google.consent_as(ANN)
     endpoints = gp.GoogleEndpoints(base_url=google.base_url, token_url=google.token_url,
@@ -709,7 +693,14 @@ def test_a_silent_connection_to_the_callback_port_does_not_stall_the_login(googl
     url = wait_for(lambda: [w for line in said for w in line.split()
                             if w.startswith(google.auth_url)])[0]
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
-    callback = urllib.parse.urlsplit(query["redirect_uri"])
+    return thread, box, url, urllib.parse.urlsplit(query["redirect_uri"])
+
+
+def test_a_silent_connection_to_the_callback_port_does_not_stall_the_login(google):
+    """A connection to the callback port that sends nothing (a browser's speculative
+    preconnect, any local program) does not stall the login: Google's real redirect is
+    still answered at once and the login completes."""
+    thread, box, url, callback = browser_login_running(google)
     idle = socket.create_connection((callback.hostname, callback.port))
     try:
         parts = urllib.parse.urlsplit(url)
@@ -739,23 +730,7 @@ def test_the_callback_answers_other_methods_and_huge_queries_without_ending_the_
     """Stray requests (POST, HEAD, a 100 KB query, a path that is not the callback) get
     their answer and the login still takes the real redirect afterwards. (A GET of the
     callback with a wrong or no state ends the login, by design: the CSRF check.)"""
-    google.add_account(ANN)
-    google.consent_as(ANN)
-    endpoints = gp.GoogleEndpoints(base_url=google.base_url, token_url=google.token_url,
-                                   auth_url=google.auth_url)
-    said, box = [], {}
-
-    def run():
-        try:
-            box["result"] = gp.browser_login(endpoints, 0, said.append, lambda url: False)
-        except Exception as exc:
-            box["result"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    url = wait_for(lambda: [w for line in said for w in line.split()
-                            if w.startswith(google.auth_url)])[0]
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
-    callback = urllib.parse.urlsplit(query["redirect_uri"])
+    thread, box, url, callback = browser_login_running(google)
 
     def call(method, target):
         conn = http.client.HTTPConnection(callback.hostname, callback.port, timeout=PATIENCE)
