@@ -409,7 +409,7 @@ def test_one_account_in_two_files_is_one_account_of_the_pool(rig):
 
 def test_an_expiry_of_infinity_in_the_proxys_own_file_is_no_crash(rig):
     """An expiry_date of Infinity in the proxy's own account file (json.load reads it) is no
-    crash: the account is set up, its file saved, and every request served."""
+    crash: the account is set up and every request is served."""
     rig.google.add_account(ANN)
     own = rig.state / "accounts"
     own.mkdir(parents=True)
