@@ -6422,10 +6422,12 @@ class GoogleCredential:
 def _expiry_seconds(value: Any) -> float:
     """An expiry in epoch seconds from epoch milliseconds (Gemini CLI) or an ISO 8601
     time (a naive one is UTC, as google-auth writes it); 0 when unknown."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and \
-            math.isfinite(value):
-        seconds = value / 1000.0 if value > 1e11 else float(value)
-        return seconds if seconds < 1e11 else 0.0     # past year 5000: nonsense
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        try:
+            seconds = value / 1000.0 if value > 1e11 else float(value)
+        except OverflowError:       # an integer no float holds
+            return 0.0
+        return seconds if seconds < 1e11 else 0.0     # past year 5000 (or inf): nonsense
     if not isinstance(value, str) or not value:
         return 0.0
     text = value.strip().replace("Z", "+00:00")
@@ -7074,11 +7076,13 @@ def session_key(head: RequestHead, payload: Any) -> str:
     """The conversation a request belongs to, as its client names it, so that a key pool
     keeps it on one key: prompt_cache_key (OpenAI's Chat Completions and Responses;
     Codex sets it), else a session-id header (Codex and other agents send one; Claude
-    Code its own)."""
+    Code its own), else Anthropic's metadata.user_id (Claude Code names its session in
+    it too). Only the pool sees it: an upstream that takes a session id gets a hash."""
     key = fields_of(payload).get("prompt_cache_key")
     if not isinstance(key, str) or not key:
         key = head.header("session-id") or head.header("x-session-id") or \
-            head.header("x-claude-code-session-id")
+            head.header("x-claude-code-session-id") or \
+            text_of(fields_of(fields_of(payload).get("metadata")).get("user_id"))
     return key[:256]
 
 
@@ -7637,9 +7641,11 @@ def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, An
         raise
     answer_fields = fields_of(answer)
     if status == 200 and text_of(answer_fields.get("access_token")):
-        lifetime = answer_fields.get("expires_in")
-        lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and \
-            not isinstance(lifetime, bool) and math.isfinite(lifetime) else 3600.0
+        try:
+            lifetime = float(answer_fields.get("expires_in"))   # may be a string, or 10**400
+        except (TypeError, ValueError, OverflowError):
+            lifetime = 3600.0
+        lifetime = lifetime if math.isfinite(lifetime) else 3600.0
         return dict(answer_fields, expires_at=time.time() + min(max(lifetime, 0.0), 86400.0))
     code = text_of(answer_fields.get("error"))
     said = GOOGLE_TOKEN.sub("[REDACTED]", "%s%s" % (
@@ -7709,10 +7715,12 @@ class SharedWork:
         self._done = threading.Condition()
         self._busy = False
         self._rounds = 0
-        self._failure: Optional[ProxyError] = None
+        self._last_failure: Optional[ProxyError] = None    # the last round's, for its waiters
+        self._failure: Optional[ProxyError] = None         # kept for those who come after
         self._failed_until = 0.0
 
     def forget_failure(self) -> None:
+        """Let the next request try again at once (a reload may have mended it)."""
         with self._done:
             self._failure = None
 
@@ -7732,8 +7740,8 @@ class SharedWork:
                     if left <= 0:
                         raise UpstreamError("gave up waiting for %s" % self.what, status=504)
                     self._done.wait(min(left, 0.25))
-                if self._failure is not None:
-                    raise copy.copy(self._failure)
+                if self._last_failure is not None:
+                    raise copy.copy(self._last_failure)
                 return None
             self._busy = True
         failure: Optional[ProxyError] = None
@@ -7742,12 +7750,14 @@ class SharedWork:
         except ProxyError as exc:
             failure = copy.copy(exc)
             raise
-        except BaseException:
-            failure = ProxyError("internal error in gemini-proxy while %s" % self.what)
+        except BaseException:   # a bug: the leader's request answers 500, its waiters 502
+            failure = UpstreamError("internal error in gemini-proxy during %s" % self.what,
+                                    status=502, key_verdict="rest")
             raise
         finally:
             with self._done:
-                self._busy, self._rounds, self._failure = False, self._rounds + 1, failure
+                self._busy, self._rounds = False, self._rounds + 1
+                self._last_failure = self._failure = failure
                 kept = failure.retry_after if failure is not None and \
                     failure.retry_after is not None else 5.0
                 self._failed_until = time.monotonic() + min(kept, 60.0)
@@ -7849,7 +7859,7 @@ class GoogleAccount:
             refused = str(exc)
         try:
             reread = self._read_file()
-        except (OSError, ValueError):
+        except (OSError, ValueError, ArithmeticError):
             reread = None
         if reread is not None and reread.refresh_token != current.refresh_token:
             log.info("account %s: its credential file has a new login; using it", self.name)
@@ -7875,6 +7885,17 @@ class GoogleAccount:
             credential, access_token=reply["access_token"], expires_at=reply["expires_at"],
             refresh_token=text_of(reply.get("refresh_token")) or credential.refresh_token,
             email=credential.email or id_token_email(reply.get("id_token")))
+        with self._lock:
+            if self.credential.refresh_token != credential.refresh_token:
+                # a new login came in (a reload) while this refresh ran: it wins, and
+                # this token serves only the request that asked for it
+                return renewed.access_token
+        try:
+            on_disk = self._read_file().refresh_token
+        except (OSError, ValueError, ArithmeticError):
+            on_disk = credential.refresh_token
+        if on_disk != credential.refresh_token:     # a login wrote the file meanwhile
+            return renewed.access_token
         self._replace_credential(renewed)
         if self.writes_back:
             try:
@@ -7919,7 +7940,7 @@ class GoogleAccount:
         tried again (the user may have verified it, or fixed its project)."""
         try:
             fresh = self._read_file()
-        except (OSError, ValueError):
+        except (OSError, ValueError, ArithmeticError):
             return
         if fresh.refresh_token != self.credential.refresh_token:
             self._replace_credential(fresh)
@@ -7943,6 +7964,9 @@ class GoogleAccount:
             return self.project
         self._setting_up.run(self._discover, deadline, cancelled)
         self._check_out()
+        if not self.project:    # a reload forgot it while this request waited
+            raise UpstreamError("the Code Assist setup of %s started again; try again"
+                                % self.name, status=503, retry_after=1.0)
         return self.project
 
     def forget_project(self) -> bool:
@@ -8049,7 +8073,7 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
         else:
             try:
                 credential = parse_google_credential(read_small_json(path), path)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ArithmeticError) as exc:
                 log.warning("skipping %s: not a usable Google credential file (%s)", path,
                             getattr(exc, "strerror", None) or exc)
                 continue
@@ -8272,7 +8296,8 @@ class KeyPool:
         allowed = [s for s in self.states if not s.refusal(model)]
         if not allowed:
             status, why = self.states[-1].refusal(model) or (403, "")
-            if self.states[-1].account is not None:   # the proxy's trouble, not the client's
+            if all(s.account is not None and s.refusal("*") for s in self.states):
+                # every account out: the proxy's trouble, not the client's key's
                 return KeysUnavailable("every Google account of upstream %r is out: %s" % (
                     self.name, why), status=503, cause="refused")
             return KeysUnavailable("every key of upstream %r was refused: %s" % (
@@ -8799,7 +8824,7 @@ class UpstreamCall:
             "first_byte_timeout"], lambda: self.rq.pipe.gone)
         return token, dict(options, envelope={
             "project": project, "user_prompt_id": self.rq.ex.rid,
-            "session_id": hashlib.sha256(session.encode("utf-8")).hexdigest()[:32]
+            "session_id": hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
             if session else ""})
 
     def _renew(self, account: GoogleAccount, status: int, token: str,
