@@ -56,6 +56,12 @@ class RawUpstream:
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn):
+        try:
+            self._answer(conn)
+        except (ConnectionResetError, BrokenPipeError):
+            pass    # the proxy hung up on a reply it refuses: what some tests expect
+
+    def _answer(self, conn):
         buf = b""
         with conn:
             while True:
