@@ -182,3 +182,22 @@ def proxy_factory(fake):
 @pytest.fixture
 def proxy(proxy_factory):
     return proxy_factory()
+
+
+@pytest.fixture
+def google():
+    """A fake Google (tests/fake_google.py): OAuth and Code Assist on one port."""
+    from fake_google import FakeGoogle
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def rig(google, tmp_path):
+    """Credential files for the fake Google's accounts, and proxies in front of them
+    (test_code_assist_e2e.Rig); stopped at the end."""
+    from test_code_assist_e2e import Rig
+    made = Rig(google, tmp_path)
+    yield made
+    made.stop()

@@ -16,19 +16,12 @@ import pytest
 import gemini_proxy as gp
 from conftest import PATIENCE, RunningProxy, make_config, sse_payloads, wait_for
 from fake_upstream import Gate, gemini_text_stream
-from fake_google import (FakeGoogle, ca_bare_429, ca_capacity, ca_daily_quota, ca_forbidden,
+from fake_google import (ca_bare_429, ca_capacity, ca_daily_quota, ca_forbidden,
                          ca_not_found, ca_rate_limit, ca_server_error, enveloped,
                          slow_stream, write_credentials)
 
 MODEL = "gemini-2.5-pro"
 ANN, BOB, CAT = "ann@example.com", "bob@example.com", "cat@example.com"
-
-
-@pytest.fixture
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
 
 
 class Rig:
@@ -64,13 +57,6 @@ class Rig:
         for running in self.running:
             running.stop()
         self.running.clear()
-
-
-@pytest.fixture
-def rig(google, tmp_path):
-    made = Rig(google, tmp_path)
-    yield made
-    made.stop()
 
 
 def ask(proxy, text="hello", model=MODEL, stream=False):

@@ -18,28 +18,14 @@ import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, make_config, wait_for
-from fake_google import FakeGoogle, ca_rate_limit, enveloped, write_credentials
+from fake_google import ca_rate_limit, enveloped, write_credentials
 from fake_upstream import (gemini_text_stream, json_reply, pause_after, raw_reply,
                            sse_texts_reply)
-from test_code_assist_e2e import ANN, BOB, MODEL, Rig, ask, keys, served_by
+from test_code_assist_e2e import ANN, BOB, MODEL, ask, keys, served_by
 
 # How long something the proxy should do at once may take here before it counts as hung
 # (only a broken proxy waits this long; a working one answers in milliseconds).
 PROMPTLY = 8.0
-
-
-@pytest.fixture
-def google():
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def rig(google, tmp_path):
-    made = Rig(google, tmp_path)
-    yield made
-    made.stop()
 
 
 def refresh_calls(google):
