@@ -160,7 +160,7 @@ def test_qwen_code_plain_prompt(upstream, workdir, tmp_path):
 @needs_unshare
 @pytest.mark.parametrize("upstream", ["gemini", "anthropic", "openai", "openai-responses"])
 def test_qwen_code_two_parallel_tools(upstream, workdir, tmp_path):
-    prompt = 'CALL read_file {"file_path": "%s"} CALL run_shell_command {"command": "ls %s"}' \
+    prompt = 'CALL read_file {"file_path": "%s"} CALL glob {"pattern": "*.py", "path": "%s"}' \
         % (workdir / "notes.txt", workdir)
     stdout, requests = qwen(upstream, prompt, workdir, tmp_path, "--yolo")
     answer = qwen_answer(stdout)
@@ -173,7 +173,7 @@ def test_qwen_code_two_parallel_tools(upstream, workdir, tmp_path):
 @needs_unshare
 @pytest.mark.parametrize("scenario, upstream", [("pool", "anthropic"), ("stall", "openai")])
 def test_qwen_code_through_a_troubled_upstream(scenario, upstream, workdir, tmp_path):
-    prompt = 'CALL read_file {"file_path": "%s"} CALL run_shell_command {"command": "ls %s"}' \
+    prompt = 'CALL read_file {"file_path": "%s"} CALL glob {"pattern": "*.py", "path": "%s"}' \
         % (workdir / "notes.txt", workdir)
     stdout, requests = qwen(upstream, prompt, workdir, tmp_path, "--yolo", scenario=scenario)
     answer = qwen_answer(stdout)
