@@ -72,10 +72,13 @@ Contents (each section uses only the ones above it):
     18. key pools (keys and accounts)
     19. requests in flight (worker threads, the pipe to the event loop, errors)
     20. upstream calls and retries
-    21. actions and the application
-    22. server (asyncio: connections, limits, streaming, shutdown)
-    23. Google login (the login and accounts commands)
-    24. command line
+    21. client limits (named client keys: rate, daily tokens, concurrency)
+    22. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
+    23. actions and the application
+    24. server (asyncio: connections, limits, streaming, shutdown)
+    25. Google login (the login and accounts commands)
+    26. dashboard page
+    27. command line
 """
 
 from __future__ import annotations
@@ -83,10 +86,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import collections
 import concurrent.futures
 import contextvars
 import copy
+import csv
 import dataclasses
 import datetime
 import difflib
@@ -101,13 +106,16 @@ import ipaddress
 import itertools
 import json
 import logging
+import logging.handlers
 import math
 import mimetypes
 import os
+import queue
 import random
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -121,7 +129,11 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 try:
-    import resource     # POSIX: the open-file limit (section 22)
+    import sqlite3      # the usage ledger (section 22); some Pythons are built without it
+except ImportError:     # pragma: no cover
+    sqlite3 = None      # type: ignore[assignment]
+try:
+    import resource     # POSIX: the open-file limit (section 24)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -132,12 +144,12 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 24) and the README's
+# flag that may set it. Configuration (section 4), --help (section 27) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    section: str                  # server | upstream | logging | route | "" (top level)
+    section: str                  # server | upstream | logging | usage | route | "" (top)
     key: str
     default: Any
     help: str
@@ -182,13 +194,19 @@ ONBOARD_TIMEOUT = 120
 LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (section 22) --
+    # -- server: listening, client keys, limits (sections 21, 24) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
             env="GEMINI_PROXY_PORT", flag="--port"),
-    Setting("server", "api_keys", [], "keys clients must send; none means no client "
-            "authentication (loopback only)", env="GEMINI_PROXY_API_KEYS", flag="--api-key"),
+    Setting("server", "api_keys", [], "keys clients must send (strings, or objects with a "
+            "name, models and limits); none means no client authentication (loopback only)",
+            env="GEMINI_PROXY_API_KEYS", flag="--api-key"),
+    Setting("server", "admin_keys", [], "keys for /dashboard, /stats, /metrics and /status "
+            "(none: any client key opens them)", env="GEMINI_PROXY_ADMIN_KEYS",
+            flag="--admin-key"),
+    Setting("server", "cors_origins", [], "browser origins that may call the proxy (\"*\": "
+            "any); none: no CORS", env="GEMINI_PROXY_CORS_ORIGINS", flag="--cors-origin"),
     Setting("server", "allow_public", False, "allow a non-loopback address with no client "
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 256, "threads for upstream calls; each in-flight request "
@@ -228,7 +246,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "~/.config/gemini-proxy)", env="GEMINI_PROXY_STATE_DIR", flag="--state-dir"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 14-21) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-20, 23) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
             flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
                                               "code-assist", "echo")),
@@ -337,6 +355,22 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("logging", "detailed", False, "write the four stages of every request to "
             "log_dir", env="GEMINI_PROXY_DETAILED_LOGS", flag="--detailed-logs"),
     Setting("logging", "max_logged_body_bytes", MiB, "per stage, in detailed logs"),
+    Setting("logging", "keep_days", 0, "detailed logs older than this many days are "
+            "deleted (0: kept)"),
+    Setting("logging", "file", "", "write the log to this file too, rotated by size "
+            "(empty: standard error only)", env="GEMINI_PROXY_LOG_FILE", flag="--log-file"),
+    Setting("logging", "file_max_bytes", 10 * MiB, "the log file's size before it is "
+            "rotated", minimum=1024),
+    Setting("logging", "file_count", 5, "rotated log files kept beside it"),
+    Setting("logging", "format", "text", "log lines as text, or one JSON object each (for "
+            "log shippers)", env="GEMINI_PROXY_LOG_FORMAT", flag="--log-format",
+            choices=("text", "json")),
+    # -- usage: the ledger of every request (section 22) --
+    Setting("usage", "database", "usage.sqlite3", "the usage ledger, an SQLite file "
+            "(relative: in state_dir; empty: no ledger)", env="GEMINI_PROXY_USAGE_DB",
+            flag="--usage-db"),
+    Setting("usage", "keep_days", 400, "ledger rows older than this many days are deleted "
+            "(0: kept)"),
     # -- top level --
     Setting("", "default_model", "", "upstream model for requests no route maps",
             env="GEMINI_PROXY_MODEL", flag="--model"),
@@ -682,6 +716,22 @@ class LogFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (logging.format "json", for log shippers): time, level,
+    logger, message and, for an error with a traceback, the traceback; Google tokens
+    removed as from text lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.datetime.fromtimestamp(
+                     record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "message": GOOGLE_TOKEN.sub("[REDACTED]", record.getMessage())}
+        if record.exc_info:
+            entry["traceback"] = GOOGLE_TOKEN.sub("[REDACTED]",
+                                                  self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def fingerprint(secret: str) -> str:
     """A short, stable name for a secret that reveals nothing usable."""
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
@@ -754,6 +804,33 @@ class Route:
             else model == self.pattern
 
 
+# What a client key object in server.api_keys may hold, besides "key".
+CLIENT_KEY_FIELDS = ("name", "models", "requests_per_minute", "tokens_per_day",
+                     "max_concurrency")
+CLIENT_NAME = re.compile(r"[\w.@+-]{1,64}\Z", re.A)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientKey:
+    """A key clients send, with the name that stands for it in logs, the ledger, metrics
+    and the dashboard, the models it may use (globs; none: any) and its limits (0: none)."""
+
+    key: str
+    name: str
+    models: Tuple[str, ...] = ()
+    requests_per_minute: int = 0
+    tokens_per_day: int = 0
+    max_concurrency: int = 0
+
+    def allows(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern)
+                                      for pattern in self.models)
+
+
+# The client of a proxy that asks for no key.
+ANONYMOUS = ClientKey("", "anonymous")
+
+
 @dataclasses.dataclass
 class Config:
     server: Dict[str, Any]
@@ -761,6 +838,9 @@ class Config:
     routes: List[Route]
     logging: Dict[str, Any]
     default_upstream: str
+    usage: Dict[str, Any] = dataclasses.field(default_factory=lambda: setting_defaults("usage"))
+    # server.api_keys as ClientKeys (server["api_keys"] holds their key strings).
+    clients: List[ClientKey] = dataclasses.field(default_factory=list)
     source: str = ""            # the file it came from, for the start-up lines
     # Upstreams that cannot be used, and why (a key variable that is not set): requests
     # go on to the route's fallbacks, and the start-up lines say what to set.
@@ -770,7 +850,7 @@ class Config:
         """Every value in the configuration that must never reach a log, an error or a
         page: client keys, upstream keys, the values of upstream headers and query
         parameters, and the user and password of a URL."""
-        found = list(self.server["api_keys"])
+        found = list(self.server["api_keys"]) + list(self.server["admin_keys"])
         for spec in self.upstreams.values():
             found += spec["api_keys"] + list(spec["headers"].values())
             for value in spec["query"].values():   # as written, and as a URL carries it
@@ -784,7 +864,7 @@ class Config:
         (an upstream may repeat one in an error): every key and URL password, and header
         and query values as long as a token (an api-version date or "true" is none, and
         a model's answer must not have it replaced)."""
-        keys = set(self.server["api_keys"])
+        keys = set(self.server["api_keys"]) | set(self.server["admin_keys"])
         for spec in self.upstreams.values():
             keys.update(spec["api_keys"])
             parts = urllib.parse.urlsplit(spec["base_url"])
@@ -869,7 +949,10 @@ def _check_value(value: Any, setting: Setting, path: str) -> Any:
             raise ConfigError("%s: %r is not one of %s" % (path, value,
                                                           ", ".join(setting.choices)))
     elif isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        # server.api_keys may hold objects too (_resolve_client_keys checks them)
+        item_types = (str, dict) if (setting.section, setting.key) == ("server", "api_keys") \
+            else str
+        if not isinstance(value, list) or not all(isinstance(v, item_types) for v in value):
             raise ConfigError("%s: expected a list of strings, got %r" % (path, value))
     elif isinstance(default, dict):
         if not isinstance(value, dict):
@@ -897,7 +980,7 @@ def _check_section(raw: Any, section: str, path: str) -> Dict[str, Any]:
 
 
 TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "model_mapping", "default_model",
-                  "default_upstream", "logging")
+                  "default_upstream", "logging", "usage")
 
 # The seed project's flat format: {openai_api_key, openai_base_url, model_mapping,
 # default_openai_model, server{host, port, log_level}, logging{enable_detailed_logs,
@@ -1054,7 +1137,8 @@ def _sections_of(raw: Dict[str, Any], path: str) -> Config:
     config = Config(_check_section(raw.get("server", {}), "server", "server"), upstreams,
                     _check_routes(raw.get("routes", [])) + mapping_routes,
                     _check_section(raw.get("logging", {}), "logging", "logging"),
-                    top["default_upstream"], source=path)
+                    top["default_upstream"],
+                    _check_section(raw.get("usage", {}), "usage", "usage"), source=path)
     config.routes.append(Route("*", "", top["default_model"]))   # the catch-all
     return config
 
@@ -1067,7 +1151,7 @@ def _apply_environment(config: Config, environ: Dict[str, str]) -> None:
         if name.startswith("GEMINI_PROXY_") and name not in known:
             raise ConfigError("%s: unknown environment variable%s"
                               % (name, _did_you_mean(name, known)))
-    sections = {"server": config.server, "logging": config.logging}
+    sections = {"server": config.server, "logging": config.logging, "usage": config.usage}
     for setting in SETTINGS:
         if setting.env in environ and setting.section in sections:
             sections[setting.section][setting.key] = _env_value(environ, setting)
@@ -1107,7 +1191,7 @@ def _apply_default_upstream(config: Config, args: argparse.Namespace,
 
 
 def _apply_flags(config: Config, args: argparse.Namespace) -> None:
-    sections = {"server": config.server, "logging": config.logging}
+    sections = {"server": config.server, "logging": config.logging, "usage": config.usage}
     for setting in SETTINGS:
         value = getattr(args, flag_dest(setting), None) if setting.flag else None
         if setting.section in sections and value is not None and value is not False \
@@ -1159,13 +1243,63 @@ def _resolve_routes(config: Config) -> None:
                     i, where, name, _did_you_mean(name, config.upstreams)))
 
 
+def _client_key(raw: Any, path: str) -> ClientKey:
+    """One entry of server.api_keys: a key, or {"key", "name", "models", limits...}."""
+    if isinstance(raw, str):
+        raw = {"key": raw}
+    for field in raw:
+        if field != "key" and field not in CLIENT_KEY_FIELDS and not field.startswith("_"):
+            raise ConfigError("%s.%s: unknown key%s" % (path, field, _did_you_mean(
+                field, ("key",) + CLIENT_KEY_FIELDS)))
+    key, name, models = raw.get("key"), raw.get("name"), raw.get("models", [])
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError("%s: an empty or blank key would let anyone in; give each entry "
+                          "its \"key\"" % path)
+    if name is None:
+        name = fingerprint(key)
+    elif not isinstance(name, str) or not CLIENT_NAME.match(name):
+        raise ConfigError("%s.name: %r: expected 1-64 letters, digits or . _ @ + -"
+                          % (path, name))
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError("%s.models: expected a list of model names or globs" % path)
+    limits = {}
+    for field in CLIENT_KEY_FIELDS[2:]:
+        value = raw.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError("%s.%s: expected a whole number >= 0 (0: no limit), got %r"
+                              % (path, field, value))
+        limits[field] = value
+    return ClientKey(key, name, tuple(models), **limits)
+
+
+def _resolve_client_keys(config: Config) -> None:
+    """server.api_keys as ClientKeys, each key and name once; server["api_keys"] keeps
+    only the key strings (what secrets() and authorization compare)."""
+    clients: List[ClientKey] = []
+    for i, raw in enumerate(config.server["api_keys"]):
+        client = _client_key(raw, "server.api_keys[%d]" % i)
+        for other in clients:
+            if other.key == client.key:
+                raise ConfigError("server.api_keys[%d]: the same key is listed twice" % i)
+            if other.name == client.name:
+                raise ConfigError("server.api_keys[%d].name: %r names another key too"
+                                  % (i, client.name))
+        clients.append(client)
+    config.clients = clients
+    config.server["api_keys"] = [c.key for c in clients]
+    for i, key in enumerate(config.server["admin_keys"]):
+        if not key.strip():
+            raise ConfigError("server.admin_keys[%d]: an empty or blank key would let anyone "
+                              "in; remove it" % i)
+        if key in config.server["api_keys"]:
+            raise ConfigError("server.admin_keys[%d]: is also a client key; an admin key "
+                              "should be one no client holds" % i)
+
+
 def _check_safety(config: Config) -> None:
     server = config.server
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
-    if any(not key.strip() for key in server["api_keys"]):
-        raise ConfigError("server.api_keys: an empty or blank key would let anyone in; "
-                          "remove it")
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
         raise ConfigError(
@@ -1187,6 +1321,7 @@ def load_config(args: Optional[argparse.Namespace] = None,
     _apply_flags(config, args)
     _resolve_upstreams(config, environ)
     _resolve_routes(config)
+    _resolve_client_keys(config)
     _check_safety(config)
     return config
 
@@ -1212,7 +1347,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 22) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 24) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -6230,7 +6365,7 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # about the account that sent the request, and the pure half of a Google login: the
 # credential files people already have, in the four shapes they come in, and the OAuth
 # URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
-# section 23's.
+# section 25's.
 
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
@@ -6544,7 +6679,7 @@ def _project_id(project: Any) -> str:
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 19-22) know nothing dialect-specific beyond these tables: a
+# and the server (sections 19-24) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -6570,6 +6705,11 @@ class Exchange:
     attempts: int = 0               # upstream attempts (retries and fallbacks included)
     started: float = dataclasses.field(default_factory=time.monotonic)
     first_byte: float = 0.0         # seconds from the start to the response head
+    client: Optional[ClientKey] = None  # who sent it (None: no key was accepted)
+    key: str = ""                   # the upstream key's fingerprint or account's email
+    response_bytes: int = 0         # the response body's bytes, as written
+    error_kind: str = ""            # a failure's kind, where its status does not tell
+    reply_headers: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # CORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6579,6 +6719,7 @@ class Endpoint:
     action: str
     accepts: Optional[Callable[[RequestHead], bool]] = None   # when paths are shared
     open_to_all: bool = False       # answered without a client key (health probes)
+    admin: bool = False             # opened by server.admin_keys when there are any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6838,10 +6979,14 @@ CLIENT_DIALECTS: Dict[str, ClientDialect] = {
     "responses": RESPONSES_DIALECT}
 
 # The proxy's own endpoints, answered whatever the dialect; /health is open to all (load
-# balancers probe it), /status needs a client key like everything else.
+# balancers probe it); the operator's pages need an admin key (or, with none set, a client
+# key like everything else).
 SERVICE_ENDPOINTS = (
     Endpoint("GET", re.compile(r"/healthz?\Z"), "health", open_to_all=True),
-    Endpoint("GET", re.compile(r"/status\Z"), "status"),
+    Endpoint("GET", re.compile(r"/status\Z"), "status", admin=True),
+    Endpoint("GET", re.compile(r"/stats\Z"), "stats", admin=True),
+    Endpoint("GET", re.compile(r"/metrics\Z"), "metrics", admin=True),
+    Endpoint("GET", re.compile(r"/dashboard/?\Z"), "dashboard", admin=True),
 )
 
 
@@ -8368,10 +8513,13 @@ class KeyPool:
             if s.account is not None and s.account.out:
                 refused["*"] = s.account.out
             today = time.strftime("%Y-%m-%d", time.gmtime()) == s.day
+            cooling = {scope: until for scope, until in s.cooling.items() if until > now}
             page = {
                 "key": s.name,
-                "state": "refused" if "*" in refused else "cooling" if any(
-                    until > now for until in s.cooling.values()) else "ready",
+                "state": "refused" if "*" in refused else "cooling" if cooling else "ready",
+                "health": "out" if "*" in refused else "resting" if cooling else "ok",
+                "resting_until": wall + max(cooling.values()) - now if cooling else None,
+                "resting_for": ", ".join(sorted(cooling)),
                 "requests": s.requests, "failures": s.failures,
                 "rate_limited": s.rate_limited, "in_flight": s.in_flight,
                 "requests_today": s.requests_today if today else 0,
@@ -8535,6 +8683,27 @@ class ChunkPipe:
 def _wake(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def prune_detailed_logs(directory: str, keep_days: int, now: float) -> int:
+    """Delete the detailed logs' day folders (<log_dir>/YYYY-MM-DD) older than keep_days;
+    nothing else in the directory is touched. The number deleted."""
+    oldest = time.strftime("%Y-%m-%d", time.localtime(now - keep_days * 86400))
+    deleted = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        folder = os.path.join(directory, name)
+        if re.match(r"\d{4}-\d{2}-\d{2}\Z", name) and name < oldest and \
+                os.path.isdir(folder) and not os.path.islink(folder):
+            try:
+                shutil.rmtree(folder)
+                deleted += 1
+            except OSError as exc:
+                log.warning("cannot delete old detailed logs %s: %s", folder, exc)
+    return deleted
 
 
 class DetailLog:
@@ -9024,6 +9193,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         rq.held.append((keys, key))
         tried.append(key)
         ex.attempts += 1
+        ex.key = key.name
         try:
             deliver = attempt(UpstreamCall(rq, runtime, model, key))
             keys.succeeded(key)
@@ -9065,7 +9235,553 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 21. Actions and the application ---------------------------------------------------------
+# ---- 21. Client limits -----------------------------------------------------------------------
+#
+# A named client key (server.api_keys objects, section 4) may be held to a request rate, a
+# daily token budget and a number of requests at once. ClientLimits decides in the worker
+# thread, before any upstream is called, and is told what each request cost when it ends.
+# What it counts outlives a reload (the Proxy keeps it) and a restart (read back from the
+# usage ledger, section 22).
+
+# Seconds a request waits for one of its client's max_concurrency slots before a 429.
+CLIENT_QUEUE_TIMEOUT = 300.0
+RATE_WINDOW = 60.0
+
+
+def utc_day(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+@dataclasses.dataclass
+class ClientUsage:
+    """One client's use: when its requests of the last minute started (wall clock), its
+    tokens and requests on the current UTC day, and its requests in flight."""
+
+    recent: "collections.deque[float]" = dataclasses.field(default_factory=collections.deque)
+    day: str = ""
+    tokens_today: int = 0
+    requests_today: int = 0
+    in_flight: int = 0
+
+    def roll(self, now: float) -> None:
+        """Forget what fell out of the window and the day."""
+        while self.recent and self.recent[0] <= now - RATE_WINDOW:
+            self.recent.popleft()
+        if self.day != utc_day(now):
+            self.day, self.tokens_today, self.requests_today = utc_day(now), 0, 0
+
+
+class ClientLimits:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
+
+    def seed(self, history: "LedgerHistory") -> None:
+        """What the ledger says each client used before this process started."""
+        with self._lock:
+            for name, times in history.recent_requests.items():
+                self._usage[name].recent.extend(sorted(times))
+            for name, (requests, tokens) in history.today_by_client.items():
+                usage = self._usage[name]
+                usage.day = history.day
+                usage.requests_today += requests
+                usage.tokens_today += tokens
+
+    def admit(self, client: ClientKey, cancelled: Callable[[], bool]) -> None:
+        """Count a request in, or raise the 429 that says when to come back: over the
+        daily token budget (until midnight UTC), over the request rate (until the oldest
+        request of the minute leaves the window), or no concurrency slot within
+        CLIENT_QUEUE_TIMEOUT (waited for like an upstream's, until the client leaves)."""
+        give_up_at = time.monotonic() + CLIENT_QUEUE_TIMEOUT
+        with self._lock:
+            usage = self._usage[client.name]
+            while True:
+                now = time.time()
+                usage.roll(now)
+                if client.tokens_per_day and usage.tokens_today >= client.tokens_per_day:
+                    raise ClientError(
+                        "client key %r has used its %d tokens for today (UTC)" % (
+                            client.name, client.tokens_per_day), status=429,
+                        retry_after=86400 - now % 86400, reason="client_limit")
+                if client.requests_per_minute and \
+                        len(usage.recent) >= client.requests_per_minute:
+                    raise ClientError(
+                        "client key %r is limited to %d requests a minute" % (
+                            client.name, client.requests_per_minute), status=429,
+                        retry_after=usage.recent[0] + RATE_WINDOW - now, reason="client_limit")
+                if not client.max_concurrency or usage.in_flight < client.max_concurrency:
+                    break
+                if cancelled():
+                    raise ClientGone()
+                if time.monotonic() >= give_up_at:
+                    raise ClientError(
+                        "client key %r already has %d requests in flight (its "
+                        "max_concurrency) and none ended for %ds" % (
+                            client.name, usage.in_flight, CLIENT_QUEUE_TIMEOUT),
+                        status=429, retry_after=1, reason="client_limit")
+                self._lock.wait(0.25)   # short naps: a client that leaves stops waiting
+            usage.recent.append(now)
+            usage.requests_today += 1
+            usage.in_flight += 1
+
+    def finish(self, client: ClientKey, tokens: int) -> None:
+        """An admitted request ended, having cost `tokens`."""
+        with self._lock:
+            usage = self._usage[client.name]
+            usage.roll(time.time())
+            usage.in_flight -= 1
+            usage.tokens_today += tokens
+            self._lock.notify_all()
+
+    def snapshot(self, clients: Iterable[ClientKey]) -> List[Dict[str, Any]]:
+        """Each configured client's limits and use, for /stats."""
+        now = time.time()
+        rows = []
+        with self._lock:
+            for client in clients:
+                usage = self._usage[client.name]
+                usage.roll(now)
+                rows.append({
+                    "name": client.name, "models": list(client.models),
+                    "requests_per_minute": client.requests_per_minute or None,
+                    "tokens_per_day": client.tokens_per_day or None,
+                    "max_concurrency": client.max_concurrency or None,
+                    "requests_last_minute": len(usage.recent),
+                    "requests_today": usage.requests_today,
+                    "tokens_today": usage.tokens_today, "in_flight": usage.in_flight})
+        return rows
+
+
+# ---- 22. Usage ledger and metrics ------------------------------------------------------------
+#
+# Operations read, they do not steer: both are fed from the one point where a request is
+# finished (the access log's, on the event loop). Metrics are counters in memory that only
+# the loop touches, so they need no lock; the ledger's rows go through a queue to one
+# thread, which writes them to SQLite in batches (WAL: readers never wait for it). Nothing
+# here can fail a request: a ledger that cannot write says so in a warning and drops rows.
+
+# One row per request; the order is the table's.
+LEDGER_COLUMNS = (
+    ("time", "REAL"), ("request_id", "TEXT"), ("client", "TEXT"), ("dialect", "TEXT"),
+    ("action", "TEXT"), ("model", "TEXT"), ("upstream", "TEXT"), ("upstream_model", "TEXT"),
+    ("key", "TEXT"), ("status", "INTEGER"), ("error_kind", "TEXT"), ("error", "TEXT"),
+    ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"), ("cached_tokens", "INTEGER"),
+    ("reasoning_tokens", "INTEGER"), ("estimated", "INTEGER"), ("ttfb", "REAL"),
+    ("duration", "REAL"), ("bytes_in", "INTEGER"), ("bytes_out", "INTEGER"),
+    ("stream", "INTEGER"), ("passthrough", "INTEGER"))
+LEDGER_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS requests (%s)" % ", ".join(
+        "%s %s" % column for column in LEDGER_COLUMNS),
+    "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
+LEDGER_INSERT = "INSERT INTO requests VALUES (%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
+LEDGER_BATCH = 2000              # rows written in one transaction at most
+LEDGER_WARNING_EVERY = 60.0      # seconds between two warnings of a failing ledger
+RECENT_ERRORS = 50
+# Series of the dashboard: (name, seconds per bucket, buckets).
+SERIES = (("hour", 60, 60), ("week", 3600, 168))
+SERIES_DIMENSIONS = ("model", "client", "upstream")
+# A client chooses model names: past this many in one dimension, new ones count as
+# "(other)", so that no client can grow the proxy's memory or /metrics without bound.
+MAX_LABEL_VALUES = 200
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0)
+
+
+def failure_kind(error: ProxyError) -> str:
+    """The kind of an error that ended a request: what the ledger and dashboard show."""
+    if isinstance(error, ClientError):
+        return error.reason if error.reason in ("client_limit", "model_not_allowed") \
+            else "client"
+    if isinstance(error, KeysUnavailable):
+        return "keys_" + (error.cause or "unavailable")
+    if isinstance(error, UpstreamError):
+        return "upstream_timeout" if error.status == 504 else "upstream"
+    return "proxy"
+
+
+def error_kind(ex: Exchange, status: int) -> str:
+    """What kind of failure a finished request was, in one word for the ledger and the
+    dashboard ("" for none)."""
+    if ex.error_kind:
+        return ex.error_kind
+    if status == 499:
+        return "client_gone"
+    if status >= 500 or (ex.error and status < 400):
+        return "upstream" if ex.upstream else "proxy"
+    if status == 401:
+        return "unauthorized"
+    return "client" if status >= 400 else ""
+
+
+def ledger_row(ex: Exchange, status: int, wall: float, duration: float) -> Tuple[Any, ...]:
+    """A finished request as a ledger row (LEDGER_COLUMNS' order)."""
+    usage = ex.usage or Usage()
+    return (wall - duration, ex.rid, ex.client.name if ex.client else "", ex.dialect,
+            ex.action, ex.client_model, ex.upstream, ex.upstream_model, ex.key, status,
+            error_kind(ex, status), clip(ex.error, 500), usage.input_tokens,
+            usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens,
+            int(usage.estimated), round(ex.first_byte, 6), round(duration, 6),
+            ex.request_bytes, ex.response_bytes, int(ex.stream), int(ex.passthrough))
+
+
+def ledger_path(config: Config, environ: Dict[str, str]) -> str:
+    """Where the ledger is ("" when it is off): usage.database, in state_dir if relative."""
+    database = config.usage["database"]
+    if not database:
+        return ""
+    return os.path.join(state_directory(config.server["state_dir"], environ),
+                        os.path.expanduser(database))
+
+
+def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connection":
+    if sqlite3 is None:
+        raise sqlite3_missing()
+    if readonly:
+        return sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
+                               timeout=10)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")   # WAL: a crash of this process loses nothing
+    for statement in LEDGER_SCHEMA:
+        db.execute(statement)
+    return db
+
+
+def sqlite3_missing() -> OSError:
+    return OSError("this Python was built without sqlite3")
+
+
+@dataclasses.dataclass
+class LedgerHistory:
+    """What the ledger knew at start: for limits, charts and the error list."""
+
+    day: str = ""
+    recent_requests: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+    today_by_client: Dict[str, Tuple[int, int]] = dataclasses.field(default_factory=dict)
+    rows: List[Tuple[Any, ...]] = dataclasses.field(default_factory=list)  # the last week's
+    errors: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+HISTORY_COLUMNS = "time, client, model, upstream, error_kind, input_tokens, output_tokens"
+
+
+def read_ledger_history(db: "sqlite3.Connection", now: float) -> LedgerHistory:
+    day = utc_day(now)
+    history = LedgerHistory(day=day)
+    for client, at in db.execute("SELECT client, time FROM requests WHERE time > ? AND "
+                                 "client != ''", (now - RATE_WINDOW,)):
+        history.recent_requests.setdefault(client, []).append(at)
+    midnight = now - now % 86400
+    history.today_by_client = {
+        client: (requests, tokens or 0) for client, requests, tokens in db.execute(
+            "SELECT client, COUNT(*), SUM(input_tokens + output_tokens) FROM requests "
+            "WHERE time >= ? AND client != '' GROUP BY client", (midnight,))}
+    week = SERIES[-1][1] * SERIES[-1][2]
+    history.rows = db.execute("SELECT %s FROM requests WHERE time > ? ORDER BY time" %
+                              HISTORY_COLUMNS, (now - week,)).fetchall()
+    history.errors = [
+        {"time": at, "request_id": rid, "client": client, "model": model,
+         "upstream": upstream, "status": status, "error": error}
+        for at, rid, client, model, upstream, status, error in db.execute(
+            "SELECT time, request_id, client, model, upstream, status, error FROM requests "
+            "WHERE error_kind != '' ORDER BY time DESC LIMIT ?", (RECENT_ERRORS,))]
+    return history
+
+
+class Ledger:
+    """The usage ledger: add() queues a row (cheap, from the event loop); one thread
+    writes what has queued in one transaction, so a kill -9 loses only the rows of the
+    moment, and prunes rows older than usage.keep_days once a day."""
+
+    def __init__(self, path: str, keep_days: int):
+        self.path = path
+        self.keep_days = keep_days
+        self.warning = ""             # the last trouble, for /stats (no secret: a path)
+        self.written = self.dropped = 0
+        self._queue: "queue.SimpleQueue[Optional[Tuple[Any, ...]]]" = queue.SimpleQueue()
+        self._db: Optional["sqlite3.Connection"] = None
+        self._warned_at = -LEDGER_WARNING_EVERY
+        self._pruned_day = ""
+        self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
+
+    def open(self) -> LedgerHistory:
+        """Open (create) the database and start the writer; what it held, for seeding."""
+        try:
+            self._db = open_ledger_database(self.path)
+            history = read_ledger_history(self._db, time.time())
+        except (OSError, sqlite3_errors()) as exc:
+            self._trouble("cannot open the usage ledger %s (%s); requests are served but "
+                          "not recorded" % (self.path, exc))
+            self._db = None
+            history = LedgerHistory(day=utc_day(time.time()))
+        self._thread.start()
+        return history
+
+    def add(self, row: Tuple[Any, ...]) -> None:
+        self._queue.put(row)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < LEDGER_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [row for row in batch if row is not None]
+            if rows:
+                self._write(rows)
+            if batch[-1] is None:
+                if self._db is not None:
+                    self._db.close()
+                return
+
+    def _write(self, rows: List[Tuple[Any, ...]]) -> None:
+        if self._db is None:
+            self.dropped += len(rows)
+            return
+        try:
+            with self._db:      # one transaction (BEGIN ... COMMIT, ROLLBACK on error)
+                self._db.execute("BEGIN")
+                self._db.executemany(LEDGER_INSERT, rows)
+            self.written += len(rows)
+            self._prune(rows[-1][0])
+        except sqlite3_errors() as exc:   # a full or read-only disk: keep serving
+            self.dropped += len(rows)
+            self._trouble("the usage ledger %s cannot be written (%s); %d rows dropped so "
+                          "far" % (self.path, exc, self.dropped))
+
+    def _prune(self, now: float) -> None:
+        if not self.keep_days or self._pruned_day == utc_day(now):
+            return
+        self._pruned_day = utc_day(now)
+        assert self._db is not None
+        self._db.execute("DELETE FROM requests WHERE time < ?",
+                         (now - self.keep_days * 86400,))
+
+    def _trouble(self, message: str) -> None:
+        self.warning = message
+        if time.monotonic() - self._warned_at >= LEDGER_WARNING_EVERY:
+            self._warned_at = time.monotonic()
+            log.warning("%s", message)
+
+
+def sqlite3_errors() -> Tuple[type, ...]:
+    return (sqlite3.Error,) if sqlite3 is not None else ()
+
+
+class Series:
+    """Requests, tokens and errors per bucket of time, by model, client and upstream:
+    the dashboard's charts."""
+
+    def __init__(self, step: int, buckets: int):
+        self.step, self.buckets = step, buckets
+        # bucket number -> (dimension, value) -> [requests, tokens, errors]
+        self._data: Dict[int, Dict[Tuple[str, str], List[int]]] = {}
+
+    def add(self, at: float, labels: Tuple[str, str, str], tokens: int, failed: bool) -> None:
+        bucket = int(at // self.step)
+        counts = self._data.get(bucket)
+        if counts is None:
+            counts = self._data[bucket] = {}
+            for old in [b for b in self._data if b <= bucket - self.buckets]:
+                del self._data[old]
+        for dimension, value in zip(SERIES_DIMENSIONS, labels):
+            cell = counts.get((dimension, value))
+            if cell is None:
+                cell = counts[dimension, value] = [0, 0, 0]
+            cell[0] += 1
+            cell[1] += tokens
+            cell[2] += failed
+
+    def page(self, now: float) -> Dict[str, Any]:
+        last = int(now // self.step)
+        first = last - self.buckets + 1
+        by: Dict[str, Dict[str, Dict[str, List[int]]]] = {d: {} for d in SERIES_DIMENSIONS}
+        for bucket, counts in self._data.items():
+            if bucket < first:
+                continue
+            for (dimension, value), cell in counts.items():
+                arrays = by[dimension].get(value)
+                if arrays is None:
+                    arrays = by[dimension][value] = {
+                        name: [0] * self.buckets for name in ("requests", "tokens", "errors")}
+                for name, count in zip(("requests", "tokens", "errors"), cell):
+                    arrays[name][bucket - first] += count
+        return {"step_seconds": self.step, "start": float(first * self.step),
+                "buckets": self.buckets, "by": by}
+
+
+class Metrics:
+    """Counters of finished requests (updated on the event loop only), rendered as
+    Prometheus text for /metrics and as JSON for /stats."""
+
+    def __init__(self) -> None:
+        # (client, dialect, model, upstream, status) -> requests
+        self.requests: Dict[Tuple[str, ...], int] = collections.Counter()
+        # (client, model, upstream, kind) -> tokens; kind: input, output, cached, reasoning
+        self.tokens: Dict[Tuple[str, ...], int] = collections.Counter()
+        # (metric, upstream) -> bucket counts (LATENCY_BUCKETS, then +Inf), sum
+        self.latency: Dict[Tuple[str, str], List[float]] = {}
+        self.series = {name: Series(step, buckets) for name, step, buckets in SERIES}
+        self.errors: "collections.deque[Dict[str, Any]]" = collections.deque(
+            maxlen=RECENT_ERRORS)
+        # the last minute, a slot a second: [second, requests, tokens, errors]
+        self._seconds = [[0, 0, 0, 0] for _ in range(int(RATE_WINDOW))]
+        self._durations: "collections.deque[Tuple[float, float]]" = collections.deque(
+            maxlen=1000)
+        self._labels: Dict[str, Set[str]] = {}
+        self.today = {"day": "", "requests": 0, "errors": 0, "input_tokens": 0,
+                      "output_tokens": 0}
+
+    def label(self, dimension: str, value: str) -> str:
+        seen = self._labels.setdefault(dimension, set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "(other)"
+        seen.add(value)
+        return value
+
+    def seed(self, history: LedgerHistory, now: float) -> None:
+        """The charts, today's totals and the last errors as the ledger has them."""
+        midnight = now - now % 86400
+        self.today["day"] = utc_day(now)
+        for at, client, model, upstream, kind, input_tokens, output_tokens in history.rows:
+            labels = (self.label("model", model or "-"), self.label("client", client or "-"),
+                      self.label("upstream", upstream or "-"))
+            for series in self.series.values():
+                series.add(at, labels, (input_tokens or 0) + (output_tokens or 0), bool(kind))
+            if at >= midnight:
+                self._count_today(bool(kind), input_tokens or 0, output_tokens or 0)
+        self.errors.extend(history.errors)
+
+    def record(self, ex: Exchange, status: int, wall: float, duration: float) -> None:
+        """A finished request."""
+        usage = ex.usage or Usage()
+        client = self.label("client", ex.client.name if ex.client else "-")
+        model = self.label("model", ex.client_model or "-")
+        upstream = self.label("upstream", ex.upstream or "-")
+        kind = error_kind(ex, status)
+        tokens = usage.input_tokens + usage.output_tokens
+        self.requests[client, ex.dialect, model, upstream, str(status)] += 1
+        for name, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
+                            ("cached", usage.cached_tokens),
+                            ("reasoning", usage.reasoning_tokens)):
+            if count:
+                self.tokens[client, model, upstream, name] += count
+        for metric, seconds in (("duration", duration), ("ttfb", ex.first_byte)):
+            if metric == "ttfb" and not ex.first_byte:
+                continue
+            cells = self.latency.get((metric, upstream))
+            if cells is None:
+                cells = self.latency[metric, upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            cells[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            cells[-1] += seconds
+        for series in self.series.values():
+            series.add(wall, (model, client, upstream), tokens, bool(kind))
+        second = int(wall)
+        slot = self._seconds[second % len(self._seconds)]
+        if slot[0] != second:
+            slot[:] = [second, 0, 0, 0]
+        slot[1] += 1
+        slot[2] += tokens
+        slot[3] += bool(kind)
+        self._durations.append((wall, duration))
+        if self.today["day"] != utc_day(wall):
+            self.today = {"day": utc_day(wall), "requests": 0, "errors": 0,
+                          "input_tokens": 0, "output_tokens": 0}
+        self._count_today(bool(kind), usage.input_tokens, usage.output_tokens)
+        if kind:
+            self.errors.appendleft({
+                "time": wall, "request_id": ex.rid, "client": client, "model": model,
+                "upstream": upstream, "status": status, "error": clip(ex.error, 300)})
+
+    def _count_today(self, failed: bool, input_tokens: int, output_tokens: int) -> None:
+        self.today["requests"] += 1
+        self.today["errors"] += failed
+        self.today["input_tokens"] += input_tokens
+        self.today["output_tokens"] += output_tokens
+
+    def now(self, wall: float) -> Dict[str, Any]:
+        """The last minute's rates; latency percentiles of the last 5 minutes."""
+        slots = [s for s in self._seconds if wall - RATE_WINDOW < s[0] <= wall]
+        requests = sum(s[1] for s in slots)
+        durations = sorted(d for at, d in self._durations if at > wall - 300)
+
+        def percentile(share: float) -> Optional[float]:
+            if not durations:
+                return None
+            return round(durations[min(len(durations) - 1, int(share * len(durations)))]
+                         * 1000, 1)
+        return {"requests_per_minute": requests, "tokens_per_minute": sum(s[2] for s in slots),
+                "error_rate": round(sum(s[3] for s in slots) / requests, 4) if requests else 0.0,
+                "p50_ms": percentile(0.5), "p95_ms": percentile(0.95)}
+
+
+def prometheus_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str], float]]
+                    ) -> str:
+    """The metrics in the Prometheus text exposition format (version 0.0.4). `gauges`:
+    (name, help, labels, value) read at the moment of asking."""
+    lines: List[str] = []
+
+    def family(name: str, kind: str, text: str) -> None:
+        lines.append("# HELP gemini_proxy_%s %s" % (name, text))
+        lines.append("# TYPE gemini_proxy_%s %s" % (name, kind))
+
+    def sample(name: str, labels: Dict[str, str], value: float) -> None:
+        inner = ",".join('%s="%s"' % (k, prometheus_label(v)) for k, v in labels.items())
+        lines.append("gemini_proxy_%s%s %s" % (name, "{%s}" % inner if inner else "",
+                                               repr(float(value)) if isinstance(value, float)
+                                               else value))
+    family("requests_total", "counter", "Requests finished, by client, client dialect, "
+           "model asked, upstream and status.")
+    for (client, dialect, model, upstream, status), count in sorted(metrics.requests.items()):
+        sample("requests_total", {"client": client, "dialect": dialect, "model": model,
+                                  "upstream": upstream, "status": status}, count)
+    family("tokens_total", "counter", "Tokens, by client, model, upstream and kind (input, "
+           "output, and the cached part of input, the reasoning part of output).")
+    for (client, model, upstream, kind), count in sorted(metrics.tokens.items()):
+        sample("tokens_total", {"client": client, "model": model, "upstream": upstream,
+                                "kind": kind}, count)
+    for metric, text in (("duration", "Seconds from a request's head to its last byte."),
+                         ("ttfb", "Seconds from a request's head to the response head.")):
+        name = "request_%s_seconds" % metric
+        family(name, "histogram", text + " By upstream.")
+        for (which, upstream), cells in sorted(metrics.latency.items()):
+            if which != metric:
+                continue
+            total = 0.0
+            for bound, count in zip(LATENCY_BUCKETS + (math.inf,), cells):
+                total += count
+                sample(name + "_bucket", {"upstream": upstream,
+                                          "le": "+Inf" if bound == math.inf else repr(bound)},
+                       int(total))
+            sample(name + "_sum", {"upstream": upstream}, cells[-1])
+            sample(name + "_count", {"upstream": upstream}, int(total))
+    named: Dict[str, bool] = {}
+    for name, text, labels, value in gauges:
+        if name not in named:
+            named[name] = True
+            family(name, "gauge", text)
+        sample(name, labels, value)
+    return "\n".join(lines) + "\n"
+
+
+# ---- 23. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -9364,6 +10080,21 @@ class Proxy:
         self.active = 0   # requests inside a worker right now
         self._active_lock = threading.Lock()
         self.live = self._make_live(config, None)
+        self.limits = ClientLimits()
+        self.metrics = Metrics()
+        self.ledger: Optional[Ledger] = None
+
+    def open_ledger(self) -> None:
+        """Start the usage ledger (when usage.database names one), and take back what it
+        holds: the clients' use so far, the charts, the last errors."""
+        path = ledger_path(self.config, dict(os.environ if self.environ is None
+                                              else self.environ))
+        if not path:
+            return
+        self.ledger = Ledger(path, self.config.usage["keep_days"])
+        history = self.ledger.open()
+        self.limits.seed(history)
+        self.metrics.seed(history, time.time())
 
     def _make_live(self, config: Config, previous: Optional[Live]) -> Live:
         RESPONSE_STORE.configure(config.server["responses_store"],
@@ -9432,19 +10163,42 @@ class Proxy:
         for key in ("host", "port", "workers"):
             if config.server[key] != self.config.server[key]:
                 log.warning("reload: server.%s changed; it takes effect after a restart", key)
+        if config.usage != self.config.usage:
+            log.warning("reload: usage.* changed; it takes effect after a restart")
+        for key in ("file", "file_max_bytes", "file_count", "format"):
+            if config.logging[key] != self.config.logging[key]:
+                log.warning("reload: logging.%s changed; it takes effect after a restart",
+                            key)
         self.live = self._make_live(config, self.live)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
         self.pool.close_all()
+        if self.ledger is not None:
+            self.ledger.close()
 
-    def authorized(self, head: RequestHead) -> bool:
-        keys = self.config.server["api_keys"]
+    def client_of(self, head: RequestHead) -> Optional[ClientKey]:
+        """The client key a request carries; ANONYMOUS when the proxy asks for none;
+        None for a missing or wrong key."""
+        clients = self.config.clients
+        if not clients:
+            return ANONYMOUS
+        sent = client_key(head).encode("utf-8")
+        found = None
+        for client in clients:   # compare with every key: timing says nothing about which
+            if hmac.compare_digest(sent, client.key.encode("utf-8")):
+                found = client
+        return found
+
+    def admin_authorized(self, head: RequestHead) -> bool:
+        """May this request open the operator's pages (/dashboard, /stats, /metrics,
+        /status)? With admin keys set, only they may; else whoever may send requests."""
+        keys = self.config.server["admin_keys"]
         if not keys:
-            return True
+            return self.client_of(head) is not None
         sent = client_key(head).encode("utf-8")
         matched = False
-        for key in keys:   # compare with every key: timing says nothing about which
+        for key in keys:
             matched |= hmac.compare_digest(sent, key.encode("utf-8"))
         return matched
 
@@ -9498,6 +10252,77 @@ class Proxy:
                 "in_flight": self.active, "workers_free": self.workers_free,
                 "upstreams": upstreams}
 
+    # -- operations (on the event loop) ----------------------------------------------
+
+    def record(self, ex: Exchange, status: int, wall: float, duration: float) -> None:
+        """A finished request, into the metrics and the ledger."""
+        self.metrics.record(ex, status, wall, duration)
+        if self.ledger is not None:
+            self.ledger.add(ledger_row(ex, status, wall, duration))
+
+    def _keys(self) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """(upstream, key page) for every key and account, secrets out of their errors."""
+        for name, upstream in self.status()["upstreams"].items():
+            for key in upstream["keys"]:
+                yield name, key
+
+    def stats(self, connections_open: int) -> Dict[str, Any]:
+        """GET /stats: what the dashboard shows."""
+        wall = time.time()
+        metrics = self.metrics
+        today = dict(metrics.today) if metrics.today["day"] == utc_day(wall) else {
+            "requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0}
+        today.pop("day", None)
+        status = self.status()
+        ledger = self.ledger
+        return {
+            "version": __version__, "uptime_seconds": int(wall - self.started),
+            "generated_at": wall,
+            "ledger": {"on": ledger is not None, "path": ledger.path if ledger else "",
+                       "warning": ledger.warning if ledger else "",
+                       "rows_written": ledger.written if ledger else 0,
+                       "rows_dropped": ledger.dropped if ledger else 0},
+            "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
+                        workers=self.config.server["workers"],
+                        connections_open=connections_open),
+            "today": today,
+            "series": {name: series.page(wall) for name, series in metrics.series.items()},
+            "clients": self.limits.snapshot(self.config.clients),
+            "upstreams": [
+                {"name": name, "kind": page["kind"], "base_url": page["base_url"],
+                 "unusable": page["unusable"], "in_flight": page["in_flight"],
+                 "waiting": page["waiting"], "keys": [
+                     {"key": key["key"], "health": key["health"],
+                      "resting_until": key["resting_until"], "resting_for": key["resting_for"],
+                      "out_reason": key["refused"].get("*", ""),
+                      "last_error": key["last_error"],
+                      "requests_today": key["requests_today"],
+                      "tokens_today": key["tokens_today"], "in_flight": key["in_flight"],
+                      "requests": key["requests"], "failures": key["failures"]}
+                     for key in page["keys"]]}
+                for name, page in status["upstreams"].items()],
+            "errors": list(metrics.errors)}
+
+    def prometheus(self, connections_open: int) -> str:
+        """GET /metrics: the counters, and gauges read now."""
+        gauges = [
+            ("requests_in_flight", "Requests being answered now.", {}, self.active),
+            ("workers_busy", "Worker threads holding a request.", {}, self.active),
+            ("workers", "Worker threads (server.workers).", {}, self.config.server["workers"]),
+            ("upstream_connections_open", "Connections to upstreams, in use or idle.", {},
+             self.pool.open),
+            ("client_connections_open", "Client connections open.", {}, connections_open),
+            ("uptime_seconds", "Seconds since the proxy started.", {},
+             round(time.time() - self.started, 3)),
+            ("ledger_rows_dropped", "Ledger rows that could not be written.", {},
+             self.ledger.dropped if self.ledger else 0)]
+        for upstream, key in self._keys():
+            for state in ("ok", "resting", "out"):
+                gauges.append(("key_state", "Each upstream key or account's state (1: in it).",
+                               {"upstream": upstream, "key": key["key"], "state": state},
+                               int(key["health"] == state)))
+        return prometheus_text(self.metrics, gauges)
+
     # -- in worker threads -----------------------------------------------------------
 
     def handle_blocking(self, ex: Exchange, head: RequestHead, body: bytes,
@@ -9513,6 +10338,8 @@ class Proxy:
         hops = [h.strip() for h in head.header(HOP_HEADER).split(",") if h.strip()]
         rq = Request(live, ex, head, body, dialect, pipe, detail, self.pool,
                      ", ".join(hops + [self.instance]))
+        client = ex.client or ANONYMOUS
+        admitted = False
         try:
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
@@ -9523,6 +10350,12 @@ class Proxy:
             ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
             if self.instance in hops:
                 raise self._loop_error(ex.client_model)
+            if not client.allows(ex.client_model):
+                raise ClientError("client key %r may not use the model %r; it may use %s" % (
+                    client.name, ex.client_model, ", ".join(client.models)), status=403,
+                    reason="model_not_allowed")
+            self.limits.admit(client, lambda: pipe.gone)
+            admitted = True
             ex.options = dialect.reply_options(head, rq.payload)
             ex.session = session_key(head, rq.payload)
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
@@ -9533,12 +10366,18 @@ class Proxy:
         except ClientGone:
             ex.status, ex.error = abandoned(pipe)
         except ProxyError as err:
+            ex.error_kind = failure_kind(err)
             self._fail(rq, err)
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
             self._fail(rq, ProxyError("internal error in gemini-proxy (request %s)" % ex.rid))
             ex.error = "internal error: %s" % exc.__class__.__name__
+            ex.error_kind = "internal"
         finally:
+            if admitted:
+                usage = ex.usage
+                self.limits.finish(client, usage.input_tokens + usage.output_tokens
+                                   if usage else 0)
             rq.end()
             if detail:
                 detail.close()
@@ -9576,10 +10415,10 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 22. Server ------------------------------------------------------------------------------
+# ---- 24. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 21) and writes what comes back through its pipe. Everything the
+# worker thread (section 23) and writes what comes back through its pipe. Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
@@ -9625,7 +10464,18 @@ class _ClientConnection:
         self.busy = False
 
 
-LOCAL_ACTIONS = ("health", "status", "list_models", "get_model")
+LOCAL_ACTIONS = ("health", "status", "stats", "metrics", "dashboard", "list_models",
+                 "get_model")
+# The proxy's own pages: not requests the ledger and metrics count (a dashboard's refresh
+# and a load balancer's probes would drown what people use the proxy for).
+OPERATOR_ACTIONS = ("health", "status", "stats", "metrics", "dashboard")
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# CORS: what a browser client's script may read of a reply, and the request headers
+# allowed when a preflight names none in a form this accepts (a list of header names).
+CORS_EXPOSED_HEADERS = "x-request-id, retry-after, content-type"
+CORS_ALLOWED_HEADERS = "authorization, content-type, x-api-key, x-goog-api-key, " \
+    "anthropic-version, anthropic-beta, openai-organization, openai-project"
+CORS_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
 
 
 class ProxyServer:
@@ -9647,6 +10497,7 @@ class ProxyServer:
         self._draining = False
         self._stop_requests = 0
         self._last_resource_warning = 0.0
+        self._housekeeping: Optional["asyncio.Future[None]"] = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -9664,6 +10515,19 @@ class ProxyServer:
             reuse_address=True, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
         self.proxy.listen_on(self.config.server["host"], self.port)
+        self.proxy.open_ledger()
+        self._housekeeping = asyncio.ensure_future(self._housekeep())
+
+    async def _housekeep(self) -> None:
+        """Once an hour: detailed logs past logging.keep_days go (in a worker thread)."""
+        assert self._loop is not None
+        while True:
+            settings = self.config.logging
+            if settings["keep_days"]:
+                await self._loop.run_in_executor(
+                    self.proxy.executor, prune_detailed_logs, settings["log_dir"] or "logs",
+                    settings["keep_days"], time.time())
+            await asyncio.sleep(3600)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
         """Running out of file descriptors makes every accept fail: say so once in a
@@ -9728,6 +10592,8 @@ class ProxyServer:
         await self._wait_until_idle(2.0)
         for connection in list(self._connections):
             connection.writer.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await asyncio.sleep(0)
         self.proxy.close()
 
@@ -9751,7 +10617,7 @@ class ProxyServer:
                 try:
                     head = await self._read_head(reader, buf)
                 except ClientError as err:
-                    await self._send_error(writer, guess_dialect(None), err, "",
+                    await self._send_error(writer, guess_dialect(None), err, None,
                                            keep_alive=False)
                     return
                 if head is None:
@@ -9895,12 +10761,17 @@ class ProxyServer:
         ex = Exchange(new_id(nbytes=4), error_dialect.name, endpoint.action if endpoint else "",
                       client_model=params.get("model", "").replace("models/", "", 1))
         keep_alive = head.keep_alive and not self._draining
+        ex.reply_headers = self._cors_headers(head)
         try:
             length = request_body_length(head, self._limits["max_body_bytes"])
         except ClientError as err:   # the framing is unknown: answer and close
             return await self._refuse(reader, writer, buf, head, ex, error_dialect, err, 0, False)
         # What the head decides comes first: a body is read only for a request that
         # may be answered (and 100 Continue is sent only then).
+        if endpoint is None and head.method == "OPTIONS" and allowed and \
+                self.config.server["cors_origins"]:
+            return await self._preflight(reader, writer, buf, head, ex, error_dialect, length,
+                                         keep_alive)
         if endpoint is None:
             if allowed:
                 error = ClientError("%s is not allowed on %s" % (head.method, head.path),
@@ -9910,45 +10781,105 @@ class ProxyServer:
             error = ClientError("no endpoint %s %s" % (head.method, head.path), status=404)
             return await self._refuse(reader, writer, buf, head, ex, error_dialect, error, length,
                                       keep_alive)
-        if not endpoint.open_to_all and not self.proxy.authorized(head):
-            error = ClientError("missing or wrong API key for this proxy", status=401)
-            return await self._refuse(reader, writer, buf, head, ex, error_dialect, error, length,
-                                      keep_alive)
+        if endpoint.admin:
+            if not self.proxy.admin_authorized(head):
+                # A browser asks for the key (any user name, the key as the password).
+                # A page's own fetches are not asked: a wrong key must show on the page,
+                # not pop up a login box every refresh.
+                error = ClientError("missing or wrong admin key for this proxy", status=401)
+                ask = head.header("sec-fetch-mode") in ("", "navigate")
+                return await self._refuse(reader, writer, buf, head, ex, error_dialect, error,
+                                          length, keep_alive, [(
+                                              "www-authenticate",
+                                              'Basic realm="gemini-proxy", charset="UTF-8"')]
+                                          if ask else [])
+        elif not endpoint.open_to_all:
+            ex.client = self.proxy.client_of(head)
+            if ex.client is None:
+                error = ClientError("missing or wrong API key for this proxy", status=401)
+                return await self._refuse(reader, writer, buf, head, ex, error_dialect, error,
+                                          length, keep_alive)
         try:
             body = await self._read_body(reader, writer, buf, head, length)
         except ClientError as err:   # the framing is lost: answer and close
-            await self._send_error(writer, error_dialect, err, ex.rid, keep_alive=False)
+            await self._send_error(writer, error_dialect, err, ex, keep_alive=False)
             ex.error = err.message
             self._access(head, ex, err.status)
             return False
         if endpoint.action in LOCAL_ACTIONS or (dialect is not None and
                                                 endpoint.action in dialect.local_actions):
             try:
-                status, payload = self._local(endpoint.action, dialect, ex, head, params)
+                status, headers, page = await self._local(endpoint.action, dialect, ex, head,
+                                                          params)
             except ClientError as err:
                 ex.error = err.message
-                await self._send_error(writer, error_dialect, err, ex.rid, keep_alive,
+                await self._send_error(writer, error_dialect, err, ex, keep_alive,
                                        head_only=head.method == "HEAD")
                 self._access(head, ex, err.status)
                 return keep_alive
-            return await self._send_json(writer, status, payload, keep_alive, ex, head)
+            return await self._send_local(writer, status, headers, page, keep_alive, ex, head)
         assert dialect is not None
         return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
 
-    def _local(self, action: str, dialect: Optional[ClientDialect], ex: Exchange,
-               head: RequestHead, params: Dict[str, str]) -> Tuple[int, Any]:
-        """The endpoints the proxy answers itself, from what it knows."""
+    async def _local(self, action: str, dialect: Optional[ClientDialect], ex: Exchange,
+                     head: RequestHead, params: Dict[str, str]
+                     ) -> Tuple[int, List[Tuple[str, str]], bytes]:
+        """The endpoints the proxy answers itself, from what it knows: (status, headers,
+        body)."""
+        status, payload = 200, None
         if dialect is not None and action in dialect.local_actions:
-            return dialect.local_actions[action](head, params)
-        if action == "health":
-            return self.proxy.health()
-        if action == "status":
-            return 200, dict(self.proxy.status(), connections={
+            status, payload = dialect.local_actions[action](head, params)
+        elif action == "health":
+            status, payload = self.proxy.health()
+        elif action == "status":
+            payload = dict(self.proxy.status(), connections={
                 "open": len(self._connections), "max": self.max_connections})
-        assert dialect is not None
-        if action == "list_models":
-            return 200, dialect.list_models(routable_models(self.proxy.config))
-        return 200, dialect.get_model(check_model_name(ex.client_model))
+        elif action == "stats":
+            payload = self.proxy.stats(len(self._connections))
+        elif action == "metrics":
+            return 200, [("content-type", PROMETHEUS_CONTENT_TYPE)], \
+                self.proxy.prometheus(len(self._connections)).encode("utf-8")
+        elif action == "dashboard":
+            return 200, DASHBOARD_HEADERS, DASHBOARD_PAGE
+        elif action == "list_models":
+            assert dialect is not None
+            allowed = ex.client or ANONYMOUS
+            payload = dialect.list_models([m for m in routable_models(self.proxy.config)
+                                           if allowed.allows(m)])
+        else:
+            assert dialect is not None
+            payload = dialect.get_model(check_model_name(ex.client_model))
+        return status, [("content-type", "application/json")], json_bytes(payload)
+
+    def _cors_headers(self, head: RequestHead) -> List[Tuple[str, str]]:
+        """What a reply to a browser's request carries when its origin is allowed."""
+        origins = self.config.server["cors_origins"]
+        origin = head.header("origin")
+        if not origins or not origin or ("*" not in origins and origin not in origins):
+            return []
+        return [("access-control-allow-origin", "*" if "*" in origins else origin),
+                ("access-control-expose-headers", CORS_EXPOSED_HEADERS), ("vary", "origin")]
+
+    async def _preflight(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         buf: bytearray, head: RequestHead, ex: Exchange,
+                         dialect: ClientDialect, length: int, keep_alive: bool) -> bool:
+        """A browser's CORS preflight (OPTIONS): which methods and headers the real
+        request may use, asked without credentials, so answered without a key."""
+        if not ex.reply_headers:
+            error = ClientError("origin %r may not call this proxy (server.cors_origins)"
+                                % clip(head.header("origin"), 100), status=403)
+            return await self._refuse(reader, writer, buf, head, ex, dialect, error, length,
+                                      keep_alive)
+        asked = head.header("access-control-request-headers")
+        headers = [("access-control-allow-methods", "GET, POST, DELETE, OPTIONS"),
+                   ("access-control-allow-headers",
+                    asked if CORS_HEADER_LIST.match(asked) else CORS_ALLOWED_HEADERS),
+                   ("access-control-max-age", "600")]
+        if length:
+            await self._read_body(reader, writer, buf, head, length, welcome=False)
+        await self._write(writer, 204, headers, b"", keep_alive, ex=ex)
+        self._access(head, ex, 204)
+        return keep_alive
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       buf: bytearray, head: RequestHead, ex: Exchange, dialect: ClientDialect,
@@ -9967,7 +10898,7 @@ class ProxyServer:
                 await self._read_body(reader, writer, buf, head, length, welcome=False)
             except ClientError:
                 keep_alive = False
-        await self._send_error(writer, dialect, error, ex.rid, keep_alive, extra_headers,
+        await self._send_error(writer, dialect, error, ex, keep_alive, extra_headers,
                                head_only=head.method == "HEAD")
         self._access(head, ex, error.status)
         if not keep_alive:
@@ -10015,23 +10946,24 @@ class ProxyServer:
                 ex.status, ex.error = abandoned(pipe)
                 if pipe.why_gone == "shutdown":
                     await self._send_error(writer, dialect, ProxyError(ex.error, status=503),
-                                           ex.rid, keep_alive=False)
+                                           ex, keep_alive=False)
                 return False
             first: ResponseHead = items[0]
             ex.first_byte = time.monotonic() - ex.started
             headers = first.headers + [("x-request-id", ex.rid)]
             if first.body is not None:
-                await self._write(writer, first.status, headers, first.body, keep_alive)
+                await self._write(writer, first.status, headers, first.body, keep_alive,
+                                  ex=ex)
                 return keep_alive
             ex.status = first.status
             # HTTP/1.0 has no chunked encoding: its stream ends where the connection does.
             chunked = head.version == "HTTP/1.1"
             keep_alive = keep_alive and chunked
-            headers += ([("transfer-encoding", "chunked")] if chunked else []) + \
+            headers += ex.reply_headers + ([("transfer-encoding", "chunked")] if chunked
+                                           else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
-            return await self._relay(writer, pipe, dialect, ex.options, items[1:], keep_alive,
-                                     chunked)
+            return await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive, chunked)
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
@@ -10069,7 +11001,7 @@ class ProxyServer:
         return items if items and items[0] is not None else []
 
     async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                     dialect: ClientDialect, options: ReplyOptions, items: List[Any],
+                     dialect: ClientDialect, ex: Exchange, items: List[Any],
                      keep_alive: bool, chunked: bool) -> bool:
         """A stream from the pipe to the client, keep-alives in its silences; a stream the
         shutdown cuts ends with the dialect's error and a proper end."""
@@ -10085,13 +11017,15 @@ class ProxyServer:
             if ended or pipe.gone:
                 if pipe.why_gone == "shutdown" and between_events:
                     data += frame(dialect.stream_error(ProxyError(
-                        "the proxy is shutting down", status=503), options))
+                        "the proxy is shutting down", status=503), ex.options))
                 if ended or pipe.why_gone == "shutdown":
                     writer.write(data + last)
+                    ex.response_bytes += len(data)
                     await self._drain(writer)
                 return ended and keep_alive and not pipe.gone
             if data:
                 writer.write(data)
+                ex.response_bytes += len(data)
                 await self._drain(writer)
             items = await pipe.take(interval)
             if items or pipe.gone:
@@ -10116,37 +11050,44 @@ class ProxyServer:
 
     async def _write(self, writer: asyncio.StreamWriter, status: int,
                      headers: List[Tuple[str, str]], body: bytes, keep_alive: bool,
-                     head_only: bool = False) -> None:
-        headers = headers + [("content-length", str(len(body))),
-                             ("connection", "keep-alive" if keep_alive else "close")]
+                     head_only: bool = False, ex: Optional[Exchange] = None) -> None:
+        headers = headers + (ex.reply_headers if ex is not None else []) + [
+            ("content-length", str(len(body))),
+            ("connection", "keep-alive" if keep_alive else "close")]
         writer.write(response_head(status, headers) + (b"" if head_only else body))
+        if ex is not None and not head_only:
+            ex.response_bytes += len(body)
         await self._drain(writer)
 
-    async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
-                         keep_alive: bool, ex: Exchange, head: RequestHead) -> bool:
-        await self._write(writer, status, [("content-type", "application/json"),
-                                           ("x-request-id", ex.rid)],
-                          json_bytes(payload), keep_alive, head.method == "HEAD")
+    async def _send_local(self, writer: asyncio.StreamWriter, status: int,
+                          headers: List[Tuple[str, str]], body: bytes, keep_alive: bool,
+                          ex: Exchange, head: RequestHead) -> bool:
+        await self._write(writer, status, headers + [("x-request-id", ex.rid)], body,
+                          keep_alive, head.method == "HEAD", ex)
         self._access(head, ex, status)
         return keep_alive
 
     async def _send_error(self, writer: asyncio.StreamWriter, dialect: ClientDialect,
-                          error: ProxyError, rid: str, keep_alive: bool,
+                          error: ProxyError, ex: Optional[Exchange], keep_alive: bool,
                           extra_headers: Iterable[Tuple[str, str]] = (),
                           head_only: bool = False) -> None:
         status, headers, body = dialect.encode_error(error)
         headers = headers + list(extra_headers)
-        if rid:
-            headers = headers + [("x-request-id", rid)]
+        if ex is not None:
+            headers = headers + [("x-request-id", ex.rid)]
         try:
-            await self._write(writer, status, headers, body, keep_alive, head_only)
+            await self._write(writer, status, headers, body, keep_alive, head_only, ex)
         except (ConnectionError, SendTimeout):
             pass
 
     def _access(self, head: RequestHead, ex: Exchange, status: int) -> None:
-        """One line per request: method, path, status, model -> upstream/model, stream,
-        pass-through or converted, request id, duration, time to the response head,
-        tokens (~: estimated), attempts, and why it failed."""
+        """The one point where every request is finished: its ledger row and metrics,
+        and one log line: method, path, status, model -> upstream/model, stream,
+        pass-through or converted, request id, client, duration, time to the response
+        head, tokens (~: estimated), attempts, and why it failed."""
+        duration = time.monotonic() - ex.started
+        if ex.action not in OPERATOR_ACTIONS:
+            self.proxy.record(ex, status, time.time(), duration)
         if not self.config.logging["access_log"]:
             return
         usage = ex.usage
@@ -10155,15 +11096,16 @@ class ProxyServer:
         route = " %s -> %s/%s %s" % (ex.client_model, ex.upstream, ex.upstream_model,
                                      "pass" if ex.passthrough else "conv") \
             if ex.upstream else ""
-        access_log.info("%s %s %d%s%s rid=%s %.3fs%s%s%s%s", head.method,
-                        head.path, status, route, " stream" if ex.stream else "",
-                        ex.rid, time.monotonic() - ex.started,
+        named = ex.client is not None and ex.client is not ANONYMOUS
+        access_log.info("%s %s %d%s%s rid=%s%s %.3fs%s%s%s%s", head.method,
+                        head.path, status, route, " stream" if ex.stream else "", ex.rid,
+                        " client=" + ex.client.name if named else "", duration,
                         " ttfb=%.3fs" % ex.first_byte if ex.first_byte else "", tokens,
                         " attempts=%d" % ex.attempts if ex.attempts > 1 else "",
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 23. Google login ------------------------------------------------------------------------
+# ---- 25. Google login ------------------------------------------------------------------------
 #
 # `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
 # redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
@@ -10424,7 +11366,415 @@ def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
             row["state"], row["requests_today"], row["tokens_today"], row["file"]))
 
 
-# ---- 24. Command line ----------------------------------------------------------------------
+# ---- 26. Dashboard page ----------------------------------------------------------------------
+#
+# GET /dashboard: one page, nothing fetched from elsewhere (it works on an air-gapped box),
+# that draws GET /stats every few seconds. The browser asks for the admin key (HTTP Basic:
+# any user name, the key as the password) and sends it again with each /stats request.
+
+DASHBOARD_HEADERS = [
+    ("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store"),
+    ("content-security-policy", "default-src 'none'; script-src 'unsafe-inline'; "
+     "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'"),
+    ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer")]
+
+DASHBOARD_PAGE = b"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>gemini-proxy dashboard</title>
+<style>
+:root { --bg: #f5f6f8; --fg: #1d2127; --muted: #69727d; --card: #fff; --line: #e2e5e9;
+  --ok: #1a7f37; --ok-bg: #dcf3e3; --rest: #9a5b00; --rest-bg: #fdefd6; --out: #b42318;
+  --out-bg: #fde4e1; --accent: #2f6fdb; --on-accent: #fff; --grid: #eceef1; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #0f1216; --fg: #e4e7eb; --muted: #8e98a3; --card: #181c22; --line: #2a3038;
+    --ok: #5fd382; --ok-bg: #16331f; --rest: #f2b45a; --rest-bg: #3a2a10; --out: #ff8a80;
+    --out-bg: #3d1815; --accent: #6ea2ff; --on-accent: #0b1220; --grid: #232931; } }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg); font: 14px/1.4 system-ui, -apple-system,
+  "Segoe UI", Roboto, sans-serif; font-variant-numeric: tabular-nums; }
+header { display: flex; flex-wrap: wrap; gap: 4px 16px; align-items: baseline; padding: 12px 16px; }
+header h1 { font-size: 18px; margin: 0; }
+.muted { color: var(--muted); }
+main { padding: 0 16px 24px; max-width: 1400px; margin: 0 auto; }
+#banner { margin: 0 16px 12px; padding: 10px 14px; border-radius: 8px; font-weight: 600;
+  background: var(--out-bg); color: var(--out); border: 1px solid var(--out); }
+#note { margin: 0 16px 12px; color: var(--rest); }
+[hidden] { display: none !important; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(135px, 1fr)); gap: 10px; }
+.tile, .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
+.tile { padding: 10px 12px; }
+.tile .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.tile .value { font-size: 26px; font-weight: 650; margin-top: 2px; }
+.tile .sub { font-size: 12px; color: var(--muted); }
+.tile.bad .value { color: var(--out); }
+.card { margin-top: 14px; padding: 12px; }
+h2 { font-size: 15px; margin: 0 0 8px; }
+.bar { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; justify-content: space-between; }
+.seg { display: inline-flex; border: 1px solid var(--line); border-radius: 7px; overflow: hidden; }
+.seg button { font: inherit; font-size: 13px; border: 0; padding: 4px 10px; cursor: pointer;
+  background: transparent; color: var(--fg); }
+.seg button.on { background: var(--accent); color: var(--on-accent); }
+svg#chart { display: block; width: 100%; height: 240px; margin-top: 8px; }
+svg text { fill: var(--muted); font-size: 11px; }
+svg .empty { font-size: 14px; }
+#legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 12px; margin-top: 6px; }
+#legend i { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 5px; }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line); white-space: nowrap;
+  vertical-align: top; }
+th { font-size: 12px; color: var(--muted); font-weight: 600; }
+td.num, th.num { text-align: right; }
+td.wrap { white-space: normal; min-width: 14em; max-width: 30em; overflow-wrap: anywhere; }
+td .note { white-space: normal; max-width: 16em; font-size: 12px; }
+tr.first td { border-top: 2px solid var(--line); }
+.scroll.tall { max-height: 460px; overflow-y: auto; }
+.tall th { position: sticky; top: 0; background: var(--card); }
+td.empty { color: var(--muted); text-align: center; padding: 14px; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.badge.ok { color: var(--ok); background: var(--ok-bg); }
+.badge.resting { color: var(--rest); background: var(--rest-bg); }
+.badge.out { color: var(--out); background: var(--out-bg); }
+.hot { color: var(--out); font-weight: 600; }
+.meter { display: inline-block; width: 54px; height: 6px; border-radius: 3px; background: var(--grid);
+  margin-left: 6px; vertical-align: middle; overflow: hidden; }
+.meter b { display: block; height: 100%; background: var(--accent); }
+.meter b.hot { background: var(--out); }
+@media (max-width: 600px) { main { padding: 0 8px 16px; } header { padding: 10px 8px; }
+  .tile .value { font-size: 21px; } .tiles { grid-template-columns: repeat(2, 1fr); } }
+</style>
+</head>
+<body>
+<header>
+  <h1>gemini-proxy</h1>
+  <span class="muted" id="meta"></span>
+  <span class="muted">updated <span id="updated">never</span></span>
+</header>
+<div id="banner" role="alert" hidden></div>
+<div id="note" hidden></div>
+<main>
+  <section class="tiles" aria-label="now">
+    <div class="tile"><div class="label">Requests / min</div><div class="value" id="now-rpm">&ndash;</div></div>
+    <div class="tile"><div class="label">Tokens / min</div><div class="value" id="now-tpm">&ndash;</div></div>
+    <div class="tile" id="tile-errors"><div class="label">Error rate</div><div class="value" id="now-error-rate">&ndash;</div>
+      <div class="sub">last minute</div></div>
+    <div class="tile"><div class="label">Latency p50</div><div class="value" id="now-p50">&ndash;</div>
+      <div class="sub">last 5 min</div></div>
+    <div class="tile"><div class="label">Latency p95</div><div class="value" id="now-p95">&ndash;</div>
+      <div class="sub">last 5 min</div></div>
+    <div class="tile"><div class="label">In flight</div><div class="value" id="now-in-flight">&ndash;</div>
+      <div class="sub" id="now-workers"></div></div>
+    <div class="tile"><div class="label">Requests today</div><div class="value" id="today-requests">&ndash;</div>
+      <div class="sub" id="today-errors"></div></div>
+    <div class="tile"><div class="label">Tokens today</div><div class="value" id="today-tokens">&ndash;</div>
+      <div class="sub" id="today-split"></div></div>
+  </section>
+
+  <section class="card">
+    <div class="bar">
+      <h2 id="chart-title">Traffic</h2>
+      <div>
+        <span class="seg" data-control="range"><button data-value="hour" class="on">1 hour</button><button data-value="week">7 days</button></span>
+        <span class="seg" data-control="metric"><button data-value="requests" class="on">requests</button><button data-value="tokens">tokens</button><button data-value="errors">errors</button></span>
+        <span class="seg" data-control="split"><button data-value="model" class="on">model</button><button data-value="client">client</button><button data-value="upstream">upstream</button></span>
+      </div>
+    </div>
+    <svg id="chart" role="img" aria-label="traffic chart"></svg>
+    <div id="legend"></div>
+  </section>
+
+  <section class="card"><h2>Upstream keys and accounts</h2><div class="scroll"><table id="keys">
+    <thead><tr><th>Health</th><th>Upstream</th><th>Key / account</th><th>Resting until</th><th>Last error</th>
+      <th class="num">Requests today</th><th class="num">Tokens today</th><th class="num">In flight</th></tr></thead>
+    <tbody></tbody></table></div></section>
+
+  <section class="card"><h2>Clients</h2><div class="scroll"><table id="clients">
+    <thead><tr><th>Client</th><th class="num">Requests today</th><th class="num">Tokens today / limit</th>
+      <th class="num">Last minute / limit</th><th class="num">In flight</th><th>Models</th></tr></thead>
+    <tbody></tbody></table></div></section>
+
+  <section class="card"><h2>Last errors</h2><div class="scroll tall"><table id="errors">
+    <thead><tr><th>Time</th><th class="num">Status</th><th>Error</th><th>Client</th><th>Model</th><th>Upstream</th>
+      <th>Request id</th></tr></thead>
+    <tbody></tbody></table></div></section>
+</main>
+<script>
+"use strict";
+// Everything that comes from /stats goes into the page through textContent / attributes
+// only: error texts come from upstreams and must never be parsed as HTML.
+const REFRESH_MS = 5000;
+const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2"], OTHER = "#9aa0a6";
+const SVG = "http://www.w3.org/2000/svg";
+// Plain ASCII source (the proxy embeds this page in a Python bytes literal): no escapes either.
+const NONE = String.fromCharCode(8211), DOT = " " + String.fromCharCode(183) + " ", DASH = String.fromCharCode(8212);
+const view = {range: "hour", metric: "requests", split: "model"};
+let last = null;        // the last /stats that answered 200: kept on screen when a refresh fails
+let lastOkAt = null;
+
+const $ = id => document.getElementById(id);
+function el(tag, attrs, ...kids) {          // createElement + attributes + text/element children
+  const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) node.setAttribute(k, v);
+  for (const kid of kids) if (kid !== null && kid !== undefined)
+    node.append(kid instanceof Node ? kid : String(kid));
+  return node;
+}
+function compact(n) {                       // 48200 -> "48.2k": tiles and axes, exact value in title
+  if (n === null || n === undefined) return NONE;
+  const a = Math.abs(n);
+  for (const [d, s] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]])
+    if (a >= d) return String(+(n / d).toFixed(a >= 10 * d ? 0 : 1)) + s;   // + drops a ".0"
+  return String(Math.round(n * 10) / 10);
+}
+const whole = n => (n === null || n === undefined) ? NONE : Math.round(n).toLocaleString("en-US");
+const ms = v => v === null || v === undefined ? NONE : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(v < 10000 ? 2 : 1) + " s";
+const pad = n => String(n).padStart(2, "0");
+function clock(t, withDate) {               // Unix seconds -> local "14:05:09" (or "Tue 3 14:05")
+  const d = new Date(t * 1000);
+  const hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
+  return withDate ? d.toLocaleDateString("en-GB", {weekday: "short", day: "numeric"}) + " " + hm
+                  : hm + ":" + pad(d.getSeconds());
+}
+function duration(s) {
+  s = Math.max(0, Math.round(s));
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+  return d ? d + "d " + h + "h" : h ? h + "h " + m + "m" : m ? m + "m " + (s % 60) + "s" : s + "s";
+}
+function setValue(id, text, raw, title) {   // data-value keeps the exact number for tests/tools
+  const node = $(id);
+  node.textContent = text;
+  if (raw !== undefined) node.dataset.value = raw === null ? "" : raw;
+  node.title = title || "";
+}
+
+function renderNow(s) {
+  const n = s.now || {}, t = s.today || {};
+  setValue("now-rpm", whole(n.requests_per_minute), n.requests_per_minute);
+  setValue("now-tpm", compact(n.tokens_per_minute), n.tokens_per_minute, whole(n.tokens_per_minute));
+  const rate = n.error_rate || 0;
+  setValue("now-error-rate", (rate * 100).toFixed(rate && rate < 0.1 ? 1 : 0) + "%", rate);
+  $("tile-errors").classList.toggle("bad", rate >= 0.05);
+  setValue("now-p50", ms(n.p50_ms), n.p50_ms);
+  setValue("now-p95", ms(n.p95_ms), n.p95_ms);
+  setValue("now-in-flight", whole(n.in_flight), n.in_flight);
+  $("now-workers").textContent = whole(n.workers_busy) + " / " + whole(n.workers) + " workers";
+  $("now-workers").title = whole(n.connections_open) + " client connections open";
+  setValue("today-requests", whole(t.requests), t.requests);
+  $("today-errors").textContent = whole(t.errors) + " errors";
+  const tokens = (t.input_tokens || 0) + (t.output_tokens || 0);
+  setValue("today-tokens", compact(tokens), tokens, whole(tokens));
+  $("today-split").textContent = compact(t.input_tokens || 0) + " in" + DOT + compact(t.output_tokens || 0) + " out";
+  $("meta").textContent = "v" + (s.version || "?") + DOT + "up " + duration(s.uptime_seconds || 0);
+  const ledger = s.ledger || {};
+  const note = ledger.warning || (ledger.on === false ? "usage ledger off: today's numbers restart with the proxy" : "");
+  $("note").textContent = note;
+  $("note").hidden = !note;
+}
+
+function niceStep(x) {                      // 1, 2 or 5 x 10^k, at least x
+  const p = Math.pow(10, Math.floor(Math.log10(x)));
+  return [1, 2, 5, 10].map(m => m * p).find(v => v >= x);
+}
+function renderChart(s) {
+  const svg = $("chart"), legend = $("legend");
+  const span = ((s.series || {})[view.range]) || {step_seconds: 60, start: 0, buckets: 0, by: {}};
+  const groups = (span.by || {})[view.split] || {};
+  const n = span.buckets || 0;
+  // Top 6 series by total over the range; the rest summed as "other".
+  let rows = Object.entries(groups).map(([name, g]) => {
+    const v = (g[view.metric] || []).slice(0, n);
+    return {name, values: v, total: v.reduce((a, b) => a + b, 0)};
+  }).filter(r => r.total > 0).sort((a, b) => b.total - a.total || (a.name < b.name ? -1 : 1));
+  if (rows.length > 7) {
+    const rest = rows.slice(6), values = new Array(n).fill(0);
+    rest.forEach(r => r.values.forEach((v, i) => { values[i] += v; }));
+    rows = rows.slice(0, 6).concat([{name: "other (" + rest.length + ")", values, other: true,
+      total: rest.reduce((a, r) => a + r.total, 0)}]);
+  }
+  rows.forEach((r, i) => { r.color = r.other ? OTHER : PALETTE[i]; });
+  // Draw in real pixels (not a scaled viewBox) so labels stay readable on a phone.
+  const W = Math.max(280, svg.clientWidth || 800), H = 240, L = 44, R = 8, T = 10, B = 22;
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  const kids = [], legendKids = [];
+  const totals = new Array(n).fill(0);
+  rows.forEach(r => r.values.forEach((v, i) => { totals[i] += v; }));
+  const peak = Math.max(1, ...totals), step = Math.max(1, niceStep(peak / 5)), ticks = Math.ceil(peak / step), top = step * ticks;
+  const y = v => T + (H - T - B) * (1 - v / top), bw = (W - L - R) / Math.max(1, n);
+  for (let k = 0; k <= ticks; k++) {
+    kids.push(el("svg:line", {x1: L, x2: W - R, y1: y(k * step), y2: y(k * step), stroke: "var(--grid)"}));
+    kids.push(el("svg:text", {x: L - 6, y: y(k * step) + 4, "text-anchor": "end"}, compact(k * step)));
+  }
+  // X labels at round local times, skipping any too close to the previous one.
+  const week = span.step_seconds >= 3600;
+  let lastX = -1e9;
+  for (let i = 0; i < n; i++) {
+    const d = new Date((span.start + i * span.step_seconds) * 1000);
+    const round = week ? d.getHours() === 0 : d.getMinutes() % 10 === 0;
+    const x = L + i * bw;
+    if (!round || x - lastX < 56 || x > W - R - 20) continue;
+    lastX = x;
+    kids.push(el("svg:line", {x1: x, x2: x, y1: H - B, y2: H - B + 4, stroke: "var(--muted)"}));
+    kids.push(el("svg:text", {x: x, y: H - 6, "text-anchor": "middle"},
+      week ? d.toLocaleDateString("en-GB", {weekday: "short", day: "numeric"}) : pad(d.getHours()) + ":" + pad(d.getMinutes())));
+  }
+  kids.push(el("svg:line", {x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "var(--line)"}));
+  for (let i = 0; i < n; i++) {             // stacked bars, biggest series at the bottom
+    let base = 0;
+    const t0 = span.start + i * span.step_seconds;
+    for (const r of rows) {
+      const v = r.values[i] || 0;
+      if (!v) continue;
+      kids.push(el("svg:rect", {x: L + i * bw + (bw > 4 ? 0.5 : 0), width: Math.max(0.5, bw - (bw > 4 ? 1 : 0)),
+        y: y(base + v), height: y(base) - y(base + v), fill: r.color},
+        el("svg:title", {}, clock(t0, week) + DOT + r.name + ": " + whole(v) + " " + view.metric)));
+      base += v;
+    }
+  }
+  if (!rows.length) {
+    const what = view.metric === "errors" ? "no errors" : "no requests yet";
+    kids.push(el("svg:text", {x: L + (W - L - R) / 2, y: (H - B) / 2, "text-anchor": "middle", class: "empty"},
+      what + (view.range === "hour" ? " in the last hour" : " in the last 7 days")));
+  }
+  for (const r of rows)
+    legendKids.push(el("span", {"data-series": r.name}, el("i", {style: "background:" + r.color}), r.name + " ",
+      el("span", {class: "muted"}, compact(r.total))));
+  svg.replaceChildren(...kids);
+  legend.replaceChildren(...legendKids);
+  $("chart-title").textContent = view.metric[0].toUpperCase() + view.metric.slice(1) + " by " + view.split +
+    DOT + (week ? "per hour" : "per minute");
+}
+
+function cell(text, cls, title) { return el("td", {class: cls || null, title: title || null}, text); }
+function limit(used, max) {                 // "512k / 500k" plus a small meter, red when at the limit
+  const td = cell(compact(used) + (max ? " / " + compact(max) : ""), "num", whole(used));
+  td.dataset.value = used;
+  if (max) {
+    const f = Math.min(1, used / max);
+    if (f >= 1) td.classList.add("hot");
+    td.append(el("span", {class: "meter"}, el("b", {style: "width:" + (f * 100).toFixed(0) + "%", class: f >= 0.9 ? "hot" : null})));
+  }
+  return td;
+}
+function fill(tbodyId, rows, cols, emptyText) {
+  $(tbodyId).querySelector("tbody").replaceChildren(...(rows.length ? rows :
+    [el("tr", {}, el("td", {colspan: cols, class: "empty"}, emptyText))]));
+}
+
+function renderTables(s) {
+  const now = s.generated_at || Date.now() / 1000;
+  const keyRows = [];
+  for (const u of s.upstreams || []) {
+    const upCell = first => {             // the upstream's name and notes on its first row only
+      const td = cell(first ? u.name : "", null, u.base_url);
+      if (!first) return td;
+      if (u.waiting) td.append(el("div", {class: "note muted"}, whole(u.waiting) + " waiting for a key"));
+      if (u.unusable) td.append(el("div", {class: "note hot"}, u.unusable));
+      return td;
+    };
+    if (!(u.keys || []).length)
+      keyRows.push(el("tr", {"data-upstream": u.name, class: "first"}, cell(""), upCell(true), cell("no keys", "muted"), cell(""),
+        cell(""), cell(""), cell(""), cell("")));
+    (u.keys || []).forEach((k, i) => {
+      const health = ["ok", "resting", "out"].includes(k.health) ? k.health : "out";
+      let until = "";
+      if (health === "resting" && k.resting_until) {
+        const far = k.resting_until - now > 12 * 3600;
+        until = clock(k.resting_until, far) + " (in " + duration(k.resting_until - now) + ")" + DOT +
+          (k.resting_for && k.resting_for !== "*" ? k.resting_for : "all models");
+      } else if (health === "out") until = k.out_reason || "out of use";
+      keyRows.push(el("tr", {"data-key": u.name + "/" + k.key, "data-health": health, class: i ? null : "first"},
+        el("td", {class: "health", title: k.out_reason || null}, el("span", {class: "badge " + health}, health)),
+        upCell(!i), cell(k.key),
+        cell(until, health === "out" ? "wrap hot" : null), cell(k.last_error || "", "wrap"),
+        cell(whole(k.requests_today), "num"), cell(compact(k.tokens_today), "num", whole(k.tokens_today)),
+        cell(whole(k.in_flight), "num")));
+    });
+  }
+  fill("keys", keyRows, 8, "no upstreams configured");
+
+  fill("clients", (s.clients || []).map(c => {
+    const rpm = limit(c.requests_last_minute, c.requests_per_minute);
+    rpm.firstChild.textContent = whole(c.requests_last_minute) + (c.requests_per_minute ? " / " + whole(c.requests_per_minute) : "");
+    const req = cell(whole(c.requests_today), "num requests-today");
+    req.dataset.value = c.requests_today;
+    const tok = limit(c.tokens_today, c.tokens_per_day);
+    tok.classList.add("tokens-today");
+    rpm.classList.add("last-minute");
+    return el("tr", {"data-client": c.name}, cell(c.name), req, tok, rpm,
+      cell(whole(c.in_flight) + (c.max_concurrency ? " / " + c.max_concurrency : ""), "num in-flight"),
+      cell((c.models || []).length ? c.models.join(", ") : "any", "muted"));
+  }), 6, "no clients configured");
+
+  fill("errors", (s.errors || []).slice(0, 50).map(e => el("tr", {"data-request-id": e.request_id},
+    cell(clock(e.time, now - e.time > 12 * 3600), null, new Date(e.time * 1000).toString()),
+    cell(e.status, "num" + (e.status >= 500 ? " hot" : "")), cell(e.error || "", "wrap"),
+    cell(e.client || NONE), cell(e.model || NONE), cell(e.upstream || NONE), cell(e.request_id, "muted"))), 7, "no errors");
+}
+
+function render(s) {
+  renderNow(s);
+  renderChart(s);
+  renderTables(s);
+  $("updated").textContent = clock(s.generated_at || Date.now() / 1000);
+  document.body.dataset.updated = s.generated_at;
+  document.body.dataset.loaded = "1";       // tests wait for this
+}
+
+function showBanner(text) {
+  const b = $("banner");
+  b.textContent = text + (last ? " " + DASH + " showing data from " + clock(lastOkAt) + "." : ".") + " Retrying every " + REFRESH_MS / 1000 + " s.";
+  b.hidden = false;
+}
+async function refresh() {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 15000);
+  try {
+    // location.origin, not a bare "/stats": opened as http://user:key@host/dashboard, the page URL
+    // carries credentials and fetch() refuses any URL resolved against it (Fetch spec).
+    const r = await fetch(location.origin + "/stats", {credentials: "same-origin", cache: "no-store", signal: abort.signal});
+    if (r.status !== 200) {
+      document.body.dataset.error = r.status;
+      showBanner("GET /stats answered " + r.status + " " + r.statusText +
+        (r.status === 401 || r.status === 403 ? " (admin key refused: reload the page to sign in again)" : ""));
+    } else {
+      const s = await r.json();
+      last = s;
+      lastOkAt = Date.now() / 1000;
+      render(s);
+      delete document.body.dataset.error;
+      $("banner").hidden = true;
+    }
+  } catch (err) {
+    document.body.dataset.error = "network";
+    showBanner("Cannot reach the proxy (" + (err.name === "AbortError" ? "timed out" : err.message) + ")");
+  } finally {
+    clearTimeout(timer);
+    setTimeout(refresh, REFRESH_MS);        // after each answer, so slow answers never pile up
+  }
+}
+
+// The toggles re-draw the chart from the data already here: no need to wait for a refresh.
+document.querySelectorAll(".seg").forEach(seg => seg.addEventListener("click", ev => {
+  const b = ev.target.closest("button");
+  if (!b) return;
+  view[seg.dataset.control] = b.dataset.value;
+  seg.querySelectorAll("button").forEach(x => x.classList.toggle("on", x === b));
+  if (last) renderChart(last);
+}));
+let resizeTimer;
+window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => last && renderChart(last), 150); });
+refresh();
+</script>
+</body>
+</html>
+"""
+
+
+# ---- 27. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -10522,6 +11872,112 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> in
     return server.proxy.active
 
 
+def setup_logging(settings: Dict[str, Any]) -> None:
+    """Log to standard error, and to logging.file (rotated by size) when set; as text or
+    JSON lines (logging.format)."""
+    formatter = JsonLogFormatter() if settings["format"] == "json" else \
+        LogFormatter("%(asctime)s %(levelname)s %(message)s")
+    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if settings["file"]:
+        handlers.append(logging.handlers.RotatingFileHandler(
+            settings["file"], maxBytes=settings["file_max_bytes"],
+            backupCount=settings["file_count"], encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=settings["level"].upper(), handlers=handlers, force=True)
+
+
+# `usage`: the ledger as a table, by day, model, client, upstream or key.
+USAGE_GROUPS = {"day": "date(time, 'unixepoch')", "model": "model", "client": "client",
+                "upstream": "upstream", "key": "key"}
+USAGE_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens",
+                 "reasoning_tokens", "estimated", "avg_seconds")
+
+
+def parse_since(text: str, now: float) -> float:
+    """--since: "7d", "12h", "30m", or a date (YYYY-MM-DD, UTC) -> a Unix time."""
+    match = re.match(r"(\d+)([dhm])\Z", text)
+    if match:
+        return now - int(match.group(1)) * {"d": 86400, "h": 3600, "m": 60}[match.group(2)]
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%d").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        raise ConfigError("--since: %r is not like 7d, 12h, 30m or 2026-12-01" % text) \
+            from None
+
+
+def usage_report(path: str, since: float, by: str) -> List[Dict[str, Any]]:
+    """Rows of the ledger at `path` since `since`, grouped `by` (USAGE_GROUPS)."""
+    if not os.path.exists(path):
+        raise ConfigError("no usage ledger at %s yet (the proxy writes it as it serves)"
+                          % path)
+    try:
+        db = open_ledger_database(path, readonly=True)
+        try:
+            rows = db.execute(
+                "SELECT %s, COUNT(*), SUM(error_kind != ''), SUM(input_tokens), "
+                "SUM(output_tokens), SUM(cached_tokens), SUM(reasoning_tokens), "
+                "SUM(estimated), AVG(duration) FROM requests WHERE time >= ? GROUP BY 1 "
+                "ORDER BY 1" % USAGE_GROUPS[by], (since,)).fetchall()
+        finally:
+            db.close()
+    except (OSError, sqlite3_errors()) as exc:
+        raise ConfigError("cannot read the usage ledger %s: %s" % (path, exc)) from None
+    return [dict(zip((by,) + USAGE_COLUMNS, (row[0] or "-",) + tuple(row[1:-1]) +
+                     (round(row[-1] or 0.0, 3),))) for row in rows]
+
+
+def print_usage(rows: List[Dict[str, Any]], by: str, form: str) -> None:
+    columns = (by,) + USAGE_COLUMNS
+    if form == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    if form == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([row[c] for c in columns] for row in rows)
+        return
+    if not rows:
+        print("no requests in that time")
+        return
+    totals = {c: sum(row[c] for row in rows) for c in USAGE_COLUMNS[:-1]}
+    table = [[str(row[c]) for c in columns] for row in rows] + [
+        ["total"] + [str(totals[c]) for c in USAGE_COLUMNS[:-1]] + [""]]
+    widths = [max(len(c), *(len(line[i]) for line in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(columns, widths))))
+    for line in table:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                        for i, (v, w) in enumerate(zip(line, widths))))
+
+
+def usage_command(argv: List[str]) -> int:
+    """`usage`: what the ledger holds, as a table (or JSON, or CSV)."""
+    parser = argparse.ArgumentParser(prog="gemini_proxy.py usage", description=(
+        "Requests and tokens from the usage ledger (usage.database), grouped."))
+    parser.add_argument("-c", "--config", help="JSON config file (as for serving)")
+    parser.add_argument("--since", default="7d", help="7d, 12h, 30m or a date "
+                        "(YYYY-MM-DD, UTC); default 7d")
+    parser.add_argument("--by", default="day", choices=tuple(USAGE_GROUPS))
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_const", dest="form", const="json")
+    form.add_argument("--csv", action="store_const", dest="form", const="csv")
+    args = parser.parse_args(argv[1:])
+    environ = dict(os.environ)
+    try:
+        config = load_config(argparse.Namespace(config=args.config), environ)
+        path = ledger_path(config, environ)
+        if not path:
+            raise ConfigError("the usage ledger is off (usage.database is empty)")
+        rows = usage_report(path, parse_since(args.since, time.time()), args.by)
+    except ConfigError as exc:
+        print("gemini-proxy usage: %s" % exc, file=sys.stderr)
+        return 2
+    print_usage(rows, args.by, args.form or "table")
+    return 0
+
+
 def account_command(argv: List[str]) -> int:
     """`login` and `accounts`: the Google accounts of a code-assist upstream."""
     command = argv[0]
@@ -10564,15 +12020,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("login", "accounts"):
         return account_command(argv)
+    if argv and argv[0] == "usage":
+        return usage_command(argv)
     args = build_arg_parser().parse_args(argv)
     try:
         config = load_config(args)
     except ConfigError as exc:
         print("gemini-proxy: configuration error: %s" % exc, file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=config.logging["level"].upper(), handlers=[handler])
+    try:
+        setup_logging(config.logging)
+    except OSError as exc:
+        print("gemini-proxy: cannot write the log file %s: %s" % (
+            config.logging["file"], exc.strerror or exc), file=sys.stderr)
+        return 2
     if args.check:
         print("configuration OK%s" % (" (%s)" % config.source if config.source else ""))
         for line in Proxy(config).describe():

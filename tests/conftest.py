@@ -1,11 +1,13 @@
 """Shared fixtures: a fake upstream and the real proxy server running on 127.0.0.1."""
 
 import argparse
+import atexit
 import asyncio
 import faulthandler
 import http.client
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -57,6 +59,13 @@ def wait_for(condition, timeout=PATIENCE, message=None, interval=0.01):
         time.sleep(interval)
 
 
+# Proxies started by the tests keep their state (the usage ledger) here, never in the
+# home directory of whoever runs the tests, unless a test names its own state_dir.
+TEST_STATE_DIR = tempfile.mkdtemp(prefix="gemini-proxy-tests-")
+atexit.register(shutil.rmtree, TEST_STATE_DIR, True)
+os.environ.setdefault("GEMINI_PROXY_STATE_DIR", TEST_STATE_DIR)   # for proxies in processes
+
+
 def make_config(raw, environ=None, **flags):
     """A Config from a dict, as if read from a file, with no process environment."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -69,10 +78,16 @@ def make_config(raw, environ=None, **flags):
 
 
 class RunningProxy:
-    """The real ProxyServer on its own event loop in a thread."""
+    """The real ProxyServer on its own event loop in a thread; its state (the usage
+    ledger) in a fresh temporary directory unless the config or environ says where."""
 
     def __init__(self, config, environ=None):
-        self.server = gp.ProxyServer(config, environ or {})
+        environ = environ or {}
+        if not config.server["state_dir"] and not any(
+                name in environ for name in ("GEMINI_PROXY_STATE_DIR", "HOME",
+                                             "XDG_CONFIG_HOME")):
+            config.server["state_dir"] = tempfile.mkdtemp(dir=TEST_STATE_DIR)
+        self.server = gp.ProxyServer(config, environ)
         self._ready = threading.Event()
         self._error = None
         self._thread = threading.Thread(target=self._run, daemon=True)
