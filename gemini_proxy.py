@@ -23,6 +23,11 @@ decoupling per upstream; GET /status shows the keys' health; SIGHUP reloads the 
 A code-assist upstream's Google accounts are a pool like keys: tokens refreshed ahead of
 time, projects found once, each account rested or taken out by what Google answers.
 
+For a team: named client keys with allowed models, a request rate, a daily token budget
+and a concurrency limit; every request a row in an SQLite usage ledger; GET /metrics
+(Prometheus), GET /stats (JSON) and GET /dashboard (one page, no external assets) behind
+admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
+
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
     python gemini_proxy.py -c config.json       # upstreams, routes, server, logging
@@ -31,6 +36,7 @@ Usage:
     python gemini_proxy.py --upstream-kind echo # no provider: check a client's wiring
     python gemini_proxy.py login [--no-browser] # add a Google account (kind code-assist)
     python gemini_proxy.py accounts             # its accounts: project, tier, state
+    python gemini_proxy.py usage --by model     # the usage ledger: requests and tokens
 
 Then point a client at it, e.g. Gemini CLI (with security.auth.selectedType set to
 "gemini-api-key" in ~/.gemini/settings.json):
@@ -9258,7 +9264,7 @@ class ClientUsage:
     tokens and requests on the current UTC day, and its requests in flight."""
 
     recent: "collections.deque[float]" = dataclasses.field(default_factory=collections.deque)
-    day: str = ""
+    day_ends: float = 0.0           # the next midnight UTC (Unix time)
     tokens_today: int = 0
     requests_today: int = 0
     in_flight: int = 0
@@ -9267,8 +9273,9 @@ class ClientUsage:
         """Forget what fell out of the window and the day."""
         while self.recent and self.recent[0] <= now - RATE_WINDOW:
             self.recent.popleft()
-        if self.day != utc_day(now):
-            self.day, self.tokens_today, self.requests_today = utc_day(now), 0, 0
+        if now >= self.day_ends:
+            self.day_ends, self.tokens_today, self.requests_today = now - now % 86400 + \
+                86400, 0, 0
 
 
 class ClientLimits:
@@ -9283,7 +9290,7 @@ class ClientLimits:
                 self._usage[name].recent.extend(sorted(times))
             for name, (requests, tokens) in history.today_by_client.items():
                 usage = self._usage[name]
-                usage.day = history.day
+                usage.roll(history.now)
                 usage.requests_today += requests
                 usage.tokens_today += tokens
 
@@ -9375,13 +9382,14 @@ LEDGER_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
 LEDGER_INSERT = "INSERT INTO requests VALUES (%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
 LEDGER_BATCH = 2000              # rows written in one transaction at most
+LEDGER_FLUSH_EVERY = 0.5         # seconds a row may wait for others to share its write
 LEDGER_WARNING_EVERY = 60.0      # seconds between two warnings of a failing ledger
 RECENT_ERRORS = 50
 # Series of the dashboard: (name, seconds per bucket, buckets).
 SERIES = (("hour", 60, 60), ("week", 3600, 168))
 SERIES_DIMENSIONS = ("model", "client", "upstream")
-# A client chooses model names: past this many in one dimension, new ones count as
-# "(other)", so that no client can grow the proxy's memory or /metrics without bound.
+# A client chooses model names: past this many, new ones count as "(other)", so that no
+# client can grow the proxy's memory or /metrics without bound.
 MAX_LABEL_VALUES = 200
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -9458,19 +9466,19 @@ def sqlite3_missing() -> OSError:
 class LedgerHistory:
     """What the ledger knew at start: for limits, charts and the error list."""
 
-    day: str = ""
+    now: float = 0.0                # when it was read
     recent_requests: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
     today_by_client: Dict[str, Tuple[int, int]] = dataclasses.field(default_factory=dict)
     rows: List[Tuple[Any, ...]] = dataclasses.field(default_factory=list)  # the last week's
     errors: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-HISTORY_COLUMNS = "time, client, model, upstream, error_kind, input_tokens, output_tokens"
+HISTORY_COLUMNS = "time, client, dialect, model, upstream, status, error_kind, " \
+                  "input_tokens, output_tokens"
 
 
 def read_ledger_history(db: "sqlite3.Connection", now: float) -> LedgerHistory:
-    day = utc_day(now)
-    history = LedgerHistory(day=day)
+    history = LedgerHistory(now=now)
     for client, at in db.execute("SELECT client, time FROM requests WHERE time > ? AND "
                                  "client != ''", (now - RATE_WINDOW,)):
         history.recent_requests.setdefault(client, []).append(at)
@@ -9493,8 +9501,8 @@ def read_ledger_history(db: "sqlite3.Connection", now: float) -> LedgerHistory:
 
 class Ledger:
     """The usage ledger: add() queues a row (cheap, from the event loop); one thread
-    writes what has queued in one transaction, so a kill -9 loses only the rows of the
-    moment, and prunes rows older than usage.keep_days once a day."""
+    writes what has queued within LEDGER_FLUSH_EVERY in one transaction (a kill -9 loses
+    at most that much), and prunes rows older than usage.keep_days once a day."""
 
     def __init__(self, path: str, keep_days: int):
         self.path = path
@@ -9516,7 +9524,7 @@ class Ledger:
             self._trouble("cannot open the usage ledger %s (%s); requests are served but "
                           "not recorded" % (self.path, exc))
             self._db = None
-            history = LedgerHistory(day=utc_day(time.time()))
+            history = LedgerHistory(now=time.time())
         self._thread.start()
         return history
 
@@ -9532,9 +9540,13 @@ class Ledger:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            flush_at = time.monotonic() + LEDGER_FLUSH_EVERY
             while batch[-1] is not None and len(batch) < LEDGER_BATCH:
+                wait = flush_at - time.monotonic()
+                if wait <= 0:
+                    break
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=wait))
                 except queue.Empty:
                     break
             rows = [row for row in batch if row is not None]
@@ -9579,138 +9591,197 @@ def sqlite3_errors() -> Tuple[type, ...]:
     return (sqlite3.Error,) if sqlite3 is not None else ()
 
 
-class Series:
-    """Requests, tokens and errors per bucket of time, by model, client and upstream:
-    the dashboard's charts."""
+# A cell of counts: requests, errors, input, output, cached and reasoning tokens.
+CELL_SIZE = 6
 
-    def __init__(self, step: int, buckets: int):
-        self.step, self.buckets = step, buckets
-        # bucket number -> (dimension, value) -> [requests, tokens, errors]
-        self._data: Dict[int, Dict[Tuple[str, str], List[int]]] = {}
 
-    def add(self, at: float, labels: Tuple[str, str, str], tokens: int, failed: bool) -> None:
-        bucket = int(at // self.step)
-        counts = self._data.get(bucket)
-        if counts is None:
-            counts = self._data[bucket] = {}
-            for old in [b for b in self._data if b <= bucket - self.buckets]:
-                del self._data[old]
-        for dimension, value in zip(SERIES_DIMENSIONS, labels):
-            cell = counts.get((dimension, value))
-            if cell is None:
-                cell = counts[dimension, value] = [0, 0, 0]
-            cell[0] += 1
-            cell[1] += tokens
-            cell[2] += failed
-
-    def page(self, now: float) -> Dict[str, Any]:
-        last = int(now // self.step)
-        first = last - self.buckets + 1
-        by: Dict[str, Dict[str, Dict[str, List[int]]]] = {d: {} for d in SERIES_DIMENSIONS}
-        for bucket, counts in self._data.items():
-            if bucket < first:
-                continue
-            for (dimension, value), cell in counts.items():
-                arrays = by[dimension].get(value)
-                if arrays is None:
-                    arrays = by[dimension][value] = {
-                        name: [0] * self.buckets for name in ("requests", "tokens", "errors")}
-                for name, count in zip(("requests", "tokens", "errors"), cell):
-                    arrays[name][bucket - first] += count
-        return {"step_seconds": self.step, "start": float(first * self.step),
-                "buckets": self.buckets, "by": by}
+def _add_cell(into: Dict[Any, List[int]], key: Any, cell: List[int]) -> None:
+    mine = into.get(key)
+    if mine is None:
+        into[key] = list(cell)
+    else:
+        for i, count in enumerate(cell):
+            mine[i] += count
 
 
 class Metrics:
-    """Counters of finished requests (updated on the event loop only), rendered as
-    Prometheus text for /metrics and as JSON for /stats."""
+    """Counters of finished requests, updated on the event loop only. A request adds to
+    one cell of the current minute, by (client, dialect, model, upstream, status); when
+    the minute turns, its cells are folded into the totals (Prometheus' counters), today's
+    counts and the week's hours. So a request costs a few additions, and the charts a
+    little work each time someone looks."""
 
     def __init__(self) -> None:
-        # (client, dialect, model, upstream, status) -> requests
-        self.requests: Dict[Tuple[str, ...], int] = collections.Counter()
-        # (client, model, upstream, kind) -> tokens; kind: input, output, cached, reasoning
-        self.tokens: Dict[Tuple[str, ...], int] = collections.Counter()
-        # (metric, upstream) -> bucket counts (LATENCY_BUCKETS, then +Inf), sum
+        self._minute = 0                                  # Unix time // 60, now
+        self._cells: Dict[Tuple[Any, ...], List[int]] = {}    # the current minute's
+        self._past: "collections.deque[Tuple[int, Dict[Tuple[Any, ...], List[int]]]]" = \
+            collections.deque()                           # the last hour's other minutes
+        self._totals: Dict[Tuple[Any, ...], List[int]] = {}   # since start, but this minute
+        # hour (Unix time // 3600) -> (dimension, value) -> [requests, tokens, errors]
+        self._hours: Dict[int, Dict[Tuple[str, str], List[int]]] = {}
+        self._today_day = 0                               # Unix time // 86400
+        self._today: Dict[Tuple[Any, ...], List[int]] = {}    # today's cells, but this minute
+        # (metric, upstream) -> counts per LATENCY_BUCKETS (then +Inf), then their sum
         self.latency: Dict[Tuple[str, str], List[float]] = {}
-        self.series = {name: Series(step, buckets) for name, step, buckets in SERIES}
         self.errors: "collections.deque[Dict[str, Any]]" = collections.deque(
             maxlen=RECENT_ERRORS)
         # the last minute, a slot a second: [second, requests, tokens, errors]
         self._seconds = [[0, 0, 0, 0] for _ in range(int(RATE_WINDOW))]
         self._durations: "collections.deque[Tuple[float, float]]" = collections.deque(
             maxlen=1000)
-        self._labels: Dict[str, Set[str]] = {}
-        self.today = {"day": "", "requests": 0, "errors": 0, "input_tokens": 0,
-                      "output_tokens": 0}
+        self._models: Set[str] = set()
 
-    def label(self, dimension: str, value: str) -> str:
-        seen = self._labels.setdefault(dimension, set())
-        if value in seen:
-            return value
-        if len(seen) >= MAX_LABEL_VALUES:
+    def _model_label(self, model: str) -> str:
+        """A client chooses model names; past MAX_LABEL_VALUES of them, "(other)"."""
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_LABEL_VALUES:
             return "(other)"
-        seen.add(value)
-        return value
+        self._models.add(model)
+        return model
 
     def seed(self, history: LedgerHistory, now: float) -> None:
-        """The charts, today's totals and the last errors as the ledger has them."""
-        midnight = now - now % 86400
-        self.today["day"] = utc_day(now)
-        for at, client, model, upstream, kind, input_tokens, output_tokens in history.rows:
-            labels = (self.label("model", model or "-"), self.label("client", client or "-"),
-                      self.label("upstream", upstream or "-"))
-            for series in self.series.values():
-                series.add(at, labels, (input_tokens or 0) + (output_tokens or 0), bool(kind))
-            if at >= midnight:
-                self._count_today(bool(kind), input_tokens or 0, output_tokens or 0)
+        """The charts, today's counts and the last errors as the ledger has them (not the
+        counters: Prometheus expects those to start from zero)."""
+        minutes: Dict[int, Dict[Tuple[Any, ...], List[int]]] = {}
+        for at, client, dialect, model, upstream, status, kind, input_tokens, \
+                output_tokens in history.rows:
+            key = (client or "-", dialect, self._model_label(model or "-"), upstream or "-",
+                   status)
+            _add_cell(minutes.setdefault(int(at // 60), {}), key,
+                      [1, int(bool(kind)), input_tokens or 0, output_tokens or 0, 0, 0])
+        self._today_day = int(now // 86400)
+        for minute in sorted(minutes):
+            self._fold(minute, minutes[minute], now, counters=False)
         self.errors.extend(history.errors)
+
+    def _fold(self, minute: int, cells: Dict[Tuple[Any, ...], List[int]], now: float,
+              counters: bool = True) -> None:
+        """A finished minute into the totals, today's counts, the last hour and the
+        week's hours."""
+        if counters:
+            for key, cell in cells.items():
+                _add_cell(self._totals, key, cell)
+        if minute // 1440 == self._today_day:
+            for key, cell in cells.items():
+                _add_cell(self._today, key, cell)
+        self._past.append((minute, cells))
+        while self._past and self._past[0][0] <= now // 60 - SERIES[0][2]:
+            self._past.popleft()
+        hour = self._hours.setdefault(minute // 60, {})
+        for key, cell in cells.items():
+            for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0], key[3])):
+                _add_cell(hour, (dimension, value), [cell[0], cell[2] + cell[3], cell[1]])
+        for old in [h for h in self._hours if h <= now // 3600 - SERIES[1][2]]:
+            del self._hours[old]
 
     def record(self, ex: Exchange, status: int, wall: float, duration: float) -> None:
         """A finished request."""
-        usage = ex.usage or Usage()
-        client = self.label("client", ex.client.name if ex.client else "-")
-        model = self.label("model", ex.client_model or "-")
-        upstream = self.label("upstream", ex.upstream or "-")
-        kind = error_kind(ex, status)
-        tokens = usage.input_tokens + usage.output_tokens
-        self.requests[client, ex.dialect, model, upstream, str(status)] += 1
-        for name, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
-                            ("cached", usage.cached_tokens),
-                            ("reasoning", usage.reasoning_tokens)):
-            if count:
-                self.tokens[client, model, upstream, name] += count
+        minute = int(wall // 60)
+        if minute > self._minute:
+            if self._cells:
+                self._fold(self._minute, self._cells, wall)
+            self._cells, self._minute = {}, minute
+            if minute // 1440 != self._today_day:
+                self._today_day, self._today = minute // 1440, {}
+        usage = ex.usage
+        failed = int(bool(error_kind(ex, status)))
+        model = self._model_label(ex.client_model or "-")
+        upstream = ex.upstream or "-"
+        key = (ex.client.name if ex.client else "-", ex.dialect, model, upstream, status)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = [0] * CELL_SIZE
+        cell[0] += 1
+        cell[1] += failed
+        tokens = 0
+        if usage is not None:
+            cell[2] += usage.input_tokens
+            cell[3] += usage.output_tokens
+            cell[4] += usage.cached_tokens
+            cell[5] += usage.reasoning_tokens
+            tokens = usage.input_tokens + usage.output_tokens
         for metric, seconds in (("duration", duration), ("ttfb", ex.first_byte)):
-            if metric == "ttfb" and not ex.first_byte:
-                continue
-            cells = self.latency.get((metric, upstream))
-            if cells is None:
-                cells = self.latency[metric, upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            cells[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            cells[-1] += seconds
-        for series in self.series.values():
-            series.add(wall, (model, client, upstream), tokens, bool(kind))
+            if seconds:
+                counts = self.latency.get((metric, upstream))
+                if counts is None:
+                    counts = self.latency[metric, upstream] = [0.0] * (
+                        len(LATENCY_BUCKETS) + 2)
+                counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                counts[-1] += seconds
         second = int(wall)
         slot = self._seconds[second % len(self._seconds)]
         if slot[0] != second:
             slot[:] = [second, 0, 0, 0]
         slot[1] += 1
         slot[2] += tokens
-        slot[3] += bool(kind)
+        slot[3] += failed
         self._durations.append((wall, duration))
-        if self.today["day"] != utc_day(wall):
-            self.today = {"day": utc_day(wall), "requests": 0, "errors": 0,
-                          "input_tokens": 0, "output_tokens": 0}
-        self._count_today(bool(kind), usage.input_tokens, usage.output_tokens)
-        if kind:
+        if failed:
             self.errors.appendleft({
-                "time": wall, "request_id": ex.rid, "client": client, "model": model,
+                "time": wall, "request_id": ex.rid, "client": key[0], "model": model,
                 "upstream": upstream, "status": status, "error": clip(ex.error, 300)})
 
-    def _count_today(self, failed: bool, input_tokens: int, output_tokens: int) -> None:
-        self.today["requests"] += 1
-        self.today["errors"] += failed
-        self.today["input_tokens"] += input_tokens
-        self.today["output_tokens"] += output_tokens
+    # -- what is read, when someone looks ---------------------------------------------
+
+    def counters(self) -> Dict[Tuple[Any, ...], List[int]]:
+        """Since start: key -> cell."""
+        totals = {key: list(cell) for key, cell in self._totals.items()}
+        for key, cell in self._cells.items():
+            _add_cell(totals, key, cell)
+        return totals
+
+    def today(self, wall: float) -> Dict[str, int]:
+        cells = dict(self._today) if self._today_day == wall // 86400 else {}
+        if self._cells and self._minute // 1440 == wall // 86400:
+            cells = {key: list(cell) for key, cell in cells.items()}
+            for key, cell in self._cells.items():
+                _add_cell(cells, key, cell)
+        return {name: sum(cell[i] for cell in cells.values()) for i, name in enumerate(
+            ("requests", "errors", "input_tokens", "output_tokens"))}
+
+    def series(self, wall: float) -> Dict[str, Any]:
+        """The dashboard's charts: per minute over the last hour, per hour over the last
+        week; requests, tokens and errors by model, client and upstream."""
+        pages = {}
+        minutes = list(self._past) + [(self._minute, self._cells)]
+        current_hour: Dict[Tuple[str, str], List[int]] = {}
+        for key, cell in self._cells.items():
+            for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0], key[3])):
+                _add_cell(current_hour, (dimension, value), [cell[0], cell[2] + cell[3],
+                                                             cell[1]])
+        hours = dict(self._hours)
+        if self._cells:
+            merged = {k: list(v) for k, v in hours.get(self._minute // 60, {}).items()}
+            for key, cell in current_hour.items():
+                _add_cell(merged, key, cell)
+            hours[self._minute // 60] = merged
+        for (name, step, buckets), source in zip(SERIES, (minutes, sorted(hours.items()))):
+            last = int(wall // step)
+            first = last - buckets + 1
+            by: Dict[str, Dict[str, Dict[str, List[int]]]] = {d: {} for d in SERIES_DIMENSIONS}
+            for bucket, cells in source:
+                if not first <= bucket <= last:
+                    continue
+                if name == "hour":   # minute cells: by the dimensions of their keys
+                    flat: Dict[Tuple[str, str], List[int]] = {}
+                    for key, cell in cells.items():
+                        for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0],
+                                                                        key[3])):
+                            _add_cell(flat, (dimension, value), [cell[0], cell[2] + cell[3],
+                                                                 cell[1]])
+                    cells = flat
+                for (dimension, value), (requests, tokens, errors) in cells.items():
+                    arrays = by[dimension].get(value)
+                    if arrays is None:
+                        arrays = by[dimension][value] = {
+                            what: [0] * buckets for what in ("requests", "tokens", "errors")}
+                    arrays["requests"][bucket - first] += requests
+                    arrays["tokens"][bucket - first] += tokens
+                    arrays["errors"][bucket - first] += errors
+            pages[name] = {"step_seconds": step, "start": float(first * step),
+                           "buckets": buckets, "by": by}
+        return pages
 
     def now(self, wall: float) -> Dict[str, Any]:
         """The last minute's rates; latency percentiles of the last 5 minutes."""
@@ -9747,16 +9818,22 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
         lines.append("gemini_proxy_%s%s %s" % (name, "{%s}" % inner if inner else "",
                                                repr(float(value)) if isinstance(value, float)
                                                else value))
+    counters = metrics.counters()
     family("requests_total", "counter", "Requests finished, by client, client dialect, "
            "model asked, upstream and status.")
-    for (client, dialect, model, upstream, status), count in sorted(metrics.requests.items()):
+    tokens: Dict[Tuple[str, str, str], List[int]] = {}
+    for (client, dialect, model, upstream, status), cell in sorted(counters.items(),
+                                                                    key=str):
         sample("requests_total", {"client": client, "dialect": dialect, "model": model,
-                                  "upstream": upstream, "status": status}, count)
+                                  "upstream": upstream, "status": str(status)}, cell[0])
+        _add_cell(tokens, (client, model, upstream), cell[2:])
     family("tokens_total", "counter", "Tokens, by client, model, upstream and kind (input, "
            "output, and the cached part of input, the reasoning part of output).")
-    for (client, model, upstream, kind), count in sorted(metrics.tokens.items()):
-        sample("tokens_total", {"client": client, "model": model, "upstream": upstream,
-                                "kind": kind}, count)
+    for (client, model, upstream), counts in sorted(tokens.items()):
+        for kind, count in zip(("input", "output", "cached", "reasoning"), counts):
+            if count:
+                sample("tokens_total", {"client": client, "model": model,
+                                        "upstream": upstream, "kind": kind}, count)
     for metric, text in (("duration", "Seconds from a request's head to its last byte."),
                          ("ttfb", "Seconds from a request's head to the response head.")):
         name = "request_%s_seconds" % metric
@@ -10270,9 +10347,6 @@ class Proxy:
         """GET /stats: what the dashboard shows."""
         wall = time.time()
         metrics = self.metrics
-        today = dict(metrics.today) if metrics.today["day"] == utc_day(wall) else {
-            "requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0}
-        today.pop("day", None)
         status = self.status()
         ledger = self.ledger
         return {
@@ -10285,8 +10359,8 @@ class Proxy:
             "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
                         workers=self.config.server["workers"],
                         connections_open=connections_open),
-            "today": today,
-            "series": {name: series.page(wall) for name, series in metrics.series.items()},
+            "today": metrics.today(wall),
+            "series": metrics.series(wall),
             "clients": self.limits.snapshot(self.config.clients),
             "upstreams": [
                 {"name": name, "kind": page["kind"], "base_url": page["base_url"],
@@ -10959,8 +11033,10 @@ class ProxyServer:
             # HTTP/1.0 has no chunked encoding: its stream ends where the connection does.
             chunked = head.version == "HTTP/1.1"
             keep_alive = keep_alive and chunked
-            headers += ex.reply_headers + ([("transfer-encoding", "chunked")] if chunked
-                                           else []) + \
+            # x-accel-buffering: nginx in front passes each event on at once, whatever
+            # its proxy_buffering says.
+            headers += ex.reply_headers + [("x-accel-buffering", "no")] + (
+                [("transfer-encoding", "chunked")] if chunked else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
             return await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive, chunked)

@@ -6,19 +6,27 @@ within one run, not absolute numbers across runs).
     python3 bench/bench.py                 # all scenarios, a few minutes at most
     python3 bench/bench.py --quick         # smaller counts
     python3 bench/bench.py --streams 2000  # concurrent streams to hold open
+    python3 bench/bench.py --ops [--baseline OLD_gemini_proxy.py]
+                                           # usage ledger and metrics: on versus off
 
 Three processes: a minimal asyncio OpenAI-compatible upstream, the proxy
-(gemini_proxy.py, default settings but for --workers), and this load generator.
+(gemini_proxy.py, default settings but for --workers, its state in a temporary
+directory), and this load generator. --ops runs two proxies side by side, one with a
+named client key and the usage ledger, one with neither (and, with --baseline, a third:
+another version of gemini_proxy.py), and interleaves their rounds so that the machine's
+moods fall on all of them alike.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +114,8 @@ class Connection:
     async def request(self, path, payload):
         body = json.dumps(payload).encode()
         self.writer.write(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-                          b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+                          b"x-goog-api-key: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+                              path.encode(), CLIENT_KEY, len(body), body))
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         lower = head.lower()
@@ -127,6 +136,7 @@ class Connection:
         self.writer.close()
 
 
+CLIENT_KEY = b"bench-client-key"   # what a proxy with a named client key expects
 OPENAI_BODY = {"model": "bench", "messages": [{"role": "user", "content": "Hello there"}]}
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}]}
 
@@ -266,33 +276,97 @@ async def run(args, upstream_port, proxy_port, proxy_pid):
             result["max"], extra))
 
 
+async def run_ops(args, upstream_port, variants):
+    """Added p50 latency and throughput of each proxy variant, in interleaved rounds;
+    the medians over the rounds."""
+    rounds, n, seconds = (3, 300, 2) if args.quick else (5, 1000, 3)
+    added = {name: [] for name, _ in variants}
+    rates = {name: [] for name, _ in variants}
+    direct_rates = []
+    for _ in range(rounds):
+        direct = statistics.median(await sequential("direct", upstream_port, n, False))
+        direct_rates.append(await throughput("direct", upstream_port, 32, seconds, False))
+        for name, port in variants:
+            proxied = statistics.median(await sequential("proxy", port, n, False))
+            added[name].append((proxied - direct) * 1e3)
+            rates[name].append(await throughput("proxy", port, 32, seconds, False))
+    print("whole replies, %d rounds (medians): %d sequential requests for the added p50, "
+          "then 32 concurrent clients for %d s" % (rounds, n, seconds))
+    print("  %-26s %7.0f req/s" % ("direct", statistics.median(direct_rates)))
+    base_rate = statistics.median(rates[variants[-1][0]])
+    base_added = statistics.median(added[variants[-1][0]])
+    for name, _ in variants:
+        rate, extra = statistics.median(rates[name]), statistics.median(added[name])
+        print("  %-26s %7.0f req/s (%+.1f%% vs %s) | added p50 %.3f ms (%+.3f ms)" % (
+            name, rate, (rate / base_rate - 1) * 100, variants[-1][0], extra,
+            extra - base_added))
+
+
+def start_proxy(script, port, upstream_port, workers, state_dir, config=None):
+    """A proxy process; `config` (a dict) is written to a file in state_dir first."""
+    command = [sys.executable, script, "--port", str(port),
+               "--upstream-url", "http://127.0.0.1:%d/v1" % upstream_port,
+               "--workers", str(workers)]
+    if config is not None:
+        path = os.path.join(state_dir, "config-%d.json" % port)
+        with open(path, "w") as f:
+            json.dump(config, f)
+        command += ["-c", path]
+    return subprocess.Popen(command, stderr=subprocess.DEVNULL, env=dict(
+        os.environ, PYTHONDONTWRITEBYTECODE="1", GEMINI_PROXY_STATE_DIR=state_dir))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--ops", action="store_true", help="usage ledger and metrics on "
+                        "versus off")
+    parser.add_argument("--baseline", help="with --ops: another gemini_proxy.py to compare")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         asyncio.run(serve_upstream(args.serve_upstream))
         return
-    upstream_port, proxy_port = free_port(), free_port()
+    upstream_port = free_port()
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream",
                                  str(upstream_port)])
-    proxy = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "gemini_proxy.py"), "--port", str(proxy_port),
-         "--upstream-url", "http://127.0.0.1:%d/v1" % upstream_port,
-         "--workers", str(max(256, args.streams + 64))],
-        stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    state_dir = tempfile.mkdtemp(prefix="gemini-proxy-bench-")
+    script = os.path.join(ROOT, "gemini_proxy.py")
+    workers = max(256, args.streams + 64)
+    proxies = []
     try:
+        if args.ops:
+            named = {"server": {"api_keys": [{"key": CLIENT_KEY.decode(), "name": "bench"}]}}
+            specs = [("ledger and named key", script, named),
+                     ("no ledger, no client key", script, {"usage": {"database": ""}})]
+            if args.baseline:
+                specs.append(("baseline " + os.path.basename(args.baseline), args.baseline,
+                              None))
+            variants = []
+            for name, path, config in specs:
+                port = free_port()
+                proxies.append(start_proxy(path, port, upstream_port, workers, state_dir,
+                                           config))
+                variants.append((name, port))
+            wait_port(upstream_port)
+            for _, port in variants:
+                wait_port(port)
+            print("python %s, %d CPUs" % (sys.version.split()[0], os.cpu_count()))
+            asyncio.run(run_ops(args, upstream_port, variants))
+            return
+        proxy_port = free_port()
+        proxies.append(start_proxy(script, proxy_port, upstream_port, workers, state_dir))
         wait_port(upstream_port)
         wait_port(proxy_port)
         print("python %s, %d CPUs" % (sys.version.split()[0], os.cpu_count()))
-        asyncio.run(run(args, upstream_port, proxy_port, proxy.pid))
+        asyncio.run(run(args, upstream_port, proxy_port, proxies[0].pid))
     finally:
-        proxy.terminate()
-        upstream.terminate()
-        proxy.wait(15)
-        upstream.wait(15)
+        for process in proxies + [upstream]:
+            process.terminate()
+        for process in proxies + [upstream]:
+            process.wait(15)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
