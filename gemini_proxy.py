@@ -9249,9 +9249,19 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
 # What it counts outlives a reload (the Proxy keeps it) and a restart (read back from the
 # usage ledger, section 22).
 
-# Seconds a request waits for one of its client's max_concurrency slots before a 429.
+# Seconds a request waits for one of its client's max_concurrency slots before a 429, and
+# how many of a client's requests may wait at once (each holds a worker thread: one
+# client's queue must not take every worker from the others).
 CLIENT_QUEUE_TIMEOUT = 300.0
+CLIENT_MAX_WAITING = 16
 RATE_WINDOW = 60.0
+
+
+def check_client_model(client: ClientKey, model: str) -> None:
+    if not client.allows(model):
+        raise ClientError("client key %r may not use the model %r; it may use %s" % (
+            client.name, model, ", ".join(client.models)), status=403,
+            reason="model_not_allowed")
 
 
 def utc_day(wall: float) -> str:
@@ -9268,6 +9278,8 @@ class ClientUsage:
     tokens_today: int = 0
     requests_today: int = 0
     in_flight: int = 0
+    waiting: int = 0
+    slot_free: Optional[threading.Condition] = None   # on ClientLimits' lock
 
     def roll(self, now: float) -> None:
         """Forget what fell out of the window and the day."""
@@ -9280,8 +9292,11 @@ class ClientUsage:
 
 class ClientLimits:
     def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
+        self._lock = threading.Lock()
+        self._usage: Dict[str, ClientUsage] = collections.defaultdict(self._new_usage)
+
+    def _new_usage(self) -> ClientUsage:
+        return ClientUsage(slot_free=threading.Condition(self._lock))
 
     def seed(self, history: "LedgerHistory") -> None:
         """What the ledger says each client used before this process started."""
@@ -9298,7 +9313,8 @@ class ClientLimits:
         """Count a request in, or raise the 429 that says when to come back: over the
         daily token budget (until midnight UTC), over the request rate (until the oldest
         request of the minute leaves the window), or no concurrency slot within
-        CLIENT_QUEUE_TIMEOUT (waited for like an upstream's, until the client leaves)."""
+        CLIENT_QUEUE_TIMEOUT (waited for like an upstream's, until the client leaves;
+        CLIENT_MAX_WAITING wait at most)."""
         give_up_at = time.monotonic() + CLIENT_QUEUE_TIMEOUT
         with self._lock:
             usage = self._usage[client.name]
@@ -9320,13 +9336,18 @@ class ClientLimits:
                     break
                 if cancelled():
                     raise ClientGone()
-                if time.monotonic() >= give_up_at:
+                if time.monotonic() >= give_up_at or usage.waiting >= CLIENT_MAX_WAITING:
                     raise ClientError(
                         "client key %r already has %d requests in flight (its "
-                        "max_concurrency) and none ended for %ds" % (
-                            client.name, usage.in_flight, CLIENT_QUEUE_TIMEOUT),
+                        "max_concurrency) and %d waiting" % (
+                            client.name, usage.in_flight, usage.waiting),
                         status=429, retry_after=1, reason="client_limit")
-                self._lock.wait(0.25)   # short naps: a client that leaves stops waiting
+                assert usage.slot_free is not None
+                usage.waiting += 1
+                try:   # short naps: a client that leaves stops waiting
+                    usage.slot_free.wait(0.25)
+                finally:
+                    usage.waiting -= 1
             usage.recent.append(now)
             usage.requests_today += 1
             usage.in_flight += 1
@@ -9338,7 +9359,8 @@ class ClientLimits:
             usage.roll(time.time())
             usage.in_flight -= 1
             usage.tokens_today += tokens
-            self._lock.notify_all()
+            assert usage.slot_free is not None
+            usage.slot_free.notify()
 
     def snapshot(self, clients: Iterable[ClientKey]) -> List[Dict[str, Any]]:
         """Each configured client's limits and use, for /stats."""
@@ -9395,7 +9417,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    120.0, 300.0)
 
 
-def failure_kind(error: ProxyError) -> str:
+def kind_of_error(error: ProxyError) -> str:
     """The kind of an error that ended a request: what the ledger and dashboard show."""
     if isinstance(error, ClientError):
         return error.reason if error.reason in ("client_limit", "model_not_allowed") \
@@ -9407,7 +9429,7 @@ def failure_kind(error: ProxyError) -> str:
     return "proxy"
 
 
-def error_kind(ex: Exchange, status: int) -> str:
+def failure_kind(ex: Exchange, status: int) -> str:
     """What kind of failure a finished request was, in one word for the ledger and the
     dashboard ("" for none)."""
     if ex.error_kind:
@@ -9421,12 +9443,19 @@ def error_kind(ex: Exchange, status: int) -> str:
     return "client" if status >= 400 else ""
 
 
+def storable(text: str) -> str:
+    """Text SQLite can store: a lone surrogate (an upstream's broken message may hold one)
+    would make the whole batch fail."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def ledger_row(ex: Exchange, status: int, wall: float, duration: float) -> Tuple[Any, ...]:
     """A finished request as a ledger row (LEDGER_COLUMNS' order)."""
     usage = ex.usage or Usage()
     return (wall - duration, ex.rid, ex.client.name if ex.client else "", ex.dialect,
-            ex.action, ex.client_model, ex.upstream, ex.upstream_model, ex.key, status,
-            error_kind(ex, status), clip(ex.error, 500), usage.input_tokens,
+            ex.action, storable(ex.client_model), ex.upstream, storable(ex.upstream_model),
+            ex.key, status, failure_kind(ex, status), storable(clip(ex.error, 500)),
+            usage.input_tokens,
             usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens,
             int(usage.estimated), round(ex.first_byte, 6), round(duration, 6),
             ex.request_bytes, ex.response_bytes, int(ex.stream), int(ex.passthrough))
@@ -9469,33 +9498,43 @@ class LedgerHistory:
     now: float = 0.0                # when it was read
     recent_requests: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
     today_by_client: Dict[str, Tuple[int, int]] = dataclasses.field(default_factory=dict)
-    rows: List[Tuple[Any, ...]] = dataclasses.field(default_factory=list)  # the last week's
+    # the last week per minute: (minute, client, dialect, model, upstream, status,
+    # requests, errors, input tokens, output tokens)
+    minutes: List[Tuple[Any, ...]] = dataclasses.field(default_factory=list)
     errors: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-HISTORY_COLUMNS = "time, client, dialect, model, upstream, status, error_kind, " \
-                  "input_tokens, output_tokens"
+# Requests the limits never counted: refused before they were admitted, or token counts
+# (which cost no generation, and Claude Code asks for many).
+NOT_ADMITTED = "error_kind NOT IN ('client_limit', 'model_not_allowed', 'unauthorized') " \
+               "AND action != 'count_tokens'"
 
 
 def read_ledger_history(db: "sqlite3.Connection", now: float) -> LedgerHistory:
+    """What the ledger says of the last week, summed by SQLite (a busy week is millions
+    of rows: they are never all read into Python)."""
     history = LedgerHistory(now=now)
     for client, at in db.execute("SELECT client, time FROM requests WHERE time > ? AND "
-                                 "client != ''", (now - RATE_WINDOW,)):
+                                 "client != '' AND " + NOT_ADMITTED, (now - RATE_WINDOW,)):
         history.recent_requests.setdefault(client, []).append(at)
     midnight = now - now % 86400
     history.today_by_client = {
         client: (requests, tokens or 0) for client, requests, tokens in db.execute(
             "SELECT client, COUNT(*), SUM(input_tokens + output_tokens) FROM requests "
-            "WHERE time >= ? AND client != '' GROUP BY client", (midnight,))}
-    week = SERIES[-1][1] * SERIES[-1][2]
-    history.rows = db.execute("SELECT %s FROM requests WHERE time > ? ORDER BY time" %
-                              HISTORY_COLUMNS, (now - week,)).fetchall()
+            "WHERE time >= ? AND client != '' AND " + NOT_ADMITTED + " GROUP BY client",
+            (midnight,))}
+    week = now - SERIES[-1][1] * SERIES[-1][2]
+    history.minutes = db.execute(
+        "SELECT CAST(time / 60 AS INTEGER), client, dialect, model, upstream, status, "
+        "COUNT(*), SUM(error_kind != ''), SUM(input_tokens), SUM(output_tokens) FROM "
+        "requests WHERE time > ? GROUP BY 1, 2, 3, 4, 5, 6", (week,)).fetchall()
     history.errors = [
-        {"time": at, "request_id": rid, "client": client, "model": model,
-         "upstream": upstream, "status": status, "error": error}
+        {"time": at, "request_id": rid, "client": client or "-", "model": model or "-",
+         "upstream": upstream or "-", "status": status, "error": error}
         for at, rid, client, model, upstream, status, error in db.execute(
             "SELECT time, request_id, client, model, upstream, status, error FROM requests "
-            "WHERE error_kind != '' ORDER BY time DESC LIMIT ?", (RECENT_ERRORS,))]
+            "WHERE time > ? AND error_kind != '' ORDER BY time DESC LIMIT ?",
+            (week, RECENT_ERRORS))]
     return history
 
 
@@ -9507,7 +9546,7 @@ class Ledger:
     def __init__(self, path: str, keep_days: int):
         self.path = path
         self.keep_days = keep_days
-        self.warning = ""             # the last trouble, for /stats (no secret: a path)
+        self.warning = ""             # the last trouble, for /stats
         self.written = self.dropped = 0
         self._queue: "queue.SimpleQueue[Optional[Tuple[Any, ...]]]" = queue.SimpleQueue()
         self._db: Optional["sqlite3.Connection"] = None
@@ -9520,7 +9559,7 @@ class Ledger:
         try:
             self._db = open_ledger_database(self.path)
             history = read_ledger_history(self._db, time.time())
-        except (OSError, sqlite3_errors()) as exc:
+        except (OSError,) + sqlite3_errors() as exc:
             self._trouble("cannot open the usage ledger %s (%s); requests are served but "
                           "not recorded" % (self.path, exc))
             self._db = None
@@ -9566,11 +9605,15 @@ class Ledger:
                 self._db.execute("BEGIN")
                 self._db.executemany(LEDGER_INSERT, rows)
             self.written += len(rows)
-            self._prune(rows[-1][0])
-        except sqlite3_errors() as exc:   # a full or read-only disk: keep serving
+        except Exception as exc:   # a full or read-only disk, or a bug: keep serving
             self.dropped += len(rows)
             self._trouble("the usage ledger %s cannot be written (%s); %d rows dropped so "
                           "far" % (self.path, exc, self.dropped))
+            return
+        try:
+            self._prune(rows[-1][0])
+        except Exception as exc:
+            self._trouble("the usage ledger %s cannot delete old rows: %s" % (self.path, exc))
 
     def _prune(self, now: float) -> None:
         if not self.keep_days or self._pruned_day == utc_day(now):
@@ -9579,6 +9622,11 @@ class Ledger:
         assert self._db is not None
         self._db.execute("DELETE FROM requests WHERE time < ?",
                          (now - self.keep_days * 86400,))
+
+    def summary(self) -> Dict[str, Any]:
+        """For /stats: where it is, how it goes (a path and counts: no secret)."""
+        return {"on": True, "path": self.path, "warning": self.warning,
+                "rows_written": self.written, "rows_dropped": self.dropped}
 
     def _trouble(self, message: str) -> None:
         self.warning = message
@@ -9602,6 +9650,17 @@ def _add_cell(into: Dict[Any, List[int]], key: Any, cell: List[int]) -> None:
     else:
         for i, count in enumerate(cell):
             mine[i] += count
+
+
+def by_dimension(cells: Dict[Tuple[Any, ...], List[int]]
+                 ) -> Dict[Tuple[str, str], List[int]]:
+    """Cells keyed (client, dialect, model, upstream, status) as the charts count them:
+    (dimension, value) -> [requests, tokens, errors], for each of SERIES_DIMENSIONS."""
+    spread: Dict[Tuple[str, str], List[int]] = {}
+    for key, cell in cells.items():
+        for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0], key[3])):
+            _add_cell(spread, (dimension, value), [cell[0], cell[2] + cell[3], cell[1]])
+    return spread
 
 
 class Metrics:
@@ -9644,12 +9703,12 @@ class Metrics:
         """The charts, today's counts and the last errors as the ledger has them (not the
         counters: Prometheus expects those to start from zero)."""
         minutes: Dict[int, Dict[Tuple[Any, ...], List[int]]] = {}
-        for at, client, dialect, model, upstream, status, kind, input_tokens, \
-                output_tokens in history.rows:
+        for minute, client, dialect, model, upstream, status, requests, errors, \
+                input_tokens, output_tokens in history.minutes:
             key = (client or "-", dialect, self._model_label(model or "-"), upstream or "-",
                    status)
-            _add_cell(minutes.setdefault(int(at // 60), {}), key,
-                      [1, int(bool(kind)), input_tokens or 0, output_tokens or 0, 0, 0])
+            _add_cell(minutes.setdefault(minute, {}), key,
+                      [requests, errors or 0, input_tokens or 0, output_tokens or 0, 0, 0])
         self._today_day = int(now // 86400)
         for minute in sorted(minutes):
             self._fold(minute, minutes[minute], now, counters=False)
@@ -9669,9 +9728,8 @@ class Metrics:
         while self._past and self._past[0][0] <= now // 60 - SERIES[0][2]:
             self._past.popleft()
         hour = self._hours.setdefault(minute // 60, {})
-        for key, cell in cells.items():
-            for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0], key[3])):
-                _add_cell(hour, (dimension, value), [cell[0], cell[2] + cell[3], cell[1]])
+        for key, cell in by_dimension(cells).items():
+            _add_cell(hour, key, cell)
         for old in [h for h in self._hours if h <= now // 3600 - SERIES[1][2]]:
             del self._hours[old]
 
@@ -9685,7 +9743,7 @@ class Metrics:
             if minute // 1440 != self._today_day:
                 self._today_day, self._today = minute // 1440, {}
         usage = ex.usage
-        failed = int(bool(error_kind(ex, status)))
+        failed = int(bool(failure_kind(ex, status)))
         model = self._model_label(ex.client_model or "-")
         upstream = ex.upstream or "-"
         key = (ex.client.name if ex.client else "-", ex.dialect, model, upstream, status)
@@ -9744,16 +9802,12 @@ class Metrics:
         """The dashboard's charts: per minute over the last hour, per hour over the last
         week; requests, tokens and errors by model, client and upstream."""
         pages = {}
-        minutes = list(self._past) + [(self._minute, self._cells)]
-        current_hour: Dict[Tuple[str, str], List[int]] = {}
-        for key, cell in self._cells.items():
-            for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0], key[3])):
-                _add_cell(current_hour, (dimension, value), [cell[0], cell[2] + cell[3],
-                                                             cell[1]])
+        minutes = [(minute, by_dimension(cells)) for minute, cells in
+                   list(self._past) + [(self._minute, self._cells)]]
         hours = dict(self._hours)
-        if self._cells:
+        if self._cells:   # the current minute is in no hour yet
             merged = {k: list(v) for k, v in hours.get(self._minute // 60, {}).items()}
-            for key, cell in current_hour.items():
+            for key, cell in by_dimension(self._cells).items():
                 _add_cell(merged, key, cell)
             hours[self._minute // 60] = merged
         for (name, step, buckets), source in zip(SERIES, (minutes, sorted(hours.items()))):
@@ -9763,14 +9817,6 @@ class Metrics:
             for bucket, cells in source:
                 if not first <= bucket <= last:
                     continue
-                if name == "hour":   # minute cells: by the dimensions of their keys
-                    flat: Dict[Tuple[str, str], List[int]] = {}
-                    for key, cell in cells.items():
-                        for dimension, value in zip(SERIES_DIMENSIONS, (key[2], key[0],
-                                                                        key[3])):
-                            _add_cell(flat, (dimension, value), [cell[0], cell[2] + cell[3],
-                                                                 cell[1]])
-                    cells = flat
                 for (dimension, value), (requests, tokens, errors) in cells.items():
                     arrays = by[dimension].get(value)
                     if arrays is None:
@@ -10348,14 +10394,10 @@ class Proxy:
         wall = time.time()
         metrics = self.metrics
         status = self.status()
-        ledger = self.ledger
         return {
             "version": __version__, "uptime_seconds": int(wall - self.started),
             "generated_at": wall,
-            "ledger": {"on": ledger is not None, "path": ledger.path if ledger else "",
-                       "warning": ledger.warning if ledger else "",
-                       "rows_written": ledger.written if ledger else 0,
-                       "rows_dropped": ledger.dropped if ledger else 0},
+            "ledger": self.ledger.summary() if self.ledger else {"on": False},
             "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
                         workers=self.config.server["workers"],
                         connections_open=connections_open),
@@ -10377,10 +10419,11 @@ class Proxy:
                 for name, page in status["upstreams"].items()],
             "errors": list(metrics.errors)}
 
-    def prometheus(self, connections_open: int) -> str:
+    def prometheus(self, connections_open: int, in_flight: int) -> str:
         """GET /metrics: the counters, and gauges read now."""
         gauges = [
-            ("requests_in_flight", "Requests being answered now.", {}, self.active),
+            ("requests_in_flight", "Requests being answered now (some may wait for a "
+             "worker).", {}, in_flight),
             ("workers_busy", "Worker threads holding a request.", {}, self.active),
             ("workers", "Worker threads (server.workers).", {}, self.config.server["workers"]),
             ("upstream_connections_open", "Connections to upstreams, in use or idle.", {},
@@ -10424,23 +10467,21 @@ class Proxy:
             ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
             if self.instance in hops:
                 raise self._loop_error(ex.client_model)
-            if not client.allows(ex.client_model):
-                raise ClientError("client key %r may not use the model %r; it may use %s" % (
-                    client.name, ex.client_model, ", ".join(client.models)), status=403,
-                    reason="model_not_allowed")
-            self.limits.admit(client, lambda: pipe.gone)
-            admitted = True
+            check_client_model(client, ex.client_model)
             ex.options = dialect.reply_options(head, rq.payload)
             ex.session = session_key(head, rq.payload)
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
+            if client is not ANONYMOUS and ex.action != "count_tokens":
+                self.limits.admit(client, lambda: pipe.gone)
+                admitted = True
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
             failover(rq, candidates, ACTIONS[ex.action])()
         except ClientGone:
             ex.status, ex.error = abandoned(pipe)
         except ProxyError as err:
-            ex.error_kind = failure_kind(err)
+            ex.error_kind = kind_of_error(err)
             self._fail(rq, err)
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
@@ -10542,7 +10583,7 @@ LOCAL_ACTIONS = ("health", "status", "stats", "metrics", "dashboard", "list_mode
                  "get_model")
 # The proxy's own pages: not requests the ledger and metrics count (a dashboard's refresh
 # and a load balancer's probes would drown what people use the proxy for).
-OPERATOR_ACTIONS = ("health", "status", "stats", "metrics", "dashboard")
+OPERATOR_ACTIONS = frozenset(endpoint.action for endpoint in SERVICE_ENDPOINTS)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # CORS: what a browser client's script may read of a reply, and the request headers
 # allowed when a preflight names none in a form this accepts (a list of header names).
@@ -10584,12 +10625,12 @@ class ProxyServer:
                         "each connection may need an upstream one too (raise ulimit -n)",
                         room, limit)
         self.max_connections = min(self.max_connections or room, room)
+        self.proxy.open_ledger()   # before listening: no client waits while it is read
         self._server = await asyncio.start_server(
             self._serve_connection, self.config.server["host"], self.config.server["port"],
             reuse_address=True, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
         self.proxy.listen_on(self.config.server["host"], self.port)
-        self.proxy.open_ledger()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
 
     async def _housekeep(self) -> None:
@@ -10911,8 +10952,8 @@ class ProxyServer:
         elif action == "stats":
             payload = self.proxy.stats(len(self._connections))
         elif action == "metrics":
-            return 200, [("content-type", PROMETHEUS_CONTENT_TYPE)], \
-                self.proxy.prometheus(len(self._connections)).encode("utf-8")
+            return 200, [("content-type", PROMETHEUS_CONTENT_TYPE)], self.proxy.prometheus(
+                len(self._connections), len(self._pipes)).encode("utf-8")
         elif action == "dashboard":
             return 200, DASHBOARD_HEADERS, DASHBOARD_PAGE
         elif action == "list_models":
@@ -10922,24 +10963,29 @@ class ProxyServer:
                                            if allowed.allows(m)])
         else:
             assert dialect is not None
-            payload = dialect.get_model(check_model_name(ex.client_model))
+            check_client_model(ex.client or ANONYMOUS, check_model_name(ex.client_model))
+            payload = dialect.get_model(ex.client_model)
         return status, [("content-type", "application/json")], json_bytes(payload)
 
     def _cors_headers(self, head: RequestHead) -> List[Tuple[str, str]]:
         """What a reply to a browser's request carries when its origin is allowed."""
         origins = self.config.server["cors_origins"]
-        origin = head.header("origin")
-        if not origins or not origin or ("*" not in origins and origin not in origins):
+        if not origins:
             return []
+        # With a list, the reply depends on the origin asked from: a cache must know.
+        vary = [] if "*" in origins else [("vary", "origin")]
+        origin = head.header("origin")
+        if not origin or ("*" not in origins and origin not in origins):
+            return vary
         return [("access-control-allow-origin", "*" if "*" in origins else origin),
-                ("access-control-expose-headers", CORS_EXPOSED_HEADERS), ("vary", "origin")]
+                ("access-control-expose-headers", CORS_EXPOSED_HEADERS)] + vary
 
     async def _preflight(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          buf: bytearray, head: RequestHead, ex: Exchange,
                          dialect: ClientDialect, length: int, keep_alive: bool) -> bool:
         """A browser's CORS preflight (OPTIONS): which methods and headers the real
         request may use, asked without credentials, so answered without a key."""
-        if not ex.reply_headers:
+        if not any(name == "access-control-allow-origin" for name, _ in ex.reply_headers):
             error = ClientError("origin %r may not call this proxy (server.cors_origins)"
                                 % clip(head.header("origin"), 100), status=403)
             return await self._refuse(reader, writer, buf, head, ex, dialect, error, length,
@@ -11162,7 +11208,9 @@ class ProxyServer:
         pass-through or converted, request id, client, duration, time to the response
         head, tokens (~: estimated), attempts, and why it failed."""
         duration = time.monotonic() - ex.started
-        if ex.action not in OPERATOR_ACTIONS:
+        if ex.action not in OPERATOR_ACTIONS and head.method != "OPTIONS":
+            if ex.client is None:   # whoever it was: the model it named is no label
+                ex.client_model = ""
             self.proxy.record(ex, status, time.time(), duration)
         if not self.config.logging["access_log"]:
             return
@@ -11998,7 +12046,7 @@ def usage_report(path: str, since: float, by: str) -> List[Dict[str, Any]]:
                 "ORDER BY 1" % USAGE_GROUPS[by], (since,)).fetchall()
         finally:
             db.close()
-    except (OSError, sqlite3_errors()) as exc:
+    except (OSError,) + sqlite3_errors() as exc:
         raise ConfigError("cannot read the usage ledger %s: %s" % (path, exc)) from None
     return [dict(zip((by,) + USAGE_COLUMNS, (row[0] or "-",) + tuple(row[1:-1]) +
                      (round(row[-1] or 0.0, 3),))) for row in rows]

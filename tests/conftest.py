@@ -63,7 +63,7 @@ def wait_for(condition, timeout=PATIENCE, message=None, interval=0.01):
 # home directory of whoever runs the tests, unless a test names its own state_dir.
 TEST_STATE_DIR = tempfile.mkdtemp(prefix="gemini-proxy-tests-")
 atexit.register(shutil.rmtree, TEST_STATE_DIR, True)
-os.environ.setdefault("GEMINI_PROXY_STATE_DIR", TEST_STATE_DIR)   # for proxies in processes
+os.environ["GEMINI_PROXY_STATE_DIR"] = TEST_STATE_DIR   # for proxies in processes
 
 
 def make_config(raw, environ=None, **flags):

@@ -29,7 +29,10 @@ UPSTREAM_KEY = "sk-upstream-DO-NOT-PRINT-5f3a9c1e"
 
 
 def minimal_env(**extra):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    """PATH, and the tests' state directory (conftest's): the proxy's usage ledger is
+    never written into the home directory of whoever runs the tests."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "GEMINI_PROXY_STATE_DIR": os.environ["GEMINI_PROXY_STATE_DIR"]}
     env.update(extra)
     return env
 
