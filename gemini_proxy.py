@@ -445,7 +445,8 @@ MAX_ALTERNATIVES = 4
 MAX_RETRY_AFTER = 86400.0
 
 # Model names a client may ask for: printable, no whitespace, of a sane length.
-MODEL_NAME = re.compile(r"[!-~]{1,256}\Z")
+MAX_MODEL_NAME = 256
+MODEL_NAME = re.compile(r"[!-~]{1,%d}\Z" % MAX_MODEL_NAME)
 
 # Header and query values this long are treated as credentials even in the bytes passed
 # through to clients (see Config.credentials); shorter ones only stay out of logs.
@@ -735,7 +736,7 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             entry["traceback"] = GOOGLE_TOKEN.sub("[REDACTED]",
                                                   self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry)   # ASCII: no U+2028 for a line splitter to split at
 
 
 def fingerprint(secret: str) -> str:
@@ -756,7 +757,10 @@ class Redactor:
         self._secrets = sorted({s for s in secrets_ if len(s) >= 4}, key=len, reverse=True)
         self._credentials = sorted({s for s in credentials if len(s) >= 4}, key=len,
                                    reverse=True)
+        # As written, and as JSON may write it ("/" escaped as "\/").
         self._secret_bytes = [s.encode("utf-8", "surrogatepass") for s in self._credentials]
+        self._secret_bytes += [s.replace(b"/", b"\\/") for s in self._secret_bytes
+                               if b"/" in s]
         # Bytes that may hold the start of a credential: held back from a client until
         # what follows shows whether it is one.
         self.overlap = max(map(len, self._secret_bytes), default=1) - 1
@@ -767,6 +771,13 @@ class Redactor:
                 text = text.replace(secret, "[REDACTED]")
         text = GOOGLE_TOKEN.sub("[REDACTED]", text)
         return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
+
+    def names(self, text: str) -> str:
+        """The configuration's secrets removed from a short name (a model's), cheaply."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[REDACTED]")
+        return text
 
     def reply_text(self, text: str) -> str:
         """Credentials removed from an upstream's reply (an upstream may repeat its key in
@@ -9270,16 +9281,13 @@ def utc_day(wall: float) -> str:
 
 @dataclasses.dataclass
 class ClientUsage:
-    """One client's use: when its requests of the last minute started (wall clock), its
-    tokens and requests on the current UTC day, and its requests in flight."""
+    """One client's use: when its requests of the last minute started (wall clock), and
+    its tokens and requests on the current UTC day."""
 
     recent: "collections.deque[float]" = dataclasses.field(default_factory=collections.deque)
     day_ends: float = 0.0           # the next midnight UTC (Unix time)
     tokens_today: int = 0
     requests_today: int = 0
-    in_flight: int = 0
-    waiting: int = 0
-    slot_free: Optional[threading.Condition] = None   # on ClientLimits' lock
 
     def roll(self, now: float) -> None:
         """Forget what fell out of the window and the day."""
@@ -9291,12 +9299,11 @@ class ClientUsage:
 
 
 class ClientLimits:
+    """requests_per_minute and tokens_per_day, decided in worker threads."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._usage: Dict[str, ClientUsage] = collections.defaultdict(self._new_usage)
-
-    def _new_usage(self) -> ClientUsage:
-        return ClientUsage(slot_free=threading.Condition(self._lock))
+        self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
 
     def seed(self, history: "LedgerHistory") -> None:
         """What the ledger says each client used before this process started."""
@@ -9309,76 +9316,104 @@ class ClientLimits:
                 usage.requests_today += requests
                 usage.tokens_today += tokens
 
-    def admit(self, client: ClientKey, cancelled: Callable[[], bool]) -> None:
+    def admit(self, client: ClientKey) -> None:
         """Count a request in, or raise the 429 that says when to come back: over the
-        daily token budget (until midnight UTC), over the request rate (until the oldest
-        request of the minute leaves the window), or no concurrency slot within
-        CLIENT_QUEUE_TIMEOUT (waited for like an upstream's, until the client leaves;
-        CLIENT_MAX_WAITING wait at most)."""
-        give_up_at = time.monotonic() + CLIENT_QUEUE_TIMEOUT
+        daily token budget (until midnight UTC), or over the request rate (until the
+        oldest request of the minute leaves the window)."""
         with self._lock:
             usage = self._usage[client.name]
-            while True:
-                now = time.time()
-                usage.roll(now)
-                if client.tokens_per_day and usage.tokens_today >= client.tokens_per_day:
-                    raise ClientError(
-                        "client key %r has used its %d tokens for today (UTC)" % (
-                            client.name, client.tokens_per_day), status=429,
-                        retry_after=86400 - now % 86400, reason="client_limit")
-                if client.requests_per_minute and \
-                        len(usage.recent) >= client.requests_per_minute:
-                    raise ClientError(
-                        "client key %r is limited to %d requests a minute" % (
-                            client.name, client.requests_per_minute), status=429,
-                        retry_after=usage.recent[0] + RATE_WINDOW - now, reason="client_limit")
-                if not client.max_concurrency or usage.in_flight < client.max_concurrency:
-                    break
-                if cancelled():
-                    raise ClientGone()
-                if time.monotonic() >= give_up_at or usage.waiting >= CLIENT_MAX_WAITING:
-                    raise ClientError(
-                        "client key %r already has %d requests in flight (its "
-                        "max_concurrency) and %d waiting" % (
-                            client.name, usage.in_flight, usage.waiting),
-                        status=429, retry_after=1, reason="client_limit")
-                assert usage.slot_free is not None
-                usage.waiting += 1
-                try:   # short naps: a client that leaves stops waiting
-                    usage.slot_free.wait(0.25)
-                finally:
-                    usage.waiting -= 1
+            now = time.time()
+            usage.roll(now)
+            if client.tokens_per_day and usage.tokens_today >= client.tokens_per_day:
+                raise ClientError(
+                    "client key %r has used its %d tokens for today (UTC)" % (
+                        client.name, client.tokens_per_day), status=429,
+                    retry_after=86400 - now % 86400, reason="client_limit")
+            if client.requests_per_minute and len(usage.recent) >= client.requests_per_minute:
+                raise ClientError(
+                    "client key %r is limited to %d requests a minute" % (
+                        client.name, client.requests_per_minute), status=429,
+                    retry_after=usage.recent[0] + RATE_WINDOW - now, reason="client_limit")
             usage.recent.append(now)
             usage.requests_today += 1
-            usage.in_flight += 1
 
-    def finish(self, client: ClientKey, tokens: int) -> None:
-        """An admitted request ended, having cost `tokens`."""
+    def spent(self, client: ClientKey, tokens: int) -> None:
+        """An admitted request ended, having cost `tokens` (so a request that starts
+        while another is ending may still see the budget before that one's tokens)."""
         with self._lock:
             usage = self._usage[client.name]
             usage.roll(time.time())
-            usage.in_flight -= 1
             usage.tokens_today += tokens
-            assert usage.slot_free is not None
-            usage.slot_free.notify()
 
-    def snapshot(self, clients: Iterable[ClientKey]) -> List[Dict[str, Any]]:
-        """Each configured client's limits and use, for /stats."""
+    def snapshot(self, client: ClientKey) -> Dict[str, Any]:
         now = time.time()
-        rows = []
         with self._lock:
-            for client in clients:
-                usage = self._usage[client.name]
-                usage.roll(now)
-                rows.append({
-                    "name": client.name, "models": list(client.models),
-                    "requests_per_minute": client.requests_per_minute or None,
-                    "tokens_per_day": client.tokens_per_day or None,
-                    "max_concurrency": client.max_concurrency or None,
-                    "requests_last_minute": len(usage.recent),
-                    "requests_today": usage.requests_today,
-                    "tokens_today": usage.tokens_today, "in_flight": usage.in_flight})
-        return rows
+            usage = self._usage[client.name]
+            usage.roll(now)
+            return {"requests_last_minute": len(usage.recent),
+                    "requests_today": usage.requests_today, "tokens_today": usage.tokens_today}
+
+
+class ClientSlots:
+    """max_concurrency: a client's requests in flight at once. Decided on the event loop
+    before a worker is taken, so that a request waiting for its client's slot holds no
+    worker (one client's queue cannot starve the others)."""
+
+    def __init__(self) -> None:
+        self.in_flight: Dict[str, int] = collections.Counter()
+        self._waiting: Dict[str, "collections.deque[asyncio.Future[None]]"] = \
+            collections.defaultdict(collections.deque)
+
+    async def acquire(self, client: ClientKey, gone: "asyncio.Future[Any]") -> bool:
+        """Take a slot (True), or wait for one: False when `gone` (the client left) is
+        done first; a 429 when too many wait already or none frees within
+        CLIENT_QUEUE_TIMEOUT. A slot taken is release()d when the request ends."""
+        name = client.name
+        if not client.max_concurrency or self.in_flight[name] < client.max_concurrency:
+            self.in_flight[name] += 1
+            return True
+        waiting = self._waiting[name]
+        if len(waiting) >= CLIENT_MAX_WAITING:
+            raise ClientError("client key %r already has %d requests in flight (its "
+                              "max_concurrency) and %d waiting" % (
+                                  name, self.in_flight[name], len(waiting)),
+                              status=429, retry_after=1, reason="client_limit")
+        turn: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        waiting.append(turn)
+        try:
+            await asyncio.wait([turn, gone], timeout=CLIENT_QUEUE_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:   # stopped (a shutdown): a slot handed over is freed
+            if turn.done() and not turn.cancelled():
+                self.release(client)
+            raise
+        finally:
+            if not turn.done():
+                turn.cancel()
+                waiting.remove(turn)
+        if turn.cancelled():
+            if gone.done():
+                return False
+            raise ClientError("client key %r: no request of its %d in flight ended for %ds"
+                              % (name, client.max_concurrency, CLIENT_QUEUE_TIMEOUT),
+                              status=429, retry_after=1, reason="client_limit")
+        if gone.done():   # handed a slot just as it left: pass it on
+            self.release(client)
+            return False
+        return True
+
+    def release(self, client: ClientKey) -> None:
+        """A request's slot is free: the next waiting one of its client takes it over."""
+        waiting = self._waiting.get(client.name)
+        while waiting:
+            turn = waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.in_flight[client.name] -= 1
+
+    def waiting(self, name: str) -> int:
+        return len(self._waiting.get(name, ()))
 
 
 # ---- 22. Usage ledger and metrics ------------------------------------------------------------
@@ -9404,6 +9439,9 @@ LEDGER_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
 LEDGER_INSERT = "INSERT INTO requests VALUES (%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
 LEDGER_BATCH = 2000              # rows written in one transaction at most
+# An upstream may report any number of tokens: past this, one row could overflow the
+# ledger's 64-bit sums.
+MAX_TOKEN_COUNT = 10 ** 12
 LEDGER_FLUSH_EVERY = 0.5         # seconds a row may wait for others to share its write
 LEDGER_WARNING_EVERY = 60.0      # seconds between two warnings of a failing ledger
 RECENT_ERRORS = 50
@@ -9432,10 +9470,10 @@ def kind_of_error(error: ProxyError) -> str:
 def failure_kind(ex: Exchange, status: int) -> str:
     """What kind of failure a finished request was, in one word for the ledger and the
     dashboard ("" for none)."""
+    if status == 499:   # whatever it met on its way, the client left first
+        return "client_gone"
     if ex.error_kind:
         return ex.error_kind
-    if status == 499:
-        return "client_gone"
     if status >= 500 or (ex.error and status < 400):
         return "upstream" if ex.upstream else "proxy"
     if status == 401:
@@ -9455,9 +9493,9 @@ def ledger_row(ex: Exchange, status: int, wall: float, duration: float) -> Tuple
     return (wall - duration, ex.rid, ex.client.name if ex.client else "", ex.dialect,
             ex.action, storable(ex.client_model), ex.upstream, storable(ex.upstream_model),
             ex.key, status, failure_kind(ex, status), storable(clip(ex.error, 500)),
-            usage.input_tokens,
-            usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens,
-            int(usage.estimated), round(ex.first_byte, 6), round(duration, 6),
+            min(usage.input_tokens, MAX_TOKEN_COUNT), min(usage.output_tokens, MAX_TOKEN_COUNT),
+            min(usage.cached_tokens, MAX_TOKEN_COUNT),
+            min(usage.reasoning_tokens, MAX_TOKEN_COUNT), int(usage.estimated), round(ex.first_byte, 6), round(duration, 6),
             ex.request_bytes, ex.response_bytes, int(ex.stream), int(ex.passthrough))
 
 
@@ -9605,6 +9643,7 @@ class Ledger:
                 self._db.execute("BEGIN")
                 self._db.executemany(LEDGER_INSERT, rows)
             self.written += len(rows)
+            self.warning = ""
         except Exception as exc:   # a full or read-only disk, or a bug: keep serving
             self.dropped += len(rows)
             self._trouble("the usage ledger %s cannot be written (%s); %d rows dropped so "
@@ -10204,6 +10243,7 @@ class Proxy:
         self._active_lock = threading.Lock()
         self.live = self._make_live(config, None)
         self.limits = ClientLimits()
+        self.slots = ClientSlots()     # the event loop's
         self.metrics = Metrics()
         self.ledger: Optional[Ledger] = None
 
@@ -10378,7 +10418,12 @@ class Proxy:
     # -- operations (on the event loop) ----------------------------------------------
 
     def record(self, ex: Exchange, status: int, wall: float, duration: float) -> None:
-        """A finished request, into the metrics and the ledger."""
+        """A finished request, into the metrics and the ledger. A model name is the
+        client's text: clipped, and any secret in it (a key pasted in the wrong field)
+        removed."""
+        names = self.live.redactor.names
+        ex.client_model = names(ex.client_model[:MAX_MODEL_NAME])
+        ex.upstream_model = names(ex.upstream_model[:MAX_MODEL_NAME])
         self.metrics.record(ex, status, wall, duration)
         if self.ledger is not None:
             self.ledger.add(ledger_row(ex, status, wall, duration))
@@ -10403,7 +10448,13 @@ class Proxy:
                         connections_open=connections_open),
             "today": metrics.today(wall),
             "series": metrics.series(wall),
-            "clients": self.limits.snapshot(self.config.clients),
+            "clients": [dict(
+                {"name": c.name, "models": list(c.models),
+                 "requests_per_minute": c.requests_per_minute or None,
+                 "tokens_per_day": c.tokens_per_day or None,
+                 "max_concurrency": c.max_concurrency or None,
+                 "in_flight": self.slots.in_flight[c.name], "waiting": self.slots.waiting(c.name)},
+                **self.limits.snapshot(c)) for c in self.config.clients],
             "upstreams": [
                 {"name": name, "kind": page["kind"], "base_url": page["base_url"],
                  "unusable": page["unusable"], "in_flight": page["in_flight"],
@@ -10473,7 +10524,7 @@ class Proxy:
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
             if client is not ANONYMOUS and ex.action != "count_tokens":
-                self.limits.admit(client, lambda: pipe.gone)
+                self.limits.admit(client)
                 admitted = True
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
@@ -10491,7 +10542,7 @@ class Proxy:
         finally:
             if admitted:
                 usage = ex.usage
-                self.limits.finish(client, usage.input_tokens + usage.output_tokens
+                self.limits.spent(client, usage.input_tokens + usage.output_tokens
                                    if usage else 0)
             rq.end()
             if detail:
@@ -10993,7 +11044,8 @@ class ProxyServer:
         asked = head.header("access-control-request-headers")
         headers = [("access-control-allow-methods", "GET, POST, DELETE, OPTIONS"),
                    ("access-control-allow-headers",
-                    asked if CORS_HEADER_LIST.match(asked) else CORS_ALLOWED_HEADERS),
+                    asked if len(asked) <= 2000 and CORS_HEADER_LIST.match(asked)
+                    else CORS_ALLOWED_HEADERS),
                    ("access-control-max-age", "600")]
         if length:
             await self._read_body(reader, writer, buf, head, length, welcome=False)
@@ -11054,13 +11106,29 @@ class ProxyServer:
         dialect = CLIENT_DIALECTS[ex.dialect]
         pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
         self._pipes.add(pipe)
-        self.proxy.executor.submit(self.proxy.handle_blocking, ex, head, body, pipe)
-        # Most answers that take no time need no watcher; a slow one gets it after a moment.
         watcher: List[asyncio.Future] = []
-        start_watching = self._loop.call_later(
-            CLIENT_WATCH_DELAY, lambda: watcher.append(
-                asyncio.ensure_future(self._watch_client(reader, buf, pipe))))
+        start_watching: Optional[asyncio.TimerHandle] = None
+        slot = ex.client if ex.client is not None and ex.client.max_concurrency and \
+            ex.action != "count_tokens" else None
         try:
+            if slot is not None:   # waited for here, holding no worker; the client watched
+                watcher.append(asyncio.ensure_future(self._watch_client(reader, buf, pipe)))
+                try:
+                    if not await self.proxy.slots.acquire(slot, watcher[0]):
+                        slot = None
+                        pipe.abort()
+                        ex.status, ex.error = abandoned(pipe)
+                        return False
+                except ClientError as err:
+                    slot = None
+                    ex.status, ex.error, ex.error_kind = err.status, err.message, err.reason
+                    await self._send_error(writer, dialect, err, ex, keep_alive)
+                    return keep_alive
+            self.proxy.executor.submit(self.proxy.handle_blocking, ex, head, body, pipe)
+            if not watcher:   # most answers take no time; a slow one is watched after a moment
+                start_watching = self._loop.call_later(
+                    CLIENT_WATCH_DELAY, lambda: watcher.append(
+                        asyncio.ensure_future(self._watch_client(reader, buf, pipe))))
             items = await self._first_items(pipe)
             if not items:   # abandoned before anything was sent
                 ex.status, ex.error = abandoned(pipe)
@@ -11097,12 +11165,15 @@ class ProxyServer:
             writer.transport.abort()
             return False
         finally:
-            start_watching.cancel()
+            if start_watching is not None:
+                start_watching.cancel()
             for task in watcher:
                 task.cancel()
                 # Let it unwind before the connection reads again: a StreamReader takes
                 # one reader at a time.
                 await asyncio.gather(task, return_exceptions=True)
+            if slot is not None:
+                self.proxy.slots.release(slot)
             self._pipes.discard(pipe)
             self._access(head, ex, ex.status)
 
@@ -11222,7 +11293,7 @@ class ProxyServer:
             if ex.upstream else ""
         named = ex.client is not None and ex.client is not ANONYMOUS
         access_log.info("%s %s %d%s%s rid=%s%s %.3fs%s%s%s%s", head.method,
-                        head.path, status, route, " stream" if ex.stream else "", ex.rid,
+                        self.proxy.live.redactor.names(head.path), status, route, " stream" if ex.stream else "", ex.rid,
                         " client=" + ex.client.name if named else "", duration,
                         " ttfb=%.3fs" % ex.first_byte if ex.first_byte else "", tokens,
                         " attempts=%d" % ex.attempts if ex.attempts > 1 else "",
@@ -12040,15 +12111,17 @@ def usage_report(path: str, since: float, by: str) -> List[Dict[str, Any]]:
         db = open_ledger_database(path, readonly=True)
         try:
             rows = db.execute(
-                "SELECT %s, COUNT(*), SUM(error_kind != ''), SUM(input_tokens), "
-                "SUM(output_tokens), SUM(cached_tokens), SUM(reasoning_tokens), "
-                "SUM(estimated), AVG(duration) FROM requests WHERE time >= ? GROUP BY 1 "
-                "ORDER BY 1" % USAGE_GROUPS[by], (since,)).fetchall()
+                "SELECT %s, COUNT(*), " % USAGE_GROUPS[by] + ", ".join(
+                    "COALESCE(SUM(%s), 0)" % column for column in (
+                        "error_kind != ''", "input_tokens", "output_tokens", "cached_tokens",
+                        "reasoning_tokens", "estimated")) +
+                ", AVG(duration) FROM requests WHERE time >= ? GROUP BY 1 ORDER BY 1",
+                (since,)).fetchall()
         finally:
             db.close()
     except (OSError,) + sqlite3_errors() as exc:
         raise ConfigError("cannot read the usage ledger %s: %s" % (path, exc)) from None
-    return [dict(zip((by,) + USAGE_COLUMNS, (row[0] or "-",) + tuple(row[1:-1]) +
+    return [dict(zip((by,) + USAGE_COLUMNS, (str(row[0] or "-"),) + tuple(row[1:-1]) +
                      (round(row[-1] or 0.0, 3),))) for row in rows]
 
 
@@ -12057,6 +12130,8 @@ def print_usage(rows: List[Dict[str, Any]], by: str, form: str) -> None:
     if form == "json":
         print(json.dumps(rows, indent=2))
         return
+    # Model names are the clients' text: no escape sequence reaches the terminal.
+    rows = [dict(row, **{by: log_safe(row[by])}) for row in rows]
     if form == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
