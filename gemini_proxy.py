@@ -967,10 +967,14 @@ def _check_value(value: Any, setting: Setting, path: str) -> Any:
                                                           ", ".join(setting.choices)))
     elif isinstance(default, list):
         # server.api_keys may hold objects too (_resolve_client_keys checks them)
-        item_types = (str, dict) if (setting.section, setting.key) == ("server", "api_keys") \
-            else str
-        if not isinstance(value, list) or not all(isinstance(v, item_types) for v in value):
-            raise ConfigError("%s: expected a list of strings, got %r" % (path, value))
+        objects = (setting.section, setting.key) == ("server", "api_keys")
+        wanted = "expected a list of strings" + (" or objects" if objects else "")
+        if not isinstance(value, list):
+            raise ConfigError("%s: %s, got %s" % (path, wanted, type(value).__name__))
+        for i, item in enumerate(value):   # the entries may be keys: never shown
+            if not isinstance(item, (str, dict) if objects else str):
+                raise ConfigError("%s: %s; entry %d is %s" % (path, wanted, i,
+                                                            type(item).__name__))
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError("%s: expected an object, got %r" % (path, value))
@@ -9355,7 +9359,7 @@ class ClientLimits:
 
 
 class ClientSlots:
-    """max_concurrency: a client's requests in flight at once. Decided on the event loop
+    """A client's requests in flight, and its max_concurrency. Decided on the event loop
     before a worker is taken, so that a request waiting for its client's slot holds no
     worker (one client's queue cannot starve the others)."""
 
@@ -9364,14 +9368,17 @@ class ClientSlots:
         self._waiting: Dict[str, "collections.deque[asyncio.Future[None]]"] = \
             collections.defaultdict(collections.deque)
 
-    async def acquire(self, client: ClientKey, gone: "asyncio.Future[Any]") -> bool:
+    async def acquire(self, client: ClientKey, gone: "Optional[asyncio.Future[Any]]"
+                      ) -> bool:
         """Take a slot (True), or wait for one: False when `gone` (the client left) is
         done first; a 429 when too many wait already or none frees within
-        CLIENT_QUEUE_TIMEOUT. A slot taken is release()d when the request ends."""
+        CLIENT_QUEUE_TIMEOUT. A slot taken is release()d when the request ends. A client
+        without max_concurrency never waits (its requests are only counted)."""
         name = client.name
         if not client.max_concurrency or self.in_flight[name] < client.max_concurrency:
             self.in_flight[name] += 1
             return True
+        assert gone is not None
         waiting = self._waiting[name]
         if len(waiting) >= CLIENT_MAX_WAITING:
             raise ClientError("client key %r already has %d requests in flight (its "
@@ -10442,7 +10449,8 @@ class Proxy:
         return {
             "version": __version__, "uptime_seconds": int(wall - self.started),
             "generated_at": wall,
-            "ledger": self.ledger.summary() if self.ledger else {"on": False},
+            "ledger": self.ledger.summary() if self.ledger else {
+                "on": False, "path": "", "warning": "", "rows_written": 0, "rows_dropped": 0},
             "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
                         workers=self.config.server["workers"],
                         connections_open=connections_open),
@@ -11108,13 +11116,16 @@ class ProxyServer:
         self._pipes.add(pipe)
         watcher: List[asyncio.Future] = []
         start_watching: Optional[asyncio.TimerHandle] = None
-        slot = ex.client if ex.client is not None and ex.client.max_concurrency and \
+        slot = ex.client if ex.client not in (None, ANONYMOUS) and \
             ex.action != "count_tokens" else None
         try:
             if slot is not None:   # waited for here, holding no worker; the client watched
-                watcher.append(asyncio.ensure_future(self._watch_client(reader, buf, pipe)))
+                if slot.max_concurrency:
+                    watcher.append(asyncio.ensure_future(
+                        self._watch_client(reader, buf, pipe)))
                 try:
-                    if not await self.proxy.slots.acquire(slot, watcher[0]):
+                    if not await self.proxy.slots.acquire(slot, watcher[0] if watcher
+                                                          else None):
                         slot = None
                         pipe.abort()
                         ex.status, ex.error = abandoned(pipe)
