@@ -170,6 +170,18 @@ def sse_payloads(data):
 
 
 @pytest.fixture
+def same_utc_day():
+    """For a test that counts what happened "today" (UTC): when midnight is less than
+    five minutes away, wait until it has passed, so that the whole test falls on one
+    day whatever the machine's speed."""
+    left = 86400 - time.time() % 86400
+    if left < 300:
+        deadline = time.time() + left + 1
+        while time.time() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+
+
+@pytest.fixture
 def fake():
     upstream = FakeOpenAI().start()
     yield upstream

@@ -43,11 +43,11 @@ def find_chromium():
 
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason=(
+pytestmark = [pytest.mark.skipif(not CHROMIUM, reason=(
     "CHROMIUM_BIN=%r is not an executable" % os.environ["CHROMIUM_BIN"]
     if os.environ.get("CHROMIUM_BIN") else
     "no Chromium (chromium, chromium-browser or google-chrome) on PATH; set CHROMIUM_BIN "
-    "or apt-get install chromium"))
+    "or apt-get install chromium")), pytest.mark.usefixtures("same_utc_day")]
 
 
 # == Chromium over the DevTools pipe ======================================================

@@ -28,6 +28,9 @@ import faults
 from conftest import PATIENCE, gp, make_config, wait_for
 from fake_upstream import Gate, completion, json_reply, usage
 
+# Counts of "today" (UTC) are checked throughout.
+pytestmark = pytest.mark.usefixtures("same_utc_day")
+
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "gemini_proxy.py")
 UPSTREAM_KEY = "sk-upstream-secret-1234"

@@ -20,6 +20,7 @@ genai = pytest.importorskip("google.genai", reason="the google-genai SDK is not 
 from google.genai import errors as genai_errors, types as genai_types  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("same_utc_day")   # the ledger's day
 
 # Each client one SDK: a model list for alice (openai), a rate for bob (anthropic), both
 # for carol (google-genai).
