@@ -9445,7 +9445,7 @@ LEDGER_SCHEMA = (
         "%s %s" % column for column in LEDGER_COLUMNS),
     "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
 LEDGER_INSERT = "INSERT INTO requests VALUES (%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
-LEDGER_BATCH = 2000              # rows written in one transaction at most
+LEDGER_BATCH = 5000              # rows written in one transaction at most
 # An upstream may report any number of tokens: past this, one row could overflow the
 # ledger's 64-bit sums.
 MAX_TOKEN_COUNT = 10 ** 12
@@ -9622,17 +9622,19 @@ class Ledger:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        behind = False
         while True:
             batch = [self._queue.get()]
-            flush_at = time.monotonic() + LEDGER_FLUSH_EVERY
+            if batch[0] is not None and not behind:
+                # Asleep while rows gather: woken once a flush, not once a row (each
+                # wake-up would take the interpreter from the requests for a moment).
+                time.sleep(LEDGER_FLUSH_EVERY)
             while batch[-1] is not None and len(batch) < LEDGER_BATCH:
-                wait = flush_at - time.monotonic()
-                if wait <= 0:
-                    break
                 try:
-                    batch.append(self._queue.get(timeout=wait))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            behind = len(batch) >= LEDGER_BATCH
             rows = [row for row in batch if row is not None]
             if rows:
                 self._write(rows)
@@ -10932,7 +10934,11 @@ class ProxyServer:
         """Answer one request; True when the connection may carry another."""
         dialect, endpoint, params, allowed = match_endpoint(head)
         error_dialect = dialect or guess_dialect(head)
-        ex = Exchange(new_id(nbytes=4), error_dialect.name, endpoint.action if endpoint else "",
+        # The request id from random, not os.urandom: on the event loop a call that lets
+        # go of the interpreter waits to get it back from busy workers (it need be unique,
+        # not secret).
+        ex = Exchange("%08x" % random.getrandbits(32), error_dialect.name,
+                      endpoint.action if endpoint else "",
                       client_model=params.get("model", "").replace("models/", "", 1))
         keep_alive = head.keep_alive and not self._draining
         ex.reply_headers = self._cors_headers(head)

@@ -215,6 +215,16 @@ def process_stats(pid):
         return 0, 0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used (Linux /proc), 0 elsewhere."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -280,26 +290,33 @@ async def run_ops(args, upstream_port, variants):
     """Added p50 latency and throughput of each proxy variant, in interleaved rounds;
     the medians over the rounds."""
     rounds, n, seconds = (3, 300, 2) if args.quick else (5, 1000, 3)
-    added = {name: [] for name, _ in variants}
-    rates = {name: [] for name, _ in variants}
+    added = {name: [] for name, _, _ in variants}
+    rates = {name: [] for name, _, _ in variants}
+    cpu = {name: [] for name, _, _ in variants}
     direct_rates = []
     for _ in range(rounds):
         direct = statistics.median(await sequential("direct", upstream_port, n, False))
         direct_rates.append(await throughput("direct", upstream_port, 32, seconds, False))
-        for name, port in variants:
+        for name, port, pid in variants:
             proxied = statistics.median(await sequential("proxy", port, n, False))
             added[name].append((proxied - direct) * 1e3)
-            rates[name].append(await throughput("proxy", port, 32, seconds, False))
+            used = cpu_seconds(pid)
+            rate = await throughput("proxy", port, 32, seconds, False)
+            rates[name].append(rate)
+            cpu[name].append((cpu_seconds(pid) - used) / (rate * seconds) * 1e3)
     print("whole replies, %d rounds (medians): %d sequential requests for the added p50, "
           "then 32 concurrent clients for %d s" % (rounds, n, seconds))
     print("  %-26s %7.0f req/s" % ("direct", statistics.median(direct_rates)))
-    base_rate = statistics.median(rates[variants[-1][0]])
-    base_added = statistics.median(added[variants[-1][0]])
-    for name, _ in variants:
+    last = variants[-1][0]
+    base_rate, base_added = statistics.median(rates[last]), statistics.median(added[last])
+    base_cpu = statistics.median(cpu[last])
+    for name, _, _ in variants:
         rate, extra = statistics.median(rates[name]), statistics.median(added[name])
-        print("  %-26s %7.0f req/s (%+.1f%% vs %s) | added p50 %.3f ms (%+.3f ms)" % (
-            name, rate, (rate / base_rate - 1) * 100, variants[-1][0], extra,
-            extra - base_added))
+        used = statistics.median(cpu[name])
+        print("  %-26s %7.0f req/s (%+.1f%%) | added p50 %.3f ms (%+.3f) | proxy CPU "
+              "%.3f ms/request (%+.1f%%)   [vs %s]" % (
+                  name, rate, (rate / base_rate - 1) * 100, extra, extra - base_added,
+                  used, (used / base_cpu - 1) * 100, last))
 
 
 def start_proxy(script, port, upstream_port, workers, state_dir, config=None):
@@ -348,9 +365,9 @@ def main():
                 port = free_port()
                 proxies.append(start_proxy(path, port, upstream_port, workers, state_dir,
                                            config))
-                variants.append((name, port))
+                variants.append((name, port, proxies[-1].pid))
             wait_port(upstream_port)
-            for _, port in variants:
+            for _, port, _ in variants:
                 wait_port(port)
             print("python %s, %d CPUs" % (sys.version.split()[0], os.cpu_count()))
             asyncio.run(run_ops(args, upstream_port, variants))
