@@ -9502,8 +9502,9 @@ def ledger_row(ex: Exchange, status: int, wall: float, duration: float) -> Tuple
             ex.key, status, failure_kind(ex, status), storable(clip(ex.error, 500)),
             min(usage.input_tokens, MAX_TOKEN_COUNT), min(usage.output_tokens, MAX_TOKEN_COUNT),
             min(usage.cached_tokens, MAX_TOKEN_COUNT),
-            min(usage.reasoning_tokens, MAX_TOKEN_COUNT), int(usage.estimated), round(ex.first_byte, 6), round(duration, 6),
-            ex.request_bytes, ex.response_bytes, int(ex.stream), int(ex.passthrough))
+            min(usage.reasoning_tokens, MAX_TOKEN_COUNT), int(usage.estimated),
+            round(ex.first_byte, 6), round(duration, 6), ex.request_bytes, ex.response_bytes,
+            int(ex.stream), int(ex.passthrough))
 
 
 def ledger_path(config: Config, environ: Dict[str, str]) -> str:
@@ -10463,7 +10464,8 @@ class Proxy:
                  "requests_per_minute": c.requests_per_minute or None,
                  "tokens_per_day": c.tokens_per_day or None,
                  "max_concurrency": c.max_concurrency or None,
-                 "in_flight": self.slots.in_flight[c.name], "waiting": self.slots.waiting(c.name)},
+                 "in_flight": self.slots.in_flight[c.name],
+                 "waiting": self.slots.waiting(c.name)},
                 **self.limits.snapshot(c)) for c in self.config.clients],
             "upstreams": [
                 {"name": name, "kind": page["kind"], "base_url": page["base_url"],
@@ -10651,7 +10653,8 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CORS_EXPOSED_HEADERS = "x-request-id, retry-after, content-type"
 CORS_ALLOWED_HEADERS = "authorization, content-type, x-api-key, x-goog-api-key, " \
     "anthropic-version, anthropic-beta, openai-organization, openai-project"
-CORS_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
+_HEADER_NAME = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+CORS_HEADER_LIST = re.compile(r"%s(\s*,\s*%s)*\Z" % (_HEADER_NAME, _HEADER_NAME))
 
 
 class ProxyServer:
@@ -11310,7 +11313,8 @@ class ProxyServer:
             if ex.upstream else ""
         named = ex.client is not None and ex.client is not ANONYMOUS
         access_log.info("%s %s %d%s%s rid=%s%s %.3fs%s%s%s%s", head.method,
-                        self.proxy.live.redactor.names(head.path), status, route, " stream" if ex.stream else "", ex.rid,
+                        self.proxy.live.redactor.names(head.path), status, route,
+                        " stream" if ex.stream else "", ex.rid,
                         " client=" + ex.client.name if named else "", duration,
                         " ttfb=%.3fs" % ex.first_byte if ex.first_byte else "", tokens,
                         " attempts=%d" % ex.attempts if ex.attempts > 1 else "",
