@@ -9259,14 +9259,15 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
 # ---- 21. Client limits -----------------------------------------------------------------------
 #
 # A named client key (server.api_keys objects, section 4) may be held to a request rate, a
-# daily token budget and a number of requests at once. ClientLimits decides in the worker
-# thread, before any upstream is called, and is told what each request cost when it ends.
-# What it counts outlives a reload (the Proxy keeps it) and a restart (read back from the
-# usage ledger, section 22).
+# daily token budget and a number of requests at once. ClientLimits (rate and budget)
+# decides in the worker thread, before any upstream is called, and is told what each
+# request cost when it ends; ClientSlots (requests at once) decides on the event loop,
+# before a worker is taken. What they count outlives a reload (the Proxy keeps them), and
+# the rate and budget a restart (read back from the usage ledger, section 22).
 
 # Seconds a request waits for one of its client's max_concurrency slots before a 429, and
-# how many of a client's requests may wait at once (each holds a worker thread: one
-# client's queue must not take every worker from the others).
+# how many of a client's requests may wait at once (waiting costs no worker, but a
+# client's queue should not grow without end).
 CLIENT_QUEUE_TIMEOUT = 300.0
 CLIENT_MAX_WAITING = 16
 RATE_WINDOW = 60.0
@@ -9518,7 +9519,7 @@ def ledger_path(config: Config, environ: Dict[str, str]) -> str:
 
 def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connection":
     if sqlite3 is None:
-        raise sqlite3_missing()
+        raise OSError("this Python was built without sqlite3")
     if readonly:
         return sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
                                timeout=10)
@@ -9531,10 +9532,6 @@ def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connecti
     for statement in LEDGER_SCHEMA:
         db.execute(statement)
     return db
-
-
-def sqlite3_missing() -> OSError:
-    return OSError("this Python was built without sqlite3")
 
 
 @dataclasses.dataclass
