@@ -94,7 +94,6 @@ import asyncio
 import base64
 import bisect
 import collections
-import concurrent.futures
 import contextvars
 import copy
 import csv
@@ -215,8 +214,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "any); none: no CORS", env="GEMINI_PROXY_CORS_ORIGINS", flag="--cors-origin"),
     Setting("server", "allow_public", False, "allow a non-loopback address with no client "
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
-    Setting("server", "workers", 256, "threads for upstream calls; each in-flight request "
-            "holds one", env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
+    Setting("server", "workers", 10000, "the most requests in flight at once: each holds a "
+            "worker thread (started when needed, ended when idle) to its end",
+            env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "max_connections", 0, "client connections open at once; more are "
             "turned away with a 503 (0: as many as the open-file limit allows)"),
     Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)",
@@ -8565,6 +8565,96 @@ class KeyPool:
 # or costs (JSON, conversion, the upstream call) runs in the worker; the event loop only
 # moves finished bytes.
 
+# A worker thread with nothing to do for this long ends (a proxy that held thousands of
+# streams at noon holds a few threads at night); its stack is this big. What a thread
+# costs in memory is what it touches, about 16-20 KiB whatever the size; the size bounds
+# address space (10,000 threads at the default 8 MiB would reserve 80 GB). 1 MiB holds a
+# recursion to Python's default limit on 3.8, where 512 KiB does not.
+WORKER_IDLE_EXIT = 30.0
+WORKER_STACK_BYTES = 1 * MiB
+
+
+class WorkerPool:
+    """Threads for the blocking part of requests: one is started when a request finds
+    none idle, up to `limit` (server.workers); past that requests queue for the next one
+    free. Each request holds its thread to its end, a stream included, so the limit is
+    how many requests can be in flight, and memory, not a thread count, is the bound."""
+
+    def __init__(self, limit: int, name: str = "upstream"):
+        self.limit = limit
+        self.threads = 0
+        self._name = name
+        self._tasks: "queue.SimpleQueue[Optional[Tuple[Callable[..., None], tuple]]]" = \
+            queue.SimpleQueue()
+        # One permit per idle thread: a submit that takes one knows a thread will run
+        # its task; a thread that ends for idleness must take its own permit back first.
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._serial = itertools.count(1)
+        self._start_failed_at = 0.0
+        self._closed = False
+
+    def submit(self, function: Callable[..., None], *args: Any) -> None:
+        """Run function(*args) in a worker; it must not raise (what it does is its
+        own to report)."""
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        self._tasks.put((function, args))
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if self.threads >= self.limit:
+                return              # queued: the next thread to finish takes it
+            self.threads += 1
+        try:
+            previous = threading.stack_size(WORKER_STACK_BYTES)
+            try:
+                threading.Thread(target=self._work, daemon=True,
+                                 name="%s-%d" % (self._name, next(self._serial))).start()
+            finally:
+                threading.stack_size(previous)
+        except RuntimeError as exc:   # the system's thread limit: wait for one to free
+            with self._lock:
+                self.threads -= 1
+                started = self.threads
+            now = time.monotonic()
+            if now - self._start_failed_at > 60:
+                self._start_failed_at = now
+                log.error("cannot start another worker thread (%s) with %d running; "
+                          "requests wait for one to free (raise the system's thread "
+                          "limit, or lower server.workers)", exc, started)
+            if not started:
+                raise
+
+    def _work(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=WORKER_IDLE_EXIT)
+            except queue.Empty:
+                if self._idle.acquire(blocking=False):   # nobody counts on this thread
+                    with self._lock:
+                        self.threads -= 1
+                    return
+                continue                                  # a submit does: its task is coming
+            if task is None:
+                self._tasks.put(None)                     # closing: pass it on
+                with self._lock:
+                    self.threads -= 1
+                return
+            function, args = task
+            try:
+                function(*args)
+            except Exception:   # pragma: no cover - the functions submitted never raise
+                log.exception("worker task failed")
+            del task, function, args    # hold nothing of a finished request while idle
+            self._idle.release()
+
+    def close(self) -> None:
+        """Idle threads end; busy ones when their request does."""
+        self._closed = True
+        self._tasks.put(None)
+
+
 @dataclasses.dataclass
 class ResponseHead:
     status: int
@@ -10241,8 +10331,7 @@ class Proxy:
     def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
         self.environ = environ
         self.pool = ConnectionPool()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.server["workers"], thread_name_prefix="upstream")
+        self.workers = WorkerPool(config.server["workers"])
         self.started = time.time()
         self.instance = new_id(nbytes=6)   # in HOP_HEADER: a request that comes back is a loop
         self.listening: Optional[Tuple[str, int]] = None
@@ -10329,8 +10418,9 @@ class Proxy:
     def reload(self, config: Config) -> None:
         """Use a new configuration from the next request on: upstreams, keys (refused
         ones get another chance), routes, client keys, logging. Requests in flight end
-        on the old one. Listening address, workers and limits need a restart."""
-        for key in ("host", "port", "workers"):
+        on the old one. The listening address and limits need a restart."""
+        self.workers.limit = config.server["workers"]
+        for key in ("host", "port"):
             if config.server[key] != self.config.server[key]:
                 log.warning("reload: server.%s changed; it takes effect after a restart", key)
         if config.usage != self.config.usage:
@@ -10342,7 +10432,7 @@ class Proxy:
         self.live = self._make_live(config, self.live)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False)
+        self.workers.close()
         self.pool.close_all()
         if self.ledger is not None:
             self.ledger.close()
@@ -10453,6 +10543,7 @@ class Proxy:
                 "on": False, "path": "", "warning": "", "rows_written": 0, "rows_dropped": 0},
             "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
                         workers=self.config.server["workers"],
+                        worker_threads=self.workers.threads,
                         connections_open=connections_open),
             "today": metrics.today(wall),
             "series": metrics.series(wall),
@@ -10485,7 +10576,10 @@ class Proxy:
             ("requests_in_flight", "Requests being answered now (some may wait for a "
              "worker).", {}, in_flight),
             ("workers_busy", "Worker threads holding a request.", {}, self.active),
-            ("workers", "Worker threads (server.workers).", {}, self.config.server["workers"]),
+            ("workers", "The most worker threads (server.workers).", {},
+             self.config.server["workers"]),
+            ("worker_threads", "Worker threads running now, busy or idle.", {},
+             self.workers.threads),
             ("upstream_connections_open", "Connections to upstreams, in use or idle.", {},
              self.pool.open),
             ("client_connections_open", "Client connections open.", {}, connections_open),
@@ -10701,7 +10795,7 @@ class ProxyServer:
             settings = self.config.logging
             if settings["keep_days"]:
                 await self._loop.run_in_executor(
-                    self.proxy.executor, prune_detailed_logs, settings["log_dir"] or "logs",
+                    None, prune_detailed_logs, settings["log_dir"] or "logs",
                     settings["keep_days"], time.time())
             await asyncio.sleep(3600)
 
@@ -11141,7 +11235,7 @@ class ProxyServer:
                     ex.status, ex.error, ex.error_kind = err.status, err.message, err.reason
                     await self._send_error(writer, dialect, err, ex, keep_alive)
                     return keep_alive
-            self.proxy.executor.submit(self.proxy.handle_blocking, ex, head, body, pipe)
+            self.proxy.workers.submit(self.proxy.handle_blocking, ex, head, body, pipe)
             if not watcher:   # most answers take no time; a slow one is watched after a moment
                 start_watching = self._loop.call_later(
                     CLIENT_WATCH_DELAY, lambda: watcher.append(

@@ -3,7 +3,10 @@
 the same run. Prints numbers; asserts nothing (these machines are noisy: compare ratios
 within one run, not absolute numbers across runs).
 
-    python3 bench/bench.py                 # all scenarios, a few minutes at most
+    python3 bench/bench.py --table         # every row of the performance table, a Markdown
+                                           # table at the end (about 5 minutes)
+    python3 bench/bench.py --table --quick # the same, small: 100 slow streams of 5 s, ...
+    python3 bench/bench.py                 # the older scenarios, a few minutes at most
     python3 bench/bench.py --quick         # smaller counts
     python3 bench/bench.py --streams 2000  # concurrent streams to hold open
     python3 bench/bench.py --ops [--baseline OLD_gemini_proxy.py]
@@ -15,12 +18,63 @@ directory), and this load generator. --ops runs two proxies side by side, one wi
 named client key and the usage ledger, one with neither (and, with --baseline, a third:
 another version of gemini_proxy.py), and interleaves their rounds so that the machine's
 moods fall on all of them alike.
+
+--table measures, in one run, with "direct" (the load generator calling the mock upstream
+itself) as the control:
+
+  added p50       sequential whole-reply requests on one keep-alive connection; p50 through
+                  the proxy minus p50 direct, for an OpenAI client (POST
+                  /v1/chat/completions, passed through) and a Gemini client (POST
+                  /v1beta/models/bench:generateContent, converted). --rounds rounds, each
+                  direct, OpenAI, Gemini in turn; medians over the rounds.
+  CPU, throughput --clients (32) concurrent keep-alive clients for --seconds, rounds
+                  interleaved the same way; CPU = utime+stime of the proxy's whole process
+                  tree (a --processes supervisor and its workers; /proc) over the window,
+                  divided by the requests answered. The load generator's and the upstream's
+                  CPU are printed too: on a small machine they share its cores.
+  SSE relay       one 2,000-event stream (no gaps) per kind and round, read as raw bytes;
+                  2,000 / seconds from request to last byte. Pass-through: OpenAI client,
+                  stream:true; converted: Gemini client, :streamGenerateContent?alt=sse.
+  slow streams    --slow-streams (1000) streams of --slow-seconds (20) events one second
+                  apart, opened in batches of 250, all on new connections, by a Gemini
+                  client (--slow-client openai for pass-through); a fresh upstream and a
+                  fresh proxy. ok: status 200, every event, the end marker. On time: ok, and
+                  every event within 1.5 s of the one before (the first: of the request),
+                  and the stream over within --slow-seconds + 3 s of its start (before
+                  connecting). Timed out: not over after 3 x --slow-seconds. Direct runs
+                  first, then the proxy (one round each: these take minutes).
+  memory          peak VmRSS, summed over the process tree, sampled twice a second while
+                  those streams are open: the proxy's; direct: the upstream's.
+  start-up        seconds from spawning the proxy to its port accepting and to GET /health
+                  answering 200; its RSS one second later (medians of 5 starts). "Direct":
+                  a bare interpreter (python -c pass; RSS of one sleeping).
+  hold            --hold-streams (10000; 0: skip) slow streams at once, as above. The
+                  benchmark raises its open-file soft limit to the hard limit (and, when it
+                  may, as root, the hard limit to what the hold needs: the proxy holds two
+                  sockets a stream); its children inherit it and the proxy raises its own.
+                  When the limit stays too low the row is skipped, saying why.
+  two processes   the CPU and throughput rounds include a proxy started with --processes
+                  2 (--processes N; 0: skip); "processes: not supported by this
+                  gemini_proxy.py" when it refuses the flag.
+
+Rows run in that order but for start-up, which runs first. --workers is passed to the proxy
+only when given, so the table measures the defaults; GEMINI_PROXY_* variables are not
+passed on. Every process started is stopped when the run ends, however it ends, and each
+row has a time limit. The proxies' logs are scanned at the end for warnings, errors and
+non-200 replies. --quick: 3 rounds, 300 requests, 1.5 s windows, 100 slow streams of 5 s,
+a hold of 500.
+
+The upstream's streams: model "bench-<events>-<seconds between events>"; the gap comes
+before each content event, the end (finish, usage, [DONE]) follows the last at once.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import re
+import shlex
+import signal
 import shutil
 import socket
 import statistics
@@ -28,6 +82,11 @@ import subprocess
 import sys
 import tempfile
 import time
+
+try:
+    import resource
+except ImportError:   # not Unix: no limits to raise, no rusage
+    resource = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,8 +138,8 @@ async def upstream_connection(reader, writer):
             chunks, gap = int(chunks), float(gap)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
-            for event in stream_events(chunks):
-                if gap:
+            for i, event in enumerate(stream_events(chunks)):
+                if gap and i < chunks:   # the end follows the last content event at once
                     await asyncio.sleep(gap)
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
@@ -93,6 +152,7 @@ async def upstream_connection(reader, writer):
 
 
 async def serve_upstream(port):
+    raise_open_file_limit(0)
     server = await asyncio.start_server(upstream_connection, "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
@@ -123,13 +183,14 @@ class Connection:
             length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
             data = await self.reader.readexactly(length)
         else:   # chunked
-            data = b""
+            pieces = []
             while True:
                 size = int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
                 if size == 0:
                     await self.reader.readuntil(b"\r\n")
                     break
-                data += (await self.reader.readexactly(size + 2))[:-2]
+                pieces.append((await self.reader.readexactly(size + 2))[:-2])
+            data = b"".join(pieces)
         return status, data
 
     def close(self):
@@ -142,9 +203,10 @@ GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}
 
 
 def target(kind, port, stream, model="bench-20-0"):
-    """(port, path, body): the same request, spoken to the upstream or through the proxy
-    (which passes the model name through unchanged)."""
-    if kind == "direct":
+    """(port, path, body): the same request, spoken to the upstream ("direct"), or through
+    the proxy by an OpenAI client ("openai": passed through) or a Gemini client ("gemini",
+    or "proxy": converted). The proxy passes the model name through unchanged."""
+    if kind in ("direct", "openai"):
         body = dict(OPENAI_BODY, stream=True, model=model) if stream else OPENAI_BODY
         return port, "/v1/chat/completions", body
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"

@@ -1234,6 +1234,12 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+class _FakeHTTPServer(ThreadingHTTPServer):
+    # The standard library's 5 would make a burst of connections (a test holding hundreds
+    # of streams) wait for the kernel's SYN retries.
+    request_queue_size = 1024
+
+
 class FakeUpstream:
     """What the fakes share. Start with Fake...().start(); stop() when done.
 
@@ -1261,7 +1267,7 @@ class FakeUpstream:
         self.aborted_streams = 0
         self.stopping = threading.Event()
         self.models = ["fake-model"]
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), FakeHandler)
+        self.httpd = _FakeHTTPServer(("127.0.0.1", port), FakeHandler)
         self.httpd.daemon_threads = True
         self.httpd.fake = self
         self.port = self.httpd.server_address[1]

@@ -964,7 +964,7 @@ def test_metrics_count_what_happened(proxy_factory, fake, tmp_path):
     for _ in range(3):
         metrics_of(proxy)
     assert total(metrics_of(proxy), requests) == 5
-    assert total(samples, "gemini_proxy_workers") == 256
+    assert total(samples, "gemini_proxy_workers") == 10000
 
 
 def test_metrics_key_state_is_one_hot(proxy_factory, fake, tmp_path):
@@ -1037,7 +1037,7 @@ def test_metrics_collapse_many_model_names(proxy_factory, fake, tmp_path):
 STATS_KEYS = {"version", "uptime_seconds", "generated_at", "ledger", "now", "today", "series",
               "clients", "upstreams", "errors"}
 NOW_KEYS = {"requests_per_minute", "tokens_per_minute", "error_rate", "p50_ms", "p95_ms",
-            "in_flight", "workers_busy", "workers", "connections_open"}
+            "in_flight", "workers_busy", "workers", "worker_threads", "connections_open"}
 CLIENT_KEYS = {"name", "models", "requests_per_minute", "tokens_per_day", "max_concurrency",
                "requests_last_minute", "tokens_today", "requests_today", "in_flight"}
 UPSTREAM_KEYS = {"name", "kind", "base_url", "unusable", "in_flight", "waiting", "keys"}
@@ -1112,7 +1112,7 @@ def test_stats(proxy_factory, fake, tmp_path):
     assert stats["now"]["requests_per_minute"] == 7
     assert stats["now"]["error_rate"] == round(3 / 7, 4)
     assert stats["now"]["p50_ms"] is not None and stats["now"]["in_flight"] == 0
-    assert stats["now"]["workers"] == 256
+    assert stats["now"]["workers"] == 10000
     assert stats["ledger"]["on"] is True and stats["ledger"]["warning"] == ""
     assert stats["ledger"]["path"] == ledger_file(tmp_path)
     # newest first, with the request ids the clients were given

@@ -1,0 +1,139 @@
+"""Many requests at once (issue 11): the elastic worker pool, worker processes behind one
+port, and the state they share."""
+
+import json
+import threading
+
+import pytest
+
+from conftest import PATIENCE, gp, wait_for
+from fake_upstream import pause_after, text_stream
+
+OPENAI = "/v1/chat/completions"
+
+
+# ---- the worker pool ---------------------------------------------------------------------
+
+def test_the_pool_starts_threads_as_requests_need_them_and_queues_past_its_limit():
+    pool = gp.WorkerPool(limit=3, name="test-pool")
+    release = threading.Event()
+    started, done = [], []
+    lock = threading.Lock()
+
+    def task(number):
+        with lock:
+            started.append(number)
+        release.wait(PATIENCE)
+        with lock:
+            done.append(number)
+    try:
+        for number in range(5):
+            pool.submit(task, number)
+        wait_for(lambda: len(started) == 3, message=lambda: "started: %r" % started)
+        assert pool.threads == 3      # the limit: the other two wait for a free thread
+        release.set()
+        wait_for(lambda: len(done) == 5, message=lambda: "done: %r" % done)
+        assert sorted(started) == list(range(5)) and pool.threads == 3
+    finally:
+        release.set()
+        pool.close()
+    wait_for(lambda: pool.threads == 0, message="closing ends idle threads")
+
+
+def test_an_idle_thread_is_reused_and_idle_threads_end(monkeypatch):
+    monkeypatch.setattr(gp, "WORKER_IDLE_EXIT", 0.05)
+    pool = gp.WorkerPool(limit=100)
+    names = []
+    finished = threading.Semaphore(0)
+
+    def task():
+        names.append(threading.current_thread().name)
+        finished.release()
+    try:
+        for _ in range(20):   # one at a time: one thread serves them all
+            pool.submit(task)
+            assert finished.acquire(timeout=PATIENCE)
+        assert len(set(names)) <= 2, names   # (a thread ending for idleness may be replaced)
+        wait_for(lambda: pool.threads == 0, message="an idle pool lets its threads go")
+        pool.submit(task)                   # and starts one again when asked
+        assert finished.acquire(timeout=PATIENCE)
+    finally:
+        pool.close()
+
+
+def test_worker_threads_have_a_small_stack_that_still_holds_deep_recursion():
+    pool = gp.WorkerPool(limit=1)
+    seen = []
+    finished = threading.Event()
+
+    def deep(n):
+        return 0 if n == 0 else deep(n - 1) + 1
+
+    def task():
+        seen.append(threading.stack_size())
+        try:
+            seen.append(deep(900))
+            json.loads("[" * 100000 + "]" * 100000)
+        except RecursionError:
+            seen.append("recursion error, as in the main thread")
+        finally:
+            finished.set()
+    try:
+        pool.submit(task)
+        assert finished.wait(PATIENCE)
+    finally:
+        pool.close()
+    # stack_size() in the thread says what new threads get; the pool sets it only while
+    # starting its own, so the process's default is left as it was.
+    assert threading.stack_size() == 0
+    assert seen[1:] == [900, "recursion error, as in the main thread"]
+
+
+# ---- many streams through one proxy ------------------------------------------------------
+
+def test_more_streams_than_the_old_thread_limit_are_all_in_flight_at_once(proxy_factory, fake):
+    """300 streams (the pool once stopped at 256): every one reaches the upstream and
+    sends its first event before any is let finish."""
+    count = 300
+    proxy = proxy_factory()
+    all_open = threading.Event()
+    lock = threading.Lock()
+    opened = [0]
+
+    def counted(reply):
+        def wrapped(handler, request):
+            with lock:
+                opened[0] += 1
+                if opened[0] == count:
+                    all_open.set()
+            reply(handler, request)
+        return wrapped
+    fake.queue(*[counted(pause_after(text_stream("hello there", pieces=2), writes=1,
+                                     until=all_open, seconds=PATIENCE * 2))
+                 for _ in range(count)])
+    answers = [None] * count
+
+    def ask(index):
+        answers[index] = proxy.post(OPENAI, {"model": "fake-model", "stream": True,
+                                             "messages": [{"role": "user", "content": "hi"}]},
+                                    timeout=PATIENCE * 3)
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_open.wait(PATIENCE * 2), "only %d of %d streams reached the upstream" % (
+            opened[0], count)
+    finally:
+        all_open.set()
+        for thread in threads:
+            thread.join(PATIENCE * 3)
+    assert [answer[0] for answer in answers] == [200] * count
+    assert {openai_stream_text(answer[1]) for answer in answers} == {"hello there"}
+    assert proxy.server.proxy.workers.threads >= count
+
+
+def openai_stream_text(data):
+    events = [line[len(b"data: "):] for line in data.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    return "".join(choice["delta"].get("content") or "" for event in events[:-1]
+                   for choice in json.loads(event)["choices"])
