@@ -84,7 +84,8 @@ Contents (each section uses only the ones above it):
     24. server (asyncio: connections, limits, streaming, shutdown)
     25. Google login (the login and accounts commands)
     26. dashboard page
-    27. command line
+    27. worker processes (server.processes: a supervisor and its workers)
+    28. command line
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ import signal
 import socket
 import struct
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -149,7 +151,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 27) and the README's
+# flag that may set it. Configuration (section 4), --help (section 28) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +219,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server", "workers", 10000, "the most requests in flight at once: each holds a "
             "worker thread (started when needed, ended when idle) to its end",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
+    Setting("server", "processes", 1, "processes serving the port, each with its own "
+            "workers (\"auto\": one per core); state they must share goes through "
+            "the supervisor or state.redis_url", env="GEMINI_PROXY_PROCESSES",
+            flag="--processes", choices=("auto",), minimum=1),
     Setting("server", "max_connections", 0, "client connections open at once; more are "
             "turned away with a 503 (0: as many as the open-file limit allows)"),
     Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)",
@@ -950,9 +956,12 @@ def _check_value(value: Any, setting: Setting, path: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError("%s: expected true or false, got %r" % (path, value))
     elif isinstance(default, int):
+        if value in setting.choices:   # a word that stands for a number ("auto")
+            return value
         if isinstance(value, bool) or not isinstance(value, int) or value < setting.minimum:
-            raise ConfigError("%s: expected a whole number >= %d, got %r"
-                              % (path, setting.minimum, value))
+            raise ConfigError("%s: expected a whole number >= %d%s, got %r" % (
+                path, setting.minimum, "".join(" or %r" % c for c in setting.choices),
+                value))
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not math.isfinite(value) or value < 0 or (value == 0 and not setting.zero):
@@ -1115,7 +1124,7 @@ def _env_value(environ: Dict[str, str], setting: Setting) -> Any:
                 raise ValueError(text)
             value: Any = text.lower() in ("1", "true", "yes")
         elif isinstance(default, int):
-            value = int(text)
+            value = text if text in setting.choices else int(text)
         elif isinstance(default, float):
             value = float(text)
         elif isinstance(default, list):
@@ -10420,7 +10429,7 @@ class Proxy:
         ones get another chance), routes, client keys, logging. Requests in flight end
         on the old one. The listening address and limits need a restart."""
         self.workers.limit = config.server["workers"]
-        for key in ("host", "port"):
+        for key in ("host", "port", "processes"):
             if config.server[key] != self.config.server[key]:
                 log.warning("reload: server.%s changed; it takes effect after a restart", key)
         if config.usage != self.config.usage:
@@ -10509,6 +10518,7 @@ class Proxy:
                 "unusable": live.unusable.get(name, (0, ""))[1],
                 "max_concurrency": runtime.spec["max_concurrency"]}, **pool)
         return {"version": __version__, "uptime_seconds": int(time.time() - self.started),
+                "pid": os.getpid(),   # with server.processes: which worker answered
                 "in_flight": self.active, "workers_free": self.workers_free,
                 "upstreams": upstreams}
 
@@ -10753,10 +10763,15 @@ class ProxyServer:
     100-continue, limits and timeouts, chunked streaming with backpressure, graceful
     shutdown. Construct, `await start()`, then `await serve_until_stopped()`."""
 
-    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
+    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None,
+                 listen_socket: Optional[socket.socket] = None, reuse_port: bool = False):
         self.config = config
         self.proxy = Proxy(config, environ)
         self.port = 0
+        # A worker process (section 27) listens on a socket its supervisor made, or on
+        # the same port as its siblings (SO_REUSEPORT).
+        self._listen_socket = listen_socket
+        self._reuse_port = reuse_port
         self._limits = config.server
         self.max_connections = config.server["max_connections"]
         self._server: Optional[asyncio.AbstractServer] = None
@@ -10781,9 +10796,14 @@ class ProxyServer:
                         room, limit)
         self.max_connections = min(self.max_connections or room, room)
         self.proxy.open_ledger()   # before listening: no client waits while it is read
-        self._server = await asyncio.start_server(
-            self._serve_connection, self.config.server["host"], self.config.server["port"],
-            reuse_address=True, backlog=2048)
+        if self._listen_socket is not None:
+            self._server = await asyncio.start_server(
+                self._serve_connection, sock=self._listen_socket, backlog=2048)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve_connection, self.config.server["host"],
+                self.config.server["port"], reuse_address=True,
+                reuse_port=self._reuse_port or None, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
         self.proxy.listen_on(self.config.server["host"], self.port)
         self._housekeeping = asyncio.ensure_future(self._housekeep())
@@ -12081,7 +12101,234 @@ refresh();
 """
 
 
-# ---- 27. Command line ----------------------------------------------------------------------
+# ---- 27. Worker processes --------------------------------------------------------------------
+#
+# server.processes above 1: this process becomes the supervisor of that many worker
+# processes, each this file run again (a whole proxy), all serving one port. On Linux each
+# worker listens with SO_REUSEPORT and the kernel spreads connections over them;
+# elsewhere they share one listening socket the supervisor made. The supervisor passes
+# SIGHUP and SIGTERM on, starts a worker again when one dies, and writes the workers' log
+# lines (so one process writes, and rotates, the log file). A worker that finds its
+# supervisor gone stops as if sent SIGTERM.
+
+WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
+RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
+# A worker that exits this soon after it started, this many times in a row, will not do
+# better the next time (a port taken, a file it cannot read): the supervisor gives up.
+WORKER_QUICK_EXIT = 10.0
+WORKER_QUICK_EXITS = 3
+WORKER_READY_TIMEOUT = 60.0
+
+
+def process_count(setting: Any) -> int:
+    """server.processes as a number: "auto" is one per core."""
+    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+
+
+def spreads_by_reuseport() -> bool:
+    """Whether workers each listen with SO_REUSEPORT: on Linux the kernel then spreads
+    connections over them. macOS and the BSDs take the option without the spreading;
+    there they accept from one shared socket."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+class RelayedLineFormatter(logging.Formatter):
+    """The supervisor's handlers: a worker's line as the worker formatted it, the
+    supervisor's own as before."""
+
+    def __init__(self, own: logging.Formatter):
+        super().__init__()
+        self._own = own
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == RELAYED_LOG:
+            return record.getMessage()
+        return self._own.format(record)
+
+
+@dataclasses.dataclass
+class WorkerProcess:
+    number: int
+    process: "subprocess.Popen[bytes]"
+    channel: socket.socket          # the supervisor's end: "ready" comes in; closed = gone
+    started: float
+
+
+class Supervisor:
+    """Starts server.processes workers, keeps them running, and stops them."""
+
+    def __init__(self, config: Config, argv: List[str]):
+        self.config = config
+        self.argv = argv
+        self.count = process_count(config.server["processes"])
+        self.workers: List[WorkerProcess] = []
+        self.port = 0
+        self._listener: Optional[socket.socket] = None
+        self._wake = threading.Event()
+        self._signals: "collections.deque[int]" = collections.deque()
+        self._quick_exits = 0
+
+    def run(self) -> int:
+        if os.name != "posix":
+            log.error("server.processes above 1 needs a POSIX system; run one process, or "
+                      "one proxy per port behind a load balancer")
+            return 2
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(RelayedLineFormatter(handler.formatter or
+                                                      logging.Formatter()))
+        try:
+            self._listener = self._hold_port()
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", self.config.server["host"],
+                      self.config.server["port"], exc.strerror or exc)
+            return 1
+        self.port = self._listener.getsockname()[1]
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._on_signal)
+        try:
+            for number in range(1, self.count + 1):
+                self.workers.append(self._start(number))
+            if not self._wait_ready():
+                self._stop_all()
+                return 1
+            host = self.config.server["host"]
+            log.info("gemini-proxy %s listening on http://%s:%d (%d worker processes, %s)",
+                     __version__, "[%s]" % host if ":" in host else host, self.port,
+                     self.count, "client keys required" if self.config.server["api_keys"]
+                     else "no client keys")
+            log_where_requests_go(Proxy(self.config))
+            return self._supervise()
+        finally:
+            self._listener.close()
+
+    def _hold_port(self) -> socket.socket:
+        """With SO_REUSEPORT: a socket bound to the port, not listening (it takes no
+        connections), so that port 0 is one port for every worker and nothing else takes
+        it while a worker restarts. Without: the listening socket the workers share."""
+        host, port = self.config.server["host"], self.config.server["port"]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            if spreads_by_reuseport():
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            if not spreads_by_reuseport():
+                sock.listen(2048)
+                sock.set_inheritable(True)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _start(self, number: int) -> WorkerProcess:
+        ours, theirs = socket.socketpair()
+        passed = [theirs.fileno()]
+        word = {"number": number, "port": self.port, "channel_fd": theirs.fileno(),
+                "listen_fd": None}
+        assert self._listener is not None
+        if not spreads_by_reuseport():
+            word["listen_fd"] = self._listener.fileno()
+            passed.append(self._listener.fileno())
+        environ = dict(os.environ, **{WORKER_PROCESS_ENV: json.dumps(word)})
+        # Its own session: a terminal's Ctrl+C reaches the supervisor alone, which passes
+        # one SIGTERM on (two would mean "now" to the worker).
+        process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)] + self.argv, env=environ,
+            pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
+        theirs.close()
+        threading.Thread(target=self._relay_log, args=(process,), daemon=True,
+                         name="log-of-worker-%d" % number).start()
+        return WorkerProcess(number, process, ours, time.monotonic())
+
+    @staticmethod
+    def _relay_log(process: "subprocess.Popen[bytes]") -> None:
+        relayed = logging.getLogger(RELAYED_LOG)
+        assert process.stderr is not None
+        for line in process.stderr:
+            # handle(), not info(): the worker applied logging.level already.
+            relayed.handle(logging.makeLogRecord({
+                "name": RELAYED_LOG, "msg": "%s", "levelno": logging.INFO,
+                "levelname": "INFO",
+                "args": (line.decode("utf-8", "replace").rstrip("\r\n"),)}))
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        waiting = {w.channel: w for w in self.workers}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0 or any(w.process.poll() is not None for w in waiting.values()):
+                log.error("worker processes did not start (see the lines above)")
+                return False
+            readable, _, _ = select.select(list(waiting), [], [], min(left, 0.5))
+            for channel in readable:
+                if channel.recv(16):
+                    del waiting[channel]
+        return True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+        self._wake.set()
+
+    def _supervise(self) -> int:
+        stopping = 0
+        while True:
+            # SIGCHLD wakes this; the timeout is a safety net, not a clock anyone waits on.
+            self._wake.wait(5.0)
+            self._wake.clear()
+            while self._signals:
+                signum = self._signals.popleft()
+                if signum == signal.SIGHUP:
+                    log.info("passing SIGHUP on to the worker processes")
+                    self._signal_all(signal.SIGHUP)
+                elif signum in (signal.SIGINT, signal.SIGTERM):
+                    stopping += 1
+                    if stopping == 1:
+                        log.info("stopping %d worker processes", len(self.workers))
+                    self._signal_all(signal.SIGTERM)    # a second one: "now"
+            for worker in list(self.workers):
+                code = worker.process.poll()
+                if code is None:
+                    continue
+                worker.channel.close()
+                self.workers.remove(worker)
+                if stopping:
+                    continue
+                quick = time.monotonic() - worker.started < WORKER_QUICK_EXIT
+                self._quick_exits = self._quick_exits + 1 if quick else 0
+                if self._quick_exits >= WORKER_QUICK_EXITS:
+                    log.error("worker process %d exited (status %s) %d times in a row soon "
+                              "after starting; stopping", worker.number, code,
+                              self._quick_exits)
+                    self._stop_all()
+                    return 1
+                log.warning("worker process %d (pid %d) exited (status %s); starting it "
+                            "again", worker.number, worker.process.pid, code)
+                self.workers.append(self._start(worker.number))
+            if stopping and not self.workers:
+                log.info("stopped")
+                return 0
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            try:
+                worker.process.send_signal(signum)
+            except OSError:   # exited already: the next look finds it
+                pass
+
+    def _stop_all(self) -> None:
+        self._signal_all(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.process.wait(self.config.server["shutdown_grace"] + 5)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+            worker.channel.close()
+        self.workers.clear()
+
+
+# ---- 28. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -12105,6 +12352,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         elif isinstance(default, list):
             parser.add_argument(setting.flag, action="append", default=[],
                                 help=text + " (repeatable)")
+        elif isinstance(default, int) and setting.choices:   # a number, or a word
+            def number_or_word(text: str, words: Tuple[str, ...] = setting.choices) -> Any:
+                return text if text in words else int(text)
+            number_or_word.__name__ = "whole number or %s" % " or ".join(setting.choices)
+            parser.add_argument(setting.flag, type=number_or_word,
+                                help=text + " (default %s)" % default)
         else:
             parser.add_argument(setting.flag, type=type(default), choices=setting.choices
                                 or None, help=text + (" (default %s)" % default
@@ -12115,7 +12368,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def reload_config(server: ProxyServer, args: argparse.Namespace) -> None:
+def reload_config(server: ProxyServer, args: argparse.Namespace,
+                  worker: Optional[Dict[str, Any]] = None) -> None:
     """SIGHUP: read the configuration again, from the same file, environment and flags;
     a bad one is reported and the running one kept."""
     try:
@@ -12123,6 +12377,8 @@ def reload_config(server: ProxyServer, args: argparse.Namespace) -> None:
     except ConfigError as exc:
         log.error("reload failed, still running the previous configuration: %s", exc)
         return
+    if worker is not None:   # the port its supervisor holds (server.port may say 0)
+        config.server["port"] = worker["port"]
     server.reload(config)
     logging.getLogger().setLevel(config.logging["level"].upper())
     log.info("configuration reloaded%s", " from %s" % config.source if config.source else "")
@@ -12145,11 +12401,19 @@ def log_where_requests_go(proxy: "Proxy") -> None:
                     "-c config.json (see config.example.json)", OLLAMA_BASE_URL)
 
 
-async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> int:
+async def serve(config: Config, args: Optional[argparse.Namespace] = None,
+                worker: Optional[Dict[str, Any]] = None) -> int:
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
-    still connecting, which no socket shutdown reaches) is returned."""
-    server = ProxyServer(config)
+    still connecting, which no socket shutdown reaches) is returned. `worker`: what the
+    supervisor of a worker process said (section 27)."""
+    listen_socket = None
+    if worker is not None:
+        config.server["port"] = worker["port"]
+        if worker["listen_fd"] is not None:
+            listen_socket = socket.socket(fileno=worker["listen_fd"])
+    server = ProxyServer(config, listen_socket=listen_socket,
+                         reuse_port=worker is not None and listen_socket is None)
     await server.start()
     loop = asyncio.get_running_loop()
 
@@ -12164,7 +12428,30 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None) -> in
         except (NotImplementedError, RuntimeError):   # Windows: Ctrl+C still works
             pass
     if hasattr(signal, "SIGHUP") and args is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload_config, server, args)
+        loop.add_signal_handler(signal.SIGHUP, reload_config, server, args, worker)
+    if worker is not None:
+        channel = socket.socket(fileno=worker["channel_fd"])
+        channel.setblocking(False)
+
+        def supervisor_gone() -> None:
+            try:
+                if channel.recv(16):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass
+            loop.remove_reader(channel.fileno())
+            log.warning("the supervisor is gone: stopping")
+            server.request_stop()
+        loop.add_reader(channel.fileno(), supervisor_gone)
+        channel.send(b"ready")
+        log.info("worker process %d (pid %d) serving port %d", worker["number"],
+                 os.getpid(), server.port)
+        await server.serve_until_stopped()
+        loop.remove_reader(channel.fileno())
+        channel.close()
+        return server.proxy.active
     host = config.server["host"]
     public = not is_loopback_host(host) and not config.server["api_keys"]
     log.log(logging.WARNING if public else logging.INFO,
@@ -12334,6 +12621,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "usage":
         return usage_command(argv)
     args = build_arg_parser().parse_args(argv)
+    worker = json.loads(os.environ.pop(WORKER_PROCESS_ENV, "null"))
     try:
         config = load_config(args)
     except ConfigError as exc:
@@ -12350,8 +12638,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for line in Proxy(config).describe():
             print(line)
         return 0
+    if worker is None and process_count(config.server["processes"]) > 1:
+        return Supervisor(config, argv).run()
     try:
-        unstoppable = asyncio.run(serve(config, args))
+        unstoppable = asyncio.run(serve(config, args, worker))
         if unstoppable:
             # Python would wait for those worker threads (up to connect_timeout each):
             # the shutdown grace is what was promised, so leave now.

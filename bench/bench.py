@@ -70,6 +70,7 @@ before each content event, the end (finish, usage, [DONE]) follows the last at o
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -116,6 +117,12 @@ def stream_events(chunks):
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def framed_events(chunks):
+    """stream_events as HTTP chunks, made once (the upstream's own cost stays small)."""
+    return tuple(b"%x\r\n%s\r\n" % (len(event), event) for event in stream_events(chunks))
+
+
 async def upstream_connection(reader, writer):
     """Answers Chat Completions: the body's "stream" and "model" fields decide how."""
     try:
@@ -138,11 +145,12 @@ async def upstream_connection(reader, writer):
             chunks, gap = int(chunks), float(gap)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
-            for i, event in enumerate(stream_events(chunks)):
+            for i, event in enumerate(framed_events(chunks)):
                 if gap and i < chunks:   # the end follows the last content event at once
                     await asyncio.sleep(gap)
-                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-                await writer.drain()
+                writer.write(event)
+                if gap or i % 64 == 63:   # one event a write; without gaps, drained less
+                    await writer.drain()
             writer.write(b"0\r\n\r\n")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -381,6 +389,922 @@ async def run_ops(args, upstream_port, variants):
                   used, (used / base_cpu - 1) * 100, last))
 
 
+# -- the table (--table) ------------------------------------------------------------------
+
+GAP_LIMIT = 1.5    # on time: no event later than this after the one before (or the request)
+END_SLACK = 3.0    # ... and the stream over within its nominal length + this
+SSE_EVENT_END = re.compile(rb"\r?\n\r?\n")
+GEMINI_END = re.compile(rb'"finishReason": ?"STOP"')
+KIND_NAMES = {"direct": "direct", "openai": "OpenAI client", "gemini": "Gemini client"}
+
+
+def is_end(kind, event):
+    """Whether an SSE event is the end a complete stream of this kind ends with."""
+    if kind in ("direct", "openai"):
+        return event.strip() == b"data: [DONE]"
+    return GEMINI_END.search(event) is not None
+
+
+def encode_request(path, payload):
+    body = json.dumps(payload).encode()
+    return (b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            b"x-goog-api-key: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+                path.encode(), CLIENT_KEY, len(body), body))
+
+
+def raise_open_file_limit(need):
+    """Soft limit on open files up to the hard limit; and when `need` is more than that,
+    the hard limit too, where this process may (root). Returns (soft limit now, a note)."""
+    if resource is None:
+        return 0, "no resource module: limits unknown"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    note = "open files: soft %s, hard %s" % (soft, hard)
+    if hard != resource.RLIM_INFINITY and need > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return need, note + "; raised both to %d (allowed to: root)" % need
+        except (ValueError, OSError) as exc:
+            note += "; the hard limit cannot be raised (%s)" % exc
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+            note += "; soft raised to %s" % hard
+        except (ValueError, OSError) as exc:
+            note += "; soft not raised (%s)" % exc
+    return (1 << 30 if soft == resource.RLIM_INFINITY else soft), note
+
+
+def own_cpu():
+    if resource is None:
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (state is [0], ppid [1],
+    utime [11], stime [12], cutime [13], cstime [14], starttime [19])."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def start_time(pid):
+    try:
+        return int(_stat(pid)[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_tree(pid):
+    """pid and every process descended from it (parents read from /proc/*/stat)."""
+    children = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return [pid]
+    for name in names:
+        if name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(name))[1]), []).append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    tree, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu(pid):
+    """CPU seconds (user + system, of every thread, and of reaped children) used by a
+    process and its descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = _stat(member)
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_memory(pid):
+    """(VmRSS in MB, threads, processes) summed over a process and its descendants.
+    (Pages a forked worker shares with its parent count in both.)"""
+    rss = threads = processes = 0
+    for member in process_tree(pid):
+        try:
+            with open("/proc/%d/status" % member) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            rss += int(fields.get("VmRSS", "0 kB").split()[0])
+            threads += int(fields["Threads"])
+            processes += 1
+        except (OSError, ValueError, KeyError):
+            pass
+    return rss / 1024.0, threads, processes
+
+
+def tree_pss(pid):
+    """Proportional set size in MB summed over the tree (shared pages split between the
+    processes that share them), or None where /proc/<pid>/smaps_rollup is missing."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % member) as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, ValueError, IndexError):
+            return None
+    return total / 1024.0
+
+
+def http_status(port, path, timeout=1.0):
+    """Status of a GET on a new connection, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+                      % path.encode())
+            head = b""
+            while b"\r\n" not in head:
+                data = s.recv(4096)
+                if not data:
+                    return None
+                head += data
+            return int(head.split(b" ", 2)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def async_http_status(port, path, timeout=2.0):
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), timeout)
+        writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+                     % path.encode())
+        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+        return int(line.split(b" ", 2)[1])
+    except (OSError, ValueError, IndexError, asyncio.TimeoutError,
+            asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+class Fleet:
+    """Every process the table starts, each in a session of its own (a proxy's worker
+    processes with it), so that each is stopped, whatever happens to the run."""
+
+    def __init__(self, state_dir, args):
+        self.state_dir, self.args = state_dir, args
+        self.running, self.logs = [], []
+        # the defaults are measured: no GEMINI_PROXY_* setting from this shell reaches a proxy
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_PROXY_")}
+        self.env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    def spawn(self, command, label, env=None, cwd=None):
+        path = os.path.join(self.state_dir, "%02d-%s.log" % (len(self.logs), label))
+        with open(path, "wb") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=cwd or self.state_dir,
+                                       env=env or self.env, start_new_session=True)
+        self.running.append(process)
+        self.logs.append((label, path))
+        return process
+
+    def upstream(self):
+        port = free_port()
+        process = self.spawn([sys.executable, os.path.abspath(__file__), "--serve-upstream",
+                              str(port)], "upstream")
+        wait_port(port)
+        return port, process
+
+    def proxy(self, upstream_port, label, extra=()):
+        """(port, process, the perf_counter just before it was spawned); not waited for."""
+        port = free_port()
+        state = tempfile.mkdtemp(prefix=label + "-", dir=self.state_dir)
+        command = [sys.executable, os.path.join(ROOT, "gemini_proxy.py"), "--port", str(port),
+                   "--upstream-url", "http://127.0.0.1:%d/v1" % upstream_port]
+        if self.args.workers:
+            command += ["--workers", str(self.args.workers)]
+        command += list(extra)
+        started = time.perf_counter()
+        process = self.spawn(command, label, dict(self.env, GEMINI_PROXY_STATE_DIR=state),
+                             cwd=state)
+        return port, process, started
+
+    def ready_proxy(self, upstream_port, label, extra=(), timeout=20.0):
+        """A proxy whose port accepts; (port, process), or (None, process) if it exited."""
+        port, process, _ = self.proxy(upstream_port, label, extra)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if process.poll() is not None:
+                return None, process
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return port, process
+            except OSError:
+                time.sleep(0.02)
+        self.stop(process)
+        raise RuntimeError("%s: nothing listens on %d after %d s" % (label, port, timeout))
+
+    def stop(self, process):
+        """SIGTERM to its session, SIGKILL after 10 s; then SIGKILL to whatever of its tree
+        is left (a worker that made a session of its own)."""
+        if process not in self.running:
+            return
+        tree = [(pid, start_time(pid)) for pid in process_tree(process.pid)[1:]]
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait(10)
+        try:   # workers that outlived their supervisor, still in its process group
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid, started in tree:
+            if started is not None and start_time(pid) == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.running.remove(process)
+
+    def stop_all(self):
+        for process in list(self.running):
+            try:
+                self.stop(process)
+            except Exception as exc:   # go on stopping the others
+                print("could not stop process %d: %s" % (process.pid, exc))
+
+
+def measure_starts(fleet, upstream_port, label, extra, tries):
+    """Start a proxy `tries` times: seconds to the port accepting and to /health's 200, and
+    the RSS one second later; medians. {"exit": status} if one would not start."""
+    ports, healths, rss, pss, procs = [], [], [], [], []
+    for _ in range(tries):
+        port, process, t0 = fleet.proxy(upstream_port, label, extra)
+        try:
+            deadline, accepted, healthy = t0 + 20, None, None
+            while time.perf_counter() < deadline and accepted is None:
+                if process.poll() is not None:
+                    return {"exit": process.returncode}
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    accepted = time.perf_counter() - t0
+                except OSError:
+                    time.sleep(0.002)
+            while accepted is not None and time.perf_counter() < deadline and healthy is None:
+                if process.poll() is not None:
+                    return {"exit": process.returncode}
+                if http_status(port, "/health") == 200:
+                    healthy = time.perf_counter() - t0
+                else:
+                    time.sleep(0.005)
+            if healthy is None:
+                return {"error": "no 200 from /health within 20 s"}
+            time.sleep(1.0)
+            memory = tree_memory(process.pid)
+            ports.append(accepted)
+            healths.append(healthy)
+            rss.append(memory[0])
+            pss.append(tree_pss(process.pid))
+            procs.append(memory[2])
+        finally:
+            fleet.stop(process)
+    return {"port": median(ports), "health": median(healths), "rss": median(rss),
+            "pss": None if None in pss else median(pss), "processes": max(procs)}
+
+
+def measure_bare_python(fleet, tries):
+    """A bare interpreter: seconds to run `pass`, and the RSS of one idling; medians."""
+    times, rss = [], []
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=fleet.env, timeout=30)
+        times.append(time.perf_counter() - t0)
+        process = fleet.spawn([sys.executable, "-c", "import time; time.sleep(60)"], "python")
+        try:
+            time.sleep(0.5)
+            rss.append(tree_memory(process.pid)[0])
+        finally:
+            fleet.stop(process)
+    return median(times), median(rss)
+
+
+async def load_window(kind, port, clients, seconds, proxy_pid, upstream_pid):
+    """`clients` keep-alive clients for `seconds`: requests answered, the rate, and the CPU
+    the proxy tree, the upstream and this load generator used."""
+    port, path, body = target(kind, port, False)
+    request = encode_request(path, body)
+    counts = {"ok": 0, "errors": 0}
+    before = (tree_cpu(proxy_pid) if proxy_pid else 0.0, tree_cpu(upstream_pid), own_cpu())
+    started = time.perf_counter()
+    stop = started + seconds
+
+    async def client():
+        try:
+            conn = await Connection.open(port)
+        except OSError:
+            counts["errors"] += 1
+            return
+        try:
+            while time.perf_counter() < stop:
+                conn.writer.write(request)
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await conn.reader.readexactly(length)
+                counts["ok" if head.startswith(b"HTTP/1.1 200") else "errors"] += 1
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                IndexError):
+            counts["errors"] += 1
+        finally:
+            conn.close()
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), seconds + 20)
+    elapsed = time.perf_counter() - started
+    proxy = (tree_cpu(proxy_pid) - before[0]) if proxy_pid else 0.0
+    upstream, me = tree_cpu(upstream_pid) - before[1], own_cpu() - before[2]
+    return {"rate": counts["ok"] / elapsed, "errors": counts["errors"],
+            "cpu_ms": proxy / max(1, counts["ok"]) * 1e3, "proxy_cores": proxy / elapsed,
+            "upstream_cores": upstream / elapsed, "client_cores": me / elapsed}
+
+
+def decode_chunked(blob):
+    out, at = [], 0
+    while True:
+        end = blob.index(b"\r\n", at)
+        size = int(blob[at:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(blob[end + 2:end + 2 + size])
+        at = end + 2 + size + 2
+
+
+async def relay_once(kind, port, events):
+    """One stream of `events` events without gaps, on a new connection, read as raw bytes
+    (decoded after the clock stops): seconds from the request to the last byte."""
+    port, path, body = target(kind, port, True, "bench-%d-0" % events)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    try:
+        request = encode_request(path, body)
+        started = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+            raise RuntimeError("%s: %r" % (KIND_NAMES[kind], head.split(b"\r\n")[0]))
+        pieces, tail = [], b""
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            data = await reader.read(1 << 18)
+            if not data:
+                raise RuntimeError("%s: the stream ended early" % KIND_NAMES[kind])
+            pieces.append(data)
+            tail = (tail + data[-7:])[-7:]
+        elapsed = time.perf_counter() - started
+    finally:
+        writer.close()
+    got = [e for e in SSE_EVENT_END.split(decode_chunked(b"".join(pieces)))
+           if e.startswith(b"data:")]
+    if len(got) < events or not any(is_end(kind, e) for e in got[-3:]):
+        raise RuntimeError("%s: %d events, end %s" % (
+            KIND_NAMES[kind], len(got), "seen" if any(is_end(kind, e) for e in got) else
+            "missing"))
+    return elapsed
+
+
+async def slow_stream(kind, port, path, request, events, seconds, timeout, gate, live):
+    """One slow stream on a new connection: "ok", "late" (ok, not on time), "timeout", or
+    "failed: why"; and (duration, the longest wait for an event)."""
+    started = time.perf_counter()
+    state = {"times": [], "done": False, "writer": None, "streaming": False}
+
+    async def go():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        finally:
+            if not gate.done():
+                gate.set_result(None)
+        state["writer"] = writer
+        live["open"] += 1
+        live["peak_open"] = max(live["peak_open"], live["open"])
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise RuntimeError("status %d" % status)
+        if b"chunked" not in head.lower():
+            raise RuntimeError("not chunked")
+        buffer = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return time.perf_counter()
+            buffer += (await reader.readexactly(size + 2))[:-2]
+            now = time.perf_counter()
+            pieces = SSE_EVENT_END.split(buffer)
+            buffer = pieces.pop()
+            for piece in pieces:
+                if piece.startswith(b"data:"):
+                    state["times"].append(now)
+                    if not state["streaming"]:
+                        state["streaming"] = True
+                        live["streaming"] += 1
+                        live["peak_streaming"] = max(live["peak_streaming"],
+                                                     live["streaming"])
+                    if is_end(kind, piece):
+                        state["done"] = True
+    try:
+        ended = await asyncio.wait_for(go(), timeout)
+    except asyncio.TimeoutError:
+        return "timeout", (timeout, 0.0)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+            IndexError, RuntimeError) as exc:
+        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0, 0.0)
+    finally:
+        if not gate.done():
+            gate.set_result(None)
+        if state["writer"] is not None:
+            state["writer"].close()
+            live["open"] -= 1
+        if state["streaming"]:
+            live["streaming"] -= 1
+    times = state["times"]
+    if not state["done"] or len(times) < events:
+        return "failed: %d events, %s" % (len(times), "ended" if state["done"] else
+                                          "no end"), (ended - started, 0.0)
+    gaps = [b - a for a, b in zip([started] + times, times)]
+    duration, worst = ended - started, max(gaps)
+    on_time = worst <= GAP_LIMIT and duration <= seconds + END_SLACK
+    return ("ok" if on_time else "late"), (duration, worst)
+
+
+async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_port=None):
+    """`count` streams of `seconds` events one second apart, opened in batches (a batch's
+    connections made before the next is opened, so no listen backlog overflows); the
+    RSS of `watch_pid`'s tree sampled meanwhile, its CPU counted."""
+    port, path, body = target(kind, port, True, "bench-%d-1" % seconds)
+    request = encode_request(path, body)
+    timeout = 3.0 * seconds
+    live = {"open": 0, "peak_open": 0, "streaming": 0, "peak_streaming": 0}
+    peak = {"rss": 0.0, "threads": 0}
+    health = []
+    loop = asyncio.get_running_loop()
+
+    async def sample():
+        while True:
+            rss, threads, _ = tree_memory(watch_pid)
+            peak["rss"], peak["threads"] = max(peak["rss"], rss), max(peak["threads"], threads)
+            await asyncio.sleep(0.5)
+
+    async def ask_health():
+        while True:
+            asked = time.perf_counter()
+            status = await async_http_status(health_port, "/health")
+            health.append((status, time.perf_counter() - asked))
+            await asyncio.sleep(1.0)
+    samplers = [asyncio.ensure_future(sample())]
+    if health_port:
+        samplers.append(asyncio.ensure_future(ask_health()))
+    cpu_before, me_before = tree_cpu(watch_pid), own_cpu()
+    started = time.perf_counter()
+    launch_deadline = started + max(30.0, seconds * 2.0)
+    tasks, unopened = [], 0
+    try:
+        for first in range(0, count, batch):
+            if time.perf_counter() > launch_deadline:
+                unopened = count - first
+                break
+            gates = []
+            for _ in range(min(batch, count - first)):
+                gates.append(loop.create_future())
+                tasks.append(asyncio.ensure_future(slow_stream(
+                    kind, port, path, request, seconds, seconds, timeout, gates[-1], live)))
+            await asyncio.wait(gates, timeout=10)
+            await asyncio.sleep(0.02)
+        opened = time.perf_counter() - started
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout + 30)
+    finally:
+        for sampler in samplers:
+            sampler.cancel()
+        for task in tasks:
+            task.cancel()
+    outcomes = {}
+    for outcome, _ in results:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    complete = [times for outcome, times in results if outcome in ("ok", "late")]
+    wall = time.perf_counter() - started
+    return {
+        "count": count, "ok": outcomes.get("ok", 0) + outcomes.get("late", 0),
+        "on_time": outcomes.get("ok", 0), "timeout": outcomes.get("timeout", 0),
+        "unopened": unopened,
+        "failed": {k: v for k, v in outcomes.items() if k.startswith("failed")},
+        "p50": median([d for d, _ in complete]), "max": max([d for d, _ in complete] or [0]),
+        "worst_gap_p99": pct([g for _, g in complete], 0.99) if complete else float("nan"),
+        "wall": wall, "opened": opened, "peak_rss": peak["rss"], "peak_threads": peak["threads"],
+        "peak_open": live["peak_open"], "peak_streaming": live["peak_streaming"],
+        "cpu": tree_cpu(watch_pid) - cpu_before, "client_cores": (own_cpu() - me_before) / wall,
+        "health": health}
+
+
+def describe_slow(label, r, whose):
+    failed = ", ".join("%s x%d" % (k[8:], v) for k, v in sorted(r["failed"].items()))
+    health = ""
+    if r["health"]:
+        good = sum(1 for status, took in r["health"] if status == 200)
+        health = "\n      /health: 200 in %d of %d asks (each second), slowest answer %.2f s" % (
+            good, len(r["health"]), max(took for _, took in r["health"]))
+    return ("  %-14s ok %d, on time %d, timed out %d%s%s of %d | stream p50 %.2f s, max "
+            "%.2f s, worst gap p99 %.2f s\n      opened in %.1f s, at once: %d open, %d "
+            "streaming | %s peak RSS %.0f MB, %d threads, CPU %.1f s | load generator "
+            "%.0f%% of a core, run %.0f s%s" % (
+                label, r["ok"], r["on_time"], r["timeout"],
+                ", failed %d (%s)" % (sum(r["failed"].values()), failed) if failed else "",
+                ", not opened %d" % r["unopened"] if r["unopened"] else "", r["count"],
+                r["p50"], r["max"], r["worst_gap_p99"], r["opened"], r["peak_open"],
+                r["peak_streaming"], whose, r["peak_rss"], r["peak_threads"], r["cpu"],
+                r["client_cores"] * 100, r["wall"], health))
+
+
+def fmt_rate(value):
+    return format(value, ",.0f") if value == value else "-"
+
+
+def scan_logs(fleet):
+    """What the proxies' logs say beyond the ordinary: warnings, errors, non-200 replies."""
+    lines = []
+    for label, path in fleet.logs:
+        if not label.startswith("proxy"):
+            continue
+        levels, statuses, samples = {}, {}, []
+        try:
+            with open(path, errors="replace") as f:
+                for line in f:
+                    match = re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)", line)
+                    if match or line.startswith("Traceback"):
+                        level = match.group(1) if match else "Traceback"
+                        levels[level] = levels.get(level, 0) + 1
+                        text = (match.group(2) if match else line).strip()
+                        key = re.sub(r"\d+", "N", text)[:60]
+                        if len(samples) < 4 and all(k != key for k, _ in samples):
+                            samples.append((key, text[:200]))
+                        continue
+                    match = re.match(r"\S+ \S+ INFO (?:GET|POST) \S+ (\d{3}) ", line)
+                    if match and match.group(1) != "200":
+                        statuses[match.group(1)] = statuses.get(match.group(1), 0) + 1
+        except OSError:
+            continue
+        if levels or statuses:
+            lines.append("  %s: %s" % (label, ", ".join(
+                ["%d %s" % (n, level) for level, n in sorted(levels.items())] +
+                ["%d replies %s" % (n, status) for status, n in sorted(statuses.items())])))
+            lines.extend("      %s" % text for _, text in samples)
+    return lines
+
+
+def proxy_identity():
+    script = os.path.join(ROOT, "gemini_proxy.py")
+    try:
+        with open(script, "rb") as f:
+            digest = __import__("hashlib").sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        digest = "?"
+    described = ""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--",
+                                "gemini_proxy.py"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        if head:
+            described = ", git %s%s" % (head, " + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return digest, described
+
+
+async def table_rounds(args, up_port, up_pid, proxies, rounds):
+    """The interleaved rows: added p50, CPU and throughput, SSE relay. `proxies`: label ->
+    (port, pid) for "one" and, when it started, "two" (processes)."""
+    out = {}
+    one_port, one_pid = proxies["one"]
+    n = args.requests
+    print("\nadded p50, whole reply: %d rounds of %d sequential requests each, direct, "
+          "OpenAI client, Gemini client" % (rounds, n))
+    p50s = {k: [] for k in ("direct", "openai", "gemini")}
+    p99s = {k: [] for k in p50s}
+    for _ in range(rounds):
+        for kind in p50s:
+            times = await asyncio.wait_for(sequential(
+                kind, up_port if kind == "direct" else one_port, n, False), 10 + n * 0.1)
+            p50s[kind].append(statistics.median(times))
+            p99s[kind].append(pct(times, .99))
+    out["direct_p50"] = median(p50s["direct"]) * 1e3
+    for kind in p50s:
+        added = [(p - d) * 1e3 for p, d in zip(p50s[kind], p50s["direct"])]
+        out["added_" + kind] = median(added)
+        out["p50_" + kind] = median(p50s[kind]) * 1e3
+        print("  %-14s p50 %.3f ms, p99 %.3f ms%s" % (
+            KIND_NAMES[kind], median(p50s[kind]) * 1e3, median(p99s[kind]) * 1e3,
+            "" if kind == "direct" else " | added p50 %+.3f ms (rounds: %s)" % (
+                median(added), " ".join("%+.3f" % a for a in added))))
+
+    print("\nCPU and throughput: %d rounds of %d concurrent keep-alive clients for %g s "
+          "each, whole replies" % (rounds, args.clients, args.seconds))
+    variants = [("direct", "direct", up_port, None)]
+    for label, name in (("one", ""), ("two", " (%d processes)" % args.processes)):
+        if label in proxies:
+            port, pid = proxies[label]
+            variants += [(label + "-openai", "OpenAI client" + name, port, pid),
+                         (label + "-gemini", "Gemini client" + name, port, pid)]
+    windows = {key: [] for key, _, _, _ in variants}
+    for _ in range(rounds):
+        for key, _, port, pid in variants:
+            kind = key.split("-")[-1]
+            windows[key].append(await load_window(kind, port, args.clients, args.seconds,
+                                                  pid, up_pid))
+    direct_rate = median([w["rate"] for w in windows["direct"]])
+    for key, name, _, pid in variants:
+        ws = windows[key]
+        rate = median([w["rate"] for w in ws])
+        out["rate_" + key] = rate
+        out["cpu_" + key] = median([w["cpu_ms"] for w in ws])
+        out["cores_" + key] = median([w["proxy_cores"] for w in ws])
+        errors = sum(w["errors"] for w in ws)
+        out["errors_" + key] = errors
+        print("  %-28s %8s req/s (x%.2f of direct)%s | upstream %.0f%%, load generator "
+              "%.0f%% of a core%s" % (
+                  name, fmt_rate(rate), rate / direct_rate,
+                  "" if pid is None else " | proxy CPU %.3f ms/request, %.2f cores" % (
+                      out["cpu_" + key], out["cores_" + key]),
+                  median([w["upstream_cores"] for w in ws]) * 100,
+                  median([w["client_cores"] for w in ws]) * 100,
+                  " | %d errors" % errors if errors else ""))
+
+    events = 2000
+    print("\nSSE relay: a %d-event stream, %d rounds of 3 streams per kind" % (events, rounds))
+    seconds = {k: [] for k in ("direct", "openai", "gemini")}
+    for _ in range(rounds):
+        for kind in seconds:
+            for _ in range(3):
+                seconds[kind].append(await asyncio.wait_for(relay_once(
+                    kind, up_port if kind == "direct" else one_port, events), 30))
+    for kind in seconds:
+        out["relay_" + kind] = events / median(seconds[kind])
+        print("  %-14s %8s events/s (%s, stream p50 %.1f ms)%s" % (
+            KIND_NAMES[kind], fmt_rate(out["relay_" + kind]),
+            {"direct": "upstream", "openai": "pass-through", "gemini": "converted"}[kind],
+            median(seconds[kind]) * 1e3, "" if kind == "direct" else " x%.2f of direct" % (
+                out["relay_" + kind] / out["relay_direct"])))
+    return out
+
+
+async def slow_row(fleet, args, label, count):
+    """Direct, then the proxy, each on fresh processes: `count` slow streams."""
+    up_port, upstream = fleet.upstream()
+    try:
+        direct = await slow_streams("direct", up_port, count, args.slow_seconds, upstream.pid)
+    finally:
+        fleet.stop(upstream)
+    print(describe_slow("direct", direct, "upstream"))
+    up_port, upstream = fleet.upstream()
+    port, proxy = fleet.ready_proxy(up_port, "proxy-" + label)
+    try:
+        if port is None:
+            raise RuntimeError("the proxy exited with status %s" % proxy.returncode)
+        idle = tree_memory(proxy.pid)[0]
+        proxied = await slow_streams(args.slow_client, port, count, args.slow_seconds,
+                                     proxy.pid, health_port=port)
+        proxied["idle_rss"] = idle
+    finally:
+        fleet.stop(proxy)
+        fleet.stop(upstream)
+    print(describe_slow("proxy", proxied, "proxy (idle %.0f MB)" % idle))
+    return direct, proxied
+
+
+async def run_table(args, fleet, fd_note, fd_soft):
+    rows, notes = {}, []
+
+    def guard(name, error):
+        message = "%s: %s: %s" % (name, type(error).__name__, error)
+        print("  ROW FAILED " + message)
+        notes.append(message)
+
+    tries = 3 if args.quick else 5
+    up_port, upstream = fleet.upstream()
+    proxies, running = {}, []
+    try:
+        print("\nstart-up; idle memory: %d starts each" % tries)
+        python_start, python_rss = measure_bare_python(fleet, tries)
+        print("  bare python   %.3f s to run `pass`; %.1f MB idle" % (python_start, python_rss))
+        starts = {"one": measure_starts(fleet, up_port, "proxy-start", (), tries)}
+        rows["python"] = (python_start, python_rss)
+        if args.processes:
+            starts["two"] = measure_starts(fleet, up_port, "proxy-start-processes",
+                                           ("--processes", str(args.processes)), tries)
+        for label, s in starts.items():
+            name = "proxy" if label == "one" else "--processes %d" % args.processes
+            if "port" in s:
+                print("  %-13s %.3f s to its port accepting, %.3f s to /health 200; %.1f MB "
+                      "idle (RSS summed over %d process%s%s)" % (
+                          name, s["port"], s["health"], s["rss"], s["processes"],
+                          "" if s["processes"] == 1 else "es",
+                          "" if s["pss"] is None else "; PSS %.1f MB" % s["pss"]))
+            elif label == "two" and s.get("exit"):
+                print("processes: not supported by this gemini_proxy.py (it exited with "
+                      "status %s given --processes %d)" % (s["exit"], args.processes))
+            else:
+                print("  %-13s did not start: %s" % (name, s))
+        rows["starts"] = starts
+
+        port, process = fleet.ready_proxy(up_port, "proxy")
+        running.append(process)
+        if port is None:
+            raise RuntimeError("the proxy exited with status %s" % process.returncode)
+        proxies["one"] = (port, process.pid)
+        if args.processes and "port" in starts.get("two", {}):
+            port, process = fleet.ready_proxy(up_port, "proxy-processes",
+                                              ("--processes", str(args.processes)))
+            running.append(process)
+            if port is None:
+                print("processes: the --processes %d proxy exited with status %s" % (
+                    args.processes, process.returncode))
+            else:
+                http_status(port, "/health")
+                proxies["two"] = (port, process.pid)
+        try:
+            rows.update(await table_rounds(args, up_port, upstream.pid, proxies,
+                                           args.rounds))
+        except Exception as exc:   # the other rows are still worth having
+            guard("interleaved rows", exc)
+    finally:
+        for process in running:
+            fleet.stop(process)
+        fleet.stop(upstream)
+
+    print("\n%d slow streams (%d s each, one event a second), %s through the proxy; "
+          "fresh processes" % (args.slow_streams, args.slow_seconds,
+                               KIND_NAMES[args.slow_client]))
+    try:
+        rows["slow"] = await slow_row(fleet, args, "slow", args.slow_streams)
+    except Exception as exc:
+        guard("slow streams", exc)
+
+    if args.hold_streams:
+        need = 2 * args.hold_streams + 256
+        print("\n%d-stream hold (%d s each, one event a second), %s; %s" % (
+            args.hold_streams, args.slow_seconds, KIND_NAMES[args.slow_client], fd_note))
+        if fd_soft < need:
+            rows["hold"] = "skipped: %d streams need %d open files in the proxy (two "\
+                "sockets a stream), the limit is %d" % (args.hold_streams, need, fd_soft)
+            print("  " + rows["hold"])
+        else:
+            try:
+                rows["hold"] = await slow_row(fleet, args, "hold", args.hold_streams)
+            except Exception as exc:
+                guard("hold", exc)
+    return rows, notes
+
+
+def markdown_table(args, rows):
+    """The README's table: | | direct | gemini_proxy | ratio |."""
+    out = ["| | direct | gemini_proxy | proxy / direct |", "|---|---|---|---|"]
+
+    def row(*cells):
+        out.append("| " + " | ".join(cells) + " |")
+    if "added_openai" in rows:
+        row("added p50, whole reply", "%.3f ms (p50)" % rows["direct_p50"],
+            "+%.3f ms OpenAI client, +%.3f ms Gemini client" % (
+                rows["added_openai"], rows["added_gemini"]),
+            "p50 x%.1f, x%.1f" % (rows["p50_openai"] / rows["direct_p50"],
+                                  rows["p50_gemini"] / rows["direct_p50"]))
+    if "cpu_one-openai" in rows:
+        row("proxy CPU per request, under load (%d clients)" % args.clients, "-",
+            "%.3f ms OpenAI, %.3f ms Gemini" % (rows["cpu_one-openai"],
+                                                rows["cpu_one-gemini"]),
+            "%.2f, %.2f cores busy" % (rows["cores_one-openai"], rows["cores_one-gemini"]))
+        row("throughput, one proxy process (%d clients)" % args.clients,
+            "%s req/s" % fmt_rate(rows["rate_direct"]),
+            "%s OpenAI, %s Gemini" % (fmt_rate(rows["rate_one-openai"]),
+                                      fmt_rate(rows["rate_one-gemini"])),
+            "x%.3f, x%.3f" % (rows["rate_one-openai"] / rows["rate_direct"],
+                              rows["rate_one-gemini"] / rows["rate_direct"]))
+    if "relay_direct" in rows:
+        row("SSE relay, 2,000-event stream", "%s ev/s" % fmt_rate(rows["relay_direct"]),
+            "%s pass-through, %s converted" % (fmt_rate(rows["relay_openai"]),
+                                               fmt_rate(rows["relay_gemini"])),
+            "x%.2f, x%.2f" % (rows["relay_openai"] / rows["relay_direct"],
+                              rows["relay_gemini"] / rows["relay_direct"]))
+
+    def streams(r):
+        failed = sum(r["failed"].values()) + r["unopened"]
+        return "%d ok, %d on time, %d timed out%s" % (
+            r["ok"], r["on_time"], r["timeout"], ", %d failed" % failed if failed else "")
+    for key, title in (("slow", "%s slow streams (%d s each, one event a second)" % (
+            format(args.slow_streams, ","), args.slow_seconds)),
+                       ("hold", "%s-stream hold" % format(args.hold_streams, ","))):
+        value = rows.get(key)
+        if isinstance(value, str):
+            row(title, "-", value, "-")
+        elif value:
+            direct, proxied = value
+            row(title + ("" if args.slow_client == "gemini" else ", OpenAI client"),
+                streams(direct), streams(proxied), "on time x%.2f" % (
+                    proxied["on_time"] / max(1, direct["on_time"])))
+            row("memory for those streams" if key == "slow" else
+                "memory for the %s streams" % format(args.hold_streams, ","),
+                "%.0f MB (upstream)" % direct["peak_rss"],
+                "%.0f MB peak (idle %.0f)" % (proxied["peak_rss"], proxied["idle_rss"]),
+                "x%.1f" % (proxied["peak_rss"] / max(1.0, direct["peak_rss"])))
+    starts = rows.get("starts", {})
+    one = starts.get("one", {})
+    if "port" in one:
+        python_start, python_rss = rows["python"]
+        row("start-up; idle memory (python %s)" % sys.version.split()[0],
+            "bare python: %.2f s; %.0f MB" % (python_start, python_rss),
+            "%.2f s to port, %.2f s to /health; %.0f MB" % (one["port"], one["health"],
+                                                          one["rss"]),
+            "x%.1f; x%.1f" % (one["health"] / python_start, one["rss"] / python_rss))
+    if args.processes:
+        two = starts.get("two", {})
+        if "rate_two-openai" in rows:
+            name = "%d processes" % args.processes
+            row("throughput, %s (%d clients)" % (name, args.clients),
+                "%s req/s" % fmt_rate(rows["rate_direct"]),
+                "%s OpenAI, %s Gemini" % (fmt_rate(rows["rate_two-openai"]),
+                                          fmt_rate(rows["rate_two-gemini"])),
+                "x%.3f, x%.3f (x%.2f, x%.2f of one process)" % (
+                    rows["rate_two-openai"] / rows["rate_direct"],
+                    rows["rate_two-gemini"] / rows["rate_direct"],
+                    rows["rate_two-openai"] / rows["rate_one-openai"],
+                    rows["rate_two-gemini"] / rows["rate_one-gemini"]))
+            row("proxy CPU per request, %s" % name, "-",
+                "%.3f ms OpenAI, %.3f ms Gemini" % (rows["cpu_two-openai"],
+                                                    rows["cpu_two-gemini"]),
+                "%.2f, %.2f cores busy" % (rows["cores_two-openai"],
+                                           rows["cores_two-gemini"]))
+            if "port" in two:
+                row("start-up; idle memory, %s" % name, "-",
+                    "%.2f s to port, %.2f s to /health; %.0f MB (%d processes)" % (
+                        two["port"], two["health"], two["rss"], two["processes"]), "-")
+        elif two.get("exit"):
+            row("%d processes" % args.processes, "-",
+                "not supported by this gemini_proxy.py", "-")
+    return out
+
+
+def table_main(args):
+    quick = args.quick
+    for name, full, small in (("rounds", 5, 3), ("requests", 1000, 300), ("seconds", 3.0, 1.5),
+                              ("slow_streams", 1000, 100), ("slow_seconds", 20, 5),
+                              ("hold_streams", 10000, 500)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    need = max(2 * args.hold_streams, 2 * args.slow_streams) + 256
+    fd_soft, fd_note = raise_open_file_limit(need)
+    digest, described = proxy_identity()
+    command = " ".join([os.path.basename(sys.executable)] + [shlex.quote(a) for a in sys.argv])
+    print("command: %s" % command)
+    print("python %s, %d CPUs, gemini_proxy.py sha256 %s%s; load average %s" % (
+        sys.version.split()[0], os.cpu_count(), digest, described,
+        " ".join("%.2f" % x for x in os.getloadavg())))
+    print(fd_note)
+    state_dir = tempfile.mkdtemp(prefix="gemini-proxy-bench-")
+    fleet = Fleet(state_dir, args)
+    started = time.time()
+    try:
+        rows, notes = asyncio.run(run_table(args, fleet, fd_note, fd_soft))
+        print("\nthe proxies' logs:")
+        print("\n".join(scan_logs(fleet)) or "  no warnings, errors or non-200 replies")
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    if proxy_identity()[0] != digest:
+        notes.append("gemini_proxy.py changed during the run (sha256 %s at the start, %s at "
+                     "the end): rows may come from different versions" % (
+                         digest, proxy_identity()[0]))
+    print("\n" + "\n".join(markdown_table(args, rows)))
+    print("\n%d CPUs, python %s, gemini_proxy.py %s%s; %.0f s" % (
+        os.cpu_count(), sys.version.split()[0], digest, described, time.time() - started))
+    print("made by: %s" % command)
+    for note in notes:
+        print("NOTE: " + note)
+
+
 def start_proxy(script, port, upstream_port, workers, state_dir, config=None):
     """A proxy process; `config` (a dict) is written to a file in state_dir first."""
     command = [sys.executable, script, "--port", str(port),
@@ -402,17 +1326,40 @@ def main():
     parser.add_argument("--ops", action="store_true", help="usage ledger and metrics on "
                         "versus off")
     parser.add_argument("--baseline", help="with --ops: another gemini_proxy.py to compare")
+    parser.add_argument("--table", action="store_true", help="every row of the performance "
+                        "table, and a Markdown table of them (see the top of this file)")
+    parser.add_argument("--rounds", type=int, help="--table: interleaved rounds (5)")
+    parser.add_argument("--requests", type=int, help="--table: sequential requests a round "
+                        "for the added p50 (1000)")
+    parser.add_argument("--clients", type=int, default=32, help="--table: concurrent "
+                        "clients for CPU and throughput (32)")
+    parser.add_argument("--seconds", type=float, help="--table: seconds a throughput "
+                        "window (3)")
+    parser.add_argument("--slow-streams", type=int, help="--table: slow streams (1000)")
+    parser.add_argument("--slow-seconds", type=int, help="--table: events (one a second) "
+                        "in each slow stream (20)")
+    parser.add_argument("--slow-client", choices=("gemini", "openai"), default="gemini",
+                        help="--table: who opens the slow streams through the proxy")
+    parser.add_argument("--hold-streams", type=int, help="--table: streams held at once "
+                        "(10000; 0: skip the row)")
+    parser.add_argument("--processes", type=int, default=2, help="--table: the two-process "
+                        "run's --processes (0: skip)")
+    parser.add_argument("--workers", type=int, help="the proxy's --workers (--table: not "
+                        "passed unless given; elsewhere max(256, --streams + 64))")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         asyncio.run(serve_upstream(args.serve_upstream))
+        return
+    if args.table:
+        table_main(args)
         return
     upstream_port = free_port()
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream",
                                  str(upstream_port)])
     state_dir = tempfile.mkdtemp(prefix="gemini-proxy-bench-")
     script = os.path.join(ROOT, "gemini_proxy.py")
-    workers = max(256, args.streams + 64)
+    workers = args.workers or max(256, args.streams + 64)
     proxies = []
     try:
         if args.ops:

@@ -1,0 +1,128 @@
+"""server.processes (section 27): a supervisor and its worker processes on one port, run as
+the real command line."""
+
+import json
+import os
+import re
+import signal
+import socket
+import urllib.request
+
+import pytest
+
+from conftest import PATIENCE, wait_for
+from test_cli import minimal_env, start, write_config  # noqa: F401  (start: a fixture)
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
+
+
+def status_of(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=PATIENCE) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def pids_answering(port, wanted, tries=400):
+    """The worker pids seen over fresh connections, until `wanted` distinct ones answer
+    (each connection lands on a worker the kernel picks)."""
+    seen = set()
+    for _ in range(tries):
+        seen.add(status_of(port)["pid"])
+        if len(seen) >= wanted:
+            break
+    return seen
+
+
+def gone(pid):
+    """The process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return "\nState:\tZ" in f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def chat(port):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
+                                     data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+        return json.loads(response.read().decode("utf-8"))["choices"][0]["message"]["content"]
+
+
+def test_two_workers_serve_one_port_and_stop_together(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
+    port = proxy.port()
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+ \(2 worker processes",
+                     proxy.wait_for("listening on"))
+    pids = pids_answering(port, 2)
+    assert len(pids) == 2 and os.getpid() not in pids and proxy.proc.pid not in pids
+    assert chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert proxy.lines[-1].endswith("stopped"), proxy.text()
+    assert all(gone(pid) for pid in pids)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=PATIENCE).close()
+    assert "Traceback" not in proxy.text()
+
+
+def test_a_worker_that_dies_is_started_again(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
+    port = proxy.port()
+    first = pids_answering(port, 2)
+    victim = sorted(first)[0]
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for(r"worker process \d \(pid %d\) exited .*starting it again" % victim)
+    replaced = wait_for(lambda: (pids_answering(port, 2) - first) or None,
+                        message="no new worker answered")
+    assert victim not in pids_answering(port, 2)
+    assert len(replaced) == 1 and chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+
+
+def test_sighup_reaches_every_worker(start, tmp_path):
+    config = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                     "server": {"processes": 2, "port": 0}})
+    proxy = start(["-c", config])
+    port = proxy.port()
+    pids = pids_answering(port, 2)
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: proxy.text().count("configuration reloaded") == 2,
+             message=lambda: proxy.text())
+    assert pids_answering(port, 2) == pids     # reloaded, not restarted
+    assert proxy.stop(signal.SIGTERM) == 0
+
+
+def test_workers_stop_when_their_supervisor_is_killed(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
+    port = proxy.port()
+    pids = pids_answering(port, 2)
+    proxy.proc.kill()
+    proxy.proc.wait(PATIENCE)
+    wait_for(lambda: all(gone(pid) for pid in pids), message="workers outlived their supervisor")
+
+
+def test_processes_auto_is_one_per_core(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0"],
+                  env=minimal_env(GEMINI_PROXY_PROCESSES="auto"))
+    count = os.cpu_count() or 1
+    line = proxy.wait_for("listening on")
+    if count == 1:
+        assert "worker processes" not in line
+    else:
+        assert "(%d worker processes" % count in line
+        assert len(pids_answering(proxy.port(), count)) == count
+    assert proxy.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_process_count_is_refused(tmp_path, value):
+    from test_cli import run
+    result = run(["--upstream-kind", "echo", "--check", "--processes", value], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "processes" in result.stderr
