@@ -41,8 +41,11 @@ itself) as the control:
                   fresh proxy. ok: status 200, every event, the end marker. On time: ok, and
                   every event within 1.5 s of the one before (the first: of the request),
                   and the stream over within --slow-seconds + 3 s of its start (before
-                  connecting). Timed out: not over after 3 x --slow-seconds. Direct runs
-                  first, then the proxy (one round each: these take minutes).
+                  connecting). Timed out: not over after 3 x --slow-seconds. Not opened:
+                  batches still waiting after 2 x --slow-seconds (at least 30 s). Direct
+                  runs first, then the proxy (one round each: these take minutes). The
+                  lines above the table split the wait for the first event from the later
+                  gaps, and say how often /health answered 200 meanwhile.
   memory          peak VmRSS, summed over the process tree, sampled twice a second while
                   those streams are open: the proxy's; direct: the upstream's.
   start-up        seconds from spawning the proxy to its port accepting and to GET /health
@@ -50,19 +53,22 @@ itself) as the control:
                   a bare interpreter (python -c pass; RSS of one sleeping).
   hold            --hold-streams (10000; 0: skip) slow streams at once, as above. The
                   benchmark raises its open-file soft limit to the hard limit (and, when it
-                  may, as root, the hard limit to what the hold needs: the proxy holds two
-                  sockets a stream); its children inherit it and the proxy raises its own.
-                  When the limit stays too low the row is skipped, saying why.
+                  may, the hard limit to what the hold needs: the proxy holds two sockets a
+                  stream); its children inherit it and the proxy raises its own. When one
+                  proxy process cannot open enough files, the hold runs on a --processes
+                  proxy (the row says so; --hold-processes N chooses); when that cannot
+                  either, the row is skipped, saying why.
   two processes   the CPU and throughput rounds include a proxy started with --processes
                   2 (--processes N; 0: skip); "processes: not supported by this
                   gemini_proxy.py" when it refuses the flag.
 
-Rows run in that order but for start-up, which runs first. --workers is passed to the proxy
-only when given, so the table measures the defaults; GEMINI_PROXY_* variables are not
-passed on. Every process started is stopped when the run ends, however it ends, and each
-row has a time limit. The proxies' logs are scanned at the end for warnings, errors and
-non-200 replies. --quick: 3 rounds, 300 requests, 1.5 s windows, 100 slow streams of 5 s,
-a hold of 500.
+Rows run in that order but for start-up, which runs first. Each row also says how much
+CPU other work on the machine took meanwhile (/proc/stat less this run's processes).
+--workers is passed to the proxy only when given, so the table measures the defaults;
+GEMINI_PROXY_* variables are not passed on. Every process started is stopped when the run
+ends, however it ends, and each row has a time limit. The proxies' logs are scanned at the
+end for warnings, errors and non-200 replies. --quick: 3 rounds, 300 requests, 1.5 s
+windows, 100 slow streams of 5 s, a hold of 500.
 
 The upstream's streams: model "bench-<events>-<seconds between events>"; the gap comes
 before each content event, the end (finish, usage, [DONE]) follows the last at once.
@@ -395,6 +401,7 @@ GAP_LIMIT = 1.5    # on time: no event later than this after the one before (or 
 END_SLACK = 3.0    # ... and the stream over within its nominal length + this
 SSE_EVENT_END = re.compile(rb"\r?\n\r?\n")
 GEMINI_END = re.compile(rb'"finishReason": ?"STOP"')
+OTHER_WORK = []    # (what, cores other processes kept busy meanwhile)
 KIND_NAMES = {"direct": "direct", "openai": "OpenAI client", "gemini": "Gemini client"}
 
 
@@ -433,6 +440,17 @@ def raise_open_file_limit(need):
         except (ValueError, OSError) as exc:
             note += "; soft not raised (%s)" % exc
     return (1 << 30 if soft == resource.RLIM_INFINITY else soft), note
+
+
+def machine_cpu():
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat), 0 elsewhere:
+    with our own processes' CPU, what other work took while a row ran."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def own_cpu():
@@ -563,7 +581,7 @@ class Fleet:
 
     def __init__(self, state_dir, args):
         self.state_dir, self.args = state_dir, args
-        self.running, self.logs = [], []
+        self.running, self.logs, self.log_of = [], [], {}
         # the defaults are measured: no GEMINI_PROXY_* setting from this shell reaches a proxy
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_PROXY_")}
         self.env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -576,7 +594,21 @@ class Fleet:
                                        env=env or self.env, start_new_session=True)
         self.running.append(process)
         self.logs.append((label, path))
+        self.log_of[process.pid] = path
         return process
+
+    def last_line(self, process):
+        """The last line a process wrote (why it exited), or ""."""
+        try:
+            with open(self.log_of[process.pid], errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            return lines[-1][:300] if lines else ""
+        except (OSError, KeyError):
+            return ""
+
+    def port_taken(self, process):
+        """Whether a proxy exited because its port was taken meanwhile (free_port's race)."""
+        return process.poll() == 1 and "cannot listen" in self.last_line(process)
 
     def upstream(self):
         port = free_port()
@@ -599,12 +631,17 @@ class Fleet:
                              cwd=state)
         return port, process, started
 
-    def ready_proxy(self, upstream_port, label, extra=(), timeout=20.0):
-        """A proxy whose port accepts; (port, process), or (None, process) if it exited."""
+    def ready_proxy(self, upstream_port, label, extra=(), timeout=20.0, attempts=3):
+        """A proxy whose port accepts; (port, process), or (None, process) if it exited
+        (tried again on another port when its port was taken meanwhile)."""
         port, process, _ = self.proxy(upstream_port, label, extra)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if process.poll() is not None:
+                if attempts > 1 and self.port_taken(process):
+                    self.stop(process)
+                    return self.ready_proxy(upstream_port, label, extra, timeout,
+                                            attempts - 1)
                 return None, process
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -656,21 +693,27 @@ def measure_starts(fleet, upstream_port, label, extra, tries):
     """Start a proxy `tries` times: seconds to the port accepting and to /health's 200, and
     the RSS one second later; medians. {"exit": status} if one would not start."""
     ports, healths, rss, pss, procs = [], [], [], [], []
-    for _ in range(tries):
+    retries = 3
+    while len(ports) < tries:
         port, process, t0 = fleet.proxy(upstream_port, label, extra)
         try:
             deadline, accepted, healthy = t0 + 20, None, None
             while time.perf_counter() < deadline and accepted is None:
                 if process.poll() is not None:
-                    return {"exit": process.returncode}
+                    break
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                     accepted = time.perf_counter() - t0
                 except OSError:
                     time.sleep(0.002)
+            if process.poll() is not None and fleet.port_taken(process) and retries:
+                retries -= 1
+                continue
+            if process.poll() is not None:
+                return {"exit": process.returncode, "said": fleet.last_line(process)}
             while accepted is not None and time.perf_counter() < deadline and healthy is None:
                 if process.poll() is not None:
-                    return {"exit": process.returncode}
+                    return {"exit": process.returncode, "said": fleet.last_line(process)}
                 if http_status(port, "/health") == 200:
                     healthy = time.perf_counter() - t0
                 else:
@@ -712,7 +755,8 @@ async def load_window(kind, port, clients, seconds, proxy_pid, upstream_pid):
     port, path, body = target(kind, port, False)
     request = encode_request(path, body)
     counts = {"ok": 0, "errors": 0}
-    before = (tree_cpu(proxy_pid) if proxy_pid else 0.0, tree_cpu(upstream_pid), own_cpu())
+    before = (tree_cpu(proxy_pid) if proxy_pid else 0.0, tree_cpu(upstream_pid), own_cpu(),
+              machine_cpu())
     started = time.perf_counter()
     stop = started + seconds
 
@@ -738,7 +782,10 @@ async def load_window(kind, port, clients, seconds, proxy_pid, upstream_pid):
     elapsed = time.perf_counter() - started
     proxy = (tree_cpu(proxy_pid) - before[0]) if proxy_pid else 0.0
     upstream, me = tree_cpu(upstream_pid) - before[1], own_cpu() - before[2]
+    others = machine_cpu() - before[3] - proxy - upstream - me
+    OTHER_WORK.append(("throughput", max(0.0, others / elapsed)))
     return {"rate": counts["ok"] / elapsed, "errors": counts["errors"],
+            "other_cores": max(0.0, others / elapsed),
             "cpu_ms": proxy / max(1, counts["ok"]) * 1e3, "proxy_cores": proxy / elapsed,
             "upstream_cores": upstream / elapsed, "client_cores": me / elapsed}
 
@@ -787,7 +834,8 @@ async def relay_once(kind, port, events):
 
 async def slow_stream(kind, port, path, request, events, seconds, timeout, gate, live):
     """One slow stream on a new connection: "ok", "late" (ok, not on time), "timeout", or
-    "failed: why"; and (duration, the longest wait for an event)."""
+    "failed: why"; and (duration, the longest wait for an event, the wait for the first
+    event, the longest wait between two later ones)."""
     started = time.perf_counter()
     state = {"times": [], "done": False, "writer": None, "streaming": False}
 
@@ -830,10 +878,10 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
     try:
         ended = await asyncio.wait_for(go(), timeout)
     except asyncio.TimeoutError:
-        return "timeout", (timeout, 0.0)
+        return "timeout", (timeout, 0.0, 0.0, 0.0)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
             IndexError, RuntimeError) as exc:
-        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0, 0.0)
+        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0, 0.0, 0.0, 0.0)
     finally:
         if not gate.done():
             gate.set_result(None)
@@ -845,14 +893,15 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
     times = state["times"]
     if not state["done"] or len(times) < events:
         return "failed: %d events, %s" % (len(times), "ended" if state["done"] else
-                                          "no end"), (ended - started, 0.0)
+                                          "no end"), (ended - started, 0.0, 0.0, 0.0)
     gaps = [b - a for a, b in zip([started] + times, times)]
     duration, worst = ended - started, max(gaps)
     on_time = worst <= GAP_LIMIT and duration <= seconds + END_SLACK
-    return ("ok" if on_time else "late"), (duration, worst)
+    return ("ok" if on_time else "late"), (duration, worst, gaps[0], max(gaps[1:] or [0.0]))
 
 
-async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_port=None):
+async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_port=None,
+                       upstream_pid=None):
     """`count` streams of `seconds` events one second apart, opened in batches (a batch's
     connections made before the next is opened, so no listen backlog overflows); the
     RSS of `watch_pid`'s tree sampled meanwhile, its CPU counted."""
@@ -860,14 +909,19 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
     request = encode_request(path, body)
     timeout = 3.0 * seconds
     live = {"open": 0, "peak_open": 0, "streaming": 0, "peak_streaming": 0}
-    peak = {"rss": 0.0, "threads": 0}
+    peak = {"rss": 0.0, "threads": 0, "pss": 0.0, "processes": 0}
     health = []
     loop = asyncio.get_running_loop()
 
-    async def sample():
+    def measure():
+        return tree_memory(watch_pid), tree_pss(watch_pid)
+
+    async def sample():   # in a thread: reading a big process's smaps_rollup takes a while
         while True:
-            rss, threads, _ = tree_memory(watch_pid)
+            (rss, threads, processes), pss = await loop.run_in_executor(None, measure)
             peak["rss"], peak["threads"] = max(peak["rss"], rss), max(peak["threads"], threads)
+            peak["pss"] = max(peak["pss"], pss or 0.0)
+            peak["processes"] = max(peak["processes"], processes)
             await asyncio.sleep(0.5)
 
     async def ask_health():
@@ -880,6 +934,8 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
     if health_port:
         samplers.append(asyncio.ensure_future(ask_health()))
     cpu_before, me_before = tree_cpu(watch_pid), own_cpu()
+    up_before = tree_cpu(upstream_pid) if upstream_pid else 0.0
+    machine_before = machine_cpu()
     started = time.perf_counter()
     launch_deadline = started + max(30.0, seconds * 2.0)
     tasks, unopened = [], 0
@@ -907,16 +963,26 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     complete = [times for outcome, times in results if outcome in ("ok", "late")]
     wall = time.perf_counter() - started
+    cpu = tree_cpu(watch_pid) - cpu_before
+    up = (tree_cpu(upstream_pid) - up_before) if upstream_pid else 0.0
+    me = own_cpu() - me_before
+    others = max(0.0, machine_cpu() - machine_before - cpu - up - me)
+    OTHER_WORK.append(("%d streams" % count, others / wall))
     return {
         "count": count, "ok": outcomes.get("ok", 0) + outcomes.get("late", 0),
         "on_time": outcomes.get("ok", 0), "timeout": outcomes.get("timeout", 0),
         "unopened": unopened,
         "failed": {k: v for k, v in outcomes.items() if k.startswith("failed")},
-        "p50": median([d for d, _ in complete]), "max": max([d for d, _ in complete] or [0]),
-        "worst_gap_p99": pct([g for _, g in complete], 0.99) if complete else float("nan"),
+        "p50": median([c[0] for c in complete]), "max": max([c[0] for c in complete] or [0]),
+        "worst_gap_p99": pct([c[1] for c in complete], 0.99) if complete else float("nan"),
+        "first_p50": median([c[2] for c in complete]),
+        "first_p99": pct([c[2] for c in complete], 0.99) if complete else float("nan"),
+        "later_p50": median([c[3] for c in complete]),
+        "later_p99": pct([c[3] for c in complete], 0.99) if complete else float("nan"),
         "wall": wall, "opened": opened, "peak_rss": peak["rss"], "peak_threads": peak["threads"],
+        "peak_pss": peak["pss"], "processes": peak["processes"],
         "peak_open": live["peak_open"], "peak_streaming": live["peak_streaming"],
-        "cpu": tree_cpu(watch_pid) - cpu_before, "client_cores": (own_cpu() - me_before) / wall,
+        "cpu": cpu, "client_cores": me / wall, "other_cores": others / wall,
         "health": health}
 
 
@@ -928,15 +994,20 @@ def describe_slow(label, r, whose):
         health = "\n      /health: 200 in %d of %d asks (each second), slowest answer %.2f s" % (
             good, len(r["health"]), max(took for _, took in r["health"]))
     return ("  %-14s ok %d, on time %d, timed out %d%s%s of %d | stream p50 %.2f s, max "
-            "%.2f s, worst gap p99 %.2f s\n      opened in %.1f s, at once: %d open, %d "
-            "streaming | %s peak RSS %.0f MB, %d threads, CPU %.1f s | load generator "
-            "%.0f%% of a core, run %.0f s%s" % (
+            "%.2f s, worst gap p99 %.2f s\n      first event after p50 %.2f s, p99 %.2f s; "
+            "longest gap after it p50 %.2f s, p99 %.2f s\n      opened in %.1f s, at once: "
+            "%d open, %d "
+            "streaming | %s peak RSS %.0f MB (PSS %.0f MB, %d process%s), %d threads, CPU "
+            "%.1f s | load generator "
+            "%.0f%%, other work %.0f%% of a core, run %.0f s%s" % (
                 label, r["ok"], r["on_time"], r["timeout"],
                 ", failed %d (%s)" % (sum(r["failed"].values()), failed) if failed else "",
                 ", not opened %d" % r["unopened"] if r["unopened"] else "", r["count"],
-                r["p50"], r["max"], r["worst_gap_p99"], r["opened"], r["peak_open"],
-                r["peak_streaming"], whose, r["peak_rss"], r["peak_threads"], r["cpu"],
-                r["client_cores"] * 100, r["wall"], health))
+                r["p50"], r["max"], r["worst_gap_p99"], r["first_p50"], r["first_p99"],
+                r["later_p50"], r["later_p99"], r["opened"], r["peak_open"],
+                r["peak_streaming"], whose, r["peak_rss"], r["peak_pss"], r["processes"],
+                "" if r["processes"] == 1 else "es", r["peak_threads"], r["cpu"],
+                r["client_cores"] * 100, r["other_cores"] * 100, r["wall"], health))
 
 
 def fmt_rate(value):
@@ -944,29 +1015,45 @@ def fmt_rate(value):
 
 
 def scan_logs(fleet):
-    """What the proxies' logs say beyond the ordinary: warnings, errors, non-200 replies."""
+    """What the proxies' logs say beyond the ordinary: warnings, errors, tracebacks (by
+    their last line), non-200 replies; a few examples of each kind."""
     lines = []
     for label, path in fleet.logs:
         if not label.startswith("proxy"):
             continue
         levels, statuses, samples = {}, {}, []
+
+        def note(level, text):
+            levels[level] = levels.get(level, 0) + 1
+            key = re.sub(r"\d+", "N", text)[:60]
+            if len(samples) < 4 and all(k != key for k, _ in samples):
+                samples.append((key, text[:240]))
         try:
             with open(path, errors="replace") as f:
-                for line in f:
-                    match = re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)", line)
-                    if match or line.startswith("Traceback"):
-                        level = match.group(1) if match else "Traceback"
-                        levels[level] = levels.get(level, 0) + 1
-                        text = (match.group(2) if match else line).strip()
-                        key = re.sub(r"\d+", "N", text)[:60]
-                        if len(samples) < 4 and all(k != key for k, _ in samples):
-                            samples.append((key, text[:200]))
-                        continue
-                    match = re.match(r"\S+ \S+ INFO (?:GET|POST) \S+ (\d{3}) ", line)
-                    if match and match.group(1) != "200":
-                        statuses[match.group(1)] = statuses.get(match.group(1), 0) + 1
+                log = f.read().splitlines()
         except OSError:
             continue
+        i = 0
+        while i < len(log):
+            line = log[i]
+            i += 1
+            if line.startswith("Traceback"):
+                where = ""
+                while i < len(log) and (log[i].startswith(" ") or not log[i].strip()):
+                    if log[i].strip().startswith("File "):
+                        where = log[i].strip()
+                    i += 1
+                note("Traceback", "Traceback: %s (%s)" % (
+                    log[i].strip() if i < len(log) else "?", where))
+                i += 1
+                continue
+            match = re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)", line)
+            if match:
+                note(match.group(1), match.group(2).strip())
+                continue
+            match = re.match(r"\S+ \S+ INFO (?:GET|POST) \S+ (\d{3}) ", line)
+            if match and match.group(1) != "200":
+                statuses[match.group(1)] = statuses.get(match.group(1), 0) + 1
         if levels or statuses:
             lines.append("  %s: %s" % (label, ", ".join(
                 ["%d %s" % (n, level) for level, n in sorted(levels.items())] +
@@ -996,11 +1083,10 @@ def proxy_identity():
     return digest, described
 
 
-async def table_rounds(args, up_port, up_pid, proxies, rounds):
-    """The interleaved rows: added p50, CPU and throughput, SSE relay. `proxies`: label ->
-    (port, pid) for "one" and, when it started, "two" (processes)."""
-    out = {}
-    one_port, one_pid = proxies["one"]
+async def latency_rounds(args, up_port, proxies, rounds, out):
+    """Added p50, interleaved rounds; into `out`. `proxies`: label -> (port, pid) for "one"
+    and, when it started, "two" (processes)."""
+    one_port = proxies["one"][0]
     n = args.requests
     print("\nadded p50, whole reply: %d rounds of %d sequential requests each, direct, "
           "OpenAI client, Gemini client" % (rounds, n))
@@ -1022,6 +1108,9 @@ async def table_rounds(args, up_port, up_pid, proxies, rounds):
             "" if kind == "direct" else " | added p50 %+.3f ms (rounds: %s)" % (
                 median(added), " ".join("%+.3f" % a for a in added))))
 
+
+async def load_rounds(args, up_port, up_pid, proxies, rounds, out):
+    """CPU per request and throughput, interleaved rounds; into `out`."""
     print("\nCPU and throughput: %d rounds of %d concurrent keep-alive clients for %g s "
           "each, whole replies" % (rounds, args.clients, args.seconds))
     variants = [("direct", "direct", up_port, None)]
@@ -1046,14 +1135,19 @@ async def table_rounds(args, up_port, up_pid, proxies, rounds):
         errors = sum(w["errors"] for w in ws)
         out["errors_" + key] = errors
         print("  %-28s %8s req/s (x%.2f of direct)%s | upstream %.0f%%, load generator "
-              "%.0f%% of a core%s" % (
+              "%.0f%%, other work %.0f%% of a core%s" % (
                   name, fmt_rate(rate), rate / direct_rate,
                   "" if pid is None else " | proxy CPU %.3f ms/request, %.2f cores" % (
                       out["cpu_" + key], out["cores_" + key]),
                   median([w["upstream_cores"] for w in ws]) * 100,
                   median([w["client_cores"] for w in ws]) * 100,
+                  median([w["other_cores"] for w in ws]) * 100,
                   " | %d errors" % errors if errors else ""))
 
+
+async def relay_rounds(up_port, proxies, rounds, out):
+    """Events a second through one 2,000-event stream, interleaved rounds; into `out`."""
+    one_port = proxies["one"][0]
     events = 2000
     print("\nSSE relay: a %d-event stream, %d rounds of 3 streams per kind" % (events, rounds))
     seconds = {k: [] for k in ("direct", "openai", "gemini")}
@@ -1069,11 +1163,11 @@ async def table_rounds(args, up_port, up_pid, proxies, rounds):
             {"direct": "upstream", "openai": "pass-through", "gemini": "converted"}[kind],
             median(seconds[kind]) * 1e3, "" if kind == "direct" else " x%.2f of direct" % (
                 out["relay_" + kind] / out["relay_direct"])))
-    return out
 
 
-async def slow_row(fleet, args, label, count):
-    """Direct, then the proxy, each on fresh processes: `count` slow streams."""
+async def slow_row(fleet, args, label, count, extra=()):
+    """Direct, then the proxy (given `extra` arguments), each on fresh processes: `count`
+    slow streams."""
     up_port, upstream = fleet.upstream()
     try:
         direct = await slow_streams("direct", up_port, count, args.slow_seconds, upstream.pid)
@@ -1081,13 +1175,14 @@ async def slow_row(fleet, args, label, count):
         fleet.stop(upstream)
     print(describe_slow("direct", direct, "upstream"))
     up_port, upstream = fleet.upstream()
-    port, proxy = fleet.ready_proxy(up_port, "proxy-" + label)
+    port, proxy = fleet.ready_proxy(up_port, "proxy-" + label, extra)
     try:
         if port is None:
-            raise RuntimeError("the proxy exited with status %s" % proxy.returncode)
+            raise RuntimeError("the proxy exited with status %s: %s" % (
+                proxy.returncode, fleet.last_line(proxy)))
         idle = tree_memory(proxy.pid)[0]
         proxied = await slow_streams(args.slow_client, port, count, args.slow_seconds,
-                                     proxy.pid, health_port=port)
+                                     proxy.pid, health_port=port, upstream_pid=upstream.pid)
         proxied["idle_rss"] = idle
     finally:
         fleet.stop(proxy)
@@ -1126,7 +1221,8 @@ async def run_table(args, fleet, fd_note, fd_soft):
                           "" if s["pss"] is None else "; PSS %.1f MB" % s["pss"]))
             elif label == "two" and s.get("exit"):
                 print("processes: not supported by this gemini_proxy.py (it exited with "
-                      "status %s given --processes %d)" % (s["exit"], args.processes))
+                      "status %s given --processes %d: %s)" % (s["exit"], args.processes,
+                                                               s["said"]))
             else:
                 print("  %-13s did not start: %s" % (name, s))
         rows["starts"] = starts
@@ -1134,23 +1230,28 @@ async def run_table(args, fleet, fd_note, fd_soft):
         port, process = fleet.ready_proxy(up_port, "proxy")
         running.append(process)
         if port is None:
-            raise RuntimeError("the proxy exited with status %s" % process.returncode)
+            raise RuntimeError("the proxy exited with status %s: %s" % (
+                process.returncode, fleet.last_line(process)))
         proxies["one"] = (port, process.pid)
         if args.processes and "port" in starts.get("two", {}):
             port, process = fleet.ready_proxy(up_port, "proxy-processes",
                                               ("--processes", str(args.processes)))
             running.append(process)
             if port is None:
-                print("processes: the --processes %d proxy exited with status %s" % (
-                    args.processes, process.returncode))
+                print("processes: the --processes %d proxy exited with status %s: %s" % (
+                    args.processes, process.returncode, fleet.last_line(process)))
             else:
                 http_status(port, "/health")
                 proxies["two"] = (port, process.pid)
-        try:
-            rows.update(await table_rounds(args, up_port, upstream.pid, proxies,
-                                           args.rounds))
-        except Exception as exc:   # the other rows are still worth having
-            guard("interleaved rows", exc)
+        for name, row in (
+                ("added p50", latency_rounds(args, up_port, proxies, args.rounds, rows)),
+                ("CPU and throughput", load_rounds(args, up_port, upstream.pid, proxies,
+                                                   args.rounds, rows)),
+                ("SSE relay", relay_rounds(up_port, proxies, args.rounds, rows))):
+            try:
+                await row
+            except Exception as exc:   # the other rows are still worth having
+                guard(name, exc)
     finally:
         for process in running:
             fleet.stop(process)
@@ -1165,16 +1266,33 @@ async def run_table(args, fleet, fd_note, fd_soft):
         guard("slow streams", exc)
 
     if args.hold_streams:
-        need = 2 * args.hold_streams + 256
+        count = args.hold_streams
         print("\n%d-stream hold (%d s each, one event a second), %s; %s" % (
-            args.hold_streams, args.slow_seconds, KIND_NAMES[args.slow_client], fd_note))
-        if fd_soft < need:
-            rows["hold"] = "skipped: %d streams need %d open files in the proxy (two "\
-                "sockets a stream), the limit is %d" % (args.hold_streams, need, fd_soft)
+            count, args.slow_seconds, KIND_NAMES[args.slow_client], fd_note))
+        # Open files a proxy process needs: two sockets a stream (the client's, the
+        # upstream's), and room for the rest; worker processes share the streams out
+        # (SO_REUSEPORT: about evenly; 10% allowed for the unevenness).
+        processes = args.hold_processes or 1
+        one = 2 * count + 256
+        supported = "port" in rows.get("starts", {}).get("two", {})
+        if args.hold_processes is None and fd_soft < one and args.processes > 1 and \
+                supported:
+            processes = args.processes
+            print("  one proxy process would need %d open files, the limit is %d: the hold "
+                  "runs on a --processes %d proxy" % (one, fd_soft, processes))
+        need = one if processes == 1 else 2 * int(count * 1.1 / processes) + 256
+        if fd_soft < need or fd_soft < count + 256:
+            rows["hold"] = "skipped: %d streams need %d open files in %s (two sockets a " \
+                "stream), the limit is %d" % (
+                    count, need, "each proxy process" if processes > 1 else "the proxy",
+                    fd_soft)
             print("  " + rows["hold"])
         else:
+            rows["hold_processes"] = processes
             try:
-                rows["hold"] = await slow_row(fleet, args, "hold", args.hold_streams)
+                rows["hold"] = await slow_row(
+                    fleet, args, "hold", count,
+                    ("--processes", str(processes)) if processes > 1 else ())
             except Exception as exc:
                 guard("hold", exc)
     return rows, notes
@@ -1211,12 +1329,16 @@ def markdown_table(args, rows):
                               rows["relay_gemini"] / rows["relay_direct"]))
 
     def streams(r):
-        failed = sum(r["failed"].values()) + r["unopened"]
-        return "%d ok, %d on time, %d timed out%s" % (
-            r["ok"], r["on_time"], r["timeout"], ", %d failed" % failed if failed else "")
+        failed = sum(r["failed"].values())
+        return "%d ok, %d on time, %d timed out%s%s" % (
+            r["ok"], r["on_time"], r["timeout"], ", %d failed" % failed if failed else "",
+            ", %d not opened" % r["unopened"] if r["unopened"] else "")
     for key, title in (("slow", "%s slow streams (%d s each, one event a second)" % (
             format(args.slow_streams, ","), args.slow_seconds)),
-                       ("hold", "%s-stream hold" % format(args.hold_streams, ","))):
+                       ("hold", "%s-stream hold%s" % (
+                           format(args.hold_streams, ","),
+                           " (%d proxy processes)" % rows["hold_processes"]
+                           if rows.get("hold_processes", 1) > 1 else ""))):
         value = rows.get(key)
         if isinstance(value, str):
             row(title, "-", value, "-")
@@ -1228,7 +1350,10 @@ def markdown_table(args, rows):
             row("memory for those streams" if key == "slow" else
                 "memory for the %s streams" % format(args.hold_streams, ","),
                 "%.0f MB (upstream)" % direct["peak_rss"],
-                "%.0f MB peak (idle %.0f)" % (proxied["peak_rss"], proxied["idle_rss"]),
+                "%.0f MB peak (idle %.0f)%s" % (
+                    proxied["peak_rss"], proxied["idle_rss"],
+                    "" if proxied["processes"] <= 1 else ", RSS summed over %d processes "
+                    "(PSS %.0f MB)" % (proxied["processes"], proxied["peak_pss"])),
                 "x%.1f" % (proxied["peak_rss"] / max(1.0, direct["peak_rss"])))
     starts = rows.get("starts", {})
     one = starts.get("one", {})
@@ -1259,8 +1384,10 @@ def markdown_table(args, rows):
                                            rows["cores_two-gemini"]))
             if "port" in two:
                 row("start-up; idle memory, %s" % name, "-",
-                    "%.2f s to port, %.2f s to /health; %.0f MB (%d processes)" % (
-                        two["port"], two["health"], two["rss"], two["processes"]), "-")
+                    "%.2f s to port, %.2f s to /health; %.0f MB RSS summed over %d "
+                    "processes%s" % (two["port"], two["health"], two["rss"], two["processes"],
+                                     "" if two["pss"] is None else
+                                     " (PSS %.0f MB)" % two["pss"]), "-")
         elif two.get("exit"):
             row("%d processes" % args.processes, "-",
                 "not supported by this gemini_proxy.py", "-")
@@ -1277,6 +1404,7 @@ def table_main(args):
     need = max(2 * args.hold_streams, 2 * args.slow_streams) + 256
     fd_soft, fd_note = raise_open_file_limit(need)
     digest, described = proxy_identity()
+    load_start = os.getloadavg()[0]
     command = " ".join([os.path.basename(sys.executable)] + [shlex.quote(a) for a in sys.argv])
     print("command: %s" % command)
     print("python %s, %d CPUs, gemini_proxy.py sha256 %s%s; load average %s" % (
@@ -1292,14 +1420,23 @@ def table_main(args):
         print("\n".join(scan_logs(fleet)) or "  no warnings, errors or non-200 replies")
     finally:
         fleet.stop_all()
-        shutil.rmtree(state_dir, ignore_errors=True)
+        if args.keep_state:
+            print("state and logs kept in %s" % state_dir)
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
     if proxy_identity()[0] != digest:
         notes.append("gemini_proxy.py changed during the run (sha256 %s at the start, %s at "
                      "the end): rows may come from different versions" % (
                          digest, proxy_identity()[0]))
     print("\n" + "\n".join(markdown_table(args, rows)))
-    print("\n%d CPUs, python %s, gemini_proxy.py %s%s; %.0f s" % (
-        os.cpu_count(), sys.version.split()[0], digest, described, time.time() - started))
+    print("\n%d CPUs, python %s, gemini_proxy.py %s%s; %.0f s; load average (1 min) %.1f "
+          "at the start, %.1f at the end" % (
+              os.cpu_count(), sys.version.split()[0], digest, described,
+              time.time() - started, load_start, os.getloadavg()[0]))
+    if OTHER_WORK:
+        what, most = max(OTHER_WORK, key=lambda item: item[1])
+        print("other work on the machine meanwhile: at most %.2f cores (during %s), median "
+              "%.2f" % (most, what, median([cores for _, cores in OTHER_WORK])))
     print("made by: %s" % command)
     for note in notes:
         print("NOTE: " + note)
@@ -1342,8 +1479,13 @@ def main():
                         help="--table: who opens the slow streams through the proxy")
     parser.add_argument("--hold-streams", type=int, help="--table: streams held at once "
                         "(10000; 0: skip the row)")
+    parser.add_argument("--hold-processes", type=int, help="--table: the hold's proxy "
+                        "--processes (default: 1, or --processes when one process may not "
+                        "open enough files)")
     parser.add_argument("--processes", type=int, default=2, help="--table: the two-process "
                         "run's --processes (0: skip)")
+    parser.add_argument("--keep-state", action="store_true", help="--table: keep the "
+                        "temporary directory (the proxies' state and logs)")
     parser.add_argument("--workers", type=int, help="the proxy's --workers (--table: not "
                         "passed unless given; elsewhere max(256, --streams + 64))")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
