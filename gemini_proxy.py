@@ -28,6 +28,11 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 (Prometheus), GET /stats (JSON) and GET /dashboard (one page, no external assets) behind
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
+At scale: each request in flight holds a worker thread from a pool that grows with demand
+(up to server.workers) and shrinks when idle; server.processes runs worker processes on
+one port under a supervisor, which also serves the state they share (key rests, client
+limits), or state.redis_url shares it between instances through Redis.
+
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
     python gemini_proxy.py -c config.json       # upstreams, routes, server, logging
@@ -75,17 +80,18 @@ Contents (each section uses only the ones above it):
     15. dialect registry, upstream kinds and routes
     16. upstream client (pooled keep-alive http.client connections, timeouts)
     17. Google accounts (tokens refreshed, projects found)
-    18. key pools (keys and accounts)
-    19. requests in flight (worker threads, the pipe to the event loop, errors)
-    20. upstream calls and retries
-    21. client limits (named client keys: rate, daily tokens, concurrency)
-    22. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
-    23. actions and the application
-    24. server (asyncio: connections, limits, streaming, shutdown)
-    25. Google login (the login and accounts commands)
-    26. dashboard page
-    27. worker processes (server.processes: a supervisor and its workers)
-    28. command line
+    18. shared state (what processes share: Redis's protocol, a client, the operations)
+    19. key pools (keys and accounts)
+    20. requests in flight (worker threads, the pipe to the event loop, errors)
+    21. upstream calls and retries
+    22. client limits (named client keys: rate, daily tokens, concurrency)
+    23. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
+    24. actions and the application
+    25. server (asyncio: connections, limits, streaming, shutdown)
+    26. Google login (the login and accounts commands)
+    27. dashboard page
+    28. worker processes (server.processes: a supervisor and its workers)
+    29. command line
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ import difflib
 import errno
 import fnmatch
 import hashlib
+import heapq
 import hmac
 import html
 import http.client
@@ -124,10 +131,12 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -136,11 +145,11 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 try:
-    import sqlite3      # the usage ledger (section 22); some Pythons are built without it
+    import sqlite3      # the usage ledger (section 23); some Pythons are built without it
 except ImportError:     # pragma: no cover
     sqlite3 = None      # type: ignore[assignment]
 try:
-    import resource     # POSIX: the open-file limit (section 24)
+    import resource     # POSIX: the open-file limit (section 25)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -151,7 +160,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 28) and the README's
+# flag that may set it. Configuration (section 4), --help (section 29) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +210,7 @@ ONBOARD_TIMEOUT = 120
 LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (sections 21, 24) --
+    # -- server: listening, client keys, limits (sections 22, 25) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -258,7 +267,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "~/.config/gemini-proxy)", env="GEMINI_PROXY_STATE_DIR", flag="--state-dir"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 14-20, 23) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-21, 24) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
             flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
                                               "code-assist", "echo")),
@@ -377,12 +386,19 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("logging", "format", "text", "log lines as text, or one JSON object each (for "
             "log shippers)", env="GEMINI_PROXY_LOG_FORMAT", flag="--log-format",
             choices=("text", "json")),
-    # -- usage: the ledger of every request (section 22) --
+    # -- usage: the ledger of every request (section 23) --
     Setting("usage", "database", "usage.sqlite3", "the usage ledger, an SQLite file "
             "(relative: in state_dir; empty: no ledger)", env="GEMINI_PROXY_USAGE_DB",
             flag="--usage-db"),
     Setting("usage", "keep_days", 400, "ledger rows older than this many days are deleted "
             "(0: kept)"),
+    # -- state: what processes and instances share (section 18) --
+    Setting("state", "redis_url", "", "a Redis that instances share key rests and client "
+            "limits through (redis://[:password@]host:port/db, unix:///path); empty: this "
+            "instance's own (its supervisor's, with server.processes)",
+            env="GEMINI_PROXY_REDIS_URL", flag="--redis-url"),
+    Setting("state", "namespace", "gemini-proxy:", "the prefix of every Redis key the proxy "
+            "writes (instances that must not share: different prefixes)"),
     # -- top level --
     Setting("", "default_model", "", "upstream model for requests no route maps",
             env="GEMINI_PROXY_MODEL", flag="--model"),
@@ -862,6 +878,7 @@ class Config:
     logging: Dict[str, Any]
     default_upstream: str
     usage: Dict[str, Any] = dataclasses.field(default_factory=lambda: setting_defaults("usage"))
+    state: Dict[str, Any] = dataclasses.field(default_factory=lambda: setting_defaults("state"))
     # server.api_keys as ClientKeys (server["api_keys"] holds their key strings).
     clients: List[ClientKey] = dataclasses.field(default_factory=list)
     source: str = ""            # the file it came from, for the start-up lines
@@ -880,6 +897,10 @@ class Config:
                 found += [value, urllib.parse.quote_plus(value), urllib.parse.quote(value, "")]
             parts = urllib.parse.urlsplit(spec["base_url"])
             found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
+        try:   # checked by load_config; a Config built by hand may hold anything
+            found.append(parse_state_url(self.state["redis_url"]).password)
+        except ValueError:
+            pass
         return list(dict.fromkeys(s for s in found if s))
 
     def credentials(self) -> List[str]:
@@ -1010,7 +1031,7 @@ def _check_section(raw: Any, section: str, path: str) -> Dict[str, Any]:
 
 
 TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "model_mapping", "default_model",
-                  "default_upstream", "logging", "usage")
+                  "default_upstream", "logging", "usage", "state")
 
 # The seed project's flat format: {openai_api_key, openai_base_url, model_mapping,
 # default_openai_model, server{host, port, log_level}, logging{enable_detailed_logs,
@@ -1168,7 +1189,8 @@ def _sections_of(raw: Dict[str, Any], path: str) -> Config:
                     _check_routes(raw.get("routes", [])) + mapping_routes,
                     _check_section(raw.get("logging", {}), "logging", "logging"),
                     top["default_upstream"],
-                    _check_section(raw.get("usage", {}), "usage", "usage"), source=path)
+                    _check_section(raw.get("usage", {}), "usage", "usage"),
+                    _check_section(raw.get("state", {}), "state", "state"), source=path)
     config.routes.append(Route("*", "", top["default_model"]))   # the catch-all
     return config
 
@@ -1181,7 +1203,8 @@ def _apply_environment(config: Config, environ: Dict[str, str]) -> None:
         if name.startswith("GEMINI_PROXY_") and name not in known:
             raise ConfigError("%s: unknown environment variable%s"
                               % (name, _did_you_mean(name, known)))
-    sections = {"server": config.server, "logging": config.logging, "usage": config.usage}
+    sections = {"server": config.server, "logging": config.logging, "usage": config.usage,
+                "state": config.state}
     for setting in SETTINGS:
         if setting.env in environ and setting.section in sections:
             sections[setting.section][setting.key] = _env_value(environ, setting)
@@ -1221,7 +1244,8 @@ def _apply_default_upstream(config: Config, args: argparse.Namespace,
 
 
 def _apply_flags(config: Config, args: argparse.Namespace) -> None:
-    sections = {"server": config.server, "logging": config.logging, "usage": config.usage}
+    sections = {"server": config.server, "logging": config.logging, "usage": config.usage,
+                "state": config.state}
     for setting in SETTINGS:
         value = getattr(args, flag_dest(setting), None) if setting.flag else None
         if setting.section in sections and value is not None and value is not False \
@@ -1339,6 +1363,76 @@ def _check_safety(config: Config) -> None:
             % server["host"])
 
 
+# -- state.redis_url -----------------------------------------------------------------------------
+
+def redacted_url(url: str) -> str:
+    """A store's URL fit for logs and messages: everything between "://" and the last "@"
+    (the user and password, or a lone part that may be a password) and any password=
+    query value replaced by ***. Over-redacting an odd URL is fine; leaking is not."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = (user + ":***" if colon and "/" not in user else "***") + "@" + rest
+    return re.sub(r"(?i)([?&](?:password|pass|pwd)=)[^&#]*", r"\1***", scheme + sep + rest)
+
+
+@dataclasses.dataclass
+class StateAddress:
+    path: str = ""          # a Unix socket, or else host and port
+    host: str = ""
+    port: int = 6379
+    tls: bool = False
+    user: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    db: int = 0
+
+
+def parse_state_url(url: str) -> StateAddress:
+    """redis://[[user]:password@]host[:port][/db], rediss://... (TLS, the system's CAs),
+    unix://[[user]:password@]/path/to/socket[?db=N]. Errors name the URL redacted."""
+    shown = redacted_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise ValueError("%s is not a URL" % shown) from None
+    if parts.scheme not in ("redis", "rediss", "unix") or set(query) - {"db"}:
+        raise ValueError("%s: a state URL is redis://, rediss:// or unix:// (with at most "
+                         "?db=N)" % shown)
+    if parts.username and parts.password is None:
+        raise ValueError("%s names a user but no password (user:password@)" % shown)
+    address = StateAddress(tls=parts.scheme == "rediss",
+                           user=urllib.parse.unquote(parts.username or ""),
+                           password=urllib.parse.unquote(parts.password or ""))
+    db = query.get("db", [""])[-1]
+    if parts.scheme == "unix":
+        address.path = urllib.parse.unquote(parts.path)
+        if parts.hostname or not address.path:
+            raise ValueError("%s: a unix URL is unix:///path/to/socket" % shown)
+    else:
+        address.host, address.port = parts.hostname or "", port or 6379
+        db = db or parts.path.strip("/")
+        if not address.host:
+            raise ValueError("%s names no host" % shown)
+    if db and not db.isdigit():
+        raise ValueError("%s: the database is a number" % shown)
+    address.db = int(db or 0)
+    return address
+
+
+def _resolve_state(config: Config) -> None:
+    url = config.state["redis_url"]
+    if url:
+        try:
+            parse_state_url(url)
+        except ValueError as exc:
+            raise ConfigError("state.redis_url: %s" % exc) from None
+
+
 def load_config(args: Optional[argparse.Namespace] = None,
                 environ: Optional[Dict[str, str]] = None) -> Config:
     """Build the configuration: file < environment < flags. Raises ConfigError."""
@@ -1352,6 +1446,7 @@ def load_config(args: Optional[argparse.Namespace] = None,
     _resolve_upstreams(config, environ)
     _resolve_routes(config)
     _resolve_client_keys(config)
+    _resolve_state(config)
     _check_safety(config)
     return config
 
@@ -1377,7 +1472,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 24) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 25) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -6395,7 +6490,7 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # about the account that sent the request, and the pure half of a Google login: the
 # credential files people already have, in the four shapes they come in, and the OAuth
 # URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
-# section 25's.
+# section 26's.
 
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
@@ -6709,7 +6804,7 @@ def _project_id(project: Any) -> str:
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 19-24) know nothing dialect-specific beyond these tables: a
+# and the server (sections 20-25) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -8263,7 +8358,551 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
     return accounts
 
 
-# ---- 18. Key pools -----------------------------------------------------------------------
+# ---- 18. Shared state ---------------------------------------------------------------------
+#
+# With server.processes above 1, or state.redis_url, what the processes must agree on
+# lives in one store: key rests (a key that got a 429 rests in every process) and client
+# limits (the rate's window, the day's tokens and requests). The store is Redis
+# (state.redis_url) or else the supervisor's StateServer (section 28) on a 0600 Unix
+# socket; processes speak RESP2 to either through RespStore, and the shared_* operations
+# at the end give the same answers from both. The parser is pure, like section 5's: bytes
+# in, values out, the sockets are the caller's. When the store fails, each process
+# decides alone until it answers again (SharedState).
+
+RESP_MAX_BULK = 512 * 1024 * 1024   # Redis's own proto-max-bulk-len: the client's limit
+RESP_MAX_LINE = 64 * 1024           # a type line (simple string, error, length) unended
+RESP_MAX_DEPTH = 32                 # arrays within arrays in one reply
+INT64_MAX = 2 ** 63 - 1
+RATE_WINDOW = 60.0                  # seconds: a client's requests_per_minute window
+STATE_DAY_TTL = 2 * 86400           # a day's counters outlive their UTC day by a day
+STATE_BACKOFF = 1.0                 # seconds calls fail at once after the store failed
+
+
+class StateError(Exception):
+    """Shared state failed: the store is out of reach (StateUnavailable) or refused a
+    command (RespError). The proxy catches this one class."""
+
+
+class StateUnavailable(StateError):
+    """The store cannot be reached, or did not answer in time. Its message names the store
+    by redacted_url, never with a password."""
+
+
+class RespError(StateError):
+    """An error reply ("ERR ...", "WRONGTYPE ..."): raised by RespStore.call, a value in
+    its place among a pipeline's replies."""
+
+
+class RespProtocolError(ValueError):
+    """Bytes that are not RESP, or a reply or request over a limit."""
+
+
+# -- the protocol (pure) ---------------------------------------------------------------------
+
+RESP_LENGTH = re.compile(rb"(?:-1|[0-9]{1,19})\Z")
+RESP_INTEGER = re.compile(rb"-?[0-9]{1,19}\Z")
+
+
+def resp_bytes(value: Any) -> bytes:
+    """A command's argument as RESP carries it; floats as repr (round-trips exactly)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    if isinstance(value, float):
+        return repr(value).encode("ascii")
+    raise TypeError("a RESP argument is str, bytes, int or float, not %s" % type(value).__name__)
+
+
+def encode_resp_command(*args: Any) -> bytes:
+    """A command as clients send it: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = resp_bytes(arg)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def encode_resp_reply(value: Any) -> bytes:
+    """A reply as a server sends it: None is the nil bulk string, a str a simple string."""
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join(encode_resp_reply(item) for item in value)
+    # A line break in an error's text would end the line early: the next reply would be
+    # read from the rest of it. Redis turns them into spaces too.
+    line = str(value).replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+    return (b"-" if isinstance(value, RespError) else b"+") + line + b"\r\n"
+
+
+class RespParser:
+    """Incremental RESP2 parser: feed() returns the values its bytes completed (one split
+    across reads waits for the rest). Simple strings come out as str, errors as RespError
+    values (returned, not raised: a pipeline's replies keep their places), integers as
+    int, bulk strings as bytes, arrays as lists, nil as None. With requests=True it reads
+    what a server receives instead: arrays of bulk strings, each a command as a list of
+    bytes (empty arrays skipped, as Redis does; inline commands are not accepted), of at
+    most max_items arguments and max_bulk bytes of them together. Anything else raises
+    RespProtocolError; the parser is then unusable (its connection should close)."""
+
+    def __init__(self, requests: bool = False, max_bulk: int = RESP_MAX_BULK,
+                 max_items: int = INT64_MAX):
+        self.requests = requests
+        self.max_bulk = max_bulk
+        self.max_items = max_items
+        self._buffer = bytearray()
+        self._open: List[Tuple[List[Any], int]] = []   # arrays being filled, their lengths
+        self._command_bytes = 0       # of the request being read (requests=True)
+
+    def feed(self, data: bytes) -> List[Any]:
+        buf = self._buffer
+        buf += data
+        done: List[Any] = []
+        at = 0     # the start of what is not read yet
+        try:
+            while True:
+                end = buf.find(b"\r\n", at, at + RESP_MAX_LINE)
+                if end < 0:
+                    if len(buf) - at >= RESP_MAX_LINE:
+                        raise RespProtocolError("a line of over %d bytes" % RESP_MAX_LINE)
+                    return done
+                kind, line = buf[at:at + 1], buf[at + 1:end]
+                if self.requests and kind != (b"$" if self._open else b"*"):
+                    raise RespProtocolError("expected '%s', got '%s'" % (
+                        "$" if self._open else "*", kind.decode("latin-1")))
+                if kind == b"$":
+                    limit = self.max_bulk - self._command_bytes
+                    size = self._length(line, limit if self.requests else self.max_bulk, "bulk")
+                    if size < 0 and self.requests:
+                        raise RespProtocolError("invalid bulk length")
+                    if size < 0:
+                        value, at = None, end + 2
+                    elif len(buf) < end + 4 + size:
+                        return done     # the header is read again with the rest
+                    elif buf[end + 2 + size:end + 4 + size] != b"\r\n":
+                        raise RespProtocolError("a bulk string longer than its length")
+                    else:
+                        value, at = bytes(buf[end + 2:end + 2 + size]), end + 4 + size
+                        self._command_bytes += size
+                elif kind == b"*":
+                    count, at = self._length(line, self.max_items, "multibulk"), end + 2
+                    if count > 0:
+                        if len(self._open) >= (1 if self.requests else RESP_MAX_DEPTH):
+                            raise RespProtocolError("arrays nested too deep")
+                        self._open.append(([], count))
+                        continue
+                    if self.requests:
+                        continue
+                    value = [] if count == 0 else None
+                elif kind == b"+":
+                    value, at = line.decode("utf-8", "replace"), end + 2
+                elif kind == b"-":
+                    value, at = RespError(line.decode("utf-8", "replace")), end + 2
+                elif kind == b":" and RESP_INTEGER.match(line):
+                    value, at = int(line), end + 2
+                else:
+                    raise RespProtocolError("not a RESP2 value: %r" % bytes(buf[at:end][:20]))
+                while self._open:     # a value may complete the arrays it ends
+                    items, count = self._open[-1]
+                    items.append(value)
+                    if len(items) < count:
+                        break
+                    value = self._open.pop()[0]
+                if not self._open:
+                    done.append(value)
+                    self._command_bytes = 0
+        finally:
+            del buf[:at]
+
+    @staticmethod
+    def _length(line: bytearray, limit: int, what: str) -> int:
+        length = int(line) if RESP_LENGTH.match(line) else limit + 1
+        if length > limit:
+            raise RespProtocolError("invalid %s length" % what)
+        return length
+
+
+# -- the client ------------------------------------------------------------------------------
+
+class RespConnection:
+    """One blocking connection to a store and its reply parser."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.parser = RespParser()
+
+    def exchange(self, payload: bytes, count: int, timeout: float) -> List[Any]:
+        """Send commands and read their `count` replies, within `timeout` seconds in all
+        (a store that trickles bytes cannot hold a worker longer)."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        self.sock.sendall(payload)
+        replies: List[Any] = []
+        while len(replies) < count:
+            try:
+                self.sock.settimeout(max(deadline - time.monotonic(), 1e-6))
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise socket.timeout("no reply within %gs" % timeout) from None
+            if not data:
+                raise ConnectionError("the store closed the connection")
+            replies += self.parser.feed(data)
+        if len(replies) > count:
+            raise RespProtocolError("more replies than commands")
+        return replies
+
+    def closed_by_peer(self) -> bool:
+        """Whether an idle connection has something to read: the store closed it (or sent
+        what nobody asked for). poll, not select: a process with over 1024 files open."""
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RespStore:
+    """A thread-safe client of one RESP store (Redis, or StateServer) at a URL (see
+    parse_state_url). A call takes an idle connection, or opens one (AUTH and SELECT
+    first) while fewer than max_connections are open, or waits up to reply_timeout for one
+    to be given back; one that failed is closed, as are the idle ones then. A failure
+    makes calls fail at once with StateUnavailable for `backoff` seconds; then one call
+    tries again while the others still fail at once (an unreachable store costs a worker
+    one connect timeout a back-off, not one a call)."""
+
+    def __init__(self, url: str, connect_timeout: float = 1.0, reply_timeout: float = 1.0,
+                 namespace: str = "gemini-proxy:", max_connections: int = 16,
+                 backoff: float = STATE_BACKOFF):
+        self.address = parse_state_url(url)
+        self.url = redacted_url(url)
+        self.namespace = namespace      # the start of every key the shared_* functions use
+        self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
+        self.max_connections, self.backoff = max_connections, backoff
+        self._tls = ssl.create_default_context() if self.address.tls else None
+        self._lock = threading.Condition()      # notified when a connection is free
+        self._idle: List[RespConnection] = []
+        self._open = 0              # connections open, idle or in use
+        self._down_until = 0.0      # time.monotonic(): calls fail at once until then
+        self._down_why = ""
+        self._probing = False       # a call is trying the store again after a failure
+        self._pid = os.getpid()
+        self._closed = False
+
+    def call(self, *args: Any) -> Any:
+        """One command's reply; an error reply is raised (RespError)."""
+        reply = self.pipeline([args])[0]
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    def pipeline(self, commands: Iterable[Sequence[Any]]) -> List[Any]:
+        """Commands sent together, their replies in order, error replies as RespError
+        values; one round trip."""
+        commands = list(commands)
+        if not commands:
+            return []
+        payload = b"".join(encode_resp_command(*command) for command in commands)
+        connection = self._take()
+        try:
+            replies = connection.exchange(payload, len(commands), self.reply_timeout)
+        except BaseException as error:
+            self._discard(connection)   # its replies are out of step with its commands
+            if isinstance(error, (OSError, RespProtocolError)):
+                raise self._down(error) from error
+            raise
+        with self._lock:
+            if not self._closed:
+                self._idle.append(connection)
+                self._lock.notify()
+                return replies
+        self._discard(connection)
+        return replies
+
+    def transaction(self, commands: Iterable[Sequence[Any]]) -> List[Any]:
+        """MULTI, the commands, EXEC in one round trip: EXEC's replies (an error of one
+        command as a RespError value in its place). A command refused while queueing
+        (unknown, wrong arguments, a full store) discards all of them: raised."""
+        replies = self.pipeline([("MULTI",)] + list(commands) + [("EXEC",)])
+        if isinstance(replies[-1], list):
+            return replies[-1]
+        queued = [reply for reply in replies[:-1] if isinstance(reply, RespError)]
+        raise RespError("%s (%s)" % (replies[-1], queued[0]) if queued else
+                        str(replies[-1] or "EXEC aborted"))
+
+    def close(self) -> None:
+        """Close the connections (those in use when they are given back). A call after
+        this opens new ones, kept no longer than the call."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._lock.notify_all()
+        for connection in idle:
+            connection.close()
+
+    def _take(self) -> RespConnection:
+        deadline = time.monotonic() + self.reply_timeout
+        with self._lock:
+            if self._pid != os.getpid():    # a forked child: the connections are the parent's
+                self._pid, self._idle, self._open = os.getpid(), [], 0
+            while True:
+                if self._probing or time.monotonic() < self._down_until:
+                    raise StateUnavailable(self._down_why)
+                if self._idle:
+                    connection = self._idle.pop()
+                    if not connection.closed_by_peer():
+                        return connection
+                    connection.close()
+                    self._open -= 1
+                elif self._open < self.max_connections:
+                    break
+                elif not self._lock.wait(deadline - time.monotonic()) and \
+                        time.monotonic() >= deadline:     # busy, not down: no back-off
+                    raise StateUnavailable("shared state at %s: all %d connections stayed "
+                                           "busy for %gs" % (self.url, self._open,
+                                                             self.reply_timeout))
+            self._open += 1
+            self._probing = self._down_until > 0
+        try:
+            connection = self._connect()
+        except BaseException as error:
+            failure = self._down(error) if isinstance(
+                error, (OSError, RespError, RespProtocolError)) else None
+            with self._lock:    # (after _down: no moment without both probe and back-off)
+                self._open -= 1
+                self._probing = False
+                self._lock.notify()
+            if failure is not None:
+                raise failure from error
+            raise
+        with self._lock:
+            self._down_until, self._probing = 0.0, False
+        return connection
+
+    def _discard(self, connection: RespConnection) -> None:
+        connection.close()
+        with self._lock:
+            self._open -= 1
+            self._lock.notify()
+
+    def _down(self, error: Exception) -> StateUnavailable:
+        """Note a failure (calls fail at once for a while) and say what it was."""
+        why = "shared state at %s is unavailable: %s" % (
+            self.url, str(error) or type(error).__name__)
+        with self._lock:
+            self._down_until = time.monotonic() + self.backoff
+            self._down_why = why + " (tried again after %gs)" % self.backoff
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._lock.notify_all()     # the calls waiting for a connection fail now
+        for connection in idle:     # they are likely as dead (a restart, a network down)
+            connection.close()
+        return StateUnavailable(why)
+
+    def _connect(self) -> RespConnection:
+        address = self.address
+        if address.path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:   # (resolving the name is not bounded by the timeout: prefer addresses)
+            sock = socket.create_connection((address.host, address.port), self.connect_timeout)
+        connection = RespConnection(sock)
+        try:
+            if address.path:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(address.path)
+            else:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                connection.sock = self._tls.wrap_socket(sock, server_hostname=address.host)
+            setup: List[Tuple[Any, ...]] = []
+            if address.password:
+                setup.append(("AUTH", address.user, address.password) if address.user else
+                             ("AUTH", address.password))
+            if address.db:
+                setup.append(("SELECT", address.db))
+            if setup:
+                payload = b"".join(encode_resp_command(*command) for command in setup)
+                for reply in connection.exchange(payload, len(setup), self.connect_timeout):
+                    if isinstance(reply, RespError):
+                        raise reply
+        except BaseException:
+            connection.close()
+            sock.close()
+            raise
+        return connection
+
+
+
+def utc_day(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+# -- what the proxy shares -----------------------------------------------------------------------
+#
+# Keys: the namespace, a kind, then a name from the configuration (a client's, an
+# upstream's: any characters at all) after its length in bytes, so that no two names make
+# the same key: "gemini-proxy:rpm:5:alice", "gemini-proxy:tpd:5:alice:2025-01-31". Every
+# function raises StateError (StateUnavailable or RespError) when the store fails; the
+# answers are the same from Redis (6.2 or later: ZADD GT) and from StateServer.
+
+def state_key(namespace: str, kind: str, name: str, day: str = "") -> bytes:
+    raw = name.encode("utf-8", "surrogatepass")
+    key = b"%s%s:%d:%s" % (namespace.encode("utf-8"), kind.encode("ascii"), len(raw), raw)
+    return key + b":" + day.encode("ascii") if day else key
+
+
+def state_transaction(store: RespStore, commands: List[Tuple[Any, ...]]) -> List[Any]:
+    """A transaction whose every command must succeed (the first error reply is raised)."""
+    replies = store.transaction(commands)
+    for reply in replies:
+        if isinstance(reply, RespError):
+            raise reply
+    return replies
+
+
+def shared_admit(store: RespStore, client_name: str, requests_per_minute: int,
+                 tokens_per_day: int, now: float) -> Optional[Tuple[float, str]]:
+    """ClientLimits.admit across processes: count a request in (None), or say why not and
+    for how long: (seconds, "tokens") when the day's tokens are spent (until midnight UTC),
+    (seconds, "rate") when requests_per_minute requests started in the last minute (until
+    the oldest leaves it). A limit of 0 is none; the request is counted still.
+
+    One transaction reads the day's tokens and, in the rate window (a sorted set of start
+    times), drops what is older than a minute, adds this request and counts; it counts the
+    day's requests too. A refused request is taken out again, in a second round trip:
+    until then it counts against other requests, so racing processes may both refuse
+    (never both admit past the limit). If that second trip fails, the refused request
+    stays counted (for a minute, and in the day's requests)."""
+    day = utc_day(now)
+    window = state_key(store.namespace, "rpm", client_name)
+    requests = state_key(store.namespace, "rpd", client_name, day)
+    member = "%r:%s" % (now, secrets.token_hex(8))     # two requests, two members
+    tokens, _, _, count, oldest, _, _, _ = state_transaction(store, [
+        ("GET", state_key(store.namespace, "tpd", client_name, day)),
+        ("ZREMRANGEBYSCORE", window, "-inf", now - RATE_WINDOW),
+        ("ZADD", window, now, member),
+        ("ZCARD", window),
+        ("ZRANGE", window, 0, 0, "WITHSCORES"),
+        ("PEXPIRE", window, int(RATE_WINDOW * 1000) + 1000),
+        ("INCR", requests),
+        ("EXPIRE", requests, STATE_DAY_TTL)])
+    refusal: Optional[Tuple[float, str]] = None
+    if tokens_per_day and int(tokens or 0) >= tokens_per_day:
+        refusal = (86400 - now % 86400, "tokens")
+    elif requests_per_minute and count > requests_per_minute:
+        refusal = (max(float(oldest[1]) + RATE_WINDOW - now, 0.0), "rate")
+    if refusal is not None:
+        state_transaction(store, [("ZREM", window, member), ("DECR", requests)])
+    return refusal
+
+
+def shared_spent(store: RespStore, client_name: str, tokens: int, now: float) -> None:
+    """An admitted request cost `tokens` (ClientLimits.spent)."""
+    if tokens > 0:
+        key = state_key(store.namespace, "tpd", client_name, utc_day(now))
+        state_transaction(store, [("INCRBY", key, tokens), ("EXPIRE", key, STATE_DAY_TTL)])
+
+
+def shared_usage(store: RespStore, client_name: str, now: float) -> Dict[str, int]:
+    """ClientLimits.snapshot: requests of the last minute, requests and tokens today."""
+    day = utc_day(now)
+    window = state_key(store.namespace, "rpm", client_name)
+    _, recent, requests, tokens = state_transaction(store, [
+        ("ZREMRANGEBYSCORE", window, "-inf", now - RATE_WINDOW),
+        ("ZCARD", window),
+        ("GET", state_key(store.namespace, "rpd", client_name, day)),
+        ("GET", state_key(store.namespace, "tpd", client_name, day))])
+    return {"requests_last_minute": recent, "requests_today": int(requests or 0),
+            "tokens_today": int(tokens or 0)}
+
+
+def rest_member(key_name: str, scope: str) -> bytes:
+    raw = key_name.encode("utf-8", "surrogatepass")
+    return b"%d:%s%s" % (len(raw), raw, scope.encode("utf-8", "surrogatepass"))
+
+
+def shared_rest(store: RespStore, upstream: str, key_name: str, scope: str,
+                until_wall: float) -> None:
+    """A key of an upstream rests until `until_wall` (Unix time) for `scope` (a model, or
+    "*"); a longer rest already recorded stays. The rests of an upstream are a sorted set,
+    (key, scope) -> until, so "keep the longer" is ZADD GT: atomic in the store, safe when
+    processes record rests of one key at once (no read-then-write). The set lives two days
+    past its last rest (or as long as a longer rest: such a rest may be cut short by a
+    later, shorter one's expiry; MAX_RETRY_AFTER keeps the upstream's rests within a day)."""
+    key = state_key(store.namespace, "rests", upstream)
+    ttl = max(STATE_DAY_TTL, until_wall - time.time() + 60)
+    state_transaction(store, [("ZADD", key, "GT", until_wall, rest_member(key_name, scope)),
+                              ("PEXPIRE", key, int(ttl * 1000))])
+
+
+def shared_rests(store: RespStore, upstream: str, now: float) -> Dict[Tuple[str, str], float]:
+    """The rests of an upstream's keys still in force at `now`: (key_name, scope) ->
+    until (Unix time). Those over are removed."""
+    key = state_key(store.namespace, "rests", upstream)
+    _, flat = state_transaction(store, [("ZREMRANGEBYSCORE", key, "-inf", now),
+                                        ("ZRANGE", key, 0, -1, "WITHSCORES")])
+    rests = {}
+    for member, until in zip(flat[::2], flat[1::2]):
+        length, _, rest = member.partition(b":")
+        if length.isdigit():
+            key_name, scope = rest[:int(length)], rest[int(length):]
+            rests[(key_name.decode("utf-8", "surrogatepass"),
+                   scope.decode("utf-8", "surrogatepass"))] = float(until)
+    return rests
+
+
+# Seconds between a process's looks at the rests other processes recorded (a key pool
+# looks when a request takes a key, at most this often).
+SHARED_RESTS_EVERY = 1.0
+
+
+class SharedState:
+    """A process's way to the shared store, and its conduct when the store fails: the
+    caller then decides alone (this process's own counts and rests) until the store
+    answers again. The log says so once a minute while it lasts, and when it ends."""
+
+    def __init__(self, url: str, namespace: str):
+        self.store = RespStore(url, namespace=namespace)
+        self.url = self.store.url       # the password replaced
+        self._lock = threading.Lock()
+        self._failing = False
+        self._warned = 0.0
+
+    def failed(self, what: str, error: StateError) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failing = True
+            if now - self._warned < 60:
+                return
+            self._warned = now
+        log.warning("shared state at %s: %s failed (%s); this process decides alone until "
+                    "it answers", self.url, what, error)
+
+    def worked(self) -> None:
+        if self._failing:
+            with self._lock:
+                if not self._failing:
+                    return
+                self._failing, self._warned = False, 0.0
+            log.info("shared state at %s answers again", self.url)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# ---- 19. Key pools -----------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
@@ -8339,11 +8978,17 @@ class KeyPool:
     """Hands out the keys of one upstream: a healthy one, by round robin or the least
     recently failed first, within the upstream's and each key's concurrency limits.
     acquire() can wait, up to a deadline, for a free slot or (with wait_for_keys) for a
-    key to come back from its cooldown; at most max_waiting requests wait at once."""
+    key to come back from its cooldown; at most max_waiting requests wait at once. With a
+    shared store (section 18), a key's rest is recorded there and the rests other
+    processes recorded are taken from it."""
 
     def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str,
-                 accounts: Optional[Dict[str, GoogleAccount]] = None):
+                 accounts: Optional[Dict[str, GoogleAccount]] = None,
+                 shared: Optional[SharedState] = None):
         self.name = name
+        self.shared = shared
+        self._rests_read = 0.0                  # time.monotonic() of the last look
+        self._reading_rests = threading.Lock()  # one thread looks; the others go on
         self.states: List[KeyState] = []
         self.in_flight = 0
         self.waiting = 0
@@ -8399,6 +9044,8 @@ class KeyPool:
         client's session key) keeps the key it had while that key is usable; a retry
         takes a key it has not tried (`avoid`) while there is one."""
         tried = {id(state) for state in avoid}
+        if self.shared is not None:
+            self._read_rests()
         with self._lock:
             waited = False
             try:
@@ -8435,6 +9082,32 @@ class KeyPool:
             finally:
                 if waited:
                     self.waiting -= 1
+
+    def _read_rests(self) -> None:
+        """The rests other processes recorded, at most once a SHARED_RESTS_EVERY."""
+        assert self.shared is not None
+        now = time.monotonic()
+        if now - self._rests_read < SHARED_RESTS_EVERY or \
+                not self._reading_rests.acquire(blocking=False):
+            return
+        try:
+            self._rests_read, wall = now, time.time()
+            try:
+                rests = shared_rests(self.shared.store, self.name, wall)
+            except StateError as exc:
+                self.shared.failed("reading the rests of upstream %r's keys" % self.name, exc)
+                return
+            self.shared.worked()
+            with self._lock:
+                by_name = {state.name: state for state in self.states}
+                for (name, scope), until in rests.items():
+                    state = by_name.get(name)
+                    if state is not None:
+                        until += now - wall     # the wall clock's moment on this one's
+                        if until > state.cooling.get(scope, 0):
+                            state.cooling[scope] = until
+        finally:
+            self._reading_rests.release()
 
     def _pick(self, usable: List[KeyState], session: str = "") -> KeyState:
         if len(self.states) < 2:
@@ -8501,7 +9174,9 @@ class KeyPool:
 
     def failed(self, state: KeyState, model: str, error: UpstreamError) -> None:
         """What a failure says about the key: a 429 cools it down, a refusal (see
-        refusal_scope) takes it out; an upstream kind may say more (key_verdict)."""
+        refusal_scope) takes it out; an upstream kind may say more (key_verdict). A rest
+        is recorded in the shared store, for the other processes."""
+        rest: Optional[Tuple[str, float]] = None
         with self._lock:
             state.failures += 1
             state.last_failure = time.monotonic()
@@ -8513,8 +9188,7 @@ class KeyPool:
                 while len(state.refused) > MAX_REFUSED_MODELS:  # names clients chose
                     state.refused.pop(next(k for k in state.refused if k != "*"))
             elif error.key_verdict == "rest":
-                state.cooling["*"] = time.monotonic() + (error.retry_after or
-                                                         self.spec["cooldown"])
+                rest = ("*", error.retry_after or self.spec["cooldown"])
             elif error.status == 429 and error.key_verdict != "keep":
                 state.rate_limited += 1
                 state.strikes += 1
@@ -8530,7 +9204,16 @@ class KeyPool:
                 pause = max(pause, floor)
                 pause += min(pause * random.uniform(0, self.spec["cooldown_jitter"]),
                              MAX_COOLDOWN_JITTER)
-                state.cooling[self._scope(model)] = time.monotonic() + pause
+                rest = (self._scope(model), pause)
+            if rest is not None:
+                state.cooling[rest[0]] = time.monotonic() + rest[1]
+        if rest is not None and self.shared is not None:
+            try:
+                shared_rest(self.shared.store, self.name, state.name, rest[0],
+                            time.time() + rest[1])
+                self.shared.worked()
+            except StateError as exc:
+                self.shared.failed("recording a rest of upstream %r's key" % self.name, exc)
 
     def status(self) -> Dict[str, Any]:
         """The pool's health for /status; a key appears only as its fingerprint."""
@@ -8566,7 +9249,7 @@ class KeyPool:
                     "keys": [key_status(s) for s in self.states]}
 
 
-# ---- 19. Requests in flight ------------------------------------------------------------------
+# ---- 20. Requests in flight ------------------------------------------------------------------
 #
 # What one request holds while a worker thread answers it: the pipe its answer goes back
 # to the event loop through, its detailed log, the upstream replies and keys it must let
@@ -9018,7 +9701,7 @@ class Request:
         self.held.clear()
 
 
-# ---- 20. Upstream calls and retries ------------------------------------------------------
+# ---- 21. Upstream calls and retries ------------------------------------------------------
 #
 # One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
 # is the policy around attempts: the route's upstream, then its fallbacks; on each, more
@@ -9355,21 +10038,20 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 21. Client limits -----------------------------------------------------------------------
+# ---- 22. Client limits -----------------------------------------------------------------------
 #
 # A named client key (server.api_keys objects, section 4) may be held to a request rate, a
 # daily token budget and a number of requests at once. ClientLimits (rate and budget)
 # decides in the worker thread, before any upstream is called, and is told what each
 # request cost when it ends; ClientSlots (requests at once) decides on the event loop,
 # before a worker is taken. What they count outlives a reload (the Proxy keeps them), and
-# the rate and budget a restart (read back from the usage ledger, section 22).
+# the rate and budget a restart (read back from the usage ledger, section 23).
 
 # Seconds a request waits for one of its client's max_concurrency slots before a 429, and
 # how many of a client's requests may wait at once (waiting costs no worker, but a
 # client's queue should not grow without end).
 CLIENT_QUEUE_TIMEOUT = 300.0
 CLIENT_MAX_WAITING = 16
-RATE_WINDOW = 60.0
 
 
 def check_client_model(client: ClientKey, model: str) -> None:
@@ -9377,10 +10059,6 @@ def check_client_model(client: ClientKey, model: str) -> None:
         raise ClientError("client key %r may not use the model %r; it may use %s" % (
             client.name, model, ", ".join(client.models)), status=403,
             reason="model_not_allowed")
-
-
-def utc_day(wall: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(wall))
 
 
 @dataclasses.dataclass
@@ -9403,9 +10081,12 @@ class ClientUsage:
 
 
 class ClientLimits:
-    """requests_per_minute and tokens_per_day, decided in worker threads."""
+    """requests_per_minute and tokens_per_day, decided in worker threads: through the
+    shared store when there is one (section 18), else (or while it fails) from this
+    process's own counts, which are kept either way."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Optional[SharedState] = None) -> None:
+        self.shared = shared
         self._lock = threading.Lock()
         self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
 
@@ -9424,38 +10105,79 @@ class ClientLimits:
         """Count a request in, or raise the 429 that says when to come back: over the
         daily token budget (until midnight UTC), or over the request rate (until the
         oldest request of the minute leaves the window)."""
+        now = time.time()
+        if self.shared is not None:
+            try:
+                refusal = shared_admit(self.shared.store, client.name,
+                                       client.requests_per_minute, client.tokens_per_day, now)
+            except StateError as exc:
+                self.shared.failed("counting a request of client %r" % client.name, exc)
+            else:
+                self.shared.worked()
+                if refusal is not None:
+                    raise self._refusal(client, *refusal)
+                self._count(client, now, enforce=False)
+                return
+        self._count(client, now, enforce=True)
+
+    def _count(self, client: ClientKey, now: float, enforce: bool) -> None:
         with self._lock:
             usage = self._usage[client.name]
-            now = time.time()
             usage.roll(now)
-            if client.tokens_per_day and usage.tokens_today >= client.tokens_per_day:
-                raise ClientError(
-                    "client key %r has used its %d tokens for today (UTC)" % (
-                        client.name, client.tokens_per_day), status=429,
-                    retry_after=86400 - now % 86400, reason="client_limit")
-            if client.requests_per_minute and len(usage.recent) >= client.requests_per_minute:
-                raise ClientError(
-                    "client key %r is limited to %d requests a minute" % (
-                        client.name, client.requests_per_minute), status=429,
-                    retry_after=usage.recent[0] + RATE_WINDOW - now, reason="client_limit")
+            if enforce and client.tokens_per_day and \
+                    usage.tokens_today >= client.tokens_per_day:
+                raise self._refusal(client, 86400 - now % 86400, "tokens")
+            if enforce and client.requests_per_minute and \
+                    len(usage.recent) >= client.requests_per_minute:
+                raise self._refusal(client, usage.recent[0] + RATE_WINDOW - now, "rate")
             usage.recent.append(now)
             usage.requests_today += 1
+
+    @staticmethod
+    def _refusal(client: ClientKey, retry_after: float, why: str) -> ClientError:
+        if why == "tokens":
+            message = "client key %r has used its %d tokens for today (UTC)" % (
+                client.name, client.tokens_per_day)
+        else:
+            message = "client key %r is limited to %d requests a minute" % (
+                client.name, client.requests_per_minute)
+        return ClientError(message, status=429, retry_after=retry_after,
+                           reason="client_limit")
 
     def spent(self, client: ClientKey, tokens: int) -> None:
         """An admitted request ended, having cost `tokens` (so a request that starts
         while another is ending may still see the budget before that one's tokens)."""
+        now = time.time()
+        if self.shared is not None:
+            try:
+                shared_spent(self.shared.store, client.name, tokens, now)
+                self.shared.worked()
+            except StateError as exc:
+                self.shared.failed("counting the tokens of client %r" % client.name, exc)
         with self._lock:
             usage = self._usage[client.name]
-            usage.roll(time.time())
+            usage.roll(now)
             usage.tokens_today += tokens
 
     def snapshot(self, client: ClientKey) -> Dict[str, Any]:
+        """The client's use: every process's from the shared store (a blocking call:
+        not for the event loop), else this process's."""
         now = time.time()
+        if self.shared is not None:
+            try:
+                found = shared_usage(self.shared.store, client.name, now)
+                self.shared.worked()
+                return found
+            except StateError as exc:
+                self.shared.failed("reading the use of client %r" % client.name, exc)
         with self._lock:
             usage = self._usage[client.name]
             usage.roll(now)
             return {"requests_last_minute": len(usage.recent),
                     "requests_today": usage.requests_today, "tokens_today": usage.tokens_today}
+
+    def snapshots(self, clients: Iterable[ClientKey]) -> Dict[str, Dict[str, Any]]:
+        return {client.name: self.snapshot(client) for client in clients}
 
 
 class ClientSlots:
@@ -9523,7 +10245,7 @@ class ClientSlots:
         return len(self._waiting.get(name, ()))
 
 
-# ---- 22. Usage ledger and metrics ------------------------------------------------------------
+# ---- 23. Usage ledger and metrics ------------------------------------------------------------
 #
 # Operations read, they do not steer: both are fed from the one point where a request is
 # finished (the access log's, on the event loop). Metrics are counters in memory that only
@@ -10049,7 +10771,7 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
     return "\n".join(lines) + "\n"
 
 
-# ---- 23. Actions and the application ---------------------------------------------------------
+# ---- 24. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -10337,8 +11059,12 @@ class Proxy:
     """The application: configuration, upstreams and the blocking request handler that
     runs in worker threads. The asyncio server (ProxyServer) is its only caller."""
 
-    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None):
+    def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None,
+                 shared_url: str = ""):
         self.environ = environ
+        # What processes share (section 18): the supervisor's store, or state.redis_url.
+        url = shared_url or config.state["redis_url"]
+        self.shared = SharedState(url, config.state["namespace"]) if url else None
         self.pool = ConnectionPool()
         self.workers = WorkerPool(config.server["workers"])
         self.started = time.time()
@@ -10347,7 +11073,7 @@ class Proxy:
         self.active = 0   # requests inside a worker right now
         self._active_lock = threading.Lock()
         self.live = self._make_live(config, None)
-        self.limits = ClientLimits()
+        self.limits = ClientLimits(self.shared)
         self.slots = ClientSlots()     # the event loop's
         self.metrics = Metrics()
         self.ledger: Optional[Ledger] = None
@@ -10381,7 +11107,8 @@ class Proxy:
                 keys = old.keys
                 keys.reconfigure(spec["api_keys"], spec, spec["kind"], accounts)
             else:
-                keys = KeyPool(name, spec["api_keys"], spec, spec["kind"], accounts)
+                keys = KeyPool(name, spec["api_keys"], spec, spec["kind"], accounts,
+                               self.shared)
             target = upstream_target(spec["base_url"], self.environ) \
                 if spec["kind"] != "echo" else None
             upstreams[name] = UpstreamRuntime(name, spec, UPSTREAM_KINDS[spec["kind"]],
@@ -10443,6 +11170,8 @@ class Proxy:
     def close(self) -> None:
         self.workers.close()
         self.pool.close_all()
+        if self.shared is not None:
+            self.shared.close()
         if self.ledger is not None:
             self.ledger.close()
 
@@ -10541,7 +11270,8 @@ class Proxy:
             for key in upstream["keys"]:
                 yield name, key
 
-    def stats(self, connections_open: int) -> Dict[str, Any]:
+    def stats(self, connections_open: int,
+              client_usage: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         """GET /stats: what the dashboard shows."""
         wall = time.time()
         metrics = self.metrics
@@ -10564,7 +11294,7 @@ class Proxy:
                  "max_concurrency": c.max_concurrency or None,
                  "in_flight": self.slots.in_flight[c.name],
                  "waiting": self.slots.waiting(c.name)},
-                **self.limits.snapshot(c)) for c in self.config.clients],
+                **client_usage[c.name]) for c in self.config.clients],
             "upstreams": [
                 {"name": name, "kind": page["kind"], "base_url": page["base_url"],
                  "unusable": page["unusable"], "in_flight": page["in_flight"],
@@ -10694,10 +11424,10 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 24. Server ------------------------------------------------------------------------------
+# ---- 25. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 23) and writes what comes back through its pipe. Everything the
+# worker thread (section 24) and writes what comes back through its pipe. Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
@@ -10764,11 +11494,12 @@ class ProxyServer:
     shutdown. Construct, `await start()`, then `await serve_until_stopped()`."""
 
     def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None,
-                 listen_socket: Optional[socket.socket] = None, reuse_port: bool = False):
+                 listen_socket: Optional[socket.socket] = None, reuse_port: bool = False,
+                 shared_url: str = ""):
         self.config = config
-        self.proxy = Proxy(config, environ)
+        self.proxy = Proxy(config, environ, shared_url)
         self.port = 0
-        # A worker process (section 27) listens on a socket its supervisor made, or on
+        # A worker process (section 28) listens on a socket its supervisor made, or on
         # the same port as its siblings (SO_REUSEPORT).
         self._listen_socket = listen_socket
         self._reuse_port = reuse_port
@@ -11129,7 +11860,12 @@ class ProxyServer:
             payload = dict(self.proxy.status(), connections={
                 "open": len(self._connections), "max": self.max_connections})
         elif action == "stats":
-            payload = self.proxy.stats(len(self._connections))
+            clients = self.proxy.config.clients
+            # The shared store is asked in a thread: the loop never waits on a socket.
+            usage = await self._loop.run_in_executor(
+                None, self.proxy.limits.snapshots, clients) if self.proxy.shared else \
+                self.proxy.limits.snapshots(clients)
+            payload = self.proxy.stats(len(self._connections), usage)
         elif action == "metrics":
             return 200, [("content-type", PROMETHEUS_CONTENT_TYPE)], self.proxy.prometheus(
                 len(self._connections), len(self._pipes)).encode("utf-8")
@@ -11432,7 +12168,7 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 25. Google login ------------------------------------------------------------------------
+# ---- 26. Google login ------------------------------------------------------------------------
 #
 # `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
 # redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
@@ -11693,7 +12429,7 @@ def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
             row["state"], row["requests_today"], row["tokens_today"], row["file"]))
 
 
-# ---- 26. Dashboard page ----------------------------------------------------------------------
+# ---- 27. Dashboard page ----------------------------------------------------------------------
 #
 # GET /dashboard: one page, nothing fetched from elsewhere (it works on an air-gapped box),
 # that draws GET /stats every few seconds. The browser asks for the admin key (HTTP Basic:
@@ -12101,7 +12837,7 @@ refresh();
 """
 
 
-# ---- 27. Worker processes --------------------------------------------------------------------
+# ---- 28. Worker processes --------------------------------------------------------------------
 #
 # server.processes above 1: this process becomes the supervisor of that many worker
 # processes, each this file run again (a whole proxy), all serving one port. On Linux each
@@ -12109,7 +12845,9 @@ refresh();
 # elsewhere they share one listening socket the supervisor made. The supervisor passes
 # SIGHUP and SIGTERM on, starts a worker again when one dies, and writes the workers' log
 # lines (so one process writes, and rotates, the log file). A worker that finds its
-# supervisor gone stops as if sent SIGTERM.
+# supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
+# supervisor also serves the state the workers share (section 18): StateServer, below,
+# on a Unix socket only its user can open, seeded from the usage ledger.
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
@@ -12146,6 +12884,600 @@ class RelayedLineFormatter(logging.Formatter):
         return self._own.format(record)
 
 
+# -- the state server: what workers share when there is no Redis --------------------------
+
+STATE_MAX_ENTRIES = 1_000_000       # StateServer's keys, hash fields and set members in all
+STATE_MAX_COMMAND = 1024 * 1024     # bytes of one request's arguments...
+STATE_MAX_ARGS = 1024               # ... and how many (the proxy sends at most ten)
+STATE_MAX_QUEUED = 1024             # commands one MULTI may queue
+STATE_SWEEP_INTERVAL = 0.1          # seconds between looks for expired keys, each removing
+STATE_SWEEP_BATCH = 1000            # at most this many before the loop serves others
+
+NOT_INTEGER = "ERR value is not an integer or out of range"
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+STATE_FULL = "OOM command not allowed: the state server holds its maximum of %d entries"
+
+# What StateServer runs: each command's arity as Redis counts it (the name included;
+# negative: at least that many), and whether it is refused when the server is full.
+STATE_COMMANDS: Dict[bytes, Tuple[int, bool]] = {
+    b"ping": (-1, False), b"auth": (-2, False), b"select": (2, False),
+    b"get": (2, False), b"set": (-3, True), b"mget": (-2, False), b"del": (-2, False),
+    b"incr": (2, True), b"incrby": (3, True), b"decr": (2, True), b"decrby": (3, True),
+    b"expire": (-3, False), b"pexpire": (-3, False), b"pttl": (2, False),
+    b"hset": (-4, True), b"hget": (3, False), b"hgetall": (2, False), b"hdel": (-3, False),
+    b"zadd": (-4, True), b"zrem": (-3, False), b"zcard": (2, False), b"zrange": (-4, False),
+    b"zremrangebyscore": (4, False),
+    b"multi": (1, False), b"exec": (1, False), b"discard": (1, False),
+}
+RESP_INT_TEXT = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")     # Redis's string2ll
+RESP_FLOAT_TEXT = re.compile(
+    rb"[+-]?(?:inf(?:inity)?|(?P<digits>[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)\Z", re.I)
+
+
+def resp_int(text: bytes) -> int:
+    if RESP_INT_TEXT.match(text) and -INT64_MAX - 1 <= int(text) <= INT64_MAX:
+        return int(text)
+    raise RespError(NOT_INTEGER)
+
+
+def resp_float(text: bytes, message: str = "ERR value is not a valid float") -> float:
+    """A score as Redis reads one: no NaN, and a finite number too large or too small to
+    be a double (strtod's range errors) is refused, not rounded to inf or 0."""
+    match = RESP_FLOAT_TEXT.match(text)
+    if match:
+        number = float(text) + 0.0      # -0 is 0, as Redis keeps it
+        digits = match.group("digits")
+        if not (digits is not None and math.isinf(number)) and \
+                not (number == 0 and re.search(rb"[1-9]", digits or b"")):
+            return number
+    raise RespError(message)
+
+
+def resp_ttl_ms(text: bytes, unit_ms: int, command: str) -> int:
+    """An EX/PX/EXPIRE/PEXPIRE amount in milliseconds; refused where Redis refuses it
+    (its expiry times are Unix milliseconds, which must not overflow)."""
+    amount = resp_int(text)
+    if abs(amount) > INT64_MAX // unit_ms or \
+            amount * unit_ms > INT64_MAX - int(time.time() * 1000):
+        raise RespError("ERR invalid expire time in '%s' command" % command)
+    return amount * unit_ms
+
+
+def now_ms() -> int:
+    """StateServer's clock: monotonic, so that a clock step neither ends rests early nor
+    keeps keys forever."""
+    return int(time.monotonic() * 1000)
+
+
+class SortedSet:
+    """A Redis sorted set: member -> score, and (score, member) pairs in Redis's order
+    (by score, then member bytes)."""
+
+    __slots__ = ("scores", "order")
+
+    def __init__(self) -> None:
+        self.scores: Dict[bytes, float] = {}
+        self.order: List[Tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def put(self, member: bytes, score: float) -> None:
+        self.discard(member)
+        self.scores[member] = score
+        bisect.insort(self.order, (score, member))
+
+    def discard(self, member: bytes) -> bool:
+        score = self.scores.pop(member, None)
+        if score is None:
+            return False
+        del self.order[bisect.bisect_left(self.order, (score, member))]
+        return True
+
+    def rank(self, score: float, or_equal: bool) -> int:
+        """How many members score below `score` (or at most `score`)."""
+        low, high = 0, len(self.order)
+        while low < high:
+            middle = (low + high) // 2
+            if self.order[middle][0] < score or (or_equal and self.order[middle][0] == score):
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+
+@dataclasses.dataclass
+class StateSession:
+    """One connection's MULTI: the commands queued (None: not in one), and whether one
+    was refused while queueing (EXEC then runs none)."""
+
+    queue: Optional[List[List[bytes]]] = None
+    aborted: bool = False
+
+
+class StateServer:
+    """The store that processes share when there is no Redis: the commands of
+    STATE_COMMANDS, on an asyncio loop, with Redis's replies. Keys expire when touched,
+    and by a sweep in the background. Bounded: max_entries keys, hash fields and set
+    members in all (then writes get -OOM, as a full Redis gives them); requests of at
+    most max_args arguments of max_command bytes in all. A connection that sends what is
+    not RESP gets an error and is closed."""
+
+    def __init__(self, max_entries: int = STATE_MAX_ENTRIES,
+                 max_command: int = STATE_MAX_COMMAND, max_args: int = STATE_MAX_ARGS):
+        self.max_entries, self.max_command, self.max_args = max_entries, max_command, max_args
+        self.entries = 0
+        self._data: Dict[bytes, Any] = {}          # bytes | dict (a hash) | SortedSet
+        self._expires: Dict[bytes, int] = {}       # key -> now_ms() it expires after
+        self._heap: List[Tuple[int, bytes]] = []   # (when, key), some outdated
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._connections: Dict[Any, asyncio.StreamWriter] = {}    # handler task -> writer
+        self._sweeper: Optional[Any] = None
+        self._socket_file: Optional[Tuple[str, int, int]] = None   # path, device, inode
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # - serving -
+
+    async def start(self, path: str = "", host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on a Unix socket at `path` (mode 0600), else on host:port (0: a free
+        port); returns the URL a RespStore connects with."""
+        if path:
+            sock = bind_private_socket(path)
+            info = os.stat(path)
+            self._socket_file = (path, info.st_dev, info.st_ino)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock,
+                                                           backlog=1024)
+            url = "unix://" + urllib.parse.quote(path)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port, backlog=1024)
+            bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
+            url = "redis://%s:%d" % ("[%s]" % bound_host if ":" in bound_host else bound_host,
+                                     bound_port)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+        return url
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()        # no new connections
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        # Connections are closed, not their handlers cancelled (3.11's streams log a
+        # cancelled handler as an error): each reads the end and returns.
+        while self._connections:
+            for writer in list(self._connections.values()):
+                writer.close()
+            await asyncio.gather(*list(self._connections), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()    # (3.12 waits for the connections too)
+        if self._socket_file:
+            path, device, inode = self._socket_file
+            try:    # only our own socket: a server started since may have replaced it
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino) == (device, inode):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def start_in_thread(self, path: str = "", host: str = "127.0.0.1", port: int = 0,
+                        timeout: float = 10.0) -> str:
+        """start() on an event loop of its own in a daemon thread (the supervisor's way,
+        and the tests'); returns the URL."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="state-server",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self.start(path, host, port),
+                                                    self._loop).result(timeout)
+        except BaseException:
+            self.stop_thread(timeout)
+            raise
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.close(), loop).result(timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections[task] = writer
+        parser = RespParser(requests=True, max_bulk=self.max_command, max_items=self.max_args)
+        session = StateSession()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                try:
+                    commands = parser.feed(data)
+                except RespProtocolError as error:
+                    writer.write(encode_resp_reply(RespError("ERR Protocol error: %s" % error)))
+                    return
+                writer.write(b"".join(encode_resp_reply(self.execute(command, session))
+                                      for command in commands))
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_SWEEP_INTERVAL if self.sweep() else 0)
+
+    def sweep(self) -> bool:
+        """Remove up to STATE_SWEEP_BATCH expired keys; True when no more are due. The
+        heap keeps an entry per expiry set (a rate window's PEXPIRE each request), so it
+        is rebuilt from the live ones when mostly outdated."""
+        now, heap = now_ms(), self._heap
+        for _ in range(STATE_SWEEP_BATCH):
+            if not heap or heap[0][0] >= now:
+                break
+            when, key = heapq.heappop(heap)
+            if self._expires.get(key) == when:
+                self._delete(key)
+        else:
+            return False
+        if len(heap) > 2 * len(self._expires) + 1024:
+            self._heap = [(when, key) for key, when in self._expires.items()]
+            heapq.heapify(self._heap)
+        return True
+
+    # - commands -
+
+    def execute(self, args: List[bytes], session: StateSession) -> Any:
+        """One command's reply, as Redis gives it (an error as a RespError value)."""
+        name = args[0].lower()
+        refusal = self._refusal(name, args)
+        if session.queue is not None and name not in (b"multi", b"exec", b"discard"):
+            if refusal is None and len(session.queue) >= STATE_MAX_QUEUED:
+                refusal = RespError("ERR a MULTI queues at most %d commands" % STATE_MAX_QUEUED)
+            if refusal is not None:
+                session.aborted = True
+                return refusal
+            session.queue.append(args)
+            return "QUEUED"
+        return refusal if refusal is not None else self._run(name, args, session)
+
+    def _refusal(self, name: bytes, args: List[bytes]) -> Optional[RespError]:
+        """Why a command is refused before it runs, checked as Redis checks: unknown,
+        the wrong number of arguments, a full server for a command that adds."""
+        spec = STATE_COMMANDS.get(name)
+        if spec is None:
+            shown = ""
+            for arg in args[1:]:
+                if len(shown) >= 128:
+                    break
+                shown += "'%s' " % arg[:128 - len(shown)].decode("utf-8", "replace")
+            return RespError("ERR unknown command '%s', with args beginning with: %s" % (
+                args[0][:128].decode("utf-8", "replace"), shown))
+        arity, adds = spec
+        if len(args) < -arity if arity < 0 else len(args) != arity:
+            return RespError("ERR wrong number of arguments for '%s' command" % name.decode())
+        if adds and self.entries >= self.max_entries:
+            return RespError(STATE_FULL % self.max_entries)
+        return None
+
+    def _run(self, name: bytes, args: List[bytes], session: StateSession) -> Any:
+        if name == b"multi":
+            if session.queue is not None:
+                return RespError("ERR MULTI calls can not be nested")
+            session.queue, session.aborted = [], False
+            return "OK"
+        if name in (b"exec", b"discard"):
+            queue, session.queue = session.queue, None
+            if queue is None:
+                return RespError("ERR %s without MULTI" % name.decode().upper())
+            if name == b"discard":
+                return "OK"
+            if session.aborted:
+                return RespError("EXECABORT Transaction discarded because of previous errors.")
+            if self.entries >= self.max_entries and any(
+                    STATE_COMMANDS[command[0].lower()][1] for command in queue):
+                return RespError(STATE_FULL % self.max_entries)
+            return [self._run(command[0].lower(), command, session) for command in queue]
+        try:
+            return getattr(self, "do_" + name.decode())(args)
+        except RespError as error:
+            return error
+        except Exception:   # a bug here must not take the server, nor the connection
+            log.exception("state server: %s failed", name.decode())
+            return RespError("ERR internal error")
+
+    def _live(self, key: bytes) -> Any:
+        """The key's value; None when there is none, or it expired (and is gone now)."""
+        when = self._expires.get(key)
+        if when is not None and now_ms() > when:
+            self._delete(key)
+        return self._data.get(key)
+
+    def _typed(self, key: bytes, kind: type, create: bool = False) -> Any:
+        value = self._live(key)
+        if value is None and create:
+            value = self._data[key] = kind()
+            self.entries += 1
+        elif value is not None and not isinstance(value, kind):
+            raise RespError(WRONGTYPE)
+        return value
+
+    def _delete(self, key: bytes) -> bool:
+        value = self._data.pop(key, None)
+        if value is None:
+            return False
+        self._expires.pop(key, None)
+        self.entries -= 1 + (0 if isinstance(value, bytes) else len(value))
+        return True
+
+    def _shrunk(self, key: bytes, collection: Any, removed: int) -> int:
+        """Count a hash's or set's removed entries; an emptied one is no key (Redis's way)."""
+        self.entries -= removed
+        if not collection:
+            self._delete(key)
+        return removed
+
+    def _put_string(self, key: bytes, value: bytes, keep_ttl: bool) -> None:
+        old = self._live(key)
+        self.entries += 1 if old is None else 0 if isinstance(old, bytes) else -len(old)
+        self._data[key] = value
+        if not keep_ttl:
+            self._expires.pop(key, None)
+
+    def _expire_at(self, key: bytes, when: int) -> None:
+        self._expires[key] = when
+        heapq.heappush(self._heap, (when, key))
+
+    def do_ping(self, args: List[bytes]) -> Any:
+        if len(args) > 2:
+            raise RespError("ERR wrong number of arguments for 'ping' command")
+        return args[1] if len(args) == 2 else "PONG"
+
+    def do_auth(self, args: List[bytes]) -> Any:
+        return "OK"     # the socket is the owner's alone (0600)
+
+    def do_select(self, args: List[bytes]) -> Any:
+        if not 0 <= resp_int(args[1]) < 16:     # accepted as Redis does; there is one
+            raise RespError("ERR DB index is out of range")
+        return "OK"
+
+    def do_get(self, args: List[bytes]) -> Any:
+        return self._typed(args[1], bytes)
+
+    def do_mget(self, args: List[bytes]) -> Any:
+        return [value if isinstance(value, bytes) else None for value in map(self._live, args[1:])]
+
+    def do_del(self, args: List[bytes]) -> Any:
+        return sum(1 for key in args[1:] if self._live(key) is not None and self._delete(key))
+
+    def do_set(self, args: List[bytes]) -> Any:
+        key, value, options = args[1], args[2], [option.upper() for option in args[3:]]
+        nx = xx = get = keep_ttl = False
+        unit, amount, at = b"", b"", 0
+        while at < len(options):
+            option = options[at]
+            if option == b"NX" and not xx:
+                nx = True
+            elif option == b"XX" and not nx:
+                xx = True
+            elif option == b"GET":
+                get = True
+            elif option == b"KEEPTTL" and not unit:
+                keep_ttl = True
+            elif option in (b"EX", b"PX") and unit in (b"", option) and not keep_ttl \
+                    and at + 1 < len(options):
+                unit, amount = option, args[4 + at]
+                at += 1
+            else:
+                raise RespError("ERR syntax error")
+            at += 1
+        ttl = resp_ttl_ms(amount, 1000 if unit == b"EX" else 1, "set") if unit else 0
+        if unit and ttl <= 0:
+            raise RespError("ERR invalid expire time in 'set' command")
+        old = self._typed(key, bytes) if get else None
+        exists = self._live(key) is not None
+        if (nx and exists) or (xx and not exists):
+            return old
+        self._put_string(key, value, keep_ttl)
+        if ttl:
+            self._expire_at(key, now_ms() + ttl)
+        return old if get else "OK"
+
+    def _increment(self, key: bytes, by: int) -> int:
+        value = self._typed(key, bytes)
+        number = (0 if value is None else resp_int(value)) + by
+        if not -INT64_MAX - 1 <= number <= INT64_MAX:
+            raise RespError("ERR increment or decrement would overflow")
+        self._put_string(key, b"%d" % number, keep_ttl=True)
+        return number
+
+    def do_incr(self, args: List[bytes]) -> Any:
+        return self._increment(args[1], 1)
+
+    def do_incrby(self, args: List[bytes]) -> Any:
+        return self._increment(args[1], resp_int(args[2]))
+
+    def do_decr(self, args: List[bytes]) -> Any:
+        return self._increment(args[1], -1)
+
+    def do_decrby(self, args: List[bytes]) -> Any:
+        by = resp_int(args[2])
+        if by == -INT64_MAX - 1:
+            raise RespError("ERR decrement would overflow")
+        return self._increment(args[1], -by)
+
+    def do_expire(self, args: List[bytes], unit_ms: int = 1000) -> Any:
+        ttl = resp_ttl_ms(args[2], unit_ms, "expire" if unit_ms == 1000 else "pexpire")
+        if len(args) > 3:   # Redis 7's NX/XX/GT/LT: not needed here
+            raise RespError("ERR Unsupported option %s" % args[3].decode("utf-8", "replace"))
+        if self._live(args[1]) is None:
+            return 0
+        if ttl <= 0:
+            self._delete(args[1])
+        else:
+            self._expire_at(args[1], now_ms() + ttl)
+        return 1
+
+    def do_pexpire(self, args: List[bytes]) -> Any:
+        return self.do_expire(args, 1)
+
+    def do_pttl(self, args: List[bytes]) -> Any:
+        if self._live(args[1]) is None:
+            return -2
+        when = self._expires.get(args[1])
+        return -1 if when is None else max(when - now_ms(), 0)
+
+    def do_hset(self, args: List[bytes]) -> Any:
+        if len(args) % 2:
+            raise RespError("ERR wrong number of arguments for 'hset' command")
+        fields = self._typed(args[1], dict, create=True)
+        added = 0
+        for field, value in zip(args[2::2], args[3::2]):
+            added += field not in fields
+            fields[field] = value
+        self.entries += added
+        return added
+
+    def do_hget(self, args: List[bytes]) -> Any:
+        fields = self._typed(args[1], dict)
+        return None if fields is None else fields.get(args[2])
+
+    def do_hgetall(self, args: List[bytes]) -> Any:
+        fields = self._typed(args[1], dict) or {}
+        return [item for pair in fields.items() for item in pair]
+
+    def do_hdel(self, args: List[bytes]) -> Any:
+        fields = self._typed(args[1], dict)
+        if fields is None:
+            return 0
+        return self._shrunk(args[1], fields, sum(
+            1 for field in args[2:] if fields.pop(field, None) is not None))
+
+    def do_zadd(self, args: List[bytes]) -> Any:
+        flags, at = set(), 2
+        while at < len(args) and args[at].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH"):
+            flags.add(args[at].upper())
+            at += 1
+        pairs = args[at:]
+        if not pairs or len(pairs) % 2:
+            raise RespError("ERR syntax error")
+        if {b"NX", b"XX"} <= flags:
+            raise RespError("ERR XX and NX options at the same time are not compatible")
+        if len(flags & {b"NX", b"GT", b"LT"}) > 1:
+            raise RespError("ERR GT, LT, and/or NX options at the same time are not compatible")
+        scores = [resp_float(score) for score in pairs[::2]]
+        zset = self._typed(args[1], SortedSet)
+        if zset is None:
+            if b"XX" in flags:
+                return 0
+            zset = self._typed(args[1], SortedSet, create=True)
+        added = changed = 0
+        for score, member in zip(scores, pairs[1::2]):
+            old = zset.scores.get(member)
+            if old is None and b"XX" not in flags:
+                zset.put(member, score)
+                added += 1
+            elif old is not None and old != score and b"NX" not in flags and not (
+                    b"GT" in flags and score < old) and not (b"LT" in flags and score > old):
+                zset.put(member, score)
+                changed += 1
+        self.entries += added
+        return added + changed if b"CH" in flags else added
+
+    def do_zrem(self, args: List[bytes]) -> Any:
+        zset = self._typed(args[1], SortedSet)
+        if zset is None:
+            return 0
+        return self._shrunk(args[1], zset, sum(1 for member in args[2:] if zset.discard(member)))
+
+    def do_zcard(self, args: List[bytes]) -> Any:
+        return len(self._typed(args[1], SortedSet) or ())
+
+    def do_zrange(self, args: List[bytes]) -> Any:
+        """By rank only (not Redis 7's BYSCORE, BYLEX, REV, LIMIT: not needed)."""
+        start, stop = resp_int(args[2]), resp_int(args[3])
+        if any(option.upper() != b"WITHSCORES" for option in args[4:]):
+            raise RespError("ERR syntax error")
+        zset = self._typed(args[1], SortedSet)
+        size = len(zset or ())
+        start, stop = max(start + size if start < 0 else start, 0), \
+            min(stop + size if stop < 0 else stop, size - 1)
+        if zset is None or start > stop:
+            return []
+        if len(args) == 4:
+            return [member for _, member in zset.order[start:stop + 1]]
+        # As Redis 7.0 writes a double ("%.17g"); 7.2 writes the shortest that reads back
+        # the same: both read back as the same float.
+        return [item for score, member in zset.order[start:stop + 1]
+                for item in (member, b"%.17g" % score)]
+
+    def do_zremrangebyscore(self, args: List[bytes]) -> Any:
+        bounds = []
+        for text in args[2:4]:
+            exclusive = text.startswith(b"(")
+            bounds.append((resp_float(text[1:] if exclusive else text,
+                                      "ERR min or max is not a float"), exclusive))
+        (low, low_open), (high, high_open) = bounds
+        zset = self._typed(args[1], SortedSet)
+        if zset is None:
+            return 0
+        start, end = zset.rank(low, low_open), zset.rank(high, not high_open)
+        for _, member in zset.order[start:end]:
+            del zset.scores[member]
+        del zset.order[start:end]
+        return self._shrunk(args[1], zset, max(end - start, 0))
+
+
+def bind_private_socket(path: str) -> socket.socket:
+    """A Unix socket at `path` only its owner may connect to: bound under a temporary name
+    beside it, made 0600, then renamed into place, so the path never has wider modes (a
+    umask is process-wide, and chmod after bind leaves a moment). A socket already there
+    (left by a crash) is replaced; anything else there is an error."""
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(errno.EEXIST, "exists and is not a socket", path)
+    temporary = os.path.join(os.path.dirname(path) or ".", ".%s" % secrets.token_hex(6))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        sock.close()
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        raise
+    return sock
+
+
+def seed_state_from_ledger(store: RespStore, history: "LedgerHistory") -> None:
+    """What the ledger says clients used (the last minute's requests, today's requests
+    and tokens), into a fresh StateServer: a restart does not forgive a client's limits."""
+    day, namespace = utc_day(history.now), store.namespace
+    commands: List[Tuple[Any, ...]] = []
+    for name, times in history.recent_requests.items():
+        window = state_key(namespace, "rpm", name)
+        commands += [("ZADD", window, at, "%r:ledger:%d" % (at, number))
+                     for number, at in enumerate(times)]
+        commands.append(("PEXPIRE", window, int(RATE_WINDOW * 1000) + 1000))
+    for name, (requests, tokens) in history.today_by_client.items():
+        commands += [("SET", state_key(namespace, "rpd", name, day), requests, "EX",
+                      STATE_DAY_TTL),
+                     ("SET", state_key(namespace, "tpd", name, day), tokens, "EX",
+                      STATE_DAY_TTL)]
+    for start in range(0, len(commands), 500):
+        for reply in store.pipeline(commands[start:start + 500]):
+            if isinstance(reply, RespError):
+                raise reply
+
+
 @dataclasses.dataclass
 class WorkerProcess:
     number: int
@@ -12167,6 +13499,7 @@ class Supervisor:
         self._wake = threading.Event()
         self._signals: "collections.deque[int]" = collections.deque()
         self._quick_exits = 0
+        self._state_url = ""        # the StateServer's, when the workers share through it
 
     def run(self) -> int:
         if os.name != "posix":
@@ -12183,9 +13516,17 @@ class Supervisor:
                       self.config.server["port"], exc.strerror or exc)
             return 1
         self.port = self._listener.getsockname()[1]
+        raise_open_file_limit()     # a StateServer connection or more per worker thread
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._on_signal)
+        state_server, directory = None, ""
         try:
+            if not self.config.state["redis_url"]:
+                directory = tempfile.mkdtemp(prefix="gemini-proxy-")    # 0700
+                state_server = StateServer()
+                self._state_url = state_server.start_in_thread(
+                    os.path.join(directory, "state.sock"))
+                self._seed_state()
             for number in range(1, self.count + 1):
                 self.workers.append(self._start(number))
             if not self._wait_ready():
@@ -12200,6 +13541,27 @@ class Supervisor:
             return self._supervise()
         finally:
             self._listener.close()
+            if state_server is not None:
+                state_server.stop_thread()
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _seed_state(self) -> None:
+        path = ledger_path(self.config, dict(os.environ))
+        if not path or not os.path.exists(path):
+            return
+        store = RespStore(self._state_url, namespace=self.config.state["namespace"])
+        try:
+            db = open_ledger_database(path, readonly=True)
+            try:
+                seed_state_from_ledger(store, read_ledger_history(db, time.time()))
+            finally:
+                db.close()
+        except (OSError, StateError) + sqlite3_errors() as exc:
+            log.warning("client limits start from zero: cannot read the usage ledger %s "
+                        "(%s)", path, exc)
+        finally:
+            store.close()
 
     def _hold_port(self) -> socket.socket:
         """With SO_REUSEPORT: a socket bound to the port, not listening (it takes no
@@ -12226,7 +13588,7 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         passed = [theirs.fileno()]
         word = {"number": number, "port": self.port, "channel_fd": theirs.fileno(),
-                "listen_fd": None}
+                "listen_fd": None, "state_url": self._state_url}
         assert self._listener is not None
         if not spreads_by_reuseport():
             word["listen_fd"] = self._listener.fileno()
@@ -12328,7 +13690,7 @@ class Supervisor:
         self.workers.clear()
 
 
-# ---- 28. Command line ----------------------------------------------------------------------
+# ---- 29. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -12406,14 +13768,15 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
     still connecting, which no socket shutdown reaches) is returned. `worker`: what the
-    supervisor of a worker process said (section 27)."""
+    supervisor of a worker process said (section 28)."""
     listen_socket = None
     if worker is not None:
         config.server["port"] = worker["port"]
         if worker["listen_fd"] is not None:
             listen_socket = socket.socket(fileno=worker["listen_fd"])
     server = ProxyServer(config, listen_socket=listen_socket,
-                         reuse_port=worker is not None and listen_socket is None)
+                         reuse_port=worker is not None and listen_socket is None,
+                         shared_url=worker["state_url"] if worker is not None else "")
     await server.start()
     loop = asyncio.get_running_loop()
 

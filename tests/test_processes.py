@@ -1,4 +1,4 @@
-"""server.processes (section 27): a supervisor and its worker processes on one port, run as
+"""server.processes (section 28): a supervisor and its worker processes on one port, run as
 the real command line."""
 
 import json
@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -16,17 +17,19 @@ from test_cli import minimal_env, start, write_config  # noqa: F401  (start: a f
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
 
 
-def status_of(port):
-    with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=PATIENCE) as r:
-        return json.loads(r.read().decode("utf-8"))
+def status_of(port, key=""):
+    request = urllib.request.Request("http://127.0.0.1:%d/status" % port, headers={
+        "authorization": "Bearer " + key} if key else {})
+    with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+        return json.loads(response.read().decode("utf-8"))
 
 
-def pids_answering(port, wanted, tries=400):
+def pids_answering(port, wanted, tries=400, key=""):
     """The worker pids seen over fresh connections, until `wanted` distinct ones answer
     (each connection lands on a worker the kernel picks)."""
     seen = set()
     for _ in range(tries):
-        seen.add(status_of(port)["pid"])
+        seen.add(status_of(port, key)["pid"])
         if len(seen) >= wanted:
             break
     return seen
@@ -126,3 +129,59 @@ def test_a_bad_process_count_is_refused(tmp_path, value):
     result = run(["--upstream-kind", "echo", "--check", "--processes", value], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "processes" in result.stderr
+
+
+# ---- the state workers share (section 18: the supervisor's StateServer) -------------------
+
+def team(tmp_path, fake_url, processes=2, rpm=0):
+    client = {"key": "alice-key", "name": "alice"}
+    if rpm:
+        client["requests_per_minute"] = rpm
+    return write_config(tmp_path, {
+        "server": {"processes": processes, "port": 0, "api_keys": [client],
+                   "state_dir": str(tmp_path / "state")},
+        "upstreams": {"fake": {"kind": "openai", "base_url": fake_url,
+                               "api_key": "sk-upstream-abc", "retries": 0}},
+        "default_model": "fake-model"})
+
+
+def ask(port, key="alice-key"):
+    """A chat request on a fresh connection (so the kernel picks a worker each time)."""
+    body = json.dumps({"model": "fake-model",
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(
+        "http://127.0.0.1:%d/v1/chat/completions" % port, data=body,
+        headers={"content-type": "application/json", "authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+
+
+def test_a_clients_rate_holds_across_worker_processes_and_restarts(start, tmp_path, fake):
+    config = team(tmp_path, fake.base_url, rpm=4)
+    proxy = start(["-c", config])
+    port = proxy.port()
+    assert len(pids_answering(port, 2, key="alice-key")) == 2
+    statuses = [ask(port) for _ in range(6)]
+    assert sorted(statuses) == [200] * 4 + [429] * 2, statuses
+    assert len(fake.requests) == 4
+    assert proxy.stop(signal.SIGTERM) == 0
+    # a new supervisor's store starts from what the usage ledger holds
+    again = start(["-c", config])
+    assert ask(again.port()) == 429
+    assert again.stop(signal.SIGTERM) == 0
+
+
+def test_a_key_rested_in_one_worker_rests_in_all(start, tmp_path, fake):
+    from fake_upstream import raw_reply
+    fake.queue(raw_reply(b'{"error": {"message": "slow down"}}', status=429,
+                         headers={"retry-after": "120"}))
+    proxy = start(["-c", team(tmp_path, fake.base_url)])
+    port = proxy.port()
+    assert ask(port) == 429
+    assert [ask(port) for _ in range(8)] == [429] * 8
+    assert len(fake.requests) == 1, "a worker used the key another one rested"
+    assert proxy.stop(signal.SIGTERM) == 0
