@@ -7578,7 +7578,10 @@ class UpstreamResponse:
                 # Read to its end: http.client has let go of (and, for a "Connection:
                 # close" reply, closed) the socket; there is nothing to wait for.
                 return b""
-            self._sock.settimeout(timeout)
+            if self._sock.gettimeout() != timeout:
+                # Only when it changes (after the first read, seldom): settimeout lets go
+                # of the interpreter, and each read would wait to get it back.
+                self._sock.settimeout(timeout)
             return read()
         except socket.timeout:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
@@ -9354,6 +9357,33 @@ class ResponseHead:
     body: Optional[bytes] = None    # None: a chunked stream follows
 
 
+class LoopWaker:
+    """Wakes the event loop's waiters from worker threads, many in one hop: a waiter
+    woken while earlier ones still wait for the loop joins them, so a loop that is busy
+    (thousands of streams) is woken once a batch, not once an event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: List[asyncio.Future] = []
+
+    def wake(self, waiter: asyncio.Future) -> None:
+        with self._lock:
+            self._pending.append(waiter)
+            if len(self._pending) > 1:
+                return              # a hop is on its way already
+        try:
+            self._loop.call_soon_threadsafe(self._wake_all)
+        except RuntimeError:   # the loop has closed (a forced exit): nobody is waiting
+            pass
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for waiter in pending:
+            _wake(waiter)
+
+
 class ChunkPipe:
     """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
     so a slow client slows the upstream read instead of filling memory; the loop takes
@@ -9365,8 +9395,10 @@ class ChunkPipe:
     proxy is stopping) makes put() raise ClientGone and runs the hooks that stop a blocked
     upstream call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int):
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int,
+                 waker: Optional[LoopWaker] = None):
         self._loop = loop
+        self._waker = waker or LoopWaker(loop)
         self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._space = threading.Semaphore(capacity)
@@ -9416,13 +9448,7 @@ class ChunkPipe:
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            self._wake_loop(waiter)
-
-    def _wake_loop(self, waiter: asyncio.Future) -> None:
-        try:
-            self._loop.call_soon_threadsafe(_wake, waiter)
-        except RuntimeError:   # the loop has closed (a forced exit): nobody is waiting
-            pass
+            self._waker.wake(waiter)
 
     def on_abort(self, hook: Callable[[], None]) -> None:
         """Run `hook` when the request is abandoned (at once if it already is)."""
@@ -9480,7 +9506,7 @@ class ChunkPipe:
             waiter, self._waiter = self._waiter, None
         self._left.set()
         if waiter is not None:
-            self._wake_loop(waiter)
+            self._waker.wake(waiter)
 
 
 def _wake(waiter: asyncio.Future) -> None:
@@ -11514,9 +11540,11 @@ class ProxyServer:
         self._stop_requests = 0
         self._last_resource_warning = 0.0
         self._housekeeping: Optional["asyncio.Future[None]"] = None
+        self._waker: Optional[LoopWaker] = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._waker = LoopWaker(self._loop)     # every request's pipe wakes the loop through it
         self._stop = asyncio.Event()
         self._loop.set_exception_handler(self._loop_exception)
         limit = raise_open_file_limit()
@@ -11968,7 +11996,7 @@ class ProxyServer:
         watching the socket meanwhile: a client that leaves stops the upstream call."""
         assert self._loop is not None
         dialect = CLIENT_DIALECTS[ex.dialect]
-        pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"])
+        pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"], self._waker)
         self._pipes.add(pipe)
         watcher: List[asyncio.Future] = []
         start_watching: Optional[asyncio.TimerHandle] = None
