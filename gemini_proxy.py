@@ -8379,6 +8379,7 @@ INT64_MAX = 2 ** 63 - 1
 RATE_WINDOW = 60.0                  # seconds: a client's requests_per_minute window
 STATE_DAY_TTL = 2 * 86400           # a day's counters outlive their UTC day by a day
 STATE_BACKOFF = 1.0                 # seconds calls fail at once after the store failed
+STATE_BUSY_WAIT = 30.0              # seconds a call may wait for a connection in use
 
 
 class StateError(Exception):
@@ -8579,7 +8580,7 @@ class RespConnection:
 class RespStore:
     """A thread-safe client of one RESP store (Redis, or StateServer) at a URL (see
     parse_state_url). A call takes an idle connection, or opens one (AUTH and SELECT
-    first) while fewer than max_connections are open, or waits up to reply_timeout for one
+    first) while fewer than max_connections are open, or waits up to busy_timeout for one
     to be given back; one that failed is closed, as are the idle ones then. A failure
     makes calls fail at once with StateUnavailable for `backoff` seconds; then one call
     tries again while the others still fail at once (an unreachable store costs a worker
@@ -8593,6 +8594,9 @@ class RespStore:
         self.namespace = namespace      # the start of every key the shared_* functions use
         self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
         self.max_connections, self.backoff = max_connections, backoff
+        # Waiting for a connection another thread is using: a store that is busy (a burst
+        # of requests) has not failed, and deciding alone then would break client limits.
+        self.busy_timeout = max(reply_timeout, STATE_BUSY_WAIT)
         self._tls = ssl.create_default_context() if self.address.tls else None
         self._lock = threading.Condition()      # notified when a connection is free
         self._idle: List[RespConnection] = []
@@ -8656,7 +8660,7 @@ class RespStore:
             connection.close()
 
     def _take(self) -> RespConnection:
-        deadline = time.monotonic() + self.reply_timeout
+        deadline = time.monotonic() + self.busy_timeout
         with self._lock:
             if self._pid != os.getpid():    # a forked child: the connections are the parent's
                 self._pid, self._idle, self._open = os.getpid(), [], 0
@@ -8675,7 +8679,7 @@ class RespStore:
                         time.monotonic() >= deadline:     # busy, not down: no back-off
                     raise StateUnavailable("shared state at %s: all %d connections stayed "
                                            "busy for %gs" % (self.url, self._open,
-                                                             self.reply_timeout))
+                                                             self.busy_timeout))
             self._open += 1
             self._probing = self._down_until > 0
         try:
@@ -8880,25 +8884,26 @@ class SharedState:
         self.store = RespStore(url, namespace=namespace)
         self.url = self.store.url       # the password replaced
         self._lock = threading.Lock()
-        self._failing = False
+        self._said_failing = False     # a warning went out, and no word since that it is back
         self._warned = 0.0
 
     def failed(self, what: str, error: StateError) -> None:
         now = time.monotonic()
         with self._lock:
-            self._failing = True
             if now - self._warned < 60:
                 return
-            self._warned = now
+            self._warned, self._said_failing = now, True
         log.warning("shared state at %s: %s failed (%s); this process decides alone until "
                     "it answers", self.url, what, error)
 
     def worked(self) -> None:
-        if self._failing:
+        """The store answered: said once after each warning (so at most a pair a
+        minute, however often a flaky store comes and goes)."""
+        if self._said_failing:
             with self._lock:
-                if not self._failing:
+                if not self._said_failing:
                     return
-                self._failing, self._warned = False, 0.0
+                self._said_failing = False
             log.info("shared state at %s answers again", self.url)
 
     def close(self) -> None:
@@ -9343,6 +9348,13 @@ class WorkerPool:
                 log.exception("worker task failed")
             del task, function, args    # hold nothing of a finished request while idle
             self._idle.release()
+
+    @property
+    def starved(self) -> bool:
+        """Requests wait for a thread the system would not start (its thread limit, a
+        container's pids limit) in the last minute."""
+        return bool(self._start_failed_at) and not self._tasks.empty() and \
+            time.monotonic() - self._start_failed_at < 60
 
     def close(self) -> None:
         """Idle threads end; busy ones when their request does."""
@@ -10109,12 +10121,17 @@ class ClientUsage:
 class ClientLimits:
     """requests_per_minute and tokens_per_day, decided in worker threads: through the
     shared store when there is one (section 18), else (or while it fails) from this
-    process's own counts, which are kept either way."""
+    process's own counts, which are kept either way. A client with neither limit is
+    counted by each process alone (nothing to agree on, so no round trip to pay)."""
 
     def __init__(self, shared: Optional[SharedState] = None) -> None:
         self.shared = shared
         self._lock = threading.Lock()
         self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
+
+    def _through_store(self, client: ClientKey) -> bool:
+        return self.shared is not None and bool(client.requests_per_minute or
+                                                client.tokens_per_day)
 
     def seed(self, history: "LedgerHistory") -> None:
         """What the ledger says each client used before this process started."""
@@ -10132,7 +10149,7 @@ class ClientLimits:
         daily token budget (until midnight UTC), or over the request rate (until the
         oldest request of the minute leaves the window)."""
         now = time.time()
-        if self.shared is not None:
+        if self._through_store(client):
             try:
                 refusal = shared_admit(self.shared.store, client.name,
                                        client.requests_per_minute, client.tokens_per_day, now)
@@ -10174,7 +10191,7 @@ class ClientLimits:
         """An admitted request ended, having cost `tokens` (so a request that starts
         while another is ending may still see the budget before that one's tokens)."""
         now = time.time()
-        if self.shared is not None:
+        if self._through_store(client):
             try:
                 shared_spent(self.shared.store, client.name, tokens, now)
                 self.shared.worked()
@@ -10189,7 +10206,7 @@ class ClientLimits:
         """The client's use: every process's from the shared store (a blocking call:
         not for the event loop), else this process's."""
         now = time.time()
-        if self.shared is not None:
+        if self._through_store(client):
             try:
                 found = shared_usage(self.shared.store, client.name, now)
                 self.shared.worked()
@@ -11252,6 +11269,10 @@ class Proxy:
         """GET /health: 200 while a request can start now; 503 when every worker is busy
         (a load balancer should send new requests elsewhere)."""
         free = self.workers_free
+        if self.workers.starved:
+            return 503, {"status": "degraded", "workers_free": max(free, 0),
+                         "reason": "requests wait: the system refuses more threads than %d"
+                         % self.workers.threads}
         if free > 0:
             return 200, {"status": "ok", "workers_free": free}
         return 503, {"status": "degraded", "workers_free": 0,
@@ -11409,14 +11430,14 @@ class Proxy:
             ex.error = "internal error: %s" % exc.__class__.__name__
             ex.error_kind = "internal"
         finally:
-            if admitted:
-                usage = ex.usage
-                self.limits.spent(client, usage.input_tokens + usage.output_tokens
-                                   if usage else 0)
             rq.end()
             if detail:
                 detail.close()
             pipe.finish()
+            if admitted:   # after the answer's end: a shared store's round trip is not the client's wait
+                usage = ex.usage
+                self.limits.spent(client, usage.input_tokens + usage.output_tokens
+                                   if usage else 0)
             with self._active_lock:
                 self.active -= 1
 
@@ -12884,6 +12905,8 @@ RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already form
 WORKER_QUICK_EXIT = 10.0
 WORKER_QUICK_EXITS = 3
 WORKER_READY_TIMEOUT = 60.0
+# Seconds past shutdown_grace after which a worker that has not stopped is killed.
+WORKER_STOP_MARGIN = 5.0
 
 
 def process_count(setting: Any) -> int:
@@ -13512,14 +13535,23 @@ class WorkerProcess:
     process: "subprocess.Popen[bytes]"
     channel: socket.socket          # the supervisor's end: "ready" comes in; closed = gone
     started: float
+    log_relay: threading.Thread     # ends at the end of the worker's stderr
+
+    def ended(self) -> None:
+        """After the process has exited: its last log lines written, its channel shut."""
+        self.log_relay.join(5.0)
+        self.channel.close()
 
 
 class Supervisor:
     """Starts server.processes workers, keeps them running, and stops them."""
 
-    def __init__(self, config: Config, argv: List[str]):
+    def __init__(self, config: Config, argv: List[str], args: argparse.Namespace):
         self.config = config
         self.argv = argv
+        self.args = args            # to read the configuration again on SIGHUP
+        self._snapshot = ""         # the config file as the workers run it (see _keep_config)
+        self._folder = ""           # the StateServer's socket and that copy (_runtime_folder)
         self.count = process_count(config.server["processes"])
         self.workers: List[WorkerProcess] = []
         self.port = 0
@@ -13547,13 +13579,14 @@ class Supervisor:
         raise_open_file_limit()     # a StateServer connection or more per worker thread
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._on_signal)
-        state_server, directory = None, ""
+        state_server = None
+        self._folder, temporary = self._runtime_folder()
         try:
+            self._keep_config()
             if not self.config.state["redis_url"]:
-                directory = tempfile.mkdtemp(prefix="gemini-proxy-")    # 0700
                 state_server = StateServer()
                 self._state_url = state_server.start_in_thread(
-                    os.path.join(directory, "state.sock"))
+                    os.path.join(self._folder, "state-%d.sock" % self.port))
                 self._seed_state()
             for number in range(1, self.count + 1):
                 self.workers.append(self._start(number))
@@ -13571,8 +13604,24 @@ class Supervisor:
             self._listener.close()
             if state_server is not None:
                 state_server.stop_thread()
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+            if self._snapshot:
+                os.unlink(self._snapshot)
+            if temporary:
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _runtime_folder(self) -> Tuple[str, bool]:
+        """Where the StateServer's socket and the workers' copy of the configuration go,
+        named by the port: state_dir (what a killed supervisor left there is replaced
+        next time, not piled up), or, when its path is too long for a Unix socket or it
+        cannot be made, a temporary folder (True: to delete at the end)."""
+        state_dir = state_directory(self.config.server["state_dir"], dict(os.environ))
+        if len(os.path.join(state_dir, "state-%d.sock" % self.port).encode("utf-8")) < 100:
+            try:
+                os.makedirs(state_dir, mode=0o700, exist_ok=True)
+                return state_dir, False
+            except OSError:
+                pass
+        return tempfile.mkdtemp(prefix="gemini-proxy-"), True     # 0700
 
     def _seed_state(self) -> None:
         path = ledger_path(self.config, dict(os.environ))
@@ -13598,6 +13647,13 @@ class Supervisor:
         host, port = self.config.server["host"], self.config.server["port"]
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        if spreads_by_reuseport():
+            # First without SO_REUSEPORT: another proxy of this user that holds the port
+            # with it would otherwise let this one in, and they would share the clients.
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+                address = (address[0], probe.getsockname()[1]) + tuple(address[2:])
         sock = socket.socket(family, kind, proto)
         try:
             if spreads_by_reuseport():
@@ -13616,21 +13672,29 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         passed = [theirs.fileno()]
         word = {"number": number, "port": self.port, "channel_fd": theirs.fileno(),
-                "listen_fd": None, "state_url": self._state_url}
+                "listen_fd": None, "state_url": self._state_url,
+                "config": self._snapshot, "source": self.config.source}
         assert self._listener is not None
         if not spreads_by_reuseport():
             word["listen_fd"] = self._listener.fileno()
             passed.append(self._listener.fileno())
         environ = dict(os.environ, **{WORKER_PROCESS_ENV: json.dumps(word)})
         # Its own session: a terminal's Ctrl+C reaches the supervisor alone, which passes
-        # one SIGTERM on (two would mean "now" to the worker).
-        process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)] + self.argv, env=environ,
-            pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
+        # one SIGTERM on (two would mean "now" to the worker). SIGHUP blocked until the
+        # worker has its handler (serve unblocks it): a reload passed on while a worker
+        # starts would otherwise end it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__)] + self.argv, env=environ,
+                pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         theirs.close()
-        threading.Thread(target=self._relay_log, args=(process,), daemon=True,
-                         name="log-of-worker-%d" % number).start()
-        return WorkerProcess(number, process, ours, time.monotonic())
+        relay = threading.Thread(target=self._relay_log, args=(process,), daemon=True,
+                                 name="log-of-worker-%d" % number)
+        relay.start()
+        return WorkerProcess(number, process, ours, time.monotonic(), relay)
 
     @staticmethod
     def _relay_log(process: "subprocess.Popen[bytes]") -> None:
@@ -13662,26 +13726,33 @@ class Supervisor:
         self._wake.set()
 
     def _supervise(self) -> int:
-        stopping = 0
+        stopping, stop_by = 0, math.inf
         while True:
             # SIGCHLD wakes this; the timeout is a safety net, not a clock anyone waits on.
-            self._wake.wait(5.0)
+            self._wake.wait(1.0)
             self._wake.clear()
             while self._signals:
                 signum = self._signals.popleft()
                 if signum == signal.SIGHUP:
-                    log.info("passing SIGHUP on to the worker processes")
-                    self._signal_all(signal.SIGHUP)
+                    self._reload()
                 elif signum in (signal.SIGINT, signal.SIGTERM):
                     stopping += 1
                     if stopping == 1:
                         log.info("stopping %d worker processes", len(self.workers))
+                        stop_by = time.monotonic() + self.config.server["shutdown_grace"] + \
+                            WORKER_STOP_MARGIN
                     self._signal_all(signal.SIGTERM)    # a second one: "now"
+            if time.monotonic() > stop_by:   # a worker that ignores SIGTERM (stopped, hung)
+                for worker in self.workers:
+                    log.warning("worker process %d (pid %d) did not stop: killing it",
+                                worker.number, worker.process.pid)
+                    worker.process.kill()
+                stop_by = math.inf
             for worker in list(self.workers):
                 code = worker.process.poll()
                 if code is None:
                     continue
-                worker.channel.close()
+                worker.ended()
                 self.workers.remove(worker)
                 if stopping:
                     continue
@@ -13700,6 +13771,37 @@ class Supervisor:
                 log.info("stopped")
                 return 0
 
+    def _reload(self) -> None:
+        """SIGHUP: the configuration read again here first; a bad one stays here (the
+        workers keep theirs, and a worker started later gets the last good one)."""
+        try:
+            config = load_config(self.args)
+        except ConfigError as exc:
+            log.error("reload failed, the workers keep the previous configuration: %s", exc)
+            return
+        if process_count(config.server["processes"]) != self.count:
+            log.warning("reload: server.processes changed; it takes effect after a restart")
+        self.config = config
+        self._keep_config()
+        log.info("passing SIGHUP on to the worker processes")
+        self._signal_all(signal.SIGHUP)
+
+    def _keep_config(self) -> None:
+        """A copy of the configuration file, as last read without error: what workers
+        read, at start, on SIGHUP and when started again, so that a file edited (or
+        broken) since cannot reach one worker and not the others."""
+        if not self.config.source:
+            return
+        with open(self.config.source, "rb") as f:
+            text = f.read()
+        target = os.path.join(self._folder, "config-%d.json" % self.port)
+        temporary = target + ".new"
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  "wb") as f:
+            f.write(text)
+        os.replace(temporary, target)
+        self._snapshot = target
+
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
             try:
@@ -13711,10 +13813,11 @@ class Supervisor:
         self._signal_all(signal.SIGTERM)
         for worker in self.workers:
             try:
-                worker.process.wait(self.config.server["shutdown_grace"] + 5)
+                worker.process.wait(self.config.server["shutdown_grace"] + WORKER_STOP_MARGIN)
             except subprocess.TimeoutExpired:
                 worker.process.kill()
-            worker.channel.close()
+                worker.process.wait()
+            worker.ended()
         self.workers.clear()
 
 
@@ -13769,6 +13872,7 @@ def reload_config(server: ProxyServer, args: argparse.Namespace,
         return
     if worker is not None:   # the port its supervisor holds (server.port may say 0)
         config.server["port"] = worker["port"]
+        config.source = worker["source"]
     server.reload(config)
     logging.getLogger().setLevel(config.logging["level"].upper())
     log.info("configuration reloaded%s", " from %s" % config.source if config.source else "")
@@ -13821,6 +13925,9 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     if hasattr(signal, "SIGHUP") and args is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_config, server, args, worker)
     if worker is not None:
+        # Blocked by the supervisor until now (see Supervisor._start); one sent meanwhile
+        # is a reload now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         channel = socket.socket(fileno=worker["channel_fd"])
         channel.setblocking(False)
 
@@ -13842,6 +13949,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
         await server.serve_until_stopped()
         loop.remove_reader(channel.fileno())
         channel.close()
+        log.info("worker process %d stopped", worker["number"])
         return server.proxy.active
     host = config.server["host"]
     public = not is_loopback_host(host) and not config.server["api_keys"]
@@ -14013,13 +14121,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return usage_command(argv)
     args = build_arg_parser().parse_args(argv)
     worker = json.loads(os.environ.pop(WORKER_PROCESS_ENV, "null"))
+    if worker is not None and worker["config"]:
+        args.config = worker["config"]      # the supervisor's copy (see Supervisor._keep_config)
     try:
         config = load_config(args)
     except ConfigError as exc:
         print("gemini-proxy: configuration error: %s" % exc, file=sys.stderr)
         return 2
+    if worker is not None:
+        config.source = worker["source"]
     try:
-        setup_logging(config.logging)
+        # A worker's lines go to its supervisor, which alone writes logging.file.
+        setup_logging(dict(config.logging, file="") if worker is not None else
+                      config.logging)
     except OSError as exc:
         print("gemini-proxy: cannot write the log file %s: %s" % (
             config.logging["file"], exc.strerror or exc), file=sys.stderr)
@@ -14030,7 +14144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(line)
         return 0
     if worker is None and process_count(config.server["processes"]) > 1:
-        return Supervisor(config, argv).run()
+        return Supervisor(config, argv, args).run()
     try:
         unstoppable = asyncio.run(serve(config, args, worker))
         if unstoppable:

@@ -68,6 +68,10 @@ def test_two_workers_serve_one_port_and_stop_together(start):
     assert chat(port) == "echo (m): hi"
     assert proxy.stop(signal.SIGTERM) == 0
     assert proxy.lines[-1].endswith("stopped"), proxy.text()
+    # every worker's last line came through before the supervisor's own
+    assert sorted(line.split(" INFO ")[-1] for line in proxy.lines
+                  if line.endswith(" stopped")) == ["stopped", "worker process 1 stopped",
+                                                    "worker process 2 stopped"], proxy.text()
     assert all(gone(pid) for pid in pids)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=PATIENCE).close()
@@ -185,3 +189,79 @@ def test_a_key_rested_in_one_worker_rests_in_all(start, tmp_path, fake):
     assert [ask(port) for _ in range(8)] == [429] * 8
     assert len(fake.requests) == 1, "a worker used the key another one rested"
     assert proxy.stop(signal.SIGTERM) == 0
+
+
+# ---- what went wrong once (an adversarial run) --------------------------------------------
+
+def test_a_second_supervisor_on_the_same_port_is_refused(start):
+    first = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
+    port = first.port()
+    second = start(["--upstream-kind", "echo", "--port", str(port), "--processes", "2"])
+    assert second.proc.wait(PATIENCE) == 1
+    second.wait_for("cannot listen on")
+    assert first.stop(signal.SIGTERM) == 0
+
+
+def test_sighup_while_a_worker_restarts_does_not_end_it(start):
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
+    port = proxy.port()
+    victim = sorted(pids_answering(port, 2))[0]
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for(r"\(pid %d\) exited" % victim)
+    for _ in range(5):      # while the new worker starts, and after
+        proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(pids_answering(port, 2)) == 2 and victim not in pids_answering(port, 2))
+    assert "status -1" not in proxy.text() and chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+
+
+def test_a_config_file_broken_after_start_reaches_no_worker(start, tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"processes": 2, "port": 0,
+                                              "state_dir": str(tmp_path / "state")}})
+    proxy = start(["-c", path])
+    port = proxy.port()
+    with open(path, "w") as f:
+        f.write("{ not json")
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.wait_for("reload failed, the workers keep the previous configuration")
+    victim = sorted(pids_answering(port, 2))[0]
+    os.kill(victim, signal.SIGKILL)           # started again from the last good copy
+    proxy.wait_for(r"\(pid %d\) exited" % victim)
+    wait_for(lambda: victim not in pids_answering(port, 2) and
+             len(pids_answering(port, 2)) == 2)
+    assert chat(port) == "echo (m): hi" and "configuration error" not in proxy.text()
+    assert proxy.stop(signal.SIGTERM) == 0
+
+
+def test_the_log_file_gets_each_line_once(start, tmp_path):
+    log_file = tmp_path / "proxy.log"
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"processes": 2, "port": 0},
+                                   "logging": {"file": str(log_file)}})
+    proxy = start(["-c", path])
+    port = proxy.port()
+    for _ in range(4):
+        assert chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+    lines = log_file.read_text().splitlines()
+    assert sum(" POST /v1/chat/completions 200 " in line for line in lines) == 4, lines
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(start, tmp_path):
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"processes": 2, "port": 0,
+                                              "shutdown_grace": 1.0}})
+    proxy = start(["-c", path])
+    port = proxy.port()
+    stuck = sorted(pids_answering(port, 2))[0]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        assert proxy.stop(signal.SIGTERM) == 0
+    finally:
+        try:
+            os.kill(stuck, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "(pid %d) did not stop: killing it" % stuck in proxy.text()
+    wait_for(lambda: gone(stuck))

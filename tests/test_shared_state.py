@@ -618,7 +618,7 @@ def test_connections_are_capped_per_store(store):
         thread.join(PATIENCE)
     assert failures == [] and store.call("GET", key) == b"400" and capped._open <= 2
     held = capped._take(), capped._take()       # both in use: a call waits, then gives up
-    capped.reply_timeout = 0.01
+    capped.busy_timeout = 0.01
     with pytest.raises(gp.StateUnavailable, match="all 2 connections stayed busy"):
         capped.call("PING")
     capped._discard(held[0])
