@@ -90,8 +90,9 @@ Contents (each section uses only the ones above it):
     25. server (asyncio: connections, limits, streaming, shutdown)
     26. Google login (the login and accounts commands)
     27. dashboard page
-    28. worker processes (server.processes: a supervisor and its workers)
-    29. command line
+    28. state server (what worker processes share when there is no Redis)
+    29. worker processes (server.processes: a supervisor and its workers)
+    30. command line
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 29) and the README's
+# flag that may set it. Configuration (section 4), --help (section 30) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -11546,7 +11547,7 @@ class ProxyServer:
         self.config = config
         self.proxy = Proxy(config, environ, shared_url)
         self.port = 0
-        # A worker process (section 28) listens on a socket its supervisor made, or on
+        # A worker process (section 29) listens on a socket its supervisor made, or on
         # the same port as its siblings (SO_REUSEPORT).
         self._listen_socket = listen_socket
         self._reuse_port = reuse_port
@@ -12886,56 +12887,13 @@ refresh();
 """
 
 
-# ---- 28. Worker processes --------------------------------------------------------------------
+# ---- 28. State server ------------------------------------------------------------------------
 #
-# server.processes above 1: this process becomes the supervisor of that many worker
-# processes, each this file run again (a whole proxy), all serving one port. On Linux each
-# worker listens with SO_REUSEPORT and the kernel spreads connections over them;
-# elsewhere they share one listening socket the supervisor made. The supervisor passes
-# SIGHUP and SIGTERM on, starts a worker again when one dies, and writes the workers' log
-# lines (so one process writes, and rotates, the log file). A worker that finds its
-# supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
-# supervisor also serves the state the workers share (section 18): StateServer, below,
-# on a Unix socket only its user can open, seeded from the usage ledger.
-
-WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
-RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
-# A worker that exits this soon after it started, this many times in a row, will not do
-# better the next time (a port taken, a file it cannot read): the supervisor gives up.
-WORKER_QUICK_EXIT = 10.0
-WORKER_QUICK_EXITS = 3
-WORKER_READY_TIMEOUT = 60.0
-# Seconds past shutdown_grace after which a worker that has not stopped is killed.
-WORKER_STOP_MARGIN = 5.0
-
-
-def process_count(setting: Any) -> int:
-    """server.processes as a number: "auto" is one per core."""
-    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
-
-
-def spreads_by_reuseport() -> bool:
-    """Whether workers each listen with SO_REUSEPORT: on Linux the kernel then spreads
-    connections over them. macOS and the BSDs take the option without the spreading;
-    there they accept from one shared socket."""
-    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
-
-
-class RelayedLineFormatter(logging.Formatter):
-    """The supervisor's handlers: a worker's line as the worker formatted it, the
-    supervisor's own as before."""
-
-    def __init__(self, own: logging.Formatter):
-        super().__init__()
-        self._own = own
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.name == RELAYED_LOG:
-            return record.getMessage()
-        return self._own.format(record)
-
-
-# -- the state server: what workers share when there is no Redis --------------------------
+# What worker processes share when there is no Redis: a server of the few commands the
+# shared_* operations of section 18 use, with Redis's replies (the tests compare the two),
+# which the supervisor (section 29) runs on a Unix socket only its user can open. One event
+# loop runs it: each command, and each MULTI ... EXEC, runs whole before the next, with no
+# locks.
 
 STATE_MAX_ENTRIES = 1_000_000       # StateServer's keys, hash fields and set members in all
 STATE_MAX_COMMAND = 1024 * 1024     # bytes of one request's arguments...
@@ -13508,6 +13466,55 @@ def bind_private_socket(path: str) -> socket.socket:
     return sock
 
 
+# ---- 29. Worker processes --------------------------------------------------------------------
+#
+# server.processes above 1: this process becomes the supervisor of that many worker
+# processes, each this file run again (a whole proxy), all serving one port. On Linux each
+# worker listens with SO_REUSEPORT and the kernel spreads connections over them;
+# elsewhere they share one listening socket the supervisor made. The supervisor passes
+# SIGHUP and SIGTERM on, starts a worker again when one dies, and writes the workers' log
+# lines (so one process writes, and rotates, the log file). A worker that finds its
+# supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
+# supervisor also serves the state the workers share (section 18): a StateServer
+# (section 28) on a Unix socket only its user can open, seeded from the usage ledger.
+
+WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
+RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
+# A worker that exits this soon after it started, this many times in a row, will not do
+# better the next time (a port taken, a file it cannot read): the supervisor gives up.
+WORKER_QUICK_EXIT = 10.0
+WORKER_QUICK_EXITS = 3
+WORKER_READY_TIMEOUT = 60.0
+# Seconds past shutdown_grace after which a worker that has not stopped is killed.
+WORKER_STOP_MARGIN = 5.0
+
+
+def process_count(setting: Any) -> int:
+    """server.processes as a number: "auto" is one per core."""
+    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+
+
+def spreads_by_reuseport() -> bool:
+    """Whether workers each listen with SO_REUSEPORT: on Linux the kernel then spreads
+    connections over them. macOS and the BSDs take the option without the spreading;
+    there they accept from one shared socket."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+class RelayedLineFormatter(logging.Formatter):
+    """The supervisor's handlers: a worker's line as the worker formatted it, the
+    supervisor's own as before."""
+
+    def __init__(self, own: logging.Formatter):
+        super().__init__()
+        self._own = own
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == RELAYED_LOG:
+            return record.getMessage()
+        return self._own.format(record)
+
+
 def seed_state_from_ledger(store: RespStore, history: "LedgerHistory") -> None:
     """What the ledger says clients used (the last minute's requests, today's requests
     and tokens), into a fresh StateServer: a restart does not forgive a client's limits."""
@@ -13821,7 +13828,7 @@ class Supervisor:
         self.workers.clear()
 
 
-# ---- 29. Command line ----------------------------------------------------------------------
+# ---- 30. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -13900,7 +13907,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
     still connecting, which no socket shutdown reaches) is returned. `worker`: what the
-    supervisor of a worker process said (section 28)."""
+    supervisor of a worker process said (section 29)."""
     listen_socket = None
     if worker is not None:
         config.server["port"] = worker["port"]
