@@ -8631,6 +8631,7 @@ class RespStore:
                 raise self._down(error) from error
             raise
         with self._lock:
+            self._down_until = 0.0      # it answered: an older failure is over
             if not self._closed:
                 self._idle.append(connection)
                 self._lock.notify()
@@ -8812,7 +8813,10 @@ def shared_admit(store: RespStore, client_name: str, requests_per_minute: int,
     elif requests_per_minute and count > requests_per_minute:
         refusal = (max(float(oldest[1]) + RATE_WINDOW - now, 0.0), "rate")
     if refusal is not None:
-        state_transaction(store, [("ZREM", window, member), ("DECR", requests)])
+        try:
+            state_transaction(store, [("ZREM", window, member), ("DECR", requests)])
+        except StateError:   # still refused: it counts a minute longer, that is all
+            pass
     return refusal
 
 
@@ -9269,28 +9273,32 @@ class KeyPool:
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
 # costs in memory is what it touches, about 16-20 KiB whatever the size; the size bounds
-# address space (10,000 threads at the default 8 MiB would reserve 80 GB). 1 MiB holds a
-# recursion to Python's default limit on 3.8, where 512 KiB does not.
+# address space (10,000 threads at the default 8 MiB would reserve 80 GB). JSON nested to
+# Python's recursion limit needs more than 1 MiB of C stack on 3.13 (and 512 KiB on 3.8
+# is not enough either); 4 MiB leaves room.
 WORKER_IDLE_EXIT = 30.0
-WORKER_STACK_BYTES = 1 * MiB
+WORKER_STACK_BYTES = 4 * MiB
 
 
 class WorkerPool:
     """Threads for the blocking part of requests: one is started when a request finds
     none idle, up to `limit` (server.workers); past that requests queue for the next one
     free. Each request holds its thread to its end, a stream included, so the limit is
-    how many requests can be in flight, and memory, not a thread count, is the bound."""
+    how many requests can be in flight, and memory, not a thread count, is the bound.
+
+    One lock keeps the tasks, the idle threads and the thread count consistent: a task
+    finds an idle thread (woken), or a new one, or waits in the queue for a thread that
+    finishes; a thread ends for idleness only when, under the lock, no task waits."""
 
     def __init__(self, limit: int, name: str = "upstream"):
         self.limit = limit
         self.threads = 0
         self._name = name
-        self._tasks: "queue.SimpleQueue[Optional[Tuple[Callable[..., None], tuple]]]" = \
-            queue.SimpleQueue()
-        # One permit per idle thread: a submit that takes one knows a thread will run
-        # its task; a thread that ends for idleness must take its own permit back first.
-        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._tasks: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
+            collections.deque()
+        self._idle = 0                  # threads waiting for a task
         self._serial = itertools.count(1)
         self._start_failed_at = 0.0
         self._closed = False
@@ -9298,12 +9306,13 @@ class WorkerPool:
     def submit(self, function: Callable[..., None], *args: Any) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
         own to report)."""
-        if self._closed:
-            raise RuntimeError("the worker pool is closed")
-        self._tasks.put((function, args))
-        if self._idle.acquire(blocking=False):
-            return
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            self._tasks.append((function, args))
+            if len(self._tasks) <= self._idle:
+                self._wakeup.notify()
+                return
             if self.threads >= self.limit:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
@@ -9318,49 +9327,49 @@ class WorkerPool:
             with self._lock:
                 self.threads -= 1
                 started = self.threads
+                if not started:       # nobody would ever take it
+                    self._tasks.remove((function, args))
             now = time.monotonic()
             if now - self._start_failed_at > 60:
-                self._start_failed_at = now
                 log.error("cannot start another worker thread (%s) with %d running; "
                           "requests wait for one to free (raise the system's thread "
                           "limit, or lower server.workers)", exc, started)
+            self._start_failed_at = now
             if not started:
                 raise
 
     def _work(self) -> None:
         while True:
-            try:
-                task = self._tasks.get(timeout=WORKER_IDLE_EXIT)
-            except queue.Empty:
-                if self._idle.acquire(blocking=False):   # nobody counts on this thread
-                    with self._lock:
+            with self._lock:
+                while not self._tasks:
+                    if self._closed:
                         self.threads -= 1
-                    return
-                continue                                  # a submit does: its task is coming
-            if task is None:
-                self._tasks.put(None)                     # closing: pass it on
-                with self._lock:
-                    self.threads -= 1
-                return
-            function, args = task
+                        return
+                    self._idle += 1
+                    woken = self._wakeup.wait(WORKER_IDLE_EXIT)
+                    self._idle -= 1
+                    if not woken and not self._tasks:    # idle for WORKER_IDLE_EXIT
+                        self.threads -= 1
+                        return
+                function, args = self._tasks.popleft()
             try:
                 function(*args)
             except Exception:   # pragma: no cover - the functions submitted never raise
                 log.exception("worker task failed")
-            del task, function, args    # hold nothing of a finished request while idle
-            self._idle.release()
+            del function, args    # hold nothing of a finished request while idle
 
     @property
     def starved(self) -> bool:
         """Requests wait for a thread the system would not start (its thread limit, a
         container's pids limit) in the last minute."""
-        return bool(self._start_failed_at) and not self._tasks.empty() and \
+        return bool(self._start_failed_at) and bool(self._tasks) and \
             time.monotonic() - self._start_failed_at < 60
 
     def close(self) -> None:
         """Idle threads end; busy ones when their request does."""
-        self._closed = True
-        self._tasks.put(None)
+        with self._lock:
+            self._closed = True
+            self._wakeup.notify_all()
 
 
 @dataclasses.dataclass
@@ -11198,13 +11207,16 @@ class Proxy:
     def reload(self, config: Config) -> None:
         """Use a new configuration from the next request on: upstreams, keys (refused
         ones get another chance), routes, client keys, logging. Requests in flight end
-        on the old one. The listening address and limits need a restart."""
+        on the old one. The listening address, processes, the shared state and the
+        server's timeouts and sizes need a restart."""
         self.workers.limit = config.server["workers"]
         for key in ("host", "port", "processes"):
             if config.server[key] != self.config.server[key]:
                 log.warning("reload: server.%s changed; it takes effect after a restart", key)
         if config.usage != self.config.usage:
             log.warning("reload: usage.* changed; it takes effect after a restart")
+        if config.state != self.config.state:
+            log.warning("reload: state.* changed; it takes effect after a restart")
         for key in ("file", "file_max_bytes", "file_count", "format"):
             if config.logging[key] != self.config.logging[key]:
                 log.warning("reload: logging.%s changed; it takes effect after a restart",
@@ -13491,7 +13503,21 @@ WORKER_STOP_MARGIN = 5.0
 
 def process_count(setting: Any) -> int:
     """server.processes as a number: "auto" is one per core."""
-    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+    if setting != "auto":
+        return int(setting)
+    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's: alive
+        pass
+    return True
 
 
 def spreads_by_reuseport() -> bool:
@@ -13557,15 +13583,18 @@ class Supervisor:
         self.config = config
         self.argv = argv
         self.args = args            # to read the configuration again on SIGHUP
-        self._snapshot = ""         # the config file as the workers run it (see _keep_config)
+        self._snapshot = ""         # the config file as the workers run it (_load_config_copy)
         self._folder = ""           # the StateServer's socket and that copy (_runtime_folder)
         self.count = process_count(config.server["processes"])
         self.workers: List[WorkerProcess] = []
         self.port = 0
         self._listener: Optional[socket.socket] = None
-        self._wake = threading.Event()
+        # Signals wake the supervisor through a pipe (signal.set_wakeup_fd): a handler
+        # that took a lock (an Event's) could deadlock with the code it interrupted.
+        self._wake_read, self._wake_write = -1, -1
         self._signals: "collections.deque[int]" = collections.deque()
         self._quick_exits = 0
+        self._unstarted: List[int] = []     # workers to start again
         self._state_url = ""        # the StateServer's, when the workers share through it
 
     def run(self) -> int:
@@ -13583,17 +13612,25 @@ class Supervisor:
                       self.config.server["port"], exc.strerror or exc)
             return 1
         self.port = self._listener.getsockname()[1]
-        raise_open_file_limit()     # a StateServer connection or more per worker thread
+        raise_open_file_limit()     # up to 16 StateServer connections a worker process
+        self._wake_read, self._wake_write = os.pipe()
+        for fd in (self._wake_read, self._wake_write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_write)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._on_signal)
         state_server = None
         self._folder, temporary = self._runtime_folder()
         try:
-            self._keep_config()
+            try:
+                self.config = self._load_config_copy()
+            except (ConfigError, OSError) as exc:
+                log.error("configuration error: %s", exc)
+                return 2
             if not self.config.state["redis_url"]:
                 state_server = StateServer()
                 self._state_url = state_server.start_in_thread(
-                    os.path.join(self._folder, "state-%d.sock" % self.port))
+                    os.path.join(self._folder, "state-%d.sock" % os.getpid()))
                 self._seed_state()
             for number in range(1, self.count + 1):
                 self.workers.append(self._start(number))
@@ -13609,22 +13646,30 @@ class Supervisor:
             return self._supervise()
         finally:
             self._listener.close()
+            signal.set_wakeup_fd(-1)
+            for fd in (self._wake_read, self._wake_write):
+                os.close(fd)
             if state_server is not None:
                 state_server.stop_thread()
-            if self._snapshot:
+            if self._snapshot and os.path.exists(self._snapshot):
                 os.unlink(self._snapshot)
             if temporary:
                 shutil.rmtree(self._folder, ignore_errors=True)
 
     def _runtime_folder(self) -> Tuple[str, bool]:
         """Where the StateServer's socket and the workers' copy of the configuration go,
-        named by the port: state_dir (what a killed supervisor left there is replaced
-        next time, not piled up), or, when its path is too long for a Unix socket or it
-        cannot be made, a temporary folder (True: to delete at the end)."""
+        named by this supervisor's pid (two proxies may share a state_dir): state_dir,
+        where the files of a supervisor that was killed are deleted next time, or, when
+        its path is too long for a Unix socket or it cannot be made, a temporary folder
+        (True: to delete at the end)."""
         state_dir = state_directory(self.config.server["state_dir"], dict(os.environ))
-        if len(os.path.join(state_dir, "state-%d.sock" % self.port).encode("utf-8")) < 100:
+        if len(os.path.join(state_dir, "state-%d.sock" % os.getpid()).encode()) < 100:
             try:
                 os.makedirs(state_dir, mode=0o700, exist_ok=True)
+                for name in os.listdir(state_dir):
+                    left = re.match(r"(?:state|config)-(\d+)\.(?:sock|json(?:\.new)?)\Z", name)
+                    if left and not process_alive(int(left.group(1))):
+                        os.unlink(os.path.join(state_dir, name))
                 return state_dir, False
             except OSError:
                 pass
@@ -13715,6 +13760,8 @@ class Supervisor:
                 "args": (line.decode("utf-8", "replace").rstrip("\r\n"),)}))
 
     def _wait_ready(self) -> bool:
+        """Every worker said it listens; False when one exited first, or none said so in
+        WORKER_READY_TIMEOUT, or SIGINT or SIGTERM came meanwhile."""
         deadline = time.monotonic() + WORKER_READY_TIMEOUT
         waiting = {w.channel: w for w in self.workers}
         while waiting:
@@ -13722,22 +13769,34 @@ class Supervisor:
             if left <= 0 or any(w.process.poll() is not None for w in waiting.values()):
                 log.error("worker processes did not start (see the lines above)")
                 return False
-            readable, _, _ = select.select(list(waiting), [], [], min(left, 0.5))
+            readable, _, _ = select.select(list(waiting) + [self._wake_read], [], [],
+                                           min(left, 0.5))
             for channel in readable:
-                if channel.recv(16):
+                if channel == self._wake_read:
+                    self._drain_wakeups()
+                    if any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals):
+                        log.info("stopped while starting")
+                        return False
+                elif channel.recv(16):
                     del waiting[channel]
         return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signals.append(signum)
-        self._wake.set()
+        self._signals.append(signum)     # the wake-up pipe has the byte already
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def _supervise(self) -> int:
         stopping, stop_by = 0, math.inf
         while True:
             # SIGCHLD wakes this; the timeout is a safety net, not a clock anyone waits on.
-            self._wake.wait(1.0)
-            self._wake.clear()
+            select.select([self._wake_read], [], [], 1.0)
+            self._drain_wakeups()
             while self._signals:
                 signum = self._signals.popleft()
                 if signum == signal.SIGHUP:
@@ -13773,41 +13832,64 @@ class Supervisor:
                     return 1
                 log.warning("worker process %d (pid %d) exited (status %s); starting it "
                             "again", worker.number, worker.process.pid, code)
-                self.workers.append(self._start(worker.number))
+                self._unstarted.append(worker.number)
+            self._start_unstarted(stopping)
             if stopping and not self.workers:
                 log.info("stopped")
                 return 0
+
+    def _start_unstarted(self, stopping: int) -> None:
+        """Start the workers that are to run again; one the system will not start now
+        (out of processes or memory) is tried again at the next look."""
+        for number in list(self._unstarted):
+            if stopping:
+                self._unstarted.clear()
+                return
+            try:
+                self.workers.append(self._start(number))
+            except OSError as exc:
+                log.error("cannot start worker process %d (%s); trying again", number, exc)
+                return
+            self._unstarted.remove(number)
 
     def _reload(self) -> None:
         """SIGHUP: the configuration read again here first; a bad one stays here (the
         workers keep theirs, and a worker started later gets the last good one)."""
         try:
-            config = load_config(self.args)
-        except ConfigError as exc:
+            config = self._load_config_copy()
+        except (ConfigError, OSError) as exc:
             log.error("reload failed, the workers keep the previous configuration: %s", exc)
             return
         if process_count(config.server["processes"]) != self.count:
             log.warning("reload: server.processes changed; it takes effect after a restart")
         self.config = config
-        self._keep_config()
         log.info("passing SIGHUP on to the worker processes")
         self._signal_all(signal.SIGHUP)
 
-    def _keep_config(self) -> None:
-        """A copy of the configuration file, as last read without error: what workers
-        read, at start, on SIGHUP and when started again, so that a file edited (or
-        broken) since cannot reach one worker and not the others."""
-        if not self.config.source:
-            return
-        with open(self.config.source, "rb") as f:
+    def _load_config_copy(self) -> Config:
+        """The configuration, from a copy of its file that becomes the workers' (at
+        start, on SIGHUP, for a worker started again) only once it has loaded: the bytes
+        checked are the bytes they read, and a file edited or broken since reaches no
+        worker. Raises ConfigError (the copy is then dropped)."""
+        source = self.config.source
+        if not source:      # flags and environment: the workers get the same
+            return load_config(self.args)
+        with open(source, "rb") as f:
             text = f.read()
-        target = os.path.join(self._folder, "config-%d.json" % self.port)
-        temporary = target + ".new"
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        target = os.path.join(self._folder, "config-%d.json" % os.getpid())
+        candidate = target + ".new"
+        with open(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
                   "wb") as f:
             f.write(text)
-        os.replace(temporary, target)
-        self._snapshot = target
+        try:
+            config = load_config(argparse.Namespace(**dict(vars(self.args),
+                                                            config=candidate)))
+        except ConfigError:
+            os.unlink(candidate)
+            raise
+        os.replace(candidate, target)
+        self._snapshot, config.source = target, source
+        return config
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -14129,7 +14211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_arg_parser().parse_args(argv)
     worker = json.loads(os.environ.pop(WORKER_PROCESS_ENV, "null"))
     if worker is not None and worker["config"]:
-        args.config = worker["config"]      # the supervisor's copy (see Supervisor._keep_config)
+        args.config = worker["config"]   # the supervisor's copy (Supervisor._load_config_copy)
     try:
         config = load_config(args)
     except ConfigError as exc:

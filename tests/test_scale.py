@@ -61,7 +61,69 @@ def test_an_idle_thread_is_reused_and_idle_threads_end(monkeypatch):
         pool.close()
 
 
-def test_worker_threads_have_a_small_stack_that_still_holds_deep_recursion():
+def test_a_task_queued_at_the_limit_never_strands_the_next(monkeypatch):
+    """Limit 1: a task that waited for the only thread, then that thread ending for
+    idleness, and a task after it: it must run (the pool once counted a thread as idle
+    that had gone)."""
+    monkeypatch.setattr(gp, "WORKER_IDLE_EXIT", 0.05)
+    pool = gp.WorkerPool(limit=1)
+    ran = []
+    gate, done = threading.Event(), threading.Semaphore(0)
+
+    def task(number, wait=False):
+        if wait:
+            gate.wait(PATIENCE)
+        ran.append(number)
+        done.release()
+    try:
+        pool.submit(task, 1, True)
+        pool.submit(task, 2)          # queued: the one thread is busy
+        gate.set()
+        for _ in range(2):
+            assert done.acquire(timeout=PATIENCE)
+        wait_for(lambda: pool.threads == 0, message="the idle thread ends")
+        pool.submit(task, 3)
+        assert done.acquire(timeout=PATIENCE), "the task after an idle exit never ran"
+        assert ran == [1, 2, 3]
+    finally:
+        gate.set()
+        pool.close()
+
+
+def test_a_thread_the_system_refuses_leaves_the_task_to_a_running_one(monkeypatch):
+    pool = gp.WorkerPool(limit=10)
+    gate, done = threading.Event(), threading.Semaphore(0)
+    ran = []
+
+    def task(number, wait=False):
+        if wait:
+            gate.wait(PATIENCE)
+        ran.append(number)
+        done.release()
+    real_start = threading.Thread.start
+    try:
+        pool.submit(task, 1, True)    # one thread, busy
+        monkeypatch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(
+            RuntimeError("can't start new thread")))
+        pool.submit(task, 2)          # no new thread: queued for the busy one
+        assert pool.threads == 1 and pool.starved
+        gate.set()
+        for _ in range(2):
+            assert done.acquire(timeout=PATIENCE)
+        assert ran == [1, 2]
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+    finally:
+        gate.set()
+        pool.close()
+    empty = gp.WorkerPool(limit=10)    # no thread at all: the caller hears so at once
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(
+        RuntimeError("can't start new thread")))
+    with pytest.raises(RuntimeError):
+        empty.submit(task, 3)
+    assert empty.threads == 0 and not empty.starved
+
+
+def test_worker_threads_hold_deep_recursion():
     pool = gp.WorkerPool(limit=1)
     seen = []
     finished = threading.Event()
@@ -83,8 +145,8 @@ def test_worker_threads_have_a_small_stack_that_still_holds_deep_recursion():
         assert finished.wait(PATIENCE)
     finally:
         pool.close()
-    # stack_size() in the thread says what new threads get; the pool sets it only while
-    # starting its own, so the process's default is left as it was.
+    # the pool sets the stack size only while starting its own threads: the process's
+    # default is left as it was
     assert threading.stack_size() == 0
     assert seen[1:] == [900, "recursion error, as in the main thread"]
 
