@@ -13513,7 +13513,7 @@ def process_count(setting: Any) -> int:
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:   # another user's: alive
         pass
@@ -13595,6 +13595,10 @@ class Supervisor:
         self._signals: "collections.deque[int]" = collections.deque()
         self._quick_exits = 0
         self._unstarted: List[int] = []     # workers to start again
+        self._start_failed_at = 0.0
+        # Names this supervisor's files: host and pid (containers may share a state_dir).
+        self._tag = "%s-%d" % (re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40],
+                               os.getpid())
         self._state_url = ""        # the StateServer's, when the workers share through it
 
     def run(self) -> int:
@@ -13614,14 +13618,14 @@ class Supervisor:
         self.port = self._listener.getsockname()[1]
         raise_open_file_limit()     # up to 16 StateServer connections a worker process
         self._wake_read, self._wake_write = os.pipe()
-        for fd in (self._wake_read, self._wake_write):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wake_write)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, self._on_signal)
-        state_server = None
-        self._folder, temporary = self._runtime_folder()
+        state_server, temporary = None, False
         try:
+            for fd in (self._wake_read, self._wake_write):
+                os.set_blocking(fd, False)
+            signal.set_wakeup_fd(self._wake_write)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(signum, self._on_signal)
+            self._folder, temporary = self._runtime_folder()
             try:
                 self.config = self._load_config_copy()
             except (ConfigError, OSError) as exc:
@@ -13630,13 +13634,19 @@ class Supervisor:
             if not self.config.state["redis_url"]:
                 state_server = StateServer()
                 self._state_url = state_server.start_in_thread(
-                    os.path.join(self._folder, "state-%d.sock" % os.getpid()))
+                    os.path.join(self._folder, "state-%s.sock" % self._tag))
                 self._seed_state()
-            for number in range(1, self.count + 1):
-                self.workers.append(self._start(number))
-            if not self._wait_ready():
+            try:
+                for number in range(1, self.count + 1):
+                    self.workers.append(self._start(number))
+            except OSError as exc:
+                log.error("cannot start the worker processes: %s", exc)
                 self._stop_all()
                 return 1
+            ready = self._wait_ready()
+            if ready is not True:
+                self._stop_all()
+                return 0 if ready is None else 1
             host = self.config.server["host"]
             log.info("gemini-proxy %s listening on http://%s:%d (%d worker processes, %s)",
                      __version__, "[%s]" % host if ":" in host else host, self.port,
@@ -13658,16 +13668,20 @@ class Supervisor:
 
     def _runtime_folder(self) -> Tuple[str, bool]:
         """Where the StateServer's socket and the workers' copy of the configuration go,
-        named by this supervisor's pid (two proxies may share a state_dir): state_dir,
-        where the files of a supervisor that was killed are deleted next time, or, when
+        named by this supervisor's host and pid (two proxies, or two containers, may share
+        a state_dir): state_dir, where the files a killed supervisor of this host left are
+        deleted next time, or, when
         its path is too long for a Unix socket or it cannot be made, a temporary folder
         (True: to delete at the end)."""
-        state_dir = state_directory(self.config.server["state_dir"], dict(os.environ))
-        if len(os.path.join(state_dir, "state-%d.sock" % os.getpid()).encode()) < 100:
+        state_dir = os.path.abspath(state_directory(self.config.server["state_dir"],
+                                                    dict(os.environ)))
+        if len(os.path.join(state_dir, "state-%s.sock" % self._tag).encode()) < 100:
             try:
                 os.makedirs(state_dir, mode=0o700, exist_ok=True)
+                host = re.escape(self._tag.rsplit("-", 1)[0])
                 for name in os.listdir(state_dir):
-                    left = re.match(r"(?:state|config)-(\d+)\.(?:sock|json(?:\.new)?)\Z", name)
+                    left = re.match(r"(?:state|config)-%s-(\d{1,9})\.(?:sock|json(?:\.new)?)\Z"
+                                    % host, name)
                     if left and not process_alive(int(left.group(1))):
                         os.unlink(os.path.join(state_dir, name))
                 return state_dir, False
@@ -13740,12 +13754,21 @@ class Supervisor:
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__)] + self.argv, env=environ,
                 pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        theirs.close()
+            theirs.close()
         relay = threading.Thread(target=self._relay_log, args=(process,), daemon=True,
                                  name="log-of-worker-%d" % number)
-        relay.start()
+        try:
+            relay.start()
+        except RuntimeError as exc:   # no thread to read its log: the worker may not run
+            process.kill()
+            process.wait()
+            ours.close()
+            raise OSError("no thread for its log: %s" % exc) from None
         return WorkerProcess(number, process, ours, time.monotonic(), relay)
 
     @staticmethod
@@ -13759,9 +13782,9 @@ class Supervisor:
                 "levelname": "INFO",
                 "args": (line.decode("utf-8", "replace").rstrip("\r\n"),)}))
 
-    def _wait_ready(self) -> bool:
-        """Every worker said it listens; False when one exited first, or none said so in
-        WORKER_READY_TIMEOUT, or SIGINT or SIGTERM came meanwhile."""
+    def _wait_ready(self) -> Optional[bool]:
+        """True when every worker said it listens; False when one exited first, or not
+        all said so in WORKER_READY_TIMEOUT; None when SIGINT or SIGTERM came first."""
         deadline = time.monotonic() + WORKER_READY_TIMEOUT
         waiting = {w.channel: w for w in self.workers}
         while waiting:
@@ -13776,7 +13799,7 @@ class Supervisor:
                     self._drain_wakeups()
                     if any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals):
                         log.info("stopped while starting")
-                        return False
+                        return None
                 elif channel.recv(16):
                     del waiting[channel]
         return True
@@ -13799,7 +13822,7 @@ class Supervisor:
             self._drain_wakeups()
             while self._signals:
                 signum = self._signals.popleft()
-                if signum == signal.SIGHUP:
+                if signum == signal.SIGHUP and not stopping:
                     self._reload()
                 elif signum in (signal.SIGINT, signal.SIGTERM):
                     stopping += 1
@@ -13848,7 +13871,11 @@ class Supervisor:
             try:
                 self.workers.append(self._start(number))
             except OSError as exc:
-                log.error("cannot start worker process %d (%s); trying again", number, exc)
+                now = time.monotonic()
+                if now - self._start_failed_at > 60:
+                    self._start_failed_at = now
+                    log.error("cannot start worker process %d (%s); trying again each "
+                              "second", number, exc)
                 return
             self._unstarted.remove(number)
 
@@ -13874,9 +13901,13 @@ class Supervisor:
         source = self.config.source
         if not source:      # flags and environment: the workers get the same
             return load_config(self.args)
-        with open(source, "rb") as f:
-            text = f.read()
-        target = os.path.join(self._folder, "config-%d.json" % os.getpid())
+        try:
+            with open(source, "rb") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError("cannot read config file %s: %s" % (source, exc.strerror)) \
+                from None
+        target = os.path.join(self._folder, "config-%s.json" % self._tag)
         candidate = target + ".new"
         with open(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
                   "wb") as f:
@@ -13884,9 +13915,9 @@ class Supervisor:
         try:
             config = load_config(argparse.Namespace(**dict(vars(self.args),
                                                             config=candidate)))
-        except ConfigError:
+        except ConfigError as exc:   # told of the user's file, not of the copy
             os.unlink(candidate)
-            raise
+            raise ConfigError(str(exc).replace(candidate, source)) from None
         os.replace(candidate, target)
         self._snapshot, config.source = target, source
         return config

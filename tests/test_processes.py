@@ -269,22 +269,35 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(start, tmp_path
     wait_for(lambda: gone(stuck))
 
 
-def test_two_supervisors_sharing_a_state_dir_keep_their_own_files(start, tmp_path):
+def test_two_supervisors_sharing_a_state_dir_keep_their_own_files(start, tmp_path, fake):
     state = tmp_path / "s"          # short: the files go in it, not in a temporary folder
     state.mkdir()
     env = minimal_env(GEMINI_PROXY_STATE_DIR=str(state))
-    one = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"], env=env)
+    one = start(["-c", team(tmp_path, fake.base_url, rpm=100), "--state-dir", str(state)],
+                env=env)
     port = one.port()
-    two = start(["--upstream-kind", "echo", "--host", "127.0.0.2", "--port", str(port),
-                 "--processes", "2"], env=env)
+    two_config = tmp_path / "two"
+    two_config.mkdir()
+    two = start(["-c", team(two_config, fake.base_url, rpm=100), "--state-dir", str(state),
+                 "--host", "127.0.0.2", "--port", str(port)], env=env)
     two.wait_for("listening on")
-    socket_files = [name for name in os.listdir(str(state)) if name.endswith(".sock")]
-    assert len(socket_files) == 2, socket_files
+    assert len([n for n in os.listdir(str(state)) if n.endswith(".sock")]) == 2
+    assert len([n for n in os.listdir(str(state)) if n.endswith(".json")]) == 2
     assert two.stop(signal.SIGTERM) == 0
-    victim = sorted(pids_answering(port, 2))[0]      # one's worker, started again after two left
-    os.kill(victim, signal.SIGKILL)
+    victim = sorted(pids_answering(port, 2, key="alice-key"))[0]
+    os.kill(victim, signal.SIGKILL)            # one's worker, started again after two left
     one.wait_for(r"\(pid %d\) exited" % victim)
-    wait_for(lambda: victim not in pids_answering(port, 2) and len(pids_answering(port, 2)) == 2)
-    assert chat(port) == "echo (m): hi"
+    wait_for(lambda: victim not in pids_answering(port, 2, key="alice-key") and
+             len(pids_answering(port, 2, key="alice-key")) == 2)
+    assert [ask(port) for _ in range(4)] == [200] * 4
+    assert "shared state" not in one.text()    # its store and its config copy still there
     assert one.stop(signal.SIGTERM) == 0
-    assert [name for name in os.listdir(str(state)) if name.endswith((".sock", ".json"))] == []
+    assert [n for n in os.listdir(str(state)) if n.endswith((".sock", ".json"))] == []
+
+
+def test_a_relative_state_dir_works(start, tmp_path):
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2",
+                   "--state-dir", "st"])
+    port = proxy.port()
+    assert chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
