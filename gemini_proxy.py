@@ -11635,7 +11635,7 @@ class ProxyServer:
 
     @property
     def requests_in_flight(self) -> int:
-        """Requests whose response is still being written (tests check it drops to 0)."""
+        """Requests not yet finished: answered, logged and counted (tests wait for 0)."""
         return len(self._pipes)
 
     @property
@@ -12103,8 +12103,10 @@ class ProxyServer:
                 await asyncio.gather(task, return_exceptions=True)
             if slot is not None:
                 self.proxy.slots.release(slot)
-            self._pipes.discard(pipe)
-            self._access(head, ex, ex.status)
+            try:
+                self._access(head, ex, ex.status)
+            finally:   # after its log line and ledger row: no longer "in flight" means done
+                self._pipes.discard(pipe)
 
     async def _first_items(self, pipe: ChunkPipe) -> List[Any]:
         """The first things the worker sent, the response head first; a stream's head
