@@ -78,7 +78,7 @@ Contents (each section uses only the ones above it):
     13. dialect: OpenAI Responses, the upstream side
     14. upstream: Google Code Assist (the envelope, its errors, credential files)
     15. dialect registry, upstream kinds and routes
-    16. upstream client (pooled keep-alive http.client connections, timeouts)
+    16. upstream client (its own HTTP/1.1 connections, pooled and kept alive; timeouts)
     17. Google accounts (tokens refreshed, projects found)
     18. shared state (what processes share: Redis's protocol, a client, the operations)
     19. key pools (keys and accounts)
@@ -1739,6 +1739,123 @@ def client_key(head: RequestHead) -> str:
         except (ValueError, UnicodeDecodeError):
             return ""
     return ""
+
+
+# The upstream's side of the wire: the proxy's own HTTP client (section 16) reads replies
+# with these. Lenient where servers differ harmlessly (bare LF line ends, folded header
+# lines), strict where a mistake would mix one reply into the next.
+
+MAX_REPLY_HEAD = 65536
+MAX_REPLY_HEADERS = 100
+REPLY_HEAD_END = re.compile(rb"\r?\n\r?\n")
+REPLY_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
+
+
+class BadReply(ValueError):
+    """An upstream reply this proxy cannot read (its framing, not its content)."""
+
+
+@dataclasses.dataclass
+class ReplyHead:
+    status: int
+    headers: List[Tuple[str, str]]   # (lowercase name, value) in arrival order
+    keep_alive: bool                 # what the head says; the body's framing may not allow it
+
+    def header(self, name: str) -> str:
+        """The last value of a header, "" when absent."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return ""
+
+
+def reply_head_length(buf: bytearray) -> int:
+    """Bytes up to the end of the reply head in buf (its blank line included), 0 while it
+    has not all arrived."""
+    end = REPLY_HEAD_END.search(buf)
+    return end.end() if end else 0
+
+
+def parse_reply_head(data: bytes) -> ReplyHead:
+    lines = data.decode("latin-1").split("\n")
+    status = REPLY_STATUS_LINE.match(lines[0].rstrip("\r").encode("latin-1"))
+    if not status:
+        raise BadReply("a bad status line")
+    headers: List[Tuple[str, str]] = []
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        if line[0] in " \t" and headers:    # an obsolete folded line continues the last
+            name, value = headers[-1]
+            headers[-1] = (name, (value + " " + line.strip()).strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not HTTP_TOKEN.match(name.encode("latin-1")):
+            raise BadReply("a bad header line")
+        headers.append((name.lower(), value.strip()))
+    if len(headers) > MAX_REPLY_HEADERS:
+        raise BadReply("more than %d headers" % MAX_REPLY_HEADERS)
+    connection = ",".join(v for k, v in headers if k == "connection").lower()
+    keep_alive = "keep-alive" in connection if status.group(1) == b"0" else \
+        "close" not in connection
+    return ReplyHead(int(status.group(2)), headers, keep_alive)
+
+
+class ReplyBody:
+    """Where a reply's body ends: its chunked framing, its Content-Length, or (neither)
+    the end of the connection. feed() takes what it can from the caller's buffer; what
+    is left after the end is not the body's."""
+
+    def __init__(self, head: ReplyHead, method: str):
+        self._chunks: Optional[ChunkedDecoder] = None
+        self._left = -1            # bytes still to come under Content-Length; -1: none
+        self.to_close = False      # the body ends where the connection does
+        encodings = ",".join(v for k, v in head.headers if k == "transfer-encoding")
+        lengths = {v.strip() for k, value in head.headers if k == "content-length"
+                   for v in value.split(",")}
+        if method == "HEAD" or head.status in (204, 304) or head.status < 200:
+            self._left = 0
+        elif encodings:
+            if encodings.split(",")[-1].strip().lower() != "chunked":
+                raise BadReply("a body framed by a transfer coding other than chunked")
+            self._chunks = ChunkedDecoder(1 << 62)   # the reply's limits are its reader's
+        elif lengths:
+            if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+                raise BadReply("a bad Content-Length")
+            self._left = int(lengths.pop())
+        else:
+            self.to_close = True
+        self.done = self._left == 0
+
+    def feed(self, buf: bytearray) -> bytes:
+        """The body bytes in buf (taken from it), decoded; b"" when there are none yet."""
+        if self.done or not buf:
+            return b""
+        if self._chunks is not None:
+            try:
+                pieces = self._chunks.feed(buf)
+            except ClientError as exc:
+                raise BadReply(exc.message) from None
+            self.done = self._chunks.done
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self.to_close:
+            data = bytes(buf)
+            buf.clear()
+            return data
+        data = bytes(buf[:self._left])
+        del buf[:len(data)]
+        self._left -= len(data)
+        self.done = self._left == 0
+        return data
+
+    def end_of_connection(self) -> None:
+        """The upstream closed the connection: the end of a body framed by it, or a
+        reply cut short."""
+        if self.to_close:
+            self.done = True
+        elif not self.done:
+            raise BadReply("the reply ended before its body did")
 
 
 # ---- 6. Neutral chat model -------------------------------------------------------------
@@ -7374,7 +7491,7 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
 
 # ---- 16. Upstream client -------------------------------------------------------------------
 #
-# Blocking http.client calls, made only from worker threads. Connections are kept alive
+# Blocking HTTP/1.1 calls, made only from worker threads. Connections are kept alive
 # and pooled per target (scheme, host, port, base path, proxy): a fresh TLS handshake
 # costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
 
@@ -7441,19 +7558,113 @@ def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
+class UpstreamConnection:
+    """One HTTP/1.1 connection to an upstream: plain, TLS, or TLS through an HTTP proxy's
+    CONNECT tunnel, as its target says. The request goes out in one write; the reply is
+    read into one buffer and framed by section 5. A body is handed over as all of it that
+    has arrived (http.client hands a chunked body over a chunk at a time: a stream would
+    pay a pass through the whole proxy for every event)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+
+    @classmethod
+    def connect(cls, target: UpstreamTarget, context: ssl.SSLContext,
+                timeout: float) -> "UpstreamConnection":
+        sock = socket.create_connection(target.proxy or (target.host, target.port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if target.scheme == "https":
+                if target.proxy:
+                    cls(sock)._tunnel(target)
+                sock = context.wrap_socket(sock, server_hostname=target.host)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def _tunnel(self, target: UpstreamTarget) -> None:
+        authority = host_header(target.host, target.port, 0)
+        lines = ["CONNECT %s HTTP/1.1" % authority, "host: " + authority]
+        if target.proxy_auth:
+            lines.append("proxy-authorization: " + target.proxy_auth)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = self.read_head()
+        if head.status != 200 or self.buf:
+            raise OSError("the proxy refused a tunnel to %s: %d" % (authority, head.status))
+
+    def send(self, method: str, url: str, target: UpstreamTarget,
+             headers: Dict[str, str], body: bytes) -> None:
+        lines = ["%s %s HTTP/1.1" % (method, url),
+                 "host: " + host_header(target.host, target.port,
+                                        443 if target.scheme == "https" else 80)]
+        headers.setdefault("accept-encoding", "identity")   # never a compressed reply
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError("a header with a line break")
+            lines.append("%s: %s" % (name, value))
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if len(body) < 65536:
+            self.sock.sendall(data + body)
+        else:
+            self.sock.sendall(data)
+            self.sock.sendall(body)
+
+    def read_head(self) -> ReplyHead:
+        while True:
+            length = reply_head_length(self.buf)
+            if length:
+                head = parse_reply_head(bytes(self.buf[:length]))
+                del self.buf[:length]
+                return head
+            if len(self.buf) > MAX_REPLY_HEAD:
+                raise BadReply("a reply head of over %d bytes" % MAX_REPLY_HEAD)
+            if not self._receive():
+                raise BadReply("the connection closed before a reply" if not self.buf
+                               else "the connection closed in the reply's head")
+
+    def read_body(self, body: ReplyBody) -> bytes:
+        """The body bytes that have arrived, waiting for some when none have; b"" at
+        its end."""
+        while not body.done:
+            data = body.feed(self.buf)
+            if data:
+                return data
+            if not body.done and not self._receive():
+                body.end_of_connection()
+        return b""
+
+    def _receive(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def host_header(host: str, port: int, default_port: int) -> str:
+    name = "[%s]" % host if ":" in host else host
+    return name if port == default_port else "%s:%d" % (name, port)
+
+
 class ConnectionPool:
     """Idle keep-alive connections per target; thread-safe. `open` counts connections
     that exist (idle or in use), so tests can assert that nothing leaks."""
 
     def __init__(self):
-        self._idle: Dict[UpstreamTarget, List[http.client.HTTPConnection]] = {}
+        self._idle: Dict[UpstreamTarget, List[UpstreamConnection]] = {}
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context()
         self.open = 0
         self.created = 0
 
     def acquire(self, target: UpstreamTarget, connect_timeout: float,
-                read_timeout: float) -> Tuple[http.client.HTTPConnection, bool]:
+                read_timeout: float) -> Tuple[UpstreamConnection, bool]:
         """A connection to the target and whether it was reused."""
         while True:
             with self._lock:
@@ -7465,17 +7676,7 @@ class ConnectionPool:
                 conn.sock.settimeout(read_timeout)
                 return conn, True
             self.discard(conn)
-        host, port = target.proxy or (target.host, target.port)
-        if target.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=connect_timeout, context=self._ssl)
-            if target.proxy:
-                conn.set_tunnel(target.host, target.port, headers=(
-                    {"Proxy-Authorization": target.proxy_auth} if target.proxy_auth else None))
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
-        conn.connect()
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = UpstreamConnection.connect(target, self._ssl, connect_timeout)
         conn.sock.settimeout(read_timeout)
         with self._lock:
             self.open += 1
@@ -7488,7 +7689,7 @@ class ConnectionPool:
         with self._lock:
             return sum(len(conns) for conns in self._idle.values())
 
-    def release(self, target: UpstreamTarget, conn: http.client.HTTPConnection,
+    def release(self, target: UpstreamTarget, conn: UpstreamConnection,
                 max_idle: int) -> None:
         with self._lock:
             idle = self._idle.setdefault(target, [])
@@ -7497,7 +7698,7 @@ class ConnectionPool:
                 return
         self.discard(conn)
 
-    def discard(self, conn: http.client.HTTPConnection) -> None:
+    def discard(self, conn: UpstreamConnection) -> None:
         conn.close()
         with self._lock:
             self.open -= 1
@@ -7510,11 +7711,11 @@ class ConnectionPool:
             self.discard(conn)
 
 
-def _connection_alive(conn: http.client.HTTPConnection) -> bool:
+def _connection_alive(conn: UpstreamConnection) -> bool:
     """An idle keep-alive socket that is readable has been closed by the server. poll(),
     not select(): select cannot watch a descriptor past 1023, which a busy proxy uses."""
-    if conn.sock is None:
-        return False
+    if conn.buf:
+        return False     # bytes no request asked for
     try:
         if hasattr(select, "poll"):
             poller = select.poll()
@@ -7557,48 +7758,44 @@ class UpstreamResponse:
     connection to the pool and drops any other, first disarming its stopper (see
     CallStopper) so that nothing can cut the connection once another request has it."""
 
-    def __init__(self, pool: ConnectionPool, target: UpstreamTarget,
-                 conn: http.client.HTTPConnection, sock: socket.socket,
-                 response: http.client.HTTPResponse, max_idle: int, name: str,
+    def __init__(self, pool: ConnectionPool, target: UpstreamTarget, conn: UpstreamConnection,
+                 head: ReplyHead, body: ReplyBody, max_idle: int, name: str,
                  timeouts: Timeouts, stopper: "CallStopper"):
-        self._pool, self._target, self._conn, self._response = pool, target, conn, response
+        self._pool, self._target, self._conn, self._body = pool, target, conn, body
+        self._keep_alive = head.keep_alive and not body.to_close
         self._stopper = stopper
-        # The socket, kept here: for a "Connection: close" reply http.client drops
-        # conn.sock while the reply is still being read from it.
-        self._sock = sock
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
         self._waiting = ""          # what an expired read timeout means
-        self.status = response.status
-        self.headers = {k.lower(): v for k, v in response.getheaders()}
+        self.status = head.status
+        self.headers = dict(head.headers)
 
-    def _read(self, read: Callable[[], bytes], first: bool) -> bytes:
+    def _read(self, first: bool) -> bytes:
+        if self._body.done:
+            return b""
         timeout, self._waiting = self._timeouts.next_read(first)
+        sock = self._conn.sock
         try:
-            if self._response.isclosed():
-                # Read to its end: http.client has let go of (and, for a "Connection:
-                # close" reply, closed) the socket; there is nothing to wait for.
-                return b""
-            if self._sock.gettimeout() != timeout:
+            if sock.gettimeout() != timeout:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
-                self._sock.settimeout(timeout)
-            return read()
+                sock.settimeout(timeout)
+            return self._conn.read_body(self._body)
         except socket.timeout:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
                                 status=504) from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            # ValueError: http.client's reading of a bad chunk size (a negative one, say)
+        except (OSError, BadReply) as exc:
             raise UpstreamError("the connection to upstream %r broke: %s" % (
-                self._name, exc.__class__.__name__), status=502) from None
+                self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
+                status=502) from None
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
-        """The whole body, read in pieces (Python 3.8's read(n) allocates n bytes first)
-        into one buffer; more than `limit` bytes is the upstream's failure, or with `cut`
-        (an error body, read for its message) just where reading stops."""
+        """The whole body, read as it arrives into one buffer; more than `limit` bytes is
+        the upstream's failure, or with `cut` (an error body, read for its message) just
+        where reading stops."""
         body = bytearray()
         while True:
-            piece = self._read(lambda: self._response.read(65536), first=False)
+            piece = self._read(first=False)
             if not piece:
                 return body
             body += piece
@@ -7610,11 +7807,11 @@ class UpstreamResponse:
                                     "(max_reply_bytes)" % (self._name, limit), status=502)
 
     def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
-        """The body as it arrives, a read at a time; the first read waits up to the
-        first-byte timeout, later ones up to the idle timeout."""
+        """The body as it arrives, all that has arrived at a time; the first read waits
+        up to the first-byte timeout, later ones up to the idle timeout."""
         first = True
         while True:
-            data = self._read(lambda: self._response.read1(65536), first)
+            data = self._read(first)
             first = False
             if not data:
                 return
@@ -7640,22 +7837,21 @@ class UpstreamResponse:
             return
         self._closed = True
         self._stopper.disarm()
-        response = self._response
-        if reuse and not response.isclosed():
+        body, conn = self._body, self._conn
+        if reuse and self._keep_alive and not body.done:
             # A reply read up to its logical end ([DONE]) usually has only the last
             # chunk marker left in flight; read it briefly so the connection is reusable.
             try:
-                self._sock.settimeout(0.05)
+                conn.sock.settimeout(0.05)
                 for _ in range(4):
-                    if not response.read1(65536):
+                    if not conn.read_body(body):
                         break
-            except (OSError, http.client.HTTPException, AttributeError):
+            except (OSError, BadReply):
                 pass
-        if reuse and response.isclosed() and not response.will_close:
-            self._pool.release(self._target, self._conn, self._max_idle)
+        if reuse and self._keep_alive and body.done and not conn.buf:
+            self._pool.release(self._target, conn, self._max_idle)
         else:
-            response.close()
-            self._pool.discard(self._conn)
+            self._pool.discard(conn)
 
 
 class CallStopper:
@@ -7704,37 +7900,40 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         except socket.timeout:
             raise UpstreamError("connecting to upstream %r timed out after %gs"
                                 % (name, timeouts.connect), status=504) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, BadReply) as exc:
             raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
                 name, target.host, target.port, getattr(exc, "strerror", None)
                 or exc.__class__.__name__), status=502) from None
-        sock = conn.sock
-        stopper = CallStopper(sock)
+        stopper = CallStopper(conn.sock)
         watch(stopper.stop)
         try:
-            conn.request(method, target.url(path), body=body, headers=request_headers)
-            response = conn.getresponse()
+            conn.send(method, target.url(path), target, request_headers, body)
+            head = conn.read_head()
+            while head.status == 100:    # "go on": the reply proper follows
+                head = conn.read_head()
+            reply_body = ReplyBody(head, method)
         except socket.timeout:
             stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r %s" % (name, meaning), status=504) from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+        except (OSError, ValueError) as exc:    # BadReply is a ValueError
             stopper.disarm()
             pool.discard(conn)
             if reused and retry_stale:
                 retry_stale = False
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
-                                % (name, exc.__class__.__name__), status=502) from None
-        if response.status < 200:
-            # An interim reply (103 Early Hints): http.client reads past 100 only, and what
-            # follows on this connection belongs to this request, never to another.
+                                % (name, exc if isinstance(exc, BadReply)
+                                   else exc.__class__.__name__), status=502) from None
+        if head.status < 200:
+            # An interim reply (103 Early Hints, 101): what follows on this connection
+            # belongs to this request, never to another.
             stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r sent an interim %d reply, which this proxy "
-                                "does not read past" % (name, response.status), status=502)
-        return UpstreamResponse(pool, target, conn, sock, response, max_idle, name, timeouts,
-                                stopper)
+                                "does not read past" % (name, head.status), status=502)
+        return UpstreamResponse(pool, target, conn, head, reply_body, max_idle, name,
+                                timeouts, stopper)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -658,3 +658,141 @@ def test_sse_parser_is_reusable_after_finish():
 def test_sse_invalid_utf8_does_not_raise():
     events = sse_whole(b"data: a\xffb\n\n")
     assert len(events) == 1 and events[0][1].startswith("a") and events[0][1].endswith("b")
+
+
+# ---- the upstream's replies: parse_reply_head and ReplyBody --------------------------------
+
+def reply_head(data):
+    """The head at the start of `data`, through reply_head_length as the client finds it."""
+    buf = bytearray(data)
+    length = gp.reply_head_length(buf)
+    assert length, data
+    return gp.parse_reply_head(bytes(buf[:length])), bytes(buf[length:])
+
+
+def test_reply_head_fields_and_the_bytes_after_it():
+    head, rest = reply_head(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\n"
+                            b"X-Thing:  spaced  \r\nx-thing: second\r\n\r\n{\"a\": 1}")
+    assert head.status == 429 and rest == b'{"a": 1}'
+    assert head.headers == [("retry-after", "3"), ("x-thing", "spaced"), ("x-thing", "second")]
+    assert head.header("x-thing") == "second" and head.header("absent") == ""
+    assert head.keep_alive
+
+
+def test_reply_head_is_not_whole_before_its_blank_line():
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    for cut in range(len(data)):
+        assert gp.reply_head_length(bytearray(data[:cut])) == 0, cut
+    assert gp.reply_head_length(bytearray(data)) == len(data)
+
+
+def test_reply_head_with_bare_lf_line_ends_and_folded_lines():
+    head, rest = reply_head(b"HTTP/1.1 200 OK\nX-Long: one\n  two\nContent-Length: 2\n\nok")
+    assert head.status == 200 and rest == b"ok"
+    assert head.headers == [("x-long", "one two"), ("content-length", "2")]
+
+
+def test_reply_head_without_a_reason_phrase():
+    assert reply_head(b"HTTP/1.1 204\r\n\r\n")[0].status == 204
+
+
+@pytest.mark.parametrize("version, connection, keep_alive", [
+    (b"1.1", b"", True), (b"1.1", b"close", False), (b"1.1", b"Keep-Alive", True),
+    (b"1.0", b"", False), (b"1.0", b"keep-alive", True), (b"1.0", b"close", False)])
+def test_reply_keep_alive_follows_version_and_connection(version, connection, keep_alive):
+    data = b"HTTP/%s 200 OK\r\n%s\r\n" % (version, b"Connection: %s\r\n" % connection
+                                          if connection else b"")
+    assert reply_head(data)[0].keep_alive is keep_alive
+
+
+@pytest.mark.parametrize("status_line", [
+    b"HTTP/2 200 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"ICY 200 OK", b"",
+    b"HTTP/1.1  200 OK", b"hello"])
+def test_a_bad_status_line_is_a_bad_reply(status_line):
+    with pytest.raises(gp.BadReply, match="status line"):
+        gp.parse_reply_head(status_line + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("line", [b"no colon here", b"bad name: x", b": empty name"])
+def test_a_bad_header_line_is_a_bad_reply(line):
+    with pytest.raises(gp.BadReply, match="header line"):
+        gp.parse_reply_head(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
+
+
+def test_too_many_reply_headers_is_a_bad_reply():
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(gp.MAX_REPLY_HEADERS + 1))
+    with pytest.raises(gp.BadReply, match="headers"):
+        gp.parse_reply_head(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\n")
+
+
+def body_of(head_lines, data, method="POST", status=b"200 OK"):
+    """(the body ReplyBody reads from data, fed byte by byte, what it leaves, done)."""
+    head = gp.parse_reply_head(b"HTTP/1.1 " + status + b"\r\n" + b"".join(
+        line + b"\r\n" for line in head_lines) + b"\r\n")
+    body = gp.ReplyBody(head, method)
+    buf, got = bytearray(), b""
+    for byte in data:
+        buf.append(byte)
+        got += body.feed(buf)
+    return got, bytes(buf), body.done
+
+
+def test_a_content_length_body_ends_at_its_length():
+    assert body_of([b"Content-Length: 5"], b"helloEXTRA") == (b"hello", b"EXTRA", True)
+    assert body_of([b"Content-Length: 5, 5"], b"hello") == (b"hello", b"", True)
+    assert body_of([b"Content-Length: 9"], b"hello") == (b"hello", b"", False)
+
+
+def test_a_chunked_body_is_decoded_and_what_follows_is_left():
+    data = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nEXTRA"
+    assert body_of([b"Transfer-Encoding: chunked"], data) == (b"hello world", b"EXTRA", True)
+
+
+def test_chunks_that_arrived_together_are_handed_over_together():
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    body = gp.ReplyBody(head, "POST")
+    buf = bytearray(b"7\r\ndata: a\r\n7\r\ndata: b\r\n3\r\nda")
+    assert body.feed(buf) == b"data: adata: bda" and not body.done
+    buf += b"t\r\n0\r\n\r\n"
+    assert body.feed(buf) == b"t" and body.done and buf == b""
+
+
+@pytest.mark.parametrize("status, method", [(b"204 No Content", "POST"),
+                                            (b"304 Not Modified", "GET"), (b"200 OK", "HEAD")])
+def test_replies_that_have_no_body(status, method):
+    assert body_of([b"Content-Length: 5"], b"", method, status) == (b"", b"", True)
+
+
+def test_a_body_without_framing_ends_with_the_connection():
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\n\r\n")
+    body = gp.ReplyBody(head, "POST")
+    buf = bytearray(b"all of it")
+    assert body.feed(buf) == b"all of it" and not body.done and body.to_close
+    body.end_of_connection()
+    assert body.done
+
+
+def test_a_framed_body_cut_by_the_connection_is_a_bad_reply():
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    body = gp.ReplyBody(head, "POST")
+    assert body.feed(bytearray(b"short")) == b"short"
+    with pytest.raises(gp.BadReply, match="ended before"):
+        body.end_of_connection()
+
+
+@pytest.mark.parametrize("lines, why", [
+    ([b"Content-Length: 5", b"Content-Length: 6"], "Content-Length"),
+    ([b"Content-Length: -1"], "Content-Length"), ([b"Content-Length: 0x10"], "Content-Length"),
+    ([b"Transfer-Encoding: gzip"], "transfer coding"),
+    ([b"Transfer-Encoding: chunked, gzip"], "transfer coding")])
+def test_unreadable_body_framing_is_a_bad_reply(lines, why):
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\n" + b"".join(
+        line + b"\r\n" for line in lines) + b"\r\n")
+    with pytest.raises(gp.BadReply, match=why):
+        gp.ReplyBody(head, "POST")
+
+
+def test_bad_chunk_framing_in_a_reply_is_a_bad_reply():
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(gp.BadReply, match="chunk"):
+        gp.ReplyBody(head, "POST").feed(bytearray(b"-5\r\nhello\r\n"))
