@@ -7596,10 +7596,13 @@ class UpstreamConnection:
 
     def send(self, method: str, url: str, target: UpstreamTarget,
              headers: Dict[str, str], body: bytes) -> None:
-        lines = ["%s %s HTTP/1.1" % (method, url),
-                 "host: " + host_header(target.host, target.port,
-                                        443 if target.scheme == "https" else 80)]
-        headers.setdefault("accept-encoding", "identity")   # never a compressed reply
+        lines = ["%s %s HTTP/1.1" % (method, url)]
+        given = {name.lower() for name in headers}
+        if "host" not in given:
+            lines.append("host: " + host_header(target.host, target.port,
+                                                443 if target.scheme == "https" else 80))
+        if "accept-encoding" not in given:
+            lines.append("accept-encoding: identity")   # never a compressed reply
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError("a header with a line break")
@@ -13104,11 +13107,12 @@ refresh();
 #
 # What worker processes share when there is no Redis: a server of the few commands the
 # shared_* operations of section 18 use, with Redis's replies (the tests compare the two),
-# which the supervisor (section 29) runs on a Unix socket only its user can open. One event
-# loop runs it: each command, and each MULTI ... EXEC, runs whole before the next, with no
-# locks.
+# which the supervisor (section 29) runs on a Unix socket only its user can open. Besides
+# those, PING, PTTL and DEL: what a person looking into it with redis-cli needs (and the
+# tests). One event loop runs it: each command, and each MULTI ... EXEC, runs whole before
+# the next, with no locks.
 
-STATE_MAX_ENTRIES = 1_000_000       # StateServer's keys, hash fields and set members in all
+STATE_MAX_ENTRIES = 1_000_000       # StateServer's keys and set members in all
 STATE_MAX_COMMAND = 1024 * 1024     # bytes of one request's arguments...
 STATE_MAX_ARGS = 1024               # ... and how many (the proxy sends at most ten)
 STATE_MAX_QUEUED = 1024             # commands one MULTI may queue
@@ -13123,13 +13127,12 @@ STATE_FULL = "OOM command not allowed: the state server holds its maximum of %d 
 # negative: at least that many), and whether it is refused when the server is full.
 STATE_COMMANDS: Dict[bytes, Tuple[int, bool]] = {
     b"ping": (-1, False), b"auth": (-2, False), b"select": (2, False),
-    b"get": (2, False), b"set": (-3, True), b"mget": (-2, False), b"del": (-2, False),
-    b"incr": (2, True), b"incrby": (3, True), b"decr": (2, True), b"decrby": (3, True),
+    b"get": (2, False), b"set": (-3, True), b"del": (-2, False),
+    b"incr": (2, True), b"incrby": (3, True), b"decr": (2, True),
     b"expire": (-3, False), b"pexpire": (-3, False), b"pttl": (2, False),
-    b"hset": (-4, True), b"hget": (3, False), b"hgetall": (2, False), b"hdel": (-3, False),
     b"zadd": (-4, True), b"zrem": (-3, False), b"zcard": (2, False), b"zrange": (-4, False),
     b"zremrangebyscore": (4, False),
-    b"multi": (1, False), b"exec": (1, False), b"discard": (1, False),
+    b"multi": (1, False), b"exec": (1, False),
 }
 RESP_INT_TEXT = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")     # Redis's string2ll
 RESP_FLOAT_TEXT = re.compile(
@@ -13220,8 +13223,7 @@ class StateSession:
 class StateServer:
     """The store that processes share when there is no Redis: the commands of
     STATE_COMMANDS, on an asyncio loop, with Redis's replies. Keys expire when touched,
-    and by a sweep in the background. Bounded: max_entries keys, hash fields and set
-    members in all (then writes get -OOM, as a full Redis gives them); requests of at
+    and by a sweep in the background. Bounded: max_entries keys and set members in all (then writes get -OOM, as a full Redis gives them); requests of at
     most max_args arguments of max_command bytes in all. A connection that sends what is
     not RESP gets an error and is closed."""
 
@@ -13229,7 +13231,7 @@ class StateServer:
                  max_command: int = STATE_MAX_COMMAND, max_args: int = STATE_MAX_ARGS):
         self.max_entries, self.max_command, self.max_args = max_entries, max_command, max_args
         self.entries = 0
-        self._data: Dict[bytes, Any] = {}          # bytes | dict (a hash) | SortedSet
+        self._data: Dict[bytes, Any] = {}          # bytes | SortedSet
         self._expires: Dict[bytes, int] = {}       # key -> now_ms() it expires after
         self._heap: List[Tuple[int, bytes]] = []   # (when, key), some outdated
         self._server: Optional[asyncio.AbstractServer] = None
@@ -13361,7 +13363,7 @@ class StateServer:
         """One command's reply, as Redis gives it (an error as a RespError value)."""
         name = args[0].lower()
         refusal = self._refusal(name, args)
-        if session.queue is not None and name not in (b"multi", b"exec", b"discard"):
+        if session.queue is not None and name not in (b"multi", b"exec"):
             if refusal is None and len(session.queue) >= STATE_MAX_QUEUED:
                 refusal = RespError("ERR a MULTI queues at most %d commands" % STATE_MAX_QUEUED)
             if refusal is not None:
@@ -13396,12 +13398,10 @@ class StateServer:
                 return RespError("ERR MULTI calls can not be nested")
             session.queue, session.aborted = [], False
             return "OK"
-        if name in (b"exec", b"discard"):
+        if name == b"exec":
             queue, session.queue = session.queue, None
             if queue is None:
-                return RespError("ERR %s without MULTI" % name.decode().upper())
-            if name == b"discard":
-                return "OK"
+                return RespError("ERR EXEC without MULTI")
             if session.aborted:
                 return RespError("EXECABORT Transaction discarded because of previous errors.")
             if self.entries >= self.max_entries and any(
@@ -13441,7 +13441,7 @@ class StateServer:
         return True
 
     def _shrunk(self, key: bytes, collection: Any, removed: int) -> int:
-        """Count a hash's or set's removed entries; an emptied one is no key (Redis's way)."""
+        """Count a set's removed members; an emptied set is no key (Redis's way)."""
         self.entries -= removed
         if not collection:
             self._delete(key)
@@ -13474,44 +13474,24 @@ class StateServer:
     def do_get(self, args: List[bytes]) -> Any:
         return self._typed(args[1], bytes)
 
-    def do_mget(self, args: List[bytes]) -> Any:
-        return [value if isinstance(value, bytes) else None for value in map(self._live, args[1:])]
-
     def do_del(self, args: List[bytes]) -> Any:
         return sum(1 for key in args[1:] if self._live(key) is not None and self._delete(key))
 
     def do_set(self, args: List[bytes]) -> Any:
-        key, value, options = args[1], args[2], [option.upper() for option in args[3:]]
-        nx = xx = get = keep_ttl = False
-        unit, amount, at = b"", b"", 0
-        while at < len(options):
-            option = options[at]
-            if option == b"NX" and not xx:
-                nx = True
-            elif option == b"XX" and not nx:
-                xx = True
-            elif option == b"GET":
-                get = True
-            elif option == b"KEEPTTL" and not unit:
-                keep_ttl = True
-            elif option in (b"EX", b"PX") and unit in (b"", option) and not keep_ttl \
-                    and at + 1 < len(options):
-                unit, amount = option, args[4 + at]
-                at += 1
-            else:
-                raise RespError("ERR syntax error")
-            at += 1
-        ttl = resp_ttl_ms(amount, 1000 if unit == b"EX" else 1, "set") if unit else 0
-        if unit and ttl <= 0:
-            raise RespError("ERR invalid expire time in 'set' command")
-        old = self._typed(key, bytes) if get else None
-        exists = self._live(key) is not None
-        if (nx and exists) or (xx and not exists):
-            return old
-        self._put_string(key, value, keep_ttl)
+        """SET key value [EX seconds | PX milliseconds] (not NX, XX, GET, KEEPTTL: not
+        needed)."""
+        if len(args) == 3:
+            ttl = 0
+        elif len(args) == 5 and args[3].upper() in (b"EX", b"PX"):
+            ttl = resp_ttl_ms(args[4], 1000 if args[3].upper() == b"EX" else 1, "set")
+            if ttl <= 0:
+                raise RespError("ERR invalid expire time in 'set' command")
+        else:
+            raise RespError("ERR syntax error")
+        self._put_string(args[1], args[2], keep_ttl=False)
         if ttl:
-            self._expire_at(key, now_ms() + ttl)
-        return old if get else "OK"
+            self._expire_at(args[1], now_ms() + ttl)
+        return "OK"
 
     def _increment(self, key: bytes, by: int) -> int:
         value = self._typed(key, bytes)
@@ -13529,12 +13509,6 @@ class StateServer:
 
     def do_decr(self, args: List[bytes]) -> Any:
         return self._increment(args[1], -1)
-
-    def do_decrby(self, args: List[bytes]) -> Any:
-        by = resp_int(args[2])
-        if by == -INT64_MAX - 1:
-            raise RespError("ERR decrement would overflow")
-        return self._increment(args[1], -by)
 
     def do_expire(self, args: List[bytes], unit_ms: int = 1000) -> Any:
         ttl = resp_ttl_ms(args[2], unit_ms, "expire" if unit_ms == 1000 else "pexpire")
@@ -13556,32 +13530,6 @@ class StateServer:
             return -2
         when = self._expires.get(args[1])
         return -1 if when is None else max(when - now_ms(), 0)
-
-    def do_hset(self, args: List[bytes]) -> Any:
-        if len(args) % 2:
-            raise RespError("ERR wrong number of arguments for 'hset' command")
-        fields = self._typed(args[1], dict, create=True)
-        added = 0
-        for field, value in zip(args[2::2], args[3::2]):
-            added += field not in fields
-            fields[field] = value
-        self.entries += added
-        return added
-
-    def do_hget(self, args: List[bytes]) -> Any:
-        fields = self._typed(args[1], dict)
-        return None if fields is None else fields.get(args[2])
-
-    def do_hgetall(self, args: List[bytes]) -> Any:
-        fields = self._typed(args[1], dict) or {}
-        return [item for pair in fields.items() for item in pair]
-
-    def do_hdel(self, args: List[bytes]) -> Any:
-        fields = self._typed(args[1], dict)
-        if fields is None:
-            return 0
-        return self._shrunk(args[1], fields, sum(
-            1 for field in args[2:] if fields.pop(field, None) is not None))
 
     def do_zadd(self, args: List[bytes]) -> Any:
         flags, at = set(), 2

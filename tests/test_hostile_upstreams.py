@@ -139,6 +139,22 @@ def test_a_negative_chunk_size_is_an_upstream_failure(raw):
     assert status == 502 and "chunk size" in body["error"]["message"], body
 
 
+def test_what_the_proxy_sends_upstream_is_one_plain_http11_request(raw):
+    proxy, upstream = raw(http_reply(completion("ok")), http_reply(completion("ok")),
+                          headers={"Accept-Encoding": "br", "X-Team": "blue"})
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    head, body = upstream.requests[0]
+    lines = head.decode("latin-1").split("\r\n")
+    names = [line.split(":")[0].lower() for line in lines[1:]]
+    assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+    assert "host: 127.0.0.1:%s" % upstream.base_url.split(":")[2].split("/")[0] in lines
+    assert names.count("host") == 1 and names.count("accept-encoding") == 1
+    assert "Accept-Encoding: br" in lines and "X-Team: blue" in lines   # as configured
+    assert "content-length: %d" % len(body) in lines and json.loads(body)["model"] == "m"
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    assert len(upstream.requests) == 2 and proxy.server.proxy.pool.created == 1   # reused
+
+
 def test_a_100_continue_before_the_reply_is_read_past(raw):
     proxy, _ = raw([b"HTTP/1.1 100 Continue\r\n\r\n", http_reply(completion("after going on"))])
     status, body = proxy.post("/v1/chat/completions", CHAT)
