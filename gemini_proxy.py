@@ -110,6 +110,7 @@ import datetime
 import difflib
 import errno
 import fnmatch
+import functools
 import hashlib
 import heapq
 import hmac
@@ -1749,6 +1750,7 @@ MAX_REPLY_HEAD = 65536
 MAX_REPLY_HEADERS = 100
 REPLY_HEAD_END = re.compile(rb"\r?\n\r?\n")
 REPLY_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 
 
 class BadReply(ValueError):
@@ -1760,13 +1762,6 @@ class ReplyHead:
     status: int
     headers: List[Tuple[str, str]]   # (lowercase name, value) in arrival order
     keep_alive: bool                 # what the head says; the body's framing may not allow it
-
-    def header(self, name: str) -> str:
-        """The last value of a header, "" when absent."""
-        for key, value in reversed(self.headers):
-            if key == name:
-                return value
-        return ""
 
 
 def reply_head_length(buf: bytearray) -> int:
@@ -1791,7 +1786,10 @@ def parse_reply_head(data: bytes) -> ReplyHead:
             headers[-1] = (name, (value + " " + line.strip()).strip())
             continue
         name, colon, value = line.partition(":")
-        if not colon or not HTTP_TOKEN.match(name.encode("latin-1")):
+        # A bare CR or another control character in a value could end a line of the
+        # head this proxy writes to its client with it.
+        if not colon or not HTTP_TOKEN.match(name.encode("latin-1")) or \
+                HTTP_BAD_VALUE.search(value.encode("latin-1")):
             raise BadReply("a bad header line")
         headers.append((name.lower(), value.strip()))
     if len(headers) > MAX_REPLY_HEADERS:
@@ -1811,17 +1809,21 @@ class ReplyBody:
         self._chunks: Optional[ChunkedDecoder] = None
         self._left = -1            # bytes still to come under Content-Length; -1: none
         self.to_close = False      # the body ends where the connection does
+        self.reusable = True       # False: framed two ways, so not to be trusted again
         encodings = ",".join(v for k, v in head.headers if k == "transfer-encoding")
         lengths = {v.strip() for k, value in head.headers if k == "content-length"
                    for v in value.split(",")}
         if method == "HEAD" or head.status in (204, 304) or head.status < 200:
             self._left = 0
-        elif encodings:
-            if encodings.split(",")[-1].strip().lower() != "chunked":
+        elif encodings:   # (Content-Length as well: ignored, as RFC 9112 says)
+            if encodings.strip().lower() != "chunked":
                 raise BadReply("a body framed by a transfer coding other than chunked")
-            self._chunks = ChunkedDecoder(1 << 62)   # the reply's limits are its reader's
+            # 16 hex digits at most: no size line goes over, and the reply's limits are
+            # its reader's (max_reply_bytes)
+            self._chunks = ChunkedDecoder(1 << 64)
+            self.reusable = not lengths
         elif lengths:
-            if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+            if len(lengths) > 1 or not all(CONTENT_LENGTH.match(v) for v in lengths):
                 raise BadReply("a bad Content-Length")
             self._left = int(lengths.pop())
         else:
@@ -7507,7 +7509,8 @@ class UpstreamTarget:
     def url(self, path: str) -> str:
         """The request target: absolute-form through a plain-HTTP proxy, else a path."""
         if self.proxy and self.scheme == "http":
-            return "http://%s:%d%s%s" % (self.host, self.port, self.base_path, path)
+            return "http://%s%s%s" % (host_header(self.host, self.port, 80), self.base_path,
+                                      path)
         return self.base_path + path
 
 
@@ -7558,44 +7561,65 @@ def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
+DEADLINE_SLACK = 0.05    # seconds a read may end past its deadline (see _receive)
+REQUEST_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class TunnelRefused(OSError):
+    """An HTTP proxy would not open a CONNECT tunnel to the upstream."""
+
+
 class UpstreamConnection:
     """One HTTP/1.1 connection to an upstream: plain, TLS, or TLS through an HTTP proxy's
     CONNECT tunnel, as its target says. The request goes out in one write; the reply is
     read into one buffer and framed by section 5. A body is handed over as all of it that
     has arrived (http.client hands a chunked body over a chunk at a time: a stream would
-    pay a pass through the whole proxy for every event)."""
+    pay a pass through the whole proxy for every event).
+
+    Every read has a deadline (time.monotonic()), however the bytes trickle in: the
+    socket's timeout bounds one recv, the deadline the whole wait."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
+        self.replied = False       # a byte of the reply to the last request has come
 
     @classmethod
     def connect(cls, target: UpstreamTarget, context: ssl.SSLContext,
                 timeout: float) -> "UpstreamConnection":
+        deadline = time.monotonic() + timeout
         sock = socket.create_connection(target.proxy or (target.host, target.port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if target.scheme == "https":
                 if target.proxy:
-                    cls(sock)._tunnel(target)
+                    cls(sock)._tunnel(target, deadline)
                 sock = context.wrap_socket(sock, server_hostname=target.host)
         except BaseException:
             sock.close()
             raise
         return cls(sock)
 
-    def _tunnel(self, target: UpstreamTarget) -> None:
+    def _tunnel(self, target: UpstreamTarget, deadline: float) -> None:
         authority = host_header(target.host, target.port, 0)
         lines = ["CONNECT %s HTTP/1.1" % authority, "host: " + authority]
         if target.proxy_auth:
             lines.append("proxy-authorization: " + target.proxy_auth)
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        head = self.read_head()
+        head = self.read_head(deadline)
         if head.status != 200 or self.buf:
-            raise OSError("the proxy refused a tunnel to %s: %d" % (authority, head.status))
+            raise TunnelRefused("the HTTPS proxy refused a tunnel to %s (%d%s)" % (
+                authority, head.status, ": it wants credentials in HTTPS_PROXY"
+                if head.status == 407 else ""))
 
     def send(self, method: str, url: str, target: UpstreamTarget,
              headers: Dict[str, str], body: bytes) -> None:
+        """The request; a ValueError, before anything is sent, for a target or header
+        that would not make a well-formed one (from the configuration: base_url, headers)."""
+        if REQUEST_TARGET_BAD.search(url):
+            raise ValueError("the request target has spaces or control characters")
         lines = ["%s %s HTTP/1.1" % (method, url)]
         given = {name.lower() for name in headers}
         if "host" not in given:
@@ -7604,43 +7628,54 @@ class UpstreamConnection:
         if "accept-encoding" not in given:
             lines.append("accept-encoding: identity")   # never a compressed reply
         for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise ValueError("a header with a line break")
+            if not HEADER_NAME.match(name) or HEADER_VALUE_BAD.search(value):
+                raise ValueError("a header name or value that HTTP does not allow")
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.replied = False
         if len(body) < 65536:
             self.sock.sendall(data + body)
         else:
             self.sock.sendall(data)
             self.sock.sendall(body)
 
-    def read_head(self) -> ReplyHead:
+    def read_head(self, deadline: float) -> ReplyHead:
         while True:
             length = reply_head_length(self.buf)
+            if length > MAX_REPLY_HEAD or not length and len(self.buf) > MAX_REPLY_HEAD:
+                raise BadReply("a reply head of over %d bytes" % MAX_REPLY_HEAD)
             if length:
                 head = parse_reply_head(bytes(self.buf[:length]))
                 del self.buf[:length]
                 return head
-            if len(self.buf) > MAX_REPLY_HEAD:
-                raise BadReply("a reply head of over %d bytes" % MAX_REPLY_HEAD)
-            if not self._receive():
+            if not self._receive(deadline):
                 raise BadReply("the connection closed before a reply" if not self.buf
                                else "the connection closed in the reply's head")
 
-    def read_body(self, body: ReplyBody) -> bytes:
+    def read_body(self, body: ReplyBody, deadline: float) -> bytes:
         """The body bytes that have arrived, waiting for some when none have; b"" at
         its end."""
         while not body.done:
             data = body.feed(self.buf)
             if data:
                 return data
-            if not body.done and not self._receive():
+            if not body.done and not self._receive(deadline):
                 body.end_of_connection()
         return b""
 
-    def _receive(self) -> bool:
+    def _receive(self, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        timeout = self.sock.gettimeout()
+        if timeout is None or timeout > left + DEADLINE_SLACK:
+            # Seldom: the socket's timeout is the whole wait already, so only a reply that
+            # trickles gets here (settimeout lets go of the interpreter: not every recv).
+            self.sock.settimeout(left)
         data = self.sock.recv(65536)
-        self.buf += data
+        if data:
+            self.buf += data
+            self.replied = True
         return bool(data)
 
     def close(self) -> None:
@@ -7650,8 +7685,10 @@ class UpstreamConnection:
             pass
 
 
+@functools.lru_cache(maxsize=256)
 def host_header(host: str, port: int, default_port: int) -> str:
-    name = "[%s]" % host if ":" in host else host
+    """A Host (or CONNECT) authority: an IPv6 address in brackets, a name in IDNA."""
+    name = "[%s]" % host if ":" in host else host.encode("idna").decode("ascii")
     return name if port == default_port else "%s:%d" % (name, port)
 
 
@@ -7783,7 +7820,7 @@ class UpstreamResponse:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
                 sock.settimeout(timeout)
-            return self._conn.read_body(self._body)
+            return self._conn.read_body(self._body, time.monotonic() + timeout)
         except socket.timeout:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
                                 status=504) from None
@@ -7846,12 +7883,13 @@ class UpstreamResponse:
             # chunk marker left in flight; read it briefly so the connection is reusable.
             try:
                 conn.sock.settimeout(0.05)
+                give_up = time.monotonic() + 0.2
                 for _ in range(4):
-                    if not conn.read_body(body):
+                    if not conn.read_body(body, give_up):
                         break
             except (OSError, BadReply):
                 pass
-        if reuse and self._keep_alive and body.done and not conn.buf:
+        if reuse and self._keep_alive and body.done and body.reusable and not conn.buf:
             self._pool.release(self._target, conn, self._max_idle)
         else:
             self._pool.discard(conn)
@@ -7880,6 +7918,9 @@ class CallStopper:
             self._sock = None
 
 
+MAX_CONTINUES = 5    # 100 Continue replies read past before the reply proper
+
+
 def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
                            method: str, path: str, body: bytes,
                            headers: List[Tuple[str, str]], timeouts: Timeouts,
@@ -7888,7 +7929,8 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
     """Send a request and wait for the status line and headers. `watch` is given a
     function that stops the call at once from another thread (the client left, or the
     proxy is shutting down) as soon as there is a connection to stop. A reused connection
-    that the server had already closed is retried once on a fresh one; everything else
+    that the server had closed (it fails before a byte of the reply has come) is retried
+    once on a fresh one: never a request the upstream may have answered. Everything else
     that goes wrong becomes an UpstreamError with a status (502 unreachable, 504
     timeout)."""
     request_headers = dict(headers)
@@ -7903,17 +7945,21 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         except socket.timeout:
             raise UpstreamError("connecting to upstream %r timed out after %gs"
                                 % (name, timeouts.connect), status=504) from None
-        except (OSError, BadReply) as exc:
+        except (OSError, ValueError) as exc:   # ValueError: a host name IDNA cannot encode
             raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
-                name, target.host, target.port, getattr(exc, "strerror", None)
+                name, target.host, target.port, exc if isinstance(exc, (
+                    TunnelRefused, BadReply)) else getattr(exc, "strerror", None)
                 or exc.__class__.__name__), status=502) from None
         stopper = CallStopper(conn.sock)
         watch(stopper.stop)
         try:
             conn.send(method, target.url(path), target, request_headers, body)
-            head = conn.read_head()
-            while head.status == 100:    # "go on": the reply proper follows
-                head = conn.read_head()
+            deadline = time.monotonic() + wait
+            head = conn.read_head(deadline)
+            for _ in range(MAX_CONTINUES):   # "go on": the reply proper follows
+                if head.status != 100:
+                    break
+                head = conn.read_head(deadline)
             reply_body = ReplyBody(head, method)
         except socket.timeout:
             stopper.disarm()
@@ -7922,15 +7968,16 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         except (OSError, ValueError) as exc:    # BadReply is a ValueError
             stopper.disarm()
             pool.discard(conn)
-            if reused and retry_stale:
+            if reused and retry_stale and not conn.replied and \
+                    isinstance(exc, (OSError, BadReply)):
                 retry_stale = False
                 continue
             raise UpstreamError("the connection to upstream %r broke before it replied: %s"
-                                % (name, exc if isinstance(exc, BadReply)
+                                % (name, exc if isinstance(exc, ValueError)
                                    else exc.__class__.__name__), status=502) from None
         if head.status < 200:
-            # An interim reply (103 Early Hints, 101): what follows on this connection
-            # belongs to this request, never to another.
+            # An interim reply (103 Early Hints, 101, a 100 too many): what follows on this
+            # connection belongs to this request, never to another.
             stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r sent an interim %d reply, which this proxy "
@@ -13223,9 +13270,10 @@ class StateSession:
 class StateServer:
     """The store that processes share when there is no Redis: the commands of
     STATE_COMMANDS, on an asyncio loop, with Redis's replies. Keys expire when touched,
-    and by a sweep in the background. Bounded: max_entries keys and set members in all (then writes get -OOM, as a full Redis gives them); requests of at
-    most max_args arguments of max_command bytes in all. A connection that sends what is
-    not RESP gets an error and is closed."""
+    and by a sweep in the background. Bounded: max_entries keys and set members in all
+    (then writes get -OOM, as a full Redis gives them); requests of at most max_args
+    arguments of max_command bytes in all. A connection that sends what is not RESP gets
+    an error and is closed."""
 
     def __init__(self, max_entries: int = STATE_MAX_ENTRIES,
                  max_command: int = STATE_MAX_COMMAND, max_args: int = STATE_MAX_ARGS):

@@ -155,6 +155,97 @@ def test_what_the_proxy_sends_upstream_is_one_plain_http11_request(raw):
     assert len(upstream.requests) == 2 and proxy.server.proxy.pool.created == 1   # reused
 
 
+def test_a_bad_reply_on_a_reused_connection_is_never_sent_again(raw):
+    """Only a connection that fails before any byte of the reply may be retried: the
+    upstream may have generated (and billed) an answer that came back malformed."""
+    proxy, upstream = raw(http_reply(completion("first")),
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n{}")
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    status, body = proxy.post("/v1/chat/completions", CHAT)     # on the kept connection
+    assert status == 502 and "Content-Length" in body["error"]["message"]
+    assert len(upstream.requests) == 2
+
+
+def test_a_reused_connection_closed_before_replying_is_retried_once(raw):
+    proxy, upstream = raw(http_reply(completion("first")), None,
+                          http_reply(completion("on a fresh connection")))
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == "on a fresh connection"
+    assert len(upstream.requests) == 3
+
+
+class TricklingUpstream:
+    """Sends a reply head a byte at a time, `gap` seconds apart: within every read
+    timeout, never within the first-byte budget."""
+
+    def __init__(self, head, gap):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.base_url = "http://127.0.0.1:%d/v1" % self.sock.getsockname()[1]
+        self.finished = threading.Event()
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, args=(head, gap), daemon=True).start()
+
+    def _serve(self, head, gap):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            for byte in head:
+                if self.stop.wait(gap):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+        self.finished.set()
+
+
+def test_a_reply_head_that_trickles_in_is_a_504_at_its_budget(proxy_factory):
+    upstream = TricklingUpstream(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 40 + b"\r\n\r\n",
+                                 gap=0.25)   # 60 bytes: 15 s
+    try:
+        proxy = proxy_factory({"upstreams": {"up": {
+            "base_url": upstream.base_url, "api_key": "k", "retries": 0,
+            "first_byte_timeout": 1.0, "read_timeout": 1.0}}})
+        status, body = proxy.post("/v1/chat/completions", CHAT)
+        assert status == 504 and "sent nothing within 1s" in body["error"]["message"]
+        assert not upstream.finished.is_set()     # answered long before the head was whole
+    finally:
+        upstream.stop.set()
+        upstream.sock.close()
+
+
+def test_a_reply_head_over_64_kib_is_a_502(raw):
+    proxy, _ = raw(b"HTTP/1.1 200 OK\r\nX-Big: " + b"y" * 70000 + b"\r\n"
+                   b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 502 and "reply head of over 65536 bytes" in body["error"]["message"]
+
+
+def test_a_configured_header_http_does_not_allow_is_a_clear_502(raw):
+    proxy, upstream = raw(http_reply(completion("never")), headers={"X-Bad Name": "v"})
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 502 and "header name or value" in body["error"]["message"]
+    assert upstream.requests == []
+
+
+def test_bytes_after_a_reply_never_reach_the_next_request(raw):
+    smuggled = completion("NOT FOR THE SECOND CLIENT")
+    proxy, upstream = raw(http_reply(completion("first")) + http_reply(smuggled),
+                          http_reply(completion("second")))
+    assert proxy.post("/v1/chat/completions", CHAT)[1]["choices"][0]["message"][
+        "content"] == "first"
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200 and body["choices"][0]["message"]["content"] == "second"
+    assert proxy.server.proxy.pool.created == 2     # the first connection was not kept
+
+
 def test_a_100_continue_before_the_reply_is_read_past(raw):
     proxy, _ = raw([b"HTTP/1.1 100 Continue\r\n\r\n", http_reply(completion("after going on"))])
     status, body = proxy.post("/v1/chat/completions", CHAT)

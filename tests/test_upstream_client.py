@@ -152,12 +152,13 @@ def test_dead_keep_alive_connection_is_replaced(proxy_factory):
 class ConnectProxy:
     """A minimal forward proxy: CONNECT tunnels, and absolute-form plain HTTP requests."""
 
-    def __init__(self):
+    def __init__(self, refuse=b""):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.seen = []
+        self.refuse = refuse         # a reply to CONNECT instead of a tunnel
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -179,6 +180,10 @@ class ConnectProxy:
         lines = head.decode().split("\r\n")
         self.seen.append(lines)
         method, target, _ = lines[0].split(" ")
+        if method == "CONNECT" and self.refuse:
+            client.sendall(self.refuse)
+            client.close()
+            return
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))
@@ -280,6 +285,21 @@ def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkey
         assert forward.seen[0][0].startswith("CONNECT 127.0.0.1:%d " % upstream.port)
         assert len(forward.seen) == 1          # the TLS connection was kept alive
         assert upstream.requests[0]["headers"]["authorization"] == "Bearer sk-up-secret-99"
+    finally:
+        forward.close()
+
+
+def test_a_tunnel_the_https_proxy_refuses_is_a_502_that_says_why(proxy_factory):
+    forward = ConnectProxy(refuse=b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                  b"Content-Length: 0\r\n\r\n")
+    try:
+        proxy = proxy_factory(config_for("https://upstream.example/v1"), environ={
+            "HTTPS_PROXY": "127.0.0.1:%d" % forward.port})
+        status, body = proxy.post(GENERATE, HELLO)
+        message = body["error"]["message"]
+        assert status == 502 and "refused a tunnel to upstream.example:443 (407" in message
+        assert "credentials" in message
+        assert forward.seen[0][0].startswith("CONNECT upstream.example:443 ")
     finally:
         forward.close()
 
