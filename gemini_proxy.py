@@ -1596,6 +1596,11 @@ class ChunkedDecoder:
         self._state = "size"      # size | data | data_end | trailer
         self._trailer_bytes = 0
 
+    @property
+    def last_chunk_seen(self) -> bool:
+        """The zero-size chunk has come: only the trailer is left."""
+        return self._state == "trailer"
+
     def feed(self, buf: bytearray) -> List[bytes]:
         pieces = []
         while not self.done:
@@ -1764,10 +1769,11 @@ class ReplyHead:
     keep_alive: bool                 # what the head says; the body's framing may not allow it
 
 
-def reply_head_length(buf: bytearray) -> int:
+def reply_head_length(buf: bytearray, searched: int = 0) -> int:
     """Bytes up to the end of the reply head in buf (its blank line included), 0 while it
-    has not all arrived."""
-    end = REPLY_HEAD_END.search(buf)
+    has not all arrived. `searched`: bytes already looked through (a head that trickles
+    in is not searched from its start each time)."""
+    end = REPLY_HEAD_END.search(buf, max(0, searched - 3))
     return end.end() if end else 0
 
 
@@ -1852,9 +1858,10 @@ class ReplyBody:
         return data
 
     def end_of_connection(self) -> None:
-        """The upstream closed the connection: the end of a body framed by it, or a
-        reply cut short."""
-        if self.to_close:
+        """The upstream closed the connection: the end of a body framed by it (or of a
+        chunked one whose last chunk came, its trailer's blank line not), or a reply cut
+        short."""
+        if self.to_close or self._chunks is not None and self._chunks.last_chunk_seen:
             self.done = True
         elif not self.done:
             raise BadReply("the reply ended before its body did")
@@ -7640,8 +7647,10 @@ class UpstreamConnection:
             self.sock.sendall(body)
 
     def read_head(self, deadline: float) -> ReplyHead:
+        searched = 0
         while True:
-            length = reply_head_length(self.buf)
+            length = reply_head_length(self.buf, searched)
+            searched = len(self.buf)
             if length > MAX_REPLY_HEAD or not length and len(self.buf) > MAX_REPLY_HEAD:
                 raise BadReply("a reply head of over %d bytes" % MAX_REPLY_HEAD)
             if length:
@@ -7918,7 +7927,7 @@ class CallStopper:
             self._sock = None
 
 
-MAX_CONTINUES = 5    # 100 Continue replies read past before the reply proper
+MAX_INTERIM = 5    # interim (1xx) replies read past before the reply proper
 
 
 def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
@@ -7928,7 +7937,8 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                            lambda stop: None) -> UpstreamResponse:
     """Send a request and wait for the status line and headers. `watch` is given a
     function that stops the call at once from another thread (the client left, or the
-    proxy is shutting down) as soon as there is a connection to stop. A reused connection
+    proxy is shutting down) as soon as there is a connection to stop. Interim replies
+    (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
     that the server had closed (it fails before a byte of the reply has come) is retried
     once on a fresh one: never a request the upstream may have answered. Everything else
     that goes wrong becomes an UpstreamError with a status (502 unreachable, 504
@@ -7956,8 +7966,8 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
             conn.send(method, target.url(path), target, request_headers, body)
             deadline = time.monotonic() + wait
             head = conn.read_head(deadline)
-            for _ in range(MAX_CONTINUES):   # "go on": the reply proper follows
-                if head.status != 100:
+            for _ in range(MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
+                if not 100 <= head.status < 200 or head.status == 101:
                     break
                 head = conn.read_head(deadline)
             reply_body = ReplyBody(head, method)
@@ -7976,8 +7986,8 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
                                 % (name, exc if isinstance(exc, ValueError)
                                    else exc.__class__.__name__), status=502) from None
         if head.status < 200:
-            # An interim reply (103 Early Hints, 101, a 100 too many): what follows on this
-            # connection belongs to this request, never to another.
+            # 101 Switching Protocols, or interim replies past MAX_INTERIM: what follows on
+            # this connection belongs to this request, never to another.
             stopper.disarm()
             pool.discard(conn)
             raise UpstreamError("upstream %r sent an interim %d reply, which this proxy "
@@ -10171,10 +10181,12 @@ class UpstreamCall:
         if self.passthrough and 400 <= response.status <= 599:
             # The upstream's own error, as it was (a 3xx or 999 is no error a client of
             # this dialect could read: those get the proxy's own 502).
+            # Header values too are the upstream's text: a key it repeats there goes.
+            redact = self.rq.live.redactor.text
             headers = [("content-type",
-                        response.headers.get("content-type", "application/json"))]
+                        redact(response.headers.get("content-type", "application/json")))]
             if "retry-after" in response.headers:
-                headers.append(("retry-after", response.headers["retry-after"]))
+                headers.append(("retry-after", redact(response.headers["retry-after"])))
             error.raw = (headers, data)
         return error
 
@@ -11222,7 +11234,8 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     expected_type = dialect.stream_content_type(ex)
 
     def opened(response: UpstreamResponse) -> Any:
-        content_type = response.headers.get("content-type", "application/json")
+        content_type = rq.live.redactor.text(response.headers.get("content-type",
+                                                                  "application/json"))
         if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
             data = call.read_body(response)
             ex.usage = kind.usage_from(call.json_of(data), None)

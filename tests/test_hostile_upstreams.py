@@ -112,16 +112,51 @@ def raw(request, proxy_factory):
         upstream.close()
 
 
-def test_an_interim_reply_is_a_502_and_never_hands_its_answer_to_the_next_request(raw):
+def test_interim_replies_are_read_past_and_each_client_gets_its_own_answer(raw):
     proxy, upstream = raw(
-        [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
+        [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n", b"HTTP/1.1 102 Processing\r\n\r\n",
          http_reply(completion("the first client's answer"))],
         http_reply(completion("the second client's answer")))
     status, body = proxy.post("/v1/chat/completions", CHAT)
-    assert status == 502 and "interim 103" in body["error"]["message"]
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "the first client's answer"
     status, body = proxy.post("/v1/chat/completions", CHAT)
     assert status == 200
     assert body["choices"][0]["message"]["content"] == "the second client's answer"
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                                     b"HTTP/1.1 100 Continue\r\n\r\n" * 6])
+def test_a_protocol_switch_or_endless_interim_replies_are_a_502_never_the_next_answer(
+        raw, interim):
+    proxy, upstream = raw([interim, http_reply(completion("the first client's answer"))],
+                          http_reply(completion("the second client's answer")))
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 502 and "interim 10" in body["error"]["message"]
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "the second client's answer"
+
+
+@pytest.mark.parametrize("path, payload", [("/v1/chat/completions", CHAT),    # passed through
+                                           (GEMINI_PATH, GEMINI_ASK)])        # converted
+def test_a_chunked_reply_closed_after_its_last_chunk_is_whole(raw, path, payload):
+    body = completion("all of it")
+    proxy, _ = raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n" % (len(body), body))
+    status, _, data = proxy.request("POST", path, payload)
+    assert status == 200 and b"all of it" in data
+
+
+def test_a_key_the_upstream_repeats_in_its_headers_is_removed(raw):
+    key = "sk-raw-upstream-key-0123"
+    error = b'{"error": {"message": "slow down"}}'
+    proxy, _ = raw(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; k=%s\r\n"
+                   b"Retry-After: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+                       key.encode(), key.encode(), len(error), error))
+    status, headers, data = proxy.request("POST", "/v1/chat/completions", CHAT)
+    assert status == 429 and b"slow down" in data
+    assert key not in str(headers) and key.encode() not in data
 
 
 @pytest.mark.parametrize("path, payload", [("/v1/chat/completions", CHAT),    # passed through

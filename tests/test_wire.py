@@ -772,6 +772,27 @@ def test_a_body_without_framing_ends_with_the_connection():
     assert body.done
 
 
+def test_a_chunked_body_closed_after_its_last_chunk_ends_there():
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    body = gp.ReplyBody(head, "POST")
+    assert body.feed(bytearray(b"2\r\nok\r\n0\r\n")) == b"ok" and not body.done
+    body.end_of_connection()              # the trailer's blank line never came: no matter
+    assert body.done
+    cut = gp.ReplyBody(head, "POST")
+    assert cut.feed(bytearray(b"5\r\nok")) == b"ok"
+    with pytest.raises(gp.BadReply, match="ended before"):
+        cut.end_of_connection()
+
+
+def test_a_head_searched_in_pieces_is_found_where_it_ends():
+    data = b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\nbody"
+    for cut in range(1, len(data)):
+        buf = bytearray(data[:cut])
+        searched = len(buf) if not gp.reply_head_length(buf) else 0
+        buf += data[cut:]
+        assert gp.reply_head_length(buf, searched) == len(data) - 4, cut
+
+
 def test_a_framed_body_cut_by_the_connection_is_a_bad_reply():
     head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
     body = gp.ReplyBody(head, "POST")
