@@ -7570,8 +7570,6 @@ def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
 
 DEADLINE_SLACK = 0.05    # seconds a read may end past its deadline (see _receive)
 REQUEST_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
-HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class TunnelRefused(OSError):
@@ -7635,7 +7633,9 @@ class UpstreamConnection:
         if "accept-encoding" not in given:
             lines.append("accept-encoding: identity")   # never a compressed reply
         for name, value in headers.items():
-            if not HEADER_NAME.match(name) or HEADER_VALUE_BAD.search(value):
+            # (a name or value latin-1 cannot encode is a ValueError as well)
+            if not HTTP_TOKEN.match(name.encode("latin-1")) or \
+                    HTTP_BAD_VALUE.search(value.encode("latin-1")):
                 raise ValueError("a header name or value that HTTP does not allow")
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
