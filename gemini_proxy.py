@@ -7687,6 +7687,31 @@ class UpstreamConnection:
             self.replied = True
         return bool(data)
 
+    def read_ready(self, body: ReplyBody) -> Optional[bytes]:
+        """For the event loop, the socket in non-blocking mode: the body bytes that have
+        arrived, without waiting; None when there are none yet (wait until the socket is
+        readable); b"" at the body's end."""
+        while not body.done:
+            data = body.feed(self.buf)
+            if data:
+                return data
+            if body.done:
+                break
+            try:
+                received = self.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return None
+            if not received:
+                body.end_of_connection()
+                continue
+            self.buf += received
+            self.replied = True
+            # TLS: bytes decrypted already do not make the socket readable; take them
+            # now, or the loop would wait for them in vain.
+            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                self.buf += self.sock.recv(65536)
+        return b""
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -7834,9 +7859,34 @@ class UpstreamResponse:
             raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
                                 status=504) from None
         except (OSError, BadReply) as exc:
-            raise UpstreamError("the connection to upstream %r broke: %s" % (
-                self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
-                status=502) from None
+            raise self._broken(exc) from None
+
+    @property
+    def fileno(self) -> int:
+        return self._conn.sock.fileno()
+
+    def read_ready(self) -> Optional[bytes]:
+        """On the event loop: what of the body has arrived (see UpstreamConnection's),
+        None when nothing has yet, b"" at its end. Between calls the socket is left in
+        non-blocking mode; close() and the blocking reads set their own timeouts."""
+        sock = self._conn.sock
+        try:
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            return self._conn.read_ready(self._body)
+        except (OSError, BadReply) as exc:
+            raise self._broken(exc) from None
+
+    def _broken(self, exc: Exception) -> UpstreamError:
+        return UpstreamError("the connection to upstream %r broke: %s" % (
+            self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
+            status=502)
+
+    def silence_allowed(self) -> Tuple[float, UpstreamError]:
+        """How long the event loop may wait for the next bytes, and the error when it
+        waits that long in vain (the idle timeout, or what is left of the total)."""
+        timeout, meaning = self._timeouts.next_read(first=False)
+        return timeout, UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
         """The whole body, read as it arrives into one buffer; more than `limit` bytes is
@@ -9665,6 +9715,35 @@ class LoopWaker:
             _wake(waiter)
 
 
+class UpstreamRelay:
+    """The rest of a streamed upstream reply, handed by its worker to the event loop,
+    which reads it as it arrives and writes convert(bytes) to the client; the worker
+    waits (wait()) until the loop is done. An event then costs one wake-up of the loop,
+    not a wake-up of the worker and then of the loop: on a small machine that halves
+    what a stream of lone events costs."""
+
+    def __init__(self, response: "UpstreamResponse", convert: Callable[[bytes], bytes]):
+        self.response, self.convert = response, convert
+        self._done = threading.Event()
+        self._error: Optional[BaseException] = None
+
+    def settle(self, error: Optional[BaseException] = None) -> None:
+        """For the loop: the reply has been relayed to its end (error None) or not; the
+        first word counts."""
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    def wait(self) -> None:
+        """For the worker: return once the reply has been relayed, or raise what ended
+        it (an UpstreamError for the client to hear of, ClientGone). No timeout: the
+        loop settles it, or the request's abort does (see ChunkPipe.abort), and a
+        thread that woke to look would cost as much as the events it no longer reads."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
 class ChunkPipe:
     """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
     so a slow client slows the upstream read instead of filling memory; the loop takes
@@ -9685,6 +9764,9 @@ class ChunkPipe:
         self._space = threading.Semaphore(capacity)
         self._waiter: Optional[asyncio.Future] = None
         self._abort_hooks: List[Callable[[], None]] = []
+        # A relay put in the pipe and not yet taken: an abort settles it (the loop will
+        # not); once taken, the loop settles it, after it has let go of the socket.
+        self._relay: Optional[UpstreamRelay] = None
         self._left = threading.Event()
         self.gone = False
         self.why_gone = ""              # "client" | "send_timeout" | "shutdown"
@@ -9726,6 +9808,11 @@ class ChunkPipe:
 
     def _append(self, item: Any) -> None:
         with self._lock:
+            if isinstance(item, UpstreamRelay):
+                if self.gone:   # abandoned since put() looked: no loop will take it
+                    item.settle(ClientGone())
+                    return
+                self._relay = item
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
@@ -9745,6 +9832,21 @@ class ChunkPipe:
         with self._lock:
             self._abort_hooks.clear()
 
+    def relay(self, relay: UpstreamRelay) -> None:
+        """From the worker: the loop reads the rest of the upstream's reply itself (after
+        what was put before); returns when it is done, raising what stopped it."""
+        self.put(relay)
+        relay.wait()
+
+    def watch(self, waiter: asyncio.Future) -> bool:
+        """For the loop, while it relays: `waiter` is woken when the request is
+        abandoned; False when it already is."""
+        with self._lock:
+            if self.gone:
+                return False
+            self._waiter = waiter
+            return True
+
     def sleep(self, seconds: float) -> bool:
         """Wait in the worker; False when the request was abandoned meanwhile."""
         return not self._left.wait(seconds)
@@ -9757,6 +9859,7 @@ class ChunkPipe:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
+                    self._relay = None
                     break
                 if self.gone:
                     return []
@@ -9784,6 +9887,8 @@ class ChunkPipe:
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
+            if self._relay is not None:
+                self._relay.settle(ClientGone())
             waiter, self._waiter = self._waiter, None
         self._left.set()
         if waiter is not None:
@@ -9920,6 +10025,21 @@ class Responder:
         if self._sink:
             self._sink(data)
         self.pipe.put(data)
+
+    def relay(self, response: "UpstreamResponse", convert: Callable[[bytes], bytes],
+              on_raw: Optional[Callable[[bytes], None]]) -> None:
+        """The rest of a streamed reply, read and written by the event loop (see
+        UpstreamRelay): convert(bytes that arrived) gives the client's bytes."""
+        sink = self._sink
+
+        def relayed(data: bytes) -> bytes:
+            if on_raw is not None:
+                on_raw(data)
+            out = convert(data)
+            if sink is not None and out:
+                sink(out)
+            return out
+        self.pipe.relay(UpstreamRelay(response, relayed))
 
 
 def abandoned(pipe: ChunkPipe) -> Tuple[int, str]:
@@ -11258,7 +11378,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
             stream_event_json(events[0][1], kind.stream_event_error)
-        return content_type, first, (chunks, passing)
+        return content_type, first, (response, passing)
     content_type, first, rest = call.send(
         kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
         stream=ex.stream, extra_headers=forwarded, alternatives=False)
@@ -11266,11 +11386,11 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         return lambda: out.whole(200, [("content-type", content_type)], first)
 
     def deliver() -> None:
-        chunks, passing = rest
+        response, passing = rest
         out.start(content_type)
         out.chunk(first)
-        for data in chunks:
-            out.chunk(passing.take(data)[0])
+        out.relay(response, lambda data: passing.take(data)[0],
+                  call.sink("3. upstream response: %d" % response.status))
         last = passing.finish()
         if not passing.ended:
             raise UpstreamError("upstream %r ended its stream before the reply was "
@@ -11782,6 +11902,17 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):   # macOS refuses more than its own OPEN_MAX
             pass
     return 0 if soft == resource.RLIM_INFINITY else soft
+
+
+# Reads of one upstream stream that found bytes waiting, one after another, before the
+# loop turns to other connections (a read takes up to 64 KiB).
+RELAY_READS_IN_A_ROW = 16
+
+
+def ends_between_events(data: bytes) -> bool:
+    """Whether what was written of a stream ends where an event does (so that a
+    keep-alive or an error event may follow), framed in chunks or not."""
+    return data.endswith((b"\n\n", b"\n\n\r\n", b"\r\n\r\n\r\n"))
 
 
 def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
@@ -12395,30 +12526,110 @@ class ProxyServer:
         last = LAST_CHUNK if chunked else b""
         interval = self._limits["keepalive_interval"] if dialect.keepalive else None
         between_events = True
-        while True:
-            ended = None in items
-            data = b"".join(frame(item) for item in items if item is not None)
-            if data:
-                between_events = data.endswith((b"\n\n", b"\n\n\r\n", b"\r\n\r\n\r\n"))
-            if ended or pipe.gone:
-                if pipe.why_gone == "shutdown" and between_events:
-                    data += frame(dialect.stream_error(ProxyError(
-                        "the proxy is shutting down", status=503), ex.options))
-                if ended or pipe.why_gone == "shutdown":
-                    writer.write(data + last)
+        relay: Optional[UpstreamRelay] = None
+        try:
+            while True:
+                ended = None in items
+                if items and isinstance(items[-1], UpstreamRelay):
+                    relay = items.pop()   # the worker waits: nothing comes after it
+                data = b"".join(frame(item) for item in items if item is not None)
+                if data:
+                    between_events = ends_between_events(data)
+                if ended or pipe.gone:
+                    if pipe.why_gone == "shutdown" and between_events:
+                        data += frame(dialect.stream_error(ProxyError(
+                            "the proxy is shutting down", status=503), ex.options))
+                    if ended or pipe.why_gone == "shutdown":
+                        writer.write(data + last)
+                        ex.response_bytes += len(data)
+                        await self._drain(writer)
+                    return ended and keep_alive and not pipe.gone
+                if data:
+                    writer.write(data)
                     ex.response_bytes += len(data)
                     await self._drain(writer)
-                return ended and keep_alive and not pipe.gone
-            if data:
-                writer.write(data)
-                ex.response_bytes += len(data)
-                await self._drain(writer)
-            items = await pipe.take(interval)
-            if items or pipe.gone:
-                continue
-            if between_events and interval:
-                writer.write(frame(dialect.keepalive))
-                await self._drain(writer)
+                if relay is not None:
+                    between_events = await self._relay_upstream(
+                        writer, pipe, relay, frame, ex, dialect.keepalive if interval
+                        else b"", interval, between_events)
+                    relay = None
+                items = await pipe.take(interval)
+                if items or pipe.gone:
+                    continue
+                if between_events and interval:
+                    writer.write(frame(dialect.keepalive))
+                    await self._drain(writer)
+        finally:
+            if relay is not None:   # never run (the client left first): its worker waits
+                relay.settle(ClientGone())
+
+    async def _relay_upstream(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
+                              relay: UpstreamRelay, frame: Callable[[bytes], bytes],
+                              ex: Exchange, keepalive: bytes, interval: Optional[float],
+                              between_events: bool) -> bool:
+        """Read the rest of an upstream's streamed reply here on the loop, as it arrives,
+        and write what relay.convert makes of it, keep-alives in its silences; settle the
+        relay however it ends. Whether the client's stream is between events now."""
+        assert self._loop is not None
+        loop, response = self._loop, relay.response
+        outcome: Optional[BaseException] = ClientGone()
+        quiet_since = last_sent = loop.time()
+        silence, silent_error = response.silence_allowed()
+        reads_in_a_row = 0
+        try:
+            while not pipe.gone:
+                data = response.read_ready()
+                now = loop.time()
+                if data:
+                    reads_in_a_row += 1
+                    quiet_since = now
+                    silence, silent_error = response.silence_allowed()
+                    written = relay.convert(data)
+                    if written:
+                        written = frame(written)
+                        between_events = ends_between_events(written)
+                        writer.write(written)
+                        ex.response_bytes += len(written)
+                        last_sent = now
+                        await self._drain(writer)
+                    if reads_in_a_row >= RELAY_READS_IN_A_ROW:
+                        reads_in_a_row = 0   # others' turn: this upstream never pauses
+                        await asyncio.sleep(0)
+                    continue
+                reads_in_a_row = 0
+                if data == b"":
+                    outcome = None
+                    break
+                if now - quiet_since >= silence:
+                    raise silent_error
+                keepalive_due = interval and between_events
+                if keepalive_due and now - last_sent >= interval:
+                    writer.write(frame(keepalive))
+                    last_sent = now
+                    await self._drain(writer)
+                    continue
+                wait = silence - (now - quiet_since)
+                if keepalive_due:
+                    wait = min(wait, interval - (now - last_sent))
+                waiter = loop.create_future()
+                if not pipe.watch(waiter):   # abandoned: the worker hears ClientGone
+                    break
+                loop.add_reader(response.fileno, _wake, waiter)
+                timer = loop.call_later(wait, _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    loop.remove_reader(response.fileno)
+                    timer.cancel()
+        except UpstreamError as err:
+            outcome = err
+        except (ConnectionError, SendTimeout):
+            raise       # the client's trouble: the caller abandons the request
+        except Exception as exc:   # a bug in a conversion: the worker logs and reports it
+            outcome = exc
+        finally:
+            relay.settle(outcome)
+        return between_events
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
                             pipe: ChunkPipe) -> None:

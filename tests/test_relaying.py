@@ -6,12 +6,14 @@ import http.client
 import json
 import logging
 import re
+import threading
 
 import pytest
 
+import gemini_proxy as gp
 from conftest import wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
-                           stream_reply, chunk, text_stream)
+                           pause_after, sse, stream_reply, chunk, text_stream)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -244,3 +246,82 @@ def test_short_configured_values_are_not_cut_out_of_passed_through_answers(proxy
     status, body = proxy.post("/v1/chat/completions", CHAT)
     assert status == 200
     assert body["choices"][0]["message"]["content"] == "released 2024-10-21, true story"
+
+
+# ---- a passed-through stream, read by the event loop itself ---------------------------------
+
+def read_event(response):
+    """The next SSE event of a streamed response, blank line included."""
+    lines = []
+    while not lines or lines[-1] != b"\n":
+        line = response.readline()
+        assert line, "the stream ended"
+        lines.append(line)
+    return b"".join(lines)
+
+
+def test_a_passed_through_stream_gets_keepalives_in_its_silences(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"keepalive_interval": 0.05}})
+    go_on = threading.Event()
+    fake.queue(pause_after(text_stream("after the silence"), until=go_on))
+    conn, response = post_streaming(proxy, "/v1/chat/completions", dict(CHAT, stream=True))
+    try:
+        assert response.status == 200 and b'"role": "assistant"' in read_event(response)
+        # The upstream is silent until go_on is set: only keep-alives can come meanwhile.
+        assert read_event(response) == b": keep-alive\n\n"
+        assert read_event(response) == b": keep-alive\n\n"
+        go_on.set()
+        body = response.read().decode()
+    finally:
+        go_on.set()
+        conn.close()
+    assert "after the silence" in "".join(json.loads(line[6:])["choices"][0]["delta"].get(
+        "content", "") for line in body.split("\n") if line.startswith("data: {")
+        and json.loads(line[6:])["choices"])
+    assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_a_bug_while_relaying_a_passed_through_stream_is_an_error_event_and_a_traceback(
+        proxy_factory, fake, monkeypatch, caplog):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+    take = gp.PassingStream.take
+    go_on = threading.Event()
+
+    def broken(self, data):
+        if go_on.is_set():
+            raise RuntimeError("a bug")
+        return take(self, data)
+    monkeypatch.setattr(gp.PassingStream, "take", broken)
+    fake.queue(pause_after(text_stream("later words"), until=go_on))
+    conn, response = post_streaming(proxy, "/v1/chat/completions", dict(CHAT, stream=True))
+    try:
+        assert response.status == 200 and b'"role": "assistant"' in read_event(response)
+        go_on.set()      # what comes now reaches the bug, in the event loop
+        error = json.loads(read_event(response)[6:])["error"]
+        rest = response.read()
+    finally:
+        go_on.set()
+        conn.close()
+    assert "internal error in gemini-proxy" in error["message"] and rest == b""
+    assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
+    assert proxy.server.proxy.pool.open == 0     # the connection in mid-reply was dropped
+
+
+def test_a_client_leaving_a_passed_through_stream_stops_the_upstream(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+
+    def endless(handler, request):
+        handler.start_stream()
+        while handler.write_chunk(sse(chunk({"content": "word "})).encode()):
+            handler.pause(0.01)
+    fake.queue(endless)
+    conn, response = post_streaming(proxy, "/v1/chat/completions", dict(CHAT, stream=True))
+    assert response.status == 200 and b"word" in read_event(response)
+    conn.close()
+    wait_for(lambda: fake.aborted_streams == 1, message="the upstream stream was not closed")
+    wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
+    assert proxy.server.proxy.pool.open == 0
+    status, _, _ = proxy.request("GET", "/health")
+    assert status == 200

@@ -289,6 +289,29 @@ def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkey
         forward.close()
 
 
+def test_a_stream_passed_through_from_tls_arrives_whole_on_a_kept_connection(
+        proxy_factory, tls_fake, monkeypatch):
+    # The event loop reads a passed-through stream itself, the socket non-blocking: TLS
+    # records bigger than a read, events that come apart, and then the same connection,
+    # back in the pool, serves the next request.
+    upstream, cert = tls_fake
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    proxy = proxy_factory(config_for(upstream.base_url))
+    text = "".join("word%d " % i for i in range(3000)) + "x" * 70000
+    for _ in range(2):
+        upstream.queue(text_stream(text, pieces=30, delay=0.005))
+        status, _, data = proxy.request("POST", "/v1/chat/completions", {
+            "model": "m", "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+        assert status == 200
+        events = [line[6:] for line in data.decode().split("\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(event) for event in events[:-1]]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                       if c.get("choices")) == text
+    assert proxy.server.proxy.pool.created == 1
+    assert len(upstream.requests) == 2
+
+
 def test_a_tunnel_the_https_proxy_refuses_is_a_502_that_says_why(proxy_factory):
     forward = ConnectProxy(refuse=b"HTTP/1.1 407 Proxy Authentication Required\r\n"
                                   b"Content-Length: 0\r\n\r\n")
