@@ -29,9 +29,11 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
 At scale: each request in flight holds a worker thread from a pool that grows with demand
-(up to server.workers) and shrinks when idle; server.processes runs worker processes on
-one port under a supervisor, which also serves the state they share (key rests, client
-limits), or state.redis_url shares it between instances through Redis.
+(up to server.workers) and shrinks when idle, and the event loop itself reads the rest of a
+passed-through stream once its first event is in (its worker waits); server.processes
+runs worker processes on one port under a supervisor, which also serves the state they
+share (key rests, client limits), or state.redis_url shares it between instances through
+Redis.
 
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
@@ -9576,8 +9578,8 @@ class KeyPool:
 # What one request holds while a worker thread answers it: the pipe its answer goes back
 # to the event loop through, its detailed log, the upstream replies and keys it must let
 # go of, and the one place its errors are rendered (Request.fail). Everything that blocks
-# or costs (JSON, conversion, the upstream call) runs in the worker; the event loop only
-# moves finished bytes.
+# or costs (JSON, conversion, the upstream call) runs in the worker; the event loop moves
+# finished bytes, and reads the rest of a passed-through stream itself (UpstreamRelay).
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -9887,8 +9889,10 @@ class ChunkPipe:
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
-            if self._relay is not None:
+            if self._relay is not None:   # withdrawn: the loop must never find it
+                self._items.remove(self._relay)
                 self._relay.settle(ClientGone())
+                self._relay = None
             waiter, self._waiter = self._waiter, None
         self._left.set()
         if waiter is not None:
@@ -11869,7 +11873,8 @@ class Proxy:
 # ---- 25. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 24) and writes what comes back through its pipe. Everything the
+# worker thread (section 24) and writes what comes back through its pipe (and the rest of
+# a passed-through stream, which it reads from the upstream itself). Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.

@@ -322,6 +322,28 @@ def test_a_client_leaving_after_a_failed_attempt_cannot_cut_a_pooled_connection(
         loop.close()
 
 
+def test_a_relay_abandoned_before_the_loop_took_it_frees_its_worker_and_is_withdrawn():
+    # The worker has handed a stream's rest to the loop, and the client leaves before the
+    # loop has looked: the abort must wake the worker (no loop ever will), and the loop,
+    # when it looks, must find no relay to run.
+    import asyncio
+    loop = asyncio.new_event_loop()
+    try:
+        pipe = gp.ChunkPipe(loop, 4)
+        relay = gp.UpstreamRelay(None, bytes)
+        pipe.put(b"data: first\n\n")
+        pipe.put(relay)
+        pipe.abort()
+        with pytest.raises(gp.ClientGone):
+            relay.wait()
+        assert loop.run_until_complete(pipe.take(0.01)) == [b"data: first\n\n"]
+        late = gp.UpstreamRelay(None, bytes)     # handed over after the abort
+        with pytest.raises(gp.ClientGone):
+            pipe.relay(late)
+    finally:
+        loop.close()
+
+
 def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_factory, fake):
     import http.client
     from fake_upstream import text_stream
