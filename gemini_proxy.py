@@ -1876,6 +1876,19 @@ class ReplyBody:
 # tool calls, media), each choice's ending in one Finish; events carry the index of their
 # choice (n > 1 asks for several), and the stream is over when its iterator ends. Parts
 # carry `extra` for fields a dialect wants back unchanged.
+#
+# A stream the event loop reads (UpstreamRelay) never waits for its upstream: where a
+# read would wait, its source yields IDLE instead, and every stage of a conversion, from
+# the upstream's events to the client's bytes, yields it on at once, unchanged, and goes
+# on where it was when pulled again. A stream read in a thread never carries it.
+
+
+class _Idle:
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE: Any = _Idle()
 
 TEXT, THINKING, MEDIA, TOOL_CALL, TOOL_RESULT = \
     "text", "thinking", "media", "tool_call", "tool_result"
@@ -2176,6 +2189,9 @@ def cut_at_stop_strings(events: Iterable[Any], stops: List[str], choices: int = 
     held: Dict[int, str] = {}
     ended: Dict[int, bool] = {}    # choice -> whether it was cut
     for event in events:
+        if event is IDLE:
+            yield event
+            continue
         index = event.choice
         if index in ended:
             continue     # a choice already cut: what it still generates is dropped
@@ -2298,6 +2314,9 @@ def split_think_tags(events: Iterable[Any], tags: List[str]) -> Iterator[Any]:
         return
     splitters: Dict[int, ThinkTagSplitter] = {}
     for event in events:
+        if event is IDLE:
+            yield event
+            continue
         splitter = splitters.get(event.choice)
         if splitter is None:
             splitter = splitters[event.choice] = ThinkTagSplitter(tags, event.choice)
@@ -3177,7 +3196,11 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
     answered = False        # any choice at all (a stream of [DONE] alone is no reply)
     usage = None
     done = False
-    for _, data in raw_events:
+    for raw in raw_events:
+        if raw is IDLE:
+            yield raw
+            continue
+        data = raw[1]
         if data.strip() == "[DONE]":
             done = True
             break
@@ -3333,6 +3356,9 @@ def encode_openai_stream(events: Iterable[Any], model: str, response_id: str,
     usage: Optional[Usage] = None
     finished = False
     for event in events:
+        if event is IDLE:
+            yield event
+            continue
         index = event.choice
         if index not in seen:
             seen[index] = []
@@ -3859,8 +3885,11 @@ def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
     stop_reason, stop_sequence = None, ""
     blocks: Dict[Any, Dict[str, Any]] = {}
     malformed = False
-    for name, data in raw_events:
-        event = reply_object(stream_event_json(data), "a stream event")
+    for raw in raw_events:
+        if raw is IDLE:
+            yield raw
+            continue
+        event = reply_object(stream_event_json(raw[1]), "a stream event")
         kind = event.get("type")
         index = event.get("index", 0)
         index = index if isinstance(index, int) else 0
@@ -4043,6 +4072,9 @@ def encode_anthropic_stream(events: Iterable[Any], model: str, message_id: str,
         "usage": {"input_tokens": 0, "output_tokens": 0}}})
     yield event("ping", {})
     for part in events:
+        if part is IDLE:
+            yield part
+            continue
         if isinstance(part, Finish):
             yield from stop()
             stop_reason, stop_sequence = _anthropic_stop(part)
@@ -4546,6 +4578,9 @@ def encode_gemini_stream(events: Iterable[Any], model: str, response_id: str,
         return (prefix + text).encode("ascii")
 
     for event in events:
+        if event is IDLE:
+            yield event
+            continue
         index = event.choice
         if isinstance(event, Finish):
             yield frame(_gemini_chunk(held_calls.pop(index, []), model, response_id, event,
@@ -5056,8 +5091,9 @@ def decode_gemini_response(payload: Any, model: str = "") -> Reply:
 def decode_gemini_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
     """streamGenerateContent SSE -> neutral events, a choice per candidate. A stream that
     ends without a finishReason raises, like Gemini CLI would."""
-    return decode_gemini_chunks(stream_event_json(data, gemini_stream_error)
-                                for _, data in raw_events)
+    return decode_gemini_chunks(raw if raw is IDLE else
+                                stream_event_json(raw[1], gemini_stream_error)
+                                for raw in raw_events)
 
 
 def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
@@ -5068,6 +5104,9 @@ def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
     usage = None
     blocked = False
     for chunk in chunks:
+        if chunk is IDLE:
+            yield chunk
+            continue
         if not isinstance(chunk, dict):
             raise UpstreamError("the upstream stream sent %s where an object belongs"
                                 % clip(json.dumps(chunk), 100), status=502)
@@ -6161,6 +6200,9 @@ def encode_responses_stream(events: Iterable[Any], model: str, response_id: str,
     finished = False
     try:
         for event in events:
+            if event is IDLE:
+                yield event
+                continue
             if finished:
                 continue          # more choices than one: Responses has no place for them
             if isinstance(event, Finish):
@@ -6556,7 +6598,11 @@ def decode_responses_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[A
     streamed: Set[Any] = set()      # items (by id and by index) whose text came as deltas
     parts: List[Part] = []
     malformed = refused = False
-    for name, data in raw_events:
+    for raw in raw_events:
+        if raw is IDLE:
+            yield raw
+            continue
+        name, data = raw
         event = reply_object(stream_event_json(data, responses_stream_error), "a stream event")
         kind = text_of(event.get("type")) or name
         if kind == "response.output_text.delta":
@@ -6691,7 +6737,11 @@ def decode_code_assist_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator
     own reader: an event that is not JSON is skipped (a stream that never finishes still
     fails, at its end)."""
     def chunks() -> Iterator[Any]:
-        for _, data in raw_events:
+        for raw in raw_events:
+            if raw is IDLE:
+                yield raw
+                continue
+            data = raw[1]
             error = code_assist_stream_error(data)
             if error is not None:
                 raise error
@@ -7821,12 +7871,21 @@ class Timeouts:
     def next_read(self, first: bool) -> Tuple[float, str]:
         """(socket timeout for the next read, what it means when it expires)."""
         now = time.monotonic()
-        timeout, meaning = (self.first_byte_by - now, "sent nothing within %gs"
-                            % self.first_byte) if first else \
-            (self.idle, "went silent for %gs" % self.idle)
-        if self.deadline is not None and self.deadline - now < timeout:
-            timeout, meaning = self.deadline - now, "was still answering at its total timeout"
+        timeout, meaning = self.silence_left(now, now) if not first else \
+            self._within_total(now, self.first_byte_by - now,
+                               "sent nothing within %gs" % self.first_byte)
         return max(timeout, 0.001), meaning
+
+    def silence_left(self, quiet_since: float, now: float) -> Tuple[float, str]:
+        """After the first bytes: how much longer the upstream may stay silent, silent
+        since `quiet_since` (<= 0: too long already), and what it means when it has."""
+        return self._within_total(now, self.idle - (now - quiet_since),
+                                  "went silent for %gs" % self.idle)
+
+    def _within_total(self, now: float, timeout: float, meaning: str) -> Tuple[float, str]:
+        if self.deadline is not None and self.deadline - now < timeout:
+            return self.deadline - now, "was still answering at its total timeout"
+        return timeout, meaning
 
 
 class UpstreamResponse:
@@ -7843,6 +7902,10 @@ class UpstreamResponse:
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
         self._waiting = ""          # what an expired read timeout means
+        # The event loop reads the rest (read_on_loop): no read waits, and silences are
+        # timed from the last bytes that came.
+        self.on_loop = False
+        self._quiet_since = 0.0
         self.status = head.status
         self.headers = dict(head.headers)
 
@@ -7867,6 +7930,11 @@ class UpstreamResponse:
     def fileno(self) -> int:
         return self._conn.sock.fileno()
 
+    def read_on_loop(self) -> None:
+        """From now on the event loop reads this reply (see UpstreamRelay)."""
+        self.on_loop = True
+        self._quiet_since = time.monotonic()
+
     def read_ready(self) -> Optional[bytes]:
         """On the event loop: what of the body has arrived (see UpstreamConnection's),
         None when nothing has yet, b"" at its end. Between calls the socket is left in
@@ -7875,20 +7943,24 @@ class UpstreamResponse:
         try:
             if sock.gettimeout() != 0.0:
                 sock.settimeout(0.0)
-            return self._conn.read_ready(self._body)
+            data = self._conn.read_ready(self._body)
         except (OSError, BadReply) as exc:
             raise self._broken(exc) from None
+        if data:
+            self._quiet_since = time.monotonic()
+        return data
 
     def _broken(self, exc: Exception) -> UpstreamError:
         return UpstreamError("the connection to upstream %r broke: %s" % (
             self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
             status=502)
 
-    def silence_allowed(self) -> Tuple[float, UpstreamError]:
-        """How long the event loop may wait for the next bytes, and the error when it
-        waits that long in vain (the idle timeout, or what is left of the total)."""
-        timeout, meaning = self._timeouts.next_read(first=False)
-        return timeout, UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
+    def silence_left(self) -> Tuple[float, UpstreamError]:
+        """On the event loop: how much longer it may wait for the next bytes (<= 0: no
+        longer), and the error that ends the stream then (the idle timeout, or the
+        total)."""
+        left, meaning = self._timeouts.silence_left(self._quiet_since, time.monotonic())
+        return left, UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
         """The whole body, read as it arrives into one buffer; more than `limit` bytes is
@@ -7907,12 +7979,19 @@ class UpstreamResponse:
                 raise UpstreamError("upstream %r sent a reply of more than %d bytes "
                                     "(max_reply_bytes)" % (self._name, limit), status=502)
 
-    def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[bytes]:
+    def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[Any]:
         """The body as it arrives, all that has arrived at a time; the first read waits
-        up to the first-byte timeout, later ones up to the idle timeout."""
+        up to the first-byte timeout, later ones up to the idle timeout. Once the event
+        loop reads it (read_on_loop), IDLE where a read would wait."""
         first = True
         while True:
-            data = self._read(first)
+            if self.on_loop:
+                data = self.read_ready()
+                if data is None:
+                    yield IDLE
+                    continue
+            else:
+                data = self._read(first)
             first = False
             if not data:
                 return
@@ -7925,7 +8004,10 @@ class UpstreamResponse:
         parser = SSEParser(max_event)
         try:
             for data in self.raw_chunks(on_raw):
-                yield from parser.feed(data)
+                if data is IDLE:
+                    yield data
+                else:
+                    yield from parser.feed(data)
         except ValueError as exc:
             raise UpstreamError("upstream %r sent %s (max_reply_bytes)" % (self._name, exc),
                                 status=502) from None
@@ -9718,14 +9800,14 @@ class LoopWaker:
 
 
 class UpstreamRelay:
-    """The rest of a streamed upstream reply, handed by its worker to the event loop,
-    which reads it as it arrives and writes convert(bytes) to the client; the worker
-    waits (wait()) until the loop is done. An event then costs one wake-up of the loop,
-    not a wake-up of the worker and then of the loop: on a small machine that halves
-    what a stream of lone events costs."""
+    """The rest of a streamed reply, handed by its worker to the event loop: `output`
+    gives the client's bytes, and IDLE where it would wait for the upstream `response`,
+    which the loop then waits for. The worker waits (wait()) until the loop is done. An
+    event then costs one wake-up of the loop, not a wake-up of the worker and then of
+    the loop."""
 
-    def __init__(self, response: "UpstreamResponse", convert: Callable[[bytes], bytes]):
-        self.response, self.convert = response, convert
+    def __init__(self, response: "UpstreamResponse", output: Iterator[Any]):
+        self.response, self.output = response, output
         self._done = threading.Event()
         self._error: Optional[BaseException] = None
 
@@ -10030,20 +10112,21 @@ class Responder:
             self._sink(data)
         self.pipe.put(data)
 
-    def relay(self, response: "UpstreamResponse", convert: Callable[[bytes], bytes],
-              on_raw: Optional[Callable[[bytes], None]]) -> None:
-        """The rest of a streamed reply, read and written by the event loop (see
-        UpstreamRelay): convert(bytes that arrived) gives the client's bytes."""
+    def relay(self, response: "UpstreamResponse", output: Iterator[Any]) -> None:
+        """The rest of a streamed reply, pulled and written by the event loop (see
+        UpstreamRelay): `output`, the client's bytes, made from what `response` brings."""
+        response.read_on_loop()
         sink = self._sink
+        if sink is not None:
+            output = _sunk(output, sink)
+        self.pipe.relay(UpstreamRelay(response, output))
 
-        def relayed(data: bytes) -> bytes:
-            if on_raw is not None:
-                on_raw(data)
-            out = convert(data)
-            if sink is not None and out:
-                sink(out)
-            return out
-        self.pipe.relay(UpstreamRelay(response, relayed))
+
+def _sunk(output: Iterator[Any], sink: Callable[[bytes], None]) -> Iterator[Any]:
+    for piece in output:
+        if piece is not IDLE:
+            sink(piece)
+        yield piece
 
 
 def abandoned(pipe: ChunkPipe) -> Tuple[int, str]:
@@ -10153,6 +10236,9 @@ class UpstreamCall:
                 spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
         rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
         rq.ex.passthrough = self.passthrough
+        # The streamed reply open_stream read the first event of: the event loop may
+        # read the rest (Responder.relay).
+        self.stream_response: Optional[UpstreamResponse] = None
 
     def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
         return self.rq.detail.stream(title) if self.rq.detail else None
@@ -10252,11 +10338,13 @@ class UpstreamCall:
             raise UpstreamError("upstream %r ended its stream without sending anything"
                                 % name, status=502)
         redact = self.rq.live.redactor.reply_text
-        events = ((name, redact(data)) for name, data in itertools.chain([first], raw))
+        events = (event if event is IDLE else (event[0], redact(event[1]))
+                  for event in itertools.chain([first], raw))
         first = next(events)
         error = kind.stream_event_error(first[1])
         if error is not None:
             raise error
+        self.stream_response = response
         return kind.decode_stream(itertools.chain([first], events))
 
     def read_body(self, response: UpstreamResponse) -> bytes:
@@ -11273,8 +11361,12 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
 
     def deliver() -> None:
         rq.out.start(dialect.stream_content_type(ex))
-        for chunk in dialect.encode_stream(itertools.chain([first], events), ex.client_model,
-                                           reply_id, ex.options):
+        chunks = dialect.encode_stream(itertools.chain([first], events), ex.client_model,
+                                       reply_id, ex.options)
+        if call.stream_response is not None:
+            rq.out.relay(call.stream_response, chunks)
+            return
+        for chunk in chunks:   # answered here, or from a whole reply: no upstream to wait for
             rq.out.chunk(chunk)
     return deliver
 
@@ -11283,7 +11375,9 @@ def _track_usage(ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[An
     """Pass events on; record the usage, counting it when the upstream did not."""
     parts = []
     for event in events:
-        if isinstance(event, Finish):
+        if event is IDLE:
+            pass
+        elif isinstance(event, Finish):
             if event.usage is None:
                 event.usage = estimate_usage(chat, parts)
             ex.usage = event.usage
@@ -11382,7 +11476,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
             stream_event_json(events[0][1], kind.stream_event_error)
-        return content_type, first, (response, passing)
+        return content_type, first, (response, chunks, passing)
     content_type, first, rest = call.send(
         kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
         stream=ex.stream, extra_headers=forwarded, alternatives=False)
@@ -11390,11 +11484,11 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         return lambda: out.whole(200, [("content-type", content_type)], first)
 
     def deliver() -> None:
-        response, passing = rest
+        response, chunks, passing = rest
         out.start(content_type)
         out.chunk(first)
-        out.relay(response, lambda data: passing.take(data)[0],
-                  call.sink("3. upstream response: %d" % response.status))
+        out.relay(response, (data if data is IDLE else passing.take(data)[0]
+                             for data in chunks))
         last = passing.finish()
         if not passing.ended:
             raise UpstreamError("upstream %r ended its stream before the reply was "
@@ -11909,9 +12003,9 @@ def raise_open_file_limit() -> int:
     return 0 if soft == resource.RLIM_INFINITY else soft
 
 
-# Reads of one upstream stream that found bytes waiting, one after another, before the
-# loop turns to other connections (a read takes up to 64 KiB).
-RELAY_READS_IN_A_ROW = 16
+# What a relayed stream gathers for the client before it writes when its upstream keeps
+# sending (it writes at once when it must wait), and turns to other connections.
+RELAY_WRITE_BYTES = 64 * 1024
 
 
 def ends_between_events(data: bytes) -> bool:
@@ -12572,50 +12666,57 @@ class ProxyServer:
                               relay: UpstreamRelay, frame: Callable[[bytes], bytes],
                               ex: Exchange, keepalive: bytes, interval: Optional[float],
                               between_events: bool) -> bool:
-        """Read the rest of an upstream's streamed reply here on the loop, as it arrives,
-        and write what relay.convert makes of it, keep-alives in its silences; settle the
-        relay however it ends. Whether the client's stream is between events now."""
+        """Pull the rest of a streamed reply here on the loop and write it, waiting for
+        the upstream's socket where the relay's output says IDLE (its timeouts kept,
+        keep-alives in its silences); settle the relay however it ends. Whether the
+        client's stream is between events now."""
         assert self._loop is not None
-        loop, response = self._loop, relay.response
+        loop, response, output = self._loop, relay.response, relay.output
         outcome: Optional[BaseException] = ClientGone()
-        quiet_since = last_sent = loop.time()
-        silence, silent_error = response.silence_allowed()
-        reads_in_a_row = 0
+        last_sent = loop.time()
+        pending: List[bytes] = []
+        pending_size = 0
+
+        def flush() -> None:
+            nonlocal between_events, last_sent, pending_size
+            data = b"".join(pending)
+            pending.clear()
+            pending_size = 0
+            between_events = ends_between_events(data)
+            writer.write(data)
+            ex.response_bytes += len(data)
+            last_sent = loop.time()
         try:
             while not pipe.gone:
-                data = response.read_ready()
-                now = loop.time()
-                if data:
-                    reads_in_a_row += 1
-                    quiet_since = now
-                    silence, silent_error = response.silence_allowed()
-                    written = relay.convert(data)
-                    if written:
-                        written = frame(written)
-                        between_events = ends_between_events(written)
-                        writer.write(written)
-                        ex.response_bytes += len(written)
-                        last_sent = now
-                        await self._drain(writer)
-                    if reads_in_a_row >= RELAY_READS_IN_A_ROW:
-                        reads_in_a_row = 0   # others' turn: this upstream never pauses
-                        await asyncio.sleep(0)
+                piece = next(output, None)     # None: the end
+                if piece is not None and piece is not IDLE:
+                    if piece:
+                        pending.append(frame(piece))
+                        pending_size += len(pending[-1])
+                    if pending_size < RELAY_WRITE_BYTES:
+                        continue
+                    flush()
+                    await self._drain(writer)
+                    await asyncio.sleep(0)   # others' turn: this upstream never pauses
                     continue
-                reads_in_a_row = 0
-                if data == b"":
+                if pending:
+                    flush()
+                    await self._drain(writer)
+                if piece is None:
                     outcome = None
                     break
-                if now - quiet_since >= silence:
+                left, silent_error = response.silence_left()
+                if left <= 0:
                     raise silent_error
-                keepalive_due = interval and between_events
-                if keepalive_due and now - last_sent >= interval:
-                    writer.write(frame(keepalive))
-                    last_sent = now
-                    await self._drain(writer)
-                    continue
-                wait = silence - (now - quiet_since)
-                if keepalive_due:
-                    wait = min(wait, interval - (now - last_sent))
+                wait = left
+                if interval and between_events:
+                    since = loop.time() - last_sent
+                    if since >= interval:
+                        writer.write(frame(keepalive))
+                        last_sent = loop.time()
+                        await self._drain(writer)
+                        continue
+                    wait = min(wait, interval - since)
                 waiter = loop.create_future()
                 if not pipe.watch(waiter):   # abandoned: the worker hears ClientGone
                     break
@@ -12626,12 +12727,14 @@ class ProxyServer:
                 finally:
                     loop.remove_reader(response.fileno)
                     timer.cancel()
-        except UpstreamError as err:
-            outcome = err
         except (ConnectionError, SendTimeout):
             raise       # the client's trouble: the caller abandons the request
-        except Exception as exc:   # a bug in a conversion: the worker logs and reports it
+        except Exception as exc:
+            # The upstream's failure, or a bug in a conversion: the worker reports it,
+            # after what came before it.
             outcome = exc
+            if pending and not pipe.gone:
+                flush()
         finally:
             relay.settle(outcome)
         return between_events
