@@ -29,11 +29,11 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
 At scale: each request in flight holds a worker thread from a pool that grows with demand
-(up to server.workers) and shrinks when idle, and the event loop itself reads the rest of a
-passed-through stream once its first event is in (its worker waits); server.processes
-runs worker processes on one port under a supervisor, which also serves the state they
-share (key rests, client limits), or state.redis_url shares it between instances through
-Redis.
+(up to server.workers) and shrinks when idle, and the event loop itself reads and
+converts the rest of a stream once its first event is in (its worker waits);
+server.processes runs worker processes on one port under a supervisor, which also serves
+the state they share (key rests, client limits), or state.redis_url shares it between
+instances through Redis.
 
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
@@ -258,8 +258,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server", "stream_headers_after", 20.0, "seconds a streaming reply waits for "
             "its upstream before its response headers go out anyway (Gemini CLI gives up "
             "after 60 s without them); 0: wait for the first event", zero=True),
-    Setting("server", "stream_queue_chunks", 64, "chunks buffered between an upstream "
-            "stream and a slow client", minimum=1),
+    Setting("server", "stream_queue_chunks", 64, "chunks buffered between a worker and "
+            "a slow client (up to a stream's first event, or all of a stream the event loop "
+            "cannot read itself)", minimum=1),
     Setting("server", "responses_store", 1000, "Responses API: responses kept in memory "
             "for previous_response_id and GET /v1/responses/{id} (0: none)"),
     Setting("server", "responses_store_ttl", 3600.0, "Responses API: seconds a kept "
@@ -7552,9 +7553,10 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
 
 # ---- 16. Upstream client -------------------------------------------------------------------
 #
-# Blocking HTTP/1.1 calls, made only from worker threads. Connections are kept alive
-# and pooled per target (scheme, host, port, base path, proxy): a fresh TLS handshake
-# costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
+# HTTP/1.1 calls, made from worker threads with blocking reads; the rest of a streamed
+# reply may then be read by the event loop without waiting (read_on_loop). Connections
+# are kept alive and pooled per target (scheme, host, port, base path, proxy): a fresh TLS
+# handshake costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamTarget:
@@ -7635,13 +7637,15 @@ class UpstreamConnection:
     has arrived (http.client hands a chunked body over a chunk at a time: a stream would
     pay a pass through the whole proxy for every event).
 
-    Every read has a deadline (time.monotonic()), however the bytes trickle in: the
-    socket's timeout bounds one recv, the deadline the whole wait."""
+    Every blocking read has a deadline (time.monotonic()), however the bytes trickle in:
+    the socket's timeout bounds one recv, the deadline the whole wait. The event loop's
+    reads never block; it keeps the clocks itself (UpstreamResponse.silence_left)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
         self.replied = False       # a byte of the reply to the last request has come
+        self.wants_write = False   # a non-blocking read waits for the socket to be writable
 
     @classmethod
     def connect(cls, target: UpstreamTarget, context: ssl.SSLContext,
@@ -7713,14 +7717,21 @@ class UpstreamConnection:
                 raise BadReply("the connection closed before a reply" if not self.buf
                                else "the connection closed in the reply's head")
 
-    def read_body(self, body: ReplyBody, deadline: float) -> bytes:
-        """The body bytes that have arrived, waiting for some when none have; b"" at
-        its end."""
+    def read_body(self, body: ReplyBody, deadline: Optional[float]) -> Optional[bytes]:
+        """The body bytes that have arrived, waiting for some when none have, up to
+        `deadline`; b"" at its end. With no deadline (the event loop's reads, the socket
+        non-blocking) it never waits: None when none have arrived."""
         while not body.done:
             data = body.feed(self.buf)
             if data:
                 return data
-            if not body.done and not self._receive(deadline):
+            if body.done:
+                break
+            received = self._receive(deadline) if deadline is not None else \
+                self._receive_ready()
+            if received is None:
+                return None
+            if not received:
                 body.end_of_connection()
         return b""
 
@@ -7729,40 +7740,30 @@ class UpstreamConnection:
         if left <= 0:
             raise socket.timeout("timed out")
         timeout = self.sock.gettimeout()
-        if timeout is None or timeout > left + DEADLINE_SLACK:
+        if not timeout or timeout > left + DEADLINE_SLACK:
             # Seldom: the socket's timeout is the whole wait already, so only a reply that
             # trickles gets here (settimeout lets go of the interpreter: not every recv).
             self.sock.settimeout(left)
-        data = self.sock.recv(65536)
+        return self._received(self.sock.recv(65536))
+
+    def _receive_ready(self) -> Optional[bool]:
+        """_receive for a non-blocking socket: None when nothing has arrived. A TLS read
+        returns one record (at most 16 KiB) whole, so no decrypted bytes are ever left
+        where the selector cannot see them."""
+        self.wants_write = False
+        try:
+            return self._received(self.sock.recv(65536))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        except ssl.SSLWantWriteError:   # TLS renegotiation, its send buffer full
+            self.wants_write = True
+            return None
+
+    def _received(self, data: bytes) -> bool:
         if data:
             self.buf += data
             self.replied = True
         return bool(data)
-
-    def read_ready(self, body: ReplyBody) -> Optional[bytes]:
-        """For the event loop, the socket in non-blocking mode: the body bytes that have
-        arrived, without waiting; None when there are none yet (wait until the socket is
-        readable); b"" at the body's end."""
-        while not body.done:
-            data = body.feed(self.buf)
-            if data:
-                return data
-            if body.done:
-                break
-            try:
-                received = self.sock.recv(65536)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                return None
-            if not received:
-                body.end_of_connection()
-                continue
-            self.buf += received
-            self.replied = True
-            # TLS: bytes decrypted already do not make the socket readable; take them
-            # now, or the loop would wait for them in vain.
-            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-                self.buf += self.sock.recv(65536)
-        return b""
 
     def close(self) -> None:
         try:
@@ -7889,7 +7890,8 @@ class Timeouts:
 
 
 class UpstreamResponse:
-    """An upstream reply being read in a worker thread. close() returns a fully read
+    """An upstream reply, read in a worker thread, and the rest of a stream perhaps by the
+    event loop (read_on_loop). close() returns a fully read
     connection to the pool and drops any other, first disarming its stopper (see
     CallStopper) so that nothing can cut the connection once another request has it."""
 
@@ -7909,58 +7911,56 @@ class UpstreamResponse:
         self.status = head.status
         self.headers = dict(head.headers)
 
-    def _read(self, first: bool) -> bytes:
+    def _read(self, first: bool) -> Optional[bytes]:
+        """What of the body has arrived, b"" at its end: in a worker, waiting for some
+        up to the timeout; on the event loop (read_on_loop) never, None when nothing
+        has. The loop leaves the socket non-blocking; the blocking reads, close() and
+        the pool set their own timeouts."""
         if self._body.done:
             return b""
-        timeout, self._waiting = self._timeouts.next_read(first)
         sock = self._conn.sock
         try:
+            if self.on_loop:
+                if sock.gettimeout() != 0.0:
+                    sock.settimeout(0.0)
+                data = self._conn.read_body(self._body, None)
+                if data:
+                    self._quiet_since = time.monotonic()
+                return data
+            timeout, self._waiting = self._timeouts.next_read(first)
             if sock.gettimeout() != timeout:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
                 sock.settimeout(timeout)
             return self._conn.read_body(self._body, time.monotonic() + timeout)
         except socket.timeout:
-            raise UpstreamError("upstream %r %s" % (self._name, self._waiting),
-                                status=504) from None
+            raise self._timed_out(self._waiting) from None
         except (OSError, BadReply) as exc:
-            raise self._broken(exc) from None
+            raise UpstreamError("the connection to upstream %r broke: %s" % (
+                self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
+                status=502) from None
 
-    @property
-    def fileno(self) -> int:
-        return self._conn.sock.fileno()
+    def _timed_out(self, meaning: str) -> UpstreamError:
+        return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
     def read_on_loop(self) -> None:
         """From now on the event loop reads this reply (see UpstreamRelay)."""
         self.on_loop = True
         self._quiet_since = time.monotonic()
 
-    def read_ready(self) -> Optional[bytes]:
-        """On the event loop: what of the body has arrived (see UpstreamConnection's),
-        None when nothing has yet, b"" at its end. Between calls the socket is left in
-        non-blocking mode; close() and the blocking reads set their own timeouts."""
-        sock = self._conn.sock
-        try:
-            if sock.gettimeout() != 0.0:
-                sock.settimeout(0.0)
-            data = self._conn.read_ready(self._body)
-        except (OSError, BadReply) as exc:
-            raise self._broken(exc) from None
-        if data:
-            self._quiet_since = time.monotonic()
-        return data
+    def fileno(self) -> int:
+        return self._conn.sock.fileno()
 
-    def _broken(self, exc: Exception) -> UpstreamError:
-        return UpstreamError("the connection to upstream %r broke: %s" % (
-            self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
-            status=502)
+    def waits_to_write(self) -> bool:
+        """On the loop: the last read needs the socket writable, not readable (TLS)."""
+        return self._conn.wants_write
 
     def silence_left(self) -> Tuple[float, UpstreamError]:
         """On the event loop: how much longer it may wait for the next bytes (<= 0: no
         longer), and the error that ends the stream then (the idle timeout, or the
         total)."""
         left, meaning = self._timeouts.silence_left(self._quiet_since, time.monotonic())
-        return left, UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
+        return left, self._timed_out(meaning)
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
         """The whole body, read as it arrives into one buffer; more than `limit` bytes is
@@ -7985,13 +7985,10 @@ class UpstreamResponse:
         loop reads it (read_on_loop), IDLE where a read would wait."""
         first = True
         while True:
-            if self.on_loop:
-                data = self.read_ready()
-                if data is None:
-                    yield IDLE
-                    continue
-            else:
-                data = self._read(first)
+            data = self._read(first)
+            if data is None:
+                yield IDLE
+                continue
             first = False
             if not data:
                 return
@@ -9661,7 +9658,8 @@ class KeyPool:
 # to the event loop through, its detailed log, the upstream replies and keys it must let
 # go of, and the one place its errors are rendered (Request.fail). Everything that blocks
 # or costs (JSON, conversion, the upstream call) runs in the worker; the event loop moves
-# finished bytes, and reads the rest of a passed-through stream itself (UpstreamRelay).
+# finished bytes. Once a stream's first event is in, the loop reads and converts the rest
+# itself (UpstreamRelay): the cost of an event is then one wake-up, not two.
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -9831,25 +9829,28 @@ class UpstreamRelay:
 class ChunkPipe:
     """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
     so a slow client slows the upstream read instead of filling memory; the loop takes
-    everything waiting in one hop.
+    everything waiting in one hop. A stream's rest may come as an UpstreamRelay instead
+    of chunks, when the loop can read sockets itself (`loop_reads`): the loop then pulls
+    it while the worker waits.
 
     A streamed reply may have its head sent before the worker has one (commit_early:
     Gemini CLI gives up on a server that sends no headers for 60 s); the worker's own
     head is then dropped and its errors go in-stream. abort() (the client left, or the
-    proxy is stopping) makes put() raise ClientGone and runs the hooks that stop a blocked
-    upstream call."""
+    proxy is stopping) makes put() raise ClientGone, runs the hooks that stop a blocked
+    upstream call, and settles a relay the loop has not begun."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int,
-                 waker: Optional[LoopWaker] = None):
+                 waker: Optional[LoopWaker] = None, loop_reads: bool = False):
         self._loop = loop
+        self.loop_reads = loop_reads
         self._waker = waker or LoopWaker(loop)
         self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._space = threading.Semaphore(capacity)
         self._waiter: Optional[asyncio.Future] = None
         self._abort_hooks: List[Callable[[], None]] = []
-        # A relay put in the pipe and not yet taken: an abort settles it (the loop will
-        # not); once taken, the loop settles it, after it has let go of the socket.
+        # A relay put in the pipe that the loop has not begun (begin_relay): an abort
+        # settles it. Once begun, the loop settles it, after it has let go of the socket.
         self._relay: Optional[UpstreamRelay] = None
         self._left = threading.Event()
         self.gone = False
@@ -9922,6 +9923,15 @@ class ChunkPipe:
         self.put(relay)
         relay.wait()
 
+    def begin_relay(self, relay: UpstreamRelay) -> bool:
+        """For the loop: from now on it settles `relay` itself; False when the request
+        was abandoned first (the abort settled it)."""
+        with self._lock:
+            if self.gone:
+                return False
+            self._relay = None
+            return True
+
     def watch(self, waiter: asyncio.Future) -> bool:
         """For the loop, while it relays: `waiter` is woken when the request is
         abandoned; False when it already is."""
@@ -9943,7 +9953,6 @@ class ChunkPipe:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
-                    self._relay = None
                     break
                 if self.gone:
                     return []
@@ -9971,8 +9980,9 @@ class ChunkPipe:
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
-            if self._relay is not None:   # withdrawn: the loop must never find it
-                self._items.remove(self._relay)
+            if self._relay is not None:
+                if self._relay in self._items:   # withdrawn (its space in the pipe is
+                    self._items.remove(self._relay)   # not given back: nothing else comes)
                 self._relay.settle(ClientGone())
                 self._relay = None
             waiter, self._waiter = self._waiter, None
@@ -10115,6 +10125,10 @@ class Responder:
     def relay(self, response: "UpstreamResponse", output: Iterator[Any]) -> None:
         """The rest of a streamed reply, pulled and written by the event loop (see
         UpstreamRelay): `output`, the client's bytes, made from what `response` brings."""
+        if not self.pipe.loop_reads:   # an event loop that cannot watch sockets
+            for piece in output:
+                self.chunk(piece)
+            return
         response.read_on_loop()
         sink = self._sink
         if sink is not None:
@@ -11968,7 +11982,7 @@ class Proxy:
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
 # worker thread (section 24) and writes what comes back through its pipe (and the rest of
-# a passed-through stream, which it reads from the upstream itself). Everything the
+# a stream, which it reads from the upstream itself). Everything the
 # head decides (the endpoint, the client key) is decided before a body is read. The
 # status line is written once an upstream has answered 2xx and its first event has
 # arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
@@ -12006,6 +12020,12 @@ def raise_open_file_limit() -> int:
 # What a relayed stream gathers for the client before it writes when its upstream keeps
 # sending (it writes at once when it must wait), and turns to other connections.
 RELAY_WRITE_BYTES = 64 * 1024
+
+
+def loop_watches_sockets(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop can wait for an upstream socket itself (add_reader): Windows'
+    default loop (proactor) cannot, and its streams stay with their threads."""
+    return isinstance(loop, asyncio.SelectorEventLoop)
 
 
 def ends_between_events(data: bytes) -> bool:
@@ -12522,7 +12542,8 @@ class ProxyServer:
         watching the socket meanwhile: a client that leaves stops the upstream call."""
         assert self._loop is not None
         dialect = CLIENT_DIALECTS[ex.dialect]
-        pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"], self._waker)
+        pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"], self._waker,
+                         loop_reads=loop_watches_sockets(self._loop))
         self._pipes.add(pipe)
         watcher: List[asyncio.Future] = []
         start_watching: Optional[asyncio.TimerHandle] = None
@@ -12574,17 +12595,25 @@ class ProxyServer:
                 [("transfer-encoding", "chunked")] if chunked else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
             writer.write(response_head(first.status, headers))
-            return await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive, chunked)
+            keep_alive = await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive,
+                                           chunked)
+            if pipe.gone and not pipe.finished:   # the client left, or the proxy stopped
+                ex.status, ex.error = abandoned(pipe)
+            return keep_alive
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
             ex.status, ex.error = 499, ex.error or "the client closed the connection"
             return False
         except SendTimeout:
             pipe.abort("send_timeout")
+            ex.status = 499
             ex.error = "the client read nothing for %gs (send_timeout); dropped" \
                 % self._limits["send_timeout"]
             writer.transport.abort()
             return False
+        except BaseException:   # a bug here, or cancelled: the worker must not wait on
+            pipe.abort()        # a loop that has stopped listening
+            raise
         finally:
             if start_watching is not None:
                 start_watching.cancel()
@@ -12625,42 +12654,35 @@ class ProxyServer:
         last = LAST_CHUNK if chunked else b""
         interval = self._limits["keepalive_interval"] if dialect.keepalive else None
         between_events = True
-        relay: Optional[UpstreamRelay] = None
-        try:
-            while True:
-                ended = None in items
-                if items and isinstance(items[-1], UpstreamRelay):
-                    relay = items.pop()   # the worker waits: nothing comes after it
-                data = b"".join(frame(item) for item in items if item is not None)
-                if data:
-                    between_events = ends_between_events(data)
-                if ended or pipe.gone:
-                    if pipe.why_gone == "shutdown" and between_events:
-                        data += frame(dialect.stream_error(ProxyError(
-                            "the proxy is shutting down", status=503), ex.options))
-                    if ended or pipe.why_gone == "shutdown":
-                        writer.write(data + last)
-                        ex.response_bytes += len(data)
-                        await self._drain(writer)
-                    return ended and keep_alive and not pipe.gone
-                if data:
-                    writer.write(data)
+        while True:
+            ended = None in items
+            relay = items.pop() if items and isinstance(items[-1], UpstreamRelay) else None
+            data = b"".join(frame(item) for item in items if item is not None)
+            if data:
+                between_events = ends_between_events(data)
+            if ended or pipe.gone:
+                if pipe.why_gone == "shutdown" and between_events:
+                    data += frame(dialect.stream_error(ProxyError(
+                        "the proxy is shutting down", status=503), ex.options))
+                if ended or pipe.why_gone == "shutdown":
+                    writer.write(data + last)
                     ex.response_bytes += len(data)
                     await self._drain(writer)
-                if relay is not None:
-                    between_events = await self._relay_upstream(
-                        writer, pipe, relay, frame, ex, dialect.keepalive if interval
-                        else b"", interval, between_events)
-                    relay = None
-                items = await pipe.take(interval)
-                if items or pipe.gone:
-                    continue
-                if between_events and interval:
-                    writer.write(frame(dialect.keepalive))
-                    await self._drain(writer)
-        finally:
-            if relay is not None:   # never run (the client left first): its worker waits
-                relay.settle(ClientGone())
+                return ended and keep_alive and not pipe.gone
+            if data:
+                writer.write(data)
+                ex.response_bytes += len(data)
+                await self._drain(writer)
+            if relay is not None:   # the worker waits: nothing came after it
+                between_events = await self._relay_upstream(
+                    writer, pipe, relay, frame, ex, dialect.keepalive, interval,
+                    between_events)
+            items = await pipe.take(interval)
+            if items or pipe.gone:
+                continue
+            if between_events and interval:
+                writer.write(frame(dialect.keepalive))
+                await self._drain(writer)
 
     async def _relay_upstream(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
                               relay: UpstreamRelay, frame: Callable[[bytes], bytes],
@@ -12672,6 +12694,8 @@ class ProxyServer:
         client's stream is between events now."""
         assert self._loop is not None
         loop, response, output = self._loop, relay.response, relay.output
+        if not pipe.begin_relay(relay):
+            return between_events
         outcome: Optional[BaseException] = ClientGone()
         last_sent = loop.time()
         pending: List[bytes] = []
@@ -12696,12 +12720,17 @@ class ProxyServer:
                     if pending_size < RELAY_WRITE_BYTES:
                         continue
                     flush()
-                    await self._drain(writer)
-                    await asyncio.sleep(0)   # others' turn: this upstream never pauses
+                    await self._drain_while_wanted(writer, pipe)
+                    # An upstream that never pauses: the total timeout still holds, and
+                    # the other connections get their turn.
+                    left, silent_error = response.silence_left()
+                    if left <= 0:
+                        raise silent_error
+                    await asyncio.sleep(0)
                     continue
                 if pending:
                     flush()
-                    await self._drain(writer)
+                    await self._drain_while_wanted(writer, pipe)
                 if piece is None:
                     outcome = None
                     break
@@ -12714,18 +12743,19 @@ class ProxyServer:
                     if since >= interval:
                         writer.write(frame(keepalive))
                         last_sent = loop.time()
-                        await self._drain(writer)
+                        await self._drain_while_wanted(writer, pipe)
                         continue
                     wait = min(wait, interval - since)
                 waiter = loop.create_future()
                 if not pipe.watch(waiter):   # abandoned: the worker hears ClientGone
                     break
-                loop.add_reader(response.fileno, _wake, waiter)
+                fd, writable = response.fileno(), response.waits_to_write()
+                (loop.add_writer if writable else loop.add_reader)(fd, _wake, waiter)
                 timer = loop.call_later(wait, _wake, waiter)
                 try:
                     await waiter
                 finally:
-                    loop.remove_reader(response.fileno)
+                    (loop.remove_writer if writable else loop.remove_reader)(fd)
                     timer.cancel()
         except (ConnectionError, SendTimeout):
             raise       # the client's trouble: the caller abandons the request
@@ -12738,6 +12768,25 @@ class ProxyServer:
         finally:
             relay.settle(outcome)
         return between_events
+
+    async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe) -> None:
+        """_drain, given up when the request is abandoned meanwhile (a client that sent
+        its EOF and reads nothing): the worker waiting on the relay is let go at once,
+        not after send_timeout."""
+        transport = writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return               # not paused: nothing to wait for
+        assert self._loop is not None
+        abandoned_waiter = self._loop.create_future()
+        if not pipe.watch(abandoned_waiter):
+            return
+        drained = asyncio.ensure_future(self._drain(writer))
+        await asyncio.wait([drained, abandoned_waiter], return_when=asyncio.FIRST_COMPLETED)
+        if drained.done():
+            drained.result()     # SendTimeout, ConnectionError: the caller's to handle
+            return
+        drained.cancel()
+        await asyncio.gather(drained, return_exceptions=True)
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
                             pipe: ChunkPipe) -> None:

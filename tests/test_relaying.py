@@ -6,12 +6,13 @@ import http.client
 import json
 import logging
 import re
+import socket
 import threading
 
 import pytest
 
 import gemini_proxy as gp
-from conftest import wait_for
+from conftest import PATIENCE, wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
                            pause_after, sse, stream_reply, chunk, text_stream)
 
@@ -325,3 +326,90 @@ def test_a_client_leaving_a_passed_through_stream_stops_the_upstream(proxy_facto
     assert proxy.server.proxy.pool.open == 0
     status, _, _ = proxy.request("GET", "/health")
     assert status == 200
+
+
+@pytest.mark.parametrize("path, payload", [
+    ("/v1/chat/completions", dict(CHAT, stream=True)),                    # passed through
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                    # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})])
+def test_streams_stay_with_their_threads_where_the_loop_cannot_watch_sockets(
+        proxy_factory, fake, monkeypatch, path, payload):
+    monkeypatch.setattr(gp, "loop_watches_sockets", lambda loop: False)   # Windows' proactor
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+    fake.queue(text_stream("from the thread", pieces=1))
+    status, _, body = proxy.request("POST", path, payload)
+    assert status == 200 and b"from the thread" in body
+    assert b"[DONE]" in body or b"finishReason" in body
+
+
+def test_a_bug_after_the_stream_began_frees_the_worker_waiting_on_the_loop(
+        proxy_factory, fake, monkeypatch):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+    head = gp.response_head
+
+    def broken(status, headers):
+        if ("transfer-encoding", "chunked") in headers:
+            raise RuntimeError("a bug writing a stream's head")
+        return head(status, headers)
+    monkeypatch.setattr(gp, "response_head", broken)
+    go_on = threading.Event()
+    fake.queue(pause_after(text_stream("never read"), until=go_on))
+    try:
+        # The loop logs the bug and drops the connection: a head half made cannot be
+        # taken back. The worker, its stream handed to the loop, must not wait forever.
+        with pytest.raises(http.client.RemoteDisconnected):
+            proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+        wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
+        assert proxy.server.proxy.pool.open == 0
+    finally:
+        go_on.set()
+
+
+def flood(handler, request):
+    """A stream that never pauses, until its reader hangs up (or the fake stops): a
+    megabyte of events a write, faster than the proxy can read them."""
+    handler.start_stream()
+    events = sse(chunk({"content": "word " * 200})).encode() * 1000
+    while handler.write_chunk(events):
+        pass
+
+
+def test_total_timeout_ends_a_stream_whose_upstream_never_pauses(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "total_timeout": 1.0}}})
+    fake.queue(flood)
+    status, _, body = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    events = [line[6:] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+    assert status == 200 and "word" in events[0]
+    assert "total timeout" in json.loads(events[-1])["error"]["message"]
+
+
+def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_once(
+        proxy_factory, fake, monkeypatch):
+    # Its EOF is the sign it left; the stream's worker, waiting on the loop, must not wait
+    # for send_timeout (set here beyond the test's patience) to be let go.
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"send_timeout": 2 * PATIENCE}})
+    waits_for_the_client = threading.Event()
+    drain = gp.ProxyServer._drain
+
+    async def watched_drain(self, writer):
+        transport = writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            waits_for_the_client.set()
+        await drain(self, writer)
+    monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
+    fake.queue(flood)
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                 b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        assert sock.recv(16).startswith(b"HTTP/1.1 200")
+        assert waits_for_the_client.wait(PATIENCE)
+        sock.shutdown(socket.SHUT_WR)       # and never reads again
+        wait_for(lambda: fake.aborted_streams == 1, message="the upstream stream stopped")
+        wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
+    finally:
+        sock.close()

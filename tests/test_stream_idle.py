@@ -5,6 +5,7 @@ would spin the loop) and leave the stream exactly as it would have been without 
 
 import itertools
 import json
+import socket
 
 import pytest
 
@@ -120,16 +121,24 @@ def test_idle_goes_through_every_stage_and_changes_nothing(kind, index, client, 
     assert [piece for piece in with_idle if piece is not IDLE] == plain
 
 
-def test_idle_goes_through_the_raw_events_of_a_reply_read_on_the_loop():
-    # The SSE reader and the redacting step in front of the decoders.
-    class Reply(gp.UpstreamResponse):
-        def __init__(self, reads):
-            self.reads = reads
-            self.on_loop = True
-            self._name = "up"
-
-        def read_ready(self):
-            return self.reads.pop(0)
-    reply = Reply([b"data: {\"a\"", None, b": 1}\n\n", None, b"data: [DONE]\n\n", b""])
-    assert list(reply.sse_events(1 << 20)) == [IDLE, ("message", '{"a": 1}'), IDLE,
-                                                ("message", "[DONE]")]
+def test_a_reply_read_on_the_loop_says_idle_where_it_would_wait():
+    # The socket's side: a chunked SSE body arriving in pieces, read without waiting.
+    ours, theirs = socket.socketpair()
+    try:
+        head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                   b"transfer-encoding: chunked\r\n\r\n")
+        reply = gp.UpstreamResponse(gp.ConnectionPool(), None, gp.UpstreamConnection(ours),
+                                    head, gp.ReplyBody(head, "POST"), 1, "up",
+                                    gp.Timeouts(5, 5, 5), gp.CallStopper(ours))
+        reply.read_on_loop()
+        events = reply.sse_events(1 << 20)
+        theirs.sendall(b'a\r\ndata: {"a"\r\n')         # half an event
+        assert next(events) is IDLE
+        theirs.sendall(b"6\r\n: 1}\n\n\r\n")
+        assert next(events) == ("message", '{"a": 1}')
+        assert next(events) is IDLE
+        theirs.sendall(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        assert list(events) == [("message", "[DONE]")]
+    finally:
+        ours.close()
+        theirs.close()
