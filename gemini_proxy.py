@@ -7955,12 +7955,15 @@ class UpstreamResponse:
         """On the loop: the last read needs the socket writable, not readable (TLS)."""
         return self._conn.wants_write
 
-    def silence_left(self) -> Tuple[float, UpstreamError]:
+    def silence_left(self) -> float:
         """On the event loop: how much longer it may wait for the next bytes (<= 0: no
-        longer), and the error that ends the stream then (the idle timeout, or the
-        total)."""
-        left, meaning = self._timeouts.silence_left(self._quiet_since, time.monotonic())
-        return left, self._timed_out(meaning)
+        longer; then silence_error() ends the stream)."""
+        return self._timeouts.silence_left(self._quiet_since, time.monotonic())[0]
+
+    def silence_error(self) -> UpstreamError:
+        """The idle timeout, or the total, that silence_left found expired."""
+        return self._timed_out(self._timeouts.silence_left(self._quiet_since,
+                                                           time.monotonic())[1])
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
         """The whole body, read as it arrives into one buffer; more than `limit` bytes is
@@ -12723,9 +12726,8 @@ class ProxyServer:
                     await self._drain_while_wanted(writer, pipe)
                     # An upstream that never pauses: the total timeout still holds, and
                     # the other connections get their turn.
-                    left, silent_error = response.silence_left()
-                    if left <= 0:
-                        raise silent_error
+                    if response.silence_left() <= 0:
+                        raise response.silence_error()
                     await asyncio.sleep(0)
                     continue
                 if pending:
@@ -12734,10 +12736,9 @@ class ProxyServer:
                 if piece is None:
                     outcome = None
                     break
-                left, silent_error = response.silence_left()
-                if left <= 0:
-                    raise silent_error
-                wait = left
+                wait = response.silence_left()
+                if wait <= 0:
+                    raise response.silence_error()
                 if interval and between_events:
                     since = loop.time() - last_sent
                     if since >= interval:
