@@ -7890,10 +7890,10 @@ class Timeouts:
 
 
 class UpstreamResponse:
-    """An upstream reply, read in a worker thread, and the rest of a stream perhaps by the
-    event loop (read_on_loop). close() returns a fully read
-    connection to the pool and drops any other, first disarming its stopper (see
-    CallStopper) so that nothing can cut the connection once another request has it."""
+    """An upstream reply, read in a worker thread (the rest of a stream perhaps by the
+    event loop: read_on_loop). close() returns a fully read connection to the pool and
+    drops any other, first disarming its stopper (see CallStopper) so that nothing can
+    cut the connection once another request has it."""
 
     def __init__(self, pool: ConnectionPool, target: UpstreamTarget, conn: UpstreamConnection,
                  head: ReplyHead, body: ReplyBody, max_idle: int, name: str,
@@ -9672,6 +9672,10 @@ class KeyPool:
 # is not enough either); 4 MiB leaves room.
 WORKER_IDLE_EXIT = 30.0
 WORKER_STACK_BYTES = 4 * MiB
+# The stack size threads start with is one setting for the whole process: pools in one
+# process (tests run several proxies) take turns setting it, or one would put back the
+# other's value instead of the process's own.
+THREAD_STACK_SIZE_LOCK = threading.Lock()
 
 
 class WorkerPool:
@@ -9711,12 +9715,13 @@ class WorkerPool:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
         try:
-            previous = threading.stack_size(WORKER_STACK_BYTES)
-            try:
-                threading.Thread(target=self._work, daemon=True,
-                                 name="%s-%d" % (self._name, next(self._serial))).start()
-            finally:
-                threading.stack_size(previous)
+            with THREAD_STACK_SIZE_LOCK:
+                previous = threading.stack_size(WORKER_STACK_BYTES)
+                try:
+                    threading.Thread(target=self._work, daemon=True,
+                                     name="%s-%d" % (self._name, next(self._serial))).start()
+                finally:
+                    threading.stack_size(previous)
         except RuntimeError as exc:   # the system's thread limit: wait for one to free
             with self._lock:
                 self.threads -= 1
