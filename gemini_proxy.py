@@ -7868,6 +7868,7 @@ class Timeouts:
 
     def __post_init__(self) -> None:
         self.first_byte_by = time.monotonic() + self.first_byte
+        self._went_silent = "went silent for %gs" % self.idle   # not formatted per read
 
     def next_read(self, first: bool) -> Tuple[float, str]:
         """(socket timeout for the next read, what it means when it expires)."""
@@ -7881,7 +7882,7 @@ class Timeouts:
         """After the first bytes: how much longer the upstream may stay silent, silent
         since `quiet_since` (<= 0: too long already), and what it means when it has."""
         return self._within_total(now, self.idle - (now - quiet_since),
-                                  "went silent for %gs" % self.idle)
+                                  self._went_silent)
 
     def _within_total(self, now: float, timeout: float, meaning: str) -> Tuple[float, str]:
         if self.deadline is not None and self.deadline - now < timeout:

@@ -335,6 +335,11 @@ def test_a_client_leaving_a_passed_through_stream_stops_the_upstream(proxy_facto
 def test_streams_stay_with_their_threads_where_the_loop_cannot_watch_sockets(
         proxy_factory, fake, monkeypatch, path, payload):
     monkeypatch.setattr(gp, "loop_watches_sockets", lambda loop: False)   # Windows' proactor
+
+    class NoRelay(gp.UpstreamRelay):      # the loop must never be asked to read
+        def __init__(self, *args):
+            raise AssertionError("a stream was handed to a loop that cannot watch sockets")
+    monkeypatch.setattr(gp, "UpstreamRelay", NoRelay)
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
     fake.queue(text_stream("from the thread", pieces=1))
     status, _, body = proxy.request("POST", path, payload)
