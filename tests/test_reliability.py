@@ -425,3 +425,37 @@ def test_a_long_event_passing_through_is_not_searched_again_for_each_piece():
     out, _ = passing.take(b'"\n\n')
     assert out.startswith(b'data: "') and out.endswith(b'"\n\n')
     assert max(searched) <= 65536 + 3 and sum(searched) < 2 * 200 * 65536
+
+
+def _passing(kind):
+    return gp.PassingStream(gp.Exchange("r", "openai", "generate"), gp.UPSTREAM_KINDS[kind],
+                            "text/event-stream", gp.MiB, gp.Redactor())
+
+
+def test_a_passed_through_stream_notices_its_end_usage_and_text_in_a_read_of_many_events():
+    def event(delta, finish=None, **extra):
+        return b"data: " + json.dumps(dict({"choices": [{"index": 0, "delta": delta,
+                                                         "finish_reason": finish}]},
+                                           **extra)).encode() + b"\n\n"
+    passing = _passing("openai")
+    # "[DONE]" or a finish in the text is no end; null is no finish
+    out, events = passing.take(b"".join(event({"content": "say [DONE] or"}) for _ in range(3)) +
+                               event({"content": '"finish_reason": "stop"'}))
+    assert len(events) == 4 and not passing.ended and passing.ex.usage is None
+    assert passing.text_chars == 3 * len("say [DONE] or") + len('\\"finish_reason\\": \\"stop\\"')
+    passing.take(event({}, "stop") + event({}, usage={"prompt_tokens": 5,
+                                                      "completion_tokens": 7}))
+    assert passing.ended and (passing.ex.usage.input_tokens,
+                              passing.ex.usage.output_tokens) == (5, 7)
+    # [DONE] alone ends a stream that sent no finish (some servers do)
+    bare = _passing("openai")
+    bare.take(event({"content": "hi"}) + b"data: [DONE]\n\n")
+    assert bare.ended
+    for kind, last in (("gemini", b'{"candidates": [{"finishReason": "STOP"}]}'),
+                       ("anthropic", b'{"type": "message_stop"}'),
+                       ("openai-responses", b'{"type": "response.completed"}')):
+        other = _passing(kind)
+        other.take(b'data: {"x": 1}\n\ndata: {"y": 2}\n\n')
+        assert not other.ended, kind
+        other.take(b'data: {"z": 3}\n\ndata: ' + last + b"\n\n")
+        assert other.ended, kind
