@@ -563,9 +563,14 @@ def new_id(prefix: str = "", nbytes: int = 12) -> str:
     return prefix + secrets.token_hex(nbytes)
 
 
+# One encoder for every event (json.dumps with options builds a new one each call). What
+# it writes is parsed JSON or the proxy's own dicts, never circular: no check for that.
+COMPACT_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False)
+
+
 def json_compact(obj: Any) -> str:
     """JSON on one line, ASCII only: no raw line separators can reach a strict SSE parser."""
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    return COMPACT_JSON.encode(obj)
 
 
 def json_bytes(obj: Any) -> bytes:
