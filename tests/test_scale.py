@@ -1,7 +1,11 @@
 """Many requests at once (issue 11): the elastic worker pool, worker processes behind one
 port, and the state they share."""
 
+import gc
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -157,6 +161,20 @@ def test_worker_threads_hold_deep_recursion():
     with gp.THREAD_STACK_SIZE_LOCK:
         assert threading.stack_size() == 0
     assert seen[1:] == [900, "recursion error, as in the main thread"]
+
+
+def test_a_running_server_settles_the_garbage_collector_and_importing_does_not():
+    """The module leaves the collector alone (it is vendored into other programs); the
+    server freezes what start-up made and collects its youngest objects less often."""
+    probe = ("import gc; before = gc.get_threshold(); import gemini_proxy as gp; "
+             "assert gc.get_threshold() == before and gc.get_freeze_count() == 0; "
+             "gp.settle_garbage_collector(); "
+             "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(gp.__file__)), timeout=PATIENCE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(gp.GC_YOUNG_THRESHOLD), "True"]
+    assert gc.get_threshold()[0] != gp.GC_YOUNG_THRESHOLD   # nothing here changed it
 
 
 # ---- many streams through one proxy ------------------------------------------------------
