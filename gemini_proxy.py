@@ -746,13 +746,22 @@ access_log = logging.getLogger("gemini_proxy.access")
 GOOGLE_TOKEN = re.compile(r"\bya29\.[\w.-]+|(?<![\w/])1//[\w.-]{8,}")
 
 
+def without_google_tokens(text: str) -> str:
+    """Text with GOOGLE_TOKEN's matches replaced. Text holding neither start is returned
+    without the search, which costs more than the rest of a log line (the pattern has no
+    literal start the regex engine could skip ahead to)."""
+    if "ya29." not in text and "1//" not in text:
+        return text
+    return GOOGLE_TOKEN.sub("[REDACTED]", text)
+
+
 class LogFormatter(logging.Formatter):
     """Every log line on one line: the message's control characters are escaped (a
     traceback, which is this program's own, keeps its lines), and no Google token is in
     it, whatever quoted one."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = GOOGLE_TOKEN.sub("[REDACTED]", log_safe(record.message))
+        record.message = without_google_tokens(log_safe(record.message))
         return super().formatMessage(record)
 
 
@@ -765,10 +774,9 @@ class JsonLogFormatter(logging.Formatter):
         entry = {"time": datetime.datetime.fromtimestamp(
                      record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
                  "level": record.levelname.lower(), "logger": record.name,
-                 "message": GOOGLE_TOKEN.sub("[REDACTED]", record.getMessage())}
+                 "message": without_google_tokens(record.getMessage())}
         if record.exc_info:
-            entry["traceback"] = GOOGLE_TOKEN.sub("[REDACTED]",
-                                                  self.formatException(record.exc_info))
+            entry["traceback"] = without_google_tokens(self.formatException(record.exc_info))
         return json.dumps(entry)   # ASCII: no U+2028 for a line splitter to split at
 
 
@@ -777,6 +785,8 @@ def fingerprint(secret: str) -> str:
     return "key#" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8] if secret else "none"
 
 
+# A secret in a URL's query (?key=..., the Gemini API's way), wherever a URL is quoted.
+QUERY_SECRET = re.compile(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+")
 SECRET_HEADERS = frozenset(("authorization", "x-api-key", "x-goog-api-key", "api-key",
                             "proxy-authorization", "cookie", "set-cookie"))
 
@@ -802,8 +812,10 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "[REDACTED]")
-        text = GOOGLE_TOKEN.sub("[REDACTED]", text)
-        return re.sub(r"([?&](?:key|api_key|access_token)=)[^&\s\"']+", r"\1[REDACTED]", text)
+        text = without_google_tokens(text)
+        if "key=" not in text and "access_token=" not in text:   # as most text: no search
+            return text
+        return QUERY_SECRET.sub(r"\1[REDACTED]", text)
 
     def names(self, text: str) -> str:
         """The configuration's secrets removed from a short name (a model's), cheaply."""
@@ -8344,7 +8356,7 @@ def token_call(endpoints: GoogleEndpoints, form: Dict[str, str]) -> Dict[str, An
         lifetime = lifetime if math.isfinite(lifetime) else 3600.0
         return dict(answer_fields, expires_at=time.time() + min(max(lifetime, 0.0), 86400.0))
     code = text_of(answer_fields.get("error"))
-    said = GOOGLE_TOKEN.sub("[REDACTED]", "%s%s" % (
+    said = without_google_tokens("%s%s" % (
         code or "HTTP %d" % status, ": " + text_of(answer_fields.get("error_description"))
         if answer_fields.get("error_description") else ""))
     if code in REFUSED_GRANT or status in (400, 401, 403):
@@ -8514,7 +8526,7 @@ class GoogleAccount:
             self.setup(deadline, cancelled)
 
     def _take_out(self, kind: str, why: str, status: int = 503) -> UpstreamError:
-        self.out, self.out_kind = GOOGLE_TOKEN.sub("[REDACTED]", why), kind
+        self.out, self.out_kind = without_google_tokens(why), kind
         log.warning("account %s is out: %s", self.name, self.out)
         return UpstreamError(self.out, status=status, key_verdict="out")
 
@@ -14732,6 +14744,9 @@ def setup_logging(settings: Dict[str, Any]) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
     logging.basicConfig(level=settings["level"].upper(), handlers=handlers, force=True)
+    # No line shows the thread or the process, and looking them up for every record was
+    # a quarter of a request's log line (the logging HOWTO's "Optimization" switches).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 # `usage`: the ledger as a table, by day, model, client, upstream or key.

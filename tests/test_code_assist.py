@@ -377,3 +377,11 @@ def test_google_tokens_never_survive_redaction():
     text = 'token ya29.a0AfB_by-x.y refresh 1//0gAbC-d_e9 in "1//0gXYZxyz12"'
     assert redactor.text(text) == 'token [REDACTED] refresh [REDACTED] in "[REDACTED]"'
     assert redactor.text("a path //1//x and 11//2") == "a path //1//x and 11//2"
+    # each kind alone: text is searched only when it holds a start, and every start counts
+    assert redactor.text("refresh 1//0gAbC-d_e9 only") == "refresh [REDACTED] only"
+    assert redactor.text("access ya29.a0AfB only") == "access [REDACTED] only"
+    for query in ("key", "api_key", "access_token"):
+        assert redactor.text("GET /m?alt=sse&%s=s3cr3t-v4lue HTTP" % query) == \
+            "GET /m?alt=sse&%s=[REDACTED] HTTP" % query
+    plain = "nothing secret here: key, token, 1/2"
+    assert redactor.text(plain) == plain
