@@ -459,3 +459,13 @@ def test_a_passed_through_stream_notices_its_end_usage_and_text_in_a_read_of_man
         assert not other.ended, kind
         other.take(b'data: {"z": 3}\n\ndata: ' + last + b"\n\n")
         assert other.ended, kind
+    # Gemini's JSON-array form has no events: its end is looked for in the bytes, across
+    # reads
+    array = gp.PassingStream(gp.Exchange("r", "gemini", "generate"), gp.UPSTREAM_KINDS["gemini"],
+                             "application/json", gp.MiB, gp.Redactor())
+    array.take(b'[{"candidates": [{"content": {"parts": [{"text": "finishReason"}]}}]}')
+    assert not array.ended
+    array.take(b',\r\n{"candidates": [{"finishRea')
+    assert not array.ended
+    array.take(b'son": "STOP"}]}]')
+    assert array.ended

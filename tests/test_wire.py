@@ -425,6 +425,10 @@ def test_bare_lf_in_chunk_framing_is_400():
 
 def test_chunk_data_longer_than_its_size_is_400():
     assert chunk_error(b"3\r\nhello\r\n0\r\n\r\n").status == 400
+    # the data's end is checked, not only counted: what follows it must be CRLF (else
+    # "XY0..." would smuggle a request past the body)
+    assert chunk_error(b"3\r\nhelXY0\r\n\r\n").status == 400
+    assert chunk_error(b"1\r\naXY0\r\n\r\n" + NEXT_REQUEST).status == 400
     # shorter than its size: the framing that follows is swallowed as data, then wrong
     assert chunk_error(b"8\r\nhello\r\n0\r\n\r\nXYZ").status == 400
 
