@@ -3202,7 +3202,7 @@ def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, A
         call["args"].append(arguments)
 
 
-OPENAI_FINISH_FIELD = re.compile(r'"finish_reason": ?"')
+OPENAI_FINISH_FIELD = re.compile(r'"finish_reason": ?"[^"]')   # "" is no finish
 
 
 def openai_stream_end(data: str) -> bool:
@@ -3263,8 +3263,8 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
             for fragment in reply_list(delta.get("tool_calls"), "delta.tool_calls"):
                 _merge_tool_fragment(calls.setdefault(index, {}),
                                      reply_object(fragment, "a tool call"))
-            if isinstance(choice.get("finish_reason"), str):
-                finish_reasons[index] = choice["finish_reason"]
+            if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
+                finish_reasons[index] = choice["finish_reason"]   # ("": some servers' null)
     if not finish_reasons and not done:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
@@ -11535,6 +11535,9 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 if not first:
                     raise UpstreamError("upstream %r ended its stream without sending "
                                         "anything" % runtime.name, status=502)
+                if not passing.ended:   # half an event: a 502 now, not 200 and garble
+                    raise UpstreamError("upstream %r ended its stream before the reply "
+                                        "was finished" % runtime.name, status=502)
                 break
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
@@ -11564,8 +11567,10 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
 
 # The text fields of the dialects' stream events, for an estimate of the output of a
 # passed-through stream whose upstream reported no usage (Responses upstreams report it).
+# The string's body is written unrolled (runs of plain characters, then one escape at a
+# time): as an alternation per character, one 40 MB event held the loop for 20 s.
 STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
-                               r'reasoning_content|reasoning)": ?"((?:[^"\\]|\\.)*)"')
+                               r'reasoning_content|reasoning)": ?"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 class PassingStream:

@@ -462,3 +462,57 @@ def test_the_model_endpoints_refuse_unusable_names(proxy_factory, name):
 
 def test_bidirectional_controls_are_escaped_in_log_lines():
     assert gp.log_safe("a\u202eb\u2066c\u200fd") == "a\\u202eb\\u2066c\\u200fd"
+
+
+def sse_http(stream):
+    """A whole SSE reply, framed by its length (the connection stays up: only the body's
+    content is odd)."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" \
+        % (len(stream), stream)
+
+
+def openai_event(delta, finish):
+    return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                                   "model": "m", "choices": [{"index": 0, "delta": delta,
+                                                              "finish_reason": finish}]}
+                                  ).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("stream", [
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hel',     # half an event
+    openai_event({"content": "Hi"}, None)[:-1]])                          # no blank line
+def test_a_passed_through_stream_cut_before_its_first_whole_event_is_a_clean_502(raw, stream):
+    """(An outside adversarial run: the half event went out as a 200 with the proxy's
+    error glued onto it, one invalid JSON event.)"""
+    proxy, _ = raw(sse_http(stream))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 502, data
+    assert "ended its stream before the reply was finished" in json.loads(data)["error"][
+        "message"]
+
+
+def test_an_empty_finish_reason_is_no_finish_and_a_cut_stream_says_so(raw):
+    """Some servers send "finish_reason": "" where null is meant: a stream cut after such
+    events was taken for a finished one, passed through and converted alike."""
+    cut = openai_event({"content": "Hello"}, "") + openai_event({"content": " wor"}, "")
+    proxy, _ = raw(sse_http(cut), sse_http(cut), sse_http(
+        openai_event({"content": "Hello"}, "") + openai_event({}, "stop") + b"data: [DONE]\n\n"))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200 and b"ended its stream before the reply was finished" in data
+    status, _, data = proxy.request("POST", "/v1beta/models/m:streamGenerateContent?alt=sse",
+                                    GEMINI_ASK)
+    assert status == 200 and b"Hello" in data and b"finishReason" not in data, data
+    status, _, data = proxy.request("POST", "/v1beta/models/m:streamGenerateContent?alt=sse",
+                                    GEMINI_ASK)
+    assert status == 200 and b'"finishReason":"STOP"' in data, data
+
+
+def test_the_text_estimate_reads_escaped_quotes_and_a_huge_event_in_one_pass():
+    """The output estimate's pattern, unrolled: one 40 MB event once held the event loop
+    for 20 s (an alternation tried at every character). Same matches as ever, escapes
+    included."""
+    found = gp.STREAM_TEXT_FIELD.findall(
+        '{"content": "say \\"hi\\" \\\\"} {"text":"a\\nb"} {"arguments": "{\\"x\\": 1}"}')
+    assert found == ['say \\"hi\\" \\\\', "a\\nb", '{\\"x\\": 1}']
+    big = '{"content": "' + "word \\n " * 200000 + '"}'
+    assert [len(f) for f in gp.STREAM_TEXT_FIELD.findall(big)] == [len(big) - 15]
