@@ -11527,21 +11527,22 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
         passing = PassingStream(ex, kind, content_type, spec["max_reply_bytes"],
                                 rq.live.redactor)
-        first, events = b"", []
+        first, events, over = b"", [], False
         while not first:    # up to the first whole event
             data = next(chunks, b"")
             if not data:    # the end: what was held back, if anything came at all
-                first = passing.finish()
+                first, events = passing.finish()
                 if not first:
                     raise UpstreamError("upstream %r ended its stream without sending "
                                         "anything" % runtime.name, status=502)
-                if not passing.ended:   # half an event: a 502 now, not 200 and garble
-                    raise UpstreamError("upstream %r ended its stream before the reply "
-                                        "was finished" % runtime.name, status=502)
+                over = True
                 break
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
             stream_event_json(events[0][1], kind.stream_event_error)
+        if over and not passing.ended:   # half an event: a 502 now, not 200 and garble
+            raise UpstreamError("upstream %r ended its stream before the reply was "
+                                "finished" % runtime.name, status=502)
         return content_type, first, (response, chunks, passing)
     content_type, first, rest = call.send(
         kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
@@ -11555,7 +11556,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         out.chunk(first)
         out.relay(response, (data if data is IDLE else passing.take(data)[0]
                              for data in chunks))
-        last = passing.finish()
+        last, _ = passing.finish()
         if not passing.ended:
             raise UpstreamError("upstream %r ended its stream before the reply was "
                                 "finished" % runtime.name, status=502)
@@ -11642,14 +11643,14 @@ class PassingStream:
         del self.held[:whole]
         return self.redactor.bytes(ready), events
 
-    def finish(self) -> bytes:
+    def finish(self) -> Tuple[bytes, List[Tuple[str, str]]]:
         """At the end of the body: what is still held back (a last event without its
-        blank line, which the hub's own reading accepts too)."""
+        blank line, which the hub's own reading accepts too), and that event."""
+        events = self._parser.finish()
         end = self.kind.stream_end
-        self.ended = self.ended or (end is not None and any(
-            end(text) for _, text in self._parser.finish()))
+        self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
         held, self.held = bytes(self.held), bytearray()
-        return self.redactor.bytes(held)
+        return self.redactor.bytes(held), events
 
 
 def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:

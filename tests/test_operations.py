@@ -1314,7 +1314,9 @@ def test_json_log_lines():
 def root_logger_restored():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    switches = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     yield
+    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = switches
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)

@@ -165,8 +165,8 @@ def test_worker_threads_hold_deep_recursion():
 
 def test_a_running_server_settles_the_garbage_collector_and_importing_does_not(tmp_path):
     """The module leaves the collector alone (it is vendored into other programs); a
-    server, once listening, freezes what start-up made and collects its youngest objects
-    less often."""
+    server, started, freezes what start-up made and collects its youngest objects less
+    often."""
     probe = ("import gc, sys; before = gc.get_threshold(); import gemini_proxy as gp; "
              "assert gc.get_threshold() == before and gc.get_freeze_count() == 0; "
              "gp.settle_garbage_collector(); "
@@ -176,18 +176,20 @@ def test_a_running_server_settles_the_garbage_collector_and_importing_does_not(t
                           cwd=here, timeout=PATIENCE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(gp.GC_YOUNG_THRESHOLD), "True"]
-    # serve() is what calls it: a server whose settling says so and exits
-    serving = ("import os, sys, gemini_proxy as gp\n"
+    # serve() is what calls it: a server whose settling says so and exits (one process,
+    # nothing from this environment or directory: no config.json, no GEMINI_PROXY_*)
+    serving = ("import gc, os, sys; before = gc.get_threshold(); import gemini_proxy as gp\n"
                "def settled():\n"
-               "    print('settled', gp.gc.get_threshold()[0] == 700 and "
-               "gp.gc.get_freeze_count() == 0, flush=True)\n"
+               "    print('settled', gc.get_threshold() == before and "
+               "gc.get_freeze_count() == 0, flush=True)\n"
                "    os._exit(0)\n"
                "gp.settle_garbage_collector = settled\n"
-               "sys.exit(gp.main(['--host', '127.0.0.1', '--port', '0', "
+               "sys.exit(gp.main(['--host', '127.0.0.1', '--port', '0', '--processes', '1', "
                "'--upstream-url', 'http://127.0.0.1:9/v1']))\n")
     done = subprocess.run([sys.executable, "-c", serving], capture_output=True, text=True,
-                          cwd=here, timeout=PATIENCE * 2, env=dict(
-                              os.environ, GEMINI_PROXY_STATE_DIR=str(tmp_path)))
+                          cwd=str(tmp_path), timeout=PATIENCE * 2, env={
+                              "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                              "PYTHONPATH": here, "GEMINI_PROXY_STATE_DIR": str(tmp_path)})
     assert done.stdout.split() == ["settled", "True"], (done.stdout, done.stderr[-2000:])
 
 
