@@ -2405,16 +2405,30 @@ def estimate_prompt_tokens(chat: Chat) -> int:
 
 def estimate_usage(chat: Chat, parts: Iterable[Part]) -> Usage:
     """Token counts when an upstream reports none (marked estimated in the logs)."""
-    prompt = estimate_prompt_tokens(chat)
-    output = reasoning = 0
+    tally = OutputTally()
     for part in parts:
+        tally.add(part)
+    return tally.usage(chat)
+
+
+class OutputTally:
+    """The estimated tokens of a reply's parts, counted as they go by: a stream of an
+    hour holds two numbers, not every delta it has passed on."""
+
+    def __init__(self) -> None:
+        self.output = self.reasoning = 0
+
+    def add(self, part: Part) -> None:
         if part.type == TOOL_CALL:
-            output += estimate_tokens(part.name + json.dumps(part.args or {}))
+            self.output += estimate_tokens(part.name + json.dumps(part.args or {}))
         elif part.type == THINKING:
-            reasoning += estimate_tokens(part.text)
+            self.reasoning += estimate_tokens(part.text)
         else:
-            output += estimate_tokens(part.text)
-    return Usage(prompt, output + reasoning, reasoning_tokens=reasoning, estimated=True)
+            self.output += estimate_tokens(part.text)
+
+    def usage(self, chat: Chat) -> Usage:
+        return Usage(estimate_prompt_tokens(chat), self.output + self.reasoning,
+                     reasoning_tokens=self.reasoning, estimated=True)
 
 
 def merge_consecutive_turns(messages: List[Message]) -> List[Message]:
@@ -11436,16 +11450,16 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
 
 def _track_usage(ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
     """Pass events on; record the usage, counting it when the upstream did not."""
-    parts = []
+    tally = OutputTally()
     for event in events:
         if event is IDLE:
             pass
         elif isinstance(event, Finish):
             if event.usage is None:
-                event.usage = estimate_usage(chat, parts)
+                event.usage = tally.usage(chat)
             ex.usage = event.usage
         else:
-            parts.append(event)
+            tally.add(event)
         yield event
 
 
