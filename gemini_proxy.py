@@ -28,9 +28,10 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 (Prometheus), GET /stats (JSON) and GET /dashboard (one page, no external assets) behind
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
-At scale: each request in flight holds a worker thread from a pool that grows with demand
-(up to server.workers) and shrinks when idle, and the event loop itself reads and
-converts the rest of a stream once its first event is in (its worker waits);
+At scale: a request holds a worker thread from a pool that grows with demand (up to
+server.workers) and shrinks when idle until its answer is whole or its stream's first
+event is in; the event loop itself reads and converts the rest of a stream, no thread
+held meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -9717,7 +9718,8 @@ class KeyPool:
 # go of, and the one place its errors are rendered (Request.fail). Everything that blocks
 # or costs (JSON, conversion, the upstream call) runs in the worker; the event loop moves
 # finished bytes. Once a stream's first event is in, the loop reads and converts the rest
-# itself (UpstreamRelay): the cost of an event is then one wake-up, not two.
+# itself (UpstreamRelay): the cost of an event is then one wake-up, not two, and the worker
+# thread goes back to the pool until the stream is over and its request is to be ended.
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -9727,17 +9729,46 @@ class KeyPool:
 # is not enough either); 4 MiB leaves room.
 WORKER_IDLE_EXIT = 30.0
 WORKER_STACK_BYTES = 4 * MiB
+# A pool that has shrunk by this many threads, to half its size or less, gives the C
+# heap's free pages back to the system (return_free_memory). What a burst of thousands
+# of streams left behind is mostly freed but scattered, and glibc keeps it: 1,000 streams
+# begun at once and relayed on held 96 MB half a minute later, 70 MB with the trim, 61 MB
+# being an idle proxy's (bench/bench.py's slow streams). A trim takes some 20 ms, in the
+# thread that ends.
+WORKER_SHRINK_TRIM = 64
 # The stack size threads start with is one setting for the whole process: pools in one
 # process (tests run several proxies) take turns setting it, or one would put back the
 # other's value instead of the process's own.
 THREAD_STACK_SIZE_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        import ctypes   # here: only a pool that shrinks needs it, and it costs start-up time
+        return ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError, TypeError):   # not glibc
+        return None
+
+
+def return_free_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim); False
+    where there is no such call (musl, macOS, Windows)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 class WorkerPool:
     """Threads for the blocking part of requests: one is started when a request finds
     none idle, up to `limit` (server.workers); past that requests queue for the next one
-    free. Each request holds its thread to its end, a stream included, so the limit is
-    how many requests can be in flight, and memory, not a thread count, is the bound.
+    free. A request holds its thread until its answer is whole, or its stream's first
+    event is in: the event loop relays the rest, and a worker ends the request after it
+    (a stream of an hour holds a thread for its first seconds only). So the limit is how
+    many requests can be worked on at once, and memory, not a thread count, is the bound
+    on the streams held.
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
     finds an idle thread (woken), or a new one, or waits in the queue for a thread that
@@ -9752,15 +9783,17 @@ class WorkerPool:
         self._tasks: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
             collections.deque()
         self._idle = 0                  # threads waiting for a task
+        self._peak = 0                  # the most threads since memory was last given back
         self._serial = itertools.count(1)
         self._start_failed_at = 0.0
         self._closed = False
 
-    def submit(self, function: Callable[..., None], *args: Any) -> None:
+    def submit(self, function: Callable[..., None], *args: Any, closing: bool = False) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
-        own to report)."""
+        own to report). After close() only the end of a request already begun is
+        taken (closing=True)."""
         with self._lock:
-            if self._closed:
+            if self._closed and not closing:
                 raise RuntimeError("the worker pool is closed")
             self._tasks.append((function, args))
             if len(self._tasks) <= self._idle:
@@ -9769,6 +9802,7 @@ class WorkerPool:
             if self.threads >= self.limit:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
+            self._peak = max(self._peak, self.threads)
         try:
             with THREAD_STACK_SIZE_LOCK:
                 previous = threading.stack_size(WORKER_STACK_BYTES)
@@ -9794,23 +9828,41 @@ class WorkerPool:
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                while not self._tasks:
-                    if self._closed:
-                        self.threads -= 1
-                        return
-                    self._idle += 1
-                    woken = self._wakeup.wait(WORKER_IDLE_EXIT)
-                    self._idle -= 1
-                    if not woken and not self._tasks:    # idle for WORKER_IDLE_EXIT
-                        self.threads -= 1
-                        return
-                function, args = self._tasks.popleft()
+            task = self._next_task()
+            if task is None:
+                return
+            function, args = task
             try:
                 function(*args)
             except Exception:   # pragma: no cover - the functions submitted never raise
                 log.exception("worker task failed")
-            del function, args    # hold nothing of a finished request while idle
+            del task, function, args    # hold nothing of a finished request while idle
+
+    def _next_task(self) -> Optional[Tuple[Callable[..., None], tuple]]:
+        """The next task, once there is one; None when this thread is to end (the pool
+        closed, or idle for WORKER_IDLE_EXIT), memory given back first if the pool has
+        shrunk enough (WORKER_SHRINK_TRIM)."""
+        shrunk = False
+        with self._lock:
+            while not self._tasks:
+                if self._closed:
+                    self.threads -= 1
+                    return None
+                self._idle += 1
+                woken = self._wakeup.wait(WORKER_IDLE_EXIT)
+                self._idle -= 1
+                if not woken and not self._tasks:
+                    self.threads -= 1
+                    shrunk = self._peak - self.threads >= WORKER_SHRINK_TRIM and \
+                        self.threads <= self._peak // 2
+                    if shrunk:
+                        self._peak = self.threads
+                    break
+            else:
+                return self._tasks.popleft()
+        if shrunk:   # out of the lock: a trim takes a while
+            return_free_memory()
+        return None
 
     @property
     def starved(self) -> bool:
@@ -9863,30 +9915,27 @@ class LoopWaker:
 class UpstreamRelay:
     """The rest of a streamed reply, handed by its worker to the event loop: `output`
     gives the client's bytes, and IDLE where it would wait for the upstream `response`,
-    which the loop then waits for. The worker waits (wait()) until the loop is done. An
-    event then costs one wake-up of the loop, not a wake-up of the worker and then of
-    the loop."""
+    which the loop then waits for. No thread waits meanwhile: an event costs one wake-up
+    of the loop, and a stream of an hour holds no thread (nor its memory) for the hour.
+    Once the loop is done, settle() calls `resume` (set by whoever hands the relay over)
+    with what ended it, and that runs the request's rest, `after`, and its end."""
 
-    def __init__(self, response: "UpstreamResponse", output: Iterator[Any]):
-        self.response, self.output = response, output
-        self._done = threading.Event()
-        self._error: Optional[BaseException] = None
+    def __init__(self, response: "UpstreamResponse", output: Iterator[Any],
+                 after: Optional[Callable[[], None]] = None):
+        self.response, self.output, self.after = response, output, after
+        self.resume: Callable[[Optional[BaseException]], None] = lambda error: None
+        self._lock = threading.Lock()
+        self._settled = False
 
     def settle(self, error: Optional[BaseException] = None) -> None:
-        """For the loop: the reply has been relayed to its end (error None) or not; the
-        first word counts."""
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    def wait(self) -> None:
-        """For the worker: return once the reply has been relayed, or raise what ended
-        it (an UpstreamError for the client to hear of, ClientGone). No timeout: the
-        loop settles it, or the request's abort does (see ChunkPipe.abort), and a
-        thread that woke to look would cost as much as the events it no longer reads."""
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
+        """The reply has been relayed to its end (error None) or not (an UpstreamError
+        for the client to hear of, ClientGone); the first word counts. Called by the
+        loop, or by the request's abort when the loop never began it."""
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        self.resume(error)
 
 
 class ChunkPipe:
@@ -9894,7 +9943,7 @@ class ChunkPipe:
     so a slow client slows the upstream read instead of filling memory; the loop takes
     everything waiting in one hop. A stream's rest may come as an UpstreamRelay instead
     of chunks, when the loop can read sockets itself (`loop_reads`): the loop then pulls
-    it while the worker waits.
+    it, and the worker thread is free for other requests.
 
     A streamed reply may have its head sent before the worker has one (commit_early:
     Gemini CLI gives up on a server that sends no headers for 60 s); the worker's own
@@ -9956,14 +10005,15 @@ class ChunkPipe:
 
     def _append(self, item: Any) -> None:
         with self._lock:
-            if isinstance(item, UpstreamRelay):
-                if self.gone:   # abandoned since put() looked: no loop will take it
-                    item.settle(ClientGone())
-                    return
-                self._relay = item
-            self._items.append(item)
+            withdrawn = isinstance(item, UpstreamRelay) and self.gone
+            if not withdrawn:
+                if isinstance(item, UpstreamRelay):
+                    self._relay = item
+                self._items.append(item)
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
+        if withdrawn:   # abandoned since put() looked: no loop will take it
+            item.settle(ClientGone())
+        elif waiter is not None:
             self._waker.wake(waiter)
 
     def on_abort(self, hook: Callable[[], None]) -> None:
@@ -9979,12 +10029,6 @@ class ChunkPipe:
         must not touch them (they may already serve another request)."""
         with self._lock:
             self._abort_hooks.clear()
-
-    def relay(self, relay: UpstreamRelay) -> None:
-        """From the worker: the loop reads the rest of the upstream's reply itself (after
-        what was put before); returns when it is done, raising what stopped it."""
-        self.put(relay)
-        relay.wait()
 
     def begin_relay(self, relay: UpstreamRelay) -> bool:
         """For the loop: from now on it settles `relay` itself; False when the request
@@ -10043,13 +10087,13 @@ class ChunkPipe:
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
-            if self._relay is not None:
-                if self._relay in self._items:   # withdrawn (its space in the pipe is
-                    self._items.remove(self._relay)   # not given back: nothing else comes)
-                self._relay.settle(ClientGone())
-                self._relay = None
+            relay, self._relay = self._relay, None
+            if relay is not None and relay in self._items:   # withdrawn (its space in
+                self._items.remove(relay)   # the pipe is not given back: nothing else comes)
             waiter, self._waiter = self._waiter, None
         self._left.set()
+        if relay is not None:   # out of the lock: it resumes the request in a worker
+            relay.settle(ClientGone())
         if waiter is not None:
             self._waker.wake(waiter)
 
@@ -10151,6 +10195,7 @@ class Responder:
         # client that asks again at once then finds the connection pooled, the key free.
         self._before_whole = before_whole
         self._sink: Optional[Callable[[bytes], None]] = None
+        self.handed_over: Optional[UpstreamRelay] = None
 
     @property
     def committed(self) -> bool:
@@ -10185,18 +10230,24 @@ class Responder:
             self._sink(data)
         self.pipe.put(data)
 
-    def relay(self, response: "UpstreamResponse", output: Iterator[Any]) -> None:
+    def relay(self, response: "UpstreamResponse", output: Iterator[Any],
+              after: Optional[Callable[[], None]] = None) -> None:
         """The rest of a streamed reply, pulled and written by the event loop (see
-        UpstreamRelay): `output`, the client's bytes, made from what `response` brings."""
+        UpstreamRelay): `output`, the client's bytes, made from what `response` brings;
+        `after`, what the request does once they are all out. The last thing an answer
+        does: the relay is left in `handed_over` for the request's worker to hand over
+        as it lets go (Proxy._conclude)."""
         if not self.pipe.loop_reads:   # an event loop that cannot watch sockets
             for piece in output:
                 self.chunk(piece)
+            if after is not None:
+                after()
             return
         response.read_on_loop()
         sink = self._sink
         if sink is not None:
             output = _sunk(output, sink)
-        self.pipe.relay(UpstreamRelay(response, output))
+        self.handed_over = UpstreamRelay(response, output, after)
 
 
 def _sunk(output: Iterator[Any], sink: Callable[[bytes], None]) -> Iterator[Any]:
@@ -10234,6 +10285,7 @@ class Request:
         self.payload: Any = None
         self.opened: List[UpstreamResponse] = []
         self.held: List[Tuple[KeyPool, KeyState]] = []
+        self.admitted = False   # by its client's limits: what it spent is counted at its end
         self._chat: Optional[Chat] = None
 
     def chat(self) -> Chat:
@@ -11566,17 +11618,19 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
 
     def deliver() -> None:
         response, chunks, passing = rest
+
+        def after() -> None:
+            last, _ = passing.finish()
+            if not passing.ended:
+                raise UpstreamError("upstream %r ended its stream before the reply was "
+                                    "finished" % runtime.name, status=502)
+            out.chunk(last)
+            if ex.usage is None:
+                ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
         out.start(content_type)
         out.chunk(first)
         out.relay(response, (data if data is IDLE else passing.take(data)[0]
-                             for data in chunks))
-        last, _ = passing.finish()
-        if not passing.ended:
-            raise UpstreamError("upstream %r ended its stream before the reply was "
-                                "finished" % runtime.name, status=502)
-        out.chunk(last)
-        if ex.usage is None:
-            ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
+                             for data in chunks), after)
     return deliver
 
 
@@ -11693,7 +11747,8 @@ class Proxy:
         self.started = time.time()
         self.instance = new_id(nbytes=6)   # in HOP_HEADER: a request that comes back is a loop
         self.listening: Optional[Tuple[str, int]] = None
-        self.active = 0   # requests inside a worker right now
+        self.active = 0    # requests in flight: begun by a worker, not yet ended
+        self.working = 0   # of those, the ones a worker thread is busy with now
         self._active_lock = threading.Lock()
         self.live = self._make_live(config, None)
         self.limits = ClientLimits(self.shared)
@@ -11766,7 +11821,7 @@ class Proxy:
 
     @property
     def workers_free(self) -> int:
-        return self.config.server["workers"] - self.active
+        return self.config.server["workers"] - self.working
 
     def listen_on(self, host: str, port: int) -> None:
         """Where the server listens: an upstream whose base_url is that address would
@@ -11850,7 +11905,7 @@ class Proxy:
 
     def health(self) -> Tuple[int, Dict[str, Any]]:
         """GET /health: 200 while a request can start now; 503 when every worker is busy
-        (a load balancer should send new requests elsewhere)."""
+        with a request (a load balancer should send new requests elsewhere)."""
         free = self.workers_free
         if self.workers.starved:
             return 503, {"status": "degraded", "workers_free": max(free, 0),
@@ -11911,7 +11966,7 @@ class Proxy:
             "generated_at": wall,
             "ledger": self.ledger.summary() if self.ledger else {
                 "on": False, "path": "", "warning": "", "rows_written": 0, "rows_dropped": 0},
-            "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.active,
+            "now": dict(metrics.now(wall), in_flight=self.active, workers_busy=self.working,
                         workers=self.config.server["workers"],
                         worker_threads=self.workers.threads,
                         connections_open=connections_open),
@@ -11945,7 +12000,8 @@ class Proxy:
         gauges = [
             ("requests_in_flight", "Requests being answered now (some may wait for a "
              "worker).", {}, in_flight),
-            ("workers_busy", "Worker threads holding a request.", {}, self.active),
+            ("workers_busy", "Worker threads busy with a request (a stream the event loop "
+             "relays holds none).", {}, self.working),
             ("workers", "The most worker threads (server.workers).", {},
              self.config.server["workers"]),
             ("worker_threads", "Worker threads running now, busy or idle.", {},
@@ -11968,9 +12024,11 @@ class Proxy:
 
     def handle_blocking(self, ex: Exchange, head: RequestHead, body: bytes,
                         pipe: ChunkPipe) -> None:
-        """Answer one request into the pipe; never raises."""
+        """Answer one request into the pipe; never raises. A stream whose rest the event
+        loop relays is ended by another worker task when the relay is done (_resume)."""
         with self._active_lock:
             self.active += 1
+            self.working += 1
         live = self.live
         dialect = CLIENT_DIALECTS[ex.dialect]
         settings = live.config.logging
@@ -11979,9 +12037,9 @@ class Proxy:
         hops = [h.strip() for h in head.header(HOP_HEADER).split(",") if h.strip()]
         rq = Request(live, ex, head, body, dialect, pipe, detail, self.pool,
                      ", ".join(hops + [self.instance]))
-        client = ex.client or ANONYMOUS
-        admitted = False
-        try:
+
+        def answer() -> None:
+            client = ex.client or ANONYMOUS
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
@@ -11998,10 +12056,39 @@ class Proxy:
                 rq.out.expect_stream(dialect.stream_content_type(ex))
             if client is not ANONYMOUS and ex.action != "count_tokens":
                 self.limits.admit(client)
-                admitted = True
+                rq.admitted = True
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
             failover(rq, candidates, ACTIONS[ex.action])()
+        self._conclude(rq, answer)
+
+    def _resume(self, rq: Request, relay: UpstreamRelay,
+                error: Optional[BaseException]) -> None:
+        """A request again, once the loop has relayed its stream: what comes after the
+        relay, then its end; never raises."""
+        with self._active_lock:
+            self.working += 1
+
+        def after_relay() -> None:
+            if error is not None:
+                raise error
+            if relay.after is not None:
+                relay.after()
+        self._conclude(rq, after_relay)
+
+    def _conclude(self, rq: Request, step: Callable[[], None]) -> None:
+        """Run one part of a request in this worker, its errors answered; then end the
+        request, unless the part handed a stream to the event loop: the relay's end
+        resumes the request in a worker (not this one: it is free meanwhile)."""
+        ex, pipe = rq.ex, rq.pipe
+        handed = False
+        try:
+            step()
+            relay, rq.out.handed_over = rq.out.handed_over, None
+            if relay is not None:
+                relay.resume = functools.partial(self._resume_later, rq, relay)
+                pipe.put(relay)
+                handed = True
         except ClientGone:
             ex.status, ex.error = abandoned(pipe)
         except ProxyError as err:
@@ -12013,16 +12100,34 @@ class Proxy:
             ex.error = "internal error: %s" % exc.__class__.__name__
             ex.error_kind = "internal"
         finally:
-            rq.end()
-            if detail:
-                detail.close()
-            pipe.finish()
-            if admitted:   # after the answer's end: a shared store's round trip is not the client's wait
-                usage = ex.usage
-                self.limits.spent(client, usage.input_tokens + usage.output_tokens
-                                   if usage else 0)
+            if not handed:
+                self._end(rq)
             with self._active_lock:
-                self.active -= 1
+                self.working -= 1
+
+    def _resume_later(self, rq: Request, relay: UpstreamRelay,
+                      error: Optional[BaseException]) -> None:
+        """From the loop (or an abort): the relay is done; the request's rest may block
+        (a shared store's round trip), so it goes to a worker, even past close()."""
+        try:
+            self.workers.submit(self._resume, rq, relay, error, closing=True)
+        except RuntimeError:   # no thread could start at all: here, late rather than never
+            self._resume(rq, relay, error)
+
+    def _end(self, rq: Request) -> None:
+        """Let go of what the request holds, tell the loop it is over, count what it
+        spent against its client's limits."""
+        ex = rq.ex
+        rq.end()
+        if rq.detail:
+            rq.detail.close()
+        rq.pipe.finish()
+        if rq.admitted:   # after the answer's end: a shared store's round trip is not the client's wait
+            usage = ex.usage
+            self.limits.spent(ex.client or ANONYMOUS,
+                              usage.input_tokens + usage.output_tokens if usage else 0)
+        with self._active_lock:
+            self.active -= 1
 
     @staticmethod
     def _fail(rq: Request, error: ProxyError) -> None:

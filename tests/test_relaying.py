@@ -8,13 +8,14 @@ import logging
 import re
 import socket
 import threading
+import time
 
 import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
-                           pause_after, sse, stream_reply, chunk, text_stream)
+                           pause_after, sse, stream_reply, chunk, text_stream, usage)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -418,3 +419,41 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
         wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("path, payload, end", [
+    ("/v1/chat/completions", dict(CHAT, stream=True), b"[DONE]"),        # passed through
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                    # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, b'"finishReason"')])
+def test_a_stream_the_loop_relays_holds_no_worker(proxy_factory, fake, path, payload, end):
+    # One worker: while the loop relays a stream, the worker is free for another request,
+    # and /health says so; the stream's end still ends its request (its key let go, its
+    # usage counted, its access line written).
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"workers": 1}})
+    app = proxy.server.proxy
+    go_on = threading.Event()
+    fake.queue(pause_after(text_stream("held open", pieces=1, use=usage(5, 3)), writes=2, until=go_on))
+    fake.queue(json_reply(completion("meanwhile")))
+    conn, response = post_streaming(proxy, path, payload)
+    try:
+        assert response.status == 200
+        first = read_event(response)
+        assert b"held" in (first if b"held" in first else read_event(response))
+        wait_for(lambda: app.working == 0, message="the worker let go of the stream")
+        assert app.active == 1 and app.upstreams["fake"].keys.in_flight == 1
+        status, _, data = proxy.request("GET", "/health")
+        assert status == 200 and json.loads(data) == {"status": "ok", "workers_free": 1}
+        status, reply = proxy.post("/v1/chat/completions", CHAT)
+        assert status == 200 and reply["choices"][0]["message"]["content"] == "meanwhile"
+        go_on.set()
+        rest = response.read()
+    finally:
+        go_on.set()
+        conn.close()
+    assert end in rest
+    wait_for(lambda: app.active == 0 and proxy.server.requests_in_flight == 0,
+             message="the stream's request ended")
+    assert app.upstreams["fake"].keys.in_flight == 0 and app.working == 0
+    now = app.metrics.now(time.time())   # both requests, and the stream's 8 tokens
+    assert now["requests_per_minute"] == 2 and now["tokens_per_minute"] == 8 + 18

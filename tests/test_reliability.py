@@ -322,24 +322,30 @@ def test_a_client_leaving_after_a_failed_attempt_cannot_cut_a_pooled_connection(
         loop.close()
 
 
-def test_a_relay_abandoned_before_the_loop_took_it_frees_its_worker_and_is_withdrawn():
+def test_a_relay_abandoned_before_the_loop_took_it_resumes_its_request_and_is_withdrawn():
     # The worker has handed a stream's rest to the loop, and the client leaves before the
-    # loop has looked: the abort must wake the worker (no loop ever will), and the loop,
-    # when it looks, must find no relay to run.
+    # loop has looked: the abort must resume the request (no loop ever will), once, and
+    # the loop, when it looks, must find no relay to run.
     import asyncio
     loop = asyncio.new_event_loop()
     try:
         pipe = gp.ChunkPipe(loop, 4)
         relay = gp.UpstreamRelay(None, bytes)
+        resumed = []
+        relay.resume = resumed.append
         pipe.put(b"data: first\n\n")
         pipe.put(relay)
+        assert resumed == []
         pipe.abort()
-        with pytest.raises(gp.ClientGone):
-            relay.wait()
+        assert len(resumed) == 1 and isinstance(resumed[0], gp.ClientGone)
+        relay.settle(None)                       # a late word from the loop: ignored
+        assert len(resumed) == 1
         assert loop.run_until_complete(pipe.take(0.01)) == [b"data: first\n\n"]
         late = gp.UpstreamRelay(None, bytes)     # handed over after the abort
+        late.resume = resumed.append
         with pytest.raises(gp.ClientGone):
-            pipe.relay(late)
+            pipe.put(late)
+        assert len(resumed) == 1, "put() refused it: its worker ends the request itself"
     finally:
         loop.close()
 
