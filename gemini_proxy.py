@@ -14249,6 +14249,16 @@ def bind_private_socket(path: str) -> socket.socket:
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
+# A worker loads this file as a module (sys.argv[1]), not as a script: a script's syntax
+# tree, some 30 MB for this file, is held until the script ends, which for a server is
+# never; a module's is freed once compiled, and the compiled file is kept in __pycache__
+# (where it can be written) for the next worker to read instead of compiling again.
+WORKER_BOOT = ("import importlib.util, sys\n"
+               "spec = importlib.util.spec_from_file_location('gemini_proxy', sys.argv[1])\n"
+               "module = importlib.util.module_from_spec(spec)\n"
+               "sys.modules['gemini_proxy'] = module\n"
+               "spec.loader.exec_module(module)\n"
+               "sys.exit(module.main(sys.argv[2:]))\n")
 # A worker that exits this soon after it started, this many times in a row, will not do
 # better the next time (a port taken, a file it cannot read): the supervisor gives up.
 WORKER_QUICK_EXIT = 10.0
@@ -14509,8 +14519,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__)] + self.argv, env=environ,
-                pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
+                [sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__)] + self.argv,
+                env=environ, pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
         except BaseException:
             ours.close()
             raise

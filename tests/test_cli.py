@@ -63,8 +63,8 @@ def free_port():
 class Running:
     """A proxy subprocess whose stderr is collected line by line in a thread."""
 
-    def __init__(self, args, tmp_path, env=None, preexec_fn=None):
-        self.proc = subprocess.Popen([sys.executable, SCRIPT] + list(args), cwd=str(tmp_path),
+    def __init__(self, args, tmp_path, env=None, preexec_fn=None, script=SCRIPT):
+        self.proc = subprocess.Popen([sys.executable, script] + list(args), cwd=str(tmp_path),
                                      env=env if env is not None else minimal_env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      universal_newlines=True, preexec_fn=preexec_fn)
@@ -133,8 +133,8 @@ class Running:
 def start(tmp_path):
     started = []
 
-    def starter(args, env=None, preexec_fn=None):
-        running = Running(args, tmp_path, env, preexec_fn)
+    def starter(args, env=None, preexec_fn=None, script=SCRIPT):
+        running = Running(args, tmp_path, env, preexec_fn, script)
         started.append(running)
         return running
     yield starter

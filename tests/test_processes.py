@@ -4,6 +4,7 @@ the real command line."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import urllib.error
@@ -12,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import PATIENCE, wait_for
-from test_cli import minimal_env, start, write_config  # noqa: F401  (start: a fixture)
+from test_cli import SCRIPT, minimal_env, start, write_config  # noqa: F401  (start: a fixture)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
 
@@ -76,6 +77,22 @@ def test_two_workers_serve_one_port_and_stop_together(start):
     assert all(gone(pid) for pid in pids)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=PATIENCE).close()
+    assert "Traceback" not in proxy.text()
+
+
+def test_workers_load_the_file_as_a_module_and_keep_its_compiled_form(start, tmp_path):
+    # A script's syntax tree lives as long as the script (some 30 MB for this file); a
+    # module's is freed once compiled, and the compiled form is kept for the next worker.
+    # The supervisor runs as a script, so only a worker can have written it; the file's
+    # name is not one Python could import by name.
+    copy = tmp_path / "my-proxy.py"
+    shutil.copy(SCRIPT, str(copy))
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"],
+                  script=str(copy))
+    port = proxy.port()
+    assert len(pids_answering(port, 2)) == 2 and chat(port) == "echo (m): hi"
+    assert list((tmp_path / "__pycache__").glob("my-proxy.*.pyc")), os.listdir(str(tmp_path))
+    assert proxy.stop(signal.SIGTERM) == 0
     assert "Traceback" not in proxy.text()
 
 
