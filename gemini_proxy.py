@@ -14252,12 +14252,19 @@ RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already form
 # A worker loads this file as a module (sys.argv[1]), not as a script: a script's syntax
 # tree, some 30 MB for this file, is held until the script ends, which for a server is
 # never; a module's is freed once compiled, and the compiled file is kept in __pycache__
-# (where it can be written) for the next worker to read instead of compiling again.
-WORKER_BOOT = ("import importlib.util, sys\n"
-               "spec = importlib.util.spec_from_file_location('gemini_proxy', sys.argv[1])\n"
-               "module = importlib.util.module_from_spec(spec)\n"
+# (where it can be written) for the next worker to read instead of compiling again. Its
+# imports see what a script's would: the file's own folder first, never the current
+# directory (where `python -c` would look first: a secrets.py there would be imported).
+# The loader is named, since the file may have any name (no .py: an installed command).
+WORKER_BOOT = ("import os, sys\n"
+               "path = os.path.abspath(sys.argv[1])\n"
+               "sys.path[0] = os.path.dirname(path)\n"
+               "from importlib.machinery import SourceFileLoader\n"
+               "from importlib.util import module_from_spec, spec_from_loader\n"
+               "loader = SourceFileLoader('gemini_proxy', path)\n"
+               "module = module_from_spec(spec_from_loader('gemini_proxy', loader))\n"
                "sys.modules['gemini_proxy'] = module\n"
-               "spec.loader.exec_module(module)\n"
+               "loader.exec_module(module)\n"
                "sys.exit(module.main(sys.argv[2:]))\n")
 # A worker that exits this soon after it started, this many times in a row, will not do
 # better the next time (a port taken, a file it cannot read): the supervisor gives up.
@@ -14814,6 +14821,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
                          shared_url=worker["state_url"] if worker is not None else "")
     await server.start()
     settle_garbage_collector()
+    return_free_memory()   # a worker process's import: its syntax tree, freed (section 29)
     loop = asyncio.get_running_loop()
 
     def stop(signum: int) -> None:

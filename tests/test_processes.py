@@ -96,6 +96,24 @@ def test_workers_load_the_file_as_a_module_and_keep_its_compiled_form(start, tmp
     assert "Traceback" not in proxy.text()
 
 
+def test_workers_import_what_the_script_would_whatever_its_name(start, tmp_path):
+    # Installed as a command (no .py), started from a directory holding a secrets.py:
+    # the workers import the standard library's, as the supervisor does (python -c would
+    # look in the current directory first).
+    (tmp_path / "secrets.py").write_text("raise SystemExit('imported from the current "
+                                         "directory')\n")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    command = folder / "gemini-proxy"
+    shutil.copy(SCRIPT, str(command))
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"],
+                  script=str(command))
+    port = proxy.port()
+    assert len(pids_answering(port, 2)) == 2 and chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert "imported from the current directory" not in proxy.text()
+
+
 def test_a_worker_that_dies_is_started_again(start):
     proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
     port = proxy.port()
