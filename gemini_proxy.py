@@ -28,10 +28,10 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 (Prometheus), GET /stats (JSON) and GET /dashboard (one page, no external assets) behind
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
-At scale: a request holds a worker thread from a pool that grows with demand (up to
-server.workers) and shrinks when idle until its answer is whole or its stream's first
-event is in; the event loop itself reads and converts the rest of a stream, no thread
-held meanwhile;
+At scale: until its answer is whole or its stream's first event is in, a request holds
+a worker thread from a pool that grows with demand (up to server.workers) and shrinks
+when idle; the event loop itself reads and converts the rest of a stream, no thread held
+meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -231,8 +231,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "any); none: no CORS", env="GEMINI_PROXY_CORS_ORIGINS", flag="--cors-origin"),
     Setting("server", "allow_public", False, "allow a non-loopback address with no client "
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
-    Setting("server", "workers", 10000, "the most requests in flight at once: each holds a "
-            "worker thread (started when needed, ended when idle) to its end",
+    Setting("server", "workers", 10000, "the most requests a worker thread (started when "
+            "needed, ended when idle) works on at once: until the answer is whole, or a "
+            "stream's first event is in",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core); state they must share goes through "
@@ -2473,8 +2474,9 @@ MAX_CARRIER_BYTES = 16 * MiB
 MAX_CARRIER_BYTES_PER_REQUEST = 64 * MiB
 
 # What the carriers of the request a worker thread is decoding may still inflate to (a
-# one-item list, so unpack_thinking can spend it), set per request; unset: no budget
-# beyond MAX_CARRIER_BYTES (the converters used as a library).
+# one-item list, so unpack_thinking can spend it), the request's own, set by the thread
+# for each part of the request it runs; unset: no budget beyond MAX_CARRIER_BYTES (the
+# converters used as a library).
 CARRIER_BUDGET: "contextvars.ContextVar[Optional[List[int]]]" = contextvars.ContextVar(
     "carrier_budget", default=None)
 
@@ -9734,7 +9736,8 @@ WORKER_STACK_BYTES = 4 * MiB
 # of streams left behind is mostly freed but scattered, and glibc keeps it: 1,000 streams
 # begun at once and relayed on held 96 MB half a minute later, 70 MB with the trim, 61 MB
 # being an idle proxy's (bench/bench.py's slow streams). A trim takes some 20 ms, in the
-# thread that ends.
+# thread that ends; glibc locks each arena while it trims it, so a malloc in another
+# thread (the event loop's) may wait as long, once in a while.
 WORKER_SHRINK_TRIM = 64
 # The stack size threads start with is one setting for the whole process: pools in one
 # process (tests run several proxies) take turns setting it, or one would put back the
@@ -9768,38 +9771,46 @@ class WorkerPool:
     event is in: the event loop relays the rest, and a worker ends the request after it
     (a stream of an hour holds a thread for its first seconds only). So the limit is how
     many requests can be worked on at once, and memory, not a thread count, is the bound
-    on the streams held.
+    on the streams held. The end of a request already begun (resuming) goes before new
+    requests and past the limit: it lets go of keys that queued requests may wait for.
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
     finds an idle thread (woken), or a new one, or waits in the queue for a thread that
-    finishes; a thread ends for idleness only when, under the lock, no task waits."""
+    finishes; a thread ends for idleness only when, under the lock, no task waits. The
+    thread idle the shortest time is woken first, so that under a steady load the others
+    stay idle long enough to end (woken in turn, none ever would)."""
 
     def __init__(self, limit: int, name: str = "upstream"):
         self.limit = limit
         self.threads = 0
         self._name = name
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._tasks: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
+        # (function, args, resuming)
+        self._tasks: "collections.deque[Tuple[Callable[..., None], tuple, bool]]" = \
             collections.deque()
-        self._idle = 0                  # threads waiting for a task
+        self._idle: List[threading.Event] = []   # idle threads' wake-ups, latest last
         self._peak = 0                  # the most threads since memory was last given back
         self._serial = itertools.count(1)
         self._start_failed_at = 0.0
         self._closed = False
 
-    def submit(self, function: Callable[..., None], *args: Any, closing: bool = False) -> None:
+    def submit(self, function: Callable[..., None], *args: Any,
+               resuming: bool = False) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
-        own to report). After close() only the end of a request already begun is
-        taken (closing=True)."""
+        own to report). resuming: the end of a request already begun, taken first, past
+        the limit, and after close()."""
         with self._lock:
-            if self._closed and not closing:
+            if self._closed and not resuming:
                 raise RuntimeError("the worker pool is closed")
-            self._tasks.append((function, args))
-            if len(self._tasks) <= self._idle:
-                self._wakeup.notify()
+            task = (function, args, resuming)
+            if resuming:
+                self._tasks.appendleft(task)
+            else:
+                self._tasks.append(task)
+            if self._idle:
+                self._idle.pop().set()
                 return
-            if self.threads >= self.limit:
+            if self.threads >= self.limit and not resuming:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
             self._peak = max(self._peak, self.threads)
@@ -9816,7 +9827,7 @@ class WorkerPool:
                 self.threads -= 1
                 started = self.threads
                 if not started:       # nobody would ever take it
-                    self._tasks.remove((function, args))
+                    self._tasks.remove(task)
             now = time.monotonic()
             if now - self._start_failed_at > 60:
                 log.error("cannot start another worker thread (%s) with %d running; "
@@ -9827,8 +9838,9 @@ class WorkerPool:
                 raise
 
     def _work(self) -> None:
+        wake = threading.Event()
         while True:
-            task = self._next_task()
+            task = self._next_task(wake)
             if task is None:
                 return
             function, args = task
@@ -9838,30 +9850,42 @@ class WorkerPool:
                 log.exception("worker task failed")
             del task, function, args    # hold nothing of a finished request while idle
 
-    def _next_task(self) -> Optional[Tuple[Callable[..., None], tuple]]:
-        """The next task, once there is one; None when this thread is to end (the pool
-        closed, or idle for WORKER_IDLE_EXIT), memory given back first if the pool has
-        shrunk enough (WORKER_SHRINK_TRIM)."""
+    def _next_task(self, wake: threading.Event) -> Optional[Tuple[Callable[..., None], tuple]]:
+        """The next task, once there is one; None when this thread is to end: the pool
+        closed, idle for WORKER_IDLE_EXIT (memory given back first if the pool has shrunk
+        enough: WORKER_SHRINK_TRIM), or started past the limit for a request's end and
+        that done (new requests wait for a thread within it)."""
         shrunk = False
         with self._lock:
-            while not self._tasks:
-                if self._closed:
+            while True:
+                if self._tasks and (self._tasks[0][2] or self.threads <= self.limit):
+                    function, args, _ = self._tasks.popleft()
+                    return function, args
+                if self._closed or self.threads > self.limit:
                     self.threads -= 1
                     return None
-                self._idle += 1
-                woken = self._wakeup.wait(WORKER_IDLE_EXIT)
-                self._idle -= 1
-                if not woken and not self._tasks:
+                wake.clear()
+                self._idle.append(wake)
+                self._lock.release()
+                try:
+                    wake.wait(WORKER_IDLE_EXIT)
+                finally:
+                    self._lock.acquire()
+                if wake.is_set():    # woken (under the lock, so no longer in _idle)
+                    continue
+                self._idle.remove(wake)
+                if not self._tasks:   # idle for WORKER_IDLE_EXIT
                     self.threads -= 1
                     shrunk = self._peak - self.threads >= WORKER_SHRINK_TRIM and \
                         self.threads <= self._peak // 2
                     if shrunk:
                         self._peak = self.threads
                     break
-            else:
-                return self._tasks.popleft()
         if shrunk:   # out of the lock: a trim takes a while
-            return_free_memory()
+            try:
+                return_free_memory()
+            except Exception:   # pragma: no cover - ctypes calling a C function
+                log.exception("could not give free memory back")
         return None
 
     @property
@@ -9875,7 +9899,9 @@ class WorkerPool:
         """Idle threads end; busy ones when their request does."""
         with self._lock:
             self._closed = True
-            self._wakeup.notify_all()
+            for wake in self._idle:
+                wake.set()
+            self._idle.clear()
 
 
 @dataclasses.dataclass
@@ -9923,7 +9949,7 @@ class UpstreamRelay:
     def __init__(self, response: "UpstreamResponse", output: Iterator[Any],
                  after: Optional[Callable[[], None]] = None):
         self.response, self.output, self.after = response, output, after
-        self.resume: Callable[[Optional[BaseException]], None] = lambda error: None
+        self.resume: Callable[[Optional[BaseException]], None] = _never_resumed
         self._lock = threading.Lock()
         self._settled = False
 
@@ -9935,7 +9961,17 @@ class UpstreamRelay:
             if self._settled:
                 return
             self._settled = True
-        self.resume(error)
+            # Let go of it: resume holds the request, which holds this relay (a cycle
+            # only the collector's oldest generation would free).
+            resume, self.resume = self.resume, _never_resumed
+        try:
+            resume(error)
+        except Exception:   # a bug: the request is lost, the loop or the abort goes on
+            log.exception("could not resume a request after its relay")
+
+
+def _never_resumed(error: Optional[BaseException]) -> None:
+    pass
 
 
 class ChunkPipe:
@@ -10126,25 +10162,42 @@ def prune_detailed_logs(directory: str, keep_days: int, now: float) -> int:
 
 class DetailLog:
     """The four stages of one request (client request, upstream request, upstream
-    response, client response) in one file under logging.log_dir, secrets redacted."""
+    response, client response) in one file under logging.log_dir, secrets redacted. A
+    file that cannot be written (a full disk, a folder removed) is given up with a
+    warning: the request goes on without it."""
 
     def __init__(self, directory: str, rid: str, redactor: Redactor, limit: int):
         folder = os.path.join(directory, time.strftime("%Y-%m-%d"))
-        os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, "%s-%s.log" % (time.strftime("%H%M%S"), rid))
         self._redact = redactor
         self._limit = limit
         self._streams: Dict[str, bytearray] = {}
+        self._broken = False
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        if not self._broken:
+            self._broken = True
+            log.warning("cannot write the detailed log %s: %s", self.path,
+                        exc.strerror or exc)
 
     def stage(self, title: str, headers: Iterable[Tuple[str, str]] = (),
               body: bytes = b"") -> None:
+        if self._broken:
+            return
         text = body[:self._limit].decode("utf-8", "replace")
         if len(body) > self._limit:
             text += "\n... (%d more bytes)" % (len(body) - self._limit)
         lines = ["=== %s" % self._redact.text(title)]
         lines += ["%s: %s" % pair for pair in self._redact.headers(headers)]
-        with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
-            f.write("\n".join(lines) + "\n\n" + self._redact.text(text) + "\n\n")
+        try:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write("\n".join(lines) + "\n\n" + self._redact.text(text) + "\n\n")
+        except OSError as exc:
+            self._give_up(exc)
 
     def stream(self, title: str) -> Callable[[bytes], None]:
         """A sink for a streamed body, written out by close()."""
@@ -10286,6 +10339,7 @@ class Request:
         self.opened: List[UpstreamResponse] = []
         self.held: List[Tuple[KeyPool, KeyState]] = []
         self.admitted = False   # by its client's limits: what it spent is counted at its end
+        self.carrier_budget = [MAX_CARRIER_BYTES_PER_REQUEST]   # see CARRIER_BUDGET
         self._chat: Optional[Chat] = None
 
     def chat(self) -> Chat:
@@ -12044,7 +12098,6 @@ class Proxy:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
                              head.headers, body)
             ex.request_bytes = len(body)
-            CARRIER_BUDGET.set([MAX_CARRIER_BYTES_PER_REQUEST])
             rq.payload = parse_json_body(body)
             ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
             if self.instance in hops:
@@ -12082,6 +12135,7 @@ class Proxy:
         resumes the request in a worker (not this one: it is free meanwhile)."""
         ex, pipe = rq.ex, rq.pipe
         handed = False
+        budget = CARRIER_BUDGET.set(rq.carrier_budget)   # this thread's, for this request
         try:
             step()
             relay, rq.out.handed_over = rq.out.handed_over, None
@@ -12100,17 +12154,22 @@ class Proxy:
             ex.error = "internal error: %s" % exc.__class__.__name__
             ex.error_kind = "internal"
         finally:
-            if not handed:
-                self._end(rq)
-            with self._active_lock:
-                self.working -= 1
+            try:
+                if not handed:
+                    self._end(rq)
+            finally:
+                with self._active_lock:
+                    self.working -= 1
+                CARRIER_BUDGET.reset(budget)
 
     def _resume_later(self, rq: Request, relay: UpstreamRelay,
                       error: Optional[BaseException]) -> None:
         """From the loop (or an abort): the relay is done; the request's rest may block
-        (a shared store's round trip), so it goes to a worker, even past close()."""
+        (a shared store's round trip), so it goes to a worker: before new requests and
+        past the pool's limit, since a request queued for a thread may be waiting for the
+        key this one lets go of, and past close()."""
         try:
-            self.workers.submit(self._resume, rq, relay, error, closing=True)
+            self.workers.submit(self._resume, rq, relay, error, resuming=True)
         except RuntimeError:   # no thread could start at all: here, late rather than never
             self._resume(rq, relay, error)
 
@@ -12118,16 +12177,20 @@ class Proxy:
         """Let go of what the request holds, tell the loop it is over, count what it
         spent against its client's limits."""
         ex = rq.ex
-        rq.end()
-        if rq.detail:
-            rq.detail.close()
-        rq.pipe.finish()
-        if rq.admitted:   # after the answer's end: a shared store's round trip is not the client's wait
-            usage = ex.usage
-            self.limits.spent(ex.client or ANONYMOUS,
-                              usage.input_tokens + usage.output_tokens if usage else 0)
-        with self._active_lock:
-            self.active -= 1
+        try:
+            rq.end()
+            if rq.detail:
+                rq.detail.close()
+        finally:   # whatever a bug above did, the client has its end and the count holds
+            rq.pipe.finish()
+            try:
+                if rq.admitted:   # after the answer's end: a shared store's round trip is not the client's wait
+                    usage = ex.usage
+                    self.limits.spent(ex.client or ANONYMOUS,
+                                      usage.input_tokens + usage.output_tokens if usage else 0)
+            finally:
+                with self._active_lock:
+                    self.active -= 1
 
     @staticmethod
     def _fail(rq: Request, error: ProxyError) -> None:
@@ -12854,7 +12917,7 @@ class ProxyServer:
                 writer.write(data)
                 ex.response_bytes += len(data)
                 await self._drain(writer)
-            if relay is not None:   # the worker waits: nothing came after it
+            if relay is not None:   # nothing comes after it until its request resumes
                 between_events = await self._relay_upstream(
                     writer, pipe, relay, frame, ex, dialect.keepalive, interval,
                     between_events)
@@ -12950,7 +13013,7 @@ class ProxyServer:
 
     async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe) -> None:
         """_drain, given up when the request is abandoned meanwhile (a client that sent
-        its EOF and reads nothing): the worker waiting on the relay is let go at once,
+        its EOF and reads nothing): the relay is settled and its request ended at once,
         not after send_timeout."""
         transport = writer.transport
         if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
@@ -14862,7 +14925,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
         loop.remove_reader(channel.fileno())
         channel.close()
         log.info("worker process %d stopped", worker["number"])
-        return server.proxy.active
+        return server.proxy.working
     host = config.server["host"]
     public = not is_loopback_host(host) and not config.server["api_keys"]
     log.log(logging.WARNING if public else logging.INFO,
@@ -14874,7 +14937,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     log_where_requests_go(server.proxy)
     await server.serve_until_stopped()
     log.info("stopped")
-    return server.proxy.active
+    return server.proxy.working
 
 
 def setup_logging(settings: Dict[str, Any]) -> None:

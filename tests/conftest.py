@@ -119,7 +119,7 @@ class RunningProxy:
         """What the proxy still has in flight, by its public counters: all zero once every
         request has ended in it (which can be a moment after its client got the answer)."""
         app = self.server.proxy
-        return {"busy workers": app.active,
+        return {"requests in flight": app.active, "busy workers": app.working,
                 "open requests": self.server.requests_in_flight,
                 "connections in use": app.pool.open - app.pool.idle,
                 "keys held": sum(u.keys.in_flight for u in app.upstreams.values()),

@@ -457,3 +457,36 @@ def test_a_stream_the_loop_relays_holds_no_worker(proxy_factory, fake, path, pay
     assert app.upstreams["fake"].keys.in_flight == 0 and app.working == 0
     now = app.metrics.now(time.time())   # both requests, and the stream's 8 tokens
     assert now["requests_per_minute"] == 2 and now["tokens_per_minute"] == 8 + 18
+
+
+def test_a_relayed_stream_lets_go_of_its_slot_for_a_request_holding_the_only_worker(
+        proxy_factory, fake):
+    # One worker, one upstream slot: stream A holds the slot while the loop relays it;
+    # request B takes the only worker and waits for the slot. A's end, which lets the
+    # slot go, must not queue behind B for that worker (B would get a 503 after
+    # wait_timeout, and A's client its end only then).
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "max_concurrency": 1}},
+                           "server": {"workers": 1}})
+    app = proxy.server.proxy
+    go_on = threading.Event()
+    fake.queue(pause_after(text_stream("first", pieces=1), writes=2, until=go_on))
+    fake.queue(json_reply(completion("second")))
+    conn, response = post_streaming(proxy, "/v1/chat/completions", dict(CHAT, stream=True))
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(proxy.post("/v1/chat/completions",
+                                                                      CHAT)))
+    try:
+        assert response.status == 200
+        wait_for(lambda: app.working == 0, message="the stream handed to the loop")
+        asker.start()
+        wait_for(lambda: app.upstreams["fake"].keys.waiting == 1,
+                 message="the second request waiting for the slot")
+        go_on.set()
+        assert b"[DONE]" in response.read()
+        asker.join(PATIENCE)
+    finally:
+        go_on.set()
+        conn.close()
+    status, reply = answers[0]
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "second"

@@ -346,8 +346,30 @@ def test_a_relay_abandoned_before_the_loop_took_it_resumes_its_request_and_is_wi
         with pytest.raises(gp.ClientGone):
             pipe.put(late)
         assert len(resumed) == 1, "put() refused it: its worker ends the request itself"
+        # Abandoned between put()'s look and its append: the relay resumes at once, and
+        # no loop finds it.
+        later = gp.UpstreamRelay(None, bytes)
+        later.resume = resumed.append
+        pipe._append(later)
+        assert len(resumed) == 2 and isinstance(resumed[1], gp.ClientGone)
+        assert loop.run_until_complete(pipe.take(0.01)) == []
     finally:
         loop.close()
+
+
+def test_a_detailed_log_that_cannot_be_written_is_given_up_with_a_warning(tmp_path, caplog):
+    # A full disk or a folder removed mid-request: the request goes on without its log
+    # (the stage that failed, and every later one, write nothing and raise nothing).
+    in_the_way = tmp_path / "logs"
+    in_the_way.write_text("a file where the log folder should be")
+    detail = gp.DetailLog(str(in_the_way), "r-1", gp.Redactor([]), 1000)
+    detail.stage("1. client request", [("x-api-key", "sk-secret-12345678")], b"{}")
+    sink = detail.stream("4. client response: 200")
+    sink(b"data: {}\n\n")
+    detail.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot write the detailed log" in warnings[0]
+    assert "sk-secret" not in caplog.text
 
 
 def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_factory, fake):

@@ -79,12 +79,13 @@ def test_a_pool_that_shrinks_gives_memory_back_once(monkeypatch):
     monkeypatch.setattr(gp, "WORKER_IDLE_EXIT", 0.05)
 
     def trim():
-        assert pool._lock.acquire(blocking=False), "trimmed holding the pool's lock"
-        pool._lock.release()
         trims.append(pool.threads)
+        pool.submit(lambda: None)   # takes the pool's lock: held here, it would never return
+        trims.append("after")
         return True
     monkeypatch.setattr(gp, "return_free_memory", trim)
-    for burst, expected in ((gp.WORKER_SHRINK_TRIM - 10, []), (gp.WORKER_SHRINK_TRIM + 6, [6])):
+    for burst, expected in ((gp.WORKER_SHRINK_TRIM - 10, []),
+                            (gp.WORKER_SHRINK_TRIM + 6, [6, "after"])):
         pool = gp.WorkerPool(limit=1000)
         trims.clear()
         go = threading.Event()
@@ -106,6 +107,71 @@ def test_a_pool_that_shrinks_gives_memory_back_once(monkeypatch):
         finally:
             go.set()
             pool.close()
+
+
+def test_the_thread_idle_the_shortest_time_takes_the_next_task():
+    # Woken in turn, every thread of a pool under a steady trickle would stay busy often
+    # enough never to end for idleness: the latest idle one is taken, the others rest.
+    pool = gp.WorkerPool(limit=10)
+    go = threading.Event()
+    started = threading.Semaphore(0)
+    names = []
+
+    def hold():
+        started.release()
+        go.wait(PATIENCE)
+
+    def note():
+        names.append(threading.current_thread().name)
+    try:
+        for _ in range(3):
+            pool.submit(hold)
+        for _ in range(3):
+            assert started.acquire(timeout=PATIENCE)
+        go.set()
+        for _ in range(10):   # one at a time, each once all three are idle again
+            wait_for(lambda: len(pool._idle) == 3, message="the threads back to idle")
+            pool.submit(note)
+        wait_for(lambda: len(names) == 10, message="the tasks run")
+        assert len(set(names)) == 1 and pool.threads == 3, names
+    finally:
+        go.set()
+        pool.close()
+
+
+def test_the_end_of_a_request_goes_first_and_past_the_limit():
+    # A request's end lets go of keys that requests queued for a thread may be waiting
+    # for: it must not queue behind them, nor wait for a thread held by one of them.
+    pool = gp.WorkerPool(limit=1)
+    go = threading.Event()
+    started = threading.Semaphore(0)
+    order = []
+
+    def hold():
+        started.release()
+        go.wait(PATIENCE)
+        order.append("held")
+    try:
+        pool.submit(hold)
+        assert started.acquire(timeout=PATIENCE)
+        pool.submit(order.append, "new request")        # queued: the only thread is busy
+        ended = threading.Event()
+        pool.submit(lambda: (order.append("end"), ended.set()), resuming=True)
+        assert ended.wait(PATIENCE), "the end waited for the busy thread"
+        # The thread started for it ends then: new requests keep to the limit.
+        wait_for(lambda: pool.threads == 1, message="the extra thread ended")
+        assert order == ["end"]
+        go.set()
+        wait_for(lambda: len(order) == 3, message="the rest run")
+        assert order == ["end", "held", "new request"]
+        pool.close()
+        pool.submit(order.append, "after close", resuming=True)
+        wait_for(lambda: order[-1] == "after close", message="an end taken after close()")
+        with pytest.raises(RuntimeError):
+            pool.submit(order.append, "new after close")
+    finally:
+        go.set()
+        pool.close()
 
 
 def test_a_task_queued_at_the_limit_never_strands_the_next(monkeypatch):
