@@ -9863,6 +9863,8 @@ class WorkerPool:
                     return function, args
                 if self._closed or self.threads > self.limit:
                     self.threads -= 1
+                    if self._tasks and self._idle:   # woken for a task: pass it on
+                        self._idle.pop().set()
                     return None
                 wake.clear()
                 self._idle.append(wake)

@@ -174,6 +174,35 @@ def test_the_end_of_a_request_goes_first_and_past_the_limit():
         pool.close()
 
 
+def test_a_limit_lowered_below_the_idle_threads_strands_no_task(monkeypatch):
+    # A reload may lower server.workers below the threads there are: a thread woken for
+    # a task while the pool is over its limit ends, and must pass the task's wake-up on
+    # (not leave it to an idle thread's time-out, made longer than the test's patience).
+    monkeypatch.setattr(gp, "WORKER_IDLE_EXIT", PATIENCE * 4)
+    pool = gp.WorkerPool(limit=3)
+    go = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold():
+        started.release()
+        go.wait(PATIENCE)
+    try:
+        for _ in range(3):
+            pool.submit(hold)
+        for _ in range(3):
+            assert started.acquire(timeout=PATIENCE)
+        go.set()
+        wait_for(lambda: len(pool._idle) == 3, message="the threads idle")
+        pool.limit = 1
+        ran = threading.Event()
+        pool.submit(ran.set)
+        assert ran.wait(PATIENCE), "the task was left queued with idle threads"
+        wait_for(lambda: pool.threads == 1, message="the pool down to its limit")
+    finally:
+        go.set()
+        pool.close()
+
+
 def test_a_task_queued_at_the_limit_never_strands_the_next(monkeypatch):
     """Limit 1: a task that waited for the only thread, then that thread ending for
     idleness, and a task after it: it must run (the pool once counted a thread as idle
