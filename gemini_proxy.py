@@ -9748,7 +9748,7 @@ THREAD_STACK_SIZE_LOCK = threading.Lock()
 @functools.lru_cache(maxsize=None)
 def _malloc_trim() -> Optional[Callable[[int], int]]:
     try:
-        import ctypes   # here: only a pool that shrinks needs it, and it costs start-up time
+        import ctypes   # here: only a running server needs it, never a library user
         return ctypes.CDLL(None).malloc_trim
     except (ImportError, OSError, AttributeError, TypeError):   # not glibc
         return None

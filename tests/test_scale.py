@@ -18,6 +18,22 @@ OPENAI = "/v1/chat/completions"
 
 # ---- the worker pool ---------------------------------------------------------------------
 
+def occupy(pool, count, then=lambda: None):
+    """`count` of the pool's threads busy, each until the Event returned is set (and then
+    `then()`)."""
+    go, started = threading.Event(), threading.Semaphore(0)
+
+    def hold():
+        started.release()
+        go.wait(PATIENCE)
+        then()
+    for _ in range(count):
+        pool.submit(hold)
+    for _ in range(count):
+        assert started.acquire(timeout=PATIENCE)
+    return go
+
+
 def test_the_pool_starts_threads_as_requests_need_them_and_queues_past_its_limit():
     pool = gp.WorkerPool(limit=3, name="test-pool")
     release = threading.Event()
@@ -89,16 +105,8 @@ def test_a_pool_that_shrinks_gives_memory_back_once(monkeypatch):
         pool = gp.WorkerPool(limit=1000)
         trims.clear()
         go = threading.Event()
-        started = threading.Semaphore(0)
-
-        def task():
-            started.release()
-            go.wait(PATIENCE)
         try:
-            for _ in range(burst):
-                pool.submit(task)
-            for _ in range(burst):
-                assert started.acquire(timeout=PATIENCE)
+            go = occupy(pool, burst)
             assert pool.threads == burst
             go.set()
             wait_for(lambda: pool.threads == 0 and len(trims) == len(expected),
@@ -114,20 +122,12 @@ def test_the_thread_idle_the_shortest_time_takes_the_next_task():
     # enough never to end for idleness: the latest idle one is taken, the others rest.
     pool = gp.WorkerPool(limit=10)
     go = threading.Event()
-    started = threading.Semaphore(0)
     names = []
-
-    def hold():
-        started.release()
-        go.wait(PATIENCE)
 
     def note():
         names.append(threading.current_thread().name)
     try:
-        for _ in range(3):
-            pool.submit(hold)
-        for _ in range(3):
-            assert started.acquire(timeout=PATIENCE)
+        go = occupy(pool, 3)
         go.set()
         for _ in range(10):   # one at a time, each once all three are idle again
             wait_for(lambda: len(pool._idle) == 3, message="the threads back to idle")
@@ -144,16 +144,9 @@ def test_the_end_of_a_request_goes_first_and_past_the_limit():
     # for: it must not queue behind them, nor wait for a thread held by one of them.
     pool = gp.WorkerPool(limit=1)
     go = threading.Event()
-    started = threading.Semaphore(0)
     order = []
-
-    def hold():
-        started.release()
-        go.wait(PATIENCE)
-        order.append("held")
     try:
-        pool.submit(hold)
-        assert started.acquire(timeout=PATIENCE)
+        go = occupy(pool, 1, then=lambda: order.append("held"))
         pool.submit(order.append, "new request")        # queued: the only thread is busy
         ended = threading.Event()
         pool.submit(lambda: (order.append("end"), ended.set()), resuming=True)
@@ -181,16 +174,8 @@ def test_a_limit_lowered_below_the_idle_threads_strands_no_task(monkeypatch):
     monkeypatch.setattr(gp, "WORKER_IDLE_EXIT", PATIENCE * 4)
     pool = gp.WorkerPool(limit=3)
     go = threading.Event()
-    started = threading.Semaphore(0)
-
-    def hold():
-        started.release()
-        go.wait(PATIENCE)
     try:
-        for _ in range(3):
-            pool.submit(hold)
-        for _ in range(3):
-            assert started.acquire(timeout=PATIENCE)
+        go = occupy(pool, 3)
         go.set()
         wait_for(lambda: len(pool._idle) == 3, message="the threads idle")
         pool.limit = 1
