@@ -8,6 +8,7 @@ what a working store needs: a slow machine makes a test slower, never fail.
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -84,6 +86,72 @@ def redis_url():
             process.wait(PATIENCE)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(PATIENCE)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tls_redis():
+    """(url, the CA file) of a real redis-server that speaks only TLS, with a password; its
+    certificate is for 127.0.0.1, signed by a CA made for this run (trust it by pointing
+    SSL_CERT_FILE at it, as an operator would with a private CA)."""
+    openssl = shutil.which("openssl")
+    if not os.access(REDIS_SERVER, os.X_OK) or openssl is None:
+        pytest.skip("no redis-server or no openssl")
+    directory = short_directory()
+    at = functools.partial(os.path.join, directory)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run([openssl, "req", "-x509"] + ec + [
+        "-keyout", at("ca.key"), "-out", at("ca.pem"), "-days", "2", "-subj", "/CN=test CA"],
+        check=True, capture_output=True)
+    subprocess.run([openssl, "req"] + ec + [
+        "-keyout", at("redis.key"), "-out", at("redis.csr"), "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True)
+    with open(at("san.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run([openssl, "x509", "-req", "-in", at("redis.csr"), "-CA", at("ca.pem"),
+                    "-CAkey", at("ca.key"), "-CAcreateserial", "-out", at("redis.pem"),
+                    "-days", "2", "-extfile", at("san.cnf")], check=True, capture_output=True)
+    password = "tls-pw-" + secrets.token_hex(8)
+    trusting = ssl.create_default_context(cafile=at("ca.pem"))
+    process = None
+    try:
+        for _ in range(3):   # a free port can be taken before redis-server binds it
+            port = free_port()
+            process = subprocess.Popen(
+                [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                 "--tls-cert-file", at("redis.pem"), "--tls-key-file", at("redis.key"),
+                 "--tls-ca-cert-file", at("ca.pem"), "--tls-auth-clients", "no",
+                 "--requirepass", password, "--save", "", "--appendonly", "no",
+                 "--dir", directory, "--daemonize", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+            def answers():
+                if process.poll() is not None:
+                    return True
+                try:
+                    with trusting.wrap_socket(socket.create_connection(
+                            ("127.0.0.1", port), timeout=PATIENCE),
+                            server_hostname="127.0.0.1") as sock:
+                        sock.sendall(gp.encode_resp_command("AUTH", password) +
+                                     gp.encode_resp_command("PING"))
+                        return sock.recv(64).endswith(b"+PONG\r\n")
+                except OSError:
+                    return False
+            wait_for(answers, message="redis-server answering PING over TLS")
+            if process.poll() is None:
+                break
+        assert process.poll() is None, "redis-server did not start on a free port"
+        yield "rediss://:%s@127.0.0.1:%d" % (password, port), at("ca.pem")
+    finally:
+        if process is not None and process.poll() is None:
+            process.terminate()
             process.wait(PATIENCE)
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -740,6 +808,32 @@ def test_auth_and_select_against_redis(redis_url):
         admin.call("ACL", "DELUSER", user)
 
 
+def test_rediss_reaches_a_tls_redis_whose_ca_is_trusted(tls_redis, monkeypatch):
+    url, ca = tls_redis
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    store = new_store(url)
+    assert store.call("PING") == "PONG"
+    store.call("SET", store.namespace + "k", "over TLS")
+    assert store.call("GET", store.namespace + "k") == b"over TLS"
+
+
+@pytest.mark.parametrize("case", ["untrusted CA", "another host name"])
+def test_rediss_refuses_a_certificate_it_cannot_trust(tls_redis, monkeypatch, directory, case):
+    url, ca = tls_redis
+    password = gp.parse_state_url(url).password
+    if case == "untrusted CA":
+        nothing = os.path.join(directory, "no-cas.pem")
+        open(nothing, "w").close()
+        monkeypatch.setenv("SSL_CERT_FILE", nothing)
+    else:   # the certificate names 127.0.0.1, the URL localhost
+        monkeypatch.setenv("SSL_CERT_FILE", ca)
+        url = url.replace("@127.0.0.1:", "@localhost:")
+    with pytest.raises(gp.StateUnavailable) as info:
+        new_store(url).call("PING")
+    assert "certificate" in str(info.value).lower() and password not in str(info.value), \
+        str(info.value)
+
+
 def test_auth_and_select_against_state_server(own_server):
     server = own_server()
     url = server.url.replace("redis://", "redis://user:pw@") + "/3"
@@ -956,10 +1050,14 @@ def ask(proxy, key="alice-key"):
                          {"Authorization": "Bearer " + key})
 
 
-@pytest.fixture(params=["redis", "state"])
-def shared_url(request):
+@pytest.fixture(params=["redis", "rediss", "state"])
+def shared_url(request, monkeypatch):
     if request.param == "redis":
         return request.getfixturevalue("redis_url")
+    if request.param == "rediss":   # the same, over TLS
+        url, ca = request.getfixturevalue("tls_redis")
+        monkeypatch.setenv("SSL_CERT_FILE", ca)
+        return url
     return request.getfixturevalue("state_server").url
 
 
