@@ -236,8 +236,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "stream's first event is in",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
-            "workers (\"auto\": one per core); state they must share goes through "
-            "the supervisor or state.redis_url", env="GEMINI_PROXY_PROCESSES",
+            "workers (\"auto\": one per core; at most four per core); state they must "
+            "share goes through the supervisor or state.redis_url", env="GEMINI_PROXY_PROCESSES",
             flag="--processes", choices=("auto",), minimum=1),
     Setting("server", "max_connections", 0, "client connections open at once; more are "
             "turned away with a 503 (0: as many as the open-file limit allows)"),
@@ -1375,10 +1375,29 @@ def _resolve_client_keys(config: Config) -> None:
                               "should be one no client holds" % i)
 
 
+PROCESSES_PER_CORE = 4   # the most server.processes a core takes
+
+
+def process_count(setting: Any) -> int:
+    """server.processes as a number: "auto" is one per core."""
+    if setting != "auto":
+        return int(setting)
+    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def _check_safety(config: Config) -> None:
     server = config.server
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
+    # A slip of the keyboard (1000 for 10) would start a thousand interpreters of some
+    # 35 MB each; past a few a core, processes add memory, not speed.
+    cores = process_count("auto")
+    if process_count(server["processes"]) > PROCESSES_PER_CORE * cores:
+        raise ConfigError("server.processes: %s is more than %d a core (%d core%s here); "
+                          "\"auto\" is one a core" % (server["processes"], PROCESSES_PER_CORE,
+                                                      cores, "" if cores == 1 else "s"))
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
         raise ConfigError(
@@ -14339,14 +14358,6 @@ WORKER_READY_TIMEOUT = 60.0
 # Seconds past shutdown_grace after which a worker that has not stopped is killed.
 WORKER_STOP_MARGIN = 5.0
 
-
-def process_count(setting: Any) -> int:
-    """server.processes as a number: "auto" is one per core."""
-    if setting != "auto":
-        return int(setting)
-    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
 
 
 def process_alive(pid: int) -> bool:
