@@ -14341,9 +14341,11 @@ RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already form
 # imports see what a script's would: the file's own folder first, never the current
 # directory (where `python -c` would look first: a secrets.py there would be imported).
 # The loader is named, since the file may have any name (no .py: an installed command).
+# Run with -I or -P, a script has no folder of its own on sys.path, and neither has -c.
 WORKER_BOOT = ("import os, sys\n"
                "path = os.path.abspath(sys.argv[1])\n"
-               "sys.path[0] = os.path.dirname(path)\n"
+               "if not (sys.flags.isolated or getattr(sys.flags, 'safe_path', False)):\n"
+               "    sys.path[0] = os.path.dirname(path)\n"
                "from importlib.machinery import SourceFileLoader\n"
                "from importlib.util import module_from_spec, spec_from_loader\n"
                "loader = SourceFileLoader('gemini_proxy', path)\n"
@@ -14351,6 +14353,26 @@ WORKER_BOOT = ("import os, sys\n"
                "sys.modules['gemini_proxy'] = module\n"
                "loader.exec_module(module)\n"
                "sys.exit(module.main(sys.argv[2:]))\n")
+
+
+def interpreter_flags() -> List[str]:
+    """The command-line flags this interpreter was started with that change how code runs
+    (-I, -O, -W, -X, ...): worker processes run as their supervisor does. Not -u, which
+    sys.flags does not record (a worker's output goes to its supervisor, not a terminal)."""
+    flags = sys.flags
+    given = ["-I"] if flags.isolated else (["-E"] if flags.ignore_environment else []) + (
+        ["-s"] if flags.no_user_site else [])
+    given += ["-P"] if getattr(flags, "safe_path", False) and not flags.isolated else []
+    given += ["-S"] if flags.no_site else []
+    given += ["-B"] if flags.dont_write_bytecode else []
+    given += ["-" + "O" * flags.optimize] if flags.optimize else []
+    given += ["-" + "b" * flags.bytes_warning] if flags.bytes_warning else []
+    given += ["-W" + option for option in sys.warnoptions]
+    given += ["-X" + (name if value is True else "%s=%s" % (name, value))
+              for name, value in getattr(sys, "_xoptions", {}).items()]
+    return given
+
+
 # A worker that exits this soon after it started, this many times in a row, will not do
 # better the next time (a port taken, a file it cannot read): the supervisor gives up.
 WORKER_QUICK_EXIT = 10.0
@@ -14603,7 +14625,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__)] + self.argv,
+                [sys.executable] + interpreter_flags() +
+                ["-c", WORKER_BOOT, os.path.abspath(__file__)] + self.argv,
                 env=environ, pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
         except BaseException:
             ours.close()

@@ -63,8 +63,9 @@ def free_port():
 class Running:
     """A proxy subprocess whose stderr is collected line by line in a thread."""
 
-    def __init__(self, args, tmp_path, env=None, preexec_fn=None, script=SCRIPT):
-        self.proc = subprocess.Popen([sys.executable, script] + list(args), cwd=str(tmp_path),
+    def __init__(self, args, tmp_path, env=None, preexec_fn=None, script=SCRIPT, flags=()):
+        self.proc = subprocess.Popen([sys.executable] + list(flags) + [script] + list(args),
+                                     cwd=str(tmp_path),
                                      env=env if env is not None else minimal_env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      universal_newlines=True, preexec_fn=preexec_fn)
@@ -133,8 +134,8 @@ class Running:
 def start(tmp_path):
     started = []
 
-    def starter(args, env=None, preexec_fn=None, script=SCRIPT):
-        running = Running(args, tmp_path, env, preexec_fn, script)
+    def starter(args, env=None, preexec_fn=None, script=SCRIPT, flags=()):
+        running = Running(args, tmp_path, env, preexec_fn, script, flags)
         started.append(running)
         return running
     yield starter

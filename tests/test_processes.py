@@ -114,6 +114,29 @@ def test_workers_import_what_the_script_would_whatever_its_name(start, tmp_path)
     assert "imported from the current directory" not in proxy.text()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_run_with_the_supervisors_interpreter_flags(start, tmp_path):
+    # Isolated mode (-I) leaves the script's folder off sys.path, so a secrets.py there is
+    # not imported: not by the supervisor, and not by the workers (whose boot puts the
+    # folder first otherwise).
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "secrets.py").write_text("raise SystemExit('imported from the script folder')\n")
+    shutil.copy(SCRIPT, str(folder / "gemini_proxy.py"))
+    flags = ["-I", "-O", "-W", "ignore::ResourceWarning", "-X", "utf8"]
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"],
+                  script=str(folder / "gemini_proxy.py"), flags=flags)
+    port = proxy.port()
+    pids = pids_answering(port, 2)
+    assert len(pids) == 2 and chat(port) == "echo (m): hi"
+    for pid in pids:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().decode().split("\0")
+        assert argv[1:argv.index("-c")] == ["-I", "-O", "-Wignore::ResourceWarning", "-Xutf8"]
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in proxy.text() and "script folder" not in proxy.text()
+
+
 def test_a_worker_that_dies_is_started_again(start):
     proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"])
     port = proxy.port()
