@@ -1375,29 +1375,10 @@ def _resolve_client_keys(config: Config) -> None:
                               "should be one no client holds" % i)
 
 
-PROCESSES_PER_CORE = 4   # the most server.processes a core takes
-
-
-def process_count(setting: Any) -> int:
-    """server.processes as a number: "auto" is one per core."""
-    if setting != "auto":
-        return int(setting)
-    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 def _check_safety(config: Config) -> None:
     server = config.server
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
-    # A slip of the keyboard (1000 for 10) would start a thousand interpreters of some
-    # 35 MB each; past a few a core, processes add memory, not speed.
-    cores = process_count("auto")
-    if process_count(server["processes"]) > PROCESSES_PER_CORE * cores:
-        raise ConfigError("server.processes: %s is more than %d a core (%d core%s here); "
-                          "\"auto\" is one a core" % (server["processes"], PROCESSES_PER_CORE,
-                                                      cores, "" if cores == 1 else "s"))
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
         raise ConfigError(
@@ -14380,7 +14361,28 @@ WORKER_QUICK_EXITS = 3
 WORKER_READY_TIMEOUT = 60.0
 # Seconds past shutdown_grace after which a worker that has not stopped is killed.
 WORKER_STOP_MARGIN = 5.0
+# A slip of the keyboard (1000 for 10) would start a thousand interpreters of some 35 MB
+# each; past a few a core, processes add memory, not speed. Checked when a supervisor
+# starts, not in --check or on reload: the cores are those of the machine it runs on.
+PROCESSES_PER_CORE = 4
 
+
+def process_count(setting: Any) -> int:
+    """server.processes as a number: "auto" is one per core."""
+    if setting != "auto":
+        return int(setting)
+    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def too_many_processes(setting: Any) -> str:
+    """Why server.processes is more than this machine should run, or ""."""
+    cores = process_count("auto")
+    if process_count(setting) <= PROCESSES_PER_CORE * cores:
+        return ""
+    return "server.processes: %s is more than %d a core (%d core%s here); \"auto\" is one " \
+        "a core" % (setting, PROCESSES_PER_CORE, cores, "" if cores == 1 else "s")
 
 
 def process_alive(pid: int) -> bool:
@@ -15159,6 +15161,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(line)
         return 0
     if worker is None and process_count(config.server["processes"]) > 1:
+        refused = too_many_processes(config.server["processes"])
+        if refused:
+            print("gemini-proxy: configuration error: %s" % refused, file=sys.stderr)
+            return 2
         return Supervisor(config, argv, args).run()
     try:
         unstoppable = asyncio.run(serve(config, args, worker))

@@ -234,18 +234,6 @@ def test_workers_file_then_env_then_flag():
     assert load(raw, ["--workers", "10"], {"GEMINI_PROXY_WORKERS": "9"}).server["workers"] == 10
 
 
-def test_processes_stop_at_four_a_core(empty_cwd):
-    cores = gp.process_count("auto")
-    raw = {"upstreams": {"kimi": kimi()}}
-    assert load(raw, ["--processes", str(4 * cores)]).server["processes"] == 4 * cores
-    assert load(raw, ["--processes", "auto"]).server["processes"] == "auto"
-    message = config_error(raw, ["--processes", str(4 * cores + 1)])
-    assert message.startswith("server.processes: %d is more than 4 a core (%d core" % (
-        4 * cores + 1, cores)), message
-    assert "server.processes: 1000 " in config_error(
-        raw, environ={"GEMINI_PROXY_PROCESSES": "1000"})
-
-
 def test_log_dir_and_detailed_file_then_env_then_flag():
     raw = {"upstreams": {"kimi": kimi()}, "logging": {"log_dir": "from-file", "detailed": False}}
     config = load(raw)

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import PATIENCE, wait_for
+from conftest import PATIENCE, gp, wait_for
 from test_cli import SCRIPT, minimal_env, start, write_config  # noqa: F401  (start: a fixture)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
@@ -193,6 +193,17 @@ def test_a_bad_process_count_is_refused(tmp_path, value):
     result = run(["--upstream-kind", "echo", "--check", "--processes", value], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "processes" in result.stderr
+
+
+def test_more_than_four_processes_a_core_are_refused_at_start(tmp_path):
+    # (--check and reloads take any number: the cores counted are the machine's it runs on)
+    from test_cli import run
+    too_many = str(4 * gp.process_count("auto") + 1)
+    result = run(["--upstream-kind", "echo", "--port", "0", "--processes", too_many], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "server.processes: %s is more than 4 a core" % too_many in result.stderr
+    result = run(["--upstream-kind", "echo", "--check", "--processes", too_many], tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 # ---- the state workers share (section 18: the supervisor's StateServer) -------------------
