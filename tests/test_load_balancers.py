@@ -40,7 +40,9 @@ def recipe(language):
         text = f.read()
     section = text.split("### Several instances behind a load balancer", 1)[1]
     section = section.split("\n## ", 1)[0]
-    return re.search(r"^```%s\n(.*?)^```" % language, section, re.M | re.S).group(1)
+    found = re.search(r"^```%s\n(.*?)^```" % language, section, re.M | re.S)
+    assert found, "the README has no %s block under its load-balancer heading" % language
+    return found.group(1)
 
 
 def put_in(text, old, new, times=1):
@@ -75,7 +77,11 @@ class Program:
         def listening():
             assert self.process.poll() is None, "exited: %s" % self.output()
             return accepting(port)
-        wait_for(listening, message=lambda: "not listening: %s" % self.output())
+        try:
+            wait_for(listening, message=lambda: "not listening: %s" % self.output())
+        except BaseException:
+            self.stop()
+            raise
 
     def output(self):
         with open(self.log, encoding="utf-8", errors="replace") as f:
@@ -95,9 +101,17 @@ class Instances:
     """Two proxies with the same client keys, sharing a Redis, each with its own upstream."""
 
     def __init__(self, url, clients, tmp_path, **server):
-        self.fakes = [FakeOpenAI().start(), FakeOpenAI().start()]
+        self.fakes, self.proxies = [], []
+        try:
+            self._start(url, clients, tmp_path, server)
+        except BaseException:
+            self.close()
+            raise
+        self.ports = [p.port for p in self.proxies]
+
+    def _start(self, url, clients, tmp_path, server):
+        self.fakes += [FakeOpenAI().start(), FakeOpenAI().start()]
         namespace = "lb-%s:" % secrets.token_hex(4)
-        self.proxies = []
         for index, fake in enumerate(self.fakes):
             state = tmp_path / ("instance-%d" % index)
             state.mkdir()
@@ -109,7 +123,6 @@ class Instances:
                                           "retries": 0}},
                    "default_model": "fake-model"}
             self.proxies.append(RunningProxy(make_config(raw)))
-        self.ports = [p.port for p in self.proxies]
 
     def counts(self):
         return [len(fake.requests) for fake in self.fakes]
@@ -149,11 +162,17 @@ def answered_by(instances, port, key):
 def nginx(tmp_path):
     if not os.access(NGINX, os.X_OK):
         pytest.skip("no nginx")
+    said = subprocess.run([NGINX, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True).stdout
+    version = tuple(int(n) for n in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", said).groups())
+    if version < (1, 19, 5):
+        pytest.skip("nginx %s has no -e (1.19.5 and later)" % ".".join(map(str, version)))
     import pwd   # (POSIX only, as nginx here is)
-    started = []
+    started, directories = [], []
 
     def start(ports):
         directory = tempfile.mkdtemp(prefix="gp-nginx-")
+        directories.append(directory)
         os.chmod(directory, 0o755)   # nginx's workers may run as another user
         port = free_port()
         site = recipe("nginx")
@@ -171,11 +190,12 @@ def nginx(tmp_path):
                         pwd.getpwuid(os.getuid()).pw_name, directory, directory, temp, site))
         program = Program([NGINX, "-p", directory, "-c", conf, "-e",
                            os.path.join(directory, "error.log")], directory, port)
-        started.append((program, directory))
+        started.append(program)
         return program
     yield start
-    for program, directory in started:
+    for program in started:
         program.stop()
+    for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -262,10 +282,11 @@ def test_nginx_recipe_moves_a_client_when_its_instance_stops_and_its_limit_holds
 def haproxy(tmp_path):
     if not os.access(HAPROXY, os.X_OK):
         pytest.skip("no haproxy")
-    started = []
+    started, directories = [], []
 
     def start(ports):
         directory = tempfile.mkdtemp(prefix="gp-haproxy-")
+        directories.append(directory)
         port = free_port()
         backend = recipe("haproxy")
         backend = put_in(backend, "server a 10.0.0.11:8000", "server a 127.0.0.1:%d" % ports[0])
@@ -274,26 +295,33 @@ def haproxy(tmp_path):
         conf = os.path.join(directory, "haproxy.cfg")
         with open(conf, "w") as f:
             f.write("global\n    stats socket %s/admin.sock mode 600 level admin\n"
-                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n"
+                    # a check fails by its answer, never by a busy machine's slowness
+                    "defaults\n    mode http\n    timeout connect 30s\n    timeout client 1h\n"
+                    "    timeout check 30s\n"
                     "frontend llm\n    bind 127.0.0.1:%d\n    default_backend gemini_proxy\n"
                     "%s" % (directory, port, backend))
         program = Program([HAPROXY, "-db", "-f", conf], directory, port)
         program.directory = directory
-        started.append((program, directory))
+        started.append(program)
         return program
     yield start
-    for program, directory in started:
+    for program in started:
         program.stop()
+    for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def server_states(balancer):
-    """HAProxy's view of its servers: name -> "UP", "DOWN", ... (its admin socket)."""
+    """HAProxy's view of its servers: name -> "UP", "DOWN", ... (its admin socket); {} while
+    the socket is not there yet."""
+    data = b""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(PATIENCE)
-        s.connect(os.path.join(balancer.directory, "admin.sock"))
+        try:
+            s.connect(os.path.join(balancer.directory, "admin.sock"))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return {}
         s.sendall(b"show stat\n")
-        data = b""
         while True:
             piece = s.recv(65536)
             if not piece:
@@ -308,9 +336,11 @@ def server_states(balancer):
 
 def test_haproxy_recipe_takes_a_busy_instance_out_on_its_health_and_back(redis_url, haproxy,
                                                                          tmp_path):
-    # One worker each: one request held at its upstream makes an instance's /health 503.
+    # Two workers each: the test's own requests, one at a time, always leave one free (so
+    # /health says 200), and two requests held at the upstream make an instance's /health
+    # say 503.
     instances = Instances(redis_url, [{"key": "team-key", "name": "team"}], tmp_path,
-                          workers=1)
+                          workers=2)
     try:
         balancer = haproxy(instances.ports)
         wait_for(lambda: server_states(balancer) == {"a": "UP", "b": "UP"},
@@ -319,25 +349,29 @@ def test_haproxy_recipe_takes_a_busy_instance_out_on_its_health_and_back(redis_u
         assert status == 200
         for _ in range(3):   # balance source: one client address, one instance
             assert answered_by(instances, balancer.port, "team-key")[:2] == (200, busy)
-        gate = Gate(json_reply(completion("held")))
-        instances.fakes[busy].queue(gate)
-        held = {}
-
-        def hold():
-            held["reply"] = ask(balancer.port, "team-key")
-        holder = threading.Thread(target=hold, daemon=True)
-        holder.start()
+        gates = [Gate(json_reply(completion("held"))) for _ in range(2)]
+        for gate in gates:
+            instances.fakes[busy].queue(gate)
+        held = []
+        holders = [threading.Thread(target=lambda: held.append(ask(balancer.port, "team-key")),
+                                    daemon=True) for _ in gates]
         try:
-            assert gate.entered.wait(PATIENCE), "the held request never reached its upstream"
+            for holder, gate in zip(holders, gates):
+                holder.start()
+                assert gate.entered.wait(PATIENCE), "a held request never reached its upstream"
+            assert instances.proxies[busy].request("GET", "/health")[0] == 503
             name, other = ("a", "b") if busy == 0 else ("b", "a")
             wait_for(lambda: server_states(balancer) == {name: "DOWN", other: "UP"},
                      message=lambda: "servers: %s" % server_states(balancer))
             # the client's next request goes to the instance with a worker free
             assert answered_by(instances, balancer.port, "team-key")[:2] == (200, 1 - busy)
         finally:
-            gate.open()
-            holder.join(PATIENCE)
-        assert held["reply"][0] == 200 and b"held" in held["reply"][1], held
+            for gate in gates:
+                gate.open()
+            for holder in holders:
+                if holder.ident is not None:   # started
+                    holder.join(PATIENCE)
+        assert [(s, b"held" in body) for s, body in held] == [(200, True)] * 2, held
         wait_for(lambda: server_states(balancer) == {"a": "UP", "b": "UP"},
                  message=lambda: "servers: %s" % server_states(balancer))
         assert answered_by(instances, balancer.port, "team-key")[:2] == (200, busy)
