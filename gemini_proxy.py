@@ -183,6 +183,10 @@ class Setting:
 
 
 MiB = 1024 * 1024
+# A worker process's event loop says it is alive to its supervisor this often (seconds);
+# the shortest worker_stall_timeout allowed leaves room for a few missed beats.
+WORKER_HEARTBEAT = 1.0
+WORKER_STALL_MINIMUM = 5.0
 
 # Gemini CLI's OAuth client (gemini-cli packages/core/src/code_assist/oauth2.ts): an
 # "installed application" client, whose secret Google's own guidance says is not treated as
@@ -239,6 +243,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "workers (\"auto\": one per core; at most four per core); state they must "
             "share goes through the supervisor or state.redis_url", env="GEMINI_PROXY_PROCESSES",
             flag="--processes", choices=("auto",), minimum=1),
+    Setting("server", "worker_stall_timeout", 60.0, "with processes above 1: seconds a "
+            "worker process's event loop may go without a word to its supervisor before "
+            "the supervisor kills it and starts another (0: never; else at least %g)"
+            % WORKER_STALL_MINIMUM, zero=True),
     Setting("server", "max_connections", 0, "client connections open at once; more are "
             "turned away with a 503 (0: as many as the open-file limit allows)"),
     Setting("server", "max_head_bytes", 64 * 1024, "request line + headers (431 above)",
@@ -1379,6 +1387,11 @@ def _check_safety(config: Config) -> None:
     server = config.server
     if server["port"] > 65535:
         raise ConfigError("server.port: %d is not a TCP port" % server["port"])
+    if 0 < server["worker_stall_timeout"] < WORKER_STALL_MINIMUM:
+        raise ConfigError("server.worker_stall_timeout: %g is too short: a worker's loop "
+                          "says it is alive every %g s (0: never, else at least %g)" % (
+                              server["worker_stall_timeout"], WORKER_HEARTBEAT,
+                              WORKER_STALL_MINIMUM))
     if not is_loopback_host(server["host"]) and not server["api_keys"] \
             and not server["allow_public"]:
         raise ConfigError(
@@ -14441,9 +14454,12 @@ def seed_state_from_ledger(store: RespStore, history: "LedgerHistory") -> None:
 class WorkerProcess:
     number: int
     process: "subprocess.Popen[bytes]"
-    channel: socket.socket          # the supervisor's end: "ready" comes in; closed = gone
+    channel: socket.socket          # the supervisor's end: "ready", then heartbeats, come in
     started: float
     log_relay: threading.Thread     # ends at the end of the worker's stderr
+    heard: float = 0.0              # when the worker last said anything (monotonic); 0: never
+    silent: bool = False            # its channel has ended (it is exiting)
+    killed_for_stall: bool = False
 
     def ended(self) -> None:
         """After the process has exited: its last log lines written, its channel shut."""
@@ -14677,7 +14693,7 @@ class Supervisor:
                         log.info("stopped while starting")
                         return None
                 elif channel.recv(16):
-                    del waiting[channel]
+                    waiting.pop(channel).heard = time.monotonic()
         return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -14693,9 +14709,16 @@ class Supervisor:
     def _supervise(self) -> int:
         stopping, stop_by = 0, math.inf
         while True:
-            # SIGCHLD wakes this; the timeout is a safety net, not a clock anyone waits on.
-            select.select([self._wake_read], [], [], 1.0)
+            # SIGCHLD and heartbeats wake this; the timeout is a safety net, not a clock
+            # anyone waits on.
+            channels = {w.channel: w for w in self.workers if not w.silent}
+            readable, _, _ = select.select([self._wake_read] + list(channels), [], [], 1.0)
             self._drain_wakeups()
+            for channel in readable:
+                if channel in channels:
+                    self._hear(channels[channel])
+            if not stopping:
+                self._kill_stalled()
             while self._signals:
                 signum = self._signals.popleft()
                 if signum == signal.SIGHUP and not stopping:
@@ -14736,6 +14759,34 @@ class Supervisor:
             if stopping and not self.workers:
                 log.info("stopped")
                 return 0
+
+    @staticmethod
+    def _hear(worker: WorkerProcess) -> None:
+        try:
+            said = worker.channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        if said:
+            worker.heard = time.monotonic()
+        else:
+            worker.silent = True    # exiting: poll() will tell
+
+    def _kill_stalled(self) -> None:
+        """A worker whose event loop has said nothing for worker_stall_timeout is stuck
+        (a bug, a deadlock, a stopped process): the kernel still hands it its share of
+        new connections, so it is killed, and started again like one that died."""
+        timeout = self.config.server["worker_stall_timeout"]
+        now = time.monotonic()
+        for worker in self.workers:
+            if timeout and worker.heard and not worker.silent and \
+                    not worker.killed_for_stall and now - worker.heard > timeout:
+                log.error("worker process %d (pid %d) has said nothing for %.0f s "
+                          "(worker_stall_timeout): killing it", worker.number,
+                          worker.process.pid, now - worker.heard)
+                worker.killed_for_stall = True
+                worker.process.kill()
 
     def _start_unstarted(self, stopping: int) -> None:
         """Start the workers that are to run again; one the system will not start now
@@ -14957,10 +15008,22 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
             log.warning("the supervisor is gone: stopping")
             server.request_stop()
         loop.add_reader(channel.fileno(), supervisor_gone)
+
+        def beat() -> None:
+            # Sent by the event loop: a stuck loop says nothing (Supervisor._kill_stalled).
+            try:
+                channel.send(b".")
+            except (BlockingIOError, InterruptedError):
+                pass   # the supervisor has not read the last ones: it lives, and knows
+            except OSError:
+                return   # gone: supervisor_gone stops the server
+            heartbeat[0] = loop.call_later(WORKER_HEARTBEAT, beat)
         channel.send(b"ready")
+        heartbeat = [loop.call_later(WORKER_HEARTBEAT, beat)]
         log.info("worker process %d (pid %d) serving port %d", worker["number"],
                  os.getpid(), server.port)
         await server.serve_until_stopped()
+        heartbeat[0].cancel()
         loop.remove_reader(channel.fileno())
         channel.close()
         log.info("worker process %d stopped", worker["number"])

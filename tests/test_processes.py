@@ -319,6 +319,40 @@ def test_the_log_file_gets_each_line_once(start, tmp_path):
     assert sum(" POST /v1/chat/completions 200 " in line for line in lines) == 4, lines
 
 
+def test_a_worker_whose_event_loop_is_stuck_is_killed_and_started_again(start, tmp_path):
+    # A stopped process stands for a stuck loop: it says nothing, and the kernel still
+    # queues new connections on its socket.
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"processes": 2, "port": 0,
+                                              "worker_stall_timeout": 10}})
+    proxy = start(["-c", path])
+    port = proxy.port()
+    first = pids_answering(port, 2)
+    stuck = sorted(first)[0]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        proxy.wait_for(r"worker process \d \(pid %d\) has said nothing for \d+ s "
+                       r"\(worker_stall_timeout\): killing it" % stuck)
+        proxy.wait_for(r"\(pid %d\) exited \(status -9\); starting it again" % stuck)
+    finally:
+        if not gone(stuck):
+            os.kill(stuck, signal.SIGCONT)
+    wait_for(lambda: gone(stuck))
+    wait_for(lambda: len(pids_answering(port, 2) - first) == 1)
+    assert chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+    # the other worker, never silent that long, was left alone
+    assert len(re.findall(r"has said nothing", proxy.text())) == 1, proxy.text()
+
+
+def test_a_too_short_worker_stall_timeout_is_refused(tmp_path):
+    from test_cli import run
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"worker_stall_timeout": 2}})
+    result = run(["-c", path, "--check"], tmp_path)
+    assert result.returncode == 2 and "worker_stall_timeout: 2 is too short" in result.stderr
+
+
 def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(start, tmp_path):
     path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
                                    "server": {"processes": 2, "port": 0,
