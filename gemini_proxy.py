@@ -12200,7 +12200,8 @@ class Proxy:
         finally:   # whatever a bug above did, the client has its end and the count holds
             rq.pipe.finish()
             try:
-                if rq.admitted:   # after the answer's end: a shared store's round trip is not the client's wait
+                # after the answer's end: a shared store's round trip is not the client's wait
+                if rq.admitted:
                     usage = ex.usage
                     self.limits.spent(ex.client or ANONYMOUS,
                                       usage.input_tokens + usage.output_tokens if usage else 0)
@@ -12453,8 +12454,12 @@ class ProxyServer:
         self.proxy.close()
 
     async def _wait_until_idle(self, seconds: float) -> None:
+        # Idle once no connection is busy and every request has ended in its worker
+        # (Proxy.active): a client has its answer before its request's end counts what it
+        # spent against its limits, and a process that exited in between would lose that.
         deadline = time.monotonic() + seconds
-        while any(c.busy for c in self._connections) and time.monotonic() < deadline:
+        while (any(c.busy for c in self._connections) or self.proxy.active) and \
+                time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     # -- one connection -------------------------------------------------------------

@@ -497,3 +497,33 @@ def test_a_passed_through_stream_notices_its_end_usage_and_text_in_a_read_of_man
     assert not array.ended
     array.take(b'son": "STOP"}]}]')
     assert array.ended
+
+
+def test_a_stop_waits_for_each_requests_end_after_its_client_has_the_answer(proxy_factory):
+    # The client has its answer before the request's end counts what it spent against
+    # its limits (a shared store's round trip); a stop must not close the proxy, and let
+    # the process exit, in between. The count is held up here until the stop has begun.
+    running = proxy_factory({"upstreams": {"echo": {"kind": "echo"}},
+                             "server": {"api_keys": [{"key": "team-key", "name": "team",
+                                                      "tokens_per_day": 1000000}]}})
+    app = running.server.proxy
+    order, closing = [], threading.Event()
+    spent, close = app.limits.spent, app.close
+
+    def slow_spent(client, tokens):
+        wait_for(lambda: running.server._draining, message="the stop to begin")
+        closing.wait(0.5)      # long enough for a close that does not wait to come first
+        spent(client, tokens)
+        order.append("spent")
+
+    def closed():
+        closing.set()
+        order.append("closed")
+        close()
+    app.limits.spent, app.close = slow_spent, closed
+    status, _ = running.post("/v1/chat/completions", {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        {"authorization": "Bearer team-key"})
+    assert status == 200
+    running.stop()
+    assert order == ["spent", "closed"]
