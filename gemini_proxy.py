@@ -12434,7 +12434,8 @@ class ProxyServer:
     async def serve_until_stopped(self) -> None:
         assert self._server is not None and self._stop is not None
         await self._stop.wait()
-        busy = sum(c.busy for c in self._connections)
+        # (a request whose client has left may still be ending in its worker)
+        busy = max(sum(c.busy for c in self._connections), self.proxy.active)
         log.info("stopping: %d requests in flight get up to %gs to finish (a second signal "
                  "exits at once)", busy, self._limits["shutdown_grace"])
         self._draining = True
@@ -14403,6 +14404,19 @@ def too_many_processes(setting: Any) -> str:
         "a core" % (setting, PROCESSES_PER_CORE, cores, "" if cores == 1 else "s")
 
 
+def readable_among(items: List[Any], timeout: float) -> List[Any]:
+    """Those of `items` (sockets or file descriptors) with something to read, or closed at
+    the other end, within `timeout` seconds. poll(), not select(): a supervisor of many
+    workers holds descriptors past 1023, which select cannot watch (POSIX only, as the
+    supervisor is)."""
+    poller, by_descriptor = select.poll(), {}
+    for item in items:
+        descriptor = item if isinstance(item, int) else item.fileno()
+        by_descriptor[descriptor] = item
+        poller.register(descriptor, select.POLLIN)
+    return [by_descriptor[descriptor] for descriptor, _ in poller.poll(timeout * 1000)]
+
+
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -14467,9 +14481,12 @@ class WorkerProcess:
     killed_for_stall: bool = False
 
     def ended(self) -> None:
-        """After the process has exited: its last log lines written, its channel shut."""
+        """After the process has exited: its last log lines written, its channel and its
+        log's pipe shut."""
         self.log_relay.join(5.0)
         self.channel.close()
+        if self.process.stderr is not None and not self.log_relay.is_alive():
+            self.process.stderr.close()
 
 
 class Supervisor:
@@ -14689,8 +14706,7 @@ class Supervisor:
             if left <= 0 or any(w.process.poll() is not None for w in waiting.values()):
                 log.error("worker processes did not start (see the lines above)")
                 return False
-            readable, _, _ = select.select(list(waiting) + [self._wake_read], [], [],
-                                           min(left, 0.5))
+            readable = readable_among(list(waiting) + [self._wake_read], min(left, 0.5))
             for channel in readable:
                 if channel == self._wake_read:
                     self._drain_wakeups()
@@ -14717,7 +14733,7 @@ class Supervisor:
             # SIGCHLD and heartbeats wake this; the timeout is a safety net, not a clock
             # anyone waits on.
             channels = {w.channel: w for w in self.workers if not w.silent}
-            readable, _, _ = select.select([self._wake_read] + list(channels), [], [], 1.0)
+            readable = readable_among([self._wake_read] + list(channels), 1.0)
             self._drain_wakeups()
             for channel in readable:
                 if channel in channels:
@@ -14749,7 +14765,10 @@ class Supervisor:
                 self.workers.remove(worker)
                 if stopping:
                     continue
-                quick = time.monotonic() - worker.started < WORKER_QUICK_EXIT
+                # A worker killed for stalling is not one that cannot start: a request that
+                # hangs the loop of each new worker must not stop the proxy.
+                quick = time.monotonic() - worker.started < WORKER_QUICK_EXIT and \
+                    not worker.killed_for_stall
                 self._quick_exits = self._quick_exits + 1 if quick else 0
                 if self._quick_exits >= WORKER_QUICK_EXITS:
                     log.error("worker process %d exited (status %s) %d times in a row soon "
@@ -14779,19 +14798,27 @@ class Supervisor:
             worker.silent = True    # exiting: poll() will tell
 
     def _kill_stalled(self) -> None:
-        """A worker whose event loop has said nothing for worker_stall_timeout is stuck
-        (a bug, a deadlock, a stopped process): the kernel still hands it its share of
-        new connections, so it is killed, and started again like one that died."""
+        """A worker whose event loop has said nothing for worker_stall_timeout (since its
+        last word, or since it was started when it has not yet said it is ready) is
+        stuck: a bug, a deadlock, a stopped process. The kernel still hands it its share
+        of new connections, so it is killed, and started again like one that died.
+        Killed first, logged after: a log write can block (a full pipe), and a decision
+        must not outlive the moment it was made in."""
         timeout = self.config.server["worker_stall_timeout"]
+        if not timeout:
+            return
         now = time.monotonic()
-        for worker in self.workers:
-            if timeout and worker.heard and not worker.silent and \
-                    not worker.killed_for_stall and now - worker.heard > timeout:
-                log.error("worker process %d (pid %d) has said nothing for %.0f s "
-                          "(worker_stall_timeout): killing it", worker.number,
-                          worker.process.pid, now - worker.heard)
-                worker.killed_for_stall = True
-                worker.process.kill()
+        stalled = [(worker, now - (worker.heard or worker.started)) for worker in self.workers
+                   if not worker.silent and not worker.killed_for_stall and
+                   now - (worker.heard or worker.started) > timeout]
+        for worker, _ in stalled:
+            worker.killed_for_stall = True
+            worker.process.kill()
+        for worker, silence in stalled:
+            log.error("worker process %d (pid %d) has said nothing for %.0f s%s "
+                      "(worker_stall_timeout): killed it", worker.number,
+                      worker.process.pid, silence,
+                      "" if worker.heard else " since it was started")
 
     def _start_unstarted(self, stopping: int) -> None:
         """Start the workers that are to run again; one the system will not start now

@@ -1,18 +1,21 @@
 """server.processes (section 29): a supervisor and its worker processes on one port, run as
 the real command line."""
 
+import argparse
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import PATIENCE, gp, wait_for
+from conftest import PATIENCE, gp, make_config, wait_for
 from test_cli import SCRIPT, minimal_env, start, write_config  # noqa: F401  (start: a fixture)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
@@ -332,7 +335,7 @@ def test_a_worker_whose_event_loop_is_stuck_is_killed_and_started_again(start, t
     os.kill(stuck, signal.SIGSTOP)
     try:
         proxy.wait_for(r"worker process \d \(pid %d\) has said nothing for \d+ s "
-                       r"\(worker_stall_timeout\): killing it" % stuck)
+                       r"\(worker_stall_timeout\): killed it" % stuck)
         proxy.wait_for(r"\(pid %d\) exited \(status -9\); starting it again" % stuck)
     finally:
         if not gone(stuck):
@@ -343,6 +346,70 @@ def test_a_worker_whose_event_loop_is_stuck_is_killed_and_started_again(start, t
     assert proxy.stop(signal.SIGTERM) == 0
     # the other worker, never silent that long, was left alone
     assert len(re.findall(r"has said nothing", proxy.text())) == 1, proxy.text()
+
+
+def test_workers_stuck_soon_after_starting_do_not_stop_the_proxy(start, tmp_path):
+    # Three workers killed for stalling within WORKER_QUICK_EXIT of their start are not
+    # three that cannot start: the supervisor goes on (a request that hangs each new
+    # worker's loop must not take the whole proxy down).
+    path = write_config(tmp_path, {"upstreams": {"echo": {"kind": "echo"}},
+                                   "server": {"processes": 2, "port": 0,
+                                              "worker_stall_timeout": 5}})
+    proxy = start(["-c", path])
+    port = proxy.port()
+    stopped = []
+
+    def next_worker_one():
+        pids = [int(p) for p in re.findall(r"worker process 1 \(pid (\d+)\) serving port",
+                                           proxy.text())]
+        fresh = [pid for pid in pids if pid not in stopped]
+        return fresh[-1] if fresh else None
+    try:
+        for _ in range(3):
+            wait_for(next_worker_one, message="a new worker 1")
+            stopped.append(next_worker_one())
+            os.kill(stopped[-1], signal.SIGSTOP)
+            proxy.wait_for(r"\(pid %d\) has said nothing for \d+ s \(worker_stall_timeout\): "
+                           r"killed it" % stopped[-1])
+            wait_for(lambda: gone(stopped[-1]))
+    finally:
+        for pid in stopped:
+            if not gone(pid):
+                os.kill(pid, signal.SIGCONT)
+    assert proxy.proc.poll() is None, proxy.text()
+    wait_for(next_worker_one, message="a fourth worker 1")
+    assert chat(port) == "echo (m): hi"
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert "times in a row" not in proxy.text()
+
+
+def test_the_supervisor_judges_a_worker_by_its_last_word_or_its_start(caplog):
+    config = make_config({"upstreams": {"echo": {"kind": "echo"}},
+                          "server": {"processes": 2, "worker_stall_timeout": 60}})
+    supervisor = gp.Supervisor(config, [], argparse.Namespace())
+
+    class Process:
+        def __init__(self, pid):
+            self.pid, self.killed = pid, False
+
+        def kill(self):
+            self.killed = True
+    now = time.monotonic()
+    cases = [("silent for a minute and more", now - 600, now - 61, True),
+             ("heard a second ago", now - 600, now - 1, False),
+             ("never ready, started a minute and more ago", now - 61, 0.0, True),
+             ("starting", now - 1, 0.0, False)]
+    supervisor.workers = [gp.WorkerProcess(n, Process(1000 + n), None, started, None,
+                                           heard=heard)
+                          for n, (_, started, heard, _) in enumerate(cases, 1)]
+    with caplog.at_level(logging.ERROR, logger="gemini_proxy"):
+        supervisor._kill_stalled()
+        supervisor._kill_stalled()   # killed once: the next look leaves it to exit
+    assert [w.process.killed for w in supervisor.workers] == [c[3] for c in cases]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert re.search(r"\(pid 1001\) has said nothing for \d+ s \(", said[0]), said
+    assert re.search(r"\(pid 1003\) has said nothing for \d+ s since it was started", said[1])
 
 
 def test_a_too_short_worker_stall_timeout_is_refused(tmp_path):
