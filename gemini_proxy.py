@@ -184,7 +184,8 @@ class Setting:
 
 MiB = 1024 * 1024
 # A worker process's event loop says it is alive to its supervisor this often (seconds);
-# the shortest worker_stall_timeout allowed leaves room for a few missed beats.
+# the shortest worker_stall_timeout allowed leaves room for a few missed beats. (Here, not
+# with the other WORKER_* constants in section 29: the setting's help names them.)
 WORKER_HEARTBEAT = 1.0
 WORKER_STALL_MINIMUM = 5.0
 
@@ -14360,9 +14361,12 @@ def interpreter_flags() -> List[str]:
     (-I, -O, -W, -X, ...): worker processes run as their supervisor does. Not -u, which
     sys.flags does not record (a worker's output goes to its supervisor, not a terminal)."""
     flags = sys.flags
-    given = ["-I"] if flags.isolated else (["-E"] if flags.ignore_environment else []) + (
-        ["-s"] if flags.no_user_site else [])
-    given += ["-P"] if getattr(flags, "safe_path", False) and not flags.isolated else []
+    if flags.isolated:   # -I is -E, -s and -P in one
+        given = ["-I"]
+    else:
+        given = ["-E"] if flags.ignore_environment else []
+        given += ["-s"] if flags.no_user_site else []
+        given += ["-P"] if getattr(flags, "safe_path", False) else []
     given += ["-S"] if flags.no_site else []
     given += ["-B"] if flags.dont_write_bytecode else []
     given += ["-" + "O" * flags.optimize] if flags.optimize else []
@@ -14380,24 +14384,30 @@ WORKER_QUICK_EXITS = 3
 WORKER_READY_TIMEOUT = 60.0
 # Seconds past shutdown_grace after which a worker that has not stopped is killed.
 WORKER_STOP_MARGIN = 5.0
+# A worker's log line that takes this long to write means the supervisor's own output is
+# blocked (a paused terminal, a stuck collector): the workers block on theirs too, and
+# their silence then is not a stall.
+LOG_BLOCKED_AFTER = 1.0
 # A slip of the keyboard (1000 for 10) would start a thousand interpreters of some 35 MB
 # each; past a few a core, processes add memory, not speed. Checked when a supervisor
 # starts, not in --check or on reload: the cores are those of the machine it runs on.
 PROCESSES_PER_CORE = 4
 
 
-def process_count(setting: Any) -> int:
-    """server.processes as a number: "auto" is one per core."""
-    if setting != "auto":
-        return int(setting)
+def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
 
 
+def process_count(setting: Any) -> int:
+    """server.processes as a number: "auto" is one per core."""
+    return usable_cores() if setting == "auto" else int(setting)
+
+
 def too_many_processes(setting: Any) -> str:
     """Why server.processes is more than this machine should run, or ""."""
-    cores = process_count("auto")
+    cores = usable_cores()
     if process_count(setting) <= PROCESSES_PER_CORE * cores:
         return ""
     return "server.processes: %s is more than %d a core (%d core%s here); \"auto\" is one " \
@@ -14477,7 +14487,7 @@ class WorkerProcess:
     started: float
     log_relay: threading.Thread     # ends at the end of the worker's stderr
     heard: float = 0.0              # when the worker last said anything (monotonic); 0: never
-    silent: bool = False            # its channel has ended (it is exiting)
+    silent_since: float = 0.0       # when its channel ended (it is exiting); 0: not yet
     killed_for_stall: bool = False
 
     def ended(self) -> None:
@@ -14513,6 +14523,10 @@ class Supervisor:
         self._tag = "%s-%d" % (re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40],
                                os.getpid())
         self._state_url = ""        # the StateServer's, when the workers share through it
+        # Log output: when a worker's line began to be written, by the worker's pid, while
+        # it is; and when a write last took LOG_BLOCKED_AFTER or longer (_relay_log).
+        self._writing_since: Dict[int, float] = {}
+        self._log_blocked_at = 0.0
 
     def run(self) -> int:
         if os.name != "posix":
@@ -14685,16 +14699,20 @@ class Supervisor:
             raise OSError("no thread for its log: %s" % exc) from None
         return WorkerProcess(number, process, ours, time.monotonic(), relay)
 
-    @staticmethod
-    def _relay_log(process: "subprocess.Popen[bytes]") -> None:
+    def _relay_log(self, process: "subprocess.Popen[bytes]") -> None:
         relayed = logging.getLogger(RELAYED_LOG)
         assert process.stderr is not None
         for line in process.stderr:
+            began = self._writing_since[process.pid] = time.monotonic()
             # handle(), not info(): the worker applied logging.level already.
             relayed.handle(logging.makeLogRecord({
                 "name": RELAYED_LOG, "msg": "%s", "levelno": logging.INFO,
                 "levelname": "INFO",
                 "args": (line.decode("utf-8", "replace").rstrip("\r\n"),)}))
+            ended = time.monotonic()
+            del self._writing_since[process.pid]
+            if ended - began >= LOG_BLOCKED_AFTER:
+                self._log_blocked_at = ended
 
     def _wait_ready(self) -> Optional[bool]:
         """True when every worker said it listens; False when one exited first, or not
@@ -14732,7 +14750,7 @@ class Supervisor:
         while True:
             # SIGCHLD and heartbeats wake this; the timeout is a safety net, not a clock
             # anyone waits on.
-            channels = {w.channel: w for w in self.workers if not w.silent}
+            channels = {w.channel: w for w in self.workers if not w.silent_since}
             readable = readable_among([self._wake_read] + list(channels), 1.0)
             self._drain_wakeups()
             for channel in readable:
@@ -14765,10 +14783,11 @@ class Supervisor:
                 self.workers.remove(worker)
                 if stopping:
                     continue
-                # A worker killed for stalling is not one that cannot start: a request that
-                # hangs the loop of each new worker must not stop the proxy.
+                # A worker killed for stalling after it said it was ready is not one that
+                # cannot start: a request that hangs each new worker's loop must not stop
+                # the proxy.
                 quick = time.monotonic() - worker.started < WORKER_QUICK_EXIT and \
-                    not worker.killed_for_stall
+                    not (worker.killed_for_stall and worker.heard)
                 self._quick_exits = self._quick_exits + 1 if quick else 0
                 if self._quick_exits >= WORKER_QUICK_EXITS:
                     log.error("worker process %d exited (status %s) %d times in a row soon "
@@ -14795,30 +14814,47 @@ class Supervisor:
         if said:
             worker.heard = time.monotonic()
         else:
-            worker.silent = True    # exiting: poll() will tell
+            worker.silent_since = time.monotonic()    # exiting: poll() will tell
 
     def _kill_stalled(self) -> None:
-        """A worker whose event loop has said nothing for worker_stall_timeout (since its
-        last word, or since it was started when it has not yet said it is ready) is
-        stuck: a bug, a deadlock, a stopped process. The kernel still hands it its share
-        of new connections, so it is killed, and started again like one that died.
-        Killed first, logged after: a log write can block (a full pipe), and a decision
-        must not outlive the moment it was made in."""
+        """A worker whose event loop has said nothing for worker_stall_timeout since its
+        last word is stuck: a bug, a deadlock, a stopped process. The kernel still hands
+        it its share of new connections, so it is killed, and started again like one
+        that died. One started again that has not said it is ready is given at least
+        WORKER_READY_TIMEOUT from its start (a first start gets as much); one whose
+        channel has ended, shutdown_grace + WORKER_STOP_MARGIN to exit. While the log
+        output is blocked the workers block on it too: their silence counts only from
+        when it last was. Killed first, logged after: a log write can block, and a
+        decision must not outlive the moment it was made in."""
         timeout = self.config.server["worker_stall_timeout"]
         if not timeout:
             return
         now = time.monotonic()
-        stalled = [(worker, now - (worker.heard or worker.started)) for worker in self.workers
-                   if not worker.silent and not worker.killed_for_stall and
-                   now - (worker.heard or worker.started) > timeout]
+        if any(now - began >= LOG_BLOCKED_AFTER for began in
+               list(self._writing_since.values())):
+            self._log_blocked_at = now
+        stalled = []
+        for worker in self.workers:
+            if worker.killed_for_stall:
+                continue
+            if worker.silent_since:
+                since, limit, why = worker.silent_since, \
+                    self.config.server["shutdown_grace"] + WORKER_STOP_MARGIN, \
+                    "has not exited %.0f s after it said it was stopping"
+            elif worker.heard:
+                since, limit, why = worker.heard, timeout, "has said nothing for %.0f s"
+            else:
+                since, limit, why = worker.started, max(timeout, WORKER_READY_TIMEOUT), \
+                    "has not said it is ready %.0f s after it was started"
+            silence = now - max(since, self._log_blocked_at)
+            if silence > limit:
+                stalled.append((worker, why % silence))
         for worker, _ in stalled:
             worker.killed_for_stall = True
             worker.process.kill()
-        for worker, silence in stalled:
-            log.error("worker process %d (pid %d) has said nothing for %.0f s%s "
-                      "(worker_stall_timeout): killed it", worker.number,
-                      worker.process.pid, silence,
-                      "" if worker.heard else " since it was started")
+        for worker, why in stalled:
+            log.error("worker process %d (pid %d) %s (worker_stall_timeout): killed it",
+                      worker.number, worker.process.pid, why)
 
     def _start_unstarted(self, stopping: int) -> None:
         """Start the workers that are to run again; one the system will not start now

@@ -385,7 +385,8 @@ def test_workers_stuck_soon_after_starting_do_not_stop_the_proxy(start, tmp_path
 
 def test_the_supervisor_judges_a_worker_by_its_last_word_or_its_start(caplog):
     config = make_config({"upstreams": {"echo": {"kind": "echo"}},
-                          "server": {"processes": 2, "worker_stall_timeout": 60}})
+                          "server": {"processes": 2, "worker_stall_timeout": 10,
+                                     "shutdown_grace": 10}})
     supervisor = gp.Supervisor(config, [], argparse.Namespace())
 
     class Process:
@@ -395,21 +396,41 @@ def test_the_supervisor_judges_a_worker_by_its_last_word_or_its_start(caplog):
         def kill(self):
             self.killed = True
     now = time.monotonic()
-    cases = [("silent for a minute and more", now - 600, now - 61, True),
-             ("heard a second ago", now - 600, now - 1, False),
-             ("never ready, started a minute and more ago", now - 61, 0.0, True),
-             ("starting", now - 1, 0.0, False)]
-    supervisor.workers = [gp.WorkerProcess(n, Process(1000 + n), None, started, None,
-                                           heard=heard)
-                          for n, (_, started, heard, _) in enumerate(cases, 1)]
+    cases = [  # started, heard, channel ended, killed?
+        ("silent for longer than the timeout", now - 600, now - 21, 0.0, True),
+        ("heard a second ago", now - 600, now - 1, 0.0, False),
+        ("never ready, started a minute and more ago", now - 61, 0.0, 0.0, True),
+        ("starting, past the timeout but within the minute", now - 30, 0.0, 0.0, False),
+        ("said it was stopping, still there past grace + margin", now - 600, now - 61,
+         now - 16, True),
+        ("said it was stopping a moment ago", now - 600, now - 61, now - 1, False),
+        ("starting", now - 1, 0.0, 0.0, False)]
+
+    def workers():
+        return [gp.WorkerProcess(n, Process(1000 + n), None, started, None, heard=heard,
+                                 silent_since=ended)
+                for n, (_, started, heard, ended, _) in enumerate(cases, 1)]
+    supervisor.workers = workers()
     with caplog.at_level(logging.ERROR, logger="gemini_proxy"):
         supervisor._kill_stalled()
         supervisor._kill_stalled()   # killed once: the next look leaves it to exit
-    assert [w.process.killed for w in supervisor.workers] == [c[3] for c in cases]
+    assert [w.process.killed for w in supervisor.workers] == [c[-1] for c in cases]
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
+    assert len(said) == 3, said
     assert re.search(r"\(pid 1001\) has said nothing for \d+ s \(", said[0]), said
-    assert re.search(r"\(pid 1003\) has said nothing for \d+ s since it was started", said[1])
+    assert re.search(r"\(pid 1003\) has not said it is ready \d+ s after it was started",
+                     said[1]), said
+    assert re.search(r"\(pid 1005\) has not exited \d+ s after it said it was stopping",
+                     said[2]), said
+    # while the log output is blocked, the workers block on theirs: no one is judged
+    supervisor.workers = workers()
+    supervisor._writing_since[1001] = now - 120
+    supervisor._kill_stalled()
+    assert not any(w.process.killed for w in supervisor.workers)
+    # ...and once it is free again, their silence counts from then
+    del supervisor._writing_since[1001]
+    supervisor._kill_stalled()
+    assert not any(w.process.killed for w in supervisor.workers)
 
 
 def test_a_too_short_worker_stall_timeout_is_refused(tmp_path):

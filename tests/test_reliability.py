@@ -512,7 +512,7 @@ def test_a_stop_waits_for_each_requests_end_after_its_client_has_the_answer(prox
 
     def slow_spent(client, tokens):
         wait_for(lambda: running.server._draining, message="the stop to begin")
-        closing.wait(0.5)      # long enough for a close that does not wait to come first
+        closing.wait(2.0)      # long enough for a close that does not wait to come first
         spent(client, tokens)
         order.append("spent")
 
