@@ -25,6 +25,7 @@ import pytest
 
 from conftest import PATIENCE, RunningProxy, make_config, wait_for
 from fake_upstream import FakeOpenAI, Gate, completion, json_reply, pause_after, text_stream
+from test_cli import free_port
 from test_shared_state import redis_url  # noqa: F401  (the fixture: a real redis-server)
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -48,12 +49,6 @@ def recipe(language):
 def put_in(text, old, new, times=1):
     assert text.count(old) == times, "the README's recipe no longer says %r" % old
     return text.replace(old, new)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def accepting(port):
@@ -158,8 +153,29 @@ def answered_by(instances, port, key):
 
 # ---- nginx --------------------------------------------------------------------------------
 
+def balancers(command_for):
+    """A fixture's body: start(ports) writes a balancer's configuration in a directory of
+    its own (command_for(directory, port, ports) -> its command line) and runs it in front
+    of `ports`; every one started is stopped, and its directory removed, at the end."""
+    started, directories = [], []
+
+    def start(ports):
+        directory = tempfile.mkdtemp(prefix="gp-balancer-")
+        directories.append(directory)
+        port = free_port()
+        program = Program(command_for(directory, port, ports), directory, port)
+        program.directory = directory
+        started.append(program)
+        return program
+    yield start
+    for program in started:
+        program.stop()
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
-def nginx(tmp_path):
+def nginx():
     if not os.access(NGINX, os.X_OK):
         pytest.skip("no nginx")
     said = subprocess.run([NGINX, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -168,13 +184,9 @@ def nginx(tmp_path):
     if version < (1, 19, 5):
         pytest.skip("nginx %s has no -e (1.19.5 and later)" % ".".join(map(str, version)))
     import pwd   # (POSIX only, as nginx here is)
-    started, directories = [], []
 
-    def start(ports):
-        directory = tempfile.mkdtemp(prefix="gp-nginx-")
-        directories.append(directory)
+    def command_for(directory, port, ports):
         os.chmod(directory, 0o755)   # nginx's workers may run as another user
-        port = free_port()
         site = recipe("nginx")
         site = put_in(site, "server 10.0.0.11:8000", "server 127.0.0.1:%d" % ports[0])
         site = put_in(site, "server 10.0.0.12:8000", "server 127.0.0.1:%d" % ports[1])
@@ -188,15 +200,8 @@ def nginx(tmp_path):
                     "error_log %s/error.log info;\nevents { worker_connections 256; }\n"
                     "http {\n    access_log off;\n%s%s}\n" % (
                         pwd.getpwuid(os.getuid()).pw_name, directory, directory, temp, site))
-        program = Program([NGINX, "-p", directory, "-c", conf, "-e",
-                           os.path.join(directory, "error.log")], directory, port)
-        started.append(program)
-        return program
-    yield start
-    for program in started:
-        program.stop()
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        return [NGINX, "-p", directory, "-c", conf, "-e", os.path.join(directory, "error.log")]
+    yield from balancers(command_for)
 
 
 def test_nginx_recipe_keeps_a_client_on_one_instance_and_uses_both(redis_url, nginx,
@@ -279,15 +284,11 @@ def test_nginx_recipe_moves_a_client_when_its_instance_stops_and_its_limit_holds
 # ---- HAProxy ------------------------------------------------------------------------------
 
 @pytest.fixture
-def haproxy(tmp_path):
+def haproxy():
     if not os.access(HAPROXY, os.X_OK):
         pytest.skip("no haproxy")
-    started, directories = [], []
 
-    def start(ports):
-        directory = tempfile.mkdtemp(prefix="gp-haproxy-")
-        directories.append(directory)
-        port = free_port()
+    def command_for(directory, port, ports):
         backend = recipe("haproxy")
         backend = put_in(backend, "server a 10.0.0.11:8000", "server a 127.0.0.1:%d" % ports[0])
         backend = put_in(backend, "server b 10.0.0.12:8000", "server b 127.0.0.1:%d" % ports[1])
@@ -300,15 +301,8 @@ def haproxy(tmp_path):
                     "    timeout check 30s\n"
                     "frontend llm\n    bind 127.0.0.1:%d\n    default_backend gemini_proxy\n"
                     "%s" % (directory, port, backend))
-        program = Program([HAPROXY, "-db", "-f", conf], directory, port)
-        program.directory = directory
-        started.append(program)
-        return program
-    yield start
-    for program in started:
-        program.stop()
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        return [HAPROXY, "-db", "-f", conf]
+    yield from balancers(command_for)
 
 
 def server_states(balancer):

@@ -29,6 +29,7 @@ import traceback
 import pytest
 
 from conftest import PATIENCE, gp, wait_for
+from test_cli import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 T0 = 1_700_000_000.0    # a fixed "now" for the operations that take one
@@ -88,12 +89,6 @@ def redis_url():
             process.kill()
             process.wait(PATIENCE)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
