@@ -14395,7 +14395,8 @@ PROCESSES_PER_CORE = 4
 
 
 def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):   # the cores this process may use (a container's)
+    """The cores this process may run on: what "auto" and the per-core cap count."""
+    if hasattr(os, "sched_getaffinity"):   # a container's or taskset's, not the machine's
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
 

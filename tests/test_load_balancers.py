@@ -63,6 +63,7 @@ class Program:
     """A load balancer in the foreground, its output in a file; stopped at the end."""
 
     def __init__(self, command, directory, port):
+        self.directory = directory
         self.log = os.path.join(directory, "output.log")
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
@@ -143,15 +144,13 @@ def ask(port, key, timeout=PATIENCE):
 
 
 def answered_by(instances, port, key):
-    """(status, the index of the instance whose upstream got the request, or None)."""
+    """(status, the index of the instance whose upstream got the request or None, body)."""
     before = instances.counts()
     status, body = ask(port, key)
     grown = [i for i, (a, b) in enumerate(zip(before, instances.counts())) if b > a]
     assert len(grown) <= 1, grown
     return status, (grown[0] if grown else None), body
 
-
-# ---- nginx --------------------------------------------------------------------------------
 
 def balancers(command_for):
     """A fixture's body: start(ports) writes a balancer's configuration in a directory of
@@ -164,7 +163,6 @@ def balancers(command_for):
         directories.append(directory)
         port = free_port()
         program = Program(command_for(directory, port, ports), directory, port)
-        program.directory = directory
         started.append(program)
         return program
     yield start
@@ -173,6 +171,8 @@ def balancers(command_for):
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
 
+
+# ---- nginx --------------------------------------------------------------------------------
 
 @pytest.fixture
 def nginx():
