@@ -9741,9 +9741,9 @@ class KeyPool:
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
 # costs in memory is what it touches, about 16-20 KiB whatever the size; the size bounds
-# address space (10,000 threads at the default 8 MiB would reserve 80 GB). JSON nested to
-# Python's recursion limit needs more than 1 MiB of C stack on 3.13 (and 512 KiB on 3.8
-# is not enough either); 4 MiB leaves room.
+# address space (10,000 threads at the default 8 MiB would reserve 80 GB). JSON nested as
+# deep as the json module reads (10,000 levels on 3.13) needs more than 1 MiB of C stack
+# (and 512 KiB on 3.8 is not enough either); 4 MiB leaves room.
 WORKER_IDLE_EXIT = 30.0
 WORKER_STACK_BYTES = 4 * MiB
 # A pool that has shrunk by this many threads, to half its size or less, gives the C

@@ -974,6 +974,8 @@ def test_metadata_and_user_must_be_what_openai_takes():
                     {"metadata": {str(i): "v" for i in range(17)}}, {"user": {"a": 1}}):
         with pytest.raises(gp.ClientError):
             decode(dict(payload, input="x"))
+    for _ in range(100000 - 980):     # deeper than json.dumps goes on any Python
+        deep = {"a": deep}
     turn = gp.responses_turn({"model": "m", "metadata": {"k": deep}})
     assert turn.request == {}        # too deep to repeat in a reply
 
