@@ -1705,9 +1705,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 def sse_complete_length(data: bytes, start: int = 0) -> int:
     """How many leading bytes of an SSE body hold only whole events (each ends in a blank
-    line: LF LF or CRLF CRLF), looking for the last end at or after `start` (where an
-    earlier look left off: a long event is not searched again and again)."""
-    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n")
+    line: a line end, LF or CRLF, then LF or CRLF; lone CRs are made LFs first, LineEnds),
+    looking for the last end at or after `start` (where an earlier look left off: a long
+    event is not searched again and again)."""
+    ends = [at + len(mark) for mark in (b"\n\n", b"\n\r\n")
             for at in (data.rfind(mark, start),) if at >= 0]
     return max(ends, default=0)
 
@@ -1721,20 +1722,46 @@ def sse_event(event: str, text: str) -> bytes:
     return b"event: " + event.encode("ascii") + b"\ndata: " + text.encode("utf-8") + b"\n\n"
 
 
+class LineEnds:
+    """SSE's three line ends (CRLF, LF and a lone CR) made two: each lone CR becomes an
+    LF, in a stream read in pieces. Few parsers split lines on a lone CR (this file's and
+    many clients' do not), and an event never seen to end holds everything after it. A CR
+    that ends a piece becomes an LF at once (its event is not held for the next read):
+    an LF that opens the next piece was that CR's pair and is dropped."""
+
+    def __init__(self) -> None:
+        self._after_cr = False    # the last piece ended in a CR
+
+    def unify(self, chunk: bytes) -> bytes:
+        if self._after_cr and chunk:
+            self._after_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" not in chunk:     # LF line ends, as most streams have
+            return chunk
+        if chunk[-1:] == b"\r":
+            self._after_cr = True
+        elif chunk.count(b"\r") == chunk.count(b"\r\n"):   # CRLF line ends
+            return chunk
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
 class SSEParser:
-    """Incremental text/event-stream parser for upstream replies. Splits lines on LF or
-    CRLF only (never on U+2028 and friends), skips comments, joins multi-line data. A
-    line or an event longer than `max_event` bytes is an error (ValueError): an upstream
-    that never ends one must not fill memory."""
+    """Incremental text/event-stream parser for upstream replies. Splits lines on LF,
+    CRLF or a lone CR (never on U+2028 and friends), skips comments, joins multi-line
+    data. A line or an event longer than `max_event` bytes is an error (ValueError): an
+    upstream that never ends one must not fill memory."""
 
     def __init__(self, max_event: int = 64 * 1024 * 1024):
         self.max_event = max_event
+        self._line_ends = LineEnds()
         self._partial = bytearray()     # a line not yet ended
         self._event = ""
         self._data: List[str] = []
         self._size = 0                  # bytes of the event so far
 
     def feed(self, chunk: bytes) -> List[Tuple[str, str]]:
+        chunk = self._line_ends.unify(chunk)
         if b"\n" not in chunk:     # the common case of a long line: no copy of what came
             self._partial += chunk
             if len(self._partial) + self._size > self.max_event:
@@ -11729,11 +11756,14 @@ class PassingStream:
         self.max_event = max_event
         self.text_chars = 0
         self._parser = SSEParser(max_event)
+        self._line_ends = LineEnds()   # clients are sent LF or CRLF line ends, as they read
         self._tail = ""
         self._note = CLIENT_DIALECTS[ex.dialect].note_passed
 
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
+        if self.sse:
+            data = self._line_ends.unify(data)
         try:
             events = self._parser.feed(data)
         except ValueError as exc:

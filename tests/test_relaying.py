@@ -15,7 +15,8 @@ import pytest
 import gemini_proxy as gp
 from conftest import PATIENCE, wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
-                           pause_after, sse, stream_reply, chunk, text_stream, usage)
+                           pause_after, sse, sse_texts_reply, stream_reply, chunk, text_stream,
+                           usage)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -282,6 +283,56 @@ def test_a_passed_through_stream_gets_keepalives_in_its_silences(proxy_factory, 
         "content", "") for line in body.split("\n") if line.startswith("data: {")
         and json.loads(line[6:])["choices"])
     assert body.rstrip().endswith("data: [DONE]")
+
+
+def lone_cr_stream(texts):
+    """An OpenAI stream whose lines end in a lone CR (SSE allows it), each event written
+    in two pieces, cut between its last two CRs."""
+    events = [chunk({"role": "assistant", "content": ""})] + [
+        chunk({"content": text}) for text in texts] + [chunk(finish="stop"), "[DONE]"]
+    pieces = [sse(event).replace("\n", "\r") for event in events]
+    return sse_texts_reply([half for piece in pieces for half in (piece[:-1], piece[-1:])])
+
+
+def test_a_passed_through_stream_with_lone_cr_line_ends_reaches_the_client_whole(
+        proxy, fake):
+    texts = ["piece %d, " % i for i in range(12)]
+    fake.queue(lone_cr_stream(texts))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200 and b"\r" not in data      # clients are sent LF line ends
+    events = [e for e in data.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and "error" not in data.decode()
+    deltas = [json.loads(e[6:])["choices"][0]["delta"] for e in events[:-1]]
+    assert "".join(d.get("content", "") for d in deltas) == "".join(texts)
+
+
+def test_a_lone_cr_stream_is_relayed_event_by_event(proxy, fake):
+    go_on = threading.Event()
+    fake.queue(pause_after(lone_cr_stream(["first ", "second"]), writes=2, until=go_on))
+    conn, response = post_streaming(proxy, "/v1/chat/completions", dict(CHAT, stream=True))
+    try:
+        # The upstream holds the rest until go_on: the first event must come without it.
+        assert response.status == 200 and b'"role": "assistant"' in read_event(response)
+        go_on.set()
+        body = response.read().decode()
+    finally:
+        go_on.set()
+        conn.close()
+    assert body.rstrip().endswith("data: [DONE]") and "second" in body
+
+
+def test_a_converted_stream_with_lone_cr_line_ends_is_read_whole(proxy, fake):
+    texts = ["part %d " % i for i in range(12)]
+    fake.queue(lone_cr_stream(texts))
+    status, _, data = proxy.request(
+        "POST", "/v1beta/models/m:streamGenerateContent?alt=sse",
+        {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert status == 200, data
+    chunks = [json.loads(line[6:]) for line in data.decode().split("\n")
+              if line.startswith("data: ")]
+    got = "".join(part.get("text", "") for c in chunks for cand in c.get("candidates", [])
+                  for part in cand["content"].get("parts", []))
+    assert got == "".join(texts) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
 def test_a_bug_while_relaying_a_passed_through_stream_is_an_error_event_and_a_traceback(

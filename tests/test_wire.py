@@ -583,8 +583,8 @@ def test_sse_events_come_out_as_soon_as_their_blank_line_arrives():
     parser = gp.SSEParser()
     assert parser.feed(b"data: a\n") == []
     assert parser.feed(b"\n") == [("message", "a")]
-    assert parser.feed(b"data: b\r\n\r") == []
-    assert parser.feed(b"\ndata: c\n\ndata: d") == [("message", "b"), ("message", "c")]
+    assert parser.feed(b"data: b\r\n\r") == [("message", "b")]   # (the CR may be a lone one)
+    assert parser.feed(b"\ndata: c\n\ndata: d") == [("message", "c")]
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
@@ -595,6 +595,42 @@ def test_sse_line_endings(ending):
 
 def test_sse_mixed_line_endings():
     assert sse_whole(b"data: a\r\n\ndata: b\n\r\n") == [("message", "a"), ("message", "b")]
+
+
+# SSE allows a lone CR as a line end. Read in pieces, a CR that ends one piece may be half
+# a CRLF: only the next piece tells.
+LONE_CR_STREAM = REALISTIC_STREAM.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+
+
+def test_sse_lone_cr_line_ends_split_at_every_byte_position():
+    assert b"\n" not in LONE_CR_STREAM
+    assert sse_whole(LONE_CR_STREAM) == REALISTIC_EVENTS
+    for cut in range(1, len(LONE_CR_STREAM)):
+        assert sse_in_pieces(LONE_CR_STREAM, [cut]) == REALISTIC_EVENTS, cut
+    assert sse_in_pieces(LONE_CR_STREAM, range(1, len(LONE_CR_STREAM))) == REALISTIC_EVENTS
+
+
+def test_sse_all_three_line_ends_mixed_and_split_anywhere():
+    data = b"data: a\r\rdata: b\r\n\rdata: c\n\r\ndata: d\r\r\ndata: e\r"
+    events = [("message", c) for c in "abcde"]
+    for cut in range(1, len(data)):
+        assert sse_in_pieces(data, [cut]) == events, cut
+    assert sse_in_pieces(data, range(1, len(data))) == events
+
+
+def test_a_lone_cr_ends_its_event_at_once_and_an_lf_after_it_is_its_pair():
+    parser = gp.SSEParser()
+    assert parser.feed(b"data: a\r\r") == [("message", "a")]
+    assert parser.feed(b"data: b\r") == []
+    assert parser.feed(b"\n\r") == [("message", "b")]
+    assert parser.feed(b"\n") == []      # the pair of the CR before, not a blank line
+
+
+def test_line_ends_are_unified_to_lf_keeping_crlf():
+    ends = gp.LineEnds()
+    pieces = [b"a\r", b"\nb\r", b"", b"c\r\r", b"\r\n", b"d\r\ne\r\n"]
+    assert b"".join(ends.unify(piece) for piece in pieces) == b"a\nb\nc\n\n\r\nd\r\ne\r\n"
+    assert ends.unify(b"plain\n") == b"plain\n"
 
 
 def test_sse_comments_are_ignored():
