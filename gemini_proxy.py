@@ -14426,6 +14426,8 @@ PROCESSES_PER_CORE = 4
 
 def usable_cores() -> int:
     """The cores this process may run on: what "auto" and the per-core cap count."""
+    if hasattr(os, "process_cpu_count"):   # 3.13: affinity, or -X cpu_count when given
+        return os.process_cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):   # a container's or taskset's, not the machine's
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1

@@ -9,6 +9,8 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -188,6 +190,16 @@ def test_processes_auto_is_one_per_core(start):
         assert "(%d worker processes" % count in line
         assert len(pids_answering(proxy.port(), count, tries=max(400, 60 * count))) == count
     assert proxy.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "process_cpu_count"), reason="-X cpu_count is 3.13's")
+def test_the_cores_counted_are_those_python_is_told_of():
+    # A container that knows better than its affinity mask says so with -X cpu_count.
+    count = subprocess.run(
+        [sys.executable, "-X", "cpu_count=3", "-c",
+         "import gemini_proxy; print(gemini_proxy.usable_cores())"],
+        cwd=os.path.dirname(gp.__file__), capture_output=True, text=True, timeout=PATIENCE)
+    assert count.stdout.strip() == "3", count.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
