@@ -9830,7 +9830,9 @@ class WorkerPool:
         # (function, args, resuming)
         self._tasks: "collections.deque[Tuple[Callable[..., None], tuple, bool]]" = \
             collections.deque()
-        self._idle: List[threading.Event] = []   # idle threads' wake-ups, latest last
+        # Idle threads' wake-ups, latest last: each a lock its thread holds and waits to
+        # acquire again; released to wake it (cheaper than an Event, which is a Condition).
+        self._idle: List[threading.Lock] = []
         self._peak = 0                  # the most threads since memory was last given back
         self._serial = itertools.count(1)
         self._start_failed_at = 0.0
@@ -9850,7 +9852,7 @@ class WorkerPool:
             else:
                 self._tasks.append(task)
             if self._idle:
-                self._idle.pop().set()
+                self._idle.pop().release()
                 return
             if self.threads >= self.limit and not resuming:
                 return              # queued: the next thread to finish takes it
@@ -9880,7 +9882,8 @@ class WorkerPool:
                 raise
 
     def _work(self) -> None:
-        wake = threading.Event()
+        wake = threading.Lock()
+        wake.acquire()
         while True:
             task = self._next_task(wake)
             if task is None:
@@ -9892,7 +9895,7 @@ class WorkerPool:
                 log.exception("worker task failed")
             del task, function, args    # hold nothing of a finished request while idle
 
-    def _next_task(self, wake: threading.Event) -> Optional[Tuple[Callable[..., None], tuple]]:
+    def _next_task(self, wake: threading.Lock) -> Optional[Tuple[Callable[..., None], tuple]]:
         """The next task, once there is one; None when this thread is to end: the pool
         closed, idle for WORKER_IDLE_EXIT (memory given back first if the pool has shrunk
         enough: WORKER_SHRINK_TRIM), or started past the limit for a request's end and
@@ -9906,16 +9909,17 @@ class WorkerPool:
                 if self._closed or self.threads > self.limit:
                     self.threads -= 1
                     if self._tasks and self._idle:   # woken for a task: pass it on
-                        self._idle.pop().set()
+                        self._idle.pop().release()
                     return None
-                wake.clear()
                 self._idle.append(wake)
                 self._lock.release()
                 try:
-                    wake.wait(WORKER_IDLE_EXIT)
+                    woken = wake.acquire(timeout=WORKER_IDLE_EXIT)
                 finally:
                     self._lock.acquire()
-                if wake.is_set():    # woken (under the lock, so no longer in _idle)
+                # Woken (taken off _idle under the lock) just as the wait ran out: the
+                # release is there to take.
+                if woken or wake.acquire(blocking=False):
                     continue
                 self._idle.remove(wake)
                 if not self._tasks:   # idle for WORKER_IDLE_EXIT
@@ -9944,7 +9948,7 @@ class WorkerPool:
         with self._lock:
             self._closed = True
             for wake in self._idle:
-                wake.set()
+                wake.release()
             self._idle.clear()
 
 
@@ -10038,13 +10042,17 @@ class ChunkPipe:
         self._waker = waker or LoopWaker(loop)
         self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
-        self._space = threading.Semaphore(capacity)
+        # Room for items, under the lock. The Events a worker waits on are made only when
+        # it has to wait (a full pipe, a pause before a retry): most requests never do,
+        # and each costs a Condition and a lock to make.
+        self._room = capacity
+        self._room_freed: Optional[threading.Event] = None
         self._waiter: Optional[asyncio.Future] = None
         self._abort_hooks: List[Callable[[], None]] = []
         # A relay put in the pipe that the loop has not begun (begin_relay): an abort
         # settles it. Once begun, the loop settles it, after it has let go of the socket.
         self._relay: Optional[UpstreamRelay] = None
-        self._left = threading.Event()
+        self._left: Optional[threading.Event] = None   # set when the request is abandoned
         self.gone = False
         self.why_gone = ""              # "client" | "send_timeout" | "shutdown"
         self.early_head: Optional[ResponseHead] = None   # what commit_early may send
@@ -10053,11 +10061,18 @@ class ChunkPipe:
         self.finished = False           # the worker is done with the request
 
     def put(self, item: Any) -> None:
-        while not self._space.acquire(timeout=0.5):
-            if self.gone:
-                raise ClientGone()
-        if self.gone:
-            raise ClientGone()
+        while True:
+            with self._lock:
+                if self.gone:
+                    raise ClientGone()
+                if self._room > 0:
+                    self._room -= 1
+                    break
+                if self._room_freed is None:
+                    self._room_freed = threading.Event()
+                freed = self._room_freed
+                freed.clear()
+            freed.wait(0.5)
         self._append(item)
 
     def put_head(self, head: ResponseHead) -> bool:
@@ -10130,7 +10145,13 @@ class ChunkPipe:
 
     def sleep(self, seconds: float) -> bool:
         """Wait in the worker; False when the request was abandoned meanwhile."""
-        return not self._left.wait(seconds)
+        with self._lock:
+            if self.gone:
+                return False
+            if self._left is None:
+                self._left = threading.Event()
+            left = self._left
+        return not left.wait(seconds)
 
     async def take(self, timeout: Optional[float] = None) -> List[Any]:
         """Everything waiting, once something is; [] when `timeout` passes first or the
@@ -10140,6 +10161,8 @@ class ChunkPipe:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
+                    self._room += len(items)
+                    freed = self._room_freed
                     break
                 if self.gone:
                     return []
@@ -10153,8 +10176,8 @@ class ChunkPipe:
             with self._lock:
                 if not self._items:
                     return []
-        for _ in items:
-            self._space.release()
+        if freed is not None:    # a worker may wait for room
+            freed.set()
         return items
 
     def abort(self, why: str = "client") -> None:
@@ -10171,7 +10194,9 @@ class ChunkPipe:
             if relay is not None and relay in self._items:   # withdrawn (its space in
                 self._items.remove(relay)   # the pipe is not given back: nothing else comes)
             waiter, self._waiter = self._waiter, None
-        self._left.set()
+            left = self._left
+        if left is not None:
+            left.set()
         if relay is not None:   # out of the lock: it resumes the request in a worker
             relay.settle(ClientGone())
         if waiter is not None:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import gp, make_config, wait_for
+from conftest import PATIENCE, gp, make_config, wait_for
 from fake_upstream import Gate, chunk, completion, json_reply
 
 OPENAI = "/v1/chat/completions"
@@ -319,6 +319,39 @@ def test_a_client_leaving_after_a_failed_attempt_cannot_cut_a_pooled_connection(
     finally:
         gate.open()
         pool.close_all()
+        loop.close()
+
+
+def test_a_full_pipe_holds_its_worker_until_the_loop_takes_and_an_abort_frees_it():
+    import asyncio
+    loop = asyncio.new_event_loop()
+    pipe = gp.ChunkPipe(loop, 2)
+    put, outcome = [], []
+
+    def worker():
+        try:
+            for n in range(100):
+                pipe.put(b"%d" % n)
+                put.append(n)
+        except gp.ClientGone:
+            outcome.append("gone")
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        taken = []
+        for _ in range(3):
+            wait_for(lambda: len(put) == len(taken) + 2, message="puts up to the room")
+            got = loop.run_until_complete(pipe.take())
+            assert len(got) == 2            # never more than the pipe's room
+            taken += got
+        assert taken == [b"0", b"1", b"2", b"3", b"4", b"5"]
+        wait_for(lambda: len(put) == 8, message="puts after the last take")
+        pipe.abort()                        # the worker waits for room: it must hear it
+        thread.join(PATIENCE)
+        assert outcome == ["gone"] and len(put) == 8
+    finally:
+        pipe.abort()
+        thread.join(PATIENCE)
         loop.close()
 
 
