@@ -1722,6 +1722,9 @@ def sse_event(event: str, text: str) -> bytes:
     return b"event: " + event.encode("ascii") + b"\ndata: " + text.encode("utf-8") + b"\n\n"
 
 
+LONE_CR = re.compile(rb"\r(?!\n)")
+
+
 class LineEnds:
     """SSE's three line ends (CRLF, LF and a lone CR) made two: each lone CR becomes an
     LF, in a stream read in pieces. Few parsers split lines on a lone CR (this file's and
@@ -1737,11 +1740,12 @@ class LineEnds:
             self._after_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if b"\r" not in chunk:     # LF line ends, as most streams have
+        # (13 is CR: an int is looked for with memchr, many times faster than b"\r")
+        if 13 not in chunk:     # LF line ends, as most streams have
             return chunk
         if chunk[-1:] == b"\r":
             self._after_cr = True
-        elif chunk.count(b"\r") == chunk.count(b"\r\n"):   # CRLF line ends
+        elif not LONE_CR.search(chunk):   # CRLF line ends
             return chunk
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
@@ -1754,15 +1758,19 @@ class SSEParser:
 
     def __init__(self, max_event: int = 64 * 1024 * 1024):
         self.max_event = max_event
-        self._line_ends = LineEnds()
+        self.line_ends = LineEnds()
         self._partial = bytearray()     # a line not yet ended
         self._event = ""
         self._data: List[str] = []
         self._size = 0                  # bytes of the event so far
 
     def feed(self, chunk: bytes) -> List[Tuple[str, str]]:
-        chunk = self._line_ends.unify(chunk)
-        if b"\n" not in chunk:     # the common case of a long line: no copy of what came
+        return self.feed_lines(self.line_ends.unify(chunk))
+
+    def feed_lines(self, chunk: bytes) -> List[Tuple[str, str]]:
+        """feed() for a piece whose lone CRs this parser's line_ends has made LFs already
+        (a passed-through stream sends the client that piece too)."""
+        if 10 not in chunk:     # a long line's piece: no copy of what came (10 is LF)
             self._partial += chunk
             if len(self._partial) + self._size > self.max_event:
                 raise ValueError("an event of over %d bytes" % self.max_event)
@@ -11775,22 +11783,23 @@ class PassingStream:
     def __init__(self, ex: Exchange, kind: UpstreamKind, content_type: str, max_event: int,
                  redactor: Redactor):
         self.ex, self.kind, self.redactor = ex, kind, redactor
-        self.sse = content_type.startswith("text/event-stream")
+        self.sse = content_type.lower().startswith("text/event-stream")
         self.ended = kind.stream_end is None
         self.held = bytearray()
         self.max_event = max_event
         self.text_chars = 0
         self._parser = SSEParser(max_event)
-        self._line_ends = LineEnds()   # clients are sent LF or CRLF line ends, as they read
         self._tail = ""
         self._note = CLIENT_DIALECTS[ex.dialect].note_passed
 
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
-        if self.sse:
-            data = self._line_ends.unify(data)
         try:
-            events = self._parser.feed(data)
+            if self.sse:   # clients are sent what the parser reads: LF or CRLF line ends
+                data = self._parser.line_ends.unify(data)
+                events = self._parser.feed_lines(data)
+            else:
+                events = self._parser.feed(data)
         except ValueError as exc:
             raise UpstreamError("the upstream sent %s (max_reply_bytes)" % exc,
                                 status=502) from None
@@ -12345,10 +12354,13 @@ def loop_watches_sockets(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, asyncio.SelectorEventLoop)
 
 
-def ends_between_events(data: bytes) -> bool:
+def ends_between_events(data: bytes, chunked: bool) -> bool:
     """Whether what was written of a stream ends where an event does (so that a
-    keep-alive or an error event may follow), framed in chunks or not."""
-    return data.endswith((b"\n\n", b"\n\n\r\n", b"\r\n\r\n\r\n"))
+    keep-alive or an error event may follow): a line end, then LF or CRLF (lone CRs are
+    LFs by now: LineEnds), before the chunk's own CRLF when framed in chunks."""
+    if not chunked:
+        return data.endswith((b"\n\n", b"\n\r\n"))
+    return data.endswith(b"\r\n") and data.endswith((b"\n\n", b"\n\r\n"), 0, len(data) - 2)
 
 
 def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
@@ -12981,7 +12993,7 @@ class ProxyServer:
             relay = items.pop() if items and isinstance(items[-1], UpstreamRelay) else None
             data = b"".join(frame(item) for item in items if item is not None)
             if data:
-                between_events = ends_between_events(data)
+                between_events = ends_between_events(data, chunked)
             if ended or pipe.gone:
                 if pipe.why_gone == "shutdown" and between_events:
                     data += frame(dialect.stream_error(ProxyError(
@@ -12997,7 +13009,7 @@ class ProxyServer:
                 await self._drain(writer)
             if relay is not None:   # nothing comes after it until its request resumes
                 between_events = await self._relay_upstream(
-                    writer, pipe, relay, frame, ex, dialect.keepalive, interval,
+                    writer, pipe, relay, chunked, ex, dialect.keepalive, interval,
                     between_events)
             items = await pipe.take(interval)
             if items or pipe.gone:
@@ -13007,7 +13019,7 @@ class ProxyServer:
                 await self._drain(writer)
 
     async def _relay_upstream(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                              relay: UpstreamRelay, frame: Callable[[bytes], bytes],
+                              relay: UpstreamRelay, chunked: bool,
                               ex: Exchange, keepalive: bytes, interval: Optional[float],
                               between_events: bool) -> bool:
         """Pull the rest of a streamed reply here on the loop and write it, waiting for
@@ -13016,6 +13028,7 @@ class ProxyServer:
         client's stream is between events now."""
         assert self._loop is not None
         loop, response, output = self._loop, relay.response, relay.output
+        frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
         if not pipe.begin_relay(relay):
             return between_events
         outcome: Optional[BaseException] = ClientGone()
@@ -13028,7 +13041,7 @@ class ProxyServer:
             data = b"".join(pending)
             pending.clear()
             pending_size = 0
-            between_events = ends_between_events(data)
+            between_events = ends_between_events(data, chunked)
             writer.write(data)
             ex.response_bytes += len(data)
             last_sent = loop.time()

@@ -321,6 +321,43 @@ def test_a_lone_cr_stream_is_relayed_event_by_event(proxy, fake):
     assert body.rstrip().endswith("data: [DONE]") and "second" in body
 
 
+@pytest.mark.parametrize("data, chunked, between", [
+    (b"data: 1\n\n", False, True), (b"data: 1\r\n\r\n", False, True),
+    (b"data: 1\n\r\n", False, True), (b"data: 1\n", False, False),
+    (b"data: 1\r\n", False, False),
+    (gp.encode_chunk(b"data: 1\n\n"), True, True),
+    (gp.encode_chunk(b"data: 1\r\n\r\n"), True, True),
+    (gp.encode_chunk(b"data: 1\n\r\n"), True, True),   # a CRLF upstream's read cut at CR
+    (gp.encode_chunk(b"data: 1\n"), True, False),        # its chunk's own CRLF ends it
+    (gp.encode_chunk(b"data: 1\r\n"), True, False)])
+def test_where_a_stream_is_between_events(data, chunked, between):
+    assert gp.ends_between_events(data, chunked) is between
+
+
+def test_a_crlf_event_whose_read_was_cut_at_its_cr_is_sent_as_ending_between_events():
+    # The keep-alives in a silence, and the error event that ends a stream the proxy
+    # stops, go only where an event has ended.
+    passing = gp.PassingStream(gp.Exchange("r", "openai", "generate"),
+                               gp.UPSTREAM_KINDS["openai"], "text/event-stream", gp.MiB,
+                               gp.Redactor())
+    assert passing.take(b'data: {"x": 1}\r') == (b"", [])
+    out, events = passing.take(b"\n\r\n")
+    assert events == [("message", '{"x": 1}')] and out.startswith(b'data: {"x": 1}')
+    assert gp.ends_between_events(gp.encode_chunk(out), True)
+    assert gp.ends_between_events(out, False)
+
+
+def test_an_event_stream_named_in_capitals_is_read_as_one(proxy, fake):
+    def reply(handler, request):
+        handler.start_stream("Text/Event-Stream")
+        events = [chunk({"role": "assistant", "content": ""}), chunk({"content": "hi"}),
+                  chunk(finish="stop"), "[DONE]"]
+        handler.end_stream("".join(sse(e) for e in events).replace("\n", "\r").encode())
+    fake.queue(reply)
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200 and b"\r" not in data and data.rstrip().endswith(b"data: [DONE]")
+
+
 def test_a_converted_stream_with_lone_cr_line_ends_is_read_whole(proxy, fake):
     texts = ["part %d " % i for i in range(12)]
     fake.queue(lone_cr_stream(texts))
