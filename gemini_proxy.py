@@ -1705,7 +1705,7 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 def sse_complete_length(data: bytes, start: int = 0) -> int:
     """How many leading bytes of an SSE body hold only whole events (each ends in a blank
-    line: a line end, LF or CRLF, then LF or CRLF; lone CRs are made LFs first, LineEnds),
+    line: a line end, LF or CRLF, then LF or CRLF; lone CRs are made CRLFs first, LineEnds),
     looking for the last end at or after `start` (where an earlier look left off: a long
     event is not searched again and again)."""
     ends = [at + len(mark) for mark in (b"\n\n", b"\n\r\n")
@@ -1726,11 +1726,13 @@ LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 class LineEnds:
-    """SSE's three line ends (CRLF, LF and a lone CR) made two: each lone CR becomes an
-    LF, in a stream read in pieces. Few parsers split lines on a lone CR (this file's and
-    many clients' do not), and an event never seen to end holds everything after it. A CR
-    that ends a piece becomes an LF at once (its event is not held for the next read):
-    an LF that opens the next piece was that CR's pair and is dropped."""
+    """SSE's three line ends (CRLF, LF and a lone CR) made two: each lone CR becomes a
+    CRLF, in a stream read in pieces. Few parsers split lines on a lone CR (this file's
+    and many clients' do not), and an event never seen to end holds everything after it;
+    nor do all take a mix of LF and CRLF (google-genai's event pattern wants LF LF, CR CR
+    or CRLF CRLF), so LF and CRLF streams pass unchanged, even cut between a CR and its
+    LF. A CR that ends a piece becomes a CRLF at once (its event is not held for the next
+    read): an LF that opens the next piece was its pair and is dropped."""
 
     def __init__(self) -> None:
         self._after_cr = False    # the last piece ended in a CR
@@ -1743,11 +1745,8 @@ class LineEnds:
         # (13 is CR: an int is looked for with memchr, many times faster than b"\r")
         if 13 not in chunk:     # LF line ends, as most streams have
             return chunk
-        if chunk[-1:] == b"\r":
-            self._after_cr = True
-        elif not LONE_CR.search(chunk):   # CRLF line ends
-            return chunk
-        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self._after_cr = chunk[-1:] == b"\r"
+        return LONE_CR.sub(b"\r\n", chunk)   # (CRLF line ends: the same bytes back)
 
 
 class SSEParser:
@@ -1768,8 +1767,8 @@ class SSEParser:
         return self.feed_lines(self.line_ends.unify(chunk))
 
     def feed_lines(self, chunk: bytes) -> List[Tuple[str, str]]:
-        """feed() for a piece whose lone CRs this parser's line_ends has made LFs already
-        (a passed-through stream sends the client that piece too)."""
+        """feed() for a piece whose lone CRs this parser's line_ends has made CRLFs
+        already (a passed-through stream sends the client that piece too)."""
         if 10 not in chunk:     # a long line's piece: no copy of what came (10 is LF)
             self._partial += chunk
             if len(self._partial) + self._size > self.max_event:
@@ -10202,9 +10201,10 @@ class ChunkPipe:
             if relay is not None and relay in self._items:   # withdrawn (its space in
                 self._items.remove(relay)   # the pipe is not given back: nothing else comes)
             waiter, self._waiter = self._waiter, None
-            left = self._left
-        if left is not None:
-            left.set()
+            left, freed = self._left, self._room_freed
+        for event in (left, freed):   # a worker pausing, or waiting for room
+            if event is not None:
+                event.set()
         if relay is not None:   # out of the lock: it resumes the request in a worker
             relay.settle(ClientGone())
         if waiter is not None:
@@ -11795,7 +11795,7 @@ class PassingStream:
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
         try:
-            if self.sse:   # clients are sent what the parser reads: LF or CRLF line ends
+            if self.sse:   # clients are sent what the parser reads: no lone CR
                 data = self._parser.line_ends.unify(data)
                 events = self._parser.feed_lines(data)
             else:
@@ -12357,7 +12357,7 @@ def loop_watches_sockets(loop: asyncio.AbstractEventLoop) -> bool:
 def ends_between_events(data: bytes, chunked: bool) -> bool:
     """Whether what was written of a stream ends where an event does (so that a
     keep-alive or an error event may follow): a line end, then LF or CRLF (lone CRs are
-    LFs by now: LineEnds), before the chunk's own CRLF when framed in chunks."""
+    CRLFs by now: LineEnds), before the chunk's own CRLF when framed in chunks."""
     if not chunked:
         return data.endswith((b"\n\n", b"\n\r\n"))
     return data.endswith(b"\r\n") and data.endswith((b"\n\n", b"\n\r\n"), 0, len(data) - 2)

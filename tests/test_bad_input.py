@@ -78,9 +78,10 @@ def test_json_nested_deep_is_a_400_or_is_served_never_a_500(proxy_factory, fake,
     """How deep the json module reads depends on the Python (about the recursion limit
     up to 3.11; 1,500 levels on 3.12, 10,000 on 3.13): nesting it reads and the proxy has
     no need to walk (here a tool's arguments or result, converted or not) goes on to the
-    upstream, whose call that is; nesting it cannot read is the client's 400. 9,980 and
-    9,990 are just inside and just past 3.13's limit, with the detailed log on: where a
-    level more of the proxy's own would overflow, if it added one."""
+    upstream, whose call that is; nesting it cannot read is the client's 400. At 9,980 and
+    9,990 the bodies reach 3.13's limit, with their own levels around the value (the
+    Gemini and Anthropic ones pass it at 9,990), and the detailed log is on: where a level
+    more of the proxy's own would overflow, if it added one."""
     proxy = proxy_factory({"upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url}},
                            "logging": {"detailed": True, "log_dir": str(tmp_path)}})
     shallow = proxy.post(path, body_holding(path, nested(3)).encode(), HEADERS)

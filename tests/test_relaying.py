@@ -299,8 +299,8 @@ def test_a_passed_through_stream_with_lone_cr_line_ends_reaches_the_client_whole
     texts = ["piece %d, " % i for i in range(12)]
     fake.queue(lone_cr_stream(texts))
     status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
-    assert status == 200 and b"\r" not in data      # clients are sent LF line ends
-    events = [e for e in data.decode().split("\n\n") if e]
+    assert status == 200 and data == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    events = [e for e in data.decode().split("\r\n\r\n") if e]     # (CRLF line ends)
     assert events[-1] == "data: [DONE]" and "error" not in data.decode()
     deltas = [json.loads(e[6:])["choices"][0]["delta"] for e in events[:-1]]
     assert "".join(d.get("content", "") for d in deltas) == "".join(texts)
@@ -327,7 +327,7 @@ def test_a_lone_cr_stream_is_relayed_event_by_event(proxy, fake):
     (b"data: 1\r\n", False, False),
     (gp.encode_chunk(b"data: 1\n\n"), True, True),
     (gp.encode_chunk(b"data: 1\r\n\r\n"), True, True),
-    (gp.encode_chunk(b"data: 1\n\r\n"), True, True),   # a CRLF upstream's read cut at CR
+    (gp.encode_chunk(b"data: 1\n\r\n"), True, True),   # an upstream mixing LF and CRLF
     (gp.encode_chunk(b"data: 1\n"), True, False),        # its chunk's own CRLF ends it
     (gp.encode_chunk(b"data: 1\r\n"), True, False)])
 def test_where_a_stream_is_between_events(data, chunked, between):
@@ -342,7 +342,7 @@ def test_a_crlf_event_whose_read_was_cut_at_its_cr_is_sent_as_ending_between_eve
                                gp.Redactor())
     assert passing.take(b'data: {"x": 1}\r') == (b"", [])
     out, events = passing.take(b"\n\r\n")
-    assert events == [("message", '{"x": 1}')] and out.startswith(b'data: {"x": 1}')
+    assert events == [("message", '{"x": 1}')] and out == b'data: {"x": 1}\r\n\r\n'
     assert gp.ends_between_events(gp.encode_chunk(out), True)
     assert gp.ends_between_events(out, False)
 
@@ -355,7 +355,8 @@ def test_an_event_stream_named_in_capitals_is_read_as_one(proxy, fake):
         handler.end_stream("".join(sse(e) for e in events).replace("\n", "\r").encode())
     fake.queue(reply)
     status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
-    assert status == 200 and b"\r" not in data and data.rstrip().endswith(b"data: [DONE]")
+    assert status == 200 and data.rstrip().endswith(b"data: [DONE]")
+    assert data == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")   # no lone CR
 
 
 def test_a_converted_stream_with_lone_cr_line_ends_is_read_whole(proxy, fake):

@@ -626,11 +626,31 @@ def test_a_lone_cr_ends_its_event_at_once_and_an_lf_after_it_is_its_pair():
     assert parser.feed(b"\n") == []      # the pair of the CR before, not a blank line
 
 
-def test_line_ends_are_unified_to_lf_keeping_crlf():
+def test_line_ends_make_lone_crs_crlfs_and_leave_lf_and_crlf_alone():
     ends = gp.LineEnds()
-    pieces = [b"a\r", b"\nb\r", b"", b"c\r\r", b"\r\n", b"d\r\ne\r\n"]
-    assert b"".join(ends.unify(piece) for piece in pieces) == b"a\nb\nc\n\n\r\nd\r\ne\r\n"
+    pieces = [b"a\r", b"\nb\r", b"", b"c\r\r", b"\r\n", b"d\r\ne\n"]
+    assert b"".join(ends.unify(piece) for piece in pieces) == \
+        b"a\r\nb\r\nc\r\n\r\n\r\nd\r\ne\n"
     assert ends.unify(b"plain\n") == b"plain\n"
+
+
+@pytest.mark.parametrize("stream, sent", [
+    (REALISTIC_STREAM.replace(b"\r\n", b"\n"), None),                        # LF
+    (REALISTIC_STREAM.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), None),  # CRLF
+    (LONE_CR_STREAM, LONE_CR_STREAM.replace(b"\r", b"\r\n"))])               # lone CR
+def test_a_passed_through_stream_cut_anywhere_keeps_its_bytes_but_lone_crs(stream, sent):
+    # Clients do not all read a mix of LF and CRLF: a CRLF stream whose read ends
+    # between a CR and its LF must still reach them as it came.
+    for cuts in [[cut] for cut in range(1, len(stream))] + [range(1, len(stream))]:
+        passing = gp.PassingStream(gp.Exchange("r", "openai", "generate"),
+                                   gp.UPSTREAM_KINDS["openai"], "text/event-stream",
+                                   gp.MiB, gp.Redactor())
+        out, at = b"", 0
+        for cut in list(cuts) + [len(stream)]:
+            out += passing.take(stream[at:cut])[0]
+            at = cut
+        out += passing.finish()[0]
+        assert out == (sent or stream), list(cuts)[:3]
 
 
 def test_sse_comments_are_ignored():
