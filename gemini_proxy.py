@@ -66,6 +66,7 @@ direction: decode_gemini_request(payload, model) -> Chat, encode_openai_request(
 model) -> dict, decode_anthropic_stream(sse_events) -> neutral events, and so on.
 
 Contents (each section uses only the ones above it):
+     0. starting (a script run starts again as a module)
      1. constants and settings
      2. errors
      3. small helpers
@@ -100,6 +101,99 @@ Contents (each section uses only the ones above it):
 
 from __future__ import annotations
 
+import marshal
+import os
+import sys
+
+
+# ---- 0. Starting (a script run starts again as a module) --------------------------------
+#
+# Run as a script (python gemini_proxy.py), this file starts itself again at once, in the
+# same process, as the module gemini_proxy. CPython holds a script's syntax tree until the
+# script ends, which for a server is never: some 30 MB of an idle proxy's 66 from Python
+# 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
+# compiled for this run goes along in an unnamed file, so the price is one interpreter
+# start. This section comes before the other imports, so that they are not done twice.
+# Worker processes (section 29) start the same way.
+#
+# MODULE_BOOT's arguments: the file's path, a file descriptor holding its compiled code
+# ("-": none, compile it, or read __pycache__), then main's. Its imports see what a
+# script's would: the file's own folder first, never the current directory (where
+# `python -c` would look first: a secrets.py there would be imported). The loader is
+# named, since the file may have any name (no .py: an installed command). Run with -I or
+# -P, a script has no folder of its own on sys.path, and neither has -c.
+MODULE_BOOT = ("import os, sys\n"
+               "path, code_fd, argv = os.path.abspath(sys.argv[1]), sys.argv[2], sys.argv[3:]\n"
+               "sys.argv = [path] + argv\n"
+               "if not (sys.flags.isolated or getattr(sys.flags, 'safe_path', False)):\n"
+               "    sys.path[0] = os.path.dirname(path)\n"
+               "from importlib.machinery import SourceFileLoader\n"
+               "from importlib.util import module_from_spec, spec_from_loader\n"
+               "loader = SourceFileLoader('gemini_proxy', path)\n"
+               "module = module_from_spec(spec_from_loader('gemini_proxy', loader))\n"
+               "sys.modules['gemini_proxy'] = module\n"
+               "if code_fd == '-':\n"
+               "    loader.exec_module(module)\n"
+               "else:\n"
+               "    import marshal\n"
+               "    with open(int(code_fd), 'rb') as compiled:\n"
+               "        exec(marshal.loads(compiled.read()), module.__dict__)\n"
+               "sys.exit(module.main(argv))\n")
+
+
+def interpreter_flags() -> List[str]:
+    """The command-line flags this interpreter was started with that change how code runs
+    (-I, -O, -W, -X, ...): a relaunch or a worker process runs as this one does. Not -u,
+    which sys.flags does not record (a worker's output goes to its supervisor, not a
+    terminal; a relaunch keeps PYTHONUNBUFFERED, not -u)."""
+    flags = sys.flags
+    if flags.isolated:   # -I is -E, -s and -P in one
+        given = ["-I"]
+    else:
+        given = ["-E"] if flags.ignore_environment else []
+        given += ["-s"] if flags.no_user_site else []
+        given += ["-P"] if getattr(flags, "safe_path", False) else []
+    given += ["-S"] if flags.no_site else []
+    given += ["-B"] if flags.dont_write_bytecode else []
+    given += ["-" + "O" * flags.optimize] if flags.optimize else []
+    given += ["-" + "b" * flags.bytes_warning] if flags.bytes_warning else []
+    given += ["-W" + option for option in sys.warnoptions]
+    given += ["-X" + (name if value is True else "%s=%s" % (name, value))
+              for name, value in getattr(sys, "_xoptions", {}).items()]
+    return given
+
+
+def relaunch_as_module() -> None:
+    """exec this file again as MODULE_BOOT loads it, with the code compiled for this run.
+    Returns when this is not the interpreter's own run of the file as a script (imported,
+    or run by a tool: a profiler, runpy, pdb), with -i (its prompt comes after the
+    script), where exec is not Unix's, or when it fails: this run goes on, as a script."""
+    if os.name != "posix" or sys.flags.inspect or not hasattr(sys, "_getframe"):
+        return
+    script = sys._getframe(1)
+    if script.f_back is not None or script.f_globals is not globals():
+        return
+    try:
+        code = marshal.dumps(script.f_code)
+        if hasattr(os, "memfd_create"):   # Linux: in memory, even with no writable /tmp
+            compiled = open(os.memfd_create("gemini_proxy", 0), "w+b")
+        else:
+            import tempfile   # here: only this fallback needs it before the imports below
+            compiled = tempfile.TemporaryFile()
+        with compiled:
+            compiled.write(code)
+            compiled.seek(0)
+            os.set_inheritable(compiled.fileno(), True)
+            os.execv(sys.executable, [sys.executable] + interpreter_flags() + [
+                "-c", MODULE_BOOT, os.path.abspath(__file__), str(compiled.fileno())] +
+                sys.argv[1:])
+    except (OSError, ValueError):   # no file for the code, no interpreter to run
+        pass
+
+
+if __name__ == "__main__":
+    relaunch_as_module()
+
 import argparse
 import asyncio
 import base64
@@ -128,7 +222,6 @@ import logging
 import logging.handlers
 import math
 import mimetypes
-import os
 import queue
 import random
 import re
@@ -141,7 +234,6 @@ import stat
 import struct
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -14403,47 +14495,9 @@ def bind_private_socket(path: str) -> socket.socket:
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
-# A worker loads this file as a module (sys.argv[1]), not as a script: a script's syntax
-# tree, some 30 MB for this file, is held until the script ends, which for a server is
-# never; a module's is freed once compiled, and the compiled file is kept in __pycache__
-# (where it can be written) for the next worker to read instead of compiling again. Its
-# imports see what a script's would: the file's own folder first, never the current
-# directory (where `python -c` would look first: a secrets.py there would be imported).
-# The loader is named, since the file may have any name (no .py: an installed command).
-# Run with -I or -P, a script has no folder of its own on sys.path, and neither has -c.
-WORKER_BOOT = ("import os, sys\n"
-               "path = os.path.abspath(sys.argv[1])\n"
-               "if not (sys.flags.isolated or getattr(sys.flags, 'safe_path', False)):\n"
-               "    sys.path[0] = os.path.dirname(path)\n"
-               "from importlib.machinery import SourceFileLoader\n"
-               "from importlib.util import module_from_spec, spec_from_loader\n"
-               "loader = SourceFileLoader('gemini_proxy', path)\n"
-               "module = module_from_spec(spec_from_loader('gemini_proxy', loader))\n"
-               "sys.modules['gemini_proxy'] = module\n"
-               "loader.exec_module(module)\n"
-               "sys.exit(module.main(sys.argv[2:]))\n")
-
-
-def interpreter_flags() -> List[str]:
-    """The command-line flags this interpreter was started with that change how code runs
-    (-I, -O, -W, -X, ...): worker processes run as their supervisor does. Not -u, which
-    sys.flags does not record (a worker's output goes to its supervisor, not a terminal)."""
-    flags = sys.flags
-    if flags.isolated:   # -I is -E, -s and -P in one
-        given = ["-I"]
-    else:
-        given = ["-E"] if flags.ignore_environment else []
-        given += ["-s"] if flags.no_user_site else []
-        given += ["-P"] if getattr(flags, "safe_path", False) else []
-    given += ["-S"] if flags.no_site else []
-    given += ["-B"] if flags.dont_write_bytecode else []
-    given += ["-" + "O" * flags.optimize] if flags.optimize else []
-    given += ["-" + "b" * flags.bytes_warning] if flags.bytes_warning else []
-    given += ["-W" + option for option in sys.warnoptions]
-    given += ["-X" + (name if value is True else "%s=%s" % (name, value))
-              for name, value in getattr(sys, "_xoptions", {}).items()]
-    return given
-
+# A worker loads this file as a module through MODULE_BOOT (section 0), so its syntax
+# tree is freed once compiled. It compiles the file itself: the compiled file is kept in
+# __pycache__ (where it can be written) for the next worker to read instead.
 
 # A worker that exits this soon after it started, this many times in a row, will not do
 # better the next time (a port taken, a file it cannot read): the supervisor gives up.
@@ -14751,7 +14805,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 [sys.executable] + interpreter_flags() +
-                ["-c", WORKER_BOOT, os.path.abspath(__file__)] + self.argv,
+                ["-c", MODULE_BOOT, os.path.abspath(__file__), "-"] + self.argv,
                 env=environ, pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
         except BaseException:
             ours.close()

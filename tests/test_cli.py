@@ -315,6 +315,62 @@ def test_port_zero_listens_on_a_port_chosen_by_the_system(start):
     assert proxy.stop() == 0
 
 
+def idle_memory_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+def status_of(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=PATIENCE) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self") or sys.version_info < (3, 9),
+                    reason="reads /proc; Python 3.8's parser keeps a smaller tree (5 MB)")
+def test_a_script_run_does_not_idle_with_its_syntax_tree(start, tmp_path):
+    # Run as a script, the file would hold its syntax tree (some 30 MB) for as long as it
+    # serves; run by runpy, it is compiled and the tree freed. The script run starts again
+    # as a module in the same process, so both idle in about the same memory.
+    launcher = tmp_path / "via_runpy.py"
+    launcher.write_text("import runpy, sys\nsys.argv[0] = %r\n"
+                        "runpy.run_path(%r, run_name='__main__')\n" % (SCRIPT, SCRIPT))
+    idle = {}
+    for how, script in (("script", SCRIPT), ("runpy", str(launcher))):
+        proxy = start(["--upstream-kind", "echo", "--port", "0"], script=script)
+        port = proxy.port()
+        assert status_of(port)["pid"] == proxy.proc.pid   # the same process serves
+        status, _ = generate(port, "gemini-2.5-pro", "hi")
+        assert status == 200
+        idle[how] = idle_memory_kb(proxy.proc.pid)
+        assert proxy.stop() == 0 and "Traceback" not in proxy.text()
+    assert idle["script"] < idle["runpy"] + 12 * 1024, idle
+
+
+def test_module_boot_runs_the_code_handed_on_else_the_file(tmp_path):
+    # How a script run and worker processes start (section 0): the code compiled by
+    # whoever started them, read from a descriptor, else the file itself, named as the
+    # module gemini_proxy, with main given the arguments after the two.
+    module = tmp_path / "some_proxy.py"
+    module.write_text("def main(argv):\n    print('from the file', __name__, argv)\n"
+                      "    return 3\n")
+    handed = tmp_path / "handed.bin"
+    handed.write_bytes(gp.marshal.dumps(compile(
+        "def main(argv):\n    print('handed on', __name__, __file__, argv)\n    return 4\n",
+        str(module), "exec")))
+    with open(str(handed), "rb") as code:
+        handed_on = subprocess.run(
+            [sys.executable, "-c", gp.MODULE_BOOT, str(module), str(code.fileno()), "a", "b"],
+            cwd=str(tmp_path), pass_fds=[code.fileno()], stdout=subprocess.PIPE,
+            timeout=PATIENCE)
+    from_file = subprocess.run(
+        [sys.executable, "-c", gp.MODULE_BOOT, str(module), "-", "c"], cwd=str(tmp_path),
+        stdout=subprocess.PIPE, timeout=PATIENCE)
+    assert (handed_on.returncode, handed_on.stdout.decode().split()) == (
+        4, ["handed", "on", "gemini_proxy", str(module), "['a',", "'b']"])
+    assert (from_file.returncode, from_file.stdout.decode().split()) == (
+        3, ["from", "the", "file", "gemini_proxy", "['c']"])
+
+
 def test_first_lines_name_upstream_and_fingerprint_the_key(start):
     url = "http://127.0.0.1:%d/v1" % free_port()    # never asked: the proxy only starts
     proxy = start(["--upstream-url", url, "--upstream-key", UPSTREAM_KEY,

@@ -88,7 +88,7 @@ def test_config_example_loads_and_routes():
 def test_docstring_contents_match_the_section_banners():
     source = read("gemini_proxy.py")
     banners = re.findall(r"^# ---- (\d+)\. (.+?) -+$", source, re.M)
-    assert [int(n) for n, _ in banners] == list(range(1, len(banners) + 1))
+    assert [int(n) for n, _ in banners] == list(range(len(banners)))
     contents = gp.__doc__.split("Contents", 1)[1]
     listed = re.findall(r"^\s+(\d+)\. (.+)$", contents, re.M)
     assert [n for n, _ in listed] == [n for n, _ in banners]

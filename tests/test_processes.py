@@ -134,7 +134,7 @@ def test_workers_run_with_the_supervisors_interpreter_flags(start, tmp_path):
     port = proxy.port()
     pids = pids_answering(port, 2)
     assert len(pids) == 2 and chat(port) == "echo (m): hi"
-    for pid in pids:
+    for pid in pids | {proxy.proc.pid}:   # the supervisor started again as a module too
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             argv = f.read().decode().split("\0")
         assert argv[1:argv.index("-c")] == ["-I", "-O", "-Wignore::ResourceWarning", "-Xutf8"]
