@@ -1817,6 +1817,9 @@ def sse_event(event: str, text: str) -> bytes:
 LONE_CR = re.compile(rb"\r(?!\n)")
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 class LineEnds:
     """SSE's three line ends (CRLF, LF and a lone CR) made two: each lone CR becomes a
     CRLF, in a stream read in pieces. Few parsers split lines on a lone CR (this file's
@@ -1824,12 +1827,23 @@ class LineEnds:
     nor do all take a mix of LF and CRLF (google-genai's event pattern wants LF LF, CR CR
     or CRLF CRLF), so LF and CRLF streams pass unchanged, even cut between a CR and its
     LF. A CR that ends a piece becomes a CRLF at once (its event is not held for the next
-    read): an LF that opens the next piece was its pair and is dropped."""
+    read): an LF that opens the next piece was its pair and is dropped.
+    A byte order mark that opens the stream is dropped, as a reader's UTF-8 decoding
+    drops it: before the first line it would make `data` a field no one knows."""
 
     def __init__(self) -> None:
         self._after_cr = False    # the last piece ended in a CR
+        self._opening: Optional[bytes] = b""   # what came while it may be a BOM; None after
 
     def unify(self, chunk: bytes) -> bytes:
+        if self._opening is not None:
+            chunk = self._opening + chunk
+            if UTF8_BOM.startswith(chunk):   # a piece of one, or nothing yet
+                self._opening = chunk
+                return b""
+            self._opening = None
+            if chunk.startswith(UTF8_BOM):
+                chunk = chunk[len(UTF8_BOM):]
         if self._after_cr and chunk:
             self._after_cr = False
             if chunk[:1] == b"\n":

@@ -359,6 +359,29 @@ def test_an_event_stream_named_in_capitals_is_read_as_one(proxy, fake):
     assert data == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")   # no lone CR
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", dict(CHAT, stream=True)),                          # passed on
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                          # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})])
+def test_a_stream_that_opens_with_a_byte_order_mark_loses_no_event(proxy, fake, path, body):
+    events = [chunk({"role": "assistant", "content": "opening "}),
+              chunk({"content": "and the rest"}), chunk(finish="stop"), "[DONE]"]
+    # The mark in a piece of its own, then the first event: the proxy cannot tell the
+    # mark from the stream's first bytes until the next read.
+    fake.queue(sse_texts_reply(["\ufeff"] + [sse(event) for event in events]))
+    status, _, data = proxy.request("POST", path, body)
+    assert status == 200 and not data.startswith(gp.UTF8_BOM), data[:40]
+    payloads = [json.loads(line[6:]) for line in data.decode().split("\n")
+                if line.startswith("data: {")]
+    if path.startswith("/v1/"):
+        got = "".join(p["choices"][0]["delta"].get("content", "") for p in payloads
+                      if p["choices"])
+    else:
+        got = "".join(part.get("text", "") for p in payloads for c in p["candidates"]
+                      for part in c["content"].get("parts", []))
+    assert got == "opening and the rest"
+
+
 def test_a_converted_stream_with_lone_cr_line_ends_is_read_whole(proxy, fake):
     texts = ["part %d " % i for i in range(12)]
     fake.queue(lone_cr_stream(texts))

@@ -634,7 +634,30 @@ def test_line_ends_make_lone_crs_crlfs_and_leave_lf_and_crlf_alone():
     assert ends.unify(b"plain\n") == b"plain\n"
 
 
+# A stream may open with a UTF-8 byte order mark, which a reader's decoding drops: kept, it
+# would make the first line's field "\ufeffdata", and its event would be lost.
+BOM_STREAM = gp.UTF8_BOM + b'data: {"first": true}\n\ndata: \xef\xbb\xbfkept\n\n'
+BOM_EVENTS = [("message", '{"first": true}'), ("message", "\ufeffkept")]
+
+
+def test_sse_drops_a_byte_order_mark_that_opens_the_stream_however_it_is_cut():
+    assert sse_whole(BOM_STREAM) == BOM_EVENTS
+    for cut in range(1, len(BOM_STREAM)):
+        assert sse_in_pieces(BOM_STREAM, [cut]) == BOM_EVENTS, cut
+    assert sse_in_pieces(BOM_STREAM, range(1, len(BOM_STREAM))) == BOM_EVENTS
+
+
+def test_line_ends_drop_only_an_opening_byte_order_mark():
+    ends = gp.LineEnds()
+    assert [ends.unify(piece) for piece in [b"", b"\xef", b"\xbb", b"\xbf", b"\xef\xbb\xbf"]] == \
+        [b"", b"", b"", b"", b"\xef\xbb\xbf"]      # the second is data
+    ends = gp.LineEnds()
+    assert ends.unify(b"\xef\xbbx") == b"\xef\xbbx"   # not one: nothing held back or lost
+    assert ends.unify(b"\xef\xbb\xbf") == b"\xef\xbb\xbf"
+
+
 @pytest.mark.parametrize("stream, sent", [
+    (BOM_STREAM, BOM_STREAM[3:]),                                             # a BOM
     (REALISTIC_STREAM.replace(b"\r\n", b"\n"), None),                        # LF
     (REALISTIC_STREAM.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), None),  # CRLF
     (LONE_CR_STREAM, LONE_CR_STREAM.replace(b"\r", b"\r\n"))])               # lone CR
