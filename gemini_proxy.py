@@ -11864,10 +11864,20 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             out.chunk(last)
             if ex.usage is None:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
+        def relayed() -> Iterator[Any]:
+            try:
+                for data in chunks:
+                    yield data if data is IDLE else passing.take(data)[0]
+            except UpstreamError as exc:
+                if not passing.ended:
+                    raise
+                # The reply was whole: an error event after its last one would make a
+                # finished answer a failed one for a client that reads to the body's end.
+                log.warning("%s: upstream %r broke its stream after its last event: %s",
+                            ex.rid, runtime.name, exc)
         out.start(content_type)
         out.chunk(first)
-        out.relay(response, (data if data is IDLE else passing.take(data)[0]
-                             for data in chunks), after)
+        out.relay(response, relayed(), after)
     return deliver
 
 

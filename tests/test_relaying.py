@@ -359,6 +359,17 @@ def test_an_event_stream_named_in_capitals_is_read_as_one(proxy, fake):
     assert data == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")   # no lone CR
 
 
+def streamed_text(path, data):
+    """The text of an OpenAI (/v1/...) or Gemini stream a client was sent."""
+    payloads = [json.loads(line[6:]) for line in data.decode().split("\n")
+                if line.startswith("data: {")]
+    if path.startswith("/v1/"):
+        return "".join(p["choices"][0]["delta"].get("content", "") for p in payloads
+                       if p["choices"])
+    return "".join(part.get("text", "") for p in payloads for c in p["candidates"]
+                   for part in c["content"].get("parts", []))
+
+
 @pytest.mark.parametrize("path, body", [
     ("/v1/chat/completions", dict(CHAT, stream=True)),                          # passed on
     ("/v1beta/models/m:streamGenerateContent?alt=sse",                          # converted
@@ -371,15 +382,7 @@ def test_a_stream_that_opens_with_a_byte_order_mark_loses_no_event(proxy, fake, 
     fake.queue(sse_texts_reply(["\ufeff"] + [sse(event) for event in events]))
     status, _, data = proxy.request("POST", path, body)
     assert status == 200 and not data.startswith(gp.UTF8_BOM), data[:40]
-    payloads = [json.loads(line[6:]) for line in data.decode().split("\n")
-                if line.startswith("data: {")]
-    if path.startswith("/v1/"):
-        got = "".join(p["choices"][0]["delta"].get("content", "") for p in payloads
-                      if p["choices"])
-    else:
-        got = "".join(part.get("text", "") for p in payloads for c in p["candidates"]
-                      for part in c["content"].get("parts", []))
-    assert got == "opening and the rest"
+    assert streamed_text(path, data) == "opening and the rest"
 
 
 def test_a_converted_stream_with_lone_cr_line_ends_is_read_whole(proxy, fake):
@@ -602,3 +605,20 @@ def test_a_relayed_stream_lets_go_of_its_slot_for_a_request_holding_the_only_wor
         conn.close()
     status, reply = answers[0]
     assert status == 200 and reply["choices"][0]["message"]["content"] == "second"
+
+
+@pytest.mark.parametrize("path, body, last", [
+    ("/v1/chat/completions", dict(CHAT, stream=True), "data: [DONE]"),         # passed on
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                          # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, '"finishReason":"STOP"')])
+def test_an_upstream_that_breaks_its_body_after_its_last_event_ends_the_stream_well(
+        proxy, fake, path, body, last):
+    # The reply was whole: an error event after it would turn a finished answer into a
+    # failed one for a client that reads on to the end of the body (Gemini CLI does).
+    events = [chunk({"role": "assistant", "content": "whole "}), chunk({"content": "answer"}),
+              chunk(finish="stop"), "[DONE]"]
+    fake.queue(sse_texts_reply([sse(event) for event in events], close_early=True))
+    status, _, data = proxy.request("POST", path, body)
+    text = data.decode()
+    assert status == 200 and "error" not in text, text[-300:]
+    assert last in text.strip().split("\n")[-1] and streamed_text(path, data) == "whole answer"
