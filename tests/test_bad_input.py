@@ -96,6 +96,16 @@ def test_json_nested_deep_is_a_400_or_is_served_never_a_500(proxy_factory, fake,
         assert len(fake.requests) == served + 1
 
 
+def test_nesting_too_deep_to_write_is_the_clients_400_not_a_crash():
+    # Built here rather than parsed: on a Python whose json reads deeper than it writes,
+    # a body that parsed may still be too deep to send on (request_bytes's own guard).
+    deep = []
+    for _ in range(100000):
+        deep = [deep]
+    with pytest.raises(gp.ClientError, match="nested too deeply"):
+        gp.request_bytes({"messages": deep})
+
+
 def test_a_tool_schema_nested_deep_enough_to_strain_the_converters_is_never_a_500(proxy, fake):
     schema = {"type": "object"}
     for _ in range(450):     # parses; converting it recurses once or more per level
