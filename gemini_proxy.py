@@ -110,34 +110,41 @@ import sys
 #
 # Run as a script (python gemini_proxy.py), this file starts itself again at once, in the
 # same process, as the module gemini_proxy. CPython holds a script's syntax tree until the
-# script ends, which for a server is never: some 30 MB of an idle proxy's 66 from Python
+# script ends, which for a server is never: about 34 MB of an idle proxy's 66 from Python
 # 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
 # compiled for this run goes along in an unnamed file, so the price is one interpreter
 # start. This section comes before the other imports, so that they are not done twice.
 # Worker processes (section 29) start the same way.
 #
-# MODULE_BOOT's arguments: the file's path, a file descriptor holding its compiled code
-# ("-": none, compile it, or read __pycache__), then main's. Its imports see what a
-# script's would: the file's own folder first, never the current directory (where
-# `python -c` would look first: a secrets.py there would be imported). The loader is
-# named, since the file may have any name (no .py: an installed command). Run with -I or
-# -P, a script has no folder of its own on sys.path, and neither has -c.
-MODULE_BOOT = ("import os, sys\n"
-               "path, code_fd, argv = os.path.abspath(sys.argv[1]), sys.argv[2], sys.argv[3:]\n"
+# MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the
+# file's path, then main's (so that a command line ends as it was typed). The code is
+# used only when the same Python compiled it: `sys.executable` names the interpreter
+# that started, which need not be this one (a shim, a renamed argv[0]); otherwise the
+# file is compiled, or read from __pycache__. Its imports see what a script's would:
+# the file's own folder first (its real one, through symlinks), never the current
+# directory (where `python -c` would look first: a secrets.py there would be imported).
+# The loader is named, since the file may have any name (no .py: an installed command).
+# Run with -I or -P, a script has no folder of its own on sys.path, and neither has -c.
+MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section 0)\n"
+               "import os, sys\n"
+               "code_fd, path, argv = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3:]\n"
                "sys.argv = [path] + argv\n"
                "if not (sys.flags.isolated or getattr(sys.flags, 'safe_path', False)):\n"
-               "    sys.path[0] = os.path.dirname(path)\n"
+               "    sys.path[0] = os.path.dirname(os.path.realpath(path))\n"
                "from importlib.machinery import SourceFileLoader\n"
                "from importlib.util import module_from_spec, spec_from_loader\n"
                "loader = SourceFileLoader('gemini_proxy', path)\n"
                "module = module_from_spec(spec_from_loader('gemini_proxy', loader))\n"
                "sys.modules['gemini_proxy'] = module\n"
-               "if code_fd == '-':\n"
-               "    loader.exec_module(module)\n"
-               "else:\n"
-               "    import marshal\n"
+               "compiler, code = b'', b''\n"
+               "if code_fd != '-':\n"
                "    with open(int(code_fd), 'rb') as compiled:\n"
-               "        exec(marshal.loads(compiled.read()), module.__dict__)\n"
+               "        compiler, _, code = compiled.read().partition(b'\\0')\n"
+               "if compiler == sys.version.encode():\n"
+               "    import marshal\n"
+               "    exec(marshal.loads(code), module.__dict__)\n"
+               "else:\n"
+               "    loader.exec_module(module)\n"
                "sys.exit(module.main(argv))\n")
 
 
@@ -145,7 +152,7 @@ def interpreter_flags() -> List[str]:
     """The command-line flags this interpreter was started with that change how code runs
     (-I, -O, -W, -X, ...): a relaunch or a worker process runs as this one does. Not -u,
     which sys.flags does not record (a worker's output goes to its supervisor, not a
-    terminal; a relaunch keeps PYTHONUNBUFFERED, not -u)."""
+    terminal; a relaunch tells it from its stdout)."""
     flags = sys.flags
     if flags.isolated:   # -I is -E, -s and -P in one
         given = ["-I"]
@@ -174,18 +181,27 @@ def relaunch_as_module() -> None:
     if script.f_back is not None or script.f_globals is not globals():
         return
     try:
-        code = marshal.dumps(script.f_code)
-        if hasattr(os, "memfd_create"):   # Linux: in memory, even with no writable /tmp
-            compiled = open(os.memfd_create("gemini_proxy", 0), "w+b")
-        else:
+        try:   # Linux: in memory, even with no writable /tmp
+            compiled = open(os.memfd_create("gemini_proxy"), "w+b")
+        except (AttributeError, OSError):   # not Linux, or not allowed
             import tempfile   # here: only this fallback needs it before the imports below
             compiled = tempfile.TemporaryFile()
         with compiled:
-            compiled.write(code)
+            if compiled.fileno() <= 2:
+                # Started with stdin, stdout or stderr closed: the new interpreter would
+                # take this file for it, and once the file is read, its number would go
+                # to the next socket or file opened, which would get the log lines.
+                return
+            compiled.write(sys.version.encode() + b"\0" + marshal.dumps(script.f_code))
             compiled.seek(0)
             os.set_inheritable(compiled.fileno(), True)
-            os.execv(sys.executable, [sys.executable] + interpreter_flags() + [
-                "-c", MODULE_BOOT, os.path.abspath(__file__), str(compiled.fileno())] +
+            for stream in (sys.stdout, sys.stderr):   # (what a sitecustomize printed)
+                if stream is not None:
+                    stream.flush()
+            # -u, which sys.flags does not record, shows as unbuffered stdout.
+            unbuffered = ["-u"] if getattr(sys.stdout, "write_through", False) else []
+            os.execv(sys.executable, [sys.executable] + interpreter_flags() + unbuffered + [
+                "-c", MODULE_BOOT, str(compiled.fileno()), os.path.abspath(__file__)] +
                 sys.argv[1:])
     except (OSError, ValueError):   # no file for the code, no interpreter to run
         pass
@@ -194,7 +210,7 @@ def relaunch_as_module() -> None:
 if __name__ == "__main__":
     relaunch_as_module()
 
-import argparse
+import argparse   # (marshal, os and sys: above, for section 0)
 import asyncio
 import base64
 import bisect
@@ -1857,9 +1873,10 @@ class LineEnds:
 
 class SSEParser:
     """Incremental text/event-stream parser for upstream replies. Splits lines on LF,
-    CRLF or a lone CR (never on U+2028 and friends), skips comments, joins multi-line
-    data. A line or an event longer than `max_event` bytes is an error (ValueError): an
-    upstream that never ends one must not fill memory."""
+    CRLF or a lone CR (never on U+2028 and friends; see LineEnds, which also drops an
+    opening byte order mark), skips comments, joins multi-line data. A line or an event
+    longer than `max_event` bytes is an error (ValueError): an upstream that never ends
+    one must not fill memory."""
 
     def __init__(self, max_event: int = 64 * 1024 * 1024):
         self.max_event = max_event
@@ -14829,7 +14846,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 [sys.executable] + interpreter_flags() +
-                ["-c", MODULE_BOOT, os.path.abspath(__file__), "-"] + self.argv,
+                ["-c", MODULE_BOOT, "-", os.path.abspath(__file__)] + self.argv,
                 env=environ, pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
         except BaseException:
             ours.close()
@@ -15191,7 +15208,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
                          shared_url=worker["state_url"] if worker is not None else "")
     await server.start()
     settle_garbage_collector()
-    return_free_memory()   # a worker process's import: its syntax tree, freed (section 29)
+    return_free_memory()   # the syntax tree of an import (section 0), freed
     loop = asyncio.get_running_loop()
 
     def stop(signum: int) -> None:

@@ -9,8 +9,10 @@ could be taken by someone else in between.
 
 import json
 import logging
+import marshal
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -315,7 +317,7 @@ def test_port_zero_listens_on_a_port_chosen_by_the_system(start):
     assert proxy.stop() == 0
 
 
-def idle_memory_kb(pid):
+def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
@@ -328,7 +330,7 @@ def status_of(port):
 @pytest.mark.skipif(not os.path.isdir("/proc/self") or sys.version_info < (3, 9),
                     reason="reads /proc; Python 3.8's parser keeps a smaller tree (5 MB)")
 def test_a_script_run_does_not_idle_with_its_syntax_tree(start, tmp_path):
-    # Run as a script, the file would hold its syntax tree (some 30 MB) for as long as it
+    # Run as a script, the file would hold its syntax tree (some 34 MB) for as long as it
     # serves; run by runpy, it is compiled and the tree freed. The script run starts again
     # as a module in the same process, so both idle in about the same memory.
     launcher = tmp_path / "via_runpy.py"
@@ -338,37 +340,90 @@ def test_a_script_run_does_not_idle_with_its_syntax_tree(start, tmp_path):
     for how, script in (("script", SCRIPT), ("runpy", str(launcher))):
         proxy = start(["--upstream-kind", "echo", "--port", "0"], script=script)
         port = proxy.port()
-        assert status_of(port)["pid"] == proxy.proc.pid   # the same process serves
+        pid = proxy.proc.pid
+        assert status_of(port)["pid"] == pid   # the same process serves
         status, _ = generate(port, "gemini-2.5-pro", "hi")
         assert status == 200
-        idle[how] = idle_memory_kb(proxy.proc.pid)
+        idle[how] = rss_kb(pid)
+        # The file that carried the compiled code was read and closed.
+        assert not [fd for fd in os.listdir("/proc/%d/fd" % pid)
+                    if "memfd:" in os.readlink("/proc/%d/fd/%s" % (pid, fd))]
         assert proxy.stop() == 0 and "Traceback" not in proxy.text()
     assert idle["script"] < idle["runpy"] + 12 * 1024, idle
 
 
-def test_module_boot_runs_the_code_handed_on_else_the_file(tmp_path):
+def test_module_boot_runs_the_code_handed_on_by_the_same_python_else_the_file(tmp_path):
     # How a script run and worker processes start (section 0): the code compiled by
-    # whoever started them, read from a descriptor, else the file itself, named as the
-    # module gemini_proxy, with main given the arguments after the two.
-    module = tmp_path / "some_proxy.py"
-    module.write_text("def main(argv):\n    print('from the file', __name__, argv)\n"
-                      "    return 3\n")
-    handed = tmp_path / "handed.bin"
-    handed.write_bytes(gp.marshal.dumps(compile(
+    # whoever started them, read from a descriptor, when the same Python compiled it;
+    # else the file itself. Named as the module gemini_proxy, main given the arguments
+    # after the two.
+    module_path = tmp_path / "some_proxy.py"
+    module_path.write_text("def main(argv):\n    print('from the file', __name__, argv)\n"
+                           "    return 3\n")
+    code = marshal.dumps(compile(
         "def main(argv):\n    print('handed on', __name__, __file__, argv)\n    return 4\n",
-        str(module), "exec")))
-    with open(str(handed), "rb") as code:
-        handed_on = subprocess.run(
-            [sys.executable, "-c", gp.MODULE_BOOT, str(module), str(code.fileno()), "a", "b"],
-            cwd=str(tmp_path), pass_fds=[code.fileno()], stdout=subprocess.PIPE,
-            timeout=PATIENCE)
+        str(module_path), "exec"))
+
+    def boot(compiler, *args):
+        handed = tmp_path / "handed.bin"
+        handed.write_bytes(compiler + b"\0" + code)
+        with open(str(handed), "rb") as compiled:
+            done = subprocess.run(
+                [sys.executable, "-c", gp.MODULE_BOOT, str(compiled.fileno()),
+                 str(module_path)] + list(args), cwd=str(tmp_path),
+                pass_fds=[compiled.fileno()], stdout=subprocess.PIPE, timeout=PATIENCE)
+        return done.returncode, done.stdout.decode().split()
+    assert boot(sys.version.encode(), "a", "b") == (
+        4, ["handed", "on", "gemini_proxy", str(module_path), "['a',", "'b']"])
+    assert boot(b"another Python", "c") == (3, ["from", "the", "file", "gemini_proxy", "['c']"])
     from_file = subprocess.run(
-        [sys.executable, "-c", gp.MODULE_BOOT, str(module), "-", "c"], cwd=str(tmp_path),
-        stdout=subprocess.PIPE, timeout=PATIENCE)
-    assert (handed_on.returncode, handed_on.stdout.decode().split()) == (
-        4, ["handed", "on", "gemini_proxy", str(module), "['a',", "'b']"])
+        [sys.executable, "-c", gp.MODULE_BOOT, "-", str(module_path), "d"],
+        cwd=str(tmp_path), stdout=subprocess.PIPE, timeout=PATIENCE)
     assert (from_file.returncode, from_file.stdout.decode().split()) == (
-        3, ["from", "the", "file", "gemini_proxy", "['c']"])
+        3, ["from", "the", "file", "gemini_proxy", "['d']"])
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="symlinks")
+def test_a_script_run_through_a_symlink_imports_from_its_real_folder(tmp_path):
+    # As for any script, the folder first on sys.path is the file's real one, not the
+    # link's: a json.py beside an installed command's link is not imported.
+    real, bin_ = tmp_path / "real", tmp_path / "bin"
+    real.mkdir()
+    bin_.mkdir()
+    shutil.copy(SCRIPT, str(real / "gemini_proxy.py"))
+    (bin_ / "gemini-proxy").symlink_to(real / "gemini_proxy.py")
+    (bin_ / "json.py").write_text("raise SystemExit('json.py beside the link imported')\n")
+    result = subprocess.run([sys.executable, str(bin_ / "gemini-proxy"), "--version"],
+                            cwd=str(tmp_path), env=minimal_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True,
+                            timeout=2 * PATIENCE)
+    assert (result.returncode, result.stdout.strip()) == (
+        0, "gemini_proxy.py " + gp.__version__), result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="closes a descriptor before the exec")
+def test_a_script_started_with_stderr_closed_logs_each_line_once(tmp_path):
+    # With descriptor 2 closed, a file opened to carry the code would get its number, and
+    # the new interpreter would take it for stderr: the log file, opened next on that
+    # number, then got every line twice. The script runs as it is instead.
+    log = tmp_path / "proxy.log"
+    config = write_config(tmp_path, {"logging": {"file": str(log)}})
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "-c", config, "--upstream-kind", "echo", "--port", "0"],
+        cwd=str(tmp_path), env=minimal_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
+    try:
+        listening = wait_for(lambda: log.exists() and re.search(
+            r"listening on http://127\.0\.0\.1:(\d+)", log.read_text()),
+            message="no listening line in the log file")
+        status, _ = generate(int(listening.group(1)), "gemini-2.5-pro", "once")
+        assert status == 200
+        wait_for(lambda: "generateContent" in log.read_text(), message="no access line")
+    finally:
+        proc.terminate()
+        proc.wait(PATIENCE)
+    text = log.read_text()
+    assert text.count("listening on") == 1 and text.count("generateContent") == 1, text
 
 
 def test_first_lines_name_upstream_and_fingerprint_the_key(start):

@@ -377,8 +377,8 @@ def streamed_text(path, data):
 def test_a_stream_that_opens_with_a_byte_order_mark_loses_no_event(proxy, fake, path, body):
     events = [chunk({"role": "assistant", "content": "opening "}),
               chunk({"content": "and the rest"}), chunk(finish="stop"), "[DONE]"]
-    # The mark in a piece of its own, then the first event: the proxy cannot tell the
-    # mark from the stream's first bytes until the next read.
+    # The mark written on its own, then the first event: it may reach the proxy alone,
+    # when the proxy cannot tell it from the stream's first bytes until the next read.
     fake.queue(sse_texts_reply(["\ufeff"] + [sse(event) for event in events]))
     status, _, data = proxy.request("POST", path, body)
     assert status == 200 and not data.startswith(gp.UTF8_BOM), data[:40]
