@@ -122,29 +122,41 @@ import sys
 # that started, which need not be this one (a shim, a renamed argv[0]); otherwise the
 # file is compiled, or read from __pycache__. Its imports see what a script's would:
 # the file's own folder first (its real one, through symlinks), never the current
-# directory (where `python -c` would look first: a secrets.py there would be imported).
-# The loader is named, since the file may have any name (no .py: an installed command).
-# Run with -I or -P, a script has no folder of its own on sys.path, and neither has -c.
+# directory, which `python -c` puts first (an os.py or secrets.py there would be
+# imported; os is not imported yet under -S). The loader is named, since the file may
+# have any name (no .py: an installed command). Run with -I or -P, a script has no
+# folder of its own on sys.path, and -c no current directory. RELAUNCHED_ENV marks a
+# relaunch until the boot has run: an embedding program that ran the file as a script
+# whatever its arguments (and so would again) starts it once.
+RELAUNCHED_ENV = "GEMINI_PROXY_RELAUNCHED"
 MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section 0)\n"
-               "import os, sys\n"
+               "import sys\n"
+               "own_folder = not (sys.flags.isolated or getattr(sys.flags, 'safe_path', 0))\n"
+               "if own_folder:\n"
+               "    del sys.path[0]\n"
+               "import os\n"
+               "os.environ.pop('" + RELAUNCHED_ENV + "', None)\n"
                "code_fd, path, argv = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3:]\n"
                "sys.argv = [path] + argv\n"
-               "if not (sys.flags.isolated or getattr(sys.flags, 'safe_path', False)):\n"
-               "    sys.path[0] = os.path.dirname(os.path.realpath(path))\n"
+               "if own_folder:\n"
+               "    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))\n"
                "from importlib.machinery import SourceFileLoader\n"
                "from importlib.util import module_from_spec, spec_from_loader\n"
                "loader = SourceFileLoader('gemini_proxy', path)\n"
                "module = module_from_spec(spec_from_loader('gemini_proxy', loader))\n"
                "sys.modules['gemini_proxy'] = module\n"
-               "compiler, code = b'', b''\n"
+               "compiled = b''\n"
                "if code_fd != '-':\n"
-               "    with open(int(code_fd), 'rb') as compiled:\n"
-               "        compiler, _, code = compiled.read().partition(b'\\0')\n"
+               "    with open(int(code_fd), 'rb') as handed:\n"
+               "        compiled = handed.read()\n"
+               "compiler, _, compiled = compiled.partition(b'\\0')\n"
                "if compiler == sys.version.encode():\n"
                "    import marshal\n"
-               "    exec(marshal.loads(code), module.__dict__)\n"
+               "    compiled = marshal.loads(compiled)\n"
+               "    exec(compiled, module.__dict__)\n"
                "else:\n"
                "    loader.exec_module(module)\n"
+               "del compiled\n"
                "sys.exit(module.main(argv))\n")
 
 
@@ -173,9 +185,13 @@ def interpreter_flags() -> List[str]:
 def relaunch_as_module() -> None:
     """exec this file again as MODULE_BOOT loads it, with the code compiled for this run.
     Returns when this is not the interpreter's own run of the file as a script (imported,
-    or run by a tool: a profiler, runpy, pdb), with -i (its prompt comes after the
-    script), where exec is not Unix's, or when it fails: this run goes on, as a script."""
-    if os.name != "posix" or sys.flags.inspect or not hasattr(sys, "_getframe"):
+    or run by a tool: a profiler, runpy, pdb; or frozen into an application), with -i
+    (its prompt comes after the script), where exec is not Unix's, or when it fails:
+    this run goes on, as a script."""
+    if os.environ.pop(RELAUNCHED_ENV, None):   # relaunched already: run as we are
+        return
+    if os.name != "posix" or sys.flags.inspect or not hasattr(sys, "_getframe") or \
+            getattr(sys, "frozen", False):
         return
     script = sys._getframe(1)
     if script.f_back is not None or script.f_globals is not globals():
@@ -200,9 +216,9 @@ def relaunch_as_module() -> None:
                     stream.flush()
             # -u, which sys.flags does not record, shows as unbuffered stdout.
             unbuffered = ["-u"] if getattr(sys.stdout, "write_through", False) else []
-            os.execv(sys.executable, [sys.executable] + interpreter_flags() + unbuffered + [
+            os.execve(sys.executable, [sys.executable] + interpreter_flags() + unbuffered + [
                 "-c", MODULE_BOOT, str(compiled.fileno()), os.path.abspath(__file__)] +
-                sys.argv[1:])
+                sys.argv[1:], dict(os.environ, **{RELAUNCHED_ENV: "1"}))
     except (OSError, ValueError):   # no file for the code, no interpreter to run
         pass
 

@@ -401,6 +401,36 @@ def test_a_script_run_through_a_symlink_imports_from_its_real_folder(tmp_path):
         0, "gemini_proxy.py " + gp.__version__), result.stderr
 
 
+def test_a_script_run_imports_nothing_from_the_current_directory_even_with_dash_s(tmp_path):
+    # `python -c`, which the relaunch runs, puts the current directory first on sys.path;
+    # with -S, os is not imported yet when the boot imports it (up to Python 3.10; later
+    # ones have it frozen in).
+    (tmp_path / "os.py").write_text("raise SystemExit('os.py from the current directory')\n")
+    (tmp_path / "secrets.py").write_text("raise SystemExit('secrets.py from there')\n")
+    for flags in ([], ["-S"]):
+        result = subprocess.run([sys.executable] + flags + [SCRIPT, "--version"],
+                                cwd=str(tmp_path), env=minimal_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True,
+                                timeout=2 * PATIENCE)
+        assert (result.returncode, result.stdout.strip()) == (
+            0, "gemini_proxy.py " + gp.__version__), (flags, result.stderr)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_relaunch_happens_once(start):
+    # A program that embeds Python and runs the file as a script whatever its arguments
+    # would run it again after the exec: the mark stops a second relaunch.
+    for env, relaunched in ((minimal_env(), True),
+                            (minimal_env(**{gp.RELAUNCHED_ENV: "1"}), False)):
+        proxy = start(["--upstream-kind", "echo", "--port", "0"], env=env)
+        proxy.port()
+        pid = proxy.proc.pid
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        assert (b"-c" in argv) is relaunched, argv[:4]
+        assert proxy.stop() == 0
+
+
 @pytest.mark.skipif(os.name != "posix", reason="closes a descriptor before the exec")
 def test_a_script_started_with_stderr_closed_logs_each_line_once(tmp_path):
     # With descriptor 2 closed, a file opened to carry the code would get its number, and
