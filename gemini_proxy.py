@@ -11897,6 +11897,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             out.chunk(last)
             if ex.usage is None:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
+
         def relayed() -> Iterator[Any]:
             try:
                 for data in chunks:
