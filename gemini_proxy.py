@@ -110,7 +110,7 @@ import sys
 #
 # Run as a script (python gemini_proxy.py), this file starts itself again at once, in the
 # same process, as the module gemini_proxy. CPython holds a script's syntax tree until the
-# script ends, which for a server is never: about 34 MB of an idle proxy's 66 from Python
+# script ends, which for a server is never: about 34 MB of an idle proxy's 67 from Python
 # 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
 # compiled for this run goes along in an unnamed file, so the price is one interpreter
 # start. This section comes before the other imports, so that they are not done twice.

@@ -322,9 +322,11 @@ def rss_kb(pid):
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
-def status_of(port):
-    with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=PATIENCE) as r:
-        return json.loads(r.read())
+def status_of(port, key=""):
+    request = urllib.request.Request("http://127.0.0.1:%d/status" % port, headers={
+        "authorization": "Bearer " + key} if key else {})
+    with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+        return json.loads(response.read().decode("utf-8"))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self") or sys.version_info < (3, 9),

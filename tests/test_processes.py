@@ -18,16 +18,10 @@ import urllib.request
 import pytest
 
 from conftest import PATIENCE, gp, make_config, wait_for
-from test_cli import SCRIPT, minimal_env, start, write_config  # noqa: F401  (start: a fixture)
+from test_cli import (SCRIPT, minimal_env, start, status_of,  # noqa: F401  (start: a fixture)
+                      write_config)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX")
-
-
-def status_of(port, key=""):
-    request = urllib.request.Request("http://127.0.0.1:%d/status" % port, headers={
-        "authorization": "Bearer " + key} if key else {})
-    with urllib.request.urlopen(request, timeout=PATIENCE) as response:
-        return json.loads(response.read().decode("utf-8"))
 
 
 def pids_answering(port, wanted, tries=400, key=""):
