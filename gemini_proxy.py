@@ -10138,14 +10138,26 @@ class UpstreamRelay:
     which the loop then waits for. No thread waits meanwhile: an event costs one wake-up
     of the loop, and a stream of an hour holds no thread (nor its memory) for the hour.
     Once the loop is done, settle() calls `resume` (set by whoever hands the relay over)
-    with what ended it, and that runs the request's rest, `after`, and its end."""
+    with what ended it, and that runs the request's rest, `after`, and its end.
+    `past_last_event` says whether the client has had the reply's last event."""
 
     def __init__(self, response: "UpstreamResponse", output: Iterator[Any],
-                 after: Optional[Callable[[], None]] = None):
+                 after: Optional[Callable[[], None]] = None,
+                 past_last_event: Callable[[], bool] = lambda: False):
         self.response, self.output, self.after = response, output, after
+        self.past_last_event = past_last_event
         self.resume: Callable[[Optional[BaseException]], None] = _never_resumed
         self._lock = threading.Lock()
         self._settled = False
+
+    def timed_out(self, rid: str) -> None:
+        """The upstream has been silent too long: its time-out, for the client to hear
+        of; or, when the reply is whole, nothing (an error event after the last one would
+        make a finished answer a failed one), said in the log instead."""
+        error = self.response.silence_error()
+        if not self.past_last_event():
+            raise error
+        log.warning("%s: %s, after the stream's last event", rid, error)
 
     def settle(self, error: Optional[BaseException] = None) -> None:
         """The reply has been relayed to its end (error None) or not (an UpstreamError
@@ -10500,12 +10512,14 @@ class Responder:
         self.pipe.put(data)
 
     def relay(self, response: "UpstreamResponse", output: Iterator[Any],
-              after: Optional[Callable[[], None]] = None) -> None:
+              after: Optional[Callable[[], None]] = None,
+              past_last_event: Callable[[], bool] = lambda: False) -> None:
         """The rest of a streamed reply, pulled and written by the event loop (see
         UpstreamRelay): `output`, the client's bytes, made from what `response` brings;
-        `after`, what the request does once they are all out. The last thing an answer
-        does: the relay is left in `handed_over` for the request's worker to hand over
-        as it lets go (Proxy._conclude)."""
+        `after`, what the request does once they are all out; `past_last_event`, whether
+        the reply's last event is out. The last thing an answer does: the relay is left in
+        `handed_over` for the request's worker to hand over as it lets go
+        (Proxy._conclude)."""
         if not self.pipe.loop_reads:   # an event loop that cannot watch sockets
             for piece in output:
                 self.chunk(piece)
@@ -10516,7 +10530,7 @@ class Responder:
         sink = self._sink
         if sink is not None:
             output = _sunk(output, sink)
-        self.handed_over = UpstreamRelay(response, output, after)
+        self.handed_over = UpstreamRelay(response, output, after, past_last_event)
 
 
 def _sunk(output: Iterator[Any], sink: Callable[[bytes], None]) -> Iterator[Any]:
@@ -11911,7 +11925,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                             ex.rid, runtime.name, exc)
         out.start(content_type)
         out.chunk(first)
-        out.relay(response, relayed(), after)
+        out.relay(response, relayed(), after, past_last_event=lambda: passing.ended)
     return deliver
 
 
@@ -13209,7 +13223,9 @@ class ProxyServer:
                     # An upstream that never pauses: the total timeout still holds, and
                     # the other connections get their turn.
                     if response.silence_left() <= 0:
-                        raise response.silence_error()
+                        relay.timed_out(ex.rid)   # raises, unless the reply is whole
+                        outcome = None
+                        break
                     await asyncio.sleep(0)
                     continue
                 if pending:
@@ -13220,7 +13236,9 @@ class ProxyServer:
                     break
                 wait = response.silence_left()
                 if wait <= 0:
-                    raise response.silence_error()
+                    relay.timed_out(ex.rid)   # raises, unless the reply is whole
+                    outcome = None
+                    break
                 if interval and between_events:
                     since = loop.time() - last_sent
                     if since >= interval:

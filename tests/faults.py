@@ -107,7 +107,9 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     "reset" (the connection drops after FIRST_WORDS); "stall" (silence for `pause`
     seconds after FIRST_WORDS, then the rest); "hold" (FIRST_WORDS and REST, then silence
     for `pause` seconds before the rest of the stream: the upstream is still talking);
-    "truncated" (after FIRST_WORDS half an event, then the body ends cleanly at the HTTP
+    "silent" (the whole stream, its last event too, in one write; then silence for `pause`
+    seconds before the body's end); "truncated" (after FIRST_WORDS half an event, then
+    the body ends cleanly at the HTTP
     level); "error" (after FIRST_WORDS the upstream's own in-stream error, then the body
     ends cleanly: a Chat `data: {"error": ...}`, a Gemini error chunk, an Anthropic error
     event, a Responses response.failed with error.code "server_error"). until: a
@@ -117,6 +119,8 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     head, rest = _stream_events(kind)
     if ending == "hold":
         head, rest = head + rest[:1], rest[1:]
+    if ending == "silent":
+        head, rest = head + rest, []
 
     def reply(handler, request):
         handler.start_stream()

@@ -315,6 +315,28 @@ def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
     assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
 
 
+# A Gemini stream has no last event (each candidate finishes in a chunk of its own): only
+# its body's end ends it, so converted it waits for that end; passed on, its finishReason
+# says enough for the client's own reading.
+WHOLE_BEFORE_THE_BODY_ENDS = [(client, kind) for client, kind in PATHS
+                              if kind != "gemini" or client == "gemini"]
+
+
+@pytest.mark.parametrize("client, kind", WHOLE_BEFORE_THE_BODY_ENDS,
+                         ids=["%s-client-%s-upstream" % pair
+                              for pair in WHOLE_BEFORE_THE_BODY_ENDS])
+def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind):
+    # The upstream sent its whole reply, then neither ended its body nor spoke again: the
+    # read timeout ends the stream, and an error event after the end would turn a whole
+    # answer into a failed one for a client that reads on to the body's end.
+    r = rig(client, kind, read_timeout=0.3)
+    r.fake.rules["*"] = faults.stream(kind, "silent", pause=LONG)
+    status, headers, data = r.send(stream=True)
+    text, how, _ = read(client, status, headers, data, stream=True)
+    assert status == 200 and text == FIRST_WORDS + REST and how == "finished", data[-600:]
+    assert_no_leaks(r)
+
+
 @pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
 def test_a_close_delimited_stream_keeps_its_timeouts(rig, client, kind):
     # http.client lets go of the socket of a "Connection: close" reply; the proxy must
