@@ -802,6 +802,32 @@ def test_a_bad_header_line_is_a_bad_reply(line):
         gp.parse_reply_head(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
 
 
+WELL_FORMED_LINES = [b"Content-Type: application/json", b"X-Spaces:  \t padded \t ",
+                     b"X-Empty:", b"X-Latin: caf\xe9 \xa0", b"X-Colons: a:b::c",
+                     b"Connection: keep-alive", b"x-Tchar!#$%&'*+-.^_`|~: 1"]
+
+
+def test_well_formed_reply_headers_read_at_once_as_line_by_line():
+    # The one-pass reading of a head whose lines are all well formed, and the line by
+    # line one that every other head takes, must agree.
+    for count in range(len(WELL_FORMED_LINES) + 1):
+        lines = WELL_FORMED_LINES[:count]
+        for end in (b"\r\n", b"\n"):
+            head = gp.parse_reply_head(b"HTTP/1.1 200 OK" + end + b"".join(
+                line + end for line in lines) + end)
+            assert head.headers == gp.reply_header_lines(
+                [line.decode("latin-1") for line in lines])
+            assert len(head.headers) == count
+
+
+def test_well_formed_request_headers_read_at_once_as_line_by_line():
+    for count in range(len(WELL_FORMED_LINES) + 1):
+        lines = [b"Host: x"] + WELL_FORMED_LINES[:count]
+        head = gp.parse_request_head(b"\r\n".join([b"GET / HTTP/1.1"] + lines))
+        assert head.headers == gp.request_header_lines(lines)
+        assert len(head.headers) == count + 1
+
+
 def test_too_many_reply_headers_is_a_bad_reply():
     lines = b"".join(b"X-%d: v\r\n" % i for i in range(gp.MAX_REPLY_HEADERS + 1))
     with pytest.raises(gp.BadReply, match="headers"):
