@@ -10231,7 +10231,7 @@ class ChunkPipe:
         self._loop = loop
         self.loop_reads = loop_reads
         self._waker = waker or LoopWaker(loop)
-        self._items: collections.deque = collections.deque()
+        self._items: List[Any] = []   # a list: the loop takes them all (a deque is 1 KB)
         self._lock = threading.Lock()
         # Room for items, under the lock. The Events a worker waits on are made only when
         # it has to wait (a full pipe, a pause before a retry): most requests never do,
@@ -10350,8 +10350,7 @@ class ChunkPipe:
         while True:
             with self._lock:
                 if self._items:
-                    items = list(self._items)
-                    self._items.clear()
+                    items, self._items = self._items, []
                     self._room += len(items)
                     freed = self._room_freed
                     break
@@ -10598,12 +10597,28 @@ class Request:
         self.hops = hops        # for HOP_HEADER: the proxies this request has been through
         self.out = Responder(ex, pipe, detail, before_whole=self.end)
         self.strict = live.config.server["reject_unknown_fields"]
-        self.payload: Any = None
+        self.payload: Any = None   # the body's JSON, once read (see parsed())
         self.opened: List[UpstreamResponse] = []
         self.held: List[Tuple[KeyPool, KeyState]] = []
         self.admitted = False   # by its client's limits: what it spent is counted at its end
         self.carrier_budget = [MAX_CARRIER_BYTES_PER_REQUEST]   # see CARRIER_BUDGET
         self._chat: Optional[Chat] = None
+        self._payload_let_go = False
+
+    def let_go_of_payload(self) -> None:
+        """The body's JSON is about twice the body's size in memory (an agent's request
+        of 70 KB: 140 KB). A stream the loop relays, for minutes perhaps, needs it only
+        for its end's estimate of the prompt when a passed-through upstream reported no
+        usage: it is read again then, by a worker. (A converted stream keeps its neutral
+        model, for the same estimate: on the loop, reading the body again would hold up
+        every other stream.)"""
+        self.payload, self._payload_let_go = None, True
+
+    def parsed(self) -> Any:
+        """The body's JSON (read again after let_go_of_payload())."""
+        if self._payload_let_go:
+            self.payload, self._payload_let_go = parse_json_body(self.body), False
+        return self.payload
 
     def chat(self) -> Chat:
         """The request in the neutral model, decoded once, when the first upstream that
@@ -10614,10 +10629,10 @@ class Request:
             try:
                 if self.ex.action == "count_tokens":
                     assert dialect.decode_count_request is not None
-                    self._chat = dialect.decode_count_request(self.ex, self.payload,
+                    self._chat = dialect.decode_count_request(self.ex, self.parsed(),
                                                               self.strict)
                 else:
-                    self._chat = dialect.decode_request(self.ex, self.head, self.payload,
+                    self._chat = dialect.decode_request(self.ex, self.head, self.parsed(),
                                                         self.strict)
             except RecursionError:
                 raise ClientError("the request is nested too deeply") from None
@@ -12057,8 +12072,8 @@ def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:
     """Token counts for a passed-through stream whose upstream reported none: the prompt
     as the hub would count it, the output from the length of the text that went by."""
     try:
-        prompt = estimate_prompt_tokens(rq.dialect.decode_request(rq.ex, rq.head, rq.payload,
-                                                                  False))
+        prompt = estimate_prompt_tokens(rq.dialect.decode_request(rq.ex, rq.head,
+                                                                  rq.parsed(), False))
     except (ProxyError, RecursionError):
         prompt = 0
     return Usage(prompt, math.ceil(text_chars / 4), estimated=True)
@@ -12419,6 +12434,7 @@ class Proxy:
             relay, rq.out.handed_over = rq.out.handed_over, None
             if relay is not None:
                 relay.resume = functools.partial(self._resume_later, rq, relay)
+                rq.let_go_of_payload()
                 pipe.put(relay)
                 handed = True
         except ClientGone:

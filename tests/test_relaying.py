@@ -2,6 +2,7 @@
 give up for want of response headers; caps, paths and token counts must hold on the
 pass-through path too; the access line says what happened to every request."""
 
+import gc
 import http.client
 import json
 import logging
@@ -9,6 +10,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -165,6 +167,55 @@ def test_a_passed_through_stream_without_usage_gets_estimated_counts(proxy, fake
     (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
     prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
     assert " pass stream " in line and 40 <= prompt <= 80 and 60 <= output <= 160, line
+
+
+class Traced(dict):
+    """A request's JSON, which a weak reference can follow (a dict cannot be)."""
+
+
+QUESTION = "a question " * 20
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions",                                                  # passed on
+     dict(CHAT, stream=True, messages=[{"role": "user", "content": QUESTION}])),
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                        # converted
+     {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]})])
+def test_a_relayed_stream_keeps_its_body_not_its_json(
+        proxy, fake, caplog, monkeypatch, path, body):
+    # An agent's request of 70 KB is 140 KB more once read as JSON. A stream the loop
+    # relays, for minutes perhaps, does not need it: it is read again only for the end's
+    # estimate of the prompt, when a passed-through upstream reported no usage.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    read = []
+    parse_json_body = gp.parse_json_body
+
+    def traced_parse(data):
+        payload = Traced(parse_json_body(data))
+        read.append(weakref.ref(payload))
+        return payload
+    monkeypatch.setattr(gp, "parse_json_body", traced_parse)
+    go_on = threading.Event()
+    events = [chunk({"role": "assistant", "content": ""})] + [
+        chunk({"content": "word %d " % i}) for i in range(40)] + [chunk(finish="stop"),
+                                                                    "[DONE]"]
+    fake.queue(pause_after(stream_reply(events), writes=2, until=go_on))
+    conn, response = post_streaming(proxy, path, body)
+    try:
+        assert response.status == 200
+        wait_for(lambda: proxy.server.proxy.working == 0,
+                 message="the stream handed to the loop")
+        gc.collect()
+        assert read and [ref() for ref in read] == [None] * len(read)
+        go_on.set()
+        data = response.read()
+    finally:
+        go_on.set()
+        conn.close()
+    assert b"word 39" in data
+    (line,) = [l for l in access_lines(caplog) if "/v1" in l]
+    prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+    assert 40 <= prompt <= 80 and 60 <= output <= 160, line
 
 
 def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
