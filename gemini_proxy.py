@@ -1698,6 +1698,8 @@ def parse_request_head(data: bytes, max_headers: int = 100) -> RequestHead:
         raise ClientError("malformed request line")
     if len(lines) - 1 > max_headers:
         raise ClientError("too many request headers", status=431)
+    # Every match starts a line and takes all of it, so as many matches as lines means
+    # all are well formed; exact only because a bare CR or LF was refused above.
     found = REQUEST_HEADER_LINE.findall(data.decode("latin-1"), len(lines[0]))
     if len(found) == len(lines) - 1:
         headers = [(name.lower(), value.strip(" \t")) for name, value in found]
@@ -7602,6 +7604,12 @@ class UpstreamKind:
     # a stretch of its text holding the end): a stream that ends without it was cut
     # off, and the client must hear so.
     stream_end: Optional[Callable[[str], Any]] = None
+    # Truthy for the one event after which nothing of the reply can come ([DONE],
+    # message_stop, a response's terminal event): a stream read up to it is whole,
+    # whatever its body does next. A finish is not it: with several choices another may
+    # still be talking, and usage may follow. None (Gemini): each candidate finishes in
+    # a chunk of its own, and only the body's end ends the reply.
+    stream_last: Optional[Callable[[str], Any]] = None
     reads_think_tags: bool = False              # <think> blocks in the text (think_tags)
     sends_stop: bool = True                     # False: the proxy cuts at stop strings
 
@@ -7681,6 +7689,9 @@ def echo_events(chat: Chat, model: str) -> Iterator[Any]:
         yield Finish(STOP, usage, choice=index)
 
 
+# The last event of a passed-through stream, its end and its whole at once.
+ANTHROPIC_STREAM_END = re.compile(r'"type": ?"message_stop"').search
+RESPONSES_STREAM_END = re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"').search
 UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
     "openai": UpstreamKind(
         name="openai", dialect="openai", auth_headers=openai_auth_headers,
@@ -7693,7 +7704,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
         else "/chat/completions",
-        stream_end=openai_stream_end,
+        stream_end=openai_stream_end, stream_last=lambda data: data.startswith("[DONE]"),
         reads_think_tags=True),
     "gemini": UpstreamKind(
         name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
@@ -7722,7 +7733,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_count_response=decode_anthropic_count_response,
         passthrough_path=lambda ex, head, model: "/v1/messages/count_tokens"
         if ex.action == "count_tokens" else "/v1/messages",
-        stream_end=re.compile(r'"type": ?"message_stop"').search),
+        stream_end=ANTHROPIC_STREAM_END, stream_last=ANTHROPIC_STREAM_END),
     "openai-responses": UpstreamKind(
         name="openai-responses", dialect="responses", auth_headers=openai_auth_headers,
         generate_path=lambda model, stream: "/responses",
@@ -7738,7 +7749,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/responses/input_tokens"
         if ex.action == "count_tokens" else "/responses",
-        stream_end=re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"').search,
+        stream_end=RESPONSES_STREAM_END, stream_last=RESPONSES_STREAM_END,
         sends_stop=False),
     # No dialect of its own: a Gemini client's requests are converted too (the envelope,
     # the account's project), never passed through.
@@ -10183,10 +10194,10 @@ class UpstreamRelay:
         self._lock = threading.Lock()
         self._settled = False
 
-    def timed_out(self, rid: str) -> None:
-        """The upstream has been silent too long: its time-out, for the client to hear
-        of; or, when the reply is whole, nothing (an error event after the last one would
-        make a finished answer a failed one), said in the log instead."""
+    def after_silence(self, rid: str) -> None:
+        """The upstream has been silent too long: raises its time-out, for the client to
+        hear of; or, when the reply is whole, only says so in the log (an error event
+        after the last one would make a whole answer a failed one)."""
         error = self.response.silence_error()
         if not self.past_last_event():
             raise error
@@ -11965,7 +11976,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 for data in chunks:
                     yield data if data is IDLE else passing.take(data)[0]
             except UpstreamError as exc:
-                if not passing.ended:
+                if not passing.whole:
                     raise
                 # The reply was whole: an error event after its last one would make a
                 # finished answer a failed one for a client that reads to the body's end.
@@ -11973,7 +11984,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                             ex.rid, runtime.name, exc)
         out.start(content_type)
         out.chunk(first)
-        out.relay(response, relayed(), after, past_last_event=lambda: passing.ended)
+        out.relay(response, relayed(), after, past_last_event=lambda: passing.whole)
     return deliver
 
 
@@ -11987,7 +11998,8 @@ STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|argument
 
 class PassingStream:
     """A passed-through stream as it goes by: its usage (for the access log), whether
-    its dialect's last event went by, and for SSE the start of an event not yet whole,
+    it finished (`ended`: a stream that stops before was cut off) and whether it is
+    whole (`whole`: its dialect's very last event went by), and for SSE the start of an event not yet whole,
     held back, so that a stream cut in the middle of an event never hands the client
     half of one (and the error event that ends it starts clean). Secrets the upstream
     repeats are removed from whole events."""
@@ -11997,6 +12009,7 @@ class PassingStream:
         self.ex, self.kind, self.redactor = ex, kind, redactor
         self.sse = content_type.lower().startswith("text/event-stream")
         self.ended = kind.stream_end is None
+        self.whole = False
         self.held = bytearray()
         self.max_event = max_event
         self.text_chars = 0
@@ -12033,8 +12046,8 @@ class PassingStream:
                             pass
             if self.ex.usage is None:
                 self.text_chars += sum(map(len, STREAM_TEXT_FIELD.findall(texts)))
-        end = self.kind.stream_end
         if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
+            end = self.kind.stream_end
             window = self._tail + data.decode("utf-8", "replace")
             self.ended = self.ended or (end is not None and bool(end(window)))
             self._tail = window[-64:]
@@ -12046,7 +12059,7 @@ class PassingStream:
             out = bytes(self.held[:ready])
             del self.held[:ready]
             return out, events
-        self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
+        self._look_for_ends(events)
         if not self.held and data.endswith(b"\n\n"):   # whole events, as most reads are
             return self.redactor.bytes(data), events
         searched = max(0, len(self.held) - 3)   # an end may straddle the old and the new
@@ -12062,10 +12075,14 @@ class PassingStream:
         """At the end of the body: what is still held back (a last event without its
         blank line, which the hub's own reading accepts too), and that event."""
         events = self._parser.finish()
-        end = self.kind.stream_end
-        self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
+        self._look_for_ends(events)
         held, self.held = bytes(self.held), bytearray()
         return self.redactor.bytes(held), events
+
+    def _look_for_ends(self, events: List[Tuple[str, str]]) -> None:
+        end, last = self.kind.stream_end, self.kind.stream_last
+        self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
+        self.whole = self.whole or (last is not None and any(last(text) for _, text in events))
 
 
 def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:
@@ -13272,7 +13289,7 @@ class ProxyServer:
                     # An upstream that never pauses: the total timeout still holds, and
                     # the other connections get their turn.
                     if response.silence_left() <= 0:
-                        relay.timed_out(ex.rid)   # raises, unless the reply is whole
+                        relay.after_silence(ex.rid)   # raises, unless the reply is whole
                         outcome = None
                         break
                     await asyncio.sleep(0)
@@ -13285,7 +13302,7 @@ class ProxyServer:
                     break
                 wait = response.silence_left()
                 if wait <= 0:
-                    relay.timed_out(ex.rid)   # raises, unless the reply is whole
+                    relay.after_silence(ex.rid)   # raises, unless the reply is whole
                     outcome = None
                     break
                 if interval and between_events:

@@ -109,13 +109,13 @@ def stream(kind, ending="normal", pause=0.0, gap=0.0, until=None):
     for `pause` seconds before the rest of the stream: the upstream is still talking);
     "silent" (the whole stream, its last event too, in one write; then silence for `pause`
     seconds before the body's end); "truncated" (after FIRST_WORDS half an event, then
-    the body ends cleanly at the HTTP
-    level); "error" (after FIRST_WORDS the upstream's own in-stream error, then the body
-    ends cleanly: a Chat `data: {"error": ...}`, a Gemini error chunk, an Anthropic error
-    event, a Responses response.failed with error.code "server_error"). until: a
-    threading.Event that ends the silence instead (`pause`, if not 0, bounds it). gap:
-    seconds between events; without one the events up to FIRST_WORDS go out in one write,
-    so the only silence is the one the ending scripts."""
+    the body ends cleanly at the HTTP level); "error" (after FIRST_WORDS the upstream's
+    own in-stream error, then the body ends cleanly: a Chat `data: {"error": ...}`, a
+    Gemini error chunk, an Anthropic error event, a Responses response.failed with
+    error.code "server_error"). until: a threading.Event that ends the silence instead
+    (`pause`, if not 0, bounds it). gap: seconds between events; without one the events up
+    to FIRST_WORDS go out in one write, so the only silence is the one the ending
+    scripts."""
     head, rest = _stream_events(kind)
     if ending == "hold":
         head, rest = head + rest[:1], rest[1:]

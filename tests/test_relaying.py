@@ -169,6 +169,40 @@ def test_a_passed_through_stream_without_usage_gets_estimated_counts(proxy, fake
     assert " pass stream " in line and 40 <= prompt <= 80 and 60 <= output <= 160, line
 
 
+def two_choices(first, second, finish_first):
+    """A chunk of a reply with n=2: text for each choice, the first one finishing."""
+    return dict(chunk(), choices=[
+        {"index": 0, "delta": {"content": first}, "finish_reason": "stop" if finish_first
+         else None},
+        {"index": 1, "delta": {"content": second}, "finish_reason": None}])
+
+
+@pytest.mark.parametrize("events", [
+    [chunk({"role": "assistant", "content": "whole"}), chunk(finish="stop")],   # no usage
+    [chunk({"role": "assistant", "content": ""}),                     # choice 1 talking
+     two_choices("done", "half", finish_first=True)]],
+    ids=["finished-before-usage-and-done", "one-choice-of-two-finished"])
+def test_silence_after_a_finish_that_is_not_the_last_event_is_an_error(
+        proxy_factory, fake, caplog, events):
+    # A choice's finish_reason is not a stream's end: usage may follow, and with n=2 the
+    # other choice may still be talking. Silence there is the upstream's failure.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "read_timeout": 0.3}}})
+    go_on = threading.Event()
+    fake.queue(pause_after(sse_texts_reply(["".join(sse(event) for event in events),
+                                            sse("[DONE]")]), writes=1, until=go_on))
+    try:
+        status, _, data = proxy.request("POST", "/v1/chat/completions",
+                                        dict(CHAT, stream=True, n=2))
+    finally:
+        go_on.set()
+    last = data.decode().strip().split("\n")[-1]
+    assert status == 200 and '"error"' in last and "[DONE]" not in data.decode(), last
+    (line,) = access_lines(caplog)
+    assert "error=" in line and "went silent" in line, line
+
+
 class Traced(dict):
     """A request's JSON, which a weak reference can follow (a dict cannot be)."""
 

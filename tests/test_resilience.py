@@ -14,6 +14,7 @@ busy), it waits for the proxy's or the fake's own counters to say so.
 
 import itertools
 import json
+import logging
 import threading
 import time
 
@@ -315,25 +316,32 @@ def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
     assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
 
 
-# A Gemini stream has no last event (each candidate finishes in a chunk of its own): only
-# its body's end ends it, so converted it waits for that end; passed on, its finishReason
-# says enough for the client's own reading.
-WHOLE_BEFORE_THE_BODY_ENDS = [(client, kind) for client, kind in PATHS
-                              if kind != "gemini" or client == "gemini"]
+# Passed through, a stream whose dialect has one last event ([DONE], message_stop, a
+# response's terminal event) is whole once that went by. A Gemini stream has none: each
+# candidate finishes in a chunk of its own, and only its body's end ends it.
+WHOLE_AT_ITS_LAST_EVENT = [(client, kind) for client, kind in PATHS
+                           if kind == OWN_KIND.get(client, client) and kind != "gemini"]
 
 
-@pytest.mark.parametrize("client, kind", WHOLE_BEFORE_THE_BODY_ENDS,
+@pytest.mark.parametrize("client, kind", WHOLE_AT_ITS_LAST_EVENT,
                          ids=["%s-client-%s-upstream" % pair
-                              for pair in WHOLE_BEFORE_THE_BODY_ENDS])
-def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind):
+                              for pair in WHOLE_AT_ITS_LAST_EVENT])
+def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind, caplog):
     # The upstream sent its whole reply, then neither ended its body nor spoke again: the
     # read timeout ends the stream, and an error event after the end would turn a whole
     # answer into a failed one for a client that reads on to the body's end.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     r = rig(client, kind, read_timeout=0.3)
     r.fake.rules["*"] = faults.stream(kind, "silent", pause=LONG)
     status, headers, data = r.send(stream=True)
     text, how, _ = read(client, status, headers, data, stream=True)
     assert status == 200 and text == FIRST_WORDS + REST and how == "finished", data[-600:]
+    wait_for(lambda: any(record.name == "gemini_proxy.access" for record in caplog.records),
+             message="the access line")
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "gemini_proxy.access"]
+    assert " 200 " in line and "error=" not in line, line
+    assert any("after the stream's last event" in rec.getMessage() for rec in caplog.records
+               if rec.levelno == logging.WARNING)
     assert_no_leaks(r)
 
 
