@@ -7604,12 +7604,13 @@ class UpstreamKind:
     # a stretch of its text holding the end): a stream that ends without it was cut
     # off, and the client must hear so.
     stream_end: Optional[Callable[[str], Any]] = None
-    # Truthy for the one event after which nothing of the reply can come ([DONE],
-    # message_stop, a response's terminal event): a stream read up to it is whole,
-    # whatever its body does next. A finish is not it: with several choices another may
-    # still be talking, and usage may follow. None (Gemini): each candidate finishes in
-    # a chunk of its own, and only the body's end ends the reply.
-    stream_last: Optional[Callable[[str], Any]] = None
+    # True for the one (name, data) event after which nothing of the reply can come
+    # ([DONE], message_stop, a response's terminal event): a stream read up to it is
+    # whole, whatever its body does next. A finish is not it: with several choices
+    # another may still be talking, and usage may follow. Named events are known by
+    # their name, which no key inside their JSON can fake. None (Gemini): each candidate
+    # finishes in a chunk of its own, and only the body's end ends the reply.
+    stream_last: Optional[Callable[[Tuple[str, str]], bool]] = None
     reads_think_tags: bool = False              # <think> blocks in the text (think_tags)
     sends_stop: bool = True                     # False: the proxy cuts at stop strings
 
@@ -7689,9 +7690,8 @@ def echo_events(chat: Chat, model: str) -> Iterator[Any]:
         yield Finish(STOP, usage, choice=index)
 
 
-# The last event of a passed-through stream, its end and its whole at once.
-ANTHROPIC_STREAM_END = re.compile(r'"type": ?"message_stop"').search
-RESPONSES_STREAM_END = re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"').search
+RESPONSES_FINAL_EVENTS = frozenset(("response.completed", "response.incomplete",
+                                    "response.failed"))
 UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
     "openai": UpstreamKind(
         name="openai", dialect="openai", auth_headers=openai_auth_headers,
@@ -7704,7 +7704,7 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
         else "/chat/completions",
-        stream_end=openai_stream_end, stream_last=lambda data: data.startswith("[DONE]"),
+        stream_end=openai_stream_end, stream_last=lambda event: event[1].startswith("[DONE]"),
         reads_think_tags=True),
     "gemini": UpstreamKind(
         name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
@@ -7733,7 +7733,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_count_response=decode_anthropic_count_response,
         passthrough_path=lambda ex, head, model: "/v1/messages/count_tokens"
         if ex.action == "count_tokens" else "/v1/messages",
-        stream_end=ANTHROPIC_STREAM_END, stream_last=ANTHROPIC_STREAM_END),
+        stream_end=re.compile(r'"type": ?"message_stop"').search,
+        stream_last=lambda event: event[0] == "message_stop"),
     "openai-responses": UpstreamKind(
         name="openai-responses", dialect="responses", auth_headers=openai_auth_headers,
         generate_path=lambda model, stream: "/responses",
@@ -7749,7 +7750,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         decode_embed_response=decode_openai_embeddings_response,
         passthrough_path=lambda ex, head, model: "/responses/input_tokens"
         if ex.action == "count_tokens" else "/responses",
-        stream_end=RESPONSES_STREAM_END, stream_last=RESPONSES_STREAM_END,
+        stream_end=re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"').search,
+        stream_last=lambda event: event[0] in RESPONSES_FINAL_EVENTS,
         sends_stop=False),
     # No dialect of its own: a Gemini client's requests are converted too (the envelope,
     # the account's project), never passed through.
@@ -11963,11 +11965,13 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         response, chunks, passing = rest
 
         def after() -> None:
+            whole = passing.whole
             last, _ = passing.finish()
             if not passing.ended:
                 raise UpstreamError("upstream %r ended its stream before the reply was "
                                     "finished" % runtime.name, status=502)
-            out.chunk(last)
+            if not whole:   # (what it held after the final event is no part of the reply)
+                out.chunk(last)
             if ex.usage is None:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
 
@@ -12082,7 +12086,7 @@ class PassingStream:
     def _look_for_ends(self, events: List[Tuple[str, str]]) -> None:
         end, last = self.kind.stream_end, self.kind.stream_last
         self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
-        self.whole = self.whole or (last is not None and any(last(text) for _, text in events))
+        self.whole = self.whole or (last is not None and any(map(last, events)))
 
 
 def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:

@@ -16,7 +16,8 @@ import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, wait_for
-from fake_upstream import (FakeAnthropic, FakeGemini, Gate, completion, json_reply,
+from fake_upstream import (FakeAnthropic, FakeGemini, Gate, anthropic_events,
+                           anthropic_message, anthropic_sse, completion, json_reply,
                            pause_after, sse, sse_texts_reply, stream_reply, chunk, text_stream,
                            usage)
 
@@ -201,6 +202,50 @@ def test_silence_after_a_finish_that_is_not_the_last_event_is_an_error(
     assert status == 200 and '"error"' in last and "[DONE]" not in data.decode(), last
     (line,) = access_lines(caplog)
     assert "error=" in line and "went silent" in line, line
+
+
+ANTHROPIC_REPLY = [anthropic_sse(*event) for event in anthropic_events(
+    anthropic_message("whole"), pieces=1, ping=False)]
+GEMINI_FINISHED = sse({"candidates": [{"content": {"role": "model", "parts": [{"text": "whole"}]},
+                                       "finishReason": "STOP", "index": 0}]})
+
+
+@pytest.mark.parametrize("kind, path, body, texts, whole", [
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True),
+     [sse(chunk({"role": "assistant", "content": "whole"})), sse(chunk(finish="stop")),
+      sse("[DONE]"), 'data: {"id": "af'], True),
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),
+     ANTHROPIC_REPLY + ['event: ping\ndata: {"ty'], True),
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),   # not the event
+     ANTHROPIC_REPLY[:1] + [anthropic_sse("content_block_start", {
+         "type": "content_block_start", "index": 0, "content_block": {
+             "type": "tool_use", "id": "t", "name": "n", "input": {"type": "message_stop"}}})],
+     False),
+    ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",     # no final event
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+     [GEMINI_FINISHED, 'data: {"usageMetadata": {"promptTok'], False)],
+    ids=["openai-after-done", "anthropic-after-message-stop", "anthropic-stop-in-tool-input",
+         "gemini-after-finish"])
+def test_silence_after_the_final_event_never_hands_on_half_an_event(
+        proxy_factory, fake, caplog, kind, path, body, texts, whole):
+    # What the upstream began after its final event and never finished is no part of the
+    # reply: a body that ends inside an event fails a finished answer in @google/genai
+    # ("Incomplete JSON segment at the end"). Only a final event by name makes a stream
+    # whole: not a key in a tool's input, not a Gemini finish.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy = proxy_factory({"upstreams": {"fake": {"kind": kind, "base_url": fake.base_url,
+                                                  "api_key": "k-1", "read_timeout": 0.3}}})
+    go_on = threading.Event()
+    fake.queue(pause_after(sse_texts_reply(["".join(texts), "\n\n"]), writes=1, until=go_on))
+    try:
+        status, _, data = proxy.request("POST", path, body)
+    finally:
+        go_on.set()
+    assert status == 200 and data.endswith(b"\n\n"), data[-200:]
+    (line,) = access_lines(caplog)
+    assert ("error=" not in line) is whole, line
+    if whole:
+        assert b"error" not in data, data[-200:]
 
 
 class Traced(dict):
