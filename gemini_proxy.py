@@ -1737,8 +1737,11 @@ def request_body_length(head: RequestHead, max_body: int) -> int:
     """Bytes of body that follow the head; -1 for a chunked body. Rejects the shapes
     request smuggling uses (Content-Length with Transfer-Encoding, conflicting lengths)."""
     has_encoding = any(n == "transfer-encoding" for n, _ in head.headers)
-    encodings = [t.strip().lower() for t in head.header("transfer-encoding").split(",")]
-    lengths = {v.strip() for n, v in head.headers if n == "content-length"}
+    # Only HTTP's own whitespace is stripped: str.strip() would take a NEL (\x85) or a
+    # no-break space (\xa0) for it too, and read "chunked\xa0" as chunked, where a proxy
+    # in front may not.
+    encodings = [t.strip(" \t").lower() for t in head.header("transfer-encoding").split(",")]
+    lengths = {v.strip(" \t") for n, v in head.headers if n == "content-length"}
     if has_encoding:
         if lengths:
             raise ClientError("Content-Length and Transfer-Encoding together are not allowed")

@@ -213,6 +213,12 @@ def test_chunked_means_minus_one(te):
     assert gp.request_body_length(body_head(b"Transfer-Encoding: " + te), 1000) == -1
 
 
+@pytest.mark.parametrize("te", [b"chunked\xa0", b"\x85chunked"])
+def test_chunked_with_what_only_python_calls_whitespace_is_refused(te):
+    assert rejected(gp.request_body_length, body_head(b"Transfer-Encoding: " + te),
+                    1000).status in (400, 501)
+
+
 @pytest.mark.parametrize("lines", [
     [b"Content-Length: 5", b"Transfer-Encoding: chunked"],
     [b"Transfer-Encoding: chunked", b"Content-Length: 5"],
@@ -242,6 +248,7 @@ def test_conflicting_content_lengths_are_400(lines):
 @pytest.mark.parametrize("value", [
     b"-1", b"+5", b"0x10", b"5.0", b"1e3", b"5 5", b"abc", b"", b" ", b"5;", b"\xb2",
     b"5\xb2", b"\xb9\xb3",   # superscript digits: latin-1 letters Python calls digits
+    b"5\x85", b"\xa05",      # NEL and no-break space: whitespace to Python, not to HTTP
 ])
 def test_invalid_content_length_is_400(value):
     error = rejected(gp.request_body_length, body_head(b"Content-Length: " + value), 1000)
