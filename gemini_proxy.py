@@ -10188,13 +10188,14 @@ class UpstreamRelay:
     of the loop, and a stream of an hour holds no thread (nor its memory) for the hour.
     Once the loop is done, settle() calls `resume` (set by whoever hands the relay over)
     with what ended it, and that runs the request's rest, `after`, and its end.
-    `past_last_event` says whether the client has had the reply's last event."""
+    `past_final_event` says whether the client has had the stream's final event (see
+    UpstreamKind.stream_last)."""
 
     def __init__(self, response: "UpstreamResponse", output: Iterator[Any],
                  after: Optional[Callable[[], None]] = None,
-                 past_last_event: Callable[[], bool] = lambda: False):
+                 past_final_event: Callable[[], bool] = lambda: False):
         self.response, self.output, self.after = response, output, after
-        self.past_last_event = past_last_event
+        self.past_final_event = past_final_event
         self.resume: Callable[[Optional[BaseException]], None] = _never_resumed
         self._lock = threading.Lock()
         self._settled = False
@@ -10202,11 +10203,11 @@ class UpstreamRelay:
     def after_silence(self, rid: str) -> None:
         """The upstream has been silent too long: raises its time-out, for the client to
         hear of; or, when the reply is whole, only says so in the log (an error event
-        after the last one would make a whole answer a failed one)."""
+        after the final one would make a whole answer a failed one)."""
         error = self.response.silence_error()
-        if not self.past_last_event():
+        if not self.past_final_event():
             raise error
-        log.warning("%s: %s, after the stream's last event", rid, error)
+        log.warning("%s: %s, after the stream's final event", rid, error)
 
     def settle(self, error: Optional[BaseException] = None) -> None:
         """The reply has been relayed to its end (error None) or not (an UpstreamError
@@ -10561,11 +10562,11 @@ class Responder:
 
     def relay(self, response: "UpstreamResponse", output: Iterator[Any],
               after: Optional[Callable[[], None]] = None,
-              past_last_event: Callable[[], bool] = lambda: False) -> None:
+              past_final_event: Callable[[], bool] = lambda: False) -> None:
         """The rest of a streamed reply, pulled and written by the event loop (see
         UpstreamRelay): `output`, the client's bytes, made from what `response` brings;
-        `after`, what the request does once they are all out; `past_last_event`, whether
-        the reply's last event is out. The last thing an answer does: the relay is left in
+        `after`, what the request does once they are all out; `past_final_event`, whether
+        the stream's final event is out. The last thing an answer does: the relay is left in
         `handed_over` for the request's worker to hand over as it lets go
         (Proxy._conclude)."""
         if not self.pipe.loop_reads:   # an event loop that cannot watch sockets
@@ -10578,7 +10579,7 @@ class Responder:
         sink = self._sink
         if sink is not None:
             output = _sunk(output, sink)
-        self.handed_over = UpstreamRelay(response, output, after, past_last_event)
+        self.handed_over = UpstreamRelay(response, output, after, past_final_event)
 
 
 def _sunk(output: Iterator[Any], sink: Callable[[bytes], None]) -> Iterator[Any]:
@@ -11985,13 +11986,13 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             except UpstreamError as exc:
                 if not passing.whole:
                     raise
-                # The reply was whole: an error event after its last one would make a
+                # The reply was whole: an error event after its final one would make a
                 # finished answer a failed one for a client that reads to the body's end.
-                log.warning("%s: upstream %r broke its stream after its last event: %s",
+                log.warning("%s: upstream %r broke its stream after its final event: %s",
                             ex.rid, runtime.name, exc)
         out.start(content_type)
         out.chunk(first)
-        out.relay(response, relayed(), after, past_last_event=lambda: passing.whole)
+        out.relay(response, relayed(), after, past_final_event=lambda: passing.whole)
     return deliver
 
 
@@ -12006,10 +12007,10 @@ STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|argument
 class PassingStream:
     """A passed-through stream as it goes by: its usage (for the access log), whether
     it finished (`ended`: a stream that stops before was cut off) and whether it is
-    whole (`whole`: its dialect's very last event went by), and for SSE the start of an event not yet whole,
-    held back, so that a stream cut in the middle of an event never hands the client
-    half of one (and the error event that ends it starts clean). Secrets the upstream
-    repeats are removed from whole events."""
+    whole (`whole`: its dialect's final event went by), and for SSE the start of an
+    event not yet whole, held back, so that a stream cut in the middle of an event never
+    hands the client half of one (and the error event that ends it starts clean). Secrets
+    the upstream repeats are removed from whole events."""
 
     def __init__(self, ex: Exchange, kind: UpstreamKind, content_type: str, max_event: int,
                  redactor: Redactor):

@@ -316,16 +316,16 @@ def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
     assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
 
 
-# Passed through, a stream whose dialect has one last event ([DONE], message_stop, a
+# Passed through, a stream whose dialect has one final event ([DONE], message_stop, a
 # response's terminal event) is whole once that went by. A Gemini stream has none: each
 # candidate finishes in a chunk of its own, and only its body's end ends it.
-WHOLE_AT_ITS_LAST_EVENT = [(client, kind) for client, kind in PATHS
+WHOLE_AT_ITS_FINAL_EVENT = [(client, kind) for client, kind in PATHS
                            if kind == OWN_KIND.get(client, client) and kind != "gemini"]
 
 
-@pytest.mark.parametrize("client, kind", WHOLE_AT_ITS_LAST_EVENT,
+@pytest.mark.parametrize("client, kind", WHOLE_AT_ITS_FINAL_EVENT,
                          ids=["%s-client-%s-upstream" % pair
-                              for pair in WHOLE_AT_ITS_LAST_EVENT])
+                              for pair in WHOLE_AT_ITS_FINAL_EVENT])
 def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind, caplog):
     # The upstream sent its whole reply, then neither ended its body nor spoke again: the
     # read timeout ends the stream, and an error event after the end would turn a whole
@@ -340,7 +340,7 @@ def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind, ca
              message="the access line")
     (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "gemini_proxy.access"]
     assert " 200 " in line and "error=" not in line, line
-    assert any("after the stream's last event" in rec.getMessage() for rec in caplog.records
+    assert any("after the stream's final event" in rec.getMessage() for rec in caplog.records
                if rec.levelno == logging.WARNING)
     assert_no_leaks(r)
 
