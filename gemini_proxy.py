@@ -11942,16 +11942,18 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
         passing = PassingStream(ex, kind, content_type, spec["max_reply_bytes"],
                                 rq.live.redactor)
-        first, events, over = b"", [], False
+        first, events, over, received = b"", [], False, False
         while not first:    # up to the first whole event
             data = next(chunks, b"")
             if not data:    # the end: what was held back, if anything came at all
                 first, events = passing.finish()
                 if not first:
-                    raise UpstreamError("upstream %r ended its stream without sending "
-                                        "anything" % runtime.name, status=502)
+                    raise UpstreamError("upstream %r ended its stream %s" % (
+                        runtime.name, "before the reply was finished" if received
+                        else "without sending anything"), status=502)
                 over = True
                 break
+            received = True
             first, events = passing.take(data)
         if events and events[0][1] != "[DONE]":   # the first event shows what follows
             stream_event_json(events[0][1], kind.stream_event_error)
@@ -11969,13 +11971,11 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         response, chunks, passing = rest
 
         def after() -> None:
-            whole = passing.whole
             last, _ = passing.finish()
             if not passing.ended:
                 raise UpstreamError("upstream %r ended its stream before the reply was "
                                     "finished" % runtime.name, status=502)
-            if not whole:   # (what it held after the final event is no part of the reply)
-                out.chunk(last)
+            out.chunk(last)
             if ex.usage is None:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
 
@@ -12080,17 +12080,28 @@ class PassingStream:
         return self.redactor.bytes(ready), events
 
     def finish(self) -> Tuple[bytes, List[Tuple[str, str]]]:
-        """At the end of the body: what is still held back (a last event without its
-        blank line, which the hub's own reading accepts too), and that event."""
+        """At the end of the body: what is still held back that may go to the client,
+        and the event in it. In SSE that is only a last event whose blank line never
+        came (the hub's own reading accepts it), given that line and cut before a last
+        line cut short: a client that reads a body ending inside an event fails the
+        whole answer (@google/genai: "Incomplete JSON segment at the end"). Nothing that
+        follows the stream's final event is part of the reply."""
+        was_whole = self.whole
         events = self._parser.finish()
-        self._look_for_ends(events)
         held, self.held = bytes(self.held), bytearray()
-        return self.redactor.bytes(held), events
+        if not self.sse:   # Gemini's JSON-array form: body bytes held back for redaction
+            self._look_for_ends(events)
+            return self.redactor.bytes(held), events
+        if was_whole or not events:
+            return b"", []
+        self._look_for_ends(events)
+        return self.redactor.bytes(held[:held.rfind(b"\n") + 1] + b"\n"), events
 
     def _look_for_ends(self, events: List[Tuple[str, str]]) -> None:
         end, last = self.kind.stream_end, self.kind.stream_last
-        self.ended = self.ended or (end is not None and any(end(text) for _, text in events))
         self.whole = self.whole or (last is not None and any(map(last, events)))
+        self.ended = self.ended or self.whole or (
+            end is not None and any(end(text) for _, text in events))
 
 
 def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:

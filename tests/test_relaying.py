@@ -248,6 +248,32 @@ def test_silence_after_the_final_event_never_hands_on_half_an_event(
         assert b"error" not in data, data[-200:]
 
 
+@pytest.mark.parametrize("kind, path, body, texts, last", [
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),  # final, no blank
+     ANTHROPIC_REPLY[:-1] + [ANTHROPIC_REPLY[-1][:-1]], "message_stop"),
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True),
+     [sse(chunk({"role": "assistant", "content": "whole"})), sse(chunk(finish="stop")),
+      "data: [DONE]\n"], "[DONE]"),
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True),          # finished, then half
+     [sse(chunk({"role": "assistant", "content": "whole"})), sse(chunk(finish="stop")),
+      'data: {"id": "af'], '"finish_reason": "stop"'),
+    ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+     [GEMINI_FINISHED, 'data: {"usageMetadata": {"promptTok'], '"finishReason": "STOP"')],
+    ids=["anthropic-final-event", "openai-done", "openai-half-event", "gemini-half-event"])
+def test_a_body_that_ends_hands_on_its_last_event_but_never_half_of_one(
+        proxy_factory, fake, kind, path, body, texts, last):
+    # The body ends cleanly with a last event whose blank line never came: the hub's own
+    # reading takes it, so the client gets it, blank line added. A line cut short is
+    # dropped: a body that ends inside an event fails the answer in @google/genai.
+    proxy = proxy_factory({"upstreams": {"fake": {"kind": kind, "base_url": fake.base_url,
+                                                  "api_key": "k-1"}}})
+    fake.queue(sse_texts_reply(["".join(texts)]))
+    status, _, data = proxy.request("POST", path, body)
+    assert status == 200 and data.endswith(b"\n\n") and b"error" not in data, data[-200:]
+    assert last in data.decode().strip().split("\n\n")[-1], data[-200:]
+
+
 class Traced(dict):
     """A request's JSON, which a weak reference can follow (a dict cannot be)."""
 
