@@ -221,11 +221,13 @@ GEMINI_FINISHED = sse({"candidates": [{"content": {"role": "model", "parts": [{"
          "type": "content_block_start", "index": 0, "content_block": {
              "type": "tool_use", "id": "t", "name": "n", "input": {"type": "message_stop"}}})],
      False),
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),   # no event names
+     [text.split("\n", 1)[1] for text in ANTHROPIC_REPLY], False),
     ("gemini", "/v1beta/models/m:streamGenerateContent?alt=sse",     # no final event
      {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
      [GEMINI_FINISHED, 'data: {"usageMetadata": {"promptTok'], False)],
     ids=["openai-after-done", "anthropic-after-message-stop", "anthropic-stop-in-tool-input",
-         "gemini-after-finish"])
+         "anthropic-without-event-names", "gemini-after-finish"])
 def test_silence_after_the_final_event_never_hands_on_half_an_event(
         proxy_factory, fake, caplog, kind, path, body, texts, whole):
     # What the upstream began after its final event and never finished is no part of the
