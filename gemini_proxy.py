@@ -12095,7 +12095,11 @@ class PassingStream:
         if was_whole or not events:
             return b"", []
         self._look_for_ends(events)
-        return self.redactor.bytes(held[:held.rfind(b"\n") + 1] + b"\n"), events
+        held = held[:held.rfind(b"\n") + 1]
+        # The blank line in the stream's own line ends: @google/genai finds events by
+        # "\n\n" or "\r\n\r\n", and reads "\r\n\n" as an event never finished.
+        blank = b"\r\n" if held.endswith(b"\r\n") else b"\n"
+        return self.redactor.bytes(held + blank), events
 
     def _look_for_ends(self, events: List[Tuple[str, str]]) -> None:
         end, last = self.kind.stream_end, self.kind.stream_last
