@@ -1638,15 +1638,17 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 # Parsing and framing over bytes, no sockets: the server (section 25) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
-HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-HTTP_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+HTTP_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"   # a header's name, a method
+HTTP_CONTROLS = r"\x00-\x08\x0a-\x1f\x7f"           # never in a header's value (tab is)
+HTTP_TOKEN = re.compile(HTTP_TOKEN_CHARS.encode() + rb"+\Z")
+HTTP_BAD_VALUE = re.compile(("[%s]" % HTTP_CONTROLS).encode())
 HTTP_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 # A well-formed header line of a request head (decoded as latin-1), found all at once: a
 # head whose every line is one, as nearly all are, is read in one pass rather than a few
 # regular expressions a line (40% less time). Any other is read line by line, for the
 # error that says what is wrong.
-REQUEST_HEADER_LINE = re.compile(r"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):"
-                                 r"([^\x00-\x08\x0a-\x1f\x7f]*)(?=\r\n|\Z)")
+REQUEST_HEADER_LINE = re.compile(r"\r\n(%s+):([^%s]*)(?=\r\n|\Z)"
+                                 % (HTTP_TOKEN_CHARS, HTTP_CONTROLS))
 CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\Z")
 HEX_DIGITS = b"0123456789abcdefABCDEF"
 MAX_CHUNK_LINE = 4096      # a chunk-size line with extensions
@@ -2000,8 +2002,8 @@ REPLY_HEAD_END = re.compile(rb"\r?\n\r?\n")
 REPLY_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
 # A reply head's header lines (decoded as latin-1) when all are well formed, as nearly all
 # are: checked, then split, in one pass each (see REQUEST_HEADER_LINE).
-WELL_FORMED_REPLY_HEADERS = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:"
-                                       r"[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*\r?\n")
+WELL_FORMED_REPLY_HEADERS = re.compile(r"(?:%s+:[^%s]*\r?\n)*\r?\n"
+                                       % (HTTP_TOKEN_CHARS, HTTP_CONTROLS))
 REPLY_HEADER_LINE = re.compile(r"([^:\n]+):([^\r\n]*)\r?\n")
 CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 

@@ -326,7 +326,7 @@ WHOLE_AT_ITS_FINAL_EVENT = [(client, kind) for client, kind in PATHS
 @pytest.mark.parametrize("client, kind", WHOLE_AT_ITS_FINAL_EVENT,
                          ids=["%s-client-%s-upstream" % pair
                               for pair in WHOLE_AT_ITS_FINAL_EVENT])
-def test_silence_after_the_last_event_ends_the_stream_well(rig, client, kind, caplog):
+def test_silence_after_the_final_event_ends_the_stream_well(rig, client, kind, caplog):
     # The upstream sent its whole reply, then neither ended its body nor spoke again: the
     # read timeout ends the stream, and an error event after the end would turn a whole
     # answer into a failed one for a client that reads on to the body's end.
