@@ -10034,12 +10034,18 @@ class WorkerPool:
         self._serial = itertools.count(1)
         self._start_failed_at = 0.0
         self._closed = False
+        # Threads counted in `threads` that the starter has yet to start; the starter's
+        # wake-up while it waits for more (as an idle thread's).
+        self._to_start = 0
+        self._starter_running = False
+        self._starter_wake: Optional[threading.Lock] = None
 
     def submit(self, function: Callable[..., None], *args: Any,
                resuming: bool = False) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
         own to report). resuming: the end of a request already begun, taken first, past
-        the limit, and after close()."""
+        the limit, and after close(). A new thread is started by the pool's starter
+        thread, not here: see _start_threads."""
         with self._lock:
             if self._closed and not resuming:
                 raise RuntimeError("the worker pool is closed")
@@ -10055,28 +10061,89 @@ class WorkerPool:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
             self._peak = max(self._peak, self.threads)
+            self._to_start += 1
+            if self._starter_running:
+                if self._starter_wake is not None:
+                    self._starter_wake.release()
+                    self._starter_wake = None
+                return
+            self._starter_running = True
         try:
-            with THREAD_STACK_SIZE_LOCK:
-                previous = threading.stack_size(WORKER_STACK_BYTES)
-                try:
-                    threading.Thread(target=self._work, daemon=True,
-                                     name="%s-%d" % (self._name, next(self._serial))).start()
-                finally:
-                    threading.stack_size(previous)
-        except RuntimeError as exc:   # the system's thread limit: wait for one to free
+            self._start_thread(self._start_threads, "%s-starter" % self._name)
+        except RuntimeError as exc:   # the system's thread limit
             with self._lock:
+                self._starter_running = False
+                self._to_start -= 1
                 self.threads -= 1
                 started = self.threads
                 if not started:       # nobody would ever take it
                     self._tasks.remove(task)
-            now = time.monotonic()
-            if now - self._start_failed_at > 60:
-                log.error("cannot start another worker thread (%s) with %d running; "
-                          "requests wait for one to free (raise the system's thread "
-                          "limit, or lower server.workers)", exc, started)
-            self._start_failed_at = now
+            self._could_not_start(exc, started)
             if not started:
                 raise
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        with THREAD_STACK_SIZE_LOCK:
+            previous = threading.stack_size(WORKER_STACK_BYTES)
+            try:
+                threading.Thread(target=target, daemon=True, name=name).start()
+            finally:
+                threading.stack_size(previous)
+
+    def _could_not_start(self, exc: RuntimeError, running: int) -> None:
+        now = time.monotonic()
+        if now - self._start_failed_at > 60:
+            log.error("cannot start another worker thread (%s) with %d running; "
+                      "requests wait for one to free (raise the system's thread "
+                      "limit, or lower server.workers)", exc, running)
+        self._start_failed_at = now
+
+    def _start_threads(self) -> None:
+        """The starter: starts the threads submit() counted. Thread.start() waits until
+        the new thread runs, which takes a turn of the GIL: with the loop and a burst
+        of requests busy, some milliseconds each. Done by submit(), on the event loop,
+        that stopped every stream for as long (a second in all, 500 streams begun at
+        once); here it stops nobody. Where the system starts no thread at all, the
+        starter runs a waiting task itself: late rather than never."""
+        wake = threading.Lock()
+        wake.acquire()
+        while True:
+            task = None
+            with self._lock:
+                if self._to_start:
+                    self._to_start -= 1
+                elif self._tasks and not self.threads:   # no thread would ever take it
+                    task = self._tasks.popleft()
+                elif self._closed:
+                    self._starter_running = False
+                    return
+                else:
+                    self._starter_wake = wake
+                    self._lock.release()
+                    try:
+                        woken = wake.acquire(timeout=WORKER_IDLE_EXIT)
+                    finally:
+                        self._lock.acquire()
+                    if not (woken or wake.acquire(blocking=False)):   # idle this long
+                        self._starter_wake = None
+                        self._starter_running = False
+                        return
+                    continue
+            if task is not None:
+                function, args, _ = task
+                try:
+                    function(*args)
+                except Exception:   # pragma: no cover - the functions submitted never raise
+                    log.exception("worker task failed")
+                del task, function, args
+                continue
+            try:
+                self._start_thread(self._work, "%s-%d" % (self._name, next(self._serial)))
+            except RuntimeError as exc:
+                with self._lock:
+                    self.threads -= 1
+                    running = self.threads
+                self._could_not_start(exc, running)
 
     def _work(self) -> None:
         wake = threading.Lock()
@@ -10147,6 +10214,9 @@ class WorkerPool:
             for wake in self._idle:
                 wake.release()
             self._idle.clear()
+            if self._starter_wake is not None:
+                self._starter_wake.release()
+                self._starter_wake = None
 
 
 @dataclasses.dataclass
@@ -12618,6 +12688,85 @@ def ends_between_events(data: bytes, chunked: bool) -> bool:
     return data.endswith(b"\r\n") and data.endswith((b"\n\n", b"\n\r\n"), 0, len(data) - 2)
 
 
+class UpstreamWatch:
+    """What a stream relayed on the loop waits for between its upstream's events: the
+    upstream's socket readable (writable in the middle of a TLS read), a deadline, or
+    its request abandoned. The socket stays watched from one wait to the next, and the
+    deadline's timer stays armed while it is early enough: for a lone event, watching
+    the socket anew (two epoll_ctl calls and the selector's bookkeeping) and a timer
+    (pushed into and popped from a heap of one a stream) cost a fifth of the loop's
+    time. A timer that fires early wakes the relay to find nothing and wait again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, response: "UpstreamResponse",
+                 pipe: ChunkPipe):
+        self._loop, self._response, self._pipe = loop, response, pipe
+        self._fd = response.fileno()
+        self._watching = False
+        self._waiter: Optional[asyncio.Future] = None
+        self._armed = False     # whether the socket's readiness may wake the waiter
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    async def wait(self, seconds: float) -> bool:
+        """Until the socket is ready, `seconds` pass or the request is abandoned (then
+        False); at once when the socket is ready already."""
+        loop = self._loop
+        waiter = loop.create_future()
+        if not self._pipe.watch(waiter):
+            return False
+        deadline = loop.time() + seconds
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._expired)
+        writing = self._response.waits_to_write()
+        if writing:
+            self.pause()
+            loop.add_writer(self._fd, self._ready)
+        elif not self._watching:
+            loop.add_reader(self._fd, self._ready)
+            self._watching = True
+        self._waiter, self._armed = waiter, False
+        loop.call_soon(self._arm, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if writing:
+                loop.remove_writer(self._fd)
+        return True
+
+    def _arm(self, waiter: asyncio.Future) -> None:
+        # The socket's readiness is looked at before the loop runs what is ready: the
+        # readiness reported in the turn in which the relay read the socket dry and began
+        # to wait is from before that read. Only the next turn's may wake it.
+        if self._waiter is waiter:
+            self._armed = True
+
+    def _ready(self) -> None:
+        if self._armed and self._waiter is not None:
+            _wake(self._waiter)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def pause(self) -> None:
+        """Stop watching the socket while the relay waits for something else (a slow
+        client): a socket left ready would call _ready at every turn of the loop."""
+        if self._watching:
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+
+    def close(self) -> None:
+        """Before the relay lets go of the upstream's connection (it may serve another
+        request next, in a worker)."""
+        self.pause()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
     expired.append(True)
     task.cancel()
@@ -13287,6 +13436,7 @@ class ProxyServer:
         if not pipe.begin_relay(relay):
             return between_events
         outcome: Optional[BaseException] = ClientGone()
+        watch = UpstreamWatch(loop, response, pipe)
         last_sent = loop.time()
         pending: List[bytes] = []
         pending_size = 0
@@ -13310,7 +13460,7 @@ class ProxyServer:
                     if pending_size < RELAY_WRITE_BYTES:
                         continue
                     flush()
-                    await self._drain_while_wanted(writer, pipe)
+                    await self._drain_while_wanted(writer, pipe, watch.pause)
                     # An upstream that never pauses: the total timeout still holds, and
                     # the other connections get their turn.
                     if response.silence_left() <= 0:
@@ -13321,7 +13471,7 @@ class ProxyServer:
                     continue
                 if pending:
                     flush()
-                    await self._drain_while_wanted(writer, pipe)
+                    await self._drain_while_wanted(writer, pipe, watch.pause)
                 if piece is None:
                     outcome = None
                     break
@@ -13335,20 +13485,11 @@ class ProxyServer:
                     if since >= interval:
                         writer.write(frame(keepalive))
                         last_sent = loop.time()
-                        await self._drain_while_wanted(writer, pipe)
+                        await self._drain_while_wanted(writer, pipe, watch.pause)
                         continue
                     wait = min(wait, interval - since)
-                waiter = loop.create_future()
-                if not pipe.watch(waiter):   # abandoned: the worker hears ClientGone
+                if not await watch.wait(wait):   # abandoned: the worker hears ClientGone
                     break
-                fd, writable = response.fileno(), response.waits_to_write()
-                (loop.add_writer if writable else loop.add_reader)(fd, _wake, waiter)
-                timer = loop.call_later(wait, _wake, waiter)
-                try:
-                    await waiter
-                finally:
-                    (loop.remove_writer if writable else loop.remove_reader)(fd)
-                    timer.cancel()
         except (ConnectionError, SendTimeout):
             raise       # the client's trouble: the caller abandons the request
         except Exception as exc:
@@ -13358,16 +13499,19 @@ class ProxyServer:
             if pending and not pipe.gone:
                 flush()
         finally:
+            watch.close()
             relay.settle(outcome)
         return between_events
 
-    async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe) -> None:
+    async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
+                                  before_waiting: Callable[[], None]) -> None:
         """_drain, given up when the request is abandoned meanwhile (a client that sent
         its EOF and reads nothing): the relay is settled and its request ended at once,
-        not after send_timeout."""
+        not after send_timeout. before_waiting() is called when it does wait."""
         transport = writer.transport
         if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
             return               # not paused: nothing to wait for
+        before_waiting()
         assert self._loop is not None
         abandoned_waiter = self._loop.create_future()
         if not pipe.watch(abandoned_waiter):

@@ -2,6 +2,7 @@
 give up for want of response headers; caps, paths and token counts must hold on the
 pass-through path too; the access line says what happened to every request."""
 
+import asyncio
 import gc
 import http.client
 import json
@@ -786,3 +787,98 @@ def test_an_upstream_that_breaks_its_body_after_its_last_event_ends_the_stream_w
     text = data.decode()
     assert status == 200 and "error" not in text, text[-300:]
     assert last in text.strip().split("\n")[-1] and streamed_text(path, data) == "whole answer"
+
+
+class SocketReply:
+    """What UpstreamWatch looks at of an upstream's reply: its socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def waits_to_write(self):
+        return False
+
+
+class CountedWatch(gp.UpstreamWatch):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.ready_calls = 0
+
+    def _ready(self):
+        self.ready_calls += 1
+        super()._ready()
+
+
+def test_a_relay_watches_its_upstream_socket_from_one_wait_to_the_next():
+    """The socket stays watched between waits (not watched anew for every event), yet
+    readiness from before the relay read the socket dry never wakes it; a deadline
+    earlier than the armed timer's is kept; a pause stops the watching (a socket left
+    ready would wake the loop at every turn); an abandoned request ends the wait."""
+    upstream, ours = socket.socketpair()
+    ours.setblocking(False)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe = gp.ChunkPipe(loop, 4)
+        watch = CountedWatch(loop, SocketReply(ours), pipe)
+        waits = []
+
+        async def wait(seconds):
+            waits.append(await asyncio.wait_for(watch.wait(seconds), PATIENCE))
+
+        async def waiting():
+            for _ in range(1000):
+                if watch._waiter is not None:
+                    return
+                await asyncio.sleep(0)
+            pytest.fail("the wait never began")
+        try:
+            # the socket ready before the wait: at once
+            upstream.sendall(b"one")
+            await wait(PATIENCE * 4)
+            # Read dry, and at once (in the same turn of the loop, whose look at the
+            # socket came before the read) waited for again, with a deadline earlier
+            # than the armed timer's: the wait ends at that deadline, not at once on
+            # the stale readiness, nor at the later one.
+            assert ours.recv(100) == b"one"
+            begun = loop.time()
+            waits.append(await watch.wait(0.05))
+            assert 0.05 <= loop.time() - begun < PATIENCE
+            # data while waiting wakes it
+            waiter = asyncio.ensure_future(wait(PATIENCE * 4))
+            await waiting()
+            upstream.sendall(b"two")
+            await waiter
+            assert ours.recv(100) == b"two"
+            # paused: ready data calls nobody, however many turns the loop makes
+            watch.pause()
+            upstream.sendall(b"three")
+            calls = watch.ready_calls
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert watch.ready_calls == calls
+            await wait(PATIENCE * 4)   # watched again: at once
+            assert ours.recv(100) == b"three"
+            # the request abandoned: the wait ends, and the next does not begin
+            waiter = asyncio.ensure_future(wait(PATIENCE * 4))
+            await waiting()
+            pipe.abort()
+            await waiter
+            assert await watch.wait(PATIENCE) is False
+        finally:
+            watch.close()
+        assert waits == [True] * 5
+        # closed: the socket is no longer watched (closing it troubles no loop)
+        upstream.sendall(b"four")
+        calls = watch.ready_calls
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert watch.ready_calls == calls
+    try:
+        asyncio.run(scenario())
+    finally:
+        upstream.close()
+        ours.close()

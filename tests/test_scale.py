@@ -222,18 +222,22 @@ def test_a_thread_the_system_refuses_leaves_the_task_to_a_running_one(monkeypatc
     gate, done = threading.Event(), threading.Semaphore(0)
     ran = []
 
+    busy = threading.Event()
+
     def task(number, wait=False):
         if wait:
+            busy.set()
             gate.wait(PATIENCE)
         ran.append(number)
         done.release()
     real_start = threading.Thread.start
     try:
         pool.submit(task, 1, True)    # one thread, busy
+        assert busy.wait(PATIENCE)
         monkeypatch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(
             RuntimeError("can't start new thread")))
         pool.submit(task, 2)          # no new thread: queued for the busy one
-        assert pool.threads == 1 and pool.starved
+        wait_for(lambda: pool.threads == 1 and pool.starved, message="the start refused")
         gate.set()
         for _ in range(2):
             assert done.acquire(timeout=PATIENCE)
@@ -248,6 +252,52 @@ def test_a_thread_the_system_refuses_leaves_the_task_to_a_running_one(monkeypatc
     with pytest.raises(RuntimeError):
         empty.submit(task, 3)
     assert empty.threads == 0 and not empty.starved
+
+
+def test_a_new_thread_is_started_by_the_pool_not_by_whoever_submits(monkeypatch):
+    # Thread.start() waits for the new thread to run, a turn of the GIL: on the event
+    # loop, with a burst of requests busy, that stopped every stream for milliseconds
+    # a thread.
+    pool = gp.WorkerPool(limit=10)
+    real_start = threading.Thread.start
+    starters = []
+
+    def start(thread):
+        starters.append((thread.name, threading.get_ident()))
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    ran = threading.Semaphore(0)
+    go = threading.Event()
+    try:
+        go = occupy(pool, 3)
+        pool.submit(ran.release)
+        assert ran.acquire(timeout=PATIENCE)
+        workers = [ident for name, ident in starters if not name.endswith("-starter")]
+        assert len(workers) == 4 and threading.get_ident() not in workers, starters
+        assert pool.threads == 4
+    finally:
+        go.set()
+        pool.close()
+
+
+def test_where_no_worker_thread_starts_the_starter_runs_the_task(monkeypatch):
+    pool = gp.WorkerPool(limit=10)
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if not thread.name.endswith("-starter"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    ran = threading.Semaphore(0)
+    try:
+        pool.submit(ran.release)   # late rather than never
+        pool.submit(ran.release)
+        for _ in range(2):
+            assert ran.acquire(timeout=PATIENCE)
+        assert pool.threads == 0
+    finally:
+        pool.close()
 
 
 def test_worker_threads_hold_deep_recursion():
