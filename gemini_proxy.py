@@ -10014,8 +10014,9 @@ class WorkerPool:
     requests and past the limit: it lets go of keys that queued requests may wait for.
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
-    finds an idle thread (woken), or a new one, or waits in the queue for a thread that
-    finishes; a thread ends for idleness only when, under the lock, no task waits. The
+    finds an idle thread (woken), or a new one (counted in `threads` at once, started by
+    the pool's starter thread, which is not counted), or waits in the queue for a thread
+    that finishes; a thread ends for idleness only when, under the lock, no task waits. The
     thread idle the shortest time is woken first, so that under a steady load the others
     stay idle long enough to end (woken in turn, none ever would)."""
 
@@ -10067,20 +10068,24 @@ class WorkerPool:
                     self._starter_wake.release()
                     self._starter_wake = None
                 return
+            # No starter: this starts one, under the lock, so that no other submit
+            # counts on it meanwhile (once in a while: a starter lives until it has been
+            # idle for WORKER_IDLE_EXIT).
             self._starter_running = True
-        try:
-            self._start_thread(self._start_threads, "%s-starter" % self._name)
-        except RuntimeError as exc:   # the system's thread limit
-            with self._lock:
+            try:
+                self._start_thread(self._start_threads, "%s-starter" % self._name)
+                return
+            except RuntimeError as exc:   # the system's thread limit
+                error = exc
                 self._starter_running = False
                 self._to_start -= 1
                 self.threads -= 1
                 started = self.threads
                 if not started:       # nobody would ever take it
                     self._tasks.remove(task)
-            self._could_not_start(exc, started)
-            if not started:
-                raise
+        self._could_not_start(error, started)
+        if not started:
+            raise error
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         with THREAD_STACK_SIZE_LOCK:
@@ -10103,8 +10108,9 @@ class WorkerPool:
         the new thread runs, which takes a turn of the GIL: with the loop and a burst
         of requests busy, some milliseconds each. Done by submit(), on the event loop,
         that stopped every stream for as long (a second in all, 500 streams begun at
-        once); here it stops nobody. Where the system starts no thread at all, the
-        starter runs a waiting task itself: late rather than never."""
+        once); here it stops nobody but the starter. Where the system starts no worker
+        at all, the starter runs a waiting task itself (late rather than never), and is
+        the starter again after it only if no other has started meanwhile."""
         wake = threading.Lock()
         wake.acquire()
         while True:
@@ -10114,6 +10120,9 @@ class WorkerPool:
                     self._to_start -= 1
                 elif self._tasks and not self.threads:   # no thread would ever take it
                     task = self._tasks.popleft()
+                    # Meanwhile a submit starts another starter: threads may start again
+                    # (a request's end, say, must not wait for this task).
+                    self._starter_running = False
                 elif self._closed:
                     self._starter_running = False
                     return
@@ -10136,6 +10145,10 @@ class WorkerPool:
                 except Exception:   # pragma: no cover - the functions submitted never raise
                     log.exception("worker task failed")
                 del task, function, args
+                with self._lock:
+                    if self._starter_running:   # another took over
+                        return
+                    self._starter_running = True
                 continue
             try:
                 self._start_thread(self._work, "%s-%d" % (self._name, next(self._serial)))
@@ -12463,7 +12476,7 @@ class Proxy:
              "relays holds none).", {}, self.working),
             ("workers", "The most worker threads (server.workers).", {},
              self.config.server["workers"]),
-            ("worker_threads", "Worker threads running now, busy or idle.", {},
+            ("worker_threads", "Worker threads running or starting now, busy or idle.", {},
              self.workers.threads),
             ("upstream_connections_open", "Connections to upstreams, in use or idle.", {},
              self.pool.open),
@@ -12707,8 +12720,10 @@ class UpstreamWatch:
         self._timer: Optional[asyncio.TimerHandle] = None
 
     async def wait(self, seconds: float) -> bool:
-        """Until the socket is ready, `seconds` pass or the request is abandoned (then
-        False); at once when the socket is ready already."""
+        """Until the socket is ready (already ready: the next turn of the loop),
+        `seconds` pass, or the request is abandoned; False, without waiting, if it was
+        abandoned before. It may end early (a timer armed for an earlier deadline):
+        the caller looks again at what it waits for."""
         loop = self._loop
         waiter = loop.create_future()
         if not self._pipe.watch(waiter):
@@ -13499,8 +13514,10 @@ class ProxyServer:
             if pending and not pipe.gone:
                 flush()
         finally:
-            watch.close()
-            relay.settle(outcome)
+            try:
+                watch.close()
+            finally:
+                relay.settle(outcome)
         return between_events
 
     async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,

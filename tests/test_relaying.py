@@ -674,18 +674,41 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
         proxy_factory, fake, monkeypatch):
     # Its EOF is the sign it left; the stream's worker, waiting on the loop, must not wait
     # for send_timeout (set here beyond the test's patience) to be let go.
+    # Meanwhile the relay does not watch the upstream's socket (ready all along, it would
+    # wake the loop at every turn), and it stops watching for good before it lets go.
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
                            "server": {"send_timeout": 2 * PATIENCE}})
     waits_for_the_client = threading.Event()
     drain = gp.ProxyServer._drain
+    watches, watching_while_draining, closed = [], [], []
+
+    class Watch(gp.UpstreamWatch):
+        def __init__(self, *args):
+            super().__init__(*args)
+            watches.append(self)
+
+        def close(self):
+            super().close()
+            closed.append(not self._watching)
 
     async def watched_drain(self, writer):
         transport = writer.transport
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            watching_while_draining.extend(watch._watching for watch in watches)
             waits_for_the_client.set()
         await drain(self, writer)
     monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
-    fake.queue(flood)
+    monkeypatch.setattr(gp, "UpstreamWatch", Watch)
+    flooding = threading.Event()
+
+    def pause_then_flood(handler, request):   # the relay waits for the socket first
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"content": "first"})).encode())
+        handler.pause(until=flooding)
+        events = sse(chunk({"content": "word " * 200})).encode() * 1000
+        while handler.write_chunk(events):
+            pass
+    fake.queue(pause_then_flood)
     sock = socket.create_connection(("127.0.0.1", proxy.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     body = json.dumps(dict(CHAT, stream=True)).encode()
@@ -693,12 +716,17 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
                  b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
     try:
         assert sock.recv(16).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: watches and watches[0]._watching, message="the relay waiting")
+        flooding.set()
         assert waits_for_the_client.wait(PATIENCE)
         sock.shutdown(socket.SHUT_WR)       # and never reads again
         wait_for(lambda: fake.aborted_streams == 1, message="the upstream stream stopped")
         wait_for(lambda: proxy.server.proxy.active == 0, message="the worker freed")
     finally:
+        flooding.set()
         sock.close()
+    assert len(watches) == 1 and watching_while_draining and not any(watching_while_draining)
+    assert closed == [True]
 
 
 @pytest.mark.parametrize("path, payload, end", [

@@ -300,6 +300,71 @@ def test_where_no_worker_thread_starts_the_starter_runs_the_task(monkeypatch):
         pool.close()
 
 
+def test_a_task_the_starter_runs_itself_holds_up_no_thread_start(monkeypatch):
+    # A worker refused: the starter runs the task (a request, which may take minutes).
+    # Threads may start again meanwhile, and a request's end must not wait for it.
+    pool = gp.WorkerPool(limit=10)
+    real_start = threading.Thread.start
+    refuse = [True]
+
+    def start(thread):
+        if refuse[0] and not thread.name.endswith("-starter"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    held, gate, ended = threading.Event(), threading.Event(), threading.Event()
+    try:
+        pool.submit(lambda: (held.set(), gate.wait(PATIENCE)))
+        assert held.wait(PATIENCE)
+        refuse[0] = False
+        pool.submit(ended.set, resuming=True)
+        assert ended.wait(PATIENCE), "the end waited for the starter's task"
+        assert not gate.is_set()
+    finally:
+        gate.set()
+        pool.close()
+
+
+def test_a_starter_that_cannot_start_leaves_no_other_task_without_a_thread(monkeypatch):
+    # Two submits at once, the first starting the starter, which the system refuses:
+    # the second must not have counted on it.
+    pool = gp.WorkerPool(limit=10)
+    real_start = threading.Thread.start
+    starting, go_on = threading.Event(), threading.Event()
+    refused, errors = [], []
+
+    def start(thread):
+        if thread.name.endswith("-starter") and not refused:
+            refused.append(thread.name)
+            starting.set()
+            go_on.wait(PATIENCE)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    def first():
+        try:
+            pool.submit(lambda: None)
+        except RuntimeError as exc:
+            errors.append(exc)
+    ran = threading.Event()
+    submitters = [threading.Thread(target=first),
+                  threading.Thread(target=lambda: pool.submit(ran.set))]
+    try:
+        submitters[0].start()
+        assert starting.wait(PATIENCE)
+        submitters[1].start()
+        submitters[1].join(0.2)   # a chance to count on the starter being started
+        go_on.set()
+        for submitter in submitters:
+            submitter.join(PATIENCE)
+        assert ran.wait(PATIENCE), "a task was left without a thread"
+        assert len(errors) == 1 and pool.threads == 1
+    finally:
+        go_on.set()
+        pool.close()
+
+
 def test_worker_threads_hold_deep_recursion():
     pool = gp.WorkerPool(limit=1)
     seen = []
