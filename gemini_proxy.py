@@ -2035,7 +2035,7 @@ def parse_reply_head(data: bytes) -> ReplyHead:
     if not status:
         raise BadReply("a bad status line")
     if WELL_FORMED_REPLY_HEADERS.fullmatch(text, status_end):
-        headers = [(name.lower(), value.strip())
+        headers = [(name.lower(), value.strip(" \t"))
                    for name, value in REPLY_HEADER_LINE.findall(text, status_end)]
     else:
         headers = reply_header_lines(text[status_end:].split("\n"))
@@ -2056,7 +2056,7 @@ def reply_header_lines(lines: List[str]) -> List[Tuple[str, str]]:
             continue
         if line[0] in " \t" and headers:    # an obsolete folded line continues the last
             name, value = headers[-1]
-            headers[-1] = (name, (value + " " + line.strip()).strip())
+            headers[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
             continue
         name, colon, value = line.partition(":")
         # A bare CR or another control character in a value could end a line of the
@@ -2064,7 +2064,7 @@ def reply_header_lines(lines: List[str]) -> List[Tuple[str, str]]:
         if not colon or not HTTP_TOKEN.match(name.encode("latin-1")) or \
                 HTTP_BAD_VALUE.search(value.encode("latin-1")):
             raise BadReply("a bad header line")
-        headers.append((name.lower(), value.strip()))
+        headers.append((name.lower(), value.strip(" \t")))
     return headers
 
 
@@ -2079,12 +2079,13 @@ class ReplyBody:
         self.to_close = False      # the body ends where the connection does
         self.reusable = True       # False: framed two ways, so not to be trusted again
         encodings = ",".join(v for k, v in head.headers if k == "transfer-encoding")
-        lengths = {v.strip() for k, value in head.headers if k == "content-length"
+        # Only HTTP's whitespace, as in a request's framing (request_body_length).
+        lengths = {v.strip(" \t") for k, value in head.headers if k == "content-length"
                    for v in value.split(",")}
         if method == "HEAD" or head.status in (204, 304) or head.status < 200:
             self._left = 0
         elif encodings:   # (Content-Length as well: ignored, as RFC 9112 says)
-            if encodings.strip().lower() != "chunked":
+            if encodings.strip(" \t").lower() != "chunked":
                 raise BadReply("a body framed by a transfer coding other than chunked")
             # 16 hex digits at most: no size line goes over, and the reply's limits are
             # its reader's (max_reply_bytes)
