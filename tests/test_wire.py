@@ -386,6 +386,38 @@ def test_chunked_leaves_the_next_request_in_the_buffer(data, body):
         assert decode_in_pieces(stream, [cut]) == (body, NEXT_REQUEST), cut
 
 
+def test_many_chunks_read_at_once_and_a_byte_at_a_time_agree(monkeypatch):
+    # Whole chunks in a read are taken in one pass (split where framing seems to be,
+    # each piece's length checked against its size); byte by byte they are read a line
+    # at a time. Data that looks like framing, an extension, a wrong size: all must read
+    # alike both ways, and the one pass must be what reads the plain chunks.
+    taken = []
+    whole_chunks = gp.ChunkedDecoder._whole_chunks
+
+    def counted(self, buf, pieces):
+        before = len(pieces)
+        whole_chunks(self, buf, pieces)
+        taken.append(len(pieces) - before)
+    monkeypatch.setattr(gp.ChunkedDecoder, "_whole_chunks", counted)
+    plain_datas = [b"data: one\n\n", b"data: two\r\n\r\n", b"a" * 300, b"\r\n", b"\r\n\r\n"]
+    whole = b"".join(b"%x\r\n%s\r\n" % (len(d), d) for d in plain_datas) + b"0\r\n\r\n"
+    assert decode_whole(whole) == (b"".join(plain_datas), b"")
+    assert taken == [len(plain_datas)]    # one pass took all of them
+    datas = plain_datas + [b"x\r\n5\r\nhello\r\n", b"\r\n0\r\n\r\n", b"\r\nff\r\n"]
+    plain = b"".join(b"%x\r\n%s\r\n" % (len(d), d) for d in datas)
+    assert decode_whole(plain + b"0\r\n\r\n") == (b"".join(datas), b"")
+    for middle in (b"3;ext\r\nabc\r\n", b"3\r\nabc\r\n" + b"B\r\n" + b"x" * 11 + b"\r\n"):
+        data = plain + middle + plain + b"0\r\n\r\n" + NEXT_REQUEST
+        expected = decode_bytewise(data)
+        assert decode_whole(data) == expected
+        for cut in range(1, len(data), 7):
+            assert decode_in_pieces(data, [cut]) == expected, cut
+    for wrong in (b"6\r\nhello\r\n", b"4\r\nhello\r\n", b"5\r\nhelloXX"):
+        data = plain + wrong + plain + b"0\r\n\r\n"
+        assert chunk_error(data).status == 400
+    assert chunk_error(plain + b"0\r\n\r\n", max_body=len(b"".join(datas)) - 1).status == 413
+
+
 def test_chunked_data_is_handed_on_as_it_arrives():
     decoder = gp.ChunkedDecoder(1000)
     buf = bytearray(b"b\r\nhel")   # 11 bytes: "hello world"
