@@ -8291,6 +8291,11 @@ class UpstreamResponse:
         self.on_loop = True
         self._quiet_since = time.monotonic()
 
+    def listening_again(self) -> None:
+        """On the loop: it has not read this reply for a while (its client was slow),
+        and reads again: silence is timed from now (the total timeout still holds)."""
+        self._quiet_since = time.monotonic()
+
     def fileno(self) -> int:
         return self._conn.sock.fileno()
 
@@ -13503,6 +13508,12 @@ class ProxyServer:
         pending: List[bytes] = []
         pending_size = 0
 
+        async def drain() -> None:
+            if await self._drain_while_wanted(writer, pipe, watch.pause):
+                # Not read while the client was slow: the upstream's silence is timed
+                # from now, or a client's pause would end its stream as the upstream's.
+                response.listening_again()
+
         def flush() -> None:
             nonlocal between_events, last_sent, pending_size
             data = b"".join(pending)
@@ -13522,7 +13533,7 @@ class ProxyServer:
                     if pending_size < RELAY_WRITE_BYTES:
                         continue
                     flush()
-                    await self._drain_while_wanted(writer, pipe, watch.pause)
+                    await drain()
                     # An upstream that never pauses: the total timeout still holds, and
                     # the other connections get their turn.
                     if response.silence_left() <= 0:
@@ -13533,7 +13544,7 @@ class ProxyServer:
                     continue
                 if pending:
                     flush()
-                    await self._drain_while_wanted(writer, pipe, watch.pause)
+                    await drain()
                 if piece is None:
                     outcome = None
                     break
@@ -13547,7 +13558,7 @@ class ProxyServer:
                     if since >= interval:
                         writer.write(frame(keepalive))
                         last_sent = loop.time()
-                        await self._drain_while_wanted(writer, pipe, watch.pause)
+                        await drain()
                         continue
                     wait = min(wait, interval - since)
                 if not await watch.wait(wait):   # abandoned: the worker hears ClientGone
@@ -13568,25 +13579,27 @@ class ProxyServer:
         return between_events
 
     async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                                  before_waiting: Callable[[], None]) -> None:
+                                  before_waiting: Callable[[], None]) -> bool:
         """_drain, given up when the request is abandoned meanwhile (a client that sent
         its EOF and reads nothing): the relay is settled and its request ended at once,
-        not after send_timeout. before_waiting() is called when it does wait."""
+        not after send_timeout. before_waiting() is called when it does wait; whether
+        it did."""
         transport = writer.transport
         if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-            return               # not paused: nothing to wait for
+            return False         # not paused: nothing to wait for
         before_waiting()
         assert self._loop is not None
         abandoned_waiter = self._loop.create_future()
         if not pipe.watch(abandoned_waiter):
-            return
+            return True
         drained = asyncio.ensure_future(self._drain(writer))
         await asyncio.wait([drained, abandoned_waiter], return_when=asyncio.FIRST_COMPLETED)
         if drained.done():
             drained.result()     # SendTimeout, ConnectionError: the caller's to handle
-            return
+            return True
         drained.cancel()
         await asyncio.gather(drained, return_exceptions=True)
+        return True
 
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
                             pipe: ChunkPipe) -> None:

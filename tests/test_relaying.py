@@ -729,6 +729,58 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
     assert closed == [True]
 
 
+def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream(
+        proxy_factory, fake, monkeypatch):
+    # While the client reads nothing the proxy reads nothing from the upstream, whose
+    # bytes wait: that silence is the client's, not the upstream's, and must not end
+    # the stream as the upstream's time-out.
+    read_timeout = 2.5   # and no silence that long from the fake, however busy the machine
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
+                                                  "read_timeout": read_timeout}}})
+    waits_for_the_client = threading.Event()
+    drain = gp.ProxyServer._drain
+
+    async def watched_drain(self, writer):
+        transport = writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            waits_for_the_client.set()
+        await drain(self, writer)
+    monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
+    event = sse(chunk({"content": "word " * 200}))
+    count = 8000     # 8 MB: more than the sockets between can hold
+
+    def plenty(handler, request):
+        handler.start_stream()
+        for _ in range(count // 100):
+            handler.write_chunk((event * 100).encode())
+        handler.end_stream(b"data: [DONE]\n\n")
+    fake.queue(plenty)
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                 b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    received = bytearray()
+    try:
+        received += sock.recv(16)
+        assert waits_for_the_client.wait(PATIENCE)
+        time.sleep(2 * read_timeout)   # the pause: longer than the read timeout
+        sock.settimeout(PATIENCE)
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            received += data
+    finally:
+        sock.close()
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    decoder = gp.ChunkedDecoder(1 << 30)
+    text = b"".join(decoder.feed(bytearray(rest))).decode()
+    assert decoder.done
+    assert text.count("data: {") == count and text.endswith("data: [DONE]\n\n"), text[-300:]
+
+
 @pytest.mark.parametrize("path, payload, end", [
     ("/v1/chat/completions", dict(CHAT, stream=True), b"[DONE]"),        # passed through
     ("/v1beta/models/m:streamGenerateContent?alt=sse",                    # converted
