@@ -12986,8 +12986,14 @@ class ProxyServer:
         for pipe in list(self._pipes):   # past the grace period: stop upstream calls too,
             pipe.abort("shutdown")       # each client told so in its own dialect
         await self._wait_until_idle(2.0)
+        # Those left have clients that take nothing more, not even the error: what they
+        # did not take is dropped, and their handlers end here, rather than cancelled
+        # when the loop ends (which Python 3.11.7 logs as an error, traceback and all).
         for connection in list(self._connections):
-            connection.writer.close()
+            connection.writer.transport.abort()
+        deadline = time.monotonic() + 1.0
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         await asyncio.sleep(0)

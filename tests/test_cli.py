@@ -633,6 +633,38 @@ def test_sigterm_stops_hung_upstream_calls_after_the_grace_and_tells_clients(sta
     assert "Traceback" not in proxy.text() and "CancelledError" not in proxy.text()
 
 
+def test_a_stop_with_a_client_that_reads_nothing_ends_its_connection_quietly(start, tmp_path,
+                                                                          fake):
+    # A client stalled on a flooding stream takes neither the stream nor the shutdown's
+    # error event: past the grace its connection is dropped, and its handler ends
+    # there, not cancelled by the loop's end (which Python 3.11.7 logs as an error).
+    from fake_upstream import chunk, sse
+    flooding = threading.Event()
+
+    def flood(handler, request):
+        handler.start_stream()
+        events = sse(chunk({"content": "word " * 200})).encode() * 1000
+        flooding.set()
+        while handler.write_chunk(events):
+            pass
+    fake.queue(flood)
+    proxy = start(["-c", fake_config(tmp_path, fake, shutdown_grace=0.3)])
+    port = proxy_port(proxy)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                 b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        assert sock.recv(16).startswith(b"HTTP/1.1 200")
+        assert flooding.wait(30)
+        assert proxy.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        sock.close()
+    assert "Traceback" not in proxy.text() and "CancelledError" not in proxy.text(), \
+        proxy.text()[-3000:]
+
+
 def test_a_second_signal_exits_at_once(start, tmp_path, fake):
     from fake_upstream import Gate
     gate = Gate()
