@@ -1784,6 +1784,10 @@ class ChunkedDecoder:
         self._remaining = 0       # bytes left in the current chunk's data
         self._state = "size"      # size | data | data_end | trailer
         self._trailer_bytes = 0
+        # _whole_chunks is tried until a chunk it splits is not what it says (an
+        # extension, data that looks like framing): a body made of such would otherwise
+        # be split, and thrown away, a read at a time.
+        self._fast = True
 
     @property
     def last_chunk_seen(self) -> bool:
@@ -1792,7 +1796,7 @@ class ChunkedDecoder:
 
     def feed(self, buf: bytearray) -> List[bytes]:
         pieces: List[bytes] = []
-        fast = True     # once a call: where it fails, it fails again on what follows
+        fast = self._fast   # once a call, so that its cost is linear in what it is given
         while not self.done:
             if fast and self._state == "size":
                 fast = False
@@ -1854,7 +1858,8 @@ class ChunkedDecoder:
         data only where its length is the size before it, so data that looks like
         framing is found out (a split in a chunk's data makes it short). It stops at
         anything else (the last chunk, an extension, a chunk not all here, the limit),
-        for feed()'s own loop to read as ever, errors included."""
+        for feed()'s own loop to read as ever, errors included; after a chunk that is
+        not what it seems (see _fast), it is not tried again."""
         first = PLAIN_CHUNK_HEAD.match(buf)
         if first is None:
             return
@@ -1872,8 +1877,11 @@ class ChunkedDecoder:
                 self.size + sum(sizes) > self.max_body:
             total = self.size
             for taken, size in enumerate(sizes):
-                if not size or len(datas[taken]) != size or total + size > self.max_body:
+                if not size or total + size > self.max_body:   # the end, or too much
                     whole = taken
+                    break
+                if len(datas[taken]) != size:
+                    whole, self._fast = taken, False
                     break
                 total += size
             if not whole:
@@ -13150,12 +13158,14 @@ class ProxyServer:
                 del buf[:length]
                 return body
             decoder = ChunkedDecoder(self._limits["max_body_bytes"])
-            pieces = decoder.feed(buf)
+            # Joined a read at a time: a bytes object a chunk would hold a body of tiny
+            # chunks at some 20 times its size.
+            body = bytearray(b"".join(decoder.feed(buf)))
             while not decoder.done:
                 if not await more():
                     raise ClientError("the chunked request body ended early")
-                pieces += decoder.feed(buf)
-            return b"".join(pieces)
+                body += b"".join(decoder.feed(buf))
+            return bytes(body)
         except asyncio.TimeoutError:
             raise ClientError("the request body took too long", status=408) from None
 
@@ -13588,8 +13598,8 @@ class ProxyServer:
                                   before_waiting: Callable[[], None]) -> bool:
         """_drain, given up when the request is abandoned meanwhile (a client that sent
         its EOF and reads nothing): the relay is settled and its request ended at once,
-        not after send_timeout. before_waiting() is called when it does wait; whether
-        it did."""
+        not after send_timeout. before_waiting() is called when it does wait; True if
+        it did (or the request is abandoned)."""
         transport = writer.transport
         if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
             return False         # not paused: nothing to wait for

@@ -416,6 +416,9 @@ def test_many_chunks_read_at_once_and_a_byte_at_a_time_agree(monkeypatch):
         data = plain + wrong + plain + b"0\r\n\r\n"
         assert chunk_error(data).status == 400
     assert chunk_error(plain + b"0\r\n\r\n", max_body=len(b"".join(datas)) - 1).status == 413
+    # the last chunk, and a next request that looks like chunks: left as it is
+    follows = b"5\r\nhello\r\n0\r\n\r\n"
+    assert decode_whole(whole + follows) == (b"".join(plain_datas), follows)
 
 
 def test_chunked_data_is_handed_on_as_it_arrives():
