@@ -66,6 +66,24 @@ atexit.register(shutil.rmtree, TEST_STATE_DIR, True)
 os.environ["GEMINI_PROXY_STATE_DIR"] = TEST_STATE_DIR   # for proxies in processes
 
 
+def stalled_stream(port):
+    """A socket that asked the proxy at `port` for a stream (OpenAI, passed through), read
+    its status line and will read nothing more unless the test does: a receive buffer
+    of 4 KiB, so the proxy soon waits for it."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                 b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        assert sock.recv(16).startswith(b"HTTP/1.1 200")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def make_config(raw, environ=None, **flags):
     """A Config from a dict, as if read from a file, with no process environment."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

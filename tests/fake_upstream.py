@@ -227,6 +227,30 @@ def pause_after(reply, writes=1, seconds=None, until=None):
     return paused
 
 
+def flood(handler, request):
+    """A stream that never pauses, until its reader hangs up (or the fake stops): a
+    megabyte of events a write, faster than the proxy can read them."""
+    handler.start_stream()
+    _flood_on(handler)
+
+
+def flood_after_one_event(until):
+    """One event, a pause until the threading.Event `until` is set (a relay then waits
+    for the upstream's socket), then a flood."""
+    def reply(handler, request):
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"content": "first"})).encode())
+        handler.pause(until=until)
+        _flood_on(handler)
+    return reply
+
+
+def _flood_on(handler):
+    events = sse(chunk({"content": "word " * 200})).encode() * 1000
+    while handler.write_chunk(events):
+        pass
+
+
 # == Gemini API builders ===================================================================
 # Dict builders: gemini_text_part, gemini_call_part, gemini_usage, gemini_chunk,
 # gemini_response, gemini_text, gemini_calls, gemini_blocked, gemini_error_body.

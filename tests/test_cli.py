@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from conftest import PATIENCE, gp, wait_for
+from conftest import PATIENCE, gp, stalled_stream, wait_for
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "gemini_proxy.py")
@@ -638,26 +638,11 @@ def test_a_stop_with_a_client_that_reads_nothing_ends_its_connection_quietly(sta
     # A client stalled on a flooding stream takes neither the stream nor the shutdown's
     # error event: past the grace its connection is dropped, and its handler ends
     # there, not cancelled by the loop's end (which Python 3.11.7 logs as an error).
-    from fake_upstream import chunk, sse
-    flooding = threading.Event()
-
-    def flood(handler, request):
-        handler.start_stream()
-        events = sse(chunk({"content": "word " * 200})).encode() * 1000
-        flooding.set()
-        while handler.write_chunk(events):
-            pass
+    from fake_upstream import flood
     fake.queue(flood)
     proxy = start(["-c", fake_config(tmp_path, fake, shutdown_grace=0.3)])
-    port = proxy_port(proxy)
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
-                 b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    sock = stalled_stream(proxy_port(proxy))
     try:
-        assert sock.recv(16).startswith(b"HTTP/1.1 200")
-        assert flooding.wait(30)
         assert proxy.stop(signal.SIGTERM, timeout=30) == 0
     finally:
         sock.close()

@@ -16,11 +16,11 @@ import weakref
 import pytest
 
 import gemini_proxy as gp
-from conftest import PATIENCE, wait_for
+from conftest import PATIENCE, stalled_stream, wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, anthropic_events,
-                           anthropic_message, anthropic_sse, completion, json_reply,
-                           pause_after, sse, sse_texts_reply, stream_reply, chunk, text_stream,
-                           usage)
+                           anthropic_message, anthropic_sse, completion, flood,
+                           flood_after_one_event, json_reply, pause_after, sse,
+                           sse_texts_reply, stream_reply, chunk, text_stream, usage)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -651,15 +651,6 @@ def test_a_bug_after_the_stream_began_frees_the_worker_waiting_on_the_loop(
         go_on.set()
 
 
-def flood(handler, request):
-    """A stream that never pauses, until its reader hangs up (or the fake stops): a
-    megabyte of events a write, faster than the proxy can read them."""
-    handler.start_stream()
-    events = sse(chunk({"content": "word " * 200})).encode() * 1000
-    while handler.write_chunk(events):
-        pass
-
-
 def test_total_timeout_ends_a_stream_whose_upstream_never_pauses(proxy_factory, fake):
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
                                                   "total_timeout": 1.0}}})
@@ -700,22 +691,9 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
     monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
     monkeypatch.setattr(gp, "UpstreamWatch", Watch)
     flooding = threading.Event()
-
-    def pause_then_flood(handler, request):   # the relay waits for the socket first
-        handler.start_stream()
-        handler.write_chunk(sse(chunk({"content": "first"})).encode())
-        handler.pause(until=flooding)
-        events = sse(chunk({"content": "word " * 200})).encode() * 1000
-        while handler.write_chunk(events):
-            pass
-    fake.queue(pause_then_flood)
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
-                 b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    fake.queue(flood_after_one_event(flooding))   # the relay waits for the socket first
+    sock = stalled_stream(proxy.port)
     try:
-        assert sock.recv(16).startswith(b"HTTP/1.1 200")
         wait_for(lambda: watches and watches[0]._watching, message="the relay waiting")
         flooding.set()
         assert waits_for_the_client.wait(PATIENCE)

@@ -280,15 +280,20 @@ def test_a_new_thread_is_started_by_the_pool_not_by_whoever_submits(monkeypatch)
         pool.close()
 
 
-def test_where_no_worker_thread_starts_the_starter_runs_the_task(monkeypatch):
-    pool = gp.WorkerPool(limit=10)
+def refuse_worker_threads(monkeypatch, refusing=lambda: True):
+    """The system refuses the pool's worker threads (not its starter) while refusing()."""
     real_start = threading.Thread.start
 
     def start(thread):
-        if not thread.name.endswith("-starter"):
+        if refusing() and not thread.name.endswith("-starter"):
             raise RuntimeError("can't start new thread")
         real_start(thread)
     monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_where_no_worker_thread_starts_the_starter_runs_the_task(monkeypatch):
+    pool = gp.WorkerPool(limit=10)
+    refuse_worker_threads(monkeypatch)
     ran = threading.Semaphore(0)
     try:
         pool.submit(ran.release)   # late rather than never
@@ -304,14 +309,8 @@ def test_a_task_the_starter_runs_itself_holds_up_no_thread_start(monkeypatch):
     # A worker refused: the starter runs the task (a request, which may take minutes).
     # Threads may start again meanwhile, and a request's end must not wait for it.
     pool = gp.WorkerPool(limit=10)
-    real_start = threading.Thread.start
     refuse = [True]
-
-    def start(thread):
-        if refuse[0] and not thread.name.endswith("-starter"):
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-    monkeypatch.setattr(threading.Thread, "start", start)
+    refuse_worker_threads(monkeypatch, lambda: refuse[0])
     held, gate, ended = threading.Event(), threading.Event(), threading.Event()
     try:
         pool.submit(lambda: (held.set(), gate.wait(PATIENCE)))
