@@ -13415,9 +13415,8 @@ class ProxyServer:
             headers += ex.reply_headers + [("x-accel-buffering", "no")] + (
                 [("transfer-encoding", "chunked")] if chunked else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
-            writer.write(response_head(first.status, headers))
             keep_alive = await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive,
-                                           chunked)
+                                           chunked, response_head(first.status, headers))
             if pipe.gone and not pipe.finished:   # the client left, or the proxy stopped
                 ex.status, ex.error = abandoned(pipe)
             return keep_alive
@@ -13468,9 +13467,11 @@ class ProxyServer:
 
     async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
                      dialect: ClientDialect, ex: Exchange, items: List[Any],
-                     keep_alive: bool, chunked: bool) -> bool:
+                     keep_alive: bool, chunked: bool, head: bytes) -> bool:
         """A stream from the pipe to the client, keep-alives in its silences; a stream the
-        shutdown cuts ends with the dialect's error and a proper end."""
+        shutdown cuts ends with the dialect's error and a proper end. The response's
+        `head` goes out with what is there to write first (the first event, usually):
+        one send, not two, for each stream."""
         frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
         last = LAST_CHUNK if chunked else b""
         interval = self._limits["keepalive_interval"] if dialect.keepalive else None
@@ -13486,12 +13487,13 @@ class ProxyServer:
                     data += frame(dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), ex.options))
                 if ended or pipe.why_gone == "shutdown":
-                    writer.write(data + last)
+                    writer.write(head + data + last)
                     ex.response_bytes += len(data)
                     await self._drain(writer)
                 return ended and keep_alive and not pipe.gone
-            if data:
-                writer.write(data)
+            if data or head:
+                writer.write(head + data)
+                head = b""
                 ex.response_bytes += len(data)
                 await self._drain(writer)
             if relay is not None:   # nothing comes after it until its request resumes
