@@ -45,7 +45,9 @@ itself) as the control:
                   batches still waiting after 2 x --slow-seconds (at least 30 s). Direct
                   runs first, then the proxy (one round each: these take minutes). The
                   lines above the table split the wait for the first event from the later
-                  gaps, and say how often /health answered 200 meanwhile.
+                  gaps, that wait into the request's way to the upstream and the first
+                  event's way back (as the upstream saw them: see the end of this text),
+                  and say how often /health answered 200 meanwhile.
   memory          peak VmRSS, summed over the process tree, sampled twice a second while
                   those streams are open: the proxy's; direct: the upstream's.
   start-up        seconds from spawning the proxy to its port accepting and to GET /health
@@ -70,8 +72,12 @@ ends, however it ends, and each row has a time limit. The proxies' logs are scan
 end for warnings, errors and non-200 replies. --quick: 3 rounds, 300 requests, 1.5 s
 windows, 100 slow streams of 5 s, a hold of 500.
 
-The upstream's streams: model "bench-<events>-<seconds between events>"; the gap comes
-before each content event, the end (finish, usage, [DONE]) follows the last at once.
+The upstream's streams: model "bench-<events>-<seconds between events>[-<tag>]"; the gap
+comes before each content event, the end (finish, usage, [DONE]) follows the last at once.
+A tagged stream's times (time.monotonic(), one clock for every process on the machine:
+when its request arrived, when its first event went out) are kept until GET /stream-times
+takes them all, as JSON: the slow-stream lines use them to say where the wait for a first
+event went.
 """
 
 import argparse
@@ -129,11 +135,24 @@ def framed_events(chunks):
     return tuple(b"%x\r\n%s\r\n" % (len(event), event) for event in stream_events(chunks))
 
 
+# A tagged stream's (arrived, first event sent), by tag: see the top of this file.
+STREAM_TIMES = {}
+
+
 async def upstream_connection(reader, writer):
-    """Answers Chat Completions: the body's "stream" and "model" fields decide how."""
+    """Answers Chat Completions: the body's "stream" and "model" fields decide how; and
+    GET /stream-times."""
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            arrived = time.monotonic()
+            if head.startswith(b"GET /stream-times "):
+                times = json.dumps(STREAM_TIMES).encode()
+                STREAM_TIMES.clear()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(times), times))
+                await writer.drain()
+                continue
             headers = {}
             for line in head.split(b"\r\n")[1:]:
                 if b":" in line:
@@ -147,7 +166,7 @@ async def upstream_connection(reader, writer):
                 await writer.drain()
                 continue
             # the model name says how to stream: bench-<chunks>-<seconds between chunks>
-            _, chunks, gap = (request.get("model") or "bench-20-0").split("-")
+            _, chunks, gap, *tag = (request.get("model") or "bench-20-0").split("-")
             chunks, gap = int(chunks), float(gap)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
@@ -155,6 +174,8 @@ async def upstream_connection(reader, writer):
                 if gap and i < chunks:   # the end follows the last content event at once
                     await asyncio.sleep(gap)
                 writer.write(event)
+                if tag and i == 0:
+                    STREAM_TIMES[tag[0]] = (arrived, time.monotonic())
                 if gap or i % 64 == 63:   # one event a write; without gaps, drained less
                     await writer.drain()
             writer.write(b"0\r\n\r\n")
@@ -554,6 +575,25 @@ def http_status(port, path, timeout=1.0):
         return None
 
 
+async def async_http_json(port, path, timeout=5.0):
+    """GET path's JSON (an answer with a Content-Length), or None."""
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, limit=1 << 24), timeout)
+        writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+                     % path.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        return json.loads(await asyncio.wait_for(reader.readexactly(length), timeout))
+    except (OSError, ValueError, IndexError, asyncio.TimeoutError,
+            asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 async def async_http_status(port, path, timeout=2.0):
     writer = None
     try:
@@ -832,12 +872,14 @@ async def relay_once(kind, port, events):
     return elapsed
 
 
-async def slow_stream(kind, port, path, request, events, seconds, timeout, gate, live):
+async def slow_stream(kind, port, request, events, seconds, timeout, gate, live):
     """One slow stream on a new connection: "ok", "late" (ok, not on time), "timeout", or
     "failed: why"; and (duration, the longest wait for an event, the wait for the first
-    event, the longest wait between two later ones)."""
+    event, the longest wait between two later ones, and on time.monotonic()'s clock: when
+    the request was sent, when its first event arrived)."""
     started = time.perf_counter()
-    state = {"times": [], "done": False, "writer": None, "streaming": False}
+    state = {"times": [], "done": False, "writer": None, "streaming": False, "sent": 0.0,
+             "first": 0.0}
 
     async def go():
         try:
@@ -848,6 +890,7 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
         state["writer"] = writer
         live["open"] += 1
         live["peak_open"] = max(live["peak_open"], live["open"])
+        state["sent"] = time.monotonic()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -868,6 +911,8 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
             for piece in pieces:
                 if piece.startswith(b"data:"):
                     state["times"].append(now)
+                    if not state["first"]:
+                        state["first"] = time.monotonic()
                     if not state["streaming"]:
                         state["streaming"] = True
                         live["streaming"] += 1
@@ -878,10 +923,10 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
     try:
         ended = await asyncio.wait_for(go(), timeout)
     except asyncio.TimeoutError:
-        return "timeout", (timeout, 0.0, 0.0, 0.0)
+        return "timeout", (timeout, 0.0, 0.0, 0.0, 0.0, 0.0)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
             IndexError, RuntimeError) as exc:
-        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0, 0.0, 0.0, 0.0)
+        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0,) * 6
     finally:
         if not gate.done():
             gate.set_result(None)
@@ -893,20 +938,23 @@ async def slow_stream(kind, port, path, request, events, seconds, timeout, gate,
     times = state["times"]
     if not state["done"] or len(times) < events:
         return "failed: %d events, %s" % (len(times), "ended" if state["done"] else
-                                          "no end"), (ended - started, 0.0, 0.0, 0.0)
+                                          "no end"), (ended - started,) + (0.0,) * 5
     gaps = [b - a for a, b in zip([started] + times, times)]
     duration, worst = ended - started, max(gaps)
     on_time = worst <= GAP_LIMIT and duration <= seconds + END_SLACK
-    return ("ok" if on_time else "late"), (duration, worst, gaps[0], max(gaps[1:] or [0.0]))
+    return ("ok" if on_time else "late"), (duration, worst, gaps[0], max(gaps[1:] or [0.0]),
+                                           state["sent"], state["first"])
 
 
 async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_port=None,
-                       upstream_pid=None):
+                       upstream_pid=None, upstream_port=None):
     """`count` streams of `seconds` events one second apart, opened in batches (a batch's
     connections made before the next is opened, so no listen backlog overflows); the
-    RSS of `watch_pid`'s tree sampled meanwhile, its CPU counted."""
-    port, path, body = target(kind, port, True, "bench-%d-1" % seconds)
-    request = encode_request(path, body)
+    RSS of `watch_pid`'s tree sampled meanwhile, its CPU counted. Each stream is tagged
+    (see the top of this file), and the upstream (at `upstream_port`, else `port`) asked
+    afterwards when each request arrived and its first event went out."""
+    requests = [encode_request(*target(kind, port, True, "bench-%d-1-%d" % (seconds, n))[1:])
+                for n in range(count)]
     timeout = 3.0 * seconds
     live = {"open": 0, "peak_open": 0, "streaming": 0, "peak_streaming": 0}
     peak = {"rss": 0.0, "threads": 0, "pss": 0.0, "processes": 0}
@@ -948,7 +996,8 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
             for _ in range(min(batch, count - first)):
                 gates.append(loop.create_future())
                 tasks.append(asyncio.ensure_future(slow_stream(
-                    kind, port, path, request, seconds, seconds, timeout, gates[-1], live)))
+                    kind, port, requests[len(tasks)], seconds, seconds, timeout, gates[-1],
+                    live)))
             await asyncio.wait(gates, timeout=10)
             await asyncio.sleep(0.02)
         opened = time.perf_counter() - started
@@ -958,6 +1007,13 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
             sampler.cancel()
         for task in tasks:
             task.cancel()
+    stream_times = await async_http_json(upstream_port or port, "/stream-times") or {}
+    to_upstream, from_upstream = [], []
+    for n, (outcome, times) in enumerate(results):
+        arrived, first_out = stream_times.get(str(n), (0.0, 0.0))
+        if outcome in ("ok", "late") and arrived:
+            to_upstream.append(arrived - times[4])
+            from_upstream.append(times[5] - first_out)
     outcomes = {}
     for outcome, _ in results:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -979,6 +1035,7 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
         "first_p99": pct([c[2] for c in complete], 0.99) if complete else float("nan"),
         "later_p50": median([c[3] for c in complete]),
         "later_p99": pct([c[3] for c in complete], 0.99) if complete else float("nan"),
+        "to_upstream": to_upstream, "from_upstream": from_upstream,
         "wall": wall, "opened": opened, "peak_rss": peak["rss"], "peak_threads": peak["threads"],
         "peak_pss": peak["pss"], "processes": peak["processes"],
         "peak_open": live["peak_open"], "peak_streaming": live["peak_streaming"],
@@ -993,9 +1050,16 @@ def describe_slow(label, r, whose):
         good = sum(1 for status, took in r["health"] if status == 200)
         health = "\n      /health: 200 in %d of %d asks (each second), slowest answer %.2f s" % (
             good, len(r["health"]), max(took for _, took in r["health"]))
+    where = ""
+    if r["to_upstream"]:
+        where = ("\n      of which: the request reached the upstream after p50 %.3f s, p99 "
+                 "%.3f s; its first event reached the client p50 %.1f ms, p99 %.1f ms after "
+                 "the upstream sent it" % (
+                     median(r["to_upstream"]), pct(r["to_upstream"], 0.99),
+                     median(r["from_upstream"]) * 1e3, pct(r["from_upstream"], 0.99) * 1e3))
     return ("  %-14s ok %d, on time %d, timed out %d%s%s of %d | stream p50 %.2f s, max "
             "%.2f s, worst gap p99 %.2f s\n      first event after p50 %.2f s, p99 %.2f s; "
-            "longest gap after it p50 %.2f s, p99 %.2f s\n      opened in %.1f s, at once: "
+            "longest gap after it p50 %.2f s, p99 %.2f s%s\n      opened in %.1f s, at once: "
             "%d open, %d "
             "streaming | %s peak RSS %.0f MB (PSS %.0f MB, %d process%s), %d threads, CPU "
             "%.1f s | load generator "
@@ -1004,7 +1068,7 @@ def describe_slow(label, r, whose):
                 ", failed %d (%s)" % (sum(r["failed"].values()), failed) if failed else "",
                 ", not opened %d" % r["unopened"] if r["unopened"] else "", r["count"],
                 r["p50"], r["max"], r["worst_gap_p99"], r["first_p50"], r["first_p99"],
-                r["later_p50"], r["later_p99"], r["opened"], r["peak_open"],
+                r["later_p50"], r["later_p99"], where, r["opened"], r["peak_open"],
                 r["peak_streaming"], whose, r["peak_rss"], r["peak_pss"], r["processes"],
                 "" if r["processes"] == 1 else "es", r["peak_threads"], r["cpu"],
                 r["client_cores"] * 100, r["other_cores"] * 100, r["wall"], health))
@@ -1182,7 +1246,8 @@ async def slow_row(fleet, args, label, count, extra=()):
                 proxy.returncode, fleet.last_line(proxy)))
         idle = tree_memory(proxy.pid)[0]
         proxied = await slow_streams(args.slow_client, port, count, args.slow_seconds,
-                                     proxy.pid, health_port=port, upstream_pid=upstream.pid)
+                                     proxy.pid, health_port=port, upstream_pid=upstream.pid,
+                                     upstream_port=up_port)
         proxied["idle_rss"] = idle
     finally:
         fleet.stop(proxy)
