@@ -120,7 +120,9 @@ import sys
 # file's path, then main's (so that a command line ends as it was typed). The code is
 # used only when the same Python compiled it: `sys.executable` names the interpreter
 # that started, which need not be this one (a shim, a renamed argv[0]); otherwise the
-# file is compiled, or read from __pycache__. Its imports see what a script's would:
+# file is compiled, or read from __pycache__. The code is read with pread, at no
+# position of the descriptor's own: worker processes share their supervisor's (see
+# HANDED_CODE_FD below), and may read it at the same time. Its imports see what a script's would:
 # the file's own folder first (its real one, through symlinks), never the current
 # directory, which `python -c` puts first (an os.py or secrets.py there would be
 # imported; os is not imported yet under -S). The loader is named, since the file may
@@ -147,17 +149,43 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
                "sys.modules['gemini_proxy'] = module\n"
                "compiled = b''\n"
                "if code_fd != '-':\n"
-               "    with open(int(code_fd), 'rb') as handed:\n"
-               "        compiled = handed.read()\n"
+               "    code_fd = int(code_fd)\n"
+               "    os.set_inheritable(code_fd, False)\n"
+               "    size = os.fstat(code_fd).st_size\n"
+               "    while len(compiled) < size:\n"
+               "        more = os.pread(code_fd, size - len(compiled), len(compiled))\n"
+               "        if not more:\n"
+               "            break\n"
+               "        compiled += more\n"
                "compiler, _, compiled = compiled.partition(b'\\0')\n"
                "if compiler == sys.version.encode():\n"
                "    import marshal\n"
                "    compiled = marshal.loads(compiled)\n"
+               "    module.HANDED_CODE_FD = code_fd\n"
                "    exec(compiled, module.__dict__)\n"
                "else:\n"
+               "    if code_fd != '-':\n"
+               "        os.close(code_fd)\n"
                "    loader.exec_module(module)\n"
                "del compiled\n"
                "sys.exit(module.main(argv))\n")
+
+
+# The descriptor of the compiled code MODULE_BOOT ran this module from; None when there
+# is none (imported, run by a tool, or the code was not this Python's). The boot sets it
+# before this runs. A supervisor hands it on to its workers (section 29): they neither
+# compile the file (a quarter of a second each where __pycache__ cannot be written, as
+# under systemd's ProtectSystem) nor read it, so a worker started again runs what the
+# others run, whatever has become of the file since. Any other run closes it
+# (let_go_of_handed_code): its megabyte is the kernel's for as long as it is open.
+HANDED_CODE_FD = globals().get("HANDED_CODE_FD")
+
+
+def let_go_of_handed_code() -> None:
+    global HANDED_CODE_FD
+    if HANDED_CODE_FD is not None:
+        os.close(HANDED_CODE_FD)
+        HANDED_CODE_FD = None
 
 
 def interpreter_flags() -> List[str]:
@@ -14902,8 +14930,9 @@ def bind_private_socket(path: str) -> socket.socket:
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
 # A worker loads this file as a module through MODULE_BOOT (section 0), so its syntax
-# tree is freed once compiled. It compiles the file itself: the compiled file is kept in
-# __pycache__ (where it can be written) for the next worker to read instead.
+# tree is freed once compiled. It runs the code its supervisor runs, handed on when the
+# supervisor has it (HANDED_CODE_FD: a script run); otherwise it compiles the file itself,
+# and the compiled file is kept in __pycache__ (where it can be written) for the next.
 
 # A worker that exits this soon after it started, this many times in a row, will not do
 # better the next time (a port taken, a file it cannot read): the supervisor gives up.
@@ -15195,6 +15224,10 @@ class Supervisor:
     def _start(self, number: int) -> WorkerProcess:
         ours, theirs = socket.socketpair()
         passed = [theirs.fileno()]
+        code = "-"
+        if HANDED_CODE_FD is not None:   # the code this supervisor runs (section 0)
+            code = str(HANDED_CODE_FD)
+            passed.append(HANDED_CODE_FD)
         word = {"number": number, "port": self.port, "channel_fd": theirs.fileno(),
                 "listen_fd": None, "state_url": self._state_url,
                 "config": self._snapshot, "source": self.config.source}
@@ -15211,7 +15244,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 [sys.executable] + interpreter_flags() +
-                ["-c", MODULE_BOOT, "-", os.path.abspath(__file__)] + self.argv,
+                ["-c", MODULE_BOOT, code, os.path.abspath(__file__)] + self.argv,
                 env=environ, pass_fds=passed, stderr=subprocess.PIPE, start_new_session=True)
         except BaseException:
             ours.close()
@@ -15822,7 +15855,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for line in Proxy(config).describe():
             print(line)
         return 0
-    if worker is None and process_count(config.server["processes"]) > 1:
+    supervising = worker is None and process_count(config.server["processes"]) > 1
+    if not supervising:
+        let_go_of_handed_code()
+    if supervising:
         refused = too_many_processes(config.server["processes"])
         if refused:
             print("gemini-proxy: configuration error: %s" % refused, file=sys.stderr)

@@ -79,15 +79,51 @@ def test_two_workers_serve_one_port_and_stop_together(start):
     assert "Traceback" not in proxy.text()
 
 
-def test_workers_load_the_file_as_a_module_and_keep_its_compiled_form(start, tmp_path):
-    # A script's syntax tree lives as long as the script (some 30 MB for this file); a
-    # module's is freed once compiled, and the compiled form is kept for the next worker.
-    # The supervisor runs as a script, so only a worker can have written it; the file's
-    # name is not one Python could import by name.
+def memfds(pid):
+    return [fd for fd in os.listdir("/proc/%d/fd" % pid)
+            if "memfd:" in os.readlink("/proc/%d/fd/%s" % (pid, fd))]
+
+
+def test_workers_run_the_code_their_supervisor_runs_whatever_becomes_of_the_file(
+        start, tmp_path):
+    # Started as a script, the supervisor has the file's code compiled (section 0) and
+    # hands it on: no worker compiles the file (none writes __pycache__), and one started
+    # again runs what the others run, though the file has been broken since.
     copy = tmp_path / "my-proxy.py"
     shutil.copy(SCRIPT, str(copy))
     proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"],
                   script=str(copy))
+    port = proxy.port()
+    pids = pids_answering(port, 2)
+    assert len(pids) == 2 and chat(port) == "echo (m): hi"
+    if os.path.isdir("/proc/self"):   # the code's one descriptor is the supervisor's
+        assert len(memfds(proxy.proc.pid)) == 1
+        assert not any(memfds(pid) for pid in pids)
+    copy.write_text("raise SystemExit('the file as it is now')\n")
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for(r"worker process \d \(pid %d\) exited" % victim)
+    again = proxy.wait_for(r"worker process \d \(pid (?!(?:%s)\))\d+\) serving port" % "|".join(
+        "%d" % pid for pid in pids))
+    replacement = int(re.search(r"\(pid (\d+)\)", again).group(1))
+    assert replacement in pids_answering(port, 2) and chat(port) == "echo (m): hi"
+    assert not (tmp_path / "__pycache__").exists(), os.listdir(str(tmp_path / "__pycache__"))
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert "the file as it is now" not in proxy.text() and "Traceback" not in proxy.text()
+
+
+def test_workers_of_a_supervisor_without_its_code_compile_the_file_once(start, tmp_path):
+    # A supervisor run by a tool (runpy here) has no compiled code to hand on: its workers
+    # load the file as a module (its syntax tree freed once compiled), and the compiled
+    # form is kept in __pycache__ for the next worker. The file's name is not one Python
+    # could import by name.
+    copy = tmp_path / "my-proxy.py"
+    shutil.copy(SCRIPT, str(copy))
+    launcher = tmp_path / "via_runpy.py"
+    launcher.write_text("import runpy, sys\nsys.argv[0] = %r\n"
+                        "runpy.run_path(%r, run_name='__main__')\n" % (str(copy), str(copy)))
+    proxy = start(["--upstream-kind", "echo", "--port", "0", "--processes", "2"],
+                  script=str(launcher))
     port = proxy.port()
     assert len(pids_answering(port, 2)) == 2 and chat(port) == "echo (m): hi"
     assert list((tmp_path / "__pycache__").glob("my-proxy.*.pyc")), os.listdir(str(tmp_path))
