@@ -10441,28 +10441,36 @@ class ChunkPipe:
         self.committed_early = False
         self.finished = False           # the worker is done with the request
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, quietly: bool = False) -> None:
+        """Queue an item for the loop, waiting for room. `quietly`: without waking the
+        loop, if there is room for the next item, whose put wakes it (see put_head)."""
         while True:
             with self._lock:
                 if self.gone:
                     raise ClientGone()
                 if self._room > 0:
                     self._room -= 1
+                    quietly = quietly and self._room > 0
                     break
                 if self._room_freed is None:
                     self._room_freed = threading.Event()
                 freed = self._room_freed
                 freed.clear()
             freed.wait(0.5)
-        self._append(item)
+        self._append(item, wake=not quietly)
 
-    def put_head(self, head: ResponseHead) -> bool:
-        """Send the worker's response head; False when one went out early instead."""
+    def put_head(self, head: ResponseHead, more_at_once: bool = False) -> bool:
+        """Send the worker's response head; False when one went out early instead.
+        `more_at_once`: the worker puts more at once (a stream's first event, or its
+        relay), and that wakes the loop, which takes both in one hop and writes them in
+        one send. Only when the loop reads the upstream: a worker that reads it itself
+        may find nothing to put for a while (an event that makes no bytes). Every way
+        a worker goes on ends in a put or in finish(), which wake the loop."""
         with self._lock:
             if self.committed_early:
                 return False
             self.head_sent = True
-        self.put(head)
+        self.put(head, quietly=more_at_once and self.loop_reads)
         return True
 
     def commit_early(self) -> Optional[ResponseHead]:
@@ -10479,14 +10487,16 @@ class ChunkPipe:
         self.finished = True
         self._append(None)
 
-    def _append(self, item: Any) -> None:
+    def _append(self, item: Any, wake: bool = True) -> None:
         with self._lock:
             withdrawn = isinstance(item, UpstreamRelay) and self.gone
             if not withdrawn:
                 if isinstance(item, UpstreamRelay):
                     self._relay = item
                 self._items.append(item)
-            waiter, self._waiter = self._waiter, None
+            waiter = None
+            if wake:
+                waiter, self._waiter = self._waiter, None
         if withdrawn:   # abandoned since put() looked: no loop will take it
             item.settle(ClientGone())
         elif waiter is not None:
@@ -10722,8 +10732,9 @@ class Responder:
         self.pipe.early_head = ResponseHead(200, stream_headers(content_type))
 
     def start(self, content_type: str) -> None:
+        """A stream's head: its caller puts its first event or relays the rest at once."""
         self.ex.status = 200
-        self.pipe.put_head(ResponseHead(200, stream_headers(content_type)))
+        self.pipe.put_head(ResponseHead(200, stream_headers(content_type)), more_at_once=True)
         self._sink = self.detail.stream("4. client response: 200") if self.detail else None
 
     def chunk(self, data: bytes) -> None:
@@ -13498,8 +13509,9 @@ class ProxyServer:
                      keep_alive: bool, chunked: bool, head: bytes) -> bool:
         """A stream from the pipe to the client, keep-alives in its silences; a stream the
         shutdown cuts ends with the dialect's error and a proper end. The response's
-        `head` goes out with what is there to write first (the first event, usually):
-        one send, not two, for each stream."""
+        `head` goes out with what there is to write first: the first event, which the
+        worker puts with it (ChunkPipe.put_head), or the relay's first write; one send,
+        not two. Alone only when nothing comes with it (stream_headers_after)."""
         frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
         last = LAST_CHUNK if chunked else b""
         interval = self._limits["keepalive_interval"] if dialect.keepalive else None
@@ -13519,15 +13531,19 @@ class ProxyServer:
                     ex.response_bytes += len(data)
                     await self._drain(writer)
                 return ended and keep_alive and not pipe.gone
-            if data or head:
+            if data or (head and relay is None):
                 writer.write(head + data)
                 head = b""
                 ex.response_bytes += len(data)
                 await self._drain(writer)
-            if relay is not None:   # nothing comes after it until its request resumes
+            # Nothing comes after a relay until its request resumes. Once begun, it
+            # writes the head before it waits for anything; not begun, the request was
+            # abandoned (a shutdown's end still needs the head: above, next time round).
+            if relay is not None and pipe.begin_relay(relay):
                 between_events = await self._relay_upstream(
                     writer, pipe, relay, chunked, ex, dialect.keepalive, interval,
-                    between_events)
+                    between_events, head)
+                head = b""
             items = await pipe.take(interval)
             if items or pipe.gone:
                 continue
@@ -13538,16 +13554,15 @@ class ProxyServer:
     async def _relay_upstream(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
                               relay: UpstreamRelay, chunked: bool,
                               ex: Exchange, keepalive: bytes, interval: Optional[float],
-                              between_events: bool) -> bool:
-        """Pull the rest of a streamed reply here on the loop and write it, waiting for
-        the upstream's socket where the relay's output says IDLE (its timeouts kept,
-        keep-alives in its silences); settle the relay however it ends. Whether the
-        client's stream is between events now."""
+                              between_events: bool, head: bytes) -> bool:
+        """Pull the rest of a streamed reply, a relay begun (ChunkPipe.begin_relay), here
+        on the loop and write it, after the response's `head` if that has not gone out,
+        and before anything is waited for; waiting for the upstream's socket where the
+        relay's output says IDLE (its timeouts kept, keep-alives in its silences); settle
+        the relay however it ends. Whether the client's stream is between events now."""
         assert self._loop is not None
         loop, response, output = self._loop, relay.response, relay.output
         frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
-        if not pipe.begin_relay(relay):
-            return between_events
         outcome: Optional[BaseException] = ClientGone()
         watch = UpstreamWatch(loop, response, pipe)
         last_sent = loop.time()
@@ -13561,12 +13576,14 @@ class ProxyServer:
                 response.listening_again()
 
         def flush() -> None:
-            nonlocal between_events, last_sent, pending_size
+            nonlocal between_events, last_sent, pending_size, head
             data = b"".join(pending)
             pending.clear()
             pending_size = 0
-            between_events = ends_between_events(data, chunked)
-            writer.write(data)
+            if data:
+                between_events = ends_between_events(data, chunked)
+            writer.write(head + data)
+            head = b""
             ex.response_bytes += len(data)
             last_sent = loop.time()
         try:
@@ -13588,7 +13605,7 @@ class ProxyServer:
                         break
                     await asyncio.sleep(0)
                     continue
-                if pending:
+                if pending or head:
                     flush()
                     await drain()
                 if piece is None:
@@ -13615,7 +13632,7 @@ class ProxyServer:
             # The upstream's failure, or a bug in a conversion: the worker reports it,
             # after what came before it.
             outcome = exc
-            if pending and not pipe.gone:
+            if (pending or head) and not pipe.gone:
                 flush()
         finally:
             try:

@@ -759,6 +759,40 @@ def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream
     assert text.count("data: {") == count and text.endswith("data: [DONE]\n\n"), text[-300:]
 
 
+@pytest.mark.parametrize("path, payload, first_text", [
+    ("/v1/chat/completions", dict(CHAT, stream=True), b'"content": "held'),   # passed through
+    ("/v1beta/models/m:streamGenerateContent?alt=sse",                        # converted
+     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, b'"text": "held')])
+def test_a_streams_head_goes_out_with_its_first_event_in_one_write(
+        proxy_factory, fake, monkeypatch, path, payload, first_text):
+    # The worker puts its head and, at once, the first event or the relay that makes it;
+    # the loop takes them together and writes them together: one send, not two (a
+    # passed-through head went out alone about half the time, a converted one always).
+    writes = []
+    write = asyncio.StreamWriter.write
+
+    def recorded(writer, data):
+        writes.append(bytes(data))
+        return write(writer, data)
+    monkeypatch.setattr(asyncio.StreamWriter, "write", recorded)
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+    go_on = threading.Event()
+    fake.queue(pause_after(stream_reply([
+        chunk({"role": "assistant", "content": "held open"}), chunk({"content": " now"}),
+        chunk(finish="stop"), "[DONE]"]), writes=1, until=go_on))
+    conn, response = post_streaming(proxy, path, payload)
+    try:
+        assert response.status == 200
+        assert b"held open" in read_event(response)
+        go_on.set()
+        assert b" now" in response.read()
+    finally:
+        go_on.set()
+        conn.close()
+    heads = [data for data in writes if data.startswith(b"HTTP/1.1 200")]
+    assert len(heads) == 1 and first_text in heads[0].replace(b'":"', b'": "'), writes[:3]
+
+
 @pytest.mark.parametrize("path, payload, end", [
     ("/v1/chat/completions", dict(CHAT, stream=True), b"[DONE]"),        # passed through
     ("/v1beta/models/m:streamGenerateContent?alt=sse",                    # converted
