@@ -45,9 +45,10 @@ itself) as the control:
                   batches still waiting after 2 x --slow-seconds (at least 30 s). Direct
                   runs first, then the proxy (one round each: these take minutes). The
                   lines above the table split the wait for the first event from the later
-                  gaps, that wait into the request's way to the upstream and the first
-                  event's way back (as the upstream saw them: see the end of this text),
-                  and say how often /health answered 200 meanwhile.
+                  gaps, that wait into parts that add up to it (connecting, the request's
+                  way to the upstream, the upstream's own wait, the event's way back, from
+                  the times the upstream noted: see the end of this text), and say how
+                  often /health answered 200 meanwhile.
   memory          peak VmRSS, summed over the process tree, sampled twice a second while
                   those streams are open: the proxy's; direct: the upstream's.
   start-up        seconds from spawning the proxy to its port accepting and to GET /health
@@ -76,8 +77,9 @@ The upstream's streams: model "bench-<events>-<seconds between events>[-<tag>]";
 comes before each content event, the end (finish, usage, [DONE]) follows the last at once.
 A tagged stream's times (time.monotonic(), one clock for every process on the machine:
 when its request arrived, when its first event went out) are kept until GET /stream-times
-takes them all, as JSON: the slow-stream lines use them to say where the wait for a first
-event went.
+takes them all, as JSON (some 200 bytes a stream in the upstream's memory, which the
+direct rows' memory includes: 2 MB for the 10,000-stream hold): the slow-stream lines use
+them to say where the wait for a first event went. Any other GET is a 404.
 """
 
 import argparse
@@ -146,11 +148,14 @@ async def upstream_connection(reader, writer):
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             arrived = time.monotonic()
-            if head.startswith(b"GET /stream-times "):
-                times = json.dumps(STREAM_TIMES).encode()
-                STREAM_TIMES.clear()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\n\r\n%s" % (len(times), times))
+            if head.startswith(b"GET "):
+                times = b""
+                if head.startswith(b"GET /stream-times "):
+                    times = json.dumps(STREAM_TIMES).encode()
+                    STREAM_TIMES.clear()
+                writer.write(b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (
+                                 b"200 OK" if times else b"404 Not Found", len(times), times))
                 await writer.drain()
                 continue
             headers = {}
@@ -165,7 +170,8 @@ async def upstream_connection(reader, writer):
                              b"content-length: %d\r\n\r\n%s" % (len(REPLY), REPLY))
                 await writer.drain()
                 continue
-            # the model name says how to stream: bench-<chunks>-<seconds between chunks>
+            # the model name says how to stream: bench-<chunks>-<seconds between chunks>,
+            # then a tag, if any (see the top of this file)
             _, chunks, gap, *tag = (request.get("model") or "bench-20-0").split("-")
             chunks, gap = int(chunks), float(gap)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -575,37 +581,23 @@ def http_status(port, path, timeout=1.0):
         return None
 
 
-async def async_http_json(port, path, timeout=5.0):
-    """GET path's JSON (an answer with a Content-Length), or None."""
+async def async_http_get(port, path, timeout=2.0):
+    """GET path: (status, the body a Content-Length gives, else b""), or (None, b"")."""
     writer = None
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, limit=1 << 24), timeout)
         writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
                      % path.encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        return json.loads(await asyncio.wait_for(reader.readexactly(length), timeout))
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)).lower()
+        body = b""
+        if b"content-length:" in head:
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        return int(head.split(b" ", 2)[1]), body
     except (OSError, ValueError, IndexError, asyncio.TimeoutError,
             asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        return None
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-async def async_http_status(port, path, timeout=2.0):
-    writer = None
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), timeout)
-        writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
-                     % path.encode())
-        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
-        return int(line.split(b" ", 2)[1])
-    except (OSError, ValueError, IndexError, asyncio.TimeoutError,
-            asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        return None
+        return None, b""
     finally:
         if writer is not None:
             writer.close()
@@ -876,8 +868,9 @@ async def slow_stream(kind, port, request, events, seconds, timeout, gate, live)
     """One slow stream on a new connection: "ok", "late" (ok, not on time), "timeout", or
     "failed: why"; and (duration, the longest wait for an event, the wait for the first
     event, the longest wait between two later ones, and on time.monotonic()'s clock: when
-    the request was sent, when its first event arrived)."""
-    started = time.perf_counter()
+    the stream began (before connecting), when its request was sent, when its first event
+    arrived)."""
+    started, began = time.perf_counter(), time.monotonic()
     state = {"times": [], "done": False, "writer": None, "streaming": False, "sent": 0.0,
              "first": 0.0}
 
@@ -923,10 +916,10 @@ async def slow_stream(kind, port, request, events, seconds, timeout, gate, live)
     try:
         ended = await asyncio.wait_for(go(), timeout)
     except asyncio.TimeoutError:
-        return "timeout", (timeout, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return "timeout", (timeout,) + (0.0,) * 6
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
             IndexError, RuntimeError) as exc:
-        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0,) * 6
+        return "failed: %s" % (str(exc) or type(exc).__name__)[:80], (0.0,) * 7
     finally:
         if not gate.done():
             gate.set_result(None)
@@ -938,12 +931,12 @@ async def slow_stream(kind, port, request, events, seconds, timeout, gate, live)
     times = state["times"]
     if not state["done"] or len(times) < events:
         return "failed: %d events, %s" % (len(times), "ended" if state["done"] else
-                                          "no end"), (ended - started,) + (0.0,) * 5
+                                          "no end"), (ended - started,) + (0.0,) * 6
     gaps = [b - a for a, b in zip([started] + times, times)]
     duration, worst = ended - started, max(gaps)
     on_time = worst <= GAP_LIMIT and duration <= seconds + END_SLACK
     return ("ok" if on_time else "late"), (duration, worst, gaps[0], max(gaps[1:] or [0.0]),
-                                           state["sent"], state["first"])
+                                           began, state["sent"], state["first"])
 
 
 async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_port=None,
@@ -975,7 +968,7 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
     async def ask_health():
         while True:
             asked = time.perf_counter()
-            status = await async_http_status(health_port, "/health")
+            status, _ = await async_http_get(health_port, "/health")
             health.append((status, time.perf_counter() - asked))
             await asyncio.sleep(1.0)
     samplers = [asyncio.ensure_future(sample())]
@@ -1007,13 +1000,18 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
             sampler.cancel()
         for task in tasks:
             task.cancel()
-    stream_times = await async_http_json(upstream_port or port, "/stream-times") or {}
-    to_upstream, from_upstream = [], []
+    status, body = await async_http_get(upstream_port or port, "/stream-times", 10.0)
+    stream_times = json.loads(body) if status == 200 else {}
+    # The first event's wait, in parts that add up: connecting, the request's way to the
+    # upstream, the upstream's own wait before the event (the stream's gap), its way back.
+    parts = {"connect": [], "to_upstream": [], "upstream": [], "from_upstream": []}
     for n, (outcome, times) in enumerate(results):
         arrived, first_out = stream_times.get(str(n), (0.0, 0.0))
         if outcome in ("ok", "late") and arrived:
-            to_upstream.append(arrived - times[4])
-            from_upstream.append(times[5] - first_out)
+            began, sent, first = times[4:7]
+            for part, seconds in zip(parts, (sent - began, arrived - sent,
+                                             first_out - arrived, first - first_out)):
+                parts[part].append(seconds)
     outcomes = {}
     for outcome, _ in results:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -1035,7 +1033,7 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
         "first_p99": pct([c[2] for c in complete], 0.99) if complete else float("nan"),
         "later_p50": median([c[3] for c in complete]),
         "later_p99": pct([c[3] for c in complete], 0.99) if complete else float("nan"),
-        "to_upstream": to_upstream, "from_upstream": from_upstream,
+        "first_event_parts": parts,
         "wall": wall, "opened": opened, "peak_rss": peak["rss"], "peak_threads": peak["threads"],
         "peak_pss": peak["pss"], "processes": peak["processes"],
         "peak_open": live["peak_open"], "peak_streaming": live["peak_streaming"],
@@ -1050,13 +1048,12 @@ def describe_slow(label, r, whose):
         good = sum(1 for status, took in r["health"] if status == 200)
         health = "\n      /health: 200 in %d of %d asks (each second), slowest answer %.2f s" % (
             good, len(r["health"]), max(took for _, took in r["health"]))
-    where = ""
-    if r["to_upstream"]:
-        where = ("\n      of which: the request reached the upstream after p50 %.3f s, p99 "
-                 "%.3f s; its first event reached the client p50 %.1f ms, p99 %.1f ms after "
-                 "the upstream sent it" % (
-                     median(r["to_upstream"]), pct(r["to_upstream"], 0.99),
-                     median(r["from_upstream"]) * 1e3, pct(r["from_upstream"], 0.99) * 1e3))
+    where, parts = "", r["first_event_parts"]
+    if parts["connect"]:
+        where = ("\n      that wait, p50 (p99): connecting %s, the request's way to the upstream "
+                 "%s, the upstream's own %s, the event's way back %s" % tuple(
+                     "%.3f s (%.3f)" % (median(values), pct(values, 0.99))
+                     for values in parts.values()))
     return ("  %-14s ok %d, on time %d, timed out %d%s%s of %d | stream p50 %.2f s, max "
             "%.2f s, worst gap p99 %.2f s\n      first event after p50 %.2f s, p99 %.2f s; "
             "longest gap after it p50 %.2f s, p99 %.2f s%s\n      opened in %.1f s, at once: "
