@@ -122,12 +122,12 @@ import sys
 # that started, which need not be this one (a shim, a renamed argv[0]); otherwise the
 # file is compiled, or read from __pycache__. The code is read with pread, at no
 # position of the descriptor's own: worker processes share their supervisor's (see
-# HANDED_CODE_FD below), and may read it at the same time. Its imports see what a script's would:
-# the file's own folder first (its real one, through symlinks), never the current
-# directory, which `python -c` puts first (an os.py or secrets.py there would be
-# imported; os is not imported yet under -S). The loader is named, since the file may
-# have any name (no .py: an installed command). Run with -I or -P, a script has no
-# folder of its own on sys.path, and -c no current directory. RELAUNCHED_ENV marks a
+# HANDED_CODE_FD below), and may read it at the same time. Its imports see what a
+# script's would: the file's own folder first (its real one, through symlinks), never
+# the current directory, which `python -c` puts first (an os.py or secrets.py there
+# would be imported; os is not imported yet under -S). The loader is named, since the
+# file may have any name (no .py: an installed command). Run with -I or -P, a script has
+# no folder of its own on sys.path, and -c no current directory. RELAUNCHED_ENV marks a
 # relaunch until the boot has run: an embedding program that ran the file as a script
 # whatever its arguments (and so would again) starts it once.
 RELAUNCHED_ENV = "GEMINI_PROXY_RELAUNCHED"
@@ -157,6 +157,7 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
                "        if not more:\n"
                "            break\n"
                "        compiled += more\n"
+               "        del more\n"
                "compiler, _, compiled = compiled.partition(b'\\0')\n"
                "if compiler == sys.version.encode():\n"
                "    import marshal\n"
@@ -176,8 +177,9 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
 # before this runs. A supervisor hands it on to its workers (section 29): they neither
 # compile the file (a quarter of a second each where __pycache__ cannot be written, as
 # under systemd's ProtectSystem) nor read it, so a worker started again runs what the
-# others run, whatever has become of the file since. Any other run closes it
-# (let_go_of_handed_code): its megabyte is the kernel's for as long as it is open.
+# others run, whatever has become of the file since. A proxy serving alone and the
+# commands (login, usage) close it (let_go_of_handed_code): its megabyte is the kernel's
+# for as long as it is open. (--check and a configuration refused exit at once.)
 HANDED_CODE_FD = globals().get("HANDED_CODE_FD")
 
 
@@ -15844,10 +15846,9 @@ def account_command(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("login", "accounts"):
-        return account_command(argv)
-    if argv and argv[0] == "usage":
-        return usage_command(argv)
+    if argv and argv[0] in ("login", "accounts", "usage"):
+        let_go_of_handed_code()
+        return (usage_command if argv[0] == "usage" else account_command)(argv)
     args = build_arg_parser().parse_args(argv)
     worker = json.loads(os.environ.pop(WORKER_PROCESS_ENV, "null"))
     if worker is not None and worker["config"]:

@@ -358,13 +358,18 @@ def test_module_boot_runs_the_code_handed_on_by_the_same_python_else_the_file(tm
     # How a script run and worker processes start (section 0): the code compiled by
     # whoever started them, read from a descriptor, when the same Python compiled it;
     # else the file itself. Named as the module gemini_proxy, main given the arguments
-    # after the two.
+    # after the two. The boot keeps none of the bytes it read (a megabyte, for this file).
     module_path = tmp_path / "some_proxy.py"
     module_path.write_text("def main(argv):\n    print('from the file', __name__, argv)\n"
                            "    return 3\n")
     code = marshal.dumps(compile(
-        "def main(argv):\n    print('handed on', __name__, __file__, argv)\n    return 4\n",
-        str(module_path), "exec"))
+        "import sys\n"
+        "def main(argv):\n"
+        "    kept = [name for name, value in vars(sys.modules['__main__']).items()\n"
+        "            if isinstance(value, bytes) and len(value) > 64]\n"
+        "    print('handed on', __name__, __file__, argv, 'kept:' + ','.join(kept))\n"
+        "    return 4\n", str(module_path), "exec"))
+    assert len(code) > 64
 
     def boot(compiler, *args):
         handed = tmp_path / "handed.bin"
@@ -376,7 +381,7 @@ def test_module_boot_runs_the_code_handed_on_by_the_same_python_else_the_file(tm
                 pass_fds=[compiled.fileno()], stdout=subprocess.PIPE, timeout=PATIENCE)
         return done.returncode, done.stdout.decode().split()
     assert boot(sys.version.encode(), "a", "b") == (
-        4, ["handed", "on", "gemini_proxy", str(module_path), "['a',", "'b']"])
+        4, ["handed", "on", "gemini_proxy", str(module_path), "['a',", "'b']", "kept:"])
     assert boot(b"another Python", "c") == (3, ["from", "the", "file", "gemini_proxy", "['c']"])
     from_file = subprocess.run(
         [sys.executable, "-c", gp.MODULE_BOOT, "-", str(module_path), "d"],
