@@ -15873,15 +15873,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for line in Proxy(config).describe():
             print(line)
         return 0
-    supervising = worker is None and process_count(config.server["processes"]) > 1
-    if not supervising:
-        let_go_of_handed_code()
-    if supervising:
+    if worker is None and process_count(config.server["processes"]) > 1:
         refused = too_many_processes(config.server["processes"])
         if refused:
             print("gemini-proxy: configuration error: %s" % refused, file=sys.stderr)
             return 2
         return Supervisor(config, argv, args).run()
+    let_go_of_handed_code()   # serving alone: no worker to hand it to
     try:
         unstoppable = asyncio.run(serve(config, args, worker))
         if unstoppable:
