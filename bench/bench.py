@@ -1009,9 +1009,9 @@ async def slow_streams(kind, port, count, seconds, watch_pid, batch=250, health_
         arrived, first_out = stream_times.get(str(n), (0.0, 0.0))
         if outcome in ("ok", "late") and arrived:
             began, sent, first = times[4:7]
-            for part, seconds in zip(parts, (sent - began, arrived - sent,
-                                             first_out - arrived, first - first_out)):
-                parts[part].append(seconds)
+            for part, took in zip(parts, (sent - began, arrived - sent,
+                                          first_out - arrived, first - first_out)):
+                parts[part].append(took)
     outcomes = {}
     for outcome, _ in results:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
