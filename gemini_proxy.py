@@ -10442,6 +10442,9 @@ class ChunkPipe:
         self.head_sent = False          # by the worker, or early by the loop
         self.committed_early = False
         self.finished = False           # the worker is done with the request
+        # Abandoned before the worker finished: what the pipe holds is not the whole
+        # reply, and must not be ended as if it were.
+        self.cut = False
 
     def put(self, item: Any, quietly: bool = False) -> None:
         """Queue an item for the loop, waiting for room. `quietly`: without waking the
@@ -10486,11 +10489,12 @@ class ChunkPipe:
 
     def finish(self) -> None:
         """The end marker; never blocks (the loop may have stopped reading)."""
-        self.finished = True
         self._append(None)
 
     def _append(self, item: Any, wake: bool = True) -> None:
         with self._lock:
+            if item is None:   # with the marker, under the lock: abort() sees both or neither
+                self.finished = True
             withdrawn = isinstance(item, UpstreamRelay) and self.gone
             if not withdrawn:
                 if isinstance(item, UpstreamRelay):
@@ -10579,6 +10583,7 @@ class ChunkPipe:
             if self.gone or (self.finished and why == "shutdown"):
                 return
             self.gone, self.why_gone = True, why
+            self.cut = not self.finished
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
@@ -13458,7 +13463,7 @@ class ProxyServer:
                 [("connection", "keep-alive" if keep_alive else "close")]
             keep_alive = await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive,
                                            chunked, response_head(first.status, headers))
-            if pipe.gone and not pipe.finished:   # the client left, or the proxy stopped
+            if pipe.cut:   # the client left, or the proxy stopped, before the reply's end
                 ex.status, ex.error = abandoned(pipe)
             return keep_alive
         except ConnectionError:   # the client left while we wrote
@@ -13525,10 +13530,13 @@ class ProxyServer:
             if data:
                 between_events = ends_between_events(data, chunked)
             if ended or pipe.gone:
-                if pipe.why_gone == "shutdown" and between_events:
+                shutdown = pipe.why_gone == "shutdown"
+                if shutdown and between_events:
                     data += frame(dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), ex.options))
-                if ended or pipe.why_gone == "shutdown":
+                # A stream cut when its client left gets no proper end: one that
+                # half-closed and still reads must see a cut, not a whole answer.
+                if shutdown or (ended and not pipe.cut):
                     writer.write(head + data + last)
                     ex.response_bytes += len(data)
                     await self._drain(writer)

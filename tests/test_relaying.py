@@ -707,6 +707,61 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
     assert closed == [True]
 
 
+@pytest.mark.parametrize("loop_reads", [True, False], ids=["loop-relays", "thread-relays"])
+def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut(
+        proxy_factory, fake, monkeypatch, caplog, loop_reads):
+    # Its EOF is taken as its leaving, and the stream stops. If it still reads, what it
+    # gets must end as a cut (no last chunk): a proper end after a part would make a
+    # failure look like a whole answer. The order that used to end it properly, the
+    # worker done before the loop looks again, is forced here.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    if not loop_reads:
+        monkeypatch.setattr(gp, "loop_watches_sockets", lambda loop: False)
+    take = gp.ChunkPipe.take
+
+    async def take_once_the_worker_is_done(self, timeout=None):
+        items = await take(self, timeout)
+        if not items and self.gone:
+            deadline = time.monotonic() + PATIENCE
+            while not self.finished and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            items = await take(self, timeout)
+        return items
+    monkeypatch.setattr(gp.ChunkPipe, "take", take_once_the_worker_is_done)
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
+    go_on = threading.Event()
+    fake.queue(flood_after_one_event(go_on))
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                 b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    received = bytearray()
+    try:
+        sock.settimeout(PATIENCE)
+        while b"first" not in received:
+            data = sock.recv(1 << 16)
+            assert data, bytes(received)
+            received += data
+        sock.shutdown(socket.SHUT_WR)       # and reads on
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            received += data
+    finally:
+        go_on.set()
+        sock.close()
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    decoder = gp.ChunkedDecoder(1 << 30)
+    text = b"".join(decoder.feed(bytearray(rest))).decode()
+    assert "first" in text and "[DONE]" not in text
+    assert not decoder.done, "a cut stream ended as if it were whole"
+    (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
+    assert " 499 " in line and "closed the connection" in line, line
+
+
 def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream(
         proxy_factory, fake, monkeypatch):
     # While the client reads nothing the proxy reads nothing from the upstream, whose
