@@ -91,12 +91,13 @@ Contents (each section uses only the ones above it):
     22. client limits (named client keys: rate, daily tokens, concurrency)
     23. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
     24. actions and the application
-    25. server (asyncio: connections, limits, streaming, shutdown)
-    26. Google login (the login and accounts commands)
-    27. dashboard page
-    28. state server (what worker processes share when there is no Redis)
-    29. worker processes (server.processes: a supervisor and its workers)
-    30. command line
+    25. streaming replies (pipe and upstream socket to the client, backpressure, keep-alives)
+    26. server (asyncio: connections, limits, shutdown)
+    27. Google login (the login and accounts commands)
+    28. dashboard page
+    29. state server (what worker processes share when there is no Redis)
+    30. worker processes (server.processes: a supervisor and its workers)
+    31. command line
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ import sys
 # 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
 # compiled for this run goes along in an unnamed file, so the price is one interpreter
 # start. This section comes before the other imports, so that they are not done twice.
-# Worker processes (section 29) start the same way.
+# Worker processes (section 30) start the same way.
 #
 # MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the
 # file's path, then main's (so that a command line ends as it was typed). The code is
@@ -174,7 +175,7 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
 
 # The descriptor of the compiled code MODULE_BOOT ran this module from; None when there
 # is none (imported, run by a tool, or the code was not this Python's). The boot sets it
-# before this runs. A supervisor hands it on to its workers (section 29): they neither
+# before this runs. A supervisor hands it on to its workers (section 30): they neither
 # compile the file (a quarter of a second each where __pycache__ cannot be written, as
 # under systemd's ProtectSystem) nor read it, so a worker started again runs what the
 # others run, whatever has become of the file since. A proxy serving alone and the
@@ -302,14 +303,14 @@ import time
 import zlib
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 try:
     import sqlite3      # the usage ledger (section 23); some Pythons are built without it
 except ImportError:     # pragma: no cover
     sqlite3 = None      # type: ignore[assignment]
 try:
-    import resource     # POSIX: the open-file limit (section 25)
+    import resource     # POSIX: the open-file limit (section 26)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -320,7 +321,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 30) and the README's
+# flag that may set it. Configuration (section 4), --help (section 31) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -339,7 +340,7 @@ class Setting:
 MiB = 1024 * 1024
 # A worker process's event loop says it is alive to its supervisor this often (seconds);
 # the shortest worker_stall_timeout allowed leaves room for a few missed beats. (Here, not
-# with the other WORKER_* constants in section 29: the setting's help names them.)
+# with the other WORKER_* constants in section 30: the setting's help names them.)
 WORKER_HEARTBEAT = 1.0
 WORKER_STALL_MINIMUM = 5.0
 
@@ -1665,7 +1666,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 25) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 26) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"   # a header's name, a method
@@ -7034,7 +7035,7 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # about the account that sent the request, and the pure half of a Google login: the
 # credential files people already have, in the four shapes they come in, and the OAuth
 # URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
-# section 26's.
+# section 27's.
 
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
@@ -9146,7 +9147,7 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
 # With server.processes above 1, or state.redis_url, what the processes must agree on
 # lives in one store: key rests (a key that got a 429 rests in every process) and client
 # limits (the rate's window, the day's tokens and requests). The store is Redis
-# (state.redis_url) or else the supervisor's StateServer (section 28) on a 0600 Unix
+# (state.redis_url) or else the supervisor's StateServer (section 29) on a 0600 Unix
 # socket; processes speak RESP2 to either through RespStore, and the shared_* operations
 # at the end give the same answers from both. The parser is pure, like section 5's: bytes
 # in, values out, the sockets are the caller's. When the store fails, each process
@@ -12748,43 +12749,41 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 25. Server ------------------------------------------------------------------------------
+# ---- 25. Streaming replies ---------------------------------------------------------------
 #
-# The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 24) and writes what comes back through its pipe (and the rest of
-# a stream, which it reads from the upstream itself). Everything the
-# head decides (the endpoint, the client key) is decided before a body is read. The
-# status line is written once an upstream has answered 2xx and its first event has
-# arrived, or (a stream whose upstream is slow to start) after stream_headers_after.
-
-# The largest body of a refused request (401, 404, 405) that is read and dropped to keep
-# its connection open; a larger one closes the connection unread.
-REFUSED_BODY_READ = 64 * 1024
-
-# File descriptors kept free for what is not a client connection: upstream connections
-# (one per request in flight), log files, the event loop's own.
-FD_RESERVE = 64
-
+# The loop's side of a streamed reply: what its worker put in the pipe, and the rest of
+# the stream, which the loop may read from the upstream's socket itself (UpstreamRelay),
+# written to the client as it comes, with keep-alives in its silences and the client's
+# backpressure felt all the way back to the upstream. The server (section 26) hands a
+# stream here once its head is decided.
 
 class SendTimeout(Exception):
     """A client stopped reading for server.send_timeout seconds."""
 
 
-def raise_open_file_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (thousands of
-    streams need thousands of sockets); the limit now, or 0 where there is none to read."""
-    if resource is None:
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):   # macOS refuses more than its own OPEN_MAX
-            pass
-    return 0 if soft == resource.RLIM_INFINITY else soft
+def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
+    expired.append(True)
+    task.cancel()
+
+
+async def drain_within(writer: asyncio.StreamWriter, seconds: float) -> None:
+    """writer.drain(), but a client that reads nothing for `seconds` is given up on
+    (SendTimeout; its worker and upstream call are freed by the caller)."""
+    transport = writer.transport
+    if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+        await writer.drain()     # not paused: returns at once, no timer needed
+        return
+    task = asyncio.current_task()
+    expired: List[bool] = []
+    timer = asyncio.get_running_loop().call_later(seconds, _expire, task, expired)
+    try:
+        await writer.drain()
+    except asyncio.CancelledError:
+        if expired:
+            raise SendTimeout() from None
+        raise
+    finally:
+        timer.cancel()
 
 
 # What a relayed stream gathers for the client before it writes when its upstream keeps
@@ -12888,9 +12887,211 @@ class UpstreamWatch:
             self._timer = None
 
 
-def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
-    expired.append(True)
-    task.cancel()
+class ClientStream:
+    """One streamed reply on its way to its client, from its pipe and from its upstream's
+    socket (a relay begun: ChunkPipe.begin_relay). The response's head goes out with
+    what there is to write first: the first event, which the worker puts with it
+    (ChunkPipe.put_head), or a relay's first write; one send, not two. Alone only when
+    nothing comes with it (stream_headers_after). A stream the shutdown cuts ends with
+    the dialect's error and a proper end; one cut when its client left gets no end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter,
+                 pipe: ChunkPipe, dialect: ClientDialect, ex: Exchange, chunked: bool,
+                 limits: Dict[str, Any], head: bytes):
+        self._loop, self._writer, self._pipe = loop, writer, pipe
+        self._dialect, self._ex, self._chunked = dialect, ex, chunked
+        self._frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
+        self._send_timeout = limits["send_timeout"]
+        self._interval = limits["keepalive_interval"] if dialect.keepalive else None
+        self._head = head            # until it goes out with what comes first
+        self._between_events = True  # where what was written ends (a keep-alive may follow)
+        self._last_sent = loop.time()
+
+    async def run(self, items: List[Any], keep_alive: bool) -> bool:
+        """Write `items` (what came with the head) and all that follows, to the stream's
+        end; whether the connection may serve another request."""
+        pipe = self._pipe
+        while True:
+            ended = None in items
+            relay = items.pop() if items and isinstance(items[-1], UpstreamRelay) else None
+            data = b"".join(self._frame(item) for item in items if item is not None)
+            self._note_end(data)
+            if ended or pipe.gone:
+                shutdown = pipe.why_gone == "shutdown"
+                if shutdown and self._between_events:
+                    data += self._frame(self._dialect.stream_error(ProxyError(
+                        "the proxy is shutting down", status=503), self._ex.options))
+                # A stream cut when its client left gets no proper end: one that
+                # half-closed and still reads must see a cut, not a whole answer.
+                if shutdown or (ended and not pipe.cut):
+                    self._send(data, LAST_CHUNK if self._chunked else b"")
+                    await self._drain()
+                return ended and keep_alive and not pipe.gone
+            if data or (self._head and relay is None):
+                self._send(data)
+                await self._drain()
+            # Nothing comes after a relay until its request resumes. Not begun, the
+            # request was abandoned (a shutdown's end still needs the head: next time round).
+            if relay is not None and pipe.begin_relay(relay):
+                await self._pull(relay)
+            items = await pipe.take(self._interval)
+            if items or pipe.gone:
+                continue
+            if self._between_events and self._interval:
+                self._keepalive()
+                await self._drain()
+
+    async def _pull(self, relay: UpstreamRelay) -> None:
+        """Pull the rest of a streamed reply here on the loop and write it, the head
+        first if it has not gone out, before anything is waited for; waiting for the
+        upstream's socket where the relay's output says IDLE (its timeouts kept,
+        keep-alives in its silences); settle the relay however it ends."""
+        loop, pipe, response, output = self._loop, self._pipe, relay.response, relay.output
+        outcome: Optional[BaseException] = ClientGone()
+        watch = UpstreamWatch(loop, response, pipe)
+        pending: List[bytes] = []
+        pending_size = 0
+
+        async def drain() -> None:
+            if await self._drain_while_wanted(watch.pause):
+                # Not read while the client was slow: the upstream's silence is timed
+                # from now, or a client's pause would end its stream as the upstream's.
+                response.listening_again()
+
+        def flush() -> None:
+            nonlocal pending_size
+            data = b"".join(pending)
+            pending.clear()
+            pending_size = 0
+            self._note_end(data)
+            self._send(data)
+        try:
+            while not pipe.gone:
+                piece = next(output, None)     # None: the end
+                if piece is not None and piece is not IDLE:
+                    if piece:
+                        pending.append(self._frame(piece))
+                        pending_size += len(pending[-1])
+                    if pending_size < RELAY_WRITE_BYTES:
+                        continue
+                    flush()
+                    await drain()
+                    # An upstream that never pauses: the total timeout still holds, and
+                    # the other connections get their turn.
+                    if response.silence_left() <= 0:
+                        relay.after_silence(self._ex.rid)   # raises, unless the reply is whole
+                        outcome = None
+                        break
+                    await asyncio.sleep(0)
+                    continue
+                if pending or self._head:
+                    flush()
+                    await drain()
+                if piece is None:
+                    outcome = None
+                    break
+                wait = response.silence_left()
+                if wait <= 0:
+                    relay.after_silence(self._ex.rid)   # raises, unless the reply is whole
+                    outcome = None
+                    break
+                if self._interval and self._between_events:
+                    since = loop.time() - self._last_sent
+                    if since >= self._interval:
+                        self._keepalive()
+                        await drain()
+                        continue
+                    wait = min(wait, self._interval - since)
+                if not await watch.wait(wait):   # abandoned: the worker hears ClientGone
+                    break
+        except (ConnectionError, SendTimeout):
+            raise       # the client's trouble: the caller abandons the request
+        except Exception as exc:
+            # The upstream's failure, or a bug in a conversion: the worker reports it,
+            # after what came before it.
+            outcome = exc
+            if (pending or self._head) and not pipe.gone:
+                flush()
+        finally:
+            try:
+                watch.close()
+            finally:
+                relay.settle(outcome)
+
+    def _note_end(self, data: bytes) -> None:
+        if data:
+            self._between_events = ends_between_events(data, self._chunked)
+
+    def _send(self, data: bytes, end: bytes = b"") -> None:
+        """Write framed `data` (and the stream's `end`), after the head if it has not
+        gone out."""
+        self._writer.write(self._head + data + end)
+        self._head = b""
+        self._ex.response_bytes += len(data)
+        self._last_sent = self._loop.time()
+
+    def _keepalive(self) -> None:
+        self._writer.write(self._frame(self._dialect.keepalive))
+        self._last_sent = self._loop.time()
+
+    async def _drain(self) -> None:
+        await drain_within(self._writer, self._send_timeout)
+
+    async def _drain_while_wanted(self, before_waiting: Callable[[], None]) -> bool:
+        """_drain, given up when the request is abandoned meanwhile (a client that sent
+        its EOF and reads nothing): the relay is settled and its request ended at once,
+        not after send_timeout. before_waiting() is called when it does wait; True if
+        it did (or the request is abandoned)."""
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return False         # not paused: nothing to wait for
+        before_waiting()
+        abandoned_waiter = self._loop.create_future()
+        if not self._pipe.watch(abandoned_waiter):
+            return True
+        drained = asyncio.ensure_future(self._drain())
+        await asyncio.wait([drained, abandoned_waiter], return_when=asyncio.FIRST_COMPLETED)
+        if drained.done():
+            drained.result()     # SendTimeout, ConnectionError: the caller's to handle
+            return True
+        drained.cancel()
+        await asyncio.gather(drained, return_exceptions=True)
+        return True
+
+
+# ---- 26. Server ------------------------------------------------------------------------------
+#
+# The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
+# worker thread (section 24) and writes what comes back through its pipe; a stream's
+# rest is section 25's. Everything the head decides (the endpoint, the client key) is
+# decided before a body is read. The status line is written once an upstream has
+# answered 2xx and its first event has arrived, or (a stream whose upstream is slow to
+# start) after stream_headers_after.
+
+# The largest body of a refused request (401, 404, 405) that is read and dropped to keep
+# its connection open; a larger one closes the connection unread.
+REFUSED_BODY_READ = 64 * 1024
+
+# File descriptors kept free for what is not a client connection: upstream connections
+# (one per request in flight), log files, the event loop's own.
+FD_RESERVE = 64
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (thousands of
+    streams need thousands of sockets); the limit now, or 0 where there is none to read."""
+    if resource is None:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):   # macOS refuses more than its own OPEN_MAX
+            pass
+    return 0 if soft == resource.RLIM_INFINITY else soft
 
 
 class _ClientConnection:
@@ -12925,7 +13126,7 @@ class ProxyServer:
         self.config = config
         self.proxy = Proxy(config, environ, shared_url)
         self.port = 0
-        # A worker process (section 29) listens on a socket its supervisor made, or on
+        # A worker process (section 30) listens on a socket its supervisor made, or on
         # the same port as its siblings (SO_REUSEPORT).
         self._listen_socket = listen_socket
         self._reuse_port = reuse_port
@@ -13123,26 +13324,6 @@ class ProxyServer:
             timer.cancel()
         buf.extend(data)
         return bool(data)
-
-    async def _drain(self, writer: asyncio.StreamWriter) -> None:
-        """writer.drain(), but a client that reads nothing for send_timeout seconds is
-        given up on (its worker and upstream call are freed by the caller)."""
-        transport = writer.transport
-        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-            await writer.drain()     # not paused: returns at once, no timer needed
-            return
-        assert self._loop is not None
-        task = asyncio.current_task()
-        expired: List[bool] = []
-        timer = self._loop.call_later(self._limits["send_timeout"], _expire, task, expired)
-        try:
-            await writer.drain()
-        except asyncio.CancelledError:
-            if expired:
-                raise SendTimeout() from None
-            raise
-        finally:
-            timer.cancel()
 
     async def _read_head(self, reader: asyncio.StreamReader,
                          buf: bytearray) -> Optional[RequestHead]:
@@ -13461,8 +13642,9 @@ class ProxyServer:
             headers += ex.reply_headers + [("x-accel-buffering", "no")] + (
                 [("transfer-encoding", "chunked")] if chunked else []) + \
                 [("connection", "keep-alive" if keep_alive else "close")]
-            keep_alive = await self._relay(writer, pipe, dialect, ex, items[1:], keep_alive,
-                                           chunked, response_head(first.status, headers))
+            stream = ClientStream(self._loop, writer, pipe, dialect, ex, chunked, self._limits,
+                                  response_head(first.status, headers))
+            keep_alive = await stream.run(items[1:], keep_alive)
             if pipe.cut:   # the client left, or the proxy stopped, before the reply's end
                 ex.status, ex.error = abandoned(pipe)
             return keep_alive
@@ -13511,169 +13693,6 @@ class ProxyServer:
         # A worker ends without a head only when its request was abandoned.
         return items if items and items[0] is not None else []
 
-    async def _relay(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                     dialect: ClientDialect, ex: Exchange, items: List[Any],
-                     keep_alive: bool, chunked: bool, head: bytes) -> bool:
-        """A stream from the pipe to the client, keep-alives in its silences; a stream the
-        shutdown cuts ends with the dialect's error and a proper end. The response's
-        `head` goes out with what there is to write first: the first event, which the
-        worker puts with it (ChunkPipe.put_head), or the relay's first write; one send,
-        not two. Alone only when nothing comes with it (stream_headers_after)."""
-        frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
-        last = LAST_CHUNK if chunked else b""
-        interval = self._limits["keepalive_interval"] if dialect.keepalive else None
-        between_events = True
-        while True:
-            ended = None in items
-            relay = items.pop() if items and isinstance(items[-1], UpstreamRelay) else None
-            data = b"".join(frame(item) for item in items if item is not None)
-            if data:
-                between_events = ends_between_events(data, chunked)
-            if ended or pipe.gone:
-                shutdown = pipe.why_gone == "shutdown"
-                if shutdown and between_events:
-                    data += frame(dialect.stream_error(ProxyError(
-                        "the proxy is shutting down", status=503), ex.options))
-                # A stream cut when its client left gets no proper end: one that
-                # half-closed and still reads must see a cut, not a whole answer.
-                if shutdown or (ended and not pipe.cut):
-                    writer.write(head + data + last)
-                    ex.response_bytes += len(data)
-                    await self._drain(writer)
-                return ended and keep_alive and not pipe.gone
-            if data or (head and relay is None):
-                writer.write(head + data)
-                head = b""
-                ex.response_bytes += len(data)
-                await self._drain(writer)
-            # Nothing comes after a relay until its request resumes. Once begun, it
-            # writes the head before it waits for anything; not begun, the request was
-            # abandoned (a shutdown's end still needs the head: above, next time round).
-            if relay is not None and pipe.begin_relay(relay):
-                between_events = await self._relay_upstream(
-                    writer, pipe, relay, chunked, ex, dialect.keepalive, interval,
-                    between_events, head)
-                head = b""
-            items = await pipe.take(interval)
-            if items or pipe.gone:
-                continue
-            if between_events and interval:
-                writer.write(frame(dialect.keepalive))
-                await self._drain(writer)
-
-    async def _relay_upstream(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                              relay: UpstreamRelay, chunked: bool,
-                              ex: Exchange, keepalive: bytes, interval: Optional[float],
-                              between_events: bool, head: bytes) -> bool:
-        """Pull the rest of a streamed reply, a relay begun (ChunkPipe.begin_relay), here
-        on the loop and write it, after the response's `head` if that has not gone out,
-        and before anything is waited for; waiting for the upstream's socket where the
-        relay's output says IDLE (its timeouts kept, keep-alives in its silences); settle
-        the relay however it ends. Whether the client's stream is between events now."""
-        assert self._loop is not None
-        loop, response, output = self._loop, relay.response, relay.output
-        frame: Callable[[bytes], bytes] = encode_chunk if chunked else bytes
-        outcome: Optional[BaseException] = ClientGone()
-        watch = UpstreamWatch(loop, response, pipe)
-        last_sent = loop.time()
-        pending: List[bytes] = []
-        pending_size = 0
-
-        async def drain() -> None:
-            if await self._drain_while_wanted(writer, pipe, watch.pause):
-                # Not read while the client was slow: the upstream's silence is timed
-                # from now, or a client's pause would end its stream as the upstream's.
-                response.listening_again()
-
-        def flush() -> None:
-            nonlocal between_events, last_sent, pending_size, head
-            data = b"".join(pending)
-            pending.clear()
-            pending_size = 0
-            if data:
-                between_events = ends_between_events(data, chunked)
-            writer.write(head + data)
-            head = b""
-            ex.response_bytes += len(data)
-            last_sent = loop.time()
-        try:
-            while not pipe.gone:
-                piece = next(output, None)     # None: the end
-                if piece is not None and piece is not IDLE:
-                    if piece:
-                        pending.append(frame(piece))
-                        pending_size += len(pending[-1])
-                    if pending_size < RELAY_WRITE_BYTES:
-                        continue
-                    flush()
-                    await drain()
-                    # An upstream that never pauses: the total timeout still holds, and
-                    # the other connections get their turn.
-                    if response.silence_left() <= 0:
-                        relay.after_silence(ex.rid)   # raises, unless the reply is whole
-                        outcome = None
-                        break
-                    await asyncio.sleep(0)
-                    continue
-                if pending or head:
-                    flush()
-                    await drain()
-                if piece is None:
-                    outcome = None
-                    break
-                wait = response.silence_left()
-                if wait <= 0:
-                    relay.after_silence(ex.rid)   # raises, unless the reply is whole
-                    outcome = None
-                    break
-                if interval and between_events:
-                    since = loop.time() - last_sent
-                    if since >= interval:
-                        writer.write(frame(keepalive))
-                        last_sent = loop.time()
-                        await drain()
-                        continue
-                    wait = min(wait, interval - since)
-                if not await watch.wait(wait):   # abandoned: the worker hears ClientGone
-                    break
-        except (ConnectionError, SendTimeout):
-            raise       # the client's trouble: the caller abandons the request
-        except Exception as exc:
-            # The upstream's failure, or a bug in a conversion: the worker reports it,
-            # after what came before it.
-            outcome = exc
-            if (pending or head) and not pipe.gone:
-                flush()
-        finally:
-            try:
-                watch.close()
-            finally:
-                relay.settle(outcome)
-        return between_events
-
-    async def _drain_while_wanted(self, writer: asyncio.StreamWriter, pipe: ChunkPipe,
-                                  before_waiting: Callable[[], None]) -> bool:
-        """_drain, given up when the request is abandoned meanwhile (a client that sent
-        its EOF and reads nothing): the relay is settled and its request ended at once,
-        not after send_timeout. before_waiting() is called when it does wait; True if
-        it did (or the request is abandoned)."""
-        transport = writer.transport
-        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-            return False         # not paused: nothing to wait for
-        before_waiting()
-        assert self._loop is not None
-        abandoned_waiter = self._loop.create_future()
-        if not pipe.watch(abandoned_waiter):
-            return True
-        drained = asyncio.ensure_future(self._drain(writer))
-        await asyncio.wait([drained, abandoned_waiter], return_when=asyncio.FIRST_COMPLETED)
-        if drained.done():
-            drained.result()     # SendTimeout, ConnectionError: the caller's to handle
-            return True
-        drained.cancel()
-        await asyncio.gather(drained, return_exceptions=True)
-        return True
-
     async def _watch_client(self, reader: asyncio.StreamReader, buf: bytearray,
                             pipe: ChunkPipe) -> None:
         """While a response is in flight: EOF from the client means it left. Bytes that
@@ -13697,7 +13716,7 @@ class ProxyServer:
         writer.write(response_head(status, headers) + (b"" if head_only else body))
         if ex is not None and not head_only:
             ex.response_bytes += len(body)
-        await self._drain(writer)
+        await drain_within(writer, self._limits["send_timeout"])
 
     async def _send_local(self, writer: asyncio.StreamWriter, status: int,
                           headers: List[Tuple[str, str]], body: bytes, keep_alive: bool,
@@ -13748,7 +13767,7 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 26. Google login ------------------------------------------------------------------------
+# ---- 27. Google login ------------------------------------------------------------------------
 #
 # `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
 # redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
@@ -14009,7 +14028,7 @@ def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
             row["state"], row["requests_today"], row["tokens_today"], row["file"]))
 
 
-# ---- 27. Dashboard page ----------------------------------------------------------------------
+# ---- 28. Dashboard page ----------------------------------------------------------------------
 #
 # GET /dashboard: one page, nothing fetched from elsewhere (it works on an air-gapped box),
 # that draws GET /stats every few seconds. The browser asks for the admin key (HTTP Basic:
@@ -14417,11 +14436,11 @@ refresh();
 """
 
 
-# ---- 28. State server ------------------------------------------------------------------------
+# ---- 29. State server ------------------------------------------------------------------------
 #
 # What worker processes share when there is no Redis: a server of the few commands the
 # shared_* operations of section 18 use, with Redis's replies (the tests compare the two),
-# which the supervisor (section 29) runs on a Unix socket only its user can open. Besides
+# which the supervisor (section 30) runs on a Unix socket only its user can open. Besides
 # those, PING, PTTL and DEL: what a person looking into it with redis-cli needs (and the
 # tests). One event loop runs it: each command, and each MULTI ... EXEC, runs whole before
 # the next, with no locks.
@@ -14942,7 +14961,7 @@ def bind_private_socket(path: str) -> socket.socket:
     return sock
 
 
-# ---- 29. Worker processes --------------------------------------------------------------------
+# ---- 30. Worker processes --------------------------------------------------------------------
 #
 # server.processes above 1: this process becomes the supervisor of that many worker
 # processes, each this file run again (a whole proxy), all serving one port. On Linux each
@@ -14952,7 +14971,7 @@ def bind_private_socket(path: str) -> socket.socket:
 # lines (so one process writes, and rotates, the log file). A worker that finds its
 # supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
 # supervisor also serves the state the workers share (section 18): a StateServer
-# (section 28) on a Unix socket only its user can open, seeded from the usage ledger.
+# (section 29) on a Unix socket only its user can open, seeded from the usage ledger.
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
@@ -15527,7 +15546,7 @@ class Supervisor:
         self.workers.clear()
 
 
-# ---- 30. Command line ----------------------------------------------------------------------
+# ---- 31. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -15622,7 +15641,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
     still connecting, which no socket shutdown reaches) is returned. `worker`: what the
-    supervisor of a worker process said (section 29)."""
+    supervisor of a worker process said (section 30)."""
     listen_socket = None
     if worker is not None:
         config.server["port"] = worker["port"]

@@ -670,7 +670,7 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
                            "server": {"send_timeout": 2 * PATIENCE}})
     waits_for_the_client = threading.Event()
-    drain = gp.ProxyServer._drain
+    drain = gp.drain_within
     watches, watching_while_draining, closed = [], [], []
 
     class Watch(gp.UpstreamWatch):
@@ -682,13 +682,13 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
             super().close()
             closed.append(not self._watching)
 
-    async def watched_drain(self, writer):
+    async def watched_drain(writer, seconds):
         transport = writer.transport
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
             watching_while_draining.extend(watch._watching for watch in watches)
             waits_for_the_client.set()
-        await drain(self, writer)
-    monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
+        await drain(writer, seconds)
+    monkeypatch.setattr(gp, "drain_within", watched_drain)
     monkeypatch.setattr(gp, "UpstreamWatch", Watch)
     flooding = threading.Event()
     fake.queue(flood_after_one_event(flooding))   # the relay waits for the socket first
@@ -771,14 +771,14 @@ def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1",
                                                   "read_timeout": read_timeout}}})
     waits_for_the_client = threading.Event()
-    drain = gp.ProxyServer._drain
+    drain = gp.drain_within
 
-    async def watched_drain(self, writer):
+    async def watched_drain(writer, seconds):
         transport = writer.transport
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
             waits_for_the_client.set()
-        await drain(self, writer)
-    monkeypatch.setattr(gp.ProxyServer, "_drain", watched_drain)
+        await drain(writer, seconds)
+    monkeypatch.setattr(gp, "drain_within", watched_drain)
     event = sse(chunk({"content": "word " * 200}))
     count = 8000     # 8 MB: more than the sockets between can hold
 
