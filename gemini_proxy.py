@@ -120,10 +120,10 @@ import sys
 # MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the
 # file's path, then main's (so that a command line ends as it was typed). The code is
 # used only when the same Python compiled it: `sys.executable` names the interpreter
-# that started, which need not be this one (a shim, a renamed argv[0]); otherwise the
-# file is compiled, or read from __pycache__. The code is read with pread, at no
-# position of the descriptor's own: worker processes share their supervisor's (see
-# HANDED_CODE_FD below), and may read it at the same time. Its imports see what a
+# that started, which need not be this one (a shim, a renamed argv[0]); otherwise, or
+# when it cannot be read (cut short), the file is compiled, or read from __pycache__.
+# The code is read with pread, at no position of the descriptor's own: worker processes
+# share their supervisor's (see HANDED_CODE_FD below), and may read it at the same time. Its imports see what a
 # script's would: the file's own folder first (its real one, through symlinks), never
 # the current directory, which `python -c` puts first (an os.py or secrets.py there
 # would be imported; os is not imported yet under -S). The loader is named, since the
@@ -160,16 +160,22 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
                "        compiled += more\n"
                "        del more\n"
                "compiler, _, compiled = compiled.partition(b'\\0')\n"
+               "code = None\n"
                "if compiler == sys.version.encode():\n"
                "    import marshal\n"
-               "    compiled = marshal.loads(compiled)\n"
+               "    try:\n"
+               "        code = marshal.loads(compiled)\n"
+               "    except (EOFError, ValueError, TypeError):   # cut short: compile the file\n"
+               "        pass\n"
+               "del compiled\n"
+               "if code is not None:\n"
                "    module.HANDED_CODE_FD = code_fd\n"
-               "    exec(compiled, module.__dict__)\n"
+               "    exec(code, module.__dict__)\n"
                "else:\n"
                "    if code_fd != '-':\n"
                "        os.close(code_fd)\n"
                "    loader.exec_module(module)\n"
-               "del compiled\n"
+               "del code\n"
                "sys.exit(module.main(argv))\n")
 
 
@@ -376,7 +382,7 @@ ONBOARD_TIMEOUT = 120
 LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (sections 22, 25) --
+    # -- server: listening, client keys, limits (sections 22, 25-26) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -7353,7 +7359,7 @@ def _project_id(project: Any) -> str:
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 20-25) know nothing dialect-specific beyond these tables: a
+# and the server (sections 20-26) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -12892,8 +12898,9 @@ class ClientStream:
     socket (a relay begun: ChunkPipe.begin_relay). The response's head goes out with
     what there is to write first: the first event, which the worker puts with it
     (ChunkPipe.put_head), or a relay's first write; one send, not two. Alone only when
-    nothing comes with it (stream_headers_after). A stream the shutdown cuts ends with
-    the dialect's error and a proper end; one cut when its client left gets no end."""
+    nothing comes with it (stream_headers_after). A stream the shutdown cuts between
+    events ends with the dialect's error and a proper end; one cut in an event, or when
+    its client left, gets no end."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter,
                  pipe: ChunkPipe, dialect: ClientDialect, ex: Exchange, chunked: bool,
@@ -12918,12 +12925,15 @@ class ClientStream:
             self._note_end(data)
             if ended or pipe.gone:
                 shutdown = pipe.why_gone == "shutdown"
-                if shutdown and self._between_events:
+                # A stream given up gets a proper end only after the error event that
+                # says so, which cannot follow half an event; one cut when its client
+                # left gets none: a client that half-closed and still reads must see a
+                # cut, not a whole answer (an SSE reader drops an unfinished event).
+                given_up_well = shutdown and self._between_events
+                if given_up_well:
                     data += self._frame(self._dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), self._ex.options))
-                # A stream cut when its client left gets no proper end: one that
-                # half-closed and still reads must see a cut, not a whole answer.
-                if shutdown or (ended and not pipe.cut):
+                if given_up_well or (ended and not pipe.cut):
                     self._send(data, LAST_CHUNK if self._chunked else b"")
                     await self._drain()
                 return ended and keep_alive and not pipe.gone

@@ -371,9 +371,9 @@ def test_module_boot_runs_the_code_handed_on_by_the_same_python_else_the_file(tm
         "    return 4\n", str(module_path), "exec"))
     assert len(code) > 64
 
-    def boot(compiler, *args):
+    def boot(compiler, *args, handed_code=code):
         handed = tmp_path / "handed.bin"
-        handed.write_bytes(compiler + b"\0" + code)
+        handed.write_bytes(compiler + b"\0" + handed_code)
         with open(str(handed), "rb") as compiled:
             done = subprocess.run(
                 [sys.executable, "-c", gp.MODULE_BOOT, str(compiled.fileno()),
@@ -383,6 +383,9 @@ def test_module_boot_runs_the_code_handed_on_by_the_same_python_else_the_file(tm
     assert boot(sys.version.encode(), "a", "b") == (
         4, ["handed", "on", "gemini_proxy", str(module_path), "['a',", "'b']", "kept:"])
     assert boot(b"another Python", "c") == (3, ["from", "the", "file", "gemini_proxy", "['c']"])
+    # Cut short (a file truncated under it): the file is compiled instead.
+    assert boot(sys.version.encode(), "e", handed_code=code[:len(code) // 2]) == (
+        3, ["from", "the", "file", "gemini_proxy", "['e']"])
     from_file = subprocess.run(
         [sys.executable, "-c", gp.MODULE_BOOT, "-", str(module_path), "d"],
         cwd=str(tmp_path), stdout=subprocess.PIPE, timeout=PATIENCE)

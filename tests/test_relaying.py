@@ -718,6 +718,7 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
     if not loop_reads:
         monkeypatch.setattr(gp, "loop_watches_sockets", lambda loop: False)
     take = gp.ChunkPipe.take
+    forced = []
 
     async def take_once_the_worker_is_done(self, timeout=None):
         items = await take(self, timeout)
@@ -726,6 +727,7 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
             while not self.finished and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             items = await take(self, timeout)
+            forced.append(None in items)
         return items
     monkeypatch.setattr(gp.ChunkPipe, "take", take_once_the_worker_is_done)
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
@@ -757,9 +759,57 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
     decoder = gp.ChunkedDecoder(1 << 30)
     text = b"".join(decoder.feed(bytearray(rest))).decode()
     assert "first" in text and "[DONE]" not in text
+    assert forced == [True]     # the loop did find the worker done
     assert not decoder.done, "a cut stream ended as if it were whole"
     (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
     assert " 499 " in line and "closed the connection" in line, line
+
+
+class RecordingWriter:
+    """A StreamWriter's part that a ClientStream uses: what it wrote, never paused."""
+
+    def __init__(self):
+        self.written = []
+        self.transport = self
+
+    def write(self, data):
+        self.written.append(data)
+
+    async def drain(self):
+        pass
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def get_write_buffer_limits(self):
+        return 0, 65536
+
+
+@pytest.mark.parametrize("why, data, ends", [
+    ("shutdown", b"data: {}\n\n", True),        # between events: the error, then the end
+    ("shutdown", b'data: {"a":', False),         # in an event: no error can follow it
+    ("client", b"data: {}\n\n", False)],        # its client left: no end at all
+    ids=["shutdown-between-events", "shutdown-in-an-event", "client-left"])
+def test_a_stream_given_up_ends_properly_only_after_the_error_that_says_so(why, data, ends):
+    # Ended properly, a cut stream would look whole: an SSE reader drops an unfinished
+    # event without a word.
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe = gp.ChunkPipe(loop, 8)
+        pipe.put(data)
+        pipe.abort(why)
+        pipe.finish()          # the worker, stopped by the abort
+        writer = RecordingWriter()
+        ex = gp.Exchange("r", "openai", "stream")
+        stream = gp.ClientStream(loop, writer, pipe, gp.CLIENT_DIALECTS["openai"], ex, True,
+                                 {"send_timeout": 5.0, "keepalive_interval": 5.0}, b"HEAD\r\n")
+        keep_alive = await stream.run(await pipe.take(0), True)
+        return b"".join(writer.written), keep_alive
+    written, keep_alive = asyncio.run(scenario())
+    assert not keep_alive
+    assert written.endswith(gp.LAST_CHUNK) == ends
+    assert (b"shutting down" in written) == ends
+    assert written.startswith(b"HEAD\r\n") == ends
 
 
 def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream(
