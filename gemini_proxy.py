@@ -117,20 +117,20 @@ import sys
 # start. This section comes before the other imports, so that they are not done twice.
 # Worker processes (section 30) start the same way.
 #
-# MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the
-# file's path, then main's (so that a command line ends as it was typed). The code is
-# used only when the same Python compiled it: `sys.executable` names the interpreter
-# that started, which need not be this one (a shim, a renamed argv[0]); otherwise, or
-# when it cannot be read (cut short), the file is compiled, or read from __pycache__.
-# The code is read with pread, at no position of the descriptor's own: worker processes
-# share their supervisor's (see HANDED_CODE_FD below), and may read it at the same time. Its imports see what a
-# script's would: the file's own folder first (its real one, through symlinks), never
-# the current directory, which `python -c` puts first (an os.py or secrets.py there
-# would be imported; os is not imported yet under -S). The loader is named, since the
-# file may have any name (no .py: an installed command). Run with -I or -P, a script has
-# no folder of its own on sys.path, and -c no current directory. RELAUNCHED_ENV marks a
-# relaunch until the boot has run: an embedding program that ran the file as a script
-# whatever its arguments (and so would again) starts it once.
+# MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the file's
+# path, then main's (so that a command line ends as it was typed). The code is used only
+# when the same Python compiled it: `sys.executable` names the interpreter that started,
+# which need not be this one (a shim, a renamed argv[0]); otherwise, or when it cannot be
+# read (cut short), the file is compiled, or read from __pycache__. The code is read with
+# pread, at no position of the descriptor's own: worker processes share their supervisor's
+# (see HANDED_CODE_FD below), and may read it at the same time. Its imports see what a
+# script's would: the file's own folder first (its real one, through symlinks), never the
+# current directory, which `python -c` puts first (an os.py or secrets.py there would be
+# imported; os is not imported yet under -S). The loader is named, since the file may have
+# any name (no .py: an installed command). Run with -I or -P, a script has no folder of
+# its own on sys.path, and -c no current directory. RELAUNCHED_ENV marks a relaunch until
+# the boot has run: an embedding program that ran the file as a script whatever its
+# arguments (and so would again) starts it once.
 RELAUNCHED_ENV = "GEMINI_PROXY_RELAUNCHED"
 MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section 0)\n"
                "import sys\n"
