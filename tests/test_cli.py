@@ -718,6 +718,18 @@ def test_log_lines_escape_control_characters_whatever_logs_them():
         "WARNING upstream said a\\x0aFAKE ERROR b\\x0d\\x1b[0m\\u2028c"
 
 
+def test_log_lines_are_timed_as_logging_times_them():
+    # The time to the second is written once a second; across seconds, at a second's
+    # edge and its last millisecond, it reads as logging's own.
+    ours = gp.LogFormatter("%(asctime)s %(message)s")
+    theirs = logging.Formatter("%(asctime)s %(message)s")
+    for created in (1700000000.0, 1700000000.9996, 1700000001.0005, 1700000001.5,
+                    1700003600.25, 1719792000.999, time.time()):
+        record = logging.LogRecord("gemini_proxy", logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
+
+
 @pytest.mark.skipif(not hasattr(gp, "resource") or gp.resource is None,
                     reason="no open-file limit to set on this platform")
 def test_running_out_of_descriptors_is_logged_once_and_the_proxy_recovers(start):

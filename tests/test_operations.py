@@ -1314,9 +1314,11 @@ def test_json_log_lines():
 def root_logger_restored():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    switches = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    switches = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing,
+                logging._srcfile)   # the HOWTO's switches, which setup_logging turns off
     yield
-    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = switches
+    (logging.logThreads, logging.logProcesses, logging.logMultiprocessing,
+     logging._srcfile) = switches
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)
