@@ -12495,7 +12495,10 @@ class Proxy:
                                                ", ".join(accounts)) if accounts else
                 " with key " + fingerprint(keys[0]) if len(keys) == 1 else
                 " with %d keys" % len(keys) if keys else ""))
-        for route in self.config.routes:
+        routes = self.config.routes
+        if any(route.pattern == "*" for route in routes[:-1]):
+            routes = routes[:-1]   # the catch-all: a "*" of the file's takes all first
+        for route in routes:
             lines.append("route %s -> %s/%s%s" % (
                 route.pattern, route.upstream, route.upstream_model or "(same name)",
                 "".join(", then %s/%s" % (up, model or "(same name)")

@@ -163,6 +163,19 @@ def test_version(tmp_path):
     assert re.match(r"\d+\.\d+\.\d+", gp.__version__)
 
 
+def test_a_route_for_every_model_hides_the_catch_all_from_the_route_lines(tmp_path):
+    # The catch-all to the default upstream, tried after it, would take nothing.
+    path = write_config(tmp_path, {
+        "upstreams": {"kimi": {"base_url": "https://api.moonshot.cn/v1",
+                               "api_key": UPSTREAM_KEY}},
+        "routes": [{"model": "*", "upstream": "kimi", "upstream_model": "kimi-k2"},
+                   {"model": "gemini-2.5-pro", "upstream": "kimi"}]})
+    result = run(["-c", path, "--check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    routes = [line for line in result.stdout.splitlines() if line.startswith("route ")]
+    assert routes == ["route * -> kimi/kimi-k2", "route gemini-2.5-pro -> kimi/(same name)"]
+
+
 def test_check_prints_upstreams_and_routes(tmp_path):
     path = write_config(tmp_path, {
         "upstreams": {"kimi": {"base_url": "https://api.moonshot.cn/v1",
