@@ -707,6 +707,33 @@ def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_onc
     assert closed == [True]
 
 
+def ask_for_a_stream(port, headers=b""):
+    """A raw socket that has asked the proxy at `port` for an OpenAI stream."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n%scontent-type: "
+                 b"application/json\r\ncontent-length: %d\r\n\r\n%s"
+                 % (headers, len(body), body))
+    return sock
+
+
+def read_to_the_end(sock, received):
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        received += data
+
+
+def chunked_reply(received):
+    """(the body's text, whether it ended properly) of a 200 with a chunked body."""
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    decoder = gp.ChunkedDecoder(1 << 30)
+    text = b"".join(decoder.feed(bytearray(rest))).decode()
+    return text, decoder.done
+
+
 @pytest.mark.parametrize("loop_reads", [True, False], ids=["loop-relays", "thread-relays"])
 def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut(
         proxy_factory, fake, monkeypatch, caplog, loop_reads):
@@ -733,11 +760,7 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
     go_on = threading.Event()
     fake.queue(flood_after_one_event(go_on))
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                 b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                 % (len(body), body))
+    sock = ask_for_a_stream(proxy.port)
     received = bytearray()
     try:
         sock.settimeout(PATIENCE)
@@ -746,21 +769,14 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
             assert data, bytes(received)
             received += data
         sock.shutdown(socket.SHUT_WR)       # and reads on
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                break
-            received += data
+        read_to_the_end(sock, received)
     finally:
         go_on.set()
         sock.close()
-    head, _, rest = bytes(received).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
-    decoder = gp.ChunkedDecoder(1 << 30)
-    text = b"".join(decoder.feed(bytearray(rest))).decode()
+    text, whole = chunked_reply(received)
     assert "first" in text and "[DONE]" not in text
     assert forced == [True]     # the loop did find the worker done
-    assert not decoder.done, "a cut stream ended as if it were whole"
+    assert not whole, "a cut stream ended as if it were whole"
     (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
     assert " 499 " in line and "closed the connection" in line, line
 
@@ -838,29 +854,18 @@ def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream
             handler.write_chunk((event * 100).encode())
         handler.end_stream(b"data: [DONE]\n\n")
     fake.queue(plenty)
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-                 b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                 % (len(body), body))
+    sock = ask_for_a_stream(proxy.port, b"connection: close\r\n")
     received = bytearray()
     try:
         received += sock.recv(16)
         assert waits_for_the_client.wait(PATIENCE)
         time.sleep(2 * read_timeout)   # the pause: longer than the read timeout
         sock.settimeout(PATIENCE)
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                break
-            received += data
+        read_to_the_end(sock, received)
     finally:
         sock.close()
-    head, _, rest = bytes(received).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
-    decoder = gp.ChunkedDecoder(1 << 30)
-    text = b"".join(decoder.feed(bytearray(rest))).decode()
-    assert decoder.done
+    text, whole = chunked_reply(received)
+    assert whole
     assert text.count("data: {") == count and text.endswith("data: [DONE]\n\n"), text[-300:]
 
 
