@@ -10463,13 +10463,16 @@ class ChunkPipe:
         self.head_sent = False          # by the worker, or early by the loop
         self.committed_early = False
         self.finished = False           # the worker is done with the request
-        # Abandoned before the worker finished: what the pipe holds is not the whole
-        # reply, and must not be ended as if it were.
+        # The reply is all in the pipe or written, only its end to come (the worker's
+        # end, or a relay's final event: mark_whole). Abandoned before that, it is cut:
+        # what the pipe holds must not be ended as if it were whole.
+        self.whole = False
         self.cut = False
 
-    def put(self, item: Any, quietly: bool = False) -> None:
+    def put(self, item: Any, quietly: bool = False, whole: bool = False) -> None:
         """Queue an item for the loop, waiting for room. `quietly`: without waking the
-        loop, if there is room for the next item, whose put wakes it (see put_head)."""
+        loop, if there is room for the next item, whose put wakes it (see put_head).
+        `whole`: the item holds the stream's final event (see mark_whole)."""
         while True:
             with self._lock:
                 if self.gone:
@@ -10483,7 +10486,7 @@ class ChunkPipe:
                 freed = self._room_freed
                 freed.clear()
             freed.wait(0.5)
-        self._append(item, wake=not quietly)
+        self._append(item, wake=not quietly, whole=whole)
 
     def put_head(self, head: ResponseHead, more_at_once: bool = False) -> bool:
         """Send the worker's response head; False when one went out early instead.
@@ -10512,10 +10515,20 @@ class ChunkPipe:
         """The end marker; never blocks (the loop may have stopped reading)."""
         self._append(None)
 
-    def _append(self, item: Any, wake: bool = True) -> None:
+    def mark_whole(self) -> None:
+        """For the loop: a relay has written its stream's final event, or all it will
+        write; nothing but the end is to come. A client that leaves now loses nothing.
+        (The worker says so with the item that holds it: put(whole=True).)"""
         with self._lock:
-            if item is None:   # with the marker, under the lock: abort() sees both or neither
-                self.finished = True
+            self.whole = True
+
+    def _append(self, item: Any, wake: bool = True, whole: bool = False) -> None:
+        with self._lock:
+            # With the item, under the lock: abort() sees both or neither.
+            if item is None:
+                self.finished = self.whole = True
+            elif whole:
+                self.whole = True
             withdrawn = isinstance(item, UpstreamRelay) and self.gone
             if not withdrawn:
                 if isinstance(item, UpstreamRelay):
@@ -10599,12 +10612,12 @@ class ChunkPipe:
 
     def abort(self, why: str = "client") -> None:
         """Abandon the request: stop its upstream call, wake whoever waits on the pipe. A
-        request whose worker has finished has nothing left to stop."""
+        shutdown leaves a whole reply to its end: nothing is left to stop."""
         with self._lock:
-            if self.gone or (self.finished and why == "shutdown"):
+            if self.gone or (self.whole and why == "shutdown"):
                 return
             self.gone, self.why_gone = True, why
-            self.cut = not self.finished
+            self.cut = not self.whole
             for hook in self._abort_hooks:   # under the lock: see forget_hooks
                 hook()
             self._abort_hooks.clear()
@@ -10765,12 +10778,13 @@ class Responder:
         self.pipe.put_head(ResponseHead(200, stream_headers(content_type)), more_at_once=True)
         self._sink = self.detail.stream("4. client response: 200") if self.detail else None
 
-    def chunk(self, data: bytes) -> None:
+    def chunk(self, data: bytes, final: bool = False) -> None:
+        """Part of a stream; `final`: it holds the stream's final event."""
         if not data:
             return
         if self._sink:
             self._sink(data)
-        self.pipe.put(data)
+        self.pipe.put(data, whole=final)
 
     def relay(self, response: "UpstreamResponse", output: Iterator[Any],
               after: Optional[Callable[[], None]] = None,
@@ -10783,7 +10797,7 @@ class Responder:
         (Proxy._conclude)."""
         if not self.pipe.loop_reads:   # an event loop that cannot watch sockets
             for piece in output:
-                self.chunk(piece)
+                self.chunk(piece, final=not self.pipe.whole and past_final_event())
             if after is not None:
                 after()
             return
@@ -12203,7 +12217,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 log.warning("%s: upstream %r broke its stream after its final event: %s",
                             ex.rid, runtime.name, exc)
         out.start(content_type)
-        out.chunk(first)
+        out.chunk(first, final=passing.whole)
         out.relay(response, relayed(), after, past_final_event=lambda: passing.whole)
     return deliver
 
@@ -12945,14 +12959,16 @@ class ClientStream:
                 # A stream given up gets a proper end only after the error event that
                 # says so, which cannot follow half an event; one cut when its client
                 # left gets none: a client that half-closed and still reads must see a
-                # cut, not a whole answer (an SSE reader drops an unfinished event).
+                # cut, not a whole answer (an SSE reader drops an unfinished event). A
+                # whole one is ended, its worker's end or not.
                 given_up_well = shutdown and self._between_events
                 if given_up_well:
                     data += self._frame(self._dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), self._ex.options))
-                if given_up_well or (ended and not pipe.cut):
+                if given_up_well or not pipe.cut:
                     self._send(data, LAST_CHUNK if self._chunked else b"")
-                    await self._drain()
+                    if pipe.why_gone != "client":   # one that left may have reset it
+                        await self._drain()
                 return ended and keep_alive and not pipe.gone
             if data or (self._head and relay is None):
                 self._send(data)
@@ -12992,6 +13008,8 @@ class ClientStream:
             pending_size = 0
             self._note_end(data)
             self._send(data)
+            if not pipe.whole and relay.past_final_event():
+                pipe.mark_whole()   # before the client can have read it, and left
         try:
             while not pipe.gone:
                 piece = next(output, None)     # None: the end
@@ -13043,6 +13061,10 @@ class ClientStream:
             try:
                 watch.close()
             finally:
+                if outcome is None and relay.after is None:
+                    pipe.mark_whole()   # nothing comes after the relay's output
+                elif isinstance(outcome, ClientGone) and pipe.whole:
+                    outcome = None      # the client left after the final event: a whole reply
                 relay.settle(outcome)
 
     def _note_end(self, data: bytes) -> None:
