@@ -8427,6 +8427,9 @@ class UpstreamResponse:
             return
         self._closed = True
         self._stopper.disarm()
+        # A call stopped while its reply was whole (the client left after the final
+        # event) may still read the rest of a shut socket's bytes: not a connection to keep.
+        reuse = reuse and not self._stopper.fired
         body, conn = self._body, self._conn
         if reuse and self._keep_alive and not body.done:
             # A reply read up to its logical end ([DONE]) usually has only the last
@@ -8454,10 +8457,12 @@ class CallStopper:
     def __init__(self, sock: socket.socket):
         self._sock: Optional[socket.socket] = sock
         self._lock = threading.Lock()
+        self.fired = False      # the socket was shut: never to be pooled again
 
     def stop(self) -> None:
         with self._lock:
             if self._sock is not None:
+                self.fired = True
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -10467,6 +10472,7 @@ class ChunkPipe:
         # end, or a relay's final event: mark_whole). Abandoned before that, it is cut:
         # what the pipe holds must not be ended as if it were whole.
         self.whole = False
+        self.whole_taken = False        # the loop has taken all of the reply
         self.cut = False
 
     def put(self, item: Any, quietly: bool = False, whole: bool = False) -> None:
@@ -10584,6 +10590,21 @@ class ChunkPipe:
             left = self._left
         return not left.wait(seconds)
 
+    async def finished_within(self, seconds: float) -> None:
+        """For the loop: until the worker has finished, or `seconds` have passed."""
+        deadline = self._loop.time() + seconds
+        while True:
+            with self._lock:
+                if self.finished:
+                    return
+                waiter = self._waiter = self._loop.create_future()
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return
+            timer = self._loop.call_later(left, _wake, waiter)
+            await waiter
+            timer.cancel()
+
     async def take(self, timeout: Optional[float] = None) -> List[Any]:
         """Everything waiting, once something is; [] when `timeout` passes first or the
         request is abandoned."""
@@ -10592,6 +10613,7 @@ class ChunkPipe:
                 if self._items:
                     items, self._items = self._items, []
                     self._room += len(items)
+                    self.whole_taken = self.whole
                     freed = self._room_freed
                     break
                 if self.gone:
@@ -10612,9 +10634,9 @@ class ChunkPipe:
 
     def abort(self, why: str = "client") -> None:
         """Abandon the request: stop its upstream call, wake whoever waits on the pipe. A
-        shutdown leaves a whole reply to its end: nothing is left to stop."""
+        request whose worker has finished has nothing left to stop."""
         with self._lock:
-            if self.gone or (self.whole and why == "shutdown"):
+            if self.gone or (self.finished and why == "shutdown"):
                 return
             self.gone, self.why_gone = True, why
             self.cut = not self.whole
@@ -12214,8 +12236,10 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                     raise
                 # The reply was whole: an error event after its final one would make a
                 # finished answer a failed one for a client that reads to the body's end.
-                log.warning("%s: upstream %r broke its stream after its final event: %s",
-                            ex.rid, runtime.name, exc)
+                # (Its client gone, the proxy stopped the call itself: nothing to say.)
+                if not rq.pipe.gone:
+                    log.warning("%s: upstream %r broke its stream after its final event: "
+                                "%s", ex.rid, runtime.name, exc)
         out.start(content_type)
         out.chunk(first, final=passing.whole)
         out.relay(response, relayed(), after, past_final_event=lambda: passing.whole)
@@ -12823,6 +12847,10 @@ async def drain_within(writer: asyncio.StreamWriter, seconds: float) -> None:
         timer.cancel()
 
 
+# How long a whole stream given up (its client left after its final event) waits for
+# its worker's end, which its upstream call stopped makes near.
+WORKER_END_WAIT = 5.0
+
 # What a relayed stream gathers for the client before it writes when its upstream keeps
 # sending (it writes at once when it must wait), and turns to other connections.
 RELAY_WRITE_BYTES = 64 * 1024
@@ -12931,7 +12959,8 @@ class ClientStream:
     (ChunkPipe.put_head), or a relay's first write; one send, not two. Alone only when
     nothing comes with it (stream_headers_after). A stream the shutdown cuts between
     events ends with the dialect's error and a proper end; one cut in an event, or when
-    its client left, gets no end."""
+    its client left, gets no end; a whole one (its final event out) gets its end
+    whatever ended the request."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter,
                  pipe: ChunkPipe, dialect: ClientDialect, ex: Exchange, chunked: bool,
@@ -12944,6 +12973,9 @@ class ClientStream:
         self._head = head            # until it goes out with what comes first
         self._between_events = True  # where what was written ends (a keep-alive may follow)
         self._last_sent = loop.time()
+        # All of the reply has been written (its end aside): a client that leaves, or
+        # resets the connection, after this had a whole answer.
+        self.delivered = False
 
     async def run(self, items: List[Any], keep_alive: bool) -> bool:
         """Write `items` (what came with the head) and all that follows, to the stream's
@@ -12956,22 +12988,33 @@ class ClientStream:
             self._note_end(data)
             if ended or pipe.gone:
                 shutdown = pipe.why_gone == "shutdown"
-                # A stream given up gets a proper end only after the error event that
-                # says so, which cannot follow half an event; one cut when its client
-                # left gets none: a client that half-closed and still reads must see a
-                # cut, not a whole answer (an SSE reader drops an unfinished event). A
-                # whole one is ended, its worker's end or not.
-                given_up_well = shutdown and self._between_events
+                # A stream cut gets a proper end only after the error event that says
+                # so, which cannot follow half an event; one cut when its client left
+                # gets none: a client that half-closed and still reads must see a cut,
+                # not a whole answer (an SSE reader drops an unfinished event). A whole
+                # one (ChunkPipe.whole) is ended, whatever ended the request.
+                given_up_well = shutdown and pipe.cut and self._between_events
                 if given_up_well:
                     data += self._frame(self._dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), self._ex.options))
                 if given_up_well or not pipe.cut:
                     self._send(data, LAST_CHUNK if self._chunked else b"")
                     if pipe.why_gone != "client":   # one that left may have reset it
-                        await self._drain()
+                        try:
+                            await self._drain()
+                        except ConnectionError:
+                            if data:
+                                raise
+                            return False   # only the end was lost: the rest had gone out
+                if pipe.gone and not pipe.cut:
+                    # Whole, given up: its upstream call was stopped, so its worker's end
+                    # is near. The access line and the ledger then have all it adds (an
+                    # estimate of the usage).
+                    await pipe.finished_within(WORKER_END_WAIT)
                 return ended and keep_alive and not pipe.gone
             if data or (self._head and relay is None):
                 self._send(data)
+                self.delivered = pipe.whole_taken
                 await self._drain()
             # Nothing comes after a relay until its request resumes. Not begun, the
             # request was abandoned (a shutdown's end still needs the head: next time round).
@@ -12980,7 +13023,7 @@ class ClientStream:
             items = await pipe.take(self._interval)
             if items or pipe.gone:
                 continue
-            if self._between_events and self._interval:
+            if self._between_events and self._interval and not self.delivered:
                 self._keepalive()
                 await self._drain()
 
@@ -13010,6 +13053,7 @@ class ClientStream:
             self._send(data)
             if not pipe.whole and relay.past_final_event():
                 pipe.mark_whole()   # before the client can have read it, and left
+                self.delivered = True
         try:
             while not pipe.gone:
                 piece = next(output, None)     # None: the end
@@ -13040,7 +13084,7 @@ class ClientStream:
                     relay.after_silence(self._ex.rid)   # raises, unless the reply is whole
                     outcome = None
                     break
-                if self._interval and self._between_events:
+                if self._interval and self._between_events and not self.delivered:
                     since = loop.time() - self._last_sent
                     if since >= self._interval:
                         self._keepalive()
@@ -13063,6 +13107,7 @@ class ClientStream:
             finally:
                 if outcome is None and relay.after is None:
                     pipe.mark_whole()   # nothing comes after the relay's output
+                    self.delivered = True
                 elif isinstance(outcome, ClientGone) and pipe.whole:
                     outcome = None      # the client left after the final event: a whole reply
                 relay.settle(outcome)
@@ -13646,6 +13691,7 @@ class ProxyServer:
         start_watching: Optional[asyncio.TimerHandle] = None
         slot = ex.client if ex.client not in (None, ANONYMOUS) and \
             ex.action != "count_tokens" else None
+        stream: Optional[ClientStream] = None
         try:
             if slot is not None:   # waited for here, holding no worker; the client watched
                 if slot.max_concurrency:
@@ -13699,7 +13745,10 @@ class ProxyServer:
             return keep_alive
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
-            ex.status, ex.error = 499, ex.error or "the client closed the connection"
+            if stream is not None and stream.delivered:   # but after all of the reply
+                await pipe.finished_within(WORKER_END_WAIT)
+            else:
+                ex.status, ex.error = 499, ex.error or "the client closed the connection"
             return False
         except SendTimeout:
             pipe.abort("send_timeout")

@@ -827,6 +827,43 @@ def test_a_client_that_leaves_once_it_has_the_final_event_had_a_whole_answer(
         more.set()
         go_on.set()
         sock.close()
+    # Its line waited for the worker's end, which estimates what the upstream did not count.
+    assert " 200 " in line and "error=" not in line and " tokens=~" in line, line
+    # The proxy stopped the upstream call itself: no word of the upstream breaking it.
+    assert not [r for r in caplog.records if "broke its stream" in r.getMessage()]
+
+
+def test_a_shutdown_ends_a_whole_stream_with_no_error_after_its_final_event(
+        proxy_factory, fake, caplog):
+    # Its upstream has yet to end its body; its client has had all of the answer.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"shutdown_grace": 0.2}})
+    go_on = threading.Event()
+
+    def done_then_held(handler, request):
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"content": "all of it"})).encode() +
+                            sse(chunk(finish="stop")).encode() + b"data: [DONE]\n\n")
+        handler.pause(until=go_on)
+        handler.end_stream(b"")
+    fake.queue(done_then_held)
+    sock = ask_for_a_stream(proxy.port)
+    received = bytearray()
+    try:
+        sock.settimeout(PATIENCE)
+        while b"[DONE]" not in received:
+            data = sock.recv(1 << 16)
+            assert data, bytes(received)
+            received += data
+        proxy.stop()
+        read_to_the_end(sock, received)
+        (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
+    finally:
+        go_on.set()
+        sock.close()
+    text, whole = chunked_reply(received)
+    assert whole and text.endswith("data: [DONE]\n\n"), text
     assert " 200 " in line and "error=" not in line, line
 
 
