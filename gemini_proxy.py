@@ -86,18 +86,19 @@ Contents (each section uses only the ones above it):
     17. Google accounts (tokens refreshed, projects found)
     18. shared state (what processes share: Redis's protocol, a client, the operations)
     19. key pools (keys and accounts)
-    20. requests in flight (worker threads, the pipe to the event loop, errors)
-    21. upstream calls and retries
-    22. client limits (named client keys: rate, daily tokens, concurrency)
-    23. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
-    24. actions and the application
-    25. streaming replies (pipe and upstream socket to the client, backpressure, keep-alives)
-    26. server (asyncio: connections, limits, shutdown)
-    27. Google login (the login and accounts commands)
-    28. dashboard page
-    29. state server (what worker processes share when there is no Redis)
-    30. worker processes (server.processes: a supervisor and its workers)
-    31. command line
+    20. worker threads and the pipe to the event loop
+    21. requests in flight (what a request holds, its errors)
+    22. upstream calls and retries
+    23. client limits (named client keys: rate, daily tokens, concurrency)
+    24. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
+    25. actions and the application
+    26. streaming replies (pipe and upstream socket to the client, backpressure, keep-alives)
+    27. server (asyncio: connections, limits, shutdown)
+    28. Google login (the login and accounts commands)
+    29. dashboard page
+    30. state server (what worker processes share when there is no Redis)
+    31. worker processes (server.processes: a supervisor and its workers)
+    32. command line
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ import sys
 # 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
 # compiled for this run goes along in an unnamed file, so the price is one interpreter
 # start. This section comes before the other imports, so that they are not done twice.
-# Worker processes (section 30) start the same way.
+# Worker processes (section 31) start the same way.
 #
 # MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the file's
 # path, then main's (so that a command line ends as it was typed). The code is used only
@@ -181,7 +182,7 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
 
 # The descriptor of the compiled code MODULE_BOOT ran this module from; None when there
 # is none (imported, run by a tool, or the code was not this Python's). The boot sets it
-# before this runs. A supervisor hands it on to its workers (section 30): they neither
+# before this runs. A supervisor hands it on to its workers (section 31): they neither
 # compile the file (a quarter of a second each where __pycache__ cannot be written, as
 # under systemd's ProtectSystem) nor read it, so a worker started again runs what the
 # others run, whatever has become of the file since. A proxy serving alone and the
@@ -312,11 +313,11 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 try:
-    import sqlite3      # the usage ledger (section 23); some Pythons are built without it
+    import sqlite3      # the usage ledger (section 24); some Pythons are built without it
 except ImportError:     # pragma: no cover
     sqlite3 = None      # type: ignore[assignment]
 try:
-    import resource     # POSIX: the open-file limit (section 26)
+    import resource     # POSIX: the open-file limit (section 27)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -327,7 +328,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 31) and the README's
+# flag that may set it. Configuration (section 4), --help (section 32) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +347,7 @@ class Setting:
 MiB = 1024 * 1024
 # A worker process's event loop says it is alive to its supervisor this often (seconds);
 # the shortest worker_stall_timeout allowed leaves room for a few missed beats. (Here, not
-# with the other WORKER_* constants in section 30: the setting's help names them.)
+# with the other WORKER_* constants in section 31: the setting's help names them.)
 WORKER_HEARTBEAT = 1.0
 WORKER_STALL_MINIMUM = 5.0
 
@@ -382,7 +383,7 @@ ONBOARD_TIMEOUT = 120
 LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (sections 22, 25-26) --
+    # -- server: listening, client keys, limits (sections 23, 26-27) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -445,7 +446,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "~/.config/gemini-proxy)", env="GEMINI_PROXY_STATE_DIR", flag="--state-dir"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 14-21, 24) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-22, 25) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
             flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
                                               "code-assist", "echo")),
@@ -564,7 +565,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("logging", "format", "text", "log lines as text, or one JSON object each (for "
             "log shippers)", env="GEMINI_PROXY_LOG_FORMAT", flag="--log-format",
             choices=("text", "json")),
-    # -- usage: the ledger of every request (section 23) --
+    # -- usage: the ledger of every request (section 24) --
     Setting("usage", "database", "usage.sqlite3", "the usage ledger, an SQLite file "
             "(relative: in state_dir; empty: no ledger)", env="GEMINI_PROXY_USAGE_DB",
             flag="--usage-db"),
@@ -1686,7 +1687,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 26) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 27) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"   # a header's name, a method
@@ -7055,7 +7056,7 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # about the account that sent the request, and the pure half of a Google login: the
 # credential files people already have, in the four shapes they come in, and the OAuth
 # URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
-# section 27's.
+# section 28's.
 
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
@@ -7373,7 +7374,7 @@ def _project_id(project: Any) -> str:
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 20-26) know nothing dialect-specific beyond these tables: a
+# and the server (sections 20-27) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -9172,7 +9173,7 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
 # With server.processes above 1, or state.redis_url, what the processes must agree on
 # lives in one store: key rests (a key that got a 429 rests in every process) and client
 # limits (the rate's window, the day's tokens and requests). The store is Redis
-# (state.redis_url) or else the supervisor's StateServer (section 29) on a 0600 Unix
+# (state.redis_url) or else the supervisor's StateServer (section 30) on a 0600 Unix
 # socket; processes speak RESP2 to either through RespStore, and the shared_* operations
 # at the end give the same answers from both. The parser is pure, like section 5's: bytes
 # in, values out, the sockets are the caller's. When the store fails, each process
@@ -10068,15 +10069,14 @@ class KeyPool:
                     "keys": [key_status(s) for s in self.states]}
 
 
-# ---- 20. Requests in flight ------------------------------------------------------------------
+# ---- 20. Worker threads and the pipe to the event loop ---------------------------------
 #
-# What one request holds while a worker thread answers it: the pipe its answer goes back
-# to the event loop through, its detailed log, the upstream replies and keys it must let
-# go of, and the one place its errors are rendered (Request.fail). Everything that blocks
-# or costs (JSON, conversion, the upstream call) runs in the worker; the event loop moves
-# finished bytes. Once a stream's first event is in, the loop reads and converts the rest
-# itself (UpstreamRelay): the cost of an event is then one wake-up, not two, and the worker
-# thread goes back to the pool until the stream is over and its request is to be ended.
+# A request's blocking part (JSON, conversion, the upstream call) runs in a worker thread
+# from an elastic pool; its answer goes back to the event loop through a bounded pipe
+# (ChunkPipe), which the loop empties in one hop and whose end says whether the reply went
+# out whole. Once a stream's first event is in, the loop reads and converts the rest itself
+# (UpstreamRelay): the cost of an event is then one wake-up, not two, and the worker thread
+# goes back to the pool until the stream is over and its request is to be ended.
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -10662,6 +10662,13 @@ def _wake(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
+# ---- 21. Requests in flight ------------------------------------------------------------------
+#
+# What one request holds while a worker thread answers it: the pipe its answer goes back
+# to the event loop through (section 20), its detailed log, the upstream replies and keys
+# it must let go of, and the one place its errors are rendered (Request.fail). Everything
+# that blocks or costs runs in the worker; the event loop moves finished bytes.
+
 def prune_detailed_logs(directory: str, keep_days: int, now: float) -> int:
     """Delete the detailed logs' day folders (<log_dir>/YYYY-MM-DD) older than keep_days;
     nothing else in the directory is touched. The number deleted."""
@@ -10941,7 +10948,7 @@ class Request:
         self.held.clear()
 
 
-# ---- 21. Upstream calls and retries ------------------------------------------------------
+# ---- 22. Upstream calls and retries ------------------------------------------------------
 #
 # One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
 # is the policy around attempts: the route's upstream, then its fallbacks; on each, more
@@ -11285,14 +11292,14 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 22. Client limits -----------------------------------------------------------------------
+# ---- 23. Client limits -----------------------------------------------------------------------
 #
 # A named client key (server.api_keys objects, section 4) may be held to a request rate, a
 # daily token budget and a number of requests at once. ClientLimits (rate and budget)
 # decides in the worker thread, before any upstream is called, and is told what each
 # request cost when it ends; ClientSlots (requests at once) decides on the event loop,
 # before a worker is taken. What they count outlives a reload (the Proxy keeps them), and
-# the rate and budget a restart (read back from the usage ledger, section 23).
+# the rate and budget a restart (read back from the usage ledger, section 24).
 
 # Seconds a request waits for one of its client's max_concurrency slots before a 429, and
 # how many of a client's requests may wait at once (waiting costs no worker, but a
@@ -11497,7 +11504,7 @@ class ClientSlots:
         return len(self._waiting.get(name, ()))
 
 
-# ---- 23. Usage ledger and metrics ------------------------------------------------------------
+# ---- 24. Usage ledger and metrics ------------------------------------------------------------
 #
 # Operations read, they do not steer: both are fed from the one point where a request is
 # finished (the access log's, on the event loop). Metrics are counters in memory that only
@@ -12023,7 +12030,7 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
     return "\n".join(lines) + "\n"
 
 
-# ---- 24. Actions and the application ---------------------------------------------------------
+# ---- 25. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -12810,12 +12817,12 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 25. Streaming replies ---------------------------------------------------------------
+# ---- 26. Streaming replies ---------------------------------------------------------------
 #
 # The loop's side of a streamed reply: what its worker put in the pipe, and the rest of
 # the stream, which the loop may read from the upstream's socket itself (UpstreamRelay),
 # written to the client as it comes, with keep-alives in its silences and the client's
-# backpressure felt all the way back to the upstream. The server (section 26) hands a
+# backpressure felt all the way back to the upstream. The server (section 27) hands a
 # stream here once its head is decided.
 
 class SendTimeout(Exception):
@@ -13153,11 +13160,11 @@ class ClientStream:
         return True
 
 
-# ---- 26. Server ------------------------------------------------------------------------------
+# ---- 27. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 24) and writes what comes back through its pipe; a stream's
-# rest is section 25's. Everything the head decides (the endpoint, the client key) is
+# worker thread (section 25) and writes what comes back through its pipe; a stream's
+# rest is section 26's. Everything the head decides (the endpoint, the client key) is
 # decided before a body is read. The status line is written once an upstream has
 # answered 2xx and its first event has arrived, or (a stream whose upstream is slow to
 # start) after stream_headers_after.
@@ -13220,7 +13227,7 @@ class ProxyServer:
         self.config = config
         self.proxy = Proxy(config, environ, shared_url)
         self.port = 0
-        # A worker process (section 30) listens on a socket its supervisor made, or on
+        # A worker process (section 31) listens on a socket its supervisor made, or on
         # the same port as its siblings (SO_REUSEPORT).
         self._listen_socket = listen_socket
         self._reuse_port = reuse_port
@@ -13865,7 +13872,7 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 27. Google login ------------------------------------------------------------------------
+# ---- 28. Google login ------------------------------------------------------------------------
 #
 # `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
 # redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
@@ -14126,7 +14133,7 @@ def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
             row["state"], row["requests_today"], row["tokens_today"], row["file"]))
 
 
-# ---- 28. Dashboard page ----------------------------------------------------------------------
+# ---- 29. Dashboard page ----------------------------------------------------------------------
 #
 # GET /dashboard: one page, nothing fetched from elsewhere (it works on an air-gapped box),
 # that draws GET /stats every few seconds. The browser asks for the admin key (HTTP Basic:
@@ -14534,11 +14541,11 @@ refresh();
 """
 
 
-# ---- 29. State server ------------------------------------------------------------------------
+# ---- 30. State server ------------------------------------------------------------------------
 #
 # What worker processes share when there is no Redis: a server of the few commands the
 # shared_* operations of section 18 use, with Redis's replies (the tests compare the two),
-# which the supervisor (section 30) runs on a Unix socket only its user can open. Besides
+# which the supervisor (section 31) runs on a Unix socket only its user can open. Besides
 # those, PING, PTTL and DEL: what a person looking into it with redis-cli needs (and the
 # tests). One event loop runs it: each command, and each MULTI ... EXEC, runs whole before
 # the next, with no locks.
@@ -15059,7 +15066,7 @@ def bind_private_socket(path: str) -> socket.socket:
     return sock
 
 
-# ---- 30. Worker processes --------------------------------------------------------------------
+# ---- 31. Worker processes --------------------------------------------------------------------
 #
 # server.processes above 1: this process becomes the supervisor of that many worker
 # processes, each this file run again (a whole proxy), all serving one port. On Linux each
@@ -15069,7 +15076,7 @@ def bind_private_socket(path: str) -> socket.socket:
 # lines (so one process writes, and rotates, the log file). A worker that finds its
 # supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
 # supervisor also serves the state the workers share (section 18): a StateServer
-# (section 29) on a Unix socket only its user can open, seeded from the usage ledger.
+# (section 30) on a Unix socket only its user can open, seeded from the usage ledger.
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
@@ -15644,7 +15651,7 @@ class Supervisor:
         self.workers.clear()
 
 
-# ---- 31. Command line ----------------------------------------------------------------------
+# ---- 32. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -15739,7 +15746,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
     still connecting, which no socket shutdown reaches) is returned. `worker`: what the
-    supervisor of a worker process said (section 30)."""
+    supervisor of a worker process said (section 31)."""
     listen_socket = None
     if worker is not None:
         config.server["port"] = worker["port"]

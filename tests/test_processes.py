@@ -1,4 +1,4 @@
-"""server.processes (section 30): a supervisor and its worker processes on one port, run as
+"""server.processes (section 31): a supervisor and its worker processes on one port, run as
 the real command line."""
 
 import argparse
