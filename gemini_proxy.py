@@ -12855,8 +12855,9 @@ async def drain_within(writer: asyncio.StreamWriter, seconds: float) -> None:
 
 
 # How long a whole stream given up (its client left after its final event) waits for
-# its worker's end, which its upstream call stopped makes near.
-WORKER_END_WAIT = 5.0
+# its worker's end, which its upstream call stopped makes near: well within the 2 s a
+# stopping server gives streams once it has stopped their upstream calls.
+WORKER_END_WAIT = 1.5
 
 # What a relayed stream gathers for the client before it writes when its upstream keeps
 # sending (it writes at once when it must wait), and turns to other connections.
@@ -12980,8 +12981,10 @@ class ClientStream:
         self._head = head            # until it goes out with what comes first
         self._between_events = True  # where what was written ends (a keep-alive may follow)
         self._last_sent = loop.time()
-        # All of the reply has been written (its end aside): a client that leaves, or
-        # resets the connection, after this had a whole answer.
+        # All of the reply but its end written, and then handed to the socket (the
+        # transport holding none of it): a client that leaves, or resets the connection,
+        # after this had a whole answer.
+        self._final_written = False
         self.delivered = False
 
     async def run(self, items: List[Any], keep_alive: bool) -> bool:
@@ -13005,14 +13008,15 @@ class ClientStream:
                     data += self._frame(self._dialect.stream_error(ProxyError(
                         "the proxy is shutting down", status=503), self._ex.options))
                 if given_up_well or not pipe.cut:
-                    self._send(data, LAST_CHUNK if self._chunked else b"")
+                    self._send(data, LAST_CHUNK if self._chunked else b"",
+                               final=not given_up_well)
                     if pipe.why_gone != "client":   # one that left may have reset it
                         try:
                             await self._drain()
                         except ConnectionError:
-                            if data:
+                            if not self.delivered:
                                 raise
-                            return False   # only the end was lost: the rest had gone out
+                            keep_alive = False   # it had all of the reply
                 if pipe.gone and not pipe.cut:
                     # Whole, given up: its upstream call was stopped, so its worker's end
                     # is near. The access line and the ledger then have all it adds (an
@@ -13020,8 +13024,7 @@ class ClientStream:
                     await pipe.finished_within(WORKER_END_WAIT)
                 return ended and keep_alive and not pipe.gone
             if data or (self._head and relay is None):
-                self._send(data)
-                self.delivered = pipe.whole_taken
+                self._send(data, final=pipe.whole_taken)
                 await self._drain()
             # Nothing comes after a relay until its request resumes. Not begun, the
             # request was abandoned (a shutdown's end still needs the head: next time round).
@@ -13030,7 +13033,7 @@ class ClientStream:
             items = await pipe.take(self._interval)
             if items or pipe.gone:
                 continue
-            if self._between_events and self._interval and not self.delivered:
+            if self._between_events and self._interval:
                 self._keepalive()
                 await self._drain()
 
@@ -13057,10 +13060,10 @@ class ClientStream:
             pending.clear()
             pending_size = 0
             self._note_end(data)
-            self._send(data)
-            if not pipe.whole and relay.past_final_event():
-                pipe.mark_whole()   # before the client can have read it, and left
-                self.delivered = True
+            final = not self._final_written and relay.past_final_event()
+            if final:   # with the write that holds it: no client can have read it and left
+                pipe.mark_whole()
+            self._send(data, final=final)
         try:
             while not pipe.gone:
                 piece = next(output, None)     # None: the end
@@ -13091,7 +13094,7 @@ class ClientStream:
                     relay.after_silence(self._ex.rid)   # raises, unless the reply is whole
                     outcome = None
                     break
-                if self._interval and self._between_events and not self.delivered:
+                if self._interval and self._between_events:
                     since = loop.time() - self._last_sent
                     if since >= self._interval:
                         self._keepalive()
@@ -13114,7 +13117,8 @@ class ClientStream:
             finally:
                 if outcome is None and relay.after is None:
                     pipe.mark_whole()   # nothing comes after the relay's output
-                    self.delivered = True
+                    self._final_written = True
+                    self._check_delivered()
                 elif isinstance(outcome, ClientGone) and pipe.whole:
                     outcome = None      # the client left after the final event: a whole reply
                 relay.settle(outcome)
@@ -13123,13 +13127,22 @@ class ClientStream:
         if data:
             self._between_events = ends_between_events(data, self._chunked)
 
-    def _send(self, data: bytes, end: bytes = b"") -> None:
+    def _send(self, data: bytes, end: bytes = b"", final: bool = False) -> None:
         """Write framed `data` (and the stream's `end`), after the head if it has not
-        gone out."""
+        gone out; `final`: all of the reply has been written with it."""
         self._writer.write(self._head + data + end)
         self._head = b""
         self._ex.response_bytes += len(data)
         self._last_sent = self._loop.time()
+        self._final_written = self._final_written or final
+        self._check_delivered()
+
+    def _check_delivered(self) -> None:
+        # (A transport that lost its connection holds nothing either: not delivered.)
+        transport = self._writer.transport
+        if self._final_written and not self.delivered and \
+                not transport.get_write_buffer_size() and not transport.is_closing():
+            self.delivered = True
 
     def _keepalive(self) -> None:
         self._writer.write(self._frame(self._dialect.keepalive))
@@ -13137,6 +13150,7 @@ class ClientStream:
 
     async def _drain(self) -> None:
         await drain_within(self._writer, self._send_timeout)
+        self._check_delivered()
 
     async def _drain_while_wanted(self, before_waiting: Callable[[], None]) -> bool:
         """_drain, given up when the request is abandoned meanwhile (a client that sent
@@ -13747,7 +13761,9 @@ class ProxyServer:
             stream = ClientStream(self._loop, writer, pipe, dialect, ex, chunked, self._limits,
                                   response_head(first.status, headers))
             keep_alive = await stream.run(items[1:], keep_alive)
-            if pipe.cut:   # the client left, or the proxy stopped, before the reply's end
+            # The client left, or the proxy stopped, before the reply's end, or with some
+            # of it still to hand to the socket.
+            if pipe.cut or (pipe.gone and not stream.delivered):
                 ex.status, ex.error = abandoned(pipe)
             return keep_alive
         except ConnectionError:   # the client left while we wrote

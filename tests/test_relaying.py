@@ -886,6 +886,9 @@ class RecordingWriter:
     def get_write_buffer_limits(self):
         return 0, 65536
 
+    def is_closing(self):
+        return False
+
 
 @pytest.mark.parametrize("why, data, whole, ends, error", [
     ("shutdown", b"data: {}\n\n", False, True, True),    # between events: error, then end
@@ -917,6 +920,36 @@ def test_a_stream_given_up_ends_properly_only_when_whole_or_after_the_error_that
     assert written.endswith(gp.LAST_CHUNK) == ends
     assert (b"shutting down" in written) == error
     assert written.startswith(b"HEAD\r\n") == ends
+
+
+def test_a_reply_still_in_the_proxys_buffer_when_its_client_resets_was_not_delivered():
+    # Its final event written, but not yet to the socket: the client never had it (a 499).
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+        listener.close()
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        pipe = gp.ChunkPipe(loop, 8)
+        pipe.put(b"data: " + b"x" * (16 << 20) + b"\n\n")   # more than the sockets hold
+        pipe.put(b"data: [DONE]\n\n", whole=True)
+        stream = gp.ClientStream(loop, writer, pipe, gp.CLIENT_DIALECTS["openai"],
+                                 gp.Exchange("r", "openai", "stream"), True,
+                                 {"send_timeout": PATIENCE, "keepalive_interval": 5.0}, b"")
+        running = asyncio.ensure_future(stream.run(await pipe.take(0), True))
+        theirs.settimeout(PATIENCE)
+        await loop.run_in_executor(None, theirs.recv, 100)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        theirs.close()      # a reset
+        with pytest.raises(ConnectionError):
+            await running
+        writer.close()
+        return stream.delivered
+    assert asyncio.run(scenario()) is False
 
 
 def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_stream(
