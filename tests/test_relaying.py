@@ -726,6 +726,29 @@ def read_to_the_end(sock, received):
         received += data
 
 
+def read_until(sock, received, marker):
+    while marker not in received:
+        data = sock.recv(1 << 16)
+        assert data, bytes(received)
+        received += data
+
+
+def done_then_held(go_on, more=None):
+    """An OpenAI stream: an event, [DONE] (after the Event `more` is set, if given), then
+    its body held open until `go_on` is set."""
+    def reply(handler, request):
+        handler.start_stream()
+        done = sse(chunk(finish="stop")).encode() + b"data: [DONE]\n\n"
+        handler.write_chunk(sse(chunk({"content": "first"})).encode() +
+                            (done if more is None else b""))
+        if more is not None:
+            handler.pause(until=more)
+            handler.write_chunk(done)
+        handler.pause(until=go_on)
+        handler.end_stream(b"")
+    return reply
+
+
 def chunked_reply(received):
     """(the body's text, whether it ended properly) of a 200 with a chunked body."""
     head, _, rest = bytes(received).partition(b"\r\n\r\n")
@@ -766,10 +789,7 @@ def test_a_client_that_ends_its_side_mid_stream_and_reads_on_sees_the_stream_cut
     received = bytearray()
     try:
         sock.settimeout(PATIENCE)
-        while b"first" not in received:
-            data = sock.recv(1 << 16)
-            assert data, bytes(received)
-            received += data
+        read_until(sock, received, b"first")
         sock.shutdown(socket.SHUT_WR)       # and reads on
         read_to_the_end(sock, received)
     finally:
@@ -797,28 +817,14 @@ def test_a_client_that_leaves_once_it_has_the_final_event_had_a_whole_answer(
     monkeypatch.setattr(gp, "CLIENT_WATCH_DELAY", 0.0)   # it is watched from the start
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}}})
     more, go_on = threading.Event(), threading.Event()
-    done = sse(chunk(finish="stop")).encode() + b"data: [DONE]\n\n"
-
-    def done_then_held(handler, request):
-        handler.start_stream()
-        handler.write_chunk(sse(chunk({"content": "first"})).encode() +
-                            (done if done_at_once else b""))
-        if not done_at_once:
-            handler.pause(until=more)
-            handler.write_chunk(done)
-        handler.pause(until=go_on)
-        handler.end_stream(b"")
-    fake.queue(done_then_held)
+    fake.queue(done_then_held(go_on, None if done_at_once else more))
     sock = ask_for_a_stream(proxy.port)
     received = bytearray()
     try:
         sock.settimeout(PATIENCE)
-        while b"[DONE]" not in received:
-            if b"first" in received:
-                more.set()
-            data = sock.recv(1 << 16)
-            assert data, bytes(received)
-            received += data
+        read_until(sock, received, b"first")
+        more.set()
+        read_until(sock, received, b"[DONE]")
         if reset:   # closed with a reset: the proxy's next write fails
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
@@ -840,22 +846,12 @@ def test_a_shutdown_ends_a_whole_stream_with_no_error_after_its_final_event(
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
                            "server": {"shutdown_grace": 0.2}})
     go_on = threading.Event()
-
-    def done_then_held(handler, request):
-        handler.start_stream()
-        handler.write_chunk(sse(chunk({"content": "all of it"})).encode() +
-                            sse(chunk(finish="stop")).encode() + b"data: [DONE]\n\n")
-        handler.pause(until=go_on)
-        handler.end_stream(b"")
-    fake.queue(done_then_held)
+    fake.queue(done_then_held(go_on))
     sock = ask_for_a_stream(proxy.port)
     received = bytearray()
     try:
         sock.settimeout(PATIENCE)
-        while b"[DONE]" not in received:
-            data = sock.recv(1 << 16)
-            assert data, bytes(received)
-            received += data
+        read_until(sock, received, b"[DONE]")
         proxy.stop()
         read_to_the_end(sock, received)
         (line,) = [l for l in access_lines(caplog) if "/v1/chat/completions" in l]
