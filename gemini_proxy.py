@@ -941,7 +941,7 @@ class LogFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
         """logging's own "2026-12-06 01:20:43,123", the part to the second written once
-        a second: time.strftime was a tenth of an access line's cost."""
+        a second: time.strftime was a seventh of an access line's cost."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
         second = int(record.created)
