@@ -10482,6 +10482,8 @@ class ChunkPipe:
         while True:
             with self._lock:
                 if self.gone:
+                    if isinstance(item, UpstreamRelay):
+                        break   # settled at once by _append, as one withdrawn
                     raise ClientGone()
                 if self._room > 0:
                     self._room -= 1
@@ -10521,6 +10523,12 @@ class ChunkPipe:
         """The end marker; never blocks (the loop may have stopped reading)."""
         self._append(None)
 
+    def _abandoned_relay_outcome(self) -> Optional[BaseException]:
+        """How a relay never begun ends when its request is abandoned: ClientGone, or
+        nothing lost when the client left after the whole reply (the loop may take the
+        final event before the worker hands it the rest, and the client read it and left)."""
+        return ClientGone() if self.cut else None
+
     def mark_whole(self) -> None:
         """For the loop: a relay has written its stream's final event, or all it will
         write; nothing but the end is to come. A client that leaves now loses nothing.
@@ -10544,7 +10552,7 @@ class ChunkPipe:
             if wake:
                 waiter, self._waiter = self._waiter, None
         if withdrawn:   # abandoned since put() looked: no loop will take it
-            item.settle(ClientGone())
+            item.settle(self._abandoned_relay_outcome())
         elif waiter is not None:
             self._waker.wake(waiter)
 
@@ -10652,7 +10660,7 @@ class ChunkPipe:
             if event is not None:
                 event.set()
         if relay is not None:   # out of the lock: it resumes the request in a worker
-            relay.settle(ClientGone())
+            relay.settle(self._abandoned_relay_outcome())
         if waiter is not None:
             self._waker.wake(waiter)
 

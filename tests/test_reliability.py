@@ -374,18 +374,26 @@ def test_a_relay_abandoned_before_the_loop_took_it_resumes_its_request_and_is_wi
         relay.settle(None)                       # a late word from the loop: ignored
         assert len(resumed) == 1
         assert loop.run_until_complete(pipe.take(0.01)) == [b"data: first\n\n"]
-        late = gp.UpstreamRelay(None, bytes)     # handed over after the abort
-        late.resume = resumed.append
-        with pytest.raises(gp.ClientGone):
-            pipe.put(late)
-        assert len(resumed) == 1, "put() refused it: its worker ends the request itself"
+        late = gp.UpstreamRelay(None, bytes)     # handed over after the abort: resumed
+        late.resume = resumed.append            # at once, its request ended by its resume
+        pipe.put(late)
+        assert len(resumed) == 2 and isinstance(resumed[1], gp.ClientGone)
         # Abandoned between put()'s look and its append: the relay resumes at once, and
         # no loop finds it.
         later = gp.UpstreamRelay(None, bytes)
         later.resume = resumed.append
         pipe._append(later)
-        assert len(resumed) == 2 and isinstance(resumed[1], gp.ClientGone)
+        assert len(resumed) == 3 and isinstance(resumed[2], gp.ClientGone)
         assert loop.run_until_complete(pipe.take(0.01)) == []
+        # The client left after the whole reply (its final event taken before the relay
+        # was handed over): nothing lost, the relay resumes its request as relayed.
+        whole = gp.ChunkPipe(loop, 4)
+        whole.put(b"data: [DONE]\n\n", whole=True)
+        whole.abort()
+        after_the_whole = gp.UpstreamRelay(None, bytes)
+        after_the_whole.resume = resumed.append
+        whole.put(after_the_whole)
+        assert len(resumed) == 4 and resumed[3] is None
     finally:
         loop.close()
 
