@@ -8048,6 +8048,10 @@ class UpstreamConnection:
         self.buf = bytearray()
         self.replied = False       # a byte of the reply to the last request has come
         self.wants_write = False   # a non-blocking read waits for the socket to be writable
+        # The last non-blocking read of this reply took less than it asked for: the socket
+        # was empty then (a plain socket's; a TLS read returns a record at a time).
+        self._emptied = False
+        self._plain = not isinstance(sock, ssl.SSLSocket)
 
     @classmethod
     def connect(cls, target: UpstreamTarget, context: ssl.SSLContext,
@@ -8097,7 +8101,7 @@ class UpstreamConnection:
                 raise ValueError("a header name or value that HTTP does not allow")
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.replied = False
+        self.replied = self._emptied = False
         if len(body) < 65536:
             self.sock.sendall(data + body)
         else:
@@ -8151,15 +8155,24 @@ class UpstreamConnection:
     def _receive_ready(self) -> Optional[bool]:
         """_receive for a non-blocking socket: None when nothing has arrived. A TLS read
         returns one record (at most 16 KiB) whole, so no decrypted bytes are ever left
-        where the selector cannot see them."""
+        where the selector cannot see them. After a plain socket's read that took less
+        than it asked for, None without a read: what arrives later the selector reports
+        (it says a socket is readable for as long as it is). A lone event is read with
+        one recv, not two (the second's "nothing" was a tenth of the loop's cost of the
+        event, measured)."""
         self.wants_write = False
+        if self._emptied:
+            self._emptied = False
+            return None
         try:
-            return self._received(self.sock.recv(65536))
+            data = self.sock.recv(65536)
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
         except ssl.SSLWantWriteError:   # TLS renegotiation, its send buffer full
             self.wants_write = True
             return None
+        self._emptied = self._plain and 0 < len(data) < 65536
+        return self._received(data)
 
     def _received(self, data: bytes) -> bool:
         if data:

@@ -6,10 +6,12 @@ would spin the loop) and leave the stream exactly as it would have been without 
 import itertools
 import json
 import socket
+import threading
 
 import pytest
 
 import gemini_proxy as gp
+from conftest import PATIENCE
 from fake_upstream import (anthropic_text_stream, anthropic_tool_stream, gemini_call_stream,
                            gemini_text_stream, responses_call_stream, responses_text_stream,
                            text_stream, tool_stream)
@@ -139,6 +141,55 @@ def test_a_reply_read_on_the_loop_says_idle_where_it_would_wait():
         assert next(events) is IDLE
         theirs.sendall(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
         assert list(events) == [("message", "[DONE]")]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class CountedReads:
+    """A socket whose recv calls are counted."""
+
+    def __init__(self, sock):
+        self.sock, self.reads = sock, 0
+
+    def recv(self, size):
+        self.reads += 1
+        return self.sock.recv(size)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_short_read_on_the_loop_is_taken_as_the_socket_emptied():
+    # A read that took less than it asked for found the socket empty: the next says
+    # "nothing yet" without a recv (the selector reports what comes later), once.
+    ours, theirs = socket.socketpair()
+    counted = CountedReads(ours)
+    try:
+        head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                   b"transfer-encoding: chunked\r\n\r\n")
+        reply = gp.UpstreamResponse(gp.ConnectionPool(), None, gp.UpstreamConnection(counted),
+                                    head, gp.ReplyBody(head, "POST"), 1, "up",
+                                    gp.Timeouts(5, 5, 5), gp.CallStopper(ours))
+        reply.read_on_loop()
+        chunks = reply.raw_chunks()
+        lone = b'data: {"a":1}\n\n'
+        theirs.sendall(b"%x\r\n%s\r\n" % (len(lone), lone))
+        assert next(chunks) == lone and counted.reads == 1
+        assert next(chunks) is IDLE and counted.reads == 1     # no second recv
+        assert next(chunks) is IDLE and counted.reads == 2     # asked again: it reads
+        # A read that filled what it asked for may have left more: it reads on.
+        event = b"data: " + b"x" * 1000 + b"\n\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for _ in range(70))
+        sender = threading.Thread(target=theirs.sendall, args=(body,))
+        sender.start()
+        sender.join(PATIENCE)   # all of it waits in the socket then (a Unix socket's send)
+        assert not sender.is_alive()
+        first = next(chunks)
+        assert counted.reads == 3 and len(first) < len(body) - 4096
+        rest = next(chunks)
+        assert counted.reads == 4 and first + rest == event * 70
+        assert next(chunks) is IDLE and counted.reads == 4
     finally:
         ours.close()
         theirs.close()
