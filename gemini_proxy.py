@@ -8206,9 +8206,9 @@ class ConnectionPool:
         self.created = 0
 
     def acquire(self, target: UpstreamTarget, connect_timeout: float,
-                read_timeout: float) -> Tuple[UpstreamConnection, bool]:
-        """A connection to the target and whether it was reused."""
-        while True:
+                read_timeout: float, fresh: bool = False) -> Tuple[UpstreamConnection, bool]:
+        """A connection to the target and whether it was reused; `fresh`: a new one."""
+        while not fresh:
             with self._lock:
                 idle = self._idle.get(target)
                 conn = idle.pop() if idle else None
@@ -8511,7 +8511,9 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
     while True:
         wait, meaning = timeouts.next_read(first=True)
         try:
-            conn, reused = pool.acquire(target, timeouts.connect, wait)
+            # The retry is on a new connection: the idle ones beside a dead one were often
+            # closed with it (an upstream restarted, its idle timer).
+            conn, reused = pool.acquire(target, timeouts.connect, wait, fresh=not retry_stale)
         except socket.timeout:
             raise UpstreamError("connecting to upstream %r timed out after %gs"
                                 % (name, timeouts.connect), status=504) from None

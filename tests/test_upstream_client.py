@@ -149,6 +149,75 @@ def test_dead_keep_alive_connection_is_replaced(proxy_factory):
         upstream.close()
 
 
+class CloseOnReuseUpstream:
+    """Answers the first request on each connection and keeps it open; closes it, with no
+    answer, when a second request comes on it: a pooled connection that looks alive and
+    dies under the request. The first answers wait until `together` connections have
+    asked, so that as many are idle in the pool afterwards."""
+
+    def __init__(self, together):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._together = threading.Barrier(together)
+        self._open = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(conn)
+            threading.Thread(target=self._handle, args=(conn, self.connections),
+                             daemon=True).start()
+
+    def _handle(self, conn, number):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        if number <= self._together.parties:
+            self._together.wait(PATIENCE)
+        reply = json.dumps(completion("fresh")).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        if conn.recv(65536):   # a request on a connection already used: closed unanswered
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+        for conn in self._open:
+            conn.close()
+
+
+def test_a_dead_pooled_connection_is_retried_on_a_new_one(proxy_factory):
+    # Two idle connections die alike; the retry of a request that met one must not take
+    # the other (with retries: 0, that was a 502 the upstream never caused).
+    upstream = CloseOnReuseUpstream(together=2)
+    try:
+        proxy = proxy_factory(config_for("http://127.0.0.1:%d/v1" % upstream.port,
+                                         retries=0))
+        answers = []
+        askers = [threading.Thread(target=lambda: answers.append(proxy.post(GENERATE, HELLO)))
+                  for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(PATIENCE)
+        assert [status for status, _ in answers] == [200, 200]
+        proxy.wait_until_idle()
+        assert proxy.server.proxy.pool.idle == 2
+        status, body = proxy.post(GENERATE, HELLO)
+        assert status == 200 and "fresh" in json.dumps(body)
+        assert upstream.connections == 3
+    finally:
+        upstream.close()
+
+
 class ConnectProxy:
     """A minimal forward proxy: CONNECT tunnels, and absolute-form plain HTTP requests."""
 
