@@ -42,7 +42,7 @@ def gone(pid):
         try:
             with open("/proc/%d/status" % pid) as f:
                 return "\nState:\tZ" in f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):   # (reaped between open and read)
             return True
     try:
         os.kill(pid, 0)
