@@ -7725,6 +7725,10 @@ class UpstreamKind:
     stream_last: Optional[Callable[[Tuple[str, str]], bool]] = None
     reads_think_tags: bool = False              # <think> blocks in the text (think_tags)
     sends_stop: bool = True                     # False: the proxy cuts at stop strings
+    # For a passed-through chat reply: whether a whole reply's JSON, or a stream event's,
+    # holds any of the reply (an OpenAI-compatible one: a choice). None: all that is not
+    # an error does.
+    reply_begun: Optional[Callable[[Any], bool]] = None
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -7817,7 +7821,8 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         passthrough_path=lambda ex, head, model: "/embeddings" if ex.action == "embed"
         else "/chat/completions",
         stream_end=openai_stream_end, stream_last=lambda event: event[1].startswith("[DONE]"),
-        reads_think_tags=True),
+        reads_think_tags=True,
+        reply_begun=lambda payload: isinstance(payload, dict) and bool(payload.get("choices"))),
     "gemini": UpstreamKind(
         name="gemini", dialect="gemini", auth_headers=gemini_auth_headers,
         generate_path=lambda model, stream: gemini_model_path(
@@ -12192,10 +12197,12 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     """Client and upstream speak the same dialect: forward the request with the model
     name, the key and (max_output_tokens) the output limit replaced, and the reply's bytes
     as they come, secrets removed. A stream that ends without its dialect's last event
-    was cut off: the client hears so."""
+    was cut off: the client hears so. A 200 that holds an error, or no reply at all, is
+    the upstream's failure, as it is on a converted path: never passed on as an answer."""
     rq, runtime = call.rq, call.runtime
     ex, head, dialect, out = rq.ex, rq.head, rq.dialect, rq.out
     kind, spec = runtime.kind, runtime.spec
+    begun = kind.reply_begun if ex.action in ("generate", "stream") else None
     payload = expect(rq.payload, dict, "request", "a JSON object")
     ex.stream = dialect.streams(ex, payload)
     changed = dialect.cap_output(dialect.with_model(payload, call.model),
@@ -12210,9 +12217,17 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     def opened(response: UpstreamResponse) -> Any:
         content_type = rq.live.redactor.text(response.headers.get("content-type",
                                                                   "application/json"))
-        if not ex.stream:   # parsed only to be sure it is JSON, and for the usage
+        if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
             data = call.read_body(response)
-            ex.usage = kind.usage_from(call.json_of(data), None)
+            payload = call.json_of(data)
+            error = kind.stream_event_error(data.decode("utf-8", "replace")) \
+                if b'"error"' in data else None
+            if error is not None:
+                raise error
+            if begun is not None and not begun(payload):
+                raise UpstreamError("upstream %r answered without a reply: %s" % (
+                    runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
+            ex.usage = kind.usage_from(payload, None)
             return content_type, data, None
         if content_type.split(";")[0].strip().lower() != expected_type:
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
@@ -12220,22 +12235,44 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
         passing = PassingStream(ex, kind, content_type, spec["max_reply_bytes"],
                                 rq.live.redactor)
-        first, events, over, received = b"", [], False, False
-        while not first:    # up to the first whole event
+        # Up to the first whole event, which shows what follows (an error, say); for a
+        # chat reply whose kind tells (reply_begun), up to the first that holds some of
+        # the reply: those before it are held back (Azure opens with its prompt filter's,
+        # choices empty), and a stream that ends first was no answer.
+        first, over, received, answering = b"", False, False, False
+        while not (first and answering) and not over:
             data = next(chunks, b"")
-            if not data:    # the end: what was held back, if anything came at all
-                first, events = passing.finish()
-                if not first:
+            if data:
+                received = True
+                piece, events = passing.take(data)
+            else:           # the end: what was held back, if anything came at all
+                piece, events = passing.finish()
+                if not first and not piece:
                     raise UpstreamError("upstream %r ended its stream %s" % (
                         runtime.name, "before the reply was finished" if received
                         else "without sending anything"), status=502)
                 over = True
-                break
-            received = True
-            first, events = passing.take(data)
-        if events and events[0][1] != "[DONE]":   # the first event shows what follows
-            stream_event_json(events[0][1], kind.stream_event_error)
-        if over and not passing.ended:   # half an event: a 502 now, not 200 and garble
+            first += piece
+            for event in events:
+                if answering:
+                    break
+                if kind.stream_last is not None and kind.stream_last(event):
+                    if begun is not None:
+                        raise UpstreamError("upstream %r ended its stream (%s) without any "
+                                            "reply" % (runtime.name, clip(event[1], 40)),
+                                            status=502)
+                    answering = True   # an end at once: what comes of it is the client's
+                    break
+                payload = stream_event_json(event[1], kind.stream_event_error)
+                answering = begun is None or begun(payload)
+            # (Bytes with no event in them: Gemini's JSON-array form, or comments.)
+            answering = answering or (begun is None and bool(first))
+            if len(first) > spec["max_reply_bytes"]:
+                raise UpstreamError("upstream %r sent over %d bytes of its stream and no "
+                                    "reply (max_reply_bytes)" % (runtime.name,
+                                                                 spec["max_reply_bytes"]),
+                                    status=502)
+        if over and not (passing.ended and answering):   # a 502 now, not 200 and garble
             raise UpstreamError("upstream %r ended its stream before the reply was "
                                 "finished" % runtime.name, status=502)
         return content_type, first, (response, chunks, passing)

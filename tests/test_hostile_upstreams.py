@@ -423,6 +423,46 @@ def test_a_stream_of_done_alone_is_a_502_not_an_empty_answer(raw):
     assert status == 502, data
 
 
+def empty_choices_event(**more):
+    return b"data: " + json.dumps(dict({"id": "c", "object": "chat.completion.chunk",
+                                        "created": 1, "model": "m", "choices": []},
+                                       **more)).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("reply, status, said", [
+    ({"error": {"message": "the model is overloaded", "code": 503}}, 503, "overloaded"),
+    ({"id": "c", "object": "chat.completion", "choices": []}, 502, "without a reply"),
+    ({"id": "c", "object": "chat.completion"}, 502, "without a reply")])
+def test_a_passed_through_200_that_holds_no_answer_is_an_error(raw, reply, status, said):
+    """(An outside adversarial run: an OpenAI client got these as 200s, and the ledger
+    counted them as answers, where a converted client got a 502.)"""
+    proxy, _ = raw(http_reply(json.dumps(reply).encode()))
+    got, body = proxy.post("/v1/chat/completions", CHAT)
+    assert got == status and said in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("stream", [
+    b"data: [DONE]\n\n",
+    empty_choices_event() + empty_choices_event(usage={"prompt_tokens": 3,
+                                                       "completion_tokens": 0}) +
+    b"data: [DONE]\n\n"])
+def test_a_passed_through_stream_that_ends_before_any_choice_is_a_502(raw, stream):
+    proxy, _ = raw(sse_http(stream))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 502 and b"without any reply" in data, data
+
+
+def test_events_before_a_passed_through_streams_first_choice_go_out_with_it(raw):
+    # Azure opens a stream with its prompt filter's results, choices empty: held back
+    # until a choice shows the reply has begun, then sent, all of it, in order.
+    stream = (empty_choices_event(prompt_filter_results=[{"prompt_index": 0}]) +
+              openai_event({"role": "assistant", "content": "Hi"}, None) +
+              openai_event({}, "stop") + b"data: [DONE]\n\n")
+    proxy, _ = raw(sse_http(stream))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200 and data == stream
+
+
 @pytest.mark.parametrize("payload, field", [
     ({"type": "input_audio", "input_audio": {"data": "QQ==", "format": {"x": 1}}},
      "input_audio.format"),
