@@ -12220,8 +12220,12 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
             data = call.read_body(response)
             payload = call.json_of(data)
+            # An error's form is the one its kind puts into a stream (read again, only
+            # for a body that has the look of one: a response object's "error" is null).
+            top = payload[0] if isinstance(payload, list) and payload else payload
             error = kind.stream_event_error(data.decode("utf-8", "replace")) \
-                if b'"error"' in data else None
+                if isinstance(top, dict) and (top.get("error") or top.get("type") == "error") \
+                else None
             if error is not None:
                 raise error
             if begun is not None and not begun(payload):

@@ -441,6 +441,19 @@ def test_a_passed_through_200_that_holds_no_answer_is_an_error(raw, reply, statu
     assert got == status and said in body["error"]["message"], body
 
 
+@pytest.mark.parametrize("kind, path, ask, reply, status", [
+    ("anthropic", "/v1/messages", dict(CHAT, max_tokens=9),
+     {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, 529),
+    ("gemini", GEMINI_PATH, GEMINI_ASK,
+     {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}},
+     429)])
+def test_a_passed_through_200_that_is_an_error_is_the_upstreams_error(raw, kind, path, ask,
+                                                                       reply, status):
+    proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind=kind)
+    got, body = proxy.post(path, ask, {"anthropic-version": "2023-06-01"})
+    assert got == status, body
+
+
 @pytest.mark.parametrize("stream", [
     b"data: [DONE]\n\n",
     empty_choices_event() + empty_choices_event(usage={"prompt_tokens": 3,
