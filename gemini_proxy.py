@@ -10822,8 +10822,8 @@ class Responder:
         self._before_whole()
         return self.pipe.put_head(ResponseHead(status, headers, body))
 
-    def json(self, payload: Any) -> None:
-        self.whole(200, [("content-type", "application/json")], json_bytes(payload))
+    def json(self, payload: Any, redact: Callable[[bytes], bytes] = lambda data: data) -> None:
+        self.whole(200, [("content-type", "application/json")], redact(json_bytes(payload)))
 
     def expect_stream(self, content_type: str) -> None:
         """The reply will be a stream of this type: its head may go out early."""
@@ -12101,6 +12101,11 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
             lambda response: kind.decode_response(call.read_json(response), call.model)), tags)
     stops = spec["stop_strings"] + (chat.stop if not kind.sends_stop else [])
     reply_id = dialect.response_id(ex.rid)
+    # The upstream's credentials are taken out of what it sent, and again out of what the
+    # proxy made of it: text it joined from a stream's pieces (an assembled reply,
+    # Responses' .done events) or read from JSON escapes may hold one whole. (Split
+    # between two of a stream's deltas, a key reaches a streaming client in two pieces.)
+    redact = rq.live.redactor.bytes
     if not chat.stream:
         if reply is None:   # a stream assembled while the client waits for a whole reply
             reply = collect_reply(events, ex.rid, call.model)
@@ -12110,7 +12115,7 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         ex.usage = reply.usage
         payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
-        return lambda: rq.out.json(payload)
+        return lambda: rq.out.json(payload, redact)
     if reply is not None:
         events = reply_events(reply)
     events = _track_usage(ex, chat, cut_at_stop_strings(
@@ -12122,8 +12127,8 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
 
     def deliver() -> None:
         rq.out.start(dialect.stream_content_type(ex))
-        chunks = dialect.encode_stream(itertools.chain([first], events), ex.client_model,
-                                       reply_id, ex.options)
+        chunks = (piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
+            itertools.chain([first], events), ex.client_model, reply_id, ex.options))
         if call.stream_response is not None:
             rq.out.relay(call.stream_response, chunks)
             return

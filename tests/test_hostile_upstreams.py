@@ -388,6 +388,37 @@ def test_a_key_in_a_converted_answer_is_redacted(raw, path, payload, headers):
     assert status == 200 and b"the key is [REDACTED] ok" in data
 
 
+KEY = "sk-raw-upstream-key-0123"
+
+
+def key_in_two_deltas():
+    return sse_http(openai_event({"role": "assistant", "content": "key " + KEY[:9]}, None) +
+                    openai_event({"content": KEY[9:] + " ok"}, None) +
+                    openai_event({}, "stop") + b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("path, payload, headers", [
+    ("/v1/responses", {"model": "m", "input": "hi", "stream": True}, {}),
+    ("/v1/responses", {"model": "m", "input": "hi"}, {}),
+    ("/v1/messages", dict(CHAT, max_tokens=9), {"anthropic-version": "2023-06-01"}),
+    (GEMINI_PATH, GEMINI_ASK, {})])
+def test_a_key_the_proxy_joins_from_a_streams_pieces_is_redacted(raw, path, payload, headers):
+    """(An outside adversarial run: the key split between two deltas was sent whole in a
+    Responses stream's .done events, and in every whole reply assembled from a stream.)"""
+    proxy, _ = raw(key_in_two_deltas(), upstream_streaming="always")
+    status, _, data = proxy.request("POST", path, payload, headers)
+    assert status == 200 and KEY.encode() not in data and b"[REDACTED] ok" in data, data
+
+
+def test_a_key_written_in_json_escapes_is_redacted_once_converted(raw):
+    escaped = "".join("\\u%04x" % ord(c) for c in KEY)
+    reply = completion("the key is KEY ok").replace(b"KEY", escaped.encode())
+    proxy, _ = raw(http_reply(reply))
+    status, _, data = proxy.request("POST", "/v1/messages", dict(CHAT, max_tokens=9),
+                                    {"anthropic-version": "2023-06-01"})
+    assert status == 200 and b"the key is [REDACTED] ok" in data, data
+
+
 def test_a_secret_cut_by_an_error_quote_leaves_no_prefix(raw):
     key = "sk-raw-upstream-key-0123"
     proxy, _ = raw(http_reply(b"<html>" + b"x" * 190 + b" Authorization: Bearer " +
