@@ -1866,6 +1866,8 @@ class ChunkedDecoder:
                 continue
             end = buf.find(b"\r\n")
             if end < 0 and len(buf) <= MAX_CHUNK_LINE:
+                if 10 in buf:   # a line ended by LF alone: no CRLF will come to end it
+                    raise ClientError("chunked body: a line ends without its CR")
                 break
             if end < 0 or end > MAX_CHUNK_LINE:
                 raise ClientError("chunked body: line too long")

@@ -380,6 +380,17 @@ def test_chunk_data_longer_than_its_size_is_400(server, fake):
     assert closed and fake.requests == []
 
 
+def test_chunk_lines_ended_by_lf_alone_are_400_at_once(server, fake):
+    # (No CRLF would ever come to end the line: the body used to wait for body_timeout,
+    # then a 408.)
+    data = raw_request("POST", GENERATE, headers=["Transfer-Encoding: chunked"]) + \
+        b"2\n{}\n0\n\n"
+    response, closed = answer_and_close(server, data)
+    gemini_error(response, 400)
+    assert "without its CR" in response.json()["error"]["message"]
+    assert closed and fake.requests == []
+
+
 # ---- bad payloads and routing --------------------------------------------------------------
 
 def test_invalid_json_is_400_naming_the_problem(server, fake):
