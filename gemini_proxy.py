@@ -1125,6 +1125,19 @@ class Config:
             keys.update(urllib.parse.unquote(v) for v in (parts.username, parts.password) if v)
         return [s for s in self.secrets() if s in keys or len(s) >= MIN_TOKEN_LENGTH]
 
+    def sent_upstream(self) -> List[str]:
+        """The credentials the proxy sends its upstreams (keys, header and query values, a
+        URL's user and password) as long as a token: what a converted reply may hold
+        whole where an upstream repeated one in pieces. (A shorter one, "ollama" or
+        "test", would cut letters out of the proxy's own fields, a model's name say.)"""
+        found: List[str] = []
+        for spec in self.upstreams.values():
+            found += spec["api_keys"] + list(spec["headers"].values()) + \
+                list(spec["query"].values())
+            parts = urllib.parse.urlsplit(spec["base_url"])
+            found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
+        return [s for s in dict.fromkeys(found) if len(s) >= MIN_TOKEN_LENGTH]
+
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
@@ -6959,7 +6972,9 @@ def _responses_finish(response: Dict[str, Any], parts: List[Part], malformed: bo
 
 
 def responses_stream_error(data: str) -> Optional[UpstreamError]:
-    """A failure a Responses server sent as a stream event, if `data` is one."""
+    """A failure a Responses server sent as a stream event, if `data` is one; or as a
+    whole reply, a failed response or an error body, both with an `error` and no `type`
+    (a passed-through reply is looked at with this too)."""
     if '"error"' not in data and "response.failed" not in data:
         return None
     try:
@@ -6972,6 +6987,8 @@ def responses_stream_error(data: str) -> Optional[UpstreamError]:
         return responses_failure(fields_of(event.get("error")) or event)
     if event.get("type") == "response.failed":
         return responses_failure(fields_of(event.get("response")))
+    if "type" not in event and fields_of(event.get("error")):
+        return responses_failure(event)
     return None
 
 
@@ -10792,6 +10809,8 @@ class Live:
     config: Config
     upstreams: Dict[str, UpstreamRuntime]
     redactor: Redactor
+    # For what the proxy makes of an upstream's reply (Config.sent_upstream): see generate.
+    made_redactor: Redactor
     # Upstreams that cannot be called: (the status a client gets, why). A key variable
     # that is not set (503), or a base_url that leads back to this proxy (508).
     unusable: Dict[str, Tuple[int, str]] = dataclasses.field(default_factory=dict)
@@ -12103,11 +12122,11 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
             lambda response: kind.decode_response(call.read_json(response), call.model)), tags)
     stops = spec["stop_strings"] + (chat.stop if not kind.sends_stop else [])
     reply_id = dialect.response_id(ex.rid)
-    # The upstream's credentials are taken out of what it sent, and again out of what the
-    # proxy made of it: text it joined from a stream's pieces (an assembled reply,
-    # Responses' .done events) or read from JSON escapes may hold one whole. (Split
+    # Credentials are taken out of what the upstream sent, and those it was sent again out
+    # of what the proxy made of it: text it joined from a stream's pieces (an assembled
+    # reply, Responses' .done events) or read from JSON escapes may hold one whole. (Split
     # between two of a stream's deltas, a key reaches a streaming client in two pieces.)
-    redact = rq.live.redactor.bytes
+    redact = rq.live.made_redactor.bytes
     if not chat.stream:
         if reply is None:   # a stream assembled while the client waits for a whole reply
             reply = collect_reply(events, ex.rid, call.model)
@@ -12224,21 +12243,22 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     def opened(response: UpstreamResponse) -> Any:
         content_type = rq.live.redactor.text(response.headers.get("content-type",
                                                                   "application/json"))
+        ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
         if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
             data = call.read_body(response)
-            payload = call.json_of(data)
+            reply = call.json_of(data)
             # An error's form is the one its kind puts into a stream (read again, only
             # for a body that has the look of one: a response object's "error" is null).
-            top = payload[0] if isinstance(payload, list) and payload else payload
-            error = kind.stream_event_error(data.decode("utf-8", "replace")) \
+            top = reply[0] if isinstance(reply, list) and reply else reply
+            error = kind.stream_event_error(data.decode("utf-8", "replace").strip()) \
                 if isinstance(top, dict) and (top.get("error") or top.get("type") == "error") \
                 else None
             if error is not None:
                 raise error
-            if begun is not None and not begun(payload):
+            if begun is not None and not begun(reply):
                 raise UpstreamError("upstream %r answered without a reply: %s" % (
                     runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
-            ex.usage = kind.usage_from(payload, None)
+            ex.usage = kind.usage_from(reply, None)
             return content_type, data, None
         if content_type.split(";")[0].strip().lower() != expected_type:
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
@@ -12250,7 +12270,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         # chat reply whose kind tells (reply_begun), up to the first that holds some of
         # the reply: those before it are held back (Azure opens with its prompt filter's,
         # choices empty), and a stream that ends first was no answer.
-        first, over, received, answering = b"", False, False, False
+        first, over, received, answering = bytearray(), False, False, False
         while not (first and answering) and not over:
             data = next(chunks, b"")
             if data:
@@ -12268,14 +12288,17 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 if answering:
                     break
                 if kind.stream_last is not None and kind.stream_last(event):
+                    error = kind.stream_event_error(event[1])   # (response.failed is one)
+                    if error is not None:
+                        raise error
                     if begun is not None:
                         raise UpstreamError("upstream %r ended its stream (%s) without any "
                                             "reply" % (runtime.name, clip(event[1], 40)),
                                             status=502)
                     answering = True   # an end at once: what comes of it is the client's
                     break
-                payload = stream_event_json(event[1], kind.stream_event_error)
-                answering = begun is None or begun(payload)
+                answering = begun is None or begun(stream_event_json(event[1],
+                                                                     kind.stream_event_error))
             # (Bytes with no event in them: Gemini's JSON-array form, or comments.)
             answering = answering or (begun is None and bool(first))
             if len(first) > spec["max_reply_bytes"]:
@@ -12286,7 +12309,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
         if over and not (passing.ended and answering):   # a 502 now, not 200 and garble
             raise UpstreamError("upstream %r ended its stream before the reply was "
                                 "finished" % runtime.name, status=502)
-        return content_type, first, (response, chunks, passing)
+        return content_type, bytes(first), (response, chunks, passing)
     content_type, first, rest = call.send(
         kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
         stream=ex.stream, extra_headers=forwarded, alternatives=False)
@@ -12512,6 +12535,7 @@ class Proxy:
                                   "(%s) is the address this proxy listens on"
                                   % (name, display_url(spec["base_url"])))
         return Live(config, upstreams, Redactor(config.secrets(), config.credentials()),
+                    Redactor((), config.sent_upstream()),
                     unusable)
 
     def _google_accounts(self, name: str, spec: Dict[str, Any], config: Config,
@@ -13661,7 +13685,10 @@ class ProxyServer:
         body)."""
         status, payload = 200, None
         if dialect is not None and action in dialect.local_actions:
+            # A stored reply is what the proxy made of an upstream's: see generate.
             status, payload = dialect.local_actions[action](head, params)
+            return status, [("content-type", "application/json")], \
+                self.proxy.live.made_redactor.bytes(json_bytes(payload))
         elif action == "health":
             status, payload = self.proxy.health()
         elif action == "status":

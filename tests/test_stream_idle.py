@@ -181,6 +181,8 @@ def test_a_short_read_on_the_loop_is_taken_as_the_socket_emptied():
         # A read that filled what it asked for may have left more: it reads on.
         event = b"data: " + b"x" * 1000 + b"\n\n"
         body = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for _ in range(70))
+        for end, option in ((theirs, socket.SO_SNDBUF), (ours, socket.SO_RCVBUF)):
+            end.setsockopt(socket.SOL_SOCKET, option, 1 << 18)   # room for all of it
         sender = threading.Thread(target=theirs.sendall, args=(body,))
         sender.start()
         sender.join(PATIENCE)   # all of it waits in the socket then (a Unix socket's send)
