@@ -123,16 +123,23 @@ def test_idle_goes_through_every_stage_and_changes_nothing(kind, index, client, 
     assert [piece for piece in with_idle if piece is not IDLE] == plain
 
 
+def chunked_sse_read_on_loop(sock, stopped):
+    """A chunked SSE reply on `sock` (its head read already), read as the event loop
+    reads it; `stopped` is the socket a CallStopper would shut."""
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                               b"transfer-encoding: chunked\r\n\r\n")
+    reply = gp.UpstreamResponse(gp.ConnectionPool(), None, gp.UpstreamConnection(sock), head,
+                                gp.ReplyBody(head, "POST"), 1, "up", gp.Timeouts(5, 5, 5),
+                                gp.CallStopper(stopped))
+    reply.read_on_loop()
+    return reply
+
+
 def test_a_reply_read_on_the_loop_says_idle_where_it_would_wait():
     # The socket's side: a chunked SSE body arriving in pieces, read without waiting.
     ours, theirs = socket.socketpair()
     try:
-        head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                                   b"transfer-encoding: chunked\r\n\r\n")
-        reply = gp.UpstreamResponse(gp.ConnectionPool(), None, gp.UpstreamConnection(ours),
-                                    head, gp.ReplyBody(head, "POST"), 1, "up",
-                                    gp.Timeouts(5, 5, 5), gp.CallStopper(ours))
-        reply.read_on_loop()
+        reply = chunked_sse_read_on_loop(ours, ours)
         events = reply.sse_events(1 << 20)
         theirs.sendall(b'a\r\ndata: {"a"\r\n')         # half an event
         assert next(events) is IDLE
@@ -166,13 +173,7 @@ def test_a_short_read_on_the_loop_is_taken_as_the_socket_emptied():
     ours, theirs = socket.socketpair()
     counted = CountedReads(ours)
     try:
-        head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                                   b"transfer-encoding: chunked\r\n\r\n")
-        reply = gp.UpstreamResponse(gp.ConnectionPool(), None, gp.UpstreamConnection(counted),
-                                    head, gp.ReplyBody(head, "POST"), 1, "up",
-                                    gp.Timeouts(5, 5, 5), gp.CallStopper(ours))
-        reply.read_on_loop()
-        chunks = reply.raw_chunks()
+        chunks = chunked_sse_read_on_loop(counted, ours).raw_chunks()
         lone = b'data: {"a":1}\n\n'
         theirs.sendall(b"%x\r\n%s\r\n" % (len(lone), lone))
         assert next(chunks) == lone and counted.reads == 1

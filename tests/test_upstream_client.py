@@ -97,6 +97,24 @@ def test_retries_run_out(proxy_factory, fake):
     assert status == 503 and "still busy" in body["error"]["message"]
 
 
+def read_request(conn):
+    """One whole request from a connection (head and Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int([line for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def answer_fresh(conn):
+    reply = json.dumps(completion("fresh")).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+
+
 class ClosingUpstream:
     """Answers each request and closes the connection without saying so: the pooled
     keep-alive connection is dead by the time it is reused."""
@@ -116,18 +134,12 @@ class ClosingUpstream:
             except OSError:
                 return
             self.connections += 1
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = int([l for l in head.split(b"\r\n")
-                          if l.lower().startswith(b"content-length")][0].split(b":")[1])
-            while len(body) < length:
-                body += conn.recv(65536)
-            reply = json.dumps(completion("fresh")).encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
-            conn.close()
+            self._handle(conn, self.connections)
+
+    def _handle(self, conn, number):
+        read_request(conn)
+        answer_fresh(conn)
+        conn.close()
 
     def close(self):
         self.sock.close()
@@ -149,47 +161,31 @@ def test_dead_keep_alive_connection_is_replaced(proxy_factory):
         upstream.close()
 
 
-class CloseOnReuseUpstream:
+class CloseOnReuseUpstream(ClosingUpstream):
     """Answers the first request on each connection and keeps it open; closes it, with no
     answer, when a second request comes on it: a pooled connection that looks alive and
     dies under the request. The first answers wait until `together` connections have
     asked, so that as many are idle in the pool afterwards."""
 
     def __init__(self, together):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self._together = threading.Barrier(together)
         self._open = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self._open.append(conn)
-            threading.Thread(target=self._handle, args=(conn, self.connections),
-                             daemon=True).start()
+        super().__init__()
 
     def _handle(self, conn, number):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
+        self._open.append(conn)
+        threading.Thread(target=self._answer_once, args=(conn, number), daemon=True).start()
+
+    def _answer_once(self, conn, number):
+        read_request(conn)
         if number <= self._together.parties:
             self._together.wait(PATIENCE)
-        reply = json.dumps(completion("fresh")).encode()
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        answer_fresh(conn)
         if conn.recv(65536):   # a request on a connection already used: closed unanswered
             conn.close()
 
     def close(self):
-        self.sock.close()
+        super().close()
         for conn in self._open:
             conn.close()
 
