@@ -11300,6 +11300,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         tried.append(key)
         ex.attempts += 1
         ex.key = key.name
+        ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
         try:
             deliver = attempt(UpstreamCall(rq, runtime, model, key))
             keys.succeeded(key)
@@ -12243,7 +12244,6 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
     def opened(response: UpstreamResponse) -> Any:
         content_type = rq.live.redactor.text(response.headers.get("content-type",
                                                                   "application/json"))
-        ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
         if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
             data = call.read_body(response)
             reply = call.json_of(data)
@@ -12297,8 +12297,8 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                                             status=502)
                     answering = True   # an end at once: what comes of it is the client's
                     break
-                answering = begun is None or begun(stream_event_json(event[1],
-                                                                     kind.stream_event_error))
+                reply = stream_event_json(event[1], kind.stream_event_error)
+                answering = begun is None or begun(reply)
             # (Bytes with no event in them: Gemini's JSON-array form, or comments.)
             answering = answering or (begun is None and bool(first))
             if len(first) > spec["max_reply_bytes"]:

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from conftest import gp
+from test_relaying import access_lines
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 GEMINI_PATH = "/v1beta/models/m:generateContent"
@@ -536,6 +537,32 @@ def test_a_passed_through_responses_stream_that_fails_at_once_is_an_error(raw):
     assert status == 429, data
 
 
+STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=True)),
+                "gemini": ("/v1beta/models/m:streamGenerateContent?alt=sse", GEMINI_ASK),
+                "openai-responses": ("/v1/responses", dict(RESPONSES_ASK, stream=True))}
+
+
+@pytest.mark.parametrize("kind, first, status", [
+    ("anthropic", b"event: error\ndata: " + json.dumps({"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}).encode(), 529),
+    ("gemini", b"data: " + json.dumps([{"error": {
+        "code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}]).encode(),
+     429),
+    ("openai-responses", b"event: error\ndata: " + json.dumps({
+        "type": "error", "code": "rate_limit_exceeded", "message": "slow down"}).encode(),
+     429),
+    ("anthropic", b"event: message_start\ndata: {not json", 502),
+    ("gemini", b"data: {not json", 502),
+    ("openai-responses", b"event: response.created\ndata: {not json", 502)])
+def test_a_passed_through_streams_first_event_is_looked_at_for_every_kind(raw, kind, first,
+                                                                          status):
+    # (A second review caught f33a331 looking at it only for OpenAI-compatible chat.)
+    path, ask = STREAM_PATHS[kind]
+    proxy, _ = raw(sse_http(first + b"\n\n"), kind=kind)
+    got, _, data = proxy.request("POST", path, ask, {"anthropic-version": "2023-06-01"})
+    assert got == status, data
+
+
 def test_a_passed_through_error_body_after_a_blank_line_keeps_its_status(raw):
     proxy, _ = raw(http_reply(b"\n" + json.dumps(
         {"error": {"message": "rate limited", "code": 429}}).encode()))
@@ -574,10 +601,8 @@ def test_a_failed_attempts_usage_is_not_the_retrys(raw, caplog):
                             openai_event({}, "stop") + b"data: [DONE]\n\n"),
                    retries=1, retry_wait=0.01)
     status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
-    lines = [r.getMessage() for r in caplog.records if r.name == "gemini_proxy.access" and
-             "/v1/chat/completions" in r.getMessage()]
-    assert status == 200 and len(lines) == 1 and "tokens=~" in lines[0] and \
-        "777" not in lines[0], lines
+    (line,) = access_lines(caplog)   # (waits for it: it is written after the reply)
+    assert status == 200 and "tokens=~" in line and "777" not in line, line
 
 
 @pytest.mark.parametrize("stream", [
