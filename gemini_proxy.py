@@ -8182,8 +8182,8 @@ class UpstreamConnection:
         where the selector cannot see them. After a plain socket's read that took less
         than it asked for, None without a read: what arrives later the selector reports
         (it says a socket is readable for as long as it is). A lone event is read with
-        one recv, not two (the second's "nothing" was a tenth of the loop's cost of the
-        event, measured)."""
+        one recv, not two (the second only said there was nothing more: the loop spent
+        7% more on streams of lone events, measured)."""
         self.wants_write = False
         if self._emptied:
             self._emptied = False
