@@ -496,7 +496,18 @@ def test_a_passed_through_200_that_holds_no_answer_is_an_error(raw, reply, statu
     assert got == status and said in body["error"]["message"], body
 
 
+RESPONSES_ASK = {"model": "m", "input": "hi"}
+
+
+def failed_response(code):
+    return {"id": "resp_1", "object": "response", "status": "failed", "output": [],
+            "error": {"code": code, "message": "it failed: " + code}}
+
+
 @pytest.mark.parametrize("kind, path, ask, reply, status", [
+    ("openai-responses", "/v1/responses", RESPONSES_ASK,
+     {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}, 429),
+    ("openai-responses", "/v1/responses", RESPONSES_ASK, failed_response("server_error"), 502),
     ("anthropic", "/v1/messages", dict(CHAT, max_tokens=9),
      {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, 529),
     ("gemini", GEMINI_PATH, GEMINI_ASK,
@@ -507,34 +518,6 @@ def test_a_passed_through_200_that_is_an_error_is_the_upstreams_error(raw, kind,
     proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind=kind)
     got, body = proxy.post(path, ask, {"anthropic-version": "2023-06-01"})
     assert got == status, body
-
-
-RESPONSES_ASK = {"model": "m", "input": "hi"}
-
-
-def failed_response(code):
-    return {"id": "resp_1", "object": "response", "status": "failed", "output": [],
-            "error": {"code": code, "message": "it failed: " + code}}
-
-
-@pytest.mark.parametrize("reply, status", [
-    ({"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}, 429),
-    (failed_response("server_error"), 502)])
-def test_a_passed_through_responses_reply_that_failed_is_an_error(raw, reply, status):
-    proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind="openai-responses")
-    got, body = proxy.post("/v1/responses", RESPONSES_ASK)
-    assert got == status, body
-
-
-def test_a_passed_through_responses_stream_that_fails_at_once_is_an_error(raw):
-    # response.failed is a final event too: looked at as an error first (a review found
-    # it passed on as a 200, its key not rested).
-    failed = {"type": "response.failed", "sequence_number": 0,
-              "response": failed_response("rate_limit_exceeded")}
-    proxy, _ = raw(sse_http(b"event: response.failed\ndata: " + json.dumps(failed).encode() +
-                            b"\n\n"), kind="openai-responses")
-    status, _, data = proxy.request("POST", "/v1/responses", dict(RESPONSES_ASK, stream=True))
-    assert status == 429, data
 
 
 STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=True)),
@@ -551,6 +534,11 @@ STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=Tr
     ("openai-responses", b"event: error\ndata: " + json.dumps({
         "type": "error", "code": "rate_limit_exceeded", "message": "slow down"}).encode(),
      429),
+    # response.failed is a final event too: looked at as an error first (a review found
+    # it passed on as a 200, its key not rested)
+    ("openai-responses", b"event: response.failed\ndata: " + json.dumps({
+        "type": "response.failed", "sequence_number": 0,
+        "response": failed_response("rate_limit_exceeded")}).encode(), 429),
     ("anthropic", b"event: message_start\ndata: {not json", 502),
     ("gemini", b"data: {not json", 502),
     ("openai-responses", b"event: response.created\ndata: {not json", 502)])
@@ -581,15 +569,6 @@ def test_passed_through_replies_that_only_look_like_failures_are_answers(raw, ki
     assert status == 200 and body == reply
 
 
-def test_comments_before_a_passed_through_streams_first_choice_go_out_with_it(raw):
-    stream = (b": OPENROUTER PROCESSING\n\n" * 3 +
-              openai_event({"role": "assistant", "content": "Hi"}, None) +
-              openai_event({}, "stop") + b"data: [DONE]\n\n")
-    proxy, _ = raw(sse_http(stream))
-    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
-    assert status == 200 and data == stream
-
-
 def test_a_failed_attempts_usage_is_not_the_retrys(raw, caplog):
     # The first attempt counted 777 prompt tokens, then failed (no reply); the second
     # reports none: its estimate is logged, not the failed attempt's count.
@@ -616,11 +595,13 @@ def test_a_passed_through_stream_that_ends_before_any_choice_is_a_502(raw, strea
     assert status == 502 and b"without any reply" in data, data
 
 
-def test_events_before_a_passed_through_streams_first_choice_go_out_with_it(raw):
-    # Azure opens a stream with its prompt filter's results, choices empty: held back
-    # until a choice shows the reply has begun, then sent, all of it, in order.
-    stream = (empty_choices_event(prompt_filter_results=[{"prompt_index": 0}]) +
-              openai_event({"role": "assistant", "content": "Hi"}, None) +
+@pytest.mark.parametrize("prelude", [
+    empty_choices_event(prompt_filter_results=[{"prompt_index": 0}]),   # Azure's
+    b": OPENROUTER PROCESSING\n\n" * 3])
+def test_what_comes_before_a_passed_through_streams_first_choice_goes_out_with_it(raw,
+                                                                                   prelude):
+    # Held back until a choice shows the reply has begun, then sent, all of it, in order.
+    stream = (prelude + openai_event({"role": "assistant", "content": "Hi"}, None) +
               openai_event({}, "stop") + b"data: [DONE]\n\n")
     proxy, _ = raw(sse_http(stream))
     status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
