@@ -3577,18 +3577,32 @@ def openai_stream_end(data: str) -> bool:
     return data.startswith("[DONE]") or OPENAI_FINISH_FIELD.search(data) is not None
 
 
+# The HTTP status an OpenAI error's code (or type) stands for, where a reply has only
+# the name: an error inside a 200, a failed Responses response. Others are 502s.
+OPENAI_ERROR_STATUS = {"rate_limit_exceeded": 429, "rate_limit_error": 429,
+                       "insufficient_quota": 429, "context_length_exceeded": 400,
+                       "invalid_prompt": 400, "invalid_request_error": 400,
+                       "server_is_overloaded": 503, "slow_down": 503}
+
+
 def openai_stream_error(data: str) -> Optional[UpstreamError]:
-    """An error an OpenAI-compatible server sent inside a 200 stream, if `data` is one."""
+    """An error an OpenAI-compatible server sent inside a 200 (a stream's event, or the
+    whole body), if `data` is one; its status is its code's, a number or a name."""
     if not data.startswith("{") or '"error"' not in data:
         return None
     try:
         chunk = json.loads(data)
     except (ValueError, RecursionError):
         return None
-    if isinstance(chunk, dict) and chunk.get("error"):
-        return decode_openai_error(chunk.get("error", {}).get("code")
-                                   if isinstance(chunk["error"], dict) else None, chunk)
-    return None
+    if not isinstance(chunk, dict) or not chunk.get("error"):
+        return None
+    error = fields_of(chunk["error"])
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = OPENAI_ERROR_STATUS.get(text_of(code) or text_of(error.get("type")))
+    return decode_openai_error(code, chunk)
 
 
 def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
@@ -6884,9 +6898,7 @@ def responses_failure(response: Dict[str, Any]) -> UpstreamError:
     """A failed response (status failed, or an `error` event) as the upstream's error."""
     error = fields_of(response.get("error")) or response
     code = text_of(error.get("code")) or text_of(error.get("type"))
-    status = {"rate_limit_exceeded": 429, "insufficient_quota": 429,
-              "context_length_exceeded": 400, "invalid_prompt": 400,
-              "server_is_overloaded": 503, "slow_down": 503}.get(code, 502)
+    status = OPENAI_ERROR_STATUS.get(code, 502)
     message = text_of(error.get("message"))
     wait = TRY_AGAIN.search(message)
     retry_after = sum(float(number) * WAIT_UNITS[unit.lower()] for number, unit in re.findall(
@@ -11139,7 +11151,21 @@ class UpstreamCall:
         return data
 
     def read_json(self, response: UpstreamResponse) -> Any:
-        return self.json_of(self.read_body(response))
+        return self.reply_json(self.read_body(response))
+
+    def reply_json(self, data: bytes) -> Any:
+        """A whole 2xx reply's JSON. One that is the upstream's error (some answer 200
+        with one) raises it with its own status, as the error in a stream would: a 429
+        rests its key. Its form is the one its kind puts into a stream, read again only
+        for a body that has the look of one (a response object's "error" is null)."""
+        reply = self.json_of(data)
+        top = reply[0] if isinstance(reply, list) and reply else reply
+        if isinstance(top, dict) and (top.get("error") or top.get("type") == "error"):
+            error = self.runtime.kind.stream_event_error(
+                data.decode("utf-8", "replace").strip())
+            if error is not None:
+                raise error
+        return reply
 
     def json_of(self, data: bytes) -> Any:
         try:
@@ -12246,15 +12272,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                                                                   "application/json"))
         if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
             data = call.read_body(response)
-            reply = call.json_of(data)
-            # An error's form is the one its kind puts into a stream (read again, only
-            # for a body that has the look of one: a response object's "error" is null).
-            top = reply[0] if isinstance(reply, list) and reply else reply
-            error = kind.stream_event_error(data.decode("utf-8", "replace").strip()) \
-                if isinstance(top, dict) and (top.get("error") or top.get("type") == "error") \
-                else None
-            if error is not None:
-                raise error
+            reply = call.reply_json(data)
             if begun is not None and not begun(reply):
                 raise UpstreamError("upstream %r answered without a reply: %s" % (
                     runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)

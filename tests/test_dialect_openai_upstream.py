@@ -179,6 +179,19 @@ def test_stream_error_event_keeps_its_status():
     assert gp.openai_stream_error(json.dumps(delta(content='{"error": 1}'))) is None
 
 
+@pytest.mark.parametrize("error, status", [
+    ({"message": "slow down", "code": "rate_limit_exceeded"}, 429),
+    ({"message": "slow down", "code": "429"}, 429),
+    ({"message": "no credit", "type": "insufficient_quota", "code": None}, 429),
+    ({"message": "too long", "code": "context_length_exceeded"}, 400),
+    ({"message": "busy", "code": "server_is_overloaded"}, 503),
+    ({"message": "odd", "code": "something_new"}, 502),
+    ({"message": "odd", "code": True}, 502)])
+def test_an_error_with_a_name_for_a_code_has_its_status(error, status):
+    # (Without a number these were all 502s: a rate limit rested no key.)
+    assert gp.openai_stream_error(json.dumps({"error": error})).status == status
+
+
 @pytest.mark.parametrize("status, payload, message", [
     (429, {"error": {"message": "Rate limit", "type": "rate_limit_error"}}, "Rate limit"),
     (400, {"error": "bad thing"}, "bad thing"),

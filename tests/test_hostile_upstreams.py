@@ -520,6 +520,40 @@ def test_a_passed_through_200_that_is_an_error_is_the_upstreams_error(raw, kind,
     assert got == status, body
 
 
+@pytest.mark.parametrize("kind, reply, status", [
+    ("openai", {"error": {"message": "the model is overloaded", "code": 503}}, 503),
+    ("openai-responses", failed_response("rate_limit_exceeded"), 429),
+    ("anthropic", {"type": "error", "error": {"type": "overloaded_error",
+                                              "message": "Overloaded"}}, 503),   # (529's
+    ("gemini", {"error": {"code": 429, "message": "Quota exceeded",         # OpenAI name)
+                          "status": "RESOURCE_EXHAUSTED"}}, 429)])
+def test_a_converted_200_that_is_an_error_is_the_upstreams_error(raw, kind, reply, status):
+    # (It was a 502 whatever the error said, so a 429 there rested no key.)
+    proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind=kind)
+    if kind == "openai":
+        got, body = proxy.post("/v1/messages", dict(CHAT, max_tokens=9),
+                               {"anthropic-version": "2023-06-01"})
+    else:
+        got, body = proxy.post("/v1/chat/completions", CHAT)
+    assert got == status, body
+
+
+def test_a_converted_200_that_is_a_rate_limit_rests_its_key(raw, caplog):
+    caplog.set_level(logging.INFO, logger="gemini_proxy")
+    proxy, upstream = raw(
+        http_reply(json.dumps({"error": {"message": "Rate limit reached",
+                                         "code": "rate_limit_exceeded"}}).encode()),
+        http_reply(completion("from the other key")),
+        api_keys=["sk-raw-upstream-key-4567"], retries=1)
+    status, body = proxy.post("/v1/messages", dict(CHAT, max_tokens=9),
+                              {"anthropic-version": "2023-06-01"})
+    assert status == 200 and body["content"][0]["text"] == "from the other key", body
+    keys = [head.lower().split(b"authorization: bearer ")[1][:24]
+            for head, _ in upstream.requests]
+    assert sorted(keys) == [b"sk-raw-upstream-key-0123", b"sk-raw-upstream-key-4567"], keys
+    assert any("is rate limited" in r.getMessage() for r in caplog.records), caplog.text
+
+
 STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=True)),
                 "gemini": ("/v1beta/models/m:streamGenerateContent?alt=sse", GEMINI_ASK),
                 "openai-responses": ("/v1/responses", dict(RESPONSES_ASK, stream=True))}
