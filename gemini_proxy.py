@@ -652,6 +652,13 @@ MODEL_NAME = re.compile(r"[!-~]{1,%d}\Z" % MAX_MODEL_NAME)
 # Header and query values this long are treated as credentials even in the bytes passed
 # through to clients (see Config.credentials); shorter ones only stay out of logs.
 MIN_TOKEN_LENGTH = 16
+# An upstream header whose name says it carries a credential (Authorization, api-key,
+# x-goog-api-key, Cookie, Helicone-Auth, x-portkey-virtual-key, ...). Only such values are
+# taken out of what clients read; every header value stays out of logs. Others are words
+# of the user's that an answer may rightly hold: OpenRouter's HTTP-Referer and X-Title
+# (an app's address and name), anthropic-beta.
+CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|cookie|session|sig|pass|cred|ticket",
+                               re.IGNORECASE)
 
 # The request header that carries the instance ids a request has passed through, so a
 # proxy configured (directly or through others) to call itself answers 508 at once.
@@ -1115,25 +1122,33 @@ class Config:
 
     def credentials(self) -> List[str]:
         """The secrets removed even from an upstream's reply passed through to a client
-        (an upstream may repeat one in an error): every key and URL password, and header
-        and query values as long as a token (an api-version date or "true" is none, and
-        a model's answer must not have it replaced)."""
+        (an upstream may repeat one in an error): every key and URL password, and the
+        values of credential headers (CREDENTIAL_HEADER) and of query parameters as long
+        as a token (an api-version date or "true" is none, and a model's answer must not
+        have it replaced)."""
         keys = set(self.server["api_keys"]) | set(self.server["admin_keys"])
+        words: Set[str] = set()   # header values that are no credentials
         for spec in self.upstreams.values():
             keys.update(spec["api_keys"])
             parts = urllib.parse.urlsplit(spec["base_url"])
             keys.update(urllib.parse.unquote(v) for v in (parts.username, parts.password) if v)
-        return [s for s in self.secrets() if s in keys or len(s) >= MIN_TOKEN_LENGTH]
+            words.update(value for name, value in spec["headers"].items()
+                         if not CREDENTIAL_HEADER.search(name))
+        tokens = set(self.sent_upstream())   # (a word elsewhere a credential is one)
+        return [s for s in self.secrets() if s in keys or (
+            len(s) >= MIN_TOKEN_LENGTH and (s not in words or s in tokens))]
 
     def sent_upstream(self) -> List[str]:
-        """The credentials the proxy sends its upstreams (keys, header and query values, a
-        URL's user and password) as long as a token: what a converted reply may hold
-        whole where an upstream repeated one in pieces. (A shorter one, "ollama" or
-        "test", would cut letters out of the proxy's own fields, a model's name say.)"""
+        """The credentials the proxy sends its upstreams (keys, credential headers' and
+        query values, a URL's user and password) as long as a token: what a converted
+        reply may hold whole where an upstream repeated one in pieces. (A shorter one,
+        "ollama" or "test", would cut letters out of the proxy's own fields, a model's
+        name say.)"""
         found: List[str] = []
         for spec in self.upstreams.values():
-            found += spec["api_keys"] + list(spec["headers"].values()) + \
-                list(spec["query"].values())
+            found += spec["api_keys"] + list(spec["query"].values()) + [
+                value for name, value in spec["headers"].items()
+                if CREDENTIAL_HEADER.search(name)]
             parts = urllib.parse.urlsplit(spec["base_url"])
             found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
         return [s for s in dict.fromkeys(found) if len(s) >= MIN_TOKEN_LENGTH]

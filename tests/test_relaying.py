@@ -417,6 +417,28 @@ def test_short_configured_values_are_not_cut_out_of_passed_through_answers(proxy
     assert body["choices"][0]["message"]["content"] == "released 2024-10-21, true story"
 
 
+def test_header_values_that_are_no_credentials_stay_in_answers(proxy_factory, fake):
+    # OpenRouter asks for an app's address and name in headers; an answer about that app
+    # keeps them (they were [REDACTED], as a credential header's value still is).
+    referer, title = "https://github.com/someone/their-project", "Their Project's Assistant"
+    secret = "hdr-secret-value-0123456789"
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "sk-long-upstream-key-123",
+        "headers": {"HTTP-Referer": referer, "X-Title": title, "X-Gateway-Token": secret}}}})
+    text = "see %s (%s); token %s" % (referer, title, secret)
+    fake.queue(json_reply(completion(text)))
+    status, body = proxy.post("/v1/chat/completions", CHAT)
+    assert status == 200 and body["choices"][0]["message"]["content"] == \
+        "see %s (%s); token [REDACTED]" % (referer, title)
+    fake.queue(json_reply(completion(text)))   # converted, cleaned again as it goes out
+    status, body = proxy.post("/v1/messages", dict(CHAT, max_tokens=9),
+                              {"anthropic-version": "2023-06-01"})
+    assert status == 200 and body["content"][0]["text"] == \
+        "see %s (%s); token [REDACTED]" % (referer, title)
+    config = proxy.server.proxy.live.config
+    assert referer in config.secrets() and title in config.secrets()   # out of logs
+
+
 # ---- a passed-through stream, read by the event loop itself ---------------------------------
 
 def read_event(response):
