@@ -354,6 +354,25 @@ def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkey
         forward.close()
 
 
+def test_tls_settings_are_made_for_the_first_https_connection_only(proxy_factory, fake,
+                                                                   tls_fake, monkeypatch):
+    # (Loading the system's CA certificates costs a start 20 ms and 2.4 MB; a proxy of
+    # local upstreams never needs them.)
+    upstream, cert = tls_fake
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    proxy = proxy_factory({"upstreams": {
+        "plain": {"kind": "openai", "base_url": fake.base_url, "api_key": "k-1"},
+        "tls": {"kind": "openai", "base_url": upstream.base_url, "api_key": "k-2"}},
+        "routes": [{"model": "secure", "upstream": "tls"}], "default_upstream": "plain"})
+    pool = proxy.server.proxy.pool
+    fake.queue(text_stream("plain", pieces=1))
+    status, _, data = proxy.request("POST", STREAM, HELLO)
+    assert status == 200 and b"plain" in data and pool._tls is None
+    upstream.queue(text_stream("secure", pieces=1))
+    status, _, data = proxy.request("POST", STREAM.replace("gemini-2.5-pro", "secure"), HELLO)
+    assert status == 200 and b"secure" in data and pool._tls is not None
+
+
 def test_a_stream_passed_through_from_tls_arrives_whole_on_a_kept_connection(
         proxy_factory, tls_fake, monkeypatch):
     # The event loop reads a passed-through stream itself, the socket non-blocking: TLS
