@@ -652,13 +652,14 @@ MODEL_NAME = re.compile(r"[!-~]{1,%d}\Z" % MAX_MODEL_NAME)
 # Header and query values this long are treated as credentials even in the bytes passed
 # through to clients (see Config.credentials); shorter ones only stay out of logs.
 MIN_TOKEN_LENGTH = 16
-# An upstream header whose name says it carries a credential (Authorization, api-key,
-# x-goog-api-key, Cookie, Helicone-Auth, x-portkey-virtual-key, ...). Only such values are
-# taken out of what clients read; every header value stays out of logs. Others are words
-# of the user's that an answer may rightly hold: OpenRouter's HTTP-Referer and X-Title
-# (an app's address and name), anthropic-beta.
-CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|cookie|session|sig|pass|cred|ticket",
-                               re.IGNORECASE)
+# Upstream headers known to carry no credential: words of the user's that an answer may
+# rightly hold (OpenRouter's HTTP-Referer and X-Title, an app's address and name; an
+# organisation's or project's id; a feature's name). Their values stay out of logs, as
+# every header's, but are not taken out of what clients read. Any other header may be a
+# gateway's credential under a name of its own (Cf-Access-Jwt-Assertion, X-PAT...).
+PLAIN_HEADERS = frozenset(("http-referer", "referer", "x-title", "user-agent",
+                           "anthropic-beta", "anthropic-version", "openai-beta",
+                           "openai-organization", "openai-project", "x-goog-user-project"))
 
 # The request header that carries the instance ids a request has passed through, so a
 # proxy configured (directly or through others) to call itself answers 508 at once.
@@ -1123,9 +1124,9 @@ class Config:
     def credentials(self) -> List[str]:
         """The secrets removed even from an upstream's reply passed through to a client
         (an upstream may repeat one in an error): every key and URL password, and the
-        values of credential headers (CREDENTIAL_HEADER) and of query parameters as long
-        as a token (an api-version date or "true" is none, and a model's answer must not
-        have it replaced)."""
+        values of headers (but PLAIN_HEADERS) and of query parameters as long as a token
+        (an api-version date or "true" is none, and a model's answer must not have it
+        replaced)."""
         keys = set(self.server["api_keys"]) | set(self.server["admin_keys"])
         words: Set[str] = set()   # header values that are no credentials
         for spec in self.upstreams.values():
@@ -1133,22 +1134,22 @@ class Config:
             parts = urllib.parse.urlsplit(spec["base_url"])
             keys.update(urllib.parse.unquote(v) for v in (parts.username, parts.password) if v)
             words.update(value for name, value in spec["headers"].items()
-                         if not CREDENTIAL_HEADER.search(name))
+                         if name.lower() in PLAIN_HEADERS)
         tokens = set(self.sent_upstream())   # (a word elsewhere a credential is one)
         return [s for s in self.secrets() if s in keys or (
             len(s) >= MIN_TOKEN_LENGTH and (s not in words or s in tokens))]
 
     def sent_upstream(self) -> List[str]:
-        """The credentials the proxy sends its upstreams (keys, credential headers' and
-        query values, a URL's user and password) as long as a token: what a converted
-        reply may hold whole where an upstream repeated one in pieces. (A shorter one,
-        "ollama" or "test", would cut letters out of the proxy's own fields, a model's
-        name say.)"""
+        """The credentials the proxy sends its upstreams (keys, header values but those
+        of PLAIN_HEADERS, query values, a URL's user and password) as long as a token:
+        what a converted reply may hold whole where an upstream repeated one in pieces.
+        (A shorter one, "ollama" or "test", would cut letters out of the proxy's own
+        fields, a model's name say.)"""
         found: List[str] = []
         for spec in self.upstreams.values():
             found += spec["api_keys"] + list(spec["query"].values()) + [
                 value for name, value in spec["headers"].items()
-                if CREDENTIAL_HEADER.search(name)]
+                if name.lower() not in PLAIN_HEADERS]
             parts = urllib.parse.urlsplit(spec["base_url"])
             found += [urllib.parse.unquote(v) for v in (parts.username, parts.password) if v]
         return [s for s in dict.fromkeys(found) if len(s) >= MIN_TOKEN_LENGTH]
@@ -3612,12 +3613,15 @@ def openai_stream_error(data: str) -> Optional[UpstreamError]:
     if not isinstance(chunk, dict) or not chunk.get("error"):
         return None
     error = fields_of(chunk["error"])
-    code = error.get("code")
-    if isinstance(code, str) and code.isdigit():
+    code, status = error.get("code"), None
+    if isinstance(code, str) and re.fullmatch(r"[0-9]{3}", code):
         code = int(code)
-    if not isinstance(code, int) or isinstance(code, bool):
-        code = OPENAI_ERROR_STATUS.get(text_of(code) or text_of(error.get("type")))
-    return decode_openai_error(code, chunk)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        status = code
+    else:   # a name, or a number no HTTP status is: its name's, or its type's
+        status = OPENAI_ERROR_STATUS.get(text_of(code)) or \
+            OPENAI_ERROR_STATUS.get(text_of(error.get("type")))
+    return decode_openai_error(status, chunk)
 
 
 def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
@@ -8254,8 +8258,8 @@ class ConnectionPool:
         self._idle: Dict[UpstreamTarget, List[UpstreamConnection]] = {}
         self._lock = threading.Lock()
         # The TLS settings are made for the first https connection: loading the system's
-        # CA certificates takes 20 ms and 2.4 MB here, which a proxy of local upstreams
-        # (Ollama, vLLM, llama.cpp) never needs.
+        # CA certificates took a start 20 ms and an idle proxy 1.7 MB here, which a proxy
+        # of local upstreams (Ollama, vLLM, llama.cpp) never needs.
         self._tls: Optional[ssl.SSLContext] = None
         self._tls_lock = threading.Lock()
         self.open = 0
@@ -8644,9 +8648,8 @@ class GoogleEndpoints:
                                 if k.lower().endswith("_proxy"))))
 
 
-# Connections to Google's token and setup endpoints: made on first use (a TLS context
-# costs start-up time that a proxy without Google accounts should not pay).
-_google_connections: List[ConnectionPool] = []
+# Connections to Google's token and setup endpoints.
+GOOGLE_CONNECTIONS = ConnectionPool()
 
 
 def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, str]] = None,
@@ -8655,8 +8658,6 @@ def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, s
     (status, the JSON answer, or its text when it is not JSON). Within 2 x
     endpoints.timeout however slowly it trickles; a network failure is an UpstreamError
     (502; 504 for a timeout)."""
-    if not _google_connections:
-        _google_connections.append(ConnectionPool())
     parts = urllib.parse.urlsplit(url)
     headers = [("user-agent", "gemini-proxy/" + __version__), ("accept", "application/json")]
     data = b""
@@ -8672,7 +8673,7 @@ def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, s
     timeouts = Timeouts(endpoints.timeout, endpoints.timeout, endpoints.timeout,
                         time.monotonic() + 2 * endpoints.timeout)
     response = open_upstream_blocking(
-        _google_connections[0], target, parts.hostname or "Google",
+        GOOGLE_CONNECTIONS, target, parts.hostname or "Google",
         method or ("POST" if form is not None or body is not None else "GET"),
         (parts.path or "/") + ("?" + parts.query if parts.query else ""), data, headers,
         timeouts, 4)

@@ -186,7 +186,10 @@ def test_stream_error_event_keeps_its_status():
     ({"message": "too long", "code": "context_length_exceeded"}, 400),
     ({"message": "busy", "code": "server_is_overloaded"}, 503),
     ({"message": "odd", "code": "something_new"}, 502),
-    ({"message": "odd", "code": True}, 502)])
+    ({"message": "odd", "code": True}, 502),
+    ({"message": "odd", "code": "\u00b2"}, 502),   # a digit int() refuses: no 500
+    ({"message": "slow down", "code": "1300", "type": "rate_limit_error"}, 429),
+    ({"message": "slow down", "code": 1300, "type": "rate_limit_error"}, 429)])
 def test_an_error_with_a_name_for_a_code_has_its_status(error, status):
     # (Without a number these were all 502s: a rate limit rested no key.)
     assert gp.openai_stream_error(json.dumps({"error": error})).status == status

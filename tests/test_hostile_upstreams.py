@@ -524,11 +524,12 @@ def test_a_passed_through_200_that_is_an_error_is_the_upstreams_error(raw, kind,
     ("openai", {"error": {"message": "the model is overloaded", "code": 503}}, 503),
     ("openai-responses", failed_response("rate_limit_exceeded"), 429),
     ("anthropic", {"type": "error", "error": {"type": "overloaded_error",
-                                              "message": "Overloaded"}}, 503),   # (529's
-    ("gemini", {"error": {"code": 429, "message": "Quota exceeded",         # OpenAI name)
+                                              "message": "Overloaded"}}, 503),
+    ("gemini", {"error": {"code": 429, "message": "Quota exceeded",
                           "status": "RESOURCE_EXHAUSTED"}}, 429)])
 def test_a_converted_200_that_is_an_error_is_the_upstreams_error(raw, kind, reply, status):
-    # (It was a 502 whatever the error said, so a 429 there rested no key.)
+    # (It was a 502 whatever the error said, so a 429 there rested no key. An OpenAI
+    # client hears Anthropic's 529, overloaded, as a 503.)
     proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind=kind)
     if kind == "openai":
         got, body = proxy.post("/v1/messages", dict(CHAT, max_tokens=9),

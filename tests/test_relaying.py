@@ -421,10 +421,11 @@ def test_header_values_that_are_no_credentials_stay_in_answers(proxy_factory, fa
     # OpenRouter asks for an app's address and name in headers; an answer about that app
     # keeps them (they were [REDACTED], as a credential header's value still is).
     referer, title = "https://github.com/someone/their-project", "Their Project's Assistant"
-    secret = "hdr-secret-value-0123456789"
+    secret = "eyJhbGciOiJSUzI1NiJ9.a-gateway-credential"   # under a name of its own
     proxy = proxy_factory({"upstreams": {"fake": {
         "base_url": fake.base_url, "api_key": "sk-long-upstream-key-123",
-        "headers": {"HTTP-Referer": referer, "X-Title": title, "X-Gateway-Token": secret}}}})
+        "headers": {"HTTP-Referer": referer, "X-Title": title,
+                    "Cf-Access-Jwt-Assertion": secret}}}})
     text = "see %s (%s); token %s" % (referer, title, secret)
     fake.queue(json_reply(completion(text)))
     status, body = proxy.post("/v1/chat/completions", CHAT)
