@@ -1974,6 +1974,11 @@ class ChunkedDecoder:
         del buf[:first.end() + sum(map(len, parts[:2 * whole - 1])) + 4 * whole - 2]
 
 
+def media_type(content_type: str) -> str:
+    """A Content-Type's media type, lower case, without its parameters (charset...)."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def response_head(status: int, headers: List[Tuple[str, str]]) -> bytes:
     lines = ["HTTP/1.1 %d %s" % (status, HTTP_REASONS.get(status, "Unknown"))]
     lines.extend("%s: %s" % (name, value) for name, value in headers)
@@ -11152,6 +11157,8 @@ class UpstreamCall:
         error (an upstream may answer 200 and then put its error in the stream)."""
         kind, name = self.runtime.kind, self.runtime.name
         assert kind.decode_stream is not None
+        if media_type(response.headers.get("content-type", "")) == "application/json":
+            raise self.json_for_stream(response)
         raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
                                   self.sink("3. upstream response: %d" % response.status))
         first = next(raw, None)
@@ -11167,6 +11174,16 @@ class UpstreamCall:
             raise error
         self.stream_response = response
         return kind.decode_stream(itertools.chain([first], events))
+
+    def json_for_stream(self, response: UpstreamResponse) -> UpstreamError:
+        """A stream was asked for and a whole JSON reply came: the upstream's error in a
+        200 (some answer a stream so), raised here with its own status, so that a 429
+        rests its key; otherwise a 502, returned to raise."""
+        data = self.read_body(response)
+        self.reply_json(data)
+        return UpstreamError("upstream %r answered a stream request with a whole JSON reply: "
+                             "%s" % (self.runtime.name, clip(data.decode("utf-8", "replace"),
+                                                             200)), status=502)
 
     def read_body(self, response: UpstreamResponse) -> bytes:
         """A whole reply, its credentials removed (whatever reads it next)."""
@@ -12305,7 +12322,9 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                     runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
             ex.usage = kind.usage_from(reply, None)
             return content_type, data, None
-        if content_type.split(";")[0].strip().lower() != expected_type:
+        if media_type(content_type) != expected_type:
+            if media_type(content_type) == "application/json":
+                raise call.json_for_stream(response)
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
                 runtime.name, clip(content_type, 60), expected_type), status=502)
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))

@@ -555,6 +555,31 @@ def test_a_converted_200_that_is_a_rate_limit_rests_its_key(raw, caplog):
     assert any("is rate limited" in r.getMessage() for r in caplog.records), caplog.text
 
 
+RATE_LIMITED = {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                          "code": "rate_limit_exceeded"}}
+
+
+@pytest.mark.parametrize("kind, path, ask, reply, status", [
+    ("openai", "/v1/messages", dict(CHAT, max_tokens=9, stream=True), RATE_LIMITED, 429),
+    ("anthropic", "/v1beta/models/m:streamGenerateContent?alt=sse", GEMINI_ASK,
+     {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+     503),   # (Anthropic's 529 in the words a Gemini client knows)
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True), RATE_LIMITED, 429),  # passed
+    ("openai", "/v1/messages", dict(CHAT, max_tokens=9, stream=True),
+     json.loads(completion("a whole answer")), 502),
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True),
+     json.loads(completion("a whole answer")), 502)])
+def test_a_whole_json_reply_to_a_stream_request_is_looked_at_for_an_error(raw, kind, path,
+                                                                          ask, reply, status):
+    # Some upstreams answer a stream request with a 200 whose JSON body is their error: it
+    # was a 502 (no events; or, passed through, the wrong content type) and rested no key.
+    proxy, _ = raw(http_reply(json.dumps(reply).encode()), kind=kind)
+    got, _, data = proxy.request("POST", path, ask, {"anthropic-version": "2023-06-01"})
+    assert got == status, data
+    if status == 502:
+        assert b"whole JSON reply" in data, data
+
+
 STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=True)),
                 "gemini": ("/v1beta/models/m:streamGenerateContent?alt=sse", GEMINI_ASK),
                 "openai-responses": ("/v1/responses", dict(RESPONSES_ASK, stream=True))}
