@@ -1979,6 +1979,11 @@ def media_type(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
+def looks_like_json(body: bytes) -> bool:
+    """Whether a body labelled JSON is an object or an array, not events labelled so."""
+    return body.lstrip()[:1] in (b"{", b"[")
+
+
 def response_head(status: int, headers: List[Tuple[str, str]]) -> bytes:
     lines = ["HTTP/1.1 %d %s" % (status, HTTP_REASONS.get(status, "Unknown"))]
     lines.extend("%s: %s" % (name, value) for name, value in headers)
@@ -11157,10 +11162,20 @@ class UpstreamCall:
         error (an upstream may answer 200 and then put its error in the stream)."""
         kind, name = self.runtime.kind, self.runtime.name
         assert kind.decode_stream is not None
+        max_reply = self.runtime.spec["max_reply_bytes"]
+        relayed = True
         if media_type(response.headers.get("content-type", "")) == "application/json":
-            raise self.json_for_stream(response)
-        raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
-                                  self.sink("3. upstream response: %d" % response.status))
+            data = self.read_body(response)
+            if looks_like_json(data):
+                raise self.json_for_stream(data)
+            # Events labelled JSON (the server's mistake): read, as before the label was
+            # looked at, but whole by now, so nothing is left for the loop to relay.
+            parser = SSEParser(max_reply)
+            raw: Iterator[Any] = iter(parser.feed(data) + parser.finish())
+            relayed = False
+        else:
+            raw = response.sse_events(max_reply, self.sink("3. upstream response: %d"
+                                                           % response.status))
         first = next(raw, None)
         if first is None:
             raise UpstreamError("upstream %r ended its stream without sending anything"
@@ -11172,14 +11187,14 @@ class UpstreamCall:
         error = kind.stream_event_error(first[1])
         if error is not None:
             raise error
-        self.stream_response = response
+        if relayed:
+            self.stream_response = response
         return kind.decode_stream(itertools.chain([first], events))
 
-    def json_for_stream(self, response: UpstreamResponse) -> UpstreamError:
+    def json_for_stream(self, data: bytes) -> UpstreamError:
         """A stream was asked for and a whole JSON reply came: the upstream's error in a
         200 (some answer a stream so), raised here with its own status, so that a 429
         rests its key; otherwise a 502, returned to raise."""
-        data = self.read_body(response)
         self.reply_json(data)
         return UpstreamError("upstream %r answered a stream request with a whole JSON reply: "
                              "%s" % (self.runtime.name, clip(data.decode("utf-8", "replace"),
@@ -12323,8 +12338,10 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             ex.usage = kind.usage_from(reply, None)
             return content_type, data, None
         if media_type(content_type) != expected_type:
-            if media_type(content_type) == "application/json":
-                raise call.json_for_stream(response)
+            data = call.read_body(response) if media_type(content_type) == \
+                "application/json" else b""
+            if looks_like_json(data):
+                raise call.json_for_stream(data)
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
                 runtime.name, clip(content_type, 60), expected_type), status=502)
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
