@@ -12410,18 +12410,16 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
 
         def relayed() -> Iterator[Any]:
-            try:
-                for data in chunks:
-                    yield data if data is IDLE else passing.take(data)[0]
-            except UpstreamError as exc:
-                if not passing.whole:
-                    raise
-                # The reply was whole: an error event after its final one would make a
-                # finished answer a failed one for a client that reads to the body's end.
-                # (Its client gone, the proxy stopped the call itself: nothing to say.)
-                if not rq.pipe.gone:
-                    log.warning("%s: upstream %r broke its stream after its final event: "
-                                "%s", ex.rid, runtime.name, exc)
+            # Up to the final event, which makes the reply whole whatever the body does
+            # next: an upstream that held it open (or broke it) after [DONE] kept a
+            # client that reads to the body's end (the OpenAI SDKs do) waiting for
+            # read_timeout. Nothing after that event is the reply's. Closing the reply
+            # reads the body's end briefly, to keep the connection.
+            while not passing.whole:
+                data = next(chunks, None)
+                if data is None:
+                    return
+                yield data if data is IDLE else passing.take(data)[0]
         out.start(content_type)
         out.chunk(first, final=passing.whole)
         out.relay(response, relayed(), after, past_final_event=lambda: passing.whole)

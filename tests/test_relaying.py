@@ -252,6 +252,33 @@ def test_silence_after_the_final_event_never_hands_on_half_an_event(
         assert b"error" not in data, data[-200:]
 
 
+@pytest.mark.parametrize("kind, path, body, texts", [
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True),
+     [sse(chunk({"role": "assistant", "content": "whole"})), sse(chunk(finish="stop")),
+      sse("[DONE]")]),
+    ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9), ANTHROPIC_REPLY)],
+    ids=["openai", "anthropic"])
+def test_a_passed_through_stream_ends_at_its_final_event_whatever_its_body_does(
+        proxy_factory, fake, caplog, kind, path, body, texts):
+    # The upstream holds its body open after the final event: a client that reads to the
+    # body's end (the OpenAI SDKs do) waited for read_timeout, 300 s by default (here:
+    # the client's patience runs out before the upstream lets go: no keep-alives).
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy = proxy_factory({"upstreams": {"fake": {"kind": kind, "base_url": fake.base_url,
+                                                  "api_key": "k-1"}},
+                           "server": {"keepalive_interval": 3600}})
+    go_on = threading.Event()
+    # (its body ends with a blank line, once go_on is set)
+    fake.queue(pause_after(sse_texts_reply(["".join(texts), "\n"]), writes=1, until=go_on))
+    try:
+        status, _, data = proxy.request("POST", path, body)
+    finally:
+        go_on.set()
+    assert status == 200 and data.endswith(texts[-1].encode()), data[-200:]
+    (line,) = access_lines(caplog)
+    assert " 200 " in line and "error=" not in line, line
+
+
 @pytest.mark.parametrize("kind, path, body, texts, last", [
     ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),  # final, no blank
      ANTHROPIC_REPLY[:-1] + [ANTHROPIC_REPLY[-1][:-1]], "message_stop"),
