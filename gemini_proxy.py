@@ -1980,7 +1980,8 @@ def media_type(content_type: str) -> str:
 
 
 def looks_like_json(body: bytes) -> bool:
-    """Whether a body labelled JSON is an object or an array, not events labelled so."""
+    """Whether a body labelled JSON (its first bytes) is an object or an array, not
+    events labelled so."""
     return body.lstrip()[:1] in (b"{", b"[")
 
 
@@ -8395,6 +8396,7 @@ class UpstreamResponse:
         self._stopper = stopper
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
+        self._peeked = b""          # read by peek(), for the next read to hand out
         self._waiting = ""          # what an expired read timeout means
         # The event loop reads the rest (read_on_loop): no read waits, and silences are
         # timed from the last bytes that came.
@@ -8408,6 +8410,9 @@ class UpstreamResponse:
         up to the timeout; on the event loop (read_on_loop) never, None when nothing
         has. The loop leaves the socket non-blocking; the blocking reads, close() and
         the pool set their own timeouts."""
+        if self._peeked:
+            data, self._peeked = self._peeked, b""
+            return data
         if self._body.done:
             return b""
         sock = self._conn.sock
@@ -8431,6 +8436,13 @@ class UpstreamResponse:
             raise UpstreamError("the connection to upstream %r broke: %s" % (
                 self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
                 status=502) from None
+
+    def peek(self) -> bytes:
+        """The body's first bytes (b"": it has none), read in a worker and handed out
+        again by the next read: what a body is, told before it is read as such."""
+        if not self._peeked:
+            self._peeked = self._read(first=True) or b""
+        return self._peeked
 
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
@@ -11162,20 +11174,11 @@ class UpstreamCall:
         error (an upstream may answer 200 and then put its error in the stream)."""
         kind, name = self.runtime.kind, self.runtime.name
         assert kind.decode_stream is not None
-        max_reply = self.runtime.spec["max_reply_bytes"]
-        relayed = True
-        if media_type(response.headers.get("content-type", "")) == "application/json":
-            data = self.read_body(response)
-            if looks_like_json(data):
-                raise self.json_for_stream(data)
-            # Events labelled JSON (the server's mistake): read, as before the label was
-            # looked at, but whole by now, so nothing is left for the loop to relay.
-            parser = SSEParser(max_reply)
-            raw: Iterator[Any] = iter(parser.feed(data) + parser.finish())
-            relayed = False
-        else:
-            raw = response.sse_events(max_reply, self.sink("3. upstream response: %d"
-                                                           % response.status))
+        if media_type(response.headers.get("content-type", "")) == "application/json" and \
+                looks_like_json(response.peek()):   # (events labelled so are read as events)
+            raise self.json_for_stream(self.read_body(response))
+        raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
+                                  self.sink("3. upstream response: %d" % response.status))
         first = next(raw, None)
         if first is None:
             raise UpstreamError("upstream %r ended its stream without sending anything"
@@ -11187,8 +11190,7 @@ class UpstreamCall:
         error = kind.stream_event_error(first[1])
         if error is not None:
             raise error
-        if relayed:
-            self.stream_response = response
+        self.stream_response = response
         return kind.decode_stream(itertools.chain([first], events))
 
     def json_for_stream(self, data: bytes) -> UpstreamError:
@@ -12338,10 +12340,9 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             ex.usage = kind.usage_from(reply, None)
             return content_type, data, None
         if media_type(content_type) != expected_type:
-            data = call.read_body(response) if media_type(content_type) == \
-                "application/json" else b""
-            if looks_like_json(data):
-                raise call.json_for_stream(data)
+            if media_type(content_type) == "application/json" and \
+                    looks_like_json(response.peek()):
+                raise call.json_for_stream(call.read_body(response))
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
                 runtime.name, clip(content_type, 60), expected_type), status=502)
         chunks = response.raw_chunks(call.sink("3. upstream response: %d" % response.status))
@@ -12410,11 +12411,12 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
                 ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
 
         def relayed() -> Iterator[Any]:
-            # Up to the final event, which makes the reply whole whatever the body does
-            # next: an upstream that held it open (or broke it) after [DONE] kept a
-            # client that reads to the body's end (the OpenAI SDKs do) waiting for
-            # read_timeout. Nothing after that event is the reply's. Closing the reply
-            # reads the body's end briefly, to keep the connection.
+            # Up to the read that holds the final event, which makes the reply whole
+            # whatever the body does next: an upstream that held it open (or broke it)
+            # after [DONE] kept a client that reads to the body's end (the OpenAI SDKs
+            # do) waiting for read_timeout. Nothing after that event is the reply's;
+            # what came in the same read goes with it. Closing the reply reads the
+            # body's end briefly, to keep the connection.
             while not passing.whole:
                 data = next(chunks, None)
                 if data is None:

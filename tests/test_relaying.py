@@ -279,6 +279,60 @@ def test_a_passed_through_stream_ends_at_its_final_event_whatever_its_body_does(
     assert " 200 " in line and "error=" not in line, line
 
 
+# No stream head before the first event and no keep-alives: a client waiting for what a
+# test expects times out instead of reading keep-alives until the upstream's read_timeout.
+QUIET = {"keepalive_interval": 3600, "stream_headers_after": 3600}
+
+
+def labelled_json_events(until):
+    """A stream of events labelled application/json (the server's mistake): its first
+    event, then the rest once the threading.Event `until` is set."""
+    def reply(handler, request):
+        handler.start_stream("application/json")
+        handler.write_chunk(sse(chunk({"role": "assistant", "content": "first words"})).encode())
+        handler.pause(None, until)
+        handler.end_stream((sse(chunk({"content": " and the rest"})) +
+                            sse(chunk(finish="stop")) + sse("[DONE]")).encode())
+    return reply
+
+
+def test_events_labelled_json_are_relayed_as_they_come_on_a_converted_path(proxy_factory,
+                                                                         fake):
+    # (A review caught a version that read the whole body first, to see whether it was
+    # JSON: the client had nothing until the upstream had finished.)
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1"}}, "server": QUIET})
+    go_on = threading.Event()
+    fake.queue(labelled_json_events(go_on))
+    conn, response = post_streaming(proxy, "/v1/messages", dict(CHAT, stream=True,
+                                                                  max_tokens=9),
+                                    {"anthropic-version": "2023-06-01"})
+    try:
+        assert response.status == 200
+        seen = b""
+        while b"first words" not in seen:   # before the upstream goes on
+            seen += read_event(response)
+    finally:
+        go_on.set()
+    rest = response.read()
+    conn.close()
+    assert b"and the rest" in rest and b"message_stop" in rest, rest[-300:]
+
+
+def test_a_passed_through_stream_labelled_json_is_a_502_at_once(proxy_factory, fake):
+    # (Not after the whole body, which a version read to see whether it was JSON.)
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
+                                                  "api_key": "k-1", "retries": 0}},
+                           "server": QUIET})
+    go_on = threading.Event()
+    fake.queue(labelled_json_events(go_on))
+    try:
+        status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
+    finally:
+        go_on.set()
+    assert status == 502 and b"not text/event-stream" in data, data
+
+
 @pytest.mark.parametrize("kind, path, body, texts, last", [
     ("anthropic", "/v1/messages", dict(CHAT, stream=True, max_tokens=9),  # final, no blank
      ANTHROPIC_REPLY[:-1] + [ANTHROPIC_REPLY[-1][:-1]], "message_stop"),
