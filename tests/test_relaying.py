@@ -212,6 +212,17 @@ GEMINI_FINISHED = sse({"candidates": [{"content": {"role": "model", "parts": [{"
                                        "finishReason": "STOP", "index": 0}]})
 
 
+def held_open(proxy, fake, path, body, text, tail):
+    """A client's answer to a stream whose upstream writes `text`, then holds its body
+    open until the client has its answer, then writes `tail` and ends it."""
+    go_on = threading.Event()
+    fake.queue(pause_after(sse_texts_reply([text, tail]), writes=1, until=go_on))
+    try:
+        return proxy.request("POST", path, body)
+    finally:
+        go_on.set()
+
+
 @pytest.mark.parametrize("kind, path, body, texts, whole", [
     ("openai", "/v1/chat/completions", dict(CHAT, stream=True),
      [sse(chunk({"role": "assistant", "content": "whole"})), sse(chunk(finish="stop")),
@@ -239,12 +250,7 @@ def test_silence_after_the_final_event_never_hands_on_half_an_event(
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     proxy = proxy_factory({"upstreams": {"fake": {"kind": kind, "base_url": fake.base_url,
                                                   "api_key": "k-1", "read_timeout": 0.3}}})
-    go_on = threading.Event()
-    fake.queue(pause_after(sse_texts_reply(["".join(texts), "\n\n"]), writes=1, until=go_on))
-    try:
-        status, _, data = proxy.request("POST", path, body)
-    finally:
-        go_on.set()
+    status, _, data = held_open(proxy, fake, path, body, "".join(texts), "\n\n")
     assert status == 200 and data.endswith(b"\n\n"), data[-200:]
     (line,) = access_lines(caplog)
     assert ("error=" not in line) is whole, line
@@ -267,13 +273,7 @@ def test_a_passed_through_stream_ends_at_its_final_event_whatever_its_body_does(
     proxy = proxy_factory({"upstreams": {"fake": {"kind": kind, "base_url": fake.base_url,
                                                   "api_key": "k-1"}},
                            "server": {"keepalive_interval": 3600}})
-    go_on = threading.Event()
-    # (its body ends with a blank line, once go_on is set)
-    fake.queue(pause_after(sse_texts_reply(["".join(texts), "\n"]), writes=1, until=go_on))
-    try:
-        status, _, data = proxy.request("POST", path, body)
-    finally:
-        go_on.set()
+    status, _, data = held_open(proxy, fake, path, body, "".join(texts), "\n")
     assert status == 200 and data.endswith(texts[-1].encode()), data[-200:]
     (line,) = access_lines(caplog)
     assert " 200 " in line and "error=" not in line, line
