@@ -580,19 +580,6 @@ def test_a_whole_json_reply_to_a_stream_request_is_looked_at_for_an_error(raw, k
         assert b"whole JSON reply" in data, data
 
 
-def test_events_labelled_json_are_still_read_on_a_converted_path(raw):
-    # (Read before the label was looked at; a pass-through's client is told it is wrong.)
-    stream = openai_event({"role": "assistant", "content": "labelled wrong"}, None) + \
-        openai_event({}, "stop") + b"data: [DONE]\n\n"
-    proxy, _ = raw(http_reply(stream), http_reply(stream))
-    status, _, data = proxy.request("POST", "/v1/messages",
-                                    dict(CHAT, max_tokens=9, stream=True),
-                                    {"anthropic-version": "2023-06-01"})
-    assert status == 200 and b"labelled wrong" in data and b"message_stop" in data, data
-    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, stream=True))
-    assert status == 502 and b"not text/event-stream" in data, data
-
-
 STREAM_PATHS = {"anthropic": ("/v1/messages", dict(CHAT, max_tokens=9, stream=True)),
                 "gemini": ("/v1beta/models/m:streamGenerateContent?alt=sse", GEMINI_ASK),
                 "openai-responses": ("/v1/responses", dict(RESPONSES_ASK, stream=True))}
