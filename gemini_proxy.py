@@ -28,10 +28,10 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 (Prometheus), GET /stats (JSON) and GET /dashboard (one page, no external assets) behind
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
-At scale: until its answer is whole or its stream's first event is in, a request holds
-a worker thread from a pool that grows with demand (up to server.workers) and shrinks
-when idle; the event loop itself reads and converts the rest of a stream, no thread held
-meanwhile;
+At scale: a request's blocking part runs in a worker thread from a pool that grows with
+demand (up to server.workers) and shrinks when idle; a stream lets go of its thread while
+its upstream thinks (its head in, no event yet), and once its first event is in, the
+event loop itself reads and converts the rest, no thread held meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -307,10 +307,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import types
 import zlib
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (Any, Callable, Dict, Generator, Iterable, Iterator, List, Optional, Sequence,
+                    Set, Tuple, TypeVar, Union)
 
 try:
     import sqlite3      # the usage ledger (section 24); some Pythons are built without it
@@ -400,7 +402,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 10000, "the most requests a worker thread (started when "
             "needed, ended when idle) works on at once: until the answer is whole, or a "
-            "stream's first event is in",
+            "stream's first event is in (not while its upstream thinks before it)",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core; at most four per core); state they must "
@@ -887,6 +889,17 @@ def parse_reset_hint(headers: Dict[str, str]) -> Optional[float]:
         if seconds is not None:
             (spent if headers.get(remaining, "").strip() == "0" else other).append(seconds)
     return max(spent) if spent else min(other) if other else None
+
+
+def readable_now(sock: socket.socket, within: float = 0.0) -> bool:
+    """Whether a socket has something to read (or has been closed), waiting up to
+    `within` seconds for it. poll(), not select(): select cannot watch a descriptor past
+    1023, which a busy proxy uses."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(within * 1000))
+    return bool(select.select([sock], [], [], within)[0])   # Windows: no poll
 
 
 def display_url(url: str) -> str:
@@ -8331,17 +8344,11 @@ class ConnectionPool:
 
 
 def _connection_alive(conn: UpstreamConnection) -> bool:
-    """An idle keep-alive socket that is readable has been closed by the server. poll(),
-    not select(): select cannot watch a descriptor past 1023, which a busy proxy uses."""
+    """An idle keep-alive socket that is readable has been closed by the server."""
     if conn.buf:
         return False     # bytes no request asked for
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(conn.sock, select.POLLIN)
-            return not poller.poll(0)
-        readable, _, _ = select.select([conn.sock], [], [], 0)   # Windows: no poll
-        return not readable
+        return not readable_now(conn.sock)
     except (OSError, ValueError):
         return False
 
@@ -8446,6 +8453,19 @@ class UpstreamResponse:
 
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
+
+    def has_bytes(self, within: float = 0.0) -> bool:
+        """Whether a read of the body may find bytes without waiting long: some came
+        with the head, or were peeked, or arrive within `within` seconds, or the body is
+        over."""
+        sock = self._conn.sock
+        return bool(self._peeked or self._conn.buf or self._body.done or (
+            isinstance(sock, ssl.SSLSocket) and sock.pending()) or
+            readable_now(sock, within))
+
+    def first_bytes_due(self) -> float:
+        """When (time.monotonic()) the first read of the body times out."""
+        return time.monotonic() + self._timeouts.next_read(first=True)[0]
 
     def read_on_loop(self) -> None:
         """From now on the event loop reads this reply (see UpstreamRelay)."""
@@ -9470,12 +9490,8 @@ class RespConnection:
 
     def closed_by_peer(self) -> bool:
         """Whether an idle connection has something to read: the store closed it (or sent
-        what nobody asked for). poll, not select: a process with over 1024 files open."""
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([self.sock], [], [], 0)[0])
+        what nobody asked for)."""
+        return readable_now(self.sock)
 
     def close(self) -> None:
         try:
@@ -10174,9 +10190,11 @@ class KeyPool:
 # A request's blocking part (JSON, conversion, the upstream call) runs in a worker thread
 # from an elastic pool; its answer goes back to the event loop through a bounded pipe
 # (ChunkPipe), which the loop empties in one hop and whose end says whether the reply went
-# out whole. Once a stream's first event is in, the loop reads and converts the rest itself
-# (UpstreamRelay): the cost of an event is then one wake-up, not two, and the worker thread
-# goes back to the pool until the stream is over and its request is to be ended.
+# out whole. While a stream's upstream thinks (its head in, no event yet) the loop waits
+# for its socket and no thread does (ChunkPipe.await_bytes). Once a stream's first event
+# is in, the loop reads and converts the rest itself (UpstreamRelay): the cost of an event
+# is then one wake-up, not two, and the worker thread goes back to the pool until the
+# stream is over and its request is to be ended.
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -10223,18 +10241,22 @@ class WorkerPool:
     """Threads for the blocking part of requests: one is started when a request finds
     none idle, up to `limit` (server.workers); past that requests queue for the next one
     free. A request holds its thread until its answer is whole, or its stream's first
-    event is in: the event loop relays the rest, and a worker ends the request after it
-    (a stream of an hour holds a thread for its first seconds only). So the limit is how
+    event is in, but not while its upstream thinks before that first event (the loop
+    waits for it); the event loop relays the rest, and a worker ends the request after
+    it (a stream of an hour holds a thread for some milliseconds). So the limit is how
     many requests can be worked on at once, and memory, not a thread count, is the bound
-    on the streams held. The end of a request already begun (resuming) goes before new
-    requests and past the limit: it lets go of keys that queued requests may wait for.
+    on the streams held. The rest of a request already begun (resuming) goes before new
+    requests and past the limit: it holds keys that queued requests may wait for.
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
     finds an idle thread (woken), or a new one (counted in `threads` at once, started by
     the pool's starter thread, which is not counted), or waits in the queue for a thread
-    that finishes; a thread ends for idleness only when, under the lock, no task waits. The
-    thread idle the shortest time is woken first, so that under a steady load the others
-    stay idle long enough to end (woken in turn, none ever would)."""
+    that finishes; a thread ends for idleness only when, under the lock, no task waits.
+    The starter starts a thread counted for a task only if a task still waits when it
+    comes to it: a burst of short tasks is taken by the threads there are as they finish
+    (1,000 streams begun at once took 1,003 threads, 70 now). The thread idle the
+    shortest time is woken first, so that under a steady load the others stay idle long
+    enough to end (woken in turn, none ever would)."""
 
     def __init__(self, limit: int, name: str = "upstream"):
         self.limit = limit
@@ -10334,6 +10356,9 @@ class WorkerPool:
             with self._lock:
                 if self._to_start:
                     self._to_start -= 1
+                    if not self._tasks:   # the threads running took them meanwhile
+                        self.threads -= 1
+                        continue
                 elif self._tasks and not self.threads:   # no thread would ever take it
                     task = self._tasks.popleft()
                     # Meanwhile a submit starts another starter: threads may start again
@@ -10669,6 +10694,33 @@ class ChunkPipe:
         must not touch them (they may already serve another request)."""
         with self._lock:
             self._abort_hooks.clear()
+
+    def await_bytes(self, response: "UpstreamResponse", go_on: Callable[[], None]) -> None:
+        """From a worker: go_on() is called, on the loop, once `response` has bytes to
+        read, its first-byte timeout has come, or the request was abandoned (the abort
+        shuts its socket, which the loop sees as readable). No thread waits meanwhile."""
+        try:
+            self._loop.call_soon_threadsafe(self._await_bytes, response.fileno(),
+                                            response.first_bytes_due(), go_on)
+        except RuntimeError:   # the loop has closed (a forced exit): no waiting, then
+            go_on()
+
+    def _await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
+        loop = self._loop
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                loop.remove_reader(fd)
+                timer.cancel()
+                go_on()
+        timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
+        try:
+            loop.add_reader(fd, end)
+        except (OSError, ValueError):    # not a socket to watch (any more): read it now
+            end()
 
     def begin_relay(self, relay: UpstreamRelay) -> bool:
         """For the loop: from now on it settles `relay` itself; False when the request
@@ -11065,6 +11117,31 @@ class Request:
 # attempts on other keys after a rate limit or a refusal, and after a backoff when the
 # upstream failed; waiting for a key or a slot where the upstream allows it. All of it
 # happens before the client has received anything but (perhaps) a stream's head.
+#
+# A request's steps up to its answer are generators: where a stream's upstream has sent
+# its head but not yet its first bytes (a model thinking, seconds or minutes), they yield
+# its reply, and the worker lets go of its thread while the event loop waits for the
+# socket (Proxy._conclude); the steps go on in whichever worker is free when the bytes
+# come. A thread a stream held until its first event was most of the memory and the
+# thread switching of thousands of streams begun at once.
+
+T = TypeVar("T")
+Steps = Generator[UpstreamResponse, None, T]
+# How long a worker waits for a stream's first bytes before it lets go of its thread:
+# letting go and taking one again costs the loop and a worker some 0.1 ms, more than
+# this wait, and an upstream that answers at once sends its first event right after
+# its head (a model that thinks first keeps it much longer).
+FIRST_BYTES_GRACE = 0.002
+
+
+def run_through(steps: "Steps[T]") -> T:
+    """A request's steps, in this thread to their end (a yielded reply is read here)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
 
 class UpstreamCall:
     """One attempt of a request on one upstream with one key: sends, opens the reply
@@ -11087,13 +11164,24 @@ class UpstreamCall:
         return self.rq.detail.stream(title) if self.rq.detail else None
 
     def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
-             prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
+             prepare: Callable[[UpstreamResponse], Any],
              extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
+        """send_steps for a whole reply, in this thread from start to end."""
+        return run_through(self.send_steps(path, build_body, prepare, False, extra_headers,
+                                           alternatives))
+
+    def send_steps(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
+                   prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
+                   extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True
+                   ) -> "Steps[Any]":
         """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
         prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
         may ask for a few more tries with different options (Gemini: schemas in its own
         subset; Responses: without a parameter the model refused). `build_body(options)`
-        gives the body, a dict or bytes."""
+        gives the body, a dict or bytes. A stream whose head has come without its first
+        bytes yields its reply, for the worker to let go of its thread until they come
+        (the wait of a model's thinking: see Proxy._conclude); where the event loop
+        cannot watch a socket, the worker waits for them as for any other read."""
         runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
@@ -11136,6 +11224,9 @@ class UpstreamCall:
                         continue
                 if response.status >= 300:
                     raise self._failure(response)
+                if stream and rq.pipe.loop_reads and \
+                        not response.has_bytes(within=FIRST_BYTES_GRACE):
+                    yield response
                 return prepare(response)
             except UpstreamError as err:
                 alternative = kind.retry_with(err, options) if alternatives_left else None
@@ -11303,11 +11394,12 @@ def backoff_delay(spec: Dict[str, Any], tries: int, retry_after: Optional[float]
     return max(delay, retry_after or 0.0)
 
 
-Attempt = Callable[[UpstreamCall], Callable[[], None]]
+# An attempt gives the function that writes its answer, or steps that give it.
+Attempt = Callable[[UpstreamCall], Any]
 
 
 def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
-             attempt: Attempt) -> Callable[[], None]:
+             attempt: Attempt) -> "Steps[Callable[[], None]]":
     """attempt() on the route's upstream, then on its fallbacks in order, until one
     answers; returns what it returned (the function that writes the answer). Before the
     client has received anything, failures are retried: see _attempts. When no upstream
@@ -11325,8 +11417,8 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
                                          status=status))
             failures.append(skipped[-1])
             continue
-        deliver = _attempts(rq, runtime, model, attempt, failures, unavailable,
-                            give_up_at, 0.0)
+        deliver = yield from _attempts(rq, runtime, model, attempt, failures, unavailable,
+                                       give_up_at, 0.0)
         if deliver is not None:
             return deliver
     for runtime, model in candidates:
@@ -11337,8 +11429,9 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
                      runtime.spec["wait_timeout"], runtime.name,
                      rq.live.redactor.text(why_busy.message))
             wait_until = time.monotonic() + runtime.spec["wait_timeout"]
-            deliver = _attempts(rq, runtime, model, attempt, failures, unavailable,
-                                max(give_up_at, wait_until), wait_until)
+            deliver = yield from _attempts(rq, runtime, model, attempt, failures,
+                                           unavailable, max(give_up_at, wait_until),
+                                           wait_until)
             if deliver is not None:
                 return deliver
             break
@@ -11358,7 +11451,7 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
 
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
               failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
-              give_up_at: float, wait_until: float) -> Optional[Callable[[], None]]:
+              give_up_at: float, wait_until: float) -> "Steps[Optional[Callable[[], None]]]":
     """Attempts on one upstream, each on a key from its pool: up to 1 + retries of them,
     and none that would start after give_up_at (but the request's first). A 429 rests
     the key and a refusal (refusal_scope) takes it out, and the next attempt takes
@@ -11390,6 +11483,8 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
         try:
             deliver = attempt(UpstreamCall(rq, runtime, model, key))
+            if isinstance(deliver, types.GeneratorType):
+                deliver = yield from deliver
             keys.succeeded(key)
             return deliver
         except UpstreamError as err:
@@ -12173,10 +12268,10 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
 # handle_blocking, the worker's entry point, which never raises.
 
-def generate(call: UpstreamCall) -> Callable[[], None]:
+def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     """A chat request, converted through the neutral model (or answered locally)."""
     if call.passthrough:
-        return passthrough(call)
+        return (yield from passthrough(call))
     rq, kind, spec = call.rq, call.runtime.kind, call.runtime.spec
     ex, dialect = rq.ex, rq.dialect
     chat = rq.chat()
@@ -12196,11 +12291,11 @@ def generate(call: UpstreamCall) -> Callable[[], None]:
         events = kind.answer_locally(chat, call.model)
     elif upstream_streams:
         assert kind.encode_request is not None
-        events = split_think_tags(call.send(
+        events = split_think_tags((yield from call.send_steps(
             kind.generate_path(call.model, True),
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=True),
                                                 call.model, options),
-            call.open_stream, stream=True), tags)
+            call.open_stream, stream=True)), tags)
     else:
         assert kind.encode_request is not None and kind.decode_response is not None
         reply = split_reply_think_tags(call.send(
@@ -12307,7 +12402,7 @@ ACTIONS: Dict[str, Attempt] = {"generate": generate, "stream": generate,
                                "batch_embed": embed}
 
 
-def passthrough(call: UpstreamCall) -> Callable[[], None]:
+def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     """Client and upstream speak the same dialect: forward the request with the model
     name, the key and (max_output_tokens) the output limit replaced, and the reply's bytes
     as they come, secrets removed. A stream that ends without its dialect's last event
@@ -12392,7 +12487,7 @@ def passthrough(call: UpstreamCall) -> Callable[[], None]:
             raise UpstreamError("upstream %r ended its stream before the reply was "
                                 "finished" % runtime.name, status=502)
         return content_type, bytes(first), (response, chunks, passing)
-    content_type, first, rest = call.send(
+    content_type, first, rest = yield from call.send_steps(
         kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
         stream=ex.stream, extra_headers=forwarded, alternatives=False)
     if rest is None:
@@ -12861,7 +12956,7 @@ class Proxy:
         rq = Request(live, ex, head, body, dialect, pipe, detail, self.pool,
                      ", ".join(hops + [self.instance]))
 
-        def answer() -> None:
+        def answer() -> "Steps[None]":
             client = ex.client or ANONYMOUS
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),
@@ -12881,8 +12976,9 @@ class Proxy:
                 rq.admitted = True
             candidates = [(live.upstreams[name], model) for name, model
                           in route_candidates(live.config, ex.client_model)]
-            failover(rq, candidates, ACTIONS[ex.action])()
-        self._conclude(rq, answer)
+            deliver = yield from failover(rq, candidates, ACTIONS[ex.action])
+            deliver()
+        self._conclude(rq, answer())
 
     def _resume(self, rq: Request, relay: UpstreamRelay,
                 error: Optional[BaseException]) -> None:
@@ -12898,15 +12994,35 @@ class Proxy:
                 relay.after()
         self._conclude(rq, after_relay)
 
-    def _conclude(self, rq: Request, step: Callable[[], None]) -> None:
+    def _go_on(self, rq: Request, steps: "Steps[None]") -> None:
+        """A request again, once the reply it waited for has bytes (or its first-byte
+        timeout has come, or the request was abandoned: the read then says so)."""
+        with self._active_lock:
+            self.working += 1
+        self._conclude(rq, steps)
+
+    def _conclude(self, rq: Request, steps: "Union[Steps[None], Callable[[], None]]") -> None:
         """Run one part of a request in this worker, its errors answered; then end the
-        request, unless the part handed a stream to the event loop: the relay's end
-        resumes the request in a worker (not this one: it is free meanwhile)."""
+        request, unless the part handed a stream to the event loop (the relay's end
+        resumes the request in a worker: not this one, it is free meanwhile), or its
+        steps wait for an upstream's first bytes, which the loop waits for (they go on
+        in a worker once they come: _go_on)."""
         ex, pipe = rq.ex, rq.pipe
         handed = False
         budget = CARRIER_BUDGET.set(rq.carrier_budget)   # this thread's, for this request
         try:
-            step()
+            if isinstance(steps, types.GeneratorType):
+                try:
+                    waiting_for = next(steps)
+                except StopIteration:
+                    pass
+                else:
+                    pipe.await_bytes(waiting_for, functools.partial(
+                        self._go_on_later, rq, steps))
+                    handed = True
+                    return
+            else:
+                steps()
             relay, rq.out.handed_over = rq.out.handed_over, None
             if relay is not None:
                 relay.resume = functools.partial(self._resume_later, rq, relay)
@@ -12935,13 +13051,21 @@ class Proxy:
     def _resume_later(self, rq: Request, relay: UpstreamRelay,
                       error: Optional[BaseException]) -> None:
         """From the loop (or an abort): the relay is done; the request's rest may block
-        (a shared store's round trip), so it goes to a worker: before new requests and
-        past the pool's limit, since a request queued for a thread may be waiting for the
-        key this one lets go of, and past close()."""
+        (a shared store's round trip), so it goes to a worker."""
+        self._in_worker(self._resume, rq, relay, error)
+
+    def _go_on_later(self, rq: Request, steps: "Steps[None]") -> None:
+        """From the loop: the reply the request's steps wait for has bytes."""
+        self._in_worker(self._go_on, rq, steps)
+
+    def _in_worker(self, function: Callable[..., None], *args: Any) -> None:
+        """A request already begun goes on in a worker: before new requests and past
+        the pool's limit, since a request queued for a thread may be waiting for the key
+        this one holds, and past close()."""
         try:
-            self.workers.submit(self._resume, rq, relay, error, resuming=True)
+            self.workers.submit(function, *args, resuming=True)
         except RuntimeError:   # no thread could start at all: here, late rather than never
-            self._resume(rq, relay, error)
+            function(*args)
 
     def _end(self, rq: Request) -> None:
         """Let go of what the request holds, tell the loop it is over, count what it

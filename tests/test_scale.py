@@ -280,6 +280,51 @@ def test_a_new_thread_is_started_by_the_pool_not_by_whoever_submits(monkeypatch)
         pool.close()
 
 
+def test_a_thread_is_not_started_for_a_task_a_running_thread_took(monkeypatch):
+    """A burst of short tasks (requests that let go of their thread while their upstream
+    thinks) is taken by the threads there are as they finish: the starter starts a
+    thread only for a task still waiting when it comes to it, not one per task."""
+    pool = gp.WorkerPool(limit=10)
+    real_start = threading.Thread.start
+    started, holding = [], threading.Event()
+    starting, proceed = threading.Event(), threading.Event()
+
+    def start(thread):
+        if not thread.name.endswith("-starter"):
+            started.append(thread.name)
+            if holding.is_set():      # the starter, busy starting a thread
+                starting.set()
+                proceed.wait(PATIENCE)
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    ran = []
+    done = threading.Semaphore(0)
+
+    def task(name):
+        ran.append(name)
+        done.release()
+    go = threading.Event()
+    try:
+        go = occupy(pool, 1, then=lambda: task("first"))
+        holding.set()
+        pool.submit(task, "second")   # a thread counted for it, its start held up
+        assert starting.wait(PATIENCE)
+        holding.clear()
+        pool.submit(task, "third")    # counted too; the starter is still busy
+        go.set()                      # the running thread takes both meanwhile
+        for _ in range(3):
+            assert done.acquire(timeout=PATIENCE)
+        assert ran == ["first", "second", "third"]
+        proceed.set()
+        wait_for(lambda: not pool._to_start and pool._starter_wake is not None,
+                 message="the starter done and idle")
+        assert len(started) == 2 and pool.threads == 2, (started, pool.threads)
+    finally:
+        go.set()
+        proceed.set()
+        pool.close()
+
+
 def refuse_worker_threads(monkeypatch, refusing=lambda: True):
     """The system refuses the pool's worker threads (not its starter) while refusing()."""
     real_start = threading.Thread.start
@@ -465,6 +510,105 @@ def test_more_streams_than_the_old_thread_limit_are_all_in_flight_at_once(proxy_
             thread.join(PATIENCE * 3)
     assert [answer[0] for answer in answers] == [200] * count
     assert {openai_stream_text(answer[1]) for answer in answers} == {"hello there"}
+
+
+def held_after_head(reply, heads, all_in, count, until=None):
+    """`reply` (a stream), held after its head until `until` is set (by default
+    `all_in`, which the last of `count` such replies to have sent its head sets);
+    `heads` counts them ([0])."""
+    def wrapped(handler, request):
+        start = handler.start_stream
+
+        def start_then_hold(*args, **kwargs):
+            start(*args, **kwargs)
+            with handler.server.fake.lock:
+                heads[0] += 1
+                if heads[0] == count:
+                    all_in.set()
+            handler.pause(PATIENCE * 2, until=until or all_in)
+        handler.start_stream = start_then_hold
+        reply(handler, request)
+    return wrapped
+
+
+def one_worker_proxy(proxy_factory, fake):
+    return proxy_factory({"upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url,
+                                                 "api_key": "sk-upstream-secret-1234"}},
+                          "default_model": "fake-model", "server": {"workers": 1}})
+
+
+def test_a_stream_waiting_for_its_first_event_holds_no_worker_thread(proxy_factory, fake):
+    """A model thinking before its first event (the upstream's head sent, nothing yet
+    after it) holds no worker thread meanwhile: with one worker, four such streams,
+    passed through and converted, all reach the upstream and wait at once."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    count, heads, all_in = 4, [0], threading.Event()
+    fake.queue(*[held_after_head(text_stream("hello there", pieces=2), heads, all_in, count)
+                 for _ in range(count)])
+    answers = {}
+
+    def ask(index):
+        if index % 2:
+            answers[index] = proxy.post(OPENAI, {"model": "fake-model", "stream": True,
+                                                 "messages": [{"role": "user",
+                                                               "content": "hi"}]},
+                                        timeout=PATIENCE * 3)
+        else:
+            answers[index] = proxy.post(
+                "/v1beta/models/fake-model:streamGenerateContent?alt=sse",
+                {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                timeout=PATIENCE * 3)
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_in.wait(PATIENCE * 2), "only %d of %d streams reached the upstream" % (
+            heads[0], count)
+    finally:
+        all_in.set()
+        for thread in threads:
+            thread.join(PATIENCE * 3)
+    assert [answers[i][0] for i in range(count)] == [200] * count
+    assert openai_stream_text(answers[1][1]) == "hello there"
+    assert gemini_stream_text(answers[0][1]) == "hello there"
+    proxy.wait_until_idle()
+
+
+def test_a_client_that_leaves_while_its_stream_waits_for_a_first_event_ends_it(
+        proxy_factory, fake):
+    """The wait for a first event is the event loop's: a client that leaves meanwhile
+    ends its request at once (key, connection and the one worker let go of), and the
+    upstream's connection is dropped, not kept for the next request."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    heads, all_in, released = [0], threading.Event(), threading.Event()
+    fake.queue(held_after_head(text_stream("never read", pieces=2), heads, all_in, 1,
+                               until=released))
+    conn = proxy.connection()
+    try:
+        conn.request("POST", OPENAI, body=json.dumps({
+            "model": "fake-model", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}),
+            headers={"content-type": "application/json"})
+        assert all_in.wait(PATIENCE), "the stream never reached the upstream"
+    finally:
+        conn.close()
+    try:
+        proxy.wait_until_idle()
+        assert proxy.server.proxy.pool.idle == 0, \
+            "a connection mid-reply went back to the pool"
+    finally:
+        released.set()
+    status, body = proxy.post(OPENAI, {"model": "fake-model",
+                                       "messages": [{"role": "user", "content": "again"}]})
+    assert status == 200, body
+
+
+def gemini_stream_text(data):
+    events = [json.loads(line[len(b"data: "):]) for line in data.split(b"\n")
+              if line.startswith(b"data: ")]
+    return "".join(part.get("text", "") for event in events
+                   for candidate in event.get("candidates", [])
+                   for part in candidate.get("content", {}).get("parts", []))
 
 
 def openai_stream_text(data):
