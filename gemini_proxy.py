@@ -29,9 +29,10 @@ and a concurrency limit; every request a row in an SQLite usage ledger; GET /met
 admin keys; CORS for browser clients; log files rotated by size, as text or JSON lines.
 
 At scale: a request's blocking part runs in a worker thread from a pool that grows with
-demand (up to server.workers) and shrinks when idle; a stream lets go of its thread while
-its upstream thinks (its head in, no event yet), and once its first event is in, the
-event loop itself reads and converts the rest, no thread held meanwhile;
+demand (up to server.workers) and shrinks when idle; a request lets go of its thread
+while its upstream thinks (nothing back yet, or a stream's head and no event), and once a
+stream's first event is in, the event loop itself reads and converts the rest, no thread
+held meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -402,7 +403,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 10000, "the most requests a worker thread (started when "
             "needed, ended when idle) works on at once: until the answer is whole, or a "
-            "stream's first event is in (not while its upstream thinks before it)",
+            "stream's first event is in (not while its upstream thinks)",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core; at most four per core); state they must "
@@ -8595,15 +8596,42 @@ class CallStopper:
             self._sock = None
 
 
+# A request's steps up to its answer are generators (opening_upstream, and in section 22
+# UpstreamCall.send_steps and the attempts around it): where the upstream has its
+# request and has sent nothing back (a model thinking, seconds or minutes), or a
+# stream's head and not yet its first bytes, they yield (the socket's descriptor, when
+# to go on anyway), and the worker lets go of its thread while the event loop waits for
+# the socket (Proxy._conclude); the steps go on in whichever worker is free when the
+# bytes come. A thread a stream held until its first event was most of the memory and
+# the thread switching of thousands of streams begun at once.
+
+T = TypeVar("T")
+Steps = Generator[Tuple[int, float], None, T]
+# How long a worker waits for an upstream's first bytes before it lets go of its
+# thread: letting go and taking one again costs the loop and a worker some 0.1 ms, more
+# than this wait, and an upstream that answers at once does it within it.
+FIRST_BYTES_GRACE = 0.002
+
+
+def run_through(steps: "Steps[T]") -> T:
+    """Steps, in this thread to their end (what they wait for is read here)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
 MAX_INTERIM = 5    # interim (1xx) replies read past before the reply proper
 
 
-def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: str,
-                           method: str, path: str, body: bytes,
-                           headers: List[Tuple[str, str]], timeouts: Timeouts,
-                           max_idle: int, watch: Callable[[Callable[[], None]], None] =
-                           lambda stop: None) -> UpstreamResponse:
-    """Send a request and wait for the status line and headers. `watch` is given a
+def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, method: str,
+                     path: str, body: bytes, headers: List[Tuple[str, str]],
+                     timeouts: Timeouts, max_idle: int,
+                     watch: Callable[[Callable[[], None]], None] = lambda stop: None,
+                     park: bool = False) -> "Steps[UpstreamResponse]":
+    """Send a request and wait for the status line and headers; `park`: by yielding,
+    when nothing has come back within FIRST_BYTES_GRACE. `watch` is given a
     function that stops the call at once from another thread (the client left, or the
     proxy is shutting down) as soon as there is a connection to stop. Interim replies
     (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
@@ -8635,6 +8663,8 @@ def open_upstream_blocking(pool: ConnectionPool, target: UpstreamTarget, name: s
         try:
             conn.send(method, target.url(path), target, request_headers, body)
             deadline = time.monotonic() + wait
+            if park and not conn.buf and not readable_now(conn.sock, FIRST_BYTES_GRACE):
+                yield conn.sock.fileno(), deadline
             head = conn.read_head(deadline)
             for _ in range(MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
                 if not 100 <= head.status < 200 or head.status == 101:
@@ -8714,11 +8744,11 @@ def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, s
     target = upstream_target("%s://%s" % (parts.scheme, parts.netloc), dict(endpoints.proxies))
     timeouts = Timeouts(endpoints.timeout, endpoints.timeout, endpoints.timeout,
                         time.monotonic() + 2 * endpoints.timeout)
-    response = open_upstream_blocking(
+    response = run_through(opening_upstream(
         GOOGLE_CONNECTIONS, target, parts.hostname or "Google",
         method or ("POST" if form is not None or body is not None else "GET"),
         (parts.path or "/") + ("?" + parts.query if parts.query else ""), data, headers,
-        timeouts, 4)
+        timeouts, 4))
     try:
         raw = bytes(response.read_body(4 * MiB))
     finally:
@@ -10190,8 +10220,8 @@ class KeyPool:
 # A request's blocking part (JSON, conversion, the upstream call) runs in a worker thread
 # from an elastic pool; its answer goes back to the event loop through a bounded pipe
 # (ChunkPipe), which the loop empties in one hop and whose end says whether the reply went
-# out whole. While a stream's upstream thinks (its head in, no event yet) the loop waits
-# for its socket and no thread does (ChunkPipe.await_bytes). Once a stream's first event
+# out whole. While an upstream thinks (nothing back yet, or a stream's head and no event)
+# the loop waits for its socket and no thread does (ChunkPipe.await_bytes). Once a stream's first event
 # is in, the loop reads and converts the rest itself (UpstreamRelay): the cost of an event
 # is then one wake-up, not two, and the worker thread goes back to the pool until the
 # stream is over and its request is to be ended.
@@ -10241,9 +10271,9 @@ class WorkerPool:
     """Threads for the blocking part of requests: one is started when a request finds
     none idle, up to `limit` (server.workers); past that requests queue for the next one
     free. A request holds its thread until its answer is whole, or its stream's first
-    event is in, but not while its upstream thinks before that first event (the loop
-    waits for it); the event loop relays the rest, and a worker ends the request after
-    it (a stream of an hour holds a thread for some milliseconds). So the limit is how
+    event is in, but not while its upstream thinks (the loop waits for it); the event
+    loop relays the rest of a stream, and a worker ends the request after it (a stream
+    of an hour holds a thread for some milliseconds). So the limit is how
     many requests can be worked on at once, and memory, not a thread count, is the bound
     on the streams held. The rest of a request already begun (resuming) goes before new
     requests and past the limit: it holds keys that queued requests may wait for.
@@ -10695,13 +10725,13 @@ class ChunkPipe:
         with self._lock:
             self._abort_hooks.clear()
 
-    def await_bytes(self, response: "UpstreamResponse", go_on: Callable[[], None]) -> None:
-        """From a worker: go_on() is called, on the loop, once `response` has bytes to
-        read, its first-byte timeout has come, or the request was abandoned (the abort
-        shuts its socket, which the loop sees as readable). No thread waits meanwhile."""
+    def await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
+        """From a worker: go_on() is called, on the loop, once the upstream's socket `fd`
+        has bytes to read, `due` (time.monotonic()) has come, or the request was
+        abandoned (the abort shuts the socket, which the loop sees as readable). No
+        thread waits meanwhile."""
         try:
-            self._loop.call_soon_threadsafe(self._await_bytes, response.fileno(),
-                                            response.first_bytes_due(), go_on)
+            self._loop.call_soon_threadsafe(self._await_bytes, fd, due, go_on)
         except RuntimeError:   # the loop has closed (a forced exit): no waiting, then
             go_on()
 
@@ -11117,31 +11147,6 @@ class Request:
 # attempts on other keys after a rate limit or a refusal, and after a backoff when the
 # upstream failed; waiting for a key or a slot where the upstream allows it. All of it
 # happens before the client has received anything but (perhaps) a stream's head.
-#
-# A request's steps up to its answer are generators: where a stream's upstream has sent
-# its head but not yet its first bytes (a model thinking, seconds or minutes), they yield
-# its reply, and the worker lets go of its thread while the event loop waits for the
-# socket (Proxy._conclude); the steps go on in whichever worker is free when the bytes
-# come. A thread a stream held until its first event was most of the memory and the
-# thread switching of thousands of streams begun at once.
-
-T = TypeVar("T")
-Steps = Generator[UpstreamResponse, None, T]
-# How long a worker waits for a stream's first bytes before it lets go of its thread:
-# letting go and taking one again costs the loop and a worker some 0.1 ms, more than
-# this wait, and an upstream that answers at once sends its first event right after
-# its head (a model that thinks first keeps it much longer).
-FIRST_BYTES_GRACE = 0.002
-
-
-def run_through(steps: "Steps[T]") -> T:
-    """A request's steps, in this thread to their end (a yielded reply is read here)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as end:
-            return end.value
-
 
 class UpstreamCall:
     """One attempt of a request on one upstream with one key: sends, opens the reply
@@ -11166,7 +11171,8 @@ class UpstreamCall:
     def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
              prepare: Callable[[UpstreamResponse], Any],
              extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
-        """send_steps for a whole reply, in this thread from start to end."""
+        """send_steps for a whole reply, in this thread from start to end (a token count
+        or embeddings: quick, and their callers are no steps)."""
         return run_through(self.send_steps(path, build_body, prepare, False, extra_headers,
                                            alternatives))
 
@@ -11178,10 +11184,11 @@ class UpstreamCall:
         prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
         may ask for a few more tries with different options (Gemini: schemas in its own
         subset; Responses: without a parameter the model refused). `build_body(options)`
-        gives the body, a dict or bytes. A stream whose head has come without its first
-        bytes yields its reply, for the worker to let go of its thread until they come
-        (the wait of a model's thinking: see Proxy._conclude); where the event loop
-        cannot watch a socket, the worker waits for them as for any other read."""
+        gives the body, a dict or bytes. Where nothing has come back yet, or a stream's
+        head without its first bytes, the steps yield, for the worker to let go of its
+        thread until they come (the wait of a model's thinking: see Proxy._conclude);
+        where the event loop cannot watch a socket, the worker waits for them as for any
+        other read."""
         runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
@@ -11210,9 +11217,10 @@ class UpstreamCall:
                                 spec["read_timeout"], time.monotonic() + spec["total_timeout"]
                                 if spec["total_timeout"] else None)
             try:
-                response = open_upstream_blocking(
+                response = yield from opening_upstream(
                     rq.pool, runtime.target, runtime.name, "POST", full_path, body,
-                    headers_now, timeouts, spec["max_idle_connections"], rq.pipe.on_abort)
+                    headers_now, timeouts, spec["max_idle_connections"], rq.pipe.on_abort,
+                    park=rq.pipe.loop_reads)
                 rq.opened.append(response)
                 if account is not None and response.status in (401, 403) and \
                         response.status not in renewed:
@@ -11226,7 +11234,7 @@ class UpstreamCall:
                     raise self._failure(response)
                 if stream and rq.pipe.loop_reads and \
                         not response.has_bytes(within=FIRST_BYTES_GRACE):
-                    yield response
+                    yield response.fileno(), response.first_bytes_due()
                 return prepare(response)
             except UpstreamError as err:
                 alternative = kind.retry_with(err, options) if alternatives_left else None
@@ -11451,7 +11459,8 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
 
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
               failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
-              give_up_at: float, wait_until: float) -> "Steps[Optional[Callable[[], None]]]":
+              give_up_at: float, wait_until: float
+              ) -> "Steps[Optional[Callable[[], None]]]":
     """Attempts on one upstream, each on a key from its pool: up to 1 + retries of them,
     and none that would start after give_up_at (but the request's first). A 429 rests
     the key and a refusal (refusal_scope) takes it out, and the next attempt takes
@@ -12298,11 +12307,12 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             call.open_stream, stream=True)), tags)
     else:
         assert kind.encode_request is not None and kind.decode_response is not None
-        reply = split_reply_think_tags(call.send(
+        reply = split_reply_think_tags((yield from call.send_steps(
             kind.generate_path(call.model, False),
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=False),
                                                 call.model, options),
-            lambda response: kind.decode_response(call.read_json(response), call.model)), tags)
+            lambda response: kind.decode_response(call.read_json(response), call.model))),
+            tags)
     stops = spec["stop_strings"] + (chat.stop if not kind.sends_stop else [])
     reply_id = dialect.response_id(ex.rid)
     # Credentials are taken out of what the upstream sent, and those it was sent again out
@@ -13013,12 +13023,11 @@ class Proxy:
         try:
             if isinstance(steps, types.GeneratorType):
                 try:
-                    waiting_for = next(steps)
+                    fd, due = next(steps)
                 except StopIteration:
                     pass
                 else:
-                    pipe.await_bytes(waiting_for, functools.partial(
-                        self._go_on_later, rq, steps))
+                    pipe.await_bytes(fd, due, functools.partial(self._go_on_later, rq, steps))
                     handed = True
                     return
             else:

@@ -180,15 +180,23 @@ def hang(seconds):
 class Gate:
     """A reply held until the test opens the gate (or `limit` seconds pass): lets a test
     act while the upstream is known to be busy, without guessing how long anything takes.
-    `entered` is set once a request is waiting at the gate."""
+    `entered` is set once a request is waiting at the gate. `midway`: a whole reply
+    (json_reply, raw_reply) is held after its head and the first half of its body
+    instead, so that its client is busy reading it meanwhile (a proxy holds a thread for
+    a reply that has begun, not for an upstream that has sent nothing yet)."""
 
-    def __init__(self, reply=None, limit=60.0):
+    def __init__(self, reply=None, limit=60.0, midway=False):
         self.reply = reply
         self.limit = limit
+        self.midway = midway
         self.entered = threading.Event()
         self.opened = threading.Event()
 
     def __call__(self, handler, request):
+        if self.midway:
+            handler.body_gate = self    # send_body waits at it
+            self.reply(handler, request)
+            return
         self.entered.set()
         self.opened.wait(self.limit)
         if self.reply is not None:
@@ -1223,7 +1231,14 @@ class FakeHandler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        gate = getattr(self, "body_gate", None)
+        if gate is None:
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[:len(body) // 2])
+        gate.entered.set()
+        gate.opened.wait(gate.limit)
+        self.wfile.write(body[len(body) // 2:])
 
     def start_stream(self, content_type="text/event-stream"):
         self.send_response(200)

@@ -343,7 +343,9 @@ def test_haproxy_recipe_takes_a_busy_instance_out_on_its_health_and_back(redis_u
         assert status == 200
         for _ in range(3):   # balance source: one client address, one instance
             assert answered_by(instances, balancer.port, "team-key")[:2] == (200, busy)
-        gates = [Gate(json_reply(completion("held"))) for _ in range(2)]
+        # Held midway: a reply that has begun holds its worker (one that has not come
+        # yet holds none: the event loop waits for it).
+        gates = [Gate(json_reply(completion("held")), midway=True) for _ in range(2)]
         for gate in gates:
             instances.fakes[busy].queue(gate)
         held = []

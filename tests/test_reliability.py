@@ -294,17 +294,18 @@ def test_a_client_leaving_after_a_failed_attempt_cannot_cut_a_pooled_connection(
     fake.queue(json_reply({"error": {"message": "slow down"}}, status=429), gate)
     try:
         # Request A: a 429; its connection goes back to the pool, fully read.
-        a = gp.open_upstream_blocking(pool, target, "up", "POST", "/chat/completions", b"{}",
-                                      [], gp.Timeouts(10, 30, 30), 8, pipe_a.on_abort)
+        a = gp.run_through(gp.opening_upstream(
+            pool, target, "up", "POST", "/chat/completions", b"{}", [],
+            gp.Timeouts(10, 30, 30), 8, pipe_a.on_abort))
         a.read_body(gp.MiB)
         a.close(reuse=True)
         assert pool.idle == 1
         answers = []
 
         def request_b():
-            b = gp.open_upstream_blocking(pool, target, "up", "POST", "/chat/completions",
-                                          b"{}", [], gp.Timeouts(10, 30, 30), 8,
-                                          pipe_b.on_abort)
+            b = gp.run_through(gp.opening_upstream(
+                pool, target, "up", "POST", "/chat/completions", b"{}", [],
+                gp.Timeouts(10, 30, 30), 8, pipe_b.on_abort))
             answers.append((b.status, json.loads(bytes(b.read_body(gp.MiB)))))
             b.close()
         worker = threading.Thread(target=request_b)

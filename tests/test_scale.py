@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from conftest import PATIENCE, gp, wait_for
-from fake_upstream import pause_after, text_stream
+from fake_upstream import completion, json_reply, pause_after, text_stream
 
 OPENAI = "/v1/chat/completions"
 
@@ -512,21 +512,33 @@ def test_more_streams_than_the_old_thread_limit_are_all_in_flight_at_once(proxy_
     assert {openai_stream_text(answer[1]) for answer in answers} == {"hello there"}
 
 
-def held_after_head(reply, heads, all_in, count, until=None):
-    """`reply` (a stream), held after its head until `until` is set (by default
-    `all_in`, which the last of `count` such replies to have sent its head sets);
-    `heads` counts them ([0])."""
+def hold(handler, held, all_in, count, until):
+    """Count this reply in `held` ([0]), the last of `count` setting `all_in`, then
+    wait until `until` (by default `all_in`) is set."""
+    with handler.server.fake.lock:
+        held[0] += 1
+        if held[0] == count:
+            all_in.set()
+    handler.pause(PATIENCE * 2, until=until or all_in)
+
+
+def held_after_head(reply, held, all_in, count, until=None):
+    """`reply` (a stream), held after its head (see hold)."""
     def wrapped(handler, request):
         start = handler.start_stream
 
         def start_then_hold(*args, **kwargs):
             start(*args, **kwargs)
-            with handler.server.fake.lock:
-                heads[0] += 1
-                if heads[0] == count:
-                    all_in.set()
-            handler.pause(PATIENCE * 2, until=until or all_in)
+            hold(handler, held, all_in, count, until)
         handler.start_stream = start_then_hold
+        reply(handler, request)
+    return wrapped
+
+
+def held_before_reply(reply, held, all_in, count):
+    """`reply`, held before anything of it is sent (see hold)."""
+    def wrapped(handler, request):
+        hold(handler, held, all_in, count, None)
         reply(handler, request)
     return wrapped
 
@@ -571,6 +583,45 @@ def test_a_stream_waiting_for_its_first_event_holds_no_worker_thread(proxy_facto
     assert [answers[i][0] for i in range(count)] == [200] * count
     assert openai_stream_text(answers[1][1]) == "hello there"
     assert gemini_stream_text(answers[0][1]) == "hello there"
+    proxy.wait_until_idle()
+
+
+def test_a_request_waiting_for_its_upstream_to_answer_holds_no_worker_thread(
+        proxy_factory, fake):
+    """Whole replies too: while the upstream has the request and has sent nothing back,
+    no thread waits for it. With one worker, four requests (passed through and
+    converted, whole and streamed) all reach the upstream and wait at once."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    count, held, all_in = 4, [0], threading.Event()
+
+    def as_asked(handler, request):
+        (text_stream("streamed", pieces=2) if request.get("stream")
+         else json_reply(completion("whole")))(handler, request)
+    fake.queue(*[held_before_reply(as_asked, held, all_in, count) for _ in range(count)])
+    answers = {}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    asks = [(OPENAI, chat), ("/v1beta/models/fake-model:generateContent", gemini),
+            (OPENAI, dict(chat, stream=True)),
+            ("/v1beta/models/fake-model:streamGenerateContent?alt=sse", gemini)]
+
+    def ask(index):
+        answers[index] = proxy.post(*asks[index], timeout=PATIENCE * 3)
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
+            held[0], count)
+    finally:
+        all_in.set()
+        for thread in threads:
+            thread.join(PATIENCE * 3)
+    assert [answers[i][0] for i in range(count)] == [200] * count, answers
+    assert [answers[0][1]["choices"][0]["message"]["content"],
+            answers[1][1]["candidates"][0]["content"]["parts"][0]["text"],
+            openai_stream_text(answers[2][1]), gemini_stream_text(answers[3][1])] == \
+        ["whole", "whole", "streamed", "streamed"]
     proxy.wait_until_idle()
 
 
