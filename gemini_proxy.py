@@ -30,7 +30,7 @@ admin keys; CORS for browser clients; log files rotated by size, as text or JSON
 
 At scale: a request's blocking part runs in a worker thread from a pool that grows with
 demand (up to server.workers) and shrinks when idle; a request lets go of its thread
-while its upstream thinks (nothing back yet, or a stream's head and no event), and once a
+while its upstream thinks (nothing back yet, or a head and no body yet), and once a
 stream's first event is in, the event loop itself reads and converts the rest, no thread
 held meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
@@ -401,9 +401,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "any); none: no CORS", env="GEMINI_PROXY_CORS_ORIGINS", flag="--cors-origin"),
     Setting("server", "allow_public", False, "allow a non-loopback address with no client "
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
-    Setting("server", "workers", 10000, "the most requests a worker thread (started when "
-            "needed, ended when idle) works on at once: until the answer is whole, or a "
-            "stream's first event is in (not while its upstream thinks)",
+    Setting("server", "workers", 10000, "the most new requests a worker thread (started "
+            "when needed, ended when idle) works on at once: until the answer is whole, or "
+            "a stream's first event is in (not while its upstream thinks; one that goes on "
+            "after that takes a thread past the limit)",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core; at most four per core); state they must "
@@ -8261,6 +8262,28 @@ class UpstreamConnection:
             self.replied = True
         return bool(data)
 
+    def bytes_within(self, seconds: float) -> bool:
+        """Whether the reply has bytes to read (or its end) within `seconds`. A TLS socket
+        may be readable with no data behind it (TLS 1.3's session tickets, which follow
+        the handshake): those records are read here, and the wait goes on."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.buf or not self._plain and self.sock.pending():
+                return True
+            if not readable_now(self.sock, max(deadline - time.monotonic(), 0.0)):
+                return False
+            if self._plain:
+                return True
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(0.0)
+            try:
+                if not self._received(self.sock.recv(65536)):
+                    return True     # its end
+            except ssl.SSLWantReadError:
+                pass                # records with no data in them
+            finally:
+                self.sock.settimeout(timeout)
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -8352,6 +8375,47 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
         return not readable_now(conn.sock)
     except (OSError, ValueError):
         return False
+
+
+# A request's steps up to its answer are generators (opening_upstream, and in section 22
+# UpstreamCall.send_steps and the attempts around it): where the upstream has its
+# request and has sent nothing back (a model thinking, seconds or minutes), or its head
+# and not yet its body's first bytes, they yield (the socket's descriptor, when to go on
+# anyway), and the worker lets go of its thread while the event loop waits for the
+# socket (Proxy._conclude); the steps go on in whichever worker is free when the bytes
+# come. A thread a stream held until its first event was most of the memory and the
+# thread switching of thousands of streams begun at once.
+
+T = TypeVar("T")
+Steps = Generator[Tuple[int, float], None, T]
+# How long a worker waits for an upstream's first bytes before it lets go of its
+# thread: letting go and taking one again costs the loop and a worker some 0.1 ms of
+# CPU, where this wait costs none, and an upstream that answers at once does it within
+# it.
+FIRST_BYTES_GRACE = 0.002
+
+
+def run_through(steps: "Steps[T]") -> T:
+    """Steps, in this thread to their end (what they wait for is read here)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def awaiting_bytes(conn: UpstreamConnection, due: float) -> "Steps[bool]":
+    """Until the connection has bytes to read (True) or `due` (time.monotonic()) has
+    passed (False): at once when they come within FIRST_BYTES_GRACE, else yielding, for
+    the worker to let go of its thread; again after a wake-up that brought none (a TLS
+    record with no data in it)."""
+    within = FIRST_BYTES_GRACE
+    while not conn.bytes_within(within):
+        if time.monotonic() >= due:
+            return False
+        yield conn.sock.fileno(), due
+        within = 0.0
+    return True
 
 
 @dataclasses.dataclass
@@ -8455,18 +8519,15 @@ class UpstreamResponse:
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
-    def has_bytes(self, within: float = 0.0) -> bool:
-        """Whether a read of the body may find bytes without waiting long: some came
-        with the head, or were peeked, or arrive within `within` seconds, or the body is
-        over."""
-        sock = self._conn.sock
-        return bool(self._peeked or self._conn.buf or self._body.done or (
-            isinstance(sock, ssl.SSLSocket) and sock.pending()) or
-            readable_now(sock, within))
-
-    def first_bytes_due(self) -> float:
-        """When (time.monotonic()) the first read of the body times out."""
-        return time.monotonic() + self._timeouts.next_read(first=True)[0]
+    def awaiting_body(self, first: bool) -> "Steps[None]":
+        """Steps until the body has bytes to read (awaiting_bytes); the time-out of its
+        first read (`first`: of a stream, whose budget ran from the call's start; else
+        of the silence after the head) if none have come by then."""
+        if self._peeked or self._body.done:
+            return
+        timeout, meaning = self._timeouts.next_read(first)
+        if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout)):
+            raise self._timed_out(meaning)
 
     def read_on_loop(self) -> None:
         """From now on the event loop reads this reply (see UpstreamRelay)."""
@@ -8596,32 +8657,6 @@ class CallStopper:
             self._sock = None
 
 
-# A request's steps up to its answer are generators (opening_upstream, and in section 22
-# UpstreamCall.send_steps and the attempts around it): where the upstream has its
-# request and has sent nothing back (a model thinking, seconds or minutes), or a
-# stream's head and not yet its first bytes, they yield (the socket's descriptor, when
-# to go on anyway), and the worker lets go of its thread while the event loop waits for
-# the socket (Proxy._conclude); the steps go on in whichever worker is free when the
-# bytes come. A thread a stream held until its first event was most of the memory and
-# the thread switching of thousands of streams begun at once.
-
-T = TypeVar("T")
-Steps = Generator[Tuple[int, float], None, T]
-# How long a worker waits for an upstream's first bytes before it lets go of its
-# thread: letting go and taking one again costs the loop and a worker some 0.1 ms, more
-# than this wait, and an upstream that answers at once does it within it.
-FIRST_BYTES_GRACE = 0.002
-
-
-def run_through(steps: "Steps[T]") -> T:
-    """Steps, in this thread to their end (what they wait for is read here)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as end:
-            return end.value
-
-
 MAX_INTERIM = 5    # interim (1xx) replies read past before the reply proper
 
 
@@ -8630,8 +8665,8 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                      timeouts: Timeouts, max_idle: int,
                      watch: Callable[[Callable[[], None]], None] = lambda stop: None,
                      park: bool = False) -> "Steps[UpstreamResponse]":
-    """Send a request and wait for the status line and headers; `park`: by yielding,
-    when nothing has come back within FIRST_BYTES_GRACE. `watch` is given a
+    """Send a request and wait for the status line and headers; `park`: by yielding
+    (awaiting_bytes). `watch` is given a
     function that stops the call at once from another thread (the client left, or the
     proxy is shutting down) as soon as there is a connection to stop. Interim replies
     (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
@@ -8663,13 +8698,12 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
         try:
             conn.send(method, target.url(path), target, request_headers, body)
             deadline = time.monotonic() + wait
-            if park and not conn.buf and not readable_now(conn.sock, FIRST_BYTES_GRACE):
-                yield conn.sock.fileno(), deadline
-            head = conn.read_head(deadline)
-            for _ in range(MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
+            for _ in range(1 + MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
+                if park:   # (past the deadline, read_head says so)
+                    yield from awaiting_bytes(conn, deadline)
+                head = conn.read_head(deadline)
                 if not 100 <= head.status < 200 or head.status == 101:
                     break
-                head = conn.read_head(deadline)
             reply_body = ReplyBody(head, method)
         except socket.timeout:
             stopper.disarm()
@@ -10220,11 +10254,11 @@ class KeyPool:
 # A request's blocking part (JSON, conversion, the upstream call) runs in a worker thread
 # from an elastic pool; its answer goes back to the event loop through a bounded pipe
 # (ChunkPipe), which the loop empties in one hop and whose end says whether the reply went
-# out whole. While an upstream thinks (nothing back yet, or a stream's head and no event)
-# the loop waits for its socket and no thread does (ChunkPipe.await_bytes). Once a stream's first event
-# is in, the loop reads and converts the rest itself (UpstreamRelay): the cost of an event
-# is then one wake-up, not two, and the worker thread goes back to the pool until the
-# stream is over and its request is to be ended.
+# out whole. While an upstream thinks (nothing back yet, or its head and no body yet)
+# the loop waits for its socket and no thread does (ChunkPipe.await_bytes). Once a
+# stream's first event is in, the loop reads and converts the rest itself
+# (UpstreamRelay): the cost of an event is then one wake-up, not two, and the worker
+# thread goes back to the pool until the stream is over and its request is to be ended.
 
 # A worker thread with nothing to do for this long ends (a proxy that held thousands of
 # streams at noon holds a few threads at night); its stack is this big. What a thread
@@ -10242,6 +10276,9 @@ WORKER_STACK_BYTES = 4 * MiB
 # thread that ends; glibc locks each arena while it trims it, so a malloc in another
 # thread (the event loop's) may wait as long, once in a while.
 WORKER_SHRINK_TRIM = 64
+# Seconds after which a request whose upstream's bytes have come asks again for a worker
+# thread, when the system started none (its thread limit, a container's pids limit).
+GO_ON_RETRY = 1.0
 # The stack size threads start with is one setting for the whole process: pools in one
 # process (tests run several proxies) take turns setting it, or one would put back the
 # other's value instead of the process's own.
@@ -10273,18 +10310,22 @@ class WorkerPool:
     free. A request holds its thread until its answer is whole, or its stream's first
     event is in, but not while its upstream thinks (the loop waits for it); the event
     loop relays the rest of a stream, and a worker ends the request after it (a stream
-    of an hour holds a thread for some milliseconds). So the limit is how
-    many requests can be worked on at once, and memory, not a thread count, is the bound
-    on the streams held. The rest of a request already begun (resuming) goes before new
-    requests and past the limit: it holds keys that queued requests may wait for.
+    of an hour holds a thread for some milliseconds). So the limit is how many new
+    requests can be worked on at once, and memory, not a thread count, is the bound on
+    the requests held. The rest of a request already begun (resuming: its upstream's
+    bytes in, or its relay ended) goes before new requests and past the limit: it holds
+    keys that queued requests may wait for. Threads may then outnumber the limit (as
+    many as the requests whose upstreams answer at one moment), briefly: once such a
+    request has read its answer, or its stream's first event, it lets go.
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
     finds an idle thread (woken), or a new one (counted in `threads` at once, started by
     the pool's starter thread, which is not counted), or waits in the queue for a thread
     that finishes; a thread ends for idleness only when, under the lock, no task waits.
-    The starter starts a thread counted for a task only if a task still waits when it
-    comes to it: a burst of short tasks is taken by the threads there are as they finish
-    (1,000 streams begun at once took 1,003 threads, 70 now). The thread idle the
+    The starter starts a thread counted for a task only while tasks wait when it comes
+    to it, not one for each task counted: a burst of short tasks (requests that let go
+    of their thread while their upstream thinks) is taken by the threads there are as
+    they finish. The thread idle the
     shortest time is woken first, so that under a steady load the others stay idle long
     enough to end (woken in turn, none ever would)."""
 
@@ -10312,7 +10353,7 @@ class WorkerPool:
     def submit(self, function: Callable[..., None], *args: Any,
                resuming: bool = False) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
-        own to report). resuming: the end of a request already begun, taken first, past
+        own to report). resuming: the rest of a request already begun, taken first, past
         the limit, and after close(). A new thread is started by the pool's starter
         thread, not here: see _start_threads."""
         with self._lock:
@@ -10329,7 +10370,6 @@ class WorkerPool:
             if self.threads >= self.limit and not resuming:
                 return              # queued: the next thread to finish takes it
             self.threads += 1
-            self._peak = max(self._peak, self.threads)
             self._to_start += 1
             if self._starter_running:
                 if self._starter_wake is not None:
@@ -10389,6 +10429,7 @@ class WorkerPool:
                     if not self._tasks:   # the threads running took them meanwhile
                         self.threads -= 1
                         continue
+                    self._peak = max(self._peak, self.threads - self._to_start)
                 elif self._tasks and not self.threads:   # no thread would ever take it
                     task = self._tasks.popleft()
                     # Meanwhile a submit starts another starter: threads may start again
@@ -10593,6 +10634,9 @@ class ChunkPipe:
     of chunks, when the loop can read sockets itself (`loop_reads`): the loop then pulls
     it, and the worker thread is free for other requests.
 
+    While the request's upstream thinks, the loop waits for its socket for the worker
+    (await_bytes), which lets go of its thread meanwhile.
+
     A streamed reply may have its head sent before the worker has one (commit_early:
     Gemini CLI gives up on a server that sends no headers for 60 s); the worker's own
     head is then dropped and its errors go in-stream. abort() (the client left, or the
@@ -10729,7 +10773,9 @@ class ChunkPipe:
         """From a worker: go_on() is called, on the loop, once the upstream's socket `fd`
         has bytes to read, `due` (time.monotonic()) has come, or the request was
         abandoned (the abort shuts the socket, which the loop sees as readable). No
-        thread waits meanwhile."""
+        thread waits meanwhile. go_on hands the request to a worker; where the system
+        starts no thread at all (RuntimeError), it is called again GO_ON_RETRY later: the
+        request's rest may block, and must never run on the loop."""
         try:
             self._loop.call_soon_threadsafe(self._await_bytes, fd, due, go_on)
         except RuntimeError:   # the loop has closed (a forced exit): no waiting, then
@@ -10739,13 +10785,19 @@ class ChunkPipe:
         loop = self._loop
         ended = False
 
+        def hand_over() -> None:
+            try:
+                go_on()
+            except RuntimeError:
+                loop.call_later(GO_ON_RETRY, hand_over)
+
         def end() -> None:
             nonlocal ended
             if not ended:
                 ended = True
                 loop.remove_reader(fd)
                 timer.cancel()
-                go_on()
+                hand_over()
         timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
         try:
             loop.add_reader(fd, end)
@@ -11168,14 +11220,6 @@ class UpstreamCall:
     def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
         return self.rq.detail.stream(title) if self.rq.detail else None
 
-    def send(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
-             prepare: Callable[[UpstreamResponse], Any],
-             extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True) -> Any:
-        """send_steps for a whole reply, in this thread from start to end (a token count
-        or embeddings: quick, and their callers are no steps)."""
-        return run_through(self.send_steps(path, build_body, prepare, False, extra_headers,
-                                           alternatives))
-
     def send_steps(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
                    prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
                    extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True
@@ -11184,8 +11228,8 @@ class UpstreamCall:
         prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
         may ask for a few more tries with different options (Gemini: schemas in its own
         subset; Responses: without a parameter the model refused). `build_body(options)`
-        gives the body, a dict or bytes. Where nothing has come back yet, or a stream's
-        head without its first bytes, the steps yield, for the worker to let go of its
+        gives the body, a dict or bytes. Where nothing has come back yet, or a head
+        without its body's first bytes, the steps yield, for the worker to let go of its
         thread until they come (the wait of a model's thinking: see Proxy._conclude);
         where the event loop cannot watch a socket, the worker waits for them as for any
         other read."""
@@ -11232,9 +11276,8 @@ class UpstreamCall:
                         continue
                 if response.status >= 300:
                     raise self._failure(response)
-                if stream and rq.pipe.loop_reads and \
-                        not response.has_bytes(within=FIRST_BYTES_GRACE):
-                    yield response.fileno(), response.first_bytes_due()
+                if rq.pipe.loop_reads:
+                    yield from response.awaiting_body(first=stream)
                 return prepare(response)
             except UpstreamError as err:
                 alternative = kind.retry_with(err, options) if alternatives_left else None
@@ -11402,8 +11445,8 @@ def backoff_delay(spec: Dict[str, Any], tries: int, retry_after: Optional[float]
     return max(delay, retry_after or 0.0)
 
 
-# An attempt gives the function that writes its answer, or steps that give it.
-Attempt = Callable[[UpstreamCall], Any]
+# An attempt: the steps that give the function that writes its answer.
+Attempt = Callable[[UpstreamCall], "Steps[Callable[[], None]]"]
 
 
 def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
@@ -11491,9 +11534,7 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         ex.key = key.name
         ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
         try:
-            deliver = attempt(UpstreamCall(rq, runtime, model, key))
-            if isinstance(deliver, types.GeneratorType):
-                deliver = yield from deliver
+            deliver = yield from attempt(UpstreamCall(rq, runtime, model, key))
             keys.succeeded(key)
             return deliver
         except UpstreamError as err:
@@ -12366,10 +12407,10 @@ def _track_usage(ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[An
         yield event
 
 
-def count_tokens(call: UpstreamCall) -> Callable[[], None]:
+def count_tokens(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     """A token count: the upstream's own where it can count, else a local estimate."""
     if call.passthrough:
-        return passthrough(call)
+        return (yield from passthrough(call))
     rq, kind = call.rq, call.runtime.kind
     dialect = rq.dialect
     assert dialect.encode_count_response
@@ -12377,19 +12418,18 @@ def count_tokens(call: UpstreamCall) -> Callable[[], None]:
     if kind.count_path is not None and kind.encode_count_request and \
             kind.decode_count_response and chat.messages:
         encode, decode = kind.encode_count_request, kind.decode_count_response
-        tokens = call.send(kind.count_path(call.model),      # its body has no options
-                           lambda options: encode(chat, call.model),
-                           lambda response: decode(call.read_json(response)),
-                           alternatives=False)
+        tokens = yield from call.send_steps(
+            kind.count_path(call.model), lambda options: encode(chat, call.model),  # no options
+            lambda response: decode(call.read_json(response)), alternatives=False)
     else:
         tokens = estimate_prompt_tokens(chat)
     payload = dialect.encode_count_response(tokens)
     return lambda: rq.out.json(payload)
 
 
-def embed(call: UpstreamCall) -> Callable[[], None]:
+def embed(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     if call.passthrough:
-        return passthrough(call)
+        return (yield from passthrough(call))
     rq, kind = call.rq, call.runtime.kind
     dialect = rq.dialect
     assert dialect.decode_embed_request and dialect.encode_embed_response
@@ -12400,9 +12440,9 @@ def embed(call: UpstreamCall) -> Callable[[], None]:
                           "upstream that has them" % (call.runtime.name, kind.name,
                                                       rq.ex.client_model))
     encode, decode = kind.encode_embed_request, kind.decode_embed_response
-    reply = call.send(kind.embed_path(call.model),         # its body has no options
-                      lambda options: encode(request, call.model),
-                      lambda response: decode(call.read_json(response)), alternatives=False)
+    reply = yield from call.send_steps(
+        kind.embed_path(call.model), lambda options: encode(request, call.model),  # no options
+        lambda response: decode(call.read_json(response)), alternatives=False)
     payload = dialect.encode_embed_response(rq.ex, reply)
     return lambda: rq.out.json(payload)
 
@@ -12928,8 +12968,8 @@ class Proxy:
         gauges = [
             ("requests_in_flight", "Requests being answered now (some may wait for a "
              "worker).", {}, in_flight),
-            ("workers_busy", "Worker threads busy with a request (a stream the event loop "
-             "relays holds none).", {}, self.working),
+            ("workers_busy", "Worker threads busy with a request (one whose upstream "
+             "thinks, or a stream the event loop relays, holds none).", {}, self.working),
             ("workers", "The most worker threads (server.workers).", {},
              self.config.server["workers"]),
             ("worker_threads", "Worker threads running or starting now, busy or idle.", {},
@@ -13027,7 +13067,11 @@ class Proxy:
                 except StopIteration:
                     pass
                 else:
-                    pipe.await_bytes(fd, due, functools.partial(self._go_on_later, rq, steps))
+                    # Before new requests and past the pool's limit, as a relay's end: a
+                    # request queued for a thread may be waiting for the key this one
+                    # holds; and past close(), which stops no request in flight.
+                    pipe.await_bytes(fd, due, functools.partial(
+                        self.workers.submit, self._go_on, rq, steps, resuming=True))
                     handed = True
                     return
             else:
@@ -13060,21 +13104,13 @@ class Proxy:
     def _resume_later(self, rq: Request, relay: UpstreamRelay,
                       error: Optional[BaseException]) -> None:
         """From the loop (or an abort): the relay is done; the request's rest may block
-        (a shared store's round trip), so it goes to a worker."""
-        self._in_worker(self._resume, rq, relay, error)
-
-    def _go_on_later(self, rq: Request, steps: "Steps[None]") -> None:
-        """From the loop: the reply the request's steps wait for has bytes."""
-        self._in_worker(self._go_on, rq, steps)
-
-    def _in_worker(self, function: Callable[..., None], *args: Any) -> None:
-        """A request already begun goes on in a worker: before new requests and past
-        the pool's limit, since a request queued for a thread may be waiting for the key
-        this one holds, and past close()."""
+        (a shared store's round trip), so it goes to a worker: before new requests and
+        past the pool's limit, since a request queued for a thread may be waiting for the
+        key this one lets go of, and past close()."""
         try:
-            self.workers.submit(function, *args, resuming=True)
+            self.workers.submit(self._resume, rq, relay, error, resuming=True)
         except RuntimeError:   # no thread could start at all: here, late rather than never
-            function(*args)
+            self._resume(rq, relay, error)
 
     def _end(self, rq: Request) -> None:
         """Let go of what the request holds, tell the loop it is over, count what it

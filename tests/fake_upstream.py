@@ -180,10 +180,11 @@ def hang(seconds):
 class Gate:
     """A reply held until the test opens the gate (or `limit` seconds pass): lets a test
     act while the upstream is known to be busy, without guessing how long anything takes.
-    `entered` is set once a request is waiting at the gate. `midway`: a whole reply
-    (json_reply, raw_reply) is held after its head and the first half of its body
-    instead, so that its client is busy reading it meanwhile (a proxy holds a thread for
-    a reply that has begun, not for an upstream that has sent nothing yet)."""
+    `entered` is set once a request is waiting at the gate. `midway`: `reply`, a whole
+    one (json_reply, raw_reply: they write with send_body), is held after its head and
+    the first half of its body instead, so that its client is busy reading it meanwhile
+    (a proxy holds a thread for a reply that has begun, not for an upstream that has
+    sent nothing yet)."""
 
     def __init__(self, reply=None, limit=60.0, midway=False):
         self.reply = reply
@@ -194,8 +195,11 @@ class Gate:
 
     def __call__(self, handler, request):
         if self.midway:
-            handler.body_gate = self    # send_body waits at it
-            self.reply(handler, request)
+            handler.body_gate = self    # send_body waits at it, for this reply only
+            try:
+                self.reply(handler, request)
+            finally:
+                handler.body_gate = None
             return
         self.entered.set()
         self.opened.wait(self.limit)

@@ -355,7 +355,10 @@ def test_haproxy_recipe_takes_a_busy_instance_out_on_its_health_and_back(redis_u
             for holder, gate in zip(holders, gates):
                 holder.start()
                 assert gate.entered.wait(PATIENCE), "a held request never reached its upstream"
-            assert instances.proxies[busy].request("GET", "/health")[0] == 503
+            # (once both workers read their replies: one may still be letting go of its
+            # thread as its upstream begins)
+            wait_for(lambda: instances.proxies[busy].request("GET", "/health")[0] == 503,
+                     message="/health never said the busy instance's workers were busy")
             name, other = ("a", "b") if busy == 0 else ("b", "a")
             wait_for(lambda: server_states(balancer) == {name: "DOWN", other: "UP"},
                      message=lambda: "servers: %s" % server_states(balancer))

@@ -81,13 +81,19 @@ def test_health_says_degraded_while_no_worker_is_free(proxy_factory, fake):
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
                                                   "api_key": "k-1234"}},
                            "server": {"workers": 1}})
-    gate = Gate(json_reply(completion("late")))
+    # Held midway through its reply, which holds the worker reading it (an upstream that
+    # has sent nothing yet holds none: the event loop waits for it). The worker may
+    # still be letting go of its thread as the upstream begins: /health says 503 once
+    # it reads.
+    gate = Gate(json_reply(completion("late")), midway=True)
     fake.queue(gate)
     answers = []
     worker = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, CHAT, timeout=60)))
     worker.start()
     try:
         assert gate.entered.wait(30)
+        wait_for(lambda: proxy.request("GET", "/health")[0] == 503,
+                 message="/health never said the one worker was busy")
         status, _, data = proxy.request("GET", "/health")
         assert status == 503 and json.loads(data)["status"] == "degraded"
     finally:
@@ -419,13 +425,17 @@ def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_fac
     from fake_upstream import text_stream
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
                            "server": {"workers": 1, "stream_headers_after": 0.05}})
-    first, second = Gate(json_reply(completion("first"))), Gate(text_stream("second"))
+    # (held midway: a reply begun holds its worker; one not begun holds none)
+    first = Gate(json_reply(completion("first")), midway=True)
+    second = Gate(text_stream("second"))
     fake.queue(first, second)
     answers = []
     busy = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, CHAT, timeout=60)))
     busy.start()
     try:
-        assert first.entered.wait(30)       # the only worker is taken
+        assert first.entered.wait(30)
+        wait_for(lambda: proxy.server.proxy.working == 1,
+                 message="the only worker reading the first reply")
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
         conn.request("POST", OPENAI, json.dumps(dict(CHAT, stream=True)),
                      {"content-type": "application/json"})

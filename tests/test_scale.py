@@ -523,22 +523,22 @@ def hold(handler, held, all_in, count, until):
 
 
 def held_after_head(reply, held, all_in, count, until=None):
-    """`reply` (a stream), held after its head (see hold)."""
+    """`reply` (whole or streamed), held after its head (see hold)."""
     def wrapped(handler, request):
-        start = handler.start_stream
+        end_headers = handler.end_headers
 
-        def start_then_hold(*args, **kwargs):
-            start(*args, **kwargs)
+        def send_then_hold():
+            end_headers()       # (sent at once: the fake's writes are unbuffered)
             hold(handler, held, all_in, count, until)
-        handler.start_stream = start_then_hold
+        handler.end_headers = send_then_hold
         reply(handler, request)
     return wrapped
 
 
-def held_before_reply(reply, held, all_in, count):
+def held_before_reply(reply, held, all_in, count, until=None):
     """`reply`, held before anything of it is sent (see hold)."""
     def wrapped(handler, request):
-        hold(handler, held, all_in, count, None)
+        hold(handler, held, all_in, count, until)
         reply(handler, request)
     return wrapped
 
@@ -549,55 +549,19 @@ def one_worker_proxy(proxy_factory, fake):
                           "default_model": "fake-model", "server": {"workers": 1}})
 
 
-def test_a_stream_waiting_for_its_first_event_holds_no_worker_thread(proxy_factory, fake):
-    """A model thinking before its first event (the upstream's head sent, nothing yet
-    after it) holds no worker thread meanwhile: with one worker, four such streams,
-    passed through and converted, all reach the upstream and wait at once."""
+@pytest.mark.parametrize("held", [held_before_reply, held_after_head])
+def test_a_request_whose_upstream_thinks_holds_no_worker_thread(proxy_factory, fake, held):
+    """While the upstream has the request and has sent nothing back, or only its head
+    (a model thinking, seconds or minutes), no thread waits for it. With one worker,
+    four requests (whole and streamed, passed through and converted) all reach the
+    upstream and wait at once, and are answered."""
     proxy = one_worker_proxy(proxy_factory, fake)
-    count, heads, all_in = 4, [0], threading.Event()
-    fake.queue(*[held_after_head(text_stream("hello there", pieces=2), heads, all_in, count)
-                 for _ in range(count)])
-    answers = {}
-
-    def ask(index):
-        if index % 2:
-            answers[index] = proxy.post(OPENAI, {"model": "fake-model", "stream": True,
-                                                 "messages": [{"role": "user",
-                                                               "content": "hi"}]},
-                                        timeout=PATIENCE * 3)
-        else:
-            answers[index] = proxy.post(
-                "/v1beta/models/fake-model:streamGenerateContent?alt=sse",
-                {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
-                timeout=PATIENCE * 3)
-    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        assert all_in.wait(PATIENCE * 2), "only %d of %d streams reached the upstream" % (
-            heads[0], count)
-    finally:
-        all_in.set()
-        for thread in threads:
-            thread.join(PATIENCE * 3)
-    assert [answers[i][0] for i in range(count)] == [200] * count
-    assert openai_stream_text(answers[1][1]) == "hello there"
-    assert gemini_stream_text(answers[0][1]) == "hello there"
-    proxy.wait_until_idle()
-
-
-def test_a_request_waiting_for_its_upstream_to_answer_holds_no_worker_thread(
-        proxy_factory, fake):
-    """Whole replies too: while the upstream has the request and has sent nothing back,
-    no thread waits for it. With one worker, four requests (passed through and
-    converted, whole and streamed) all reach the upstream and wait at once."""
-    proxy = one_worker_proxy(proxy_factory, fake)
-    count, held, all_in = 4, [0], threading.Event()
+    count, reached, all_in = 4, [0], threading.Event()
 
     def as_asked(handler, request):
         (text_stream("streamed", pieces=2) if request.get("stream")
          else json_reply(completion("whole")))(handler, request)
-    fake.queue(*[held_before_reply(as_asked, held, all_in, count) for _ in range(count)])
+    fake.queue(*[held(as_asked, reached, all_in, count) for _ in range(count)])
     answers = {}
     chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
     gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
@@ -612,7 +576,7 @@ def test_a_request_waiting_for_its_upstream_to_answer_holds_no_worker_thread(
         thread.start()
     try:
         assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
-            held[0], count)
+            reached[0], count)
     finally:
         all_in.set()
         for thread in threads:
@@ -623,6 +587,47 @@ def test_a_request_waiting_for_its_upstream_to_answer_holds_no_worker_thread(
             openai_stream_text(answers[2][1]), gemini_stream_text(answers[3][1])] == \
         ["whole", "whole", "streamed", "streamed"]
     proxy.wait_until_idle()
+
+
+def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on_the_loop(
+        proxy_factory, fake, monkeypatch):
+    """The upstream answers a request that let go of its thread, and the system starts
+    no thread for it (its thread limit): it asks again GO_ON_RETRY later, and runs in a
+    worker, not on the event loop (its rest may block: every stream would stop)."""
+    monkeypatch.setattr(gp, "GO_ON_RETRY", 0.05)
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    released = threading.Event()
+    fake.queue(held_before_reply(json_reply(completion("later")), [0], threading.Event(), 1,
+                                 until=released))
+    refused, ran_in = [], []
+    real_submit, real_go_on = app.workers.submit, app._go_on
+
+    def submit(function, *args, **kwargs):
+        if function == go_on and not refused:
+            refused.append(threading.current_thread().name)
+            raise RuntimeError("can't start new thread")
+        return real_submit(function, *args, **kwargs)
+
+    def go_on(*args):
+        ran_in.append(threading.current_thread())
+        real_go_on(*args)
+    monkeypatch.setattr(app.workers, "submit", submit)
+    monkeypatch.setattr(app, "_go_on", go_on)
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, {
+        "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})), daemon=True)
+    asker.start()
+    try:
+        wait_for(lambda: app.active == 1 and app.working == 0 and fake.requests,
+                 message="the request waiting for its upstream, no thread held")
+    finally:
+        released.set()
+        asker.join(PATIENCE)
+    assert answers and answers[0][0] == 200, answers
+    assert answers[0][1]["choices"][0]["message"]["content"] == "later"
+    assert len(refused) == 1 and len(ran_in) == 1
+    assert ran_in[0] is not proxy._thread, "the request went on in the event loop's thread"
 
 
 def test_a_client_that_leaves_while_its_stream_waits_for_a_first_event_ends_it(

@@ -354,6 +354,34 @@ def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkey
         forward.close()
 
 
+def test_a_fresh_tls_connection_lets_go_of_its_thread_while_the_upstream_thinks(
+        proxy_factory, tls_fake, monkeypatch):
+    """TLS 1.3 sends its session tickets after the handshake: a fresh connection is
+    readable with no reply behind it. With one worker, three requests, each on a new
+    connection, held at the upstream before their replies all reach it at once."""
+    from test_scale import held_before_reply
+    upstream, cert = tls_fake
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    proxy = proxy_factory(dict(config_for(upstream.base_url), server={"workers": 1}))
+    count, held, all_in = 3, [0], threading.Event()
+    upstream.queue(*[held_before_reply(json_reply(completion("thought")), held, all_in, count)
+                     for _ in range(count)])
+    answers = []
+    askers = [threading.Thread(target=lambda: answers.append(proxy.post(
+        GENERATE, HELLO, timeout=PATIENCE * 3)), daemon=True) for _ in range(count)]
+    for asker in askers:
+        asker.start()
+    try:
+        assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
+            held[0], count)
+    finally:
+        all_in.set()
+        for asker in askers:
+            asker.join(PATIENCE * 3)
+    assert [status for status, _ in answers] == [200] * count, answers
+    assert proxy.server.proxy.pool.created == count
+
+
 def test_tls_settings_are_made_for_the_first_https_connection_only(proxy_factory, fake,
                                                                    tls_fake, monkeypatch):
     # (Loading the system's CA certificates costs a start 20 ms and 2.4 MB; a proxy of
