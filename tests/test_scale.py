@@ -1,6 +1,7 @@
 """Many requests at once (issue 11): the elastic worker pool, worker processes behind one
 port, and the state they share."""
 
+import functools
 import gc
 import json
 import os
@@ -471,6 +472,23 @@ def test_a_running_server_settles_the_garbage_collector_and_importing_does_not(t
 
 # ---- many streams through one proxy ------------------------------------------------------
 
+def all_at_the_upstream(askers, all_in, reached):
+    """Run each asker (a function that asks the proxy) in a thread of its own, and
+    assert that all their requests reach the upstream and wait there at once (the
+    upstream sets `all_in` when they have; `reached[0]` counts them); then let them go
+    on, and wait for the askers."""
+    threads = [threading.Thread(target=asker, daemon=True) for asker in askers]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
+            reached[0], len(askers))
+    finally:
+        all_in.set()
+        for thread in threads:
+            thread.join(PATIENCE * 3)
+
+
 def test_more_streams_than_the_old_thread_limit_are_all_in_flight_at_once(proxy_factory, fake):
     """300 streams (the pool once stopped at 256): every one reaches the upstream and
     sends its first event before any is let finish (a stream past its first event holds
@@ -498,16 +516,7 @@ def test_more_streams_than_the_old_thread_limit_are_all_in_flight_at_once(proxy_
         answers[index] = proxy.post(OPENAI, {"model": "fake-model", "stream": True,
                                              "messages": [{"role": "user", "content": "hi"}]},
                                     timeout=PATIENCE * 3)
-    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        assert all_open.wait(PATIENCE * 2), "only %d of %d streams reached the upstream" % (
-            opened[0], count)
-    finally:
-        all_open.set()
-        for thread in threads:
-            thread.join(PATIENCE * 3)
+    all_at_the_upstream([functools.partial(ask, i) for i in range(count)], all_open, opened)
     assert [answer[0] for answer in answers] == [200] * count
     assert {openai_stream_text(answer[1]) for answer in answers} == {"hello there"}
 
@@ -571,16 +580,7 @@ def test_a_request_whose_upstream_thinks_holds_no_worker_thread(proxy_factory, f
 
     def ask(index):
         answers[index] = proxy.post(*asks[index], timeout=PATIENCE * 3)
-    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
-            reached[0], count)
-    finally:
-        all_in.set()
-        for thread in threads:
-            thread.join(PATIENCE * 3)
+    all_at_the_upstream([functools.partial(ask, i) for i in range(count)], all_in, reached)
     assert [answers[i][0] for i in range(count)] == [200] * count, answers
     assert [answers[0][1]["choices"][0]["message"]["content"],
             answers[1][1]["candidates"][0]["content"]["parts"][0]["text"],

@@ -359,7 +359,7 @@ def test_a_fresh_tls_connection_lets_go_of_its_thread_while_the_upstream_thinks(
     """TLS 1.3 sends its session tickets after the handshake: a fresh connection is
     readable with no reply behind it. With one worker, three requests, each on a new
     connection, held at the upstream before their replies all reach it at once."""
-    from test_scale import held_before_reply
+    from test_scale import all_at_the_upstream, held_before_reply
     upstream, cert = tls_fake
     monkeypatch.setenv("SSL_CERT_FILE", cert)
     proxy = proxy_factory(dict(config_for(upstream.base_url), server={"workers": 1}))
@@ -367,17 +367,9 @@ def test_a_fresh_tls_connection_lets_go_of_its_thread_while_the_upstream_thinks(
     upstream.queue(*[held_before_reply(json_reply(completion("thought")), held, all_in, count)
                      for _ in range(count)])
     answers = []
-    askers = [threading.Thread(target=lambda: answers.append(proxy.post(
-        GENERATE, HELLO, timeout=PATIENCE * 3)), daemon=True) for _ in range(count)]
-    for asker in askers:
-        asker.start()
-    try:
-        assert all_in.wait(PATIENCE * 2), "only %d of %d requests reached the upstream" % (
-            held[0], count)
-    finally:
-        all_in.set()
-        for asker in askers:
-            asker.join(PATIENCE * 3)
+    all_at_the_upstream([lambda: answers.append(proxy.post(GENERATE, HELLO,
+                                                           timeout=PATIENCE * 3))] * count,
+                        all_in, held)
     assert [status for status, _ in answers] == [200] * count, answers
     assert proxy.server.proxy.pool.created == count
 
