@@ -8666,9 +8666,9 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                      watch: Callable[[Callable[[], None]], None] = lambda stop: None,
                      park: bool = False) -> "Steps[UpstreamResponse]":
     """Send a request and wait for the status line and headers; `park`: by yielding
-    (awaiting_bytes). `watch` is given a
-    function that stops the call at once from another thread (the client left, or the
-    proxy is shutting down) as soon as there is a connection to stop. Interim replies
+    (awaiting_bytes). `watch` is given a function that stops the call at once from
+    another thread (the client left, or the proxy is shutting down) as soon as there is
+    a connection to stop. Interim replies
     (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
     that the server had closed (it fails before a byte of the reply has come) is retried
     once on a fresh one: never a request the upstream may have answered. Everything else
@@ -10314,9 +10314,9 @@ class WorkerPool:
     requests can be worked on at once, and memory, not a thread count, is the bound on
     the requests held. The rest of a request already begun (resuming: its upstream's
     bytes in, or its relay ended) goes before new requests and past the limit: it holds
-    keys that queued requests may wait for. Threads may then outnumber the limit (as
-    many as the requests whose upstreams answer at one moment), briefly: once such a
-    request has read its answer, or its stream's first event, it lets go.
+    keys that queued requests may wait for. Threads may then outnumber the limit, by as
+    many as the requests whose upstreams answer at one moment, until they have read
+    their answers (or their streams' first events).
 
     One lock keeps the tasks, the idle threads and the thread count consistent: a task
     finds an idle thread (woken), or a new one (counted in `threads` at once, started by
@@ -10325,9 +10325,9 @@ class WorkerPool:
     The starter starts a thread counted for a task only while tasks wait when it comes
     to it, not one for each task counted: a burst of short tasks (requests that let go
     of their thread while their upstream thinks) is taken by the threads there are as
-    they finish. The thread idle the
-    shortest time is woken first, so that under a steady load the others stay idle long
-    enough to end (woken in turn, none ever would)."""
+    they finish. The thread idle the shortest time is woken first, so that under a
+    steady load the others stay idle long enough to end (woken in turn, none ever
+    would)."""
 
     def __init__(self, limit: int, name: str = "upstream"):
         self.limit = limit
