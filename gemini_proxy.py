@@ -12786,7 +12786,8 @@ class Proxy:
 
     @property
     def workers_free(self) -> int:
-        return self.config.server["workers"] - self.working
+        # (resumed requests go past the limit: more may be busy than there are workers)
+        return max(self.config.server["workers"] - self.working, 0)
 
     def listen_on(self, host: str, port: int) -> None:
         """Where the server listens: an upstream whose base_url is that address would
@@ -12876,7 +12877,7 @@ class Proxy:
         with a request (a load balancer should send new requests elsewhere)."""
         free = self.workers_free
         if self.workers.starved:
-            return 503, {"status": "degraded", "workers_free": max(free, 0),
+            return 503, {"status": "degraded", "workers_free": free,
                          "reason": "requests wait: the system refuses more threads than %d"
                          % self.workers.threads}
         if free > 0:

@@ -630,6 +630,24 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
     assert ran_in[0] is not proxy._thread, "the request went on in the event loop's thread"
 
 
+def test_workers_free_is_never_negative_when_resumed_requests_pass_the_limit(
+        proxy_factory, fake):
+    """Requests that go on after their upstream thought take threads past
+    server.workers: /status and /health say none is free, not a negative number."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    with app._active_lock:
+        app.working += 3          # as three resumed requests past the limit of one
+    try:
+        status, _, data = proxy.request("GET", "/status")
+        assert status == 200 and json.loads(data)["workers_free"] == 0
+        status, _, data = proxy.request("GET", "/health")
+        assert status == 503 and json.loads(data)["workers_free"] == 0
+    finally:
+        with app._active_lock:
+            app.working -= 3
+
+
 def test_a_client_that_leaves_while_its_stream_waits_for_a_first_event_ends_it(
         proxy_factory, fake):
     """The wait for a first event is the event loop's: a client that leaves meanwhile
