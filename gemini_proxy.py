@@ -30,9 +30,9 @@ admin keys; CORS for browser clients; log files rotated by size, as text or JSON
 
 At scale: a request's blocking part runs in a worker thread from a pool that grows with
 demand (up to server.workers) and shrinks when idle; a request lets go of its thread
-while its upstream thinks (nothing back yet, or a head and no body yet), and once a
-stream's first event is in, the event loop itself reads and converts the rest, no thread
-held meanwhile;
+while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
+first bytes and no answer in them yet), and once a stream's first event is in, the
+event loop itself reads and converts the rest, no thread held meanwhile;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -2304,7 +2304,9 @@ class ReplyBody:
 # A stream the event loop reads (UpstreamRelay) never waits for its upstream: where a
 # read would wait, its source yields IDLE instead, and every stage of a conversion, from
 # the upstream's events to the client's bytes, yields it on at once, unchanged, and goes
-# on where it was when pulled again. A stream read in a thread never carries it.
+# on where it was when pulled again. A stream read in a worker thread carries it only up
+# to its first events, where its request may let go of the thread (UpstreamResponse.parks);
+# the steps that read them then wait for the upstream's bytes (next_event).
 
 
 class _Idle:
@@ -8380,11 +8382,12 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # A request's steps up to its answer are generators (opening_upstream, and in section 22
 # UpstreamCall.send_steps and the attempts around it): where the upstream has its
 # request and has sent nothing back (a model thinking, seconds or minutes), or its head
-# and not yet its body's first bytes, they yield (the socket's descriptor, when to go on
-# anyway), and the worker lets go of its thread while the event loop waits for the
-# socket (Proxy._conclude); the steps go on in whichever worker is free when the bytes
-# come. A thread a stream held until its first event was most of the memory and the
-# thread switching of thousands of streams begun at once.
+# and not yet its body's first bytes, or a stream's first bytes and nothing that answers
+# yet (a role-only delta, a comment, Azure's prompt filter), they yield (the socket's
+# descriptor, when to go on anyway), and the worker lets go of its thread while the
+# event loop waits for the socket (Proxy._conclude); the steps go on in whichever worker
+# is free when the bytes come. A thread a stream held until its first event was most
+# of the memory and the thread switching of thousands of streams begun at once.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
@@ -8462,7 +8465,7 @@ class UpstreamResponse:
 
     def __init__(self, pool: ConnectionPool, target: UpstreamTarget, conn: UpstreamConnection,
                  head: ReplyHead, body: ReplyBody, max_idle: int, name: str,
-                 timeouts: Timeouts, stopper: "CallStopper"):
+                 timeouts: Timeouts, stopper: "CallStopper", parks: bool = False):
         self._pool, self._target, self._conn, self._body = pool, target, conn, body
         self._keep_alive = head.keep_alive and not body.to_close
         self._stopper = stopper
@@ -8474,14 +8477,18 @@ class UpstreamResponse:
         # timed from the last bytes that came.
         self.on_loop = False
         self._quiet_since = 0.0
+        # Its request lets go of its thread while the upstream is silent: in a worker, its
+        # stream's reads never wait either (IDLE, and next_event waits for the bytes).
+        self.parks = parks
         self.status = head.status
         self.headers = dict(head.headers)
 
-    def _read(self, first: bool) -> Optional[bytes]:
+    def _read(self, first: bool, parks: bool = False) -> Optional[bytes]:
         """What of the body has arrived, b"" at its end: in a worker, waiting for some
-        up to the timeout; on the event loop (read_on_loop) never, None when nothing
-        has. The loop leaves the socket non-blocking; the blocking reads, close() and
-        the pool set their own timeouts."""
+        up to the timeout (`parks`: None at once when none has); on the event loop
+        (read_on_loop) never, None when nothing has. The loop leaves the socket
+        non-blocking; the blocking reads, close() and the pool set their own
+        timeouts."""
         if self._peeked:
             data, self._peeked = self._peeked, b""
             return data
@@ -8496,6 +8503,8 @@ class UpstreamResponse:
                 if data:
                     self._quiet_since = time.monotonic()
                 return data
+            if parks and not self._conn.bytes_within(0.0):
+                return None
             timeout, self._waiting = self._timeouts.next_read(first)
             if sock.gettimeout() != timeout:
                 # Only when it changes (after the first read, seldom): settimeout lets go
@@ -8528,6 +8537,25 @@ class UpstreamResponse:
         timeout, meaning = self._timeouts.next_read(first)
         if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout)):
             raise self._timed_out(meaning)
+
+    def next_event(self, events: Iterator[Any]) -> "Steps[Any]":
+        """The next of `events`, read from this reply (None: they have ended), in a
+        worker: where they would wait for the upstream (IDLE), the steps wait for its
+        bytes (awaiting_body), as long as its silence may last, and read on."""
+        while True:
+            event = next(events, None)
+            if event is not IDLE:
+                return event
+            yield from self.awaiting_body(first=False)
+
+    def every_event(self, events: Iterator[Any]) -> "Steps[List[Any]]":
+        """All of `events`, read as next_event reads them."""
+        every = []
+        while True:
+            event = yield from self.next_event(events)
+            if event is None:
+                return every
+            every.append(event)
 
     def read_on_loop(self) -> None:
         """From now on the event loop reads this reply (see UpstreamRelay)."""
@@ -8576,10 +8604,11 @@ class UpstreamResponse:
     def raw_chunks(self, on_raw: Optional[Callable[[bytes], None]] = None) -> Iterator[Any]:
         """The body as it arrives, all that has arrived at a time; the first read waits
         up to the first-byte timeout, later ones up to the idle timeout. Once the event
-        loop reads it (read_on_loop), IDLE where a read would wait."""
+        loop reads it (read_on_loop), or where its request parks, IDLE where a read
+        would wait."""
         first = True
         while True:
-            data = self._read(first)
+            data = self._read(first, self.parks)
             if data is None:
                 yield IDLE
                 continue
@@ -8666,10 +8695,10 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                      watch: Callable[[Callable[[], None]], None] = lambda stop: None,
                      park: bool = False) -> "Steps[UpstreamResponse]":
     """Send a request and wait for the status line and headers; `park`: by yielding
-    (awaiting_bytes). `watch` is given a function that stops the call at once from
-    another thread (the client left, or the proxy is shutting down) as soon as there is
-    a connection to stop. Interim replies
-    (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
+    (awaiting_bytes), and the reply's stream parks too (UpstreamResponse.parks). `watch`
+    is given a function that stops the call at once from another thread (the client
+    left, or the proxy is shutting down) as soon as there is a connection to stop.
+    Interim replies (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
     that the server had closed (it fails before a byte of the reply has come) is retried
     once on a fresh one: never a request the upstream may have answered. Everything else
     that goes wrong becomes an UpstreamError with a status (502 unreachable, 504
@@ -8727,7 +8756,7 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
             raise UpstreamError("upstream %r sent an interim %d reply, which this proxy "
                                 "does not read past" % (name, head.status), status=502)
         return UpstreamResponse(pool, target, conn, head, reply_body, max_idle, name,
-                                timeouts, stopper)
+                                timeouts, stopper, parks=park)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11213,7 +11242,7 @@ class UpstreamCall:
                 spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
         rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
         rq.ex.passthrough = self.passthrough
-        # The streamed reply open_stream read the first event of: the event loop may
+        # The streamed reply opening_stream read the first event of: the event loop may
         # read the rest (Responder.relay).
         self.stream_response: Optional[UpstreamResponse] = None
 
@@ -11224,15 +11253,16 @@ class UpstreamCall:
                    prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
                    extra_headers: Iterable[Tuple[str, str]] = (), alternatives: bool = True
                    ) -> "Steps[Any]":
-        """POST to the upstream and return prepare(2xx response); a non-2xx reply, or
-        prepare raising, is an UpstreamError (retries are the caller's). An upstream kind
-        may ask for a few more tries with different options (Gemini: schemas in its own
-        subset; Responses: without a parameter the model refused). `build_body(options)`
-        gives the body, a dict or bytes. Where nothing has come back yet, or a head
-        without its body's first bytes, the steps yield, for the worker to let go of its
-        thread until they come (the wait of a model's thinking: see Proxy._conclude);
-        where the event loop cannot watch a socket, the worker waits for them as for any
-        other read."""
+        """POST to the upstream and return prepare(2xx response), the steps of a
+        `stream`'s prepare (it reads the first events, which may be a while coming); a
+        non-2xx reply, or prepare raising, is an UpstreamError (retries are the
+        caller's). An upstream kind may ask for a few more tries with different options
+        (Gemini: schemas in its own subset; Responses: without a parameter the model
+        refused). `build_body(options)` gives the body, a dict or bytes. Where nothing
+        has come back yet, or a head without its body's first bytes, or a stream without
+        its first events, the steps yield, for the worker to let go of its thread until
+        they come (the wait of a model's thinking: see Proxy._conclude); where the event
+        loop cannot watch a socket, the worker waits for them as for any other read."""
         runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
@@ -11278,7 +11308,7 @@ class UpstreamCall:
                     raise self._failure(response)
                 if rq.pipe.loop_reads:
                     yield from response.awaiting_body(first=stream)
-                return prepare(response)
+                return (yield from prepare(response)) if stream else prepare(response)
             except UpstreamError as err:
                 alternative = kind.retry_with(err, options) if alternatives_left else None
                 if alternative is None or rq.pipe.gone:
@@ -11311,7 +11341,7 @@ class UpstreamCall:
                 "first_byte_timeout"], cancelled=lambda: self.rq.pipe.gone), options
         return self._with_account(account, options) if account.forget_project() else None
 
-    def open_stream(self, response: UpstreamResponse) -> Iterator[Any]:
+    def opening_stream(self, response: UpstreamResponse) -> "Steps[Iterator[Any]]":
         """A streamed reply's events, once its first event has arrived and is not an
         error (an upstream may answer 200 and then put its error in the stream)."""
         kind, name = self.runtime.kind, self.runtime.name
@@ -11321,7 +11351,7 @@ class UpstreamCall:
             raise self.json_for_stream(self.read_body(response))
         raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
                                   self.sink("3. upstream response: %d" % response.status))
-        first = next(raw, None)
+        first = yield from response.next_event(raw)
         if first is None:
             raise UpstreamError("upstream %r ended its stream without sending anything"
                                 % name, status=502)
@@ -12345,7 +12375,7 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             kind.generate_path(call.model, True),
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=True),
                                                 call.model, options),
-            call.open_stream, stream=True)), tags)
+            call.opening_stream, stream=True)), tags)
     else:
         assert kind.encode_request is not None and kind.decode_response is not None
         reply = split_reply_think_tags((yield from call.send_steps(
@@ -12361,8 +12391,11 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     # reply, Responses' .done events) or read from JSON escapes may hold one whole. (Split
     # between two of a stream's deltas, a key reaches a streaming client in two pieces.)
     redact = rq.live.made_redactor.bytes
+    upstream = call.stream_response
     if not chat.stream:
         if reply is None:   # a stream assembled while the client waits for a whole reply
+            if upstream is not None:
+                events = iter((yield from upstream.every_event(events)))
             reply = collect_reply(events, ex.rid, call.model)
         if stops:
             reply = cut_reply(reply, stops)
@@ -12375,7 +12408,8 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         events = reply_events(reply)
     events = _track_usage(ex, chat, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
-    first = next(events, None)   # the last moment a failure can still be retried
+    # The last moment a failure can still be retried:
+    first = (yield from upstream.next_event(events)) if upstream else next(events, None)
     if first is None:
         raise UpstreamError("upstream %r ended its stream without an answer"
                             % call.runtime.name, status=502)
@@ -12384,8 +12418,8 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         rq.out.start(dialect.stream_content_type(ex))
         chunks = (piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
             itertools.chain([first], events), ex.client_model, reply_id, ex.options))
-        if call.stream_response is not None:
-            rq.out.relay(call.stream_response, chunks)
+        if upstream is not None:
+            rq.out.relay(upstream, chunks)
             return
         for chunk in chunks:   # answered here, or from a whole reply: no upstream to wait for
             rq.out.chunk(chunk)
@@ -12473,17 +12507,21 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                  if head.header(name)]
     expected_type = dialect.stream_content_type(ex)
 
-    def opened(response: UpstreamResponse) -> Any:
-        content_type = rq.live.redactor.text(response.headers.get("content-type",
-                                                                  "application/json"))
-        if not ex.stream:   # parsed to be sure it is JSON with a reply, and for the usage
-            data = call.read_body(response)
-            reply = call.reply_json(data)
-            if begun is not None and not begun(reply):
-                raise UpstreamError("upstream %r answered without a reply: %s" % (
-                    runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
-            ex.usage = kind.usage_from(reply, None)
-            return content_type, data, None
+    def content_type_of(response: UpstreamResponse) -> str:
+        return rq.live.redactor.text(response.headers.get("content-type", "application/json"))
+
+    def whole(response: UpstreamResponse) -> Tuple[str, bytes, None]:
+        """Parsed to be sure it is JSON with a reply, and for the usage."""
+        data = call.read_body(response)
+        reply = call.reply_json(data)
+        if begun is not None and not begun(reply):
+            raise UpstreamError("upstream %r answered without a reply: %s" % (
+                runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
+        ex.usage = kind.usage_from(reply, None)
+        return content_type_of(response), data, None
+
+    def streamed(response: UpstreamResponse) -> "Steps[Tuple[str, bytes, Any]]":
+        content_type = content_type_of(response)
         if media_type(content_type) != expected_type:
             if media_type(content_type) == "application/json" and \
                     looks_like_json(response.peek()):
@@ -12499,7 +12537,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         # choices empty), and a stream that ends first was no answer.
         first, over, received, answering = bytearray(), False, False, False
         while not (first and answering) and not over:
-            data = next(chunks, b"")
+            data = yield from response.next_event(chunks)
             if data:
                 received = True
                 piece, events = passing.take(data)
@@ -12538,8 +12576,9 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                                 "finished" % runtime.name, status=502)
         return content_type, bytes(first), (response, chunks, passing)
     content_type, first, rest = yield from call.send_steps(
-        kind.passthrough_path(ex, head, call.model), lambda options: body, opened,
-        stream=ex.stream, extra_headers=forwarded, alternatives=False)
+        kind.passthrough_path(ex, head, call.model), lambda options: body,
+        streamed if ex.stream else whole, stream=ex.stream, extra_headers=forwarded,
+        alternatives=False)
     if rest is None:
         return lambda: out.whole(200, [("content-type", content_type)], first)
 

@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from conftest import PATIENCE, gp, wait_for
-from fake_upstream import completion, json_reply, pause_after, text_stream
+from fake_upstream import (chunk, completion, json_reply, pause_after, sse, sse_texts_reply,
+                           text_stream, usage)
 
 OPENAI = "/v1/chat/completions"
 
@@ -586,6 +587,70 @@ def test_a_request_whose_upstream_thinks_holds_no_worker_thread(proxy_factory, f
             answers[1][1]["candidates"][0]["content"]["parts"][0]["text"],
             openai_stream_text(answers[2][1]), gemini_stream_text(answers[3][1])] == \
         ["whole", "whole", "streamed", "streamed"]
+    proxy.wait_until_idle()
+
+
+def held_after_first_write(reply, held, all_in, count, until=None):
+    """`reply` (a stream), held after its first write (see hold)."""
+    def wrapped(handler, request):
+        write, written = handler.write_chunk, []
+
+        def write_then_hold(data):
+            sent = write(data)
+            written.append(data)
+            if sent and len(written) == 1:
+                hold(handler, held, all_in, count, until)
+            return sent
+        handler.write_chunk = write_then_hold
+        reply(handler, request)
+    return wrapped
+
+
+def test_a_stream_whose_upstream_thinks_after_a_first_write_holds_no_worker_thread(
+        proxy_factory, fake):
+    """Many upstreams write something that is no answer yet, then think: a role-only
+    delta, a comment (OpenRouter), an empty prompt-filter event (Azure), half an event.
+    No thread waits through that thinking: with one worker, streams passed through and
+    converted (and a whole reply collected from a stream) all reach the upstream, write
+    their first bytes and wait at once, and are answered."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "upstream_streaming": "always"}}, "default_model": "fake-model",
+        "server": {"workers": 1}})
+    events = [sse(chunk({"role": "assistant", "content": ""}))] + \
+        [sse(chunk({"content": piece})) for piece in ("stre", "amed")] + \
+        [sse(chunk(finish="stop")), sse(chunk(usage=usage(), choices=False)), sse("[DONE]")]
+    azure_filter = sse({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                        "prompt_filter_results": [{"prompt_index": 0}]})
+    replies = [sse_texts_reply([": PROCESSING\n\n"] + events),       # passed through
+               sse_texts_reply([azure_filter] + events),             # passed through
+               sse_texts_reply(events),                              # Gemini client
+               sse_texts_reply(events),                              # Anthropic client
+               sse_texts_reply([events[0][:20], events[0][20:]] + events[1:]),   # Gemini
+               sse_texts_reply(events)]                              # Gemini, whole
+    count, reached, all_in = len(replies), [0], threading.Event()
+    fake.queue(*[held_after_first_write(reply, reached, all_in, count) for reply in replies])
+    chat = {"model": "fake-model", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    gemini_stream = "/v1beta/models/fake-model:streamGenerateContent?alt=sse"
+    asks = [(OPENAI, chat), (OPENAI, chat), (gemini_stream, gemini),
+            ("/v1/messages", {"model": "fake-model", "max_tokens": 100, "stream": True,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+            (gemini_stream, gemini), ("/v1beta/models/fake-model:generateContent", gemini)]
+    answers = {}
+
+    def ask(index):
+        answers[index] = proxy.post(*asks[index], timeout=PATIENCE * 3)
+    all_at_the_upstream([functools.partial(ask, i) for i in range(count)], all_in, reached)
+    assert [answers[i][0] for i in range(count)] == [200] * count, answers
+    anthropic_text = "".join(
+        json.loads(line[len(b"data: "):]).get("delta", {}).get("text", "")
+        for line in answers[3][1].split(b"\n") if line.startswith(b"data: "))
+    assert [openai_stream_text(answers[0][1]), openai_stream_text(answers[1][1]),
+            gemini_stream_text(answers[2][1]), anthropic_text, gemini_stream_text(answers[4][1]),
+            answers[5][1]["candidates"][0]["content"]["parts"][0]["text"]] == \
+        ["streamed"] * count
     proxy.wait_until_idle()
 
 
