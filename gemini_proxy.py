@@ -403,8 +403,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "keys", env="GEMINI_PROXY_ALLOW_PUBLIC", flag="--allow-public"),
     Setting("server", "workers", 10000, "the most new requests a worker thread (started "
             "when needed, ended when idle) works on at once: until the answer is whole, or "
-            "a stream's first event is in (not while its upstream thinks; one that goes on "
-            "after that takes a thread past the limit)",
+            "a stream's first event is in (not while its upstream thinks, nor in a retry's "
+            "backoff; one that goes on after that takes a thread past the limit)",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core; at most four per core); state they must "
@@ -8386,11 +8386,13 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # yet (a role-only delta, a comment, Azure's prompt filter), they yield (the socket's
 # descriptor, when to go on anyway), and the worker lets go of its thread while the
 # event loop waits for the socket (Proxy._conclude); the steps go on in whichever worker
-# is free when the bytes come. A thread a stream held until its first event was most
+# is free when the bytes come. A retry's backoff is waited for the same way, with no
+# socket (pausing). A thread a stream held until its first event was most
 # of the memory and the thread switching of thousands of streams begun at once.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
+NO_SOCKET = -1      # what steps that wait only for the time yield for a socket
 # How long a worker waits for an upstream's first bytes before it lets go of its
 # thread: letting go and taking one again costs the loop and a worker some 0.1 ms of
 # CPU, where this wait costs none, and an upstream that answers at once does it within
@@ -8405,6 +8407,12 @@ def run_through(steps: "Steps[T]") -> T:
             next(steps)
         except StopIteration as end:
             return end.value
+
+
+def pausing(seconds: float) -> "Steps[None]":
+    """`seconds` (a backoff), or less when the request is abandoned meanwhile; the worker
+    lets go of its thread."""
+    yield NO_SOCKET, time.monotonic() + seconds
 
 
 def awaiting_bytes(conn: UpstreamConnection, due: float) -> "Steps[bool]":
@@ -10679,9 +10687,9 @@ class ChunkPipe:
         self._waker = waker or LoopWaker(loop)
         self._items: List[Any] = []   # a list: the loop takes them all (a deque is 1 KB)
         self._lock = threading.Lock()
-        # Room for items, under the lock. The Events a worker waits on are made only when
-        # it has to wait (a full pipe, a pause before a retry): most requests never do,
-        # and each costs a Condition and a lock to make.
+        # Room for items, under the lock. The Event a worker waits on is made only when
+        # it has to wait (a full pipe): most requests never do, and each costs a
+        # Condition and a lock to make.
         self._room = capacity
         self._room_freed: Optional[threading.Event] = None
         self._waiter: Optional[asyncio.Future] = None
@@ -10689,7 +10697,6 @@ class ChunkPipe:
         # A relay put in the pipe that the loop has not begun (begin_relay): an abort
         # settles it. Once begun, the loop settles it, after it has let go of the socket.
         self._relay: Optional[UpstreamRelay] = None
-        self._left: Optional[threading.Event] = None   # set when the request is abandoned
         self.gone = False
         self.why_gone = ""              # "client" | "send_timeout" | "shutdown"
         self.early_head: Optional[ResponseHead] = None   # what commit_early may send
@@ -10801,8 +10808,8 @@ class ChunkPipe:
     def await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
         """From a worker: go_on() is called, on the loop, once the upstream's socket `fd`
         has bytes to read, `due` (time.monotonic()) has come, or the request was
-        abandoned (the abort shuts the socket, which the loop sees as readable). No
-        thread waits meanwhile. go_on hands the request to a worker; where the system
+        abandoned (the abort shuts the socket, which the loop sees as readable; with
+        NO_SOCKET, a pause, an abort hook ends the wait). No thread waits meanwhile. go_on hands the request to a worker; where the system
         starts no thread at all (RuntimeError), it is called again GO_ON_RETRY later: the
         request's rest may block, and must never run on the loop."""
         try:
@@ -10824,10 +10831,19 @@ class ChunkPipe:
             nonlocal ended
             if not ended:
                 ended = True
-                loop.remove_reader(fd)
+                if fd != NO_SOCKET:
+                    loop.remove_reader(fd)
                 timer.cancel()
                 hand_over()
+        def end_soon() -> None:     # from the abort, in any thread
+            try:
+                loop.call_soon_threadsafe(end)
+            except RuntimeError:   # the loop has closed
+                pass
         timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
+        if fd == NO_SOCKET:
+            self.on_abort(end_soon)
+            return
         try:
             loop.add_reader(fd, end)
         except (OSError, ValueError):    # not a socket to watch (any more): read it now
@@ -10850,16 +10866,6 @@ class ChunkPipe:
                 return False
             self._waiter = waiter
             return True
-
-    def sleep(self, seconds: float) -> bool:
-        """Wait in the worker; False when the request was abandoned meanwhile."""
-        with self._lock:
-            if self.gone:
-                return False
-            if self._left is None:
-                self._left = threading.Event()
-            left = self._left
-        return not left.wait(seconds)
 
     async def finished_within(self, seconds: float) -> None:
         """For the loop: until the worker has finished, or `seconds` have passed."""
@@ -10918,10 +10924,9 @@ class ChunkPipe:
             if relay is not None and relay in self._items:   # withdrawn (its space in
                 self._items.remove(relay)   # the pipe is not given back: nothing else comes)
             waiter, self._waiter = self._waiter, None
-            left, freed = self._left, self._room_freed
-        for event in (left, freed):   # a worker pausing, or waiting for room
-            if event is not None:
-                event.set()
+            freed = self._room_freed
+        if freed is not None:   # a worker waiting for room
+            freed.set()
         if relay is not None:   # out of the lock: it resumes the request in a worker
             relay.settle(self._abandoned_relay_outcome())
         if waiter is not None:
@@ -11600,7 +11605,8 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 return None
             log.warning("%s: %s failed (%d: %s); attempt %d of %d in %.2fs", ex.rid,
                         what, err.status, message, tries + 1, spec["retries"] + 1, delay)
-            if not rq.pipe.sleep(delay):
+            yield from pausing(delay)
+            if rq.pipe.gone:
                 raise ClientGone() from None
 
 

@@ -654,6 +654,33 @@ def test_a_stream_whose_upstream_thinks_after_a_first_write_holds_no_worker_thre
     proxy.wait_until_idle()
 
 
+def test_a_request_waiting_out_a_backoff_holds_no_worker_thread(proxy_factory, fake):
+    """A retry's backoff is no thread's wait: with one worker, a request answers while
+    another waits out its backoff; the waiting one's client leaves, which ends the
+    wait at once (its backoff is an hour), and nothing is tried again."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "retries": 1, "retry_wait": 3600, "retry_wait_max": 3600, "retry_budget": 7200}},
+        "default_model": "fake-model", "server": {"workers": 1}})
+    app = proxy.server.proxy
+    fake.queue(json_reply({"error": {"message": "overloaded"}}, status=503),
+               json_reply(completion("answered meanwhile")))
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    waiting = proxy.connection()
+    try:
+        waiting.request("POST", OPENAI, body=json.dumps(chat),
+                        headers={"content-type": "application/json"})
+        wait_for(lambda: len(fake.requests) == 1 and app.active == 1 and app.working == 0,
+                 message="the first request waiting out its backoff, no thread held")
+        status, body = proxy.post(OPENAI, chat)
+        assert status == 200 and body["choices"][0]["message"]["content"] == \
+            "answered meanwhile", body
+    finally:
+        waiting.close()
+    proxy.wait_until_idle()
+    assert len(fake.requests) == 2, "a request tried again after its client left"
+
+
 def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on_the_loop(
         proxy_factory, fake, monkeypatch):
     """The upstream answers a request that let go of its thread, and the system starts
