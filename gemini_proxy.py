@@ -13424,7 +13424,7 @@ class ClientStream:
             items = await pipe.take(self._interval)
             if items or pipe.gone:
                 continue
-            if self._between_events and self._interval:
+            if self._keepalive_due():
                 self._keepalive()
                 await self._drain()
 
@@ -13485,7 +13485,7 @@ class ClientStream:
                     relay.after_silence(self._ex.rid)   # raises, unless the reply is whole
                     outcome = None
                     break
-                if self._interval and self._between_events:
+                if self._keepalive_due():
                     since = loop.time() - self._last_sent
                     if since >= self._interval:
                         self._keepalive()
@@ -13534,6 +13534,13 @@ class ClientStream:
         if self._final_written and not self.delivered and \
                 not transport.get_write_buffer_size() and not transport.is_closing():
             self.delivered = True
+
+    def _keepalive_due(self) -> bool:
+        """Whether a silence gets keep-alives: where they are sent at all, between two
+        events, and not after the final one (only the stream's end may follow it: a
+        request that resumes late, on a busy machine, must not add a comment after
+        [DONE])."""
+        return bool(self._interval) and self._between_events and not self._final_written
 
     def _keepalive(self) -> None:
         self._writer.write(self._frame(self._dialect.keepalive))

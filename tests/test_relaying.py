@@ -555,6 +555,36 @@ def test_a_passed_through_stream_gets_keepalives_in_its_silences(proxy_factory, 
     assert body.rstrip().endswith("data: [DONE]")
 
 
+def test_no_keepalive_follows_a_passed_through_streams_final_event(proxy_factory, fake,
+                                                                   monkeypatch):
+    """After [DONE] only the stream's end may come, however late the request's rest runs
+    (a busy machine): the silences the loop waits out meanwhile get no keep-alive."""
+    proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
+                           "server": {"keepalive_interval": 0.05}})
+    app = proxy.server.proxy
+    silences = threading.Semaphore(0)
+    real_take, real_resume = gp.ChunkPipe.take, app._resume
+
+    async def take(pipe, timeout=None):
+        items = await real_take(pipe, timeout)
+        if not items and not pipe.gone:
+            silences.release()     # a silence the loop waited out for this request
+        return items
+
+    def resume_late(*args):
+        while silences.acquire(blocking=False):    # those before the final event
+            pass
+        for _ in range(3):
+            assert silences.acquire(timeout=PATIENCE), "the loop waited for no silence"
+        real_resume(*args)
+    monkeypatch.setattr(gp.ChunkPipe, "take", take)
+    monkeypatch.setattr(app, "_resume", resume_late)
+    fake.queue(text_stream("the end is the end"))
+    status, body = proxy.post("/v1/chat/completions", dict(CHAT, stream=True))
+    assert status == 200
+    assert body.rstrip().endswith(b"data: [DONE]"), body[-200:]
+
+
 def lone_cr_stream(texts):
     """An OpenAI stream whose lines end in a lone CR (SSE allows it), each event written
     in two pieces, cut between its last two CRs."""
