@@ -8135,6 +8135,9 @@ class UpstreamConnection:
         # was empty then (a plain socket's; a TLS read returns a record at a time).
         self._emptied = False
         self._plain = not isinstance(sock, ssl.SSLSocket)
+        # bytes_within read the server's TLS close: the socket may look quiet after it
+        # (a server that waits for ours before its FIN), and the next read is the end.
+        self._tls_closed = False
 
     @classmethod
     def connect(cls, target: UpstreamTarget, tls: Callable[[], ssl.SSLContext],
@@ -8270,7 +8273,7 @@ class UpstreamConnection:
         the handshake): those records are read here, and the wait goes on."""
         deadline = time.monotonic() + seconds
         while True:
-            if self.buf or not self._plain and self.sock.pending():
+            if self.buf or self._tls_closed or not self._plain and self.sock.pending():
                 return True
             if not readable_now(self.sock, max(deadline - time.monotonic(), 0.0)):
                 return False
@@ -8280,6 +8283,7 @@ class UpstreamConnection:
             self.sock.settimeout(0.0)
             try:
                 if not self._received(self.sock.recv(65536)):
+                    self._tls_closed = True
                     return True     # its end
             except ssl.SSLWantReadError:
                 pass                # records with no data in them

@@ -14,8 +14,9 @@ import threading
 import pytest
 
 import gemini_proxy as gp
-from conftest import PATIENCE
-from fake_upstream import FakeOpenAI, completion, hang, json_reply, raw_reply, text_stream
+from conftest import PATIENCE, wait_for
+from fake_upstream import (FakeOpenAI, chunk, completion, hang, json_reply, raw_reply, sse,
+                           text_stream)
 
 # A stall far longer than the timeout meant to cut it (it ends when the fake stops), so a
 # busy machine cannot make the upstream's answer win the race.
@@ -375,6 +376,42 @@ def test_a_fresh_tls_connection_lets_go_of_its_thread_while_the_upstream_thinks(
                         all_in, held)
     assert [status for status, _ in answers] == [200] * count, answers
     assert proxy.server.proxy.pool.created == count
+
+
+def test_a_tls_close_while_a_stream_waits_for_its_first_answer_ends_it_at_once(
+        proxy_factory, tls_fake, monkeypatch):
+    """A server that closes TLS (close_notify) and then waits for the client's close
+    before its own FIN: the socket looks quiet after that record. A stream waiting after
+    its first bytes (a role-only delta) fails at once, not after read_timeout."""
+    upstream, cert = tls_fake
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    proxy = proxy_factory(config_for(upstream.base_url, retries=0,
+                                     read_timeout=PATIENCE * 10))
+    app, close_now = proxy.server.proxy, threading.Event()
+
+    def role_then_tls_close(handler, request):
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"role": "assistant", "content": ""})).encode())
+        handler.close_connection = True
+        close_now.wait(PATIENCE)
+        try:
+            handler.connection.unwrap()    # close_notify, then wait for the proxy's close
+        except (OSError, ValueError):
+            pass
+    upstream.queue(role_then_tls_close)
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(proxy.post(STREAM, HELLO)),
+                             daemon=True)
+    asker.start()
+    try:
+        # The close comes while the request waits without its thread (the event loop
+        # wakes it, and it reads the close in its wait).
+        wait_for(lambda: upstream.requests and app.active == 1 and app.working == 0,
+                 message="the stream waiting after its first bytes, no thread held")
+    finally:
+        close_now.set()
+        asker.join(PATIENCE)
+    assert answers and answers[0][0] == 502, answers
 
 
 def test_tls_settings_are_made_for_the_first_https_connection_only(proxy_factory, fake,
