@@ -2304,9 +2304,10 @@ class ReplyBody:
 # A stream the event loop reads (UpstreamRelay) never waits for its upstream: where a
 # read would wait, its source yields IDLE instead, and every stage of a conversion, from
 # the upstream's events to the client's bytes, yields it on at once, unchanged, and goes
-# on where it was when pulled again. A stream read in a worker thread carries it only up
-# to its first events, where its request may let go of the thread (UpstreamResponse.parks);
-# the steps that read them then wait for the upstream's bytes (next_event).
+# on where it was when pulled again. A stream read in a worker thread carries it only
+# where its request may let go of the thread (UpstreamResponse.parks: up to its first
+# events, or to its end for a whole reply made from it); the steps that read it then
+# wait for the upstream's bytes (next_event).
 
 
 class _Idle:
@@ -8402,6 +8403,12 @@ NO_SOCKET = -1      # what steps that wait only for the time yield for a socket
 # CPU, where this wait costs none, and an upstream that answers at once does it within
 # it.
 FIRST_BYTES_GRACE = 0.002
+# The same for the silences of a stream a worker reads (up to its first event for the
+# client; all of it for a whole reply made from it): longer than most gaps between
+# tokens, shorter than a model's thinking. A tool call's arguments stream for seconds
+# before the call, held until whole, makes an event; a hand-over in each of their gaps
+# cost four times the CPU of the reads.
+EVENT_GAP_GRACE = 0.1
 
 
 def run_through(steps: "Steps[T]") -> T:
@@ -8419,12 +8426,13 @@ def pausing(seconds: float) -> "Steps[None]":
     yield NO_SOCKET, time.monotonic() + seconds
 
 
-def awaiting_bytes(conn: UpstreamConnection, due: float) -> "Steps[bool]":
+def awaiting_bytes(conn: UpstreamConnection, due: float,
+                   grace: float = FIRST_BYTES_GRACE) -> "Steps[bool]":
     """Until the connection has bytes to read (True) or `due` (time.monotonic()) has
-    passed (False): at once when they come within FIRST_BYTES_GRACE, else yielding, for
-    the worker to let go of its thread; again after a wake-up that brought none (a TLS
-    record with no data in it)."""
-    within = FIRST_BYTES_GRACE
+    passed (False): at once when they come within `grace`, else yielding, for the worker
+    to let go of its thread; again after a wake-up that brought none (a TLS record with
+    no data in it)."""
+    within = grace
     while not conn.bytes_within(within):
         if time.monotonic() >= due:
             return False
@@ -8497,9 +8505,11 @@ class UpstreamResponse:
 
     def _read(self, first: bool, parks: bool = False) -> Optional[bytes]:
         """What of the body has arrived, b"" at its end: in a worker, waiting for some
-        up to the timeout (`parks`: None at once when none has); on the event loop
-        (read_on_loop) never, None when nothing has. The loop leaves the socket
-        non-blocking; the blocking reads, close() and the pool set their own
+        up to the timeout (`parks`: None when none come within EVENT_GAP_GRACE, but a
+        part of the chunked framing alone, seldom sent apart from its data, is waited
+        for); on
+        the event loop (read_on_loop) never, None when nothing has. The loop leaves the
+        socket non-blocking; the blocking reads, close() and the pool set their own
         timeouts."""
         if self._peeked:
             data, self._peeked = self._peeked, b""
@@ -8515,7 +8525,7 @@ class UpstreamResponse:
                 if data:
                     self._quiet_since = time.monotonic()
                 return data
-            if parks and not self._conn.bytes_within(0.0):
+            if parks and not self._conn.bytes_within(EVENT_GAP_GRACE):
                 return None
             timeout, self._waiting = self._timeouts.next_read(first)
             if sock.gettimeout() != timeout:
@@ -8540,25 +8550,26 @@ class UpstreamResponse:
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
-    def awaiting_body(self, first: bool) -> "Steps[None]":
-        """Steps until the body has bytes to read (awaiting_bytes); the time-out of its
-        first read (`first`: of a stream, whose budget ran from the call's start; else
-        of the silence after the head) if none have come by then."""
+    def awaiting_body(self, first: bool, grace: float = FIRST_BYTES_GRACE) -> "Steps[None]":
+        """Steps until the body has bytes to read (awaiting_bytes, `grace`); the time-out
+        of its first read (`first`: of a stream, whose budget ran from the call's start;
+        else of the silence after the head) if none have come by then."""
         if self._peeked or self._body.done:
             return
         timeout, meaning = self._timeouts.next_read(first)
-        if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout)):
+        if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
             raise self._timed_out(meaning)
 
     def next_event(self, events: Iterator[Any]) -> "Steps[Any]":
         """The next of `events`, read from this reply (None: they have ended), in a
-        worker: where they would wait for the upstream (IDLE), the steps wait for its
-        bytes (awaiting_body), as long as its silence may last, and read on."""
+        worker: where they would wait for the upstream longer (IDLE: its reads waited
+        EVENT_GAP_GRACE), the steps wait for its bytes without the thread
+        (awaiting_body), as long as its silence may last, and read on."""
         while True:
             event = next(events, None)
             if event is not IDLE:
                 return event
-            yield from self.awaiting_body(first=False)
+            yield from self.awaiting_body(first=False, grace=0.0)
 
     def every_event(self, events: Iterator[Any]) -> "Steps[List[Any]]":
         """All of `events`, read as next_event reads them."""
@@ -13095,8 +13106,9 @@ class Proxy:
         self._conclude(rq, after_relay)
 
     def _go_on(self, rq: Request, steps: "Steps[None]") -> None:
-        """A request again, once the reply it waited for has bytes (or its first-byte
-        timeout has come, or the request was abandoned: the read then says so)."""
+        """A request again, once the reply it waited for has bytes, or the time it
+        waited for has come (a time-out: the first byte's, a silence's, the total; a
+        backoff's end), or the request was abandoned (the read then says so)."""
         with self._active_lock:
             self.working += 1
         self._conclude(rq, steps)
