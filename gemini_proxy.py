@@ -10604,30 +10604,41 @@ class ResponseHead:
 
 
 class LoopWaker:
-    """Wakes the event loop's waiters from worker threads, many in one hop: a waiter
-    woken while earlier ones still wait for the loop joins them, so a loop that is busy
+    """Runs functions on the event loop for worker threads, many in one hop: one asked
+    for while earlier ones still wait for the loop joins them, so a loop that is busy
     (thousands of streams) is woken once a batch, not once an event."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: List[asyncio.Future] = []
+        self._pending: List[Tuple[Callable[..., None], Tuple[Any, ...]]] = []
 
     def wake(self, waiter: asyncio.Future) -> None:
-        with self._lock:
-            self._pending.append(waiter)
-            if len(self._pending) > 1:
-                return              # a hop is on its way already
-        try:
-            self._loop.call_soon_threadsafe(self._wake_all)
-        except RuntimeError:   # the loop has closed (a forced exit): nobody is waiting
-            pass
+        self.call(_wake, waiter)
 
-    def _wake_all(self) -> None:
+    def call(self, function: Callable[..., None], *args: Any) -> bool:
+        """function(*args) on the loop; False when the loop has closed (a forced exit:
+        nothing is waiting for it)."""
+        with self._lock:
+            self._pending.append((function, args))
+            if len(self._pending) > 1:
+                return True         # a hop is on its way already
+        try:
+            self._loop.call_soon_threadsafe(self._call_all)
+        except RuntimeError:
+            with self._lock:
+                self._pending.clear()
+            return False
+        return True
+
+    def _call_all(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        for waiter in pending:
-            _wake(waiter)
+        for function, args in pending:
+            try:
+                function(*args)
+            except Exception:   # a bug: the others still run, as the loop's own would
+                log.exception("a call on the event loop failed")
 
 
 class UpstreamRelay:
@@ -10827,10 +10838,8 @@ class ChunkPipe:
         NO_SOCKET, a pause, an abort hook ends the wait). No thread waits meanwhile. go_on hands the request to a worker; where the system
         starts no thread at all (RuntimeError), it is called again GO_ON_RETRY later: the
         request's rest may block, and must never run on the loop."""
-        try:
-            self._loop.call_soon_threadsafe(self._await_bytes, fd, due, go_on)
-        except RuntimeError:   # the loop has closed (a forced exit): no waiting, then
-            go_on()
+        if not self._waker.call(self._await_bytes, fd, due, go_on):
+            go_on()     # the loop has closed (a forced exit): no waiting, then
 
     def _await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
         loop = self._loop
@@ -10850,14 +10859,9 @@ class ChunkPipe:
                     loop.remove_reader(fd)
                 timer.cancel()
                 hand_over()
-        def end_soon() -> None:     # from the abort, in any thread
-            try:
-                loop.call_soon_threadsafe(end)
-            except RuntimeError:   # the loop has closed
-                pass
         timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
         if fd == NO_SOCKET:
-            self.on_abort(end_soon)
+            self.on_abort(functools.partial(self._waker.call, end))   # (in any thread)
             return
         try:
             loop.add_reader(fd, end)

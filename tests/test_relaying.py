@@ -555,6 +555,25 @@ def test_a_passed_through_stream_gets_keepalives_in_its_silences(proxy_factory, 
     assert body.rstrip().endswith("data: [DONE]")
 
 
+def test_the_loop_waker_runs_every_call_of_a_batch_though_one_fails(caplog):
+    """Worker threads hand calls to the event loop in batches: one that raises (a bug)
+    is logged and the others still run; once the loop has closed, a call says so."""
+    loop = asyncio.new_event_loop()
+    waker = gp.LoopWaker(loop)
+    ran = []
+
+    def fails():
+        raise ValueError("a bug")
+    try:
+        assert waker.call(fails) and waker.call(ran.append, "after it")
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert ran == ["after it"]
+    assert "a call on the event loop failed" in caplog.text
+    assert not waker.call(ran.append, "too late") and ran == ["after it"]
+
+
 def test_no_keepalive_follows_a_passed_through_streams_final_event(proxy_factory, fake,
                                                                    monkeypatch):
     """After [DONE] only the stream's end may come, however late the request's rest runs
