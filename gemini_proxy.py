@@ -8392,8 +8392,8 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # descriptor, when to go on anyway), and the worker lets go of its thread while the
 # event loop waits for the socket (Proxy._conclude); the steps go on in whichever worker
 # is free when the bytes come. A retry's backoff is waited for the same way, with no
-# socket (pausing). A thread a stream held until its first event was most
-# of the memory and the thread switching of thousands of streams begun at once.
+# socket (pausing). A thread a stream held until its first event was most of the
+# memory and the thread switching of thousands of streams begun at once.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
@@ -8405,9 +8405,9 @@ NO_SOCKET = -1      # what steps that wait only for the time yield for a socket
 FIRST_BYTES_GRACE = 0.002
 # The same for the silences of a stream a worker reads (up to its first event for the
 # client; all of it for a whole reply made from it): longer than most gaps between
-# tokens, shorter than a model's thinking. A tool call's arguments stream for seconds
-# before the call, held until whole, makes an event; a hand-over in each of their gaps
-# cost four times the CPU of the reads.
+# tokens, shorter than a model's thinking. A tool call's arguments may stream for
+# seconds with no event made of them (the call is held until whole); a hand-over in each
+# of their gaps cost four times the CPU of the reads.
 EVENT_GAP_GRACE = 0.1
 
 
@@ -8507,10 +8507,9 @@ class UpstreamResponse:
         """What of the body has arrived, b"" at its end: in a worker, waiting for some
         up to the timeout (`parks`: None when none come within EVENT_GAP_GRACE, but a
         part of the chunked framing alone, seldom sent apart from its data, is waited
-        for); on
-        the event loop (read_on_loop) never, None when nothing has. The loop leaves the
-        socket non-blocking; the blocking reads, close() and the pool set their own
-        timeouts."""
+        for); on the event loop (read_on_loop) never, None when nothing has. The loop
+        leaves the socket non-blocking; the blocking reads, close() and the pool set
+        their own timeouts."""
         if self._peeked:
             data, self._peeked = self._peeked, b""
             return data
@@ -8721,11 +8720,11 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
     (awaiting_bytes), and the reply's stream parks too (UpstreamResponse.parks). `watch`
     is given a function that stops the call at once from another thread (the client
     left, or the proxy is shutting down) as soon as there is a connection to stop.
-    Interim replies (1xx but 101) are read past, as RFC 9110 asks of a client. A reused connection
-    that the server had closed (it fails before a byte of the reply has come) is retried
-    once on a fresh one: never a request the upstream may have answered. Everything else
-    that goes wrong becomes an UpstreamError with a status (502 unreachable, 504
-    timeout)."""
+    Interim replies (1xx but 101) are read past, as RFC 9110 asks of a client. A reused
+    connection that the server had closed (it fails before a byte of the reply has
+    come) is retried once on a fresh one: never a request the upstream may have
+    answered. Everything else that goes wrong becomes an UpstreamError with a status
+    (502 unreachable, 504 timeout)."""
     request_headers = dict(headers)
     request_headers["content-length"] = str(len(body))
     if target.proxy and target.scheme == "http" and target.proxy_auth:
@@ -10835,9 +10834,10 @@ class ChunkPipe:
         """From a worker: go_on() is called, on the loop, once the upstream's socket `fd`
         has bytes to read, `due` (time.monotonic()) has come, or the request was
         abandoned (the abort shuts the socket, which the loop sees as readable; with
-        NO_SOCKET, a pause, an abort hook ends the wait). No thread waits meanwhile. go_on hands the request to a worker; where the system
-        starts no thread at all (RuntimeError), it is called again GO_ON_RETRY later: the
-        request's rest may block, and must never run on the loop."""
+        NO_SOCKET, a pause, an abort hook ends the wait). No thread waits meanwhile.
+        go_on hands the request to a worker; where the system starts no thread at all
+        (RuntimeError), it is called again GO_ON_RETRY later: the request's rest may
+        block, and must never run on the loop."""
         if not self._waker.call(self._await_bytes, fd, due, go_on):
             go_on()     # the loop has closed (a forced exit): no waiting, then
 
