@@ -8492,6 +8492,7 @@ class UpstreamResponse:
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
         self._peeked = b""          # read by peek(), for the next read to hand out
+        self._silent_since = 0.0    # since when a read that said None had waited
         self._waiting = ""          # what an expired read timeout means
         # The event loop reads the rest (read_on_loop): no read waits, and silences are
         # timed from the last bytes that came.
@@ -8524,9 +8525,11 @@ class UpstreamResponse:
                 if data:
                     self._quiet_since = time.monotonic()
                 return data
-            if parks and not self._conn.bytes_within(EVENT_GAP_GRACE):
-                return None
+            started = time.monotonic()
             timeout, self._waiting = self._timeouts.next_read(first)
+            if parks and not self._conn.bytes_within(min(EVENT_GAP_GRACE, timeout)):
+                self._silent_since = started    # (next_event's wait goes on from here)
+                return None
             if sock.gettimeout() != timeout:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
@@ -8549,13 +8552,16 @@ class UpstreamResponse:
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
-    def awaiting_body(self, first: bool, grace: float = FIRST_BYTES_GRACE) -> "Steps[None]":
+    def awaiting_body(self, first: bool, grace: float = FIRST_BYTES_GRACE,
+                      silent_since: Optional[float] = None) -> "Steps[None]":
         """Steps until the body has bytes to read (awaiting_bytes, `grace`); the time-out
         of its first read (`first`: of a stream, whose budget ran from the call's start;
-        else of the silence after the head) if none have come by then."""
+        else of the silence after the head, or after `silent_since`) if none have come
+        by then."""
         if self._peeked or self._body.done:
             return
-        timeout, meaning = self._timeouts.next_read(first)
+        timeout, meaning = self._timeouts.next_read(first) if silent_since is None else \
+            self._timeouts.silence_left(silent_since, time.monotonic())
         if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
             raise self._timed_out(meaning)
 
@@ -8568,7 +8574,8 @@ class UpstreamResponse:
             event = next(events, None)
             if event is not IDLE:
                 return event
-            yield from self.awaiting_body(first=False, grace=0.0)
+            yield from self.awaiting_body(first=False, grace=0.0,
+                                          silent_since=self._silent_since)
 
     def every_event(self, events: Iterator[Any]) -> "Steps[List[Any]]":
         """All of `events`, read as next_event reads them."""
@@ -10617,8 +10624,11 @@ class LoopWaker:
 
     def call(self, function: Callable[..., None], *args: Any) -> bool:
         """function(*args) on the loop; False when the loop has closed (a forced exit:
-        nothing is waiting for it)."""
+        nothing is waiting for it; calls asked for just before it closed may never
+        run)."""
         with self._lock:
+            if self._loop.is_closed():
+                return False
             self._pending.append((function, args))
             if len(self._pending) > 1:
                 return True         # a hop is on its way already

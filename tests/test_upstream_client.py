@@ -10,13 +10,14 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, wait_for
-from fake_upstream import (FakeOpenAI, chunk, completion, hang, json_reply, raw_reply, sse,
-                           text_stream)
+from fake_upstream import (FakeOpenAI, chunk, completion, hang, json_reply, pause_after,
+                           raw_reply, sse, text_stream)
 
 # A stall far longer than the timeout meant to cut it (it ends when the fake stops), so a
 # busy machine cannot make the upstream's answer win the race.
@@ -412,6 +413,27 @@ def test_a_tls_close_while_a_stream_waits_for_its_first_answer_ends_it_at_once(
         close_now.set()
         asker.join(PATIENCE)
     assert answers and answers[0][0] == 502, answers
+
+
+def test_a_wait_for_a_streams_next_bytes_counts_the_silence_already_waited(fake):
+    """A worker's read of a stream waits a little (EVENT_GAP_GRACE) before its request
+    lets go of the thread; the wait that follows is timed from the silence's start, so
+    read_timeout is not stretched by that little (here: a silence longer than it already
+    ends the wait at once, with no wait at all)."""
+    fake.queue(pause_after(text_stream("never read"), until=threading.Event(), seconds=STALL))
+    pool = gp.ConnectionPool()
+    response = gp.run_through(gp.opening_upstream(
+        pool, gp.upstream_target(fake.base_url, {}), "up", "POST", "/v1/chat/completions",
+        b'{"stream": true}', [], gp.Timeouts(10, 30, 5), 8))
+    try:
+        waiting = response.awaiting_body(first=False, grace=0.0,
+                                         silent_since=time.monotonic() - 6)
+        with pytest.raises(gp.UpstreamError) as raised:
+            next(waiting)
+        assert raised.value.status == 504 and "went silent for 5s" in raised.value.message
+    finally:
+        response.close(reuse=False)
+        pool.close_all()
 
 
 def test_tls_settings_are_made_for_the_first_https_connection_only(proxy_factory, fake,
