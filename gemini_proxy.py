@@ -8527,14 +8527,20 @@ class UpstreamResponse:
                 return data
             started = time.monotonic()
             timeout, self._waiting = self._timeouts.next_read(first)
-            if parks and not self._conn.bytes_within(min(EVENT_GAP_GRACE, timeout)):
-                self._silent_since = started    # (next_event's wait goes on from here)
-                return None
-            if sock.gettimeout() != timeout:
+            # (One blocking read with a short timeout, not a poll before it: a stream of
+            # small pieces paid 15-25% more CPU for the poll.)
+            wait = min(EVENT_GAP_GRACE, timeout) if parks else timeout
+            if sock.gettimeout() != wait:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
-                sock.settimeout(timeout)
-            return self._conn.read_body(self._body, time.monotonic() + timeout)
+                sock.settimeout(wait)
+            try:
+                return self._conn.read_body(self._body, time.monotonic() + wait)
+            except socket.timeout:
+                if wait == timeout:
+                    raise
+                self._silent_since = started    # (next_event's wait goes on from here)
+                return None
         except socket.timeout:
             raise self._timed_out(self._waiting) from None
         except (OSError, BadReply) as exc:

@@ -426,6 +426,7 @@ def test_a_wait_for_a_streams_next_bytes_counts_the_silence_already_waited(fake)
         pool, gp.upstream_target(fake.base_url, {}), "up", "POST", "/v1/chat/completions",
         b'{"stream": true}', [], gp.Timeouts(10, 30, 5), 8))
     try:
+        assert next(response.raw_chunks())   # the first piece: then nothing more comes
         waiting = response.awaiting_body(first=False, grace=0.0,
                                          silent_since=time.monotonic() - 6)
         with pytest.raises(gp.UpstreamError) as raised:
