@@ -8492,7 +8492,9 @@ class UpstreamResponse:
         self._max_idle, self._name, self._timeouts = max_idle, name, timeouts
         self._closed = False
         self._peeked = b""          # read by peek(), for the next read to hand out
-        self._silent_since = 0.0    # since when a read that said None had waited
+        # Since when the reads that said None (parks) have had nothing: the silence's
+        # time-out runs from there, however many reads and waits it takes.
+        self._silent_since: Optional[float] = None
         self._waiting = ""          # what an expired read timeout means
         # The event loop reads the rest (read_on_loop): no read waits, and silences are
         # timed from the last bytes that came.
@@ -8526,7 +8528,12 @@ class UpstreamResponse:
                     self._quiet_since = time.monotonic()
                 return data
             started = time.monotonic()
-            timeout, self._waiting = self._timeouts.next_read(first)
+            if parks and self._silent_since is not None:   # a silence goes on, its clock too
+                timeout, self._waiting = self._timeouts.silence_left(self._silent_since,
+                                                                     started)
+                timeout = max(timeout, 0.001)
+            else:
+                timeout, self._waiting = self._timeouts.next_read(first)
             # (One blocking read with a short timeout, not a poll before it: a stream of
             # small pieces paid 15-25% more CPU for the poll.)
             wait = min(EVENT_GAP_GRACE, timeout) if parks else timeout
@@ -8535,12 +8542,15 @@ class UpstreamResponse:
                 # of the interpreter, and each read would wait to get it back.
                 sock.settimeout(wait)
             try:
-                return self._conn.read_body(self._body, time.monotonic() + wait)
+                data = self._conn.read_body(self._body, time.monotonic() + wait)
             except socket.timeout:
                 if wait == timeout:
                     raise
-                self._silent_since = started    # (next_event's wait goes on from here)
+                if self._silent_since is None:
+                    self._silent_since = started    # (next_event's wait goes on from here)
                 return None
+            self._silent_since = None
+            return data
         except socket.timeout:
             raise self._timed_out(self._waiting) from None
         except (OSError, BadReply) as exc:

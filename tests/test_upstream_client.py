@@ -437,6 +437,27 @@ def test_a_wait_for_a_streams_next_bytes_counts_the_silence_already_waited(fake)
         pool.close_all()
 
 
+def test_a_stream_silent_after_half_a_chunk_size_line_times_out(proxy_factory, fake):
+    """A part of the chunked framing alone counts as bytes to read, but no read gets
+    anything of it: the silence's read_timeout still ends the request (it once went on
+    waiting a grace at a time, the silence's clock restarted each time)."""
+    proxy = proxy_factory(config_for(fake.base_url, retries=0, read_timeout=0.5))
+    released = threading.Event()
+
+    def role_then_half_a_size_line(handler, request):
+        handler.start_stream()
+        handler.write_chunk(sse(chunk({"role": "assistant", "content": ""})).encode())
+        handler.wfile.write(b"3")    # the start of the next chunk's size line
+        handler.wfile.flush()
+        handler.pause(STALL, until=released)
+    fake.queue(role_then_half_a_size_line)
+    try:
+        status, body = proxy.post(STREAM, HELLO)
+    finally:
+        released.set()
+    assert status == 504 and "went silent for 0.5s" in body["error"]["message"], body
+
+
 def test_tls_settings_are_made_for_the_first_https_connection_only(proxy_factory, fake,
                                                                    tls_fake, monkeypatch):
     # (Loading the system's CA certificates costs a start 20 ms and 2.4 MB; a proxy of
