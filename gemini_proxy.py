@@ -10387,8 +10387,8 @@ class WorkerPool:
     of an hour holds a thread for some milliseconds). So the limit is how many new
     requests can be worked on at once, and memory, not a thread count, is the bound on
     the requests held. The rest of a request already begun (resuming: its upstream's
-    bytes in, or its relay ended) goes before new requests and past the limit: it holds
-    keys that queued requests may wait for. Threads may then outnumber the limit, by as
+    bytes in, or its relay ended) goes before new requests, in the order such rests came,
+    and past the limit: it holds keys that queued requests may wait for. Threads may then outnumber the limit, by as
     many as the requests whose upstreams answer at one moment, until they have read
     their answers (or their streams' first events).
 
@@ -10408,8 +10408,12 @@ class WorkerPool:
         self.threads = 0
         self._name = name
         self._lock = threading.Lock()
-        # (function, args, resuming)
-        self._tasks: "collections.deque[Tuple[Callable[..., None], tuple, bool]]" = \
+        # Tasks waiting for a thread, (function, args): new requests, and the rests of
+        # requests already begun, which go first, in the order they came (a request
+        # resumed long ago is not left behind by the many that wake after it).
+        self._new: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
+            collections.deque()
+        self._resumed: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
             collections.deque()
         # Idle threads' wake-ups, latest last: each a lock its thread holds and waits to
         # acquire again; released to wake it (cheaper than an Event, which is a Condition).
@@ -10427,17 +10431,15 @@ class WorkerPool:
     def submit(self, function: Callable[..., None], *args: Any,
                resuming: bool = False) -> None:
         """Run function(*args) in a worker; it must not raise (what it does is its
-        own to report). resuming: the rest of a request already begun, taken first, past
-        the limit, and after close(). A new thread is started by the pool's starter
-        thread, not here: see _start_threads."""
+        own to report). resuming: the rest of a request already begun, taken before new
+        ones (and in the order they came), past the limit, and after close(). A new
+        thread is started by the pool's starter thread, not here: see _start_threads."""
         with self._lock:
             if self._closed and not resuming:
                 raise RuntimeError("the worker pool is closed")
-            task = (function, args, resuming)
-            if resuming:
-                self._tasks.appendleft(task)
-            else:
-                self._tasks.append(task)
+            task = (function, args)
+            queue = self._resumed if resuming else self._new
+            queue.append(task)
             if self._idle:
                 self._idle.pop().release()
                 return
@@ -10464,7 +10466,7 @@ class WorkerPool:
                 self.threads -= 1
                 started = self.threads
                 if not started:       # nobody would ever take it
-                    self._tasks.remove(task)
+                    queue.remove(task)
         self._could_not_start(error, started)
         if not started:
             raise error
@@ -10500,12 +10502,12 @@ class WorkerPool:
             with self._lock:
                 if self._to_start:
                     self._to_start -= 1
-                    if not self._tasks:   # the threads running took them meanwhile
+                    if not self._waiting():   # the threads running took them meanwhile
                         self.threads -= 1
                         continue
                     self._peak = max(self._peak, self.threads - self._to_start)
-                elif self._tasks and not self.threads:   # no thread would ever take it
-                    task = self._tasks.popleft()
+                elif self._waiting() and not self.threads:   # no thread would ever take it
+                    task = (self._resumed or self._new).popleft()
                     # Meanwhile a submit starts another starter: threads may start again
                     # (a request's end, say, must not wait for this task).
                     self._starter_running = False
@@ -10525,7 +10527,7 @@ class WorkerPool:
                         return
                     continue
             if task is not None:
-                function, args, _ = task
+                function, args = task
                 try:
                     function(*args)
                 except Exception:   # pragma: no cover - the functions submitted never raise
@@ -10566,12 +10568,13 @@ class WorkerPool:
         shrunk = False
         with self._lock:
             while True:
-                if self._tasks and (self._tasks[0][2] or self.threads <= self.limit):
-                    function, args, _ = self._tasks.popleft()
-                    return function, args
+                if self._resumed:
+                    return self._resumed.popleft()
+                if self._new and self.threads <= self.limit:
+                    return self._new.popleft()
                 if self._closed or self.threads > self.limit:
                     self.threads -= 1
-                    if self._tasks and self._idle:   # woken for a task: pass it on
+                    if self._new and self._idle:   # woken for a task: pass it on
                         self._idle.pop().release()
                     return None
                 self._idle.append(wake)
@@ -10585,7 +10588,7 @@ class WorkerPool:
                 if woken or wake.acquire(blocking=False):
                     continue
                 self._idle.remove(wake)
-                if not self._tasks:   # idle for WORKER_IDLE_EXIT
+                if not self._waiting():   # idle for WORKER_IDLE_EXIT
                     self.threads -= 1
                     shrunk = self._peak - self.threads >= WORKER_SHRINK_TRIM and \
                         self.threads <= self._peak // 2
@@ -10599,11 +10602,15 @@ class WorkerPool:
                 log.exception("could not give free memory back")
         return None
 
+    def _waiting(self) -> bool:
+        """Whether a task waits for a thread (under the lock)."""
+        return bool(self._resumed or self._new)
+
     @property
     def starved(self) -> bool:
         """Requests wait for a thread the system would not start (its thread limit, a
         container's pids limit) in the last minute."""
-        return bool(self._start_failed_at) and bool(self._tasks) and \
+        return bool(self._start_failed_at) and self._waiting() and \
             time.monotonic() - self._start_failed_at < 60
 
     def close(self) -> None:

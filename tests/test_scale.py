@@ -169,6 +169,47 @@ def test_the_end_of_a_request_goes_first_and_past_the_limit():
         pool.close()
 
 
+def test_the_ends_of_requests_go_in_the_order_they_came(monkeypatch):
+    # Hundreds of parked streams waking at once each resume their request: the one that
+    # woke first must not wait behind all that woke after it (the pool once took the
+    # newest first). They still go before a new request.
+    pool = gp.WorkerPool(limit=1)
+    real_start = threading.Thread.start
+    holding, starting, proceed = threading.Event(), threading.Event(), threading.Event()
+
+    def start(thread):
+        if holding.is_set() and not thread.name.endswith("-starter"):
+            starting.set()            # the starter, held up starting a thread
+            proceed.wait(PATIENCE)
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    order, done = [], threading.Semaphore(0)
+
+    def task(name):
+        order.append(name)
+        done.release()
+    go = threading.Event()
+    try:
+        go = occupy(pool, 1, then=lambda: task("held"))
+        holding.set()
+        pool.submit(task, "new request")                 # queued: the only thread is busy
+        for name in ("end 1", "end 2", "end 3"):
+            pool.submit(task, name, resuming=True)
+            assert starting.wait(PATIENCE)
+        go.set()          # the busy thread takes the queue, its new threads held up
+        for _ in range(4):
+            assert done.acquire(timeout=PATIENCE)
+        assert order == ["held", "end 1", "end 2", "end 3"]
+        proceed.set()
+        assert done.acquire(timeout=PATIENCE), "the new request never ran"
+        assert order[-1] == "new request"
+    finally:
+        go.set()
+        proceed.set()
+        pool.close()
+
+
+
 def test_a_limit_lowered_below_the_idle_threads_strands_no_task(monkeypatch):
     # A reload may lower server.workers below the threads there are: a thread woken for
     # a task while the pool is over its limit ends, and must pass the task's wake-up on
