@@ -8527,16 +8527,20 @@ class UpstreamResponse:
                 if data:
                     self._quiet_since = time.monotonic()
                 return data
-            started = time.monotonic()
-            if parks and self._silent_since is not None:   # a silence goes on, its clock too
-                timeout, self._waiting = self._timeouts.silence_left(self._silent_since,
-                                                                     started)
-                timeout = max(timeout, 0.001)
-            else:
+            if not parks:
                 timeout, self._waiting = self._timeouts.next_read(first)
-            # (One blocking read with a short timeout, not a poll before it: a stream of
-            # small pieces paid 15-25% more CPU for the poll.)
-            wait = min(EVENT_GAP_GRACE, timeout) if parks else timeout
+                wait = timeout
+            else:
+                started = time.monotonic()
+                if self._silent_since is not None:   # a silence goes on, its clock too
+                    timeout, self._waiting = self._timeouts.silence_left(
+                        self._silent_since, started)
+                    timeout = max(timeout, 0.001)
+                else:
+                    timeout, self._waiting = self._timeouts.next_read(first)
+                # (One blocking read with a short timeout, not a poll before it: a stream
+                # of small pieces paid 15-25% more CPU for the poll.)
+                wait = min(EVENT_GAP_GRACE, timeout)
             if sock.gettimeout() != wait:
                 # Only when it changes (after the first read, seldom): settimeout lets go
                 # of the interpreter, and each read would wait to get it back.
@@ -8568,16 +8572,20 @@ class UpstreamResponse:
     def _timed_out(self, meaning: str) -> UpstreamError:
         return UpstreamError("upstream %r %s" % (self._name, meaning), status=504)
 
-    def awaiting_body(self, first: bool, grace: float = FIRST_BYTES_GRACE,
-                      silent_since: Optional[float] = None) -> "Steps[None]":
-        """Steps until the body has bytes to read (awaiting_bytes, `grace`); the time-out
-        of its first read (`first`: of a stream, whose budget ran from the call's start;
-        else of the silence after the head, or after `silent_since`) if none have come
-        by then."""
+    def awaiting_body(self, first: bool) -> "Steps[None]":
+        """Steps until the body has bytes to read (awaiting_bytes); the time-out of its
+        next read if none have come by then: `first`, of a stream, whose budget ran from
+        the call's start; else of the silence after the head, or of the silence a read
+        has already waited out its grace in (which it does not wait again)."""
         if self._peeked or self._body.done:
             return
-        timeout, meaning = self._timeouts.next_read(first) if silent_since is None else \
-            self._timeouts.silence_left(silent_since, time.monotonic())
+        if self._silent_since is None:
+            timeout, meaning = self._timeouts.next_read(first)
+            grace = FIRST_BYTES_GRACE
+        else:
+            timeout, meaning = self._timeouts.silence_left(self._silent_since,
+                                                           time.monotonic())
+            grace = 0.0
         if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
             raise self._timed_out(meaning)
 
@@ -8590,8 +8598,7 @@ class UpstreamResponse:
             event = next(events, None)
             if event is not IDLE:
                 return event
-            yield from self.awaiting_body(first=False, grace=0.0,
-                                          silent_since=self._silent_since)
+            yield from self.awaiting_body(first=False)
 
     def every_event(self, events: Iterator[Any]) -> "Steps[List[Any]]":
         """All of `events`, read as next_event reads them."""
