@@ -32,7 +32,8 @@ At scale: a request's blocking part runs in a worker thread from a pool that gro
 demand (up to server.workers) and shrinks when idle; a request lets go of its thread
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
-event loop itself reads and converts the rest, no thread held meanwhile;
+event loop itself reads and converts the rest, no thread held meanwhile; a small
+request with a whole reply, over an open plain-HTTP connection, takes no thread at all;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -404,7 +405,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server", "workers", 10000, "the most new requests a worker thread (started "
             "when needed, ended when idle) works on at once: until the answer is whole, or "
             "a stream's first event is in (not while its upstream thinks, nor in a retry's "
-            "backoff; one that goes on after that takes a thread past the limit)",
+            "backoff; one that goes on after that takes a thread past the limit; a small "
+            "request the event loop answers itself takes none)",
             env="GEMINI_PROXY_WORKERS", flag="--workers", minimum=1),
     Setting("server", "processes", 1, "processes serving the port, each with its own "
             "workers (\"auto\": one per core; at most four per core); state they must "
@@ -8222,7 +8224,7 @@ class UpstreamConnection:
             if body.done:
                 break
             received = self._receive(deadline) if deadline is not None else \
-                self._receive_ready()
+                self.receive_ready()
             if received is None:
                 return None
             if not received:
@@ -8240,7 +8242,7 @@ class UpstreamConnection:
             self.sock.settimeout(left)
         return self._received(self.sock.recv(65536))
 
-    def _receive_ready(self) -> Optional[bool]:
+    def receive_ready(self) -> Optional[bool]:
         """_receive for a non-blocking socket: None when nothing has arrived. A TLS read
         returns one record (at most 16 KiB) whole, so no decrypted bytes are ever left
         where the selector cannot see them. After a plain socket's read that took less
@@ -8323,22 +8325,31 @@ class ConnectionPool:
     def acquire(self, target: UpstreamTarget, connect_timeout: float,
                 read_timeout: float, fresh: bool = False) -> Tuple[UpstreamConnection, bool]:
         """A connection to the target and whether it was reused; `fresh`: a new one."""
-        while not fresh:
-            with self._lock:
-                idle = self._idle.get(target)
-                conn = idle.pop() if idle else None
-            if conn is None:
-                break
-            if _connection_alive(conn):
-                conn.sock.settimeout(read_timeout)
-                return conn, True
-            self.discard(conn)
+        if not fresh:
+            idle = self.idle_connection(target, read_timeout)
+            if idle is not None:
+                return idle, True
         conn = UpstreamConnection.connect(target, self._tls_context, connect_timeout)
         conn.sock.settimeout(read_timeout)
         with self._lock:
             self.open += 1
             self.created += 1
         return conn, False
+
+    def idle_connection(self, target: UpstreamTarget,
+                        read_timeout: float) -> Optional[UpstreamConnection]:
+        """An idle connection to the target that its server has not closed, or None
+        (never a new one: connecting may block)."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(target)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                return None
+            if _connection_alive(conn):
+                conn.sock.settimeout(read_timeout)
+                return conn
+            self.discard(conn)
 
     def _tls_context(self) -> ssl.SSLContext:
         with self._tls_lock:
@@ -8394,10 +8405,22 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # is free when the bytes come. A retry's backoff is waited for the same way, with no
 # socket (pausing). A thread a stream held until its first event was most of the
 # memory and the thread switching of thousands of streams begun at once.
+#
+# The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
+# none would block: on a plain-HTTP upstream's idle connection, a whole reply read as it
+# comes, the loop waiting for the socket between reads. Where something may block (a new
+# connection, a stream's reads, an error's body, a retry, a shared store's round trip)
+# the steps yield IN_A_THREAD and go on in a worker from there. A request that needs no
+# thread saves the two hand-overs between the loop and a worker, a third of its CPU.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
 NO_SOCKET = -1      # what steps that wait only for the time yield for a socket
+IN_A_THREAD = -2    # ... and steps the loop runs, for the rest to go on in a worker
+# The largest request (the client's, and the upstream's) the loop runs itself: it is
+# parsed and converted there, holding up every stream meanwhile, and sent whole into
+# the socket's send buffer (a larger one could wait there for the upstream to read it).
+LOOP_BODY_BYTES = 16384
 # How long a worker waits for an upstream's first bytes before it lets go of its
 # thread: letting go and taking one again costs the loop and a worker some 0.1 ms of
 # CPU, where this wait costs none, and an upstream that answers at once does it within
@@ -8439,6 +8462,21 @@ def awaiting_bytes(conn: UpstreamConnection, due: float,
         yield conn.sock.fileno(), due
         within = 0.0
     return True
+
+
+def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[None]":
+    """On the event loop: steps until the connection's buffer holds a whole reply head,
+    too long a one, or the connection has closed (read_head then says which), reading
+    only what has come and never waiting in a read; socket.timeout at `due`."""
+    conn.sock.settimeout(0.0)
+    while not reply_head_length(conn.buf) and len(conn.buf) <= MAX_REPLY_HEAD:
+        received = conn.receive_ready()
+        if received is None:
+            if time.monotonic() >= due:
+                raise socket.timeout("timed out")
+            yield conn.sock.fileno(), due
+        elif not received:
+            return
 
 
 @dataclasses.dataclass
@@ -8588,6 +8626,30 @@ class UpstreamResponse:
             grace = 0.0
         if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
             raise self._timed_out(meaning)
+
+    def receiving_body(self, limit: int) -> "Steps[None]":
+        """On the event loop: steps until the whole body has come (or more than `limit`
+        bytes of it), kept for the reads that follow, which then need no socket; the
+        loop waits for the socket between reads, as long as a silence may last."""
+        parts: List[bytes] = []
+        size = 0
+        self.read_on_loop()
+        try:
+            while size <= limit:
+                data = self._read(first=False)
+                if data is None:
+                    left = self.silence_left()
+                    if left <= 0:
+                        raise self.silence_error()
+                    yield self._conn.sock.fileno(), time.monotonic() + left
+                elif not data:
+                    return
+                else:
+                    parts.append(data)
+                    size += len(data)
+        finally:
+            self.on_loop = False
+            self._peeked = b"".join(parts)
 
     def next_event(self, events: Iterator[Any]) -> "Steps[Any]":
         """The next of `events`, read from this reply (None: they have ended), in a
@@ -8745,9 +8807,11 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                      path: str, body: bytes, headers: List[Tuple[str, str]],
                      timeouts: Timeouts, max_idle: int,
                      watch: Callable[[Callable[[], None]], None] = lambda stop: None,
-                     park: bool = False) -> "Steps[UpstreamResponse]":
+                     park: bool = False, on_loop: bool = False) -> "Steps[UpstreamResponse]":
     """Send a request and wait for the status line and headers; `park`: by yielding
-    (awaiting_bytes), and the reply's stream parks too (UpstreamResponse.parks). `watch`
+    (awaiting_bytes), and the reply's stream parks too (UpstreamResponse.parks);
+    `on_loop`: the event loop runs these steps, which then take only an idle connection
+    (else they go on in a worker: IN_A_THREAD) and read the head as it comes. `watch`
     is given a function that stops the call at once from another thread (the client
     left, or the proxy is shutting down) as soon as there is a connection to stop.
     Interim replies (1xx but 101) are read past, as RFC 9110 asks of a client. A reused
@@ -8762,25 +8826,35 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
     retry_stale = True
     while True:
         wait, meaning = timeouts.next_read(first=True)
-        try:
-            # The retry is on a new connection: the idle ones beside a dead one were often
-            # closed with it (an upstream restarted, its idle timer).
-            conn, reused = pool.acquire(target, timeouts.connect, wait, fresh=not retry_stale)
-        except socket.timeout:
-            raise UpstreamError("connecting to upstream %r timed out after %gs"
-                                % (name, timeouts.connect), status=504) from None
-        except (OSError, ValueError) as exc:   # ValueError: a host name IDNA cannot encode
-            raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
-                name, target.host, target.port, exc if isinstance(exc, (
-                    TunnelRefused, BadReply)) else getattr(exc, "strerror", None)
-                or exc.__class__.__name__), status=502) from None
+        idle = pool.idle_connection(target, wait) if on_loop and retry_stale else None
+        if idle is not None:
+            conn, reused = idle, True
+        else:
+            if on_loop:   # connecting may block (a name to look up, a slow handshake)
+                yield IN_A_THREAD, 0.0
+                on_loop = False
+            try:
+                # The retry is on a new connection: the idle ones beside a dead one were
+                # often closed with it (an upstream restarted, its idle timer).
+                conn, reused = pool.acquire(target, timeouts.connect, wait,
+                                            fresh=not retry_stale)
+            except socket.timeout:
+                raise UpstreamError("connecting to upstream %r timed out after %gs"
+                                    % (name, timeouts.connect), status=504) from None
+            except (OSError, ValueError) as exc:   # ValueError: IDNA cannot encode the host
+                raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
+                    name, target.host, target.port, exc if isinstance(exc, (
+                        TunnelRefused, BadReply)) else getattr(exc, "strerror", None)
+                    or exc.__class__.__name__), status=502) from None
         stopper = CallStopper(conn.sock)
         watch(stopper.stop)
         try:
             conn.send(method, target.url(path), target, request_headers, body)
             deadline = time.monotonic() + wait
             for _ in range(1 + MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
-                if park:   # (past the deadline, read_head says so)
+                if on_loop:
+                    yield from receiving_head(conn, deadline)
+                elif park:   # (past the deadline, read_head says so)
                     yield from awaiting_bytes(conn, deadline)
                 head = conn.read_head(deadline)
                 if not 100 <= head.status < 200 or head.status == 101:
@@ -10164,6 +10238,11 @@ class KeyPool:
                 if waited:
                     self.waiting -= 1
 
+    def rests_due(self) -> bool:
+        """Whether the next acquire() looks at the shared store (a round trip)."""
+        return self.shared is not None and \
+            time.monotonic() - self._rests_read >= SHARED_RESTS_EVERY
+
     def _read_rests(self) -> None:
         """The rests other processes recorded, at most once a SHARED_RESTS_EVERY."""
         assert self.shared is not None
@@ -10614,6 +10693,11 @@ class WorkerPool:
         return bool(self._resumed or self._new)
 
     @property
+    def closed(self) -> bool:
+        """close() was called: new tasks are refused."""
+        return self._closed
+
+    @property
     def starved(self) -> bool:
         """Requests wait for a thread the system would not start (its thread limit, a
         container's pids limit) in the last minute."""
@@ -10870,15 +10954,19 @@ class ChunkPipe:
         with self._lock:
             self._abort_hooks.clear()
 
-    def await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
-        """From a worker: go_on() is called, on the loop, once the upstream's socket `fd`
-        has bytes to read, `due` (time.monotonic()) has come, or the request was
-        abandoned (the abort shuts the socket, which the loop sees as readable; with
-        NO_SOCKET, a pause, an abort hook ends the wait). No thread waits meanwhile.
-        go_on hands the request to a worker; where the system starts no thread at all
-        (RuntimeError), it is called again GO_ON_RETRY later: the request's rest may
-        block, and must never run on the loop."""
-        if not self._waker.call(self._await_bytes, fd, due, go_on):
+    def await_bytes(self, fd: int, due: float, go_on: Callable[[], None],
+                    on_loop: bool = False) -> None:
+        """From a worker (or `on_loop`, from the loop): go_on() is called, on the loop,
+        once the upstream's socket `fd` has bytes to read, `due` (time.monotonic()) has
+        come, or the request was abandoned (the abort shuts the socket, which the loop
+        sees as readable; with NO_SOCKET, a pause, an abort hook ends the wait). No
+        thread waits meanwhile. go_on hands the request to a worker (or goes on with the
+        loop's own steps); where the system starts no thread at all (RuntimeError), it is
+        called again GO_ON_RETRY later: a worker's steps may block, and must never run
+        on the loop."""
+        if on_loop:
+            self._await_bytes(fd, due, go_on)
+        elif not self._waker.call(self._await_bytes, fd, due, go_on):
             go_on()     # the loop has closed (a forced exit): no waiting, then
 
     def _await_bytes(self, fd: int, due: float, go_on: Callable[[], None]) -> None:
@@ -11193,9 +11281,10 @@ def stream_headers(content_type: str) -> List[Tuple[str, str]]:
 
 
 class Request:
-    """One client request inside its worker thread: what every attempt on an upstream
-    needs, what must be let go when the request ends (upstream replies, keys), and fail(),
-    the one place an error becomes what the client sees."""
+    """One client request inside its worker thread (or on the event loop, as long as
+    nothing it does may block: on_loop): what every attempt on an upstream needs, what
+    must be let go when the request ends (upstream replies, keys), and fail(), the one
+    place an error becomes what the client sees."""
 
     def __init__(self, live: Live, ex: Exchange, head: RequestHead, body: bytes,
                  dialect: ClientDialect, pipe: ChunkPipe, detail: Optional[DetailLog],
@@ -11210,6 +11299,7 @@ class Request:
         self.opened: List[UpstreamResponse] = []
         self.held: List[Tuple[KeyPool, KeyState]] = []
         self.admitted = False   # by its client's limits: what it spent is counted at its end
+        self.on_loop = False    # its steps run on the event loop (Proxy.handle)
         self.carrier_budget = [MAX_CARRIER_BYTES_PER_REQUEST]   # see CARRIER_BUDGET
         self._chat: Optional[Chat] = None
         self._payload_let_go = False
@@ -11339,6 +11429,12 @@ class UpstreamCall:
                    ("accept", "text/event-stream" if stream else "application/json"),
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
         secret, account = self.key.key, self.key.account
+        target = runtime.target
+        if rq.on_loop and (stream or account is not None or target.scheme != "http" or
+                           target.proxy):
+            # Reads that wait in a worker (a stream's first events, a TLS record), a
+            # Google token, a tunnel: the rest in a worker.
+            yield IN_A_THREAD, 0.0
         if account is not None:   # a Google login: its token now, its project in the body
             secret, options = self._with_account(account, options)
         extra = list(spec["headers"].items()) + list(extra_headers)
@@ -11354,11 +11450,13 @@ class UpstreamCall:
             timeouts = Timeouts(spec["connect_timeout"], spec["first_byte_timeout"],
                                 spec["read_timeout"], time.monotonic() + spec["total_timeout"]
                                 if spec["total_timeout"] else None)
+            if rq.on_loop and len(body) > LOOP_BODY_BYTES:   # a send may wait for room
+                yield IN_A_THREAD, 0.0
             try:
                 response = yield from opening_upstream(
                     rq.pool, runtime.target, runtime.name, "POST", full_path, body,
                     headers_now, timeouts, spec["max_idle_connections"], rq.pipe.on_abort,
-                    park=rq.pipe.loop_reads)
+                    park=rq.pipe.loop_reads, on_loop=rq.on_loop)
                 rq.opened.append(response)
                 if account is not None and response.status in (401, 403) and \
                         response.status not in renewed:
@@ -11369,11 +11467,17 @@ class UpstreamCall:
                         secret, options = again
                         continue
                 if response.status >= 300:
+                    if rq.on_loop:   # its body, read for its message, in a worker
+                        yield IN_A_THREAD, 0.0
                     raise self._failure(response)
-                if rq.pipe.loop_reads:
+                if rq.on_loop:
+                    yield from response.receiving_body(spec["max_reply_bytes"])
+                elif rq.pipe.loop_reads:
                     yield from response.awaiting_body(first=stream)
                 return (yield from prepare(response)) if stream else prepare(response)
             except UpstreamError as err:
+                if rq.on_loop:   # closing its reply, another try: in a worker
+                    yield IN_A_THREAD, 0.0
                 alternative = kind.retry_with(err, options) if alternatives_left else None
                 if alternative is None or rq.pipe.gone:
                     raise
@@ -11613,6 +11717,8 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             log.warning("%s: out of retry time (retry_budget) before trying %s",
                         ex.rid, runtime.name)
             return None
+        if rq.on_loop and (wait_until or keys.rests_due()):
+            yield IN_A_THREAD, 0.0   # a wait for a key, or the shared store's round trip
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,
                            ex.session if not tries else "", avoid=tried)
@@ -11632,6 +11738,8 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             keys.succeeded(key)
             return deliver
         except UpstreamError as err:
+            if rq.on_loop:   # closing its reply, a key's rest to share, a retry: in a worker
+                yield IN_A_THREAD, 0.0
             rq.close_replies(reuse=True)
             keys.failed(key, model, err)    # before the release: no waiter may take
             rq.release_key(keys, key)       # a key that has just been rate limited
@@ -11722,7 +11830,9 @@ class ClientLimits:
         self._lock = threading.Lock()
         self._usage: Dict[str, ClientUsage] = collections.defaultdict(ClientUsage)
 
-    def _through_store(self, client: ClientKey) -> bool:
+    def through_store(self, client: ClientKey) -> bool:
+        """Whether this client's requests are counted in the shared store (a round trip
+        when one is admitted and when it ends)."""
         return self.shared is not None and bool(client.requests_per_minute or
                                                 client.tokens_per_day)
 
@@ -11742,7 +11852,7 @@ class ClientLimits:
         daily token budget (until midnight UTC), or over the request rate (until the
         oldest request of the minute leaves the window)."""
         now = time.time()
-        if self._through_store(client):
+        if self.through_store(client):
             try:
                 refusal = shared_admit(self.shared.store, client.name,
                                        client.requests_per_minute, client.tokens_per_day, now)
@@ -11784,7 +11894,7 @@ class ClientLimits:
         """An admitted request ended, having cost `tokens` (so a request that starts
         while another is ending may still see the budget before that one's tokens)."""
         now = time.time()
-        if self._through_store(client):
+        if self.through_store(client):
             try:
                 shared_spent(self.shared.store, client.name, tokens, now)
                 self.shared.worked()
@@ -11799,7 +11909,7 @@ class ClientLimits:
         """The client's use: every process's from the shared store (a blocking call:
         not for the event loop), else this process's."""
         now = time.time()
-        if self._through_store(client):
+        if self.through_store(client):
             try:
                 found = shared_usage(self.shared.store, client.name, now)
                 self.shared.worked()
@@ -12411,7 +12521,7 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
-# handle_blocking, the worker's entry point, which never raises.
+# handle, the entry point (in a worker thread, or on the event loop), which never raises.
 
 def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     """A chat request, converted through the neutral model (or answered locally)."""
@@ -12705,7 +12815,6 @@ class PassingStream:
         self._parser = SSEParser(max_event)
         self._tail = ""
         self._note = CLIENT_DIALECTS[ex.dialect].note_passed
-
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
         try:
@@ -13095,10 +13204,12 @@ class Proxy:
 
     # -- in worker threads -----------------------------------------------------------
 
-    def handle_blocking(self, ex: Exchange, head: RequestHead, body: bytes,
-                        pipe: ChunkPipe) -> None:
-        """Answer one request into the pipe; never raises. A stream whose rest the event
-        loop relays is ended by another worker task when the relay is done (_resume)."""
+    def handle(self, ex: Exchange, head: RequestHead, body: bytes, pipe: ChunkPipe,
+               on_loop: bool = False) -> None:
+        """Answer one request into the pipe; never raises. In a worker thread, or
+        (`on_loop`) on the event loop, for as long as nothing would block (IN_A_THREAD;
+        see runs_on_loop). A stream whose rest the event loop relays is ended by another
+        worker task when the relay is done (_resume)."""
         with self._active_lock:
             self.active += 1
             self.working += 1
@@ -13110,6 +13221,7 @@ class Proxy:
         hops = [h.strip() for h in head.header(HOP_HEADER).split(",") if h.strip()]
         rq = Request(live, ex, head, body, dialect, pipe, detail, self.pool,
                      ", ".join(hops + [self.instance]))
+        rq.on_loop = on_loop
 
         def answer() -> "Steps[None]":
             client = ex.client or ANONYMOUS
@@ -13126,7 +13238,11 @@ class Proxy:
             ex.session = session_key(head, rq.payload)
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
+                if rq.on_loop:   # its pieces may wait for room in the pipe the loop empties
+                    yield IN_A_THREAD, 0.0
             if client is not ANONYMOUS and ex.action != "count_tokens":
+                if rq.on_loop and self.limits.through_store(client):
+                    yield IN_A_THREAD, 0.0
                 self.limits.admit(client)
                 rq.admitted = True
             candidates = [(live.upstreams[name], model) for name, model
@@ -13157,12 +13273,21 @@ class Proxy:
             self.working += 1
         self._conclude(rq, steps)
 
+    def runs_on_loop(self, pipe: ChunkPipe, body: bytes) -> bool:
+        """Whether the event loop begins this request itself (Proxy.handle, on_loop): a
+        small one, where the loop can wait for sockets and nothing is written to a
+        detailed log's files."""
+        return pipe.loop_reads and len(body) <= LOOP_BODY_BYTES and \
+            not self.live.config.logging["detailed"]
+
     def _conclude(self, rq: Request, steps: "Union[Steps[None], Callable[[], None]]") -> None:
-        """Run one part of a request in this worker, its errors answered; then end the
-        request, unless the part handed a stream to the event loop (the relay's end
-        resumes the request in a worker: not this one, it is free meanwhile), or its
-        steps wait for an upstream's first bytes, which the loop waits for (they go on
-        in a worker once they come: _go_on)."""
+        """Run one part of a request in this worker (or on the event loop:
+        rq.on_loop), its errors answered; then end the request, unless the part handed a
+        stream to the event loop (the relay's end resumes the request in a worker: not
+        this one, it is free meanwhile), or its steps wait for an upstream's bytes,
+        which the loop waits for (they go on once they come: _go_on, in a worker, or on
+        the loop for steps it runs), or the loop's steps came to what may block
+        (IN_A_THREAD: they go on in a worker)."""
         ex, pipe = rq.ex, rq.pipe
         handed = False
         budget = CARRIER_BUDGET.set(rq.carrier_budget)   # this thread's, for this request
@@ -13170,14 +13295,23 @@ class Proxy:
             if isinstance(steps, types.GeneratorType):
                 try:
                     fd, due = next(steps)
+                    while fd == IN_A_THREAD and not rq.on_loop:   # in one already
+                        fd, due = next(steps)
                 except StopIteration:
                     pass
                 else:
-                    # Before new requests and past the pool's limit, as a relay's end: a
-                    # request queued for a thread may be waiting for the key this one
-                    # holds; and past close(), which stops no request in flight.
-                    pipe.await_bytes(fd, due, functools.partial(
-                        self.workers.submit, self._go_on, rq, steps, resuming=True))
+                    if fd == IN_A_THREAD:
+                        rq.on_loop = False
+                        self._in_a_thread(rq, steps)
+                    elif rq.on_loop:
+                        pipe.await_bytes(fd, due, functools.partial(self._go_on, rq, steps),
+                                         on_loop=True)
+                    else:
+                        # Before new requests and past the pool's limit, as a relay's end:
+                        # a request queued for a thread may be waiting for the key this
+                        # one holds; and past close(), which stops no request in flight.
+                        pipe.await_bytes(fd, due, functools.partial(
+                            self.workers.submit, self._go_on, rq, steps, resuming=True))
                     handed = True
                     return
             else:
@@ -13206,6 +13340,18 @@ class Proxy:
                 with self._active_lock:
                     self.working -= 1
                 CARRIER_BUDGET.reset(budget)
+
+    def _in_a_thread(self, rq: Request, steps: "Steps[None]") -> None:
+        """From the loop: the rest of a request's steps in a worker, as a new request's
+        (within server.workers) unless it holds a key already, or the pool has closed
+        (the proxy is stopping, which stops no request in flight). Where the system
+        starts no thread at all, asked again GO_ON_RETRY later: late rather than on the
+        loop."""
+        try:
+            self.workers.submit(self._go_on, rq, steps,
+                                resuming=bool(rq.held) or self.workers.closed)
+        except RuntimeError:
+            asyncio.get_running_loop().call_later(GO_ON_RETRY, self._in_a_thread, rq, steps)
 
     def _resume_later(self, rq: Request, relay: UpstreamRelay,
                       error: Optional[BaseException]) -> None:
@@ -14191,7 +14337,10 @@ class ProxyServer:
                     ex.status, ex.error, ex.error_kind = err.status, err.message, err.reason
                     await self._send_error(writer, dialect, err, ex, keep_alive)
                     return keep_alive
-            self.proxy.workers.submit(self.proxy.handle_blocking, ex, head, body, pipe)
+            if self.proxy.runs_on_loop(pipe, body):
+                self.proxy.handle(ex, head, body, pipe, on_loop=True)
+            else:
+                self.proxy.workers.submit(self.proxy.handle, ex, head, body, pipe)
             if not watcher:   # most answers take no time; a slow one is watched after a moment
                 start_watching = self._loop.call_later(
                     CLIENT_WATCH_DELAY, lambda: watcher.append(

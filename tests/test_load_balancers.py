@@ -131,11 +131,11 @@ class Instances:
             fake.stop()
 
 
-def ask(port, key, timeout=PATIENCE):
+def ask(port, key, timeout=PATIENCE, chat=CHAT):
     """(status, body) of one chat request through the balancer on a new connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT),
+        conn.request("POST", "/v1/chat/completions", json.dumps(chat),
                      {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
         response = conn.getresponse()
         return response.status, response.read()
@@ -344,13 +344,15 @@ def test_haproxy_recipe_takes_a_busy_instance_out_on_its_health_and_back(redis_u
         for _ in range(3):   # balance source: one client address, one instance
             assert answered_by(instances, balancer.port, "team-key")[:2] == (200, busy)
         # Held midway: a reply that has begun holds its worker (one that has not come
-        # yet holds none: the event loop waits for it).
+        # yet holds none: the event loop waits for it). Requests too large for the loop
+        # to run itself (on an idle connection a small one takes no worker at all).
         gates = [Gate(json_reply(completion("held")), midway=True) for _ in range(2)]
         for gate in gates:
             instances.fakes[busy].queue(gate)
         held = []
-        holders = [threading.Thread(target=lambda: held.append(ask(balancer.port, "team-key")),
-                                    daemon=True) for _ in gates]
+        large = dict(CHAT, messages=[{"role": "user", "content": "x" * 20000}])
+        holders = [threading.Thread(target=lambda: held.append(
+            ask(balancer.port, "team-key", chat=large)), daemon=True) for _ in gates]
         try:
             for holder, gate in zip(holders, gates):
                 holder.start()

@@ -16,6 +16,9 @@ from fake_upstream import (chunk, completion, json_reply, pause_after, sse, sse_
                            text_stream, usage)
 
 OPENAI = "/v1/chat/completions"
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+GEMINI_ASK = "/v1beta/models/fake-model:generateContent"
+GEMINI_CHAT = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
 # ---- the worker pool ---------------------------------------------------------------------
@@ -695,6 +698,7 @@ def test_a_stream_whose_upstream_thinks_after_a_first_write_holds_no_worker_thre
     proxy.wait_until_idle()
 
 
+
 def test_a_request_waiting_out_a_backoff_holds_no_worker_thread(proxy_factory, fake):
     """A retry's backoff is no thread's wait: with one worker, a request answers while
     another waits out its backoff; the waiting one's client leaves, which ends the
@@ -730,6 +734,7 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
     monkeypatch.setattr(gp, "GO_ON_RETRY", 0.05)
     proxy = one_worker_proxy(proxy_factory, fake)
     app = proxy.server.proxy
+    monkeypatch.setattr(app, "runs_on_loop", lambda pipe, body: False)   # begun in a worker
     released = threading.Event()
     fake.queue(held_before_reply(json_reply(completion("later")), [0], threading.Event(), 1,
                                  until=released))
@@ -760,6 +765,124 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
     assert answers and answers[0][0] == 200, answers
     assert answers[0][1]["choices"][0]["message"]["content"] == "later"
     assert len(refused) == 1 and len(ran_in) == 1
+    assert ran_in[0] is not proxy._thread, "the request went on in the event loop's thread"
+
+
+# ---- small requests the event loop answers itself ----------------------------------------
+
+
+def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
+        proxy_factory, fake):
+    """On a plain-HTTP upstream's idle connection, a small request with a whole reply
+    takes no worker thread (two hand-overs between the loop and a worker were a third
+    of its CPU): with the only worker busy, requests passed through and converted are
+    answered."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    fake.queue(json_reply(completion("first")), json_reply(completion("passed through")),
+               json_reply(completion("converted")))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
+    go = threading.Event()
+    try:
+        go = occupy(proxy.server.proxy.workers, 1)
+        status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
+        assert status == 200 and body["choices"][0]["message"]["content"] == \
+            "passed through", body
+        status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT, timeout=PATIENCE)
+        assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == \
+            "converted", body
+    finally:
+        go.set()
+    assert fake.connections == 1
+
+
+def write_then_hold(first, rest, released):
+    """A reply written as `first` (bytes: part of its head, or of its body), then held
+    until `released`, then `rest`."""
+    def reply(handler, request):
+        handler.wfile.write(first)
+        handler.wfile.flush()
+        handler.pause(2 * PATIENCE, until=released)
+        handler.wfile.write(rest)
+        handler.wfile.flush()
+    return reply
+
+
+@pytest.mark.parametrize("split", ["in its head", "in its body"])
+def test_the_event_loop_never_waits_in_a_read_of_a_reply_that_trickles(
+        proxy_factory, fake, split):
+    """The loop reads a small request's reply as it comes and waits for the socket in
+    between: an upstream that sends part of its head, or of its body, and then nothing
+    holds up no other request (here /health, which the loop answers) and no worker
+    (/health says one is free; a worker reading the reply held the only one), and the
+    reply is whole once the rest comes."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    body = json.dumps(completion("trickled")).encode()
+    whole = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
+        b"\r\n\r\n%s" % (len(body), body)
+    cut = 20 if split == "in its head" else len(whole) - len(body) // 2
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               write_then_hold(whole[:cut], whole[cut:], released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(
+        proxy.post(OPENAI, CHAT, timeout=PATIENCE * 3)), daemon=True)
+    asker.start()
+    try:
+        wait_for(lambda: len(fake.requests) == 2, message="the second request upstream")
+        for _ in range(3):
+            assert proxy.request("GET", "/health", timeout=PATIENCE)[0] == 200
+    finally:
+        released.set()
+        asker.join(PATIENCE * 3)
+    assert answers and answers[0][0] == 200, answers
+    assert answers[0][1]["choices"][0]["message"]["content"] == "trickled"
+
+
+def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "read_timeout": 0.5, "retries": 0}}, "default_model": "fake-model"})
+    body = json.dumps(completion("never whole")).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
+        b"\r\n\r\n" % len(body)
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               write_then_hold(head + body[:10], body[10:], released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    try:
+        status, answer = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
+    finally:
+        released.set()
+    assert status == 504 and "went silent for 0.5s" in answer["error"]["message"], answer
+
+
+def test_the_event_loops_request_waits_for_a_thread_when_none_starts_never_runs_on(
+        proxy_factory, fake, monkeypatch):
+    """A request the loop began comes to what may block (here: connecting) and the
+    system starts no thread for it: it asks again GO_ON_RETRY later, and goes on in a
+    worker, never on the loop."""
+    monkeypatch.setattr(gp, "GO_ON_RETRY", 0.05)
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    fake.queue(json_reply(completion("connected")))
+    refused, ran_in = [], []
+    real_submit, real_go_on = app.workers.submit, app._go_on
+
+    def submit(function, *args, **kwargs):
+        if function == go_on and not refused:
+            refused.append(threading.current_thread())
+            raise RuntimeError("can't start new thread")
+        return real_submit(function, *args, **kwargs)
+
+    def go_on(*args):
+        ran_in.append(threading.current_thread())
+        real_go_on(*args)
+    monkeypatch.setattr(app.workers, "submit", submit)
+    monkeypatch.setattr(app, "_go_on", go_on)
+    status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
+    assert status == 200 and body["choices"][0]["message"]["content"] == "connected"
+    assert refused == [proxy._thread] and len(ran_in) == 1
     assert ran_in[0] is not proxy._thread, "the request went on in the event loop's thread"
 
 
