@@ -2132,6 +2132,11 @@ class SSEParser:
                 self._event = value
         return events
 
+    @property
+    def between_events(self) -> bool:
+        """Nothing of an event read yet: no line begun, no field of one."""
+        return not self._partial and not self._data and not self._event
+
     def finish(self) -> List[Tuple[str, str]]:
         """Events still pending at end of stream. A last event without its blank line is
         kept; a last line without its newline is a truncated stream and is dropped."""
@@ -8533,6 +8538,9 @@ class UpstreamResponse:
         # Since when the reads that said None (parks) have had nothing: the silence's
         # time-out runs from there, however many reads and waits it takes.
         self._silent_since: Optional[float] = None
+        # The last bytes were a keep-alive (comments only): the next read does not wait
+        # EVENT_GAP_GRACE for more, which come seconds later (see keep_alive_read).
+        self._quiet_next = False
         self._waiting = ""          # what an expired read timeout means
         # The event loop reads the rest (read_on_loop): no read waits, and silences are
         # timed from the last bytes that came.
@@ -8568,6 +8576,11 @@ class UpstreamResponse:
             if not parks:
                 timeout, self._waiting = self._timeouts.next_read(first)
                 wait = timeout
+            elif self._quiet_next:   # no grace: the request lets go of its thread at once
+                self._quiet_next = False
+                if self._silent_since is None:
+                    self._silent_since = time.monotonic()
+                return None
             else:
                 started = time.monotonic()
                 if self._silent_since is not None:   # a silence goes on, its clock too
@@ -8733,6 +8746,14 @@ class UpstreamResponse:
                 on_raw(data)
             yield data
 
+    def keep_alive_read(self) -> None:
+        """The bytes just read were only a keep-alive (comments, which some upstreams send
+        every few seconds while the model thinks, as OpenRouter does): where the request
+        parks, its next read lets go of the thread at once rather than after
+        EVENT_GAP_GRACE (with server.workers small, each comment held a worker that
+        long, and /health said all were busy a third of the time)."""
+        self._quiet_next = self.parks
+
     def sse_events(self, max_event: int, on_raw: Optional[Callable[[bytes], None]] = None
                    ) -> Iterator[Tuple[str, str]]:
         parser = SSEParser(max_event)
@@ -8740,8 +8761,11 @@ class UpstreamResponse:
             for data in self.raw_chunks(on_raw):
                 if data is IDLE:
                     yield data
-                else:
-                    yield from parser.feed(data)
+                    continue
+                events = parser.feed(data)
+                if not events and parser.between_events:
+                    self.keep_alive_read()
+                yield from events
         except ValueError as exc:
             raise UpstreamError("upstream %r sent %s (max_reply_bytes)" % (self._name, exc),
                                 status=502) from None
@@ -12716,6 +12740,8 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             if data:
                 received = True
                 piece, events = passing.take(data)
+                if not events and passing.between_events:
+                    response.keep_alive_read()
             else:           # the end: what was held back, if anything came at all
                 piece, events = passing.finish()
                 if not first and not piece:
@@ -12815,6 +12841,12 @@ class PassingStream:
         self._parser = SSEParser(max_event)
         self._tail = ""
         self._note = CLIENT_DIALECTS[ex.dialect].note_passed
+
+    @property
+    def between_events(self) -> bool:
+        """An event stream's reads so far end where an event does (see SSEParser)."""
+        return self.sse and self._parser.between_events
+
     def take(self, data: bytes) -> Tuple[bytes, List[Tuple[str, str]]]:
         """(the bytes that may go to the client now, the whole events that arrived)."""
         try:

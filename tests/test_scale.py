@@ -698,6 +698,35 @@ def test_a_stream_whose_upstream_thinks_after_a_first_write_holds_no_worker_thre
     proxy.wait_until_idle()
 
 
+def test_a_keep_alive_comment_lets_go_of_the_thread_at_once(proxy_factory, fake,
+                                                            monkeypatch):
+    """Comments that an upstream sends while its model thinks (OpenRouter's, every few
+    seconds) are followed by no grace: with one worker, each comment held it for
+    EVENT_GAP_GRACE, and /health said no worker was free a third of the time. Here the
+    grace outlasts the test's patience: streams after a comment (passed through,
+    converted for a Gemini and an Anthropic client) must still all reach the upstream
+    and wait at once."""
+    monkeypatch.setattr(gp, "EVENT_GAP_GRACE", PATIENCE * 4)
+    proxy = one_worker_proxy(proxy_factory, fake)
+    events = [sse(chunk({"role": "assistant", "content": "after a comment"})),
+              sse(chunk(finish="stop")), sse("[DONE]")]
+    count, reached, all_in = 3, [0], threading.Event()
+    fake.queue(*[held_after_first_write(sse_texts_reply([": PROCESSING\n\n"] + events),
+                                        reached, all_in, count) for _ in range(count)])
+    asks = [(OPENAI, dict(CHAT, stream=True)),
+            ("/v1beta/models/fake-model:streamGenerateContent?alt=sse", GEMINI_CHAT),
+            ("/v1/messages", dict(CHAT, max_tokens=100, stream=True))]
+    answers = {}
+
+    def ask(index):
+        answers[index] = proxy.post(*asks[index], timeout=PATIENCE * 3)
+    all_at_the_upstream([functools.partial(ask, i) for i in range(count)], all_in, reached)
+    assert [answers[i][0] for i in range(count)] == [200] * count, answers
+    assert openai_stream_text(answers[0][1]) == gemini_stream_text(answers[1][1]) == \
+        "after a comment"
+    assert b"after a comment" in answers[2][1]
+    proxy.wait_until_idle()
+
 
 def test_a_request_waiting_out_a_backoff_holds_no_worker_thread(proxy_factory, fake):
     """A retry's backoff is no thread's wait: with one worker, a request answers while
