@@ -10489,20 +10489,21 @@ def return_free_memory() -> bool:
 
 
 class WorkerPool:
-    """Threads for the blocking part of requests: one is started when a request finds
-    none idle, up to `limit` (server.workers); past that requests queue for the next one
-    free. A request holds its thread until its answer is whole, or its stream's first
-    event is in, but not while its upstream thinks (the loop waits for it); the event
-    loop relays the rest of a stream, and a worker ends the request after it (a stream
-    of an hour holds a thread for some milliseconds). So the limit is how many new
-    requests can be worked on at once, and memory, not a thread count, is the bound on
-    the requests held. The rest of a request already begun (resuming: its upstream's
-    bytes in, or its relay ended) goes before new requests, in the order such rests came,
-    and past the limit: it holds keys that queued requests may wait for. Threads may then outnumber the limit, by as
-    many as the requests whose upstreams answer at one moment, until they have read
-    their answers (or their streams' first events).
+    """Threads for the blocking part of requests: `limit` (server.workers) new requests
+    are worked on at once, each in a thread found idle or started for it; past that new
+    requests queue for the next thread to finish one. A request holds its thread until
+    its answer is whole, or its stream's first event is in, but not while its upstream
+    thinks (the loop waits for it); the event loop relays the rest of a stream, and a
+    worker ends the request after it (a stream of an hour holds a thread for some
+    milliseconds). So memory, not a thread count, is the bound on the requests held.
+    The rest of a request already begun (resuming: its upstream's bytes in, or its relay
+    ended) goes before new requests, in the order such rests came, and past the limit:
+    it holds keys that queued requests may wait for. Threads may then outnumber the
+    limit, by as many as the requests whose upstreams answer at one moment, until they
+    have read their answers (or their streams' first events); the threads busy with such
+    rests hold no new request back (a steady flow of them once starved every new one).
 
-    One lock keeps the tasks, the idle threads and the thread count consistent: a task
+    One lock keeps the tasks, the idle threads and the thread counts consistent: a task
     finds an idle thread (woken), or a new one (counted in `threads` at once, started by
     the pool's starter thread, which is not counted), or waits in the queue for a thread
     that finishes; a thread ends for idleness only when, under the lock, no task waits.
@@ -10525,6 +10526,9 @@ class WorkerPool:
             collections.deque()
         self._resumed: "collections.deque[Tuple[Callable[..., None], tuple]]" = \
             collections.deque()
+        # Threads working on a new request (what `limit` bounds; threads busy with the
+        # rests of requests do not count: they must not hold new requests back).
+        self._running_new = 0
         # Idle threads' wake-ups, latest last: each a lock its thread holds and waits to
         # acquire again; released to wake it (cheaper than an Event, which is a Condition).
         self._idle: List[threading.Lock] = []
@@ -10550,11 +10554,11 @@ class WorkerPool:
             task = (function, args)
             queue = self._resumed if resuming else self._new
             queue.append(task)
+            if not resuming and self._running_new + len(self._new) > self.limit:
+                return   # queued: a thread that finishes a new request takes it
             if self._idle:
                 self._idle.pop().release()
                 return
-            if self.threads >= self.limit and not resuming:
-                return              # queued: the next thread to finish takes it
             self.threads += 1
             self._to_start += 1
             if self._starter_running:
@@ -10617,7 +10621,9 @@ class WorkerPool:
                         continue
                     self._peak = max(self._peak, self.threads - self._to_start)
                 elif self._waiting() and not self.threads:   # no thread would ever take it
+                    new = not self._resumed
                     task = (self._resumed or self._new).popleft()
+                    self._running_new += new
                     # Meanwhile a submit starts another starter: threads may start again
                     # (a request's end, say, must not wait for this task).
                     self._starter_running = False
@@ -10644,6 +10650,7 @@ class WorkerPool:
                     log.exception("worker task failed")
                 del task, function, args
                 with self._lock:
+                    self._running_new -= new
                     if self._starter_running:   # another took over
                         return
                     self._starter_running = True
@@ -10659,29 +10666,34 @@ class WorkerPool:
     def _work(self) -> None:
         wake = threading.Lock()
         wake.acquire()
+        new = False
         while True:
-            task = self._next_task(wake)
+            task = self._next_task(wake, new)
             if task is None:
                 return
-            function, args = task
+            function, args, new = task
             try:
                 function(*args)
             except Exception:   # pragma: no cover - the functions submitted never raise
                 log.exception("worker task failed")
             del task, function, args    # hold nothing of a finished request while idle
 
-    def _next_task(self, wake: threading.Lock) -> Optional[Tuple[Callable[..., None], tuple]]:
-        """The next task, once there is one; None when this thread is to end: the pool
-        closed, idle for WORKER_IDLE_EXIT (memory given back first if the pool has shrunk
-        enough: WORKER_SHRINK_TRIM), or started past the limit for a request's end and
-        that done (new requests wait for a thread within it)."""
+    def _next_task(self, wake: threading.Lock, finished_new: bool
+                   ) -> Optional[Tuple[Callable[..., None], tuple, bool]]:
+        """The next task and whether it is a new request's, once there is one (this
+        thread's last was a new request's: `finished_new`); None when this thread is to
+        end: the pool closed, idle for WORKER_IDLE_EXIT (memory given back first if the
+        pool has shrunk enough: WORKER_SHRINK_TRIM), or started past the limit for a
+        request's end and that done (new requests wait for a thread within it)."""
         shrunk = False
         with self._lock:
+            self._running_new -= finished_new
             while True:
                 if self._resumed:
-                    return self._resumed.popleft()
-                if self._new and self.threads <= self.limit:
-                    return self._new.popleft()
+                    return self._resumed.popleft() + (False,)
+                if self._new and self._running_new < self.limit:
+                    self._running_new += 1
+                    return self._new.popleft() + (True,)
                 if self._closed or self.threads > self.limit:
                     self.threads -= 1
                     if self._new and self._idle:   # woken for a task: pass it on
