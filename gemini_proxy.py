@@ -8426,6 +8426,9 @@ IN_A_THREAD = -2    # ... and steps the loop runs, for the rest to go on in a wo
 # parsed and converted there, holding up every stream meanwhile, and sent whole into
 # the socket's send buffer (a larger one could wait there for the upstream to read it).
 LOOP_BODY_BYTES = 16384
+# ... and the most of a reply it reads: the rest of a larger one (an image, say) is read,
+# decoded and converted in a worker, not on the loop.
+LOOP_REPLY_BYTES = 262144
 # How long a worker waits for an upstream's first bytes before it lets go of its
 # thread: letting go and taking one again costs the loop and a worker some 0.1 ms of
 # CPU, where this wait costs none, and an upstream that answers at once does it within
@@ -8640,10 +8643,11 @@ class UpstreamResponse:
         if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
             raise self._timed_out(meaning)
 
-    def receiving_body(self, limit: int) -> "Steps[None]":
-        """On the event loop: steps until the whole body has come (or more than `limit`
-        bytes of it), kept for the reads that follow, which then need no socket; the
-        loop waits for the socket between reads, as long as a silence may last."""
+    def receiving_body(self, limit: int) -> "Steps[bool]":
+        """On the event loop: steps until the whole body has come (True), or more than
+        `limit` bytes of it (False), kept for the reads that follow (which need no socket
+        for what has come); the loop waits for the socket between reads, as long as a
+        silence may last."""
         parts: List[bytes] = []
         size = 0
         self.read_on_loop()
@@ -8656,10 +8660,11 @@ class UpstreamResponse:
                         raise self.silence_error()
                     yield self._conn.sock.fileno(), time.monotonic() + left
                 elif not data:
-                    return
+                    return True
                 else:
                     parts.append(data)
                     size += len(data)
+            return False
         finally:
             self.on_loop = False
             self._peeked = b"".join(parts)
@@ -11507,7 +11512,9 @@ class UpstreamCall:
                         yield IN_A_THREAD, 0.0
                     raise self._failure(response)
                 if rq.on_loop:
-                    yield from response.receiving_body(spec["max_reply_bytes"])
+                    whole = yield from response.receiving_body(LOOP_REPLY_BYTES)
+                    if not whole:   # a large reply: the rest is read in a worker
+                        yield IN_A_THREAD, 0.0
                 elif rq.pipe.loop_reads:
                     yield from response.awaiting_body(first=stream)
                 return (yield from prepare(response)) if stream else prepare(response)

@@ -900,6 +900,26 @@ def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fa
     assert status == 504 and "went silent for 0.5s" in answer["error"]["message"], answer
 
 
+def test_a_large_reply_is_read_and_converted_in_a_worker_not_on_the_loop(
+        proxy_factory, fake, monkeypatch):
+    """The loop reads up to LOOP_REPLY_BYTES of a reply: decoding and converting a large
+    one (an image) would hold up every stream. The rest goes on in a worker, whole."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    large = "y" * (gp.LOOP_REPLY_BYTES + 50000)
+    fake.queue(json_reply(completion("first")), json_reply(completion(large)))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    ran_in, real_go_on = [], app._go_on
+
+    def go_on(*args):
+        ran_in.append(threading.current_thread())
+        real_go_on(*args)
+    monkeypatch.setattr(app, "_go_on", go_on)
+    status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT, timeout=PATIENCE)
+    assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == large
+    assert ran_in and ran_in[-1] is not proxy._thread, "read and converted on the loop"
+
+
 def test_the_event_loops_request_waits_for_a_thread_when_none_starts_never_runs_on(
         proxy_factory, fake, monkeypatch):
     """A request the loop began comes to what may block (here: connecting) and the
