@@ -8177,9 +8177,12 @@ class UpstreamConnection:
                 if head.status == 407 else ""))
 
     def send(self, method: str, url: str, target: UpstreamTarget,
-             headers: Dict[str, str], body: bytes) -> None:
+             headers: Dict[str, str], body: bytes, at_once: bool = False) -> bytes:
         """The request; a ValueError, before anything is sent, for a target or header
-        that would not make a well-formed one (from the configuration: base_url, headers)."""
+        that would not make a well-formed one (from the configuration: base_url, headers).
+        `at_once` (on the event loop): what the socket takes without waiting, and the
+        rest is returned, for a worker to send (an upstream that reads its requests
+        slowly fills the buffers between); otherwise b"", all of it sent."""
         if REQUEST_TARGET_BAD.search(url):
             raise ValueError("the request target has spaces or control characters")
         lines = ["%s %s HTTP/1.1" % (method, url)]
@@ -8197,11 +8200,19 @@ class UpstreamConnection:
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.replied = self._emptied = False
+        if at_once:
+            data += body
+            self.sock.settimeout(0.0)
+            try:
+                return data[self.sock.send(data):]
+            except BlockingIOError:
+                return data
         if len(body) < 65536:
             self.sock.sendall(data + body)
         else:
             self.sock.sendall(data)
             self.sock.sendall(body)
+        return b""
 
     def read_head(self, deadline: float) -> ReplyHead:
         searched = 0
@@ -8423,8 +8434,7 @@ Steps = Generator[Tuple[int, float], None, T]
 NO_SOCKET = -1      # what steps that wait only for the time yield for a socket
 IN_A_THREAD = -2    # ... and steps the loop runs, for the rest to go on in a worker
 # The largest request (the client's, and the upstream's) the loop runs itself: it is
-# parsed and converted there, holding up every stream meanwhile, and sent whole into
-# the socket's send buffer (a larger one could wait there for the upstream to read it).
+# parsed and converted there, holding up every stream meanwhile.
 LOOP_BODY_BYTES = 16384
 # ... and the most of a reply it reads: the rest of a larger one (an image, say) is read,
 # decoded and converted in a worker, not on the loop.
@@ -8477,7 +8487,9 @@ def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[None]":
     too long a one, or the connection has closed (read_head then says which), reading
     only what has come and never waiting in a read; socket.timeout at `due`."""
     conn.sock.settimeout(0.0)
-    while not reply_head_length(conn.buf) and len(conn.buf) <= MAX_REPLY_HEAD:
+    searched = 0    # (a head that trickles in is not searched from its start each time)
+    while not reply_head_length(conn.buf, searched) and len(conn.buf) <= MAX_REPLY_HEAD:
+        searched = len(conn.buf)
         received = conn.receive_ready()
         if received is None:
             if time.monotonic() >= due:
@@ -8878,7 +8890,13 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
         stopper = CallStopper(conn.sock)
         watch(stopper.stop)
         try:
-            conn.send(method, target.url(path), target, request_headers, body)
+            unsent = conn.send(method, target.url(path), target, request_headers, body,
+                               at_once=on_loop)
+            if unsent:   # the socket's buffer is full: a worker waits for room
+                yield IN_A_THREAD, 0.0
+                on_loop = False
+                conn.sock.settimeout(wait)
+                conn.sock.sendall(unsent)
             deadline = time.monotonic() + wait
             for _ in range(1 + MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
                 if on_loop:
@@ -8896,7 +8914,8 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
         except (OSError, ValueError) as exc:    # BadReply is a ValueError
             stopper.disarm()
             pool.discard(conn)
-            if reused and retry_stale and not conn.replied and \
+            # (Not a connection the request's own stop shut: a client gone, a shutdown.)
+            if reused and retry_stale and not conn.replied and not stopper.fired and \
                     isinstance(exc, (OSError, BadReply)):
                 retry_stale = False
                 continue

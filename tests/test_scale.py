@@ -5,6 +5,7 @@ import functools
 import gc
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -12,8 +13,8 @@ import threading
 import pytest
 
 from conftest import PATIENCE, gp, wait_for
-from fake_upstream import (chunk, completion, json_reply, pause_after, sse, sse_texts_reply,
-                           text_stream, usage)
+from fake_upstream import (Gate, chunk, completion, json_reply, pause_after, sse,
+                           sse_texts_reply, text_stream, usage)
 
 OPENAI = "/v1/chat/completions"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -994,6 +995,54 @@ def test_a_client_that_leaves_while_its_stream_waits_for_a_first_event_ends_it(
     status, body = proxy.post(OPENAI, {"model": "fake-model",
                                        "messages": [{"role": "user", "content": "again"}]})
     assert status == 200, body
+
+
+def test_a_client_leaving_a_request_the_loop_runs_opens_no_new_upstream_connection(
+        proxy_factory, fake):
+    """The client leaves while the loop waits for its request's reply on a reused
+    connection: the stop shuts that socket, which is not a stale connection to retry on
+    a new one (an adversary's: one new upstream connection an abandoned request)."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    gate = Gate()
+    fake.queue(json_reply(completion("first")), gate)
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    conn = proxy.connection()
+    try:
+        conn.request("POST", OPENAI, body=json.dumps(CHAT),
+                     headers={"content-type": "application/json"})
+        assert gate.entered.wait(PATIENCE), "the request never reached the upstream"
+    finally:
+        conn.close()
+    try:
+        proxy.wait_until_idle()
+    finally:
+        gate.open()
+    assert fake.connections == 1, "the abandoned request connected again"
+
+
+def test_the_loop_sends_what_the_socket_takes_and_leaves_the_rest_to_a_worker():
+    """On the event loop a request goes into the socket without waiting: an upstream
+    that reads its requests slowly (or not at all) fills the buffers between, and a
+    blocking send there stopped the loop for first_byte_timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    target = gp.upstream_target("http://127.0.0.1:%d/v1" % server.getsockname()[1], {})
+    conn = gp.UpstreamConnection.connect(target, None, PATIENCE)
+    peer, _ = server.accept()         # never reads
+    body = b"x" * (64 << 20)          # more than socket buffers take (32 MB at most here)
+    left = []
+    sender = threading.Thread(target=lambda: left.append(conn.send(
+        "POST", "/v1/chat/completions", target, {}, body, at_once=True)), daemon=True)
+    try:
+        sender.start()
+        sender.join(PATIENCE)
+        assert left, "the send waited for the upstream to read"
+        assert 0 < len(left[0]) < len(body)
+    finally:
+        conn.close()
+        peer.close()
+        server.close()
 
 
 def gemini_stream_text(data):
