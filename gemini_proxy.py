@@ -8046,8 +8046,9 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
 
 # ---- 16. Upstream client -------------------------------------------------------------------
 #
-# HTTP/1.1 calls, made from worker threads with blocking reads; the rest of a streamed
-# reply may then be read by the event loop without waiting (read_on_loop). Connections
+# HTTP/1.1 calls, made from worker threads with blocking reads, or by the event loop
+# reading only what has come (a small request's: receiving_head, receiving_body; the
+# rest of a streamed reply: read_on_loop). Connections
 # are kept alive and pooled per target (scheme, host, port, base path, proxy): a fresh TLS
 # handshake costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
 
@@ -8351,6 +8352,9 @@ class ConnectionPool:
             self.open += 1
             self.created += 1
         return conn, False
+
+    def has_idle(self, target: UpstreamTarget) -> bool:
+        return bool(self._idle.get(target))   # (a look, not a take: no lock needed)
 
     def idle_connection(self, target: UpstreamTarget,
                         read_timeout: float) -> Optional[UpstreamConnection]:
@@ -10239,15 +10243,16 @@ class KeyPool:
 
     def acquire(self, model: str, deadline: float = 0.0,
                 cancelled: Callable[[], bool] = lambda: False, session: str = "",
-                avoid: Iterable[KeyState] = ()) -> Any:
+                avoid: Iterable[KeyState] = (), read_rests: bool = True) -> Any:
         """A KeyState to use (release() it when the request ends), or, when none is
         usable before `deadline` (a time.monotonic() value), the KeysUnavailable that says
         why: 503 (every slot busy: worth waiting for), 429 (every key resting: waited
         for only with wait_for_keys), or the refusal. A conversation (`session`, the
         client's session key) keeps the key it had while that key is usable; a retry
-        takes a key it has not tried (`avoid`) while there is one."""
+        takes a key it has not tried (`avoid`) while there is one. `read_rests`: False
+        on the event loop, which never waits on the shared store (see rests_due)."""
         tried = {id(state) for state in avoid}
-        if self.shared is not None:
+        if self.shared is not None and read_rests:
             self._read_rests()
         with self._lock:
             waited = False
@@ -11150,7 +11155,8 @@ def _wake(waiter: asyncio.Future) -> None:
 # What one request holds while a worker thread answers it: the pipe its answer goes back
 # to the event loop through (section 20), its detailed log, the upstream replies and keys
 # it must let go of, and the one place its errors are rendered (Request.fail). Everything
-# that blocks or costs runs in the worker; the event loop moves finished bytes.
+# that blocks runs in the worker (a small request blocks on nothing, and the event loop
+# answers it itself: Proxy.handle); the event loop moves finished bytes.
 
 def prune_detailed_logs(directory: str, keep_days: int, now: float) -> int:
     """Delete the detailed logs' day folders (<log_dir>/YYYY-MM-DD) older than keep_days;
@@ -11760,6 +11766,16 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
     raise ([f for f in failures if not any(f is s for s in skipped)] or failures)[-1]
 
 
+def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
+    """Whether the event loop may make a request's call on this upstream itself (see
+    Proxy.handle): one that answers locally, or a plain-HTTP upstream with a connection to
+    it idle in the pool, no Google login and no stream asked of it."""
+    target = runtime.target
+    return target is None or (
+        target.scheme == "http" and not target.proxy and runtime.kind.name != "code-assist"
+        and runtime.spec["upstream_streaming"] != "always" and rq.pool.has_idle(target))
+
+
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
               failures: List[UpstreamError], unavailable: Dict[str, KeysUnavailable],
               give_up_at: float, wait_until: float
@@ -11779,11 +11795,15 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             log.warning("%s: out of retry time (retry_budget) before trying %s",
                         ex.rid, runtime.name)
             return None
-        if rq.on_loop and (wait_until or keys.rests_due()):
-            yield IN_A_THREAD, 0.0   # a wait for a key, or the shared store's round trip
+        if rq.on_loop and (wait_until or keys.rests_due() or not loop_may_call(rq, runtime)):
+            # A wait for a key, the shared store's round trip, a call that may block: in a
+            # worker, and before the key is taken (one that holds a key goes past
+            # server.workers, which would then bound nothing).
+            yield IN_A_THREAD, 0.0
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,
-                           ex.session if not tries else "", avoid=tried)
+                           ex.session if not tries else "", avoid=tried,
+                           read_rests=not rq.on_loop)
         if isinstance(key, KeysUnavailable):
             if rq.pipe.gone:
                 raise ClientGone()
@@ -13272,7 +13292,7 @@ class Proxy:
                                int(key["health"] == state)))
         return prometheus_text(self.metrics, gauges)
 
-    # -- in worker threads -----------------------------------------------------------
+    # -- a request's own work: in worker threads (a small one's on the event loop) --------
 
     def handle(self, ex: Exchange, head: RequestHead, body: bytes, pipe: ChunkPipe,
                on_loop: bool = False) -> None:
@@ -13346,9 +13366,12 @@ class Proxy:
     def runs_on_loop(self, pipe: ChunkPipe, body: bytes) -> bool:
         """Whether the event loop begins this request itself (Proxy.handle, on_loop): a
         small one, where the loop can wait for sockets and nothing is written to a
-        detailed log's files."""
+        detailed log's files; not one that names stored Responses items (previous
+        responses, item references), whose history may be large to expand and convert
+        (a word in its text that looks so sends it to a worker too: no harm)."""
         return pipe.loop_reads and len(body) <= LOOP_BODY_BYTES and \
-            not self.live.config.logging["detailed"]
+            not self.live.config.logging["detailed"] and \
+            b"previous_response_id" not in body and b"item_reference" not in body
 
     def _conclude(self, rq: Request, steps: "Union[Steps[None], Callable[[], None]]") -> None:
         """Run one part of a request in this worker (or on the event loop:
