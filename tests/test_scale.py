@@ -770,6 +770,26 @@ def test_a_request_waiting_out_a_backoff_holds_no_worker_thread(proxy_factory, f
     assert len(fake.requests) == 2, "a request tried again after its client left"
 
 
+def watch_go_on(app, monkeypatch, refuse_first=False):
+    """(the threads the request's steps went on in, the threads a hand-over to a worker
+    was refused in: the first, with `refuse_first`, as a system that starts no thread)."""
+    ran_in, refused = [], []
+    real_submit, real_go_on = app.workers.submit, app._go_on
+
+    def submit(function, *args, **kwargs):
+        if refuse_first and function == go_on and not refused:
+            refused.append(threading.current_thread())
+            raise RuntimeError("can't start new thread")
+        return real_submit(function, *args, **kwargs)
+
+    def go_on(*args):
+        ran_in.append(threading.current_thread())
+        real_go_on(*args)
+    monkeypatch.setattr(app.workers, "submit", submit)
+    monkeypatch.setattr(app, "_go_on", go_on)
+    return ran_in, refused
+
+
 def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on_the_loop(
         proxy_factory, fake, monkeypatch):
     """The upstream answers a request that let go of its thread, and the system starts
@@ -782,20 +802,7 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
     released = threading.Event()
     fake.queue(held_before_reply(json_reply(completion("later")), [0], threading.Event(), 1,
                                  until=released))
-    refused, ran_in = [], []
-    real_submit, real_go_on = app.workers.submit, app._go_on
-
-    def submit(function, *args, **kwargs):
-        if function == go_on and not refused:
-            refused.append(threading.current_thread().name)
-            raise RuntimeError("can't start new thread")
-        return real_submit(function, *args, **kwargs)
-
-    def go_on(*args):
-        ran_in.append(threading.current_thread())
-        real_go_on(*args)
-    monkeypatch.setattr(app.workers, "submit", submit)
-    monkeypatch.setattr(app, "_go_on", go_on)
+    ran_in, refused = watch_go_on(app, monkeypatch, refuse_first=True)
     answers = []
     asker = threading.Thread(target=lambda: answers.append(proxy.post(OPENAI, {
         "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})), daemon=True)
@@ -808,8 +815,9 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
         asker.join(PATIENCE)
     assert answers and answers[0][0] == 200, answers
     assert answers[0][1]["choices"][0]["message"]["content"] == "later"
-    assert len(refused) == 1 and len(ran_in) == 1
-    assert ran_in[0] is not proxy._thread, "the request went on in the event loop's thread"
+    # (once, or more where a busy machine made the reply's body late after its head)
+    assert len(refused) == 1
+    assert ran_in and proxy._thread not in ran_in, "the request went on in the loop's thread"
 
 
 # ---- small requests the event loop answers itself ----------------------------------------
@@ -885,7 +893,8 @@ def test_the_event_loop_never_waits_in_a_read_of_a_reply_that_trickles(
     assert answers[0][1]["choices"][0]["message"]["content"] == "trickled"
 
 
-def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fake):
+def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fake,
+                                                              monkeypatch):
     proxy = proxy_factory({"upstreams": {"fake": {
         "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
         "read_timeout": 0.5, "retries": 0}}, "default_model": "fake-model"})
@@ -897,13 +906,7 @@ def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fa
                write_then_hold(head + body[:10], body[10:], released))
     assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
     proxy.wait_until_idle()
-    app = proxy.server.proxy
-    ran_in, real_go_on = [], app._go_on
-
-    def go_on(*args):
-        ran_in.append(threading.current_thread())
-        real_go_on(*args)
-    app._go_on = go_on
+    ran_in, _ = watch_go_on(proxy.server.proxy, monkeypatch)
     try:
         status, answer = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
     finally:
@@ -957,12 +960,7 @@ def test_a_large_reply_is_read_and_converted_in_a_worker_not_on_the_loop(
     fake.queue(json_reply(completion("first")), json_reply(completion(large)))
     assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
     proxy.wait_until_idle()
-    ran_in, real_go_on = [], app._go_on
-
-    def go_on(*args):
-        ran_in.append(threading.current_thread())
-        real_go_on(*args)
-    monkeypatch.setattr(app, "_go_on", go_on)
+    ran_in, _ = watch_go_on(app, monkeypatch)
     status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT, timeout=PATIENCE)
     assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == large
     assert ran_in and ran_in[-1] is not proxy._thread, "read and converted on the loop"
@@ -977,20 +975,7 @@ def test_the_event_loops_request_waits_for_a_thread_when_none_starts_never_runs_
     proxy = one_worker_proxy(proxy_factory, fake)
     app = proxy.server.proxy
     fake.queue(json_reply(completion("connected")))
-    refused, ran_in = [], []
-    real_submit, real_go_on = app.workers.submit, app._go_on
-
-    def submit(function, *args, **kwargs):
-        if function == go_on and not refused:
-            refused.append(threading.current_thread())
-            raise RuntimeError("can't start new thread")
-        return real_submit(function, *args, **kwargs)
-
-    def go_on(*args):
-        ran_in.append(threading.current_thread())
-        real_go_on(*args)
-    monkeypatch.setattr(app.workers, "submit", submit)
-    monkeypatch.setattr(app, "_go_on", go_on)
+    ran_in, refused = watch_go_on(app, monkeypatch, refuse_first=True)
     status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
     assert status == 200 and body["choices"][0]["message"]["content"] == "connected"
     assert refused == [proxy._thread]
