@@ -11499,7 +11499,9 @@ class UpstreamCall:
         if rq.on_loop and (stream or account is not None or target.scheme != "http" or
                            target.proxy):
             # Reads that wait in a worker (a stream's first events, a TLS record), a
-            # Google token, a tunnel: the rest in a worker.
+            # Google token, a tunnel: the rest in a worker. (loop_may_call sent such a
+            # request to one before its key was taken; this keeps the loop from them
+            # should a kind or a setting ever get past it.)
             yield IN_A_THREAD, 0.0
         if account is not None:   # a Google login: its token now, its project in the body
             secret, options = self._with_account(account, options)
