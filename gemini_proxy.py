@@ -33,7 +33,7 @@ demand (up to server.workers) and shrinks when idle; a request lets go of its th
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
 event loop itself reads and converts the rest, no thread held meanwhile; a small
-request with a whole reply, over an open plain-HTTP connection, takes no thread at all;
+request with a whole reply, on a kept connection (plain or TLS), takes no thread at all;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -8206,7 +8206,10 @@ class UpstreamConnection:
             self.sock.settimeout(0.0)
             try:
                 return data[self.sock.send(data):]
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                # (TLS writes all or, wanting room, nothing it says: what it wrote of the
+                # record it began it remembers, and sendall writing the same bytes again
+                # goes on from there, as OpenSSL asks of a write that is tried again.)
                 return data
         if len(body) < 65536:
             self.sock.sendall(data + body)
@@ -8427,11 +8430,13 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # memory and the thread switching of thousands of streams begun at once.
 #
 # The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
-# none would block: on a plain-HTTP upstream's idle connection, a whole reply read as it
-# comes, the loop waiting for the socket between reads. Where something may block (a new
-# connection, a stream's reads, an error's body, a retry, a shared store's round trip)
-# the steps yield IN_A_THREAD and go on in a worker from there. A request that needs no
-# thread saves the two hand-overs between the loop and a worker, a third of its CPU.
+# none would block: on an upstream's idle connection (plain or TLS: a TLS read takes one
+# record whole, so no bytes wait where the loop's selector cannot see them), a whole
+# reply read as it comes, the loop waiting for the socket between reads. Where something
+# may block (a new connection, a stream's reads, an error's body, a retry, a shared
+# store's round trip) the steps yield IN_A_THREAD and go on in a worker from there. A
+# request that needs no thread saves the two hand-overs between the loop and a worker, a
+# third of its CPU.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
@@ -8495,6 +8500,11 @@ def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[None]":
     while not reply_head_length(conn.buf, searched) and len(conn.buf) <= MAX_REPLY_HEAD:
         searched = len(conn.buf)
         received = conn.receive_ready()
+        if received is None and conn.wants_write:
+            # A TLS read that must write first (a renegotiation, the send buffer full;
+            # seldom): the loop waits only for sockets to read, a worker's read blocks.
+            yield IN_A_THREAD, 0.0
+            return
         if received is None:
             if time.monotonic() >= due:
                 raise socket.timeout("timed out")
@@ -8670,6 +8680,9 @@ class UpstreamResponse:
         try:
             while size <= limit:
                 data = self._read(first=False)
+                if data is None and self._conn.wants_write:
+                    yield IN_A_THREAD, 0.0   # (TLS, as in receiving_head: the rest so)
+                    return False
                 if data is None:
                     left = self.silence_left()
                     if left <= 0:
@@ -11496,10 +11509,9 @@ class UpstreamCall:
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
         secret, account = self.key.key, self.key.account
         target = runtime.target
-        if rq.on_loop and (stream or account is not None or target.scheme != "http" or
-                           target.proxy):
-            # Reads that wait in a worker (a stream's first events, a TLS record), a
-            # Google token, a tunnel: the rest in a worker. (loop_may_call sent such a
+        if rq.on_loop and (stream or account is not None or target.proxy):
+            # Reads that wait in a worker (a stream's first events), a Google token, an
+            # HTTP proxy: the rest in a worker. (loop_may_call sent such a
             # request to one before its key was taken; this keeps the loop from them
             # should a kind or a setting ever get past it.)
             yield IN_A_THREAD, 0.0
@@ -11770,11 +11782,12 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
 
 def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
     """Whether the event loop may make a request's call on this upstream itself (see
-    Proxy.handle): one that answers locally, or a plain-HTTP upstream with a connection to
-    it idle in the pool, no Google login and no stream asked of it."""
+    Proxy.handle): one that answers locally, or an upstream with a connection to it idle
+    in the pool (plain HTTP or TLS; not through an HTTP proxy), no Google login and no
+    stream asked of it."""
     target = runtime.target
     return target is None or (
-        target.scheme == "http" and not target.proxy and runtime.kind.name != "code-assist"
+        not target.proxy and runtime.kind.name != "code-assist"
         and runtime.spec["upstream_streaming"] != "always" and rq.pool.has_idle(target))
 
 

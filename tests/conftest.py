@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -222,6 +224,32 @@ def proxy_factory(fake):
     yield start
     for running in started:
         running.stop()
+
+
+def tls_certificate(folder):
+    """(certificate file, key file): a new self-signed certificate for 127.0.0.1."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed, so no test certificate can be made")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def tls_fake(tmp_path):
+    """A fake OpenAI upstream behind TLS, and the file of its certificate (for
+    SSL_CERT_FILE: the proxy then trusts it)."""
+    cert, key = tls_certificate(tmp_path)
+    upstream = FakeOpenAI()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    upstream.httpd.socket = context.wrap_socket(upstream.httpd.socket, server_side=True)
+    upstream.base_url = upstream.base_url.replace("http://", "https://")
+    upstream.start()
+    yield upstream, cert
+    upstream.stop()
 
 
 @pytest.fixture

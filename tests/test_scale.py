@@ -6,13 +6,14 @@ import gc
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from conftest import PATIENCE, gp, wait_for
+from conftest import PATIENCE, gp, tls_certificate, wait_for
 from fake_upstream import (Gate, chunk, completion, json_reply, pause_after, sse,
                            sse_texts_reply, text_stream, usage)
 
@@ -823,26 +824,31 @@ def test_a_request_whose_bytes_come_when_no_thread_starts_goes_on_later_never_on
 # ---- small requests the event loop answers itself ----------------------------------------
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
-        proxy_factory, fake):
-    """On a plain-HTTP upstream's idle connection, a small request with a whole reply
-    takes no worker thread (two hand-overs between the loop and a worker were a third
-    of its CPU): with the only worker busy, requests passed through and converted are
-    answered."""
+        proxy_factory, fake, scheme, request, monkeypatch):
+    """On an upstream's idle connection, plain or TLS, a small request with a whole
+    reply takes no worker thread (two hand-overs between the loop and a worker were a
+    third of its CPU): with the only worker busy, requests passed through and converted
+    are answered."""
+    if scheme == "https":
+        fake, cert = request.getfixturevalue("tls_fake")
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
     proxy = one_worker_proxy(proxy_factory, fake)
     fake.queue(json_reply(completion("first")), json_reply(completion("passed through")),
                json_reply(completion("converted")))
     assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
     proxy.wait_until_idle()
-    go = threading.Event()
+    go, freed = threading.Event(), []
     try:
-        go = occupy(proxy.server.proxy.workers, 1)
-        status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
+        go = occupy(proxy.server.proxy.workers, 1, then=lambda: freed.append(True))
+        status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE * 2)
         assert status == 200 and body["choices"][0]["message"]["content"] == \
             "passed through", body
-        status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT, timeout=PATIENCE)
+        status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT, timeout=PATIENCE * 2)
         assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == \
             "converted", body
+        assert not freed, "answered once the worker was free, not by the loop"
     finally:
         go.set()
     assert fake.connections == 1
@@ -1076,6 +1082,73 @@ def test_the_loop_sends_what_the_socket_takes_and_leaves_the_rest_to_a_worker():
         conn.close()
         peer.close()
         server.close()
+
+
+def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path):
+    """TLS writes a request on the loop whole or, wanting room, says it wrote none of it
+    (what it began of a record it remembers): a worker's send of the same bytes goes on
+    from there, and the upstream reads the request once, intact."""
+    cert, key = tls_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    accepted = []
+    acceptor = threading.Thread(target=lambda: accepted.append(server_context.wrap_socket(
+        server.accept()[0], server_side=True)), daemon=True)
+    acceptor.start()
+    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
+    client_context = ssl.create_default_context(cafile=cert)
+    conn = gp.UpstreamConnection.connect(target, lambda: client_context, PATIENCE)
+    acceptor.join(PATIENCE)
+    peer = accepted[0]
+    body = bytes(range(256)) * (64 << 12)    # 64 MiB: more than socket buffers take
+    received = bytearray()
+
+    def read(count):
+        while len(received) < count:
+            data = peer.recv(1 << 20)
+            if not data:
+                return
+            received.extend(data)
+    try:
+        left = conn.send("POST", "/v1/chat/completions", target, {}, body, at_once=True)
+        assert left.endswith(body) and left.startswith(b"POST /v1/chat/completions "), \
+            "TLS wrote part of a request and said so"
+        reader = threading.Thread(target=read, args=(len(left),), daemon=True)
+        reader.start()                       # the upstream reads now
+        conn.sock.settimeout(PATIENCE)
+        conn.sock.sendall(left)              # as opening_upstream's worker does
+        reader.join(PATIENCE)
+        assert not reader.is_alive(), "the upstream never read the request's end"
+        assert received == left, "the request came apart or twice"
+    finally:
+        conn.close()
+        peer.close()
+        server.close()
+
+
+def test_a_tls_read_that_must_write_first_goes_on_in_a_worker():
+    """A TLS read on the loop that wants the socket writable (a renegotiation with the
+    send buffer full): the loop waits only for sockets to read, so the reply's head is
+    read in a worker, whose read blocks."""
+    class WantsToWrite:
+        buf = bytearray()
+        wants_write = False
+        sock = socket.socket()
+
+        def receive_ready(self):
+            self.wants_write = True
+            return None
+    conn = WantsToWrite()
+    try:
+        steps = gp.receiving_head(conn, float("inf"))
+        assert next(steps) == (gp.IN_A_THREAD, 0.0)
+        with pytest.raises(StopIteration):
+            next(steps)
+    finally:
+        conn.sock.close()
 
 
 def gemini_stream_text(data):

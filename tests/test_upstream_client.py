@@ -5,10 +5,7 @@ import glob
 import json
 import os
 import select
-import shutil
 import socket
-import ssl
-import subprocess
 import threading
 import time
 
@@ -16,7 +13,7 @@ import pytest
 
 import gemini_proxy as gp
 from conftest import PATIENCE, wait_for
-from fake_upstream import (FakeOpenAI, chunk, completion, hang, json_reply, pause_after,
+from fake_upstream import (chunk, completion, hang, json_reply, pause_after,
                            raw_reply, sse, text_stream)
 
 # A stall far longer than the timeout meant to cut it (it ends when the fake stops), so a
@@ -321,24 +318,6 @@ def test_no_proxy_rules(host, port, no_proxy, bypassed):
     target = gp.upstream_target("http://%s:%d/v1" % (host, port), {
         "HTTP_PROXY": "http://proxy.example:3128", "NO_PROXY": no_proxy})
     assert (target.proxy is None) is bypassed
-
-
-@pytest.fixture
-def tls_fake(tmp_path):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed, so no test certificate can be made")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    upstream = FakeOpenAI()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(cert), str(key))
-    upstream.httpd.socket = context.wrap_socket(upstream.httpd.socket, server_side=True)
-    upstream.base_url = upstream.base_url.replace("http://", "https://")
-    upstream.start()
-    yield upstream, str(cert)
-    upstream.stop()
 
 
 def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkeypatch):
