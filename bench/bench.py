@@ -6,6 +6,8 @@ within one run, not absolute numbers across runs).
     python3 bench/bench.py --table         # every row of the performance table, a Markdown
                                            # table at the end (about 5 minutes)
     python3 bench/bench.py --table --quick # the same, small: 100 slow streams of 5 s, ...
+    python3 bench/bench.py --table --tls   # the upstream behind TLS, as hosted providers
+                                           # are (needs the openssl command)
     python3 bench/bench.py                 # the older scenarios, a few minutes at most
     python3 bench/bench.py --quick         # smaller counts
     python3 bench/bench.py --streams 2000  # concurrent streams to hold open
@@ -92,6 +94,7 @@ import shlex
 import signal
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -192,14 +195,41 @@ async def upstream_connection(reader, writer):
         writer.close()
 
 
-async def serve_upstream(port):
+async def serve_upstream(port, tls_files=None):
+    """The upstream on `port`; behind TLS with `tls_files` (certificate, key: --tls)."""
     raise_open_file_limit(0)
-    server = await asyncio.start_server(upstream_connection, "127.0.0.1", port, backlog=4096)
+    context = None
+    if tls_files:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls_files)
+    server = await asyncio.start_server(upstream_connection, "127.0.0.1", port, backlog=4096,
+                                        ssl=context)
     async with server:
         await server.serve_forever()
 
 
 # -- the load generator -------------------------------------------------------------------
+
+# --tls: the upstreams' ports, which this process (the direct rows) reaches through TLS.
+TLS_PORTS = set()
+TLS_CLIENT = []    # the context that trusts their certificate
+
+
+def open_connection(port, limit):
+    """asyncio.open_connection to 127.0.0.1:port, through TLS to a --tls upstream."""
+    return asyncio.open_connection("127.0.0.1", port, limit=limit,
+                                   ssl=TLS_CLIENT[0] if port in TLS_PORTS else None)
+
+
+def make_certificate(folder):
+    """(certificate, key) files of a throwaway self-signed certificate for 127.0.0.1, made
+    with the openssl command (Python's standard library cannot make one)."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
 
 class Connection:
     """One keep-alive HTTP/1.1 client connection."""
@@ -209,7 +239,7 @@ class Connection:
 
     @classmethod
     async def open(cls, port):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        reader, writer = await open_connection(port, 1 << 20)
         return cls(reader, writer)
 
     async def request(self, path, payload):
@@ -586,7 +616,7 @@ async def async_http_get(port, path, timeout=2.0):
     writer = None
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port, limit=1 << 24), timeout)
+            open_connection(port, 1 << 24), timeout)
         writer.write(b"GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
                      % path.encode())
         head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)).lower()
@@ -617,6 +647,11 @@ class Fleet:
         # the defaults are measured: no GEMINI_PROXY_* setting from this shell reaches a proxy
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_PROXY_")}
         self.env["PYTHONDONTWRITEBYTECODE"] = "1"
+        self.tls_files = None
+        if args.tls:   # the proxies trust the upstream's certificate, as a system CA's
+            self.tls_files = make_certificate(state_dir)
+            self.env["SSL_CERT_FILE"] = self.tls_files[0]
+            TLS_CLIENT.append(ssl.create_default_context(cafile=self.tls_files[0]))
 
     def spawn(self, command, label, env=None, cwd=None):
         path = os.path.join(self.state_dir, "%02d-%s.log" % (len(self.logs), label))
@@ -644,9 +679,12 @@ class Fleet:
 
     def upstream(self):
         port = free_port()
+        tls = ["--tls-files", ",".join(self.tls_files)] if self.tls_files else []
         process = self.spawn([sys.executable, os.path.abspath(__file__), "--serve-upstream",
-                              str(port)], "upstream")
+                              str(port)] + tls, "upstream")
         wait_port(port)
+        if self.tls_files:
+            TLS_PORTS.add(port)
         return port, process
 
     def proxy(self, upstream_port, label, extra=()):
@@ -654,7 +692,8 @@ class Fleet:
         port = free_port()
         state = tempfile.mkdtemp(prefix=label + "-", dir=self.state_dir)
         command = [sys.executable, os.path.join(ROOT, "gemini_proxy.py"), "--port", str(port),
-                   "--upstream-url", "http://127.0.0.1:%d/v1" % upstream_port]
+                   "--upstream-url", "%s://127.0.0.1:%d/v1" % (
+                       "https" if self.tls_files else "http", upstream_port)]
         if self.args.workers:
             command += ["--workers", str(self.args.workers)]
         command += list(extra)
@@ -837,7 +876,7 @@ async def relay_once(kind, port, events):
     """One stream of `events` events without gaps, on a new connection, read as raw bytes
     (decoded after the clock stops): seconds from the request to the last byte."""
     port, path, body = target(kind, port, True, "bench-%d-0" % events)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    reader, writer = await open_connection(port, 1 << 20)
     try:
         request = encode_request(path, body)
         started = time.perf_counter()
@@ -876,7 +915,7 @@ async def slow_stream(kind, port, request, events, seconds, timeout, gate, live)
 
     async def go():
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            reader, writer = await open_connection(port, 1 << 20)
         finally:
             if not gate.done():
                 gate.set_result(None)
@@ -1473,6 +1512,8 @@ def table_main(args):
         sys.version.split()[0], os.cpu_count(), digest, described,
         " ".join("%.2f" % x for x in os.getloadavg())))
     print(fd_note)
+    if args.tls:
+        print("the upstream is behind TLS (--tls): direct and the proxies call it through TLS")
     state_dir = tempfile.mkdtemp(prefix="gemini-proxy-bench-")
     fleet = Fleet(state_dir, args)
     started = time.time()
@@ -1550,11 +1591,20 @@ def main():
                         "temporary directory (the proxies' state and logs)")
     parser.add_argument("--workers", type=int, help="the proxy's --workers (--table: not "
                         "passed unless given; elsewhere max(256, --streams + 64))")
+    parser.add_argument("--tls", action="store_true", help="--table: the upstream behind "
+                        "TLS (a throwaway certificate, made with the openssl command); direct "
+                        "calls it through TLS too")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-files", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        asyncio.run(serve_upstream(args.serve_upstream))
+        asyncio.run(serve_upstream(args.serve_upstream, args.tls_files and
+                                   args.tls_files.split(",")))
         return
+    if args.tls and not args.table:
+        parser.error("--tls goes with --table")
+    if args.tls and not shutil.which("openssl"):
+        parser.error("--tls needs the openssl command, to make a certificate")
     if args.table:
         table_main(args)
         return
