@@ -8183,7 +8183,8 @@ class UpstreamConnection:
         that would not make a well-formed one (from the configuration: base_url, headers).
         `at_once` (on the event loop): what the socket takes without waiting, and the
         rest is returned, for a worker to send (an upstream that reads its requests
-        slowly fills the buffers between); otherwise b"", all of it sent."""
+        slowly fills the buffers between; over TLS, all or nothing is taken); otherwise
+        b"", all of it sent."""
         if REQUEST_TARGET_BAD.search(url):
             raise ValueError("the request target has spaces or control characters")
         lines = ["%s %s HTTP/1.1" % (method, url)]
@@ -8207,9 +8208,9 @@ class UpstreamConnection:
             try:
                 return data[self.sock.send(data):]
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                # (TLS writes all or, wanting room, nothing it says: what it wrote of the
-                # record it began it remembers, and sendall writing the same bytes again
-                # goes on from there, as OpenSSL asks of a write that is tried again.)
+                # (A TLS write that wants room says it wrote nothing, but OpenSSL remembers
+                # the records it did write: sendall of the same bytes goes on from there,
+                # as OpenSSL asks of a write that is tried again.)
                 return data
         if len(body) < 65536:
             self.sock.sendall(data + body)
@@ -8491,26 +8492,29 @@ def awaiting_bytes(conn: UpstreamConnection, due: float,
     return True
 
 
-def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[None]":
+def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[bool]":
     """On the event loop: steps until the connection's buffer holds a whole reply head,
     too long a one, or the connection has closed (read_head then says which), reading
-    only what has come and never waiting in a read; socket.timeout at `due`."""
+    only what has come and never waiting in a read; socket.timeout at `due`. False when
+    they went on in a worker, whose read_head blocks for the rest."""
     conn.sock.settimeout(0.0)
     searched = 0    # (a head that trickles in is not searched from its start each time)
     while not reply_head_length(conn.buf, searched) and len(conn.buf) <= MAX_REPLY_HEAD:
         searched = len(conn.buf)
         received = conn.receive_ready()
         if received is None and conn.wants_write:
-            # A TLS read that must write first (a renegotiation, the send buffer full;
-            # seldom): the loop waits only for sockets to read, a worker's read blocks.
+            # A TLS read that must write first (a key update, a renegotiation, with the
+            # send buffer full; seldom): the loop waits only for sockets to read, a
+            # worker's read blocks.
             yield IN_A_THREAD, 0.0
-            return
+            return False
         if received is None:
             if time.monotonic() >= due:
                 raise socket.timeout("timed out")
             yield conn.sock.fileno(), due
         elif not received:
-            return
+            break
+    return True
 
 
 @dataclasses.dataclass
@@ -8849,7 +8853,9 @@ class CallStopper:
             if self._sock is not None:
                 self.fired = True
                 try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
+                    # The socket's own shutdown, not SSLSocket's: that one lets go of TLS
+                    # first, and a worker's send in between would go out in plain text.
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
 
@@ -8917,7 +8923,7 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
             deadline = time.monotonic() + wait
             for _ in range(1 + MAX_INTERIM):   # 100 Continue, 102, 103 Early Hints: skipped
                 if on_loop:
-                    yield from receiving_head(conn, deadline)
+                    on_loop = yield from receiving_head(conn, deadline)
                 elif park:   # (past the deadline, read_head says so)
                     yield from awaiting_bytes(conn, deadline)
                 head = conn.read_head(deadline)
@@ -11813,7 +11819,9 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         if rq.on_loop and (wait_until or keys.rests_due() or not loop_may_call(rq, runtime)):
             # A wait for a key, the shared store's round trip, a call that may block: in a
             # worker, and before the key is taken (one that holds a key goes past
-            # server.workers, which would then bound nothing).
+            # server.workers, which would then bound nothing). An idle connection whose
+            # server has closed it is found only later (opening_upstream): that request
+            # goes on past the limit, one a connection the pool held at most.
             yield IN_A_THREAD, 0.0
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,

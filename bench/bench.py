@@ -648,6 +648,7 @@ class Fleet:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_PROXY_")}
         self.env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.tls_files = None
+        self.tls_port_of = {}   # an upstream process's TLS port, forgotten when it stops
         if args.tls:   # the proxies trust the upstream's certificate, as a system CA's
             self.tls_files = make_certificate(state_dir)
             self.env["SSL_CERT_FILE"] = self.tls_files[0]
@@ -685,6 +686,7 @@ class Fleet:
         wait_port(port)
         if self.tls_files:
             TLS_PORTS.add(port)
+            self.tls_port_of[process.pid] = port
         return port, process
 
     def proxy(self, upstream_port, label, extra=()):
@@ -727,6 +729,7 @@ class Fleet:
         is left (a worker that made a session of its own)."""
         if process not in self.running:
             return
+        TLS_PORTS.discard(self.tls_port_of.pop(process.pid, None))
         tree = [(pid, start_time(pid)) for pid in process_tree(process.pid)[1:]]
         try:
             os.killpg(process.pid, signal.SIGTERM)

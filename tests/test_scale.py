@@ -839,9 +839,13 @@ def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
                json_reply(completion("converted")))
     assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
     proxy.wait_until_idle()
+    app = proxy.server.proxy
+    handed, real_in_a_thread = [], app._in_a_thread
+    monkeypatch.setattr(app, "_in_a_thread", lambda rq, steps: (
+        handed.append(rq), real_in_a_thread(rq, steps)))
     go, freed = threading.Event(), []
     try:
-        go = occupy(proxy.server.proxy.workers, 1, then=lambda: freed.append(True))
+        go = occupy(app.workers, 1, then=lambda: freed.append(True))
         status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE * 2)
         assert status == 200 and body["choices"][0]["message"]["content"] == \
             "passed through", body
@@ -849,6 +853,7 @@ def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
         assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == \
             "converted", body
         assert not freed, "answered once the worker was free, not by the loop"
+        assert not handed, "the loop handed the request to a worker (past the limit)"
     finally:
         go.set()
     assert fake.connections == 1
@@ -1106,23 +1111,28 @@ def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path)
     body = bytes(range(256)) * (64 << 12)    # 64 MiB: more than socket buffers take
     received = bytearray()
 
-    def read(count):
-        while len(received) < count:
+    def read():
+        while True:
+            end = received.find(b"\r\n\r\n")
+            if end >= 0 and len(received) >= end + 4 + len(body):
+                return
             data = peer.recv(1 << 20)
             if not data:
                 return
             received.extend(data)
     try:
         left = conn.send("POST", "/v1/chat/completions", target, {}, body, at_once=True)
-        assert left.endswith(body) and left.startswith(b"POST /v1/chat/completions "), \
-            "TLS wrote part of a request and said so"
-        reader = threading.Thread(target=read, args=(len(left),), daemon=True)
+        assert left, "the socket took all of it: nothing was left to try again"
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()                       # the upstream reads now
         conn.sock.settimeout(PATIENCE)
         conn.sock.sendall(left)              # as opening_upstream's worker does
         reader.join(PATIENCE)
         assert not reader.is_alive(), "the upstream never read the request's end"
-        assert received == left, "the request came apart or twice"
+        head, _, sent = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"POST /v1/chat/completions ") and sent == body, \
+            "the request came apart, or in part twice"
+        assert received.endswith(left)
     finally:
         conn.close()
         peer.close()
@@ -1145,10 +1155,66 @@ def test_a_tls_read_that_must_write_first_goes_on_in_a_worker():
     try:
         steps = gp.receiving_head(conn, float("inf"))
         assert next(steps) == (gp.IN_A_THREAD, 0.0)
-        with pytest.raises(StopIteration):
+        with pytest.raises(StopIteration) as end:
             next(steps)
+        assert end.value.value is False     # (opening_upstream is in a worker from here)
     finally:
         conn.sock.close()
+
+
+def test_a_tls_read_of_a_body_that_must_write_first_goes_on_in_a_worker():
+    """The same for a reply's body: the loop hands over, and a worker reads the rest."""
+    class WantsToWrite:
+        wants_write = False
+        sock = socket.socket()
+
+        def read_body(self, body, deadline):
+            self.wants_write = True
+            return None
+    conn = WantsToWrite()
+    head = gp.parse_reply_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+    target = gp.upstream_target("https://127.0.0.1:1/v1", {})
+    response = gp.UpstreamResponse(gp.ConnectionPool(), target, conn, head,
+                                   gp.ReplyBody(head, "POST"), 1, "u",
+                                   gp.Timeouts(1.0, 1.0, 1.0), gp.CallStopper(conn.sock))
+    try:
+        steps = response.receiving_body(gp.LOOP_REPLY_BYTES)
+        assert next(steps) == (gp.IN_A_THREAD, 0.0)
+        with pytest.raises(StopIteration) as end:
+            next(steps)
+        assert end.value.value is False      # not whole: the worker reads the rest
+        assert not response.on_loop
+    finally:
+        conn.sock.close()
+
+
+def test_stopping_a_tls_call_never_lets_its_socket_speak_plain_text(tmp_path):
+    """A call stopped from another thread (its client left) while a worker may still be
+    sending: the stop shuts the connection under TLS. SSLSocket.shutdown lets go of TLS
+    first, and a send in between went out as plain text (a review's finding)."""
+    cert, key = tls_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    accepted = []
+    acceptor = threading.Thread(target=lambda: accepted.append(server_context.wrap_socket(
+        server.accept()[0], server_side=True)), daemon=True)
+    acceptor.start()
+    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
+    client_context = ssl.create_default_context(cafile=cert)
+    conn = gp.UpstreamConnection.connect(target, lambda: client_context, PATIENCE)
+    acceptor.join(PATIENCE)
+    try:
+        gp.CallStopper(conn.sock).stop()
+        assert conn.sock.version() is not None, "the stop let go of TLS"
+        with pytest.raises(OSError):
+            conn.sock.sendall(b"authorization: Bearer sk-never-in-plain-text\r\n")
+    finally:
+        conn.close()
+        accepted[0].close()
+        server.close()
 
 
 def gemini_stream_text(data):
