@@ -1,6 +1,7 @@
 """Many requests at once (issue 11): the elastic worker pool, worker processes behind one
 port, and the state they share."""
 
+import contextlib
 import functools
 import gc
 import json
@@ -1089,11 +1090,11 @@ def test_the_loop_sends_what_the_socket_takes_and_leaves_the_rest_to_a_worker():
         server.close()
 
 
-def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path):
-    """TLS writes a request on the loop whole or, wanting room, says it wrote none of it
-    (what it began of a record it remembers): a worker's send of the same bytes goes on
-    from there, and the upstream reads the request once, intact."""
-    cert, key = tls_certificate(tmp_path)
+@contextlib.contextmanager
+def tls_connection(folder):
+    """(target, the proxy's UpstreamConnection, the upstream's end of it): a TLS
+    connection on loopback, closed afterwards."""
+    cert, key = tls_certificate(folder)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
     server = socket.socket()
@@ -1107,11 +1108,22 @@ def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path)
     client_context = ssl.create_default_context(cafile=cert)
     conn = gp.UpstreamConnection.connect(target, lambda: client_context, PATIENCE)
     acceptor.join(PATIENCE)
-    peer = accepted[0]
+    try:
+        yield target, conn, accepted[0]
+    finally:
+        conn.close()
+        accepted[0].close()
+        server.close()
+
+
+def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path):
+    """TLS writes a request on the loop whole or, wanting room, says it wrote none of it
+    (what it began of a record it remembers): a worker's send of the same bytes goes on
+    from there, and the upstream reads the request once, intact."""
     body = bytes(range(256)) * (64 << 12)    # 64 MiB: more than socket buffers take
     received = bytearray()
 
-    def read():
+    def read(peer):
         while True:
             end = received.find(b"\r\n\r\n")
             if end >= 0 and len(received) >= end + 4 + len(body):
@@ -1120,10 +1132,10 @@ def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path)
             if not data:
                 return
             received.extend(data)
-    try:
+    with tls_connection(tmp_path) as (target, conn, peer):
         left = conn.send("POST", "/v1/chat/completions", target, {}, body, at_once=True)
         assert left, "the socket took all of it: nothing was left to try again"
-        reader = threading.Thread(target=read, daemon=True)
+        reader = threading.Thread(target=read, args=(peer,), daemon=True)
         reader.start()                       # the upstream reads now
         conn.sock.settimeout(PATIENCE)
         conn.sock.sendall(left)              # as opening_upstream's worker does
@@ -1133,15 +1145,11 @@ def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path)
         assert head.startswith(b"POST /v1/chat/completions ") and sent == body, \
             "the request came apart, or in part twice"
         assert received.endswith(left)
-    finally:
-        conn.close()
-        peer.close()
-        server.close()
 
 
 def test_a_tls_read_that_must_write_first_goes_on_in_a_worker():
-    """A TLS read on the loop that wants the socket writable (a renegotiation with the
-    send buffer full): the loop waits only for sockets to read, so the reply's head is
+    """A TLS read on the loop that wants the socket writable (a key update or a
+    renegotiation, with the send buffer full): the loop waits only for sockets to read, so the reply's head is
     read in a worker, whose read blocks."""
     class WantsToWrite:
         buf = bytearray()
@@ -1192,29 +1200,11 @@ def test_stopping_a_tls_call_never_lets_its_socket_speak_plain_text(tmp_path):
     """A call stopped from another thread (its client left) while a worker may still be
     sending: the stop shuts the connection under TLS. SSLSocket.shutdown lets go of TLS
     first, and a send in between went out as plain text (a review's finding)."""
-    cert, key = tls_certificate(tmp_path)
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(cert, key)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    accepted = []
-    acceptor = threading.Thread(target=lambda: accepted.append(server_context.wrap_socket(
-        server.accept()[0], server_side=True)), daemon=True)
-    acceptor.start()
-    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
-    client_context = ssl.create_default_context(cafile=cert)
-    conn = gp.UpstreamConnection.connect(target, lambda: client_context, PATIENCE)
-    acceptor.join(PATIENCE)
-    try:
+    with tls_connection(tmp_path) as (_, conn, _):
         gp.CallStopper(conn.sock).stop()
         assert conn.sock.version() is not None, "the stop let go of TLS"
         with pytest.raises(OSError):
             conn.sock.sendall(b"authorization: Bearer sk-never-in-plain-text\r\n")
-    finally:
-        conn.close()
-        accepted[0].close()
-        server.close()
 
 
 def gemini_stream_text(data):
