@@ -8432,12 +8432,13 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 #
 # The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
 # none would block: on an upstream's idle connection (plain or TLS: a TLS read takes one
-# record whole, so no bytes wait where the loop's selector cannot see them), a whole
-# reply read as it comes, the loop waiting for the socket between reads. Where something
-# may block (a new connection, a stream's reads, an error's body, a retry, a shared
-# store's round trip) the steps yield IN_A_THREAD and go on in a worker from there. A
-# request that needs no thread saves the two hand-overs between the loop and a worker, a
-# third of its CPU.
+# record whole, so no bytes wait where the loop's selector cannot see them; it reads on
+# through records with no data in them while more are there, which only a hostile
+# upstream makes long: README, Security), a whole reply read as it comes, the loop
+# waiting for the socket between reads. Where something may block (a new connection, a
+# stream's reads, an error's body, a retry, a shared store's round trip) the steps yield
+# IN_A_THREAD and go on in a worker from there. A request that needs no thread saves the
+# two hand-overs between the loop and a worker, a third of its CPU.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
