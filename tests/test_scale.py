@@ -1118,8 +1118,8 @@ def tls_connection(folder):
 
 def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path):
     """TLS writes a request on the loop whole or, wanting room, says it wrote none of it
-    (what it began of a record it remembers): a worker's send of the same bytes goes on
-    from there, and the upstream reads the request once, intact."""
+    (the records it did write OpenSSL remembers): a worker's send of what it says is left
+    goes on from there, and the upstream reads the request once, intact."""
     body = bytes(range(256)) * (64 << 12)    # 64 MiB: more than socket buffers take
     received = bytearray()
 
