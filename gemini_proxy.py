@@ -8124,12 +8124,94 @@ class TunnelRefused(OSError):
     """An HTTP proxy would not open a CONNECT tunnel to the upstream."""
 
 
+# The most bytes a connection takes from its socket in one read. On the event loop, over
+# TLS, it is also the most ciphertext one read decrypts: an upstream that sends records
+# with nothing in them (key updates, session tickets) cannot keep a read going.
+READ_BYTES = 65536
+
+
+class TLSSession:
+    """TLS as bytes in and bytes out (ssl.SSLObject over memory BIOs): the connection does
+    the socket's reads and writes, so one read decrypts only the ciphertext that read
+    took. An SSLSocket's non-blocking recv goes on through every record already in the
+    socket that holds no data (OpenSSL's auto-retry, which Python sets): an upstream
+    sending key updates without end held the event loop for seconds in one call."""
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str):
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self.ended = False  # the server's close_notify, or the connection's end, was read
+        # Where the server's records end (OpenSSL takes a record's start from the BIO
+        # and says nothing of it): bytes of the record under way yet to come, and the
+        # start of a record header split between reads.
+        self._record_left = 0
+        self._header = b""
+
+    def handshake(self, ciphertext: bytes = b"") -> bool:
+        """Whether the handshake is done, given the server's next bytes (to_send() first:
+        what to answer)."""
+        if ciphertext:
+            self._frame(ciphertext)
+            self._incoming.write(ciphertext)
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        self._tls.write(plaintext)  # (no renegotiation: a write never waits for a read)
+        return self._outgoing.read()
+
+    def to_send(self) -> bytes:
+        """Records the session made by itself: the handshake's, a key update's answer."""
+        return self._outgoing.read()
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        """The data of every whole record so far, given the socket's next bytes (b"": the
+        connection's end, after which `ended`)."""
+        if ciphertext:
+            self._frame(ciphertext)
+            self._incoming.write(ciphertext)
+        else:
+            self._incoming.write_eof()
+        parts = []
+        while True:     # (until OpenSSL wants more: it may have taken a record's start)
+            try:
+                data = self._tls.read(READ_BYTES)   # (a record at most)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                data = b""   # closed with no close_notify: the end, as SSLSocket reads it
+            if not data:
+                self.ended = True
+                break
+            parts.append(data)
+        return b"".join(parts)
+
+    def _frame(self, ciphertext: bytes) -> None:
+        if self._header:    # (seldom: copies the read)
+            ciphertext, self._header = self._header + ciphertext, b""
+        at, size = self._record_left, len(ciphertext)
+        while at + 5 <= size:   # (five bytes of header, the record's length its last two)
+            at += 5 + (ciphertext[at + 3] << 8 | ciphertext[at + 4])
+        self._record_left = max(at - size, 0)
+        self._header = ciphertext[at:] if at < size else b""
+
+    def partway(self) -> bool:
+        """Whether a record has begun to arrive and not yet ended."""
+        return bool(self._record_left or self._header) and not self.ended
+
+
 class UpstreamConnection:
     """One HTTP/1.1 connection to an upstream: plain, TLS, or TLS through an HTTP proxy's
     CONNECT tunnel, as its target says. The request goes out in one write; the reply is
     read into one buffer and framed by section 5. A body is handed over as all of it that
     has arrived (http.client hands a chunked body over a chunk at a time: a stream would
-    pay a pass through the whole proxy for every event).
+    pay a pass through the whole proxy for every event). `sock` is the TCP socket, TLS or
+    not (TLSSession encrypts and decrypts).
 
     Every blocking read has a deadline (time.monotonic()), however the bytes trickle in:
     the socket's timeout bounds one recv, the deadline the whole wait. The event loop's
@@ -8138,15 +8220,13 @@ class UpstreamConnection:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
-        self.replied = False       # a byte of the reply to the last request has come
-        self.wants_write = False   # a non-blocking read waits for the socket to be writable
-        # The last non-blocking read of this reply took less than it asked for: the socket
-        # was empty then (a plain socket's; a TLS read returns a record at a time).
+        self._tls: Optional[TLSSession] = None
+        # A byte of the reply to the last request has come (over TLS: its data, or part
+        # of a record: a reply cut inside its first record had begun all the same).
+        self.replied = False
+        self._unsent = b""  # records the TLS session made that the socket has not taken
+        # The last non-blocking read took less than it asked for: the socket was empty.
         self._emptied = False
-        self._plain = not isinstance(sock, ssl.SSLSocket)
-        # bytes_within read the server's TLS close: the socket may look quiet after it
-        # (a server that waits for ours before its FIN), and the next read is the end.
-        self._tls_closed = False
 
     @classmethod
     def connect(cls, target: UpstreamTarget, tls: Callable[[], ssl.SSLContext],
@@ -8156,14 +8236,15 @@ class UpstreamConnection:
         sock = socket.create_connection(target.proxy or (target.host, target.port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = cls(sock)
             if target.scheme == "https":
                 if target.proxy:
-                    cls(sock)._tunnel(target, deadline)
-                sock = tls().wrap_socket(sock, server_hostname=target.host)
+                    conn._tunnel(target, deadline)
+                conn._shake_hands(TLSSession(tls(), target.host), deadline)
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return conn
 
     def _tunnel(self, target: UpstreamTarget, deadline: float) -> None:
         authority = host_header(target.host, target.port, 0)
@@ -8177,14 +8258,27 @@ class UpstreamConnection:
                 authority, head.status, ": it wants credentials in HTTPS_PROXY"
                 if head.status == 407 else ""))
 
+    def _shake_hands(self, tls: TLSSession, deadline: float) -> None:
+        """The TLS handshake, all of it within the deadline (socket.timeout past it)."""
+        received = b""
+        while not tls.handshake(received):
+            self.sock.sendall(tls.to_send())
+            self._wait_at_most(deadline)
+            received = self.sock.recv(READ_BYTES)
+            if not received:
+                raise ConnectionResetError(errno.ECONNRESET,
+                                           "the connection closed in the TLS handshake")
+        self.sock.sendall(tls.to_send())
+        self._tls = tls
+
     def send(self, method: str, url: str, target: UpstreamTarget,
              headers: Dict[str, str], body: bytes, at_once: bool = False) -> bytes:
         """The request; a ValueError, before anything is sent, for a target or header
         that would not make a well-formed one (from the configuration: base_url, headers).
         `at_once` (on the event loop): what the socket takes without waiting, and the
-        rest is returned, for a worker to send (an upstream that reads its requests
-        slowly fills the buffers between; over TLS, all or nothing is taken); otherwise
-        b"", all of it sent."""
+        rest of the bytes for the socket (encrypted, over TLS) is returned, for a worker
+        to send (an upstream that reads its requests slowly fills the buffers between);
+        otherwise b"", all of it sent."""
         if REQUEST_TARGET_BAD.search(url):
             raise ValueError("the request target has spaces or control characters")
         lines = ["%s %s HTTP/1.1" % (method, url)]
@@ -8202,21 +8296,21 @@ class UpstreamConnection:
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.replied = self._emptied = False
-        if at_once:
+        if self._tls is not None:
+            data = self._unsent + self._tls.encrypt(data + body)
+            self._unsent = b""
+        elif at_once or len(body) < 65536:
             data += body
+        else:
+            self.sock.sendall(data)
+            data = body
+        if at_once:
             self.sock.settimeout(0.0)
             try:
                 return data[self.sock.send(data):]
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                # (A TLS write that wants room says it wrote nothing, but OpenSSL remembers
-                # the records it did write: sendall of the same bytes goes on from there,
-                # as OpenSSL asks of a write that is tried again.)
+            except BlockingIOError:
                 return data
-        if len(body) < 65536:
-            self.sock.sendall(data + body)
-        else:
-            self.sock.sendall(data)
-            self.sock.sendall(body)
+        self.sock.sendall(data)
         return b""
 
     def read_head(self, deadline: float) -> ReplyHead:
@@ -8252,7 +8346,8 @@ class UpstreamConnection:
                 body.end_of_connection()
         return b""
 
-    def _receive(self, deadline: float) -> bool:
+    def _wait_at_most(self, deadline: float) -> None:
+        """The socket's timeout for a read that must end by `deadline`."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("timed out")
@@ -8261,35 +8356,87 @@ class UpstreamConnection:
             # Seldom: the socket's timeout is the whole wait already, so only a reply that
             # trickles gets here (settimeout lets go of the interpreter: not every recv).
             self.sock.settimeout(left)
-        return self._received(self.sock.recv(65536))
+
+    def _receive(self, deadline: float) -> bool:
+        """Bytes of the reply into the buffer (False: the connection's end), waiting for
+        them up to `deadline`; over TLS, through records with no data in them."""
+        while True:
+            if self.tls_ended:
+                return False   # (after a close_notify, a server may wait for ours to close)
+            self._wait_at_most(deadline)
+            if self._unsent:   # (left by the event loop's reads)
+                self.sock.sendall(self._unsent)
+                self._unsent = b""
+            received = self._received(self.sock.recv(READ_BYTES))
+            if received is not None:
+                return received
 
     def receive_ready(self) -> Optional[bool]:
-        """_receive for a non-blocking socket: None when nothing has arrived. A TLS read
-        returns one record (at most 16 KiB) whole, so no decrypted bytes are ever left
-        where the selector cannot see them. After a plain socket's read that took less
-        than it asked for, None without a read: what arrives later the selector reports
-        (it says a socket is readable for as long as it is). A lone event is read with
-        one recv, not two (the second only said there was nothing more: the loop spent
-        7% more on streams of lone events, measured)."""
-        self.wants_write = False
+        """_receive for a non-blocking socket: None when nothing has arrived (or over TLS
+        no data yet). After a read that took less than it asked for, None without a
+        read: what arrives later the selector reports (it says a socket is readable for
+        as long as it is), and a TLS read leaves no data behind where the selector cannot
+        see it. A lone event is read with one recv, not two (the second only said there
+        was nothing more: the loop spent 7% more on streams of lone events, measured)."""
         if self._emptied:
             self._emptied = False
             return None
+        if self.tls_ended:
+            return False
+        if self._unsent:
+            self._send_unsent()
+            if self._unsent:   # (an upstream that reads none of ours gets no more read)
+                return None
         try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, ssl.SSLWantReadError):
+            data = self.sock.recv(READ_BYTES)
+        except BlockingIOError:
             return None
-        except ssl.SSLWantWriteError:   # TLS renegotiation, its send buffer full
-            self.wants_write = True
-            return None
-        self._emptied = self._plain and 0 < len(data) < 65536
+        self._emptied = 0 < len(data) < READ_BYTES
         return self._received(data)
 
-    def _received(self, data: bytes) -> bool:
+    @property
+    def tls_ended(self) -> bool:
+        """The server has said close_notify (or the connection ended) under TLS."""
+        return self._tls is not None and self._tls.ended
+
+    @property
+    def wants_write(self) -> bool:
+        """A non-blocking read waits for the socket to be writable: records the TLS
+        session made (a key update's answer) that the socket did not take."""
+        return bool(self._unsent)
+
+    def _received(self, data: bytes) -> Optional[bool]:
+        """What a read took into the buffer: True; the connection's end: False; None, over
+        TLS, for bytes with no data yet (part of a record, records with none in them)."""
+        if self._tls is not None:
+            try:
+                data = self._tls.decrypt(data)
+            except ssl.SSLError:
+                self.replied = True     # bytes came, if none that decrypt
+                raise
+            self.replied = self.replied or self._tls.partway()
+            unsent = self._tls.to_send()
+            if unsent:
+                self._unsent += unsent
+                if self.sock.gettimeout() == 0.0:
+                    self._send_unsent()
+                else:
+                    self.sock.sendall(self._unsent)
+                    self._unsent = b""
+            if not data:
+                return False if self._tls.ended else None
         if data:
             self.buf += data
             self.replied = True
         return bool(data)
+
+    def _send_unsent(self) -> None:
+        """On the event loop: the TLS session's records not yet sent, as far as the socket
+        takes them now."""
+        try:
+            self._unsent = self._unsent[self.sock.send(self._unsent):]
+        except BlockingIOError:
+            pass
 
     def bytes_within(self, seconds: float) -> bool:
         """Whether the reply has bytes to read (or its end) within `seconds`. A TLS socket
@@ -8297,22 +8444,17 @@ class UpstreamConnection:
         the handshake): those records are read here, and the wait goes on."""
         deadline = time.monotonic() + seconds
         while True:
-            if self.buf or self._tls_closed or not self._plain and self.sock.pending():
+            if self.buf or self.tls_ended:
                 return True
             if not readable_now(self.sock, max(deadline - time.monotonic(), 0.0)):
                 return False
-            if self._plain:
+            if self._tls is None:
                 return True
-            timeout = self.sock.gettimeout()
-            self.sock.settimeout(0.0)
-            try:
-                if not self._received(self.sock.recv(65536)):
-                    self._tls_closed = True
-                    return True     # its end
-            except ssl.SSLWantReadError:
-                pass                # records with no data in them
-            finally:
-                self.sock.settimeout(timeout)
+            # (readable: this read takes what is there without waiting)
+            if self._received(self.sock.recv(READ_BYTES)) is not None:
+                return True     # data, or the end
+            if time.monotonic() >= deadline:
+                return False    # (records with no data that go on and on: the loop waits)
 
     def close(self) -> None:
         try:
@@ -8379,6 +8521,9 @@ class ConnectionPool:
         with self._tls_lock:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
+                # A TLS 1.2 server asking to renegotiate is refused (TLS 1.3 has none): a
+                # request's write never has to wait for the server's handshake first.
+                self._tls.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
             return self._tls
 
     @property
@@ -8410,9 +8555,10 @@ class ConnectionPool:
 
 
 def _connection_alive(conn: UpstreamConnection) -> bool:
-    """An idle keep-alive socket that is readable has been closed by the server."""
-    if conn.buf:
-        return False     # bytes no request asked for
+    """An idle keep-alive socket that is readable has been closed by the server (or its
+    TLS, in the last reply's reads: the server may wait for ours before it closes)."""
+    if conn.buf or conn.tls_ended:
+        return False     # bytes no request asked for, or the end
     try:
         return not readable_now(conn.sock)
     except (OSError, ValueError):
@@ -8431,10 +8577,9 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # memory and the thread switching of thousands of streams begun at once.
 #
 # The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
-# none would block: on an upstream's idle connection (plain or TLS: a TLS read takes one
-# record whole, so no bytes wait where the loop's selector cannot see them; it reads on
-# through records with no data in them while more are there, which only a hostile
-# upstream makes long: README, Security), a whole reply read as it comes, the loop
+# none would block: on an upstream's idle connection (plain or TLS: a read decrypts every
+# whole record it took, so no data waits where the loop's selector cannot see it, and
+# no more than READ_BYTES of ciphertext), a whole reply read as it comes, the loop
 # waiting for the socket between reads. Where something may block (a new connection, a
 # stream's reads, an error's body, a retry, a shared store's round trip) the steps yield
 # IN_A_THREAD and go on in a worker from there. A request that needs no thread saves the
@@ -8504,9 +8649,9 @@ def receiving_head(conn: UpstreamConnection, due: float) -> "Steps[bool]":
         searched = len(conn.buf)
         received = conn.receive_ready()
         if received is None and conn.wants_write:
-            # A TLS read that must write first (a key update, a renegotiation, with the
-            # send buffer full; seldom): the loop waits only for sockets to read, a
-            # worker's read blocks.
+            # TLS records to send first (a key update's answer) that the socket did not
+            # take (seldom): the loop waits only for sockets to read, a worker's send
+            # blocks.
             yield IN_A_THREAD, 0.0
             return False
         if received is None:
@@ -8854,9 +8999,7 @@ class CallStopper:
             if self._sock is not None:
                 self.fired = True
                 try:
-                    # The socket's own shutdown, not SSLSocket's: that one lets go of TLS
-                    # first, and a worker's send in between would go out in plain text.
-                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                    self._sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 

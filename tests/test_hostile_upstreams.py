@@ -6,11 +6,12 @@ socket server, so nothing is tidied up on the way."""
 import json
 import logging
 import socket
+import ssl
 import threading
 
 import pytest
 
-from conftest import gp
+from conftest import gp, tls_certificate
 from test_relaying import access_lines
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -34,18 +35,80 @@ def http_reply(body, status="200 OK", headers=(), close=False):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+class CutRecord(bytes):
+    """A reply of which a TLS upstream sends the first half of its first record, and
+    then closes the connection."""
+
+
+class TLSServerEnd:
+    """The upstream's end of a TLS connection, made over memory BIOs so that it can send
+    part of a record (CutRecord); as a socket to RawUpstream. Closing sends close_notify,
+    except after a cut record."""
+
+    def __init__(self, sock, context):
+        self.sock = sock
+        self.cut = False
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionResetError("closed in the handshake")
+                self.incoming.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def recv(self, size):
+        while True:
+            try:
+                return self.tls.read(size)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    return b""
+                self.incoming.write(data)
+
+    def sendall(self, data):
+        self.tls.write(data)
+        records = self.outgoing.read()
+        self.cut = isinstance(data, CutRecord)
+        self.sock.sendall(records[:len(records) // 2] if self.cut else records)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.cut:
+            try:
+                self.tls.unwrap()
+            except ssl.SSLError:
+                pass   # (it waits for the proxy's close_notify: not this test's business)
+            try:
+                self.sock.sendall(self.outgoing.read())
+            except OSError:
+                pass
+        self.sock.close()
+
+
 class RawUpstream:
     """Answers each request, on whatever connection it comes, with the next scripted
-    bytes; a connection is closed after a reply that says so (or a script item None)."""
+    bytes; a connection is closed after a reply that says so (or a script item None, or
+    a CutRecord). With `tls` (a server context), over TLS."""
 
-    def __init__(self, *replies):
+    def __init__(self, *replies, tls=None):
         self.replies = list(replies)
         self.requests = []
         self.lock = threading.Lock()
+        self.tls = tls
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.base_url = "http://127.0.0.1:%d/v1" % self.sock.getsockname()[1]
+        self.base_url = "%s://127.0.0.1:%d/v1" % ("https" if tls else "http",
+                                                  self.sock.getsockname()[1])
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -59,7 +122,7 @@ class RawUpstream:
 
     def _connection(self, conn):
         try:
-            self._answer(conn)
+            self._answer(conn if self.tls is None else TLSServerEnd(conn, self.tls))
         except (ConnectionResetError, BrokenPipeError):
             pass    # the proxy hung up on a reply it refuses: what some tests expect
 
@@ -88,7 +151,7 @@ class RawUpstream:
                     return
                 for piece in reply if isinstance(reply, list) else [reply]:
                     conn.sendall(piece)
-                if b"connection: close" in b"".join(
+                if isinstance(reply, CutRecord) or b"connection: close" in b"".join(
                         reply if isinstance(reply, list) else [reply]).lower():
                     return
 
@@ -97,12 +160,18 @@ class RawUpstream:
 
 
 @pytest.fixture
-def raw(request, proxy_factory):
-    """start(*replies, **upstream settings) -> (proxy, upstream)."""
+def raw(request, proxy_factory, tmp_path, monkeypatch):
+    """start(*replies, tls=False, **upstream settings) -> (proxy, upstream)."""
     upstreams = []
 
-    def start(*replies, kind="openai", **settings):
-        upstream = RawUpstream(*replies)
+    def start(*replies, kind="openai", tls=False, **settings):
+        context = None
+        if tls:
+            cert, key = tls_certificate(tmp_path)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            monkeypatch.setenv("SSL_CERT_FILE", cert)    # the proxy trusts it
+        upstream = RawUpstream(*replies, tls=context)
         upstreams.append(upstream)
         base = upstream.base_url if kind == "openai" else upstream.base_url[:-3]
         proxy = proxy_factory({"upstreams": {"up": dict({
@@ -204,14 +273,29 @@ def test_a_bad_reply_on_a_reused_connection_is_never_sent_again(raw):
     assert len(upstream.requests) == 2
 
 
-def test_a_reused_connection_closed_before_replying_is_retried_once(raw):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_reused_connection_closed_before_replying_is_retried_once(raw, tls):
+    # (over TLS the server says close_notify first: a whole record, and no reply)
     proxy, upstream = raw(http_reply(completion("first")), None,
-                          http_reply(completion("on a fresh connection")))
+                          http_reply(completion("on a fresh connection")), tls=tls)
     assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
     status, body = proxy.post("/v1/chat/completions", CHAT)
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "on a fresh connection"
     assert len(upstream.requests) == 3
+
+
+def test_a_tls_reply_cut_inside_its_first_record_is_never_sent_again(raw):
+    """A reused TLS connection that closes partway through the reply's first record had
+    begun to reply (decrypted, nothing had come): the request is not sent again (an
+    adversarial run's finding: it looked like a connection closed while idle)."""
+    proxy, upstream = raw(http_reply(completion("first")),
+                          CutRecord(http_reply(completion("second"))),
+                          http_reply(completion("sent twice")), tls=True)
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    status, body = proxy.post("/v1/chat/completions", CHAT)     # on the kept connection
+    assert status == 502, body
+    assert len(upstream.requests) == 2
 
 
 class TricklingUpstream:

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -1117,9 +1118,8 @@ def tls_connection(folder):
 
 
 def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path):
-    """TLS writes a request on the loop whole or, wanting room, says it wrote none of it
-    (the records it did write OpenSSL remembers): a worker's send of what it says is left
-    goes on from there, and the upstream reads the request once, intact."""
+    """On the loop a request is encrypted whole and the socket takes what it takes: a
+    worker sends the records left, and the upstream reads the request once, intact."""
     body = bytes(range(256)) * (64 << 12)    # 64 MiB: more than socket buffers take
     received = bytearray()
 
@@ -1144,13 +1144,12 @@ def test_a_tls_send_the_socket_cannot_take_is_sent_whole_from_a_worker(tmp_path)
         head, _, sent = bytes(received).partition(b"\r\n\r\n")
         assert head.startswith(b"POST /v1/chat/completions ") and sent == body, \
             "the request came apart, or in part twice"
-        assert received.endswith(left)
 
 
 def test_a_tls_read_that_must_write_first_goes_on_in_a_worker():
-    """A TLS read on the loop that wants the socket writable (a key update or a
-    renegotiation, with the send buffer full): the loop waits only for sockets to read, so the reply's head is
-    read in a worker, whose read blocks."""
+    """A TLS read on the loop that wants the socket writable (records of its own to send
+    first, a key update's answer, that the socket did not take): the loop waits only for
+    sockets to read, so the reply's head is read in a worker, whose send blocks."""
     class WantsToWrite:
         buf = bytearray()
         wants_write = False
@@ -1198,13 +1197,90 @@ def test_a_tls_read_of_a_body_that_must_write_first_goes_on_in_a_worker():
 
 def test_stopping_a_tls_call_never_lets_its_socket_speak_plain_text(tmp_path):
     """A call stopped from another thread (its client left) while a worker may still be
-    sending: the stop shuts the connection under TLS. SSLSocket.shutdown lets go of TLS
-    first, and a send in between went out as plain text (a review's finding)."""
-    with tls_connection(tmp_path) as (_, conn, _):
+    sending: the stop shuts the connection, and the request never goes out, in plain
+    text or not (SSLSocket.shutdown let go of TLS first, and a send in between went out
+    as plain text: a review's finding)."""
+    with tls_connection(tmp_path) as (target, conn, peer):
         gp.CallStopper(conn.sock).stop()
-        assert conn.sock.version() is not None, "the stop let go of TLS"
         with pytest.raises(OSError):
-            conn.sock.sendall(b"authorization: Bearer sk-never-in-plain-text\r\n")
+            conn.send("POST", "/v1/chat/completions", target,
+                      {"authorization": "Bearer sk-never-in-plain-text"}, b"{}")
+        peer.settimeout(PATIENCE)
+        assert peer.recv(65536) == b"", "the upstream got bytes after the stop"
+
+
+def test_a_connection_whose_tls_the_server_ended_is_not_kept(tmp_path):
+    """A server that says close_notify after its reply may keep TCP open until the
+    client closes too: the connection looks alive (nothing to read), but a request on
+    it would find it closed."""
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    with tls_connection(tmp_path) as (target, conn, peer):
+        conn.send("GET", "/v1/models", target, {}, b"")
+        peer.recv(65536)
+        peer.sendall(reply)
+
+        def close_notify():
+            with contextlib.suppress(OSError):   # (it waits for ours, which never comes)
+                peer.unwrap()
+        threading.Thread(target=close_notify, daemon=True).start()
+        head = conn.read_head(time.monotonic() + PATIENCE)
+        body = gp.ReplyBody(head, "GET")
+        assert conn.read_body(body, time.monotonic() + PATIENCE) == b"ok"
+        assert not conn._receive(time.monotonic() + PATIENCE)    # the close_notify
+        assert not gp._connection_alive(conn)
+
+
+class CountingSocket(socket.socket):
+    """A socket that notes the size of each recv."""
+
+    def recv(self, size, *flags):
+        data = super().recv(size, *flags)
+        self.took.append(len(data))
+        return data
+
+
+def test_one_tls_read_on_the_loop_decrypts_a_bounded_amount_of_records_with_no_data(
+        tmp_path):
+    """An upstream whose records hold no data (here thousands of session tickets; a
+    hostile one, key updates without end) cannot keep one read on the event loop going:
+    each read takes at most READ_BYTES from the socket (an SSLSocket's read went on
+    through every such record already there, for seconds), and the data behind them
+    still arrives whole."""
+    cert, key = tls_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server_context.num_tickets = 3000       # some 600 KB of records with no data
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def serve():
+        with server_context.wrap_socket(server.accept()[0], server_side=True) as peer:
+            peer.recv(65536)
+            peer.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
+    conn = gp.UpstreamConnection.connect(target, lambda: ssl.create_default_context(
+        cafile=cert), PATIENCE)
+    try:
+        conn.sock = CountingSocket(fileno=conn.sock.detach())
+        conn.sock.took = []
+        conn.send("GET", "/v1/models", target, {}, b"")
+        conn.sock.settimeout(0.0)
+        reads = 0
+        while not conn.buf.endswith(b"ok"):
+            assert gp.readable_now(conn.sock, PATIENCE), "the reply never came"
+            took = len(conn.sock.took)
+            conn.receive_ready()
+            assert len(conn.sock.took) - took <= 1, "one read took from the socket twice"
+            reads += 1
+        assert sum(conn.sock.took) > 4 * gp.READ_BYTES   # (the tickets came before it)
+        assert max(conn.sock.took) <= gp.READ_BYTES and reads > 4
+        assert bytes(conn.buf) == reply
+    finally:
+        conn.close()
+        server.close()
 
 
 def gemini_stream_text(data):
