@@ -84,23 +84,24 @@ Contents (each section uses only the ones above it):
     13. dialect: OpenAI Responses, the upstream side
     14. upstream: Google Code Assist (the envelope, its errors, credential files)
     15. dialect registry, upstream kinds and routes
-    16. upstream client (its own HTTP/1.1 connections, pooled and kept alive; timeouts)
-    17. Google accounts (tokens refreshed, projects found)
-    18. shared state (what processes share: Redis's protocol, a client, the operations)
-    19. key pools (keys and accounts)
-    20. worker threads and the pipe to the event loop
-    21. requests in flight (what a request holds, its errors)
-    22. upstream calls and retries
-    23. client limits (named client keys: rate, daily tokens, concurrency)
-    24. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
-    25. actions and the application
-    26. streaming replies (pipe and upstream socket to the client, backpressure, keep-alives)
-    27. server (asyncio: connections, limits, shutdown)
-    28. Google login (the login and accounts commands)
-    29. dashboard page
-    30. state server (what worker processes share when there is no Redis)
-    31. worker processes (server.processes: a supervisor and its workers)
-    32. command line
+    16. upstream connections (HTTP/1.1 and TLS of their own, pooled and kept alive)
+    17. upstream replies (a call's steps in a worker or on the event loop, timeouts)
+    18. Google accounts (tokens refreshed, projects found)
+    19. shared state (what processes share: Redis's protocol, a client, the operations)
+    20. key pools (keys and accounts)
+    21. worker threads and the pipe to the event loop
+    22. requests in flight (what a request holds, its errors)
+    23. upstream calls and retries
+    24. client limits (named client keys: rate, daily tokens, concurrency)
+    25. usage ledger and metrics (SQLite, Prometheus, the dashboard's numbers)
+    26. actions and the application
+    27. streaming replies (pipe and upstream socket to the client, backpressure, keep-alives)
+    28. server (asyncio: connections, limits, shutdown)
+    29. Google login (the login and accounts commands)
+    30. dashboard page
+    31. state server (what worker processes share when there is no Redis)
+    32. worker processes (server.processes: a supervisor and its workers)
+    33. command line
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ import sys
 # 3.9 (its parser keeps more), 5 MB on 3.8. A module's is freed once compiled. The code
 # compiled for this run goes along in an unnamed file, so the price is one interpreter
 # start. This section comes before the other imports, so that they are not done twice.
-# Worker processes (section 31) start the same way.
+# Worker processes (section 32) start the same way.
 #
 # MODULE_BOOT's arguments: a file descriptor holding compiled code ("-": none), the file's
 # path, then main's (so that a command line ends as it was typed). The code is used only
@@ -184,7 +185,7 @@ MODULE_BOOT = ("# gemini-proxy: its file run as the module gemini_proxy (section
 
 # The descriptor of the compiled code MODULE_BOOT ran this module from; None when there
 # is none (imported, run by a tool, or the code was not this Python's). The boot sets it
-# before this runs. A supervisor hands it on to its workers (section 31): they neither
+# before this runs. A supervisor hands it on to its workers (section 32): they neither
 # compile the file (a quarter of a second each where __pycache__ cannot be written, as
 # under systemd's ProtectSystem) nor read it, so a worker started again runs what the
 # others run, whatever has become of the file since. A proxy serving alone and the
@@ -317,11 +318,11 @@ from typing import (Any, Callable, Dict, Generator, Iterable, Iterator, List, Op
                     Set, Tuple, TypeVar, Union)
 
 try:
-    import sqlite3      # the usage ledger (section 24); some Pythons are built without it
+    import sqlite3      # the usage ledger (section 25); some Pythons are built without it
 except ImportError:     # pragma: no cover
     sqlite3 = None      # type: ignore[assignment]
 try:
-    import resource     # POSIX: the open-file limit (section 27)
+    import resource     # POSIX: the open-file limit (section 28)
 except ImportError:     # Windows
     resource = None     # type: ignore[assignment]
 
@@ -332,7 +333,7 @@ __version__ = "0.1.0"
 #
 # Every setting is declared once, in SETTINGS: where it lives in a config file, its default
 # (whose type is the setting's type), what it means, and the environment variable and
-# flag that may set it. Configuration (section 4), --help (section 32) and the README's
+# flag that may set it. Configuration (section 4), --help (section 33) and the README's
 # tables are all read from it.
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +352,7 @@ class Setting:
 MiB = 1024 * 1024
 # A worker process's event loop says it is alive to its supervisor this often (seconds);
 # the shortest worker_stall_timeout allowed leaves room for a few missed beats. (Here, not
-# with the other WORKER_* constants in section 31: the setting's help names them.)
+# with the other WORKER_* constants in section 32: the setting's help names them.)
 WORKER_HEARTBEAT = 1.0
 WORKER_STALL_MINIMUM = 5.0
 
@@ -387,7 +388,7 @@ ONBOARD_TIMEOUT = 120
 LOGIN_TIMEOUT = 300.0
 
 SETTINGS: Tuple[Setting, ...] = (
-    # -- server: listening, client keys, limits (sections 23, 26-27) --
+    # -- server: listening, client keys, limits (sections 24, 27-28) --
     Setting("server", "host", "127.0.0.1", "address to listen on",
             env="GEMINI_PROXY_HOST", flag="--host"),
     Setting("server", "port", 8000, "port to listen on (0: any free one)",
@@ -452,7 +453,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "~/.config/gemini-proxy)", env="GEMINI_PROXY_STATE_DIR", flag="--state-dir"),
     Setting("server", "reject_unknown_fields", True, "answer 400 to request fields the "
             "client's dialect does not define"),
-    # -- upstreams.<name>: how to reach one provider (sections 14-22, 25) --
+    # -- upstreams.<name>: how to reach one provider (sections 14-23, 26) --
     Setting("upstream", "kind", "openai", "kind of upstream", env="GEMINI_PROXY_UPSTREAM_KIND",
             flag="--upstream-kind", choices=("openai", "gemini", "anthropic", "openai-responses",
                                               "code-assist", "echo")),
@@ -571,13 +572,13 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("logging", "format", "text", "log lines as text, or one JSON object each (for "
             "log shippers)", env="GEMINI_PROXY_LOG_FORMAT", flag="--log-format",
             choices=("text", "json")),
-    # -- usage: the ledger of every request (section 24) --
+    # -- usage: the ledger of every request (section 25) --
     Setting("usage", "database", "usage.sqlite3", "the usage ledger, an SQLite file "
             "(relative: in state_dir; empty: no ledger)", env="GEMINI_PROXY_USAGE_DB",
             flag="--usage-db"),
     Setting("usage", "keep_days", 400, "ledger rows older than this many days are deleted "
             "(0: kept)"),
-    # -- state: what processes and instances share (section 18) --
+    # -- state: what processes and instances share (section 19) --
     Setting("state", "redis_url", "", "a Redis that instances share key rests and client "
             "limits through (redis://[:password@]host:port/db, unix:///path); empty: this "
             "instance's own (its supervisor's, with server.processes)",
@@ -1733,7 +1734,7 @@ def route_candidates(config: Config, model: str) -> List[Tuple[str, str]]:
 
 # ---- 5. HTTP/1.1 wire format (pure) -------------------------------------------------------
 #
-# Parsing and framing over bytes, no sockets: the server (section 27) feeds these from a
+# Parsing and framing over bytes, no sockets: the server (section 28) feeds these from a
 # buffer it owns, so pipelined requests and trailing bytes stay where they belong.
 
 HTTP_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"   # a header's name, a method
@@ -7141,8 +7142,8 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
 # {response, traceId} back, every stream event too), its errors sorted by what they say
 # about the account that sent the request, and the pure half of a Google login: the
 # credential files people already have, in the four shapes they come in, and the OAuth
-# URLs. The half that does I/O (tokens, projects) is section 17's, the login commands
-# section 28's.
+# URLs. The half that does I/O (tokens, projects) is section 18's, the login commands
+# section 29's.
 
 
 # What the setup methods are told about the caller (gemini-cli code_assist/setup.ts).
@@ -7460,7 +7461,7 @@ def _project_id(project: Any) -> str:
 #
 # A client dialect is a set of endpoints plus the functions that read its requests and
 # write its replies; an upstream kind is how to talk to one provider API. The pipeline
-# and the server (sections 20-27) know nothing dialect-specific beyond these tables: a
+# and the server (sections 21-28) know nothing dialect-specific beyond these tables: a
 # new client dialect is one more section and one more entry here.
 
 @dataclasses.dataclass
@@ -8044,13 +8045,13 @@ def guess_dialect(head: Optional[RequestHead]) -> ClientDialect:
     return GEMINI_DIALECT
 
 
-# ---- 16. Upstream client -------------------------------------------------------------------
+# ---- 16. Upstream connections --------------------------------------------------------------
 #
-# HTTP/1.1 calls, made from worker threads with blocking reads, or by the event loop
-# reading only what has come (a small request's: receiving_head, receiving_body; the
-# rest of a streamed reply: read_on_loop). Connections
-# are kept alive and pooled per target (scheme, host, port, base path, proxy): a fresh TLS
-# handshake costs real users 100-300 ms. HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
+# HTTP/1.1 connections of the proxy's own, TLS decrypted by its own reads: read by worker
+# threads with blocking reads, or by the event loop reading only what has come (section
+# 17 says when). Connections are kept alive and pooled per target (scheme, host, port,
+# base path, proxy): a fresh TLS handshake costs real users 100-300 ms.
+# HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured.
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamTarget:
@@ -8565,7 +8566,13 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
         return False
 
 
-# A request's steps up to its answer are generators (opening_upstream, and in section 22
+# ---- 17. Upstream replies ----------------------------------------------------------------
+#
+# An upstream call from its request to its reply's end: the time-outs (Timeouts), the
+# reply read (UpstreamResponse), the call stopped from another thread (CallStopper), and
+# its opening (opening_upstream).
+#
+# A request's steps up to its answer are generators (opening_upstream, and in section 23
 # UpstreamCall.send_steps and the attempts around it): where the upstream has its
 # request and has sent nothing back (a model thinking, seconds or minutes), or its head
 # and not yet its body's first bytes, or a stream's first bytes and nothing that answers
@@ -9163,7 +9170,7 @@ def google_call(endpoints: GoogleEndpoints, url: str, form: Optional[Dict[str, s
         return response.status, raw.decode("utf-8", "replace")
 
 
-# ---- 17. Google accounts ---------------------------------------------------------------------
+# ---- 18. Google accounts ---------------------------------------------------------------------
 #
 # The accounts of a code-assist upstream. Each is a Google login whose access token is
 # refreshed ahead of its expiry, one refresh at a time however many requests need it; whose
@@ -9722,12 +9729,12 @@ def load_google_accounts(spec: Dict[str, Any], state_dir: str, environ: Dict[str
     return accounts
 
 
-# ---- 18. Shared state ---------------------------------------------------------------------
+# ---- 19. Shared state ---------------------------------------------------------------------
 #
 # With server.processes above 1, or state.redis_url, what the processes must agree on
 # lives in one store: key rests (a key that got a 429 rests in every process) and client
 # limits (the rate's window, the day's tokens and requests). The store is Redis
-# (state.redis_url) or else the supervisor's StateServer (section 30) on a 0600 Unix
+# (state.redis_url) or else the supervisor's StateServer (section 31) on a 0600 Unix
 # socket; processes speak RESP2 to either through RespStore, and the shared_* operations
 # at the end give the same answers from both. The parser is pure, like section 5's: bytes
 # in, values out, the sockets are the caller's. When the store fails, each process
@@ -10271,7 +10278,7 @@ class SharedState:
         self.store.close()
 
 
-# ---- 19. Key pools -----------------------------------------------------------------------
+# ---- 20. Key pools -----------------------------------------------------------------------
 #
 # An upstream's keys and their health. A 429 cools a key down (for the model, where the
 # provider limits per model) for as long as the provider says, with a floor and jitter so
@@ -10349,7 +10356,7 @@ class KeyPool:
     recently failed first, within the upstream's and each key's concurrency limits.
     acquire() can wait, up to a deadline, for a free slot or (with wait_for_keys) for a
     key to come back from its cooldown; at most max_waiting requests wait at once. With a
-    shared store (section 18), a key's rest is recorded there and the rests other
+    shared store (section 19), a key's rest is recorded there and the rests other
     processes recorded are taken from it."""
 
     def __init__(self, name: str, keys: List[str], spec: Dict[str, Any], kind: str,
@@ -10625,7 +10632,7 @@ class KeyPool:
                     "keys": [key_status(s) for s in self.states]}
 
 
-# ---- 20. Worker threads and the pipe to the event loop ---------------------------------
+# ---- 21. Worker threads and the pipe to the event loop ---------------------------------
 #
 # A request's blocking part (JSON, conversion, the upstream call) runs in a worker thread
 # from an elastic pool; its answer goes back to the event loop through a bounded pipe
@@ -11313,10 +11320,10 @@ def _wake(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-# ---- 21. Requests in flight ------------------------------------------------------------------
+# ---- 22. Requests in flight ------------------------------------------------------------------
 #
 # What one request holds while a worker thread answers it: the pipe its answer goes back
-# to the event loop through (section 20), its detailed log, the upstream replies and keys
+# to the event loop through (section 21), its detailed log, the upstream replies and keys
 # it must let go of, and the one place its errors are rendered (Request.fail). Everything
 # that blocks runs in the worker (a small request blocks on nothing, and the event loop
 # answers it itself: Proxy.handle); the event loop moves finished bytes.
@@ -11604,7 +11611,7 @@ class Request:
         self.held.clear()
 
 
-# ---- 22. Upstream calls and retries ------------------------------------------------------
+# ---- 23. Upstream calls and retries ------------------------------------------------------
 #
 # One attempt is an UpstreamCall: one upstream, one key, one HTTP exchange. failover()
 # is the policy around attempts: the route's upstream, then its fallbacks; on each, more
@@ -12026,14 +12033,14 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
                 raise ClientGone() from None
 
 
-# ---- 23. Client limits -----------------------------------------------------------------------
+# ---- 24. Client limits -----------------------------------------------------------------------
 #
 # A named client key (server.api_keys objects, section 4) may be held to a request rate, a
 # daily token budget and a number of requests at once. ClientLimits (rate and budget)
 # decides in the worker thread, before any upstream is called, and is told what each
 # request cost when it ends; ClientSlots (requests at once) decides on the event loop,
 # before a worker is taken. What they count outlives a reload (the Proxy keeps them), and
-# the rate and budget a restart (read back from the usage ledger, section 24).
+# the rate and budget a restart (read back from the usage ledger, section 25).
 
 # Seconds a request waits for one of its client's max_concurrency slots before a 429, and
 # how many of a client's requests may wait at once (waiting costs no worker, but a
@@ -12070,7 +12077,7 @@ class ClientUsage:
 
 class ClientLimits:
     """requests_per_minute and tokens_per_day, decided in worker threads: through the
-    shared store when there is one (section 18), else (or while it fails) from this
+    shared store when there is one (section 19), else (or while it fails) from this
     process's own counts, which are kept either way. A client with neither limit is
     counted by each process alone (nothing to agree on, so no round trip to pay)."""
 
@@ -12240,7 +12247,7 @@ class ClientSlots:
         return len(self._waiting.get(name, ()))
 
 
-# ---- 24. Usage ledger and metrics ------------------------------------------------------------
+# ---- 25. Usage ledger and metrics ------------------------------------------------------------
 #
 # Operations read, they do not steer: both are fed from the one point where a request is
 # finished (the access log's, on the event loop). Metrics are counters in memory that only
@@ -12766,7 +12773,7 @@ def prometheus_text(metrics: Metrics, gauges: List[Tuple[str, str, Dict[str, str
     return "\n".join(lines) + "\n"
 
 
-# ---- 25. Actions and the application ---------------------------------------------------------
+# ---- 26. Actions and the application ---------------------------------------------------------
 #
 # What each kind of request does with an upstream call (generate, count tokens, embed,
 # or pass the bytes through), and Proxy, the application: configuration, upstreams and
@@ -13173,7 +13180,7 @@ class Proxy:
     def __init__(self, config: Config, environ: Optional[Dict[str, str]] = None,
                  shared_url: str = ""):
         self.environ = environ
-        # What processes share (section 18): the supervisor's store, or state.redis_url.
+        # What processes share (section 19): the supervisor's store, or state.redis_url.
         url = shared_url or config.state["redis_url"]
         self.shared = SharedState(url, config.state["namespace"]) if url else None
         self.pool = ConnectionPool()
@@ -13674,12 +13681,12 @@ class Proxy:
                           "base_url at the provider itself." % where, status=508)
 
 
-# ---- 26. Streaming replies ---------------------------------------------------------------
+# ---- 27. Streaming replies ---------------------------------------------------------------
 #
 # The loop's side of a streamed reply: what its worker put in the pipe, and the rest of
 # the stream, which the loop may read from the upstream's socket itself (UpstreamRelay),
 # written to the client as it comes, with keep-alives in its silences and the client's
-# backpressure felt all the way back to the upstream. The server (section 27) hands a
+# backpressure felt all the way back to the upstream. The server (section 28) hands a
 # stream here once its head is decided.
 
 class SendTimeout(Exception):
@@ -14038,11 +14045,11 @@ class ClientStream:
         return True
 
 
-# ---- 27. Server ------------------------------------------------------------------------------
+# ---- 28. Server ------------------------------------------------------------------------------
 #
 # The event loop: reads requests, answers the proxy's own endpoints, hands the rest to a
-# worker thread (section 25) and writes what comes back through its pipe; a stream's
-# rest is section 26's. Everything the head decides (the endpoint, the client key) is
+# worker thread (section 26) and writes what comes back through its pipe; a stream's
+# rest is section 27's. Everything the head decides (the endpoint, the client key) is
 # decided before a body is read. The status line is written once an upstream has
 # answered 2xx and its first event has arrived, or (a stream whose upstream is slow to
 # start) after stream_headers_after.
@@ -14105,7 +14112,7 @@ class ProxyServer:
         self.config = config
         self.proxy = Proxy(config, environ, shared_url)
         self.port = 0
-        # A worker process (section 31) listens on a socket its supervisor made, or on
+        # A worker process (section 32) listens on a socket its supervisor made, or on
         # the same port as its siblings (SO_REUSEPORT).
         self._listen_socket = listen_socket
         self._reuse_port = reuse_port
@@ -14758,7 +14765,7 @@ class ProxyServer:
                         " error=%r" % clip(ex.error, 200) if ex.error else "")
 
 
-# ---- 28. Google login ------------------------------------------------------------------------
+# ---- 29. Google login ------------------------------------------------------------------------
 #
 # `login` adds a Google account to a code-assist upstream: the browser flow with a loopback
 # redirect (Gemini CLI's), or, on a box without a browser, the flow where the user pastes
@@ -15019,7 +15026,7 @@ def print_accounts(rows: List[Dict[str, Any]], as_json: bool) -> None:
             row["state"], row["requests_today"], row["tokens_today"], row["file"]))
 
 
-# ---- 29. Dashboard page ----------------------------------------------------------------------
+# ---- 30. Dashboard page ----------------------------------------------------------------------
 #
 # GET /dashboard: one page, nothing fetched from elsewhere (it works on an air-gapped box),
 # that draws GET /stats every few seconds. The browser asks for the admin key (HTTP Basic:
@@ -15427,11 +15434,11 @@ refresh();
 """
 
 
-# ---- 30. State server ------------------------------------------------------------------------
+# ---- 31. State server ------------------------------------------------------------------------
 #
 # What worker processes share when there is no Redis: a server of the few commands the
-# shared_* operations of section 18 use, with Redis's replies (the tests compare the two),
-# which the supervisor (section 31) runs on a Unix socket only its user can open. Besides
+# shared_* operations of section 19 use, with Redis's replies (the tests compare the two),
+# which the supervisor (section 32) runs on a Unix socket only its user can open. Besides
 # those, PING, PTTL and DEL: what a person looking into it with redis-cli needs (and the
 # tests). One event loop runs it: each command, and each MULTI ... EXEC, runs whole before
 # the next, with no locks.
@@ -15952,7 +15959,7 @@ def bind_private_socket(path: str) -> socket.socket:
     return sock
 
 
-# ---- 31. Worker processes --------------------------------------------------------------------
+# ---- 32. Worker processes --------------------------------------------------------------------
 #
 # server.processes above 1: this process becomes the supervisor of that many worker
 # processes, each this file run again (a whole proxy), all serving one port. On Linux each
@@ -15961,8 +15968,8 @@ def bind_private_socket(path: str) -> socket.socket:
 # SIGHUP and SIGTERM on, starts a worker again when one dies, and writes the workers' log
 # lines (so one process writes, and rotates, the log file). A worker that finds its
 # supervisor gone stops as if sent SIGTERM. Unless state.redis_url names a Redis, the
-# supervisor also serves the state the workers share (section 18): a StateServer
-# (section 30) on a Unix socket only its user can open, seeded from the usage ledger.
+# supervisor also serves the state the workers share (section 19): a StateServer
+# (section 31) on a Unix socket only its user can open, seeded from the usage ledger.
 
 WORKER_PROCESS_ENV = "GEMINI_PROXY_WORKER_PROCESS"   # the supervisor's word to its workers
 RELAYED_LOG = "gemini_proxy.worker"                  # their lines, already formatted
@@ -16537,7 +16544,7 @@ class Supervisor:
         self.workers.clear()
 
 
-# ---- 32. Command line ----------------------------------------------------------------------
+# ---- 33. Command line ----------------------------------------------------------------------
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """Flags for the settings that have one (SETTINGS, section 1), plus the actions."""
@@ -16632,7 +16639,7 @@ async def serve(config: Config, args: Optional[argparse.Namespace] = None,
     """Run the proxy until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads
     the configuration. The number of upstream calls that could not be stopped (a worker
     still connecting, which no socket shutdown reaches) is returned. `worker`: what the
-    supervisor of a worker process said (section 31)."""
+    supervisor of a worker process said (section 32)."""
     listen_socket = None
     if worker is not None:
         config.server["port"] = worker["port"]

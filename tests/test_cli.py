@@ -1,4 +1,4 @@
-"""The real command line (section 32), run as a subprocess.
+"""The real command line (section 33), run as a subprocess.
 
 Each run gets an explicit minimal environment (PATH plus what the test sets) and an empty
 temporary working directory, so neither the machine's environment nor a stray

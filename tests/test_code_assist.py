@@ -1,5 +1,5 @@
 """The Code Assist upstream as units (section 14, the pure half, and the account pool of
-sections 17-18): the envelope both ways, error kinds and the rest each gives an account,
+sections 18-19): the envelope both ways, error kinds and the rest each gives an account,
 credential files in their four shapes, the OAuth URLs. End to end through the server
 against a fake Google: test_code_assist_e2e.py."""
 

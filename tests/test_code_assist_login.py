@@ -1,4 +1,4 @@
-"""The login and accounts commands (section 28), run as the user runs them: a subprocess
+"""The login and accounts commands (section 29), run as the user runs them: a subprocess
 against a fake Google, the browser's part played over HTTP by the test. Both login flows
 end to end, their failures, the account file they write, and the accounts listing with
 and without a running proxy."""

@@ -1,4 +1,4 @@
-"""server.processes (section 31): a supervisor and its worker processes on one port, run as
+"""server.processes (section 32): a supervisor and its worker processes on one port, run as
 the real command line."""
 
 import argparse
@@ -251,7 +251,7 @@ def test_more_than_four_processes_a_core_are_refused_at_start(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-# ---- the state workers share (section 18: the supervisor's StateServer) -------------------
+# ---- the state workers share (section 19: the supervisor's StateServer) -------------------
 
 def team(tmp_path, fake_url, processes=2, rpm=0):
     client = {"key": "alice-key", "name": "alice"}

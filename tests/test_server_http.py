@@ -1,4 +1,4 @@
-"""The server (section 27) over raw sockets: the real server on 127.0.0.1, fed the bytes
+"""The server (section 28) over raw sockets: the real server on 127.0.0.1, fed the bytes
 http.client would never send. Errors come back in the Gemini shape {"error": {code,
 message, status}}; a request whose framing is unknown is answered and its connection
 closed; one bad client never disturbs another.

@@ -870,7 +870,7 @@ def test_socket_is_private_and_tidied(directory):
 # ---- what the proxy shares ------------------------------------------------------------------------
 
 class ReferenceLimits:
-    """ClientLimits.admit/spent/snapshot of section 23, for one client."""
+    """ClientLimits.admit/spent/snapshot of section 24, for one client."""
 
     def __init__(self):
         self.recent = collections.deque()
