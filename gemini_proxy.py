@@ -8129,6 +8129,12 @@ class TunnelRefused(OSError):
 # TLS, it is also the most ciphertext one read decrypts: an upstream that sends records
 # with nothing in them (key updates, session tickets) cannot keep a read going.
 READ_BYTES = 65536
+# ... and the most of such records in a row before the connection is given up: a
+# server sends a few session tickets and, seldom, a key update; each 64 KiB of key
+# updates cost the loop some 25 ms (measured), so one without end would take most of it.
+TLS_EMPTY_BYTES = 1 << 20
+# A large request body is encrypted a slice at a time (never held twice over, whole).
+TLS_WRITE_BYTES = 262144
 
 
 class TLSSession:
@@ -8144,6 +8150,7 @@ class TLSSession:
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_hostname=server_hostname)
         self.ended = False  # the server's close_notify, or the connection's end, was read
+        self._empty = 0     # bytes taken since the last that held data (TLS_EMPTY_BYTES)
         # Where the server's records end (OpenSSL takes a record's start from the BIO
         # and says nothing of it): bytes of the record under way yet to come, and the
         # start of a record header split between reads.
@@ -8151,8 +8158,8 @@ class TLSSession:
         self._header = b""
 
     def handshake(self, ciphertext: bytes = b"") -> bool:
-        """Whether the handshake is done, given the server's next bytes (to_send() first:
-        what to answer)."""
+        """Whether the handshake is done, given the server's next bytes (what to answer
+        is to_send()'s)."""
         if ciphertext:
             self._frame(ciphertext)
             self._incoming.write(ciphertext)
@@ -8172,7 +8179,8 @@ class TLSSession:
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         """The data of every whole record so far, given the socket's next bytes (b"": the
-        connection's end, after which `ended`)."""
+        connection's end, after which `ended`). BadReply after TLS_EMPTY_BYTES of records
+        with no data in a row."""
         if ciphertext:
             self._frame(ciphertext)
             self._incoming.write(ciphertext)
@@ -8185,11 +8193,20 @@ class TLSSession:
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                data = b""   # closed with no close_notify: the end, as SSLSocket reads it
+                # (closed with no close_notify, which SSLSocket reads as the end too; or
+                # one, where a Python takes OpenSSL 3's unexpected EOFs as clean)
+                data = b""
             if not data:
                 self.ended = True
                 break
             parts.append(data)
+        if parts:
+            self._empty = 0
+        else:
+            self._empty += len(ciphertext)
+            if self._empty > TLS_EMPTY_BYTES:
+                raise BadReply("over %d bytes of TLS records with no data in them"
+                               % TLS_EMPTY_BYTES)
         return b"".join(parts)
 
     def _frame(self, ciphertext: bytes) -> None:
@@ -8297,22 +8314,29 @@ class UpstreamConnection:
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.replied = self._emptied = False
-        if self._tls is not None:
-            data = self._unsent + self._tls.encrypt(data + body)
-            self._unsent = b""
-        elif at_once or len(body) < 65536:
-            data += body
-        else:
-            self.sock.sendall(data)
-            data = body
-        if at_once:
+        if at_once:     # (a small request: LOOP_BODY_BYTES at most)
+            data = self._sealed(data + body)
             self.sock.settimeout(0.0)
             try:
                 return data[self.sock.send(data):]
             except BlockingIOError:
                 return data
-        self.sock.sendall(data)
+        if len(body) < 65536:
+            self.sock.sendall(self._sealed(data + body))
+        else:   # (not copied whole, nor held encrypted whole)
+            self.sock.sendall(self._sealed(data))
+            view = memoryview(body)
+            for at in range(0, len(body), TLS_WRITE_BYTES):
+                self.sock.sendall(self._sealed(view[at:at + TLS_WRITE_BYTES]))
         return b""
+
+    def _sealed(self, plaintext: Union[bytes, memoryview]) -> Union[bytes, memoryview]:
+        """The bytes for the socket: over TLS, the records (after any the session made
+        itself and the socket has not taken)."""
+        if self._tls is None:
+            return plaintext
+        data, self._unsent = self._unsent + self._tls.encrypt(plaintext), b""
+        return data
 
     def read_head(self, deadline: float) -> ReplyHead:
         searched = 0
@@ -8379,11 +8403,11 @@ class UpstreamConnection:
         as long as it is), and a TLS read leaves no data behind where the selector cannot
         see it. A lone event is read with one recv, not two (the second only said there
         was nothing more: the loop spent 7% more on streams of lone events, measured)."""
+        if self.tls_ended:
+            return False    # (before _emptied: the end may have come with the last data)
         if self._emptied:
             self._emptied = False
             return None
-        if self.tls_ended:
-            return False
         if self._unsent:
             self._send_unsent()
             if self._unsent:   # (an upstream that reads none of ours gets no more read)
@@ -8392,8 +8416,9 @@ class UpstreamConnection:
             data = self.sock.recv(READ_BYTES)
         except BlockingIOError:
             return None
-        self._emptied = 0 < len(data) < READ_BYTES
-        return self._received(data)
+        received = self._received(data)
+        self._emptied = received is True and len(data) < READ_BYTES
+        return received
 
     @property
     def tls_ended(self) -> bool:
@@ -8451,8 +8476,16 @@ class UpstreamConnection:
                 return False
             if self._tls is None:
                 return True
-            # (readable: this read takes what is there without waiting)
-            if self._received(self.sock.recv(READ_BYTES)) is not None:
+            # Readable: this read takes what is there without waiting, and the records
+            # the session makes go out as far as the socket takes them (an upstream that
+            # reads none of ours would hold this worker until the socket's time-out).
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(0.0)
+            try:
+                received = self._received(self.sock.recv(READ_BYTES))
+            finally:
+                self.sock.settimeout(timeout)
+            if received is not None:
                 return True     # data, or the end
             if time.monotonic() >= deadline:
                 return False    # (records with no data that go on and on: the loop waits)

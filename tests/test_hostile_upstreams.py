@@ -37,7 +37,12 @@ def http_reply(body, status="200 OK", headers=(), close=False):
 
 class CutRecord(bytes):
     """A reply of which a TLS upstream sends the first half of its first record, and
-    then closes the connection."""
+    then closes the connection (no close_notify). Empty: it only closes."""
+
+
+class ThenCloseNotify(bytes):
+    """A reply a TLS upstream sends with its close_notify in the same write, and then
+    waits for the proxy to close the connection."""
 
 
 class TLSServerEnd:
@@ -74,6 +79,11 @@ class TLSServerEnd:
 
     def sendall(self, data):
         self.tls.write(data)
+        if isinstance(data, ThenCloseNotify):
+            try:
+                self.tls.unwrap()
+            except ssl.SSLWantReadError:
+                pass    # (it would wait for the proxy's)
         records = self.outgoing.read()
         self.cut = isinstance(data, CutRecord)
         self.sock.sendall(records[:len(records) // 2] if self.cut else records)
@@ -273,16 +283,32 @@ def test_a_bad_reply_on_a_reused_connection_is_never_sent_again(raw):
     assert len(upstream.requests) == 2
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_a_reused_connection_closed_before_replying_is_retried_once(raw, tls):
-    # (over TLS the server says close_notify first: a whole record, and no reply)
-    proxy, upstream = raw(http_reply(completion("first")), None,
+@pytest.mark.parametrize("tls, close", [(False, None), (True, None), (True, CutRecord())],
+                         ids=["plain", "tls", "tls-without-close-notify"])
+def test_a_reused_connection_closed_before_replying_is_retried_once(raw, tls, close):
+    # (over TLS the server says close_notify first, a whole record and no reply; or not)
+    proxy, upstream = raw(http_reply(completion("first")), close,
                           http_reply(completion("on a fresh connection")), tls=tls)
     assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
     status, body = proxy.post("/v1/chat/completions", CHAT)
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "on a fresh connection"
     assert len(upstream.requests) == 3
+
+
+def test_a_tls_reply_its_close_notify_ends_is_answered_at_once_on_a_kept_connection(raw):
+    """A reply with no length ends with its connection: over TLS with the server's
+    close_notify, which may come in the read that brings the reply's last bytes, the
+    server keeping TCP open until the proxy closes too. On the kept connection the
+    event loop reads it, and must not wait for more (the silence's time-out, 300 s,
+    past the client's patience: a review's finding)."""
+    ended = ThenCloseNotify(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                            + completion("ended by close_notify"))
+    proxy, upstream = raw(http_reply(completion("first")), ended, tls=True)
+    assert proxy.post("/v1/chat/completions", CHAT)[0] == 200
+    status, body = proxy.post("/v1/chat/completions", CHAT)     # on the kept connection
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == "ended by close_notify"
 
 
 def test_a_tls_reply_cut_inside_its_first_record_is_never_sent_again(raw):

@@ -1239,6 +1239,36 @@ class CountingSocket(socket.socket):
         return data
 
 
+@contextlib.contextmanager
+def ticket_flood(folder, tickets):
+    """(target, the proxy's UpstreamConnection, the reply): a TLS upstream that sends
+    `tickets` session tickets (some 250 bytes each, no data in them) after its handshake,
+    then the reply to a request."""
+    cert, key = tls_certificate(folder)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server_context.num_tickets = tickets
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def serve():
+        with contextlib.suppress(OSError):   # (a test that gives up closes mid-way)
+            with server_context.wrap_socket(server.accept()[0], server_side=True) as peer:
+                peer.recv(65536)
+                peer.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
+    conn = gp.UpstreamConnection.connect(target, lambda: ssl.create_default_context(
+        cafile=cert), PATIENCE)
+    try:
+        yield target, conn, reply
+    finally:
+        conn.close()
+        server.close()
+
+
 def test_one_tls_read_on_the_loop_decrypts_a_bounded_amount_of_records_with_no_data(
         tmp_path):
     """An upstream whose records hold no data (here thousands of session tickets; a
@@ -1246,24 +1276,7 @@ def test_one_tls_read_on_the_loop_decrypts_a_bounded_amount_of_records_with_no_d
     each read takes at most READ_BYTES from the socket (an SSLSocket's read went on
     through every such record already there, for seconds), and the data behind them
     still arrives whole."""
-    cert, key = tls_certificate(tmp_path)
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(cert, key)
-    server_context.num_tickets = 3000       # some 600 KB of records with no data
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-    def serve():
-        with server_context.wrap_socket(server.accept()[0], server_side=True) as peer:
-            peer.recv(65536)
-            peer.sendall(reply)
-    threading.Thread(target=serve, daemon=True).start()
-    target = gp.upstream_target("https://127.0.0.1:%d/v1" % server.getsockname()[1], {})
-    conn = gp.UpstreamConnection.connect(target, lambda: ssl.create_default_context(
-        cafile=cert), PATIENCE)
-    try:
+    with ticket_flood(tmp_path, 2000) as (target, conn, reply):   # some 500 KB of them
         conn.sock = CountingSocket(fileno=conn.sock.detach())
         conn.sock.took = []
         conn.send("GET", "/v1/models", target, {}, b"")
@@ -1278,9 +1291,24 @@ def test_one_tls_read_on_the_loop_decrypts_a_bounded_amount_of_records_with_no_d
         assert sum(conn.sock.took) > 4 * gp.READ_BYTES   # (the tickets came before it)
         assert max(conn.sock.took) <= gp.READ_BYTES and reads > 4
         assert bytes(conn.buf) == reply
-    finally:
-        conn.close()
-        server.close()
+
+
+def test_too_many_tls_records_with_no_data_in_a_row_end_the_reply(tmp_path, monkeypatch):
+    """One bounded read at a time still adds up (some 25 ms of the loop for each 64 KiB
+    of key updates): past TLS_EMPTY_BYTES of such records in a row the reply is given
+    up, a BadReply (a 502), on the loop and in a worker alike."""
+    monkeypatch.setattr(gp, "TLS_EMPTY_BYTES", 128 << 10)
+    with ticket_flood(tmp_path, 2000) as (target, conn, _):
+        conn.send("GET", "/v1/models", target, {}, b"")
+        with pytest.raises(gp.BadReply, match="no data"):
+            conn.read_head(time.monotonic() + PATIENCE)
+    with ticket_flood(tmp_path, 2000) as (target, conn, _):
+        conn.send("GET", "/v1/models", target, {}, b"")
+        conn.sock.settimeout(0.0)
+        with pytest.raises(gp.BadReply, match="no data"):
+            for _ in range(1000):   # (each read takes 64 KiB at most: 8 read all of it)
+                assert gp.readable_now(conn.sock, PATIENCE), "the tickets never came"
+                assert conn.receive_ready() is None
 
 
 def gemini_stream_text(data):
