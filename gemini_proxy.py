@@ -8129,10 +8129,13 @@ class TunnelRefused(OSError):
 # TLS, it is also the most ciphertext one read decrypts: an upstream that sends records
 # with nothing in them (key updates, session tickets) cannot keep a read going.
 READ_BYTES = 65536
-# ... and the most of such records in a row before the connection is given up: a
-# server sends a few session tickets and, seldom, a key update; each 64 KiB of key
-# updates cost the loop some 25 ms (measured), so one without end would take most of it.
-TLS_EMPTY_BYTES = 1 << 20
+# After a read that held no data, the loop's next takes a record's worth: 64 KiB of key
+# updates that each ask for one back cost it some 76 ms (measured: 2,400 records).
+TLS_RECORD_BYTES = 16384
+# ... and the most of such records in a row before the connection is given up (a 502):
+# a server sends two session tickets after its handshake (some 500 bytes) and, seldom,
+# a key update. So a flood costs the loop some 0.3 s in all, in steps of 20 ms.
+TLS_EMPTY_BYTES = 262144
 # A large request body is encrypted a slice at a time (never held twice over, whole).
 TLS_WRITE_BYTES = 262144
 
@@ -8150,7 +8153,7 @@ class TLSSession:
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_hostname=server_hostname)
         self.ended = False  # the server's close_notify, or the connection's end, was read
-        self._empty = 0     # bytes taken since the last that held data (TLS_EMPTY_BYTES)
+        self.empty_run = 0  # bytes taken since the last that held data (TLS_EMPTY_BYTES)
         # Where the server's records end (OpenSSL takes a record's start from the BIO
         # and says nothing of it): bytes of the record under way yet to come, and the
         # start of a record header split between reads.
@@ -8201,10 +8204,10 @@ class TLSSession:
                 break
             parts.append(data)
         if parts:
-            self._empty = 0
+            self.empty_run = 0
         else:
-            self._empty += len(ciphertext)
-            if self._empty > TLS_EMPTY_BYTES:
+            self.empty_run += len(ciphertext)
+            if self.empty_run > TLS_EMPTY_BYTES:
                 raise BadReply("over %d bytes of TLS records with no data in them"
                                % TLS_EMPTY_BYTES)
         return b"".join(parts)
@@ -8412,12 +8415,14 @@ class UpstreamConnection:
             self._send_unsent()
             if self._unsent:   # (an upstream that reads none of ours gets no more read)
                 return None
+        size = TLS_RECORD_BYTES if self._tls is not None and self._tls.empty_run else \
+            READ_BYTES
         try:
-            data = self.sock.recv(READ_BYTES)
+            data = self.sock.recv(size)
         except BlockingIOError:
             return None
         received = self._received(data)
-        self._emptied = received is True and len(data) < READ_BYTES
+        self._emptied = received is True and len(data) < size
         return received
 
     @property
@@ -8828,9 +8833,12 @@ class UpstreamResponse:
         except socket.timeout:
             raise self._timed_out(self._waiting) from None
         except (OSError, BadReply) as exc:
-            raise UpstreamError("the connection to upstream %r broke: %s" % (
-                self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
-                status=502) from None
+            raise self._broke(exc) from None
+
+    def _broke(self, exc: Exception) -> UpstreamError:
+        return UpstreamError("the connection to upstream %r broke: %s" % (
+            self._name, exc if isinstance(exc, BadReply) else exc.__class__.__name__),
+            status=502)
 
     def peek(self) -> bytes:
         """The body's first bytes (b"": it has none), read in a worker and handed out
@@ -8856,7 +8864,11 @@ class UpstreamResponse:
             timeout, meaning = self._timeouts.silence_left(self._silent_since,
                                                            time.monotonic())
             grace = 0.0
-        if not (yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)):
+        try:   # (a TLS connection reads while it waits: records with no data in them)
+            came = yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)
+        except (OSError, BadReply) as exc:
+            raise self._broke(exc) from None
+        if not came:
             raise self._timed_out(meaning)
 
     def receiving_body(self, limit: int) -> "Steps[bool]":

@@ -7,7 +7,9 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import threading
+import time
 
 import pytest
 
@@ -38,6 +40,10 @@ def http_reply(body, status="200 OK", headers=(), close=False):
 class CutRecord(bytes):
     """A reply of which a TLS upstream sends the first half of its first record, and
     then closes the connection (no close_notify). Empty: it only closes."""
+
+
+class Reset(CutRecord):
+    """What a TLS upstream sends last: nothing, and the connection is reset (RST)."""
 
 
 class ThenCloseNotify(bytes):
@@ -86,6 +92,8 @@ class TLSServerEnd:
                 pass    # (it would wait for the proxy's)
         records = self.outgoing.read()
         self.cut = isinstance(data, CutRecord)
+        if isinstance(data, Reset):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.sendall(records[:len(records) // 2] if self.cut else records)
 
     def __enter__(self):
@@ -106,8 +114,9 @@ class TLSServerEnd:
 
 class RawUpstream:
     """Answers each request, on whatever connection it comes, with the next scripted
-    bytes; a connection is closed after a reply that says so (or a script item None, or
-    a CutRecord). With `tls` (a server context), over TLS."""
+    bytes (a list: pieces, a float among them a pause); a connection is closed after a
+    reply that says so (or a script item None, or a CutRecord). With `tls` (a server
+    context), over TLS."""
 
     def __init__(self, *replies, tls=None):
         self.replies = list(replies)
@@ -159,10 +168,14 @@ class RawUpstream:
                     reply = self.replies.pop(0) if self.replies else None
                 if reply is None:
                     return
-                for piece in reply if isinstance(reply, list) else [reply]:
-                    conn.sendall(piece)
-                if isinstance(reply, CutRecord) or b"connection: close" in b"".join(
-                        reply if isinstance(reply, list) else [reply]).lower():
+                pieces = reply if isinstance(reply, list) else [reply]
+                for piece in pieces:
+                    if isinstance(piece, float):
+                        time.sleep(piece)   # (a pause: where the proxy's worker parks)
+                    else:
+                        conn.sendall(piece)
+                if isinstance(pieces[-1], CutRecord) or \
+                        b"connection: close" in b"".join(pieces).lower():
                     return
 
     def close(self):
@@ -309,6 +322,17 @@ def test_a_tls_reply_its_close_notify_ends_is_answered_at_once_on_a_kept_connect
     status, body = proxy.post("/v1/chat/completions", CHAT)     # on the kept connection
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "ended by close_notify"
+
+
+def test_a_tls_connection_reset_while_a_worker_waits_for_the_body_is_a_502(raw):
+    """A reset after the head and a pause, while the request's worker waits for the
+    body's bytes: the TLS read in that wait (of records with no data) raised the socket's
+    ConnectionResetError, which nothing turned into an upstream error: a 500 with a
+    traceback, and no fallback tried (an adversarial run's finding)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n"
+    proxy, _ = raw([head, 0.5, Reset()], tls=True)
+    status, body = proxy.post("/v1/chat/completions", CHAT)     # a new connection: a worker
+    assert status == 502 and "broke" in body["error"]["message"], body
 
 
 def test_a_tls_reply_cut_inside_its_first_record_is_never_sent_again(raw):

@@ -1231,10 +1231,11 @@ def test_a_connection_whose_tls_the_server_ended_is_not_kept(tmp_path):
 
 
 class CountingSocket(socket.socket):
-    """A socket that notes the size of each recv."""
+    """A socket that notes what each recv asked for and took."""
 
     def recv(self, size, *flags):
         data = super().recv(size, *flags)
+        self.asked.append(size)
         self.took.append(len(data))
         return data
 
@@ -1275,30 +1276,34 @@ def test_one_tls_read_on_the_loop_decrypts_a_bounded_amount_of_records_with_no_d
     hostile one, key updates without end) cannot keep one read on the event loop going:
     each read takes at most READ_BYTES from the socket (an SSLSocket's read went on
     through every such record already there, for seconds), and the data behind them
-    still arrives whole."""
-    with ticket_flood(tmp_path, 2000) as (target, conn, reply):   # some 500 KB of them
+    still arrives whole; after a read with no data, the next takes a record's worth."""
+    with ticket_flood(tmp_path, 700) as (target, conn, reply):   # some 180 KB of them
         conn.sock = CountingSocket(fileno=conn.sock.detach())
-        conn.sock.took = []
+        conn.sock.took, conn.sock.asked = [], []
         conn.send("GET", "/v1/models", target, {}, b"")
         conn.sock.settimeout(0.0)
         reads = 0
+        empty = False   # (the last read held no data)
         while not conn.buf.endswith(b"ok"):
             assert gp.readable_now(conn.sock, PATIENCE), "the reply never came"
             took = len(conn.sock.took)
-            conn.receive_ready()
+            received = conn.receive_ready()
             assert len(conn.sock.took) - took <= 1, "one read took from the socket twice"
+            if len(conn.sock.took) > took:     # (not the shortcut after a short read)
+                assert conn.sock.asked[-1] == (gp.TLS_RECORD_BYTES if empty else
+                                               gp.READ_BYTES)
+                empty = received is None
             reads += 1
-        assert sum(conn.sock.took) > 4 * gp.READ_BYTES   # (the tickets came before it)
-        assert max(conn.sock.took) <= gp.READ_BYTES and reads > 4
+        assert sum(conn.sock.took) > 8 * gp.TLS_RECORD_BYTES   # (the tickets came first)
+        assert reads > 8
         assert bytes(conn.buf) == reply
 
 
-def test_too_many_tls_records_with_no_data_in_a_row_end_the_reply(tmp_path, monkeypatch):
-    """One bounded read at a time still adds up (some 25 ms of the loop for each 64 KiB
+def test_too_many_tls_records_with_no_data_in_a_row_end_the_reply(tmp_path):
+    """One bounded read at a time still adds up (some 76 ms of the loop for each 64 KiB
     of key updates): past TLS_EMPTY_BYTES of such records in a row the reply is given
     up, a BadReply (a 502), on the loop and in a worker alike."""
-    monkeypatch.setattr(gp, "TLS_EMPTY_BYTES", 128 << 10)
-    with ticket_flood(tmp_path, 2000) as (target, conn, _):
+    with ticket_flood(tmp_path, 2000) as (target, conn, _):     # some 500 KB of them
         conn.send("GET", "/v1/models", target, {}, b"")
         with pytest.raises(gp.BadReply, match="no data"):
             conn.read_head(time.monotonic() + PATIENCE)
@@ -1306,7 +1311,7 @@ def test_too_many_tls_records_with_no_data_in_a_row_end_the_reply(tmp_path, monk
         conn.send("GET", "/v1/models", target, {}, b"")
         conn.sock.settimeout(0.0)
         with pytest.raises(gp.BadReply, match="no data"):
-            for _ in range(1000):   # (each read takes 64 KiB at most: 8 read all of it)
+            for _ in range(1000):   # (each read takes 16 KiB at most: 32 read all of it)
                 assert gp.readable_now(conn.sock, PATIENCE), "the tickets never came"
                 assert conn.receive_ready() is None
 
