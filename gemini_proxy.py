@@ -8129,13 +8129,15 @@ class TunnelRefused(OSError):
 # TLS, it is also the most ciphertext one read decrypts: an upstream that sends records
 # with nothing in them (key updates, session tickets) cannot keep a read going.
 READ_BYTES = 65536
-# After a read that held no data, the loop's next takes a record's worth: 64 KiB of key
-# updates that each ask for one back cost it some 76 ms (measured: 2,400 records).
+# After a read that brought records with no data, the loop's next takes a record's
+# worth: 64 KiB of key updates that each ask for one back cost it some 76 ms (measured:
+# 2,400 records).
 TLS_RECORD_BYTES = 16384
-# ... and the most of such records in a row before the connection is given up (a 502):
-# a server sends two session tickets after its handshake (some 500 bytes) and, seldom,
-# a key update. So a flood costs the loop some 0.3 s in all, in steps of 20 ms.
-TLS_EMPTY_BYTES = 262144
+# ... and the most such records one reply may bring before it is given up (a 502), data
+# between them or not: a server sends two session tickets after its handshake and,
+# seldom, a key update. So they cost the loop under 0.1 s a request (the first read's
+# 64 KiB the most of it).
+TLS_EMPTY_RECORDS = 1000
 # A large request body is encrypted a slice at a time (never held twice over, whole).
 TLS_WRITE_BYTES = 262144
 
@@ -8153,7 +8155,10 @@ class TLSSession:
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_hostname=server_hostname)
         self.ended = False  # the server's close_notify, or the connection's end, was read
-        self.empty_run = 0  # bytes taken since the last that held data (TLS_EMPTY_BYTES)
+        # Records with no data in them since the request (TLS_EMPTY_RECORDS), and
+        # whether the last read brought some.
+        self.empty_records = 0
+        self.last_read_empty = False
         # Where the server's records end (OpenSSL takes a record's start from the BIO
         # and says nothing of it): bytes of the record under way yet to come, and the
         # start of a record header split between reads.
@@ -8182,10 +8187,10 @@ class TLSSession:
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         """The data of every whole record so far, given the socket's next bytes (b"": the
-        connection's end, after which `ended`). BadReply after TLS_EMPTY_BYTES of records
-        with no data in a row."""
+        connection's end, after which `ended`). BadReply past TLS_EMPTY_RECORDS."""
+        begun = 0
         if ciphertext:
-            self._frame(ciphertext)
+            begun = self._frame(ciphertext)
             self._incoming.write(ciphertext)
         else:
             self._incoming.write_eof()
@@ -8203,23 +8208,27 @@ class TLSSession:
                 self.ended = True
                 break
             parts.append(data)
-        if parts:
-            self.empty_run = 0
-        else:
-            self.empty_run += len(ciphertext)
-            if self.empty_run > TLS_EMPTY_BYTES:
-                raise BadReply("over %d bytes of TLS records with no data in them"
-                               % TLS_EMPTY_BYTES)
+        # (A record's data comes in one read of it: the records begun and not read as
+        # data held none, or are still on their way and count once they have come.)
+        empty = begun - len(parts)
+        self.last_read_empty = empty > 0
+        self.empty_records += empty
+        if self.empty_records > TLS_EMPTY_RECORDS:
+            raise BadReply("over %d TLS records with no data in them" % TLS_EMPTY_RECORDS)
         return b"".join(parts)
 
-    def _frame(self, ciphertext: bytes) -> None:
+    def _frame(self, ciphertext: bytes) -> int:
+        """The records begun in these bytes."""
         if self._header:    # (seldom: copies the read)
             ciphertext, self._header = self._header + ciphertext, b""
         at, size = self._record_left, len(ciphertext)
+        begun = 0
         while at + 5 <= size:   # (five bytes of header, the record's length its last two)
             at += 5 + (ciphertext[at + 3] << 8 | ciphertext[at + 4])
+            begun += 1
         self._record_left = max(at - size, 0)
         self._header = ciphertext[at:] if at < size else b""
+        return begun
 
     def partway(self) -> bool:
         """Whether a record has begun to arrive and not yet ended."""
@@ -8246,7 +8255,8 @@ class UpstreamConnection:
         # of a record: a reply cut inside its first record had begun all the same).
         self.replied = False
         self._unsent = b""  # records the TLS session made that the socket has not taken
-        # The last non-blocking read took less than it asked for: the socket was empty.
+        # The last non-blocking read took less than it asked for, and data: the socket
+        # was empty, and the loop has something to work on.
         self._emptied = False
 
     @classmethod
@@ -8317,6 +8327,8 @@ class UpstreamConnection:
             lines.append("%s: %s" % (name, value))
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.replied = self._emptied = False
+        if self._tls is not None:
+            self._tls.empty_records = 0
         if at_once:     # (a small request: LOOP_BODY_BYTES at most)
             data = self._sealed(data + body)
             self.sock.settimeout(0.0)
@@ -8401,10 +8413,10 @@ class UpstreamConnection:
 
     def receive_ready(self) -> Optional[bool]:
         """_receive for a non-blocking socket: None when nothing has arrived (or over TLS
-        no data yet). After a read that took less than it asked for, None without a
-        read: what arrives later the selector reports (it says a socket is readable for
-        as long as it is), and a TLS read leaves no data behind where the selector cannot
-        see it. A lone event is read with one recv, not two (the second only said there
+        no data yet). After a read that took data and less than it asked for, None
+        without a read: what arrives later the selector reports (it says a socket is
+        readable for as long as it is), and a TLS read leaves no data behind where the
+        selector cannot see it. A lone event is read with one recv, not two (the second only said there
         was nothing more: the loop spent 7% more on streams of lone events, measured)."""
         if self.tls_ended:
             return False    # (before _emptied: the end may have come with the last data)
@@ -8415,7 +8427,7 @@ class UpstreamConnection:
             self._send_unsent()
             if self._unsent:   # (an upstream that reads none of ours gets no more read)
                 return None
-        size = TLS_RECORD_BYTES if self._tls is not None and self._tls.empty_run else \
+        size = TLS_RECORD_BYTES if self._tls is not None and self._tls.last_read_empty else \
             READ_BYTES
         try:
             data = self.sock.recv(size)
