@@ -8188,9 +8188,10 @@ class TLSSession:
     def decrypt(self, ciphertext: bytes) -> bytes:
         """The data of every whole record so far, given the socket's next bytes (b"": the
         connection's end, after which `ended`). BadReply past TLS_EMPTY_RECORDS."""
-        begun = 0
+        whole = 0   # records that have come whole with these bytes
         if ciphertext:
-            begun = self._frame(ciphertext)
+            under_way = self._record_left > 0   # (begun in an earlier read)
+            whole = under_way + self._frame(ciphertext) - (self._record_left > 0)
             self._incoming.write(ciphertext)
         else:
             self._incoming.write_eof()
@@ -8208,9 +8209,7 @@ class TLSSession:
                 self.ended = True
                 break
             parts.append(data)
-        # (A record's data comes in one read of it: the records begun and not read as
-        # data held none, or are still on their way and count once they have come.)
-        empty = begun - len(parts)
+        empty = whole - len(parts)  # (a record's data comes whole, in one read of it)
         self.last_read_empty = empty > 0
         self.empty_records += empty
         if self.empty_records > TLS_EMPTY_RECORDS:

@@ -84,7 +84,8 @@ class TLSServerEnd:
                 self.incoming.write(data)
 
     def sendall(self, data):
-        self.tls.write(data)
+        if data:    # (an empty write fails on some Pythons: 3.8's)
+            self.tls.write(data)
         if isinstance(data, ThenCloseNotify):
             try:
                 self.tls.unwrap()
