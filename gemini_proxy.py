@@ -8236,11 +8236,12 @@ class TLSSession:
 
 class UpstreamConnection:
     """One HTTP/1.1 connection to an upstream: plain, TLS, or TLS through an HTTP proxy's
-    CONNECT tunnel, as its target says. The request goes out in one write; the reply is
-    read into one buffer and framed by section 5. A body is handed over as all of it that
-    has arrived (http.client hands a chunked body over a chunk at a time: a stream would
-    pay a pass through the whole proxy for every event). `sock` is the TCP socket, TLS or
-    not (TLSSession encrypts and decrypts).
+    CONNECT tunnel, as its target says. The request goes out in one write (a large body
+    after its head, a slice at a time); the reply is read into one buffer and framed by
+    section 5. A body is handed over as all of it that has arrived (http.client hands a
+    chunked body over a chunk at a time: a stream would pay a pass through the whole
+    proxy for every event). `sock` is the TCP socket, TLS or not (TLSSession encrypts
+    and decrypts).
 
     Every blocking read has a deadline (time.monotonic()), however the bytes trickle in:
     the socket's timeout bounds one recv, the deadline the whole wait. The event loop's
