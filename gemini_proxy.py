@@ -33,7 +33,7 @@ demand (up to server.workers) and shrinks when idle; a request lets go of its th
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
 event loop itself reads and converts the rest, no thread held meanwhile; a small
-request with a whole reply, on a kept connection (plain or TLS), takes no thread at all;
+request on a kept connection (plain or TLS), whole or streamed, takes no thread at all;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -8636,10 +8636,11 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
 # none would block: on an upstream's idle connection (plain or TLS: a read decrypts every
 # whole record it took, so no data waits where the loop's selector cannot see it, and
-# no more than READ_BYTES of ciphertext), a whole reply read as it comes, the loop
-# waiting for the socket between reads. Where something may block (a new connection, a
-# stream's reads, an error's body, a retry, a shared store's round trip) the steps yield
-# IN_A_THREAD and go on in a worker from there. A request that needs no thread saves the
+# no more than READ_BYTES of ciphertext), a whole reply or a stream's first events read
+# as they come, the loop waiting for the socket between reads. Where something may block
+# (a new connection, a whole body read at once: an error's, a large reply's; a retry, a
+# shared store's round trip) the steps yield IN_A_THREAD and go on in a worker from
+# there. A request that needs no thread saves the
 # two hand-overs between the loop and a worker, a third of its CPU.
 
 T = TypeVar("T")
@@ -8866,10 +8867,18 @@ class UpstreamResponse:
         """Steps until the body has bytes to read (awaiting_bytes); the time-out of its
         next read if none have come by then: `first`, of a stream, whose budget ran from
         the call's start; else of the silence after the head, or of the silence a read
-        has already waited out its grace in (which it does not wait again)."""
+        has already waited out its grace in (which it does not wait again). Where the
+        loop reads the reply (on_loop), with no grace, the silence timed from the last
+        bytes that came."""
         if self._peeked or self._body.done:
             return
-        if self._silent_since is None:
+        if self.on_loop and self._conn.wants_write:
+            yield from self.leaving_the_loop()   # (TLS, as in receiving_head: the rest so)
+        if self.on_loop:
+            timeout, meaning = self._timeouts.next_read(first) if first else \
+                self._timeouts.silence_left(self._quiet_since, time.monotonic())
+            grace = 0.0
+        elif self._silent_since is None:
             timeout, meaning = self._timeouts.next_read(first)
             grace = FIRST_BYTES_GRACE
         else:
@@ -8882,6 +8891,30 @@ class UpstreamResponse:
             raise self._broke(exc) from None
         if not came:
             raise self._timed_out(meaning)
+
+    def receiving_first_bytes(self) -> "Steps[None]":
+        """On the event loop: steps until the body's first bytes have come (kept for the
+        reads that follow), or its end; the first byte's time-out if neither has by then.
+        The loop reads the reply from now on (on_loop), as long as its steps run there:
+        no read waits; where one must (a whole body), leaving_the_loop."""
+        self.read_on_loop()
+        while not self._peeked:
+            data = self._read(first=True)
+            if data is None:
+                yield from self.awaiting_body(first=True)
+            else:
+                self._peeked = data
+                if not data:
+                    break
+        self._quiet_since = time.monotonic()
+
+    def leaving_the_loop(self) -> "Steps[None]":
+        """Where the loop reads this reply (receiving_first_bytes) and the next read must
+        wait (a whole body read at once, TLS records to send first): the steps go on in
+        a worker, whose reads wait. Nothing, in a worker already."""
+        if self.on_loop:
+            self.on_loop = False
+            yield IN_A_THREAD, 0.0
 
     def receiving_body(self, limit: int) -> "Steps[bool]":
         """On the event loop: steps until the whole body has come (True), or more than
@@ -11119,11 +11152,16 @@ class ChunkPipe:
     Gemini CLI gives up on a server that sends no headers for 60 s); the worker's own
     head is then dropped and its errors go in-stream. abort() (the client left, or the
     proxy is stopping) makes put() raise ClientGone, runs the hooks that stop a blocked
-    upstream call, and settles a relay the loop has not begun."""
+    upstream call, and settles a relay the loop has not begun.
+
+    Made on the event loop's thread, whose own puts (a request the loop runs: Proxy.handle,
+    on_loop) never wait for room: nothing would take the items meanwhile. What such a
+    request puts is bounded: a small reply, or a stream's head, first event and relay."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int,
                  waker: Optional[LoopWaker] = None, loop_reads: bool = False):
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self.loop_reads = loop_reads
         self._waker = waker or LoopWaker(loop)
         self._items: List[Any] = []   # a list: the loop takes them all (a deque is 1 KB)
@@ -11161,7 +11199,7 @@ class ChunkPipe:
                     if isinstance(item, UpstreamRelay):
                         break   # settled at once by _append, as one withdrawn
                     raise ClientGone()
-                if self._room > 0:
+                if self._room > 0 or threading.get_ident() == self._loop_thread:
                     self._room -= 1
                     quietly = quietly and self._room > 0
                     break
@@ -11709,7 +11747,9 @@ class UpstreamCall:
         has come back yet, or a head without its body's first bytes, or a stream without
         its first events, the steps yield, for the worker to let go of its thread until
         they come (the wait of a model's thinking: see Proxy._conclude); where the event
-        loop cannot watch a socket, the worker waits for them as for any other read."""
+        loop cannot watch a socket, the worker waits for them as for any other read. On
+        the loop (rq.on_loop), a stream's reply is read as it comes up to its first events
+        (UpstreamResponse.receiving_first_bytes), a whole one up to LOOP_REPLY_BYTES."""
         runtime, rq = self.runtime, self.rq
         spec = options = runtime.spec
         kind = runtime.kind
@@ -11723,11 +11763,10 @@ class UpstreamCall:
                    ("user-agent", "gemini-proxy/" + __version__), (HOP_HEADER, rq.hops)]
         secret, account = self.key.key, self.key.account
         target = runtime.target
-        if rq.on_loop and (stream or account is not None or target.proxy):
-            # Reads that wait in a worker (a stream's first events), a Google token, an
-            # HTTP proxy: the rest in a worker. (loop_may_call sent such a
-            # request to one before its key was taken; this keeps the loop from them
-            # should a kind or a setting ever get past it.)
+        if rq.on_loop and (account is not None or target.proxy):
+            # A Google token, an HTTP proxy: the rest in a worker. (loop_may_call sent
+            # such a request to one before its key was taken; this keeps the loop from
+            # them should a kind or a setting ever get past it.)
             yield IN_A_THREAD, 0.0
         if account is not None:   # a Google login: its token now, its project in the body
             secret, options = self._with_account(account, options)
@@ -11764,7 +11803,9 @@ class UpstreamCall:
                     if rq.on_loop:   # its body, read for its message, in a worker
                         yield IN_A_THREAD, 0.0
                     raise self._failure(response)
-                if rq.on_loop:
+                if rq.on_loop and stream:   # the loop reads on, up to the first events
+                    yield from response.receiving_first_bytes()
+                elif rq.on_loop:
                     whole = yield from response.receiving_body(LOOP_REPLY_BYTES)
                     if not whole:   # a large reply: the rest is read in a worker
                         yield IN_A_THREAD, 0.0
@@ -11812,6 +11853,7 @@ class UpstreamCall:
         assert kind.decode_stream is not None
         if media_type(response.headers.get("content-type", "")) == "application/json" and \
                 looks_like_json(response.peek()):   # (events labelled so are read as events)
+            yield from response.leaving_the_loop()
             raise self.json_for_stream(self.read_body(response))
         raw = response.sse_events(self.runtime.spec["max_reply_bytes"],
                                   self.sink("3. upstream response: %d" % response.status))
@@ -11997,12 +12039,10 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
 def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
     """Whether the event loop may make a request's call on this upstream itself (see
     Proxy.handle): one that answers locally, or an upstream with a connection to it idle
-    in the pool (plain HTTP or TLS; not through an HTTP proxy), no Google login and no
-    stream asked of it."""
+    in the pool (plain HTTP or TLS; not through an HTTP proxy) and no Google login."""
     target = runtime.target
     return target is None or (
-        not target.proxy and runtime.kind.name != "code-assist"
-        and runtime.spec["upstream_streaming"] != "always" and rq.pool.has_idle(target))
+        not target.proxy and runtime.kind.name != "code-assist" and rq.pool.has_idle(target))
 
 
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,
@@ -13013,6 +13053,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         if media_type(content_type) != expected_type:
             if media_type(content_type) == "application/json" and \
                     looks_like_json(response.peek()):
+                yield from response.leaving_the_loop()
                 raise call.json_for_stream(call.read_body(response))
             raise UpstreamError("upstream %r answered a stream with %s, not %s" % (
                 runtime.name, clip(content_type, 60), expected_type), status=502)
@@ -13559,8 +13600,6 @@ class Proxy:
             ex.session = session_key(head, rq.payload)
             if ex.action in ("generate", "stream") and dialect.streams(ex, rq.payload):
                 rq.out.expect_stream(dialect.stream_content_type(ex))
-                if rq.on_loop:   # its pieces may wait for room in the pipe the loop empties
-                    yield IN_A_THREAD, 0.0
             if client is not ANONYMOUS and ex.action != "count_tokens":
                 if rq.on_loop and self.limits.through_store(client):
                     yield IN_A_THREAD, 0.0

@@ -861,6 +861,178 @@ def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
     assert fake.connections == 1
 
 
+STREAM_CHAT = dict(CHAT, stream=True)
+GEMINI_STREAM = "/v1beta/models/fake-model:streamGenerateContent?alt=sse"
+
+
+def streamed_text(data, dialect="openai"):
+    """The text of a stream's events (OpenAI's deltas, or Gemini's parts)."""
+    texts = []
+    for line in data.decode().split("\n"):
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line[len("data: "):])
+        if dialect == "openai":
+            texts += [c["delta"].get("content") or "" for c in event["choices"]]
+        else:
+            texts += [p.get("text", "") for c in event.get("candidates", [])
+                      for p in c.get("content", {}).get("parts", [])]
+    return "".join(texts)
+
+
+def watch_hand_overs(app, monkeypatch):
+    """The requests the loop handed to a worker (_in_a_thread) from now on."""
+    handed, real_in_a_thread = [], app._in_a_thread
+    monkeypatch.setattr(app, "_in_a_thread", lambda rq, steps: (
+        handed.append(rq), real_in_a_thread(rq, steps)))
+    return handed
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_small_stream_on_a_kept_connection_is_opened_by_the_event_loop_with_no_thread(
+        proxy_factory, fake, scheme, request, monkeypatch):
+    """A small streamed request on an upstream's idle connection, plain or TLS, is sent,
+    its first events read and the rest relayed by the event loop, no worker thread
+    taken (the only one is busy) and none handed the request, passed through and
+    converted, each stream whole."""
+    if scheme == "https":
+        fake, cert = request.getfixturevalue("tls_fake")
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+    proxy = one_worker_proxy(proxy_factory, fake)
+    fake.queue(json_reply(completion("first")),
+               text_stream("passed through by the loop", pieces=4),
+               text_stream("converted by the loop", pieces=4))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
+    proxy.wait_until_idle()
+    app = proxy.server.proxy
+    handed = watch_hand_overs(app, monkeypatch)
+    freed = []
+    go = occupy(app.workers, 1, then=lambda: freed.append(True))
+    try:
+        status, _, data = proxy.request("POST", OPENAI, STREAM_CHAT, timeout=PATIENCE * 2)
+        assert status == 200 and streamed_text(data) == "passed through by the loop", data
+        assert data.rstrip().endswith(b"data: [DONE]")
+        status, _, data = proxy.request("POST", GEMINI_STREAM, GEMINI_CHAT,
+                                        timeout=PATIENCE * 2)
+        assert status == 200 and streamed_text(data, "gemini") == "converted by the loop"
+        assert not freed, "answered once the worker was free, not by the loop"
+        assert not handed, "the loop handed the stream to a worker"
+    finally:
+        go.set()
+    assert fake.connections == 1
+
+
+@pytest.mark.parametrize("path, payload, dialect", [(OPENAI, STREAM_CHAT, "openai"),
+                                                    (GEMINI_STREAM, GEMINI_CHAT, "gemini")])
+def test_the_event_loop_waits_for_a_streams_first_answer_without_a_thread(
+        proxy_factory, fake, monkeypatch, path, payload, dialect):
+    """The loop's stream has its upstream's first bytes (a role-only delta) and then
+    nothing for a while: the loop waits for the socket, answering others (/health) with
+    the only worker free, and the stream is whole once the rest comes."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               pause_after(text_stream("after a pause", pieces=2), writes=1,
+                           seconds=2 * PATIENCE, until=released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    proxy.wait_until_idle()
+    app = proxy.server.proxy
+    handed = watch_hand_overs(app, monkeypatch)
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(
+        proxy.request("POST", path, payload, timeout=PATIENCE * 3)), daemon=True)
+    asker.start()
+    try:
+        wait_for(lambda: len(fake.requests) == 2 and app.active == 1 and app.working == 0,
+                 message="the stream waiting for its first answer, no thread held")
+        status, _, health = proxy.request("GET", "/health", timeout=PATIENCE)
+        assert status == 200 and json.loads(health)["workers_free"] == 1, health
+    finally:
+        released.set()
+        asker.join(PATIENCE * 3)
+    assert answers and answers[0][0] == 200, answers
+    assert streamed_text(answers[0][2], dialect) == "after a pause"
+    assert not handed, "the loop handed the stream to a worker"
+
+
+@pytest.mark.parametrize("path, payload", [(OPENAI, STREAM_CHAT), (GEMINI_STREAM, GEMINI_CHAT)])
+def test_a_whole_json_answer_to_the_loops_stream_is_read_whole_in_a_worker(
+        proxy_factory, fake, monkeypatch, path, payload):
+    """A stream was asked for and the upstream answers with whole JSON, its body in two
+    parts with a pause between: read whole (in a worker: a whole body's read waits), it
+    is reported as what it is, not as JSON cut at the pause (passed through or
+    converted)."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "retries": 0}}, "default_model": "fake-model", "server": {"workers": 1}})
+    body = json.dumps(completion("a whole reply")).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
+        b"\r\n\r\n" % len(body)
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               write_then_hold(head + body[:10], body[10:], released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    proxy.wait_until_idle()
+    app = proxy.server.proxy
+    handed = watch_hand_overs(app, monkeypatch)
+    answers = []
+    asker = threading.Thread(target=lambda: answers.append(proxy.post(
+        path, payload, timeout=PATIENCE * 3)), daemon=True)
+    asker.start()
+    try:
+        wait_for(lambda: handed, message="the whole body's read handed to a worker")
+    finally:
+        released.set()
+        asker.join(PATIENCE * 3)
+    assert answers and answers[0][0] == 502, answers
+    message = answers[0][1]["error"]["message"]
+    assert "answered a stream request with a whole JSON reply" in message, message
+
+
+def test_the_loops_stream_whose_first_bytes_never_come_times_out(proxy_factory, fake,
+                                                                 monkeypatch):
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "first_byte_timeout": 0.5, "retries": 0}}, "default_model": "fake-model"})
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               write_then_hold(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                               b"transfer-encoding: chunked\r\n\r\n", b"0\r\n\r\n",
+                               released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    proxy.wait_until_idle()
+    ran_in, _ = watch_go_on(proxy.server.proxy, monkeypatch)
+    try:
+        status, answer = proxy.post(OPENAI, STREAM_CHAT, timeout=PATIENCE)
+    finally:
+        released.set()
+    assert status == 504 and "sent nothing within 0.5s" in answer["error"]["message"], answer
+    assert ran_in and ran_in[0] is proxy._thread, "not waited for on the loop"
+
+
+def test_the_loops_puts_never_wait_for_room_in_the_pipe(proxy_factory, fake, monkeypatch):
+    """A stream the loop makes of a whole reply puts more than stream_queue_chunks (1)
+    into its pipe: the loop, which empties the pipe, must not wait for room (it would
+    wait for ever); nor a relayed stream's head, first event and relay."""
+    proxy = proxy_factory({"upstreams": {
+        "whole": {"kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-1234",
+                  "upstream_streaming": "never"},
+        "fake": {"kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-1234"}},
+        "routes": [{"model": "whole-model", "upstream": "whole"},
+                   {"model": "*", "upstream": "fake"}],
+        "server": {"workers": 1, "stream_queue_chunks": 1}})
+    fake.queue(json_reply(completion("first")), json_reply(completion("made a stream")),
+               text_stream("relayed", pieces=3))
+    assert proxy.post(OPENAI, dict(CHAT, model="whole-model"))[0] == 200
+    proxy.wait_until_idle()
+    handed = watch_hand_overs(proxy.server.proxy, monkeypatch)
+    status, _, data = proxy.request("POST", OPENAI, dict(STREAM_CHAT, model="whole-model"))
+    assert status == 200 and streamed_text(data) == "made a stream", data
+    status, _, data = proxy.request("POST", OPENAI, STREAM_CHAT)
+    assert status == 200 and streamed_text(data) == "relayed", data
+    assert not handed, "the loop handed a stream to a worker"
+
+
 def write_then_hold(first, rest, released):
     """A reply written as `first` (bytes: part of its head, or of its body), then held
     until `released`, then `rest`."""
@@ -931,7 +1103,7 @@ def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fa
 
 def test_a_request_the_loop_cannot_make_goes_to_a_worker_as_a_new_one(proxy_factory, fake,
                                                                      monkeypatch):
-    """With no idle connection (or HTTPS, a stream asked of the upstream...), the loop
+    """With no idle connection (or an HTTP proxy, a Google login...), the loop
     hands the request to a worker before it takes a key: as a new request, which
     server.workers bounds (one holding a key goes past the limit, for its key's sake)."""
     proxy = one_worker_proxy(proxy_factory, fake)
