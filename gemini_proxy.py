@@ -33,7 +33,8 @@ demand (up to server.workers) and shrinks when idle; a request lets go of its th
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
 event loop itself reads and converts the rest, no thread held meanwhile; a small
-request on a kept connection (plain or TLS), whole or streamed, takes no thread at all;
+request on a kept connection (plain or TLS), or to an upstream on this machine, whole or
+streamed, takes no thread at all;
 server.processes runs worker processes on one port under a supervisor, which also serves
 the state they share (key rests, client limits), or state.redis_url shares it between
 instances through Redis.
@@ -905,6 +906,15 @@ def readable_now(sock: socket.socket, within: float = 0.0) -> bool:
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(within * 1000))
     return bool(select.select([sock], [], [], within)[0])   # Windows: no poll
+
+
+def writable_now(sock: socket.socket) -> bool:
+    """Whether a socket can be written to now (a connect has ended, or failed)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    return bool(select.select([], [sock], [sock], 0)[1])
 
 
 def display_url(url: str) -> str:
@@ -8277,6 +8287,25 @@ class UpstreamConnection:
             raise
         return conn
 
+    @classmethod
+    def connected_at_once(cls, family: int, address: Any) -> Optional["UpstreamConnection"]:
+        """On the event loop: a plain connection to `address`, if connecting ends without
+        a wait, as to an upstream on this machine; None otherwise (a worker connects, and
+        says what failed)."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            error = sock.connect_ex(address)
+            if error == errno.EINPROGRESS and writable_now(sock):
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not error:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return cls(sock)
+        except OSError:
+            pass
+        sock.close()
+        return None
+
     def _tunnel(self, target: UpstreamTarget, deadline: float) -> None:
         authority = host_header(target.host, target.port, 0)
         lines = ["CONNECT %s HTTP/1.1" % authority, "host: " + authority]
@@ -8521,12 +8550,23 @@ def host_header(host: str, port: int, default_port: int) -> str:
     return name if port == default_port else "%s:%d" % (name, port)
 
 
+# How long the event loop connects to the address a worker's connection found for a local
+# upstream's name (localhost), without looking it up again (that may block).
+LOCAL_ADDRESS_TTL = 60.0
+
+
 class ConnectionPool:
     """Idle keep-alive connections per target; thread-safe. `open` counts connections
-    that exist (idle or in use), so tests can assert that nothing leaks."""
+    that exist (idle or in use), so tests can assert that nothing leaks.
+
+    New connections are made in workers (a name to look up, a TLS handshake), but the
+    event loop's (connection_at_once) to an upstream on this machine over plain HTTP
+    (Ollama, vLLM, llama.cpp): its connect ends at once."""
 
     def __init__(self):
         self._idle: Dict[UpstreamTarget, List[UpstreamConnection]] = {}
+        # (host, port) -> (until when, family, address): see _local_address.
+        self._local: Dict[Tuple[str, int], Tuple[float, int, Any]] = {}
         self._lock = threading.Lock()
         # The TLS settings are made for the first https connection: loading the system's
         # CA certificates took a start 20 ms and an idle proxy 1.7 MB here, which a proxy
@@ -8545,10 +8585,52 @@ class ConnectionPool:
                 return idle, True
         conn = UpstreamConnection.connect(target, self._tls_context, connect_timeout)
         conn.sock.settimeout(read_timeout)
+        if target.scheme == "http" and not target.proxy:
+            address = conn.sock.getpeername()
+            if _is_loopback(address[0]):
+                self._local[target.host, target.port] = (
+                    time.monotonic() + LOCAL_ADDRESS_TTL, conn.sock.family, address)
+        self._count_new()
+        return conn, False
+
+    def _count_new(self) -> None:
         with self._lock:
             self.open += 1
             self.created += 1
-        return conn, False
+
+    def _local_address(self, target: UpstreamTarget) -> Optional[Tuple[int, Any]]:
+        """(family, socket address) of a plain HTTP target on this machine, known without
+        looking a name up: its host's own (127.0.0.1, ::1), or the address a worker's
+        connection to it found within LOCAL_ADDRESS_TTL."""
+        if target.scheme != "http" or target.proxy:
+            return None
+        known = self._local.get((target.host, target.port))
+        if known is not None and known[0] > time.monotonic():
+            return known[1], known[2]
+        if not _is_loopback(target.host):
+            return None
+        family, address = (socket.AF_INET6, (target.host, target.port, 0, 0)) \
+            if ":" in target.host else (socket.AF_INET, (target.host, target.port))
+        self._local[target.host, target.port] = (math.inf, family, address)
+        return family, address
+
+    def connects_at_once(self, target: UpstreamTarget) -> bool:
+        """Whether the event loop may connect to the target itself (connection_at_once)."""
+        return self._local_address(target) is not None
+
+    def connection_at_once(self, target: UpstreamTarget,
+                           read_timeout: float) -> Optional[UpstreamConnection]:
+        """On the event loop: a new connection to a local target, if connecting ends
+        without a wait; None otherwise, and the address is forgotten (a worker connects,
+        looks the name up again, and says what failed)."""
+        address = self._local_address(target)
+        conn = UpstreamConnection.connected_at_once(*address) if address else None
+        if conn is None:
+            self._local.pop((target.host, target.port), None)
+            return None
+        conn.sock.settimeout(read_timeout)
+        self._count_new()
+        return conn
 
     def has_idle(self, target: UpstreamTarget) -> bool:
         return bool(self._idle.get(target))   # (a look, not a take: no lock needed)
@@ -8605,6 +8687,14 @@ class ConnectionPool:
             self.discard(conn)
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether a host (an address, not a name) is this machine's own."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _connection_alive(conn: UpstreamConnection) -> bool:
     """An idle keep-alive socket that is readable has been closed by the server (or its
     TLS, in the last reply's reads: the server may wait for ours before it closes)."""
@@ -8634,14 +8724,15 @@ def _connection_alive(conn: UpstreamConnection) -> bool:
 # memory and the thread switching of thousands of streams begun at once.
 #
 # The event loop runs a small request's steps itself (Proxy.handle, on_loop) as long as
-# none would block: on an upstream's idle connection (plain or TLS: a read decrypts every
+# none would block: on an upstream's idle connection, plain or TLS (a read decrypts every
 # whole record it took, so no data waits where the loop's selector cannot see it, and
-# no more than READ_BYTES of ciphertext), a whole reply or a stream's first events read
-# as they come, the loop waiting for the socket between reads. Where something may block
-# (a new connection, a whole body read at once: an error's, a large reply's; a retry, a
-# shared store's round trip) the steps yield IN_A_THREAD and go on in a worker from
-# there. A request that needs no thread saves the
-# two hand-overs between the loop and a worker, a third of its CPU.
+# no more than READ_BYTES of ciphertext), or on a new plain one to an upstream on this
+# machine (ConnectionPool.connection_at_once), a whole reply or a stream's first events
+# read as they come, the loop waiting for the socket between reads. Where something may
+# block (another new connection, a whole body read at once: an error's, a large reply's;
+# a retry, a shared store's round trip) the steps yield IN_A_THREAD and go on in a
+# worker from there. A request that needs no thread saves the hand-overs between the
+# loop and a worker: a third of a whole request's CPU.
 
 T = TypeVar("T")
 Steps = Generator[Tuple[int, float], None, T]
@@ -8740,10 +8831,14 @@ class Timeouts:
     def next_read(self, first: bool) -> Tuple[float, str]:
         """(socket timeout for the next read, what it means when it expires)."""
         now = time.monotonic()
-        timeout, meaning = self.silence_left(now, now) if not first else \
-            self._within_total(now, self.first_byte_by - now,
-                               "sent nothing within %gs" % self.first_byte)
+        timeout, meaning = self.silence_left(now, now) if not first else self.first_left(now)
         return max(timeout, 0.001), meaning
+
+    def first_left(self, now: float) -> Tuple[float, str]:
+        """Before the first bytes: how much longer they may take (<= 0: no longer), and
+        what it means when they have."""
+        return self._within_total(now, self.first_byte_by - now,
+                                  "sent nothing within %gs" % self.first_byte)
 
     def silence_left(self, quiet_since: float, now: float) -> Tuple[float, str]:
         """After the first bytes: how much longer the upstream may stay silent, silent
@@ -8868,17 +8963,23 @@ class UpstreamResponse:
         next read if none have come by then: `first`, of a stream, whose budget ran from
         the call's start; else of the silence after the head, or of the silence a read
         has already waited out its grace in (which it does not wait again). Where the
-        loop reads the reply (on_loop), with no grace, the silence timed from the last
-        bytes that came."""
+        loop reads the reply (on_loop): one wait for the socket, with no grace (the next
+        read says what came), the silence timed from the last bytes that came."""
         if self._peeked or self._body.done:
             return
         if self.on_loop and self._conn.wants_write:
             yield from self.leaving_the_loop()   # (TLS, as in receiving_head: the rest so)
         if self.on_loop:
-            timeout, meaning = self._timeouts.next_read(first) if first else \
-                self._timeouts.silence_left(self._quiet_since, time.monotonic())
-            grace = 0.0
-        elif self._silent_since is None:
+            # A wait for the socket, whatever the buffer holds: what is in it has been
+            # read (part of the chunked framing: its rest is to come).
+            now = time.monotonic()
+            timeout, meaning = self._timeouts.first_left(now) if first else \
+                self._timeouts.silence_left(self._quiet_since, now)
+            if timeout <= 0:
+                raise self._timed_out(meaning)
+            yield self._conn.sock.fileno(), now + timeout
+            return
+        if self._silent_since is None:
             timeout, meaning = self._timeouts.next_read(first)
             grace = FIRST_BYTES_GRACE
         else:
@@ -9115,8 +9216,9 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                      park: bool = False, on_loop: bool = False) -> "Steps[UpstreamResponse]":
     """Send a request and wait for the status line and headers; `park`: by yielding
     (awaiting_bytes), and the reply's stream parks too (UpstreamResponse.parks);
-    `on_loop`: the event loop runs these steps, which then take only an idle connection
-    (else they go on in a worker: IN_A_THREAD) and read the head as it comes. `watch`
+    `on_loop`: the event loop runs these steps, which then take only an idle connection,
+    or a new one to a local upstream that connects at once (else they go on in a
+    worker: IN_A_THREAD), and read the head as it comes. `watch`
     is given a function that stops the call at once from another thread (the client
     left, or the proxy is shutting down) as soon as there is a connection to stop.
     Interim replies (1xx but 101) are read past, as RFC 9110 asks of a client. A reused
@@ -9131,13 +9233,15 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
     retry_stale = True
     while True:
         wait, meaning = timeouts.next_read(first=True)
-        idle = pool.idle_connection(target, wait) if on_loop and retry_stale else None
-        if idle is not None:
-            conn, reused = idle, True
-        else:
-            if on_loop:   # connecting may block (a name to look up, a slow handshake)
+        conn: Optional[UpstreamConnection] = None
+        if on_loop:
+            conn = pool.idle_connection(target, wait) if retry_stale else None
+            reused = conn is not None
+            conn = conn or pool.connection_at_once(target, wait)
+            if conn is None:   # connecting may block (a name to look up, a handshake)
                 yield IN_A_THREAD, 0.0
                 on_loop = False
+        if conn is None:
             try:
                 # The retry is on a new connection: the idle ones beside a dead one were
                 # often closed with it (an upstream restarted, its idle timer).
@@ -12039,10 +12143,12 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
 def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
     """Whether the event loop may make a request's call on this upstream itself (see
     Proxy.handle): one that answers locally, or an upstream with a connection to it idle
-    in the pool (plain HTTP or TLS; not through an HTTP proxy) and no Google login."""
+    in the pool (plain HTTP or TLS; not through an HTTP proxy), or on this machine over
+    plain HTTP (ConnectionPool.connects_at_once), and no Google login."""
     target = runtime.target
     return target is None or (
-        not target.proxy and runtime.kind.name != "code-assist" and rq.pool.has_idle(target))
+        not target.proxy and runtime.kind.name != "code-assist" and (
+            rq.pool.has_idle(target) or rq.pool.connects_at_once(target)))
 
 
 def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attempt,

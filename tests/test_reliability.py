@@ -77,10 +77,12 @@ def test_a_loop_through_another_proxy_is_a_508_from_the_hop_header(proxy_factory
 
 # ---- workers, and clients that stop reading or leave ----------------------------------------
 
-def test_health_says_degraded_while_no_worker_is_free(proxy_factory, fake):
+def test_health_says_degraded_while_no_worker_is_free(proxy_factory, fake, monkeypatch):
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url,
                                                   "api_key": "k-1234"}},
                            "server": {"workers": 1}})
+    # (in a worker, not on the event loop, which runs a small request to a local upstream)
+    monkeypatch.setattr(proxy.server.proxy, "runs_on_loop", lambda pipe, body: False)
     # Held midway through its reply, which holds the worker reading it (an upstream that
     # has sent nothing yet holds none: the event loop waits for it). The worker may
     # still be letting go of its thread as the upstream begins: /health says 503 once
@@ -420,11 +422,14 @@ def test_a_detailed_log_that_cannot_be_written_is_given_up_with_a_warning(tmp_pa
     assert "sk-secret" not in caplog.text
 
 
-def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_factory, fake):
+def test_a_stream_head_goes_out_early_even_when_its_worker_starts_late(proxy_factory, fake,
+                                                                      monkeypatch):
     import http.client
     from fake_upstream import text_stream
     proxy = proxy_factory({"upstreams": {"fake": {"base_url": fake.base_url, "api_key": "k-1"}},
                            "server": {"workers": 1, "stream_headers_after": 0.05}})
+    # (in workers, not on the event loop, which runs a small request to a local upstream)
+    monkeypatch.setattr(proxy.server.proxy, "runs_on_loop", lambda pipe, body: False)
     # (held midway: a reply begun holds its worker; one not begun holds none)
     first = Gate(json_reply(completion("first")), midway=True)
     second = Gate(text_stream("second"))

@@ -615,10 +615,17 @@ def held_before_reply(reply, held, all_in, count, until=None):
     return wrapped
 
 
-def one_worker_proxy(proxy_factory, fake):
-    return proxy_factory({"upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url,
-                                                 "api_key": "sk-upstream-secret-1234"}},
-                          "default_model": "fake-model", "server": {"workers": 1}})
+def one_worker_proxy(proxy_factory, fake, base_url=None):
+    return proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": base_url or fake.base_url,
+        "api_key": "sk-upstream-secret-1234"}},
+        "default_model": "fake-model", "server": {"workers": 1}})
+
+
+def by_name(fake):
+    """The fake's base_url with a name for its host (localhost), not its address: the
+    event loop connects to it only once a worker has looked the name up."""
+    return fake.base_url.replace("127.0.0.1", "localhost")
 
 
 @pytest.mark.parametrize("held", [held_before_reply, held_after_head])
@@ -1033,6 +1040,68 @@ def test_the_loops_puts_never_wait_for_room_in_the_pipe(proxy_factory, fake, mon
     assert not handed, "the loop handed a stream to a worker"
 
 
+def test_the_event_loop_connects_to_a_local_upstream_itself(proxy_factory, fake,
+                                                             monkeypatch):
+    """An upstream on this machine over plain HTTP, by its address: the loop makes new
+    connections itself (connecting ends at once), so even a first request, and a stream
+    whose connection is new, take no worker (the only one busy) and none is handed one."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    fake.queue(json_reply(completion("first of all")), text_stream("on a new one", pieces=2))
+    handed = watch_hand_overs(app, monkeypatch)
+    freed = []
+    go = occupy(app.workers, 1, then=lambda: freed.append(True))
+    try:
+        status, body = proxy.post(OPENAI, CHAT, timeout=PATIENCE * 2)
+        assert status == 200 and body["choices"][0]["message"]["content"] == "first of all"
+        app.pool.close_all()             # (no idle connection: the stream needs a new one)
+        status, _, data = proxy.request("POST", OPENAI, STREAM_CHAT, timeout=PATIENCE * 2)
+        assert status == 200 and streamed_text(data) == "on a new one", data
+        assert not freed, "answered once the worker was free, not by the loop"
+        assert not handed, "the loop handed a request to a worker"
+    finally:
+        go.set()
+    assert fake.connections == 2 and app.pool.created == 2
+
+
+@pytest.mark.parametrize("ttl, handed_over", [(60.0, [1, 1]), (0.0, [1, 2])])
+def test_the_loop_connects_to_a_local_name_at_the_address_a_worker_found_for_a_while(
+        proxy_factory, fake, monkeypatch, ttl, handed_over):
+    """By name (localhost): the first connection is a worker's (a name to look up may
+    block), the next the loop's, to the address the worker found, unless
+    LOCAL_ADDRESS_TTL has passed since (then a worker's again)."""
+    monkeypatch.setattr(gp, "LOCAL_ADDRESS_TTL", ttl)
+    proxy = one_worker_proxy(proxy_factory, fake, by_name(fake))
+    app = proxy.server.proxy
+    fake.queue(*[json_reply(completion("answer %d" % n)) for n in range(2)])
+    handed = watch_hand_overs(app, monkeypatch)
+    counts = []
+    for n in range(2):
+        status, body = proxy.post(OPENAI, CHAT)
+        assert status == 200 and body["choices"][0]["message"]["content"] == "answer %d" % n
+        counts.append(len(handed))
+        proxy.wait_until_idle()
+        app.pool.close_all()             # (no idle connection: the next needs a new one)
+    assert counts == handed_over and fake.connections == 2
+
+
+def test_a_local_upstream_that_refuses_the_loops_connection_is_reported_by_a_worker(
+        proxy_factory, monkeypatch):
+    """Nothing listens at the local address: the loop's connect fails at once, and the
+    request goes on in a worker, which connects again and says what failed (a 502)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]    # (closed: a port nothing listens on)
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": "http://127.0.0.1:%d/v1" % port, "api_key": "k-1234",
+        "retries": 0}}, "default_model": "fake-model"})
+    handed = watch_hand_overs(proxy.server.proxy, monkeypatch)
+    status, body = proxy.post(OPENAI, CHAT)
+    assert status == 502 and "cannot reach upstream 'fake'" in body["error"]["message"], body
+    assert len(handed) == 1
+    assert proxy.server.proxy.pool.open == 0
+
+
 def write_then_hold(first, rest, released):
     """A reply written as `first` (bytes: part of its head, or of its body), then held
     until `released`, then `rest`."""
@@ -1103,10 +1172,11 @@ def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fa
 
 def test_a_request_the_loop_cannot_make_goes_to_a_worker_as_a_new_one(proxy_factory, fake,
                                                                      monkeypatch):
-    """With no idle connection (or an HTTP proxy, a Google login...), the loop
-    hands the request to a worker before it takes a key: as a new request, which
-    server.workers bounds (one holding a key goes past the limit, for its key's sake)."""
-    proxy = one_worker_proxy(proxy_factory, fake)
+    """With no idle connection to an upstream whose name it has not looked up (or an
+    HTTP proxy, a Google login...), the loop hands the request to a worker before it
+    takes a key: as a new request, which server.workers bounds (one holding a key goes
+    past the limit, for its key's sake)."""
+    proxy = one_worker_proxy(proxy_factory, fake, by_name(fake))
     app = proxy.server.proxy
     fake.queue(json_reply(completion("connected")))
     handed, real_submit = [], app.workers.submit
@@ -1153,11 +1223,11 @@ def test_a_large_reply_is_read_and_converted_in_a_worker_not_on_the_loop(
 
 def test_the_event_loops_request_waits_for_a_thread_when_none_starts_never_runs_on(
         proxy_factory, fake, monkeypatch):
-    """A request the loop began comes to what may block (here: connecting) and the
-    system starts no thread for it: it asks again GO_ON_RETRY later, and goes on in a
-    worker, never on the loop."""
+    """A request the loop began comes to what may block (here: connecting, a name to look
+    up) and the system starts no thread for it: it asks again GO_ON_RETRY later, and goes
+    on in a worker, never on the loop."""
     monkeypatch.setattr(gp, "GO_ON_RETRY", 0.05)
-    proxy = one_worker_proxy(proxy_factory, fake)
+    proxy = one_worker_proxy(proxy_factory, fake, by_name(fake))
     app = proxy.server.proxy
     fake.queue(json_reply(completion("connected")))
     ran_in, refused = watch_go_on(app, monkeypatch, refuse_first=True)
