@@ -13029,6 +13029,9 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     if not chat.stream:
         if reply is None:   # a stream assembled while the client waits for a whole reply
             if upstream is not None:
+                # (in a worker: assembled and converted whole, a large one would hold up
+                # every stream the loop relays, as a large whole reply would)
+                yield from upstream.leaving_the_loop()
                 events = iter((yield from upstream.every_event(events)))
             reply = collect_reply(events, ex.rid, call.model)
         if stops:

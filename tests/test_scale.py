@@ -996,6 +996,22 @@ def test_a_whole_json_answer_to_the_loops_stream_is_read_whole_in_a_worker(
     assert "answered a stream request with a whole JSON reply" in message, message
 
 
+def test_a_whole_reply_made_of_a_stream_is_assembled_in_a_worker(proxy_factory, fake,
+                                                                 monkeypatch):
+    """upstream_streaming "always", a client asking for a whole reply: the loop opens the
+    stream, and its events are assembled and converted in a worker (a large reply, made
+    whole on the loop, would hold up every stream it relays)."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
+        "upstream_streaming": "always"}}, "default_model": "fake-model"})
+    fake.queue(text_stream("assembled whole", pieces=3))
+    handed = watch_hand_overs(proxy.server.proxy, monkeypatch)
+    status, body = proxy.post(GEMINI_ASK, GEMINI_CHAT)
+    assert status == 200 and body["candidates"][0]["content"]["parts"][0]["text"] == \
+        "assembled whole", body
+    assert len(handed) == 1, "assembled on the loop"
+
+
 def test_the_loops_stream_whose_first_bytes_never_come_times_out(proxy_factory, fake,
                                                                  monkeypatch):
     proxy = proxy_factory({"upstreams": {"fake": {
