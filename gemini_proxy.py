@@ -33,11 +33,11 @@ demand (up to server.workers) and shrinks when idle; a request lets go of its th
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
 event loop itself reads and converts the rest, no thread held meanwhile; a small
-request on a kept connection (plain or TLS), or to an upstream on this machine, whole or
-streamed, takes no thread at all;
-server.processes runs worker processes on one port under a supervisor, which also serves
-the state they share (key rests, client limits), or state.redis_url shares it between
-instances through Redis.
+request on a kept connection (plain or TLS), or on a new one to a plain HTTP upstream
+on this machine, is run by the event loop itself, whole or streamed (a stream takes a
+thread for a moment at its end, for its accounts); server.processes runs worker
+processes on one port under a supervisor, which also serves the state they share (key
+rests, client limits), or state.redis_url shares it between instances through Redis.
 
 Usage:
     python gemini_proxy.py                      # OPENAI_BASE_URL/OPENAI_API_KEY, else Ollama
@@ -8291,12 +8291,15 @@ class UpstreamConnection:
     def connected_at_once(cls, family: int, address: Any) -> Optional["UpstreamConnection"]:
         """On the event loop: a plain connection to `address`, if connecting ends without
         a wait, as to an upstream on this machine; None otherwise (a worker connects, and
-        says what failed)."""
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        says what failed, as it does when no socket can be made: EMFILE)."""
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            return None
         try:
             sock.setblocking(False)
             error = sock.connect_ex(address)
-            if error == errno.EINPROGRESS and writable_now(sock):
+            if error in CONNECT_UNDER_WAY and writable_now(sock):
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if not error:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -8550,9 +8553,17 @@ def host_header(host: str, port: int, default_port: int) -> str:
     return name if port == default_port else "%s:%d" % (name, port)
 
 
+# What a non-blocking connect says while it is under way (Windows: WSAEWOULDBLOCK).
+CONNECT_UNDER_WAY = (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", errno.EINPROGRESS))
+
 # How long the event loop connects to the address a worker's connection found for a local
-# upstream's name (localhost), without looking it up again (that may block).
+# upstream's name (localhost), without looking it up again (that may block) ...
 LOCAL_ADDRESS_TTL = 60.0
+# ... and how long it leaves new connections to a local upstream to workers after one of
+# its own did not end at once (the upstream is down, or its queue of connections to
+# accept is full in a burst): that request holds a key already, and goes on in a worker
+# past server.workers; the requests after it go to workers as new ones, which it bounds.
+LOCAL_CONNECT_PAUSE = 5.0
 
 
 class ConnectionPool:
@@ -8565,7 +8576,8 @@ class ConnectionPool:
 
     def __init__(self):
         self._idle: Dict[UpstreamTarget, List[UpstreamConnection]] = {}
-        # (host, port) -> (until when, family, address): see _local_address.
+        # (host, port) -> (until when, family, address; or None, after a connect of the
+        # loop's that did not end at once): see _local_address.
         self._local: Dict[Tuple[str, int], Tuple[float, int, Any]] = {}
         self._lock = threading.Lock()
         # The TLS settings are made for the first https connection: loading the system's
@@ -8584,14 +8596,26 @@ class ConnectionPool:
             if idle is not None:
                 return idle, True
         conn = UpstreamConnection.connect(target, self._tls_context, connect_timeout)
+        self._count_new()
         conn.sock.settimeout(read_timeout)
         if target.scheme == "http" and not target.proxy:
-            address = conn.sock.getpeername()
-            if _is_loopback(address[0]):
-                self._local[target.host, target.port] = (
-                    time.monotonic() + LOCAL_ADDRESS_TTL, conn.sock.family, address)
-        self._count_new()
+            self._remember_local(target, conn.sock)
         return conn, False
+
+    def _remember_local(self, target: UpstreamTarget, sock: socket.socket) -> None:
+        """The address a worker's connection found for a target's name, if it is this
+        machine's own (see _local_address)."""
+        try:
+            address = sock.getpeername()
+        except OSError:     # (reset at once: the next connection finds out)
+            return
+        if _is_loopback(address[0]) and not self._pausing_local(target):
+            self._local[target.host, target.port] = (
+                time.monotonic() + LOCAL_ADDRESS_TTL, sock.family, address)
+
+    def _pausing_local(self, target: UpstreamTarget) -> bool:
+        known = self._local.get((target.host, target.port))
+        return known is not None and known[2] is None and known[0] > time.monotonic()
 
     def _count_new(self) -> None:
         with self._lock:
@@ -8606,7 +8630,7 @@ class ConnectionPool:
             return None
         known = self._local.get((target.host, target.port))
         if known is not None and known[0] > time.monotonic():
-            return known[1], known[2]
+            return (known[1], known[2]) if known[2] is not None else None
         if not _is_loopback(target.host):
             return None
         family, address = (socket.AF_INET6, (target.host, target.port, 0, 0)) \
@@ -8621,12 +8645,13 @@ class ConnectionPool:
     def connection_at_once(self, target: UpstreamTarget,
                            read_timeout: float) -> Optional[UpstreamConnection]:
         """On the event loop: a new connection to a local target, if connecting ends
-        without a wait; None otherwise, and the address is forgotten (a worker connects,
-        looks the name up again, and says what failed)."""
+        without a wait; None otherwise, and for LOCAL_CONNECT_PAUSE the loop makes no
+        more (a worker connects, looks the name up again, and says what failed)."""
         address = self._local_address(target)
         conn = UpstreamConnection.connected_at_once(*address) if address else None
         if conn is None:
-            self._local.pop((target.host, target.port), None)
+            self._local[target.host, target.port] = (
+                time.monotonic() + LOCAL_CONNECT_PAUSE, 0, None)
             return None
         conn.sock.settimeout(read_timeout)
         self._count_new()
@@ -8949,8 +8974,9 @@ class UpstreamResponse:
             status=502)
 
     def peek(self) -> bytes:
-        """The body's first bytes (b"": it has none), read in a worker and handed out
-        again by the next read: what a body is, told before it is read as such."""
+        """The body's first bytes (b"": it has none), read in a worker (on the loop, those
+        receiving_first_bytes read) and handed out again by the next read: what a body
+        is, told before it is read as such."""
         if not self._peeked:
             self._peeked = self._read(first=True) or b""
         return self._peeked
@@ -9012,7 +9038,7 @@ class UpstreamResponse:
     def leaving_the_loop(self) -> "Steps[None]":
         """Where the loop reads this reply (receiving_first_bytes) and the next read must
         wait (a whole body read at once, TLS records to send first): the steps go on in
-        a worker, whose reads wait. Nothing, in a worker already."""
+        a worker, whose reads wait (see Request.leave_the_loop). Nothing, in a worker."""
         if self.on_loop:
             self.on_loop = False
             yield IN_A_THREAD, 0.0
@@ -9094,8 +9120,9 @@ class UpstreamResponse:
                                                            time.monotonic())[1])
 
     def read_body(self, limit: int, cut: bool = False) -> bytearray:
-        """The whole body, read as it arrives into one buffer; more than `limit` bytes is
-        the upstream's failure, or with `cut` (an error body, read for its message) just
+        """The whole body, read as it arrives into one buffer, in a worker (where the loop
+        reads the reply, leaving_the_loop first); more than `limit` bytes is the
+        upstream's failure, or with `cut` (an error body, read for its message) just
         where reading stops."""
         body = bytearray()
         while True:
@@ -11258,14 +11285,16 @@ class ChunkPipe:
     proxy is stopping) makes put() raise ClientGone, runs the hooks that stop a blocked
     upstream call, and settles a relay the loop has not begun.
 
-    Made on the event loop's thread, whose own puts (a request the loop runs: Proxy.handle,
-    on_loop) never wait for room: nothing would take the items meanwhile. What such a
-    request puts is bounded: a small reply, or a stream's head, first event and relay."""
+    Puts from the event loop's own thread (`loop_thread`: a request the loop runs,
+    Proxy.handle on_loop) never wait for room: nothing would take the items meanwhile.
+    What such a request puts is bounded: a small reply, or a stream's head, first event
+    and relay."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int,
-                 waker: Optional[LoopWaker] = None, loop_reads: bool = False):
+                 waker: Optional[LoopWaker] = None, loop_reads: bool = False,
+                 loop_thread: Optional[int] = None):
         self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._loop_thread = loop_thread
         self.loop_reads = loop_reads
         self._waker = waker or LoopWaker(loop)
         self._items: List[Any] = []   # a list: the loop takes them all (a deque is 1 KB)
@@ -11738,6 +11767,13 @@ class Request:
         self.carrier_budget = [MAX_CARRIER_BYTES_PER_REQUEST]   # see CARRIER_BUDGET
         self._chat: Optional[Chat] = None
         self._payload_let_go = False
+
+    def leave_the_loop(self) -> None:
+        """Its steps go on in a worker from now on, and so do the reads of its replies,
+        which may wait there (UpstreamResponse.on_loop)."""
+        self.on_loop = False
+        for response in self.opened:
+            response.on_loop = False
 
     def let_go_of_payload(self) -> None:
         """The body's JSON is about twice the body's size in memory (an agent's request
@@ -13773,7 +13809,7 @@ class Proxy:
                     pass
                 else:
                     if fd == IN_A_THREAD:
-                        rq.on_loop = False
+                        rq.leave_the_loop()
                         self._in_a_thread(rq, steps)
                     elif rq.on_loop:
                         pipe.await_bytes(fd, due, functools.partial(self._go_on, rq, steps),
@@ -14785,7 +14821,8 @@ class ProxyServer:
         assert self._loop is not None
         dialect = CLIENT_DIALECTS[ex.dialect]
         pipe = ChunkPipe(self._loop, self._limits["stream_queue_chunks"], self._waker,
-                         loop_reads=loop_watches_sockets(self._loop))
+                         loop_reads=loop_watches_sockets(self._loop),
+                         loop_thread=threading.get_ident())
         self._pipes.add(pipe)
         watcher: List[asyncio.Future] = []
         start_watching: Optional[asyncio.TimerHandle] = None

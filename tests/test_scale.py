@@ -846,7 +846,7 @@ def test_a_small_whole_request_is_answered_by_the_event_loop_with_no_thread(
     proxy = one_worker_proxy(proxy_factory, fake)
     fake.queue(json_reply(completion("first")), json_reply(completion("passed through")),
                json_reply(completion("converted")))
-    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects; then idle)
     proxy.wait_until_idle()
     app = proxy.server.proxy
     handed, real_in_a_thread = [], app._in_a_thread
@@ -909,7 +909,7 @@ def test_a_small_stream_on_a_kept_connection_is_opened_by_the_event_loop_with_no
     fake.queue(json_reply(completion("first")),
                text_stream("passed through by the loop", pieces=4),
                text_stream("converted by the loop", pieces=4))
-    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects, in a worker; then idle)
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # (connects; then idle)
     proxy.wait_until_idle()
     app = proxy.server.proxy
     handed = watch_hand_overs(app, monkeypatch)
@@ -1024,13 +1024,18 @@ def test_the_loops_stream_whose_first_bytes_never_come_times_out(proxy_factory, 
                                released))
     assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
     proxy.wait_until_idle()
-    ran_in, _ = watch_go_on(proxy.server.proxy, monkeypatch)
+    found_in, real_timed_out = [], gp.UpstreamResponse._timed_out
+
+    def timed_out(response, meaning):
+        found_in.append(threading.current_thread())
+        return real_timed_out(response, meaning)
+    monkeypatch.setattr(gp.UpstreamResponse, "_timed_out", timed_out)
     try:
         status, answer = proxy.post(OPENAI, STREAM_CHAT, timeout=PATIENCE)
     finally:
         released.set()
     assert status == 504 and "sent nothing within 0.5s" in answer["error"]["message"], answer
-    assert ran_in and ran_in[0] is proxy._thread, "not waited for on the loop"
+    assert found_in == [proxy._thread], "the first bytes not waited for on the loop"
 
 
 def test_the_loops_puts_never_wait_for_room_in_the_pipe(proxy_factory, fake, monkeypatch):
@@ -1116,6 +1121,34 @@ def test_a_local_upstream_that_refuses_the_loops_connection_is_reported_by_a_wor
     assert status == 502 and "cannot reach upstream 'fake'" in body["error"]["message"], body
     assert len(handed) == 1
     assert proxy.server.proxy.pool.open == 0
+
+
+@pytest.mark.parametrize("pause, resumed", [(60.0, [True, False]), (0.0, [True, True])])
+def test_after_a_local_connect_that_failed_the_loop_leaves_connecting_to_workers(
+        proxy_factory, monkeypatch, pause, resumed):
+    """The loop's connect to a local upstream fails (nothing listens): found after the
+    request took its key, it goes on in a worker past server.workers; for
+    LOCAL_CONNECT_PAUSE the next go to workers before they take a key, as new requests,
+    which server.workers bounds."""
+    monkeypatch.setattr(gp, "LOCAL_CONNECT_PAUSE", pause)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]    # (closed: a port nothing listens on)
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "kind": "openai", "base_url": "http://127.0.0.1:%d/v1" % port, "api_key": "k-1234",
+        "retries": 0}}, "default_model": "fake-model", "server": {"workers": 1}})
+    app = proxy.server.proxy
+    handed, real_submit = [], app.workers.submit
+
+    def submit(function, *args, resuming=False):
+        if function == app._go_on:
+            handed.append(resuming)
+        real_submit(function, *args, resuming=resuming)
+    monkeypatch.setattr(app.workers, "submit", submit)
+    for _ in range(2):
+        status, body = proxy.post(OPENAI, STREAM_CHAT)
+        assert status == 502 and "cannot reach upstream" in body["error"]["message"], body
+    assert handed == resumed
 
 
 def write_then_hold(first, rest, released):
