@@ -969,17 +969,8 @@ def test_a_whole_json_answer_to_the_loops_stream_is_read_whole_in_a_worker(
     parts with a pause between: read whole (in a worker: a whole body's read waits), it
     is reported as what it is, not as JSON cut at the pause (passed through or
     converted)."""
-    proxy = proxy_factory({"upstreams": {"fake": {
-        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
-        "retries": 0}}, "default_model": "fake-model", "server": {"workers": 1}})
-    body = json.dumps(completion("a whole reply")).encode()
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
-        b"\r\n\r\n" % len(body)
-    released = threading.Event()
-    fake.queue(json_reply(completion("first")),
-               write_then_hold(head + body[:10], body[10:], released))
-    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
-    proxy.wait_until_idle()
+    proxy, released = kept_then_held(proxy_factory, fake, "a whole reply", {"retries": 0},
+                                     {"workers": 1})
     app = proxy.server.proxy
     handed = watch_hand_overs(app, monkeypatch)
     answers = []
@@ -1163,6 +1154,24 @@ def write_then_hold(first, rest, released):
     return reply
 
 
+def kept_then_held(proxy_factory, fake, text, upstream, server=None):
+    """A proxy of the fake (`upstream`, `server`: more of their settings) with a kept
+    connection to it, whose next reply, whole JSON of `text`, stops after ten bytes of
+    its body until the Event returned is set."""
+    proxy = proxy_factory({"upstreams": {"fake": dict(
+        {"kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234"},
+        **upstream)}, "default_model": "fake-model", "server": server or {}})
+    body = json.dumps(completion(text)).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
+        b"\r\n\r\n" % len(body)
+    released = threading.Event()
+    fake.queue(json_reply(completion("first")),
+               write_then_hold(head + body[:10], body[10:], released))
+    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
+    proxy.wait_until_idle()
+    return proxy, released
+
+
 @pytest.mark.parametrize("split", ["in its head", "in its body"])
 def test_the_event_loop_never_waits_in_a_read_of_a_reply_that_trickles(
         proxy_factory, fake, split):
@@ -1198,17 +1207,8 @@ def test_the_event_loop_never_waits_in_a_read_of_a_reply_that_trickles(
 
 def test_a_reply_that_stops_midway_on_the_event_loop_times_out(proxy_factory, fake,
                                                               monkeypatch):
-    proxy = proxy_factory({"upstreams": {"fake": {
-        "kind": "openai", "base_url": fake.base_url, "api_key": "sk-upstream-secret-1234",
-        "read_timeout": 0.5, "retries": 0}}, "default_model": "fake-model"})
-    body = json.dumps(completion("never whole")).encode()
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" \
-        b"\r\n\r\n" % len(body)
-    released = threading.Event()
-    fake.queue(json_reply(completion("first")),
-               write_then_hold(head + body[:10], body[10:], released))
-    assert proxy.post(OPENAI, CHAT)[0] == 200     # an idle connection for the next
-    proxy.wait_until_idle()
+    proxy, released = kept_then_held(proxy_factory, fake, "never whole",
+                                     {"read_timeout": 0.5, "retries": 0})
     ran_in, _ = watch_go_on(proxy.server.proxy, monkeypatch)
     try:
         status, answer = proxy.post(OPENAI, CHAT, timeout=PATIENCE)
