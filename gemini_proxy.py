@@ -8769,6 +8769,11 @@ LOOP_BODY_BYTES = 16384
 # ... and the most of a reply it reads: the rest of a larger one (an image, say) is read,
 # decoded and converted in a worker, not on the loop.
 LOOP_REPLY_BYTES = 262144
+# The most of a reply the loop reads at a go, before it waits for the socket again (which
+# is readable at once if more has come) and its other work has a turn: an upstream that
+# floods bytes that make nothing to write (comments, before a stream's first event or
+# after it) held the loop for as long as it flooded, past the total timeout.
+LOOP_READ_TURN = 262144
 # How long a worker waits for an upstream's first bytes before it lets go of its
 # thread: letting go and taking one again costs the loop and a worker some 0.1 ms of
 # CPU, where this wait costs none, and an upstream that answers at once does it within
@@ -8903,6 +8908,7 @@ class UpstreamResponse:
         # timed from the last bytes that came.
         self.on_loop = False
         self._quiet_since = 0.0
+        self._read_this_turn = 0    # by the loop, since it last waited (LOOP_READ_TURN)
         # Its request lets go of its thread while the upstream is silent: in a worker, its
         # stream's reads never wait either (IDLE, and next_event waits for the bytes).
         self.parks = parks
@@ -8913,7 +8919,8 @@ class UpstreamResponse:
         """What of the body has arrived, b"" at its end: in a worker, waiting for some
         up to the timeout (`parks`: None when none come within EVENT_GAP_GRACE, but a
         part of the chunked framing alone, seldom sent apart from its data, is waited
-        for); on the event loop (read_on_loop) never, None when nothing has. The loop
+        for); on the event loop (read_on_loop) never, None when nothing has, or when it
+        has read LOOP_READ_TURN since it last waited for the socket. The loop
         leaves the socket non-blocking; the blocking reads, close() and the pool set
         their own timeouts."""
         if self._peeked:
@@ -8924,11 +8931,19 @@ class UpstreamResponse:
         sock = self._conn.sock
         try:
             if self.on_loop:
+                if self._read_this_turn >= LOOP_READ_TURN:
+                    # (None, as if nothing had come: what the buffer holds was handed out
+                    # by the last read, so the socket says when there is more)
+                    self._read_this_turn = 0
+                    return None
                 if sock.gettimeout() != 0.0:
                     sock.settimeout(0.0)
                 data = self._conn.read_body(self._body, None)
                 if data:
                     self._quiet_since = time.monotonic()
+                    self._read_this_turn += len(data)
+                else:
+                    self._read_this_turn = 0
                 return data
             if not parks:
                 timeout, self._waiting = self._timeouts.next_read(first)

@@ -1029,6 +1029,45 @@ def test_the_loops_stream_whose_first_bytes_never_come_times_out(proxy_factory, 
     assert found_in == [proxy._thread], "the first bytes not waited for on the loop"
 
 
+def test_the_loop_reads_a_reply_a_turn_at_a_time(fake, monkeypatch):
+    """On the loop a reply is read LOOP_READ_TURN at a go: then a read says nothing has
+    come though more has (the loop waits for the socket, readable at once, and its
+    other work has a turn; an upstream flooding comments held it as long as it
+    flooded), and the next read goes on."""
+    monkeypatch.setattr(gp, "READ_BYTES", 1024)
+    monkeypatch.setattr(gp, "LOOP_READ_TURN", 4096)
+    written, released = threading.Event(), threading.Event()
+
+    def comments_then_hold(handler, request):
+        handler.start_stream()
+        handler.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(c), c)
+                                     for c in [b": " + b"x" * 998 + b"\n\n"] * 40))
+        handler.wfile.flush()
+        written.set()
+        handler.pause(2 * PATIENCE, until=released)
+        handler.end_stream(sse("[DONE]").encode())
+    fake.queue(comments_then_hold)
+    pool = gp.ConnectionPool()
+    try:
+        response = gp.run_through(gp.opening_upstream(
+            pool, gp.upstream_target(fake.base_url, {}), "up", "POST", "/chat/completions",
+            b"{}", [], gp.Timeouts(10, 30, 30), 8))
+        assert written.wait(PATIENCE)
+        wait_for(lambda: gp.readable_now(response._conn.sock), message="the bytes here")
+        response.read_on_loop()
+        sizes = []
+        while True:
+            data = response._read(first=False)
+            if data is None:
+                break
+            sizes.append(len(data))
+        assert 4096 <= sum(sizes) < 4096 + 2048, sizes     # a turn, and no more
+        assert response._read(first=False), "the rest had not come?"
+    finally:
+        released.set()
+        pool.close_all()
+
+
 def test_the_loops_puts_never_wait_for_room_in_the_pipe(proxy_factory, fake, monkeypatch):
     """A stream the loop makes of a whole reply puts more than stream_queue_chunks (1)
     into its pipe: the loop, which empties the pipe, must not wait for room (it would
