@@ -899,22 +899,26 @@ def parse_reset_hint(headers: Dict[str, str]) -> Optional[float]:
 
 def readable_now(sock: socket.socket, within: float = 0.0) -> bool:
     """Whether a socket has something to read (or has been closed), waiting up to
-    `within` seconds for it. poll(), not select(): select cannot watch a descriptor past
-    1023, which a busy proxy uses."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(within * 1000))
-    return bool(select.select([sock], [], [], within)[0])   # Windows: no poll
+    `within` seconds for it."""
+    return _ready(sock, False, within)
 
 
 def writable_now(sock: socket.socket) -> bool:
     """Whether a socket can be written to now (a connect has ended, or failed)."""
+    return _ready(sock, True, 0.0)
+
+
+def _ready(sock: socket.socket, to_write: bool, within: float) -> bool:
+    # poll(), not select(): select cannot watch a descriptor past 1023, which a busy proxy
+    # uses. (Windows has no poll; its select reports a failed connect as an exception.)
     if hasattr(select, "poll"):
         poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        return bool(poller.poll(0))
-    return bool(select.select([], [sock], [sock], 0)[1])
+        poller.register(sock, select.POLLOUT if to_write else select.POLLIN)
+        return bool(poller.poll(within * 1000))
+    if to_write:
+        ready = select.select([], [sock], [sock], within)
+        return bool(ready[1] or ready[2])
+    return bool(select.select([sock], [], [], within)[0])
 
 
 def display_url(url: str) -> str:
