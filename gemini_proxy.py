@@ -12232,6 +12232,10 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             # server has closed it is found only later (opening_upstream): that request
             # goes on past the limit, one a connection the pool held at most.
             yield IN_A_THREAD, 0.0
+        if rq.pipe.gone:
+            # Its client left while the request waited for a worker to go on in (from
+            # the loop, or after a backoff): no upstream is called for it, nor connected to.
+            raise ClientGone()
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,
                            ex.session if not tries else "", avoid=tried,
@@ -13750,6 +13754,8 @@ class Proxy:
         rq.on_loop = on_loop
 
         def answer() -> "Steps[None]":
+            if pipe.gone:   # its client left while it waited for a worker (all were busy)
+                raise ClientGone()
             client = ex.client or ANONYMOUS
             if detail:
                 detail.stage("1. client request: %s %s" % (head.method, head.target),

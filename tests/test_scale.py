@@ -1396,6 +1396,57 @@ def test_a_client_leaving_a_request_the_loop_runs_opens_no_new_upstream_connecti
     assert fake.connections == 1, "the abandoned request connected again"
 
 
+def test_a_request_whose_client_left_while_it_waited_for_a_worker_calls_no_upstream(
+        proxy_factory, fake, monkeypatch):
+    """The one worker is busy; a request (too large for the event loop to begin) waits
+    for it, and its client leaves meanwhile. When the worker takes it, nothing is sent
+    upstream, nor connected to: the adversary's queued requests each made a connection
+    (three seconds each to a slow upstream) for a client long gone."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    abandoned, taken = threading.Event(), threading.Event()
+    abort = gp.ChunkPipe.abort
+
+    def noted_abort(pipe, *args, **kwargs):
+        abort(pipe, *args, **kwargs)
+        abandoned.set()
+    monkeypatch.setattr(gp.ChunkPipe, "abort", noted_abort)
+    handle = app.handle
+
+    def noted_handle(*args, **kwargs):
+        try:
+            handle(*args, **kwargs)
+        finally:
+            taken.set()
+    monkeypatch.setattr(app, "handle", noted_handle)
+    connects = []     # (the fake may accept a connection shut at once only after the test)
+    acquire = app.pool.acquire
+    monkeypatch.setattr(app.pool, "acquire", lambda *args, **kwargs: connects.append(
+        args[0].host) or acquire(*args, **kwargs))
+    large = {"model": "fake-model", "messages": [
+        {"role": "user", "content": "x" * (gp.LOOP_BODY_BYTES + 1)}]}
+    busy = occupy(app.workers, 1)
+    conn = proxy.connection()
+    try:
+        conn.request("POST", OPENAI, body=json.dumps(large),
+                     headers={"content-type": "application/json"})
+    finally:
+        conn.close()
+    try:
+        assert abandoned.wait(PATIENCE), "the proxy never heard the client leave"
+        assert not taken.is_set(), "the request did not wait for the worker"
+    finally:
+        busy.set()
+    assert taken.wait(PATIENCE), "the worker never took the request"
+    proxy.wait_until_idle()
+    assert connects == [] and not fake.requests, \
+        "the upstream was called for a client that had left"
+    fake.queue(json_reply(completion("after")))
+    status, body = proxy.post(OPENAI, large)
+    assert (status, body["choices"][0]["message"]["content"]) == (200, "after")
+    assert connects == ["127.0.0.1"]
+
+
 def test_the_loop_sends_what_the_socket_takes_and_leaves_the_rest_to_a_worker():
     """On the event loop a request goes into the socket without waiting: an upstream
     that reads its requests slowly (or not at all) fills the buffers between, and a
