@@ -8853,6 +8853,8 @@ class Timeouts:
     of silence between reads after that, and (deadline, a time.monotonic() value) for
     the whole call."""
 
+    PAST_TOTAL = "was still answering at its total timeout"   # (not a field: no annotation)
+
     connect: float
     first_byte: float
     idle: float
@@ -8882,8 +8884,13 @@ class Timeouts:
 
     def _within_total(self, now: float, timeout: float, meaning: str) -> Tuple[float, str]:
         if self.deadline is not None and self.deadline - now < timeout:
-            return self.deadline - now, "was still answering at its total timeout"
+            return self.deadline - now, self.PAST_TOTAL
         return timeout, meaning
+
+    def past_total(self) -> bool:
+        """Whether the whole call's time is up (a reply that never pauses never lets a
+        read time out)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 class UpstreamResponse:
@@ -8949,6 +8956,11 @@ class UpstreamResponse:
                 else:
                     self._read_this_turn = 0
                 return data
+            if parks and self._timeouts.past_total():
+                # A stream's bytes that never pause (comments before its first event)
+                # never let a read time out. (A whole body: read_body looks. The loop's
+                # reads have their own checks: LOOP_READ_TURN, and the relay's.)
+                raise self._timed_out(Timeouts.PAST_TOTAL)
             if not parks:
                 timeout, self._waiting = self._timeouts.next_read(first)
                 wait = timeout
@@ -9149,6 +9161,10 @@ class UpstreamResponse:
             if not piece:
                 return body
             body += piece
+            if not cut and not self._body.done and self._timeouts.past_total():
+                # (A body that never pauses never lets a read time out. Not an error's,
+                # read for its message and Retry-After; nor a body all here already.)
+                raise self._timed_out(Timeouts.PAST_TOTAL)
             if len(body) > limit:
                 if cut:
                     del body[limit:]

@@ -815,6 +815,65 @@ def test_total_timeout_ends_a_stream_whose_upstream_never_pauses(proxy_factory, 
     assert "total timeout" in json.loads(events[-1])["error"]["message"]
 
 
+def comment_flood(handler, request):
+    """A stream of comments alone, never an event, until its reader hangs up (or the
+    fake stops): a megabyte and more a write, faster than the proxy reads them."""
+    handler.start_stream()
+    comments = b": still thinking\n\n" * 60000
+    while not handler.server.fake.stopping.is_set() and handler.write_chunk(comments):
+        pass
+
+
+@pytest.mark.parametrize("padding", [0, gp.LOOP_BODY_BYTES], ids=["on-the-loop", "in-a-worker"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"],
+                         ids=["passed-through", "converted"])
+def test_total_timeout_ends_a_stream_flooded_with_comments_before_its_first_event(
+        proxy_factory, fake, padding, path):
+    """Before the first event nothing has gone to the client, so the total timeout is a
+    504. In a worker (a request too large for the event loop to begin) each read found
+    bytes at once, so none timed out: the adversary's 6 s flood with total_timeout 2 s
+    was a 200 at 6.7 s; a converted stream (whose pass-through twin ends at
+    max_reply_bytes, lifted here) was held for as long as its upstream went on."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k-1", "total_timeout": 1.0, "retries": 0,
+        "max_reply_bytes": 1 << 40}}})
+    fake.queue(comment_flood)
+    status, _, body = proxy.request("POST", path, dict(
+        CHAT, stream=True, max_tokens=100,
+        messages=[{"role": "user", "content": "hi" + " " * padding}]))
+    assert status == 504 and b"total timeout" in body, body
+
+
+def whitespace_flood(handler, request):
+    """A whole JSON reply that never ends: the start of an object, then blanks, one a
+    chunk, until its reader hangs up (or the fake stops)."""
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("transfer-encoding", "chunked")
+    handler.end_headers()
+    handler.write_chunk(b'{"id": "chatcmpl-flood",')
+    blanks = b"1\r\n \r\n" * 100000
+    try:
+        while not handler.server.fake.stopping.is_set():
+            handler.wfile.write(blanks)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("padding", [0, gp.LOOP_BODY_BYTES], ids=["on-the-loop", "in-a-worker"])
+def test_total_timeout_ends_a_whole_reply_that_never_pauses(proxy_factory, fake, padding):
+    """The adversary's whole reply of one-byte chunks without end (max_reply_bytes lifted:
+    at 64 MiB of framing it took 15 s) is a 504 at the total timeout, read on the loop
+    or in a worker."""
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k-1", "total_timeout": 1.0, "retries": 0,
+        "max_reply_bytes": 1 << 40}}})
+    fake.queue(whitespace_flood)
+    status, _, body = proxy.request("POST", "/v1/chat/completions", dict(
+        CHAT, messages=[{"role": "user", "content": "hi" + " " * padding}]))
+    assert status == 504 and b"total timeout" in body, body
+
+
 def test_a_client_that_ends_its_side_and_reads_nothing_frees_the_upstream_at_once(
         proxy_factory, fake, monkeypatch):
     # Its EOF is the sign it left; the stream's worker, waiting on the loop, must not wait
