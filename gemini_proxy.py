@@ -8517,13 +8517,14 @@ class UpstreamConnection:
         except BlockingIOError:
             pass
 
-    def bytes_within(self, seconds: float) -> bool:
-        """Whether the reply has bytes to read (or its end) within `seconds`. A TLS socket
-        may be readable with no data behind it (TLS 1.3's session tickets, which follow
-        the handshake): those records are read here, and the wait goes on."""
+    def bytes_within(self, seconds: float, seen: int = 0) -> bool:
+        """Whether the reply has bytes to read (or its end) within `seconds`, more than the
+        `seen` the buffer holds. A TLS socket may be readable with no data behind it (TLS
+        1.3's session tickets, which follow the handshake): those records are read here,
+        and the wait goes on."""
         deadline = time.monotonic() + seconds
         while True:
-            if self.buf or self.tls_ended:
+            if len(self.buf) > seen or self.tls_ended:
                 return True
             if not readable_now(self.sock, max(deadline - time.monotonic(), 0.0)):
                 return False
@@ -8807,13 +8808,14 @@ def pausing(seconds: float) -> "Steps[None]":
 
 
 def awaiting_bytes(conn: UpstreamConnection, due: float,
-                   grace: float = FIRST_BYTES_GRACE) -> "Steps[bool]":
+                   grace: float = FIRST_BYTES_GRACE, seen: int = 0) -> "Steps[bool]":
     """Until the connection has bytes to read (True) or `due` (time.monotonic()) has
     passed (False): at once when they come within `grace`, else yielding, for the worker
     to let go of its thread; again after a wake-up that brought none (a TLS record with
-    no data in it)."""
+    no data in it). `seen`: how much of the buffer was read already and found too little
+    (part of the chunked framing), which only more bytes make something of."""
     within = grace
-    while not conn.bytes_within(within):
+    while not conn.bytes_within(within, seen):
         if time.monotonic() >= due:
             return False
         yield conn.sock.fileno(), due
@@ -9038,13 +9040,17 @@ class UpstreamResponse:
             return
         if self._silent_since is None:
             timeout, meaning = self._timeouts.next_read(first)
-            grace = FIRST_BYTES_GRACE
+            grace, seen = FIRST_BYTES_GRACE, 0
         else:
             timeout, meaning = self._timeouts.silence_left(self._silent_since,
                                                            time.monotonic())
-            grace = 0.0
+            # A read has found what the buffer holds too little (part of the chunked
+            # framing): only more bytes make something of it. (Counted as bytes, they had
+            # the worker read again and again, holding its thread, until the time-out.)
+            grace, seen = 0.0, len(self._conn.buf)
         try:   # (a TLS connection reads while it waits: records with no data in them)
-            came = yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace)
+            came = yield from awaiting_bytes(self._conn, time.monotonic() + timeout, grace,
+                                             seen)
         except (OSError, BadReply) as exc:
             raise self._broke(exc) from None
         if not came:

@@ -1396,6 +1396,55 @@ def test_a_client_leaving_a_request_the_loop_runs_opens_no_new_upstream_connecti
     assert fake.connections == 1, "the abandoned request connected again"
 
 
+def half_a_size_line_then(released, events):
+    """A stream of `events` (SSE texts) whose first chunk's size line comes in two: its
+    first digit, then, once `released` is set, the rest."""
+    def reply(handler, request):
+        handler.start_stream()
+        first = b"%x\r\n%s\r\n" % (len(events[0]), events[0].encode())
+        handler.wfile.write(first[:1])
+        handler.wfile.flush()
+        handler.pause(PATIENCE * 2, until=released)
+        handler.wfile.write(first[1:])
+        for event in events[1:-1]:
+            handler.write_chunk(event.encode())
+        handler.end_stream(events[-1].encode())
+    return reply
+
+
+def test_half_a_size_line_holds_no_worker_thread_while_the_rest_is_awaited(
+        proxy_factory, fake):
+    """A stream begun in a worker (too large a request for the event loop) whose first
+    bytes are part of a chunk's size line and then nothing: a wait for more bytes took
+    those as bytes, and the worker read them again and again, 0.1 s at a time, until the
+    silence's time-out (read_timeout: minutes). Now it lets go of the one worker, which
+    answers another request meanwhile; the stream is whole once the rest comes."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    released = threading.Event()
+    events = [sse(chunk({"role": "assistant", "content": "after "})),
+              sse(chunk({"content": "a pause"})), sse(chunk(finish="stop")), sse("[DONE]")]
+    fake.queue(half_a_size_line_then(released, events), json_reply(completion("meanwhile")))
+    large = {"model": "fake-model", "messages": [
+        {"role": "user", "content": "x" * (gp.LOOP_BODY_BYTES + 1)}]}
+    answers = {}
+
+    def stream():
+        answers["stream"] = proxy.post(OPENAI, dict(large, stream=True),
+                                       timeout=PATIENCE * 3)
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    try:
+        wait_for(lambda: fake.requests, message="the stream never reached the upstream")
+        status, body = proxy.post(OPENAI, large)
+        assert (status, body["choices"][0]["message"]["content"]) == (200, "meanwhile")
+    finally:
+        released.set()
+        streaming.join(PATIENCE * 4)
+    assert answers["stream"][0] == 200, answers
+    assert openai_stream_text(answers["stream"][1]) == "after a pause"
+    proxy.wait_until_idle()
+
+
 def test_a_request_whose_client_left_while_it_waited_for_a_worker_calls_no_upstream(
         proxy_factory, fake, monkeypatch):
     """The one worker is busy; a request (too large for the event loop to begin) waits
