@@ -268,6 +268,10 @@ def relaunch_as_module() -> None:
 if __name__ == "__main__":
     relaunch_as_module()
 
+# What a running proxy needs. What only a rare path does is imported there (csv, difflib,
+# html, http.client, http.server, mimetypes, ctypes): http.server and http.client bring
+# the email package, and all of them 2 MB of an idle proxy's memory and some 5 ms of
+# each start.
 import argparse   # (marshal, os and sys: above, for section 0)
 import asyncio
 import base64
@@ -275,10 +279,8 @@ import bisect
 import collections
 import contextvars
 import copy
-import csv
 import dataclasses
 import datetime
-import difflib
 import errno
 import fnmatch
 import functools
@@ -286,16 +288,13 @@ import gc
 import hashlib
 import heapq
 import hmac
-import html
-import http.client
-import http.server
+import http
 import ipaddress
 import itertools
 import json
 import logging
 import logging.handlers
 import math
-import mimetypes
 import queue
 import random
 import re
@@ -314,9 +313,8 @@ import time
 import types
 import zlib
 import urllib.parse
-import urllib.request
-from typing import (Any, Callable, Dict, Generator, Iterable, Iterator, List, Optional, Sequence,
-                    Set, Tuple, TypeVar, Union)
+from typing import (Any, Callable, Dict, Generator, Iterable, Iterator, List, Mapping, Optional,
+                    Sequence, Set, Tuple, TypeVar, Union)
 
 try:
     import sqlite3      # the usage ledger (section 25); some Pythons are built without it
@@ -1188,6 +1186,7 @@ class Config:
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    import difflib   # (here: see the imports at the top)
     close = difflib.get_close_matches(key, list(known), n=1)
     return " (did you mean %r?)" % close[0] if close else ""
 
@@ -5981,6 +5980,7 @@ def _responses_file(part: Dict[str, Any], where: str) -> Part:
                           % where)
     filename = expect_text(part.get("filename"), where + ".filename")
     extra = {"filename": filename} if filename else {}
+    import mimetypes
     if part.get("file_url") is not None:
         return Part(MEDIA, url=expect(part["file_url"], str, where + ".file_url", "a URL"),
                     mime=mimetypes.guess_type(filename)[0] or "", extra=extra)
@@ -8088,8 +8088,7 @@ def upstream_target(base_url: str, environ: Optional[Dict[str, str]] = None) -> 
     parts = urllib.parse.urlsplit(base_url)
     scheme, host = parts.scheme, parts.hostname or ""
     port = parts.port or (443 if scheme == "https" else 80)
-    proxies = urllib.request.getproxies_environment() if environ is None else {
-        k[:-6].lower(): v for k, v in environ.items() if k.lower().endswith("_proxy") and v}
+    proxies = proxies_named_in(os.environ if environ is None else environ)
     proxy_url = proxies.get(scheme)
     bypass = proxies.get("no", "")
     if proxy_url and not _proxy_bypassed(host, port, bypass):
@@ -8113,6 +8112,20 @@ def is_this_address(target: UpstreamTarget, host: str, port: int) -> bool:
         return True
     listens_here = host in ("", "0.0.0.0", "::") or is_loopback_host(host)
     return listens_here and is_loopback_host(target.host)
+
+
+def proxies_named_in(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The HTTP proxies an environment names, by scheme ("https" for https_proxy, "no"
+    for no_proxy's list): a lowercase name over its uppercase twin, as curl and Python's
+    urllib read them; never HTTP_PROXY in a CGI request (REQUEST_METHOD set: its
+    client's Proxy header could have set it, httpoxy)."""
+    found: Dict[str, str] = {}
+    cgi = "REQUEST_METHOD" in environ
+    for name, value in sorted(environ.items(), key=lambda item: item[0].islower()):
+        lowered = name.lower()
+        if value and lowered.endswith("_proxy") and not (cgi and name == "HTTP_PROXY"):
+            found[lowered[:-len("_proxy")]] = value
+    return found
 
 
 def _proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
@@ -15086,9 +15099,11 @@ def account_file_name(email: str, refresh_token: str) -> str:
     return (name or fingerprint(refresh_token)[4:]) + ".json"
 
 
-class _CallbackHandler(http.server.BaseHTTPRequestHandler):
-    """The loopback end of the browser flow: Google sends the browser here with ?code=
-    (or ?error=) once the user has chosen; the first such request ends the wait."""
+class _LoginCallback:
+    """The loopback end of the browser flow, for http.server's request handler (the
+    class is made by browser_login, which imports http.server): Google sends the browser
+    here with ?code= (or ?error=) once the user has chosen; the first such request ends
+    the wait."""
 
     timeout = 10    # a connection that says nothing (a browser's preconnect) is let go
 
@@ -15117,6 +15132,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
             server.outcome = outcome    # type: ignore  # after the page: the login ends now
 
     def _page(self, status: int, text: str) -> None:
+        import html
         body = ("<!doctype html><meta charset=utf-8><title>gemini-proxy login</title>"
                 "<p style='font:16px sans-serif;margin:3em'>%s</p>" % html.escape(text)
                 ).encode("utf-8")
@@ -15135,9 +15151,13 @@ def browser_login(endpoints: GoogleEndpoints, port: int, say: Callable[[str], No
     """The browser flow: (code, redirect_uri, "") once Google has sent the browser back
     to a listener on 127.0.0.1 (Google requires the loopback literal for desktop apps).
     open_url opens the consent page in a browser (False: there is none here)."""
+    import http.server
+
+    class Handler(_LoginCallback, http.server.BaseHTTPRequestHandler):
+        pass
     # A thread per connection: one that says nothing (a browser's preconnect) must not
     # keep Google's redirect waiting.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _CallbackHandler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.timeout = 1.0
     server.state = secrets.token_hex(32)    # type: ignore[attr-defined]
@@ -15288,6 +15308,7 @@ def running_status(config: Config) -> Tuple[str, Dict[str, Any]]:
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     headers = {"authorization": "Bearer " + config.server["api_keys"][0]} \
         if config.server["api_keys"] else {}
+    import http.client
     connection = http.client.HTTPConnection(host, config.server["port"], timeout=5)
     try:
         connection.request("GET", "/status", headers=headers)
@@ -17078,6 +17099,7 @@ def print_usage(rows: List[Dict[str, Any]], by: str, form: str) -> None:
     # Model names are the clients' text: no escape sequence reaches the terminal.
     rows = [dict(row, **{by: log_safe(row[by])}) for row in rows]
     if form == "csv":
+        import csv
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
         writer.writerows([row[c] for c in columns] for row in rows)

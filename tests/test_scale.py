@@ -533,6 +533,18 @@ def test_a_running_server_settles_the_garbage_collector_and_importing_does_not(t
     assert done.stdout.split() == ["settled", "True"], (done.stdout, done.stderr[-2000:])
 
 
+def test_importing_the_module_leaves_what_only_rare_paths_need_unimported():
+    """http.server and http.client bring the email package: some 2 MB of an idle proxy
+    and 5 ms of each start, for the login and status commands alone."""
+    probe = ("import sys, gemini_proxy; print(sorted(m for m in ('csv', 'difflib', 'email', "
+             "'html', 'http.client', 'http.server', 'mimetypes', 'urllib.request') "
+             "if m in sys.modules))")
+    here = os.path.dirname(os.path.abspath(gp.__file__))
+    done = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                          cwd=here, timeout=PATIENCE)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
 # ---- many streams through one proxy ------------------------------------------------------
 
 def all_at_the_upstream(askers, all_in, reached):

@@ -320,6 +320,19 @@ def test_no_proxy_rules(host, port, no_proxy, bypassed):
     assert (target.proxy is None) is bypassed
 
 
+@pytest.mark.parametrize("environ, found", [
+    ({"HTTPS_PROXY": "upper:1", "https_proxy": "lower:2"}, {"https": "lower:2"}),
+    ({"https_proxy": "lower:2", "HTTPS_PROXY": "upper:1"}, {"https": "lower:2"}),
+    ({"HTTP_PROXY": "http:3", "NO_PROXY": "a.example", "ALL_PROXY": ""},
+     {"http": "http:3", "no": "a.example"}),
+    ({"HTTP_PROXY": "from-a-header:4", "REQUEST_METHOD": "GET", "https_proxy": "ok:5"},
+     {"https": "ok:5"}),      # a CGI request's HTTP_PROXY may be its client's Proxy header
+    ({"HOME": "/root", "proxy": "not-a-proxy-variable"}, {}),
+])
+def test_the_proxies_an_environment_names(environ, found):
+    assert gp.proxies_named_in(environ) == found
+
+
 def test_https_upstream_through_a_connect_tunnel(proxy_factory, tls_fake, monkeypatch):
     upstream, cert = tls_fake
     monkeypatch.setenv("SSL_CERT_FILE", cert)
