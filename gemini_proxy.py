@@ -268,10 +268,10 @@ def relaunch_as_module() -> None:
 if __name__ == "__main__":
     relaunch_as_module()
 
-# What a running proxy needs. What only a rare path does is imported there (csv, difflib,
-# html, http.client, http.server, logging.handlers, mimetypes, ctypes): http.server and
-# http.client bring the email package, and all of them 2.5 MB of an idle proxy's memory
-# and some 5 ms of each start.
+# What a running proxy needs. What only a rare path needs is imported there (csv,
+# difflib, html, http.client, http.server, logging.handlers, mimetypes, ctypes, ...):
+# http.server and http.client bring the email package, and the first seven were 2.5 MB
+# of an idle proxy's memory and some 5 ms of each start.
 import argparse   # (marshal, os and sys: above, for section 0)
 import asyncio
 import base64
@@ -8115,15 +8115,21 @@ def is_this_address(target: UpstreamTarget, host: str, port: int) -> bool:
 
 def proxies_named_in(environ: Mapping[str, str]) -> Dict[str, str]:
     """The HTTP proxies an environment names, by scheme ("https" for https_proxy, "no"
-    for no_proxy's list): a lowercase name over its uppercase twin, as curl and Python's
-    urllib read them; never HTTP_PROXY in a CGI request (REQUEST_METHOD set: its
-    client's Proxy header could have set it, httpoxy)."""
+    for no_proxy's list), as Python's urllib reads them: a lowercase name over its
+    uppercase twin, an empty one unsetting it (`https_proxy= python3 gemini_proxy.py`
+    goes around a site-wide HTTPS_PROXY); never HTTP_PROXY in a CGI request
+    (REQUEST_METHOD set: its client's Proxy header could have set it, httpoxy)."""
     found: Dict[str, str] = {}
     cgi = "REQUEST_METHOD" in environ
     for name, value in sorted(environ.items(), key=lambda item: item[0].islower()):
         lowered = name.lower()
-        if value and lowered.endswith("_proxy") and not (cgi and name == "HTTP_PROXY"):
+        if not lowered.endswith("_proxy") or \
+                (cgi and lowered == "http_proxy" and not name.islower()):
+            continue
+        if value:
             found[lowered[:-len("_proxy")]] = value
+        elif name.islower():
+            found.pop(lowered[:-len("_proxy")], None)
     return found
 
 
@@ -9401,8 +9407,9 @@ class GoogleEndpoints:
                    spec["oauth_token_url"], spec["oauth_auth_url"],
                    spec["oauth_userinfo_url"], spec["oauth_client_id"],
                    spec["oauth_client_secret"], max(spec["connect_timeout"], 30.0),
+                   # (REQUEST_METHOD too, which proxies_named_in looks at)
                    tuple(sorted((k, v) for k, v in environ.items()
-                                if k.lower().endswith("_proxy"))))
+                                if k.lower().endswith("_proxy") or k == "REQUEST_METHOD")))
 
 
 # Connections to Google's token and setup endpoints.

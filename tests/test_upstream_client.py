@@ -328,6 +328,9 @@ def test_no_proxy_rules(host, port, no_proxy, bypassed):
     ({"HTTP_PROXY": "from-a-header:4", "REQUEST_METHOD": "GET", "https_proxy": "ok:5"},
      {"https": "ok:5"}),      # a CGI request's HTTP_PROXY may be its client's Proxy header
     ({"HOME": "/root", "proxy": "not-a-proxy-variable"}, {}),
+    ({"HTTPS_PROXY": "http://corp:3128", "https_proxy": ""}, {}),     # unset for this run
+    ({"NO_PROXY": "api.example", "no_proxy": "", "HTTP_PROXY": "p:1"}, {"http": "p:1"}),
+    ({"http_proxy": "lower:6", "REQUEST_METHOD": "GET"}, {"http": "lower:6"}),
 ])
 def test_the_proxies_an_environment_names(environ, found):
     assert gp.proxies_named_in(environ) == found
