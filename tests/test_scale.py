@@ -535,7 +535,7 @@ def test_a_running_server_settles_the_garbage_collector_and_importing_does_not(t
 
 def test_importing_the_module_leaves_what_only_rare_paths_need_unimported():
     """http.server and http.client bring the email package: some 2.5 MB of an idle proxy
-    and 5 ms of each start, for the login and status commands (and a log file) alone."""
+    and 5 ms of each start, for the login and accounts commands (and a log file) alone."""
     probe = ("import sys, gemini_proxy; print(sorted(m for m in ('csv', 'difflib', 'email', "
              "'html', 'http.client', 'http.server', 'logging.handlers', 'mimetypes', "
              "'urllib.request') "
