@@ -9295,6 +9295,12 @@ class CallStopper:
 MAX_INTERIM = 5    # interim (1xx) replies read past before the reply proper
 
 
+def _through(target: UpstreamTarget) -> str:
+    """Where a connection failed, when not at the upstream: a refusal from the HTTP proxy
+    on the way read as the upstream's own (a real-client run's finding)."""
+    return " through the HTTP proxy %s:%d" % target.proxy if target.proxy else ""
+
+
 def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, method: str,
                      path: str, body: bytes, headers: List[Tuple[str, str]],
                      timeouts: Timeouts, max_idle: int,
@@ -9334,12 +9340,12 @@ def opening_upstream(pool: ConnectionPool, target: UpstreamTarget, name: str, me
                 conn, reused = pool.acquire(target, timeouts.connect, wait,
                                             fresh=not retry_stale)
             except socket.timeout:
-                raise UpstreamError("connecting to upstream %r timed out after %gs"
-                                    % (name, timeouts.connect), status=504) from None
+                raise UpstreamError("connecting to upstream %r%s timed out after %gs" % (
+                    name, _through(target), timeouts.connect), status=504) from None
             except (OSError, ValueError) as exc:   # ValueError: IDNA cannot encode the host
-                raise UpstreamError("cannot reach upstream %r (%s:%d): %s" % (
-                    name, target.host, target.port, exc if isinstance(exc, (
-                        TunnelRefused, BadReply)) else getattr(exc, "strerror", None)
+                raise UpstreamError("cannot reach upstream %r (%s:%d%s): %s" % (
+                    name, target.host, target.port, _through(target), exc if isinstance(
+                        exc, (TunnelRefused, BadReply)) else getattr(exc, "strerror", None)
                     or exc.__class__.__name__), status=502) from None
         stopper = CallStopper(conn.sock)
         watch(stopper.stop)

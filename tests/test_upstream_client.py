@@ -510,6 +510,22 @@ def test_a_tunnel_the_https_proxy_refuses_is_a_502_that_says_why(proxy_factory):
         forward.close()
 
 
+def test_an_http_proxy_that_refuses_the_connection_is_named_in_the_502(proxy_factory, fake):
+    """The upstream is up; the HTTP proxy on the way is not: the message says which."""
+    closed = socket.socket()      # bound, never listening: a connection to it is refused
+    closed.bind(("127.0.0.1", 0))
+    try:
+        port = closed.getsockname()[1]
+        proxy = proxy_factory(config_for(fake.base_url), environ={
+            "HTTP_PROXY": "http://127.0.0.1:%d" % port})
+        status, body = proxy.post(GENERATE, HELLO)
+        assert status == 502 and "through the HTTP proxy 127.0.0.1:%d" % port in \
+            body["error"]["message"], body
+        assert fake.requests == []
+    finally:
+        closed.close()
+
+
 def test_untrusted_certificate_is_refused(proxy_factory, tls_fake):
     upstream, _ = tls_fake
     proxy = proxy_factory(config_for(upstream.base_url))
