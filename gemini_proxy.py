@@ -12280,8 +12280,9 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             # goes on past the limit, one a connection the pool held at most.
             yield IN_A_THREAD, 0.0
         if rq.pipe.gone:
-            # Its client left while the request waited for a worker to go on in (from
-            # the loop, or after a backoff): no upstream is called for it, nor connected to.
+            # Its client left while the request waited for a worker to go on in (the
+            # yield above; one begun in a worker looked in answer()): no upstream is
+            # called for it, nor connected to.
             raise ClientGone()
         # A retry after a failure goes to another key, conversation or not.
         key = keys.acquire(model, wait_until, lambda: rq.pipe.gone,

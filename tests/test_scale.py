@@ -23,6 +23,9 @@ OPENAI = "/v1/chat/completions"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 GEMINI_ASK = "/v1beta/models/fake-model:generateContent"
 GEMINI_CHAT = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+# A request too large for the event loop to begin (LOOP_BODY_BYTES): a worker takes it.
+LARGE_CHAT = {"model": "fake-model", "messages": [
+    {"role": "user", "content": "x" * (gp.LOOP_BODY_BYTES + 1)}]}
 
 
 # ---- the worker pool ---------------------------------------------------------------------
@@ -1437,18 +1440,16 @@ def test_half_a_size_line_holds_no_worker_thread_while_the_rest_is_awaited(
     events = [sse(chunk({"role": "assistant", "content": "after "})),
               sse(chunk({"content": "a pause"})), sse(chunk(finish="stop")), sse("[DONE]")]
     fake.queue(half_a_size_line_then(released, events), json_reply(completion("meanwhile")))
-    large = {"model": "fake-model", "messages": [
-        {"role": "user", "content": "x" * (gp.LOOP_BODY_BYTES + 1)}]}
     answers = {}
 
     def stream():
-        answers["stream"] = proxy.post(OPENAI, dict(large, stream=True),
+        answers["stream"] = proxy.post(OPENAI, dict(LARGE_CHAT, stream=True),
                                        timeout=PATIENCE * 3)
     streaming = threading.Thread(target=stream)
     streaming.start()
     try:
         wait_for(lambda: fake.requests, message="the stream never reached the upstream")
-        status, body = proxy.post(OPENAI, large)
+        status, body = proxy.post(OPENAI, LARGE_CHAT)
         assert (status, body["choices"][0]["message"]["content"]) == (200, "meanwhile")
     finally:
         released.set()
@@ -1485,12 +1486,10 @@ def test_a_request_whose_client_left_while_it_waited_for_a_worker_calls_no_upstr
     acquire = app.pool.acquire
     monkeypatch.setattr(app.pool, "acquire", lambda *args, **kwargs: connects.append(
         args[0].host) or acquire(*args, **kwargs))
-    large = {"model": "fake-model", "messages": [
-        {"role": "user", "content": "x" * (gp.LOOP_BODY_BYTES + 1)}]}
     busy = occupy(app.workers, 1)
     conn = proxy.connection()
     try:
-        conn.request("POST", OPENAI, body=json.dumps(large),
+        conn.request("POST", OPENAI, body=json.dumps(LARGE_CHAT),
                      headers={"content-type": "application/json"})
     finally:
         conn.close()
@@ -1504,7 +1503,7 @@ def test_a_request_whose_client_left_while_it_waited_for_a_worker_calls_no_upstr
     assert connects == [] and not fake.requests, \
         "the upstream was called for a client that had left"
     fake.queue(json_reply(completion("after")))
-    status, body = proxy.post(OPENAI, large)
+    status, body = proxy.post(OPENAI, LARGE_CHAT)
     assert (status, body["choices"][0]["message"]["content"]) == (200, "after")
     assert connects == ["127.0.0.1"]
 
