@@ -32,7 +32,8 @@ At scale: a request's blocking part runs in a worker thread from a pool that gro
 demand (up to server.workers) and shrinks when idle; a request lets go of its thread
 while its upstream thinks (nothing back yet, a head and no body yet, or a stream's
 first bytes and no answer in them yet), and once a stream's first event is in, the
-event loop itself reads and converts the rest, no thread held meanwhile; a small
+event loop itself reads and converts the rest, holding no thread meanwhile, nor more of
+the request than its end may need (not its JSON, nor, converted, its body); a small
 request on a kept connection (plain or TLS), or on a new one to a plain HTTP upstream
 on this machine, is run by the event loop itself, whole or streamed (a stream takes a
 thread for a moment at its end, for its accounts); server.processes runs worker
@@ -2824,7 +2825,7 @@ def estimate_usage(chat: Chat, parts: Iterable[Part]) -> Usage:
     tally = OutputTally()
     for part in parts:
         tally.add(part)
-    return tally.usage(chat)
+    return tally.usage(estimate_prompt_tokens(chat))
 
 
 class OutputTally:
@@ -2842,8 +2843,8 @@ class OutputTally:
         else:
             self.output += estimate_tokens(part.text)
 
-    def usage(self, chat: Chat) -> Usage:
-        return Usage(estimate_prompt_tokens(chat), self.output + self.reasoning,
+    def usage(self, prompt_tokens: int) -> Usage:
+        return Usage(prompt_tokens, self.output + self.reasoning,
                      reasoning_tokens=self.reasoning, estimated=True)
 
 
@@ -11832,6 +11833,7 @@ class Request:
         self.on_loop = False    # its steps run on the event loop (Proxy.handle)
         self.carrier_budget = [MAX_CARRIER_BYTES_PER_REQUEST]   # see CARRIER_BUDGET
         self._chat: Optional[Chat] = None
+        self._prompt_tokens: Optional[int] = None   # see prompt_estimate()
         self._payload_let_go = False
 
     def leave_the_loop(self) -> None:
@@ -11841,17 +11843,40 @@ class Request:
         for response in self.opened:
             response.on_loop = False
 
-    def let_go_of_payload(self) -> None:
-        """The body's JSON is about twice the body's size in memory (an agent's request
-        of 70 KB: 140 KB). A stream the loop relays, for minutes perhaps, needs it only
-        for its end's estimate of the prompt when a passed-through upstream reported no
-        usage: it is read again then, by a worker. (A converted stream keeps its neutral
-        model, for the same estimate: on the loop, reading the body again would hold up
-        every other stream.)"""
-        self.payload, self._payload_let_go = None, True
+    def let_go_of_request(self) -> None:
+        """A stream the loop relays, for minutes perhaps, needs nothing of its request
+        but, at its end, the estimate of its prompt's tokens should the upstream report
+        none. An agent's request of 50 KB is about 100 KB more once read as JSON, and as
+        much again in the neutral model (which holds its strings). A converted stream
+        counts that estimate now, from its neutral model (some 0.15 ms for such a
+        request), and lets go of all three: on the loop at its end, reading the body
+        again would hold up every other stream. A passed-through one has no neutral
+        model to count from (decoding one for every stream would cost more than the rare
+        upstream without usage): it keeps its body, which a worker reads again then."""
+        if self._chat is not None:
+            self.prompt_estimate()
+            self._chat, self.body = None, b""
+        else:
+            self._payload_let_go = True
+        self.payload = None
+
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens as estimate_prompt_tokens counts them, counted once: from
+        the neutral model, or for a request passed through (never decoded), from its
+        body read again and decoded leniently (0 when it cannot be)."""
+        if self._prompt_tokens is None:
+            chat = self._chat
+            try:
+                if chat is None:
+                    chat = self.dialect.decode_request(self.ex, self.head, self.parsed(),
+                                                       False)
+                self._prompt_tokens = estimate_prompt_tokens(chat)
+            except (ProxyError, RecursionError):
+                self._prompt_tokens = 0
+        return self._prompt_tokens
 
     def parsed(self) -> Any:
-        """The body's JSON (read again after let_go_of_payload())."""
+        """The body's JSON (read again after let_go_of_request())."""
         if self._payload_let_go:
             self.payload, self._payload_let_go = parse_json_body(self.body), False
         return self.payload
@@ -13150,7 +13175,7 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         return lambda: rq.out.json(payload, redact)
     if reply is not None:
         events = reply_events(reply)
-    events = _track_usage(ex, chat, cut_at_stop_strings(
+    events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
     # The last moment a failure can still be retried:
     first = (yield from upstream.next_event(events)) if upstream else next(events, None)
@@ -13170,15 +13195,17 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     return deliver
 
 
-def _track_usage(ex: Exchange, chat: Chat, events: Iterator[Any]) -> Iterator[Any]:
-    """Pass events on; record the usage, counting it when the upstream did not."""
+def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int],
+                 events: Iterator[Any]) -> Iterator[Any]:
+    """Pass events on; record the usage, counting it when the upstream did not (the
+    prompt's part asked of `prompt_tokens` only then: see Request.let_go_of_request)."""
     tally = OutputTally()
     for event in events:
         if event is IDLE:
             pass
         elif isinstance(event, Finish):
             if event.usage is None:
-                event.usage = tally.usage(chat)
+                event.usage = tally.usage(prompt_tokens())
             ex.usage = event.usage
         else:
             tally.add(event)
@@ -13338,8 +13365,9 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                 raise UpstreamError("upstream %r ended its stream before the reply was "
                                     "finished" % runtime.name, status=502)
             out.chunk(last)
-            if ex.usage is None:
-                ex.usage = estimate_passthrough_usage(rq, passing.text_chars)
+            if ex.usage is None:   # the prompt as the hub would count it; the output's text
+                ex.usage = Usage(rq.prompt_estimate(), math.ceil(passing.text_chars / 4),
+                                 estimated=True)
 
         def relayed() -> Iterator[Any]:
             # Up to the read that holds the final event, which makes the reply whole
@@ -13474,17 +13502,6 @@ class PassingStream:
         self.whole = self.whole or (last is not None and any(map(last, events)))
         self.ended = self.ended or self.whole or (
             end is not None and any(end(text) for _, text in events))
-
-
-def estimate_passthrough_usage(rq: Request, text_chars: int) -> Usage:
-    """Token counts for a passed-through stream whose upstream reported none: the prompt
-    as the hub would count it, the output from the length of the text that went by."""
-    try:
-        prompt = estimate_prompt_tokens(rq.dialect.decode_request(rq.ex, rq.head,
-                                                                  rq.parsed(), False))
-    except (ProxyError, RecursionError):
-        prompt = 0
-    return Usage(prompt, math.ceil(text_chars / 4), estimated=True)
 
 
 class Proxy:
@@ -13900,7 +13917,7 @@ class Proxy:
             relay, rq.out.handed_over = rq.out.handed_over, None
             if relay is not None:
                 relay.resume = functools.partial(self._resume_later, rq, relay)
-                rq.let_go_of_payload()
+                rq.let_go_of_request()
                 pipe.put(relay)
                 handed = True
         except ClientGone:
@@ -14766,7 +14783,9 @@ class ProxyServer:
                 return keep_alive
             return await self._send_local(writer, status, headers, page, keep_alive, ex, head)
         assert dialect is not None
-        return await self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
+        proxying = self._proxy_request(reader, writer, buf, head, body, ex, keep_alive)
+        del body   # its request holds it while it needs it (see Request.let_go_of_request)
+        return await proxying
 
     async def _local(self, action: str, dialect: Optional[ClientDialect], ex: Exchange,
                      head: RequestHead, params: Dict[str, str]
@@ -14923,6 +14942,7 @@ class ProxyServer:
                 self.proxy.handle(ex, head, body, pipe, on_loop=True)
             else:
                 self.proxy.workers.submit(self.proxy.handle, ex, head, body, pipe)
+            del body   # as in _handle_request
             if not watcher:   # most answers take no time; a slow one is watched after a moment
                 start_watching = self._loop.call_later(
                     CLIENT_WATCH_DELAY, lambda: watcher.append(

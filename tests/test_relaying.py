@@ -372,25 +372,38 @@ class Traced(dict):
 QUESTION = "a question " * 20
 
 
-@pytest.mark.parametrize("path, body", [
+@pytest.mark.parametrize("path, body, keeps_body", [
     ("/v1/chat/completions",                                                  # passed on
-     dict(CHAT, stream=True, messages=[{"role": "user", "content": QUESTION}])),
+     dict(CHAT, stream=True, messages=[{"role": "user", "content": QUESTION}]), True),
     ("/v1beta/models/m:streamGenerateContent?alt=sse",                        # converted
-     {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]})])
-def test_a_relayed_stream_keeps_its_body_not_its_json(
-        proxy, fake, caplog, monkeypatch, path, body):
-    # An agent's request of 70 KB is 140 KB more once read as JSON. A stream the loop
-    # relays, for minutes perhaps, does not need it: it is read again only for the end's
-    # estimate of the prompt, when a passed-through upstream reported no usage.
+     {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]}, False)])
+def test_a_relayed_stream_lets_go_of_its_request(
+        proxy, fake, caplog, monkeypatch, path, body, keeps_body):
+    # An agent's request of 50 KB is 100 KB more once read as JSON, and as much again in
+    # the neutral model. A stream the loop relays, for minutes perhaps, needs none of it
+    # but the estimate of its prompt, at its end, when the upstream reported no usage: a
+    # converted stream counts it before the relay and lets go of all (its body too); a
+    # passed-through one keeps its body, read again then.
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
-    read = []
-    parse_json_body = gp.parse_json_body
+    read, decoded, bodies = [], [], []
+    parse_json_body, chat_of, read_body = gp.parse_json_body, gp.Request.chat, \
+        gp.ProxyServer._read_body
 
     def traced_parse(data):
         payload = Traced(parse_json_body(data))
         read.append(weakref.ref(payload))
         return payload
+
+    def traced_chat(rq):
+        decoded.append(weakref.ref(chat_of(rq)))
+        return decoded[-1]()
+
+    async def kept_body(*args, **kwargs):
+        bodies.append(await read_body(*args, **kwargs))
+        return bodies[-1]
     monkeypatch.setattr(gp, "parse_json_body", traced_parse)
+    monkeypatch.setattr(gp.Request, "chat", traced_chat)
+    monkeypatch.setattr(gp.ProxyServer, "_read_body", kept_body)
     go_on = threading.Event()
     events = [chunk({"role": "assistant", "content": ""})] + [
         chunk({"content": "word %d " % i}) for i in range(40)] + [chunk(finish="stop"),
@@ -403,6 +416,12 @@ def test_a_relayed_stream_keeps_its_body_not_its_json(
                  message="the stream handed to the loop")
         gc.collect()
         assert read and [ref() for ref in read] == [None] * len(read)
+        assert [ref() for ref in decoded] == [None] * len(decoded)
+        assert bool(decoded) is not keeps_body
+        (the_body,) = [b for b in bodies if b]
+        held = [r for r in gc.get_referrers(the_body) if r is not bodies]
+        assert bool(held) is keeps_body, held
+        del the_body, held
         go_on.set()
         data = response.read()
     finally:

@@ -1786,7 +1786,7 @@ def test_a_long_stream_holds_none_of_the_parts_it_has_passed_on():
             kept.append(gp.Part(part.type, text=part.text))
             yield part
         yield gp.Finish(gp.STOP, None)
-    for event in gp._track_usage(ex, chat, parts()):
+    for event in gp._track_usage(ex, lambda: gp.estimate_prompt_tokens(chat), parts()):
         del event
     gc.collect()
     assert sum(ref() is not None for ref in made) == 0
