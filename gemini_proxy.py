@@ -11876,7 +11876,8 @@ class Request:
         return self._prompt_tokens
 
     def parsed(self) -> Any:
-        """The body's JSON (read again after let_go_of_request())."""
+        """The body's JSON (read again after let_go_of_request(); a converted stream's
+        is gone for good then, its body with it: nothing reads either after its relay)."""
         if self._payload_let_go:
             self.payload, self._payload_let_go = parse_json_body(self.body), False
         return self.payload

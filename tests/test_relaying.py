@@ -370,21 +370,26 @@ class Traced(dict):
 
 
 QUESTION = "a question " * 20
+LONG_QUESTION = QUESTION * 100     # past LOOP_BODY_BYTES: begun in a worker
 
 
-@pytest.mark.parametrize("path, body, keeps_body", [
-    ("/v1/chat/completions",                                                  # passed on
-     dict(CHAT, stream=True, messages=[{"role": "user", "content": QUESTION}]), True),
-    ("/v1beta/models/m:streamGenerateContent?alt=sse",                        # converted
-     {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]}, False)])
+@pytest.mark.parametrize("question", [QUESTION, LONG_QUESTION], ids=["loop", "worker"])
+@pytest.mark.parametrize("converted", [False, True], ids=["passed-on", "converted"])
 def test_a_relayed_stream_lets_go_of_its_request(
-        proxy, fake, caplog, monkeypatch, path, body, keeps_body):
+        proxy, fake, caplog, monkeypatch, question, converted):
     # An agent's request of 50 KB is 100 KB more once read as JSON, and as much again in
     # the neutral model. A stream the loop relays, for minutes perhaps, needs none of it
     # but the estimate of its prompt, at its end, when the upstream reported no usage: a
     # converted stream counts it before the relay and lets go of all (its body too); a
     # passed-through one keeps its body, read again then.
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    if converted:
+        path = "/v1beta/models/m:streamGenerateContent?alt=sse"
+        body = {"contents": [{"role": "user", "parts": [{"text": question}]}]}
+    else:
+        path = "/v1/chat/completions"
+        body = dict(CHAT, stream=True, messages=[{"role": "user", "content": question}])
+    assert (len(json.dumps(body)) > gp.LOOP_BODY_BYTES) is (question is LONG_QUESTION)
     read, decoded, bodies = [], [], []
     parse_json_body, chat_of, read_body = gp.parse_json_body, gp.Request.chat, \
         gp.ProxyServer._read_body
@@ -417,10 +422,10 @@ def test_a_relayed_stream_lets_go_of_its_request(
         gc.collect()
         assert read and [ref() for ref in read] == [None] * len(read)
         assert [ref() for ref in decoded] == [None] * len(decoded)
-        assert bool(decoded) is not keeps_body
+        assert bool(decoded) is converted
         (the_body,) = [b for b in bodies if b]
         held = [r for r in gc.get_referrers(the_body) if r is not bodies]
-        assert bool(held) is keeps_body, held
+        assert bool(held) is not converted, held
         del the_body, held
         go_on.set()
         data = response.read()
@@ -430,7 +435,38 @@ def test_a_relayed_stream_lets_go_of_its_request(
     assert b"word 39" in data
     (line,) = [l for l in access_lines(caplog) if "/v1" in l]
     prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
-    assert 40 <= prompt <= 80 and 60 <= output <= 160, line
+    assert len(question) / 5 <= prompt <= len(question) / 3 and 60 <= output <= 160, line
+
+
+def test_a_stream_passed_through_after_a_converted_attempt_failed_is_counted_whole(
+        proxy_factory, fake, caplog):
+    # The first upstream (converted) fails; its fallback speaks the client's dialect and
+    # streams without usage: the request, decoded for the first, lets go of it all before
+    # the relay, and the end's estimate of the prompt is still the whole prompt's.
+    from fake_upstream import gemini_chunk, gemini_stream, gemini_text_part
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    gemini = FakeGemini().start()
+    try:
+        proxy = proxy_factory({
+            "upstreams": {"o": {"base_url": fake.base_url, "api_key": "k-o", "retries": 0},
+                          "g": {"kind": "gemini", "base_url": gemini.base_url,
+                                "api_key": "k-g"}},
+            "routes": [{"model": "*", "upstream": "o", "fallbacks": ["g"]}]})
+        fake.queue(json_reply({"error": {"message": "down for now"}}, status=500))
+        gemini.queue(gemini_stream([gemini_chunk([gemini_text_part("word " * 5)])
+                                    for _ in range(40)] +
+                                   [gemini_chunk([gemini_text_part("")], finish="STOP")]))
+        status, _, data = proxy.request(
+            "POST", "/v1beta/models/m:streamGenerateContent?alt=sse",
+            {"contents": [{"role": "user", "parts": [{"text": LONG_QUESTION}]}]})
+        assert status == 200 and data.count(b"word ") == 200, data[-300:]
+        assert len(fake.requests) == 1 and len(gemini.requests) == 1
+    finally:
+        gemini.stop()
+    (line,) = [l for l in access_lines(caplog) if "/v1beta" in l]
+    prompt = int(re.search(r" tokens=~(\d+)\+\d+", line).group(1))
+    assert " -> g/m pass stream " in line, line
+    assert len(LONG_QUESTION) / 5 <= prompt <= len(LONG_QUESTION) / 3, line
 
 
 def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
