@@ -4308,11 +4308,18 @@ def decode_anthropic_count_response(payload: Any) -> int:
     return payload["input_tokens"]
 
 
-def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None) -> Usage:
+def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None
+                           ) -> Optional[Usage]:
+    """`previous` brought up to date; as it was (None at first) when `usage` counts
+    nothing: an Anthropic-compatible upstream that reports no usage gets its counts
+    estimated, not shown as zero."""
     usage = fields_of(usage)
+    given_input = any(usage.get(k) is not None for k in (
+        "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    if not given_input and usage.get("output_tokens") is None:
+        return previous
     out = copy.copy(previous) if previous else Usage()
-    if any(usage.get(k) is not None for k in ("input_tokens", "cache_read_input_tokens",
-                                              "cache_creation_input_tokens")):
+    if given_input:
         out.cached_tokens = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
         out.cache_write_tokens = tokens_of(usage.get("cache_creation_input_tokens")) or \
             out.cache_write_tokens
@@ -4370,7 +4377,7 @@ def anthropic_stream_error(data: str) -> Optional[UpstreamError]:
 def decode_anthropic_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]:
     """Messages SSE events -> neutral events; tool_use inputs are gathered and emitted
     whole at their block's end; a stream without message_stop raises."""
-    usage = Usage()
+    usage: Optional[Usage] = None   # (None to the end: estimated)
     stop_reason, stop_sequence = None, ""
     blocks: Dict[Any, Dict[str, Any]] = {}
     malformed = False

@@ -469,6 +469,41 @@ def test_a_stream_passed_through_after_a_converted_attempt_failed_is_counted_who
     assert len(LONG_QUESTION) / 5 <= prompt <= len(LONG_QUESTION) / 3, line
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_anthropic_compatible_upstream_without_usage_gets_estimated_counts(
+        proxy_factory, caplog, stream):
+    # Such an upstream's zero counts were shown as its usage: the client saw a prompt of
+    # no tokens, the ledger counted none.
+    from fake_upstream import anthropic_stream
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    anthropic = FakeAnthropic().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"a": {"kind": "anthropic", "api_key": "k-a",
+                                                   "base_url": anthropic.base_url}}})
+        message = dict(anthropic_message("word " * 100))
+        del message["usage"]
+        if stream:
+            events = anthropic_events(dict(message, usage={}))
+            for _, payload in events:
+                payload.pop("usage", None)
+                payload.get("message", {}).pop("usage", None)
+            anthropic.queue(anthropic_stream(events))
+        else:
+            anthropic.queue(json_reply(message))
+        path = "/v1beta/models/m:%s" % ("streamGenerateContent?alt=sse" if stream
+                                        else "generateContent")
+        status, _, data = proxy.request("POST", path, {"contents": [
+            {"role": "user", "parts": [{"text": QUESTION}]}]})
+        assert status == 200 and data.count(b"word ") == 100, data[-300:]
+    finally:
+        anthropic.stop()
+    last = json.loads(data.decode().split("data: ")[-1] if stream else data)
+    assert last["usageMetadata"]["promptTokenCount"] >= len(QUESTION) / 5, last
+    (line,) = [l for l in access_lines(caplog) if "/v1beta" in l]
+    prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+    assert len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and output >= 100, line
+
+
 def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     fake.queue(json_reply(completion("ok", use={"prompt_tokens": 0, "completion_tokens": 0})))
