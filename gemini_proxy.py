@@ -6158,6 +6158,16 @@ def decode_responses_input(history: List[Tuple[str, Dict[str, Any]]], chat: Chat
 MAX_REFERENCED_BYTES = 32 * MiB
 
 
+def responses_names_stored_items(payload: Any) -> bool:
+    """Whether a request's history includes stored items (responses_history): how much
+    it expands to, and costs to convert, the request does not tell."""
+    if not isinstance(payload, dict):
+        return False
+    given = payload.get("input")
+    return payload.get("previous_response_id") is not None or isinstance(given, list) and \
+        any(isinstance(item, dict) and item.get("type") == "item_reference" for item in given)
+
+
 def responses_history(payload: Dict[str, Any], store: "ResponseStore", owner: str = ""
                       ) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
     """(where, item) for every item of the conversation: the stored one that
@@ -13835,6 +13845,9 @@ class Proxy:
                              head.headers, body)
             ex.request_bytes = len(body)
             rq.payload = parse_json_body(body)
+            if rq.on_loop and dialect is RESPONSES_DIALECT and \
+                    responses_names_stored_items(rq.payload):
+                yield IN_A_THREAD, 0.0   # (read as JSON: a key may be spelled in escapes)
             ex.client_model = check_model_name(dialect.request_model(ex, rq.payload))
             if self.instance in hops:
                 raise self._loop_error(ex.client_model)
@@ -13879,12 +13892,10 @@ class Proxy:
     def runs_on_loop(self, pipe: ChunkPipe, body: bytes) -> bool:
         """Whether the event loop begins this request itself (Proxy.handle, on_loop): a
         small one, where the loop can wait for sockets and nothing is written to a
-        detailed log's files; not one that names stored Responses items (previous
-        responses, item references), whose history may be large to expand and convert
-        (a word in its text that looks so sends it to a worker too: no harm)."""
+        detailed log's files. (One that names stored Responses items, whose history may
+        be large to expand and convert, goes on in a worker once it is read: answer().)"""
         return pipe.loop_reads and len(body) <= LOOP_BODY_BYTES and \
-            not self.live.config.logging["detailed"] and \
-            b"previous_response_id" not in body and b"item_reference" not in body
+            not self.live.config.logging["detailed"]
 
     def _conclude(self, rq: Request, steps: "Union[Steps[None], Callable[[], None]]") -> None:
         """Run one part of a request in this worker (or on the event loop:

@@ -1302,11 +1302,38 @@ def test_what_the_loop_runs_itself(proxy_factory, fake):
     small = json.dumps(CHAT).encode()
     assert app.runs_on_loop(pipe, small)
     assert not app.runs_on_loop(pipe, b"x" * (gp.LOOP_BODY_BYTES + 1))
-    assert not app.runs_on_loop(pipe, json.dumps(
-        {"model": "m", "previous_response_id": "resp_1", "input": "go on"}).encode())
-    assert not app.runs_on_loop(pipe, json.dumps({"model": "m", "input": [
-        {"type": "item_reference", "id": "msg_1"}]}).encode())
     assert not app.runs_on_loop(type("Pipe", (), {"loop_reads": False})(), small)
+
+
+def test_a_responses_request_naming_stored_items_goes_on_in_a_worker(
+        proxy_factory, fake, monkeypatch):
+    """Its history, expanded and converted, may be long: once its JSON is read, it goes
+    on in a worker, however its keys are spelled (in JSON escapes, say)."""
+    proxy = one_worker_proxy(proxy_factory, fake)
+    app = proxy.server.proxy
+    fake.queue(json_reply(completion("Hello Ada.")))
+    status, first = proxy.post("/v1/responses", {"model": "m", "input": "my name is Ada"})
+    assert status == 200, first
+    handed, real_submit = [], app.workers.submit
+
+    def submit(function, *args, resuming=False):
+        handed.append(function)
+        real_submit(function, *args, resuming=resuming)
+    monkeypatch.setattr(app.workers, "submit", submit)
+    escaped = ('{"model": "m", "input": "and mine?", "previous\\u005fresponse_id": "%s"}'
+               % first["id"]).encode()
+    referenced = json.dumps({"model": "m", "input": [
+        {"type": "item_reference", "id": first["output"][0]["id"]},
+        {"role": "user", "content": "and mine?"}]}).encode()
+    alone = json.dumps({"model": "m", "input": "and mine?"}).encode()
+    for body, names_stored in ((escaped, True), (referenced, True), (alone, False)):
+        fake.queue(json_reply(completion("I do not know.")))
+        del handed[:]
+        status, _, data = proxy.request("POST", "/v1/responses", body)
+        assert status == 200, data
+        assert bool(handed) is names_stored, (body, handed)
+        sent = json.dumps(fake.last["messages"])
+        assert ("Hello Ada." in sent) is names_stored, sent
 
 
 def test_a_large_reply_is_read_and_converted_in_a_worker_not_on_the_loop(
