@@ -13859,6 +13859,8 @@ class Proxy:
             if client is not ANONYMOUS and ex.action != "count_tokens":
                 if rq.on_loop and self.limits.through_store(client):
                     yield IN_A_THREAD, 0.0
+                if pipe.gone:   # it left while it waited for a worker, after either yield
+                    raise ClientGone()
                 self.limits.admit(client)
                 rq.admitted = True
             candidates = [(live.upstreams[name], model) for name, model

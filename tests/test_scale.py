@@ -1535,6 +1535,47 @@ def test_a_request_whose_client_left_while_it_waited_for_a_worker_calls_no_upstr
     assert connects == ["127.0.0.1"]
 
 
+def test_a_client_gone_while_its_request_waited_for_a_worker_is_not_counted(
+        proxy_factory, fake, monkeypatch):
+    """A Responses request naming a stored response begins on the loop, which hands it
+    to a worker once it has read it; the one worker is busy, and its client leaves
+    meanwhile. When the worker takes it, its client's limits count nothing for it."""
+    proxy = proxy_factory({
+        "upstreams": {"fake": {"kind": "openai", "base_url": fake.base_url,
+                               "api_key": "sk-upstream-secret-1234"}},
+        "default_model": "fake-model",
+        "server": {"workers": 1, "api_keys": [{"key": "k-alice", "name": "alice"}]}})
+    app = proxy.server.proxy
+    abandoned = threading.Event()
+    abort = gp.ChunkPipe.abort
+
+    def noted_abort(pipe, *args, **kwargs):
+        abort(pipe, *args, **kwargs)
+        abandoned.set()
+    monkeypatch.setattr(gp.ChunkPipe, "abort", noted_abort)
+    admitted, admit = [], app.limits.admit
+    monkeypatch.setattr(app.limits, "admit",
+                        lambda client: admitted.append(client.name) or admit(client))
+    busy = occupy(app.workers, 1)
+    conn = proxy.connection()
+    try:
+        conn.request("POST", "/v1/responses", body=json.dumps(
+            {"model": "m", "previous_response_id": "resp_1", "input": "go on"}),
+            headers={"content-type": "application/json", "authorization": "Bearer k-alice"})
+    finally:
+        conn.close()
+    try:
+        assert abandoned.wait(PATIENCE), "the proxy never heard the client leave"
+    finally:
+        busy.set()
+    proxy.wait_until_idle()
+    assert admitted == [] and not fake.requests
+    fake.queue(json_reply(completion("counted")))
+    status, body = proxy.post("/v1/responses", {"model": "m", "input": "go on"},
+                              {"authorization": "Bearer k-alice"})
+    assert status == 200 and admitted == ["alice"], body
+
+
 def test_the_loop_sends_what_the_socket_takes_and_leaves_the_rest_to_a_worker():
     """On the event loop a request goes into the socket without waiting: an upstream
     that reads its requests slowly (or not at all) fills the buffers between, and a
