@@ -19,9 +19,10 @@ import pytest
 import gemini_proxy as gp
 from conftest import PATIENCE, stalled_stream, wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, Gate, anthropic_events,
-                           anthropic_message, anthropic_sse, completion, flood,
-                           flood_after_one_event, json_reply, pause_after, sse,
-                           sse_texts_reply, stream_reply, chunk, text_stream, usage)
+                           anthropic_message, anthropic_sse, anthropic_stream, completion,
+                           flood, flood_after_one_event, gemini_chunk, gemini_stream,
+                           gemini_text_part, json_reply, pause_after, sse, sse_texts_reply,
+                           stream_reply, chunk, text_stream, usage)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -443,7 +444,6 @@ def test_a_stream_passed_through_after_a_converted_attempt_failed_is_counted_who
     # The first upstream (converted) fails; its fallback speaks the client's dialect and
     # streams without usage: the request, decoded for the first, lets go of it all before
     # the relay, and the end's estimate of the prompt is still the whole prompt's.
-    from fake_upstream import gemini_chunk, gemini_stream, gemini_text_part
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     gemini = FakeGemini().start()
     try:
@@ -474,7 +474,6 @@ def test_an_anthropic_compatible_upstream_without_usage_gets_estimated_counts(
         proxy_factory, caplog, stream):
     # Such an upstream's zero counts were shown as its usage: the client saw a prompt of
     # no tokens, the ledger counted none.
-    from fake_upstream import anthropic_stream
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     anthropic = FakeAnthropic().start()
     try:
