@@ -1295,8 +1295,8 @@ def test_a_request_the_loop_cannot_make_goes_to_a_worker_as_a_new_one(proxy_fact
 
 
 def test_what_the_loop_runs_itself(proxy_factory, fake):
-    """Small requests where the loop can wait for sockets, but not a Responses request
-    that names stored items (its history, expanded and converted, may be long)."""
+    """Small requests where the loop can wait for sockets. (A Responses request that
+    names stored items is handed to a worker once read: the test after this one.)"""
     app = one_worker_proxy(proxy_factory, fake).server.proxy
     pipe = type("Pipe", (), {"loop_reads": True})()
     small = json.dumps(CHAT).encode()
