@@ -2428,6 +2428,9 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False                   # the upstream reported none; we counted
+    # The upstream counted the output but not the prompt: input_tokens is no count until
+    # the reply's end fills it in (with_prompt_estimate).
+    input_missing: bool = False
 
 
 @dataclasses.dataclass
@@ -2846,6 +2849,15 @@ class OutputTally:
     def usage(self, prompt_tokens: int) -> Usage:
         return Usage(prompt_tokens, self.output + self.reasoning,
                      reasoning_tokens=self.reasoning, estimated=True)
+
+
+def with_prompt_estimate(usage: Usage, prompt_tokens: Callable[[], int]) -> Usage:
+    """`usage` as the reply's end records it: an upstream that counted the output alone
+    gets the prompt's estimate (and the mark of an estimate), not a prompt of no tokens."""
+    if not usage.input_missing:
+        return usage
+    return dataclasses.replace(usage, input_tokens=prompt_tokens(), estimated=True,
+                               input_missing=False)
 
 
 def merge_consecutive_turns(messages: List[Message]) -> List[Message]:
@@ -3524,14 +3536,17 @@ def encode_openai_request(chat: Chat, model: str,
 def decode_openai_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
         return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt is None and completion is None:
+        return None     # counts nothing (an empty object, a total alone): no usage
     prompt_details = fields_of(usage.get("prompt_tokens_details"))
     completion_details = fields_of(usage.get("completion_tokens_details"))
     cached = (tokens_of(prompt_details.get("cached_tokens")) or   # OpenAI, DeepSeek, Moonshot
               tokens_of(usage.get("prompt_cache_hit_tokens")) or
               tokens_of(usage.get("cached_tokens")))
-    return Usage(tokens_of(usage.get("prompt_tokens")), tokens_of(usage.get("completion_tokens")),
-                 cached_tokens=cached,
-                 reasoning_tokens=tokens_of(completion_details.get("reasoning_tokens")))
+    return Usage(tokens_of(prompt), tokens_of(completion), cached_tokens=cached,
+                 reasoning_tokens=tokens_of(completion_details.get("reasoning_tokens")),
+                 input_missing=prompt is None)
 
 
 def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bool]:
@@ -4318,8 +4333,9 @@ def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None
         "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
     if not given_input and usage.get("output_tokens") is None:
         return previous
-    out = copy.copy(previous) if previous else Usage()
+    out = copy.copy(previous) if previous else Usage(input_missing=True)
     if given_input:
+        out.input_missing = False
         out.cached_tokens = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
         out.cache_write_tokens = tokens_of(usage.get("cache_creation_input_tokens")) or \
             out.cache_write_tokens
@@ -5505,12 +5521,15 @@ def gemini_schema_retry(error: UpstreamError, options: Dict[str, Any]
 def decode_gemini_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
         return None
+    prompt = usage.get("promptTokenCount")
+    if prompt is None and usage.get("candidatesTokenCount") is None and \
+            usage.get("thoughtsTokenCount") is None:
+        return None     # counts nothing: no usage
     thoughts = tokens_of(usage.get("thoughtsTokenCount"))
-    return Usage(tokens_of(usage.get("promptTokenCount")) +
-                 tokens_of(usage.get("toolUsePromptTokenCount")),
+    return Usage(tokens_of(prompt) + tokens_of(usage.get("toolUsePromptTokenCount")),
                  tokens_of(usage.get("candidatesTokenCount")) + thoughts,
                  cached_tokens=tokens_of(usage.get("cachedContentTokenCount")),
-                 reasoning_tokens=thoughts)
+                 reasoning_tokens=thoughts, input_missing=prompt is None)
 
 
 def _gemini_candidates(payload: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -6966,12 +6985,16 @@ def decode_responses_count_response(payload: Any) -> int:
 def decode_responses_usage(usage: Any) -> Optional[Usage]:
     if not isinstance(usage, dict):
         return None
+    prompt, output = usage.get("input_tokens"), usage.get("output_tokens")
+    if prompt is None and output is None:
+        return None     # counts nothing: no usage
     given = fields_of(usage.get("input_tokens_details"))
     made = fields_of(usage.get("output_tokens_details"))
-    return Usage(tokens_of(usage.get("input_tokens")), tokens_of(usage.get("output_tokens")),
+    return Usage(tokens_of(prompt), tokens_of(output),
                  cached_tokens=tokens_of(given.get("cached_tokens")),
                  cache_write_tokens=tokens_of(given.get("cache_write_tokens")),
-                 reasoning_tokens=tokens_of(made.get("reasoning_tokens")))
+                 reasoning_tokens=tokens_of(made.get("reasoning_tokens")),
+                 input_missing=prompt is None)
 
 
 # How OpenAI says when to come back inside a rate limit's message (what Codex reads too):
@@ -13188,7 +13211,7 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             reply = cut_reply(reply, stops)
         if reply.usage is None:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
-        ex.usage = reply.usage
+        reply.usage = ex.usage = with_prompt_estimate(reply.usage, rq.prompt_estimate)
         payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
         return lambda: rq.out.json(payload, redact)
     if reply is not None:
@@ -13224,7 +13247,7 @@ def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int],
         elif isinstance(event, Finish):
             if event.usage is None:
                 event.usage = tally.usage(prompt_tokens())
-            ex.usage = event.usage
+            event.usage = ex.usage = with_prompt_estimate(event.usage, prompt_tokens)
         else:
             tally.add(event)
         yield event
@@ -13275,6 +13298,19 @@ ACTIONS: Dict[str, Attempt] = {"generate": generate, "stream": generate,
                                "batch_embed": embed}
 
 
+# The text fields of the dialects' replies and stream events, for an estimate of the output
+# of a passed-through reply whose upstream reported no usage (Responses upstreams report
+# it). The string's body is written unrolled (runs of plain characters, then one escape
+# at a time): as an alternation per character, one 40 MB event held the loop for 20 s.
+TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
+                        r'reasoning_content|reasoning)": ?"([^"\\]*(?:\\.[^"\\]*)*)"')
+
+
+def text_field_chars(json_text: str) -> int:
+    """The characters of the text fields in a reply's (or its events') JSON."""
+    return sum(map(len, TEXT_FIELD.findall(json_text)))
+
+
 def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     """Client and upstream speak the same dialect: forward the request with the model
     name, the key and (max_output_tokens) the output limit replaced, and the reply's bytes
@@ -13306,7 +13342,11 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         if begun is not None and not begun(reply):
             raise UpstreamError("upstream %r answered without a reply: %s" % (
                 runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
-        ex.usage = kind.usage_from(reply, None)
+        usage = kind.usage_from(reply, None)
+        if usage is None and ex.action in ("generate", "stream"):   # counted as a stream's
+            usage = Usage(rq.prompt_estimate(), math.ceil(
+                text_field_chars(data.decode("utf-8", "replace")) / 4), estimated=True)
+        ex.usage = usage and with_prompt_estimate(usage, rq.prompt_estimate)
         return content_type_of(response), data, None
 
     def streamed(response: UpstreamResponse) -> "Steps[Tuple[str, bytes, Any]]":
@@ -13386,6 +13426,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             if ex.usage is None:   # the prompt as the hub would count it; the output's text
                 ex.usage = Usage(rq.prompt_estimate(), math.ceil(passing.text_chars / 4),
                                  estimated=True)
+            ex.usage = with_prompt_estimate(ex.usage, rq.prompt_estimate)
 
         def relayed() -> Iterator[Any]:
             # Up to the read that holds the final event, which makes the reply whole
@@ -13403,14 +13444,6 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         out.chunk(first, final=passing.whole)
         out.relay(response, relayed(), after, past_final_event=lambda: passing.whole)
     return deliver
-
-
-# The text fields of the dialects' stream events, for an estimate of the output of a
-# passed-through stream whose upstream reported no usage (Responses upstreams report it).
-# The string's body is written unrolled (runs of plain characters, then one escape at a
-# time): as an alternation per character, one 40 MB event held the loop for 20 s.
-STREAM_TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
-                               r'reasoning_content|reasoning)": ?"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 class PassingStream:
@@ -13467,7 +13500,7 @@ class PassingStream:
                         except (ValueError, RecursionError):
                             pass
             if self.ex.usage is None:
-                self.text_chars += sum(map(len, STREAM_TEXT_FIELD.findall(texts)))
+                self.text_chars += text_field_chars(texts)
         if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
             end = self.kind.stream_end
             window = self._tail + data.decode("utf-8", "replace")

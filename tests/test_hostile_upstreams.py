@@ -901,8 +901,8 @@ def test_the_text_estimate_reads_escaped_quotes_and_huge_events():
     """The output estimate's pattern, unrolled (one 40 MB event once held the event loop
     for 20 s: an alternation tried at every character). Same matches as ever, escapes
     included; its speed is bench/bench.py's to show, not a timed test's."""
-    found = gp.STREAM_TEXT_FIELD.findall(
+    found = gp.TEXT_FIELD.findall(
         '{"content": "say \\"hi\\" \\\\"} {"text":"a\\nb"} {"arguments": "{\\"x\\": 1}"}')
     assert found == ['say \\"hi\\" \\\\', "a\\nb", '{\\"x\\": 1}']
     big = '{"content": "' + "word \\n " * 200000 + '"}'
-    assert [len(f) for f in gp.STREAM_TEXT_FIELD.findall(big)] == [len(big) - 15]
+    assert [len(f) for f in gp.TEXT_FIELD.findall(big)] == [len(big) - 15]

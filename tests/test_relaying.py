@@ -503,6 +503,108 @@ def test_an_anthropic_compatible_upstream_without_usage_gets_estimated_counts(
     assert len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and output >= 100, line
 
 
+@pytest.mark.parametrize("client", ["openai", "gemini"], ids=["passed-on", "converted"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_upstream_that_counts_only_the_output_gets_the_prompt_estimated(
+        proxy, fake, caplog, client, stream):
+    # Its input was shown and counted as an exact 0: a client's tokens_per_day charged
+    # the output alone, its agent told its prompt had no tokens.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    counted = {"completion_tokens": 9}
+    fake.queue(text_stream("an answer", pieces=1, use=counted) if stream
+               else json_reply(completion("an answer", use=counted)))
+    if client == "openai":
+        path, payload = "/v1/chat/completions", dict(
+            CHAT, stream=stream, messages=[{"role": "user", "content": QUESTION}])
+    else:
+        path = "/v1beta/models/m:%s" % ("streamGenerateContent?alt=sse" if stream
+                                        else "generateContent")
+        payload = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]}
+    status, _, data = proxy.request("POST", path, payload)
+    assert status == 200 and b"an answer" in data, data
+    (line,) = access_lines(caplog)
+    prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+    assert len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and output == 9, line
+    if client == "gemini":   # the client is told the same
+        last = json.loads(data.decode().split("data: ")[-1] if stream else data)
+        assert last["usageMetadata"]["promptTokenCount"] == prompt, last
+
+
+def test_an_anthropic_compatible_upstream_counting_only_the_output_gets_the_prompt_estimated(
+        proxy_factory, caplog):
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    anthropic = FakeAnthropic().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"a": {"kind": "anthropic", "api_key": "k-a",
+                                                   "base_url": anthropic.base_url}}})
+        events = anthropic_events(anthropic_message("word " * 10))
+        for name, payload in events:   # no input anywhere, the output in message_delta
+            payload.get("message", {}).pop("usage", None)
+            if name == "message_delta":
+                payload["usage"] = {"output_tokens": 12}
+        anthropic.queue(anthropic_stream(events))
+        status, _, data = proxy.request("POST", "/v1/chat/completions", dict(
+            CHAT, stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": QUESTION}]))
+        assert status == 200 and data.count(b"word") == 10, data[-300:]
+    finally:
+        anthropic.stop()
+    (line,) = access_lines(caplog)
+    prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+    assert len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and output == 12, line
+    usage_chunk = json.loads(data.decode().split("data: ")[-2])
+    assert usage_chunk["usage"]["prompt_tokens"] == prompt, usage_chunk
+
+
+def test_a_passed_through_whole_reply_without_usage_gets_estimated_counts(
+        proxy, fake, caplog):
+    # Counted as no tokens at all before (a stream was estimated): a client's
+    # tokens_per_day never charged it. A usage object that counts nothing is none.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    bare = completion("word " * 40)
+    del bare["usage"]
+    fake.queue(json_reply(bare))
+    fake.queue(json_reply(dict(bare, usage={"total_tokens": 0})))
+    for _ in range(2):
+        status, _, data = proxy.request("POST", "/v1/chat/completions", dict(
+            CHAT, messages=[{"role": "user", "content": QUESTION}]))
+        assert status == 200 and data.count(b"word") == 40, data
+    for line in access_lines(caplog, 2):
+        prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
+        assert " pass " in line and len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and \
+            40 <= output <= 60, line
+
+
+@pytest.mark.parametrize("decode, counts, input_missing", [
+    (gp.decode_openai_usage, {}, None),
+    (gp.decode_openai_usage, {"total_tokens": 5}, None),
+    (gp.decode_openai_usage, {"completion_tokens": 3}, True),
+    (gp.decode_openai_usage, {"prompt_tokens": 0, "completion_tokens": 0}, False),
+    (gp.decode_gemini_usage, {"totalTokenCount": 5}, None),
+    (gp.decode_gemini_usage, {"candidatesTokenCount": 3}, True),
+    (gp.decode_gemini_usage, {"promptTokenCount": 4}, False),
+    (gp.decode_responses_usage, {}, None),
+    (gp.decode_responses_usage, {"output_tokens": 3}, True),
+    (gp.decode_responses_usage, {"input_tokens": 4, "output_tokens": 3}, False),
+    (gp.decode_anthropic_usage, {"output_tokens": 3}, True),
+    (gp.decode_anthropic_usage, {"cache_read_input_tokens": 2, "output_tokens": 3}, False)])
+def test_a_usage_that_counts_nothing_is_none_and_one_without_the_prompt_says_so(
+        decode, counts, input_missing):
+    usage = decode(counts)
+    assert (usage is None) if input_missing is None else usage.input_missing is input_missing
+    if usage is not None and input_missing:
+        whole = gp.with_prompt_estimate(usage, lambda: 40)
+        assert (whole.input_tokens, whole.output_tokens, whole.estimated) == (40, 3, True)
+        assert not whole.input_missing
+
+
+def test_an_anthropic_prompt_counted_at_the_start_is_kept_when_the_end_counts_the_output():
+    started = gp.decode_anthropic_usage({"input_tokens": 30, "output_tokens": 1})
+    ended = gp.decode_anthropic_usage({"output_tokens": 8}, started)
+    assert (ended.input_tokens, ended.output_tokens, ended.input_missing) == (30, 8, False)
+    assert gp.with_prompt_estimate(ended, lambda: 99) is ended
+
+
 def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     fake.queue(json_reply(completion("ok", use={"prompt_tokens": 0, "completion_tokens": 0})))
