@@ -3631,22 +3631,46 @@ def decode_openai_response(payload: Any, model: str = "") -> Reply:
                  text_of(payload.get("model")) or model, choices, usage)
 
 
-def _merge_tool_fragment(calls: Dict[int, Dict[str, Any]], fragment: Dict[str, Any]) -> None:
+def _merge_tool_fragment(calls: Dict[int, List[Dict[str, Any]]],
+                         fragment: Dict[str, Any]) -> None:
     """Streamed tool calls arrive in fragments keyed by index. Arguments concatenate; id
-    and name are kept from the first fragment (llama.cpp repeats them in every one)."""
+    and name are kept from the first fragment (llama.cpp repeats them in every one). A
+    fragment with another id, at an index whose call is whole (its arguments are JSON),
+    begins a call of its own there: some servers number every parallel call 0, and
+    joined, both calls would be lost as one malformed."""
+    call_id = text_of(fragment.get("id"))
     index = fragment.get("index")
-    if not isinstance(index, int):   # servers that send each call whole, without index
-        index = next((i for i, c in calls.items() if fragment.get("id") and
-                      c["id"] == fragment.get("id")), len(calls))
-    call = calls.setdefault(index, {"id": "", "name": "", "args": []})
+    if not isinstance(index, int):   # servers that send each call whole, without index:
+        # its id's call; else, named by none, the last call while it is not whole
+        last = max(calls, default=-1)
+        index = next((i for i, at in calls.items() if call_id and at[-1]["id"] == call_id),
+                     last if not call_id and last in calls and
+                     not _whole_arguments(calls[last][-1]["args"]) else last + 1)
+    at = calls.setdefault(index, [])
+    if not at or (call_id and at[-1]["id"] not in ("", call_id) and
+                  _whole_arguments(at[-1]["args"])):
+        at.append({"id": "", "name": "", "args": []})
+    call = at[-1]
     fn = reply_object(fragment.get("function"), "tool_calls[].function")
-    call["id"] = call["id"] or text_of(fragment.get("id"))
+    call["id"] = call["id"] or call_id
     call["name"] = call["name"] or text_of(fn.get("name"))
     arguments = fn.get("arguments")
     if isinstance(arguments, dict):
         call["args"] = [json.dumps(arguments)]
     elif isinstance(arguments, str):
         call["args"].append(arguments)
+
+
+def _whole_arguments(pieces: List[str]) -> bool:
+    """Whether a streamed call's arguments so far are a JSON object (looked at whole only
+    when the last piece may close one: a long call's pieces are not joined for each)."""
+    last = next((piece for piece in reversed(pieces) if piece.strip()), "")
+    if not last.rstrip().endswith("}"):
+        return False
+    try:
+        return isinstance(strict_json("".join(pieces)), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 OPENAI_FINISH_FIELD = re.compile(r'"finish_reason": ?"[^"]')   # "" is no finish
@@ -3694,7 +3718,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
     are held until the turn ends and then emitted whole, once each; a stream that stops
     before its finish (neither finish_reason nor [DONE]) raises, so no client sees a
     false normal end."""
-    calls: Dict[int, Dict[int, Dict[str, Any]]] = {}    # choice -> index -> fragments
+    calls: Dict[int, Dict[int, List[Dict[str, Any]]]] = {}   # choice -> index -> calls
     finish_reasons: Dict[int, str] = {}
     choices_seen = {0}
     answered = False        # any choice at all (a stream of [DONE] alone is no reply)
@@ -3737,8 +3761,8 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
                             status=502)
     for index in sorted(choices_seen):
         parts, malformed = [], False
-        for position in sorted(calls.get(index, {})):
-            call = calls[index][position]
+        for call in [c for position in sorted(calls.get(index, {}))
+                     for c in calls[index][position]]:
             part, bad = _openai_tool_call(call["id"], call["name"], "".join(call["args"]))
             malformed |= bad
             if not bad:

@@ -126,6 +126,33 @@ def test_stream_tool_fragments_merge():
     assert events[-1].reason == TOOL_CALLS
 
 
+def test_stream_parallel_calls_all_numbered_0_stay_apart():
+    # Joined, '{"p": "a"}{"p": "b"}' was malformed: both calls were lost, the turn ended.
+    events = events_of(
+        delta(tool_calls=[{"index": 0, "id": "a", "function": {"name": "read",
+                                                               "arguments": '{"p": "a"}'}}]),
+        delta(tool_calls=[{"index": 0, "id": "b", "function": {"name": "read",
+                                                               "arguments": '{"p":'}}]),
+        delta(tool_calls=[{"index": 0, "function": {"arguments": ' "b"}'}}]),
+        delta(tool_calls=[{"index": 1, "id": "c", "function": {"name": "glob",
+                                                               "arguments": "{}"}}]),
+        finish("tool_calls"), "[DONE]")
+    assert [(e.id, e.name, e.args) for e in events if isinstance(e, Part)] == [
+        ("a", "read", {"p": "a"}), ("b", "read", {"p": "b"}), ("c", "glob", {})]
+    assert events[-1].reason == TOOL_CALLS
+
+
+def test_stream_a_call_whose_fragments_change_id_midway_stays_one():
+    # Only a call already whole gives way to another id at its index.
+    events = events_of(
+        delta(tool_calls=[{"index": 0, "id": "a1", "function": {"name": "read",
+                                                                "arguments": '{"p":'}}]),
+        delta(tool_calls=[{"index": 0, "id": "a2", "function": {"arguments": ' "x"}'}}]),
+        finish("tool_calls"), "[DONE]")
+    assert [(e.id, e.name, e.args) for e in events if isinstance(e, Part)] == [
+        ("a1", "read", {"p": "x"})]
+
+
 def test_stream_whole_calls_without_index_and_object_arguments():
     events = events_of(
         delta(tool_calls=[{"id": "x1", "function": {"name": "f", "arguments": {"k": 1}}}]),
@@ -133,6 +160,16 @@ def test_stream_whole_calls_without_index_and_object_arguments():
         finish("tool_calls"))
     assert [(e.id, e.args) for e in events if isinstance(e, Part)] == [("x1", {"k": 1}),
                                                                       ("x2", {})]
+
+
+def test_stream_a_call_without_index_goes_on_in_fragments_without_id():
+    events = events_of(
+        delta(tool_calls=[{"id": "x1", "function": {"name": "f", "arguments": '{"k":'}}]),
+        delta(tool_calls=[{"function": {"arguments": " 1}"}}]),
+        delta(tool_calls=[{"function": {"name": "g", "arguments": "{}"}}]),
+        finish("tool_calls"))
+    calls = [(e.id, e.name, e.args) for e in events if isinstance(e, Part)]
+    assert calls[0] == ("x1", "f", {"k": 1}) and calls[1][1:] == ("g", {}), calls
 
 
 def test_stream_missing_ids_get_unique_ones():
