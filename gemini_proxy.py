@@ -11899,6 +11899,7 @@ class Request:
         self._chat: Optional[Chat] = None
         self._prompt_tokens: Optional[int] = None   # see prompt_estimate()
         self._payload_let_go = False
+        self._packed_thinking: Optional[bool] = None   # see holds_packed_thinking()
 
     def leave_the_loop(self) -> None:
         """Its steps go on in a worker from now on, and so do the reads of its replies,
@@ -11923,6 +11924,19 @@ class Request:
         else:
             self._payload_let_go = True
         self.payload = None
+
+    def holds_packed_thinking(self) -> bool:
+        """Whether its history carries reasoning this proxy packed for its client when
+        another kind of upstream answered (pack_thinking: a Gemini client's
+        thoughtSignature, an Anthropic client's thinking signature, a Responses client's
+        encrypted_content). Passed through to an upstream of the client's own dialect
+        (a model switched, a fallback), the packed signatures would be refused, and
+        every later turn of the session with them: converted, they are unpacked, and
+        what the upstream cannot take is left out. (A body merely mentioning the
+        prefix is converted too: faithfully, only less cheaply.)"""
+        if self._packed_thinking is None:
+            self._packed_thinking = b'"' + CARRIER_START.encode("ascii") in self.body
+        return self._packed_thinking
 
     def prompt_estimate(self) -> int:
         """The prompt's tokens as estimate_prompt_tokens counts them, counted once: from
@@ -12020,7 +12034,8 @@ class UpstreamCall:
         # Bytes go through untouched only when nothing asks the proxy to look inside.
         self.passthrough = kind.dialect == rq.ex.dialect and (
             rq.ex.action in ("count_tokens", "embed", "batch_embed") or (
-                spec["upstream_streaming"] == "match" and not spec["stop_strings"]))
+                spec["upstream_streaming"] == "match" and not spec["stop_strings"])) and \
+            not rq.holds_packed_thinking()
         rq.ex.upstream, rq.ex.upstream_model = runtime.name, model
         rq.ex.passthrough = self.passthrough
         # The streamed reply opening_stream read the first event of: the event loop may

@@ -2,11 +2,14 @@
 upstream behaviours only an end-to-end run shows (schema fallback, blocked prompts)."""
 
 import json
+import logging
 
 import pytest
 
-from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, gemini_blocked, gemini_error,
-                           gemini_stream, json_reply)
+import gemini_proxy as gp
+from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_message,
+                           anthropic_text_block, gemini_blocked, gemini_error, gemini_stream,
+                           gemini_text, json_reply)
 from talkers import AnthropicTalker, OpenAITalker
 
 
@@ -207,3 +210,41 @@ def test_an_upstream_whose_key_variable_is_unset_is_skipped_for_its_fallback(pro
         assert len(fake.requests) == seen     # nothing was sent without a key
     finally:
         fake.stop()
+
+
+def test_a_session_moved_to_its_own_dialects_upstream_sends_it_no_packed_signature(
+        three, caplog):
+    # Claude Code's turn on a Gemini route leaves, in its history, a thinking block
+    # whose signature this proxy packed. Passed through to Anthropic when the session
+    # moved (a model switch, a fallback), that signature was refused, and every later
+    # turn of the session with it: such a request is converted instead.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    proxy, fakes = three
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    fakes["gem"].queue(json_reply(gemini_text("the answer", thought="pondering",
+                                              signature="c2lnLWdlbWluaQ==")))
+    ask = {"role": "user", "content": "a question"}
+    status, _, data = proxy.request("POST", "/v1/messages", {
+        "model": "gemini-2.5-pro", "max_tokens": 1000, "messages": [ask],
+        "thinking": {"type": "enabled", "budget_tokens": 500}}, headers)
+    assert status == 200, data
+    answer = json.loads(data)["content"]
+    (packed,) = [b["signature"] for b in answer if b["type"] == "thinking"]
+    assert packed.startswith(gp.CARRIER_START), answer
+    history = [ask, {"role": "assistant", "content": answer},
+               {"role": "user", "content": "and then?"}]
+    own = [{"type": "thinking", "thinking": "mine", "signature": "sig-anthropic"},
+           {"type": "text", "text": "an earlier answer"}]
+    for messages, way in ((history, "conv"),
+                          ([ask, {"role": "assistant", "content": own},
+                            {"role": "user", "content": "and then?"}], "pass")):
+        fakes["ant"].queue(json_reply(anthropic_message([anthropic_text_block("more")])))
+        status, _, data = proxy.request("POST", "/v1/messages", {
+            "model": "claude-sonnet", "max_tokens": 1000, "messages": messages,
+            "thinking": {"type": "enabled", "budget_tokens": 500}}, headers)
+        assert status == 200 and b"more" in data, data
+        sent = fakes["ant"].requests[-1]["body"].decode()
+        assert gp.CARRIER_START not in sent and "a question" in sent, sent
+        line = [r.getMessage() for r in caplog.records if "claude-sonnet" in r.getMessage()][-1]
+        assert " %s " % way in line, line
+    assert "sig-anthropic" in sent     # passed through: the provider's own, untouched
