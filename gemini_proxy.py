@@ -7617,6 +7617,10 @@ class ClientDialect:
     # the request head and the path's parameters.
     local_actions: Dict[str, Callable[[RequestHead, Dict[str, str]], Tuple[int, Any]]] = \
         dataclasses.field(default_factory=dict)
+    # Whether its replies can say the model's tool call was malformed (Gemini's
+    # MALFORMED_FUNCTION_CALL, which Gemini CLI retries); for the others it is the
+    # upstream's failure (see malformed_tool_call_error).
+    tells_malformed_tool_calls: bool = False
 
 
 def _body_model(ex: Exchange, payload: Any) -> str:
@@ -7698,6 +7702,7 @@ GEMINI_DIALECT = ClientDialect(
     stream_content_type=lambda ex: "text/event-stream" if ex.options.sse else "application/json",
     stream_error=lambda error, options: b"",   # Gemini CLI retries a stream with no finishReason
     keepalive=b"",                    # Gemini CLI's parser hangs on anything but data lines
+    tells_malformed_tool_calls=True,
     encode_error=encode_gemini_error,
     list_models=lambda names: {"models": [gemini_model_info(n) for n in names]},
     get_model=gemini_model_info,
@@ -13248,6 +13253,9 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             reply = collect_reply(events, ex.rid, call.model)
         if stops:
             reply = cut_reply(reply, stops)
+        if not dialect.tells_malformed_tool_calls and reply.choices and all(
+                choice.finish.reason == MALFORMED_TOOL_CALL for choice in reply.choices):
+            raise malformed_tool_call_error(call.runtime.name)
         if reply.usage is None:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         reply.usage = ex.usage = with_prompt_estimate(reply.usage, rq.prompt_estimate)
@@ -13257,6 +13265,8 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         events = reply_events(reply)
     events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
+    if not dialect.tells_malformed_tool_calls and chat.n == 1:
+        events = _malformed_tool_call_fails(events, call.runtime.name)
     # The last moment a failure can still be retried:
     first = (yield from upstream.next_event(events)) if upstream else next(events, None)
     if first is None:
@@ -13273,6 +13283,22 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         for chunk in chunks:   # answered here, or from a whole reply: no upstream to wait for
             rq.out.chunk(chunk)
     return deliver
+
+
+def malformed_tool_call_error(upstream: str) -> UpstreamError:
+    """A reply whose model made a tool call that cannot be read (arguments that are no
+    JSON object, Gemini's MALFORMED_FUNCTION_CALL), for a client whose dialect cannot be
+    told of one: as a plain finish, its agent would take the turn for done and stop
+    mid-task. Retryable (the model may do better next time), as Gemini CLI retries it."""
+    return UpstreamError("upstream %r: the model made a tool call that could not be read "
+                         "(its arguments were not a JSON object)" % upstream, status=502)
+
+
+def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator[Any]:
+    for event in events:
+        if isinstance(event, Finish) and event.reason == MALFORMED_TOOL_CALL:
+            raise malformed_tool_call_error(upstream)
+        yield event
 
 
 def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int],

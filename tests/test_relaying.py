@@ -605,6 +605,64 @@ def test_an_anthropic_prompt_counted_at_the_start_is_kept_when_the_end_counts_th
     assert gp.with_prompt_estimate(ended, lambda: 99) is ended
 
 
+# A tool call whose arguments are no JSON object (or Gemini's MALFORMED_FUNCTION_CALL)
+# was dropped and the turn ended as a normal one (end_turn, stop, completed and empty):
+# Claude Code or Codex took the model for done and stopped mid-task.
+MALFORMED_CALL = {"id": "call_1", "type": "function",
+                  "function": {"name": "read", "arguments": '{"path": "a'}}
+GOOD_CALL = {"id": "call_2", "type": "function",
+             "function": {"name": "read", "arguments": '{"path": "a"}'}}
+TOOLS = [{"name": "read", "input_schema": {"type": "object",
+                                            "properties": {"path": {"type": "string"}}}}]
+
+
+def anthropic_ask(stream):
+    return {"model": "m", "max_tokens": 100, "stream": stream, "tools": TOOLS,
+            "messages": [{"role": "user", "content": "read a"}]}
+
+
+def tool_calls_stream(calls, text=None):
+    events = [chunk({"role": "assistant", "content": text or ""})]
+    events += [chunk({"tool_calls": [dict(call, index=n)]}) for n, call in enumerate(calls)]
+    return stream_reply(events + [chunk(finish="tool_calls"),
+                                  chunk(usage=usage(), choices=False), "[DONE]"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_malformed_tool_call_is_asked_again_and_then_a_502(proxy_factory, fake, stream):
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k", "retries": 1, "retry_wait": 0}}})
+    for calls in ([MALFORMED_CALL], [GOOD_CALL], [MALFORMED_CALL], [MALFORMED_CALL]):
+        fake.queue(tool_calls_stream(calls) if stream else json_reply(
+            completion(None, tool_calls=calls, finish="tool_calls")))
+    status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
+    assert status == 200 and b'"call_2"' in data and b'"tool_use"' in data, data
+    status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
+    error = json.loads(data)
+    assert status == 502 and error["type"] == "error" and \
+        "could not be read" in error["error"]["message"], data
+    assert len(fake.requests) == 4
+
+
+def test_a_malformed_tool_call_after_text_ends_the_stream_in_error(proxy_factory, fake):
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k", "retries": 0}}})
+    fake.queue(tool_calls_stream([MALFORMED_CALL], text="Let me look."))
+    status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(True))
+    assert status == 200 and b"Let me look." in data, data
+    assert b"event: error" in data and b"could not be read" in data, data
+    assert b'"end_turn"' not in data and b"message_stop" not in data, data
+
+
+def test_a_gemini_client_is_told_of_a_malformed_tool_call_itself(proxy, fake):
+    # (Gemini CLI retries MALFORMED_FUNCTION_CALL as it does any bad stream.)
+    fake.queue(json_reply(completion(None, tool_calls=[MALFORMED_CALL], finish="tool_calls")))
+    status, _, data = proxy.request("POST", "/v1beta/models/m:generateContent", {
+        "contents": [{"role": "user", "parts": [{"text": "read a"}]}]})
+    assert status == 200, data
+    assert json.loads(data)["candidates"][0]["finishReason"] == "MALFORMED_FUNCTION_CALL"
+
+
 def test_usage_an_upstream_reports_as_zero_is_shown_as_reported(proxy, fake, caplog):
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     fake.queue(json_reply(completion("ok", use={"prompt_tokens": 0, "completion_tokens": 0})))

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 import gemini_proxy as gp
+from conftest import wait_for
 from fake_upstream import (FakeAnthropic, FakeGemini, FakeOpenAI, anthropic_message,
                            anthropic_text_block, gemini_blocked, gemini_error, gemini_stream,
                            gemini_text, json_reply)
@@ -235,9 +236,9 @@ def test_a_session_moved_to_its_own_dialects_upstream_sends_it_no_packed_signatu
                {"role": "user", "content": "and then?"}]
     own = [{"type": "thinking", "thinking": "mine", "signature": "sig-anthropic"},
            {"type": "text", "text": "an earlier answer"}]
-    for messages, way in ((history, "conv"),
-                          ([ask, {"role": "assistant", "content": own},
-                            {"role": "user", "content": "and then?"}], "pass")):
+    for turn, (messages, way) in enumerate(((history, "conv"), (
+            [ask, {"role": "assistant", "content": own},
+             {"role": "user", "content": "and then?"}], "pass"))):
         fakes["ant"].queue(json_reply(anthropic_message([anthropic_text_block("more")])))
         status, _, data = proxy.request("POST", "/v1/messages", {
             "model": "claude-sonnet", "max_tokens": 1000, "messages": messages,
@@ -245,6 +246,9 @@ def test_a_session_moved_to_its_own_dialects_upstream_sends_it_no_packed_signatu
         assert status == 200 and b"more" in data, data
         sent = fakes["ant"].requests[-1]["body"].decode()
         assert gp.CARRIER_START not in sent and "a question" in sent, sent
-        line = [r.getMessage() for r in caplog.records if "claude-sonnet" in r.getMessage()][-1]
-        assert " %s " % way in line, line
+        def lines():   # (each is written just after its reply)
+            return [r.getMessage() for r in caplog.records
+                    if r.name == "gemini_proxy.access" and "claude-sonnet" in r.getMessage()]
+        wait_for(lambda: len(lines()) > turn, message="the access line")
+        assert " %s " % way in lines()[turn], lines()
     assert "sig-anthropic" in sent     # passed through: the provider's own, untouched
