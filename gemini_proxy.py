@@ -4255,13 +4255,14 @@ def _anthropic_assistant_content(message: Message) -> List[Dict[str, Any]]:
 
 
 def _anthropic_thinking(chat: Chat, messages: List[Dict[str, Any]],
-                        max_tokens: int) -> Optional[Dict[str, Any]]:
+                        room: int) -> Optional[Dict[str, Any]]:
     """The thinking setting for an Anthropic upstream, or None to leave thinking off:
-    asked for no thinking, no room under max_tokens, or a tool-use turn in the history
-    without its signed thinking block (Anthropic would answer 400)."""
+    asked for no thinking, too little `room` (the most of max_tokens it may take), or a
+    tool-use turn in the history without its signed thinking block (Anthropic would
+    answer 400)."""
     if chat.thinking is None or chat.thinking.budget == 0 or chat.thinking.effort == "none":
         return None
-    budget = min(thinking_budget(chat.thinking), max_tokens - 1)
+    budget = min(thinking_budget(chat.thinking), room)
     if budget < 1024:
         return None
     last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
@@ -4300,7 +4301,11 @@ def encode_anthropic_request(chat: Chat, model: str,
             else "\n\n".join(b["text"] for b in system)
     if native_json:
         payload["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
-    thinking = _anthropic_thinking(chat, messages, max_tokens)
+    # A client's own max_tokens is shared as it chose (a budget may take all but one);
+    # the default leaves the answer half: Gemini CLI asks for 8,192 tokens of thinking and
+    # no output limit, and a budget just under default_max_tokens could leave it a token.
+    thinking = _anthropic_thinking(chat, messages,
+                                   max_tokens - 1 if chat.max_tokens else max_tokens // 2)
     if thinking is not None:
         payload["thinking"] = thinking
     if chat.tools and chat.tool_choice != "none":

@@ -209,6 +209,11 @@ def test_upstream_thinking_rules():
     tiny = dict(base, max_tokens=900)
     assert "thinking" not in encode(Chat(messages=[Message("user", [Part(gp.TEXT, text="q")])],
                                          **tiny))
+    # no max_tokens of the client's: the default's half is the answer's (Gemini CLI asks
+    # for 8,192 tokens of thinking, and a budget of 8,191 left its answer one token)
+    unlimited = dict(base, max_tokens=None, thinking=Thinking(budget=8192))
+    sent = encode(Chat(messages=[Message("user", [Part(gp.TEXT, text="q")])], **unlimited))
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (8192, 4096)
 
 
 def test_upstream_json_mode_and_tool_choice_variants():
