@@ -529,7 +529,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("upstream", "gemini_schema", "json_schema", "Gemini: tool and response schemas "
             "as JSON Schema or in Gemini's OpenAPI subset", choices=("json_schema", "openapi")),
     Setting("upstream", "default_max_tokens", 8192, "Anthropic: max_tokens when the client "
-            "sets none"),
+            "sets none (thinking may take half)"),
     Setting("upstream", "anthropic_version", "2023-06-01", "Anthropic: the "
             "anthropic-version header"),
     Setting("upstream", "credentials", [], "Code Assist: Google credential files, and "
