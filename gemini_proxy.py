@@ -3635,42 +3635,30 @@ def _merge_tool_fragment(calls: Dict[int, List[Dict[str, Any]]],
                          fragment: Dict[str, Any]) -> None:
     """Streamed tool calls arrive in fragments keyed by index. Arguments concatenate; id
     and name are kept from the first fragment (llama.cpp repeats them in every one). A
-    fragment with another id, at an index whose call is whole (its arguments are JSON),
-    begins a call of its own there: some servers number every parallel call 0, and
-    joined, both calls would be lost as one malformed."""
+    call begins with its name: a fragment naming one under another id, at an index
+    already taken, begins a call of its own there (some servers number every parallel
+    call 0, and joined, both calls would be lost as one malformed). Without index, a
+    fragment goes to its id's call, else begins a call if it names one, else goes on
+    with the last call."""
     call_id = text_of(fragment.get("id"))
+    fn = reply_object(fragment.get("function"), "tool_calls[].function")
+    name = text_of(fn.get("name"))
     index = fragment.get("index")
-    if not isinstance(index, int):   # servers that send each call whole, without index:
-        # its id's call; else, named by none, the last call while it is not whole
+    if not isinstance(index, int):   # servers that send each call whole, without index
         last = max(calls, default=-1)
         index = next((i for i, at in calls.items() if call_id and at[-1]["id"] == call_id),
-                     last if not call_id and last in calls and
-                     not _whole_arguments(calls[last][-1]["args"]) else last + 1)
+                     last + 1 if name or last < 0 else last)
     at = calls.setdefault(index, [])
-    if not at or (call_id and at[-1]["id"] not in ("", call_id) and
-                  _whole_arguments(at[-1]["args"])):
+    if not at or (name and call_id and at[-1]["id"] not in ("", call_id)):
         at.append({"id": "", "name": "", "args": []})
     call = at[-1]
-    fn = reply_object(fragment.get("function"), "tool_calls[].function")
     call["id"] = call["id"] or call_id
-    call["name"] = call["name"] or text_of(fn.get("name"))
+    call["name"] = call["name"] or name
     arguments = fn.get("arguments")
     if isinstance(arguments, dict):
         call["args"] = [json.dumps(arguments)]
     elif isinstance(arguments, str):
         call["args"].append(arguments)
-
-
-def _whole_arguments(pieces: List[str]) -> bool:
-    """Whether a streamed call's arguments so far are a JSON object (looked at whole only
-    when the last piece may close one: a long call's pieces are not joined for each)."""
-    last = next((piece for piece in reversed(pieces) if piece.strip()), "")
-    if not last.rstrip().endswith("}"):
-        return False
-    try:
-        return isinstance(strict_json("".join(pieces)), dict)
-    except (ValueError, RecursionError):
-        return False
 
 
 OPENAI_FINISH_FIELD = re.compile(r'"finish_reason": ?"[^"]')   # "" is no finish
@@ -3763,7 +3751,10 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
         parts, malformed = [], False
         for call in [c for position in sorted(calls.get(index, {}))
                      for c in calls[index][position]]:
-            part, bad = _openai_tool_call(call["id"], call["name"], "".join(call["args"]))
+            arguments = "".join(call["args"])
+            if not call["name"] and not arguments.strip():
+                continue    # fragments that held nothing (an empty trailing one, say)
+            part, bad = _openai_tool_call(call["id"], call["name"], arguments)
             malformed |= bad
             if not bad:
                 part.choice = index

@@ -143,11 +143,14 @@ def test_stream_parallel_calls_all_numbered_0_stay_apart():
 
 
 def test_stream_a_call_whose_fragments_change_id_midway_stays_one():
-    # Only a call already whole gives way to another id at its index.
+    # A call begins with its name: another id alone, or an empty fragment after the
+    # call is whole, begins none (a call of no name would reach the client).
     events = events_of(
         delta(tool_calls=[{"index": 0, "id": "a1", "function": {"name": "read",
                                                                 "arguments": '{"p":'}}]),
         delta(tool_calls=[{"index": 0, "id": "a2", "function": {"arguments": ' "x"}'}}]),
+        delta(tool_calls=[{"index": 0, "id": "a3", "function": {"arguments": ""}}]),
+        delta(tool_calls=[{"function": {"arguments": ""}}]),
         finish("tool_calls"), "[DONE]")
     assert [(e.id, e.name, e.args) for e in events if isinstance(e, Part)] == [
         ("a1", "read", {"p": "x"})]
