@@ -726,6 +726,20 @@ class UpstreamError(ProxyError):
         self.key_verdict = key_verdict
 
 
+class MalformedToolCall(UpstreamError):
+    """A converted reply whose model made a tool call that cannot be read (arguments that
+    are no JSON object; Gemini's MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL), for a
+    client whose dialect cannot be told of one: as a plain finish, its agent would take
+    the turn for done and stop mid-task. A 502 the proxy does not retry: asked again,
+    the model may do better, but the client's own retries (Claude Code's, the SDKs')
+    already ask again, and each attempt is a whole generation paid for."""
+
+    def __init__(self, upstream: str):
+        super().__init__("upstream %r: the model made a tool call that could not be read "
+                         "(malformed arguments, or the model's own MALFORMED_FUNCTION_CALL); "
+                         "asking again may work" % upstream, status=502, key_verdict="keep")
+
+
 class KeysUnavailable(UpstreamError):
     """No key of an upstream can be used now: all resting (429, reason "resting"), all
     busy (503, "busy"), or all refused by the provider ("refused": 401/403, or 503 for
@@ -7615,7 +7629,7 @@ class ClientDialect:
         dataclasses.field(default_factory=dict)
     # Whether its replies can say the model's tool call was malformed (Gemini's
     # MALFORMED_FUNCTION_CALL, which Gemini CLI retries); for the others it is the
-    # upstream's failure (see malformed_tool_call_error).
+    # upstream's failure (MalformedToolCall).
     tells_malformed_tool_calls: bool = False
 
 
@@ -12280,7 +12294,9 @@ def request_bytes(body: Any) -> bytes:
 def retryable(error: ProxyError) -> bool:
     """Worth another attempt before the client has seen anything: rate limits, timeouts,
     server errors and connection failures; never other 4xx, nor a loop (508), which
-    would only come round again."""
+    would only come round again, nor a model's malformed tool call (MalformedToolCall)."""
+    if isinstance(error, MalformedToolCall):   # the model's, not the upstream's
+        return False
     return error.status in (408, 429) or (error.status >= 500 and error.status != 508)
 
 
@@ -13239,29 +13255,31 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     # between two of a stream's deltas, a key reaches a streaming client in two pieces.)
     redact = rq.live.made_redactor.bytes
     upstream = call.stream_response
-    if not chat.stream:
-        if reply is None:   # a stream assembled while the client waits for a whole reply
-            if upstream is not None:
-                # (in a worker: assembled and converted whole, a large one would hold up
-                # every stream the loop relays, as a large whole reply would)
-                yield from upstream.leaving_the_loop()
-                events = iter((yield from upstream.every_event(events)))
-            reply = collect_reply(events, ex.rid, call.model)
+    if reply is None and not chat.stream:   # a stream assembled for a whole reply
+        if upstream is not None:
+            # (in a worker: assembled and converted whole, a large one would hold up
+            # every stream the loop relays, as a large whole reply would)
+            yield from upstream.leaving_the_loop()
+            events = iter((yield from upstream.every_event(events)))
+        reply = collect_reply(events, ex.rid, call.model)
+    # (One choice's mistake among several is not the reply's: n > 1 keeps plain finishes.)
+    malformed_fails = not dialect.tells_malformed_tool_calls and chat.n == 1
+    if reply is not None:   # all here: a mistake is found before anything is sent
         if stops:
             reply = cut_reply(reply, stops)
-        if not dialect.tells_malformed_tool_calls and reply.choices and all(
-                choice.finish.reason == MALFORMED_TOOL_CALL for choice in reply.choices):
-            raise malformed_tool_call_error(call.runtime.name)
         if reply.usage is None:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         reply.usage = ex.usage = with_prompt_estimate(reply.usage, rq.prompt_estimate)
-        payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
-        return lambda: rq.out.json(payload, redact)
-    if reply is not None:
+        if malformed_fails and any(choice.finish.reason == MALFORMED_TOOL_CALL
+                                   for choice in reply.choices):
+            raise MalformedToolCall(call.runtime.name)
+        if not chat.stream:
+            payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
+            return lambda: rq.out.json(payload, redact)
         events = reply_events(reply)
     events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
-    if not dialect.tells_malformed_tool_calls and chat.n == 1:
+    if malformed_fails:
         events = _malformed_tool_call_fails(events, call.runtime.name)
     # The last moment a failure can still be retried:
     first = (yield from upstream.next_event(events)) if upstream else next(events, None)
@@ -13281,19 +13299,12 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     return deliver
 
 
-def malformed_tool_call_error(upstream: str) -> UpstreamError:
-    """A reply whose model made a tool call that cannot be read (arguments that are no
-    JSON object, Gemini's MALFORMED_FUNCTION_CALL), for a client whose dialect cannot be
-    told of one: as a plain finish, its agent would take the turn for done and stop
-    mid-task. Retryable (the model may do better next time), as Gemini CLI retries it."""
-    return UpstreamError("upstream %r: the model made a tool call that could not be read "
-                         "(its arguments were not a JSON object)" % upstream, status=502)
-
-
 def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator[Any]:
+    """Pass events on; a malformed tool call ends them as MalformedToolCall (the client
+    hears of it in-stream when something went out before)."""
     for event in events:
         if isinstance(event, Finish) and event.reason == MALFORMED_TOOL_CALL:
-            raise malformed_tool_call_error(upstream)
+            raise MalformedToolCall(upstream)
         yield event
 
 

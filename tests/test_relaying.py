@@ -629,29 +629,49 @@ def tool_calls_stream(calls, text=None):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_a_malformed_tool_call_is_asked_again_and_then_a_502(proxy_factory, fake, stream):
+@pytest.mark.parametrize("upstream_streams", [False, True], ids=["upstream-whole",
+                                                                 "upstream-streams"])
+def test_a_malformed_tool_call_is_a_502_the_proxy_does_not_retry(
+        proxy_factory, fake, caplog, stream, upstream_streams):
+    # Each try is a whole generation: the client's own retries ask again. Its tokens
+    # are counted, streamed or not; a whole reply is all here before anything is sent,
+    # so text before the call does not make it an in-stream error.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     proxy = proxy_factory({"upstreams": {"fake": {
-        "base_url": fake.base_url, "api_key": "k", "retries": 1, "retry_wait": 0}}})
-    for calls in ([MALFORMED_CALL], [GOOD_CALL], [MALFORMED_CALL], [MALFORMED_CALL]):
-        fake.queue(tool_calls_stream(calls) if stream else json_reply(
-            completion(None, tool_calls=calls, finish="tool_calls")))
+        "base_url": fake.base_url, "api_key": "k", "retries": 2, "retry_wait": 0,
+        "upstream_streaming": "always" if upstream_streams else "never"}}})
+    fake.queue(tool_calls_stream([MALFORMED_CALL], text="Let me look.") if upstream_streams
+               else json_reply(completion("Let me look.", tool_calls=[MALFORMED_CALL],
+                                          finish="tool_calls")))
     status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
-    assert status == 200 and b'"call_2"' in data and b'"tool_use"' in data, data
-    status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
-    error = json.loads(data)
-    assert status == 502 and error["type"] == "error" and \
-        "could not be read" in error["error"]["message"], data
-    assert len(fake.requests) == 4
+    if stream and upstream_streams:   # the text went out first: an in-stream error
+        assert status == 200 and b"Let me look." in data and b"event: error" in data, data
+        assert b"could not be read" in data and b"message_stop" not in data, data
+    else:
+        error = json.loads(data)
+        assert status == 502 and error["type"] == "error" and \
+            "could not be read" in error["error"]["message"], data
+    assert len(fake.requests) == 1
+    (line,) = access_lines(caplog)
+    assert " tokens=11+7" in line, line
 
 
-def test_a_malformed_tool_call_after_text_ends_the_stream_in_error(proxy_factory, fake):
-    proxy = proxy_factory({"upstreams": {"fake": {
-        "base_url": fake.base_url, "api_key": "k", "retries": 0}}})
-    fake.queue(tool_calls_stream([MALFORMED_CALL], text="Let me look."))
-    status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(True))
-    assert status == 200 and b"Let me look." in data, data
-    assert b"event: error" in data and b"could not be read" in data, data
-    assert b'"end_turn"' not in data and b"message_stop" not in data, data
+def test_a_malformed_choice_among_several_keeps_its_plain_finish(proxy_factory):
+    gemini = FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"g": {"kind": "gemini", "api_key": "k-g",
+                                                   "base_url": gemini.base_url}}})
+        gemini.queue(json_reply({"candidates": [
+            {"index": 0, "content": {"role": "model", "parts": []},
+             "finishReason": "MALFORMED_FUNCTION_CALL"},
+            {"index": 1, "content": {"role": "model", "parts": [{"text": "fine"}]},
+             "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1}}))
+        status, _, data = proxy.request("POST", "/v1/chat/completions", dict(CHAT, n=2))
+    finally:
+        gemini.stop()
+    assert status == 200, data
+    assert [c["finish_reason"] for c in json.loads(data)["choices"]] == ["stop", "stop"]
 
 
 def test_a_gemini_client_is_told_of_a_malformed_tool_call_itself(proxy, fake):
