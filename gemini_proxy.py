@@ -2922,6 +2922,12 @@ CARRIER_BUDGET: "contextvars.ContextVar[Optional[List[int]]]" = contextvars.Cont
     "carrier_budget", default=None)
 
 
+# The JSON fields a carrier comes back in, holding one (see Request.holds_packed_thinking).
+PACKED_SIGNATURE_FIELD = re.compile(
+    rb'"(?:signature|thoughtSignature|thought_signature|encrypted_content)"\s*:\s*"' +
+    re.escape(CARRIER_START.encode("ascii")))
+
+
 def is_carrier(signature: str) -> bool:
     """Whether a signature may be one of pack_thinking's (in either base64 alphabet)."""
     return signature.startswith(CARRIER_START)
@@ -11946,11 +11952,15 @@ class Request:
         thoughtSignature, an Anthropic client's thinking signature, a Responses client's
         encrypted_content). Passed through to an upstream of the client's own dialect
         (a model switched, a fallback), the packed signatures would be refused, and
-        every later turn of the session with them: converted, they are unpacked, and
-        what the upstream cannot take is left out. (A body merely mentioning the
-        prefix is converted too: faithfully, only less cheaply.)"""
+        every later turn of the session with them. Converted, they are unpacked and
+        what the upstream cannot take is left out; so is what any converted request
+        leaves out (fields the proxy does not know, an Anthropic client's server tools
+        and anthropic-beta header), which is why a body that only mentions the prefix
+        elsewhere (in a message's text) is not taken for one."""
         if self._packed_thinking is None:
-            self._packed_thinking = b'"' + CARRIER_START.encode("ascii") in self.body
+            body = self.body
+            self._packed_thinking = b'"' + CARRIER_START.encode("ascii") in body and \
+                PACKED_SIGNATURE_FIELD.search(body) is not None
         return self._packed_thinking
 
     def prompt_estimate(self) -> int:
