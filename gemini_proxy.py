@@ -2865,6 +2865,18 @@ class OutputTally:
                      reasoning_tokens=self.reasoning, estimated=True)
 
 
+def later_usage(usage: Optional[Usage], previous: Optional[Usage]) -> Optional[Usage]:
+    """A stream's usage as its events bring more: the latest, but with the prompt's count
+    an earlier one gave when the latest counts the output alone."""
+    if usage is None:
+        return previous
+    if usage.input_missing and previous is not None and not previous.input_missing:
+        return dataclasses.replace(usage, input_tokens=previous.input_tokens,
+                                   cached_tokens=usage.cached_tokens or previous.cached_tokens,
+                                   input_missing=False)
+    return usage
+
+
 def with_prompt_estimate(usage: Usage, prompt_tokens: Callable[[], int]) -> Usage:
     """`usage` as the reply's end records it: an upstream that counted the output alone
     gets the prompt's estimate (and the mark of an estimate), not a prompt of no tokens."""
@@ -3741,14 +3753,14 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
             done = True
             break
         chunk = reply_object(stream_event_json(data, openai_stream_error), "a stream chunk")
-        usage = decode_openai_usage(chunk.get("usage")) or usage
+        usage = later_usage(decode_openai_usage(chunk.get("usage")), usage)
         for choice in reply_list(chunk.get("choices"), "choices"):
             choice = reply_object(choice, "a choice")
             index = choice.get("index", 0)
             index = index if isinstance(index, int) and 0 <= index < MAX_CHOICES else 0
             choices_seen.add(index)
             answered = True
-            usage = decode_openai_usage(choice.get("usage")) or usage   # Moonshot
+            usage = later_usage(decode_openai_usage(choice.get("usage")), usage)   # Moonshot
             delta = reply_object(choice.get("delta"), "delta")
             reasoning = _openai_reasoning(delta)
             if reasoning:
@@ -4375,12 +4387,13 @@ def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None
         return previous
     out = copy.copy(previous) if previous else Usage(input_missing=True)
     if given_input:
-        out.input_missing = False
-        out.cached_tokens = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
-        out.cache_write_tokens = tokens_of(usage.get("cache_creation_input_tokens")) or \
-            out.cache_write_tokens
-        out.input_tokens = tokens_of(usage.get("input_tokens")) + out.cached_tokens + \
-            out.cache_write_tokens
+        cached = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
+        written = tokens_of(usage.get("cache_creation_input_tokens")) or out.cache_write_tokens
+        prompt = tokens_of(usage.get("input_tokens")) + cached + written
+        # A later 0 (some compatible servers' message_delta says so) undoes no count.
+        if prompt or out.input_missing:
+            out.input_tokens, out.input_missing = prompt, False
+            out.cached_tokens, out.cache_write_tokens = cached, written
     if usage.get("output_tokens") is not None:   # cumulative in message_delta
         out.output_tokens = tokens_of(usage["output_tokens"])
     return out
@@ -5665,7 +5678,7 @@ def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
         if not isinstance(chunk, dict):
             raise UpstreamError("the upstream stream sent %s where an object belongs"
                                 % clip(json.dumps(chunk), 100), status=502)
-        usage = decode_gemini_usage(chunk.get("usageMetadata")) or usage
+        usage = later_usage(decode_gemini_usage(chunk.get("usageMetadata")), usage)
         blocked |= bool(fields_of(chunk.get("promptFeedback")).get("blockReason"))
         for candidate in _gemini_candidates(chunk):
             index = candidate.get("index", 0)
@@ -7226,7 +7239,7 @@ def _responses_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[U
     if not isinstance(payload, dict):
         return previous
     usage = payload.get("usage") or fields_of(payload.get("response")).get("usage")
-    return decode_responses_usage(usage) or previous
+    return later_usage(decode_responses_usage(usage), previous)
 
 
 # ---- 14. Upstream: Google Code Assist -------------------------------------------------------
@@ -7941,8 +7954,8 @@ def _auth_headers(key: str, options: Dict[str, Any], native: str) -> List[Tuple[
 
 def _usage_field(decode: Callable[[Any], Optional[Usage]], field: str
                  ) -> Callable[[Any, Optional[Usage]], Optional[Usage]]:
-    return lambda payload, previous: (decode(payload.get(field)) if isinstance(payload, dict)
-                                      else None) or previous
+    return lambda payload, previous: later_usage(
+        decode(payload.get(field)) if isinstance(payload, dict) else None, previous)
 
 
 def _anthropic_usage_from(payload: Any, previous: Optional[Usage]) -> Optional[Usage]:

@@ -598,6 +598,25 @@ def test_a_usage_that_counts_nothing_is_none_and_one_without_the_prompt_says_so(
         assert not whole.input_missing
 
 
+@pytest.mark.parametrize("decode, counted, later", [
+    (gp.decode_openai_usage, {"prompt_tokens": 300, "completion_tokens": 1},
+     {"completion_tokens": 9}),
+    (gp.decode_gemini_usage, {"promptTokenCount": 300}, {"candidatesTokenCount": 9})])
+def test_a_prompt_counted_earlier_in_a_stream_is_kept_when_a_later_usage_lacks_it(
+        decode, counted, later):
+    usage = gp.later_usage(decode(later), gp.later_usage(decode(counted), None))
+    assert (usage.input_tokens, usage.output_tokens, usage.input_missing) == (300, 9, False)
+    assert gp.later_usage(None, usage) is usage
+
+
+def test_an_anthropic_prompt_a_later_event_counts_as_0_keeps_its_count():
+    started = gp.decode_anthropic_usage({"input_tokens": 300, "output_tokens": 1})
+    ended = gp.decode_anthropic_usage({"input_tokens": 0, "output_tokens": 8}, started)
+    assert (ended.input_tokens, ended.output_tokens) == (300, 8)
+    alone = gp.decode_anthropic_usage({"input_tokens": 0, "output_tokens": 8})
+    assert (alone.input_tokens, alone.input_missing) == (0, False)   # as reported
+
+
 def test_an_anthropic_prompt_counted_at_the_start_is_kept_when_the_end_counts_the_output():
     started = gp.decode_anthropic_usage({"input_tokens": 30, "output_tokens": 1})
     ended = gp.decode_anthropic_usage({"output_tokens": 8}, started)
