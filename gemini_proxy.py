@@ -728,7 +728,7 @@ class UpstreamError(ProxyError):
 
 class MalformedToolCall(UpstreamError):
     """A converted reply whose model made a tool call that cannot be read (arguments that
-    are no JSON object; Gemini's MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL), for a
+    are no JSON object, or no name; Gemini's MALFORMED_FUNCTION_CALL), for a
     client whose dialect cannot be told of one: as a plain finish, its agent would take
     the turn for done and stop mid-task. A 502 the proxy does not retry: asked again,
     the model may do better, but the client's own retries (Claude Code's, the SDKs')
@@ -2871,9 +2871,10 @@ def later_usage(usage: Optional[Usage], previous: Optional[Usage]) -> Optional[U
     if usage is None:
         return previous
     if usage.input_missing and previous is not None and not previous.input_missing:
-        return dataclasses.replace(usage, input_tokens=previous.input_tokens,
-                                   cached_tokens=usage.cached_tokens or previous.cached_tokens,
-                                   input_missing=False)
+        return dataclasses.replace(
+            usage, input_tokens=previous.input_tokens, input_missing=False,
+            cached_tokens=usage.cached_tokens or previous.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens or previous.cache_write_tokens)
     return usage
 
 
@@ -3582,7 +3583,8 @@ def decode_openai_usage(usage: Any) -> Optional[Usage]:
 
 
 def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bool]:
-    """A whole tool call, and whether its arguments were not a JSON object."""
+    """A whole tool call, and whether it is malformed: arguments that are no JSON object,
+    or no name (no client could run it)."""
     if isinstance(arguments, dict):
         args, malformed = arguments, False
     else:
@@ -3592,6 +3594,7 @@ def _openai_tool_call(call_id: str, name: str, arguments: Any) -> Tuple[Part, bo
             malformed = not isinstance(args, dict)
         except (ValueError, RecursionError):
             args, malformed = {}, True
+    malformed = malformed or not text_of(name)
     return Part(TOOL_CALL, id=text_of(call_id) or new_id("call_"), name=text_of(name),
                 args=args if not malformed else {}), malformed
 
@@ -3693,6 +3696,22 @@ def _merge_tool_fragment(calls: Dict[int, List[Dict[str, Any]]],
         call["args"].append(arguments)
 
 
+def _rejoined(at: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The calls at one index, as the stream ends: pieces of one call that each named it
+    under a new id (vLLM's gpt-oss streaming did) are joined again, when only together
+    are their arguments a JSON object."""
+    def whole(call: Dict[str, Any]) -> bool:
+        arguments = "".join(call["args"])
+        try:
+            return not arguments.strip() or isinstance(strict_json(arguments), dict)
+        except (ValueError, RecursionError):
+            return False
+    if len(at) < 2 or all(map(whole, at)):
+        return at
+    joined = dict(at[0], args=[piece for call in at for piece in call["args"]])
+    return [joined] if whole(joined) else at
+
+
 OPENAI_FINISH_FIELD = re.compile(r'"finish_reason": ?"[^"]')   # "" is no finish
 
 
@@ -3782,7 +3801,7 @@ def decode_openai_stream(raw_events: Iterable[Tuple[str, str]]) -> Iterator[Any]
     for index in sorted(choices_seen):
         parts, malformed = [], False
         for call in [c for position in sorted(calls.get(index, {}))
-                     for c in calls[index][position]]:
+                     for c in _rejoined(calls[index][position])]:
             arguments = "".join(call["args"])
             if not call["name"] and not arguments.strip():
                 continue    # fragments that held nothing (an empty trailing one, say)
@@ -4325,10 +4344,12 @@ def encode_anthropic_request(chat: Chat, model: str,
     if native_json:
         payload["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
     # A client's own max_tokens is shared as it chose (a budget may take all but one);
-    # the default leaves the answer half: Gemini CLI asks for 8,192 tokens of thinking and
-    # no output limit, and a budget just under default_max_tokens could leave it a token.
+    # one it did not choose (the default, or a cap) leaves the answer half: Gemini CLI asks
+    # for 8,192 tokens of thinking and no output limit, and a budget just under
+    # default_max_tokens could leave it a token.
+    chosen = chat.max_tokens is not None and chat.max_tokens <= max_tokens
     thinking = _anthropic_thinking(chat, messages,
-                                   max_tokens - 1 if chat.max_tokens else max_tokens // 2)
+                                   max_tokens - 1 if chosen else max_tokens // 2)
     if thinking is not None:
         payload["thinking"] = thinking
     if chat.tools and chat.tool_choice != "none":
@@ -4386,14 +4407,14 @@ def decode_anthropic_usage(usage: Any, previous: Optional[Usage] = None
     if not given_input and usage.get("output_tokens") is None:
         return previous
     out = copy.copy(previous) if previous else Usage(input_missing=True)
-    if given_input:
-        cached = tokens_of(usage.get("cache_read_input_tokens")) or out.cached_tokens
-        written = tokens_of(usage.get("cache_creation_input_tokens")) or out.cache_write_tokens
-        prompt = tokens_of(usage.get("input_tokens")) + cached + written
-        # A later 0 (some compatible servers' message_delta says so) undoes no count.
-        if prompt or out.input_missing:
-            out.input_tokens, out.input_missing = prompt, False
-            out.cached_tokens, out.cache_write_tokens = cached, written
+    reported = [tokens_of(usage.get(k)) for k in (
+        "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
+    # A later 0 (some compatible servers' message_delta says so) undoes no count.
+    if given_input and (any(reported) or out.input_missing):
+        out.cached_tokens = reported[1] or out.cached_tokens
+        out.cache_write_tokens = reported[2] or out.cache_write_tokens
+        out.input_tokens = reported[0] + out.cached_tokens + out.cache_write_tokens
+        out.input_missing = False
     if usage.get("output_tokens") is not None:   # cumulative in message_delta
         out.output_tokens = tokens_of(usage["output_tokens"])
     return out
@@ -12448,6 +12469,11 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             deliver = yield from attempt(UpstreamCall(rq, runtime, model, key))
             keys.succeeded(key)
             return deliver
+        except MalformedToolCall:
+            # The model's mistake, not the key's: the key worked, and keeps what the
+            # reply spent (released with it at the request's end, as an answer's).
+            keys.succeeded(key)
+            raise
         except UpstreamError as err:
             if rq.on_loop:   # closing its reply, a key's rest to share, a retry: in a worker
                 yield IN_A_THREAD, 0.0

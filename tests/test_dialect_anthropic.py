@@ -214,6 +214,11 @@ def test_upstream_thinking_rules():
     unlimited = dict(base, max_tokens=None, thinking=Thinking(budget=8192))
     sent = encode(Chat(messages=[Message("user", [Part(gp.TEXT, text="q")])], **unlimited))
     assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (8192, 4096)
+    # nor one a cap made smaller than the client's own
+    capped = encode(Chat(messages=[Message("user", [Part(gp.TEXT, text="q")])],
+                         **dict(unlimited, max_tokens=65536, thinking=Thinking(effort="high"))),
+                    max_output_tokens=8192)
+    assert (capped["max_tokens"], capped["thinking"]["budget_tokens"]) == (8192, 4096)
 
 
 def test_upstream_json_mode_and_tool_choice_variants():

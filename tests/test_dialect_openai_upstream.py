@@ -156,6 +156,22 @@ def test_stream_a_call_whose_fragments_change_id_midway_stays_one():
         ("a1", "read", {"p": "x"})]
 
 
+def test_stream_a_call_named_under_a_new_id_in_every_fragment_is_joined_again():
+    # (vLLM's gpt-oss streaming, which repeated the name with a fresh id each time)
+    events = events_of(*[
+        delta(tool_calls=[{"index": 0, "id": "c%d" % n, "function": {"name": "read",
+                                                                     "arguments": piece}}])
+        for n, piece in enumerate(['{"p"', ': "x', '"}'])], finish("tool_calls"), "[DONE]")
+    assert [(e.id, e.name, e.args) for e in events if isinstance(e, Part)] == [
+        ("c0", "read", {"p": "x"})]
+
+
+def test_stream_a_call_of_no_name_is_malformed():
+    events = events_of(delta(tool_calls=[{"index": 0, "id": "1", "function": {
+        "arguments": '{"p": 1}'}}]), finish("tool_calls"))
+    assert events == [Finish(MALFORMED_TOOL_CALL, None)]
+
+
 def test_stream_whole_calls_without_index_and_object_arguments():
     events = events_of(
         delta(tool_calls=[{"id": "x1", "function": {"name": "f", "arguments": {"k": 1}}}]),

@@ -609,6 +609,23 @@ def test_a_prompt_counted_earlier_in_a_stream_is_kept_when_a_later_usage_lacks_i
     assert gp.later_usage(None, usage) is usage
 
 
+def test_an_anthropic_prompt_read_from_the_cache_keeps_its_count_when_a_later_event_says_0():
+    started = gp.decode_anthropic_usage({"input_tokens": 100, "cache_read_input_tokens": 200,
+                                         "output_tokens": 1})
+    ended = gp.decode_anthropic_usage({"input_tokens": 0, "output_tokens": 8}, started)
+    assert (ended.input_tokens, ended.cached_tokens, ended.output_tokens) == (300, 200, 8)
+
+
+@pytest.mark.parametrize("field", ["signature", "thoughtSignature", "encrypted_content"])
+def test_a_packed_signature_is_found_in_the_fields_it_comes_back_in(field):
+    packed = gp.pack_thinking([gp.Part(gp.THINKING, text="t", origin="gemini")])
+    for body, found in ((b'{"%s": "%s"}' % (field.encode(), packed.encode()), True),
+                        (b'{"%s":"%s"}' % (field.encode(), packed.encode()), True),
+                        (b'{"text": "%s %s"}' % (field.encode(), packed.encode()), False),
+                        (b'{"text": "\\"%s\\""}' % packed.encode(), False)):
+        assert (gp.PACKED_SIGNATURE_FIELD.search(body) is not None) is found, body
+
+
 def test_an_anthropic_prompt_a_later_event_counts_as_0_keeps_its_count():
     started = gp.decode_anthropic_usage({"input_tokens": 300, "output_tokens": 1})
     ended = gp.decode_anthropic_usage({"input_tokens": 0, "output_tokens": 8}, started)
@@ -673,6 +690,12 @@ def test_a_malformed_tool_call_is_a_502_the_proxy_does_not_retry(
     assert len(fake.requests) == 1
     (line,) = access_lines(caplog)
     assert " tokens=11+7" in line, line
+
+    def key():   # the model's mistake is not the key's: it worked, and spent the tokens
+        (state,) = json.loads(proxy.request("GET", "/status")[2])["upstreams"]["fake"]["keys"]
+        return state
+    wait_for(lambda: key()["tokens_today"] == 18, message="the reply's tokens on its key")
+    assert key()["failures"] == 0, key()
 
 
 def test_a_malformed_choice_among_several_keeps_its_plain_finish(proxy_factory):
