@@ -737,7 +737,7 @@ class MalformedToolCall(UpstreamError):
     def __init__(self, upstream: str):
         super().__init__("upstream %r: the model made a tool call that could not be read "
                          "(malformed arguments, or the model's own MALFORMED_FUNCTION_CALL); "
-                         "asking again may work" % upstream, status=502, key_verdict="keep")
+                         "asking again may work" % upstream, status=502)
 
 
 class KeysUnavailable(UpstreamError):
