@@ -469,33 +469,37 @@ def test_a_stream_passed_through_after_a_converted_attempt_failed_is_counted_who
     assert len(LONG_QUESTION) / 5 <= prompt <= len(LONG_QUESTION) / 3, line
 
 
+@pytest.fixture
+def anthropic_upstream(proxy_factory):
+    """(a proxy, the fake Anthropic-compatible upstream that is its one upstream)"""
+    anthropic = FakeAnthropic().start()
+    yield proxy_factory({"upstreams": {"a": {"kind": "anthropic", "api_key": "k-a",
+                                             "base_url": anthropic.base_url}}}), anthropic
+    anthropic.stop()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_an_anthropic_compatible_upstream_without_usage_gets_estimated_counts(
-        proxy_factory, caplog, stream):
+        anthropic_upstream, caplog, stream):
     # Such an upstream's zero counts were shown as its usage: the client saw a prompt of
     # no tokens, the ledger counted none.
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
-    anthropic = FakeAnthropic().start()
-    try:
-        proxy = proxy_factory({"upstreams": {"a": {"kind": "anthropic", "api_key": "k-a",
-                                                   "base_url": anthropic.base_url}}})
-        message = dict(anthropic_message("word " * 100))
-        del message["usage"]
-        if stream:
-            events = anthropic_events(dict(message, usage={}))
-            for _, payload in events:
-                payload.pop("usage", None)
-                payload.get("message", {}).pop("usage", None)
-            anthropic.queue(anthropic_stream(events))
-        else:
-            anthropic.queue(json_reply(message))
-        path = "/v1beta/models/m:%s" % ("streamGenerateContent?alt=sse" if stream
-                                        else "generateContent")
-        status, _, data = proxy.request("POST", path, {"contents": [
-            {"role": "user", "parts": [{"text": QUESTION}]}]})
-        assert status == 200 and data.count(b"word ") == 100, data[-300:]
-    finally:
-        anthropic.stop()
+    proxy, anthropic = anthropic_upstream
+    message = dict(anthropic_message("word " * 100))
+    del message["usage"]
+    if stream:
+        events = anthropic_events(dict(message, usage={}))
+        for _, payload in events:
+            payload.pop("usage", None)
+            payload.get("message", {}).pop("usage", None)
+        anthropic.queue(anthropic_stream(events))
+    else:
+        anthropic.queue(json_reply(message))
+    path = "/v1beta/models/m:%s" % ("streamGenerateContent?alt=sse" if stream
+                                    else "generateContent")
+    status, _, data = proxy.request("POST", path, {"contents": [
+        {"role": "user", "parts": [{"text": QUESTION}]}]})
+    assert status == 200 and data.count(b"word ") == 100, data[-300:]
     last = json.loads(data.decode().split("data: ")[-1] if stream else data)
     assert last["usageMetadata"]["promptTokenCount"] >= len(QUESTION) / 5, last
     (line,) = [l for l in access_lines(caplog) if "/v1beta" in l]
@@ -531,24 +535,19 @@ def test_an_upstream_that_counts_only_the_output_gets_the_prompt_estimated(
 
 
 def test_an_anthropic_compatible_upstream_counting_only_the_output_gets_the_prompt_estimated(
-        proxy_factory, caplog):
+        anthropic_upstream, caplog):
     caplog.set_level(logging.INFO, logger="gemini_proxy.access")
-    anthropic = FakeAnthropic().start()
-    try:
-        proxy = proxy_factory({"upstreams": {"a": {"kind": "anthropic", "api_key": "k-a",
-                                                   "base_url": anthropic.base_url}}})
-        events = anthropic_events(anthropic_message("word " * 10))
-        for name, payload in events:   # no input anywhere, the output in message_delta
-            payload.get("message", {}).pop("usage", None)
-            if name == "message_delta":
-                payload["usage"] = {"output_tokens": 12}
-        anthropic.queue(anthropic_stream(events))
-        status, _, data = proxy.request("POST", "/v1/chat/completions", dict(
-            CHAT, stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": QUESTION}]))
-        assert status == 200 and data.count(b"word") == 10, data[-300:]
-    finally:
-        anthropic.stop()
+    proxy, anthropic = anthropic_upstream
+    events = anthropic_events(anthropic_message("word " * 10))
+    for name, payload in events:   # no input anywhere, the output in message_delta
+        payload.get("message", {}).pop("usage", None)
+        if name == "message_delta":
+            payload["usage"] = {"output_tokens": 12}
+    anthropic.queue(anthropic_stream(events))
+    status, _, data = proxy.request("POST", "/v1/chat/completions", dict(
+        CHAT, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": QUESTION}]))
+    assert status == 200 and data.count(b"word") == 10, data[-300:]
     (line,) = access_lines(caplog)
     prompt, output = map(int, re.search(r" tokens=~(\d+)\+(\d+)", line).groups())
     assert len(QUESTION) / 5 <= prompt <= len(QUESTION) / 3 and output == 12, line
