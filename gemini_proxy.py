@@ -2441,7 +2441,7 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    estimated: bool = False                   # the upstream reported none; we counted
+    estimated: bool = False                   # we counted (all, or the prompt: see below)
     # The upstream counted the output but not the prompt: input_tokens is no count until
     # the reply's end fills it in (with_prompt_estimate).
     input_missing: bool = False
@@ -13328,7 +13328,7 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         events = reply_events(reply)
     events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
-    if malformed_fails:
+    if malformed_fails and reply is None:   # (a whole reply's was looked at above)
         events = _malformed_tool_call_fails(events, call.runtime.name)
     # The last moment a failure can still be retried:
     first = (yield from upstream.next_event(events)) if upstream else next(events, None)
@@ -13456,6 +13456,14 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     def content_type_of(response: UpstreamResponse) -> str:
         return rq.live.redactor.text(response.headers.get("content-type", "application/json"))
 
+    def counted(usage: Optional[Usage], text_chars: Callable[[], int]) -> Usage:
+        """The upstream's usage, the prompt estimated where it counted the output alone;
+        where it gave none, all estimated: the prompt as the hub would count it, the
+        output from the characters of its text fields."""
+        if usage is None:
+            return Usage(rq.prompt_estimate(), math.ceil(text_chars() / 4), estimated=True)
+        return with_prompt_estimate(usage, rq.prompt_estimate)
+
     def whole(response: UpstreamResponse) -> Tuple[str, bytes, None]:
         """Parsed to be sure it is JSON with a reply, and for the usage."""
         data = call.read_body(response)
@@ -13464,10 +13472,9 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             raise UpstreamError("upstream %r answered without a reply: %s" % (
                 runtime.name, clip(data.decode("utf-8", "replace"), 300)), status=502)
         usage = kind.usage_from(reply, None)
-        if usage is None and ex.action in ("generate", "stream"):   # counted as a stream's
-            usage = Usage(rq.prompt_estimate(), math.ceil(
-                text_field_chars(data.decode("utf-8", "replace")) / 4), estimated=True)
-        ex.usage = usage and with_prompt_estimate(usage, rq.prompt_estimate)
+        if usage is not None or ex.action in ("generate", "stream"):   # (not a count)
+            ex.usage = counted(usage, lambda: text_field_chars(data.decode("utf-8",
+                                                                           "replace")))
         return content_type_of(response), data, None
 
     def streamed(response: UpstreamResponse) -> "Steps[Tuple[str, bytes, Any]]":
@@ -13544,10 +13551,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                 raise UpstreamError("upstream %r ended its stream before the reply was "
                                     "finished" % runtime.name, status=502)
             out.chunk(last)
-            if ex.usage is None:   # the prompt as the hub would count it; the output's text
-                ex.usage = Usage(rq.prompt_estimate(), math.ceil(passing.text_chars / 4),
-                                 estimated=True)
-            ex.usage = with_prompt_estimate(ex.usage, rq.prompt_estimate)
+            ex.usage = counted(ex.usage, lambda: passing.text_chars)
 
         def relayed() -> Iterator[Any]:
             # Up to the read that holds the final event, which makes the reply whole
