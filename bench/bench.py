@@ -34,6 +34,12 @@ itself) as the control:
                   tree (a --processes supervisor and its workers; /proc) over the window,
                   divided by the requests answered. The load generator's and the upstream's
                   CPU are printed too: on a small machine they share its cores.
+  the floor       the same rounds (OpenAI client) through a minimal relay of this file's own
+                  (FloorClient: asyncio, one kept upstream connection at a time per request)
+                  that does what any relay of a JSON API must and no more: parses the head,
+                  reads and writes again the body's JSON, reads the reply's JSON for its
+                  usage, writes one log line. What the proxy costs above it is its own
+                  code's, not Python's or asyncio's.
   SSE relay       one 2,000-event stream (no gaps) per kind and round, read as raw bytes;
                   2,000 / seconds from request to last byte. Pass-through: OpenAI client,
                   stream:true; converted: Gemini client, :streamGenerateContent?alt=sse.
@@ -207,6 +213,110 @@ async def serve_upstream(port, tls_files=None):
     async with server:
         await server.serve_forever()
 
+
+
+# -- the floor ------------------------------------------------------------------------------
+
+class FloorUpstream(asyncio.Protocol):
+    """The floor's kept connection to the upstream: one request at a time, a whole reply
+    of a content-length (the upstream's whole replies have one)."""
+
+    def __init__(self, idle):
+        self.idle, self.buf, self.answer = idle, b"", None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        length = int(self.buf[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        if len(self.buf) < end + 4 + length:
+            return
+        reply, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+        answer, self.answer = self.answer, None
+        self.idle.append(self)
+        answer.set_result(reply)
+
+    def connection_lost(self, exc):
+        if self in self.idle:
+            self.idle.remove(self)
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionError("the upstream closed"))
+
+
+class FloorClient(asyncio.Protocol):
+    """A client's connection to the floor: what any relay of a JSON API must do for a
+    whole request, and no more. The request's head parsed, its body's JSON read and
+    written again (the model replaced), sent upstream on a kept connection, the reply's
+    JSON read (for its usage), the reply written back, one log line."""
+
+    def __init__(self, upstream_port, idle, log):
+        self.upstream_port, self.idle, self.log = upstream_port, idle, log
+        self.buf = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = self.buf[:end].split(b"\r\n")
+            method, path, _ = lines[0].split(b" ")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get(b"content-length", b"0"))
+            if len(self.buf) < end + 4 + length:
+                return
+            body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+            payload = json.loads(body)
+            payload["model"] = payload.get("model") or "bench"
+            asyncio.ensure_future(self.forward(path, json.dumps(payload).encode()))
+
+    async def forward(self, path, body):
+        loop = asyncio.get_running_loop()
+        if self.idle:
+            upstream = self.idle.pop()
+        else:
+            _, upstream = await loop.create_connection(
+                lambda: FloorUpstream(self.idle), "127.0.0.1", self.upstream_port,
+                ssl=TLS_CLIENT[0] if TLS_CLIENT else None)
+        upstream.answer = loop.create_future()
+        upstream.transport.write(
+            b"POST %s HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s" % (
+                path, len(body), body))
+        try:
+            reply = await upstream.answer
+        except ConnectionError:
+            self.transport.close()
+            return
+        usage = json.loads(reply).get("usage") or {}
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(reply), reply))
+        self.log.info("POST %s 200 tokens=%s+%s", path.decode(), usage.get("prompt_tokens"),
+                      usage.get("completion_tokens"))
+
+
+async def serve_floor(port, upstream_port, cafile=None):
+    """The floor on `port`, relaying to the upstream on `upstream_port`; through TLS with
+    `cafile` (--tls: the certificate the upstream's is), as the proxies do."""
+    import logging
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s")
+    if cafile:
+        TLS_CLIENT.append(ssl.create_default_context(cafile=cafile))
+    idle, log = [], logging.getLogger("floor")
+    server = await asyncio.get_running_loop().create_server(
+        lambda: FloorClient(upstream_port, idle, log), "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
 
 # -- the load generator -------------------------------------------------------------------
 
@@ -687,6 +797,17 @@ class Fleet:
         if self.tls_files:
             TLS_PORTS.add(port)
             self.tls_port_of[process.pid] = port
+        return port, process
+
+    def floor(self, upstream_port):
+        """(port, process) of the floor (FloorClient), once its port accepts."""
+        port = free_port()
+        where = "%d,%d" % (port, upstream_port)
+        if self.tls_files:
+            where += "," + self.tls_files[0]
+        process = self.spawn([sys.executable, os.path.abspath(__file__), "--serve-floor",
+                              where], "floor")
+        wait_port(port)
         return port, process
 
     def proxy(self, upstream_port, label, extra=()):
@@ -1217,6 +1338,8 @@ async def load_rounds(args, up_port, up_pid, proxies, rounds, out):
     print("\nCPU and throughput: %d rounds of %d concurrent keep-alive clients for %g s "
           "each, whole replies" % (rounds, args.clients, args.seconds))
     variants = [("direct", "direct", up_port, None)]
+    if "floor" in proxies:
+        variants.append(("floor-openai", "the floor (a minimal relay)") + proxies["floor"])
     for label, name in (("one", ""), ("two", " (%d processes)" % args.processes)):
         if label in proxies:
             port, pid = proxies[label]
@@ -1240,7 +1363,7 @@ async def load_rounds(args, up_port, up_pid, proxies, rounds, out):
         print("  %-28s %8s req/s (x%.2f of direct)%s | upstream %.0f%%, load generator "
               "%.0f%%, other work %.0f%% of a core%s" % (
                   name, fmt_rate(rate), rate / direct_rate,
-                  "" if pid is None else " | proxy CPU %.3f ms/request, %.2f cores" % (
+                  "" if pid is None else " | its CPU %.3f ms/request, %.2f cores" % (
                       out["cpu_" + key], out["cores_" + key]),
                   median([w["upstream_cores"] for w in ws]) * 100,
                   median([w["client_cores"] for w in ws]) * 100,
@@ -1347,6 +1470,9 @@ async def run_table(args, fleet, fd_note, fd_soft):
             else:
                 http_status(port, "/health")
                 proxies["two"] = (port, process.pid)
+        port, process = fleet.floor(up_port)
+        running.append(process)
+        proxies["floor"] = (port, process.pid)
         for name, row in (
                 ("added p50", latency_rounds(args, up_port, proxies, args.rounds, rows)),
                 ("CPU and throughput", load_rounds(args, up_port, upstream.pid, proxies,
@@ -1419,6 +1545,13 @@ def markdown_table(args, rows):
             "%.3f ms OpenAI, %.3f ms Gemini" % (rows["cpu_one-openai"],
                                                 rows["cpu_one-gemini"]),
             "%.2f, %.2f cores busy" % (rows["cores_one-openai"], rows["cores_one-gemini"]))
+        if "cpu_floor-openai" in rows:
+            row("the floor: a minimal relay in Python, whole replies (%d clients)" %
+                args.clients, "-", "%.3f ms of CPU a request, %s req/s" % (
+                    rows["cpu_floor-openai"], fmt_rate(rows["rate_floor-openai"])),
+                "the proxy's CPU x%.1f, x%.1f of it" % (
+                    rows["cpu_one-openai"] / rows["cpu_floor-openai"],
+                    rows["cpu_one-gemini"] / rows["cpu_floor-openai"]))
         row("throughput, one proxy process (%d clients)" % args.clients,
             "%s req/s" % fmt_rate(rows["rate_direct"]),
             "%s OpenAI, %s Gemini" % (fmt_rate(rows["rate_one-openai"]),
@@ -1598,11 +1731,16 @@ def main():
                         "TLS (a throwaway certificate, made with the openssl command); direct "
                         "calls it through TLS too")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", help=argparse.SUPPRESS)   # PORT,UPSTREAM_PORT[,CA]
     parser.add_argument("--tls-files", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         asyncio.run(serve_upstream(args.serve_upstream, args.tls_files and
                                    args.tls_files.split(",")))
+        return
+    if args.serve_floor:
+        port, upstream_port, *cafile = args.serve_floor.split(",")
+        asyncio.run(serve_floor(int(port), int(upstream_port), *cafile))
         return
     if args.tls and not args.table:
         parser.error("--tls goes with --table")
