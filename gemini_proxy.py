@@ -12749,8 +12749,22 @@ LEDGER_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (%s)" % ", ".join(
         "%s %s" % column for column in LEDGER_COLUMNS),
     "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
-LEDGER_INSERT = "INSERT INTO requests VALUES (%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
 LEDGER_BATCH = 5000              # rows written in one transaction at most
+# Rows one INSERT writes: as many as 999 values make (the most an SQLite before 3.32 takes
+# in one statement). SQLite lets go of the interpreter in each statement it runs, and the
+# writer must then wait to have it back from the event loop, which under load is always
+# running: written a row a statement, the writer took 17 us of CPU a row (3.5 us with
+# nothing else running) and the loop some more, about a tenth of a request's in all.
+LEDGER_ROWS_PER_INSERT = 999 // len(LEDGER_COLUMNS)
+
+
+def ledger_insert(rows: int) -> str:
+    """The INSERT of `rows` rows at once."""
+    row = "(%s)" % ", ".join("?" * len(LEDGER_COLUMNS))
+    return "INSERT INTO requests VALUES " + ", ".join([row] * rows)
+
+
+LEDGER_INSERT = ledger_insert(LEDGER_ROWS_PER_INSERT)
 # An upstream may report any number of tokens: past this, one row could overflow the
 # ledger's 64-bit sums.
 MAX_TOKEN_COUNT = 10 ** 12
@@ -12952,7 +12966,14 @@ class Ledger:
         try:
             with self._db:      # one transaction (BEGIN ... COMMIT, ROLLBACK on error)
                 self._db.execute("BEGIN")
-                self._db.executemany(LEDGER_INSERT, rows)
+                step = LEDGER_ROWS_PER_INSERT
+                whole = len(rows) - len(rows) % step
+                self._db.executemany(LEDGER_INSERT, (
+                    tuple(itertools.chain.from_iterable(rows[at:at + step]))
+                    for at in range(0, whole, step)))
+                if whole < len(rows):
+                    self._db.execute(ledger_insert(len(rows) - whole),
+                                     tuple(itertools.chain.from_iterable(rows[whole:])))
             self.written += len(rows)
             self.warning = ""
         except Exception as exc:   # a full or read-only disk, or a bug: keep serving

@@ -731,6 +731,24 @@ def test_operator_pages_are_not_in_the_ledger(proxy_factory, fake, tmp_path):
     assert stats["today"]["requests"] == 1
 
 
+@pytest.mark.parametrize("count", [1, gp.LEDGER_ROWS_PER_INSERT, 100])
+def test_the_ledger_writes_every_row_of_a_batch_in_order(tmp_path, count):
+    # Rows go in several to an INSERT: a batch of one, of exactly one INSERT's worth, and
+    # of two and a part must all land, each value in its column, none twice.
+    path = ledger_file(tmp_path)
+    ledger = gp.Ledger(path, keep_days=0)
+    rows = [(1000.0 + i, "rid-%03d" % i, "client-%d" % i, "openai", "generate",
+             "model-%d" % i, "up", "up-model", "key#%d" % i, 200 + i % 3, "", "",
+             i, 2 * i, 3 * i, 4 * i, i % 2, 0.25 * i, 0.5 * i, 10 + i, 20 + i, i % 2, 1)
+            for i in range(count)]
+    for row in rows:     # queued before the writer starts: one batch
+        ledger.add(row)
+    ledger.open()
+    ledger.close(timeout=PATIENCE)
+    assert [tuple(row.values()) for row in ledger_rows(path)] == rows
+    assert ledger.written == count and ledger.dropped == 0
+
+
 def test_no_ledger_when_usage_database_is_empty(proxy_factory, fake, tmp_path):
     config = team_config(fake, tmp_path, [{"key": "alice-key", "name": "alice",
                                            "requests_per_minute": 5}])
