@@ -35,11 +35,12 @@ itself) as the control:
                   divided by the requests answered. The load generator's and the upstream's
                   CPU are printed too: on a small machine they share its cores.
   the floor       the same rounds (OpenAI client) through a minimal relay of this file's own
-                  (FloorClient: asyncio, one kept upstream connection at a time per request)
-                  that does what any relay of a JSON API must and no more: parses the head,
-                  reads and writes again the body's JSON, reads the reply's JSON for its
-                  usage, writes one log line. What the proxy costs above it is its own
-                  code's, not Python's or asyncio's.
+                  (FloorConnection: asyncio; each request borrows a kept upstream
+                  connection, through TLS with --tls) that does the least a relay of a JSON
+                  API does for this load: parses the head, reads and writes again the
+                  body's JSON, reads the reply's JSON for its usage, writes the reply and
+                  one log line. What the proxy costs above it is no fixed cost of Python
+                  and asyncio: its own code's.
   SSE relay       one 2,000-event stream (no gaps) per kind and round, read as raw bytes;
                   2,000 / seconds from request to last byte. Pass-through: OpenAI client,
                   stream:true; converted: Gemini client, :streamGenerateContent?alt=sse.
@@ -94,6 +95,7 @@ import argparse
 import asyncio
 import functools
 import json
+import logging
 import os
 import re
 import shlex
@@ -214,12 +216,13 @@ async def serve_upstream(port, tls_files=None):
         await server.serve_forever()
 
 
-
 # -- the floor ------------------------------------------------------------------------------
 
-class FloorUpstream(asyncio.Protocol):
+class FloorUpstreamConnection(asyncio.Protocol):
     """The floor's kept connection to the upstream: one request at a time, a whole reply
-    of a content-length (the upstream's whole replies have one)."""
+    of a content-length. It relies on an upstream that keeps its connections open and
+    answers every request so, as this file's does: a connection closed under a request
+    fails that request, which is not retried."""
 
     def __init__(self, idle):
         self.idle, self.buf, self.answer = idle, b"", None
@@ -244,17 +247,19 @@ class FloorUpstream(asyncio.Protocol):
         if self in self.idle:
             self.idle.remove(self)
         if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(ConnectionError("the upstream closed"))
+            self.answer.set_exception(ConnectionError("the upstream closed the connection"))
 
 
-class FloorClient(asyncio.Protocol):
-    """A client's connection to the floor: what any relay of a JSON API must do for a
-    whole request, and no more. The request's head parsed, its body's JSON read and
-    written again (the model replaced), sent upstream on a kept connection, the reply's
-    JSON read (for its usage), the reply written back, one log line."""
+class FloorConnection(asyncio.Protocol):
+    """A client's connection to the floor: the least a relay of a JSON API does for the
+    benchmark's load (whole replies, one request at a time on a connection). It parses
+    the request's head, reads its body's JSON and writes it again (with the model
+    replaced, as every relay rewrites the request), sends it upstream on a kept
+    connection, reads the reply's JSON for its usage, writes the reply back and one log
+    line. No status but 200, no headers passed on, no keys checked, no streams."""
 
-    def __init__(self, upstream_port, idle, log):
-        self.upstream_port, self.idle, self.log = upstream_port, idle, log
+    def __init__(self, upstream_port, tls, idle):
+        self.upstream_port, self.tls, self.idle = upstream_port, tls, idle
         self.buf = b""
 
     def connection_made(self, transport):
@@ -267,7 +272,7 @@ class FloorClient(asyncio.Protocol):
             if end < 0:
                 return
             lines = self.buf[:end].split(b"\r\n")
-            method, path, _ = lines[0].split(b" ")
+            path = lines[0].split(b" ")[1]
             headers = {}
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
@@ -276,47 +281,53 @@ class FloorClient(asyncio.Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
-            payload = json.loads(body)
-            payload["model"] = payload.get("model") or "bench"
-            asyncio.ensure_future(self.forward(path, json.dumps(payload).encode()))
+            asyncio.ensure_future(self.forward(path, body))
 
     async def forward(self, path, body):
-        loop = asyncio.get_running_loop()
-        if self.idle:
-            upstream = self.idle.pop()
-        else:
-            _, upstream = await loop.create_connection(
-                lambda: FloorUpstream(self.idle), "127.0.0.1", self.upstream_port,
-                ssl=TLS_CLIENT[0] if TLS_CLIENT else None)
-        upstream.answer = loop.create_future()
-        upstream.transport.write(
-            b"POST %s HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\n"
-            b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s" % (
-                path, len(body), body))
         try:
+            payload = json.loads(body)
+            payload["model"] = "bench"
+            body = json.dumps(payload).encode()
+            if self.idle:
+                upstream = self.idle.pop()
+            else:
+                _, upstream = await asyncio.get_running_loop().create_connection(
+                    lambda: FloorUpstreamConnection(self.idle), "127.0.0.1",
+                    self.upstream_port, ssl=self.tls)
+            upstream.answer = asyncio.get_running_loop().create_future()
+            upstream.transport.write(
+                b"POST %s HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\n"
+                b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s" % (
+                    path, len(body), body))
             reply = await upstream.answer
-        except ConnectionError:
+            usage = json.loads(reply).get("usage") or {}
+        except (OSError, ValueError, AttributeError) as exc:
+            # Never a client left waiting: its wait would fail the whole row.
+            FLOOR_LOG.warning("%s failed: %s: %s", path.decode(), type(exc).__name__, exc)
             self.transport.close()
             return
-        usage = json.loads(reply).get("usage") or {}
         self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(reply), reply))
-        self.log.info("POST %s 200 tokens=%s+%s", path.decode(), usage.get("prompt_tokens"),
-                      usage.get("completion_tokens"))
+        FLOOR_LOG.info("POST %s 200 tokens=%s+%s", path.decode(), usage.get("prompt_tokens"),
+                       usage.get("completion_tokens"))
+
+
+FLOOR_LOG = logging.getLogger("floor")
 
 
 async def serve_floor(port, upstream_port, cafile=None):
     """The floor on `port`, relaying to the upstream on `upstream_port`; through TLS with
-    `cafile` (--tls: the certificate the upstream's is), as the proxies do."""
-    import logging
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s")
-    if cafile:
-        TLS_CLIENT.append(ssl.create_default_context(cafile=cafile))
-    idle, log = [], logging.getLogger("floor")
+    `cafile` (--tls: the certificate the upstream's is), as the proxies do. Its log, in the
+    proxies' format, is scanned with theirs."""
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
+    idle = []
     server = await asyncio.get_running_loop().create_server(
-        lambda: FloorClient(upstream_port, idle, log), "127.0.0.1", port, backlog=4096)
+        lambda: FloorConnection(upstream_port, tls, idle), "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
+
 
 # -- the load generator -------------------------------------------------------------------
 
@@ -800,7 +811,7 @@ class Fleet:
         return port, process
 
     def floor(self, upstream_port):
-        """(port, process) of the floor (FloorClient), once its port accepts."""
+        """(port, process) of the floor (FloorConnection), once its port accepts."""
         port = free_port()
         where = "%d,%d" % (port, upstream_port)
         if self.tls_files:
@@ -1239,11 +1250,11 @@ def fmt_rate(value):
 
 
 def scan_logs(fleet):
-    """What the proxies' logs say beyond the ordinary: warnings, errors, tracebacks (by
+    """What the proxies' (and the floor's) logs say beyond the ordinary: warnings, errors, tracebacks (by
     their last line), non-200 replies; a few examples of each kind."""
     lines = []
     for label, path in fleet.logs:
-        if not label.startswith("proxy"):
+        if not label.startswith(("proxy", "floor")):
             continue
         levels, statuses, samples = {}, {}, []
 
@@ -1309,7 +1320,7 @@ def proxy_identity():
 
 async def latency_rounds(args, up_port, proxies, rounds, out):
     """Added p50, interleaved rounds; into `out`. `proxies`: label -> (port, pid) for "one"
-    and, when it started, "two" (processes)."""
+    and, when they started, "two" (processes) and "floor" (not timed here)."""
     one_port = proxies["one"][0]
     n = args.requests
     print("\nadded p50, whole reply: %d rounds of %d sequential requests each, direct, "
@@ -1470,9 +1481,12 @@ async def run_table(args, fleet, fd_note, fd_soft):
             else:
                 http_status(port, "/health")
                 proxies["two"] = (port, process.pid)
-        port, process = fleet.floor(up_port)
-        running.append(process)
-        proxies["floor"] = (port, process.pid)
+        try:   # (a reference only: the proxy's rows do without it)
+            port, process = fleet.floor(up_port)
+            running.append(process)
+            proxies["floor"] = (port, process.pid)
+        except Exception as exc:
+            guard("the floor", exc)
         for name, row in (
                 ("added p50", latency_rounds(args, up_port, proxies, args.rounds, rows)),
                 ("CPU and throughput", load_rounds(args, up_port, upstream.pid, proxies,
@@ -1545,13 +1559,15 @@ def markdown_table(args, rows):
             "%.3f ms OpenAI, %.3f ms Gemini" % (rows["cpu_one-openai"],
                                                 rows["cpu_one-gemini"]),
             "%.2f, %.2f cores busy" % (rows["cores_one-openai"], rows["cores_one-gemini"]))
-        if "cpu_floor-openai" in rows:
+        if rows.get("cpu_floor-openai"):   # (none when the floor answered nothing)
             row("the floor: a minimal relay in Python, whole replies (%d clients)" %
-                args.clients, "-", "%.3f ms of CPU a request, %s req/s" % (
-                    rows["cpu_floor-openai"], fmt_rate(rows["rate_floor-openai"])),
-                "the proxy's CPU x%.1f, x%.1f of it" % (
-                    rows["cpu_one-openai"] / rows["cpu_floor-openai"],
-                    rows["cpu_one-gemini"] / rows["cpu_floor-openai"]))
+                args.clients, "%.3f ms of CPU a request, %s req/s%s" % (
+                    rows["cpu_floor-openai"], fmt_rate(rows["rate_floor-openai"]),
+                    ", %d errors" % rows["errors_floor-openai"]
+                    if rows["errors_floor-openai"] else ""), "-",
+                "proxy's CPU / floor's: x%.1f OpenAI, x%.1f Gemini (the floor converts "
+                "nothing)" % (rows["cpu_one-openai"] / rows["cpu_floor-openai"],
+                              rows["cpu_one-gemini"] / rows["cpu_floor-openai"]))
         row("throughput, one proxy process (%d clients)" % args.clients,
             "%s req/s" % fmt_rate(rows["rate_direct"]),
             "%s OpenAI, %s Gemini" % (fmt_rate(rows["rate_one-openai"]),
