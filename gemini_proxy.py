@@ -12755,7 +12755,9 @@ LEDGER_BATCH = 5000              # rows written in one transaction at most
 # writer must then wait to have it back from the event loop, which under load is always
 # running: written a row a statement, the writer took 17 us of CPU a row (3.5 us with
 # nothing else running) and the loop some more, about a tenth of a request's in all.
-LEDGER_ROWS_PER_INSERT = 999 // len(LEDGER_COLUMNS)
+# (An SQLite before 3.7.11 has no INSERT of several rows: one a statement there.)
+LEDGER_ROWS_PER_INSERT = 999 // len(LEDGER_COLUMNS) if sqlite3 is not None and \
+    sqlite3.sqlite_version_info >= (3, 7, 11) else 1
 
 
 def ledger_insert(rows: int) -> str:
@@ -12769,6 +12771,7 @@ LEDGER_INSERT = ledger_insert(LEDGER_ROWS_PER_INSERT)
 # ledger's 64-bit sums.
 MAX_TOKEN_COUNT = 10 ** 12
 LEDGER_FLUSH_EVERY = 0.5         # seconds a row may wait for others to share its write
+LEDGER_OPEN_WAIT = 10.0          # seconds the ledger may be locked by another process
 LEDGER_WARNING_EVERY = 60.0      # seconds between two warnings of a failing ledger
 RECENT_ERRORS = 50
 # Series of the dashboard: (name, seconds per bucket, buckets).
@@ -12844,12 +12847,24 @@ def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connecti
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-    db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")   # WAL: a crash of this process loses nothing
-    for statement in LEDGER_SCHEMA:
-        db.execute(statement)
-    return db
+    deadline = time.monotonic() + LEDGER_OPEN_WAIT
+    while True:
+        db = sqlite3.connect(path, timeout=LEDGER_OPEN_WAIT, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")   # WAL: a crash loses nothing
+            for statement in LEDGER_SCHEMA:
+                db.execute(statement)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            # Worker processes (server.processes) that make a new ledger at once: of two
+            # switching it to WAL, SQLite fails one at once ("database is locked": to
+            # wait would be a deadlock), and that worker recorded nothing all its life.
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))   # (apart: not again at the same time)
 
 
 @dataclasses.dataclass
@@ -12966,11 +12981,16 @@ class Ledger:
         try:
             with self._db:      # one transaction (BEGIN ... COMMIT, ROLLBACK on error)
                 self._db.execute("BEGIN")
+                # (A row of the wrong length is a bug; bound with others in one INSERT,
+                # its values would shift into the next row's columns.)
+                if any(len(row) != len(LEDGER_COLUMNS) for row in rows):
+                    raise ValueError("a ledger row of the wrong length")
                 step = LEDGER_ROWS_PER_INSERT
                 whole = len(rows) - len(rows) % step
-                self._db.executemany(LEDGER_INSERT, (
-                    tuple(itertools.chain.from_iterable(rows[at:at + step]))
-                    for at in range(0, whole, step)))
+                if whole:
+                    self._db.executemany(LEDGER_INSERT, (
+                        tuple(itertools.chain.from_iterable(rows[at:at + step]))
+                        for at in range(0, whole, step)))
                 if whole < len(rows):
                     self._db.execute(ledger_insert(len(rows) - whole),
                                      tuple(itertools.chain.from_iterable(rows[whole:])))

@@ -732,9 +732,15 @@ def test_operator_pages_are_not_in_the_ledger(proxy_factory, fake, tmp_path):
 
 
 @pytest.mark.parametrize("count", [1, gp.LEDGER_ROWS_PER_INSERT, 100])
-def test_the_ledger_writes_every_row_of_a_batch_in_order(tmp_path, count):
+@pytest.mark.parametrize("rows_per_insert", ["default", 1], ids=["sqlite", "old-sqlite"])
+def test_the_ledger_writes_every_row_of_a_batch_in_order(tmp_path, monkeypatch, count,
+                                                         rows_per_insert):
     # Rows go in several to an INSERT: a batch of one, of exactly one INSERT's worth, and
-    # of two and a part must all land, each value in its column, none twice.
+    # of two and a part must all land, each value in its column, none twice; and one to
+    # an INSERT, as on an SQLite before 3.7.11.
+    if rows_per_insert != "default":
+        monkeypatch.setattr(gp, "LEDGER_ROWS_PER_INSERT", rows_per_insert)
+        monkeypatch.setattr(gp, "LEDGER_INSERT", gp.ledger_insert(rows_per_insert))
     path = ledger_file(tmp_path)
     ledger = gp.Ledger(path, keep_days=0)
     rows = [(1000.0 + i, "rid-%03d" % i, "client-%d" % i, "openai", "generate",
@@ -747,6 +753,43 @@ def test_the_ledger_writes_every_row_of_a_batch_in_order(tmp_path, count):
     ledger.close(timeout=PATIENCE)
     assert [tuple(row.values()) for row in ledger_rows(path)] == rows
     assert ledger.written == count and ledger.dropped == 0
+
+
+def test_a_ledger_row_of_the_wrong_length_drops_its_batch_not_shifts_it(tmp_path):
+    # Bound several to an INSERT, a short row and a long one would land shifted into
+    # each other's columns; a row a statement, SQLite refused them.
+    path = ledger_file(tmp_path)
+    ledger = gp.Ledger(path, keep_days=0)
+    row = (1000.0, "rid", "", "openai", "generate", "m", "up", "um", "key", 200, "", "",
+           1, 2, 0, 0, 0, 0.1, 0.2, 10, 20, 0, 1)
+    for bad in (row[:-1], row + ("extra",)):
+        ledger.add(bad)
+    ledger.open()
+    ledger.close(timeout=PATIENCE)
+    assert ledger_rows(path) == []
+    assert ledger.written == 0 and ledger.dropped == 2 and "wrong length" in ledger.warning
+
+
+def test_workers_making_a_new_ledger_at_once_all_open_it(tmp_path):
+    # server.processes on a new state_dir: of two workers switching the new file to WAL,
+    # SQLite failed one at once ("database is locked"), and it recorded nothing all its
+    # life (1 start in 20 with two processes).
+    for attempt in range(100):
+        path = str(tmp_path / ("usage-%d.sqlite3" % attempt))
+        barrier, errors = threading.Barrier(6), []
+
+        def open_it():
+            barrier.wait()
+            try:
+                gp.open_ledger_database(path).close()
+            except Exception as exc:   # (what the assertion below shows)
+                errors.append(exc)
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, (attempt, errors)
 
 
 def test_no_ledger_when_usage_database_is_empty(proxy_factory, fake, tmp_path):
