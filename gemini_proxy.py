@@ -728,7 +728,8 @@ class UpstreamError(ProxyError):
 
 class MalformedToolCall(UpstreamError):
     """A converted reply whose model made a tool call that cannot be read (arguments that
-    are no JSON object, or no name; Gemini's MALFORMED_FUNCTION_CALL), for a
+    are no JSON object, or no name; Gemini's MALFORMED_FUNCTION_CALL, or a call Gemini
+    stopped and left out of its reply: GEMINI_STOPPED_CALLS), for a
     client whose dialect cannot be told of one: as a plain finish, its agent would take
     the turn for done and stop mid-task. A 502 the proxy does not retry: asked again,
     the model may do better, but the client's own retries (Claude Code's, the SDKs')
@@ -736,7 +737,8 @@ class MalformedToolCall(UpstreamError):
 
     def __init__(self, upstream: str):
         super().__init__("upstream %r: the model made a tool call that could not be read "
-                         "(malformed arguments, or the model's own MALFORMED_FUNCTION_CALL); "
+                         "(malformed arguments, or the model's own MALFORMED_FUNCTION_CALL, "
+                         "or UNEXPECTED_TOOL_CALL or TOO_MANY_TOOL_CALLS without the call); "
                          "asking again may work" % upstream, status=502)
 
 
@@ -5250,6 +5252,11 @@ GEMINI_STOP_REASONS = {           # finishReason -> neutral
     "UNEXPECTED_TOOL_CALL": STOP, "TOO_MANY_TOOL_CALLS": STOP,
     "FINISH_REASON_UNSPECIFIED": STOP,
 }   # everything else Gemini names (SAFETY, RECITATION, BLOCKLIST, ...) is a content filter
+# A tool call Gemini stopped: one made with no tools declared, or one too many in a row.
+# With its call in the reply the client gets the call (its agent says there is no such
+# tool, and the model goes on); without it the turn is cut short, and as a plain STOP an
+# agent took it for done (see MalformedToolCall).
+GEMINI_STOPPED_CALLS = frozenset(("UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"))
 
 GEMINI_SCHEMA_FIELDS = frozenset((
     "type", "format", "title", "description", "nullable", "enum", "items", "minItems",
@@ -5650,13 +5657,19 @@ def _gemini_reply_parts(candidate: Dict[str, Any]) -> List[Part]:
     return parts
 
 
+def gemini_neutral_finish(reason: str, calls: bool) -> str:
+    """The neutral reason for a candidate's finishReason, `calls`: whether it holds a tool
+    call."""
+    if reason in GEMINI_STOPPED_CALLS and not calls:
+        return MALFORMED_TOOL_CALL
+    neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
+    return TOOL_CALLS if neutral == STOP and calls else neutral
+
+
 def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
                    usage: Optional[Usage]) -> Finish:
-    reason = _gemini_finish_reason(candidate) or "STOP"
-    neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
-    if neutral == STOP and any(p.type == TOOL_CALL for p in parts):
-        neutral = TOOL_CALLS
-    return Finish(neutral, usage)
+    return Finish(gemini_neutral_finish(_gemini_finish_reason(candidate) or "STOP",
+                                        any(p.type == TOOL_CALL for p in parts)), usage)
 
 
 def decode_gemini_response(payload: Any, model: str = "") -> Reply:
@@ -5717,8 +5730,7 @@ def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
     for index, reason in sorted(finish_reasons.items()):
-        neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
-        yield Finish(TOOL_CALLS if neutral == STOP and calls.get(index) else neutral, usage,
+        yield Finish(gemini_neutral_finish(reason, calls.get(index, False)), usage,
                      choice=index)
 
 

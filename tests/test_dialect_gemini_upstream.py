@@ -231,11 +231,29 @@ def test_decode_response():
 @pytest.mark.parametrize("finish, neutral", [
     ("STOP", STOP), ("MAX_TOKENS", LENGTH), ("SAFETY", CONTENT_FILTER),
     ("RECITATION", CONTENT_FILTER), ("PROHIBITED_CONTENT", CONTENT_FILTER),
-    ("MALFORMED_FUNCTION_CALL", MALFORMED_TOOL_CALL), ("OTHER", CONTENT_FILTER)])
+    ("MALFORMED_FUNCTION_CALL", MALFORMED_TOOL_CALL), ("OTHER", CONTENT_FILTER),
+    ("UNEXPECTED_TOOL_CALL", MALFORMED_TOOL_CALL), ("TOO_MANY_TOOL_CALLS", MALFORMED_TOOL_CALL)])
 def test_finish_reasons(finish, neutral):
     reply = gp.decode_gemini_response({"candidates": [{"content": {"parts": [{"text": "x"}]},
                                                        "finishReason": finish}]})
     assert reply.choices[0].finish.reason == neutral
+
+
+@pytest.mark.parametrize("finish", ["UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"])
+def test_a_stopped_tool_call_is_malformed_only_when_the_call_is_not_there(finish):
+    # Without the call the turn is cut short (a plain STOP ended agents mid-task); with
+    # it, the client gets the call, and its agent answers that there is no such tool.
+    call = {"functionCall": {"name": "lookup", "args": {"q": "x"}}}
+    for parts, neutral in (([], MALFORMED_TOOL_CALL), ([{"text": "Let me look."}],
+                                                       MALFORMED_TOOL_CALL),
+                           ([call], TOOL_CALLS)):
+        reply = gp.decode_gemini_response({"candidates": [
+            {"content": {"parts": parts}, "finishReason": finish}]})
+        assert reply.choices[0].finish.reason == neutral, parts
+        events = list(gp.decode_gemini_stream(sse(
+            {"candidates": [{"content": {"parts": parts}}]},
+            {"candidates": [{"content": {"parts": []}, "finishReason": finish}]})))
+        assert events[-1].reason == neutral, parts
 
 
 def test_blocked_prompt_is_a_content_filter():

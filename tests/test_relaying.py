@@ -715,6 +715,26 @@ def test_a_malformed_choice_among_several_keeps_its_plain_finish(proxy_factory):
     assert [c["finish_reason"] for c in json.loads(data)["choices"]] == ["stop", "stop"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_tool_call_gemini_stopped_is_a_502_not_a_normal_end(proxy_factory, stream):
+    # UNEXPECTED_TOOL_CALL (a call made with no tools declared) with nothing in the reply
+    # reached an Anthropic client as end_turn with no content: Claude Code stopped there.
+    gemini = FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"g": {
+            "kind": "gemini", "api_key": "k-g", "base_url": gemini.base_url, "retries": 2,
+            "retry_wait": 0, "upstream_streaming": "always" if stream else "never"}}})
+        end = gemini_chunk(finish="UNEXPECTED_TOOL_CALL",
+                           use={"promptTokenCount": 5, "candidatesTokenCount": 0})
+        gemini.queue(gemini_stream([end]) if stream else json_reply(end))
+        status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
+    finally:
+        gemini.stop()
+    assert status == 502 and "UNEXPECTED_TOOL_CALL" in json.loads(data)["error"]["message"], \
+        data
+    assert len(gemini.requests) == 1     # not retried: the client's retries ask again
+
+
 def test_a_gemini_client_is_told_of_a_malformed_tool_call_itself(proxy, fake):
     # (Gemini CLI retries MALFORMED_FUNCTION_CALL as it does any bad stream.)
     fake.queue(json_reply(completion(None, tool_calls=[MALFORMED_CALL], finish="tool_calls")))
