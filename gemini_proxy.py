@@ -2802,12 +2802,26 @@ def split_think_tags(events: Iterable[Any], tags: List[str]) -> Iterator[Any]:
 def split_reply_think_tags(reply: Reply, tags: List[str]) -> Reply:
     """A whole reply's <think> blocks taken out as thinking, choice by choice."""
     for choice in reply.choices:
+        if not _may_open_think_block(choice.parts):
+            continue     # as most replies: left as they are, not taken apart and rejoined
         parts: List[Part] = []
         for event in split_think_tags(itertools.chain(choice.parts, [choice.finish]), tags):
             if not isinstance(event, Finish):
                 append_delta(parts, event)
         choice.parts = parts
     return reply
+
+
+def _may_open_think_block(parts: List[Part]) -> bool:
+    """Whether a choice's parts begin with text that may open a <think> block (see
+    ThinkTagSplitter: only text before anything else can)."""
+    for part in parts:
+        if part.type != TEXT:
+            return False
+        text = part.text.lstrip()
+        if text:
+            return text.startswith("<")
+    return False
 
 
 def chat_prompt_text(chat: Chat) -> str:

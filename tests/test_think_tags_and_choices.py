@@ -71,6 +71,22 @@ def test_a_whole_reply_and_each_choice():
     assert [(p.type, p.text) for p in reply.choices[1].parts] == [(TEXT, "plain")]
 
 
+def test_a_whole_reply_is_looked_at_as_a_stream_of_its_parts_would_be():
+    # Only text before anything else may open a block: text in several parts, the first
+    # blank, still does; after reasoning or a call, or not at the start, none does.
+    def whole(*parts):
+        reply = gp.Reply("r", "m", [gp.Choice(list(parts), Finish())], None)
+        return [(p.type, p.text) for p in gp.split_reply_think_tags(reply, ["think"])
+                .choices[0].parts]
+    assert whole(Part(TEXT, text=" \n"), Part(TEXT, text="<think>w</think>a")) == [
+        (THINKING, "w"), (TEXT, "a")]
+    assert whole(Part(THINKING, text="r"), Part(TEXT, text="<think>x</think>")) == [
+        (THINKING, "r"), (TEXT, "<think>x</think>")]
+    assert whole(Part(TEXT, text="so <think>x</think>")) == [(TEXT, "so <think>x</think>")]
+    assert whole(Part(TEXT, text="<b>bold</b>")) == [(TEXT, "<b>bold</b>")]
+    assert whole(Part(TEXT, text="  ")) == [(TEXT, "  ")]
+
+
 def test_reasoning_fields_turn_tag_reading_off_for_that_reply():
     events = [Part(THINKING, text="r", origin="openai"), Part(TEXT, text="<think>x</think>"),
               Finish()]
