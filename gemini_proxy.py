@@ -12869,7 +12869,7 @@ def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connecti
         raise OSError("this Python was built without sqlite3")
     if readonly:
         return sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
-                               timeout=10)
+                               timeout=LEDGER_OPEN_WAIT)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -12883,11 +12883,12 @@ def open_ledger_database(path: str, readonly: bool = False) -> "sqlite3.Connecti
             for statement in LEDGER_SCHEMA:
                 db.execute(statement)
             return db
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             db.close()
             # Worker processes (server.processes) that make a new ledger at once: of two
             # switching it to WAL, SQLite fails one at once ("database is locked": to
             # wait would be a deadlock), and that worker recorded nothing all its life.
+            # (A try that waited for a lock may end past the deadline: twice it at most.)
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.01, 0.05))   # (apart: not again at the same time)
@@ -13005,12 +13006,12 @@ class Ledger:
             self.dropped += len(rows)
             return
         try:
+            # (A row of the wrong length is a bug; bound with others in one INSERT, its
+            # values would shift into the next row's columns.)
+            if any(len(row) != len(LEDGER_COLUMNS) for row in rows):
+                raise ValueError("a ledger row of the wrong length")
             with self._db:      # one transaction (BEGIN ... COMMIT, ROLLBACK on error)
                 self._db.execute("BEGIN")
-                # (A row of the wrong length is a bug; bound with others in one INSERT,
-                # its values would shift into the next row's columns.)
-                if any(len(row) != len(LEDGER_COLUMNS) for row in rows):
-                    raise ValueError("a ledger row of the wrong length")
                 step = LEDGER_ROWS_PER_INSERT
                 whole = len(rows) - len(rows) % step
                 if whole:

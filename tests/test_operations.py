@@ -774,9 +774,9 @@ def test_workers_making_a_new_ledger_at_once_all_open_it(tmp_path):
     # server.processes on a new state_dir: of two workers switching the new file to WAL,
     # SQLite failed one at once ("database is locked"), and it recorded nothing all its
     # life (1 start in 20 with two processes).
-    for attempt in range(100):
+    for attempt in range(30):
         path = str(tmp_path / ("usage-%d.sqlite3" % attempt))
-        barrier, errors = threading.Barrier(6), []
+        barrier, errors = threading.Barrier(6, timeout=PATIENCE), []
 
         def open_it():
             barrier.wait()
@@ -788,7 +788,8 @@ def test_workers_making_a_new_ledger_at_once_all_open_it(tmp_path):
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(PATIENCE)
+        assert not any(thread.is_alive() for thread in threads), attempt
         assert not errors, (attempt, errors)
 
 
