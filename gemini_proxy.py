@@ -729,17 +729,17 @@ class UpstreamError(ProxyError):
 class MalformedToolCall(UpstreamError):
     """A converted reply whose model made a tool call that cannot be read (arguments that
     are no JSON object, or no name; Gemini's MALFORMED_FUNCTION_CALL, or a call Gemini
-    stopped and left out of its reply: GEMINI_STOPPED_CALLS), for a
+    stopped and left out of its reply: GEMINI_STOPPED_CALLS, named in `detail`), for a
     client whose dialect cannot be told of one: as a plain finish, its agent would take
     the turn for done and stop mid-task. A 502 the proxy does not retry: asked again,
     the model may do better, but the client's own retries (Claude Code's, the SDKs')
     already ask again, and each attempt is a whole generation paid for."""
 
-    def __init__(self, upstream: str):
-        super().__init__("upstream %r: the model made a tool call that could not be read "
-                         "(malformed arguments, or the model's own MALFORMED_FUNCTION_CALL, "
-                         "or UNEXPECTED_TOOL_CALL or TOO_MANY_TOOL_CALLS without the call); "
-                         "asking again may work" % upstream, status=502)
+    def __init__(self, upstream: str, detail: str = ""):
+        super().__init__("upstream %r: the model made a tool call that could not be used "
+                         "(%s); asking again may work" % (
+                             upstream, "the upstream's %s" % detail if detail else
+                             "arguments that are no JSON object, or no name"), status=502)
 
 
 class KeysUnavailable(UpstreamError):
@@ -2457,6 +2457,9 @@ class Finish:
     usage: Optional[Usage] = None
     stop_sequence: str = ""
     choice: int = 0
+    # A MALFORMED_TOOL_CALL's own name upstream (Gemini's MALFORMED_FUNCTION_CALL,
+    # UNEXPECTED_TOOL_CALL, ...): what the client's error says, and a Gemini client is told.
+    detail: str = ""
 
 
 @dataclasses.dataclass
@@ -4779,6 +4782,14 @@ GEMINI_FINISH_REASONS = {         # neutral -> finishReason (a turn of tool call
     MALFORMED_TOOL_CALL: "MALFORMED_FUNCTION_CALL",
 }
 
+
+def gemini_finish_reason(finish: Finish) -> str:
+    """A finish as a Gemini client is told it: a tool call gone wrong as a Gemini upstream
+    named it (UNEXPECTED_TOOL_CALL, say), as talking to Gemini itself would have."""
+    if finish.reason == MALFORMED_TOOL_CALL and finish.detail:
+        return finish.detail
+    return GEMINI_FINISH_REASONS.get(finish.reason, "STOP")
+
 GEMINI_STATUS_NAMES = {           # HTTP status -> google.rpc status name
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
     404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED",
@@ -5136,7 +5147,7 @@ def _gemini_chunk(parts: List[Dict[str, Any]], model: str, response_id: str,
     candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": index}
     body: Dict[str, Any] = {"candidates": [candidate]}
     if finish is not None:
-        candidate["finishReason"] = GEMINI_FINISH_REASONS.get(finish.reason, "STOP")
+        candidate["finishReason"] = gemini_finish_reason(finish)
         body["usageMetadata"] = gemini_usage(finish.usage or Usage())
     body["modelVersion"] = model
     body["responseId"] = response_id
@@ -5152,8 +5163,7 @@ def encode_gemini_response(reply: Reply, model: str, response_id: str,
         writer = _GeminiPartWriter(options.include_thoughts)
         parts = [p for p in map(writer.part, choice.parts) if p is not None]
         candidates.append({"content": {"role": "model", "parts": parts},
-                           "finishReason": GEMINI_FINISH_REASONS.get(choice.finish.reason,
-                                                                     "STOP"),
+                           "finishReason": gemini_finish_reason(choice.finish),
                            "index": index})
     return {"candidates": candidates, "usageMetadata": gemini_usage(reply.usage or Usage()),
             "modelVersion": model or reply.model, "responseId": response_id}
@@ -5263,7 +5273,7 @@ def gemini_model_info(name: str, description: str = "") -> Dict[str, Any]:
 
 GEMINI_STOP_REASONS = {           # finishReason -> neutral
     "STOP": STOP, "MAX_TOKENS": LENGTH, "MALFORMED_FUNCTION_CALL": MALFORMED_TOOL_CALL,
-    "UNEXPECTED_TOOL_CALL": STOP, "TOO_MANY_TOOL_CALLS": STOP,
+    "UNEXPECTED_TOOL_CALL": STOP, "TOO_MANY_TOOL_CALLS": STOP,   # (with the call: see below)
     "FINISH_REASON_UNSPECIFIED": STOP,
 }   # everything else Gemini names (SAFETY, RECITATION, BLOCKLIST, ...) is a content filter
 # A tool call Gemini stopped: one made with no tools declared, or one too many in a row.
@@ -5671,19 +5681,23 @@ def _gemini_reply_parts(candidate: Dict[str, Any]) -> List[Part]:
     return parts
 
 
-def gemini_neutral_finish(reason: str, calls: bool) -> str:
-    """The neutral reason for a candidate's finishReason, `calls`: whether it holds a tool
-    call."""
+def finish_of_gemini_reason(reason: str, calls: bool, usage: Optional[Usage],
+                            choice: int = 0) -> Finish:
+    """The neutral finish of a candidate's finishReason; `calls`: whether the candidate
+    holds a tool call. A tool call gone wrong keeps Gemini's name for it (detail)."""
     if reason in GEMINI_STOPPED_CALLS and not calls:
-        return MALFORMED_TOOL_CALL
-    neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
-    return TOOL_CALLS if neutral == STOP and calls else neutral
+        neutral = MALFORMED_TOOL_CALL
+    else:
+        neutral = GEMINI_STOP_REASONS.get(reason, CONTENT_FILTER)
+        neutral = TOOL_CALLS if neutral == STOP and calls else neutral
+    return Finish(neutral, usage, choice=choice,
+                  detail=reason if neutral == MALFORMED_TOOL_CALL else "")
 
 
 def _gemini_finish(candidate: Dict[str, Any], parts: List[Part],
                    usage: Optional[Usage]) -> Finish:
-    return Finish(gemini_neutral_finish(_gemini_finish_reason(candidate) or "STOP",
-                                        any(p.type == TOOL_CALL for p in parts)), usage)
+    return finish_of_gemini_reason(_gemini_finish_reason(candidate) or "STOP",
+                                   any(p.type == TOOL_CALL for p in parts), usage)
 
 
 def decode_gemini_response(payload: Any, model: str = "") -> Reply:
@@ -5744,8 +5758,7 @@ def decode_gemini_chunks(chunks: Iterable[Any]) -> Iterator[Any]:
         raise UpstreamError("the upstream stream ended before the reply was finished",
                             status=502)
     for index, reason in sorted(finish_reasons.items()):
-        yield Finish(gemini_neutral_finish(reason, calls.get(index, False)), usage,
-                     choice=index)
+        yield finish_of_gemini_reason(reason, calls.get(index, False), usage, index)
 
 
 GEMINI_STATUS_CODES = {name: status for status, name in GEMINI_STATUS_NAMES.items()
@@ -13387,9 +13400,9 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         if reply.usage is None:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         reply.usage = ex.usage = with_prompt_estimate(reply.usage, rq.prompt_estimate)
-        if malformed_fails and any(choice.finish.reason == MALFORMED_TOOL_CALL
-                                   for choice in reply.choices):
-            raise MalformedToolCall(call.runtime.name)
+        malformed = [c.finish for c in reply.choices if c.finish.reason == MALFORMED_TOOL_CALL]
+        if malformed_fails and malformed:
+            raise MalformedToolCall(call.runtime.name, malformed[0].detail)
         if not chat.stream:
             payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
             return lambda: rq.out.json(payload, redact)
@@ -13421,7 +13434,7 @@ def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator
     hears of it in-stream when something went out before)."""
     for event in events:
         if isinstance(event, Finish) and event.reason == MALFORMED_TOOL_CALL:
-            raise MalformedToolCall(upstream)
+            raise MalformedToolCall(upstream, event.detail)
         yield event
 
 

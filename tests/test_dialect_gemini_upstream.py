@@ -249,11 +249,13 @@ def test_a_stopped_tool_call_is_malformed_only_when_the_call_is_not_there(finish
                            ([call], TOOL_CALLS)):
         reply = gp.decode_gemini_response({"candidates": [
             {"content": {"parts": parts}, "finishReason": finish}]})
-        assert reply.choices[0].finish.reason == neutral, parts
+        detail = finish if neutral == MALFORMED_TOOL_CALL else ""
+        assert (reply.choices[0].finish.reason, reply.choices[0].finish.detail) == (
+            neutral, detail), parts
         events = list(gp.decode_gemini_stream(sse(
             {"candidates": [{"content": {"parts": parts}}]},
             {"candidates": [{"content": {"parts": []}, "finishReason": finish}]})))
-        assert events[-1].reason == neutral, parts
+        assert (events[-1].reason, events[-1].detail) == (neutral, detail), parts
 
 
 def test_blocked_prompt_is_a_content_filter():

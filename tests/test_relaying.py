@@ -681,11 +681,12 @@ def test_a_malformed_tool_call_is_a_502_the_proxy_does_not_retry(
     status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
     if stream and upstream_streams:   # the text went out first: an in-stream error
         assert status == 200 and b"Let me look." in data and b"event: error" in data, data
-        assert b"could not be read" in data and b"message_stop" not in data, data
+        assert b"could not be used" in data and b"message_stop" not in data, data
     else:
         error = json.loads(data)
         assert status == 502 and error["type"] == "error" and \
-            "could not be read" in error["error"]["message"], data
+            "could not be used (arguments that are no JSON object" in \
+            error["error"]["message"], data
     assert len(fake.requests) == 1
     (line,) = access_lines(caplog)
     assert " tokens=11+7" in line, line
@@ -717,8 +718,9 @@ def test_a_malformed_choice_among_several_keeps_its_plain_finish(proxy_factory):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_tool_call_gemini_stopped_is_a_502_not_a_normal_end(proxy_factory, stream):
-    # UNEXPECTED_TOOL_CALL (a call made with no tools declared) with nothing in the reply
-    # reached an Anthropic client as end_turn with no content: Claude Code stopped there.
+    # UNEXPECTED_TOOL_CALL (Gemini's word for a call when the request declared no tools),
+    # the call not in the reply, reached an Anthropic client as end_turn with no content:
+    # Claude Code stopped there. The error names the cause.
     gemini = FakeGemini().start()
     try:
         proxy = proxy_factory({"upstreams": {"g": {
@@ -730,9 +732,32 @@ def test_a_tool_call_gemini_stopped_is_a_502_not_a_normal_end(proxy_factory, str
         status, _, data = proxy.request("POST", "/v1/messages", anthropic_ask(stream))
     finally:
         gemini.stop()
-    assert status == 502 and "UNEXPECTED_TOOL_CALL" in json.loads(data)["error"]["message"], \
-        data
+    assert status == 502 and "the upstream's UNEXPECTED_TOOL_CALL" in \
+        json.loads(data)["error"]["message"], data
     assert len(gemini.requests) == 1     # not retried: the client's retries ask again
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_gemini_client_on_a_converted_route_is_told_gemini_s_own_reason(proxy_factory,
+                                                                         stream):
+    # As talking to Gemini itself would (stop_strings make the route a converted one).
+    gemini = FakeGemini().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"g": {
+            "kind": "gemini", "api_key": "k-g", "base_url": gemini.base_url,
+            "stop_strings": ["never appears"]}}})
+        end = gemini_chunk([gemini_text_part("Let me look.")], finish="UNEXPECTED_TOOL_CALL",
+                           use={"promptTokenCount": 5, "candidatesTokenCount": 3})
+        gemini.queue(gemini_stream([end]) if stream else json_reply(end))
+        status, _, data = proxy.request(
+            "POST", "/v1beta/models/m:%s" % ("streamGenerateContent?alt=sse" if stream
+                                             else "generateContent"),
+            {"contents": [{"role": "user", "parts": [{"text": "look"}]}]})
+    finally:
+        gemini.stop()
+    assert status == 200, data
+    last = json.loads(data.split(b"data: ")[-1] if stream else data)
+    assert last["candidates"][0]["finishReason"] == "UNEXPECTED_TOOL_CALL", data
 
 
 def test_a_gemini_client_is_told_of_a_malformed_tool_call_itself(proxy, fake):
