@@ -218,6 +218,26 @@ async def serve_upstream(port, tls_files=None):
 
 # -- the floor ------------------------------------------------------------------------------
 
+FLOOR_LOG = logging.getLogger("floor")
+
+
+def take_message(buf):
+    """(head lines, body, the rest) of the first whole HTTP/1.1 message in `buf` whose
+    body has a content-length (or none), else None: more is to come."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].split(b"\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(buf) < end + 4 + length:
+        return None
+    return lines, buf[end + 4:end + 4 + length], buf[end + 4 + length:]
+
+
 class FloorUpstreamConnection(asyncio.Protocol):
     """The floor's kept connection to the upstream: one request at a time, a whole reply
     of a content-length. It relies on an upstream that keeps its connections open and
@@ -232,13 +252,10 @@ class FloorUpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data):
         self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
+        message = take_message(self.buf)
+        if message is None:
             return
-        length = int(self.buf[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        if len(self.buf) < end + 4 + length:
-            return
-        reply, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+        _, reply, self.buf = message
         answer, self.answer = self.answer, None
         self.idle.append(self)
         answer.set_result(reply)
@@ -268,20 +285,11 @@ class FloorConnection(asyncio.Protocol):
     def data_received(self, data):
         self.buf += data
         while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
+            message = take_message(self.buf)
+            if message is None:
                 return
-            lines = self.buf[:end].split(b"\r\n")
-            path = lines[0].split(b" ")[1]
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get(b"content-length", b"0"))
-            if len(self.buf) < end + 4 + length:
-                return
-            body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
-            asyncio.ensure_future(self.forward(path, body))
+            lines, body, self.buf = message
+            asyncio.ensure_future(self.forward(lines[0].split(b" ")[1], body))
 
     async def forward(self, path, body):
         try:
@@ -301,18 +309,16 @@ class FloorConnection(asyncio.Protocol):
                     path, len(body), body))
             reply = await upstream.answer
             usage = json.loads(reply).get("usage") or {}
-        except (OSError, ValueError, AttributeError) as exc:
+        except Exception as exc:   # (a body that is no JSON object, an upstream gone, ...)
             # Never a client left waiting: its wait would fail the whole row.
-            FLOOR_LOG.warning("%s failed: %s: %s", path.decode(), type(exc).__name__, exc)
+            FLOOR_LOG.warning("%s failed: %s: %s", path.decode("latin-1"),
+                              type(exc).__name__, exc)
             self.transport.close()
             return
         self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(reply), reply))
-        FLOOR_LOG.info("POST %s 200 tokens=%s+%s", path.decode(), usage.get("prompt_tokens"),
-                       usage.get("completion_tokens"))
-
-
-FLOOR_LOG = logging.getLogger("floor")
+        FLOOR_LOG.info("POST %s 200 tokens=%s+%s", path.decode("latin-1"),
+                       usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
 
 async def serve_floor(port, upstream_port, cafile=None):
@@ -818,7 +824,11 @@ class Fleet:
             where += "," + self.tls_files[0]
         process = self.spawn([sys.executable, os.path.abspath(__file__), "--serve-floor",
                               where], "floor")
-        wait_port(port)
+        try:
+            wait_port(port)
+        except Exception:
+            self.stop(process)
+            raise
         return port, process
 
     def proxy(self, upstream_port, label, extra=()):
@@ -1250,8 +1260,8 @@ def fmt_rate(value):
 
 
 def scan_logs(fleet):
-    """What the proxies' (and the floor's) logs say beyond the ordinary: warnings, errors, tracebacks (by
-    their last line), non-200 replies; a few examples of each kind."""
+    """What the proxies' (and the floor's) logs say beyond the ordinary: warnings,
+    errors, tracebacks (by their last line), non-200 replies; a few examples of each."""
     lines = []
     for label, path in fleet.logs:
         if not label.startswith(("proxy", "floor")):
@@ -1559,7 +1569,7 @@ def markdown_table(args, rows):
             "%.3f ms OpenAI, %.3f ms Gemini" % (rows["cpu_one-openai"],
                                                 rows["cpu_one-gemini"]),
             "%.2f, %.2f cores busy" % (rows["cores_one-openai"], rows["cores_one-gemini"]))
-        if rows.get("cpu_floor-openai"):   # (none when the floor answered nothing)
+        if rows.get("rate_floor-openai"):   # (none when the floor answered nothing)
             row("the floor: a minimal relay in Python, whole replies (%d clients)" %
                 args.clients, "%.3f ms of CPU a request, %s req/s%s" % (
                     rows["cpu_floor-openai"], fmt_rate(rows["rate_floor-openai"]),
