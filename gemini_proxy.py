@@ -4790,6 +4790,7 @@ def gemini_finish_reason(finish: Finish) -> str:
         return finish.detail
     return GEMINI_FINISH_REASONS.get(finish.reason, "STOP")
 
+
 GEMINI_STATUS_NAMES = {           # HTTP status -> google.rpc status name
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
     404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED",
@@ -13400,9 +13401,11 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         if reply.usage is None:
             reply.usage = estimate_usage(chat, [p for c in reply.choices for p in c.parts])
         reply.usage = ex.usage = with_prompt_estimate(reply.usage, rq.prompt_estimate)
-        malformed = [c.finish for c in reply.choices if c.finish.reason == MALFORMED_TOOL_CALL]
-        if malformed_fails and malformed:
-            raise MalformedToolCall(call.runtime.name, malformed[0].detail)
+        if malformed_fails:
+            malformed = next((c.finish for c in reply.choices
+                              if c.finish.reason == MALFORMED_TOOL_CALL), None)
+            if malformed is not None:
+                raise MalformedToolCall(call.runtime.name, malformed.detail)
         if not chat.stream:
             payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
             return lambda: rq.out.json(payload, redact)
