@@ -6837,29 +6837,27 @@ def encode_responses_stream(events: Iterable[Any], model: str, response_id: str,
     start = _responses_object(turn, model, "in_progress", [])
     yield _responses_sse(turn, [{"type": "response.created", "response": start},
                                 {"type": "response.in_progress", "response": dict(start)}])
+    # On a failure the item being written is left without its output_item.done: Codex
+    # keeps every done item as said, and a half message kept so was sent back to the model
+    # as its own finished turn when Codex retried. The server adds the response.failed
+    # (responses_stream_error_event), which lists the items that were done.
     finished = False
-    try:
-        for event in events:
-            if event is IDLE:
-                yield event
-                continue
-            if finished:
-                continue          # more choices than one: Responses has no place for them
-            if isinstance(event, Finish):
-                if event.choice == 0:
-                    yield _responses_sse(turn, writer.finish(event, model)[0])
-                    finished = True
-                continue
-            out = writer.feed(event)
-            if out:
-                yield _responses_sse(turn, out)
-        if not finished:
-            raise UpstreamError("the reply ended before it was finished", status=502)
-    except ProxyError:
-        # The item being written ends as incomplete, so that every item announced is
-        # done before the response.failed the server adds (responses_stream_error_event).
-        yield _responses_sse(turn, writer.close("incomplete"))
-        raise
+    for event in events:
+        if event is IDLE:
+            yield event
+            continue
+        if finished:
+            continue          # more choices than one: Responses has no place for them
+        if isinstance(event, Finish):
+            if event.choice == 0:
+                yield _responses_sse(turn, writer.finish(event, model)[0])
+                finished = True
+            continue
+        out = writer.feed(event)
+        if out:
+            yield _responses_sse(turn, out)
+    if not finished:
+        raise UpstreamError("the reply ended before it was finished", status=502)
 
 
 def responses_error_code(error: ProxyError) -> str:

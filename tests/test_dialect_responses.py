@@ -807,10 +807,13 @@ def test_upstream_deltas_without_item_ids_are_not_doubled():
     assert gp.message_text(gp.Message("assistant", reply.choices[0].parts)) == "Hello again"
 
 
-def test_a_failure_mid_item_closes_it_as_incomplete_before_response_failed():
+def test_a_failure_mid_item_leaves_it_undone_and_keeps_the_items_done_before():
+    """Codex keeps each output_item.done as said: the half message must not be one, or a
+    retry sends it back to the model as its own finished turn."""
     opts = options()
 
     def broken():
+        yield Part(TOOL_CALL, id="call_1", name="read", args={"path": "a"})
         yield Part(TEXT, text="half an answer")
         raise gp.UpstreamError("connection reset", status=502)
     data = b""
@@ -821,8 +824,11 @@ def test_a_failure_mid_item_closes_it_as_incomplete_before_response_failed():
                                             opts)
     events = parse_sse(data)
     check_responses_stream(events)
+    added = [d["item"]["type"] for e, d in events if e == "response.output_item.added"]
     done = [d["item"] for e, d in events if e == "response.output_item.done"]
-    assert [(i["type"], i["status"]) for i in done] == [("message", "incomplete")]
+    assert added == ["function_call", "message"]
+    assert [(i["type"], i["status"]) for i in done] == [("function_call", "completed")]
+    assert "half an answer" in data.decode()             # its deltas went out as they came
     failed = events[-1][1]["response"]
     assert failed["status"] == "failed" and failed["output"] == done
 
