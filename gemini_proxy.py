@@ -13036,6 +13036,10 @@ class Ledger:
             self.written += len(rows)
             self.warning = ""
         except Exception as exc:   # a full or read-only disk, or a bug: keep serving
+            if len(rows) > 1 and isinstance(exc, ledger_row_errors()):
+                for row in rows:   # one bad row (a bug) costs itself, not its batch's
+                    self._write([row])
+                return
             self.dropped += len(rows)
             self._trouble("the usage ledger %s cannot be written (%s); %d rows dropped so "
                           "far" % (self.path, exc, self.dropped))
@@ -13067,6 +13071,16 @@ class Ledger:
 
 def sqlite3_errors() -> Tuple[type, ...]:
     return (sqlite3.Error,) if sqlite3 is not None else ()
+
+
+def ledger_row_errors() -> Tuple[type, ...]:
+    """What SQLite raises for a value a row holds (a type it cannot store, an integer too
+    large), unlike a full disk, which fails every row."""
+    values = (ValueError, TypeError, OverflowError)
+    if sqlite3 is None:
+        return values
+    return values + (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError,
+                     sqlite3.IntegrityError)
 
 
 # A cell of counts: requests, errors, input, output, cached and reasoning tokens.

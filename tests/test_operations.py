@@ -770,6 +770,25 @@ def test_a_ledger_row_of_the_wrong_length_drops_its_batch_not_shifts_it(tmp_path
     assert ledger.written == 0 and ledger.dropped == 2 and "wrong length" in ledger.warning
 
 
+def test_a_ledger_row_sqlite_refuses_drops_only_itself(tmp_path, caplog):
+    # A value SQLite cannot store (a bug upstream of the ledger) failed the whole INSERT,
+    # and so the batch of up to 5,000 rows it was in; its neighbours are kept now.
+    path = ledger_file(tmp_path)
+    ledger = gp.Ledger(path, keep_days=0)
+    rows = [(1000.0 + i, "rid-%03d" % i, "", "openai", "generate", "m", "up", "um", "key",
+             200, "", "", i, 2 * i, 0, 0, 0, 0.1, 0.2, 10, 20, 0, 1) for i in range(50)]
+    bad = {20: rows[20][:12] + ({"not": "storable"},) + rows[20][13:],
+           30: rows[30][:13] + (2 ** 70,) + rows[30][14:]}
+    for i, row in enumerate(rows):
+        ledger.add(bad.get(i, row))
+    ledger.open()
+    ledger.close(timeout=PATIENCE)
+    kept = [row for i, row in enumerate(rows) if i not in bad]
+    assert [tuple(row.values()) for row in ledger_rows(path)] == kept
+    assert ledger.written == 48 and ledger.dropped == 2
+    assert "cannot be written (Error binding parameter" in caplog.text
+
+
 def test_workers_making_a_new_ledger_at_once_all_open_it(tmp_path):
     # server.processes on a new state_dir: of two workers switching the new file to WAL,
     # SQLite failed one at once ("database is locked"), and it recorded nothing all its
