@@ -12026,9 +12026,9 @@ class Request:
         (a model switched, a fallback), the packed signatures would be refused, and
         every later turn of the session with them. Converted, they are unpacked and
         what the upstream cannot take is left out; so is what any converted request
-        leaves out (fields the proxy does not know, an Anthropic client's server tools
-        and anthropic-beta header), which is why a body that only mentions the prefix
-        elsewhere (in a message's text) is not taken for one."""
+        leaves out (fields the proxy does not know, an Anthropic client's server
+        tools), which is why a body that only mentions the prefix elsewhere (in a
+        message's text) is not taken for one."""
         if self._packed_thinking is None:
             body = self.body
             self._packed_thinking = b'"' + CARRIER_START.encode("ascii") in body and \
@@ -12141,6 +12141,21 @@ class UpstreamCall:
 
     def sink(self, title: str) -> Optional[Callable[[bytes], None]]:
         return self.rq.detail.stream(title) if self.rq.detail else None
+
+    def client_headers(self) -> List[Tuple[str, str]]:
+        """The client's headers its dialect passes on (anthropic-version, anthropic-beta),
+        for an upstream of that dialect. Converted, the request keeps those the upstream
+        kind does not set itself: its betas (a 1M-token context window is one; without
+        it a long session converted after a fallback was refused as too long), not the
+        version, which the converted body is written for."""
+        kind, head = self.runtime.kind, self.rq.head
+        if kind.dialect != self.rq.ex.dialect:
+            return []
+        names = self.rq.dialect.passthrough_headers
+        if not self.passthrough:
+            own = {name for name, _ in kind.auth_headers("", self.runtime.spec)}
+            names = tuple(name for name in names if name not in own)
+        return [(name, head.header(name)) for name in names if head.header(name)]
 
     def send_steps(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
                    prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
@@ -13381,15 +13396,15 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             kind.generate_path(call.model, True),
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=True),
                                                 call.model, options),
-            call.opening_stream, stream=True)), tags)
+            call.opening_stream, stream=True, extra_headers=call.client_headers())), tags)
     else:
         assert kind.encode_request is not None and kind.decode_response is not None
         reply = split_reply_think_tags((yield from call.send_steps(
             kind.generate_path(call.model, False),
             lambda options: kind.encode_request(dataclasses.replace(chat, stream=False),
                                                 call.model, options),
-            lambda response: kind.decode_response(call.read_json(response), call.model))),
-            tags)
+            lambda response: kind.decode_response(call.read_json(response), call.model),
+            extra_headers=call.client_headers())), tags)
     stops = spec["stop_strings"] + (chat.stop if not kind.sends_stop else [])
     reply_id = dialect.response_id(ex.rid)
     # Credentials are taken out of what the upstream sent, and those it was sent again out
@@ -13483,7 +13498,8 @@ def count_tokens(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         encode, decode = kind.encode_count_request, kind.decode_count_response
         tokens = yield from call.send_steps(
             kind.count_path(call.model), lambda options: encode(chat, call.model),  # no options
-            lambda response: decode(call.read_json(response)), alternatives=False)
+            lambda response: decode(call.read_json(response)),
+            extra_headers=call.client_headers(), alternatives=False)
     else:
         tokens = estimate_prompt_tokens(chat)
     payload = dialect.encode_count_response(tokens)
@@ -13545,8 +13561,6 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
     if spec["extra_body"]:
         changed = dict(changed, **spec["extra_body"])
     body = rq.body if changed is payload else request_bytes(changed)
-    forwarded = [(name, head.header(name)) for name in dialect.passthrough_headers
-                 if head.header(name)]
     expected_type = dialect.stream_content_type(ex)
 
     def content_type_of(response: UpstreamResponse) -> str:
@@ -13633,8 +13647,8 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
         return content_type, bytes(first), (response, chunks, passing)
     content_type, first, rest = yield from call.send_steps(
         kind.passthrough_path(ex, head, call.model), lambda options: body,
-        streamed if ex.stream else whole, stream=ex.stream, extra_headers=forwarded,
-        alternatives=False)
+        streamed if ex.stream else whole, stream=ex.stream,
+        extra_headers=call.client_headers(), alternatives=False)
     if rest is None:
         return lambda: out.whole(200, [("content-type", content_type)], first)
 

@@ -151,6 +151,31 @@ def test_passthrough_swaps_the_key_and_keeps_the_rest(proxy_factory):
         ant.stop()
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_converted_anthropic_request_keeps_its_betas_not_its_version(proxy_factory,
+                                                                         stream):
+    # Converted on its way to Anthropic (stop_strings look inside the reply), Claude Code's
+    # request lost its anthropic-beta header: a 1M-token context window among them.
+    ant = FakeAnthropic().start()
+    try:
+        proxy = proxy_factory({"upstreams": {"a": {
+            "kind": "anthropic", "base_url": ant.base_url, "api_key": "ant-key",
+            "stop_strings": ["never appears"]}}})
+        status, _, data = proxy.request(
+            "POST", "/v1/messages",
+            {"model": "claude-opus", "max_tokens": 10, "stream": stream, "messages": [
+                {"role": "user", "content": "hi"}]},
+            {"x-api-key": "client", "anthropic-version": "2099-01-01",
+             "anthropic-beta": "context-1m-2025-08-07"})
+        assert status == 200 and b"FAKE" in data, data
+        headers = ant.requests[-1]["headers"]
+        assert headers["anthropic-beta"] == "context-1m-2025-08-07"
+        assert headers["anthropic-version"] == "2023-06-01"   # the body is written for it
+        assert headers["x-api-key"] == "ant-key"
+    finally:
+        ant.stop()
+
+
 def test_gemini_passthrough_json_array_stream_and_count(proxy_factory):
     gem = FakeGemini().start()
     try:
