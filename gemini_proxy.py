@@ -6632,7 +6632,8 @@ class ResponsesWriter:
     """Neutral events -> the output items of a response and the stream events that
     announce them (PROTOCOLS-2 §B.6, §C.2): one item per reasoning block, text run and
     tool call, in the order they come, each with its whole life cycle (added, its parts,
-    deltas, done). Used for whole replies too, so that both have one owner."""
+    deltas, done; a stream that fails leaves its open item undone: see
+    encode_responses_stream). Used for whole replies too, so that both have one owner."""
 
     def __init__(self, turn: ResponsesTurn, cache: ReasoningCache):
         self.turn, self.cache = turn, cache
@@ -13052,8 +13053,11 @@ class Ledger:
             self.warning = ""
         except Exception as exc:   # a full or read-only disk, or a bug: keep serving
             if len(rows) > 1 and isinstance(exc, ledger_row_errors()):
+                warning = ""
                 for row in rows:   # one bad row (a bug) costs itself, not its batch's
                     self._write([row])
+                    warning = self.warning or warning   # (a good row after clears it)
+                self.warning = warning
                 return
             self.dropped += len(rows)
             self._trouble("the usage ledger %s cannot be written (%s); %d rows dropped so "

@@ -755,19 +755,19 @@ def test_the_ledger_writes_every_row_of_a_batch_in_order(tmp_path, monkeypatch, 
     assert ledger.written == count and ledger.dropped == 0
 
 
-def test_a_ledger_row_of_the_wrong_length_drops_its_batch_not_shifts_it(tmp_path):
+def test_a_ledger_row_of_the_wrong_length_drops_itself_not_shifts_others(tmp_path):
     # Bound several to an INSERT, a short row and a long one would land shifted into
-    # each other's columns; a row a statement, SQLite refused them.
+    # each other's columns; a row a statement, SQLite refuses them, and only them.
     path = ledger_file(tmp_path)
     ledger = gp.Ledger(path, keep_days=0)
     row = (1000.0, "rid", "", "openai", "generate", "m", "up", "um", "key", 200, "", "",
            1, 2, 0, 0, 0, 0.1, 0.2, 10, 20, 0, 1)
-    for bad in (row[:-1], row + ("extra",)):
-        ledger.add(bad)
+    for one in (row[:-1], row, row + ("extra",)):
+        ledger.add(one)
     ledger.open()
     ledger.close(timeout=PATIENCE)
-    assert ledger_rows(path) == []
-    assert ledger.written == 0 and ledger.dropped == 2 and "wrong length" in ledger.warning
+    assert [tuple(r.values()) for r in ledger_rows(path)] == [row]
+    assert ledger.written == 1 and ledger.dropped == 2 and "wrong length" in ledger.warning
 
 
 def test_a_ledger_row_sqlite_refuses_drops_only_itself(tmp_path, caplog):
@@ -777,8 +777,9 @@ def test_a_ledger_row_sqlite_refuses_drops_only_itself(tmp_path, caplog):
     ledger = gp.Ledger(path, keep_days=0)
     rows = [(1000.0 + i, "rid-%03d" % i, "", "openai", "generate", "m", "up", "um", "key",
              200, "", "", i, 2 * i, 0, 0, 0, 0.1, 0.2, 10, 20, 0, 1) for i in range(50)]
-    bad = {20: rows[20][:12] + ({"not": "storable"},) + rows[20][13:],
-           30: rows[30][:13] + (2 ** 70,) + rows[30][14:]}
+    # (both after the first INSERT's 43 rows: that one, written, is rolled back too)
+    bad = {44: rows[44][:12] + ({"not": "storable"},) + rows[44][13:],
+           47: rows[47][:13] + (2 ** 70,) + rows[47][14:]}
     for i, row in enumerate(rows):
         ledger.add(bad.get(i, row))
     ledger.open()
@@ -787,6 +788,7 @@ def test_a_ledger_row_sqlite_refuses_drops_only_itself(tmp_path, caplog):
     assert [tuple(row.values()) for row in ledger_rows(path)] == kept
     assert ledger.written == 48 and ledger.dropped == 2
     assert "cannot be written (Error binding parameter" in caplog.text
+    assert "cannot be written" in ledger.warning     # for the dashboard, not cleared
 
 
 def test_workers_making_a_new_ledger_at_once_all_open_it(tmp_path):
