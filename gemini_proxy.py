@@ -2883,6 +2883,10 @@ class OutputTally:
         return Usage(prompt_tokens, self.output + self.reasoning,
                      reasoning_tokens=self.reasoning, estimated=True)
 
+    def usage_if_any(self, prompt_tokens: Callable[[], int]) -> Optional[Usage]:
+        """The usage of what went by, None if nothing did."""
+        return self.usage(prompt_tokens()) if self.output + self.reasoning else None
+
 
 def later_usage(usage: Optional[Usage], previous: Optional[Usage]) -> Optional[Usage]:
     """A stream's usage as its events bring more: the latest, but with the prompt's count
@@ -7659,6 +7663,17 @@ class Exchange:
     response_bytes: int = 0         # the response body's bytes, as written
     error_kind: str = ""            # a failure's kind, where its status does not tell
     reply_headers: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # CORS
+    # A stream's usage as far as it has come (see final_usage), set as it starts.
+    usage_so_far: Optional[Callable[[], Optional[Usage]]] = None
+
+    def final_usage(self) -> Optional[Usage]:
+        """Its usage, for the log, the ledger and the limits; a stream broken off (the
+        upstream's failure or silence, the client leaving, a shutdown) counted as far as
+        it came: the model spent those tokens, though a stream's usage comes at its end.
+        (Each asking computes it again, so that the loop and a worker may both ask.)"""
+        if self.usage_so_far is not None:
+            self.usage = self.usage_so_far()
+        return self.usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7988,6 +8003,9 @@ class UpstreamKind:
     # holds any of the reply (an OpenAI-compatible one: a choice). None: all that is not
     # an error does.
     reply_begun: Optional[Callable[[Any], bool]] = None
+    # The text fields of its stream's events, for an estimate of a passed-through
+    # stream's output when no usage came (None: TEXT_FIELD, in section 26).
+    stream_text_field: Optional["re.Pattern[str]"] = None
 
 
 def openai_auth_headers(key: str, options: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -8128,6 +8146,9 @@ UPSTREAM_KINDS: Dict[str, UpstreamKind] = {
         if ex.action == "count_tokens" else "/responses",
         stream_end=re.compile(r'"type": ?"response\.(?:completed|incomplete|failed)"').search,
         stream_last=lambda event: event[0] in RESPONSES_FINAL_EVENTS,
+        # Its deltas only: each text comes again whole in its .done events, its item's
+        # and the response's.
+        stream_text_field=re.compile(r'"delta": ?"([^"\\]*(?:\\.[^"\\]*)*)"'),
         sends_stop=False),
     # No dialect of its own: a Gemini client's requests are converted too (the envelope,
     # the account's project), never passed through.
@@ -12108,7 +12129,7 @@ class Request:
         """Let go of everything the request holds (more than once does no harm)."""
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
-        usage = self.ex.usage
+        usage = self.ex.final_usage()
         for pool, state in self.held:   # the one that answered: what it spent today
             pool.release(state, usage.input_tokens + usage.output_tokens if usage else 0)
         self.held.clear()
@@ -12518,7 +12539,8 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
         tried.append(key)
         ex.attempts += 1
         ex.key = key.name
-        ex.usage = None     # an earlier attempt's, if it counted any, is not this reply's
+        # an earlier attempt's, if it counted any, is not this reply's
+        ex.usage, ex.usage_so_far = None, None
         try:
             deliver = yield from attempt(UpstreamCall(rq, runtime, model, key))
             keys.succeeded(key)
@@ -13441,7 +13463,8 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             payload = dialect.encode_response(reply, ex.client_model, reply_id, ex.options)
             return lambda: rq.out.json(payload, redact)
         events = reply_events(reply)
-    events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
+    tally = OutputTally()
+    events = _track_usage(ex, rq.prompt_estimate, tally, cut_at_stop_strings(
         events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
     if malformed_fails and reply is None:   # (a whole reply's was looked at above)
         events = _malformed_tool_call_fails(events, call.runtime.name)
@@ -13452,6 +13475,7 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                             % call.runtime.name, status=502)
 
     def deliver() -> None:
+        ex.usage_so_far = lambda: ex.usage or tally.usage_if_any(rq.prompt_estimate)
         rq.out.start(dialect.stream_content_type(ex))
         chunks = (piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
             itertools.chain([first], events), ex.client_model, reply_id, ex.options))
@@ -13472,11 +13496,11 @@ def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator
         yield event
 
 
-def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int],
+def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int], tally: OutputTally,
                  events: Iterator[Any]) -> Iterator[Any]:
-    """Pass events on; record the usage, counting it when the upstream did not (the
-    prompt's part asked of `prompt_tokens` only then: see Request.let_go_of_request)."""
-    tally = OutputTally()
+    """Pass events on; record the usage, counting it (in `tally`) when the upstream did
+    not (the prompt's part asked of `prompt_tokens` only then: see
+    Request.let_go_of_request)."""
     for event in events:
         if event is IDLE:
             pass
@@ -13536,16 +13560,17 @@ ACTIONS: Dict[str, Attempt] = {"generate": generate, "stream": generate,
 
 
 # The text fields of the dialects' replies and stream events, for an estimate of the output
-# of a passed-through reply whose upstream reported no usage (Responses upstreams report
-# it). The string's body is written unrolled (runs of plain characters, then one escape
-# at a time): as an alternation per character, one 40 MB event held the loop for 20 s.
+# of a passed-through reply whose upstream reported no usage, or whose stream broke before
+# its usage came (a Responses stream counts its deltas: UpstreamKind.stream_text_field).
+# The string's body is written unrolled (runs of plain characters, then one escape at a
+# time): as an alternation per character, one 40 MB event held the loop for 20 s.
 TEXT_FIELD = re.compile(r'"(?:content|text|thinking|partial_json|arguments|'
                         r'reasoning_content|reasoning)": ?"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
-def text_field_chars(json_text: str) -> int:
+def text_field_chars(json_text: str, field: "re.Pattern[str]" = TEXT_FIELD) -> int:
     """The characters of the text fields in a reply's (or its events') JSON."""
-    return sum(map(len, TEXT_FIELD.findall(json_text)))
+    return sum(map(len, field.findall(json_text)))
 
 
 def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
@@ -13658,6 +13683,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
 
     def deliver() -> None:
         response, chunks, passing = rest
+        ex.usage_so_far = lambda: counted(ex.usage, lambda: passing.text_chars)
 
         def after() -> None:
             last, _ = passing.finish()
@@ -13739,7 +13765,8 @@ class PassingStream:
                         except (ValueError, RecursionError):
                             pass
             if self.ex.usage is None:
-                self.text_chars += text_field_chars(texts)
+                self.text_chars += text_field_chars(texts, self.kind.stream_text_field or
+                                                    TEXT_FIELD)
         if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
             end = self.kind.stream_end
             window = self._tail + data.decode("utf-8", "replace")
@@ -14268,7 +14295,7 @@ class Proxy:
             try:
                 # after the answer's end: a shared store's round trip is not the client's wait
                 if rq.admitted:
-                    usage = ex.usage
+                    usage = ex.final_usage()
                     self.limits.spent(ex.client or ANONYMOUS,
                                       usage.input_tokens + usage.output_tokens if usage else 0)
             finally:
@@ -15371,6 +15398,7 @@ class ProxyServer:
         pass-through or converted, request id, client, duration, time to the response
         head, tokens (~: estimated), attempts, and why it failed."""
         duration = time.monotonic() - ex.started
+        ex.final_usage()
         if ex.action not in OPERATOR_ACTIONS and head.method != "OPTIONS":
             if ex.client is None:   # whoever it was: the model it named is no label
                 ex.client_model = ""

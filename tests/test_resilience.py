@@ -15,6 +15,8 @@ busy), it waits for the proxy's or the fake's own counters to say so.
 import itertools
 import json
 import logging
+import re
+import socket
 import threading
 import time
 
@@ -42,6 +44,8 @@ HUB_UPSTREAM = {"gemini": "openai", "openai": "gemini", "anthropic": "openai",
 PATHS = [(client, upstream) for client in TALKERS
          for upstream in (OWN_KIND.get(client, client), HUB_UPSTREAM[client])]
 PATH_IDS = ["%s-client-%s-upstream" % pair for pair in PATHS]
+
+PROMPT = "Tell me about the weather in a few words, please. " * 4
 
 # How each dialect's client learns that a stream broke after it began.
 BROKEN_STREAM_END = {"gemini": "cut", "openai": "error", "anthropic": "error",
@@ -301,12 +305,13 @@ def test_invalid_json_is_502(rig, client, kind):
 
 @pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("ending", ["reset", "stall", "truncated", "error"])
-def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
+def test_stream_broken_after_the_first_byte(rig, client, kind, ending, caplog):
     # "error": the upstream's own in-stream failure, then a clean end of the body (passed
     # through as it is, or said again in the client's dialect).
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
     r = rig(client, kind, read_timeout=0.3)
     r.fake.rules["*"] = faults.stream(kind, ending, pause=LONG)
-    status, headers, data = r.send(stream=True)
+    status, headers, data = r.send(stream=True, text=PROMPT)
     text, how, _ = read(client, status, headers, data, stream=True)
     assert status == 200
     assert text == FIRST_WORDS                # what came before the fault, nothing after
@@ -314,6 +319,46 @@ def test_stream_broken_after_the_first_byte(rig, client, kind, ending):
     assert len(r.fake.requests) == 1          # the client has bytes: no retry
     assert_no_leaks(r)
     assert r.app.pool.open == r.app.pool.idle   # the broken connection was not pooled
+    # Counted as far as it came (the model spent those tokens), estimated: it was
+    # counted as no tokens at all, the usage of a stream coming at its end.
+    wait_for(lambda: any(record.name == "gemini_proxy.access" for record in caplog.records),
+             message="the access line")
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "gemini_proxy.access"]
+    # (An upstream that counts the prompt as it begins, as Anthropic does, is believed.)
+    prompt, output = map(int, re.search(r" tokens=~?(\d+)\+(\d+)", line).groups())
+    assert prompt >= 1 and 1 <= output <= len(FIRST_WORDS), line
+
+
+@pytest.mark.parametrize("client, kind", PATHS, ids=PATH_IDS)
+def test_a_stream_the_client_leaves_is_counted_as_far_as_it_came(rig, client, kind, caplog):
+    # It was counted as no tokens at all: its usage would have come at its end.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    r = rig(client, kind)
+    resume = threading.Event()
+    r.fake.rules["*"] = faults.stream(kind, "stall", until=resume)
+    path, body, headers = r.talker.request([r.talker.user_turn(PROMPT)], True, None, False,
+                                           None)
+    conn = r.proxy.connection()
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers=dict({"content-type": "application/json"}, **headers))
+        response, data = conn.getresponse(), b""
+        while FIRST_WORDS.encode() not in data:
+            piece = response.read1(65536)
+            assert piece, data
+            data += piece
+        conn.sock.shutdown(socket.SHUT_RDWR)   # gone, with the upstream still talking
+        conn.close()
+        wait_for(lambda: any(rec.name == "gemini_proxy.access" for rec in caplog.records),
+                 message="the access line")
+    finally:
+        resume.set()
+        conn.close()
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "gemini_proxy.access"]
+    assert " 499 " in line, line
+    prompt, output = map(int, re.search(r" tokens=~?(\d+)\+(\d+)", line).groups())
+    assert prompt >= 1 and 1 <= output <= len(FIRST_WORDS), line
+    assert_no_leaks(r)
 
 
 # Passed through, a stream whose dialect has one final event ([DONE], message_stop, a
