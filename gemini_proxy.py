@@ -9365,14 +9365,18 @@ class UpstreamResponse:
             if not piece:
                 return body
             body += piece
+            # (A failure lets go of what was read before it is raised: its traceback
+            # holds this frame for as long as the request keeps the error.)
             if not cut and not self._body.done and self._timeouts.past_total():
                 # (A body that never pauses never lets a read time out. Not an error's,
                 # read for its message and Retry-After; nor a body all here already.)
+                del body
                 raise self._timed_out(Timeouts.PAST_TOTAL)
             if len(body) > limit:
                 if cut:
                     del body[limit:]
                     return body
+                del body
                 raise UpstreamError("upstream %r sent a reply of more than %d bytes "
                                     "(max_reply_bytes)" % (self._name, limit), status=502)
 
@@ -12558,7 +12562,11 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             rq.release_key(keys, key)       # a key that has just been rate limited
             if rq.pipe.gone:
                 raise ClientGone() from None
-            failures.append(err)
+            # Kept without its traceback: its frames (this one, which holds `failures`,
+            # and those it was raised through, with what they had read) made a cycle
+            # that held every attempt's reply, up to max_reply_bytes each, until the
+            # collector came by (a whole reply over the limit: 12 MB a request at 4 MB).
+            failures.append(err.with_traceback(None))
             what = "%s with %s" % (runtime.name, key.name)
             message = clip(rq.live.redactor.text(err.message))
             scope = refusal_scope(err)

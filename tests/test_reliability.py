@@ -6,10 +6,12 @@ Every wait here is for an event (a counter reaching a value, a gate reached), th
 conftest.wait_for: its generous deadline only matters when something is broken."""
 
 import errno
+import gc
 import json
 import logging
 import socket
 import threading
+import tracemalloc
 
 import pytest
 
@@ -269,6 +271,32 @@ def test_a_whole_reply_over_max_reply_bytes_is_a_502(proxy_factory, fake):
     fake.queue(json_reply(completion("z" * 200000)))
     status, body = proxy.post(GEMINI, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
     assert status == 502 and "max_reply_bytes" in body["error"]["message"]
+
+
+def test_replies_over_max_reply_bytes_are_not_kept_after_their_request(proxy_factory, fake):
+    # Each attempt's error kept its traceback, whose frames made a cycle holding what the
+    # attempt had read (up to max_reply_bytes): 3 attempts, 3 MB a request here, until the
+    # collector came by (2.6 GB after four rounds of 50 such requests, kept by malloc).
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k-1234", "max_reply_bytes": 1000000,
+        "retries": 2, "retry_wait": 0}}})
+    requests = 4
+    for _ in range(requests * 3):
+        fake.queue(json_reply(completion("z" * 2000000)))
+    gc.collect()
+    gc.disable()      # what only the collector would free stays, for the test to see
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(requests):
+            status, body = proxy.post(OPENAI, CHAT)
+            assert status == 502 and "max_reply_bytes" in body["error"]["message"], body
+        wait_for(lambda: tracemalloc.get_traced_memory()[0] - before < 4000000,
+                 message=lambda: "the replies let go of (%d bytes held)" % (
+                     tracemalloc.get_traced_memory()[0] - before))
+    finally:
+        tracemalloc.stop()
+        gc.enable()
 
 
 def test_a_line_that_never_ends_is_refused_at_max_event():
