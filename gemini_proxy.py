@@ -12147,6 +12147,10 @@ class Request:
 # upstream failed; waiting for a key or a slot where the upstream allows it. All of it
 # happens before the client has received anything but (perhaps) a stream's head.
 
+# Headers whose value is a list, the configuration's and a client's joined.
+LIST_HEADERS = frozenset(("anthropic-beta",))
+
+
 class UpstreamCall:
     """One attempt of a request on one upstream with one key: sends, opens the reply
     (closed by the Request), writes detailed logs."""
@@ -12181,7 +12185,13 @@ class UpstreamCall:
         if not self.passthrough:
             own = {name for name, _ in kind.auth_headers("", self.runtime.spec)}
             names = tuple(name for name in names if name not in own)
-        return [(name, head.header(name)) for name in names if head.header(name)]
+        # Betas the operator set in the upstream's headers go too, in one list: the
+        # client's alone took their place.
+        configured = {name.lower(): value for name, value in
+                      self.runtime.spec["headers"].items()}
+        return [(name, configured[name] + "," + head.header(name)
+                 if name in LIST_HEADERS and name in configured else head.header(name))
+                for name in names if head.header(name)]
 
     def send_steps(self, path: str, build_body: Callable[[Dict[str, Any]], Any],
                    prepare: Callable[[UpstreamResponse], Any], stream: bool = False,
@@ -12219,7 +12229,10 @@ class UpstreamCall:
             yield IN_A_THREAD, 0.0
         if account is not None:   # a Google login: its token now, its project in the body
             secret, options = self._with_account(account, options)
-        extra = list(spec["headers"].items()) + list(extra_headers)
+        extra_headers = list(extra_headers)
+        named = {name.lower() for name, _ in extra_headers}   # (those take their place)
+        extra = [(name, value) for name, value in spec["headers"].items()
+                 if name.lower() not in named] + extra_headers
         alternatives_left = MAX_ALTERNATIVES if alternatives else 0
         renewed: Set[int] = set()      # the statuses a new token or project answered
         while True:

@@ -1294,7 +1294,8 @@ class FakeUpstream:
     """What the fakes share. Start with Fake...().start(); stop() when done.
 
     requests: records {"method", "path" (without the query), "query" (dict), "headers"
-    (lower-cased names), "key" (the API key sent, in any dialect's header), "json" (None if
+    (lower-cased names), "raw_headers" ((name, value) pairs as sent, repeats kept), "key"
+    (the API key sent, in any dialect's header), "json" (None if
     the body is not JSON), "body" (bytes; None for GET)}.
     script: replies queued with queue(), each POST takes the next one. rules: key -> reply
     for every POST sent with that key ("*": with any key), ahead of the script.
@@ -1351,7 +1352,8 @@ class FakeUpstream:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         record = {"method": handler.command, "path": path,
                   "query": dict(parse_qsl(query, keep_blank_values=True)),
-                  "headers": headers, "key": request_key(headers),
+                  "headers": headers, "raw_headers": list(handler.headers.items()),
+                  "key": request_key(headers),
                   "json": request, "body": body}
         handler.record = record
         if body is None:

@@ -160,18 +160,26 @@ def test_a_converted_anthropic_request_keeps_its_betas_not_its_version(proxy_fac
     try:
         proxy = proxy_factory({"upstreams": {"a": {
             "kind": "anthropic", "base_url": ant.base_url, "api_key": "ant-key",
-            "stop_strings": ["never appears"]}}})
-        status, _, data = proxy.request(
-            "POST", "/v1/messages",
-            {"model": "claude-opus", "max_tokens": 10, "stream": stream, "messages": [
-                {"role": "user", "content": "hi"}]},
-            {"x-api-key": "client", "anthropic-version": "2099-01-01",
-             "anthropic-beta": "context-1m-2025-08-07"})
-        assert status == 200 and b"FAKE" in data, data
-        headers = ant.requests[-1]["headers"]
-        assert headers["anthropic-beta"] == "context-1m-2025-08-07"
-        assert headers["anthropic-version"] == "2023-06-01"   # the body is written for it
-        assert headers["x-api-key"] == "ant-key"
+            "stop_strings": ["never appears"]}, "b": {
+            "kind": "anthropic", "base_url": ant.base_url, "api_key": "ant-key",
+            "headers": {"Anthropic-Beta": "operator-beta"}}},
+            "routes": [{"model": "claude-b", "upstream": "b"}], "default_upstream": "a"})
+        for model, converted, betas in (
+                ("claude-opus", True, ["context-1m-2025-08-07"]),
+                ("claude-b", False, ["operator-beta,context-1m-2025-08-07"])):
+            status, _, data = proxy.request(
+                "POST", "/v1/messages",
+                {"model": model, "max_tokens": 10, "stream": stream, "messages": [
+                    {"role": "user", "content": "hi"}]},
+                {"x-api-key": "client", "anthropic-version": "2099-01-01",
+                 "anthropic-beta": "context-1m-2025-08-07"})
+            assert status == 200 and b"FAKE" in data, data
+            raw = ant.requests[-1]["raw_headers"]
+            assert [v for n, v in raw if n.lower() == "anthropic-beta"] == betas, raw
+            versions = [v for n, v in raw if n.lower() == "anthropic-version"]
+            # converted, the body is written for the proxy's version
+            assert versions[-1] == ("2023-06-01" if converted else "2099-01-01"), raw
+            assert ant.requests[-1]["headers"]["x-api-key"] == "ant-key"
     finally:
         ant.stop()
 
