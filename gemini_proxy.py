@@ -2870,6 +2870,7 @@ class OutputTally:
 
     def __init__(self) -> None:
         self.output = self.reasoning = 0
+        self.ended = False     # the stream's end, after a finish: whole
 
     def add(self, part: Part) -> None:
         if part.type == TOOL_CALL:
@@ -2883,9 +2884,20 @@ class OutputTally:
         return Usage(prompt_tokens, self.output + self.reasoning,
                      reasoning_tokens=self.reasoning, estimated=True)
 
-    def usage_if_any(self, prompt_tokens: Callable[[], int]) -> Optional[Usage]:
-        """The usage of what went by, None if nothing did."""
-        return self.usage(prompt_tokens()) if self.output + self.reasoning else None
+
+def broken_off_usage(usage: Optional[Usage], output: int, reasoning: int,
+                     prompt_tokens: Callable[[], int]) -> Optional[Usage]:
+    """What a stream broken off spent: the usage the upstream had reported (its prompt
+    estimated where it counted none), its output at least `output` (of which `reasoning`),
+    the estimate of what went by; None when nothing was reported nor went by."""
+    if usage is None:
+        return Usage(prompt_tokens(), output, reasoning_tokens=reasoning,
+                     estimated=True) if output else None
+    usage = with_prompt_estimate(usage, prompt_tokens)
+    if output > usage.output_tokens:   # (Anthropic's opening count is 1)
+        usage = dataclasses.replace(usage, output_tokens=output, estimated=True,
+                                    reasoning_tokens=max(reasoning, usage.reasoning_tokens))
+    return usage
 
 
 def later_usage(usage: Optional[Usage], previous: Optional[Usage]) -> Optional[Usage]:
@@ -7663,17 +7675,19 @@ class Exchange:
     response_bytes: int = 0         # the response body's bytes, as written
     error_kind: str = ""            # a failure's kind, where its status does not tell
     reply_headers: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # CORS
-    # A stream's usage as far as it has come (see final_usage), set as it starts.
+    # What a stream being delivered has spent so far, from when it is handed on until it
+    # ends whole (then None): see settle_usage.
     usage_so_far: Optional[Callable[[], Optional[Usage]]] = None
 
-    def final_usage(self) -> Optional[Usage]:
-        """Its usage, for the log, the ledger and the limits; a stream broken off (the
-        upstream's failure or silence, the client leaving, a shutdown) counted as far as
-        it came: the model spent those tokens, though a stream's usage comes at its end.
-        (Each asking computes it again, so that the loop and a worker may both ask.)"""
-        if self.usage_so_far is not None:
-            self.usage = self.usage_so_far()
-        return self.usage
+    def settle_usage(self) -> None:
+        """At a request's end (in its worker: a passed-through prompt's estimate decodes
+        its body): a stream broken off (the upstream's failure or silence, the client
+        leaving, a shutdown) is counted as far as it came, for the log, the ledger, the
+        key and the client's limits. The model spent those tokens, though a stream's
+        usage comes at its end."""
+        so_far, self.usage_so_far = self.usage_so_far, None
+        if so_far is not None:
+            self.usage = so_far()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12133,7 +12147,8 @@ class Request:
         """Let go of everything the request holds (more than once does no harm)."""
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
-        usage = self.ex.final_usage()
+        self.ex.settle_usage()
+        usage = self.ex.usage
         for pool, state in self.held:   # the one that answered: what it spent today
             pool.release(state, usage.input_tokens + usage.output_tokens if usage else 0)
         self.held.clear()
@@ -13485,8 +13500,8 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
             return lambda: rq.out.json(payload, redact)
         events = reply_events(reply)
     tally = OutputTally()
-    events = _track_usage(ex, rq.prompt_estimate, tally, cut_at_stop_strings(
-        events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)))
+    events = _track_usage(ex, rq.prompt_estimate, cut_at_stop_strings(
+        events, stops, chat.n, on_cut=lambda: rq.close_replies(reuse=False)), tally)
     if malformed_fails and reply is None:   # (a whole reply's was looked at above)
         events = _malformed_tool_call_fails(events, call.runtime.name)
     # The last moment a failure can still be retried:
@@ -13496,7 +13511,9 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                             % call.runtime.name, status=502)
 
     def deliver() -> None:
-        ex.usage_so_far = lambda: ex.usage or tally.usage_if_any(rq.prompt_estimate)
+        if not tally.ended:
+            ex.usage_so_far = lambda: broken_off_usage(
+                ex.usage, tally.output + tally.reasoning, tally.reasoning, rq.prompt_estimate)
         rq.out.start(dialect.stream_content_type(ex))
         chunks = (piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
             itertools.chain([first], events), ex.client_model, reply_id, ex.options))
@@ -13517,21 +13534,27 @@ def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator
         yield event
 
 
-def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int], tally: OutputTally,
-                 events: Iterator[Any]) -> Iterator[Any]:
+def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int], events: Iterator[Any],
+                 tally: Optional[OutputTally] = None) -> Iterator[Any]:
     """Pass events on; record the usage, counting it (in `tally`) when the upstream did
     not (the prompt's part asked of `prompt_tokens` only then: see
-    Request.let_go_of_request)."""
+    Request.let_go_of_request). At their end the stream is whole: nothing is counted
+    as broken off (usage_so_far)."""
+    tally = tally or OutputTally()
+    finished = False
     for event in events:
         if event is IDLE:
             pass
         elif isinstance(event, Finish):
+            finished = True
             if event.usage is None:
                 event.usage = tally.usage(prompt_tokens())
             event.usage = ex.usage = with_prompt_estimate(event.usage, prompt_tokens)
         else:
             tally.add(event)
         yield event
+    if finished:
+        tally.ended, ex.usage_so_far = True, None
 
 
 def count_tokens(call: UpstreamCall) -> "Steps[Callable[[], None]]":
@@ -13704,7 +13727,8 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
 
     def deliver() -> None:
         response, chunks, passing = rest
-        ex.usage_so_far = lambda: counted(ex.usage, lambda: passing.text_chars)
+        ex.usage_so_far = lambda: broken_off_usage(
+            ex.usage, math.ceil(passing.text_chars / 4), 0, rq.prompt_estimate)
 
         def after() -> None:
             last, _ = passing.finish()
@@ -13712,7 +13736,7 @@ def passthrough(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                 raise UpstreamError("upstream %r ended its stream before the reply was "
                                     "finished" % runtime.name, status=502)
             out.chunk(last)
-            ex.usage = counted(ex.usage, lambda: passing.text_chars)
+            ex.usage, ex.usage_so_far = counted(ex.usage, lambda: passing.text_chars), None
 
         def relayed() -> Iterator[Any]:
             # Up to the read that holds the final event, which makes the reply whole
@@ -13785,7 +13809,10 @@ class PassingStream:
                                                                  self.ex.usage)
                         except (ValueError, RecursionError):
                             pass
-            if self.ex.usage is None:
+            # (While no usage counts the output: Anthropic's message_start says 1, its
+            # message_delta the count at the end. For a stream broken off, or one whose
+            # upstream reported no usage.)
+            if self.ex.usage is None or self.ex.usage.output_tokens <= 1:
                 self.text_chars += text_field_chars(texts, self.kind.stream_text_field or
                                                     TEXT_FIELD)
         if not self.sse:   # Gemini's JSON-array form: look for the marker in the bytes
@@ -14316,7 +14343,7 @@ class Proxy:
             try:
                 # after the answer's end: a shared store's round trip is not the client's wait
                 if rq.admitted:
-                    usage = ex.final_usage()
+                    usage = ex.usage
                     self.limits.spent(ex.client or ANONYMOUS,
                                       usage.input_tokens + usage.output_tokens if usage else 0)
             finally:
@@ -15318,6 +15345,7 @@ class ProxyServer:
             # of it still to hand to the socket.
             if pipe.cut or (pipe.gone and not stream.delivered):
                 ex.status, ex.error = abandoned(pipe)
+            await self._broken_off_counted(pipe, ex)
             return keep_alive
         except ConnectionError:   # the client left while we wrote
             pipe.abort()
@@ -15325,6 +15353,7 @@ class ProxyServer:
                 await pipe.finished_within(WORKER_END_WAIT)
             else:
                 ex.status, ex.error = 499, ex.error or "the client closed the connection"
+                await self._broken_off_counted(pipe, ex)
             return False
         except SendTimeout:
             pipe.abort("send_timeout")
@@ -15350,6 +15379,14 @@ class ProxyServer:
                 self._access(head, ex, ex.status)
             finally:   # after its log line and ledger row: no longer "in flight" means done
                 self._pipes.discard(pipe)
+
+    @staticmethod
+    async def _broken_off_counted(pipe: ChunkPipe, ex: Exchange) -> None:
+        """A stream broken off is counted as far as it came at its worker's end
+        (Exchange.settle_usage), which is near (its upstream call has ended, or been
+        stopped): waited for, so that the access line and the ledger have it."""
+        if ex.usage_so_far is not None:
+            await pipe.finished_within(WORKER_END_WAIT)
 
     async def _first_items(self, pipe: ChunkPipe) -> List[Any]:
         """The first things the worker sent, the response head first; a stream's head
@@ -15419,7 +15456,6 @@ class ProxyServer:
         pass-through or converted, request id, client, duration, time to the response
         head, tokens (~: estimated), attempts, and why it failed."""
         duration = time.monotonic() - ex.started
-        ex.final_usage()
         if ex.action not in OPERATOR_ACTIONS and head.method != "OPTIONS":
             if ex.client is None:   # whoever it was: the model it named is no label
                 ex.client_model = ""

@@ -640,6 +640,30 @@ def test_an_anthropic_prompt_counted_at_the_start_is_kept_when_the_end_counts_th
     assert gp.with_prompt_estimate(ended, lambda: 99) is ended
 
 
+def test_a_stream_broken_off_after_one_choice_finished_counts_what_went_by_after():
+    # n = 2, a stop string cut choice 0 at once (its finish set the usage then), choice 1
+    # went on at length, and the upstream broke: it was counted as the first moment's.
+    ex, tally = gp.Exchange("rid", "openai", "stream"), gp.OutputTally()
+
+    def events():
+        yield gp.Part(gp.TEXT, text="short", choice=0)
+        yield gp.Finish(gp.STOP, choice=0)
+        yield gp.Part(gp.TEXT, text="word " * 1000, choice=1)
+        raise gp.UpstreamError("the connection broke", status=502)
+    with pytest.raises(gp.UpstreamError):
+        for _ in gp._track_usage(ex, lambda: 7, events(), tally):
+            pass
+    assert not tally.ended and ex.usage.output_tokens < 10
+    usage = gp.broken_off_usage(ex.usage, tally.output + tally.reasoning, tally.reasoning,
+                                lambda: 7)
+    assert usage.input_tokens == 7 and usage.output_tokens >= 1000 and usage.estimated
+    reported = gp.Usage(300, 1)     # Anthropic's message_start: the prompt, and 1
+    assert gp.broken_off_usage(reported, 40, 0, lambda: 7) == gp.Usage(300, 40,
+                                                                         estimated=True)
+    assert gp.broken_off_usage(gp.Usage(300, 90), 40, 0, lambda: 7) == gp.Usage(300, 90)
+    assert gp.broken_off_usage(None, 0, 0, lambda: 7) is None     # nothing went by
+
+
 # A tool call whose arguments are no JSON object (or Gemini's MALFORMED_FUNCTION_CALL)
 # was dropped and the turn ended as a normal one (end_turn, stop, completed and empty):
 # Claude Code or Codex took the model for done and stopped mid-task.
