@@ -12590,11 +12590,12 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             rq.release_key(keys, key)       # a key that has just been rate limited
             if rq.pipe.gone:
                 raise ClientGone() from None
-            # Kept without its traceback: its frames (this one, which holds `failures`,
-            # and those it was raised through, with what they had read) made a cycle
-            # that held every attempt's reply, up to max_reply_bytes each, until the
-            # collector came by (a whole reply over the limit: 12 MB a request at 4 MB).
-            failures.append(err.with_traceback(None))
+            # A copy is kept, without the traceback and the context: their frames (this
+            # one, which holds `failures`, and those it was raised through, with what they
+            # had read) made a cycle that held every attempt's reply, up to
+            # max_reply_bytes each, until the collector came by (a whole reply over the
+            # limit: 12 MB a request at 4 MB).
+            failures.append(copy.copy(err))
             what = "%s with %s" % (runtime.name, key.name)
             message = clip(rq.live.redactor.text(err.message))
             scope = refusal_scope(err)
