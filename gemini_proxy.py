@@ -2870,7 +2870,6 @@ class OutputTally:
 
     def __init__(self) -> None:
         self.output = self.reasoning = 0
-        self.ended = False     # the stream's end, after a finish: whole
 
     def add(self, part: Part) -> None:
         if part.type == TOOL_CALL:
@@ -12166,6 +12165,12 @@ class Request:
 LIST_HEADERS = frozenset(("anthropic-beta",))
 
 
+def joined_list(*values: str) -> str:
+    """Comma-separated lists as one, each item once, none empty."""
+    items = (item.strip() for value in values for item in value.split(","))
+    return ",".join(dict.fromkeys(item for item in items if item))
+
+
 class UpstreamCall:
     """One attempt of a request on one upstream with one key: sends, opens the reply
     (closed by the Request), writes detailed logs."""
@@ -12204,7 +12209,7 @@ class UpstreamCall:
         # client's alone took their place.
         configured = {name.lower(): value for name, value in
                       self.runtime.spec["headers"].items()}
-        return [(name, configured[name] + "," + head.header(name)
+        return [(name, joined_list(configured[name], head.header(name))
                  if name in LIST_HEADERS and name in configured else head.header(name))
                 for name in names if head.header(name)]
 
@@ -13512,18 +13517,26 @@ def generate(call: UpstreamCall) -> "Steps[Callable[[], None]]":
                             % call.runtime.name, status=502)
 
     def deliver() -> None:
-        if not tally.ended:
-            ex.usage_so_far = lambda: broken_off_usage(
-                ex.usage, tally.output + tally.reasoning, tally.reasoning, rq.prompt_estimate)
+        ex.usage_so_far = lambda: broken_off_usage(
+            ex.usage, tally.output + tally.reasoning, tally.reasoning, rq.prompt_estimate)
         rq.out.start(dialect.stream_content_type(ex))
-        chunks = (piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
-            itertools.chain([first], events), ex.client_model, reply_id, ex.options))
+        chunks = _whole_then_counted(ex, (
+            piece if piece is IDLE else redact(piece) for piece in dialect.encode_stream(
+                itertools.chain([first], events), ex.client_model, reply_id, ex.options)))
         if upstream is not None:
             rq.out.relay(upstream, chunks)
             return
         for chunk in chunks:   # answered here, or from a whole reply: no upstream to wait for
             rq.out.chunk(chunk)
     return deliver
+
+
+def _whole_then_counted(ex: Exchange, chunks: Iterator[Any]) -> Iterator[Any]:
+    """The client's stream; once it is whole, its usage is what was reported (or counted
+    at its finish), no longer what a stream broken off spent (usage_so_far). (Not when
+    the events end: an encoder may stop reading at the finish, as Anthropic's does.)"""
+    yield from chunks
+    ex.usage_so_far = None
 
 
 def _malformed_tool_call_fails(events: Iterator[Any], upstream: str) -> Iterator[Any]:
@@ -13539,23 +13552,18 @@ def _track_usage(ex: Exchange, prompt_tokens: Callable[[], int], events: Iterato
                  tally: Optional[OutputTally] = None) -> Iterator[Any]:
     """Pass events on; record the usage, counting it (in `tally`) when the upstream did
     not (the prompt's part asked of `prompt_tokens` only then: see
-    Request.let_go_of_request). At their end the stream is whole: nothing is counted
-    as broken off (usage_so_far)."""
+    Request.let_go_of_request)."""
     tally = tally or OutputTally()
-    finished = False
     for event in events:
         if event is IDLE:
             pass
         elif isinstance(event, Finish):
-            finished = True
             if event.usage is None:
                 event.usage = tally.usage(prompt_tokens())
             event.usage = ex.usage = with_prompt_estimate(event.usage, prompt_tokens)
         else:
             tally.add(event)
         yield event
-    if finished:
-        tally.ended, ex.usage_so_far = True, None
 
 
 def count_tokens(call: UpstreamCall) -> "Steps[Callable[[], None]]":
@@ -15319,6 +15327,7 @@ class ProxyServer:
             items = await self._first_items(pipe)
             if not items:   # abandoned before anything was sent
                 ex.status, ex.error = abandoned(pipe)
+                await self._broken_off_counted(pipe, ex)
                 if pipe.why_gone == "shutdown":
                     await self._send_error(writer, dialect, ProxyError(ex.error, status=503),
                                            ex, keep_alive=False)
@@ -15362,6 +15371,7 @@ class ProxyServer:
             ex.error = "the client read nothing for %gs (send_timeout); dropped" \
                 % self._limits["send_timeout"]
             writer.transport.abort()
+            await self._broken_off_counted(pipe, ex)
             return False
         except BaseException:   # a bug here, or cancelled: the worker must not wait on
             pipe.abort()        # a loop that has stopped listening

@@ -640,6 +640,31 @@ def test_an_anthropic_prompt_counted_at_the_start_is_kept_when_the_end_counts_th
     assert gp.with_prompt_estimate(ended, lambda: 99) is ended
 
 
+@pytest.mark.parametrize("client", ["anthropic", "gemini", "responses"])
+def test_a_converted_stream_that_ends_whole_keeps_the_usage_reported(proxy, fake, caplog,
+                                                                      client):
+    # An Anthropic client's encoder stops reading at the finish: a first form of the
+    # broken-off count took such a stream for broken, and logged its estimate (1200
+    # tokens of text) instead of the 7 the upstream reported.
+    caplog.set_level(logging.INFO, logger="gemini_proxy.access")
+    fake.queue(text_stream("hello world " * 400, pieces=4, use={"prompt_tokens": 11,
+                                                                "completion_tokens": 7}))
+    question = [{"role": "user", "content": QUESTION}]
+    if client == "anthropic":
+        path, payload = "/v1/messages", {"model": "m", "max_tokens": 100, "stream": True,
+                                         "messages": question}
+    elif client == "gemini":
+        path = "/v1beta/models/m:streamGenerateContent?alt=sse"
+        payload = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]}
+    else:
+        path, payload = "/v1/responses", {"model": "m", "stream": True, "input": QUESTION}
+    status, _, data = proxy.request("POST", path, payload)
+    # (Responses says the text again in its .done events, its item's and the response's)
+    assert status == 200 and data.count(b"hello") in (400, 2000), data[-300:]
+    (line,) = access_lines(caplog)
+    assert " tokens=11+7" in line and " conv " in line, line
+
+
 def test_a_stream_broken_off_after_one_choice_finished_counts_what_went_by_after():
     # n = 2, a stop string cut choice 0 at once (its finish set the usage then), choice 1
     # went on at length, and the upstream broke: it was counted as the first moment's.
@@ -653,7 +678,7 @@ def test_a_stream_broken_off_after_one_choice_finished_counts_what_went_by_after
     with pytest.raises(gp.UpstreamError):
         for _ in gp._track_usage(ex, lambda: 7, events(), tally):
             pass
-    assert not tally.ended and ex.usage.output_tokens < 10
+    assert ex.usage.output_tokens < 10
     usage = gp.broken_off_usage(ex.usage, tally.output + tally.reasoning, tally.reasoning,
                                 lambda: 7)
     assert usage.input_tokens == 7 and usage.output_tokens >= 1000 and usage.estimated

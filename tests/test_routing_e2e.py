@@ -184,6 +184,11 @@ def test_a_converted_anthropic_request_keeps_its_betas_not_its_version(proxy_fac
         ant.stop()
 
 
+def test_betas_joined_are_one_list_each_once():
+    assert gp.joined_list("op-beta,", " a1, a2", "a1") == "op-beta,a1,a2"
+    assert gp.joined_list("", "context-1m") == "context-1m"
+
+
 def test_gemini_passthrough_json_array_stream_and_count(proxy_factory):
     gem = FakeGemini().start()
     try:
