@@ -688,6 +688,12 @@ class ProxyError(Exception):
         self.retry_after = retry_after
         self.reason = reason            # machine-readable detail (e.g. "API_KEY_INVALID")
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # A copy (failures are kept and raised as copies, without their tracebacks: see
+        # failover) is made without __init__, whose arguments in a subclass are not its
+        # args (KeysUnavailable's status, MalformedToolCall's upstream).
+        return type(self).__new__, (type(self),) + self.args, self.__dict__
+
     @property
     def retry_after(self) -> Optional[float]:
         """Seconds until the client should come back."""
@@ -11532,6 +11538,10 @@ def _never_resumed(error: Optional[BaseException]) -> None:
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
 class ChunkPipe:
     """Worker thread -> event loop: a ResponseHead, then body chunks, then None. Bounded,
     so a slow client slows the upstream read instead of filling memory; the loop takes
@@ -11699,20 +11709,14 @@ class ChunkPipe:
         loop = self._loop
         ended = False
 
-        def hand_over() -> None:
-            try:
-                go_on()
-            except RuntimeError:
-                loop.call_later(GO_ON_RETRY, hand_over)
-
         def end() -> None:
             nonlocal ended
             if not ended:
                 ended = True
                 if fd != NO_SOCKET:
                     loop.remove_reader(fd)
-                timer.cancel()
-                hand_over()
+                timer.cancel()   # (which lets go of end, and so of the request)
+                _hand_over(loop, go_on)
         timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
         if fd == NO_SOCKET:
             self.on_abort(functools.partial(self._waker.call, end))   # (in any thread)
@@ -11809,6 +11813,17 @@ class ChunkPipe:
 def _wake(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, go_on: Callable[[], None]) -> None:
+    """go_on(), from the loop (ChunkPipe.await_bytes); again GO_ON_RETRY later where no
+    thread could start. A function of its own, not a closure calling itself: that would
+    be a cycle holding go_on, and with it the request and its body, until the collector
+    came by."""
+    try:
+        go_on()
+    except RuntimeError:
+        loop.call_later(GO_ON_RETRY, _hand_over, loop, go_on)
 
 
 # ---- 22. Requests in flight ------------------------------------------------------------------
@@ -11924,11 +11939,11 @@ class Responder:
     that, a failure can only end the stream in the dialect's own way."""
 
     def __init__(self, ex: Exchange, pipe: ChunkPipe, detail: Optional[DetailLog],
-                 before_whole: Callable[[], None] = lambda: None):
+                 before_whole: Callable[[], None] = _nothing):
         self.ex, self.pipe, self.detail = ex, pipe, detail
         # Let go of upstream connections and keys before the client has its answer: a
         # client that asks again at once then finds the connection pooled, the key free.
-        self._before_whole = before_whole
+        self.before_whole = before_whole
         self._sink: Optional[Callable[[bytes], None]] = None
         self.handed_over: Optional[UpstreamRelay] = None
 
@@ -11943,7 +11958,7 @@ class Responder:
         self.ex.status = status   # before the put: the loop logs as soon as it has the reply
         if self.detail:
             self.detail.stage("4. client response: %d" % status, headers, body)
-        self._before_whole()
+        self.before_whole()
         return self.pipe.put_head(ResponseHead(status, headers, body))
 
     def json(self, payload: Any, redact: Callable[[bytes], bytes] = lambda data: data) -> None:
@@ -12144,6 +12159,10 @@ class Request:
 
     def end(self) -> None:
         """Let go of everything the request holds (more than once does no harm)."""
+        # Its Responder's hook is this method: a cycle (request, responder, request) that
+        # kept the request, and its body, until the collector came by, after hundreds of
+        # requests. Once ended, a whole answer's end() would find nothing left to do.
+        self.out.before_whole = _nothing
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
         self.ex.settle_usage()
@@ -12515,9 +12534,12 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
             # A sooner time than the provider's own reply says: the client gets the
             # error in its dialect, which carries that time, instead of the raw reply.
             best.retry_after, best.raw = min(waits), None
-        raise best
+        raise copy.copy(best)
     # What an upstream that was tried said, before why another was not tried at all.
-    raise ([f for f in failures if not any(f is s for s in skipped)] or failures)[-1]
+    # (Copies raised, here and above: the traceback holds this frame, which holds the
+    # list, which would hold what is raised, a cycle kept until the collector came by.)
+    raise copy.copy(([f for f in failures if not any(f is s for s in skipped)] or
+                     failures)[-1])
 
 
 def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
@@ -14233,8 +14255,12 @@ class Proxy:
             self.working += 1
 
         def after_relay() -> None:
+            nonlocal error
             if error is not None:
-                raise error
+                try:
+                    raise error
+                finally:   # its traceback holds this frame: no cycle through the closure
+                    error = None
             if relay.after is not None:
                 relay.after()
         self._conclude(rq, after_relay)
@@ -14693,7 +14719,10 @@ class ClientStream:
                     self._check_delivered()
                 elif isinstance(outcome, ClientGone) and pipe.whole:
                     outcome = None      # the client left after the final event: a whole reply
-                relay.settle(outcome)
+                try:
+                    relay.settle(outcome)
+                finally:   # a failure's traceback holds this frame: no cycle through it
+                    outcome = None
 
     def _note_end(self, data: bytes) -> None:
         if data:
