@@ -5,6 +5,7 @@ out of file descriptors, endless upstream replies, and strangers' request bodies
 Every wait here is for an event (a counter reaching a value, a gate reached), through
 conftest.wait_for: its generous deadline only matters when something is broken."""
 
+import copy
 import errno
 import gc
 import json
@@ -382,6 +383,27 @@ def test_a_request_is_let_go_of_at_its_end_without_the_collector(proxy_factory, 
             live_requests()))
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("error", [
+    gp.UpstreamError("upstream said no", status=429, retry_after=3.0, key_verdict="rest"),
+    gp.KeysUnavailable("all keys busy", 503, 2.0, cause="busy"),
+    gp.MalformedToolCall("up", "UNEXPECTED_TOOL_CALL"), gp.ClientError("bad field")],
+    ids=lambda error: type(error).__name__)
+def test_a_failure_copied_to_be_kept_or_raised_is_the_same_failure(error):
+    # Failures are kept and raised as copies, without their tracebacks (the test above).
+    # copy.copy called the class again with its args: for KeysUnavailable, which failover
+    # raises when every key rests or is busy, a TypeError; a MalformedToolCall's message
+    # was taken for the upstream's name and worded twice.
+    error.raw = ([("content-type", "application/json")], b"{}")
+    try:
+        raise error
+    except gp.ProxyError as raised:
+        copied = copy.copy(raised)
+    assert type(copied) is type(error) and str(copied) == str(error)
+    assert vars(copied) == vars(error) and copied.__traceback__ is None
+    assert (copied.status, copied.retry_after, copied.message) == (
+        error.status, error.retry_after, error.message)
 
 
 def test_a_line_that_never_ends_is_refused_at_max_event():
