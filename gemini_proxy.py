@@ -689,9 +689,9 @@ class ProxyError(Exception):
         self.reason = reason            # machine-readable detail (e.g. "API_KEY_INVALID")
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        # A copy (failures are kept and raised as copies, without their tracebacks: see
-        # failover) is made without __init__, whose arguments in a subclass are not its
-        # args (KeysUnavailable's status, MalformedToolCall's upstream).
+        # A copy (failures are kept as copies, without their tracebacks: see _attempts)
+        # is made without __init__, whose arguments in a subclass are not its args
+        # (KeysUnavailable's status, MalformedToolCall's upstream).
         return type(self).__new__, (type(self),) + self.args, self.__dict__
 
     @property
@@ -761,6 +761,23 @@ class KeysUnavailable(UpstreamError):
 
 class ClientGone(Exception):
     """The client closed its connection; the upstream call should stop."""
+
+
+def forget_traceback(error: BaseException) -> None:
+    """Drop the traceback of `error`, and of the errors it was raised from or while
+    handling, once it has been dealt with (answered, logged). A traceback holds the
+    frames it went through; where one of them holds the error itself (a local it was
+    raised from, a closure, a list of failures, a task), that was a cycle, which kept
+    the frames and what they held (a request and its body, a connection) until Python's
+    cycle collector came by."""
+    pending: List[Optional[BaseException]] = [error]
+    seen: Set[int] = set()
+    while pending:
+        each = pending.pop()
+        if each is not None and id(each) not in seen:
+            seen.add(id(each))
+            each.__traceback__ = None
+            pending += (each.__cause__, each.__context__)
 
 
 class ConfigError(Exception):
@@ -11263,16 +11280,18 @@ class WorkerPool:
                 self._start_thread(self._start_threads, "%s-starter" % self._name)
                 return
             except RuntimeError as exc:   # the system's thread limit
-                error = exc
+                # (Its words kept, not the error: its traceback holds this frame, which
+                # holds the task, a request perhaps, in a cycle the collector alone frees.)
+                refused = str(exc)
                 self._starter_running = False
                 self._to_start -= 1
                 self.threads -= 1
                 started = self.threads
                 if not started:       # nobody would ever take it
                     queue.remove(task)
-        self._could_not_start(error, started)
+        self._could_not_start(refused, started)
         if not started:
-            raise error
+            raise RuntimeError(refused)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         with THREAD_STACK_SIZE_LOCK:
@@ -11282,12 +11301,12 @@ class WorkerPool:
             finally:
                 threading.stack_size(previous)
 
-    def _could_not_start(self, exc: RuntimeError, running: int) -> None:
+    def _could_not_start(self, why: str, running: int) -> None:
         now = time.monotonic()
         if now - self._start_failed_at > 60:
             log.error("cannot start another worker thread (%s) with %d running; "
                       "requests wait for one to free (raise the system's thread "
-                      "limit, or lower server.workers)", exc, running)
+                      "limit, or lower server.workers)", why, running)
         self._start_failed_at = now
 
     def _start_threads(self) -> None:
@@ -11350,7 +11369,7 @@ class WorkerPool:
                 with self._lock:
                     self.threads -= 1
                     running = self.threads
-                self._could_not_start(exc, running)
+                self._could_not_start(str(exc), running)
 
     def _work(self) -> None:
         wake = threading.Lock()
@@ -12319,6 +12338,7 @@ class UpstreamCall:
                 alternative = kind.retry_with(err, options) if alternatives_left else None
                 if alternative is None or rq.pipe.gone:
                     raise
+                forget_traceback(err)   # dropped: see _attempts
                 alternatives_left, options = alternatives_left - 1, alternative
                 rq.close_replies(reuse=True)
                 log.info("%s: upstream %s refused the request (%s); trying again with "
@@ -12534,12 +12554,9 @@ def failover(rq: Request, candidates: List[Tuple[UpstreamRuntime, str]],
             # A sooner time than the provider's own reply says: the client gets the
             # error in its dialect, which carries that time, instead of the raw reply.
             best.retry_after, best.raw = min(waits), None
-        raise copy.copy(best)
+        raise best
     # What an upstream that was tried said, before why another was not tried at all.
-    # (Copies raised, here and above: the traceback holds this frame, which holds the
-    # list, which would hold what is raised, a cycle kept until the collector came by.)
-    raise copy.copy(([f for f in failures if not any(f is s for s in skipped)] or
-                     failures)[-1])
+    raise ([f for f in failures if not any(f is s for s in skipped)] or failures)[-1]
 
 
 def loop_may_call(rq: Request, runtime: UpstreamRuntime) -> bool:
@@ -12621,8 +12638,11 @@ def _attempts(rq: Request, runtime: UpstreamRuntime, model: str, attempt: Attemp
             # one, which holds `failures`, and those it was raised through, with what they
             # had read) made a cycle that held every attempt's reply, up to
             # max_reply_bytes each, until the collector came by (a whole reply over the
-            # limit: 12 MB a request at 4 MB).
+            # limit: 12 MB a request at 4 MB). The error itself may be dropped here (a
+            # retry) and one raised from a local (the frame that raised it holds it) would
+            # be a cycle too: no traceback is ever shown for an upstream's failure.
             failures.append(copy.copy(err))
+            forget_traceback(err)
             what = "%s with %s" % (runtime.name, key.name)
             message = clip(rq.live.redactor.text(err.message))
             scope = refusal_scope(err)
@@ -14255,12 +14275,8 @@ class Proxy:
             self.working += 1
 
         def after_relay() -> None:
-            nonlocal error
             if error is not None:
-                try:
-                    raise error
-                finally:   # its traceback holds this frame: no cycle through the closure
-                    error = None
+                raise error
             if relay.after is not None:
                 relay.after()
         self._conclude(rq, after_relay)
@@ -14323,16 +14339,19 @@ class Proxy:
                 rq.let_go_of_request()
                 pipe.put(relay)
                 handed = True
-        except ClientGone:
+        except ClientGone as gone:
             ex.status, ex.error = abandoned(pipe)
+            forget_traceback(gone)
         except ProxyError as err:
             ex.error_kind = kind_of_error(err)
             self._fail(rq, err)
+            forget_traceback(err)
         except Exception as exc:   # a bug: answer 500 and keep serving everyone else
             log.exception("%s: internal error", ex.rid)
             self._fail(rq, ProxyError("internal error in gemini-proxy (request %s)" % ex.rid))
             ex.error = "internal error: %s" % exc.__class__.__name__
             ex.error_kind = "internal"
+            forget_traceback(exc)
         finally:
             try:
                 if not handed:
@@ -14430,6 +14449,23 @@ class SendTimeout(Exception):
 def _expire(task: "asyncio.Task[Any]", expired: List[bool]) -> None:
     expired.append(True)
     task.cancel()
+
+
+async def let_go_of_lost_connection(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+    """After writer.close(), where the connection was lost to an error (the client reset
+    it, or a write found it gone): asyncio keeps that error in the reader and in the
+    writer's close waiter, each with its traceback, whose frames hold this connection's
+    coroutines and the request they relayed. Taken from the waiter (done already: at
+    once) and forgotten, it goes with the connection, not when the collector comes by."""
+    lost = reader.exception()
+    if lost is None:
+        return
+    try:
+        await writer.wait_closed()
+    except Exception:   # the same error, raised again here
+        pass
+    forget_traceback(lost)
 
 
 async def drain_within(writer: asyncio.StreamWriter, seconds: float) -> None:
@@ -14719,10 +14755,7 @@ class ClientStream:
                     self._check_delivered()
                 elif isinstance(outcome, ClientGone) and pipe.whole:
                     outcome = None      # the client left after the final event: a whole reply
-                try:
-                    relay.settle(outcome)
-                finally:   # a failure's traceback holds this frame: no cycle through it
-                    outcome = None
+                relay.settle(outcome)
 
     def _note_end(self, data: bytes) -> None:
         if data:
@@ -15012,13 +15045,15 @@ class ProxyServer:
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                SendTimeout):
-            pass            # a client that leaves, or stops reading, is not an error
-        except Exception:   # a bug: drop this connection, keep serving the others
+                SendTimeout) as gone:
+            forget_traceback(gone)   # a client that leaves, or stops reading, is no error
+        except Exception as exc:   # a bug: drop this connection, keep serving the others
             log.exception("connection handler failed")
+            forget_traceback(exc)
         finally:
             self._connections.discard(connection)
             writer.close()
+            await let_go_of_lost_connection(reader, writer)
 
     async def _turn_away(self, writer: asyncio.StreamWriter) -> None:
         """A connection over server.max_connections: a 503 and goodbye, before reading
@@ -15386,7 +15421,8 @@ class ProxyServer:
                 ex.status, ex.error = abandoned(pipe)
             await self._broken_off_counted(pipe, ex)
             return keep_alive
-        except ConnectionError:   # the client left while we wrote
+        except ConnectionError as gone:   # the client left while we wrote
+            forget_traceback(gone)
             pipe.abort()
             if stream is not None and stream.delivered:   # but after all of the reply
                 await pipe.finished_within(WORKER_END_WAIT)
@@ -15394,7 +15430,8 @@ class ProxyServer:
                 ex.status, ex.error = 499, ex.error or "the client closed the connection"
                 await self._broken_off_counted(pipe, ex)
             return False
-        except SendTimeout:
+        except SendTimeout as slow:
+            forget_traceback(slow)
             pipe.abort("send_timeout")
             ex.status = 499
             ex.error = "the client read nothing for %gs (send_timeout); dropped" \

@@ -18,8 +18,8 @@ import tracemalloc
 import pytest
 
 from conftest import PATIENCE, gp, make_config, wait_for
-from fake_upstream import (Gate, chunk, completion, hang, json_reply, stream_reply,
-                           text_stream)
+from fake_upstream import (Gate, chunk, completion, hang, json_reply, pause_after,
+                           stream_reply, text_stream)
 
 OPENAI = "/v1/chat/completions"
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
@@ -338,7 +338,7 @@ BIG = "x" * 100000   # over the event loop's 16 KiB: the request goes on in a wo
     "passed through, whole", "passed through, stream", "converted, whole",
     "converted, stream", "big, passed through, stream", "big, converted, stream",
     "refused by the proxy", "refused by the upstream", "retried", "timed out",
-    "stream cut short"])
+    "stream cut short", "an error in a 200 reply", "an error as the first event"])
 def test_a_request_is_let_go_of_at_its_end_without_the_collector(proxy_factory, fake, case):
     # A Request and what it holds (its body: an agent's is some 100 KB to a few MB) were in
     # reference cycles (its Responder's hook, the pipe's wait for an upstream's bytes), so
@@ -349,7 +349,8 @@ def test_a_request_is_let_go_of_at_its_end_without_the_collector(proxy_factory, 
         "base_url": fake.base_url, "api_key": "k-1234", "retries": 1 if case == "retried" else 0,
         "retry_wait": 0, "first_byte_timeout": 0.5 if case == "timed out" else 60}}})
     text = BIG if case.startswith("big") else "hi"
-    stream = case.endswith("stream") or case == "stream cut short"
+    stream = case.endswith("stream") or case in ("stream cut short",
+                                                 "an error as the first event")
     path, payload, status = OPENAI, {"model": "m", "stream": stream,
                                      "messages": [{"role": "user", "content": text}]}, 200
     if "converted" in case:
@@ -372,6 +373,12 @@ def test_a_request_is_let_go_of_at_its_end_without_the_collector(proxy_factory, 
                 status = 504
             elif case == "stream cut short":
                 fake.queue(stream_reply([chunk({"content": "hal"})], close_early=True))
+            elif case == "an error in a 200 reply":
+                fake.queue(json_reply({"error": {"message": "quota", "code": 429}}))
+                status = 429
+            elif case == "an error as the first event":
+                fake.queue(stream_reply([{"error": {"message": "quota", "code": 429}}]))
+                status = 429
             elif stream:
                 fake.queue(text_stream("hello there"))
             else:
@@ -385,15 +392,68 @@ def test_a_request_is_let_go_of_at_its_end_without_the_collector(proxy_factory, 
         gc.enable()
 
 
+@pytest.mark.parametrize("case", ["upstream silent", "error event, converted",
+                                  "client gone, found on write", "client stopped reading"])
+def test_a_stream_broken_off_is_let_go_of_without_the_collector(proxy_factory, fake, case):
+    # A failure's traceback holds the frames it went through, and one of them held the
+    # failure itself (raised from a local; a task that failed; asyncio keeps a lost
+    # connection's error in its reader): a cycle through the request's frames, so the
+    # request, and its body, stayed until the collector came by. Each is forgotten once
+    # dealt with now.
+    proxy = proxy_factory({"upstreams": {"fake": {
+        "base_url": fake.base_url, "api_key": "k-1234", "retries": 0,
+        "read_timeout": 0.5 if case == "upstream silent" else 60}},
+        "server": {"send_timeout": 0.3, "stream_queue_chunks": 4}})
+    payload = dict(CHAT, stream=True, messages=[{"role": "user", "content": BIG}])
+    released = threading.Event()   # ends the silent upstream's pause
+    gc.collect()
+    gc.disable()      # what only the collector would free stays, for the test to see
+    try:
+        for _ in range(2):
+            if case == "upstream silent":
+                fake.queue(pause_after(text_stream("hello there"), until=released))
+                assert proxy.request("POST", OPENAI, payload)[0] == 200
+            elif case == "error event, converted":
+                fake.queue(stream_reply([chunk({"content": "hal"}),
+                                         {"error": {"message": "overloaded"}}]))
+                status, _, data = proxy.request("POST", "/v1/messages", {
+                    "model": "m", "max_tokens": 100, "stream": True,
+                    "messages": [{"role": "user", "content": BIG}]})   # Anthropic's
+                assert status == 200 and b"event: error" in data, data
+            else:
+                gate = Gate(text_stream("hello there") if case.startswith("client gone")
+                            else endless_stream)
+                fake.queue(gate)
+                body = json.dumps(payload).encode()
+                sock = socket.create_connection(("127.0.0.1", proxy.port))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(raw_head("POST", OPENAI, ["Content-Type: application/json"],
+                                      len(body)) + body)
+                try:
+                    wait_for(gate.entered.is_set, message="the upstream asked")
+                    if case.startswith("client gone"):
+                        sock.shutdown(socket.SHUT_RDWR)   # before the proxy writes
+                    gate.open()
+                    proxy.wait_until_idle()
+                finally:
+                    sock.close()
+        proxy.wait_until_idle()
+        wait_for(lambda: live_requests() == 0, message=lambda: "%d requests still held" % (
+            live_requests()))
+    finally:
+        released.set()
+        gc.enable()
+
+
 @pytest.mark.parametrize("error", [
     gp.UpstreamError("upstream said no", status=429, retry_after=3.0, key_verdict="rest"),
     gp.KeysUnavailable("all keys busy", 503, 2.0, cause="busy"),
     gp.MalformedToolCall("up", "UNEXPECTED_TOOL_CALL"), gp.ClientError("bad field")],
     ids=lambda error: type(error).__name__)
 def test_a_failure_copied_to_be_kept_or_raised_is_the_same_failure(error):
-    # Failures are kept and raised as copies, without their tracebacks (the test above).
-    # copy.copy called the class again with its args: for KeysUnavailable, which failover
-    # raises when every key rests or is busy, a TypeError; a MalformedToolCall's message
+    # Failures are kept as copies, without their tracebacks (see the tests above).
+    # copy.copy called the class again with its args: for KeysUnavailable (what failover
+    # raises when every key rests or is busy) a TypeError; a MalformedToolCall's message
     # was taken for the upstream's name and worded twice.
     error.raw = ([("content-type", "application/json")], b"{}")
     try:
