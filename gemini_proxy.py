@@ -11734,7 +11734,7 @@ class ChunkPipe:
                 ended = True
                 if fd != NO_SOCKET:
                     loop.remove_reader(fd)
-                timer.cancel()   # (which lets go of end, and so of the request)
+                timer.cancel()   # the handle holds end, and end the timer: no longer
                 _hand_over(loop, go_on)
         timer = loop.call_at(due, end)   # (the loop's clock is time.monotonic())
         if fd == NO_SOCKET:
@@ -12179,8 +12179,9 @@ class Request:
     def end(self) -> None:
         """Let go of everything the request holds (more than once does no harm)."""
         # Its Responder's hook is this method: a cycle (request, responder, request) that
-        # kept the request, and its body, until the collector came by, after hundreds of
-        # requests. Once ended, a whole answer's end() would find nothing left to do.
+        # kept the request, and its body, until the collector next went through the
+        # generation it had reached (the oldest, for a stream). Once ended, a whole
+        # answer's end() would find nothing left to do.
         self.out.before_whole = _nothing
         self.pipe.forget_hooks()
         self.close_replies(reuse=self.ex.status == 200 and not self.ex.error)
